@@ -1,6 +1,6 @@
 //! interlink: the RDMA cluster interconnect for the two controllers of a high-availability
 //! storage pair.
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod fabric;
