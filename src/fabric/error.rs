@@ -6,7 +6,6 @@ use super::types::{Access, EndpointError, ProviderKind};
 #[derive(Debug, thiserror::Error)]
 pub enum FabricError {
     /// The libibverbs provider failed (the verb, errno and context are inside).
-    #[cfg(feature = "verbs")]
     #[error(transparent)]
     Verbs(#[from] super::verbs::VerbsError),
     /// The soft provider failed.
@@ -34,9 +33,6 @@ pub enum FabricError {
     /// The device configuration names neither a device nor an address.
     #[error("open device: {0}")]
     DeviceConfig(String),
-    /// The verbs provider is not compiled in.
-    #[error("open device: this build has no verbs provider (enable the `verbs` feature)")]
-    VerbsNotBuilt,
     /// Objects from two different devices or providers were combined.
     #[error("{op}: objects belong to different devices or providers")]
     ProviderMismatch {

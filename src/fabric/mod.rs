@@ -17,7 +17,6 @@ pub mod raw;
 pub mod soft;
 mod tracker;
 pub mod types;
-#[cfg(feature = "verbs")]
 pub mod verbs;
 
 pub use error::{FabricError, Result};
@@ -98,15 +97,7 @@ impl DeviceConfig {
     }
 }
 
-/// Names of the verbs devices on this machine (empty when libibverbs finds none or the verbs
-/// provider is not built).
+/// Names of the verbs devices on this machine (empty when libibverbs finds none).
 pub fn verbs_devices() -> Vec<String> {
-    #[cfg(feature = "verbs")]
-    {
-        verbs::VerbsDevice::list().unwrap_or_default()
-    }
-    #[cfg(not(feature = "verbs"))]
-    {
-        Vec::new()
-    }
+    verbs::VerbsDevice::list().unwrap_or_default()
 }

@@ -566,7 +566,9 @@ mod tests {
             ..Default::default()
         };
         let t = o.ack_timeout_duration().unwrap();
-        assert!(t > std::time::Duration::from_millis(60) && t < std::time::Duration::from_millis(70));
+        assert!(
+            t > std::time::Duration::from_millis(60) && t < std::time::Duration::from_millis(70)
+        );
         assert_eq!(o.give_up_after().unwrap(), t * 4);
     }
 }

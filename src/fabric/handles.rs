@@ -1,0 +1,683 @@
+//! The provider-neutral handles: device, protection domain, regions, completion queues and
+//! queue pairs. Each dispatches to the provider that created it.
+
+use super::raw::{RawCompletion, RawOp, RawRecv, RawSend, RawSge};
+use super::soft::{self, SimNet};
+use super::tracker::{Queue, Tracker};
+use super::types::*;
+use super::verbs;
+use super::{DeviceConfig, FabricError, ProviderChoice, Result};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// One object of either provider.
+enum Provider<V, S> {
+    Verbs(V),
+    Soft(S),
+}
+
+macro_rules! dispatch {
+    ($value:expr, $bind:ident => $body:expr) => {
+        match $value {
+            Provider::Verbs($bind) => $body,
+            Provider::Soft($bind) => $body,
+        }
+    };
+}
+
+/// An opened RDMA device (one port of it), of either provider.
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<Provider<Arc<verbs::VerbsDevice>, Arc<soft::SoftDevice>>>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("provider", &self.provider())
+            .field("name", &self.name())
+            .field("gid", &self.gid())
+            .finish()
+    }
+}
+
+impl Device {
+    /// Opens the device a configuration selects (see [`ProviderChoice`] for the fallback).
+    pub fn open(cfg: &DeviceConfig) -> Result<Device> {
+        match cfg.provider {
+            ProviderChoice::Verbs => Self::open_verbs(cfg),
+            ProviderChoice::Soft => Self::open_soft(cfg),
+            ProviderChoice::Auto => match Self::open_verbs(cfg) {
+                Ok(dev) => Ok(dev),
+                Err(e) => {
+                    tracing::info!(error = %e, "no verbs device for this config; using the soft provider");
+                    Self::open_soft(cfg)
+                }
+            },
+        }
+    }
+
+    fn open_verbs(cfg: &DeviceConfig) -> Result<Device> {
+        let dev = match (&cfg.name, cfg.addr) {
+            (Some(name), _) => verbs::VerbsDevice::open_by_name(name, cfg.port)?,
+            (None, Some(addr)) => verbs::VerbsDevice::open_by_addr(addr, Some(cfg.port))?,
+            (None, None) => {
+                return Err(FabricError::DeviceConfig(
+                    "name a device or the local address it serves".into(),
+                ))
+            }
+        };
+        if !dev.port_active()? {
+            tracing::warn!(device = dev.name(), port = dev.port(), "port is not active");
+        }
+        tracing::info!(device = dev.name(), gid = %dev.gid(), "opened verbs device");
+        Ok(Device {
+            inner: Arc::new(Provider::Verbs(dev)),
+        })
+    }
+
+    fn open_soft(cfg: &DeviceConfig) -> Result<Device> {
+        let addr = cfg.addr.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let dev = soft::SoftDevice::open_tcp(addr, cfg.soft_port)?;
+        tracing::info!(device = dev.name(), gid = %dev.gid(), port = dev.lid(), "opened soft device");
+        Ok(Device {
+            inner: Arc::new(Provider::Soft(dev)),
+        })
+    }
+
+    /// Opens a soft device attached to an in-process simulated network.
+    pub fn open_sim(net: &SimNet, name: &str) -> Result<Device> {
+        let dev = soft::SoftDevice::open_sim(net, name)?;
+        Ok(Device {
+            inner: Arc::new(Provider::Soft(dev)),
+        })
+    }
+
+    /// The provider behind this device.
+    pub fn provider(&self) -> ProviderKind {
+        match &*self.inner {
+            Provider::Verbs(_) => ProviderKind::Verbs,
+            Provider::Soft(_) => ProviderKind::Soft,
+        }
+    }
+
+    /// The device name.
+    pub fn name(&self) -> String {
+        dispatch!(&*self.inner, d => d.name().to_string())
+    }
+
+    /// The port's GID used for connections.
+    pub fn gid(&self) -> Gid {
+        dispatch!(&*self.inner, d => d.gid())
+    }
+
+    /// Whether the port is active.
+    pub fn port_active(&self) -> Result<bool> {
+        dispatch!(&*self.inner, d => d.port_active())
+    }
+
+    /// A new receiver of the device's asynchronous events (port up/down, QP fatal, ...).
+    pub fn subscribe_events(&self) -> crossbeam_channel::Receiver<AsyncEvent> {
+        dispatch!(&*self.inner, d => d.subscribe_events())
+    }
+
+    /// Allocates a protection domain.
+    pub fn alloc_pd(&self) -> Result<ProtectionDomain> {
+        let inner = match &*self.inner {
+            Provider::Verbs(d) => Provider::Verbs(verbs::VerbsPd::new(d)?),
+            Provider::Soft(d) => Provider::Soft(soft::SoftPd::new(d)),
+        };
+        Ok(ProtectionDomain {
+            inner: Arc::new(inner),
+            device: self.clone(),
+        })
+    }
+
+    /// Creates a completion queue with room for `depth` completions.
+    pub fn create_cq(&self, depth: u32) -> Result<CompletionQueue> {
+        let inner = match &*self.inner {
+            Provider::Verbs(d) => Provider::Verbs(verbs::VerbsCq::new(d, depth)?),
+            Provider::Soft(d) => Provider::Soft(soft::SoftCq::new(d, depth)),
+        };
+        Ok(CompletionQueue {
+            shared: Arc::new(CqShared {
+                inner,
+                qps: Mutex::new(HashMap::new()),
+                device: self.clone(),
+            }),
+        })
+    }
+}
+
+/// A protection domain: regions and queue pairs of one domain may be used together.
+#[derive(Clone)]
+pub struct ProtectionDomain {
+    inner: Arc<Provider<Arc<verbs::VerbsPd>, Arc<soft::SoftPd>>>,
+    device: Device,
+}
+
+impl ProtectionDomain {
+    /// The device this domain belongs to.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Allocates `len` zeroed bytes and registers them with exactly `access`.
+    pub fn register(&self, len: usize, access: Access) -> Result<MemoryRegion> {
+        let inner = match &*self.inner {
+            Provider::Verbs(pd) => Provider::Verbs(verbs::VerbsMr::register(pd, len, access)?),
+            Provider::Soft(pd) => Provider::Soft(soft::SoftMr::register(pd, len, access)?),
+        };
+        Ok(MemoryRegion {
+            inner: Arc::new(MrShared {
+                inner,
+                access,
+                pd: self.clone(),
+            }),
+        })
+    }
+
+    /// Creates a reliable-connected queue pair.
+    pub fn create_qp(
+        &self,
+        send_cq: &CompletionQueue,
+        recv_cq: &CompletionQueue,
+        cap: QpCapacity,
+    ) -> Result<QueuePair> {
+        let inner = match (&*self.inner, &send_cq.shared.inner, &recv_cq.shared.inner) {
+            (Provider::Verbs(pd), Provider::Verbs(s), Provider::Verbs(r)) => {
+                Provider::Verbs(verbs::VerbsQp::new(pd, s, r, cap)?)
+            }
+            (Provider::Soft(pd), Provider::Soft(s), Provider::Soft(r)) => {
+                Provider::Soft(soft::SoftQp::new(pd, s, r, cap)?)
+            }
+            _ => return Err(FabricError::ProviderMismatch { op: "create qp" }),
+        };
+        let qpn = dispatch!(&inner, q => q.qpn());
+        let tracker = Arc::new(Tracker::new(
+            cap.max_send_wr as usize,
+            cap.max_recv_wr as usize,
+        ));
+        send_cq.shared.attach(qpn, &tracker);
+        recv_cq.shared.attach(qpn, &tracker);
+        tracing::debug!(qpn, "created queue pair");
+        Ok(QueuePair {
+            inner,
+            tracker,
+            pd: self.clone(),
+            send_cq: send_cq.clone(),
+            recv_cq: recv_cq.clone(),
+            local_psn: Mutex::new(initial_psn(qpn)),
+            cap,
+        })
+    }
+
+    fn same(&self, other: &ProtectionDomain) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+/// A pseudo-random 24-bit initial packet sequence number.
+fn initial_psn(qpn: u32) -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (t ^ qpn.wrapping_mul(0x9e37_79b9)) & 0x00ff_ffff
+}
+
+struct MrShared {
+    // Field order: the provider region (deregistration and free) drops first.
+    inner: Provider<verbs::VerbsMr, soft::SoftMr>,
+    access: Access,
+    pd: ProtectionDomain,
+}
+
+/// A registered memory region that owns its memory. Clones share the region; it is
+/// deregistered and freed when the last clone and the last request naming it are gone.
+#[derive(Clone)]
+pub struct MemoryRegion {
+    inner: Arc<MrShared>,
+}
+
+impl std::fmt::Debug for MemoryRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRegion")
+            .field("descriptor", &self.descriptor())
+            .field("access", &self.inner.access)
+            .finish()
+    }
+}
+
+impl MemoryRegion {
+    /// Address, length and rkey: what the partner needs to READ or WRITE this region.
+    pub fn descriptor(&self) -> RegionDescriptor {
+        dispatch!(&self.inner.inner, m => m.descriptor())
+    }
+    /// Local key.
+    pub fn lkey(&self) -> u32 {
+        dispatch!(&self.inner.inner, m => m.lkey())
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        dispatch!(&self.inner.inner, m => m.len())
+    }
+    /// Whether the region is empty (never: registration rejects length 0).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The rights it was registered with.
+    pub fn access(&self) -> Access {
+        self.inner.access
+    }
+
+    fn check(&self, op: &'static str, offset: usize, len: usize) -> Result<()> {
+        let region_len = self.len();
+        if offset.checked_add(len).is_none_or(|end| end > region_len) {
+            return Err(FabricError::LocalBounds {
+                op,
+                offset,
+                len,
+                region_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies `dst.len()` bytes out of the region starting at `offset`.
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.check("read region", offset, dst.len())?;
+        dispatch!(&self.inner.inner, m => m.read(offset, dst));
+        Ok(())
+    }
+    /// Copies `src` into the region starting at `offset`.
+    pub fn write(&self, offset: usize, src: &[u8]) -> Result<()> {
+        self.check("write region", offset, src.len())?;
+        dispatch!(&self.inner.inner, m => m.write(offset, src));
+        Ok(())
+    }
+    /// Atomically loads the aligned 8-byte word at `offset` (native byte order).
+    pub fn read_u64(&self, offset: usize) -> Result<u64> {
+        self.check("read word", offset, 8)?;
+        Ok(dispatch!(&self.inner.inner, m => m.read_u64(offset)))
+    }
+    /// Atomically stores the aligned 8-byte word at `offset` (native byte order).
+    pub fn write_u64(&self, offset: usize, value: u64) -> Result<()> {
+        self.check("write word", offset, 8)?;
+        dispatch!(&self.inner.inner, m => m.write_u64(offset, value));
+        Ok(())
+    }
+
+    /// A buffer naming `len` bytes at `offset`, for work requests.
+    pub fn slice(&self, offset: usize, len: usize) -> Result<LocalBuf> {
+        self.check("slice region", offset, len)?;
+        if len > (1usize << 31) {
+            return Err(FabricError::Length {
+                op: "slice region",
+                len,
+            });
+        }
+        Ok(LocalBuf {
+            region: self.clone(),
+            offset,
+            len,
+        })
+    }
+
+    /// The whole region as a buffer.
+    pub fn whole(&self) -> LocalBuf {
+        LocalBuf {
+            region: self.clone(),
+            offset: 0,
+            len: self.len(),
+        }
+    }
+}
+
+/// A range of a registered region named by a work request. It keeps the region alive until
+/// the request completes.
+#[derive(Clone, Debug)]
+pub struct LocalBuf {
+    region: MemoryRegion,
+    offset: usize,
+    len: usize,
+}
+
+impl LocalBuf {
+    /// The region.
+    pub fn region(&self) -> &MemoryRegion {
+        &self.region
+    }
+    /// Offset into the region.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn sge(&self) -> RawSge {
+        RawSge {
+            addr: self.region.descriptor().addr + self.offset as u64,
+            len: self.len as u32,
+            lkey: self.region.lkey(),
+        }
+    }
+}
+
+/// Send-queue operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendOp {
+    /// SEND the local buffer into the peer's next receive.
+    Send,
+    /// SEND with 32-bit immediate data.
+    SendImm(u32),
+    /// RDMA WRITE the local buffer to the remote address.
+    Write(RemoteAddr),
+    /// RDMA WRITE with immediate data (consumes a receive at the peer).
+    WriteImm(RemoteAddr, u32),
+    /// RDMA READ from the remote address into the local buffer.
+    Read(RemoteAddr),
+}
+
+/// A send-queue work request.
+#[derive(Clone, Debug)]
+pub struct SendRequest {
+    /// Caller's id, returned in the completion.
+    pub wr_id: u64,
+    /// Operation.
+    pub op: SendOp,
+    /// Local buffer: source of SEND/WRITE, destination of READ.
+    pub local: LocalBuf,
+    /// Whether a successful completion is generated (errors always are).
+    pub signaled: bool,
+}
+
+impl SendRequest {
+    /// A signaled request.
+    pub fn new(wr_id: u64, op: SendOp, local: LocalBuf) -> SendRequest {
+        SendRequest {
+            wr_id,
+            op,
+            local,
+            signaled: true,
+        }
+    }
+    /// The same request, unsignaled.
+    pub fn unsignaled(mut self) -> SendRequest {
+        self.signaled = false;
+        self
+    }
+}
+
+/// A receive-queue work request.
+#[derive(Clone, Debug)]
+pub struct RecvRequest {
+    /// Caller's id, returned in the completion.
+    pub wr_id: u64,
+    /// Destination buffer.
+    pub local: LocalBuf,
+}
+
+struct CqShared {
+    inner: Provider<Arc<verbs::VerbsCq>, Arc<soft::SoftCq>>,
+    qps: Mutex<HashMap<u32, Weak<Tracker>>>,
+    device: Device,
+}
+
+impl CqShared {
+    fn attach(&self, qpn: u32, tracker: &Arc<Tracker>) {
+        let mut qps = self.qps.lock();
+        qps.retain(|_, w| w.strong_count() > 0);
+        qps.insert(qpn, Arc::downgrade(tracker));
+    }
+
+    fn translate(&self, raw: &RawCompletion) -> Option<Completion> {
+        let tracker = self.qps.lock().get(&raw.qpn).and_then(Weak::upgrade);
+        let Some(tracker) = tracker else {
+            tracing::debug!(
+                qpn = raw.qpn,
+                "completion for a destroyed queue pair dropped"
+            );
+            return None;
+        };
+        let Some(wr_id) = tracker.complete(raw.token) else {
+            tracing::debug!(
+                qpn = raw.qpn,
+                "completion for a request discarded by reset dropped"
+            );
+            return None;
+        };
+        Some(Completion {
+            wr_id,
+            status: raw.status,
+            op: raw.op,
+            byte_len: raw.byte_len,
+            imm: raw.imm,
+            qpn: raw.qpn,
+        })
+    }
+}
+
+/// A completion queue: busy-poll it with [`CompletionQueue::poll`] or block with
+/// [`CompletionQueue::wait`].
+#[derive(Clone)]
+pub struct CompletionQueue {
+    shared: Arc<CqShared>,
+}
+
+impl CompletionQueue {
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.shared.device
+    }
+
+    /// Appends up to `max` completions to `out` without blocking; returns how many.
+    pub fn poll(&self, out: &mut Vec<Completion>, max: usize) -> Result<usize> {
+        let mut raw = Vec::with_capacity(max.min(64));
+        let mut got = 0;
+        while got < max {
+            raw.clear();
+            let n = dispatch!(&self.shared.inner, cq => cq.poll(&mut raw, (max - got).min(64)))?;
+            if n == 0 {
+                break;
+            }
+            for r in &raw {
+                if let Some(c) = self.shared.translate(r) {
+                    out.push(c);
+                    got += 1;
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// Blocks until at least one completion is available or `timeout` passes; appends up to
+    /// `max` to `out` and returns how many (0 on timeout).
+    pub fn wait(&self, out: &mut Vec<Completion>, max: usize, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.poll(out, max)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(0);
+            }
+            dispatch!(&self.shared.inner, cq => cq.wait(deadline - now))?;
+        }
+    }
+
+    /// Waits for one completion (blocking, up to `timeout`).
+    pub fn next(&self, timeout: Duration) -> Result<Option<Completion>> {
+        let mut out = Vec::with_capacity(1);
+        self.wait(&mut out, 1, timeout)?;
+        Ok(out.pop())
+    }
+}
+
+/// A reliable-connected queue pair.
+pub struct QueuePair {
+    // Field order matters: the provider QP is destroyed before the tracker releases buffers.
+    inner: Provider<verbs::VerbsQp, soft::SoftQp>,
+    tracker: Arc<Tracker>,
+    pd: ProtectionDomain,
+    send_cq: CompletionQueue,
+    recv_cq: CompletionQueue,
+    local_psn: Mutex<u32>,
+    cap: QpCapacity,
+}
+
+impl std::fmt::Debug for QueuePair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuePair")
+            .field("qpn", &self.qpn())
+            .finish()
+    }
+}
+
+impl QueuePair {
+    /// Queue pair number.
+    pub fn qpn(&self) -> u32 {
+        dispatch!(&self.inner, q => q.qpn())
+    }
+
+    /// The descriptor the peer needs to connect to this queue pair.
+    pub fn endpoint(&self) -> Result<Endpoint> {
+        let psn = *self.local_psn.lock();
+        dispatch!(&self.inner, q => q.local_endpoint(psn))
+    }
+
+    /// Slam-connects to the peer: RESET→INIT→RTR→RTS in one call, with no connection
+    /// messages. From any state; outstanding requests are discarded first.
+    pub fn connect(&self, remote: &Endpoint, opts: &ConnectOptions) -> Result<()> {
+        remote.validate()?;
+        let psn = *self.local_psn.lock();
+        let r = dispatch!(&self.inner, q => q.connect(psn, remote, opts));
+        // The provider reset the queue pair first: nothing outstanding is touched any more.
+        self.tracker.clear();
+        r?;
+        tracing::debug!(qpn = self.qpn(), peer_qpn = remote.qpn, peer = %remote.gid, "queue pair connected");
+        Ok(())
+    }
+
+    /// Moves the queue pair to RESET; outstanding requests are discarded (no completions)
+    /// and their buffers released. Pick a new PSN for the next connect.
+    pub fn reset(&self) -> Result<()> {
+        dispatch!(&self.inner, q => q.reset())?;
+        self.tracker.clear();
+        let mut psn = self.local_psn.lock();
+        *psn = (*psn).wrapping_add(0x1000) & 0x00ff_ffff;
+        Ok(())
+    }
+
+    /// Moves the queue pair to ERROR: every outstanding request completes as flushed.
+    pub fn set_error(&self) -> Result<()> {
+        dispatch!(&self.inner, q => q.set_error())
+    }
+
+    /// Current state.
+    pub fn state(&self) -> Result<QpState> {
+        dispatch!(&self.inner, q => q.state())
+    }
+
+    /// Requests outstanding (send, receive).
+    pub fn outstanding(&self) -> (usize, usize) {
+        self.tracker.outstanding()
+    }
+
+    /// Queue sizes.
+    pub fn capacity(&self) -> QpCapacity {
+        self.cap
+    }
+
+    /// The send completion queue.
+    pub fn send_cq(&self) -> &CompletionQueue {
+        &self.send_cq
+    }
+
+    /// The receive completion queue.
+    pub fn recv_cq(&self) -> &CompletionQueue {
+        &self.recv_cq
+    }
+
+    fn check_buf(&self, op: &'static str, buf: &LocalBuf, need: Access) -> Result<()> {
+        if !buf.region.inner.pd.same(&self.pd) {
+            return Err(FabricError::ProviderMismatch { op });
+        }
+        let have = buf.region.access();
+        if !have.contains(need) {
+            return Err(FabricError::LocalAccess { op, have, need });
+        }
+        Ok(())
+    }
+
+    /// Posts one send-queue request.
+    pub fn post_send(&self, req: SendRequest) -> Result<()> {
+        self.post_send_batch(std::iter::once(req))
+    }
+
+    /// Posts several send-queue requests with one doorbell, in order.
+    pub fn post_send_batch<I: IntoIterator<Item = SendRequest>>(&self, reqs: I) -> Result<()> {
+        let reqs: Vec<SendRequest> = reqs.into_iter().collect();
+        for r in &reqs {
+            let need = match r.op {
+                SendOp::Read(_) => Access::LOCAL_WRITE,
+                _ => Access::NONE,
+            };
+            self.check_buf("post send", &r.local, need)?;
+        }
+        let mut adm = self.tracker.admit(Queue::Send, reqs.len(), "post send")?;
+        let mut raw = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let sge = r.local.sge();
+            let op = match r.op {
+                SendOp::Send => RawOp::Send,
+                SendOp::SendImm(i) => RawOp::SendImm(i),
+                SendOp::Write(a) => RawOp::Write(a),
+                SendOp::WriteImm(a, i) => RawOp::WriteImm(a, i),
+                SendOp::Read(a) => RawOp::Read(a),
+            };
+            let inline =
+                !matches!(op, RawOp::Read(_)) && sge.len > 0 && sge.len <= self.cap.max_inline_data;
+            let token = adm.push(r.wr_id, r.local);
+            raw.push(RawSend {
+                token,
+                op,
+                sge,
+                signaled: r.signaled,
+                inline,
+            });
+        }
+        dispatch!(&self.inner, q => q.post_send(&raw))
+    }
+
+    /// Posts one receive.
+    pub fn post_recv(&self, req: RecvRequest) -> Result<()> {
+        self.post_recv_batch(std::iter::once(req))
+    }
+
+    /// Posts several receives at once.
+    pub fn post_recv_batch<I: IntoIterator<Item = RecvRequest>>(&self, reqs: I) -> Result<()> {
+        let reqs: Vec<RecvRequest> = reqs.into_iter().collect();
+        for r in &reqs {
+            self.check_buf("post recv", &r.local, Access::LOCAL_WRITE)?;
+        }
+        let mut adm = self.tracker.admit(Queue::Recv, reqs.len(), "post recv")?;
+        let mut raw = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let sge = r.local.sge();
+            let token = adm.push(r.wr_id, r.local);
+            raw.push(RawRecv { token, sge });
+        }
+        dispatch!(&self.inner, q => q.post_recv(&raw))
+    }
+}

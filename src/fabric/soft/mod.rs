@@ -1,0 +1,578 @@
+//! The soft provider: verbs semantics in userspace, over TCP between hosts or over an
+//! in-process simulated network ([`SimNet`]).
+//!
+//! Each device runs one engine thread that takes inbound packets and drives retransmission
+//! timers. Queue pairs implement the reliable-connected protocol in [`rc`]: PSNs, cumulative
+//! ACKs, go-back-N retransmission after the ACK timeout, RNR NAKs, and NAKs for remote access
+//! violations. Every remote READ/WRITE is checked on the target against its regions (rkey,
+//! protection domain, bounds, access right); a violation NAKs the initiator (remote-access error
+//! completion, queue pair to error, as verbs does), moves the target queue pair to error (as
+//! rxe does) and is counted in [`SoftDevice::access_violations`].
+
+mod rc;
+mod sim;
+mod tcp;
+pub mod wire;
+
+pub use rc::SoftQp;
+pub use sim::{FaultConfig, SimNet, SimStats};
+
+use super::raw::RawCompletion;
+use super::types::*;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Why a soft-provider operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SoftError {
+    /// Binding the TCP listener failed.
+    #[error("soft open device: bind {addr}: {source} (is the address configured on this host/namespace?)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Attaching to the simulated network failed.
+    #[error("soft open device on sim network: {0}")]
+    Attach(String),
+    /// Starting a thread failed.
+    #[error("soft {what}: spawn thread: {source}")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Registration of an empty region.
+    #[error("soft register region: length 0 (regions must have at least one byte)")]
+    RegisterEmpty,
+    /// The peer endpoint cannot be reached by this device's transport.
+    #[error(
+        "soft connect: peer gid {gid} is not reachable over {transport} (expected {expected})"
+    )]
+    Unreachable {
+        /// Peer GID.
+        gid: Gid,
+        /// Transport kind.
+        transport: &'static str,
+        /// What the transport needs.
+        expected: &'static str,
+    },
+    /// The port is down.
+    #[error("soft connect: port of device {device} is down")]
+    PortDown {
+        /// Device name.
+        device: String,
+    },
+}
+
+/// Where a device sends packets.
+pub(crate) enum Transport {
+    Tcp(tcp::TcpTransport),
+    Sim(SimNet, Gid),
+}
+
+/// An address a packet goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PeerAddr {
+    Tcp(SocketAddr),
+    Sim(Gid),
+}
+
+impl Transport {
+    fn resolve(&self, ep: &Endpoint) -> Result<PeerAddr, SoftError> {
+        match self {
+            Transport::Tcp(_) => {
+                let ip = ep.gid.to_ip();
+                if ep.lid == 0 || ep.gid.0[0] == 0xfd {
+                    return Err(SoftError::Unreachable {
+                        gid: ep.gid,
+                        transport: "tcp",
+                        expected: "an IP GID and the listener port in lid",
+                    });
+                }
+                Ok(PeerAddr::Tcp(SocketAddr::new(ip, ep.lid)))
+            }
+            Transport::Sim(..) => {
+                if ep.gid.0[0] != 0xfd {
+                    return Err(SoftError::Unreachable {
+                        gid: ep.gid,
+                        transport: "sim",
+                        expected: "a simulated-network GID (fd00::/8)",
+                    });
+                }
+                Ok(PeerAddr::Sim(ep.gid))
+            }
+        }
+    }
+
+    pub(crate) fn send(&self, to: PeerAddr, pkt: Vec<u8>) {
+        match (self, to) {
+            (Transport::Tcp(t), PeerAddr::Tcp(a)) => t.send(a, pkt),
+            (Transport::Sim(net, me), PeerAddr::Sim(g)) => net.send(*me, g, pkt),
+            _ => tracing::warn!("soft transport: address of the wrong kind; packet dropped"),
+        }
+    }
+}
+
+/// Memory of a soft region, shared with the engine for remote access.
+pub(crate) struct RegionMem {
+    pub(crate) key: u32,
+    pub(crate) addr: u64,
+    pub(crate) access: Access,
+    pub(crate) pd: u32,
+    pub(crate) data: RwLock<Box<[u8]>>,
+}
+
+impl RegionMem {
+    /// The byte range `[addr, addr+len)` as an offset, if inside the region.
+    pub(crate) fn offset_of(&self, addr: u64, len: usize) -> Option<usize> {
+        let off = addr.checked_sub(self.addr)?;
+        let end = off.checked_add(len as u64)?;
+        if end > self.data.read().len() as u64 {
+            return None;
+        }
+        usize::try_from(off).ok()
+    }
+}
+
+/// State shared by a device's handles and its engine thread.
+pub(crate) struct DeviceShared {
+    pub(crate) name: String,
+    pub(crate) gid: Gid,
+    pub(crate) lid: u16,
+    pub(crate) transport: Transport,
+    pub(crate) qps: RwLock<HashMap<u32, Arc<rc::QpCore>>>,
+    pub(crate) regions: RwLock<HashMap<u32, Weak<RegionMem>>>,
+    next_qpn: AtomicU32,
+    next_key: AtomicU32,
+    next_pd: AtomicU32,
+    next_addr: AtomicU64,
+    violations: AtomicU64,
+    subscribers: Mutex<Vec<Sender<AsyncEvent>>>,
+    port_up: AtomicBool,
+    iface: Option<String>,
+    stop: AtomicBool,
+}
+
+impl DeviceShared {
+    pub(crate) fn emit(&self, ev: AsyncEvent) {
+        match ev {
+            AsyncEvent::PortDown { .. } => self.port_up.store(false, Ordering::SeqCst),
+            AsyncEvent::PortActive { .. } => self.port_up.store(true, Ordering::SeqCst),
+            _ => {}
+        }
+        tracing::debug!(device = %self.name, event = ?ev, "soft device event");
+        self.subscribers.lock().retain(|s| s.send(ev).is_ok());
+    }
+
+    pub(crate) fn region(&self, key: u32) -> Option<Arc<RegionMem>> {
+        self.regions.read().get(&key).and_then(Weak::upgrade)
+    }
+
+    pub(crate) fn count_violation(&self) {
+        self.violations.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A soft device: one port with a GID, on TCP or a simulated network.
+pub struct SoftDevice {
+    shared: Arc<DeviceShared>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for SoftDevice {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Transport::Sim(net, gid) = &self.shared.transport {
+            net.detach(*gid);
+        }
+        for h in self.threads.lock().drain(..) {
+            if h.join().is_err() {
+                tracing::warn!(device = %self.shared.name, "soft device thread panicked");
+            }
+        }
+    }
+}
+
+fn iface_for(ip: IpAddr) -> Option<String> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for a in addrs {
+        let Some(sa) = a.address else { continue };
+        let found = if let Some(v4) = sa.as_sockaddr_in() {
+            IpAddr::V4(v4.ip()) == ip
+        } else if let Some(v6) = sa.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip()) == ip
+        } else {
+            false
+        };
+        if found {
+            return Some(a.interface_name);
+        }
+    }
+    None
+}
+
+/// Whether the interface is administratively up with its carrier (lower layer) up, in the
+/// calling thread's network namespace.
+fn iface_up(iface: &str) -> bool {
+    use nix::net::if_::InterfaceFlags;
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return true;
+    };
+    let mut seen = false;
+    for a in addrs.filter(|a| a.interface_name == iface) {
+        seen = true;
+        if a.flags
+            .contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING)
+        {
+            return true;
+        }
+    }
+    !seen
+}
+
+impl SoftDevice {
+    fn start(
+        name: String,
+        gid: Gid,
+        lid: u16,
+        transport: Transport,
+        inbox: Receiver<Vec<u8>>,
+        iface: Option<String>,
+    ) -> Result<Arc<SoftDevice>, SoftError> {
+        let port_up = iface.as_deref().is_none_or(iface_up);
+        let netns = tcp::current_netns();
+        let shared = Arc::new(DeviceShared {
+            name,
+            gid,
+            lid,
+            transport,
+            qps: RwLock::new(HashMap::new()),
+            regions: RwLock::new(HashMap::new()),
+            next_qpn: AtomicU32::new(0x11),
+            next_key: AtomicU32::new(1),
+            next_pd: AtomicU32::new(1),
+            next_addr: AtomicU64::new(0x7f00_0000_0000 | (u64::from(lid) << 28)),
+            violations: AtomicU64::new(0),
+            subscribers: Mutex::new(Vec::new()),
+            port_up: AtomicBool::new(port_up),
+            iface,
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let engine = std::thread::Builder::new()
+            .name(format!("interlink-soft-{}", shared.name))
+            .spawn(move || engine_loop(&s, &inbox))
+            .map_err(|source| SoftError::Spawn {
+                what: "engine",
+                source,
+            })?;
+        let mut threads = vec![engine];
+        if shared.iface.is_some() {
+            let s = shared.clone();
+            let mon = std::thread::Builder::new()
+                .name(format!("interlink-soft-link-{}", shared.name))
+                .spawn(move || {
+                    tcp::enter_netns(netns.as_deref());
+                    link_monitor(&s)
+                })
+                .map_err(|source| SoftError::Spawn {
+                    what: "link monitor",
+                    source,
+                })?;
+            threads.push(mon);
+        }
+        Ok(Arc::new(SoftDevice {
+            shared,
+            threads: Mutex::new(threads),
+        }))
+    }
+
+    /// Opens a device listening on `addr:port` (port 0: any free port).
+    pub fn open_tcp(addr: IpAddr, port: u16) -> Result<Arc<SoftDevice>, SoftError> {
+        let (tx, rx) = unbounded();
+        let bind = SocketAddr::new(addr, port);
+        let t = tcp::TcpTransport::bind(bind, tx)
+            .map_err(|source| SoftError::Bind { addr: bind, source })?;
+        let local = t.local_addr();
+        let iface = if addr.is_loopback() {
+            None
+        } else {
+            iface_for(addr)
+        };
+        Self::start(
+            format!("soft-{}", local),
+            Gid::from_ip(addr),
+            local.port(),
+            Transport::Tcp(t),
+            rx,
+            iface,
+        )
+    }
+
+    /// Opens a device named `name` on a simulated network.
+    pub fn open_sim(net: &SimNet, name: &str) -> Result<Arc<SoftDevice>, SoftError> {
+        let (tx, rx) = unbounded();
+        // The event sink is filled in once the device exists.
+        let sink: Arc<Mutex<Weak<DeviceShared>>> = Arc::new(Mutex::new(Weak::new()));
+        let sink2 = sink.clone();
+        let gid = net
+            .attach(sim::Node {
+                name: name.to_string(),
+                inbox: tx,
+                events: Arc::new(move |ev| {
+                    if let Some(d) = sink2.lock().upgrade() {
+                        d.emit(ev);
+                    }
+                }),
+            })
+            .map_err(SoftError::Attach)?;
+        let dev = Self::start(
+            name.to_string(),
+            gid,
+            0,
+            Transport::Sim(net.clone(), gid),
+            rx,
+            None,
+        )?;
+        *sink.lock() = Arc::downgrade(&dev.shared);
+        Ok(dev)
+    }
+
+    /// Device name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+    /// The port's GID.
+    pub fn gid(&self) -> Gid {
+        self.shared.gid
+    }
+    /// The listener port (TCP) carried in endpoint descriptors as `lid`; 0 on a sim network.
+    pub fn lid(&self) -> u16 {
+        self.shared.lid
+    }
+    /// Whether the port is up (interface operstate on TCP; no cut link on a sim network).
+    pub fn port_active(&self) -> super::Result<bool> {
+        Ok(match &self.shared.transport {
+            Transport::Sim(net, gid) => !net.port_down(*gid),
+            Transport::Tcp(_) => self.shared.port_up.load(Ordering::SeqCst),
+        })
+    }
+    /// A new receiver of the device's events.
+    pub fn subscribe_events(&self) -> Receiver<AsyncEvent> {
+        let (tx, rx) = unbounded();
+        self.shared.subscribers.lock().push(tx);
+        rx
+    }
+    /// Remote accesses refused on this device (bad rkey, bounds, rights).
+    pub fn access_violations(&self) -> u64 {
+        self.shared.violations.load(Ordering::Relaxed)
+    }
+}
+
+fn engine_loop(dev: &Arc<DeviceShared>, inbox: &Receiver<Vec<u8>>) {
+    const TICK: Duration = Duration::from_millis(2);
+    let mut next_scan = Instant::now() + TICK;
+    let mut out = Vec::with_capacity(64);
+    while !dev.stop.load(Ordering::SeqCst) {
+        match inbox.recv_timeout(TICK) {
+            Ok(pkt) => match wire::Packet::decode(&pkt) {
+                Ok(p) => {
+                    let qp = dev.qps.read().get(&p.dst_qpn).cloned();
+                    match qp {
+                        Some(qp) => qp.handle_packet(dev, &p, Instant::now(), &mut out),
+                        None => tracing::trace!(qpn = p.dst_qpn, "packet for unknown queue pair"),
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(device = %dev.name, error = %e, "malformed packet dropped")
+                }
+            },
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(TICK);
+            }
+        }
+        let now = Instant::now();
+        if now >= next_scan {
+            next_scan = now + TICK;
+            let qps: Vec<Arc<rc::QpCore>> = dev.qps.read().values().cloned().collect();
+            for qp in qps {
+                qp.handle_timeout(dev, now, &mut out);
+            }
+        }
+    }
+}
+
+fn link_monitor(dev: &DeviceShared) {
+    let Some(iface) = dev.iface.as_deref() else {
+        return;
+    };
+    while !dev.stop.load(Ordering::SeqCst) {
+        let up = iface_up(iface);
+        if up != dev.port_up.load(Ordering::SeqCst) {
+            dev.emit(if up {
+                AsyncEvent::PortActive { port: 1 }
+            } else {
+                AsyncEvent::PortDown { port: 1 }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A soft protection domain.
+pub struct SoftPd {
+    pub(crate) id: u32,
+    pub(crate) device: Arc<SoftDevice>,
+}
+
+impl SoftPd {
+    /// Allocates a protection domain on `device`.
+    pub fn new(device: &Arc<SoftDevice>) -> Arc<SoftPd> {
+        Arc::new(SoftPd {
+            id: device.shared.next_pd.fetch_add(1, Ordering::Relaxed),
+            device: device.clone(),
+        })
+    }
+}
+
+/// A soft memory region; owns its memory.
+pub struct SoftMr {
+    mem: Arc<RegionMem>,
+    len: usize,
+    _pd: Arc<SoftPd>,
+}
+
+impl Drop for SoftMr {
+    fn drop(&mut self) {
+        self._pd.device.shared.regions.write().remove(&self.mem.key);
+    }
+}
+
+impl SoftMr {
+    /// Allocates and registers `len` zeroed bytes with `access`.
+    pub fn register(pd: &Arc<SoftPd>, len: usize, access: Access) -> super::Result<SoftMr> {
+        if len == 0 {
+            return Err(SoftError::RegisterEmpty.into());
+        }
+        let dev = &pd.device.shared;
+        let idx = dev.next_key.fetch_add(1, Ordering::Relaxed);
+        // Keys mix a per-device index with pseudo-random bits, so stale or guessed keys fail.
+        let key = (idx << 8) | (idx.wrapping_mul(0x9e37_79b9) >> 24);
+        let pages = (len as u64).div_ceil(4096) + 1;
+        let addr = dev.next_addr.fetch_add(pages * 4096, Ordering::Relaxed);
+        let mem = Arc::new(RegionMem {
+            key,
+            addr,
+            access,
+            pd: pd.id,
+            data: RwLock::new(vec![0u8; len].into_boxed_slice()),
+        });
+        dev.regions.write().insert(key, Arc::downgrade(&mem));
+        Ok(SoftMr {
+            mem,
+            len,
+            _pd: pd.clone(),
+        })
+    }
+    /// Address, length and rkey.
+    pub fn descriptor(&self) -> RegionDescriptor {
+        RegionDescriptor {
+            addr: self.mem.addr,
+            len: self.len as u64,
+            rkey: self.mem.key,
+        }
+    }
+    /// Local key (equal to the rkey).
+    pub fn lkey(&self) -> u32 {
+        self.mem.key
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the region is empty (never: registration rejects length 0).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Copies out (bounds checked by the caller).
+    pub fn read(&self, offset: usize, dst: &mut [u8]) {
+        if let Some(src) = self.mem.data.read().get(offset..offset + dst.len()) {
+            dst.copy_from_slice(src);
+        }
+    }
+    /// Copies in (bounds checked by the caller).
+    pub fn write(&self, offset: usize, src: &[u8]) {
+        if let Some(dst) = self.mem.data.write().get_mut(offset..offset + src.len()) {
+            dst.copy_from_slice(src);
+        }
+    }
+    /// Loads a word (native order).
+    pub fn read_u64(&self, offset: usize) -> u64 {
+        let mut b = [0u8; 8];
+        self.read(offset, &mut b);
+        u64::from_ne_bytes(b)
+    }
+    /// Stores a word (native order); atomic with respect to remote access.
+    pub fn write_u64(&self, offset: usize, v: u64) {
+        self.write(offset, &v.to_ne_bytes());
+    }
+}
+
+/// A soft completion queue.
+pub struct SoftCq {
+    queue: Mutex<VecDeque<RawCompletion>>,
+    ready: Condvar,
+    depth: usize,
+    overflowed: AtomicBool,
+}
+
+impl SoftCq {
+    /// A completion queue with room for `depth` entries.
+    pub fn new(_device: &Arc<SoftDevice>, depth: u32) -> Arc<SoftCq> {
+        Arc::new(SoftCq {
+            queue: Mutex::new(VecDeque::with_capacity(depth as usize)),
+            ready: Condvar::new(),
+            depth: depth.max(1) as usize,
+            overflowed: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn push(&self, c: RawCompletion) {
+        let mut q = self.queue.lock();
+        if q.len() >= self.depth && !self.overflowed.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                depth = self.depth,
+                "soft completion queue overrun; keeping entries"
+            );
+        }
+        q.push_back(c);
+        drop(q);
+        self.ready.notify_all();
+    }
+
+    /// Moves up to `max` completions to `out`.
+    pub fn poll(&self, out: &mut Vec<RawCompletion>, max: usize) -> super::Result<usize> {
+        let mut q = self.queue.lock();
+        let n = max.min(q.len());
+        out.extend(q.drain(..n));
+        Ok(n)
+    }
+
+    /// Waits until the queue is non-empty or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) -> super::Result<()> {
+        let mut q = self.queue.lock();
+        if q.is_empty() {
+            self.ready.wait_for(&mut q, timeout);
+        }
+        Ok(())
+    }
+}
