@@ -1,5 +1,4 @@
-//! interlink: the RDMA cluster interconnect for the two controllers of a high-availability
-//! storage pair.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
