@@ -290,7 +290,8 @@ pub struct RemoteAddr {
 pub struct ConnectOptions {
     /// Local ACK timeout exponent: 4.096 µs × 2^timeout (0 = infinite, 14 ≈ 67 ms).
     pub ack_timeout: u8,
-    /// Transport retries before a `RetryExceeded` completion (0..=7).
+    /// Transport retries before a `RetryExceeded` completion (0..=7). The default is 6: Linux
+    /// rxe (Soft-RoCE) treats 7 like an infinite retry, so a vanished peer would never surface.
     pub retry_count: u8,
     /// Receiver-not-ready retries (0..=6, 7 = infinite).
     pub rnr_retry: u8,
@@ -306,7 +307,7 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             ack_timeout: 14,
-            retry_count: 7,
+            retry_count: 6,
             rnr_retry: 7,
             min_rnr_timer: 12,
             max_rd_atomic: 1,
