@@ -146,6 +146,7 @@ impl Device {
             shared: Arc::new(CqShared {
                 inner,
                 qps: Mutex::new(HashMap::new()),
+                scratch: Mutex::new(Vec::with_capacity(64)),
                 device: self.clone(),
             }),
         })
@@ -429,6 +430,8 @@ pub struct RecvRequest {
 struct CqShared {
     inner: Provider<Arc<verbs::VerbsCq>, Arc<soft::SoftCq>>,
     qps: Mutex<HashMap<u32, Weak<Tracker>>>,
+    /// Reused buffer for raw completions, so polling does not allocate.
+    scratch: Mutex<Vec<RawCompletion>>,
     device: Device,
 }
 
@@ -481,7 +484,7 @@ impl CompletionQueue {
 
     /// Appends up to `max` completions to `out` without blocking; returns how many.
     pub fn poll(&self, out: &mut Vec<Completion>, max: usize) -> Result<usize> {
-        let mut raw = Vec::with_capacity(max.min(64));
+        let mut raw = self.shared.scratch.lock();
         let mut got = 0;
         while got < max {
             raw.clear();
@@ -489,7 +492,7 @@ impl CompletionQueue {
             if n == 0 {
                 break;
             }
-            for r in &raw {
+            for r in raw.iter() {
                 if let Some(c) = self.shared.translate(r) {
                     out.push(c);
                     got += 1;

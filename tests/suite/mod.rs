@@ -727,7 +727,7 @@ macro_rules! fabric_suite {
     ($make:expr $(, #[$attr:meta])* ; cut: $cut:tt) => {
         $crate::fabric_suite!(@case $make, [$(#[$attr])*], register_and_describe, send_recv_sizes,
             write_read_sizes, write_with_immediate, batched_and_unsignaled, access_violations,
-            local_errors, buffers_outlive_handles, reconnect_after_error);
+            local_errors, buffers_outlive_handles, reconnect_after_error, endpoint_pointing_nowhere);
         $crate::fabric_suite!(@cut $make, [$(#[$attr])*], $cut);
     };
     (@case $make:expr, [$($attrs:tt)*], $name:ident $(, $rest:ident)*) => {
@@ -748,4 +748,20 @@ macro_rules! fabric_suite {
         }
     };
     (@cut $make:expr, [$($attrs:tt)*], no) => {};
+}
+
+/// Connecting to an endpoint whose queue pair does not exist: requests fail with
+/// `RetryExceeded` in bounded time, nothing panics.
+pub fn endpoint_pointing_nowhere(p: Pair) {
+    let qa = p.a.qp();
+    let qb = p.b.qp();
+    let mut ghost = qb.endpoint().unwrap();
+    ghost.qpn = (ghost.qpn + 0x1000) & 0x00ff_ffff;
+    qa.connect(&ghost, &p.opts).unwrap();
+    let src = p.a.region(64, Access::NONE);
+    qa.post_send(SendRequest::new(1, SendOp::Send, src.whole()))
+        .unwrap();
+    let c = next(&p.a.cq);
+    assert_eq!((c.wr_id, c.status), (1, CompletionStatus::RetryExceeded));
+    assert_eq!(qa.state().unwrap(), QpState::Error);
 }

@@ -51,9 +51,15 @@ impl DeviceList {
         // SAFETY: n is a valid out-pointer; the result is checked for null.
         let list = unsafe { ibv_get_device_list(&mut n) };
         if list.is_null() {
-            return Err(VerbsError::IbvGetDeviceList {
-                source: io::Error::last_os_error(),
-            });
+            let source = io::Error::last_os_error();
+            // ENOSYS: the kernel has no RDMA subsystem at all; that is "no devices".
+            if source.raw_os_error() == Some(libc::ENOSYS) {
+                return Ok(DeviceList {
+                    list: std::ptr::null_mut(),
+                    len: 0,
+                });
+            }
+            return Err(VerbsError::IbvGetDeviceList { source });
         }
         Ok(DeviceList {
             list,
@@ -73,6 +79,9 @@ impl DeviceList {
 
 impl Drop for DeviceList {
     fn drop(&mut self) {
+        if self.list.is_null() {
+            return;
+        }
         // SAFETY: the list came from ibv_get_device_list and is freed once; contexts opened
         // from it stay valid after the list is freed.
         unsafe { ibv_free_device_list(self.list) };
