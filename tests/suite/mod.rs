@@ -22,6 +22,16 @@ pub struct Side {
 
 impl Side {
     pub fn new(dev: Device) -> Side {
+        // A link just created (veth, rxe) takes a moment to report carrier.
+        let deadline = Instant::now() + PATIENCE;
+        while !dev.port_active().expect("query port") {
+            assert!(
+                Instant::now() < deadline,
+                "port of {} never became active",
+                dev.name()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let pd = dev.alloc_pd().expect("alloc pd");
         let cq = dev.create_cq(1024).expect("create send cq");
         let rcq = dev.create_cq(1024).expect("create recv cq");
