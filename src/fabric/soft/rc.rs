@@ -257,14 +257,8 @@ impl SoftQp {
             let Some((region, off)) = region else {
                 // The neutral layer validated the buffer; a failure here means it was
                 // deregistered underneath us: a local protection error, as verbs reports.
-                core.send_cq.push(RawCompletion {
-                    token: w.token,
-                    qpn: core.qpn,
-                    status: CompletionStatus::LocalProtectionError,
-                    op: CompletionOp::Unknown,
-                    byte_len: 0,
-                    imm: None,
-                });
+                core.send_cq
+                    .push(core.error(w.token, CompletionStatus::LocalProtectionError));
                 core.fail(&mut st, None);
                 return Ok(());
             };
@@ -351,29 +345,27 @@ impl SoftQp {
 }
 
 impl QpCore {
-    fn flushed(&self, token: u64) -> RawCompletion {
+    /// An error completion (the opcode of an error completion is undefined, as on verbs).
+    fn error(&self, token: u64, status: CompletionStatus) -> RawCompletion {
         RawCompletion {
             token,
             qpn: self.qpn,
-            status: CompletionStatus::WorkRequestFlushed,
+            status,
             op: CompletionOp::Unknown,
             byte_len: 0,
             imm: None,
         }
     }
 
+    fn flushed(&self, token: u64) -> RawCompletion {
+        self.error(token, CompletionStatus::WorkRequestFlushed)
+    }
+
     /// Moves to ERROR: the head request gets `head_status` (if any), the rest are flushed.
     fn fail(&self, st: &mut CoreState, head_status: Option<CompletionStatus>) {
         if let Some(status) = head_status {
             if let Some(e) = st.sq.pop_front() {
-                self.send_cq.push(RawCompletion {
-                    token: e.token,
-                    qpn: self.qpn,
-                    status,
-                    op: CompletionOp::Unknown,
-                    byte_len: 0,
-                    imm: None,
-                });
+                self.send_cq.push(self.error(e.token, status));
             }
         }
         for e in st.sq.drain(..) {
@@ -631,28 +623,16 @@ impl QpCore {
                 };
                 if payload.len() > recv.sge.len as usize {
                     st.rq.pop_front();
-                    self.recv_cq.push(RawCompletion {
-                        token: recv.token,
-                        qpn: self.qpn,
-                        status: CompletionStatus::LocalLengthError,
-                        op: CompletionOp::Unknown,
-                        byte_len: 0,
-                        imm: None,
-                    });
+                    self.recv_cq
+                        .push(self.error(recv.token, CompletionStatus::LocalLengthError));
                     self.ack(dev, st, p.psn, Syndrome::NakInvalidRequest, out);
                     self.fail(st, None);
                     return;
                 }
                 let Some((region, off)) = local(dev, self.pd, &recv.sge, true) else {
                     st.rq.pop_front();
-                    self.recv_cq.push(RawCompletion {
-                        token: recv.token,
-                        qpn: self.qpn,
-                        status: CompletionStatus::LocalProtectionError,
-                        op: CompletionOp::Unknown,
-                        byte_len: 0,
-                        imm: None,
-                    });
+                    self.recv_cq
+                        .push(self.error(recv.token, CompletionStatus::LocalProtectionError));
                     self.ack(dev, st, p.psn, Syndrome::NakRemoteOperation, out);
                     self.fail(st, None);
                     return;
