@@ -262,23 +262,20 @@ fn common_args(dev: &str, ip: Ipv4Addr, port: u16) -> Vec<String> {
     v.to_vec()
 }
 
-#[test]
-#[ignore = "needs Soft-RoCE: run inside soft-roce/vm with --ignored"]
-fn ours_client_theirs_server() {
-    let port = 18611;
-    let ours = example_bin();
-    let ours = ours.to_str().expect("utf-8 path");
+/// Runs one interop exchange across ilA (client, rxe_a0) and ilB (server, rxe_b0), with
+/// `server` and `client` naming the program for each role; both must complete every iteration.
+fn interop(tag: &str, port: u16, server: &str, client: &str) {
     let srv_args = common_args("rxe_b0", Ipv4Addr::new(198, 18, 0, 2), port);
     let mut cli_args = common_args("rxe_a0", Ipv4Addr::new(198, 18, 0, 1), port);
     cli_args.push(SERVER_IP.into());
     let srv_args: Vec<&str> = srv_args.iter().map(String::as_str).collect();
     let cli_args: Vec<&str> = cli_args.iter().map(String::as_str).collect();
     let (srv, cli) = pingpong(
-        "oc",
+        tag,
         Some("ilB"),
         port,
-        &in_ns("ilB", "ibv_rc_pingpong", &srv_args),
-        &in_ns("ilA", ours, &cli_args),
+        &in_ns("ilB", server, &srv_args),
+        &in_ns("ilA", client, &cli_args),
     );
     cli.assert_ok(ITERS);
     srv.assert_ok(ITERS);
@@ -286,24 +283,26 @@ fn ours_client_theirs_server() {
 
 #[test]
 #[ignore = "needs Soft-RoCE: run inside soft-roce/vm with --ignored"]
-fn theirs_client_ours_server() {
-    let port = 18612;
+fn ours_client_theirs_server() {
     let ours = example_bin();
-    let ours = ours.to_str().expect("utf-8 path");
-    let srv_args = common_args("rxe_b0", Ipv4Addr::new(198, 18, 0, 2), port);
-    let mut cli_args = common_args("rxe_a0", Ipv4Addr::new(198, 18, 0, 1), port);
-    cli_args.push(SERVER_IP.into());
-    let srv_args: Vec<&str> = srv_args.iter().map(String::as_str).collect();
-    let cli_args: Vec<&str> = cli_args.iter().map(String::as_str).collect();
-    let (srv, cli) = pingpong(
-        "os",
-        Some("ilB"),
-        port,
-        &in_ns("ilB", ours, &srv_args),
-        &in_ns("ilA", "ibv_rc_pingpong", &cli_args),
+    interop(
+        "oc",
+        18611,
+        "ibv_rc_pingpong",
+        ours.to_str().expect("utf-8 path"),
     );
-    srv.assert_ok(ITERS);
-    cli.assert_ok(ITERS);
+}
+
+#[test]
+#[ignore = "needs Soft-RoCE: run inside soft-roce/vm with --ignored"]
+fn theirs_client_ours_server() {
+    let ours = example_bin();
+    interop(
+        "os",
+        18612,
+        ours.to_str().expect("utf-8 path"),
+        "ibv_rc_pingpong",
+    );
 }
 
 /// The example against itself over the soft provider on loopback: checks the exchange and
