@@ -176,6 +176,14 @@ impl DeviceShared {
         self.regions.read().get(&key).and_then(Weak::upgrade)
     }
 
+    /// Whether the port is up (no cut link on a sim network; interface flags on TCP).
+    pub(crate) fn port_active(&self) -> bool {
+        match &self.transport {
+            Transport::Sim(net, gid) => !net.port_down(*gid),
+            Transport::Tcp(_) => self.port_up.load(Ordering::SeqCst),
+        }
+    }
+
     pub(crate) fn count_violation(&self) {
         self.violations.fetch_add(1, Ordering::Relaxed);
     }
@@ -360,10 +368,7 @@ impl SoftDevice {
     }
     /// Whether the port is up (interface operstate on TCP; no cut link on a sim network).
     pub fn port_active(&self) -> super::Result<bool> {
-        Ok(match &self.shared.transport {
-            Transport::Sim(net, gid) => !net.port_down(*gid),
-            Transport::Tcp(_) => self.shared.port_up.load(Ordering::SeqCst),
-        })
+        Ok(self.shared.port_active())
     }
     /// A new receiver of the device's events.
     pub fn subscribe_events(&self) -> Receiver<AsyncEvent> {

@@ -31,6 +31,19 @@ struct SqEntry {
     pkt: Vec<u8>,
 }
 
+impl CoreState {
+    /// Back to RESET: everything outstanding is discarded without completions.
+    fn discard(&mut self) {
+        self.sq.clear();
+        self.rq.clear();
+        self.remote = None;
+        self.timer = None;
+        self.rnr_until = None;
+        self.nak_seq_sent = false;
+        self.state = QpState::Reset;
+    }
+}
+
 struct CoreState {
     state: QpState,
     remote: Option<(Endpoint, PeerAddr)>,
@@ -64,10 +77,7 @@ pub struct SoftQp {
 impl Drop for SoftQp {
     fn drop(&mut self) {
         self.pd.device.shared.qps.write().remove(&self.core.qpn);
-        let mut st = self.core.st.lock();
-        st.state = QpState::Reset;
-        st.sq.clear();
-        st.rq.clear();
+        self.core.st.lock().discard();
     }
 }
 
@@ -174,41 +184,27 @@ impl SoftQp {
     pub fn connect(&self, local_psn: u32, remote: &Endpoint, opts: &ConnectOptions) -> Result<()> {
         let dev = self.dev();
         let addr = dev.transport.resolve(remote)?;
-        let port_up = match &dev.transport {
-            super::Transport::Sim(net, gid) => !net.port_down(*gid),
-            super::Transport::Tcp(_) => dev.port_up.load(Ordering::SeqCst),
-        };
-        if !port_up {
+        if !dev.port_active() {
             return Err(SoftError::PortDown {
                 device: dev.name.clone(),
             }
             .into());
         }
         let mut st = self.core.st.lock();
-        st.sq.clear();
-        st.rq.clear();
+        st.discard();
         st.remote = Some((*remote, addr));
         st.opts = *opts;
         st.next_psn = local_psn & 0x00ff_ffff;
         st.epsn = remote.psn;
         st.retries_left = opts.retry_count.min(7);
         st.rnr_left = opts.rnr_retry.min(7);
-        st.timer = None;
-        st.rnr_until = None;
-        st.nak_seq_sent = false;
         st.state = QpState::ReadyToSend;
         Ok(())
     }
 
     /// To RESET: everything outstanding is discarded without completions.
     pub fn reset(&self) -> Result<()> {
-        let mut st = self.core.st.lock();
-        st.sq.clear();
-        st.rq.clear();
-        st.remote = None;
-        st.timer = None;
-        st.rnr_until = None;
-        st.state = QpState::Reset;
+        self.core.st.lock().discard();
         Ok(())
     }
 
