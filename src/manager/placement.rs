@@ -1,0 +1,1 @@
+//! Placement planner (placeholder; implemented by the placement work).

@@ -1,0 +1,1 @@
+//! Sans-IO authenticated bootstrap session (placeholder; implemented by the session work).

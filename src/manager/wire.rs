@@ -1,0 +1,1 @@
+//! Manager wire format (placeholder; implemented by the wire work).
