@@ -1,0 +1,351 @@
+//! What a client of the manager holds: its handle, the events it receives, and the
+//! connection (queue pairs, regions, the partner's region descriptors) it uses while ready.
+
+use crate::fabric::{
+    CompletionQueue, MemoryRegion, QueuePair, RecvRequest, Result as FabricResult, SendRequest,
+};
+use crate::manager::error::{ManagerError, Result};
+use crate::manager::types::{ClientCounters, LatencySummary, LinkId, RegionInfo, RegionSpec};
+use crossbeam_channel::{Receiver, Sender};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a client must stop posting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SuspendReason {
+    /// Its link failed (port down, heartbeat loss, QP error or lost bootstrap); it will be
+    /// re-established on another healthy link or on this one when it recovers.
+    LinkDown,
+    /// A planned move to another link (back home after recovery, or load balancing).
+    Moving {
+        /// The link it is moving to.
+        to: LinkId,
+    },
+    /// The partner restarted (new incarnation): everything is re-established.
+    PartnerRestarted,
+    /// The partner's client of the same name closed.
+    PartnerReleased,
+    /// The manager is shutting down.
+    Shutdown,
+}
+
+/// Events delivered to a client, in order.
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// The partner is ready: traffic may flow on this connection. Sent on first connect,
+    /// after every re-establishment and after every move.
+    Ready(Connection),
+    /// A live change (queue pair or region added or released, by either side) took effect; the
+    /// connection is the same link, with the new set of queue pairs and regions.
+    Updated(Connection),
+    /// Stop posting: the queue pairs and regions of the last connection are being torn down
+    /// (the partner's old remote keys stop working). A `Ready` follows when it is back.
+    Suspended {
+        /// The link the client was on.
+        link: LinkId,
+        /// Why.
+        reason: SuspendReason,
+    },
+}
+
+/// Counters a client's operations update (shared with the manager).
+#[derive(Debug)]
+pub(crate) struct ClientCells {
+    pub(crate) ops: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) latency: Mutex<Histogram<u64>>,
+}
+
+impl ClientCells {
+    pub(crate) fn new() -> ClientCells {
+        ClientCells {
+            ops: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: Mutex::new(new_histogram()),
+        }
+    }
+
+    pub(crate) fn count(&self, ops: u64, bytes: u64) {
+        self.ops.fetch_add(ops, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, out: &mut ClientCounters) {
+        out.ops = self.ops.load(Ordering::Relaxed);
+        out.bytes = self.bytes.load(Ordering::Relaxed);
+        out.errors = self.errors.load(Ordering::Relaxed);
+        out.latency = summarize(&self.latency.lock());
+    }
+}
+
+/// A latency histogram in microseconds (1 µs .. 60 s, 3 significant digits).
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| {
+        // The bounds above are valid constants; fall back to an auto-resizing histogram.
+        Histogram::new(3).unwrap_or_else(|_| unreachable_histogram())
+    })
+}
+
+fn unreachable_histogram() -> Histogram<u64> {
+    // sigfig 1 is always accepted.
+    Histogram::new(1).expect("histogram with 1 significant digit")
+}
+
+/// Summary of a microsecond histogram.
+pub(crate) fn summarize(h: &Histogram<u64>) -> LatencySummary {
+    if h.is_empty() {
+        return LatencySummary::default();
+    }
+    LatencySummary {
+        count: h.len(),
+        p50_us: h.value_at_quantile(0.5) as f64,
+        p99_us: h.value_at_quantile(0.99) as f64,
+        max_us: h.max() as f64,
+    }
+}
+
+pub(crate) fn record_us(h: &mut Histogram<u64>, d: Duration) {
+    let us = (d.as_micros() as u64).clamp(1, 60_000_000);
+    let _ = h.record(us);
+}
+
+/// One of a client's queue pairs, with its completion queues. Posts through it are counted
+/// in the client's counters (ops and bytes), which drive adaptive load balancing.
+#[derive(Clone)]
+pub struct ClientQp {
+    index: u16,
+    qp: Arc<QueuePair>,
+    send_cq: CompletionQueue,
+    recv_cq: CompletionQueue,
+    cells: Arc<ClientCells>,
+}
+
+impl std::fmt::Debug for ClientQp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientQp")
+            .field("index", &self.index)
+            .field("qpn", &self.qp.qpn())
+            .finish()
+    }
+}
+
+impl ClientQp {
+    pub(crate) fn new(
+        index: u16,
+        qp: Arc<QueuePair>,
+        send_cq: CompletionQueue,
+        recv_cq: CompletionQueue,
+        cells: Arc<ClientCells>,
+    ) -> ClientQp {
+        ClientQp {
+            index,
+            qp,
+            send_cq,
+            recv_cq,
+            cells,
+        }
+    }
+    /// Index within the client (the partner's queue pair of the same index is its peer).
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+    /// The queue pair itself (posting directly bypasses the client's counters).
+    pub fn queue_pair(&self) -> &QueuePair {
+        &self.qp
+    }
+    /// Completion queue of the send queue.
+    pub fn send_cq(&self) -> &CompletionQueue {
+        &self.send_cq
+    }
+    /// Completion queue of the receive queue.
+    pub fn recv_cq(&self) -> &CompletionQueue {
+        &self.recv_cq
+    }
+    /// Posts one send-queue request, counting it.
+    pub fn post_send(&self, req: SendRequest) -> FabricResult<()> {
+        let bytes = req.local.len() as u64;
+        self.qp.post_send(req)?;
+        self.cells.count(1, bytes);
+        Ok(())
+    }
+    /// Posts several send-queue requests (all or none), counting them.
+    pub fn post_send_batch(&self, reqs: Vec<SendRequest>) -> FabricResult<()> {
+        let ops = reqs.len() as u64;
+        let bytes = reqs.iter().map(|r| r.local.len() as u64).sum();
+        self.qp.post_send_batch(reqs)?;
+        self.cells.count(ops, bytes);
+        Ok(())
+    }
+    /// Posts a receive.
+    pub fn post_recv(&self, req: RecvRequest) -> FabricResult<()> {
+        self.qp.post_recv(req)
+    }
+    /// Posts several receives.
+    pub fn post_recv_batch(&self, reqs: Vec<RecvRequest>) -> FabricResult<()> {
+        self.qp.post_recv_batch(reqs)
+    }
+}
+
+/// A local region of a client on its current link.
+#[derive(Clone, Debug)]
+pub struct ClientRegion {
+    /// Id within the client (stable across moves).
+    pub id: u16,
+    /// Purpose.
+    pub purpose: String,
+    /// The registered region (its contents are carried over when the client moves).
+    pub region: MemoryRegion,
+}
+
+/// What a ready client uses: its queue pairs and regions on one link, and the partner's
+/// region descriptors.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// The link.
+    pub link: LinkId,
+    /// Attachment generation (changes with every re-establishment, move or live change).
+    pub generation: u32,
+    /// Queue pairs, by index.
+    pub qps: Vec<ClientQp>,
+    /// Local regions.
+    pub regions: Vec<ClientRegion>,
+    /// The partner client's regions.
+    pub partner_regions: Vec<RegionInfo>,
+}
+
+impl Connection {
+    /// Queue pair by index.
+    pub fn qp(&self, index: u16) -> Option<&ClientQp> {
+        self.qps.iter().find(|q| q.index == index)
+    }
+    /// Local region by purpose.
+    pub fn region(&self, purpose: &str) -> Option<&MemoryRegion> {
+        self.regions
+            .iter()
+            .find(|r| r.purpose == purpose)
+            .map(|r| &r.region)
+    }
+    /// The partner's region by purpose.
+    pub fn partner_region(&self, purpose: &str) -> Option<&RegionInfo> {
+        self.partner_regions.iter().find(|r| r.purpose == purpose)
+    }
+}
+
+/// Requests a client sends to the manager.
+#[derive(Debug)]
+pub(crate) enum ClientRequest {
+    AddQp { name: String },
+    AddRegion { name: String, spec: RegionSpec },
+    ReleaseQp { name: String, index: u16 },
+    ReleaseRegion { name: String, purpose: String },
+    Close { name: String },
+}
+
+/// A registered client: its events and its requests to the manager. Dropping it closes the
+/// client (its resources are torn down at both nodes).
+pub struct ClientHandle {
+    pub(crate) name: String,
+    pub(crate) events: Receiver<ClientEvent>,
+    pub(crate) requests: Sender<crate::manager::node::Command>,
+    pub(crate) cells: Arc<ClientCells>,
+    pub(crate) closed: bool,
+}
+
+impl std::fmt::Debug for ClientHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHandle")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl ClientHandle {
+    /// The client's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The event receiver (for `crossbeam_channel::select!`).
+    pub fn events(&self) -> &Receiver<ClientEvent> {
+        &self.events
+    }
+    /// Waits up to `timeout` for the next event.
+    pub fn next_event(&self, timeout: Duration) -> Option<ClientEvent> {
+        self.events.recv_timeout(timeout).ok()
+    }
+    /// Waits up to `timeout` for a `Ready` event, skipping others; returns its connection.
+    pub fn wait_ready(&self, timeout: Duration) -> Option<Connection> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.events.recv_timeout(left).ok()? {
+                ClientEvent::Ready(c) => return Some(c),
+                _ => continue,
+            }
+        }
+    }
+    fn send(&self, req: ClientRequest) -> Result<()> {
+        self.requests
+            .send(crate::manager::node::Command::Client(req))
+            .map_err(|_| ManagerError::Stopped)
+    }
+    /// Opens one more queue pair (same capacity as the others); the partner creates its
+    /// counterpart. An `Updated` event follows.
+    pub fn add_qp(&self) -> Result<()> {
+        self.send(ClientRequest::AddQp {
+            name: self.name.clone(),
+        })
+    }
+    /// Registers one more region; the partner learns its descriptor. An `Updated` event
+    /// follows (at both nodes).
+    pub fn add_region(&self, spec: RegionSpec) -> Result<()> {
+        self.send(ClientRequest::AddRegion {
+            name: self.name.clone(),
+            spec,
+        })
+    }
+    /// Releases a queue pair (and the partner's counterpart).
+    pub fn release_qp(&self, index: u16) -> Result<()> {
+        self.send(ClientRequest::ReleaseQp {
+            name: self.name.clone(),
+            index,
+        })
+    }
+    /// Releases a region (its remote key stops working).
+    pub fn release_region(&self, purpose: &str) -> Result<()> {
+        self.send(ClientRequest::ReleaseRegion {
+            name: self.name.clone(),
+            purpose: purpose.to_string(),
+        })
+    }
+    /// Records the latency of one client operation (reported in status).
+    pub fn record_latency(&self, d: Duration) {
+        record_us(&mut self.cells.latency.lock(), d);
+    }
+    /// Records a failed operation.
+    pub fn record_error(&self) {
+        self.cells.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Closes the client now (the same as dropping the handle).
+    pub fn close(mut self) {
+        self.do_close();
+    }
+    fn do_close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            let _ = self.send(ClientRequest::Close {
+                name: self.name.clone(),
+            });
+        }
+    }
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.do_close();
+    }
+}

@@ -1,0 +1,162 @@
+//! The manager: a public handle and the event loop thread that owns all state.
+//!
+//! One thread runs the loop; it receives client requests, status queries and the I/O
+//! threads' reports on one crossbeam channel, and wakes at least every few milliseconds to
+//! poll heartbeats, device events and timers. Link sessions, heartbeats and placement are
+//! all driven from here; the protocol logic lives in the sans-IO [`Session`] and
+//! [`Planner`].
+
+use crate::fabric::ConnectOptions;
+use crate::manager::client::{ClientCells, ClientEvent, ClientHandle, ClientRequest, SuspendReason};
+use crate::manager::config::NodeConfig;
+use crate::manager::error::{ManagerError, Result};
+use crate::manager::link::{IoMsg, LinkFabric};
+use crate::manager::types::{ClientSpec, NodeStatus};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use parking_lot::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub(crate) use crate::manager::runtime::Runtime;
+
+/// Messages into the event loop.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Register {
+        spec: ClientSpec,
+        reply: Sender<Result<(Receiver<ClientEvent>, std::sync::Arc<ClientCells>)>>,
+    },
+    Client(ClientRequest),
+    Status(Sender<NodeStatus>),
+    Shutdown,
+    Io(IoMsg),
+}
+
+/// A running cluster connection manager. Cheap to share behind an `Arc`; dropping the last
+/// handle shuts it down (clients are told `Suspended { reason: Shutdown }`).
+pub struct Manager {
+    tx: Sender<Command>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    config: NodeConfig,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("node_id", &self.config.node_id)
+            .finish()
+    }
+}
+
+impl Manager {
+    /// Validates the configuration, reads the secret and starts the event loop. Links are
+    /// brought up in the background (and re-initialised with backoff whenever they fail), so
+    /// this returns before the partner is reachable; clients may register at once.
+    pub fn start(config: NodeConfig) -> Result<Manager> {
+        config.validate()?;
+        let secret = config.read_secret()?;
+        let (tx, rx) = unbounded();
+        let mut rt = Runtime::new(config.clone(), secret, tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("il-manager-{}", config.node_id))
+            .spawn(move || rt.run(rx))
+            .map_err(|source| ManagerError::Spawn {
+                name: "manager".into(),
+                source,
+            })?;
+        Ok(Manager {
+            tx,
+            thread: Mutex::new(Some(thread)),
+            config,
+        })
+    }
+
+    /// The configuration the manager runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Registers a client. Its resources are created on the link placement picks, exchanged
+    /// with the partner and connected; `ClientEvent::Ready` arrives when the partner's client
+    /// of the same name is connected too.
+    pub fn register(&self, spec: ClientSpec) -> Result<ClientHandle> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let name = spec.name.clone();
+        self.tx
+            .send(Command::Register { spec, reply })
+            .map_err(|_| ManagerError::Stopped)?;
+        let (events, cells) = rx.recv().map_err(|_| ManagerError::Stopped)??;
+        Ok(ClientHandle {
+            name,
+            events,
+            requests: self.tx.clone(),
+            cells,
+            closed: false,
+        })
+    }
+
+    /// A snapshot of links, clients, placement and counters.
+    pub fn status(&self) -> Result<NodeStatus> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.tx
+            .send(Command::Status(reply))
+            .map_err(|_| ManagerError::Stopped)?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| ManagerError::Stopped)
+    }
+
+    /// Waits until `pred` holds for the status, or `timeout` passes; returns the last status.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&NodeStatus) -> bool,
+    ) -> Result<(bool, NodeStatus)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status()?;
+            if pred(&s) {
+                return Ok((true, s));
+            }
+            if Instant::now() >= deadline {
+                return Ok((false, s));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the event loop: says goodbye to the partner on every link, tells clients
+    /// `Suspended { reason: Shutdown }` and tears everything down.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(t) = self.thread.lock().take() {
+            if t.join().is_err() {
+                tracing::error!("manager thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The connect options used for every queue pair the manager connects.
+pub(crate) fn connect_options() -> ConnectOptions {
+    ConnectOptions::default()
+}
+
+/// Why a link's session ended, as the loop tells clients.
+pub(crate) fn suspend_reason_for(partner_restarted: bool) -> SuspendReason {
+    if partner_restarted {
+        SuspendReason::PartnerRestarted
+    } else {
+        SuspendReason::LinkDown
+    }
+}
+
+/// Opens a link's device (helper so the runtime can retry it).
+pub(crate) fn open_fabric(cfg: &NodeConfig, link: usize) -> Result<LinkFabric> {
+    LinkFabric::open(&cfg.links[link], cfg.fabric)
+}

@@ -1,0 +1,645 @@
+//! The event loop's state and its handling of links, sessions and clients.
+
+use crate::manager::attachment::{Attachment, Carry};
+use crate::manager::client::{summarize, ClientCells, ClientEvent, ClientRequest, SuspendReason};
+use crate::manager::config::NodeConfig;
+use crate::manager::error::{ManagerError, Result};
+use crate::manager::health::{HealthBlock, HeartbeatVerdict, HEALTH_EXTENSION_LEN};
+use crate::manager::link::{
+    spawn_acceptor, spawn_connector, spawn_reader, Acceptor, Heartbeat, HeartbeatPoll, IoEvent,
+    IoMsg, LinkFabric,
+};
+use crate::manager::node::{connect_options, open_fabric, Command};
+use crate::manager::placement::{ClientView, LinkView, MoveReason, Planner};
+use crate::manager::session::{fresh_nonce, Role, Session, SessionError, SessionEvent, SessionParams};
+use crate::manager::types::{
+    capabilities, ClientCounters, ClientInfo, ClientSpec, ClientState, ClientStatus, LinkCounters,
+    LinkId, LinkState, LinkStatus, NodeStatus, RegionSpec, PROTOCOL_VERSION_MAX,
+    PROTOCOL_VERSION_MIN,
+};
+use crate::manager::wire::{DetachReason, GoodbyeReason, Message, PeerInfo, ReadyClient};
+use crate::fabric::AsyncEvent;
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the initiator waits at startup for every link's session before it places clients
+/// (so that the first placement sees all links).
+const STARTUP_GATHER: Duration = Duration::from_millis(1500);
+/// Longest a planned move waits for the client's outstanding sends to drain.
+const DRAIN_LIMIT: Duration = Duration::from_millis(300);
+/// Longest a planned move waits for the partner's detach acknowledgement.
+const DETACH_ACK_LIMIT: Duration = Duration::from_millis(1000);
+/// Loop wake-up period (heartbeat completions, device events, timers).
+const TICK: Duration = Duration::from_millis(5);
+/// Client rate sampling period.
+const RATE_PERIOD: Duration = Duration::from_millis(500);
+
+struct Conn {
+    id: u64,
+    stream: TcpStream,
+    session: Session,
+    established: bool,
+    sent_peer_info: bool,
+    /// Clients offered in our PeerInfo (initiator).
+    offered: Vec<String>,
+}
+
+struct Link {
+    id: LinkId,
+    state: LinkState,
+    since: Instant,
+    last_error: Option<String>,
+    fabric: Option<LinkFabric>,
+    acceptor: Option<Acceptor>,
+    conn: Option<Conn>,
+    connecting: Option<u64>,
+    attempt: u32,
+    next_attempt: Instant,
+    heartbeat: Option<Heartbeat>,
+    next_interval: Instant,
+    healthy_since_ms: u64,
+    counters: LinkCounters,
+    rate_bps: f64,
+}
+
+enum MovePhase {
+    Draining { until: Instant },
+    AwaitAck { until: Instant },
+}
+
+struct PendingMove {
+    from: LinkId,
+    to: LinkId,
+    reason: MoveReason,
+    phase: MovePhase,
+}
+
+struct ClientRecord {
+    spec: ClientSpec,
+    regions: Vec<(u16, RegionSpec)>,
+    next_region_id: u16,
+    next_qp_index: u16,
+    events: Sender<ClientEvent>,
+    cells: Arc<ClientCells>,
+    state: ClientState,
+    attachment: Option<Attachment>,
+    carry: Carry,
+    displaced: bool,
+    pending: Option<PendingMove>,
+    generation: u32,
+    counters: ClientCounters,
+    last_sample: (u64, u64),
+    rate_bps: f64,
+}
+
+impl ClientRecord {
+    fn qp_indices(&self) -> Vec<u16> {
+        (0..self.next_qp_index).collect()
+    }
+
+    fn suspend(&mut self, link: LinkId, reason: SuspendReason) {
+        if self.state == ClientState::Ready {
+            let _ = self.events.send(ClientEvent::Suspended { link, reason });
+        }
+        self.state = ClientState::Suspended;
+    }
+
+    /// Tears down the current attachment (its rkeys die), keeping region contents.
+    fn detach(&mut self, reason: SuspendReason) -> Option<LinkId> {
+        let att = self.attachment.take()?;
+        let link = att.link;
+        self.suspend(link, reason);
+        let carry = att.teardown();
+        for (id, r) in carry {
+            self.carry.insert(id, r);
+        }
+        self.state = ClientState::Waiting;
+        Some(link)
+    }
+}
+
+/// The event loop's state.
+pub(crate) struct Runtime {
+    cfg: NodeConfig,
+    secret: Vec<u8>,
+    incarnation: u64,
+    started: Instant,
+    tx: Sender<Command>,
+    links: Vec<Link>,
+    clients: BTreeMap<String, ClientRecord>,
+    /// Responder: clients the partner placed before ours registered (link, partner's info).
+    offers: HashMap<String, (LinkId, ClientInfo)>,
+    planner: Option<Planner>,
+    partner_incarnation: Option<u64>,
+    next_conn: u64,
+    progress: u64,
+    next_progress: Instant,
+    next_rates: Instant,
+    stop: bool,
+}
+
+fn initiator(cfg: &NodeConfig) -> bool {
+    cfg.node_id < cfg.partner_id
+}
+
+impl Runtime {
+    pub(crate) fn new(cfg: NodeConfig, secret: Vec<u8>, tx: Sender<Command>) -> Runtime {
+        let now = Instant::now();
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id()).rotate_left(40);
+        let links = cfg
+            .links
+            .iter()
+            .map(|l| Link {
+                id: l.id,
+                state: LinkState::Down,
+                since: now,
+                last_error: None,
+                fabric: None,
+                acceptor: None,
+                conn: None,
+                connecting: None,
+                attempt: 0,
+                next_attempt: now,
+                heartbeat: None,
+                next_interval: now,
+                healthy_since_ms: 0,
+                counters: LinkCounters::default(),
+                rate_bps: 0.0,
+            })
+            .collect();
+        let planner = initiator(&cfg).then(|| {
+            let ids: Vec<LinkId> = cfg.links.iter().map(|l| l.id).collect();
+            Planner::new(cfg.balance, &ids)
+        });
+        tracing::info!(node = cfg.node_id, partner = cfg.partner_id, incarnation, links = cfg.links.len(),
+            role = if initiator(&cfg) { "initiator" } else { "responder" }, "manager starting");
+        Runtime {
+            cfg,
+            secret,
+            incarnation,
+            started: now,
+            tx,
+            links,
+            clients: BTreeMap::new(),
+            offers: HashMap::new(),
+            planner,
+            partner_incarnation: None,
+            next_conn: 1,
+            progress: 0,
+            next_progress: now,
+            next_rates: now + RATE_PERIOD,
+            stop: false,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn run(&mut self, rx: Receiver<Command>) {
+        let span = tracing::info_span!("manager", node = self.cfg.node_id);
+        let _g = span.enter();
+        while !self.stop {
+            match rx.recv_timeout(TICK) {
+                Ok(cmd) => self.handle_command(cmd),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+            // Drain whatever else is queued before the periodic work.
+            while let Ok(cmd) = rx.try_recv() {
+                self.handle_command(cmd);
+                if self.stop {
+                    break;
+                }
+            }
+            if !self.stop {
+                self.tick();
+            }
+        }
+        self.shutdown_all();
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Register { spec, reply } => {
+                let _ = reply.send(self.register(spec));
+            }
+            Command::Client(req) => self.client_request(req),
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Shutdown => self.stop = true,
+            Command::Io(msg) => self.handle_io(msg),
+        }
+    }
+
+    // ---------------------------------------------------------------- periodic work
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.links.len() {
+            self.tick_link(i, now);
+        }
+        if now >= self.next_progress {
+            self.progress += 1;
+            self.next_progress = now + self.cfg.heartbeat.interval();
+            let block = HealthBlock {
+                state: 0,
+                progress: self.progress,
+                incarnation: self.incarnation,
+                node_id: self.cfg.node_id,
+                extension: [0; HEALTH_EXTENSION_LEN],
+            };
+            for l in &self.links {
+                if let Some(hb) = &l.heartbeat {
+                    hb.publish(&block);
+                }
+            }
+        }
+        if now >= self.next_rates {
+            self.sample_rates(now);
+        }
+        self.advance_moves(now);
+        if self.planner.is_some() {
+            self.plan();
+        }
+    }
+
+    fn tick_link(&mut self, i: usize, now: Instant) {
+        // Device events.
+        let events: Vec<AsyncEvent> = match &self.links[i].fabric {
+            Some(f) => f.events.try_iter().collect(),
+            None => Vec::new(),
+        };
+        for ev in events {
+            self.device_event(i, ev);
+        }
+        // (Re)initialisation.
+        let link = &mut self.links[i];
+        if link.conn.is_none() && link.connecting.is_none() && now >= link.next_attempt {
+            self.start_attempt(i);
+        }
+        // Initiator: send PeerInfo once the startup gather is over.
+        if initiator(&self.cfg) {
+            let gather_done = self.started.elapsed() >= STARTUP_GATHER
+                || self.links.iter().all(|l| l.conn.as_ref().is_some_and(|c| c.established));
+            let pending = self.links[i]
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.established && !c.sent_peer_info);
+            if gather_done && pending {
+                if let Err(e) = self.send_peer_info(i) {
+                    self.fail_link(i, &e.to_string(), false);
+                }
+            }
+        }
+        // Heartbeat.
+        let miss_count = self.cfg.heartbeat.miss_count;
+        let interval = self.cfg.heartbeat.interval();
+        let link = &mut self.links[i];
+        if link.state != LinkState::Ready {
+            return;
+        }
+        let Some(hb) = link.heartbeat.as_mut() else {
+            return;
+        };
+        let mut failure = None;
+        if let HeartbeatPoll::Failed(why) = hb.poll() {
+            failure = Some(why);
+        }
+        if failure.is_none() && now >= link.next_interval {
+            link.next_interval = now + interval;
+            match hb.monitor.handle_interval() {
+                HeartbeatVerdict::Alive => {}
+                HeartbeatVerdict::Missed(n) => {
+                    tracing::debug!(link = link.id, missed = n, "heartbeat interval missed")
+                }
+                HeartbeatVerdict::Dead => {
+                    failure = Some(format!(
+                        "heartbeat lost: no progress for {miss_count} intervals of {} ms",
+                        interval.as_millis()
+                    ))
+                }
+            }
+            if failure.is_none() {
+                if let HeartbeatPoll::Failed(why) = hb.post_read() {
+                    failure = Some(why);
+                }
+            }
+        }
+        link.counters.heartbeats = hb.reads;
+        link.counters.heartbeat_misses = hb.monitor.total_misses();
+        link.counters.heartbeat_rtt = summarize(&hb.rtt);
+        if let Some(why) = failure {
+            self.fail_link(i, &why, false);
+        }
+    }
+
+    fn device_event(&mut self, i: usize, ev: AsyncEvent) {
+        let id = self.links[i].id;
+        match ev {
+            AsyncEvent::PortDown { port } => {
+                tracing::warn!(link = id, port, "port down");
+                if self.links[i].conn.is_some() || self.links[i].state == LinkState::Ready {
+                    self.fail_link(i, &format!("port {port} down"), false);
+                }
+            }
+            AsyncEvent::PortActive { port } => {
+                tracing::info!(link = id, port, "port active");
+                // Retry soon instead of waiting out a long backoff.
+                let l = &mut self.links[i];
+                if l.conn.is_none() {
+                    l.next_attempt = l.next_attempt.min(Instant::now() + Duration::from_millis(50));
+                }
+            }
+            AsyncEvent::QpFatal { qpn } | AsyncEvent::QpAccessError { qpn } => {
+                if self.links[i].heartbeat.as_ref().is_some_and(|h| h.has_qpn(qpn)) {
+                    self.fail_link(i, &format!("heartbeat queue pair {qpn} failed"), false);
+                    return;
+                }
+                let owner = self.clients.iter().find_map(|(n, c)| {
+                    c.attachment
+                        .as_ref()
+                        .filter(|a| a.link == id && a.has_qpn(qpn))
+                        .map(|_| n.clone())
+                });
+                if let Some(name) = owner {
+                    self.fail_client(&name, &format!("queue pair {qpn} failed ({ev:?})"), true);
+                }
+            }
+            AsyncEvent::DeviceFatal => self.fail_link(i, "device fatal error", false),
+            other => tracing::debug!(link = id, event = ?other, "device event"),
+        }
+    }
+
+    fn start_attempt(&mut self, i: usize) {
+        let link_cfg = self.cfg.links[i].clone();
+        if self.links[i].fabric.is_none() {
+            match open_fabric(&self.cfg, i) {
+                Ok(f) => {
+                    tracing::info!(link = link_cfg.id, device = %f.device.name(), provider = %f.device.provider(), "link device open");
+                    self.links[i].fabric = Some(f);
+                }
+                Err(e) => {
+                    self.backoff(i, &e.to_string(), LinkState::Down);
+                    return;
+                }
+            }
+        }
+        if initiator(&self.cfg) {
+            let conn = self.next_conn;
+            self.next_conn += 1;
+            let addr = SocketAddr::new(link_cfg.peer, link_cfg.bootstrap_port);
+            match spawn_connector(link_cfg.id, conn, addr, Duration::from_secs(2), self.tx.clone()) {
+                Ok(()) => {
+                    self.links[i].connecting = Some(conn);
+                    self.set_state(i, LinkState::Connecting);
+                }
+                Err(e) => self.backoff(i, &e.to_string(), LinkState::Down),
+            }
+        } else if self.links[i].acceptor.is_none() {
+            let addr = SocketAddr::new(link_cfg.local, link_cfg.bootstrap_port);
+            match spawn_acceptor(link_cfg.id, addr, self.tx.clone()) {
+                Ok(a) => {
+                    tracing::info!(link = link_cfg.id, %addr, "listening for the partner's bootstrap");
+                    self.links[i].acceptor = Some(a);
+                    self.set_state(i, LinkState::Connecting);
+                }
+                Err(e) => self.backoff(i, &e.to_string(), LinkState::Down),
+            }
+        }
+    }
+
+    fn set_state(&mut self, i: usize, state: LinkState) {
+        let l = &mut self.links[i];
+        if l.state != state {
+            tracing::info!(link = l.id, from = ?l.state, to = ?state, "link state");
+            l.state = state;
+            l.since = Instant::now();
+        }
+    }
+
+    fn backoff(&mut self, i: usize, why: &str, state: LinkState) {
+        let delay = self.cfg.backoff.delay(self.links[i].attempt);
+        let l = &mut self.links[i];
+        l.attempt = l.attempt.saturating_add(1);
+        l.next_attempt = Instant::now() + delay;
+        l.last_error = Some(why.to_string());
+        l.counters.errors += 1;
+        tracing::warn!(link = l.id, error = why, retry_in_ms = delay.as_millis() as u64, "link attempt failed");
+        self.set_state(i, state);
+    }
+
+    // ---------------------------------------------------------------- I/O
+
+    fn link_index(&self, id: LinkId) -> Option<usize> {
+        self.links.iter().position(|l| l.id == id)
+    }
+
+    fn handle_io(&mut self, msg: IoMsg) {
+        let Some(i) = self.link_index(msg.link) else {
+            return;
+        };
+        match msg.event {
+            IoEvent::Connected(stream) => {
+                if self.links[i].connecting != Some(msg.conn) {
+                    return;
+                }
+                self.links[i].connecting = None;
+                self.begin_session(i, msg.conn, stream, Role::Initiator);
+            }
+            IoEvent::ConnectFailed(e) => {
+                if self.links[i].connecting != Some(msg.conn) {
+                    return;
+                }
+                self.links[i].connecting = None;
+                self.backoff(i, &format!("connect to the partner: {e}"), LinkState::Down);
+            }
+            IoEvent::Accepted(stream, from) => {
+                if from.ip() != self.cfg.links[i].peer {
+                    tracing::warn!(link = msg.link, %from, "bootstrap connection from an unexpected address refused");
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return;
+                }
+                if self.links[i].conn.is_some() {
+                    self.fail_link(i, "the partner opened a new bootstrap connection", false);
+                }
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                self.begin_session(i, conn, stream, Role::Responder);
+            }
+            IoEvent::Bytes(bytes) => {
+                if self.links[i].conn.as_ref().map(|c| c.id) != Some(msg.conn) {
+                    return;
+                }
+                let result = match self.links[i].conn.as_mut() {
+                    Some(c) => c.session.handle_bytes(&bytes),
+                    None => return,
+                };
+                self.flush(i);
+                self.drain_session(i);
+                if let Err(e) = result {
+                    self.session_failed(i, e);
+                }
+            }
+            IoEvent::Closed(err) => {
+                if self.links[i].conn.as_ref().map(|c| c.id) != Some(msg.conn) {
+                    return;
+                }
+                let why = match err {
+                    Some(e) => format!("bootstrap connection lost: {e}"),
+                    None => "bootstrap connection closed by the partner".to_string(),
+                };
+                self.fail_link(i, &why, false);
+            }
+        }
+    }
+
+    fn begin_session(&mut self, i: usize, id: u64, stream: TcpStream, role: Role) {
+        let link_id = self.links[i].id;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+        let reader = match stream.try_clone() {
+            Ok(r) => r,
+            Err(e) => {
+                self.backoff(i, &format!("clone bootstrap socket: {e}"), LinkState::Down);
+                return;
+            }
+        };
+        let session = Session::new(SessionParams {
+            role,
+            cluster_id: self.cfg.cluster_id,
+            node_id: self.cfg.node_id,
+            partner_id: self.cfg.partner_id,
+            link_id,
+            incarnation: self.incarnation,
+            capabilities: capabilities::ALL,
+            version_min: PROTOCOL_VERSION_MIN,
+            version_max: PROTOCOL_VERSION_MAX,
+            secret: self.secret.clone(),
+            nonce: fresh_nonce(),
+        });
+        if let Err(e) = spawn_reader(link_id, id, reader, self.tx.clone()) {
+            self.backoff(i, &e.to_string(), LinkState::Down);
+            return;
+        }
+        self.links[i].conn = Some(Conn {
+            id,
+            stream,
+            session,
+            established: false,
+            sent_peer_info: false,
+            offered: Vec::new(),
+        });
+        self.set_state(i, LinkState::Handshaking);
+        self.flush(i);
+    }
+
+    /// Writes every queued frame.
+    fn flush(&mut self, i: usize) {
+        let Some(c) = self.links[i].conn.as_mut() else {
+            return;
+        };
+        let mut failed = None;
+        while let Some(frame) = c.session.poll_transmit() {
+            if let Err(e) = c.stream.write_all(&frame) {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            self.fail_link(i, &format!("write to the bootstrap connection: {e}"), false);
+        }
+    }
+
+    fn send(&mut self, i: usize, msg: Message) {
+        let name = msg.name();
+        let r = match self.links[i].conn.as_mut() {
+            Some(c) => c.session.send(msg),
+            None => return,
+        };
+        match r {
+            Ok(()) => self.flush(i),
+            Err(e) => tracing::warn!(link = self.links[i].id, message = name, error = %e, "send on bootstrap session"),
+        }
+    }
+
+    fn session_failed(&mut self, i: usize, e: SessionError) {
+        let refused = e.refuse_reason().is_some() || matches!(e, SessionError::RefusedByPeer { .. });
+        tracing::error!(link = self.links[i].id, error = %e, "bootstrap session failed");
+        let why = format!("bootstrap session: {e}");
+        self.fail_link(i, &why, refused);
+    }
+
+    fn drain_session(&mut self, i: usize) {
+        loop {
+            let ev = match self.links[i].conn.as_mut() {
+                Some(c) => c.session.poll_event(),
+                None => return,
+            };
+            let Some(ev) = ev else { return };
+            match ev {
+                SessionEvent::Established { peer, version } => {
+                    tracing::info!(link = self.links[i].id, peer_node = peer.node_id, peer_incarnation = peer.incarnation, version, "bootstrap session established");
+                    if let Err(e) = self.established(i, peer.incarnation) {
+                        self.fail_link(i, &e.to_string(), false);
+                        return;
+                    }
+                }
+                SessionEvent::Message(m) => {
+                    if let Err(e) = self.handle_message(i, m) {
+                        self.fail_link(i, &e.to_string(), false);
+                        return;
+                    }
+                }
+                SessionEvent::Failed(_) => {} // reported through handle_bytes' error
+            }
+        }
+    }
+
+    fn established(&mut self, i: usize, peer_incarnation: u64) -> Result<()> {
+        if let Some(known) = self.partner_incarnation {
+            if known != peer_incarnation {
+                tracing::warn!(old = known, new = peer_incarnation, "partner restarted: re-establishing every link");
+                for j in 0..self.links.len() {
+                    if j != i && self.links[j].conn.is_some() {
+                        self.teardown_link(j, "partner restarted", SuspendReason::PartnerRestarted);
+                        self.schedule_retry(j, false);
+                    }
+                }
+                let names: Vec<String> = self.clients.keys().cloned().collect();
+                for n in names {
+                    if let Some(c) = self.clients.get_mut(&n) {
+                        c.detach(SuspendReason::PartnerRestarted);
+                        c.pending = None;
+                    }
+                }
+                self.offers.clear();
+            }
+        }
+        self.partner_incarnation = Some(peer_incarnation);
+        let id = self.links[i].id;
+        let fabric = self.links[i].fabric.as_ref().ok_or(ManagerError::Register {
+            name: "heartbeat".into(),
+            reason: format!("link {id} has no device"),
+        })?;
+        let hb = Heartbeat::create(id, fabric, self.cfg.heartbeat.miss_count)?;
+        self.links[i].heartbeat = Some(hb);
+        if let Some(c) = self.links[i].conn.as_mut() {
+            c.established = true;
+        }
+        Ok(())
+    }
+}
+
+mod clients;
+mod messages;
+mod status;
