@@ -3,4 +3,5 @@
 #![deny(unsafe_code)]
 
 pub mod fabric;
+pub mod clients;
 pub mod manager;

@@ -244,6 +244,7 @@ pub(crate) enum ClientRequest {
     ReleaseQp { name: String, index: u16 },
     ReleaseRegion { name: String, purpose: String },
     Close { name: String },
+    Failed { name: String, reason: String },
 }
 
 /// A registered client: its events and its requests to the manager. Dropping it closes the
@@ -329,6 +330,15 @@ impl ClientHandle {
     /// Records a failed operation.
     pub fn record_error(&self) {
         self.cells.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Reports that the client's connection failed (a failed completion, a queue pair in
+    /// the error state): the manager tears the client down at both nodes and re-establishes
+    /// it; `Suspended` and then `Ready` follow.
+    pub fn report_failure(&self, reason: &str) {
+        let _ = self.send(ClientRequest::Failed {
+            name: self.name.clone(),
+            reason: reason.to_string(),
+        });
     }
     /// Closes the client now (the same as dropping the handle).
     pub fn close(mut self) {

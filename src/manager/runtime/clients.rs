@@ -80,10 +80,16 @@ impl Runtime {
             | ClientRequest::AddRegion { name, .. }
             | ClientRequest::ReleaseQp { name, .. }
             | ClientRequest::ReleaseRegion { name, .. }
-            | ClientRequest::Close { name } => name.clone(),
+            | ClientRequest::Close { name }
+            | ClientRequest::Failed { name, .. } => name.clone(),
         };
         if let ClientRequest::Close { .. } = req {
             self.close_client(&name);
+            return;
+        }
+        if let ClientRequest::Failed { reason, .. } = &req {
+            let why = format!("reported by the client: {reason}");
+            self.fail_client(&name, &why, true);
             return;
         }
         let Some(c) = self.clients.get(&name) else {
@@ -137,7 +143,7 @@ impl Runtime {
                         tracing::info!(client = %name, id, purpose = %purpose, "region released");
                     }
                 }
-                ClientRequest::Close { .. } => {}
+                ClientRequest::Close { .. } | ClientRequest::Failed { .. } => {}
             }
             Ok(())
         })();

@@ -1,0 +1,110 @@
+//! `interlink node --config F`: runs one node of the pair until SIGINT/SIGTERM or a
+//! `shutdown` request on the control socket, with optional probe clients.
+
+use anyhow::{bail, Context};
+use interlink::clients::probe::{Probe, ProbeConfig};
+use interlink::manager::control::{ControlHandler, ControlRequest, ControlResponse, ControlServer};
+use interlink::manager::{BandwidthClass, Manager, NodeConfig};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Parses `NAME:CLASS[:RATE]` (RATE in bytes per second, or `max`).
+pub fn parse_probe(s: &str) -> anyhow::Result<ProbeConfig> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() < 2 || parts.len() > 3 || parts[0].is_empty() {
+        bail!("--probe {s:?}: expected NAME:CLASS[:RATE]");
+    }
+    let class: BandwidthClass = parts[1].parse().map_err(anyhow::Error::msg)?;
+    let mut cfg = ProbeConfig::new(parts[0], class);
+    if let Some(rate) = parts.get(2) {
+        cfg.rate_bps = if *rate == "max" {
+            None
+        } else {
+            Some(rate.parse::<f64>().with_context(|| format!("--probe {s:?}: rate"))?)
+        };
+    }
+    Ok(cfg)
+}
+
+struct Handler {
+    manager: Arc<Manager>,
+    probes: BTreeMap<String, Probe>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ControlHandler for Handler {
+    fn handle(&self, request: ControlRequest) -> ControlResponse {
+        match request {
+            ControlRequest::Status => match self.manager.status() {
+                Ok(status) => ControlResponse::Status { status },
+                Err(e) => ControlResponse::Error { message: e.to_string() },
+            },
+            ControlRequest::Shutdown => {
+                self.stop.store(true, Ordering::Relaxed);
+                ControlResponse::Ok { value: serde_json::Value::Null }
+            }
+            ControlRequest::Client { name, command } => {
+                let Some(p) = self.probes.get(&name) else {
+                    return ControlResponse::Error { message: format!("no probe named {name:?}") };
+                };
+                if let Some(rate) = command.get("rate_bps") {
+                    p.set_rate(rate.as_f64());
+                }
+                if command.get("write_stale").and_then(|v| v.as_bool()) == Some(true) {
+                    p.write_stale();
+                }
+                match serde_json::to_value(p.stats()) {
+                    Ok(value) => ControlResponse::Ok { value },
+                    Err(e) => ControlResponse::Error { message: e.to_string() },
+                }
+            }
+        }
+    }
+}
+
+/// Runs the node.
+pub fn run(config: &Path, probes: &[String]) -> anyhow::Result<()> {
+    let cfg = NodeConfig::load(config).with_context(|| format!("load {}", config.display()))?;
+    let probe_cfgs = probes.iter().map(|p| parse_probe(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let manager = Arc::new(Manager::start(cfg.clone())?);
+    let mut running = BTreeMap::new();
+    for p in probe_cfgs {
+        let name = p.name.clone();
+        running.insert(name, Probe::start(&manager, p)?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("install signal handler")?;
+    }
+    let handler = Arc::new(Handler {
+        manager: manager.clone(),
+        probes: running,
+        stop: stop.clone(),
+    });
+    let _server = match &cfg.control_socket {
+        Some(path) => Some(ControlServer::start(path, handler.clone())?),
+        None => None,
+    };
+    println!(
+        "interlink node {} (partner {}, cluster {}) running with {} link(s){}",
+        cfg.node_id,
+        cfg.partner_id,
+        cfg.cluster_id,
+        cfg.links.len(),
+        cfg.control_socket
+            .as_ref()
+            .map(|p| format!("; control socket {}", p.display()))
+            .unwrap_or_default()
+    );
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(_server);
+    drop(handler);
+    manager.shutdown();
+    println!("interlink node {} stopped", cfg.node_id);
+    Ok(())
+}
