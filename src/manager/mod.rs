@@ -2,6 +2,7 @@
 //! live client events, link health, multi-link failover and load balancing.
 
 pub mod config;
+pub mod control;
 pub mod placement;
 pub mod session;
 pub mod types;
