@@ -262,7 +262,7 @@ pub struct DemoOpts {
     pub loopback: bool,
 }
 
-/// Runs the two-node demo: spawns this binary twice as `interlink node`.
+/// Runs the two-node demo: spawns this binary twice as `interlink demo-node`.
 pub fn run_demo(opts: &DemoOpts) -> Result<()> {
     let exe = std::env::current_exe().context("find own executable")?;
     let use_ns = is_root() && !opts.loopback && Command::new("ip").arg("-V").output().is_ok();
@@ -293,7 +293,7 @@ pub fn run_demo(opts: &DemoOpts) -> Result<()> {
             Command::new(&exe)
         };
         cmd.args([
-            "node",
+            "demo-node",
             "--role",
             role,
             "--fabric",

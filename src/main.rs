@@ -2,9 +2,13 @@
 
 mod demo;
 
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Parser, Subcommand};
 use interlink::fabric::ProviderChoice;
+use interlink::manager::control::{self, ControlRequest, ControlResponse};
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -35,7 +39,8 @@ enum Cmd {
         loopback: bool,
     },
     /// One node of the demo (started by `demo`).
-    Node {
+    #[command(hide = true, name = "demo-node")]
+    DemoNode {
         /// server or client.
         #[arg(long)]
         role: String,
@@ -60,6 +65,22 @@ enum Cmd {
     },
     /// List RDMA devices seen by libibverbs.
     Devices,
+    /// Show a running node's links and clients (asks its control socket).
+    #[command(group(ArgGroup::new("target").required(true).args(["socket", "config"])))]
+    Status {
+        /// The node's control socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The node's configuration file (its `control_socket` key names the socket).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the status as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for the answer, milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() {
@@ -83,7 +104,7 @@ fn main() {
             size,
             loopback,
         }),
-        Cmd::Node {
+        Cmd::DemoNode {
             role,
             fabric,
             device,
@@ -106,9 +127,71 @@ fn main() {
             }
             Ok(())
         }
+        Cmd::Status {
+            socket,
+            config,
+            json,
+            timeout_ms,
+        } => status(socket, config, json, Duration::from_millis(timeout_ms)),
     };
     if let Err(e) = result {
         eprintln!("interlink: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// The control socket named by a node configuration file: its `control_socket` key, relative
+/// paths taken from the file's directory. Reads only that key, so it works with any valid config.
+fn control_socket_from_config(config: &Path) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read config {}", config.display()))?;
+    let value: toml::Value = toml::from_str(&text)
+        .with_context(|| format!("config {} is not valid TOML", config.display()))?;
+    let socket = match value.get("control_socket") {
+        Some(toml::Value::String(s)) if !s.is_empty() => PathBuf::from(s),
+        Some(_) => bail!(
+            "config {}: control_socket must be a non-empty path string",
+            config.display()
+        ),
+        None => bail!(
+            "config {} has no control_socket: the node has no control socket",
+            config.display()
+        ),
+    };
+    Ok(match config.parent() {
+        Some(dir) if socket.is_relative() => dir.join(socket),
+        _ => socket,
+    })
+}
+
+/// `interlink status`.
+fn status(
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    json: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let path = match (socket, config) {
+        (Some(s), None) => s,
+        (None, Some(c)) => control_socket_from_config(&c)?,
+        _ => bail!("give exactly one of --socket and --config"),
+    };
+    match control::request(&path, &ControlRequest::Status, timeout)? {
+        ControlResponse::Status { status } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", control::render_status(&status));
+            }
+            Ok(())
+        }
+        ControlResponse::Error { message } => {
+            bail!("node on {} refused: {message}", path.display())
+        }
+        other => bail!(
+            "unexpected answer from {}: {}",
+            path.display(),
+            serde_json::to_string(&other).unwrap_or_default()
+        ),
     }
 }

@@ -9,6 +9,7 @@
 mod attachment;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod health;
 mod link;
