@@ -1,6 +1,7 @@
 //! The `interlink` command-line tool.
 
 mod demo;
+mod node_cmd;
 
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Parser, Subcommand};
@@ -65,6 +66,17 @@ enum Cmd {
     },
     /// List RDMA devices seen by libibverbs.
     Devices,
+    /// Run one node of the pair: the cluster connection manager for the configured links,
+    /// with optional probe clients, until SIGINT/SIGTERM.
+    Node {
+        /// The node's configuration file (TOML; see docs/configuration.md).
+        #[arg(long)]
+        config: PathBuf,
+        /// Run a probe client NAME:CLASS[:RATE] (class low, medium or high; RATE bytes/s or
+        /// `max`); the partner must run a probe of the same name. Repeatable.
+        #[arg(long = "probe")]
+        probes: Vec<String>,
+    },
     /// Show a running node's links and clients (asks its control socket).
     #[command(group(ArgGroup::new("target").required(true).args(["socket", "config"])))]
     Status {
@@ -121,6 +133,7 @@ fn main() {
             iters,
             size,
         }),
+        Cmd::Node { config, probes } => node_cmd::run(&config, &probes),
         Cmd::Devices => {
             for d in interlink::fabric::verbs_devices() {
                 println!("{d}");
