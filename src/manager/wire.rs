@@ -1,1 +1,1251 @@
-//! Manager wire format (placeholder; implemented by the wire work).
+//! Manager bootstrap messages and their framing on the per-link TCP connection.
+//!
+//! Every message travels in one frame: a 16-byte header, the body, a CRC32C trailer and, for
+//! the authenticated types, an HMAC-SHA256 trailer under the session key. All integers are
+//! big-endian. `docs/wire-formats.md` ("Manager bootstrap protocol") documents every byte.
+//!
+//! Encoding validates what it writes (string lengths, counts, endpoints), so whatever encodes
+//! also decodes. Decoding never panics: every malformed input is a [`WireError`] naming the
+//! field.
+
+use crate::fabric::{Access, Endpoint, EndpointError, RegionDescriptor, ENDPOINT_WIRE_LEN};
+use crate::manager::types::{BandwidthClass, ClientInfo, LinkId, NodeId, QpInfo, RegionInfo};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The four bytes every frame starts with.
+pub const FRAME_MAGIC: [u8; 4] = *b"ILCM";
+/// Frame format version carried at offset 4.
+pub const FRAME_VERSION: u8 = 1;
+/// Size of the frame header.
+pub const HEADER_LEN: usize = 16;
+/// Size of the CRC32C trailer.
+pub const CRC_LEN: usize = 4;
+/// Size of the HMAC-SHA256 trailer of authenticated frames.
+pub const MAC_LEN: usize = 32;
+/// Largest body a frame may carry (1 MiB).
+pub const MAX_BODY: usize = 1 << 20;
+/// Longest client name or region purpose (string8), in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest Refuse or Goodbye detail text (string16), in bytes.
+pub const MAX_DETAIL_LEN: usize = 256;
+/// Most clients in a PeerInfo or Ready message.
+pub const MAX_CLIENTS: usize = 256;
+/// Most queue pairs of one client.
+pub const MAX_QPS: usize = 1024;
+/// Most regions of one client.
+pub const MAX_REGIONS: usize = 1024;
+/// Domain-separation label that starts the session key derivation input.
+pub const KEY_LABEL: &[u8] = b"interlink-session-v1";
+
+/// A malformed frame or body, or a message that cannot be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Fewer bytes than the field needs.
+    #[error("truncated {field}: needs {needed} bytes, {available} left")]
+    Truncated {
+        /// What was being read.
+        field: &'static str,
+        /// Bytes it needs.
+        needed: usize,
+        /// Bytes that were left.
+        available: usize,
+    },
+    /// The frame does not start with "ILCM".
+    #[error("bad frame magic {0:02x?}, expected \"ILCM\"")]
+    BadMagic([u8; 4]),
+    /// Unknown frame format version.
+    #[error("frame format version {0} is not supported (expected {FRAME_VERSION})")]
+    FrameVersion(u8),
+    /// Unknown message type code.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// Reserved header flags are not zero.
+    #[error("frame flags {0:#06x} are reserved and must be zero")]
+    Flags(u16),
+    /// The body is longer than [`MAX_BODY`].
+    #[error("frame body of {len} bytes exceeds the limit of {max}")]
+    TooLong {
+        /// Body length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An unauthenticated frame (Hello, Refuse) with a nonzero sequence number.
+    #[error("{message} frame carries sequence number {seq}; unauthenticated frames carry 0")]
+    Sequence {
+        /// Message type name.
+        message: &'static str,
+        /// Sequence number found.
+        seq: u32,
+    },
+    /// The CRC32C trailer does not match the frame.
+    #[error("frame checksum mismatch: computed {expected:#010x}, trailer has {found:#010x}")]
+    Checksum {
+        /// CRC32C computed over the received bytes.
+        expected: u32,
+        /// CRC32C carried in the frame.
+        found: u32,
+    },
+    /// The HMAC trailer does not verify under the session key.
+    #[error("frame authentication code does not verify under the session key")]
+    Mac,
+    /// An authenticated message type was encoded or opened without a session key.
+    #[error("{message} is authenticated and needs a session key")]
+    KeyRequired {
+        /// Message type name.
+        message: &'static str,
+    },
+    /// Bytes left over after the last field.
+    #[error("{extra} trailing bytes after {field}")]
+    Trailing {
+        /// What should have ended there.
+        field: &'static str,
+        /// Bytes left over.
+        extra: usize,
+    },
+    /// A string is not valid UTF-8.
+    #[error("{field} is not valid UTF-8")]
+    Utf8 {
+        /// Which string.
+        field: &'static str,
+    },
+    /// A string is empty where it may not be, or too long.
+    #[error("{field} is {len} bytes long; allowed {min}..={max}")]
+    StringLength {
+        /// Which string.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// Shortest allowed.
+        min: usize,
+        /// Longest allowed.
+        max: usize,
+    },
+    /// A count exceeds its limit.
+    #[error("{field} {count} exceeds the limit of {max}")]
+    Count {
+        /// Which count.
+        field: &'static str,
+        /// The count.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An enumeration code (reason, bandwidth class, access bits) is not defined.
+    #[error("{field} code {code} is not defined")]
+    Code {
+        /// Which field.
+        field: &'static str,
+        /// The code found.
+        code: u8,
+    },
+    /// An endpoint descriptor does not validate.
+    #[error("{field}: {error}")]
+    Endpoint {
+        /// Which endpoint.
+        field: &'static str,
+        /// What is wrong with it.
+        #[source]
+        error: EndpointError,
+    },
+    /// A reserved field is not zero.
+    #[error("reserved {field} is {value}, must be zero")]
+    Reserved {
+        /// Which field.
+        field: &'static str,
+        /// Value found.
+        value: u64,
+    },
+}
+
+/// A 32-byte HMAC-SHA256 session key. `Debug` never prints the key.
+#[derive(Clone)]
+pub struct SessionKey([u8; 32]);
+
+impl SessionKey {
+    /// A key from raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> SessionKey {
+        SessionKey(bytes)
+    }
+    /// The raw key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    /// The session key: HMAC-SHA256 keyed with the cluster `secret` over
+    /// [`KEY_LABEL`] ‖ the initiator's whole Hello frame ‖ the responder's whole Hello frame.
+    pub fn derive(secret: &[u8], initiator_hello: &[u8], responder_hello: &[u8]) -> SessionKey {
+        let mut mac = hmac_with(secret);
+        mac.update(KEY_LABEL);
+        mac.update(initiator_hello);
+        mac.update(responder_hello);
+        SessionKey(mac.finalize().into_bytes().into())
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
+}
+
+fn hmac_with(key: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length (long keys are hashed, short ones padded).
+    <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
+}
+
+/// Message type codes (frame header offset 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    /// 1: version, identity and nonce (unauthenticated).
+    Hello = 1,
+    /// 2: the sender refuses the session (unauthenticated).
+    Refuse = 2,
+    /// 3: the sender's node, health block, heartbeat endpoint and clients on the link.
+    PeerInfo = 3,
+    /// 4: the clients the sender has made ready on the link.
+    Ready = 4,
+    /// 5: a client attached (or changed) on the link.
+    Attach = 5,
+    /// 6: a client is connected on the sender's side.
+    ClientReady = 6,
+    /// 7: a client left the link.
+    Detach = 7,
+    /// 8: the sender closes the session.
+    Goodbye = 8,
+}
+
+impl MessageType {
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+    /// From the wire code.
+    pub fn from_code(code: u8) -> Option<MessageType> {
+        Some(match code {
+            1 => MessageType::Hello,
+            2 => MessageType::Refuse,
+            3 => MessageType::PeerInfo,
+            4 => MessageType::Ready,
+            5 => MessageType::Attach,
+            6 => MessageType::ClientReady,
+            7 => MessageType::Detach,
+            8 => MessageType::Goodbye,
+            _ => return None,
+        })
+    }
+    /// Whether frames of this type carry a sequence number and an HMAC.
+    pub fn is_authenticated(self) -> bool {
+        !matches!(self, MessageType::Hello | MessageType::Refuse)
+    }
+    /// The type's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageType::Hello => "Hello",
+            MessageType::Refuse => "Refuse",
+            MessageType::PeerInfo => "PeerInfo",
+            MessageType::Ready => "Ready",
+            MessageType::Attach => "Attach",
+            MessageType::ClientReady => "ClientReady",
+            MessageType::Detach => "Detach",
+            MessageType::Goodbye => "Goodbye",
+        }
+    }
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The opening message of each side: who it is, what it speaks, and a fresh nonce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Lowest protocol version the sender speaks.
+    pub version_min: u16,
+    /// Highest protocol version the sender speaks.
+    pub version_max: u16,
+    /// The sender's cluster id.
+    pub cluster_id: u64,
+    /// The sender's node id.
+    pub node_id: NodeId,
+    /// The node the sender expects to talk to.
+    pub partner_id: NodeId,
+    /// The link this connection belongs to.
+    pub link_id: LinkId,
+    /// The sender's incarnation (changes on every start).
+    pub incarnation: u64,
+    /// The sender's capability bits.
+    pub capabilities: u64,
+    /// 32 random bytes, fresh for each connection.
+    pub nonce: [u8; 32],
+}
+
+/// Why a session is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefuseReason {
+    /// 1: no common protocol version.
+    Version,
+    /// 2: cluster ids differ.
+    Cluster,
+    /// 3: the node ids are not the expected pair.
+    Node,
+    /// 4: link ids differ.
+    Link,
+    /// 5: a frame failed authentication (usually: different secrets).
+    Auth,
+    /// 6: a malformed, out-of-order or replayed frame.
+    Protocol,
+    /// 7: the link already has a session.
+    Busy,
+}
+
+impl RefuseReason {
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            RefuseReason::Version => 1,
+            RefuseReason::Cluster => 2,
+            RefuseReason::Node => 3,
+            RefuseReason::Link => 4,
+            RefuseReason::Auth => 5,
+            RefuseReason::Protocol => 6,
+            RefuseReason::Busy => 7,
+        }
+    }
+    /// From the wire code.
+    pub fn from_code(code: u8) -> Option<RefuseReason> {
+        Some(match code {
+            1 => RefuseReason::Version,
+            2 => RefuseReason::Cluster,
+            3 => RefuseReason::Node,
+            4 => RefuseReason::Link,
+            5 => RefuseReason::Auth,
+            6 => RefuseReason::Protocol,
+            7 => RefuseReason::Busy,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RefuseReason::Version => "no common protocol version",
+            RefuseReason::Cluster => "cluster id mismatch",
+            RefuseReason::Node => "node id mismatch",
+            RefuseReason::Link => "link id mismatch",
+            RefuseReason::Auth => "authentication failed",
+            RefuseReason::Protocol => "protocol error",
+            RefuseReason::Busy => "busy",
+        })
+    }
+}
+
+/// A refusal: the sender closes the connection after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refuse {
+    /// Why.
+    pub reason: RefuseReason,
+    /// Human-readable detail (at most [`MAX_DETAIL_LEN`] bytes of UTF-8).
+    pub detail: String,
+}
+
+impl Refuse {
+    /// A refusal whose detail is cut (at a character boundary) to [`MAX_DETAIL_LEN`] bytes.
+    pub fn new(reason: RefuseReason, detail: &str) -> Refuse {
+        Refuse {
+            reason,
+            detail: truncate_detail(detail),
+        }
+    }
+}
+
+/// `s` cut at a character boundary to at most [`MAX_DETAIL_LEN`] bytes.
+pub fn truncate_detail(s: &str) -> String {
+    let mut end = s.len().min(MAX_DETAIL_LEN);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// A node's description of itself on one link, sent once after the Hellos.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The negotiated protocol version.
+    pub version: u16,
+    /// Cluster id (as in the Hello).
+    pub cluster_id: u64,
+    /// Sender's node id (as in the Hello).
+    pub node_id: NodeId,
+    /// Link id (as in the Hello).
+    pub link_id: LinkId,
+    /// Sender's incarnation.
+    pub incarnation: u64,
+    /// Sender's capability bits.
+    pub capabilities: u64,
+    /// The health block the partner READs for the heartbeat.
+    pub health: RegionDescriptor,
+    /// The queue pair the partner connects its heartbeat queue pair to.
+    pub heartbeat: Endpoint,
+    /// The sender's clients on this link.
+    pub clients: Vec<ClientInfo>,
+}
+
+/// One entry of a Ready message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyClient {
+    /// Client name.
+    pub name: String,
+    /// The attachment generation that is ready.
+    pub generation: u32,
+}
+
+/// Why a client left a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DetachReason {
+    /// 1: the client closed.
+    Released,
+    /// 2: the client moves to another link.
+    Moving,
+    /// 3: the client's connection failed.
+    Failed,
+}
+
+impl DetachReason {
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            DetachReason::Released => 1,
+            DetachReason::Moving => 2,
+            DetachReason::Failed => 3,
+        }
+    }
+    /// From the wire code.
+    pub fn from_code(code: u8) -> Option<DetachReason> {
+        Some(match code {
+            1 => DetachReason::Released,
+            2 => DetachReason::Moving,
+            3 => DetachReason::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for DetachReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DetachReason::Released => "released",
+            DetachReason::Moving => "moving",
+            DetachReason::Failed => "failed",
+        })
+    }
+}
+
+/// Why a node closes a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GoodbyeReason {
+    /// 1: the node shuts down.
+    Shutdown,
+    /// 2: the link is being re-initialised.
+    Restart,
+}
+
+impl GoodbyeReason {
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            GoodbyeReason::Shutdown => 1,
+            GoodbyeReason::Restart => 2,
+        }
+    }
+    /// From the wire code.
+    pub fn from_code(code: u8) -> Option<GoodbyeReason> {
+        match code {
+            1 => Some(GoodbyeReason::Shutdown),
+            2 => Some(GoodbyeReason::Restart),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for GoodbyeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GoodbyeReason::Shutdown => "shutdown",
+            GoodbyeReason::Restart => "restart",
+        })
+    }
+}
+
+/// Every message of the bootstrap protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Opening message (unauthenticated).
+    Hello(Hello),
+    /// Refusal (unauthenticated).
+    Refuse(Refuse),
+    /// The sender's description of itself on the link.
+    PeerInfo(PeerInfo),
+    /// The clients ready on the sender's side of the link.
+    Ready {
+        /// The link.
+        link_id: LinkId,
+        /// The ready clients.
+        clients: Vec<ReadyClient>,
+    },
+    /// A client attached or changed on the link.
+    Attach(ClientInfo),
+    /// A client is connected on the sender's side.
+    ClientReady {
+        /// Client name.
+        name: String,
+        /// Attachment generation.
+        generation: u32,
+    },
+    /// A client left the link.
+    Detach {
+        /// Client name.
+        name: String,
+        /// Attachment generation that ends.
+        generation: u32,
+        /// Why.
+        reason: DetachReason,
+    },
+    /// The sender closes the session.
+    Goodbye {
+        /// Why.
+        reason: GoodbyeReason,
+        /// Human-readable detail (at most [`MAX_DETAIL_LEN`] bytes).
+        detail: String,
+    },
+}
+
+impl Message {
+    /// The message's type.
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Message::Hello(_) => MessageType::Hello,
+            Message::Refuse(_) => MessageType::Refuse,
+            Message::PeerInfo(_) => MessageType::PeerInfo,
+            Message::Ready { .. } => MessageType::Ready,
+            Message::Attach(_) => MessageType::Attach,
+            Message::ClientReady { .. } => MessageType::ClientReady,
+            Message::Detach { .. } => MessageType::Detach,
+            Message::Goodbye { .. } => MessageType::Goodbye,
+        }
+    }
+    /// The wire type code.
+    pub fn type_code(&self) -> u8 {
+        self.message_type().code()
+    }
+    /// Whether the message travels in an authenticated frame.
+    pub fn is_authenticated(&self) -> bool {
+        self.message_type().is_authenticated()
+    }
+    /// The type's name.
+    pub fn name(&self) -> &'static str {
+        self.message_type().name()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Body encoding
+
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+    fn string8(&mut self, field: &'static str, s: &str) -> Result<(), WireError> {
+        check_len(field, s.len(), 1, MAX_NAME_LEN)?;
+        self.u8(s.len() as u8);
+        self.buf.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+    fn string16(&mut self, field: &'static str, s: &str) -> Result<(), WireError> {
+        check_len(field, s.len(), 0, MAX_DETAIL_LEN)?;
+        self.u16(s.len() as u16);
+        self.buf.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+    fn count(&mut self, field: &'static str, count: usize, max: usize) -> Result<(), WireError> {
+        if count > max {
+            return Err(WireError::Count { field, count, max });
+        }
+        self.u16(count as u16);
+        Ok(())
+    }
+    fn endpoint(&mut self, field: &'static str, ep: &Endpoint) -> Result<(), WireError> {
+        ep.validate()
+            .map_err(|error| WireError::Endpoint { field, error })?;
+        self.buf.extend_from_slice(&ep.to_bytes());
+        Ok(())
+    }
+    fn region(&mut self, d: &RegionDescriptor) {
+        self.u64(d.addr);
+        self.u64(d.len);
+        self.u32(d.rkey);
+    }
+    fn client(&mut self, c: &ClientInfo) -> Result<(), WireError> {
+        self.string8("client name", &c.name)?;
+        self.u8(c.class.code());
+        self.u32(c.generation);
+        self.count("qp count", c.qps.len(), MAX_QPS)?;
+        for qp in &c.qps {
+            self.u16(qp.index);
+            self.endpoint("qp endpoint", &qp.endpoint)?;
+        }
+        self.count("region count", c.regions.len(), MAX_REGIONS)?;
+        for r in &c.regions {
+            self.u16(r.id);
+            self.string8("region purpose", &r.purpose)?;
+            self.u8(r.access.bits());
+            self.region(&r.descriptor);
+        }
+        Ok(())
+    }
+}
+
+fn check_len(field: &'static str, len: usize, min: usize, max: usize) -> Result<(), WireError> {
+    if len < min || len > max {
+        return Err(WireError::StringLength {
+            field,
+            len,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Encodes a message's body. Fails, naming the field, when a string, count or endpoint would
+/// not pass [`decode_body`], or when the body exceeds [`MAX_BODY`].
+pub fn encode_body(msg: &Message) -> Result<Vec<u8>, WireError> {
+    let mut w = Writer { buf: Vec::new() };
+    match msg {
+        Message::Hello(h) => {
+            w.u16(h.version_min);
+            w.u16(h.version_max);
+            w.u64(h.cluster_id);
+            w.u32(h.node_id);
+            w.u32(h.partner_id);
+            w.u8(h.link_id);
+            w.u8(0);
+            w.u64(h.incarnation);
+            w.u64(h.capabilities);
+            w.buf.extend_from_slice(&h.nonce);
+        }
+        Message::Refuse(r) => {
+            w.u8(r.reason.code());
+            w.string16("refuse detail", &r.detail)?;
+        }
+        Message::PeerInfo(p) => {
+            w.u16(p.version);
+            w.u64(p.cluster_id);
+            w.u32(p.node_id);
+            w.u8(p.link_id);
+            w.u64(p.incarnation);
+            w.u64(p.capabilities);
+            w.region(&p.health);
+            w.endpoint("heartbeat endpoint", &p.heartbeat)?;
+            w.count("client count", p.clients.len(), MAX_CLIENTS)?;
+            for c in &p.clients {
+                w.client(c)?;
+            }
+        }
+        Message::Ready { link_id, clients } => {
+            w.u8(*link_id);
+            w.count("ready count", clients.len(), MAX_CLIENTS)?;
+            for c in clients {
+                w.string8("ready client name", &c.name)?;
+                w.u32(c.generation);
+            }
+        }
+        Message::Attach(c) => w.client(c)?,
+        Message::ClientReady { name, generation } => {
+            w.string8("client name", name)?;
+            w.u32(*generation);
+        }
+        Message::Detach {
+            name,
+            generation,
+            reason,
+        } => {
+            w.string8("client name", name)?;
+            w.u32(*generation);
+            w.u8(reason.code());
+        }
+        Message::Goodbye { reason, detail } => {
+            w.u8(reason.code());
+            w.string16("goodbye detail", detail)?;
+        }
+    }
+    if w.buf.len() > MAX_BODY {
+        return Err(WireError::TooLong {
+            len: w.buf.len(),
+            max: MAX_BODY,
+        });
+    }
+    Ok(w.buf)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Body decoding
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0 }
+    }
+    fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], WireError> {
+        let truncated = WireError::Truncated {
+            field,
+            needed: n,
+            available: self.remaining(),
+        };
+        let end = self.pos.checked_add(n).ok_or(truncated.clone())?;
+        let s = self.buf.get(self.pos..end).ok_or(truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
+        let s = self.take(N, field)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+    fn utf8(&mut self, field: &'static str, len: usize) -> Result<String, WireError> {
+        let bytes = self.take(len, field)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_string)
+            .map_err(|_| WireError::Utf8 { field })
+    }
+    fn string8(&mut self, field: &'static str) -> Result<String, WireError> {
+        let len = usize::from(self.u8(field)?);
+        check_len(field, len, 1, MAX_NAME_LEN)?;
+        self.utf8(field, len)
+    }
+    fn string16(&mut self, field: &'static str) -> Result<String, WireError> {
+        let len = usize::from(self.u16(field)?);
+        check_len(field, len, 0, MAX_DETAIL_LEN)?;
+        self.utf8(field, len)
+    }
+    fn count(&mut self, field: &'static str, max: usize) -> Result<usize, WireError> {
+        let count = usize::from(self.u16(field)?);
+        if count > max {
+            return Err(WireError::Count { field, count, max });
+        }
+        Ok(count)
+    }
+    fn endpoint(&mut self, field: &'static str) -> Result<Endpoint, WireError> {
+        let b = self.take(ENDPOINT_WIRE_LEN, field)?;
+        let ep = Endpoint::from_bytes(b).map_err(|error| WireError::Endpoint { field, error })?;
+        if let Some(&pad) = b.get(ENDPOINT_WIRE_LEN - 1) {
+            if pad != 0 {
+                return Err(WireError::Reserved {
+                    field: "endpoint padding byte",
+                    value: u64::from(pad),
+                });
+            }
+        }
+        Ok(ep)
+    }
+    fn region(&mut self, field: &'static str) -> Result<RegionDescriptor, WireError> {
+        Ok(RegionDescriptor {
+            addr: self.u64(field)?,
+            len: self.u64(field)?,
+            rkey: self.u32(field)?,
+        })
+    }
+    fn client(&mut self) -> Result<ClientInfo, WireError> {
+        let name = self.string8("client name")?;
+        let class_code = self.u8("bandwidth class")?;
+        let class = BandwidthClass::from_code(class_code).ok_or(WireError::Code {
+            field: "bandwidth class",
+            code: class_code,
+        })?;
+        let generation = self.u32("client generation")?;
+        let qp_count = self.count("qp count", MAX_QPS)?;
+        let mut qps = Vec::with_capacity(qp_count.min(self.remaining() / 30));
+        for _ in 0..qp_count {
+            let index = self.u16("qp index")?;
+            let endpoint = self.endpoint("qp endpoint")?;
+            qps.push(QpInfo { index, endpoint });
+        }
+        let region_count = self.count("region count", MAX_REGIONS)?;
+        let mut regions = Vec::with_capacity(region_count.min(self.remaining() / 24));
+        for _ in 0..region_count {
+            let id = self.u16("region id")?;
+            let purpose = self.string8("region purpose")?;
+            let bits = self.u8("region access")?;
+            if bits & !7 != 0 {
+                return Err(WireError::Code {
+                    field: "region access",
+                    code: bits,
+                });
+            }
+            let descriptor = self.region("region descriptor")?;
+            regions.push(RegionInfo {
+                id,
+                purpose,
+                access: Access::from_bits(bits),
+                descriptor,
+            });
+        }
+        Ok(ClientInfo {
+            name,
+            class,
+            generation,
+            qps,
+            regions,
+        })
+    }
+    fn finish(self, field: &'static str) -> Result<(), WireError> {
+        match self.remaining() {
+            0 => Ok(()),
+            extra => Err(WireError::Trailing { field, extra }),
+        }
+    }
+}
+
+/// Decodes a body of type `msg_type`, consuming it exactly and validating every field.
+pub fn decode_body(msg_type: u8, body: &[u8]) -> Result<Message, WireError> {
+    let ty = MessageType::from_code(msg_type).ok_or(WireError::UnknownType(msg_type))?;
+    if body.len() > MAX_BODY {
+        return Err(WireError::TooLong {
+            len: body.len(),
+            max: MAX_BODY,
+        });
+    }
+    let mut r = Reader::new(body);
+    let msg = match ty {
+        MessageType::Hello => {
+            let version_min = r.u16("hello version_min")?;
+            let version_max = r.u16("hello version_max")?;
+            let cluster_id = r.u64("hello cluster_id")?;
+            let node_id = r.u32("hello node_id")?;
+            let partner_id = r.u32("hello partner_id")?;
+            let link_id = r.u8("hello link_id")?;
+            let reserved = r.u8("hello reserved byte")?;
+            if reserved != 0 {
+                return Err(WireError::Reserved {
+                    field: "hello reserved byte",
+                    value: u64::from(reserved),
+                });
+            }
+            Message::Hello(Hello {
+                version_min,
+                version_max,
+                cluster_id,
+                node_id,
+                partner_id,
+                link_id,
+                incarnation: r.u64("hello incarnation")?,
+                capabilities: r.u64("hello capabilities")?,
+                nonce: r.array("hello nonce")?,
+            })
+        }
+        MessageType::Refuse => {
+            let code = r.u8("refuse reason")?;
+            let reason = RefuseReason::from_code(code).ok_or(WireError::Code {
+                field: "refuse reason",
+                code,
+            })?;
+            let detail = r.string16("refuse detail")?;
+            Message::Refuse(Refuse { reason, detail })
+        }
+        MessageType::PeerInfo => {
+            let version = r.u16("peer info version")?;
+            let cluster_id = r.u64("peer info cluster_id")?;
+            let node_id = r.u32("peer info node_id")?;
+            let link_id = r.u8("peer info link_id")?;
+            let incarnation = r.u64("peer info incarnation")?;
+            let capabilities = r.u64("peer info capabilities")?;
+            let health = r.region("health region descriptor")?;
+            let heartbeat = r.endpoint("heartbeat endpoint")?;
+            let count = r.count("client count", MAX_CLIENTS)?;
+            let mut clients = Vec::with_capacity(count.min(r.remaining() / 12));
+            for _ in 0..count {
+                clients.push(r.client()?);
+            }
+            Message::PeerInfo(PeerInfo {
+                version,
+                cluster_id,
+                node_id,
+                link_id,
+                incarnation,
+                capabilities,
+                health,
+                heartbeat,
+                clients,
+            })
+        }
+        MessageType::Ready => {
+            let link_id = r.u8("ready link_id")?;
+            let count = r.count("ready count", MAX_CLIENTS)?;
+            let mut clients = Vec::with_capacity(count.min(r.remaining() / 6));
+            for _ in 0..count {
+                let name = r.string8("ready client name")?;
+                let generation = r.u32("ready client generation")?;
+                clients.push(ReadyClient { name, generation });
+            }
+            Message::Ready { link_id, clients }
+        }
+        MessageType::Attach => Message::Attach(r.client()?),
+        MessageType::ClientReady => Message::ClientReady {
+            name: r.string8("client name")?,
+            generation: r.u32("client generation")?,
+        },
+        MessageType::Detach => {
+            let name = r.string8("client name")?;
+            let generation = r.u32("client generation")?;
+            let code = r.u8("detach reason")?;
+            let reason = DetachReason::from_code(code).ok_or(WireError::Code {
+                field: "detach reason",
+                code,
+            })?;
+            Message::Detach {
+                name,
+                generation,
+                reason,
+            }
+        }
+        MessageType::Goodbye => {
+            let code = r.u8("goodbye reason")?;
+            let reason = GoodbyeReason::from_code(code).ok_or(WireError::Code {
+                field: "goodbye reason",
+                code,
+            })?;
+            let detail = r.string16("goodbye detail")?;
+            Message::Goodbye { reason, detail }
+        }
+    };
+    r.finish(ty.name())?;
+    Ok(msg)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+
+/// A validated frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Message type.
+    pub msg_type: MessageType,
+    /// Sequence number (0 for unauthenticated types).
+    pub seq: u32,
+    /// Body length.
+    pub body_len: usize,
+}
+
+impl FrameHeader {
+    /// Length of the whole frame: header, body, CRC and (authenticated types) MAC.
+    pub fn frame_len(&self) -> usize {
+        let mac = if self.msg_type.is_authenticated() {
+            MAC_LEN
+        } else {
+            0
+        };
+        HEADER_LEN + self.body_len + CRC_LEN + mac
+    }
+}
+
+/// Parses and validates the header at the start of `buf`: `None` while fewer than
+/// [`HEADER_LEN`] bytes are there.
+pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, WireError> {
+    let Some(h) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let mut r = Reader::new(h);
+    let magic: [u8; 4] = r.array("frame magic")?;
+    if magic != FRAME_MAGIC {
+        return Err(WireError::BadMagic(magic));
+    }
+    let version = r.u8("frame version")?;
+    if version != FRAME_VERSION {
+        return Err(WireError::FrameVersion(version));
+    }
+    let code = r.u8("message type")?;
+    let msg_type = MessageType::from_code(code).ok_or(WireError::UnknownType(code))?;
+    let flags = r.u16("frame flags")?;
+    if flags != 0 {
+        return Err(WireError::Flags(flags));
+    }
+    let seq = r.u32("sequence number")?;
+    if !msg_type.is_authenticated() && seq != 0 {
+        return Err(WireError::Sequence {
+            message: msg_type.name(),
+            seq,
+        });
+    }
+    let body_len = r.u32("body length")? as usize;
+    if body_len > MAX_BODY {
+        return Err(WireError::TooLong {
+            len: body_len,
+            max: MAX_BODY,
+        });
+    }
+    Ok(Some(FrameHeader {
+        msg_type,
+        seq,
+        body_len,
+    }))
+}
+
+/// Total length of the first frame in `buf` once its header is in (`None` before), after
+/// validating the header.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
+    Ok(parse_header(buf)?.map(|h| h.frame_len()))
+}
+
+fn mac_over(key: &SessionKey, data: &[u8]) -> HmacSha256 {
+    let mut mac = hmac_with(key.as_bytes());
+    mac.update(data);
+    mac
+}
+
+/// Encodes `msg` as a whole frame with sequence number `seq`. Authenticated types need `key`
+/// and a sequence number (the session counts 1, 2, 3...); unauthenticated ones need `seq` 0
+/// and ignore `key`.
+pub fn encode_frame(
+    msg: &Message,
+    seq: u32,
+    key: Option<&SessionKey>,
+) -> Result<Vec<u8>, WireError> {
+    let ty = msg.message_type();
+    if !ty.is_authenticated() && seq != 0 {
+        return Err(WireError::Sequence {
+            message: ty.name(),
+            seq,
+        });
+    }
+    let key = match (ty.is_authenticated(), key) {
+        (true, None) => return Err(WireError::KeyRequired { message: ty.name() }),
+        (true, Some(k)) => Some(k),
+        (false, _) => None,
+    };
+    let body = encode_body(msg)?;
+    let mut f = Vec::with_capacity(HEADER_LEN + body.len() + CRC_LEN + MAC_LEN);
+    f.extend_from_slice(&FRAME_MAGIC);
+    f.push(FRAME_VERSION);
+    f.push(ty.code());
+    f.extend_from_slice(&0u16.to_be_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    f.extend_from_slice(&body);
+    let crc = crc32c::crc32c(&f);
+    f.extend_from_slice(&crc.to_be_bytes());
+    if let Some(key) = key {
+        f.extend_from_slice(&mac_over(key, &f).finalize().into_bytes());
+    }
+    Ok(f)
+}
+
+/// A frame whose header, checksum and (authenticated types) MAC have been verified.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenedFrame<'a> {
+    /// The header.
+    pub header: FrameHeader,
+    /// The body, not yet decoded.
+    pub body: &'a [u8],
+}
+
+/// Verifies one whole frame (exactly `frame`, no more): header, CRC32C, then for
+/// authenticated types the HMAC under `key` (constant-time compare). Does not decode the body.
+pub fn open_frame<'a>(
+    frame: &'a [u8],
+    key: Option<&SessionKey>,
+) -> Result<OpenedFrame<'a>, WireError> {
+    let header = parse_header(frame)?.ok_or(WireError::Truncated {
+        field: "frame header",
+        needed: HEADER_LEN,
+        available: frame.len(),
+    })?;
+    let total = header.frame_len();
+    if frame.len() < total {
+        return Err(WireError::Truncated {
+            field: "frame",
+            needed: total,
+            available: frame.len(),
+        });
+    }
+    if frame.len() > total {
+        return Err(WireError::Trailing {
+            field: "frame",
+            extra: frame.len() - total,
+        });
+    }
+    let crc_end = HEADER_LEN + header.body_len + CRC_LEN;
+    let mut r = Reader::new(frame);
+    let covered = r.take(HEADER_LEN + header.body_len, "frame")?;
+    let found = u32::from_be_bytes(r.array("frame checksum")?);
+    let expected = crc32c::crc32c(covered);
+    if expected != found {
+        return Err(WireError::Checksum { expected, found });
+    }
+    if header.msg_type.is_authenticated() {
+        let key = key.ok_or(WireError::KeyRequired {
+            message: header.msg_type.name(),
+        })?;
+        let signed = frame.get(..crc_end).unwrap_or_default();
+        let tag = r.take(MAC_LEN, "frame authentication code")?;
+        mac_over(key, signed)
+            .verify_slice(tag)
+            .map_err(|_| WireError::Mac)?;
+    }
+    let body = covered.get(HEADER_LEN..).unwrap_or_default();
+    Ok(OpenedFrame { header, body })
+}
+
+/// A decoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Sequence number.
+    pub seq: u32,
+    /// The message.
+    pub message: Message,
+}
+
+/// [`open_frame`] then [`decode_body`].
+pub fn decode_frame(frame: &[u8], key: Option<&SessionKey>) -> Result<Frame, WireError> {
+    let opened = open_frame(frame, key)?;
+    Ok(Frame {
+        seq: opened.header.seq,
+        message: decode_body(opened.header.msg_type.code(), opened.body)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn goodbye() -> Message {
+        Message::Goodbye {
+            reason: GoodbyeReason::Restart,
+            detail: "bye".into(),
+        }
+    }
+
+    #[test]
+    fn frame_roundtrip_and_layout() {
+        let key = SessionKey::from_bytes([7; 32]);
+        let f = encode_frame(&goodbye(), 5, Some(&key)).unwrap();
+        assert_eq!(&f[..4], b"ILCM");
+        assert_eq!(f[4], 1);
+        assert_eq!(f[5], 8);
+        assert_eq!(&f[8..12], &5u32.to_be_bytes());
+        assert_eq!(&f[12..16], &6u32.to_be_bytes());
+        assert_eq!(f.len(), 16 + 6 + 4 + 32);
+        assert_eq!(frame_len(&f).unwrap(), Some(f.len()));
+        assert_eq!(frame_len(&f[..15]).unwrap(), None);
+        let fr = decode_frame(&f, Some(&key)).unwrap();
+        assert_eq!(fr.seq, 5);
+        assert_eq!(fr.message, goodbye());
+        let other = SessionKey::from_bytes([8; 32]);
+        assert_eq!(decode_frame(&f, Some(&other)), Err(WireError::Mac));
+        assert!(matches!(
+            decode_frame(&f, None),
+            Err(WireError::KeyRequired { .. })
+        ));
+    }
+
+    #[test]
+    fn encode_rejects_what_decode_would() {
+        assert!(matches!(
+            encode_frame(&goodbye(), 1, None),
+            Err(WireError::KeyRequired { .. })
+        ));
+        let refuse = Message::Refuse(Refuse::new(RefuseReason::Busy, "x"));
+        assert!(matches!(
+            encode_frame(&refuse, 3, None),
+            Err(WireError::Sequence { .. })
+        ));
+        let long = Message::ClientReady {
+            name: "n".repeat(65),
+            generation: 1,
+        };
+        assert!(matches!(
+            encode_body(&long),
+            Err(WireError::StringLength { len: 65, .. })
+        ));
+        let empty = Message::ClientReady {
+            name: String::new(),
+            generation: 1,
+        };
+        assert!(encode_body(&empty).is_err());
+    }
+
+    #[test]
+    fn truncate_detail_respects_char_boundaries() {
+        let s = "é".repeat(200); // 400 bytes
+        let t = truncate_detail(&s);
+        assert_eq!(t.len(), 256);
+        assert_eq!(Refuse::new(RefuseReason::Auth, &s).detail, t);
+    }
+
+    #[test]
+    fn session_key_debug_is_redacted() {
+        let k = SessionKey::from_bytes([0xab; 32]);
+        let s = format!("{k:?}");
+        assert!(!s.contains("ab") && !s.contains("171"), "{s}");
+    }
+
+    #[test]
+    fn header_errors() {
+        let mut f = encode_frame(
+            &Message::Refuse(Refuse::new(RefuseReason::Busy, "")),
+            0,
+            None,
+        )
+        .unwrap();
+        assert!(decode_frame(&f, None).is_ok());
+        f[6] = 1;
+        assert_eq!(frame_len(&f), Err(WireError::Flags(0x100)));
+        f[6] = 0;
+        f[5] = 9;
+        assert_eq!(frame_len(&f), Err(WireError::UnknownType(9)));
+        f[5] = 2;
+        f[11] = 1;
+        assert!(matches!(frame_len(&f), Err(WireError::Sequence { .. })));
+        f[11] = 0;
+        f[12] = 0x10;
+        assert!(matches!(frame_len(&f), Err(WireError::TooLong { .. })));
+    }
+}
