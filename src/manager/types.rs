@@ -28,7 +28,9 @@ pub mod capabilities {
 }
 
 /// How much bandwidth a client needs; drives placement on links.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BandwidthClass {
     /// Control traffic: shares a link with other low and medium clients.
@@ -73,7 +75,9 @@ impl std::str::FromStr for BandwidthClass {
             "low" => Ok(BandwidthClass::Low),
             "medium" => Ok(BandwidthClass::Medium),
             "high" => Ok(BandwidthClass::High),
-            other => Err(format!("unknown bandwidth class {other:?}: use low, medium or high")),
+            other => Err(format!(
+                "unknown bandwidth class {other:?}: use low, medium or high"
+            )),
         }
     }
 }
