@@ -61,6 +61,13 @@ pub enum FabricError {
         /// Rights the operation needs.
         need: Access,
     },
+    /// A work request names a buffer in a region that was revoked
+    /// ([`MemoryRegion::revoke`](super::MemoryRegion::revoke)).
+    #[error("{op}: the buffer's memory region was revoked (deregistered)")]
+    Revoked {
+        /// The operation attempted.
+        op: &'static str,
+    },
     /// Posting would exceed the queue depth.
     #[error("{op}: queue full ({outstanding} outstanding of {depth}); poll completions first")]
     QueueFull {

@@ -238,7 +238,8 @@ struct MrShared {
 }
 
 /// A registered memory region that owns its memory. Clones share the region; it is
-/// deregistered and freed when the last clone and the last request naming it are gone.
+/// deregistered and freed when the last clone and the last request naming it are gone, or
+/// deregistered earlier by [`MemoryRegion::revoke`] and then freed when the last clone goes.
 #[derive(Clone)]
 pub struct MemoryRegion {
     inner: Arc<MrShared>,
@@ -249,16 +250,20 @@ impl std::fmt::Debug for MemoryRegion {
         f.debug_struct("MemoryRegion")
             .field("descriptor", &self.descriptor())
             .field("access", &self.inner.access)
+            .field("revoked", &self.is_revoked())
             .finish()
     }
 }
 
 impl MemoryRegion {
     /// Address, length and rkey: what the partner needs to READ or WRITE this region.
+    ///
+    /// After [`revoke`](MemoryRegion::revoke) it still returns the values the region was
+    /// registered with, but they are dead: the rkey no longer grants remote access.
     pub fn descriptor(&self) -> RegionDescriptor {
         dispatch!(&self.inner.inner, m => m.descriptor())
     }
-    /// Local key.
+    /// Local key (as registered; dead after [`revoke`](MemoryRegion::revoke)).
     pub fn lkey(&self) -> u32 {
         dispatch!(&self.inner.inner, m => m.lkey())
     }
@@ -273,6 +278,51 @@ impl MemoryRegion {
     /// The rights it was registered with.
     pub fn access(&self) -> Access {
         self.inner.access
+    }
+
+    /// Deregisters the region from the device now, for every clone, so its keys stop working
+    /// even while clones (e.g. a torn-down client's) are still held. Used to cut off a peer.
+    ///
+    /// Afterwards:
+    /// - a remote READ or WRITE naming the old rkey fails at the requester with the provider's
+    ///   remote access error (`RemoteAccessError`; the soft provider treats the key as unknown,
+    ///   verbs has deregistered it with `ibv_dereg_mr`);
+    /// - posting a work request whose [`LocalBuf`] lies in this region fails at once with
+    ///   [`FabricError::Revoked`] (building the buffer with [`slice`](MemoryRegion::slice) or
+    ///   [`whole`](MemoryRegion::whole) still works);
+    /// - requests already outstanding that name the region (or posted concurrently with
+    ///   `revoke`) and that the device has not yet processed complete with a local error and
+    ///   the queue pair goes to error (a receive: `LocalProtectionError` on the soft provider,
+    ///   `LocalQpOperationError` on Linux rxe; the sender then sees `RemoteOperationError`).
+    ///   This is safe: the memory is still owned by the region, so the device can only have
+    ///   touched memory that stays allocated;
+    /// - [`descriptor`](MemoryRegion::descriptor) and [`lkey`](MemoryRegion::lkey) keep
+    ///   returning the old, now dead, values;
+    /// - the memory stays allocated and locally usable through [`read`](MemoryRegion::read),
+    ///   [`write`](MemoryRegion::write), [`read_u64`](MemoryRegion::read_u64) and
+    ///   [`write_u64`](MemoryRegion::write_u64) (e.g. to copy the contents elsewhere) until
+    ///   the last clone (including those held by [`LocalBuf`]s and outstanding requests)
+    ///   drops, which frees it without deregistering again.
+    ///
+    /// Idempotent: revoking a revoked region returns `Ok`. Fails only if the provider cannot
+    /// deregister (verbs: `ibv_dereg_mr` returned an error), in which case the region stays
+    /// registered and usable.
+    pub fn revoke(&self) -> Result<()> {
+        match &self.inner.inner {
+            Provider::Verbs(m) => m.revoke()?,
+            Provider::Soft(m) => m.revoke(),
+        }
+        tracing::debug!(
+            rkey = self.descriptor().rkey,
+            len = self.len(),
+            "memory region revoked"
+        );
+        Ok(())
+    }
+
+    /// Whether [`revoke`](MemoryRegion::revoke) has deregistered the region (through any clone).
+    pub fn is_revoked(&self) -> bool {
+        dispatch!(&self.inner.inner, m => m.is_revoked())
     }
 
     fn check(&self, op: &'static str, offset: usize, len: usize) -> Result<()> {
@@ -613,6 +663,9 @@ impl QueuePair {
     }
 
     fn check_buf(&self, op: &'static str, buf: &LocalBuf, need: Access) -> Result<()> {
+        if buf.region.is_revoked() {
+            return Err(FabricError::Revoked { op });
+        }
         if !buf.region.inner.pd.same(&self.pd) {
             return Err(FabricError::ProviderMismatch { op });
         }

@@ -737,7 +737,8 @@ macro_rules! fabric_suite {
     ($make:expr $(, #[$attr:meta])* ; cut: $cut:tt) => {
         $crate::fabric_suite!(@case $make, [$(#[$attr])*], register_and_describe, send_recv_sizes,
             write_read_sizes, write_with_immediate, batched_and_unsignaled, access_violations,
-            local_errors, buffers_outlive_handles, reconnect_after_error, endpoint_pointing_nowhere);
+            local_errors, buffers_outlive_handles, reconnect_after_error, endpoint_pointing_nowhere,
+            revoke_kills_rkey, revoke_local_post_fails);
         $crate::fabric_suite!(@cut $make, [$(#[$attr])*], $cut);
     };
     (@case $make:expr, [$($attrs:tt)*], $name:ident $(, $rest:ident)*) => {
@@ -774,4 +775,218 @@ pub fn endpoint_pointing_nowhere(p: Pair) {
     let c = next(&p.a.cq);
     assert_eq!((c.wr_id, c.status), (1, CompletionStatus::RetryExceeded));
     assert_eq!(qa.state().unwrap(), QpState::Error);
+}
+
+/// What the requester sees for a READ/WRITE naming a revoked region's rkey. Both providers
+/// report `RemoteAccessError`: the soft provider refuses it as an unknown rkey, and Linux rxe
+/// finds no MR for the deregistered key and NAKs with a remote access error.
+const REVOKED_RKEY_STATUS: [CompletionStatus; 1] = [CompletionStatus::RemoteAccessError];
+
+fn wait_for_error_state(qp: &QueuePair, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while qp.state().unwrap() != QpState::Error {
+        assert!(Instant::now() < deadline, "{what}: QP not in error");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Revoking a region kills its rkey for the peer at once, while its memory (and what was
+/// written into it before) stays readable and writable locally.
+pub fn revoke_kills_rkey(p: Pair) {
+    let (qa, qb) = p.connect();
+    let target = p.b.region(4096, Access::REMOTE_WRITE | Access::REMOTE_READ);
+    let t = target.descriptor();
+    let src = p.a.region(4096, Access::LOCAL_WRITE);
+    src.write(0, b"before revoke").unwrap();
+    qa.post_send(SendRequest::new(
+        1,
+        SendOp::Write(t.at(0)),
+        src.slice(0, 13).unwrap(),
+    ))
+    .unwrap();
+    let c = next(&p.a.cq);
+    assert_eq!((c.wr_id, c.status), (1, CompletionStatus::Success));
+
+    // A clone is still held (as a torn-down client would): revoke acts for every clone.
+    let held = target.clone();
+    assert!(!target.is_revoked());
+    target.revoke().unwrap();
+    assert!(target.is_revoked() && held.is_revoked());
+    assert_eq!(
+        held.descriptor(),
+        t,
+        "descriptor keeps the (dead) registered values"
+    );
+
+    // WRITE with the old descriptor: remote access error, initiator QP to error.
+    src.write(0, b"after revoke!").unwrap();
+    qa.post_send(SendRequest::new(
+        2,
+        SendOp::Write(t.at(0)),
+        src.slice(0, 13).unwrap(),
+    ))
+    .unwrap();
+    let c = next(&p.a.cq);
+    assert_eq!(c.wr_id, 2);
+    assert!(
+        REVOKED_RKEY_STATUS.contains(&c.status),
+        "WRITE with a revoked rkey: {:?}",
+        c.status
+    );
+    wait_for_error_state(&qa, "WRITE with a revoked rkey");
+
+    // READ with the old descriptor fails the same way.
+    p.reconnect(&qa, &qb);
+    qa.post_send(SendRequest::new(
+        3,
+        SendOp::Read(t.at(0)),
+        src.slice(100, 13).unwrap(),
+    ))
+    .unwrap();
+    let c = next(&p.a.cq);
+    assert_eq!(c.wr_id, 3);
+    assert!(
+        REVOKED_RKEY_STATUS.contains(&c.status),
+        "READ with a revoked rkey: {:?}",
+        c.status
+    );
+    wait_for_error_state(&qa, "READ with a revoked rkey");
+    let mut got = [0u8; 13];
+    src.read(100, &mut got).unwrap();
+    assert_eq!(got, [0u8; 13], "a refused READ delivered data");
+
+    // The bytes written before revocation are still there (the refused WRITE changed
+    // nothing), and the memory is still locally usable through any clone.
+    let mut got = [0u8; 13];
+    held.read(0, &mut got).unwrap();
+    assert_eq!(&got, b"before revoke");
+    held.write_u64(16, 0x1122_3344_5566_7788).unwrap();
+    assert_eq!(target.read_u64(16).unwrap(), 0x1122_3344_5566_7788);
+    held.write(100, b"local").unwrap();
+    let mut got = [0u8; 5];
+    target.read(100, &mut got).unwrap();
+    assert_eq!(&got, b"local");
+
+    // Revoking is idempotent; dropping the revoked clones frees the memory without a second
+    // deregistration.
+    held.revoke().unwrap();
+    drop(held);
+    drop(target);
+    // Drain what the responder flushed.
+    let mut junk = Vec::new();
+    let _ = p.b.rcq.poll(&mut junk, 64);
+}
+
+/// Posting a buffer of a revoked region fails at post time with `Revoked`; nothing is posted,
+/// so the queue pair keeps working. A receive already posted into a region that is then
+/// revoked completes with an error.
+pub fn revoke_local_post_fails(p: Pair) {
+    let (qa, qb) = p.connect();
+    let region = p.a.region(256, Access::LOCAL_WRITE);
+    region.write(0, b"payload").unwrap();
+    let early = region.slice(0, 7).unwrap();
+    region.revoke().unwrap();
+    region.revoke().unwrap();
+    assert!(region.is_revoked());
+
+    let revoked = |r: Result<()>, what: &str| match r {
+        Err(FabricError::Revoked { .. }) => {}
+        other => panic!("{what}: expected Err(Revoked), got {other:?}"),
+    };
+    // A buffer built before the revoke, and one built after it (slice/whole still work).
+    revoked(
+        qa.post_send(SendRequest::new(1, SendOp::Send, early.clone())),
+        "SEND of a buffer sliced before revoke",
+    );
+    revoked(
+        qa.post_send(SendRequest::new(2, SendOp::Send, region.whole())),
+        "SEND of a buffer built after revoke",
+    );
+    revoked(
+        qa.post_send(SendRequest::new(
+            3,
+            SendOp::Read(RemoteAddr { addr: 0, rkey: 1 }),
+            region.slice(8, 8).unwrap(),
+        )),
+        "READ into a revoked region",
+    );
+    revoked(
+        qa.post_recv(RecvRequest {
+            wr_id: 4,
+            local: region.whole(),
+        }),
+        "receive into a revoked region",
+    );
+    // A batch with one revoked buffer is refused as a whole.
+    let good = p.a.region(64, Access::NONE);
+    revoked(
+        qa.post_send_batch([
+            SendRequest::new(5, SendOp::Send, good.whole()),
+            SendRequest::new(6, SendOp::Send, early.clone()),
+        ]),
+        "batch with a revoked buffer",
+    );
+    assert_eq!(qa.outstanding(), (0, 0));
+    assert_eq!(qa.state().unwrap(), QpState::ReadyToSend);
+
+    // Nothing was posted: the pair still works, and the revoked memory is still readable.
+    let dst = p.b.region(64, Access::LOCAL_WRITE);
+    qb.post_recv(RecvRequest {
+        wr_id: 7,
+        local: dst.whole(),
+    })
+    .unwrap();
+    good.write(0, b"fresh").unwrap();
+    qa.post_send(SendRequest::new(8, SendOp::Send, good.slice(0, 5).unwrap()))
+        .unwrap();
+    assert_eq!(next(&p.a.cq).status, CompletionStatus::Success);
+    let c = next(&p.b.rcq);
+    assert_eq!(
+        (c.wr_id, c.status, c.byte_len),
+        (7, CompletionStatus::Success, 5)
+    );
+    let mut got = [0u8; 7];
+    region.read(0, &mut got).unwrap();
+    assert_eq!(&got, b"payload");
+
+    // A receive posted before its region is revoked: the SEND that would land in it fails.
+    let late = p.b.region(64, Access::LOCAL_WRITE);
+    qb.post_recv(RecvRequest {
+        wr_id: 9,
+        local: late.whole(),
+    })
+    .unwrap();
+    late.revoke().unwrap();
+    qa.post_send(SendRequest::new(
+        10,
+        SendOp::Send,
+        good.slice(0, 5).unwrap(),
+    ))
+    .unwrap();
+    // The soft provider finds no region for the receive's lkey (a local protection error, as
+    // the IB spec has it); Linux rxe reports a local QP operation error. Both NAK the sender
+    // with a remote operation error.
+    let rc = next(&p.b.rcq);
+    let sc = next(&p.a.cq);
+    assert_eq!(rc.wr_id, 9);
+    let expected = match p.b.dev.provider() {
+        ProviderKind::Soft => CompletionStatus::LocalProtectionError,
+        ProviderKind::Verbs => CompletionStatus::LocalQpOperationError,
+    };
+    assert_eq!(rc.status, expected, "receive into a revoked region");
+    assert_eq!(
+        (sc.wr_id, sc.status),
+        (10, CompletionStatus::RemoteOperationError),
+        "SEND into a receive in a revoked region"
+    );
+    assert_eq!(
+        qb.outstanding().1,
+        0,
+        "the failed receive's buffer was not released"
+    );
+
+    // Dropping revoked regions (and buffers naming them) is fine.
+    drop(early);
+    drop(region);
+    drop(late);
 }

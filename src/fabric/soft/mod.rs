@@ -453,12 +453,16 @@ impl SoftPd {
 pub struct SoftMr {
     mem: Arc<RegionMem>,
     len: usize,
+    /// Set (under the device's region-table lock) once the key left the table.
+    revoked: AtomicBool,
     _pd: Arc<SoftPd>,
 }
 
 impl Drop for SoftMr {
     fn drop(&mut self) {
-        self._pd.device.shared.regions.write().remove(&self.mem.key);
+        if !*self.revoked.get_mut() {
+            self._pd.device.shared.regions.write().remove(&self.mem.key);
+        }
     }
 }
 
@@ -485,8 +489,27 @@ impl SoftMr {
         Ok(SoftMr {
             mem,
             len,
+            revoked: AtomicBool::new(false),
             _pd: pd.clone(),
         })
+    }
+
+    /// Deregisters the region now: its key leaves the device's region table, so remote access
+    /// naming it is refused exactly like an unknown rkey (remote access error at the
+    /// initiator), and requests that name it locally and are processed later complete with a
+    /// local protection error. The memory stays readable and writable through this handle.
+    /// Idempotent.
+    pub fn revoke(&self) {
+        let mut regions = self._pd.device.shared.regions.write();
+        if !self.revoked.load(Ordering::SeqCst) {
+            regions.remove(&self.mem.key);
+            self.revoked.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether [`SoftMr::revoke`] deregistered the region.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::SeqCst)
     }
     /// Address, length and rkey.
     pub fn descriptor(&self) -> RegionDescriptor {

@@ -152,6 +152,14 @@ pub enum VerbsError {
         /// What to do about it (empty when there is no advice).
         hint: &'static str,
     },
+    /// `ibv_dereg_mr` failed while revoking a region (it stays registered).
+    #[error("ibv_dereg_mr({len} bytes) to revoke the region: {source}")]
+    IbvDeregMr {
+        /// Region length.
+        len: usize,
+        /// errno.
+        source: io::Error,
+    },
     /// `ibv_create_comp_channel` failed.
     #[error("ibv_create_comp_channel({device}): {source}")]
     IbvCreateCompChannel {

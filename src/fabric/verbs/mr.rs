@@ -3,6 +3,7 @@
 use super::{access_flags, reg_mr_hint, Handle, VerbsDevice, VerbsError};
 use crate::fabric::types::{Access, RegionDescriptor};
 use crate::fabric::Result;
+use parking_lot::Mutex;
 use rdma_sys::{ibv_alloc_pd, ibv_dealloc_pd, ibv_dereg_mr, ibv_mr, ibv_pd, ibv_reg_mr};
 use std::alloc::Layout;
 use std::io;
@@ -64,8 +65,15 @@ impl Drop for VerbsPd {
 ///
 /// The memory is only ever reached through raw pointers (by this type and by the device), never
 /// through Rust references, so device DMA cannot invalidate a Rust borrow.
+///
+/// [`VerbsMr::revoke`] deregisters it early; the memory stays allocated (and locally readable
+/// and writable) until drop, which then only frees it.
 pub struct VerbsMr {
-    mr: Handle<ibv_mr>,
+    /// The registration; `None` once revoked. The mutex makes revoke and drop deregister once,
+    /// and the `ibv_mr` is never touched after `ibv_dereg_mr` (its keys are cached below).
+    mr: Mutex<Option<Handle<ibv_mr>>>,
+    lkey: u32,
+    rkey: u32,
     mem: Handle<u8>,
     layout: Layout,
     len: usize,
@@ -79,6 +87,7 @@ impl std::fmt::Debug for VerbsMr {
             .field("descriptor", &self.descriptor())
             .field("lkey", &self.lkey())
             .field("access", &self.access)
+            .field("revoked", &self.is_revoked())
             .finish()
     }
 }
@@ -115,8 +124,13 @@ impl VerbsMr {
             }
             .into());
         };
+        // SAFETY: ibv_reg_mr returned a valid ibv_mr; lkey and rkey are plain fields set at
+        // registration, read here once while it is certainly registered.
+        let (lkey, rkey) = unsafe { ((*mr.ptr()).lkey, (*mr.ptr()).rkey) };
         Ok(VerbsMr {
-            mr,
+            mr: Mutex::new(Some(mr)),
+            lkey,
+            rkey,
             mem,
             layout,
             len,
@@ -125,22 +139,47 @@ impl VerbsMr {
         })
     }
 
-    /// Address, length and rkey for the peer.
+    /// Address, length and rkey for the peer (the keys as registered, dead after revoke).
     pub fn descriptor(&self) -> RegionDescriptor {
         RegionDescriptor {
             addr: self.mem.ptr() as u64,
             len: self.len as u64,
-            rkey: self.rkey(),
+            rkey: self.rkey,
         }
     }
-    /// The local key.
+    /// The local key (as registered, dead after revoke).
     pub fn lkey(&self) -> u32 {
-        // SAFETY: the MR is registered until Drop; lkey is a plain field set at registration.
-        unsafe { (*self.mr.ptr()).lkey }
+        self.lkey
     }
-    fn rkey(&self) -> u32 {
-        // SAFETY: as for lkey.
-        unsafe { (*self.mr.ptr()).rkey }
+
+    /// Deregisters the region now (`ibv_dereg_mr`), keeping its memory until drop. From then
+    /// on the device rejects its keys: remote access with the rkey fails at the requester with
+    /// a remote access error, and requests still outstanding that name the lkey complete with
+    /// a local error (local protection; rxe reports a local QP operation error for a receive).
+    /// Idempotent. If `ibv_dereg_mr` fails the region stays registered (and drop tries again).
+    pub fn revoke(&self) -> Result<()> {
+        let mut mr = self.mr.lock();
+        let Some(handle) = mr.as_ref() else {
+            return Ok(());
+        };
+        // SAFETY: registered in `register` and not yet deregistered (the mutex is held and the
+        // handle is still present); the handle is removed below on success, so no path uses
+        // the ibv_mr afterwards. The memory stays allocated until Drop.
+        let ret = unsafe { ibv_dereg_mr(handle.ptr()) };
+        if ret != 0 {
+            return Err(VerbsError::IbvDeregMr {
+                len: self.len,
+                source: io::Error::from_raw_os_error(ret),
+            }
+            .into());
+        }
+        *mr = None;
+        Ok(())
+    }
+
+    /// Whether [`VerbsMr::revoke`] deregistered the region.
+    pub fn is_revoked(&self) -> bool {
+        self.mr.lock().is_none()
     }
     /// The registered length in bytes.
     pub fn len(&self) -> usize {
@@ -234,15 +273,19 @@ impl VerbsMr {
 
 impl Drop for VerbsMr {
     fn drop(&mut self) {
-        // SAFETY: registered in `register` and deregistered once, here.
-        let ret = unsafe { ibv_dereg_mr(self.mr.ptr()) };
-        if ret != 0 {
-            // The device may still map the pages: leaking them is the only safe choice.
-            tracing::warn!(len = self.len, error = %io::Error::from_raw_os_error(ret), "ibv_dereg_mr failed; leaking the region's memory");
-            return;
+        if let Some(mr) = self.mr.get_mut().take() {
+            // SAFETY: registered in `register` and not deregistered by `revoke` (the handle is
+            // still present); deregistered once, here.
+            let ret = unsafe { ibv_dereg_mr(mr.ptr()) };
+            if ret != 0 {
+                // The device may still map the pages: leaking them is the only safe choice.
+                tracing::warn!(len = self.len, error = %io::Error::from_raw_os_error(ret), "ibv_dereg_mr failed; leaking the region's memory");
+                return;
+            }
         }
-        // SAFETY: allocated with this layout in `register`; no longer registered, and the
-        // neutral layer keeps the region alive while any request naming it is outstanding.
+        // SAFETY: allocated with this layout in `register`; no longer registered (here or by
+        // `revoke`), and the neutral layer keeps the region alive while any request naming it
+        // is outstanding.
         unsafe { std::alloc::dealloc(self.mem.ptr(), self.layout) };
     }
 }
