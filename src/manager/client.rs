@@ -21,8 +21,8 @@ pub enum SuspendReason {
     LinkDown,
     /// A planned move to another link (back home after recovery, or load balancing).
     Moving {
-        /// The link it is moving to.
-        to: LinkId,
+        /// The link it is moving to (None at the node that follows the partner's decision).
+        to: Option<LinkId>,
     },
     /// The partner restarted (new incarnation): everything is re-established.
     PartnerRestarted,
