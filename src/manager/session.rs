@@ -520,33 +520,17 @@ impl Session {
     }
 
     fn process(&mut self, frame: &[u8]) -> Result<(), SessionError> {
-        let key = match self.state {
-            State::Established => self.key.as_ref(),
-            _ => None,
-        };
-        // Look at the type first: an authenticated frame before the key exists is out of
-        // order, not an authentication failure.
-        let ty = match crate::manager::wire::parse_header(frame) {
-            Ok(Some(h)) => h.msg_type,
-            Ok(None) => {
-                return Err(SessionError::Decode(WireError::Truncated {
-                    field: "frame header",
-                    needed: crate::manager::wire::HEADER_LEN,
-                    available: frame.len(),
-                }))
-            }
-            Err(e) => return Err(SessionError::Decode(e)),
-        };
-        if ty.is_authenticated() && key.is_none() {
-            return Err(SessionError::Unexpected {
-                state: "awaiting Hello",
-                message: ty.name(),
-            });
-        }
-        let opened = open_frame(frame, key).map_err(|e| match e {
+        // The checksum is verified first; an authenticated frame before the key exists is
+        // then out of order (not an authentication failure).
+        let opened = open_frame(frame, self.key.as_ref()).map_err(|e| match e {
             WireError::Mac => SessionError::AuthFailed,
+            WireError::KeyRequired { message } => SessionError::Unexpected {
+                state: "awaiting Hello",
+                message,
+            },
             other => SessionError::Decode(other),
         })?;
+        let ty = opened.header.msg_type;
         let seq = opened.header.seq;
         if ty.is_authenticated() {
             let expected = self.recv_seq.wrapping_add(1);

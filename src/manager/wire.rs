@@ -197,68 +197,116 @@ fn hmac_with(key: &[u8]) -> HmacSha256 {
     <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 
-/// Message type codes (frame header offset 5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MessageType {
-    /// 1: version, identity and nonce (unauthenticated).
-    Hello = 1,
-    /// 2: the sender refuses the session (unauthenticated).
-    Refuse = 2,
-    /// 3: the sender's node, health block, heartbeat endpoint and clients on the link.
-    PeerInfo = 3,
-    /// 4: the clients the sender has made ready on the link.
-    Ready = 4,
-    /// 5: a client attached (or changed) on the link.
-    Attach = 5,
-    /// 6: a client is connected on the sender's side.
-    ClientReady = 6,
-    /// 7: a client left the link.
-    Detach = 7,
-    /// 8: the sender closes the session.
-    Goodbye = 8,
+/// Defines a `u8`-coded wire enumeration with `code`, `from_code` and `Display`.
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident {
+        $($(#[$vm:meta])* $variant:ident = $code:literal => $text:literal,)+
+    }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vm])* $variant,)+
+        }
+        impl $name {
+            /// The wire code.
+            pub fn code(self) -> u8 {
+                match self {
+                    $($name::$variant => $code,)+
+                }
+            }
+            /// From the wire code (`None` when the code is not defined).
+            pub fn from_code(code: u8) -> Option<$name> {
+                match code {
+                    $($code => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+            fn text(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.text())
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// Message type codes (frame header offset 5).
+    MessageType {
+        /// 1: version, identity and nonce (unauthenticated).
+        Hello = 1 => "Hello",
+        /// 2: the sender refuses the session (unauthenticated).
+        Refuse = 2 => "Refuse",
+        /// 3: the sender's node, health block, heartbeat endpoint and clients on the link.
+        PeerInfo = 3 => "PeerInfo",
+        /// 4: the clients the sender has made ready on the link.
+        Ready = 4 => "Ready",
+        /// 5: a client attached (or changed) on the link.
+        Attach = 5 => "Attach",
+        /// 6: a client is connected on the sender's side.
+        ClientReady = 6 => "ClientReady",
+        /// 7: a client left the link.
+        Detach = 7 => "Detach",
+        /// 8: the sender closes the session.
+        Goodbye = 8 => "Goodbye",
+    }
 }
 
 impl MessageType {
-    /// The wire code.
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-    /// From the wire code.
-    pub fn from_code(code: u8) -> Option<MessageType> {
-        Some(match code {
-            1 => MessageType::Hello,
-            2 => MessageType::Refuse,
-            3 => MessageType::PeerInfo,
-            4 => MessageType::Ready,
-            5 => MessageType::Attach,
-            6 => MessageType::ClientReady,
-            7 => MessageType::Detach,
-            8 => MessageType::Goodbye,
-            _ => return None,
-        })
-    }
     /// Whether frames of this type carry a sequence number and an HMAC.
     pub fn is_authenticated(self) -> bool {
         !matches!(self, MessageType::Hello | MessageType::Refuse)
     }
     /// The type's name.
     pub fn name(self) -> &'static str {
-        match self {
-            MessageType::Hello => "Hello",
-            MessageType::Refuse => "Refuse",
-            MessageType::PeerInfo => "PeerInfo",
-            MessageType::Ready => "Ready",
-            MessageType::Attach => "Attach",
-            MessageType::ClientReady => "ClientReady",
-            MessageType::Detach => "Detach",
-            MessageType::Goodbye => "Goodbye",
-        }
+        self.text()
     }
 }
 
-impl fmt::Display for MessageType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+wire_enum! {
+    /// Why a session is refused.
+    RefuseReason {
+        /// 1: no common protocol version.
+        Version = 1 => "no common protocol version",
+        /// 2: cluster ids differ.
+        Cluster = 2 => "cluster id mismatch",
+        /// 3: the node ids are not the expected pair.
+        Node = 3 => "node id mismatch",
+        /// 4: link ids differ.
+        Link = 4 => "link id mismatch",
+        /// 5: a frame failed authentication (usually: different secrets).
+        Auth = 5 => "authentication failed",
+        /// 6: a malformed, out-of-order or replayed frame.
+        Protocol = 6 => "protocol error",
+        /// 7: the link already has a session.
+        Busy = 7 => "busy",
+    }
+}
+
+wire_enum! {
+    /// Why a client left a link.
+    DetachReason {
+        /// 1: the client closed.
+        Released = 1 => "released",
+        /// 2: the client moves to another link.
+        Moving = 2 => "moving",
+        /// 3: the client's connection failed.
+        Failed = 3 => "failed",
+    }
+}
+
+wire_enum! {
+    /// Why a node closes a session.
+    GoodbyeReason {
+        /// 1: the node shuts down.
+        Shutdown = 1 => "shutdown",
+        /// 2: the link is being re-initialised.
+        Restart = 2 => "restart",
     }
 }
 
@@ -283,67 +331,6 @@ pub struct Hello {
     pub capabilities: u64,
     /// 32 random bytes, fresh for each connection.
     pub nonce: [u8; 32],
-}
-
-/// Why a session is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RefuseReason {
-    /// 1: no common protocol version.
-    Version,
-    /// 2: cluster ids differ.
-    Cluster,
-    /// 3: the node ids are not the expected pair.
-    Node,
-    /// 4: link ids differ.
-    Link,
-    /// 5: a frame failed authentication (usually: different secrets).
-    Auth,
-    /// 6: a malformed, out-of-order or replayed frame.
-    Protocol,
-    /// 7: the link already has a session.
-    Busy,
-}
-
-impl RefuseReason {
-    /// The wire code.
-    pub fn code(self) -> u8 {
-        match self {
-            RefuseReason::Version => 1,
-            RefuseReason::Cluster => 2,
-            RefuseReason::Node => 3,
-            RefuseReason::Link => 4,
-            RefuseReason::Auth => 5,
-            RefuseReason::Protocol => 6,
-            RefuseReason::Busy => 7,
-        }
-    }
-    /// From the wire code.
-    pub fn from_code(code: u8) -> Option<RefuseReason> {
-        Some(match code {
-            1 => RefuseReason::Version,
-            2 => RefuseReason::Cluster,
-            3 => RefuseReason::Node,
-            4 => RefuseReason::Link,
-            5 => RefuseReason::Auth,
-            6 => RefuseReason::Protocol,
-            7 => RefuseReason::Busy,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for RefuseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RefuseReason::Version => "no common protocol version",
-            RefuseReason::Cluster => "cluster id mismatch",
-            RefuseReason::Node => "node id mismatch",
-            RefuseReason::Link => "link id mismatch",
-            RefuseReason::Auth => "authentication failed",
-            RefuseReason::Protocol => "protocol error",
-            RefuseReason::Busy => "busy",
-        })
-    }
 }
 
 /// A refusal: the sender closes the connection after it.
@@ -404,83 +391,6 @@ pub struct ReadyClient {
     pub name: String,
     /// The attachment generation that is ready.
     pub generation: u32,
-}
-
-/// Why a client left a link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DetachReason {
-    /// 1: the client closed.
-    Released,
-    /// 2: the client moves to another link.
-    Moving,
-    /// 3: the client's connection failed.
-    Failed,
-}
-
-impl DetachReason {
-    /// The wire code.
-    pub fn code(self) -> u8 {
-        match self {
-            DetachReason::Released => 1,
-            DetachReason::Moving => 2,
-            DetachReason::Failed => 3,
-        }
-    }
-    /// From the wire code.
-    pub fn from_code(code: u8) -> Option<DetachReason> {
-        Some(match code {
-            1 => DetachReason::Released,
-            2 => DetachReason::Moving,
-            3 => DetachReason::Failed,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for DetachReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DetachReason::Released => "released",
-            DetachReason::Moving => "moving",
-            DetachReason::Failed => "failed",
-        })
-    }
-}
-
-/// Why a node closes a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GoodbyeReason {
-    /// 1: the node shuts down.
-    Shutdown,
-    /// 2: the link is being re-initialised.
-    Restart,
-}
-
-impl GoodbyeReason {
-    /// The wire code.
-    pub fn code(self) -> u8 {
-        match self {
-            GoodbyeReason::Shutdown => 1,
-            GoodbyeReason::Restart => 2,
-        }
-    }
-    /// From the wire code.
-    pub fn from_code(code: u8) -> Option<GoodbyeReason> {
-        match code {
-            1 => Some(GoodbyeReason::Shutdown),
-            2 => Some(GoodbyeReason::Restart),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for GoodbyeReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            GoodbyeReason::Shutdown => "shutdown",
-            GoodbyeReason::Restart => "restart",
-        })
-    }
 }
 
 /// Every message of the bootstrap protocol.
@@ -794,47 +704,58 @@ impl<'a> Reader<'a> {
             rkey: self.u32(field)?,
         })
     }
-    fn client(&mut self) -> Result<ClientInfo, WireError> {
-        let name = self.string8("client name")?;
-        let class_code = self.u8("bandwidth class")?;
-        let class = BandwidthClass::from_code(class_code).ok_or(WireError::Code {
-            field: "bandwidth class",
-            code: class_code,
-        })?;
-        let generation = self.u32("client generation")?;
-        let qp_count = self.count("qp count", MAX_QPS)?;
-        let mut qps = Vec::with_capacity(qp_count.min(self.remaining() / 30));
-        for _ in 0..qp_count {
-            let index = self.u16("qp index")?;
-            let endpoint = self.endpoint("qp endpoint")?;
-            qps.push(QpInfo { index, endpoint });
+    fn code<T>(
+        &mut self,
+        field: &'static str,
+        from_code: fn(u8) -> Option<T>,
+    ) -> Result<T, WireError> {
+        let code = self.u8(field)?;
+        from_code(code).ok_or(WireError::Code { field, code })
+    }
+    /// A u16 count (at most `max`) then that many items of at least `min_item` bytes each.
+    fn list<T>(
+        &mut self,
+        field: &'static str,
+        max: usize,
+        min_item: usize,
+        mut item: impl FnMut(&mut Self) -> Result<T, WireError>,
+    ) -> Result<Vec<T>, WireError> {
+        let count = self.count(field, max)?;
+        let mut items = Vec::with_capacity(count.min(self.remaining() / min_item));
+        for _ in 0..count {
+            items.push(item(self)?);
         }
-        let region_count = self.count("region count", MAX_REGIONS)?;
-        let mut regions = Vec::with_capacity(region_count.min(self.remaining() / 24));
-        for _ in 0..region_count {
-            let id = self.u16("region id")?;
-            let purpose = self.string8("region purpose")?;
-            let bits = self.u8("region access")?;
-            if bits & !7 != 0 {
-                return Err(WireError::Code {
-                    field: "region access",
-                    code: bits,
-                });
-            }
-            let descriptor = self.region("region descriptor")?;
-            regions.push(RegionInfo {
-                id,
-                purpose,
-                access: Access::from_bits(bits),
-                descriptor,
+        Ok(items)
+    }
+    fn access(&mut self) -> Result<Access, WireError> {
+        let bits = self.u8("region access")?;
+        if bits & !7 != 0 {
+            return Err(WireError::Code {
+                field: "region access",
+                code: bits,
             });
         }
+        Ok(Access::from_bits(bits))
+    }
+    fn client(&mut self) -> Result<ClientInfo, WireError> {
         Ok(ClientInfo {
-            name,
-            class,
-            generation,
-            qps,
-            regions,
+            name: self.string8("client name")?,
+            class: self.code("bandwidth class", BandwidthClass::from_code)?,
+            generation: self.u32("client generation")?,
+            qps: self.list("qp count", MAX_QPS, 30, |r| {
+                Ok(QpInfo {
+                    index: r.u16("qp index")?,
+                    endpoint: r.endpoint("qp endpoint")?,
+                })
+            })?,
+            regions: self.list("region count", MAX_REGIONS, 25, |r| {
+                Ok(RegionInfo {
+                    id: r.u16("region id")?,
+                    purpose: r.string8("region purpose")?,
+                    access: r.access()?,
+                    descriptor: r.region("region descriptor")?,
+                })
+            })?,
         })
     }
     fn finish(self, field: &'static str) -> Result<(), WireError> {
@@ -882,80 +803,44 @@ pub fn decode_body(msg_type: u8, body: &[u8]) -> Result<Message, WireError> {
                 nonce: r.array("hello nonce")?,
             })
         }
-        MessageType::Refuse => {
-            let code = r.u8("refuse reason")?;
-            let reason = RefuseReason::from_code(code).ok_or(WireError::Code {
-                field: "refuse reason",
-                code,
-            })?;
-            let detail = r.string16("refuse detail")?;
-            Message::Refuse(Refuse { reason, detail })
-        }
-        MessageType::PeerInfo => {
-            let version = r.u16("peer info version")?;
-            let cluster_id = r.u64("peer info cluster_id")?;
-            let node_id = r.u32("peer info node_id")?;
-            let link_id = r.u8("peer info link_id")?;
-            let incarnation = r.u64("peer info incarnation")?;
-            let capabilities = r.u64("peer info capabilities")?;
-            let health = r.region("health region descriptor")?;
-            let heartbeat = r.endpoint("heartbeat endpoint")?;
-            let count = r.count("client count", MAX_CLIENTS)?;
-            let mut clients = Vec::with_capacity(count.min(r.remaining() / 12));
-            for _ in 0..count {
-                clients.push(r.client()?);
-            }
-            Message::PeerInfo(PeerInfo {
-                version,
-                cluster_id,
-                node_id,
-                link_id,
-                incarnation,
-                capabilities,
-                health,
-                heartbeat,
-                clients,
-            })
-        }
-        MessageType::Ready => {
-            let link_id = r.u8("ready link_id")?;
-            let count = r.count("ready count", MAX_CLIENTS)?;
-            let mut clients = Vec::with_capacity(count.min(r.remaining() / 6));
-            for _ in 0..count {
-                let name = r.string8("ready client name")?;
-                let generation = r.u32("ready client generation")?;
-                clients.push(ReadyClient { name, generation });
-            }
-            Message::Ready { link_id, clients }
-        }
+        MessageType::Refuse => Message::Refuse(Refuse {
+            reason: r.code("refuse reason", RefuseReason::from_code)?,
+            detail: r.string16("refuse detail")?,
+        }),
+        MessageType::PeerInfo => Message::PeerInfo(PeerInfo {
+            version: r.u16("peer info version")?,
+            cluster_id: r.u64("peer info cluster_id")?,
+            node_id: r.u32("peer info node_id")?,
+            link_id: r.u8("peer info link_id")?,
+            incarnation: r.u64("peer info incarnation")?,
+            capabilities: r.u64("peer info capabilities")?,
+            health: r.region("health region descriptor")?,
+            heartbeat: r.endpoint("heartbeat endpoint")?,
+            clients: r.list("client count", MAX_CLIENTS, 13, Reader::client)?,
+        }),
+        MessageType::Ready => Message::Ready {
+            link_id: r.u8("ready link_id")?,
+            clients: r.list("ready count", MAX_CLIENTS, 6, |r| {
+                Ok(ReadyClient {
+                    name: r.string8("ready client name")?,
+                    generation: r.u32("ready client generation")?,
+                })
+            })?,
+        },
         MessageType::Attach => Message::Attach(r.client()?),
         MessageType::ClientReady => Message::ClientReady {
             name: r.string8("client name")?,
             generation: r.u32("client generation")?,
         },
-        MessageType::Detach => {
-            let name = r.string8("client name")?;
-            let generation = r.u32("client generation")?;
-            let code = r.u8("detach reason")?;
-            let reason = DetachReason::from_code(code).ok_or(WireError::Code {
-                field: "detach reason",
-                code,
-            })?;
-            Message::Detach {
-                name,
-                generation,
-                reason,
-            }
-        }
-        MessageType::Goodbye => {
-            let code = r.u8("goodbye reason")?;
-            let reason = GoodbyeReason::from_code(code).ok_or(WireError::Code {
-                field: "goodbye reason",
-                code,
-            })?;
-            let detail = r.string16("goodbye detail")?;
-            Message::Goodbye { reason, detail }
-        }
+        MessageType::Detach => Message::Detach {
+            name: r.string8("client name")?,
+            generation: r.u32("client generation")?,
+            reason: r.code("detach reason", DetachReason::from_code)?,
+        },
+        MessageType::Goodbye => Message::Goodbye {
+            reason: r.code("goodbye reason", GoodbyeReason::from_code)?,
+            detail: r.string16("goodbye detail")?,
+        },
     };
     r.finish(ty.name())?;
     Ok(msg)
@@ -1150,102 +1035,4 @@ pub fn decode_frame(frame: &[u8], key: Option<&SessionKey>) -> Result<Frame, Wir
         seq: opened.header.seq,
         message: decode_body(opened.header.msg_type.code(), opened.body)?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn goodbye() -> Message {
-        Message::Goodbye {
-            reason: GoodbyeReason::Restart,
-            detail: "bye".into(),
-        }
-    }
-
-    #[test]
-    fn frame_roundtrip_and_layout() {
-        let key = SessionKey::from_bytes([7; 32]);
-        let f = encode_frame(&goodbye(), 5, Some(&key)).unwrap();
-        assert_eq!(&f[..4], b"ILCM");
-        assert_eq!(f[4], 1);
-        assert_eq!(f[5], 8);
-        assert_eq!(&f[8..12], &5u32.to_be_bytes());
-        assert_eq!(&f[12..16], &6u32.to_be_bytes());
-        assert_eq!(f.len(), 16 + 6 + 4 + 32);
-        assert_eq!(frame_len(&f).unwrap(), Some(f.len()));
-        assert_eq!(frame_len(&f[..15]).unwrap(), None);
-        let fr = decode_frame(&f, Some(&key)).unwrap();
-        assert_eq!(fr.seq, 5);
-        assert_eq!(fr.message, goodbye());
-        let other = SessionKey::from_bytes([8; 32]);
-        assert_eq!(decode_frame(&f, Some(&other)), Err(WireError::Mac));
-        assert!(matches!(
-            decode_frame(&f, None),
-            Err(WireError::KeyRequired { .. })
-        ));
-    }
-
-    #[test]
-    fn encode_rejects_what_decode_would() {
-        assert!(matches!(
-            encode_frame(&goodbye(), 1, None),
-            Err(WireError::KeyRequired { .. })
-        ));
-        let refuse = Message::Refuse(Refuse::new(RefuseReason::Busy, "x"));
-        assert!(matches!(
-            encode_frame(&refuse, 3, None),
-            Err(WireError::Sequence { .. })
-        ));
-        let long = Message::ClientReady {
-            name: "n".repeat(65),
-            generation: 1,
-        };
-        assert!(matches!(
-            encode_body(&long),
-            Err(WireError::StringLength { len: 65, .. })
-        ));
-        let empty = Message::ClientReady {
-            name: String::new(),
-            generation: 1,
-        };
-        assert!(encode_body(&empty).is_err());
-    }
-
-    #[test]
-    fn truncate_detail_respects_char_boundaries() {
-        let s = "é".repeat(200); // 400 bytes
-        let t = truncate_detail(&s);
-        assert_eq!(t.len(), 256);
-        assert_eq!(Refuse::new(RefuseReason::Auth, &s).detail, t);
-    }
-
-    #[test]
-    fn session_key_debug_is_redacted() {
-        let k = SessionKey::from_bytes([0xab; 32]);
-        let s = format!("{k:?}");
-        assert!(!s.contains("ab") && !s.contains("171"), "{s}");
-    }
-
-    #[test]
-    fn header_errors() {
-        let mut f = encode_frame(
-            &Message::Refuse(Refuse::new(RefuseReason::Busy, "")),
-            0,
-            None,
-        )
-        .unwrap();
-        assert!(decode_frame(&f, None).is_ok());
-        f[6] = 1;
-        assert_eq!(frame_len(&f), Err(WireError::Flags(0x100)));
-        f[6] = 0;
-        f[5] = 9;
-        assert_eq!(frame_len(&f), Err(WireError::UnknownType(9)));
-        f[5] = 2;
-        f[11] = 1;
-        assert!(matches!(frame_len(&f), Err(WireError::Sequence { .. })));
-        f[11] = 0;
-        f[12] = 0x10;
-        assert!(matches!(frame_len(&f), Err(WireError::TooLong { .. })));
-    }
 }
