@@ -2,6 +2,6 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
-pub mod fabric;
 pub mod clients;
+pub mod fabric;
 pub mod manager;

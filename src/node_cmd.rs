@@ -23,7 +23,10 @@ pub fn parse_probe(s: &str) -> anyhow::Result<ProbeConfig> {
         cfg.rate_bps = if *rate == "max" {
             None
         } else {
-            Some(rate.parse::<f64>().with_context(|| format!("--probe {s:?}: rate"))?)
+            Some(
+                rate.parse::<f64>()
+                    .with_context(|| format!("--probe {s:?}: rate"))?,
+            )
         };
     }
     Ok(cfg)
@@ -40,15 +43,21 @@ impl ControlHandler for Handler {
         match request {
             ControlRequest::Status => match self.manager.status() {
                 Ok(status) => ControlResponse::Status { status },
-                Err(e) => ControlResponse::Error { message: e.to_string() },
+                Err(e) => ControlResponse::Error {
+                    message: e.to_string(),
+                },
             },
             ControlRequest::Shutdown => {
                 self.stop.store(true, Ordering::Relaxed);
-                ControlResponse::Ok { value: serde_json::Value::Null }
+                ControlResponse::Ok {
+                    value: serde_json::Value::Null,
+                }
             }
             ControlRequest::Client { name, command } => {
                 let Some(p) = self.probes.get(&name) else {
-                    return ControlResponse::Error { message: format!("no probe named {name:?}") };
+                    return ControlResponse::Error {
+                        message: format!("no probe named {name:?}"),
+                    };
                 };
                 if let Some(rate) = command.get("rate_bps") {
                     p.set_rate(rate.as_f64());
@@ -58,7 +67,9 @@ impl ControlHandler for Handler {
                 }
                 match serde_json::to_value(p.stats()) {
                     Ok(value) => ControlResponse::Ok { value },
-                    Err(e) => ControlResponse::Error { message: e.to_string() },
+                    Err(e) => ControlResponse::Error {
+                        message: e.to_string(),
+                    },
                 }
             }
         }
@@ -68,7 +79,10 @@ impl ControlHandler for Handler {
 /// Runs the node.
 pub fn run(config: &Path, probes: &[String]) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config).with_context(|| format!("load {}", config.display()))?;
-    let probe_cfgs = probes.iter().map(|p| parse_probe(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let probe_cfgs = probes
+        .iter()
+        .map(|p| parse_probe(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let manager = Arc::new(Manager::start(cfg.clone())?);
     let mut running = BTreeMap::new();
     for p in probe_cfgs {

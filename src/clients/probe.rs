@@ -281,7 +281,9 @@ impl Runner {
                 .map(|i| -> Result<RecvRequest, String> {
                     Ok(RecvRequest {
                         wr_id: i as u64,
-                        local: rx.slice(i * self.msg, self.msg).map_err(|e| e.to_string())?,
+                        local: rx
+                            .slice(i * self.msg, self.msg)
+                            .map_err(|e| e.to_string())?,
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -311,7 +313,8 @@ impl Runner {
     }
 
     fn buf(&self, a: &Active, slot: usize) -> Result<LocalBuf, String> {
-        a.tx.slice(slot * self.msg, self.msg).map_err(|e| e.to_string())
+        a.tx.slice(slot * self.msg, self.msg)
+            .map_err(|e| e.to_string())
     }
 
     fn step(&mut self) -> Result<(), String> {
@@ -343,7 +346,11 @@ impl Runner {
             if seq % 8 == 0 {
                 let src = a.mem.slice(0, 8).map_err(|e| e.to_string())?;
                 a.mem.write_u64(0, seq).map_err(|e| e.to_string())?;
-                posts.push(SendRequest::new(WR_WRITE | seq, SendOp::Write(a.partner_mem.at(8)), src));
+                posts.push(SendRequest::new(
+                    WR_WRITE | seq,
+                    SendOp::Write(a.partner_mem.at(8)),
+                    src,
+                ));
             }
             self.next_seq += 1;
             in_flight += 1;
@@ -398,7 +405,8 @@ impl Runner {
             }
             let i = c.wr_id as usize;
             let mut be = [0u8; 8];
-            a.rx.read(i * self.msg, &mut be).map_err(|e| e.to_string())?;
+            a.rx.read(i * self.msg, &mut be)
+                .map_err(|e| e.to_string())?;
             let seq_be = u64::from_be_bytes(be);
             {
                 let mut s = self.shared.stats.lock();
@@ -414,7 +422,10 @@ impl Runner {
             *self.shared.last_rx.lock() = Some(Instant::now());
             reposts.push(RecvRequest {
                 wr_id: c.wr_id,
-                local: a.rx.slice(i * self.msg, self.msg).map_err(|e| e.to_string())?,
+                local: a
+                    .rx
+                    .slice(i * self.msg, self.msg)
+                    .map_err(|e| e.to_string())?,
             });
         }
         if !reposts.is_empty() {
@@ -431,7 +442,11 @@ impl Runner {
         let stale = self
             .history
             .get(&a.conn.link)
-            .and_then(|v| v.iter().rev().find(|d| d.rkey != a.partner_mem.rkey || d.addr != a.partner_mem.addr))
+            .and_then(|v| {
+                v.iter()
+                    .rev()
+                    .find(|d| d.rkey != a.partner_mem.rkey || d.addr != a.partner_mem.addr)
+            })
             .copied();
         let Some(old) = stale else {
             self.shared.stats.lock().stale_write = Some("no stale key for this link".into());

@@ -2,13 +2,13 @@
 //! and regions, the partner's view of them, and teardown that kills the old remote keys
 //! while keeping the contents for the next link.
 
+use crate::fabric::CompletionQueue;
 use crate::fabric::{
     Access, ConnectOptions, Endpoint, MemoryRegion, ProtectionDomain, QpCapacity, QueuePair,
 };
 use crate::manager::client::{ClientCells, ClientQp, ClientRegion, Connection};
 use crate::manager::error::{ManagerError, Result};
 use crate::manager::types::{BandwidthClass, ClientInfo, LinkId, QpInfo, RegionInfo, RegionSpec};
-use crate::fabric::CompletionQueue;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -162,11 +162,6 @@ impl Attachment {
         }
     }
 
-    /// Queue pair indices.
-    pub(crate) fn qp_indices(&self) -> Vec<u16> {
-        self.qps.keys().copied().collect()
-    }
-
     /// The description the partner needs.
     pub(crate) fn info(&self, owner: &str, class: BandwidthClass) -> Result<ClientInfo> {
         let mut qps = Vec::with_capacity(self.qps.len());
@@ -216,15 +211,14 @@ impl Attachment {
         for q in &info.qps {
             if let Some(local) = self.qps.get_mut(&q.index) {
                 if local.connected_to != Some(q.endpoint) {
-                    local
-                        .qp
-                        .connect(&q.endpoint, opts)
-                        .map_err(|source| ManagerError::ConnectQp {
+                    local.qp.connect(&q.endpoint, opts).map_err(|source| {
+                        ManagerError::ConnectQp {
                             link: self.link,
                             owner: owner.to_string(),
                             index: q.index,
                             source,
-                        })?;
+                        }
+                    })?;
                     local.connected_to = Some(q.endpoint);
                     n += 1;
                 }

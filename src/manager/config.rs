@@ -143,6 +143,10 @@ pub struct NodeConfig {
     /// Placement and migration policy.
     #[serde(default)]
     pub balance: BalanceConfig,
+    /// Restricts the manager protocol versions this node advertises, `[min, max]` (default:
+    /// everything the build speaks). For rolling upgrades and for testing refusals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_versions: Option<[u16; 2]>,
 }
 
 /// One link to the partner.
@@ -350,6 +354,7 @@ impl NodeConfig {
             heartbeat: HeartbeatConfig::default(),
             backoff: BackoffConfig::default(),
             balance: BalanceConfig::default(),
+            protocol_versions: None,
         }
     }
     /// The same configuration with `link` appended (its id should be its position).
@@ -482,6 +487,14 @@ impl NodeConfig {
                 "partner_id",
                 format!("must differ from node_id (both are {})", self.node_id),
             ));
+        }
+        if let Some([lo, hi]) = self.protocol_versions {
+            if lo == 0 || lo > hi {
+                return Err(invalid(
+                    "protocol_versions",
+                    format!("[{lo}, {hi}] is not a range of versions (1 <= min <= max)"),
+                ));
+            }
         }
         if self.secret_file.as_os_str().is_empty() {
             return Err(invalid("secret_file", "must not be empty"));

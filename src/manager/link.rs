@@ -3,8 +3,7 @@
 
 use crate::fabric::{
     Access, AsyncEvent, CompletionQueue, ConnectOptions, Device, DeviceConfig, MemoryRegion,
-    ProtectionDomain, ProviderChoice, QpCapacity, QueuePair, RegionDescriptor, SendOp,
-    SendRequest,
+    ProtectionDomain, ProviderChoice, QpCapacity, QueuePair, RegionDescriptor, SendOp, SendRequest,
 };
 use crate::manager::client::{new_histogram, record_us};
 use crate::manager::config::LinkConfig;
@@ -56,17 +55,32 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<()> {
 pub(crate) fn spawn_connector(
     link: LinkId,
     conn: u64,
+    local: std::net::IpAddr,
     addr: SocketAddr,
     timeout: Duration,
     tx: Sender<Command>,
 ) -> Result<()> {
     spawn(format!("il-connect-{link}"), move || {
-        let event = match TcpStream::connect_timeout(&addr, timeout) {
+        let event = match connect_from(local, addr, timeout) {
             Ok(s) => IoEvent::Connected(s),
             Err(e) => IoEvent::ConnectFailed(e),
         };
         let _ = tx.send(Command::Io(IoMsg { link, conn, event }));
     })
+}
+
+/// Connects from the link's local address (so the partner sees the address it expects and
+/// the connection takes this link's path).
+fn connect_from(
+    local: std::net::IpAddr,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(local, 0).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
 }
 
 /// A running acceptor; dropping it stops the thread.
@@ -81,12 +95,13 @@ impl Drop for Acceptor {
 }
 
 /// Binds the bootstrap listener and accepts connections on a thread.
-pub(crate) fn spawn_acceptor(link: LinkId, addr: SocketAddr, tx: Sender<Command>) -> Result<Acceptor> {
-    let listener = TcpListener::bind(addr).map_err(|source| ManagerError::Listen {
-        link,
-        addr,
-        source,
-    })?;
+pub(crate) fn spawn_acceptor(
+    link: LinkId,
+    addr: SocketAddr,
+    tx: Sender<Command>,
+) -> Result<Acceptor> {
+    let listener =
+        TcpListener::bind(addr).map_err(|source| ManagerError::Listen { link, addr, source })?;
     listener
         .set_nonblocking(true)
         .map_err(|source| ManagerError::Listen { link, addr, source })?;
@@ -122,24 +137,44 @@ pub(crate) fn spawn_acceptor(link: LinkId, addr: SocketAddr, tx: Sender<Command>
 }
 
 /// Reads the connection on a thread until it closes; reports `Bytes` and one `Closed`.
-pub(crate) fn spawn_reader(link: LinkId, conn: u64, mut stream: TcpStream, tx: Sender<Command>) -> Result<()> {
+pub(crate) fn spawn_reader(
+    link: LinkId,
+    conn: u64,
+    mut stream: TcpStream,
+    tx: Sender<Command>,
+) -> Result<()> {
     spawn(format!("il-read-{link}"), move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match stream.read(&mut buf) {
                 Ok(0) => {
-                    let _ = tx.send(Command::Io(IoMsg { link, conn, event: IoEvent::Closed(None) }));
+                    let _ = tx.send(Command::Io(IoMsg {
+                        link,
+                        conn,
+                        event: IoEvent::Closed(None),
+                    }));
                     return;
                 }
                 Ok(n) => {
                     let ev = IoEvent::Bytes(buf[..n].to_vec());
-                    if tx.send(Command::Io(IoMsg { link, conn, event: ev })).is_err() {
+                    if tx
+                        .send(Command::Io(IoMsg {
+                            link,
+                            conn,
+                            event: ev,
+                        }))
+                        .is_err()
+                    {
                         return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    let _ = tx.send(Command::Io(IoMsg { link, conn, event: IoEvent::Closed(Some(e)) }));
+                    let _ = tx.send(Command::Io(IoMsg {
+                        link,
+                        conn,
+                        event: IoEvent::Closed(Some(e)),
+                    }));
                     return;
                 }
             }
@@ -163,7 +198,10 @@ impl LinkFabric {
             port: 1,
             soft_port: cfg.soft_port,
         };
-        let err = |source| ManagerError::OpenDevice { link: cfg.id, source };
+        let err = |source| ManagerError::OpenDevice {
+            link: cfg.id,
+            source,
+        };
         let device = Device::open(&dc).map_err(err)?;
         let pd = device.alloc_pd().map_err(err)?;
         let events = device.subscribe_events();
@@ -237,11 +275,13 @@ impl Heartbeat {
     }
 
     pub(crate) fn endpoint(&self) -> Result<crate::fabric::Endpoint> {
-        self.qp.endpoint().map_err(|source| ManagerError::CreateResources {
-            link: self.link,
-            owner: "heartbeat".into(),
-            source,
-        })
+        self.qp
+            .endpoint()
+            .map_err(|source| ManagerError::CreateResources {
+                link: self.link,
+                owner: "heartbeat".into(),
+                source,
+            })
     }
 
     pub(crate) fn connect(

@@ -7,7 +7,7 @@
 //! [`Planner`].
 
 use crate::fabric::ConnectOptions;
-use crate::manager::client::{ClientCells, ClientEvent, ClientHandle, ClientRequest, SuspendReason};
+use crate::manager::client::{ClientCells, ClientEvent, ClientHandle, ClientRequest};
 use crate::manager::config::NodeConfig;
 use crate::manager::error::{ManagerError, Result};
 use crate::manager::link::{IoMsg, LinkFabric};
@@ -145,15 +145,6 @@ impl Drop for Manager {
 /// The connect options used for every queue pair the manager connects.
 pub(crate) fn connect_options() -> ConnectOptions {
     ConnectOptions::default()
-}
-
-/// Why a link's session ended, as the loop tells clients.
-pub(crate) fn suspend_reason_for(partner_restarted: bool) -> SuspendReason {
-    if partner_restarted {
-        SuspendReason::PartnerRestarted
-    } else {
-        SuspendReason::LinkDown
-    }
 }
 
 /// Opens a link's device (helper so the runtime can retry it).

@@ -1,5 +1,6 @@
 //! The event loop's state and its handling of links, sessions and clients.
 
+use crate::fabric::AsyncEvent;
 use crate::manager::attachment::{Attachment, Carry};
 use crate::manager::client::{summarize, ClientCells, ClientEvent, ClientRequest, SuspendReason};
 use crate::manager::config::NodeConfig;
@@ -11,14 +12,15 @@ use crate::manager::link::{
 };
 use crate::manager::node::{connect_options, open_fabric, Command};
 use crate::manager::placement::{ClientView, LinkView, MoveReason, Planner};
-use crate::manager::session::{fresh_nonce, Role, Session, SessionError, SessionEvent, SessionParams};
+use crate::manager::session::{
+    fresh_nonce, Role, Session, SessionError, SessionEvent, SessionParams,
+};
 use crate::manager::types::{
     capabilities, ClientCounters, ClientInfo, ClientSpec, ClientState, ClientStatus, LinkCounters,
     LinkId, LinkState, LinkStatus, NodeStatus, RegionSpec, PROTOCOL_VERSION_MAX,
     PROTOCOL_VERSION_MIN,
 };
 use crate::manager::wire::{DetachReason, GoodbyeReason, Message, PeerInfo, ReadyClient};
-use crate::fabric::AsyncEvent;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -179,8 +181,18 @@ impl Runtime {
             let ids: Vec<LinkId> = cfg.links.iter().map(|l| l.id).collect();
             Planner::new(cfg.balance, &ids)
         });
-        tracing::info!(node = cfg.node_id, partner = cfg.partner_id, incarnation, links = cfg.links.len(),
-            role = if initiator(&cfg) { "initiator" } else { "responder" }, "manager starting");
+        tracing::info!(
+            node = cfg.node_id,
+            partner = cfg.partner_id,
+            incarnation,
+            links = cfg.links.len(),
+            role = if initiator(&cfg) {
+                "initiator"
+            } else {
+                "responder"
+            },
+            "manager starting"
+        );
         Runtime {
             cfg,
             secret,
@@ -290,7 +302,10 @@ impl Runtime {
         // Initiator: send PeerInfo once the startup gather is over.
         if initiator(&self.cfg) {
             let gather_done = self.started.elapsed() >= STARTUP_GATHER
-                || self.links.iter().all(|l| l.conn.as_ref().is_some_and(|c| c.established));
+                || self
+                    .links
+                    .iter()
+                    .all(|l| l.conn.as_ref().is_some_and(|c| c.established));
             let pending = self.links[i]
                 .conn
                 .as_ref()
@@ -357,11 +372,17 @@ impl Runtime {
                 // Retry soon instead of waiting out a long backoff.
                 let l = &mut self.links[i];
                 if l.conn.is_none() {
-                    l.next_attempt = l.next_attempt.min(Instant::now() + Duration::from_millis(50));
+                    l.next_attempt = l
+                        .next_attempt
+                        .min(Instant::now() + Duration::from_millis(50));
                 }
             }
             AsyncEvent::QpFatal { qpn } | AsyncEvent::QpAccessError { qpn } => {
-                if self.links[i].heartbeat.as_ref().is_some_and(|h| h.has_qpn(qpn)) {
+                if self.links[i]
+                    .heartbeat
+                    .as_ref()
+                    .is_some_and(|h| h.has_qpn(qpn))
+                {
                     self.fail_link(i, &format!("heartbeat queue pair {qpn} failed"), false);
                     return;
                 }
@@ -398,7 +419,14 @@ impl Runtime {
             let conn = self.next_conn;
             self.next_conn += 1;
             let addr = SocketAddr::new(link_cfg.peer, link_cfg.bootstrap_port);
-            match spawn_connector(link_cfg.id, conn, addr, Duration::from_secs(2), self.tx.clone()) {
+            match spawn_connector(
+                link_cfg.id,
+                conn,
+                link_cfg.local,
+                addr,
+                Duration::from_secs(2),
+                self.tx.clone(),
+            ) {
                 Ok(()) => {
                     self.links[i].connecting = Some(conn);
                     self.set_state(i, LinkState::Connecting);
@@ -434,7 +462,12 @@ impl Runtime {
         l.next_attempt = Instant::now() + delay;
         l.last_error = Some(why.to_string());
         l.counters.errors += 1;
-        tracing::warn!(link = l.id, error = why, retry_in_ms = delay.as_millis() as u64, "link attempt failed");
+        tracing::warn!(
+            link = l.id,
+            error = why,
+            retry_in_ms = delay.as_millis() as u64,
+            "link attempt failed"
+        );
         self.set_state(i, state);
     }
 
@@ -522,8 +555,14 @@ impl Runtime {
             link_id,
             incarnation: self.incarnation,
             capabilities: capabilities::ALL,
-            version_min: PROTOCOL_VERSION_MIN,
-            version_max: PROTOCOL_VERSION_MAX,
+            version_min: self
+                .cfg
+                .protocol_versions
+                .map_or(PROTOCOL_VERSION_MIN, |v| v[0]),
+            version_max: self
+                .cfg
+                .protocol_versions
+                .map_or(PROTOCOL_VERSION_MAX, |v| v[1]),
             secret: self.secret.clone(),
             nonce: fresh_nonce(),
         });
@@ -568,12 +607,15 @@ impl Runtime {
         };
         match r {
             Ok(()) => self.flush(i),
-            Err(e) => tracing::warn!(link = self.links[i].id, message = name, error = %e, "send on bootstrap session"),
+            Err(e) => {
+                tracing::warn!(link = self.links[i].id, message = name, error = %e, "send on bootstrap session")
+            }
         }
     }
 
     fn session_failed(&mut self, i: usize, e: SessionError) {
-        let refused = e.refuse_reason().is_some() || matches!(e, SessionError::RefusedByPeer { .. });
+        let refused =
+            e.refuse_reason().is_some() || matches!(e, SessionError::RefusedByPeer { .. });
         tracing::error!(link = self.links[i].id, error = %e, "bootstrap session failed");
         let why = format!("bootstrap session: {e}");
         self.fail_link(i, &why, refused);
@@ -588,7 +630,13 @@ impl Runtime {
             let Some(ev) = ev else { return };
             match ev {
                 SessionEvent::Established { peer, version } => {
-                    tracing::info!(link = self.links[i].id, peer_node = peer.node_id, peer_incarnation = peer.incarnation, version, "bootstrap session established");
+                    tracing::info!(
+                        link = self.links[i].id,
+                        peer_node = peer.node_id,
+                        peer_incarnation = peer.incarnation,
+                        version,
+                        "bootstrap session established"
+                    );
                     if let Err(e) = self.established(i, peer.incarnation) {
                         self.fail_link(i, &e.to_string(), false);
                         return;
@@ -608,7 +656,11 @@ impl Runtime {
     fn established(&mut self, i: usize, peer_incarnation: u64) -> Result<()> {
         if let Some(known) = self.partner_incarnation {
             if known != peer_incarnation {
-                tracing::warn!(old = known, new = peer_incarnation, "partner restarted: re-establishing every link");
+                tracing::warn!(
+                    old = known,
+                    new = peer_incarnation,
+                    "partner restarted: re-establishing every link"
+                );
                 for j in 0..self.links.len() {
                     if j != i && self.links[j].conn.is_some() {
                         self.teardown_link(j, "partner restarted", SuspendReason::PartnerRestarted);
@@ -627,10 +679,13 @@ impl Runtime {
         }
         self.partner_incarnation = Some(peer_incarnation);
         let id = self.links[i].id;
-        let fabric = self.links[i].fabric.as_ref().ok_or(ManagerError::Register {
-            name: "heartbeat".into(),
-            reason: format!("link {id} has no device"),
-        })?;
+        let fabric = self.links[i]
+            .fabric
+            .as_ref()
+            .ok_or(ManagerError::Register {
+                name: "heartbeat".into(),
+                reason: format!("link {id} has no device"),
+            })?;
         let hb = Heartbeat::create(id, fabric, self.cfg.heartbeat.miss_count)?;
         self.links[i].heartbeat = Some(hb);
         if let Some(c) = self.links[i].conn.as_mut() {

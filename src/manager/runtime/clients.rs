@@ -61,17 +61,33 @@ impl Runtime {
         };
         self.clients.insert(name.clone(), rec);
         // Responder: the partner may already have offered it.
+        self.take_offer(&name);
+        Ok((rx, cells))
+    }
+
+    /// Responder: attaches a registered client the partner already offered, once the
+    /// offer's link is ready.
+    pub(super) fn take_offer(&mut self, name: &str) {
+        let ready = self.offers.get(name).is_some_and(|(link, _)| {
+            self.link_index(*link)
+                .is_some_and(|i| self.links[i].state == LinkState::Ready)
+        });
+        if !ready || !self.clients.contains_key(name) {
+            return;
+        }
+        let name = name.to_string();
         if let Some((link, info)) = self.offers.remove(&name) {
             if let Some(i) = self.link_index(link) {
-                if self.links[i].conn.as_ref().is_some_and(|c| c.established) {
+                if self.links[i].state == LinkState::Ready {
                     match self.attach_from_partner(i, &info) {
                         Ok(own) => self.send(i, Message::Attach(own)),
-                        Err(e) => tracing::error!(client = %name, link, error = %e, "attach offered client"),
+                        Err(e) => {
+                            tracing::error!(client = %name, link, error = %e, "attach offered client")
+                        }
                     }
                 }
             }
         }
-        Ok((rx, cells))
     }
 
     pub(super) fn client_request(&mut self, req: ClientRequest) {
@@ -116,7 +132,10 @@ impl Runtime {
                 }
                 ClientRequest::AddRegion { spec, .. } => {
                     if c.regions.iter().any(|(_, r)| r.purpose == spec.purpose) {
-                        return Err(ManagerError::ClientRequest { name: name.clone(), what: format!("region {:?} exists", spec.purpose) });
+                        return Err(ManagerError::ClientRequest {
+                            name: name.clone(),
+                            what: format!("region {:?} exists", spec.purpose),
+                        });
                     }
                     let id = c.next_region_id;
                     c.next_region_id += 1;
@@ -176,20 +195,41 @@ impl Runtime {
         }
         tracing::info!(client = name, "client closed");
         if let Some(i) = link.and_then(|l| self.link_index(l)) {
-            self.send(i, Message::Detach { name: name.to_string(), generation: c.generation, reason: DetachReason::Released });
+            self.send(
+                i,
+                Message::Detach {
+                    name: name.to_string(),
+                    generation: c.generation,
+                    reason: DetachReason::Released,
+                },
+            );
         }
     }
 
     /// Creates a client's resources on link `i` (region contents from its carry) and returns
     /// its info. `extra` adds queue pair indices the partner has.
-    pub(super) fn create_attachment(&mut self, name: &str, i: usize, extra: Option<&ClientInfo>) -> Result<ClientInfo> {
+    pub(super) fn create_attachment(
+        &mut self,
+        name: &str,
+        i: usize,
+        extra: Option<&ClientInfo>,
+    ) -> Result<ClientInfo> {
         let id = self.links[i].id;
         let pd = self.links[i]
             .fabric
             .as_ref()
             .map(|f| f.pd.clone())
-            .ok_or_else(|| ManagerError::Register { name: name.to_string(), reason: format!("link {id} has no device") })?;
-        let c = self.clients.get_mut(name).ok_or_else(|| ManagerError::ClientRequest { name: name.to_string(), what: "not registered".into() })?;
+            .ok_or_else(|| ManagerError::Register {
+                name: name.to_string(),
+                reason: format!("link {id} has no device"),
+            })?;
+        let c = self
+            .clients
+            .get_mut(name)
+            .ok_or_else(|| ManagerError::ClientRequest {
+                name: name.to_string(),
+                what: "not registered".into(),
+            })?;
         let mut indices = c.qp_indices();
         if let Some(p) = extra {
             for q in &p.qps {
@@ -202,17 +242,35 @@ impl Runtime {
             }
         }
         c.generation += 1;
-        let att = Attachment::create(id, name, &pd, &indices, c.spec.qp_capacity, &c.regions, &c.carry, c.generation)?;
+        let att = Attachment::create(
+            id,
+            name,
+            &pd,
+            &indices,
+            c.spec.qp_capacity,
+            &c.regions,
+            &c.carry,
+            c.generation,
+        )?;
         c.carry.clear();
         let info = att.info(name, c.spec.class)?;
         c.attachment = Some(att);
         c.state = ClientState::Connecting;
-        tracing::info!(client = name, link = id, generation = c.generation, "client resources created");
+        tracing::info!(
+            client = name,
+            link = id,
+            generation = c.generation,
+            "client resources created"
+        );
         Ok(info)
     }
 
     /// Responder: attach a client the partner placed on link `i`, connected to its info.
-    pub(super) fn attach_from_partner(&mut self, i: usize, info: &ClientInfo) -> Result<ClientInfo> {
+    pub(super) fn attach_from_partner(
+        &mut self,
+        i: usize,
+        info: &ClientInfo,
+    ) -> Result<ClientInfo> {
         let id = self.links[i].id;
         let name = info.name.clone();
         if let Some(c) = self.clients.get_mut(&name) {
@@ -227,20 +285,46 @@ impl Runtime {
                 }
             }
         }
-        if self.clients.get(&name).is_some_and(|c| c.attachment.is_none()) {
+        if self
+            .clients
+            .get(&name)
+            .is_some_and(|c| c.attachment.is_none())
+        {
             self.create_attachment(&name, i, Some(info))?;
         }
         self.apply_partner_info(&name, id, info)?;
         let c = &self.clients[&name];
-        let att = c.attachment.as_ref().ok_or_else(|| ManagerError::ClientRequest { name: name.clone(), what: "no attachment".into() })?;
+        let att = c
+            .attachment
+            .as_ref()
+            .ok_or_else(|| ManagerError::ClientRequest {
+                name: name.clone(),
+                what: "no attachment".into(),
+            })?;
         att.info(&name, c.spec.class)
     }
 
     /// Creates what the partner has and we lack, connects; Ok(true) when complete.
-    pub(super) fn apply_partner_info(&mut self, name: &str, link: LinkId, info: &ClientInfo) -> Result<bool> {
-        let i = self.link_index(link).ok_or_else(|| ManagerError::ClientRequest { name: name.to_string(), what: format!("unknown link {link}") })?;
+    pub(super) fn apply_partner_info(
+        &mut self,
+        name: &str,
+        link: LinkId,
+        info: &ClientInfo,
+    ) -> Result<bool> {
+        let i = self
+            .link_index(link)
+            .ok_or_else(|| ManagerError::ClientRequest {
+                name: name.to_string(),
+                what: format!("unknown link {link}"),
+            })?;
         let pd = self.links[i].fabric.as_ref().map(|f| f.pd.clone());
-        let c = self.clients.get_mut(name).ok_or_else(|| ManagerError::ClientRequest { name: name.to_string(), what: "not registered".into() })?;
+        let c = self
+            .clients
+            .get_mut(name)
+            .ok_or_else(|| ManagerError::ClientRequest {
+                name: name.to_string(),
+                what: "not registered".into(),
+            })?;
         let cap = c.spec.qp_capacity;
         let att = match c.attachment.as_mut() {
             Some(a) if a.link == link => a,
@@ -287,12 +371,22 @@ impl Runtime {
         let link = att.link;
         if c.state == ClientState::Ready {
             let _ = c.events.send(ClientEvent::Updated(conn));
-            tracing::info!(client = name, link, generation = c.generation, "client updated");
+            tracing::info!(
+                client = name,
+                link,
+                generation = c.generation,
+                "client updated"
+            );
         } else {
             c.state = ClientState::Ready;
             c.counters.reconnects += 1;
             let _ = c.events.send(ClientEvent::Ready(conn));
-            tracing::info!(client = name, link, generation = c.generation, "client ready");
+            tracing::info!(
+                client = name,
+                link,
+                generation = c.generation,
+                "client ready"
+            );
         }
     }
 
@@ -303,7 +397,11 @@ impl Runtime {
                 id: l.id,
                 healthy: l.state == LinkState::Ready
                     || (established_counts && l.conn.as_ref().is_some_and(|c| c.established)),
-                healthy_since_ms: if l.state == LinkState::Ready { l.healthy_since_ms } else { self.now_ms() },
+                healthy_since_ms: if l.state == LinkState::Ready {
+                    l.healthy_since_ms
+                } else {
+                    self.now_ms()
+                },
             })
             .collect()
     }
@@ -345,8 +443,12 @@ impl Runtime {
         };
         let moves = planner.plan(now_ms, &views, &clients);
         for m in moves {
-            let Some(to) = self.link_index(m.to) else { continue };
-            let Some(c) = self.clients.get_mut(&m.client) else { continue };
+            let Some(to) = self.link_index(m.to) else {
+                continue;
+            };
+            let Some(c) = self.clients.get_mut(&m.client) else {
+                continue;
+            };
             match (&c.attachment, m.from) {
                 (Some(att), Some(_)) if att.link != m.to => {
                     let from = att.link;
@@ -357,7 +459,9 @@ impl Runtime {
                         from,
                         to: m.to,
                         reason: m.reason,
-                        phase: MovePhase::Draining { until: Instant::now() + DRAIN_LIMIT },
+                        phase: MovePhase::Draining {
+                            until: Instant::now() + DRAIN_LIMIT,
+                        },
                     });
                 }
                 (None, _) => {
@@ -369,7 +473,9 @@ impl Runtime {
                     let name = m.client.clone();
                     match self.create_attachment(&name, to, None) {
                         Ok(info) => self.send(to, Message::Attach(info)),
-                        Err(e) => tracing::error!(client = %name, error = %e, "create client resources"),
+                        Err(e) => {
+                            tracing::error!(client = %name, error = %e, "create client resources")
+                        }
                     }
                 }
                 _ => {}
@@ -386,14 +492,23 @@ impl Runtime {
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
-            let Some(c) = self.clients.get_mut(&name) else { continue };
-            let Some(p) = c.pending.as_mut() else { continue };
+            let Some(c) = self.clients.get_mut(&name) else {
+                continue;
+            };
+            let Some(p) = c.pending.as_mut() else {
+                continue;
+            };
             match p.phase {
                 MovePhase::Draining { until } => {
-                    let drained = c.attachment.as_ref().is_none_or(|a| a.outstanding_sends() == 0);
+                    let drained = c
+                        .attachment
+                        .as_ref()
+                        .is_none_or(|a| a.outstanding_sends() == 0);
                     if drained || now >= until {
                         let from = p.from;
-                        p.phase = MovePhase::AwaitAck { until: now + DETACH_ACK_LIMIT };
+                        p.phase = MovePhase::AwaitAck {
+                            until: now + DETACH_ACK_LIMIT,
+                        };
                         let generation = c.generation;
                         if let Some(att) = c.attachment.take() {
                             for (id, r) in att.teardown() {
@@ -401,7 +516,14 @@ impl Runtime {
                             }
                         }
                         if let Some(i) = self.link_index(from) {
-                            self.send(i, Message::Detach { name: name.clone(), generation, reason: DetachReason::Moving });
+                            self.send(
+                                i,
+                                Message::Detach {
+                                    name: name.clone(),
+                                    generation,
+                                    reason: DetachReason::Moving,
+                                },
+                            );
                         }
                     }
                 }
@@ -411,14 +533,18 @@ impl Runtime {
                         let reason = p.reason;
                         c.pending = None;
                         c.state = ClientState::Waiting;
-                        let Some(i) = self.link_index(to) else { continue };
+                        let Some(i) = self.link_index(to) else {
+                            continue;
+                        };
                         if self.links[i].state != LinkState::Ready {
                             continue; // the planner places it elsewhere
                         }
                         tracing::info!(client = %name, to, reason = %reason, "attaching moved client");
                         match self.create_attachment(&name, i, None) {
                             Ok(info) => self.send(i, Message::Attach(info)),
-                            Err(e) => tracing::error!(client = %name, error = %e, "create client resources"),
+                            Err(e) => {
+                                tracing::error!(client = %name, error = %e, "create client resources")
+                            }
                         }
                     }
                 }

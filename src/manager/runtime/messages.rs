@@ -27,7 +27,9 @@ impl Runtime {
         for name in &offered {
             match self.create_attachment(name, i, None) {
                 Ok(info) => infos.push(info),
-                Err(e) => tracing::error!(client = %name, link = id, error = %e, "create client resources"),
+                Err(e) => {
+                    tracing::error!(client = %name, link = id, error = %e, "create client resources")
+                }
             }
         }
         let offered: Vec<String> = infos.iter().map(|c| c.name.clone()).collect();
@@ -48,7 +50,11 @@ impl Runtime {
             reason: format!("link {} has no heartbeat", l.id),
         })?;
         Ok(PeerInfo {
-            version: PROTOCOL_VERSION_MAX,
+            version: l
+                .conn
+                .as_ref()
+                .and_then(|c| c.session.version())
+                .unwrap_or(PROTOCOL_VERSION_MAX),
             cluster_id: self.cfg.cluster_id,
             node_id: self.cfg.node_id,
             link_id: l.id,
@@ -71,15 +77,20 @@ impl Runtime {
                 Ok(())
             }
             Message::ClientReady { name, .. } => {
-                let on_link = self.clients.get(&name).is_some_and(|c| {
-                    c.attachment.as_ref().is_some_and(|a| a.link == id)
-                });
+                let on_link = self
+                    .clients
+                    .get(&name)
+                    .is_some_and(|c| c.attachment.as_ref().is_some_and(|a| a.link == id));
                 if on_link {
                     self.deliver(&name);
                 }
                 Ok(())
             }
-            Message::Detach { name, reason, generation } => {
+            Message::Detach {
+                name,
+                reason,
+                generation,
+            } => {
                 self.on_detach(i, &name, reason, generation);
                 Ok(())
             }
@@ -89,7 +100,11 @@ impl Runtime {
                 Ok(())
             }
             other => {
-                tracing::warn!(link = id, message = other.name(), "unexpected message ignored");
+                tracing::warn!(
+                    link = id,
+                    message = other.name(),
+                    "unexpected message ignored"
+                );
                 Ok(())
             }
         }
@@ -109,7 +124,9 @@ impl Runtime {
                 match self.apply_partner_info(&ci.name, id, ci) {
                     Ok(true) => ready.push(ci.name.clone()),
                     Ok(false) => incomplete.push(ci.name.clone()),
-                    Err(e) => tracing::error!(client = %ci.name, link = id, error = %e, "connect client"),
+                    Err(e) => {
+                        tracing::error!(client = %ci.name, link = id, error = %e, "connect client")
+                    }
                 }
             }
             let list = ready
@@ -119,7 +136,13 @@ impl Runtime {
                     generation: self.clients.get(n).map_or(0, |c| c.generation),
                 })
                 .collect();
-            self.send(i, Message::Ready { link_id: id, clients: list });
+            self.send(
+                i,
+                Message::Ready {
+                    link_id: id,
+                    clients: list,
+                },
+            );
             for n in &ready {
                 self.deliver(n);
             }
@@ -133,7 +156,9 @@ impl Runtime {
                 if self.clients.contains_key(&ci.name) {
                     match self.attach_from_partner(i, &ci) {
                         Ok(own) => infos.push(own),
-                        Err(e) => tracing::error!(client = %ci.name, link = id, error = %e, "attach offered client"),
+                        Err(e) => {
+                            tracing::error!(client = %ci.name, link = id, error = %e, "attach offered client")
+                        }
                     }
                 } else {
                     tracing::info!(client = %ci.name, link = id, "partner offers a client not registered here yet");
@@ -151,13 +176,21 @@ impl Runtime {
         if !initiator(&self.cfg) {
             for c in &clients {
                 let on_link = self.clients.get(&c.name).is_some_and(|r| {
-                    r.attachment.as_ref().is_some_and(|a| a.link == id && a.complete())
+                    r.attachment
+                        .as_ref()
+                        .is_some_and(|a| a.link == id && a.complete())
                 });
                 if on_link {
                     self.deliver(&c.name);
                 }
             }
-            self.send(i, Message::Ready { link_id: id, clients });
+            self.send(
+                i,
+                Message::Ready {
+                    link_id: id,
+                    clients,
+                },
+            );
         }
         self.link_ready(i);
         Ok(())
@@ -176,6 +209,10 @@ impl Runtime {
             let _ = hb.post_read();
         }
         self.set_state(i, LinkState::Ready);
+        let offered: Vec<String> = self.offers.keys().cloned().collect();
+        for name in offered {
+            self.take_offer(&name);
+        }
     }
 
     /// Attach (either side): a client's resources on this link, new or changed.
@@ -211,7 +248,13 @@ impl Runtime {
         match self.apply_partner_info(&name, id, &info) {
             Ok(true) => {
                 let generation = self.clients[&name].generation;
-                self.send(i, Message::ClientReady { name: name.clone(), generation });
+                self.send(
+                    i,
+                    Message::ClientReady {
+                        name: name.clone(),
+                        generation,
+                    },
+                );
                 self.deliver(&name);
             }
             Ok(false) => self.send_attach(&name, i),
@@ -224,16 +267,19 @@ impl Runtime {
 
     fn on_detach(&mut self, i: usize, name: &str, reason: DetachReason, _generation: u32) {
         let id = self.links[i].id;
-        let on_link = self.clients.get(name).is_some_and(|c| {
-            c.attachment.as_ref().is_some_and(|a| a.link == id)
-        });
+        let on_link = self
+            .clients
+            .get(name)
+            .is_some_and(|c| c.attachment.as_ref().is_some_and(|a| a.link == id));
         match reason {
             DetachReason::Moving if initiator(&self.cfg) => {
                 // The responder's acknowledgement of our planned move.
                 if let Some(c) = self.clients.get_mut(name) {
                     if let Some(p) = c.pending.as_mut() {
                         if p.from == id {
-                            p.phase = MovePhase::AwaitAck { until: Instant::now() };
+                            p.phase = MovePhase::AwaitAck {
+                                until: Instant::now(),
+                            };
                         }
                     }
                 }
@@ -244,7 +290,14 @@ impl Runtime {
                         c.detach(SuspendReason::Moving { to: None });
                     }
                 }
-                self.send(i, Message::Detach { name: name.to_string(), generation: 0, reason: DetachReason::Moving });
+                self.send(
+                    i,
+                    Message::Detach {
+                        name: name.to_string(),
+                        generation: 0,
+                        reason: DetachReason::Moving,
+                    },
+                );
             }
             DetachReason::Released => {
                 if on_link {
@@ -279,7 +332,9 @@ impl Runtime {
             if c.pending.as_ref().is_some_and(|p| p.from == id) {
                 // The source died mid-move: go straight to attaching on the target.
                 if let Some(p) = c.pending.as_mut() {
-                    p.phase = MovePhase::AwaitAck { until: Instant::now() };
+                    p.phase = MovePhase::AwaitAck {
+                        until: Instant::now(),
+                    };
                 }
             }
         }
@@ -299,7 +354,11 @@ impl Runtime {
     }
 
     pub(super) fn schedule_retry(&mut self, i: usize, refused: bool) {
-        let state = if refused { LinkState::Refused } else { LinkState::Down };
+        let state = if refused {
+            LinkState::Refused
+        } else {
+            LinkState::Down
+        };
         let delay = self.cfg.backoff.delay(self.links[i].attempt);
         let l = &mut self.links[i];
         l.attempt = l.attempt.saturating_add(1);
@@ -345,7 +404,14 @@ impl Runtime {
         if tell_partner {
             if let Some(i) = self.link_index(link) {
                 let generation = self.clients.get(name).map_or(0, |c| c.generation);
-                self.send(i, Message::Detach { name: name.to_string(), generation, reason: DetachReason::Failed });
+                self.send(
+                    i,
+                    Message::Detach {
+                        name: name.to_string(),
+                        generation,
+                        reason: DetachReason::Failed,
+                    },
+                );
             }
         }
     }
@@ -353,7 +419,13 @@ impl Runtime {
     pub(super) fn shutdown_all(&mut self) {
         for i in 0..self.links.len() {
             if self.links[i].conn.as_ref().is_some_and(|c| c.established) {
-                self.send(i, Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "node shutting down".into() });
+                self.send(
+                    i,
+                    Message::Goodbye {
+                        reason: GoodbyeReason::Shutdown,
+                        detail: "node shutting down".into(),
+                    },
+                );
             }
             self.teardown_link(i, "shutdown", SuspendReason::Shutdown);
             self.links[i].acceptor = None;

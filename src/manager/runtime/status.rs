@@ -15,7 +15,11 @@ impl Runtime {
                     id: l.id,
                     local: cfg.local.to_string(),
                     peer: cfg.peer.to_string(),
-                    device: l.fabric.as_ref().map(|f| f.device.name()).unwrap_or_default(),
+                    device: l
+                        .fabric
+                        .as_ref()
+                        .map(|f| f.device.name())
+                        .unwrap_or_default(),
                     provider: l
                         .fabric
                         .as_ref()
@@ -76,13 +80,19 @@ impl Runtime {
 
     /// Samples every client's counters: rates (smoothed) and per-link totals.
     pub(super) fn sample_rates(&mut self, now: Instant) {
-        let dt = (now + RATE_PERIOD).duration_since(self.next_rates).as_secs_f64().max(1e-3);
+        let dt = (now + RATE_PERIOD)
+            .duration_since(self.next_rates)
+            .as_secs_f64()
+            .max(1e-3);
         self.next_rates = now + RATE_PERIOD;
         let mut per_link: HashMap<LinkId, (u64, u64, f64)> = HashMap::new();
         for c in self.clients.values_mut() {
             let ops = c.cells.ops.load(std::sync::atomic::Ordering::Relaxed);
             let bytes = c.cells.bytes.load(std::sync::atomic::Ordering::Relaxed);
-            let (dops, dbytes) = (ops - c.last_sample.0.min(ops), bytes - c.last_sample.1.min(bytes));
+            let (dops, dbytes) = (
+                ops - c.last_sample.0.min(ops),
+                bytes - c.last_sample.1.min(bytes),
+            );
             c.last_sample = (ops, bytes);
             let instant = dbytes as f64 / dt;
             c.rate_bps = 0.5 * c.rate_bps + 0.5 * instant;

@@ -1,0 +1,248 @@
+//! The manager on the soft provider over loopback, two nodes in one process: bootstrap,
+//! placement, refusals, replay, live changes and partner restart. (Link cuts need the
+//! ilA/ilB namespaces or the Soft-RoCE VM: see tests/manager_netns.rs.)
+
+mod manager_pair;
+
+use interlink::clients::probe::{Probe, ProbeConfig};
+use interlink::fabric::{Access, ProviderChoice};
+use interlink::manager::{BandwidthClass, ClientEvent, ClientSpec, LinkState, Manager, RegionSpec};
+use manager_pair::*;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn start_pair(links: u8) -> (Manager, Manager, std::path::PathBuf) {
+    init_logs();
+    let dir = temp_dir("mgr");
+    let (a, b) = pair(&dir, links, loopback, ProviderChoice::Soft, port_base());
+    let ma = Manager::start(a).expect("start A");
+    let mb = Manager::start(b).expect("start B");
+    (ma, mb, dir)
+}
+
+fn probes(m: &Manager) -> Vec<Probe> {
+    vec![
+        Probe::start(m, ProbeConfig::new("mirror", BandwidthClass::High)).expect("probe"),
+        Probe::start(m, ProbeConfig::new("cfo", BandwidthClass::Low)).expect("probe"),
+        Probe::start(m, ProbeConfig::new("stats", BandwidthClass::Low)).expect("probe"),
+    ]
+}
+
+#[test]
+fn three_clients_two_links_one_exchange_per_link() {
+    let (a, b, _dir) = start_pair(2);
+    let pa = probes(&a);
+    let pb = probes(&b);
+    let names = ["mirror", "cfo", "stats"];
+    for m in [&a, &b] {
+        let (ok, s) = m
+            .wait_status(WAIT, |s| links_ready(s) && clients_ready(s, &names))
+            .expect("status");
+        assert!(ok, "not ready: {s:#?}");
+    }
+    let sa = a.status().expect("status");
+    assert_eq!(link_of(&sa, "mirror"), Some(1), "{sa:#?}");
+    assert_eq!(link_of(&sa, "cfo"), Some(0));
+    assert_eq!(link_of(&sa, "stats"), Some(0));
+    let sb = b.status().expect("status");
+    for n in names {
+        assert_eq!(
+            link_of(&sb, n),
+            link_of(&sa, n),
+            "placement differs for {n}"
+        );
+    }
+    // One exchange per link: each link was initialised once, and every client connected
+    // without a later re-establishment.
+    for l in &sa.links {
+        assert_eq!(l.counters.reconnects, 1, "{l:#?}");
+    }
+    for c in &sa.clients {
+        assert_eq!(c.counters.reconnects, 1, "{c:#?}");
+    }
+    // Traffic flows both ways, in order.
+    std::thread::sleep(Duration::from_millis(500));
+    for p in pa.iter().chain(pb.iter()) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while p.stats().received < 50 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let st = p.stats();
+        assert!(st.received >= 50, "{}: {st:?}", p.name());
+        assert_eq!(st.out_of_order, 0, "{}: {st:?}", p.name());
+        assert_eq!(st.gaps, 0, "{}: {st:?}", p.name());
+    }
+}
+
+#[test]
+fn client_added_live_does_not_disturb_others() {
+    let (a, b, _dir) = start_pair(1);
+    let pa = Probe::start(&a, ProbeConfig::new("steady", BandwidthClass::Low)).expect("probe");
+    let pb = Probe::start(&b, ProbeConfig::new("steady", BandwidthClass::Low)).expect("probe");
+    for m in [&a, &b] {
+        assert!(
+            m.wait_status(WAIT, |s| clients_ready(s, &["steady"]))
+                .expect("status")
+                .0
+        );
+    }
+    // A client registered after the partner is reachable, at both nodes.
+    let spec =
+        ClientSpec::new("late", BandwidthClass::Low, 1).region("r0", 4096, Access::REMOTE_WRITE);
+    let ca = a.register(spec.clone()).expect("register");
+    let cb = b.register(spec).expect("register");
+    let conn_a = ca.wait_ready(WAIT).expect("late ready at A");
+    let conn_b = cb.wait_ready(WAIT).expect("late ready at B");
+    assert_eq!(conn_a.qps.len(), 1);
+    assert_eq!(
+        conn_b.partner_region("r0").map(|r| r.descriptor),
+        conn_a.region("r0").map(|r| r.descriptor())
+    );
+    let before = (pa.stats(), pb.stats());
+    // Live: A adds a queue pair (B mirrors it) and a region (B learns it).
+    ca.add_qp().expect("add qp");
+    let upd = |h: &interlink::manager::ClientHandle| loop {
+        match h.next_event(WAIT) {
+            Some(ClientEvent::Updated(c)) => break c,
+            Some(other) => panic!("unexpected event {other:?}"),
+            None => panic!("no update"),
+        }
+    };
+    let ua = upd(&ca);
+    let ub = upd(&cb);
+    assert_eq!(ua.qps.len(), 2);
+    assert_eq!(ub.qps.len(), 2, "partner mirrored the queue pair");
+    ca.add_region(RegionSpec {
+        purpose: "r1".into(),
+        len: 8192,
+        access: Access::REMOTE_READ,
+    })
+    .expect("add region");
+    let ua = upd(&ca);
+    let ub = upd(&cb);
+    assert!(ua.region("r1").is_some());
+    assert_eq!(
+        ub.partner_region("r1").map(|r| r.descriptor.len),
+        Some(8192)
+    );
+    // The new queue pair works: SEND from B's to A's.
+    let qa = ua.qp(1).expect("qp 1");
+    let qb = ub.qp(1).expect("qp 1");
+    let ra = ua.region("r0").expect("r0").clone();
+    qa.post_recv(interlink::fabric::RecvRequest {
+        wr_id: 5,
+        local: ra.slice(0, 64).expect("slice"),
+    })
+    .expect("recv");
+    let rb = ub.region("r0").expect("r0").clone();
+    rb.write(0, b"hello over the new queue pair")
+        .expect("write");
+    qb.post_send(interlink::fabric::SendRequest::new(
+        6,
+        interlink::fabric::SendOp::Send,
+        rb.slice(0, 29).expect("slice"),
+    ))
+    .expect("send");
+    let c = qa.recv_cq().next(WAIT).expect("poll").expect("completion");
+    assert!(c.status.is_ok(), "{c:?}");
+    let mut got = [0u8; 29];
+    ra.read(0, &mut got).expect("read");
+    assert_eq!(&got, b"hello over the new queue pair");
+    // The steady client was never suspended and kept flowing.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = (pa.stats(), pb.stats());
+    assert_eq!(after.0.connections, 1, "{:?}", after.0);
+    assert_eq!(after.1.connections, 1, "{:?}", after.1);
+    assert!(after.0.received > before.0.received && after.1.received > before.1.received);
+    assert_eq!(after.0.out_of_order + after.1.out_of_order, 0);
+    assert_eq!(after.0.gaps + after.1.gaps, 0);
+}
+
+fn refused(cfg_b: impl FnOnce(&mut interlink::manager::NodeConfig), cause: &str) {
+    let dir = temp_dir("refuse");
+    let (a, mut b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    cfg_b(&mut b);
+    let ma = Manager::start(a).expect("start A");
+    let mb = Manager::start(b).expect("start B");
+    let _pa = Probe::start(&ma, ProbeConfig::new("p", BandwidthClass::Low)).expect("probe");
+    let _pb = Probe::start(&mb, ProbeConfig::new("p", BandwidthClass::Low)).expect("probe");
+    for m in [&ma, &mb] {
+        let (ok, s) = m
+            .wait_status(WAIT, |s| {
+                s.links[0].state == LinkState::Refused
+                    && s.links[0]
+                        .last_error
+                        .as_deref()
+                        .is_some_and(|e| e.to_lowercase().contains(cause))
+            })
+            .expect("status");
+        assert!(
+            ok,
+            "node {} did not refuse with {cause:?}: {s:#?}",
+            s.node_id
+        );
+        assert!(
+            s.clients
+                .iter()
+                .all(|c| c.state != interlink::manager::ClientState::Ready),
+            "{s:#?}"
+        );
+        assert_eq!(s.links[0].counters.reconnects, 0);
+    }
+}
+
+#[test]
+fn cluster_id_mismatch_refused_on_both_sides() {
+    refused(|b| b.cluster_id = 8, "cluster");
+}
+
+#[test]
+fn secret_mismatch_refused_on_both_sides() {
+    let dir = temp_dir("secret2");
+    let other = secret(&dir, "other", "ffffffffffffffffffffffffffffffff");
+    refused(move |b| b.secret_file = other, "auth");
+}
+
+#[test]
+fn version_range_mismatch_refused_on_both_sides() {
+    refused(|b| b.protocol_versions = Some([2, 3]), "version");
+}
+
+#[test]
+fn partner_restart_reinitialises_and_clients_come_back() {
+    let dir = temp_dir("restart");
+    let (a, b) = pair(&dir, 2, loopback, ProviderChoice::Soft, port_base());
+    let ma = Manager::start(a).expect("start A");
+    let mb = Manager::start(b.clone()).expect("start B");
+    let pa = Probe::start(&ma, ProbeConfig::new("p", BandwidthClass::Low)).expect("probe");
+    let pb = Probe::start(&mb, ProbeConfig::new("p", BandwidthClass::Low)).expect("probe");
+    assert!(
+        ma.wait_status(WAIT, |s| clients_ready(s, &["p"]))
+            .expect("status")
+            .0
+    );
+    let first = ma.status().expect("status").partner_incarnation;
+    drop(pb);
+    drop(mb);
+    assert!(
+        ma.wait_status(WAIT, |s| !clients_ready(s, &["p"]))
+            .expect("status")
+            .0
+    );
+    let mb = Manager::start(b).expect("restart B");
+    let _pb = Probe::start(&mb, ProbeConfig::new("p", BandwidthClass::Low)).expect("probe");
+    let (ok, s) = ma
+        .wait_status(WAIT, |s| {
+            links_ready(s) && clients_ready(s, &["p"]) && s.partner_incarnation != first
+        })
+        .expect("status");
+    assert!(ok, "{s:#?}");
+    assert!(s.links.iter().all(|l| l.counters.reconnects >= 2), "{s:#?}");
+    let before = pa.stats().received;
+    let deadline = std::time::Instant::now() + WAIT;
+    while pa.stats().received < before + 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pa.stats().received >= before + 20, "{:?}", pa.stats());
+}
