@@ -48,11 +48,10 @@ impl Attachment {
         cap: QpCapacity,
         regions: &[(u16, RegionSpec)],
         carry: &Carry,
-        generation: u32,
     ) -> Result<Attachment> {
         let mut a = Attachment {
             link,
-            generation,
+            generation: 0,
             qps: BTreeMap::new(),
             regions: BTreeMap::new(),
             partner: None,

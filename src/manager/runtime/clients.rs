@@ -242,7 +242,7 @@ impl Runtime {
             }
         }
         c.generation += 1;
-        let att = Attachment::create(
+        let mut att = Attachment::create(
             id,
             name,
             &pd,
@@ -250,8 +250,8 @@ impl Runtime {
             c.spec.qp_capacity,
             &c.regions,
             &c.carry,
-            c.generation,
         )?;
+        att.generation = c.generation;
         c.carry.clear();
         let info = att.info(name, c.spec.class)?;
         c.attachment = Some(att);
@@ -278,11 +278,9 @@ impl Runtime {
                 let was = c.detach(SuspendReason::Moving { to: Some(id) });
                 tracing::info!(client = %name, from = ?was, to = id, "client moves");
             }
-            if c.attachment.is_none() {
-                if c.displaced {
-                    c.counters.failovers += 1;
-                    c.displaced = false;
-                }
+            if c.attachment.is_none() && c.displaced {
+                c.counters.failovers += 1;
+                c.displaced = false;
             }
         }
         if self
