@@ -102,12 +102,10 @@ fn client_added_live_does_not_disturb_others() {
     let before = (pa.stats(), pb.stats());
     // Live: A adds a queue pair (B mirrors it) and a region (B learns it).
     ca.add_qp().expect("add qp");
-    let upd = |h: &interlink::manager::ClientHandle| loop {
-        match h.next_event(WAIT) {
-            Some(ClientEvent::Updated(c)) => break c,
-            Some(other) => panic!("unexpected event {other:?}"),
-            None => panic!("no update"),
-        }
+    let upd = |h: &interlink::manager::ClientHandle| match h.next_event(WAIT) {
+        Some(ClientEvent::Updated(c)) => c,
+        Some(other) => panic!("unexpected event {other:?}"),
+        None => panic!("no update"),
     };
     let ua = upd(&ca);
     let ub = upd(&cb);
