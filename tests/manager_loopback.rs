@@ -244,3 +244,119 @@ fn partner_restart_reinitialises_and_clients_come_back() {
     }
     assert!(pa.stats().received >= before + 20, "{:?}", pa.stats());
 }
+
+/// Acts as node 1 on link 0 with the real secret: one full session, then a second session
+/// into which the first session's PeerInfo frame is replayed.
+#[test]
+fn replayed_bootstrap_message_is_refused() {
+    use interlink::fabric::{Endpoint, Gid, Mtu, RegionDescriptor};
+    use interlink::manager::session::{fresh_nonce, Role, Session, SessionEvent, SessionParams};
+    use interlink::manager::wire::{self, Message, PeerInfo, RefuseReason};
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+
+    init_logs();
+    let dir = temp_dir("replay");
+    let port = port_base();
+    let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port);
+    let secret = a.read_secret().expect("secret");
+    let mb = Manager::start(b).expect("start B");
+    let (local, peer) = loopback(0);
+    let connect = || -> TcpStream {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+            s.bind(&SocketAddr::new(local, 0).into()).expect("bind");
+            match s.connect(&SocketAddr::new(peer, port).into()) {
+                Ok(()) => {
+                    let t: TcpStream = s.into();
+                    t.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                    return t;
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
+    };
+    let params = || SessionParams {
+        role: Role::Initiator,
+        cluster_id: 7,
+        node_id: 1,
+        partner_id: 2,
+        link_id: 0,
+        incarnation: 99,
+        capabilities: 0,
+        version_min: 1,
+        version_max: 1,
+        secret: secret.clone(),
+        nonce: fresh_nonce(),
+    };
+    // Pumps frames both ways until `done` says stop; returns what was written.
+    fn pump(s: &mut TcpStream, sess: &mut Session, mut done: impl FnMut(&SessionEvent) -> bool) -> Vec<Vec<u8>> {
+        let mut sent = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            while let Some(f) = sess.poll_transmit() {
+                s.write_all(&f).expect("write");
+                sent.push(f);
+            }
+            while let Some(ev) = sess.poll_event() {
+                if done(&ev) {
+                    return sent;
+                }
+            }
+            let n = s.read(&mut buf).expect("read");
+            assert!(n > 0, "closed by the node");
+            sess.handle_bytes(&buf[..n]).expect("session");
+        }
+    }
+    // Session 1: complete exchange, record our PeerInfo frame.
+    let mut s1 = connect();
+    let mut sess1 = Session::new(params());
+    pump(&mut s1, &mut sess1, |e| matches!(e, SessionEvent::Established { .. }));
+    let info = PeerInfo {
+        version: 1,
+        cluster_id: 7,
+        node_id: 1,
+        link_id: 0,
+        incarnation: 99,
+        capabilities: 0,
+        health: RegionDescriptor { addr: 4096, len: 64, rkey: 5 },
+        heartbeat: Endpoint { qpn: 17, psn: 1, gid: Gid::from_ip(local), lid: 9, mtu: Mtu::M1024 },
+        clients: vec![],
+    };
+    sess1.send(Message::PeerInfo(info)).expect("send");
+    let recorded = pump(&mut s1, &mut sess1, |e| matches!(e, SessionEvent::Message(Message::PeerInfo(_))));
+    assert_eq!(recorded.len(), 1, "one PeerInfo frame");
+    drop(s1);
+    // Session 2: fresh Hellos, then the old PeerInfo frame.
+    let mut s2 = connect();
+    let mut sess2 = Session::new(params());
+    pump(&mut s2, &mut sess2, |e| matches!(e, SessionEvent::Established { .. }));
+    s2.write_all(&recorded[0]).expect("replay");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let refuse = loop {
+        let n = s2.read(&mut buf).expect("read refusal");
+        assert!(n > 0, "closed without a Refuse");
+        got.extend_from_slice(&buf[..n]);
+        if let Ok(Some(len)) = wire::frame_len(&got) {
+            if got.len() >= len {
+                break wire::decode_frame(&got[..len], None).expect("decode refusal");
+            }
+        }
+    };
+    match refuse.message {
+        Message::Refuse(r) => assert_eq!(r.reason, RefuseReason::Auth, "{r:?}"),
+        other => panic!("expected a Refuse, got {other:?}"),
+    }
+    let (ok, s) = mb
+        .wait_status(WAIT, |s| {
+            s.links[0].last_error.as_deref().is_some_and(|e| e.to_lowercase().contains("auth"))
+        })
+        .expect("status");
+    assert!(ok, "{s:#?}");
+}
