@@ -265,12 +265,14 @@ fn replayed_bootstrap_message_is_refused() {
     let connect = || -> TcpStream {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
             s.bind(&SocketAddr::new(local, 0).into()).expect("bind");
             match s.connect(&SocketAddr::new(peer, port).into()) {
                 Ok(()) => {
                     let t: TcpStream = s.into();
-                    t.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                    t.set_read_timeout(Some(Duration::from_secs(10)))
+                        .expect("timeout");
                     return t;
                 }
                 Err(e) if std::time::Instant::now() < deadline => {
@@ -295,7 +297,11 @@ fn replayed_bootstrap_message_is_refused() {
         nonce: fresh_nonce(),
     };
     // Pumps frames both ways until `done` says stop; returns what was written.
-    fn pump(s: &mut TcpStream, sess: &mut Session, mut done: impl FnMut(&SessionEvent) -> bool) -> Vec<Vec<u8>> {
+    fn pump(
+        s: &mut TcpStream,
+        sess: &mut Session,
+        mut done: impl FnMut(&SessionEvent) -> bool,
+    ) -> Vec<Vec<u8>> {
         let mut sent = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
@@ -316,7 +322,9 @@ fn replayed_bootstrap_message_is_refused() {
     // Session 1: complete exchange, record our PeerInfo frame.
     let mut s1 = connect();
     let mut sess1 = Session::new(params());
-    pump(&mut s1, &mut sess1, |e| matches!(e, SessionEvent::Established { .. }));
+    pump(&mut s1, &mut sess1, |e| {
+        matches!(e, SessionEvent::Established { .. })
+    });
     let info = PeerInfo {
         version: 1,
         cluster_id: 7,
@@ -324,18 +332,32 @@ fn replayed_bootstrap_message_is_refused() {
         link_id: 0,
         incarnation: 99,
         capabilities: 0,
-        health: RegionDescriptor { addr: 4096, len: 64, rkey: 5 },
-        heartbeat: Endpoint { qpn: 17, psn: 1, gid: Gid::from_ip(local), lid: 9, mtu: Mtu::M1024 },
+        health: RegionDescriptor {
+            addr: 4096,
+            len: 64,
+            rkey: 5,
+        },
+        heartbeat: Endpoint {
+            qpn: 17,
+            psn: 1,
+            gid: Gid::from_ip(local),
+            lid: 9,
+            mtu: Mtu::M1024,
+        },
         clients: vec![],
     };
     sess1.send(Message::PeerInfo(info)).expect("send");
-    let recorded = pump(&mut s1, &mut sess1, |e| matches!(e, SessionEvent::Message(Message::PeerInfo(_))));
+    let recorded = pump(&mut s1, &mut sess1, |e| {
+        matches!(e, SessionEvent::Message(Message::PeerInfo(_)))
+    });
     assert_eq!(recorded.len(), 1, "one PeerInfo frame");
     drop(s1);
     // Session 2: fresh Hellos, then the old PeerInfo frame.
     let mut s2 = connect();
     let mut sess2 = Session::new(params());
-    pump(&mut s2, &mut sess2, |e| matches!(e, SessionEvent::Established { .. }));
+    pump(&mut s2, &mut sess2, |e| {
+        matches!(e, SessionEvent::Established { .. })
+    });
     s2.write_all(&recorded[0]).expect("replay");
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -355,7 +377,10 @@ fn replayed_bootstrap_message_is_refused() {
     }
     let (ok, s) = mb
         .wait_status(WAIT, |s| {
-            s.links[0].last_error.as_deref().is_some_and(|e| e.to_lowercase().contains("auth"))
+            s.links[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.to_lowercase().contains("auth"))
         })
         .expect("status");
     assert!(ok, "{s:#?}");

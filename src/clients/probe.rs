@@ -253,6 +253,7 @@ impl Runner {
                 }
             }
             ClientEvent::Suspended { .. } => {
+                self.drain_stale_completion();
                 if let Some(a) = self.active.take() {
                     self.history
                         .entry(a.conn.link)
@@ -432,6 +433,22 @@ impl Runner {
             qp.post_recv_batch(reposts).map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// Before the connection goes away, records the outcome of a stale-key write that
+    /// already completed (the partner may tear the client down as a result first).
+    fn drain_stale_completion(&mut self) {
+        let Some(qp) = self.active.as_ref().and_then(|a| a.conn.qp(0).cloned()) else {
+            return;
+        };
+        let mut out = Vec::new();
+        if qp.send_cq().poll(&mut out, 64).is_ok() {
+            for c in out.iter().filter(|c| c.wr_id >> 62 == 3) {
+                let outcome = format!("{:?}", c.status);
+                tracing::info!(probe = %self.handle.name(), outcome = %outcome, "stale-key write completed");
+                self.shared.stats.lock().stale_write = Some(outcome);
+            }
+        }
     }
 
     fn stale_write(&mut self) -> Result<(), String> {

@@ -1,0 +1,409 @@
+//! Node processes in namespaces ilA and ilB (soft-roce/netns-up): link cuts with
+//! failover and return, three links, adaptive migration, partner kill and restart.
+//!
+//! Root only, so `#[ignore]`: `soft-roce/test-all` runs them on the host with the soft
+//! provider and inside the Soft-RoCE VM with `INTERLINK_TEST_FABRIC=verbs`. Each test builds
+//! its own topology (`netns-up N`), so run them with `--test-threads=1`.
+
+mod manager_pair;
+
+use interlink::clients::probe::ProbeStats;
+use interlink::fabric::ProviderChoice;
+use interlink::manager::control::{self, ControlRequest, ControlResponse};
+use interlink::manager::{BalanceConfig, ClientState, LinkState, NodeConfig, NodeStatus};
+use manager_pair::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fabric() -> ProviderChoice {
+    match std::env::var("INTERLINK_TEST_FABRIC").as_deref() {
+        Ok("verbs") => ProviderChoice::Verbs,
+        _ => ProviderChoice::Soft,
+    }
+}
+
+fn sh(script: &str, args: &[&str]) {
+    let st = Command::new(repo().join("soft-roce").join(script))
+        .args(args)
+        .status()
+        .expect("run soft-roce script");
+    assert!(st.success(), "soft-roce/{script} {args:?} failed: {st}");
+}
+
+fn topology(links: u8) {
+    sh("netns-up", &[&links.to_string()]);
+}
+
+struct Node {
+    name: &'static str,
+    ns: &'static str,
+    config: PathBuf,
+    socket: PathBuf,
+    probes: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    fn new(
+        dir: &Path,
+        name: &'static str,
+        ns: &'static str,
+        mut cfg: NodeConfig,
+        probes: &[&str],
+    ) -> Node {
+        let socket = dir.join(format!("{name}.sock"));
+        cfg.control_socket = Some(socket.clone());
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, cfg.to_toml_string()).expect("write config");
+        Node {
+            name,
+            ns,
+            config,
+            socket,
+            probes: probes.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: dir.join(format!("{name}.log")),
+        }
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            self.ns,
+            env!("CARGO_BIN_EXE_interlink"),
+            "node",
+            "--config",
+        ])
+        .arg(&self.config)
+        .env("INTERLINK_LOG", "info")
+        .stdout(Stdio::from(log.try_clone().expect("log")))
+        .stderr(Stdio::from(log));
+        for p in &self.probes {
+            cmd.arg("--probe").arg(p);
+        }
+        self.child = Some(cmd.spawn().expect("spawn node"));
+        let deadline = Instant::now() + WAIT;
+        while control::request(
+            &self.socket,
+            &ControlRequest::Status,
+            Duration::from_secs(2),
+        )
+        .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not start; log:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    fn status(&self) -> NodeStatus {
+        match control::request(
+            &self.socket,
+            &ControlRequest::Status,
+            Duration::from_secs(5),
+        ) {
+            Ok(ControlResponse::Status { status }) => status,
+            other => panic!("status of {}: {other:?}\n{}", self.name, self.log_text()),
+        }
+    }
+
+    fn probe(&self, name: &str, command: serde_json::Value) -> ProbeStats {
+        let req = ControlRequest::Client {
+            name: name.into(),
+            command,
+        };
+        match control::request(&self.socket, &req, Duration::from_secs(5)) {
+            Ok(ControlResponse::Ok { value }) => {
+                serde_json::from_value(value).expect("probe stats")
+            }
+            other => panic!("probe {name} on {}: {other:?}", self.name),
+        }
+    }
+
+    fn wait(&self, what: &str, mut pred: impl FnMut(&NodeStatus) -> bool) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "{}: timed out waiting for {what}: {s:#?}\nlog:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_traffic(&self, probe: &str, more_than: u64) -> ProbeStats {
+        let t0 = Instant::now();
+        loop {
+            let st = self.probe(probe, serde_json::json!({}));
+            if st.received > more_than {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "{}: probe {probe} stuck at {st:?}\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn pair_nodes(
+    tag: &str,
+    links: u8,
+    balance: BalanceConfig,
+    probes: &[&str],
+) -> (Node, Node, NodeConfig) {
+    topology(links);
+    let dir = temp_dir(tag);
+    let (mut a, mut b) = pair(&dir, links, netns, fabric(), 18600);
+    a.balance = balance;
+    b.balance = balance;
+    let cfg = a.clone();
+    let mut na = Node::new(&dir, "a", "ilA", a, probes);
+    let mut nb = Node::new(&dir, "b", "ilB", b, probes);
+    na.start();
+    nb.start();
+    (na, nb, cfg)
+}
+
+fn on_link(s: &NodeStatus, client: &str, link: u8) -> bool {
+    s.clients
+        .iter()
+        .any(|c| c.name == client && c.state == ClientState::Ready && c.link == Some(link))
+}
+
+fn balance() -> BalanceConfig {
+    BalanceConfig {
+        hysteresis_ms: 2000,
+        adaptive: false,
+        ..BalanceConfig::default()
+    }
+}
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn link_down_fails_over_kills_old_rkeys_and_moves_back() {
+    let probes = ["mirror:high", "cfo:low", "stats:low"];
+    let (a, b, cfg) = pair_nodes("cut", 2, balance(), &probes);
+    for n in [&a, &b] {
+        n.wait("placement", |s| {
+            links_ready(s)
+                && on_link(s, "mirror", 1)
+                && on_link(s, "cfo", 0)
+                && on_link(s, "stats", 0)
+        });
+    }
+    let before = [a.wait_traffic("cfo", 20), b.wait_traffic("cfo", 20)];
+    sh("link", &["down", "0"]);
+    let bound = cfg.heartbeat.detection_bound();
+    let took = [&a, &b].map(|n| {
+        n.wait("failover to link 1", |s| {
+            on_link(s, "cfo", 1) && on_link(s, "stats", 1)
+        })
+    });
+    eprintln!(
+        "link 0 cut: clients ready on link 1 after {:?} (A) / {:?} (B); detection bound {bound:?}",
+        took[0], took[1]
+    );
+    for t in took {
+        // Detection within the bound, plus the re-attach exchange on the surviving link.
+        assert!(t <= bound + Duration::from_secs(5), "failover took {t:?}");
+    }
+    let after = [
+        a.wait_traffic("cfo", before[0].received + 20),
+        b.wait_traffic("cfo", before[1].received + 20),
+    ];
+    for st in &after {
+        assert_eq!(st.out_of_order, 0, "{st:?}");
+        assert_eq!(st.link, Some(1));
+    }
+    // The mirror kept its own link throughout.
+    assert!(on_link(&a.status(), "mirror", 1));
+    sh("link", &["up", "0"]);
+    let back = a.wait("return to link 0", |s| {
+        on_link(s, "cfo", 0) && on_link(s, "stats", 0)
+    });
+    b.wait("return to link 0", |s| {
+        on_link(s, "cfo", 0) && on_link(s, "stats", 0)
+    });
+    eprintln!(
+        "link 0 restored: clients back after {back:?} (hysteresis {} ms)",
+        cfg.balance.hysteresis_ms
+    );
+    let sa = a.status();
+    let cfo = sa.clients.iter().find(|c| c.name == "cfo").expect("cfo");
+    assert!(
+        cfo.counters.failovers >= 1 && cfo.counters.migrations >= 1,
+        "{cfo:#?}"
+    );
+    // The partner region descriptor cfo used on link 0 before the cut is dead now.
+    let st = a.wait_traffic("cfo", 0);
+    assert!(st.stale_keys >= 1, "{st:?}");
+    a.probe("cfo", serde_json::json!({ "write_stale": true }));
+    let t0 = Instant::now();
+    let outcome = loop {
+        let st = a.probe("cfo", serde_json::json!({}));
+        if let Some(o) = st.stale_write {
+            break o;
+        }
+        assert!(t0.elapsed() < WAIT, "stale write never completed: {st:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        outcome.contains("RemoteAccessError"),
+        "write with a revoked rkey: {outcome}"
+    );
+    // The failed queue pair was re-established and traffic continues.
+    a.wait("cfo re-established", |s| on_link(s, "cfo", 0));
+    let n = a.probe("cfo", serde_json::json!({})).received;
+    a.wait_traffic("cfo", n + 10);
+}
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn three_links_one_cut_goes_to_least_utilised_survivor() {
+    // Homes: mirror (high) on link 2, cfo on 0, stats on 1. stats is busy, mirror light, so
+    // when link 0 is cut cfo must go to link 2 (least utilised), not link 1 (lowest id).
+    let probes = ["mirror:high:20000", "cfo:low:20000", "stats:low:max"];
+    let (a, b, _) = pair_nodes("three", 3, balance(), &probes);
+    for n in [&a, &b] {
+        n.wait("placement", |s| {
+            links_ready(s)
+                && on_link(s, "mirror", 2)
+                && on_link(s, "cfo", 0)
+                && on_link(s, "stats", 1)
+        });
+    }
+    a.wait("rates measured", |s| {
+        let rate = |l: u8| {
+            s.links
+                .iter()
+                .find(|x| x.id == l)
+                .map_or(0.0, |x| x.rate_bps)
+        };
+        rate(1) > 2.0 * rate(2) && rate(2) > 0.0
+    });
+    sh("link", &["down", "0"]);
+    for n in [&a, &b] {
+        n.wait("cfo on link 2", |s| on_link(s, "cfo", 2));
+    }
+    let st = a.wait_traffic("cfo", a.probe("cfo", serde_json::json!({})).received + 10);
+    assert_eq!(st.out_of_order, 0);
+    sh("link", &["up", "0"]);
+}
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn adaptive_migration_moves_the_lighter_client() {
+    let adaptive = BalanceConfig {
+        adaptive: true,
+        rebalance_ratio: 4.0,
+        rebalance_min_bps: 200_000.0,
+        rebalance_cooldown_ms: 60_000,
+        hysteresis_ms: 2000,
+        ..BalanceConfig::default()
+    };
+    // heavy and light share link 0; the idle mirror has link 1 to itself.
+    let probes = ["heavy:low:max", "light:low:20000", "mirror:high:1000"];
+    let (a, b, _) = pair_nodes("adaptive", 2, adaptive, &probes);
+    a.wait("light moved to link 1", |s| on_link(s, "light", 1));
+    b.wait("light moved to link 1", |s| on_link(s, "light", 1));
+    let s = a.status();
+    assert!(
+        on_link(&s, "heavy", 0),
+        "the heavy client keeps its link: {s:#?}"
+    );
+    let light = s.clients.iter().find(|c| c.name == "light").expect("light");
+    assert_eq!(light.counters.migrations, 1, "{light:#?}");
+    let heavy = s.clients.iter().find(|c| c.name == "heavy").expect("heavy");
+    assert_eq!(heavy.counters.migrations, 0, "{heavy:#?}");
+    for p in ["heavy", "light"] {
+        let st = a.probe(p, serde_json::json!({}));
+        assert_eq!(st.out_of_order, 0, "{p}: {st:?}");
+    }
+    a.wait_traffic(
+        "light",
+        a.probe("light", serde_json::json!({})).received + 10,
+    );
+}
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn partner_killed_and_restarted_reinitialises_with_backoff() {
+    let probes = ["cfo:low", "mirror:high"];
+    let (a, mut b, _) = pair_nodes("restart", 2, balance(), &probes);
+    for n in [&a, &b] {
+        n.wait("ready", |s| {
+            links_ready(s) && s.clients.iter().all(|c| c.state == ClientState::Ready)
+        });
+    }
+    let first = a.status().partner_incarnation;
+    b.kill();
+    a.wait("links down", |s| {
+        s.links.iter().all(|l| l.state != LinkState::Ready)
+    });
+    a.wait("clients not ready", |s| {
+        s.clients.iter().all(|c| c.state != ClientState::Ready)
+    });
+    // Backoff: attempts keep failing while B is away.
+    std::thread::sleep(Duration::from_secs(2));
+    let s = a.status();
+    assert!(
+        s.links.iter().all(|l| l.counters.errors >= 2),
+        "retries with backoff: {s:#?}"
+    );
+    b.start();
+    a.wait("ready again with the new partner", |s| {
+        links_ready(s)
+            && s.partner_incarnation != first
+            && s.clients.iter().all(|c| c.state == ClientState::Ready)
+    });
+    let n = a.probe("cfo", serde_json::json!({})).received;
+    a.wait_traffic("cfo", n + 10);
+}
