@@ -234,8 +234,7 @@ impl Runner {
                     self.shared.stats.lock().errors += 1;
                     self.handle.record_error();
                     self.handle.report_failure(&why);
-                    self.active = None;
-                    self.shared.stats.lock().ready = false;
+                    self.deactivate();
                 }
                 std::thread::sleep(Duration::from_micros(200));
             } else {
@@ -254,17 +253,22 @@ impl Runner {
             }
             ClientEvent::Suspended { .. } => {
                 self.drain_stale_completion();
-                if let Some(a) = self.active.take() {
-                    self.history
-                        .entry(a.conn.link)
-                        .or_default()
-                        .push(a.partner_mem);
-                }
-                let mut s = self.shared.stats.lock();
-                s.ready = false;
-                s.stale_keys = self.history.values().map(Vec::len).sum();
+                self.deactivate();
             }
         }
+    }
+
+    /// Drops the connection, remembering the partner region it used on its link.
+    fn deactivate(&mut self) {
+        if let Some(a) = self.active.take() {
+            let seen = self.history.entry(a.conn.link).or_default();
+            if !seen.contains(&a.partner_mem) {
+                seen.push(a.partner_mem);
+            }
+        }
+        let mut s = self.shared.stats.lock();
+        s.ready = false;
+        s.stale_keys = self.history.values().map(Vec::len).sum();
     }
 
     fn activate(&mut self, conn: Connection) -> Result<(), String> {
