@@ -205,6 +205,8 @@ struct Runner {
     history: HashMap<LinkId, Vec<RegionDescriptor>>,
     budget: f64,
     last_refill: Instant,
+    /// Post times of the SENDs in flight, in order (completions are in order per queue pair).
+    posted: std::collections::VecDeque<Instant>,
 }
 
 impl Runner {
@@ -220,6 +222,7 @@ impl Runner {
             history: HashMap::new(),
             budget: 0.0,
             last_refill: Instant::now(),
+            posted: std::collections::VecDeque::new(),
         }
     }
 
@@ -266,6 +269,7 @@ impl Runner {
                 seen.push(a.partner_mem);
             }
         }
+        self.posted.clear();
         let mut s = self.shared.stats.lock();
         s.ready = false;
         s.stale_keys = self.history.values().map(Vec::len).sum();
@@ -348,6 +352,7 @@ impl Runner {
             a.tx.write(slot * self.msg, &seq.to_be_bytes())
                 .map_err(|e| e.to_string())?;
             posts.push(SendRequest::new(WR_SEND | seq, SendOp::Send, buf));
+            self.posted.push_back(now);
             if seq % 8 == 0 {
                 let src = a.mem.slice(0, 8).map_err(|e| e.to_string())?;
                 a.mem.write_u64(0, seq).map_err(|e| e.to_string())?;
@@ -397,6 +402,10 @@ impl Runner {
                 1 => {
                     a.in_flight = a.in_flight.saturating_sub(1);
                     self.shared.stats.lock().sent += 1;
+                    if let Some(t) = self.posted.pop_front() {
+                        // Post to completion: the partner's acknowledgement of the SEND.
+                        self.handle.record_latency(t.elapsed());
+                    }
                 }
                 2 => self.shared.stats.lock().writes += 1,
                 _ => {}

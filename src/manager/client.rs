@@ -85,15 +85,8 @@ impl ClientCells {
 
 /// A latency histogram in microseconds (1 µs .. 60 s, 3 significant digits).
 pub(crate) fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| {
-        // The bounds above are valid constants; fall back to an auto-resizing histogram.
-        Histogram::new(3).unwrap_or_else(|_| unreachable_histogram())
-    })
-}
-
-fn unreachable_histogram() -> Histogram<u64> {
-    // sigfig 1 is always accepted.
-    Histogram::new(1).expect("histogram with 1 significant digit")
+    // Constant, valid bounds: low >= 1, high >= 2 * low, sigfig <= 5.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid constant histogram bounds")
 }
 
 /// Summary of a microsecond histogram.
