@@ -226,10 +226,7 @@ impl Runtime {
         let c = self
             .clients
             .get_mut(name)
-            .ok_or_else(|| ManagerError::ClientRequest {
-                name: name.to_string(),
-                what: "not registered".into(),
-            })?;
+            .ok_or_else(|| not_registered(name))?;
         let mut indices = c.qp_indices();
         if let Some(p) = extra {
             for q in &p.qps {
@@ -319,10 +316,7 @@ impl Runtime {
         let c = self
             .clients
             .get_mut(name)
-            .ok_or_else(|| ManagerError::ClientRequest {
-                name: name.to_string(),
-                what: "not registered".into(),
-            })?;
+            .ok_or_else(|| not_registered(name))?;
         let cap = c.spec.qp_capacity;
         let att = match c.attachment.as_mut() {
             Some(a) if a.link == link => a,
@@ -548,5 +542,12 @@ impl Runtime {
                 }
             }
         }
+    }
+}
+
+fn not_registered(name: &str) -> ManagerError {
+    ManagerError::ClientRequest {
+        name: name.to_string(),
+        what: "not registered".into(),
     }
 }
