@@ -632,4 +632,7 @@ fn main() {
     }
     c.final_summary();
     rec.print_summary();
+    if let Some(dir) = secret_file().parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
