@@ -253,7 +253,7 @@ fn defaults() {
     assert_eq!(cfg.heartbeat.miss_count, 3);
     assert_eq!(cfg.balance.policy, BalancePolicy::Standby);
     assert_eq!(cfg.balance.hysteresis_ms, 2000);
-    assert_eq!(cfg.backoff.initial_ms, 100);
+    assert_eq!(cfg.backoff.initial_ms, 25);
     assert_eq!(cfg.backoff.max_ms, 800);
 }
 
@@ -796,7 +796,7 @@ fn secret_readable_by_others_warns_but_works() {
 #[test]
 fn backoff_growth_and_cap() {
     let b = BackoffConfig::default();
-    let expected = [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000];
+    let expected = [25, 50, 100, 200, 400, 800, 1600, 3200, 5000, 5000];
     for (attempt, ms) in expected.into_iter().enumerate() {
         assert_eq!(
             b.delay(attempt as u32),

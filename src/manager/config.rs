@@ -225,7 +225,7 @@ pub struct BackoffConfig {
 impl Default for BackoffConfig {
     fn default() -> Self {
         BackoffConfig {
-            initial_ms: 100,
+            initial_ms: 25,
             max_ms: 5000,
             multiplier: 2.0,
         }

@@ -108,7 +108,18 @@ pub(crate) fn spawn_acceptor(
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     spawn(format!("il-accept-{link}"), move || {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
         while !flag.load(Ordering::Relaxed) {
+            // Wait for a connection (at once) or 50 ms, to notice `stop`.
+            let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+            if let Err(e) = poll(&mut fds, PollTimeout::from(50u16)) {
+                if e != nix::errno::Errno::EINTR {
+                    tracing::warn!(link, error = %e, "poll on bootstrap listener");
+                    thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
             match listener.accept() {
                 Ok((s, from)) => {
                     let _ = s.set_nonblocking(false);
@@ -123,9 +134,7 @@ pub(crate) fn spawn_acceptor(
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_millis(20))
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     tracing::warn!(link, error = %e, "accept on bootstrap listener");
                     thread::sleep(Duration::from_millis(100));

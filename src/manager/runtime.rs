@@ -403,6 +403,22 @@ impl Runtime {
 
     fn start_attempt(&mut self, i: usize) {
         let link_cfg = self.cfg.links[i].clone();
+        // The responder listens first, so the partner's first connect is not refused while
+        // the device opens.
+        if !initiator(&self.cfg) && self.links[i].acceptor.is_none() {
+            let addr = SocketAddr::new(link_cfg.local, link_cfg.bootstrap_port);
+            match spawn_acceptor(link_cfg.id, addr, self.tx.clone()) {
+                Ok(a) => {
+                    tracing::info!(link = link_cfg.id, %addr, "listening for the partner's bootstrap");
+                    self.links[i].acceptor = Some(a);
+                    self.set_state(i, LinkState::Connecting);
+                }
+                Err(e) => {
+                    self.backoff(i, &e.to_string(), LinkState::Down);
+                    return;
+                }
+            }
+        }
         if self.links[i].fabric.is_none() {
             match open_fabric(&self.cfg, i) {
                 Ok(f) => {
@@ -429,16 +445,6 @@ impl Runtime {
             ) {
                 Ok(()) => {
                     self.links[i].connecting = Some(conn);
-                    self.set_state(i, LinkState::Connecting);
-                }
-                Err(e) => self.backoff(i, &e.to_string(), LinkState::Down),
-            }
-        } else if self.links[i].acceptor.is_none() {
-            let addr = SocketAddr::new(link_cfg.local, link_cfg.bootstrap_port);
-            match spawn_acceptor(link_cfg.id, addr, self.tx.clone()) {
-                Ok(a) => {
-                    tracing::info!(link = link_cfg.id, %addr, "listening for the partner's bootstrap");
-                    self.links[i].acceptor = Some(a);
                     self.set_state(i, LinkState::Connecting);
                 }
                 Err(e) => self.backoff(i, &e.to_string(), LinkState::Down),
@@ -504,6 +510,16 @@ impl Runtime {
                 }
                 if self.links[i].conn.is_some() {
                     self.fail_link(i, "the partner opened a new bootstrap connection", false);
+                }
+                if self.links[i].fabric.is_none() {
+                    match open_fabric(&self.cfg, i) {
+                        Ok(f) => self.links[i].fabric = Some(f),
+                        Err(e) => {
+                            let _ = stream.shutdown(Shutdown::Both);
+                            self.backoff(i, &e.to_string(), LinkState::Down);
+                            return;
+                        }
+                    }
                 }
                 let conn = self.next_conn;
                 self.next_conn += 1;
