@@ -1,6 +1,16 @@
 //! A client's resources on one link: its queue pairs (each with its own completion queues)
 //! and regions, the partner's view of them, and teardown that kills the old remote keys
 //! while keeping the contents for the next link.
+//!
+//! An [`Attachment`] is created on the link's protection domain; queue pair indices and region
+//! ids are the client's and stay the same on every link. [`Attachment::apply_partner`] slam
+//! connects every queue pair whose partner endpoint is new or changed (others keep running) and
+//! resets those the partner no longer lists, which is how live changes are mirrored.
+//! [`Attachment::teardown`] resets the queue pairs and revokes the regions
+//! ([`MemoryRegion::revoke`]): the partner's rkeys stop working at once, while the memory and its
+//! contents stay. The revoked regions are returned as the [`Carry`], and the next
+//! [`Attachment::create`] copies each one into the new region of the same id, so a client's
+//! completed work in its regions survives a failover or move.
 
 use crate::fabric::CompletionQueue;
 use crate::fabric::{

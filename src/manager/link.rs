@@ -1,5 +1,17 @@
-//! A link's I/O: the bootstrap TCP connection (connector, acceptor and reader threads that
-//! only move bytes into the manager's event loop), its RDMA device, and the heartbeat.
+//! A link's I/O: the bootstrap TCP connection, its RDMA device, and the heartbeat.
+//!
+//! The connector (initiator), acceptor (responder) and reader threads only move bytes: they
+//! report [`IoEvent`]s, tagged with the link and the connection attempt, to the manager's event
+//! loop, which parses and answers them. The connector binds the link's local address before
+//! connecting, so the connection takes the link's path.
+//!
+//! [`LinkFabric`] (device, protection domain, async event subscription) is opened once per link
+//! and kept across re-initialisations. A [`Heartbeat`] exists per session: a queue pair with its
+//! own completion queue, our 64-byte health block (remote read only; layout in
+//! [`crate::manager::health`]) and a landing region. Every interval the loop posts one RDMA READ of
+//! the partner's block (never more than one outstanding); a failed READ, or `miss_count`
+//! intervals without progress ([`HeartbeatMonitor`]), fails the link. Teardown resets the queue
+//! pair and revokes the health block.
 
 use crate::fabric::{
     Access, AsyncEvent, CompletionQueue, ConnectOptions, Device, DeviceConfig, MemoryRegion,

@@ -1,10 +1,34 @@
 //! Cluster connection manager (F2): per-link sessions, batch slam connect, client registry,
 //! live client events, link health, multi-link failover and load balancing.
 //!
-//! A [`Manager`] runs one event-loop thread. Clients [`Manager::register`] with a
-//! [`ClientSpec`]; the manager creates their queue pairs and regions on the link placement
-//! picks, exchanges them with the partner in the link's PeerInfo (or a live Attach), slam
-//! connects them and hands the client a [`Connection`] in [`ClientEvent::Ready`].
+//! A [`Manager`] runs one event-loop thread that owns all state; per link, I/O threads only move
+//! the bootstrap connection's bytes to it. The node with the lower id is the initiator: it
+//! connects every link and decides placement ([`placement`]); the other node follows.
+//!
+//! Clients [`Manager::register`] with a [`ClientSpec`]; the manager creates their queue pairs and
+//! regions on the link placement picks, exchanges them with the partner in the link's PeerInfo
+//! (or a live Attach), slam connects them and hands the client a [`Connection`] in
+//! [`ClientEvent::Ready`]. Live changes ([`ClientHandle::add_qp`] and friends) arrive as
+//! [`ClientEvent::Updated`]. When a link fails (port down, heartbeat READ error or silence, lost
+//! bootstrap connection, Goodbye) or a client moves, the client gets [`ClientEvent::Suspended`],
+//! its regions are revoked so the partner's old rkeys die at once, and their contents are carried
+//! into the regions of its next attachment.
+//!
+//! ```no_run
+//! use interlink::manager::{BandwidthClass, ClientSpec, Manager, NodeConfig};
+//! use std::{path::Path, time::Duration};
+//!
+//! let manager = Manager::start(NodeConfig::load(Path::new("/etc/interlink/node.toml"))?)?;
+//! let client = manager.register(ClientSpec::new("cfo", BandwidthClass::Low, 1))?;
+//! let conn = client.wait_ready(Duration::from_secs(30)).expect("partner ready");
+//! let qp = conn.qp(0).expect("queue pair 0");
+//! # let _ = qp;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! docs/architecture.md ("Manager") describes threads, link and client life cycles, failover and
+//! planned moves; docs/wire-formats.md the bootstrap messages, the health block and the client
+//! attachment exchanges; docs/configuration.md the node file; docs/operations.md running a node.
 
 mod attachment;
 pub mod client;

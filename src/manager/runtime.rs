@@ -1,4 +1,22 @@
 //! The event loop's state and its handling of links, sessions and clients.
+//!
+//! [`Runtime::run`] is the body of the manager thread. It takes [`Command`]s (client
+//! registrations and requests, status queries, shutdown, the I/O threads' reports) from one
+//! crossbeam channel, waiting at most [`TICK`] (5 ms), then does the periodic work in `tick`:
+//! device async events, link (re)initialisation with backoff, heartbeat completions and
+//! intervals, publishing the health block, rate sampling, planned moves and, on the initiator,
+//! placement. All link, session, heartbeat and client state lives here and nowhere else.
+//!
+//! - this file: links (attempts, backoff, device events, heartbeat, failure detection), the
+//!   bootstrap connection and its [`Session`], partner incarnation changes;
+//! - `messages.rs`: PeerInfo, Ready, Attach, ClientReady, Detach and Goodbye handling, link
+//!   teardown and client failure;
+//! - `clients.rs`: registration, live changes, offers, attachment creation, delivery of client
+//!   events, placement and the phases of a planned move (drain ≤ 300 ms, Detach(Moving) and its
+//!   acknowledgement, Attach on the target);
+//! - `status.rs`: status snapshots and rate sampling.
+//!
+//! The message sequences are in docs/wire-formats.md ("Client attachment exchanges").
 
 use crate::fabric::AsyncEvent;
 use crate::manager::attachment::{Attachment, Carry};
