@@ -467,7 +467,14 @@ pub fn batched_and_unsignaled(p: Pair) {
     ));
 }
 
-fn expect_remote_access_error(p: &Pair, qa: &QueuePair, op: SendOp, local: LocalBuf, what: &str) {
+fn expect_remote_access_error(
+    p: &Pair,
+    qa: &QueuePair,
+    qb: &QueuePair,
+    op: SendOp,
+    local: LocalBuf,
+    what: &str,
+) {
     qa.post_send(SendRequest::new(99, op, local)).unwrap();
     let c = next(&p.a.cq);
     assert_eq!(c.wr_id, 99, "{what}");
@@ -478,6 +485,22 @@ fn expect_remote_access_error(p: &Pair, qa: &QueuePair, op: SendOp, local: Local
         assert!(
             Instant::now() < deadline,
             "{what}: initiator QP not in error"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_for_responder_error(qb, what);
+}
+
+/// The responder moves its queue pair to error after a remote access violation, but rxe does
+/// so only after it has sent the NAK: the initiator can see its error completion first. A
+/// reconnect that resets the responder before that lands then fails (ERR -> INIT is invalid),
+/// so wait for it.
+fn wait_for_responder_error(qb: &QueuePair, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while qb.state().unwrap() != QpState::Error {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: responder QP not in error"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -522,7 +545,7 @@ pub fn access_violations(p: Pair) {
     ];
     for (what, op, len) in cases {
         p.reconnect(&qa, &qb);
-        expect_remote_access_error(&p, &qa, op, src.slice(0, len).unwrap(), what);
+        expect_remote_access_error(&p, &qa, &qb, op, src.slice(0, len).unwrap(), what);
     }
     // After the last error, reconnect and check the pair works again.
     p.reconnect(&qa, &qb);
@@ -774,7 +797,8 @@ pub fn endpoint_pointing_nowhere(p: Pair) {
         .unwrap();
     let c = next(&p.a.cq);
     assert_eq!((c.wr_id, c.status), (1, CompletionStatus::RetryExceeded));
-    assert_eq!(qa.state().unwrap(), QpState::Error);
+    // rxe posts the error completion before it moves the QP to error.
+    wait_for_error_state(&qa, "retry exceeded");
 }
 
 /// What the requester sees for a READ/WRITE naming a revoked region's rkey. Both providers
@@ -834,6 +858,7 @@ pub fn revoke_kills_rkey(p: Pair) {
         c.status
     );
     wait_for_error_state(&qa, "WRITE with a revoked rkey");
+    wait_for_responder_error(&qb, "WRITE with a revoked rkey");
 
     // READ with the old descriptor fails the same way.
     p.reconnect(&qa, &qb);

@@ -24,7 +24,12 @@ pub struct VerbsCq {
     cq: Handle<ibv_cq>,
     channel: Handle<ibv_comp_channel>,
     depth: u32,
+    /// Serialises `wait` (arm, re-poll, sleep on the channel, take and ack the event).
     waiter: Mutex<()>,
+    /// A completion `wait` took off the CQ while checking, after arming, that it is still
+    /// empty. It is older than anything left in the CQ, so `poll` hands it out first; the lock
+    /// is held across every `ibv_poll_cq` so that order holds between threads too.
+    stash: Mutex<Option<RawCompletion>>,
     dev: Arc<VerbsDevice>,
 }
 
@@ -76,6 +81,7 @@ impl VerbsCq {
             channel,
             depth,
             waiter: Mutex::new(()),
+            stash: Mutex::new(None),
             dev: Arc::clone(dev),
         }))
     }
@@ -90,6 +96,19 @@ impl VerbsCq {
 
     /// Appends up to `max` completions to `out`; returns how many were appended.
     pub fn poll(&self, out: &mut Vec<RawCompletion>, max: usize) -> Result<usize> {
+        let mut stash = self.stash.lock();
+        let mut total = 0;
+        if max > 0 {
+            if let Some(c) = stash.take() {
+                out.push(c);
+                total = 1;
+            }
+        }
+        Ok(total + self.poll_cq(out, max - total)?)
+    }
+
+    /// `ibv_poll_cq` into `out`, up to `max` entries. Callers hold the `stash` lock.
+    fn poll_cq(&self, out: &mut Vec<RawCompletion>, max: usize) -> Result<usize> {
         let mut wcs: [MaybeUninit<ibv_wc>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
         let mut total = 0;
         while total < max {
@@ -117,8 +136,13 @@ impl VerbsCq {
         Ok(total)
     }
 
-    /// Arms the CQ and waits up to `timeout` for a completion event (returns on timeout too):
-    /// callers poll again afterwards, so arming then polling never loses a wakeup.
+    /// Returns once a completion is available to [`VerbsCq::poll`] or `timeout` passes (or
+    /// early, spuriously: callers poll again afterwards and wait again if nothing came).
+    ///
+    /// The CQ is armed, then polled once more before sleeping on the channel, as rdma-core's
+    /// `ibv_req_notify_cq(3)` / `ibv_get_cq_event(3)` prescribe: a completion that arrived
+    /// after the caller's last poll but before arming raises no event, and would otherwise
+    /// only be found once `timeout` expired. A completion found that way is kept for `poll`.
     pub fn wait(&self, timeout: Duration) -> Result<()> {
         let _guard = self.waiter.lock();
         // SAFETY: the CQ is live.
@@ -128,6 +152,19 @@ impl VerbsCq {
                 source: io::Error::from_raw_os_error(ret.abs()),
             }
             .into());
+        }
+        {
+            let mut stash = self.stash.lock();
+            // Left by an earlier `wait` and not yet polled: a completion is available.
+            if stash.is_some() {
+                return Ok(());
+            }
+            // Anything completed before arming is visible now; anything after raises an event.
+            let mut found = Vec::with_capacity(1);
+            if self.poll_cq(&mut found, 1)? > 0 {
+                *stash = found.pop();
+                return Ok(());
+            }
         }
         // Round up so a sub-millisecond timeout still waits a little.
         let ms = timeout.as_micros().div_ceil(1000);
