@@ -65,6 +65,9 @@ impl ControlHandler for Handler {
                 if command.get("write_stale").and_then(|v| v.as_bool()) == Some(true) {
                     p.write_stale();
                 }
+                if command.get("add_qp").and_then(|v| v.as_bool()) == Some(true) {
+                    p.add_qp();
+                }
                 match serde_json::to_value(p.stats()) {
                     Ok(value) => ControlResponse::Ok { value },
                     Err(e) => ControlResponse::Error {

@@ -407,3 +407,79 @@ fn partner_killed_and_restarted_reinitialises_with_backoff() {
     let n = a.probe("cfo", serde_json::json!({})).received;
     a.wait_traffic("cfo", n + 10);
 }
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn queue_pair_added_live_is_mirrored_and_others_keep_flowing() {
+    let probes = ["cfo:low", "stats:low"];
+    let (a, b, _) = pair_nodes("live", 1, balance(), &probes);
+    for n in [&a, &b] {
+        n.wait("ready", |s| {
+            links_ready(s) && on_link(s, "cfo", 0) && on_link(s, "stats", 0)
+        });
+    }
+    let before = [a.wait_traffic("stats", 20), b.wait_traffic("stats", 20)];
+    a.probe("cfo", serde_json::json!({ "add_qp": true }));
+    for n in [&a, &b] {
+        n.wait("cfo has two queue pairs", |s| {
+            s.clients.iter().any(|c| c.name == "cfo" && c.qps == 2)
+        });
+    }
+    let t0 = Instant::now();
+    for n in [&a, &b] {
+        while n.probe("cfo", serde_json::json!({})).updates < 1 {
+            assert!(t0.elapsed() < WAIT, "no Updated event at {}", n.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(n.probe("cfo", serde_json::json!({})).qps, 2);
+    }
+    let after = [
+        a.wait_traffic("stats", before[0].received + 20),
+        b.wait_traffic("stats", before[1].received + 20),
+    ];
+    for (st, old) in after.iter().zip(before.iter()) {
+        assert_eq!(
+            st.connections, old.connections,
+            "stats was re-established: {st:?}"
+        );
+        assert_eq!(st.out_of_order, 0);
+    }
+    a.wait_traffic("cfo", a.probe("cfo", serde_json::json!({})).received + 10);
+}
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn cluster_and_secret_mismatch_refused_by_both_node_processes() {
+    topology(1);
+    for (tag, cause) in [("cluster", "cluster"), ("secret", "auth")] {
+        let dir = temp_dir(tag);
+        let (a, mut b) = pair(&dir, 1, netns, fabric(), 18600);
+        if tag == "cluster" {
+            b.cluster_id = 8;
+        } else {
+            b.secret_file = secret(&dir, "other", "ffffffffffffffffffffffffffffffff");
+        }
+        let mut na = Node::new(&dir, "a", "ilA", a, &["p:low"]);
+        let mut nb = Node::new(&dir, "b", "ilB", b, &["p:low"]);
+        na.start();
+        nb.start();
+        for n in [&na, &nb] {
+            n.wait(&format!("refusal naming {cause}"), |s| {
+                s.links[0].state == LinkState::Refused
+                    && s.links[0]
+                        .last_error
+                        .as_deref()
+                        .is_some_and(|e| e.to_lowercase().contains(cause))
+            });
+            let s = n.status();
+            assert!(
+                s.clients.iter().all(|c| c.state != ClientState::Ready),
+                "{s:#?}"
+            );
+            assert_eq!(
+                s.links[0].counters.reconnects, 0,
+                "nothing connected: {s:#?}"
+            );
+        }
+    }
+}

@@ -84,12 +84,17 @@ pub struct ProbeStats {
     pub stale_write: Option<String>,
     /// Partner `probe-mem` descriptors used on earlier connections, per link.
     pub stale_keys: usize,
+    /// Queue pairs of the current connection.
+    pub qps: usize,
+    /// Live updates of the connection received (`Updated` events).
+    pub updates: u64,
 }
 
 struct Shared {
     stats: Mutex<ProbeStats>,
     rate: Mutex<Option<f64>>,
     stale_request: AtomicBool,
+    add_qp_request: AtomicBool,
     stop: AtomicBool,
     last_rx: Mutex<Option<Instant>>,
 }
@@ -124,6 +129,7 @@ impl Probe {
             stats: Mutex::new(ProbeStats::default()),
             rate: Mutex::new(cfg.rate_bps),
             stale_request: AtomicBool::new(false),
+            add_qp_request: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             last_rx: Mutex::new(None),
         });
@@ -169,6 +175,14 @@ impl Probe {
     /// revoked: the outcome (expected: a remote access error) lands in `stale_write`.
     pub fn write_stale(&self) {
         self.shared.stale_request.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Probe {
+    /// Asks the manager for one more queue pair for this probe's client, live (the partner
+    /// mirrors it; traffic keeps using queue pair 0). `qps` in the stats shows the result.
+    pub fn add_qp(&self) {
+        self.shared.add_qp_request.store(true, Ordering::Relaxed);
     }
 }
 
@@ -231,6 +245,11 @@ impl Runner {
             while let Ok(ev) = self.handle.events().try_recv() {
                 self.event(ev);
             }
+            if self.shared.add_qp_request.swap(false, Ordering::Relaxed) {
+                if let Err(e) = self.handle.add_qp() {
+                    tracing::warn!(probe = %self.handle.name(), error = %e, "add queue pair");
+                }
+            }
             if self.active.is_some() {
                 if let Err(why) = self.step() {
                     tracing::warn!(probe = %self.handle.name(), error = %why, "probe connection failed");
@@ -248,7 +267,14 @@ impl Runner {
 
     fn event(&mut self, ev: ClientEvent) {
         match ev {
-            ClientEvent::Ready(conn) | ClientEvent::Updated(conn) => {
+            ClientEvent::Updated(conn) => {
+                self.shared.stats.lock().updates += 1;
+                if let Err(why) = self.activate(conn) {
+                    tracing::warn!(probe = %self.handle.name(), error = %why, "probe update failed");
+                    self.handle.report_failure(&why);
+                }
+            }
+            ClientEvent::Ready(conn) => {
                 if let Err(why) = self.activate(conn) {
                     tracing::warn!(probe = %self.handle.name(), error = %why, "probe activation failed");
                     self.handle.report_failure(&why);
@@ -303,6 +329,7 @@ impl Runner {
             .as_ref()
             .map_or((0, 0), |a| (a.in_flight, a.slot));
         let link = conn.link;
+        let qps = conn.qps.len();
         self.active = Some(Active {
             conn,
             rx,
@@ -318,6 +345,7 @@ impl Runner {
         }
         s.ready = true;
         s.link = Some(link);
+        s.qps = qps;
         Ok(())
     }
 
