@@ -327,7 +327,6 @@ impl Runtime {
             if c.attachment.as_ref().is_some_and(|a| a.link == id) {
                 c.detach(reason.clone());
                 c.displaced = true;
-                c.counters.errors += 0;
             }
             if c.pending.as_ref().is_some_and(|p| p.from == id) {
                 // The source died mid-move: go straight to attaching on the target.
