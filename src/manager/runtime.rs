@@ -437,17 +437,8 @@ impl Runtime {
                 }
             }
         }
-        if self.links[i].fabric.is_none() {
-            match open_fabric(&self.cfg, i) {
-                Ok(f) => {
-                    tracing::info!(link = link_cfg.id, device = %f.device.name(), provider = %f.device.provider(), "link device open");
-                    self.links[i].fabric = Some(f);
-                }
-                Err(e) => {
-                    self.backoff(i, &e.to_string(), LinkState::Down);
-                    return;
-                }
-            }
+        if !self.ensure_fabric(i) {
+            return;
         }
         if initiator(&self.cfg) {
             let conn = self.next_conn;
@@ -479,20 +470,46 @@ impl Runtime {
         }
     }
 
+    /// Opens the link's device if it is not open yet; on failure schedules a retry.
+    fn ensure_fabric(&mut self, i: usize) -> bool {
+        if self.links[i].fabric.is_some() {
+            return true;
+        }
+        match open_fabric(&self.cfg, i) {
+            Ok(f) => {
+                tracing::info!(link = self.links[i].id, device = %f.device.name(), provider = %f.device.provider(), "link device open");
+                self.links[i].fabric = Some(f);
+                true
+            }
+            Err(e) => {
+                self.backoff(i, &e.to_string(), LinkState::Down);
+                false
+            }
+        }
+    }
+
+    /// A link attempt failed: record why, count it, and retry after the backoff delay.
     fn backoff(&mut self, i: usize, why: &str, state: LinkState) {
-        let delay = self.cfg.backoff.delay(self.links[i].attempt);
         let l = &mut self.links[i];
-        l.attempt = l.attempt.saturating_add(1);
-        l.next_attempt = Instant::now() + delay;
         l.last_error = Some(why.to_string());
         l.counters.errors += 1;
+        let delay = self.retry_later(i, state);
         tracing::warn!(
-            link = l.id,
+            link = self.links[i].id,
             error = why,
             retry_in_ms = delay.as_millis() as u64,
             "link attempt failed"
         );
+    }
+
+    /// Schedules the next attempt after the backoff delay and sets the state; returns the delay.
+    pub(super) fn retry_later(&mut self, i: usize, state: LinkState) -> Duration {
+        let delay = self.cfg.backoff.delay(self.links[i].attempt);
+        let l = &mut self.links[i];
+        l.attempt = l.attempt.saturating_add(1);
+        l.next_attempt = Instant::now() + delay;
         self.set_state(i, state);
+        delay
     }
 
     // ---------------------------------------------------------------- I/O
@@ -529,15 +546,9 @@ impl Runtime {
                 if self.links[i].conn.is_some() {
                     self.fail_link(i, "the partner opened a new bootstrap connection", false);
                 }
-                if self.links[i].fabric.is_none() {
-                    match open_fabric(&self.cfg, i) {
-                        Ok(f) => self.links[i].fabric = Some(f),
-                        Err(e) => {
-                            let _ = stream.shutdown(Shutdown::Both);
-                            self.backoff(i, &e.to_string(), LinkState::Down);
-                            return;
-                        }
-                    }
+                if !self.ensure_fabric(i) {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return;
                 }
                 let conn = self.next_conn;
                 self.next_conn += 1;

@@ -358,11 +358,7 @@ impl Runtime {
         } else {
             LinkState::Down
         };
-        let delay = self.cfg.backoff.delay(self.links[i].attempt);
-        let l = &mut self.links[i];
-        l.attempt = l.attempt.saturating_add(1);
-        l.next_attempt = Instant::now() + delay;
-        self.set_state(i, state);
+        self.retry_later(i, state);
     }
 
     /// A link failed: alert its clients, tear everything down, re-initialise with backoff.
