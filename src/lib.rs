@@ -5,3 +5,4 @@
 pub mod clients;
 pub mod fabric;
 pub mod manager;
+pub mod messaging;

@@ -350,6 +350,29 @@ impl MemoryRegion {
         dispatch!(&self.inner.inner, m => m.write(offset, src));
         Ok(())
     }
+    /// Builds data in place: runs `f` on `len` bytes at `offset` as a mutable slice and returns
+    /// its result, with no staging copy. Only for regions the device may not write (registered
+    /// without [`Access::LOCAL_WRITE`] or [`Access::REMOTE_WRITE`], such as the source of SENDs
+    /// and WRITEs); others fail with [`FabricError::LocalAccess`]. Calls on one region are
+    /// serialised. The caller must not change bytes that an outstanding request still sends.
+    pub fn fill<R>(&self, offset: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
+        self.check("fill region", offset, len)?;
+        let access = self.access();
+        if access.contains(Access::LOCAL_WRITE) || access.contains(Access::REMOTE_WRITE) {
+            return Err(FabricError::LocalAccess {
+                op: "fill region (device-writable regions cannot be borrowed)",
+                have: access,
+                need: Access::NONE,
+            });
+        }
+        let out = dispatch!(&self.inner.inner, m => m.fill(offset, len, f));
+        out.ok_or(FabricError::LocalBounds {
+            op: "fill region",
+            offset,
+            len,
+            region_len: self.len(),
+        })
+    }
     /// Atomically loads the aligned 8-byte word at `offset` (native byte order).
     pub fn read_u64(&self, offset: usize) -> Result<u64> {
         self.check("read word", offset, 8)?;

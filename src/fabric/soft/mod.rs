@@ -537,6 +537,11 @@ impl SoftMr {
             dst.copy_from_slice(src);
         }
     }
+    /// Runs `f` on a mutable slice of the memory (bounds checked by the caller).
+    pub fn fill<R>(&self, offset: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        let mut data = self.mem.data.write();
+        data.get_mut(offset..offset + len).map(f)
+    }
     /// Copies in (bounds checked by the caller).
     pub fn write(&self, offset: usize, src: &[u8]) {
         if let Some(dst) = self.mem.data.write().get_mut(offset..offset + src.len()) {

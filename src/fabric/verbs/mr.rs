@@ -79,6 +79,8 @@ pub struct VerbsMr {
     len: usize,
     access: Access,
     pd: Arc<VerbsPd>,
+    /// Serialises [`VerbsMr::fill`], the one place a Rust reference to the memory is made.
+    fill_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for VerbsMr {
@@ -136,6 +138,7 @@ impl VerbsMr {
             len,
             access,
             pd: Arc::clone(pd),
+            fill_lock: Mutex::new(()),
         })
     }
 
@@ -224,6 +227,24 @@ impl VerbsMr {
         unsafe {
             std::ptr::copy_nonoverlapping(self.mem.ptr().add(offset), dst.as_mut_ptr(), dst.len())
         };
+    }
+
+    /// Runs `f` on `len` bytes at `offset` as a mutable slice, to build data in place (None,
+    /// with a warning, if out of bounds). The caller (the provider-neutral layer) only allows
+    /// it on regions the device may not write (no local or remote write right), so the device
+    /// can at most read these bytes while the slice lives.
+    pub fn fill<R>(&self, offset: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        if !self.in_bounds("fill", offset, len) {
+            return None;
+        }
+        let _only_one = self.fill_lock.lock();
+        // SAFETY: offset + len <= self.len (checked), the memory lives as long as self, and the
+        // lock above makes this the only Rust reference into the region for its lifetime (every
+        // other local access goes through raw-pointer copies). The neutral layer calls this only
+        // for regions registered without write rights, so the device never writes these bytes
+        // while the slice is alive; device reads of them do not invalidate it.
+        let slice = unsafe { std::slice::from_raw_parts_mut(self.mem.ptr().add(offset), len) };
+        Some(f(slice))
     }
 
     /// Copies `src` into the region at `offset` (nothing, with a warning, if out of bounds).

@@ -1,0 +1,623 @@
+//! Wire format of the messaging layer: frames, the messages packed into them, and the 32-bit
+//! immediate value that accompanies every RDMA WRITE. Every byte is described in
+//! `docs/wire-formats.md` ("Messaging"); all integers are little-endian.
+//!
+//! Decoders take bytes written by the partner and never panic: anything malformed is a typed
+//! [`WireError`].
+
+use thiserror::Error;
+
+/// Bytes of a frame header.
+pub const FRAME_HEADER_LEN: usize = 40;
+/// Bytes of a message header (function code, flags, length).
+pub const MESSAGE_HEADER_LEN: usize = 4;
+/// Bytes a call adds in front of its payload (the call id).
+pub const CALL_ID_LEN: usize = 8;
+/// Bytes a response adds in front of its payload (call id, status, three reserved bytes).
+pub const RESPONSE_PREFIX_LEN: usize = 12;
+/// Frame magic: the bytes `I` `M`.
+pub const FRAME_MAGIC: u16 = u16::from_le_bytes(*b"IM");
+/// Frame format version.
+pub const FRAME_VERSION: u8 = 1;
+/// Function code reserved for responses to calls.
+pub const RESPONSE_CODE: u8 = 0;
+
+/// Message flag: the payload starts with an 8-byte call id and the sender expects a response.
+pub const FLAG_CALL: u8 = 0x01;
+/// Message flag: the message was sent in the control class.
+pub const FLAG_CONTROL: u8 = 0x02;
+/// Message flags reserved (must be zero).
+pub const FLAGS_RESERVED: u8 = 0x0c;
+/// Message flags passed through to handlers untouched.
+pub const FLAGS_USER: u8 = 0xf0;
+
+/// Frame flag: the frame carries at least one control-class message.
+pub const FRAME_FLAG_CONTROL: u8 = 0x01;
+/// Frame flag: this copy is a retransmission.
+pub const FRAME_FLAG_RETRANSMIT: u8 = 0x02;
+
+/// A malformed frame, message or immediate value.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// Fewer bytes than a frame header.
+    #[error("decode frame: {len} bytes is shorter than the {FRAME_HEADER_LEN}-byte header")]
+    ShortFrame {
+        /// Bytes available.
+        len: usize,
+    },
+    /// Wrong magic.
+    #[error("decode frame: bad magic {found:#06x}")]
+    Magic {
+        /// Value found.
+        found: u16,
+    },
+    /// Unknown format version.
+    #[error("decode frame: unsupported version {found}")]
+    Version {
+        /// Value found.
+        found: u8,
+    },
+    /// The length field is impossible.
+    #[error("decode frame: length field {field} with {available} bytes available")]
+    FrameLength {
+        /// The length field.
+        field: usize,
+        /// Bytes available.
+        available: usize,
+    },
+    /// The checksum does not match (garbled or torn frame).
+    #[error("decode frame: checksum {found:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// Checksum in the frame.
+        found: u32,
+        /// Checksum computed.
+        computed: u32,
+    },
+    /// A reserved field is not zero.
+    #[error("decode frame: reserved field is {found:#x}, not 0")]
+    Reserved {
+        /// Value found.
+        found: u32,
+    },
+    /// The session field is zero (no sender session).
+    #[error("decode frame: sender session is 0")]
+    Session,
+    /// A message runs past the end of the frame or is shorter than its own header.
+    #[error("decode message {index}: length {len} at offset {offset} of a {frame_len}-byte frame")]
+    MessageLength {
+        /// Index of the message in the frame.
+        index: usize,
+        /// Its length field.
+        len: usize,
+        /// Its offset.
+        offset: usize,
+        /// Frame length.
+        frame_len: usize,
+    },
+    /// The count field disagrees with the messages present.
+    #[error("decode frame: count field {count} but {found} messages")]
+    Count {
+        /// The count field.
+        count: usize,
+        /// Messages found.
+        found: usize,
+    },
+    /// A message uses reserved flag bits or an invalid flag combination.
+    #[error("decode message {index}: function {code} with invalid flags {flags:#04x}")]
+    Flags {
+        /// Index of the message in the frame.
+        index: usize,
+        /// Function code.
+        code: u8,
+        /// Flags.
+        flags: u8,
+    },
+    /// An immediate value of an unknown kind.
+    #[error("decode immediate: unknown kind in {imm:#010x}")]
+    ImmKind {
+        /// The value.
+        imm: u32,
+    },
+}
+
+/// The fixed header at the start of every frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Frame flags (`FRAME_FLAG_*`).
+    pub flags: u8,
+    /// Total frame length including this header.
+    pub len: u16,
+    /// Messages in the frame.
+    pub count: u16,
+    /// Sender's conversation id (never 0).
+    pub session: u32,
+    /// The sender's view of the receiver's conversation id (0: not known yet).
+    pub peer_session: u32,
+    /// Frame sequence number (the first frame of a conversation is 1).
+    pub seq: u64,
+    /// Cumulative acknowledgement: every frame of the receiver's stream below this was
+    /// delivered.
+    pub ack: u64,
+}
+
+impl FrameHeader {
+    /// Writes the header into `buf[..FRAME_HEADER_LEN]` and the checksum over
+    /// `buf[..self.len]`. `buf` must hold `len` bytes.
+    pub fn seal(&self, buf: &mut [u8]) {
+        let len = usize::from(self.len);
+        buf[0..2].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        buf[2] = FRAME_VERSION;
+        buf[3] = self.flags;
+        buf[4..6].copy_from_slice(&self.len.to_le_bytes());
+        buf[6..8].copy_from_slice(&self.count.to_le_bytes());
+        buf[8..12].copy_from_slice(&self.session.to_le_bytes());
+        buf[12..16].copy_from_slice(&self.peer_session.to_le_bytes());
+        buf[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        buf[24..32].copy_from_slice(&self.ack.to_le_bytes());
+        buf[32..40].fill(0);
+        let crc = crc32c::crc32c(&buf[..len]);
+        buf[32..36].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Decodes and verifies a frame: header fields, length and checksum. Returns the header;
+    /// the frame is `buf[..header.len]`.
+    pub fn open(buf: &[u8]) -> Result<FrameHeader, WireError> {
+        if buf.len() < FRAME_HEADER_LEN {
+            return Err(WireError::ShortFrame { len: buf.len() });
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([buf[o], buf[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
+        let u64_at = |o: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[o..o + 8]);
+            u64::from_le_bytes(b)
+        };
+        let magic = u16_at(0);
+        if magic != FRAME_MAGIC {
+            return Err(WireError::Magic { found: magic });
+        }
+        if buf[2] != FRAME_VERSION {
+            return Err(WireError::Version { found: buf[2] });
+        }
+        let len = u16_at(4);
+        if usize::from(len) < FRAME_HEADER_LEN || usize::from(len) > buf.len() {
+            return Err(WireError::FrameLength {
+                field: usize::from(len),
+                available: buf.len(),
+            });
+        }
+        let found = u32_at(32);
+        let mut crc = crc32c::crc32c(&buf[..32]);
+        crc = crc32c::crc32c_append(crc, &[0u8; 4]);
+        crc = crc32c::crc32c_append(crc, &buf[36..usize::from(len)]);
+        if crc != found {
+            return Err(WireError::Checksum {
+                found,
+                computed: crc,
+            });
+        }
+        let reserved = u32_at(36);
+        if reserved != 0 {
+            return Err(WireError::Reserved { found: reserved });
+        }
+        let session = u32_at(8);
+        if session == 0 {
+            return Err(WireError::Session);
+        }
+        Ok(FrameHeader {
+            flags: buf[3],
+            len,
+            count: u16_at(6),
+            session,
+            peer_session: u32_at(12),
+            seq: u64_at(16),
+            ack: u64_at(24),
+        })
+    }
+}
+
+/// What a message is, from its header and prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A one-way message (acknowledged at the frame level only).
+    Plain,
+    /// A call: the receiver responds, quoting the call id.
+    Call {
+        /// The caller's id for the call.
+        call_id: u64,
+    },
+    /// A response to a call.
+    Response {
+        /// The call answered.
+        call_id: u64,
+        /// Response status (see [`ResponseStatus`]).
+        status: u8,
+    },
+}
+
+/// Status byte of a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ResponseStatus {
+    /// The handler ran and this is its response.
+    Ok = 0,
+    /// The receiver has no handler for the function code.
+    NoHandler = 1,
+}
+
+/// One message as found in a frame: header fields and the payload (after any call or response
+/// prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawMessage<'a> {
+    /// Function code.
+    pub code: u8,
+    /// Flags (`FLAG_*`).
+    pub flags: u8,
+    /// Kind and prefix fields.
+    pub kind: MessageKind,
+    /// Payload bytes.
+    pub payload: &'a [u8],
+}
+
+/// Iterates over the messages of a verified frame.
+#[derive(Clone, Debug)]
+pub struct Messages<'a> {
+    frame: &'a [u8],
+    offset: usize,
+    index: usize,
+    count: usize,
+    failed: bool,
+}
+
+impl<'a> Messages<'a> {
+    /// Messages of `frame` (a whole frame, as delimited by its verified header).
+    pub fn new(frame: &'a [u8], header: &FrameHeader) -> Messages<'a> {
+        Messages {
+            frame,
+            offset: FRAME_HEADER_LEN,
+            index: 0,
+            count: usize::from(header.count),
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = Result<RawMessage<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let frame_len = self.frame.len();
+        if self.offset >= frame_len {
+            if self.index != self.count {
+                self.failed = true;
+                return Some(Err(WireError::Count {
+                    count: self.count,
+                    found: self.index,
+                }));
+            }
+            return None;
+        }
+        let fail = |s: &mut Self, e: WireError| {
+            s.failed = true;
+            Some(Err(e))
+        };
+        let o = self.offset;
+        if self.index >= self.count || o + MESSAGE_HEADER_LEN > frame_len {
+            let found = self.index + 1;
+            return fail(
+                self,
+                WireError::Count {
+                    count: self.count,
+                    found,
+                },
+            );
+        }
+        let code = self.frame[o];
+        let flags = self.frame[o + 1];
+        let len = usize::from(u16::from_le_bytes([self.frame[o + 2], self.frame[o + 3]]));
+        if len < MESSAGE_HEADER_LEN || o + len > frame_len {
+            let e = WireError::MessageLength {
+                index: self.index,
+                len,
+                offset: o,
+                frame_len,
+            };
+            return fail(self, e);
+        }
+        let body = &self.frame[o + MESSAGE_HEADER_LEN..o + len];
+        let bad_flags = WireError::Flags {
+            index: self.index,
+            code,
+            flags,
+        };
+        if flags & FLAGS_RESERVED != 0 {
+            return fail(self, bad_flags);
+        }
+        let short = WireError::MessageLength {
+            index: self.index,
+            len,
+            offset: o,
+            frame_len,
+        };
+        let (kind, payload) = if code == RESPONSE_CODE {
+            if flags & FLAG_CALL != 0 {
+                return fail(self, bad_flags);
+            }
+            if body.len() < RESPONSE_PREFIX_LEN {
+                return fail(self, short);
+            }
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&body[..8]);
+            let kind = MessageKind::Response {
+                call_id: u64::from_le_bytes(id),
+                status: body[8],
+            };
+            (kind, &body[RESPONSE_PREFIX_LEN..])
+        } else if flags & FLAG_CALL != 0 {
+            if body.len() < CALL_ID_LEN {
+                return fail(self, short);
+            }
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&body[..8]);
+            let kind = MessageKind::Call {
+                call_id: u64::from_le_bytes(id),
+            };
+            (kind, &body[CALL_ID_LEN..])
+        } else {
+            (MessageKind::Plain, body)
+        };
+        self.offset += len;
+        self.index += 1;
+        Some(Ok(RawMessage {
+            code,
+            flags,
+            kind,
+            payload,
+        }))
+    }
+}
+
+/// Bytes a message with `payload` bytes of payload takes in a frame.
+pub fn message_len(kind_prefix: usize, payload: usize) -> usize {
+    MESSAGE_HEADER_LEN + kind_prefix + payload
+}
+
+/// Writes a message header (and call or response prefix) at the start of `buf`; returns the
+/// prefix length (header included). `total` is the whole message length.
+pub fn put_message_header(buf: &mut [u8], code: u8, flags: u8, kind: MessageKind, total: u16) {
+    buf[0] = code;
+    buf[1] = flags;
+    buf[2..4].copy_from_slice(&total.to_le_bytes());
+    match kind {
+        MessageKind::Plain => {}
+        MessageKind::Call { call_id } => buf[4..12].copy_from_slice(&call_id.to_le_bytes()),
+        MessageKind::Response { call_id, status } => {
+            buf[4..12].copy_from_slice(&call_id.to_le_bytes());
+            buf[12] = status;
+            buf[13..16].fill(0);
+        }
+    }
+}
+
+/// Length of the prefix (message header plus call or response fields) for a kind.
+pub fn prefix_len(kind: MessageKind) -> usize {
+    MESSAGE_HEADER_LEN
+        + match kind {
+            MessageKind::Plain => 0,
+            MessageKind::Call { .. } => CALL_ID_LEN,
+            MessageKind::Response { .. } => RESPONSE_PREFIX_LEN,
+        }
+}
+
+const IMM_KIND_SHIFT: u32 = 30;
+const IMM_TAG_SHIFT: u32 = 22;
+const IMM_VALUE_MASK: u32 = (1 << IMM_TAG_SHIFT) - 1;
+/// Largest window (in frames) the 22-bit acknowledgement field can disambiguate.
+pub const IMM_MAX_WINDOW: u64 = 1 << 20;
+
+/// The 32-bit immediate value of every messaging WRITE. Bits 31..30 are the kind, bits 29..22
+/// a session tag (the low byte of the conversation id the value refers to), bits 21..0 the
+/// value: the slot for a frame, the low 22 bits of a frame sequence number for an ack or a
+/// nak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Imm {
+    /// A frame was written into `slot` of the receive ring; `tag` is the sender's session.
+    Frame {
+        /// Receive-ring slot.
+        slot: u32,
+        /// Low byte of the sender's session.
+        tag: u8,
+    },
+    /// Cumulative acknowledgement: every frame below `ack` (low 22 bits) was delivered; `tag`
+    /// is the low byte of the acknowledged sender's session.
+    Ack {
+        /// Low 22 bits of the acknowledgement.
+        ack: u32,
+        /// Low byte of the session being acknowledged.
+        tag: u8,
+    },
+    /// Negative acknowledgement: frames from `expected` (low 22 bits) on must be sent again
+    /// (everything below is acknowledged).
+    Nak {
+        /// Low 22 bits of the next frame expected.
+        expected: u32,
+        /// Low byte of the session being acknowledged.
+        tag: u8,
+    },
+}
+
+impl Imm {
+    /// Encodes.
+    pub fn encode(self) -> u32 {
+        let (kind, tag, value) = match self {
+            Imm::Frame { slot, tag } => (0u32, tag, slot),
+            Imm::Ack { ack, tag } => (1, tag, ack),
+            Imm::Nak { expected, tag } => (2, tag, expected),
+        };
+        (kind << IMM_KIND_SHIFT) | (u32::from(tag) << IMM_TAG_SHIFT) | (value & IMM_VALUE_MASK)
+    }
+
+    /// Decodes.
+    pub fn decode(imm: u32) -> Result<Imm, WireError> {
+        let tag = ((imm >> IMM_TAG_SHIFT) & 0xff) as u8;
+        let value = imm & IMM_VALUE_MASK;
+        match imm >> IMM_KIND_SHIFT {
+            0 => Ok(Imm::Frame { slot: value, tag }),
+            1 => Ok(Imm::Ack { ack: value, tag }),
+            2 => Ok(Imm::Nak {
+                expected: value,
+                tag,
+            }),
+            _ => Err(WireError::ImmKind { imm }),
+        }
+    }
+
+    /// The low 22 bits of a sequence number, as carried.
+    pub fn low_bits(seq: u64) -> u32 {
+        (seq as u32) & IMM_VALUE_MASK
+    }
+
+    /// Expands carried low bits to the one sequence number in `lo..=hi` with those bits
+    /// (None if there is none; the range must be narrower than 2^22).
+    pub fn expand(low: u32, lo: u64, hi: u64) -> Option<u64> {
+        let m = u64::from(IMM_VALUE_MASK) + 1;
+        let low = u64::from(low & IMM_VALUE_MASK);
+        let base = lo - lo % m;
+        [base + low, base + m + low]
+            .into_iter()
+            .find(|v| *v >= lo && *v <= hi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_with(msgs: &[(u8, u8, MessageKind, &[u8])]) -> Vec<u8> {
+        let mut buf = vec![0u8; 512];
+        let mut o = FRAME_HEADER_LEN;
+        for (code, flags, kind, payload) in msgs {
+            let p = prefix_len(*kind);
+            let total = p + payload.len();
+            put_message_header(&mut buf[o..], *code, *flags, *kind, total as u16);
+            buf[o + p..o + total].copy_from_slice(payload);
+            o += total;
+        }
+        let h = FrameHeader {
+            flags: 0,
+            len: o as u16,
+            count: msgs.len() as u16,
+            session: 7,
+            peer_session: 9,
+            seq: 42,
+            ack: 17,
+        };
+        h.seal(&mut buf);
+        buf.truncate(o);
+        buf
+    }
+
+    #[test]
+    fn frame_round_trip() {
+        let f = frame_with(&[
+            (5, 0x10, MessageKind::Plain, b"hello"),
+            (6, FLAG_CALL, MessageKind::Call { call_id: 99 }, b"x"),
+            (
+                RESPONSE_CODE,
+                0,
+                MessageKind::Response {
+                    call_id: 3,
+                    status: 1,
+                },
+                b"",
+            ),
+        ]);
+        let h = FrameHeader::open(&f).unwrap();
+        assert_eq!((h.seq, h.ack, h.session, h.peer_session), (42, 17, 7, 9));
+        let msgs: Vec<_> = Messages::new(&f, &h).collect::<Result<_, _>>().unwrap();
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(msgs[0].payload, b"hello");
+        assert_eq!(msgs[0].flags, 0x10);
+        assert_eq!(msgs[1].kind, MessageKind::Call { call_id: 99 });
+        assert_eq!(msgs[1].payload, b"x");
+        assert_eq!(
+            msgs[2].kind,
+            MessageKind::Response {
+                call_id: 3,
+                status: 1
+            }
+        );
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_rejected() {
+        let f = frame_with(&[(5, 0, MessageKind::Plain, b"payload")]);
+        for i in 0..f.len() * 8 {
+            let mut g = f.clone();
+            g[i / 8] ^= 1 << (i % 8);
+            assert!(FrameHeader::open(&g).is_err(), "bit {i}");
+        }
+    }
+
+    #[test]
+    fn truncations_and_bad_lengths_are_errors_not_panics() {
+        let f = frame_with(&[
+            (5, 0, MessageKind::Plain, b"payload"),
+            (6, 0, MessageKind::Plain, b""),
+        ]);
+        for n in 0..f.len() {
+            assert!(FrameHeader::open(&f[..n]).is_err());
+        }
+        // A sealed frame whose message length runs past the end.
+        let mut g = f.clone();
+        g[FRAME_HEADER_LEN + 2] = 200;
+        let h = FrameHeader {
+            flags: 0,
+            len: g.len() as u16,
+            count: 2,
+            session: 1,
+            peer_session: 0,
+            seq: 1,
+            ack: 1,
+        };
+        h.seal(&mut g);
+        let h = FrameHeader::open(&g).unwrap();
+        let r: Result<Vec<_>, _> = Messages::new(&g, &h).collect();
+        assert!(matches!(r, Err(WireError::MessageLength { .. })));
+    }
+
+    #[test]
+    fn imm_round_trip_and_expand() {
+        for imm in [
+            Imm::Frame {
+                slot: 31,
+                tag: 0xab,
+            },
+            Imm::Ack {
+                ack: Imm::low_bits(5_000_000),
+                tag: 1,
+            },
+            Imm::Nak {
+                expected: 77,
+                tag: 255,
+            },
+        ] {
+            assert_eq!(Imm::decode(imm.encode()), Ok(imm));
+        }
+        assert!(Imm::decode(3 << 30).is_err());
+        let seq = (1u64 << 22) * 3 + 5;
+        assert_eq!(
+            Imm::expand(Imm::low_bits(seq), seq - 10, seq + 10),
+            Some(seq)
+        );
+        assert_eq!(Imm::expand(Imm::low_bits(seq), seq + 1, seq + 10), None);
+        let edge = (1u64 << 22) - 2;
+        assert_eq!(
+            Imm::expand(Imm::low_bits(edge + 4), edge, edge + 8),
+            Some(edge + 4)
+        );
+    }
+}
