@@ -692,7 +692,11 @@ impl QueuePair {
         if !buf.region.inner.pd.same(&self.pd) {
             return Err(FabricError::ProviderMismatch { op });
         }
-        let have = buf.region.access();
+        let mut have = buf.region.access();
+        if have.contains(Access::REMOTE_WRITE) {
+            // As on verbs, where remote write requires (and so grants) local write.
+            have = have | Access::LOCAL_WRITE;
+        }
         if !have.contains(need) {
             return Err(FabricError::LocalAccess { op, have, need });
         }

@@ -129,7 +129,7 @@ impl Attachment {
             return Ok(());
         }
         let region = pd
-            .register(spec.len, spec.access | Access::LOCAL_WRITE)
+            .register(spec.len, spec.access)
             .map_err(|e| self.err(owner, e))?;
         if let Some(old) = seed {
             copy_contents(old, &region).map_err(|e| self.err(owner, e))?;

@@ -174,6 +174,20 @@ impl ClientQp {
         self.cells.count(ops, bytes);
         Ok(())
     }
+    /// Posts every request in `reqs` (all or none), counting them, and leaves `reqs` empty
+    /// with its capacity, so a caller that reuses the vector does not allocate per batch.
+    pub fn post_send_all(&self, reqs: &mut Vec<SendRequest>) -> FabricResult<()> {
+        let ops = reqs.len() as u64;
+        let bytes = reqs.iter().map(|r| r.local.len() as u64).sum();
+        let result = self.qp.post_send_batch(reqs.drain(..));
+        result?;
+        self.cells.count(ops, bytes);
+        Ok(())
+    }
+    /// Posts every receive in `reqs` and leaves `reqs` empty with its capacity.
+    pub fn post_recv_all(&self, reqs: &mut Vec<RecvRequest>) -> FabricResult<()> {
+        self.qp.post_recv_batch(reqs.drain(..))
+    }
     /// Posts a receive.
     pub fn post_recv(&self, req: RecvRequest) -> FabricResult<()> {
         self.qp.post_recv(req)

@@ -8,11 +8,13 @@
 //!   written by RDMA WRITE with immediate, failover, partner failure.
 
 pub mod error;
+pub mod messenger;
 pub mod outbox;
 pub mod window;
 pub mod wire;
 
 pub use error::MessagingError;
+pub use messenger::{CallError, MessageHandler, Messenger, MessengerConfig, MessengerStats};
 pub use outbox::{
     AckStatus, BuildFn, CallFailure, CallId, Class, Handler, Head, IncomingCall, Message,
     MessageId, Outbox,

@@ -268,6 +268,10 @@ impl Window {
     pub fn in_flight(&self) -> usize {
         self.sent.len()
     }
+    /// Calls waiting for their response.
+    pub fn pending_calls(&self) -> usize {
+        self.out.pending_calls()
+    }
     /// Messages waiting for frame space.
     pub fn queued(&self) -> usize {
         self.out.queued()

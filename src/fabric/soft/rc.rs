@@ -98,7 +98,10 @@ fn local(
     write: bool,
 ) -> Option<(Arc<RegionMem>, usize)> {
     let r = dev.region(sge.lkey)?;
-    if r.pd != pd || (write && !r.access.contains(Access::LOCAL_WRITE)) {
+    // Remote write implies local write, as on verbs.
+    let writable =
+        r.access.contains(Access::LOCAL_WRITE) || r.access.contains(Access::REMOTE_WRITE);
+    if r.pd != pd || (write && !writable) {
         return None;
     }
     let off = r.offset_of(sge.addr, sge.len as usize)?;

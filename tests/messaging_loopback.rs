@@ -1,0 +1,151 @@
+//! The messenger on the soft provider over loopback, two managers in one process: calls both
+//! ways, ordered streams, build on demand, ack callbacks, partner restart and partner loss.
+//! (Link cuts need namespaces or the Soft-RoCE VM: tests/messaging_netns.rs.)
+
+mod manager_pair;
+
+use interlink::fabric::ProviderChoice;
+use interlink::manager::{BandwidthClass, Manager};
+use interlink::messaging::{AckStatus, CallError, CallFailure, Head, Messenger, MessengerConfig};
+use manager_pair::*;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+const ECHO: u8 = 1;
+const STREAM: u8 = 2;
+
+fn start_pair(links: u8) -> (Manager, Manager, std::path::PathBuf) {
+    init_logs();
+    let dir = temp_dir("msg");
+    let (a, b) = pair(&dir, links, loopback, ProviderChoice::Soft, port_base());
+    let ma = Manager::start(a).expect("start A");
+    let mb = Manager::start(b).expect("start B");
+    (ma, mb, dir)
+}
+
+fn messenger(m: &Manager, timeout: Duration) -> Messenger {
+    let mut cfg = MessengerConfig::new("msg", BandwidthClass::Low);
+    cfg.partner_timeout = timeout;
+    let ms = Messenger::start(m, cfg).expect("messenger");
+    ms.on(ECHO, |msg, out| {
+        if let Some(call) = msg.call {
+            out.respond(call, msg.payload).expect("respond");
+        }
+    })
+    .expect("handler");
+    ms
+}
+
+fn collect(ms: &Messenger) -> Arc<Mutex<Vec<u64>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    ms.on(STREAM, move |msg, _| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&msg.payload[..8]);
+        g.lock().push(u64::from_le_bytes(b));
+    })
+    .expect("handler");
+    got
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn calls_both_ways_and_ordered_stream() {
+    let (a, b, _dir) = start_pair(1);
+    let ma = messenger(&a, Duration::from_secs(10));
+    let mb = messenger(&b, Duration::from_secs(10));
+    let got_b = collect(&mb);
+    assert!(ma.wait_connected(WAIT) && mb.wait_connected(WAIT));
+    for i in 0..200u32 {
+        let r = ma
+            .call(Head::control(ECHO), &i.to_le_bytes(), WAIT)
+            .expect("call A→B");
+        assert_eq!(r, i.to_le_bytes());
+        let r = mb
+            .call(Head::control(ECHO), &[7u8; 1500], WAIT)
+            .expect("call B→A");
+        assert_eq!(r.len(), 1500);
+    }
+    let n = 20_000u64;
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..n {
+        loop {
+            let r = if i % 1000 == 999 {
+                let acked = acked.clone();
+                ma.send_acked(Head::bulk(STREAM), &i.to_le_bytes(), move |s| {
+                    acked.lock().push((i, s))
+                })
+            } else if i % 3 == 0 {
+                ma.build(Head::bulk(STREAM), move |buf| {
+                    buf.get_mut(..8)?.copy_from_slice(&i.to_le_bytes());
+                    Some(8)
+                })
+            } else {
+                ma.send(Head::bulk(STREAM), &i.to_le_bytes())
+            };
+            match r {
+                Ok(_) => break,
+                Err(interlink::messaging::MessagingError::QueueFull { .. }) => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                Err(e) => panic!("send {i}: {e}"),
+            }
+        }
+    }
+    wait_for("stream delivered", || got_b.lock().len() as u64 >= n);
+    let got = got_b.lock().clone();
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+    wait_for("acks", || acked.lock().len() == 20);
+    assert!(acked.lock().iter().all(|(_, s)| *s == AckStatus::Acked));
+    let s = ma.stats();
+    assert!(
+        s.window.frames_sent < s.window.messages_sent,
+        "aggregation packs small messages: {s:?}"
+    );
+    // No handler for a code: the call fails with NoHandler.
+    match ma.call(Head::control(99), b"x", WAIT) {
+        Err(CallError::Failed(CallFailure::NoHandler)) => {}
+        other => panic!("expected NoHandler, got {other:?}"),
+    }
+}
+
+#[test]
+fn partner_lost_with_calls_pending_fails_them_all_once() {
+    let (a, b, _dir) = start_pair(1);
+    let ma = messenger(&a, Duration::from_millis(1500));
+    let mb = messenger(&b, Duration::from_millis(1500));
+    // B holds every call without answering.
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    mb.on(3, move |msg, _| h.lock().extend(msg.call))
+        .expect("handler");
+    assert!(ma.wait_connected(WAIT) && mb.wait_connected(WAIT));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..50u32 {
+        let o = outcomes.clone();
+        ma.call_async(Head::control(3), &i.to_le_bytes(), move |r| {
+            o.lock().push((i, r.map(<[u8]>::to_vec)))
+        })
+        .expect("call");
+    }
+    wait_for("calls held at B", || held.lock().len() == 50);
+    drop(mb);
+    drop(b);
+    wait_for("callbacks", || outcomes.lock().len() == 50);
+    std::thread::sleep(Duration::from_millis(300));
+    let o = outcomes.lock();
+    assert_eq!(o.len(), 50, "each callback exactly once");
+    assert!(o
+        .iter()
+        .all(|(_, r)| *r == Err(CallFailure::PartnerInoperative)));
+    assert_eq!(ma.stats().partner_failures, 1);
+}
