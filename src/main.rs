@@ -76,6 +76,11 @@ enum Cmd {
         /// `max`); the partner must run a probe of the same name. Repeatable.
         #[arg(long = "probe")]
         probes: Vec<String>,
+        /// Run a messaging probe NAME:CLASS[:PARTNER_TIMEOUT_MS] (streams, echo calls, held
+        /// calls, bulk flood; driven through the control socket); the partner must run one of
+        /// the same name. Repeatable.
+        #[arg(long = "messenger")]
+        messengers: Vec<String>,
     },
     /// Show a running node's links and clients (asks its control socket).
     #[command(group(ArgGroup::new("target").required(true).args(["socket", "config"])))]
@@ -133,7 +138,11 @@ fn main() {
             iters,
             size,
         }),
-        Cmd::Node { config, probes } => node_cmd::run(&config, &probes),
+        Cmd::Node {
+            config,
+            probes,
+            messengers,
+        } => node_cmd::run(&config, &probes, &messengers),
         Cmd::Devices => {
             for d in interlink::fabric::verbs_devices() {
                 println!("{d}");

@@ -2,6 +2,7 @@
 //! `shutdown` request on the control socket, with optional probe clients.
 
 use anyhow::{bail, Context};
+use interlink::clients::message_probe::{self, MessageProbe};
 use interlink::clients::probe::{Probe, ProbeConfig};
 use interlink::manager::control::{ControlHandler, ControlRequest, ControlResponse, ControlServer};
 use interlink::manager::{BandwidthClass, Manager, NodeConfig};
@@ -35,6 +36,7 @@ pub fn parse_probe(s: &str) -> anyhow::Result<ProbeConfig> {
 struct Handler {
     manager: Arc<Manager>,
     probes: BTreeMap<String, Probe>,
+    messengers: BTreeMap<String, MessageProbe>,
     stop: Arc<AtomicBool>,
 }
 
@@ -54,6 +56,14 @@ impl ControlHandler for Handler {
                 }
             }
             ControlRequest::Client { name, command } => {
+                if let Some(m) = self.messengers.get(&name) {
+                    return match serde_json::to_value(m.command(&command)) {
+                        Ok(value) => ControlResponse::Ok { value },
+                        Err(e) => ControlResponse::Error {
+                            message: e.to_string(),
+                        },
+                    };
+                }
                 let Some(p) = self.probes.get(&name) else {
                     return ControlResponse::Error {
                         message: format!("no probe named {name:?}"),
@@ -80,13 +90,22 @@ impl ControlHandler for Handler {
 }
 
 /// Runs the node.
-pub fn run(config: &Path, probes: &[String]) -> anyhow::Result<()> {
+pub fn run(config: &Path, probes: &[String], messengers: &[String]) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config).with_context(|| format!("load {}", config.display()))?;
     let probe_cfgs = probes
         .iter()
         .map(|p| parse_probe(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let messenger_cfgs = messengers
+        .iter()
+        .map(|m| message_probe::parse_spec(m).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let manager = Arc::new(Manager::start(cfg.clone())?);
+    let mut messaging = BTreeMap::new();
+    for m in messenger_cfgs {
+        let name = m.name.clone();
+        messaging.insert(name, MessageProbe::start(&manager, m)?);
+    }
     let mut running = BTreeMap::new();
     for p in probe_cfgs {
         let name = p.name.clone();
@@ -99,6 +118,7 @@ pub fn run(config: &Path, probes: &[String]) -> anyhow::Result<()> {
     let handler = Arc::new(Handler {
         manager: manager.clone(),
         probes: running,
+        messengers: messaging,
         stop: stop.clone(),
     });
     let _server = match &cfg.control_socket {

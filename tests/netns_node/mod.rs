@@ -1,0 +1,242 @@
+//! Node processes in the ilA/ilB namespaces for the integration tests: topology set-up via
+//! soft-roce scripts, start/kill, control-socket status and client commands.
+#![allow(dead_code)]
+
+use crate::manager_pair::*;
+use interlink::clients::probe::ProbeStats;
+use interlink::fabric::ProviderChoice;
+use interlink::manager::control::{self, ControlRequest, ControlResponse};
+use interlink::manager::{BalanceConfig, ClientState, NodeConfig, NodeStatus};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fabric() -> ProviderChoice {
+    match std::env::var("INTERLINK_TEST_FABRIC").as_deref() {
+        Ok("verbs") => ProviderChoice::Verbs,
+        _ => ProviderChoice::Soft,
+    }
+}
+
+pub fn sh(script: &str, args: &[&str]) {
+    let st = Command::new(repo().join("soft-roce").join(script))
+        .args(args)
+        .status()
+        .expect("run soft-roce script");
+    assert!(st.success(), "soft-roce/{script} {args:?} failed: {st}");
+}
+
+pub fn topology(links: u8) {
+    sh("netns-up", &[&links.to_string()]);
+}
+
+pub struct Node {
+    pub name: &'static str,
+    pub ns: &'static str,
+    config: PathBuf,
+    socket: PathBuf,
+    probes: Vec<String>,
+    /// More arguments for `interlink node` (e.g. `--messenger NAME:CLASS`).
+    pub extra: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    pub fn new(
+        dir: &Path,
+        name: &'static str,
+        ns: &'static str,
+        mut cfg: NodeConfig,
+        probes: &[&str],
+    ) -> Node {
+        let socket = dir.join(format!("{name}.sock"));
+        cfg.control_socket = Some(socket.clone());
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, cfg.to_toml_string()).expect("write config");
+        Node {
+            name,
+            ns,
+            config,
+            socket,
+            probes: probes.iter().map(|s| s.to_string()).collect(),
+            extra: Vec::new(),
+            child: None,
+            log: dir.join(format!("{name}.log")),
+        }
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            self.ns,
+            env!("CARGO_BIN_EXE_interlink"),
+            "node",
+            "--config",
+        ])
+        .arg(&self.config)
+        .env("INTERLINK_LOG", "info")
+        .stdout(Stdio::from(log.try_clone().expect("log")))
+        .stderr(Stdio::from(log));
+        for p in &self.probes {
+            cmd.arg("--probe").arg(p);
+        }
+        cmd.args(&self.extra);
+        self.child = Some(cmd.spawn().expect("spawn node"));
+        let deadline = Instant::now() + WAIT;
+        while control::request(
+            &self.socket,
+            &ControlRequest::Status,
+            Duration::from_secs(2),
+        )
+        .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not start; log:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        match control::request(
+            &self.socket,
+            &ControlRequest::Status,
+            Duration::from_secs(5),
+        ) {
+            Ok(ControlResponse::Status { status }) => status,
+            other => panic!("status of {}: {other:?}\n{}", self.name, self.log_text()),
+        }
+    }
+
+    /// Sends a command to a client (probe or messenger) and returns its JSON answer.
+    pub fn client(&self, name: &str, command: serde_json::Value) -> serde_json::Value {
+        let req = ControlRequest::Client {
+            name: name.into(),
+            command,
+        };
+        match control::request(&self.socket, &req, Duration::from_secs(5)) {
+            Ok(ControlResponse::Ok { value }) => value,
+            other => panic!(
+                "client {name} on {}: {other:?}\n{}",
+                self.name,
+                self.log_text()
+            ),
+        }
+    }
+
+    pub fn probe(&self, name: &str, command: serde_json::Value) -> ProbeStats {
+        let req = ControlRequest::Client {
+            name: name.into(),
+            command,
+        };
+        match control::request(&self.socket, &req, Duration::from_secs(5)) {
+            Ok(ControlResponse::Ok { value }) => {
+                serde_json::from_value(value).expect("probe stats")
+            }
+            other => panic!("probe {name} on {}: {other:?}", self.name),
+        }
+    }
+
+    pub fn wait(&self, what: &str, mut pred: impl FnMut(&NodeStatus) -> bool) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "{}: timed out waiting for {what}: {s:#?}\nlog:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_traffic(&self, probe: &str, more_than: u64) -> ProbeStats {
+        let t0 = Instant::now();
+        loop {
+            let st = self.probe(probe, serde_json::json!({}));
+            if st.received > more_than {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "{}: probe {probe} stuck at {st:?}\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn pair_nodes(
+    tag: &str,
+    links: u8,
+    balance: BalanceConfig,
+    probes: &[&str],
+) -> (Node, Node, NodeConfig) {
+    topology(links);
+    let dir = temp_dir(tag);
+    let (mut a, mut b) = pair(&dir, links, netns, fabric(), 18600);
+    a.balance = balance;
+    b.balance = balance;
+    let cfg = a.clone();
+    let mut na = Node::new(&dir, "a", "ilA", a, probes);
+    let mut nb = Node::new(&dir, "b", "ilB", b, probes);
+    na.start();
+    nb.start();
+    (na, nb, cfg)
+}
+
+pub fn on_link(s: &NodeStatus, client: &str, link: u8) -> bool {
+    s.clients
+        .iter()
+        .any(|c| c.name == client && c.state == ClientState::Ready && c.link == Some(link))
+}
+
+pub fn balance() -> BalanceConfig {
+    BalanceConfig {
+        hysteresis_ms: 2000,
+        adaptive: false,
+        ..BalanceConfig::default()
+    }
+}
