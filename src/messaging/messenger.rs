@@ -455,7 +455,14 @@ impl Messenger {
     }
 
     /// Current counters.
+    ///
+    /// Inside a handler or callback of this messenger (which run with its state locked) it
+    /// returns default values instead of waiting on itself.
     pub fn stats(&self) -> MessengerStats {
+        if HOLDING.with(Cell::get) {
+            tracing::warn!(client = %self.shared.name, "Messenger::stats called from a handler; use the outbox");
+            return MessengerStats::default();
+        }
         let st = self.shared.state.lock();
         let window = st.window.stats().clone();
         MessengerStats {
@@ -797,7 +804,9 @@ fn check_partner(st: &mut State, shared: &Shared) {
     if st.declared_failed {
         return;
     }
-    if let Some(since) = st.suspended_since {
+    // Only a partner that was there, or one something is waiting for, can be declared failed.
+    let waiting = st.connections > 0 || st.window.queued() > 0 || st.window.pending_calls() > 0;
+    if let (Some(since), true) = (st.suspended_since, waiting) {
         if since.elapsed() >= shared.cfg.partner_timeout {
             let why = format!("no connection for {:?}", shared.cfg.partner_timeout);
             declare_failed(st, &shared.name, &why);
