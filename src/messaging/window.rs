@@ -17,7 +17,8 @@ use super::outbox::{
 };
 use super::wire::{
     self, FrameHeader, Imm, MessageKind, Messages, ResponseStatus, WireError, FLAG_CALL,
-    FLAG_CONTROL, FRAME_FLAG_CONTROL, FRAME_FLAG_RETRANSMIT, FRAME_HEADER_LEN, RESPONSE_PREFIX_LEN,
+    FLAG_CONTROL, FRAME_FLAG_CONTROL, FRAME_FLAG_RETRANSMIT, FRAME_HEADER_LEN, MESSAGE_HEADER_LEN,
+    RESPONSE_PREFIX_LEN,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -70,7 +71,11 @@ impl WindowConfig {
                 self.control_slots, self.slots
             ));
         }
-        let need = FRAME_HEADER_LEN + RESPONSE_PREFIX_LEN + usize::from(self.max_payload);
+        // The largest message is a response: message header, response prefix, payload.
+        let need = FRAME_HEADER_LEN
+            + MESSAGE_HEADER_LEN
+            + RESPONSE_PREFIX_LEN
+            + usize::from(self.max_payload);
         if usize::from(self.frame_size) < need {
             return bad(format!(
                 "frame_size = {} cannot hold one message of max_payload = {} (needs {need})",
