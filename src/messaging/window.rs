@@ -221,7 +221,9 @@ impl std::fmt::Debug for Window {
 
 impl Window {
     /// A window for a new conversation with id `session` (any value but 0; drivers pick a
-    /// random one so a restarted process is recognised). The link starts down.
+    /// random one so a restarted process is recognised). The link starts down; the first frame
+    /// on it (empty if nothing is queued) announces the conversation, so a partner that talked
+    /// to an earlier process learns of the restart even when neither side has traffic.
     pub fn new(cfg: WindowConfig, session: u32) -> Result<Window> {
         cfg.validate()?;
         if session == 0 {
@@ -239,7 +241,7 @@ impl Window {
             resend_next: None,
             rto_anchor: None,
             last_nak: None,
-            resync_owed: false,
+            resync_owed: true,
             expected: 1,
             ack_owed: false,
             nak_owed: false,
@@ -328,10 +330,10 @@ impl Window {
     /// The partner is declared failed: the conversation ends. Every message waiting or in
     /// flight with a notification gets [`AckStatus::PartnerInoperative`], every pending call
     /// [`CallFailure::PartnerInoperative`], each exactly once; then a new conversation (with id
-    /// derived from the old) starts from sequence 1.
+    /// derived from the old) starts from sequence 1. Its first frame goes out as soon as a
+    /// link is up (now or later), so the partner learns of it even without traffic.
     pub fn handle_partner_failed(&mut self, handler: &mut dyn Handler) {
         self.reset(0, handler);
-        self.resync_owed = self.link_up;
     }
 
     /// A received frame (the bytes of the slot its immediate named; trailing bytes beyond
@@ -776,7 +778,9 @@ impl Window {
         self.expected = 1;
         self.ack_owed = false;
         self.nak_owed = false;
-        self.resync_owed = false;
+        // Announce the new conversation with a frame (empty if nothing is queued): the partner
+        // must learn it to fail what it waits for from the old one, and to address this one.
+        self.resync_owed = true;
         // Callbacks run last: whatever they queue belongs to the new conversation.
         for id in notified {
             handler.on_ack(id, AckStatus::PartnerInoperative, &mut self.out);
