@@ -756,15 +756,7 @@ impl Window {
     /// partner's new conversation id when it is the partner that reset (0: unknown).
     fn reset(&mut self, peer: u32, handler: &mut dyn Handler) {
         self.stats.resets += 1;
-        let old = self.session;
-        let mut next = crc32c::crc32c_append(old, &peer.to_le_bytes());
-        next = crc32c::crc32c_append(next, &self.stats.resets.to_le_bytes());
-        if next as u8 == old as u8 {
-            next ^= 0x5a;
-        }
-        if next == 0 {
-            next = 0x0101_0101 ^ old;
-        }
+        let next = next_session(self.session, peer, self.stats.resets);
         self.session = next;
         self.peer_session = peer;
         let notified: Vec<_> = self.notify.drain(..).map(|(_, id)| id).collect();
@@ -796,6 +788,44 @@ impl Window {
                 Err(CallFailure::PartnerInoperative),
                 &mut self.out,
             );
+        }
+    }
+}
+
+/// The id of the conversation after `old`, started in answer to partner conversation `peer`
+/// (0: none) at reset number `resets`. Never 0, never `peer`, and its low byte (all that
+/// acks and naks carry) differs from `old`'s. Not symmetric in `old` and `peer`: two windows
+/// that start over in answer to each other's conversation at the same reset count must not
+/// pick the same id (a CRC over `peer` alone, from `old`, is a function of `old ^ peer`).
+fn next_session(old: u32, peer: u32, resets: u64) -> u32 {
+    let mut buf = [0u8; 16];
+    buf[..4].copy_from_slice(&peer.to_le_bytes());
+    buf[4..8].copy_from_slice(&old.to_le_bytes());
+    buf[8..].copy_from_slice(&resets.to_le_bytes());
+    let mut next = crc32c::crc32c_append(old, &buf);
+    while next == 0 || next == peer || next as u8 == old as u8 {
+        next = next.rotate_left(8) ^ 0x5a5a_5a5a;
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_session;
+
+    #[test]
+    fn next_session_is_never_shared_by_two_windows_answering_each_other() {
+        let mut x: u32 = 0x1234_5678;
+        for resets in 1..2000u64 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let (a, b) = (x, x.rotate_left(13) ^ 0xdead_beef);
+            let (na, nb) = (next_session(a, b, resets), next_session(b, a, resets));
+            assert_ne!(na, nb, "{a:#x} {b:#x} {resets}");
+            for (old, peer, next) in [(a, b, na), (b, a, nb), (a, 0, next_session(a, 0, resets))] {
+                assert_ne!(next, 0);
+                assert_ne!(next, peer);
+                assert_ne!(next as u8, old as u8);
+            }
         }
     }
 }
