@@ -198,6 +198,9 @@ pub struct Window {
     rto_anchor: Option<Instant>,
     last_nak: Option<(u64, Instant)>,
     resync_owed: bool,
+    /// A partner conversation a stale frame named (0: none): frames go to it instead of
+    /// `peer_session` until a frame of the partner's is accepted.
+    announce_to: u32,
     expected: u64,
     ack_owed: bool,
     nak_owed: bool,
@@ -242,6 +245,7 @@ impl Window {
             rto_anchor: None,
             last_nak: None,
             resync_owed: true,
+            announce_to: 0,
             expected: 1,
             ack_owed: false,
             nak_owed: false,
@@ -339,6 +343,11 @@ impl Window {
     /// A received frame (the bytes of the slot its immediate named; trailing bytes beyond
     /// the frame's length are ignored). Messages go to `handler` in order; a corrupt frame is
     /// an error and changes nothing.
+    ///
+    /// The driver passes the slot only if the frame's session matches the immediate's tag
+    /// (its low byte): the first frame of a newer conversation of the partner may have
+    /// overwritten the slot before the completion was polled, and has its own immediate
+    /// further on; handing it over early would take it out of order.
     pub fn handle_frame(
         &mut self,
         now: Instant,
@@ -357,19 +366,22 @@ impl Window {
             // Sent to an earlier conversation of ours: make sure the partner learns this one.
             self.stats.stale += 1;
             self.resync_owed = true;
+            if self.peer_session != 0 && h.session != self.peer_session {
+                // From a partner conversation other than the one we address: both sides may
+                // have started over at once, each in answer to the other's previous
+                // conversation, so that each announces to a conversation the other has left.
+                // Address the one named here until a frame of the partner's is accepted (it
+                // then knows ours). Nothing else changes: a slot overwritten before it was
+                // read can show frames of different conversations out of order. (A window
+                // that addresses none announces to none: its partner must start over.)
+                self.announce_to = h.session;
+            }
             return Ok(Arrival::Stale);
         }
-        if self.peer_session == 0 {
-            self.peer_session = h.session;
-        } else if h.session != self.peer_session {
-            // The partner started a new conversation (it declared us failed or restarted).
-            tracing::info!(
-                old = %format_args!("{:#010x}", self.peer_session),
-                new = %format_args!("{:#010x}", h.session),
-                "messaging partner started a new conversation"
-            );
-            self.reset(h.session, handler);
+        if h.session != self.peer_session {
+            self.meet(&h, handler);
         }
+        self.announce_to = 0;
         self.process_ack(now, h.ack, handler);
         if h.seq < self.expected {
             self.stats.duplicates += 1;
@@ -515,6 +527,25 @@ impl Window {
 
     // ---------------------------------------------------------------- internals
 
+    /// The partner conversation outgoing frames name.
+    fn addressee(&self) -> u32 {
+        if self.announce_to != 0 {
+            self.announce_to
+        } else {
+            self.peer_session
+        }
+    }
+
+    /// The acknowledgement outgoing frames carry: for the conversation they name, so 1
+    /// (nothing received) when that is not the one this side receives from.
+    fn frame_ack(&self) -> u64 {
+        if self.announce_to != 0 {
+            1
+        } else {
+            self.expected
+        }
+    }
+
     fn slots(&self) -> u64 {
         u64::from(self.cfg.slots)
     }
@@ -578,9 +609,9 @@ impl Window {
             len: rec.len,
             count: rec.count,
             session: self.session,
-            peer_session: self.peer_session,
+            peer_session: self.addressee(),
             seq: r,
-            ack: self.expected,
+            ack: self.frame_ack(),
         };
         header.seal(buf);
         self.resend_next = (r + 1 < self.send_next).then_some(r + 1);
@@ -682,9 +713,9 @@ impl Window {
             len: o as u16,
             count,
             session: self.session,
-            peer_session: self.peer_session,
+            peer_session: self.addressee(),
             seq,
-            ack: self.expected,
+            ack: self.frame_ack(),
         };
         header.seal(&mut frame[..o]);
         if self.sent.is_empty() {
@@ -752,6 +783,50 @@ impl Window {
         }
     }
 
+    /// The first frame of a partner conversation this side has not heard from. The first
+    /// partner of a window that never reset is simply adopted. After that, ours carries on if
+    /// the partner's view of our stream matches ours: the frame names our conversation and
+    /// acknowledges part of it, at least what we count as acknowledged (the partner started
+    /// over in answer to ours; if neither side has received anything of the other's, only the
+    /// side with the larger id carries on), or it names none and nothing of ours was
+    /// acknowledged yet. Otherwise the partner lost what it had of ours (it declared us failed
+    /// or restarted, or our acknowledged frames went to an earlier conversation of it, which a
+    /// partner that knew none of ours cannot tell): ours ends too and a new one starts,
+    /// announced to the partner.
+    ///
+    /// Starting over in answer to a partner that itself started over in answer to us would
+    /// never end; the match test is what stops it. It relies on frames and acknowledgements
+    /// arriving in order, as an RDMA reliable connection delivers them (a failover loses what
+    /// was in flight); reordering is tolerated within a conversation, not across a change.
+    fn meet(&mut self, h: &FrameHeader, handler: &mut dyn Handler) {
+        let matches = if self.peer_session == 0 && self.stats.resets == 0 {
+            true
+        } else if h.peer_session == self.session {
+            // Nothing received either way: both just started over, crossing; one carries on.
+            h.ack >= self.send_base && (h.ack > 1 || self.session > h.session)
+        } else {
+            self.peer_session == 0 && self.send_base == 1
+        };
+        if matches {
+            if self.peer_session != 0 {
+                tracing::info!(
+                    old = %format_args!("{:#010x}", self.peer_session),
+                    new = %format_args!("{:#010x}", h.session),
+                    "messaging partner started a new conversation in answer to this one"
+                );
+            }
+            self.peer_session = h.session;
+            self.expected = 1;
+        } else {
+            tracing::info!(
+                old = %format_args!("{:#010x}", self.peer_session),
+                new = %format_args!("{:#010x}", h.session),
+                "messaging partner started a new conversation"
+            );
+            self.reset(h.session, handler);
+        }
+    }
+
     /// Ends the conversation: fails everything outstanding, starts a new one. `peer` is the
     /// partner's new conversation id when it is the partner that reset (0: unknown).
     fn reset(&mut self, peer: u32, handler: &mut dyn Handler) {
@@ -759,6 +834,7 @@ impl Window {
         let next = next_session(self.session, peer, self.stats.resets);
         self.session = next;
         self.peer_session = peer;
+        self.announce_to = 0;
         let notified: Vec<_> = self.notify.drain(..).map(|(_, id)| id).collect();
         let (pending, calls) = self.out.take_all(next);
         self.send_base = 1;
