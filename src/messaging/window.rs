@@ -17,7 +17,8 @@ use super::outbox::{
 };
 use super::wire::{
     self, FrameHeader, Imm, MessageKind, Messages, ResponseStatus, WireError, FLAG_CALL,
-    FLAG_CONTROL, FRAME_FLAG_CONTROL, FRAME_FLAG_RETRANSMIT, FRAME_HEADER_LEN, RESPONSE_PREFIX_LEN,
+    FLAG_CONTROL, FRAME_FLAG_CONTROL, FRAME_FLAG_RETRANSMIT, FRAME_HEADER_LEN, MESSAGE_HEADER_LEN,
+    RESPONSE_PREFIX_LEN,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -70,7 +71,11 @@ impl WindowConfig {
                 self.control_slots, self.slots
             ));
         }
-        let need = FRAME_HEADER_LEN + RESPONSE_PREFIX_LEN + usize::from(self.max_payload);
+        // The largest message is a response: message header, response prefix, payload.
+        let need = FRAME_HEADER_LEN
+            + MESSAGE_HEADER_LEN
+            + RESPONSE_PREFIX_LEN
+            + usize::from(self.max_payload);
         if usize::from(self.frame_size) < need {
             return bad(format!(
                 "frame_size = {} cannot hold one message of max_payload = {} (needs {need})",
@@ -193,6 +198,9 @@ pub struct Window {
     rto_anchor: Option<Instant>,
     last_nak: Option<(u64, Instant)>,
     resync_owed: bool,
+    /// A partner conversation a stale frame named (0: none): frames go to it instead of
+    /// `peer_session` until a frame of the partner's is accepted.
+    announce_to: u32,
     expected: u64,
     ack_owed: bool,
     nak_owed: bool,
@@ -216,7 +224,9 @@ impl std::fmt::Debug for Window {
 
 impl Window {
     /// A window for a new conversation with id `session` (any value but 0; drivers pick a
-    /// random one so a restarted process is recognised). The link starts down.
+    /// random one so a restarted process is recognised). The link starts down; the first frame
+    /// on it (empty if nothing is queued) announces the conversation, so a partner that talked
+    /// to an earlier process learns of the restart even when neither side has traffic.
     pub fn new(cfg: WindowConfig, session: u32) -> Result<Window> {
         cfg.validate()?;
         if session == 0 {
@@ -234,7 +244,8 @@ impl Window {
             resend_next: None,
             rto_anchor: None,
             last_nak: None,
-            resync_owed: false,
+            resync_owed: true,
+            announce_to: 0,
             expected: 1,
             ack_owed: false,
             nak_owed: false,
@@ -332,15 +343,20 @@ impl Window {
     /// The partner is declared failed: the conversation ends. Every message waiting or in
     /// flight with a notification gets [`AckStatus::PartnerInoperative`], every pending call
     /// [`CallFailure::PartnerInoperative`], each exactly once; then a new conversation (with id
-    /// derived from the old) starts from sequence 1.
+    /// derived from the old) starts from sequence 1. Its first frame goes out as soon as a
+    /// link is up (now or later), so the partner learns of it even without traffic.
     pub fn handle_partner_failed(&mut self, handler: &mut dyn Handler) {
         self.reset(0, handler);
-        self.resync_owed = self.link_up;
     }
 
     /// A received frame (the bytes of the slot its immediate named; trailing bytes beyond
     /// the frame's length are ignored). Messages go to `handler` in order; a corrupt frame is
     /// an error and changes nothing.
+    ///
+    /// The driver passes the slot only if the frame's session matches the immediate's tag
+    /// (its low byte): the first frame of a newer conversation of the partner may have
+    /// overwritten the slot before the completion was polled, and has its own immediate
+    /// further on; handing it over early would take it out of order.
     pub fn handle_frame(
         &mut self,
         now: Instant,
@@ -359,19 +375,22 @@ impl Window {
             // Sent to an earlier conversation of ours: make sure the partner learns this one.
             self.stats.stale += 1;
             self.resync_owed = true;
+            if self.peer_session != 0 && h.session != self.peer_session {
+                // From a partner conversation other than the one we address: both sides may
+                // have started over at once, each in answer to the other's previous
+                // conversation, so that each announces to a conversation the other has left.
+                // Address the one named here until a frame of the partner's is accepted (it
+                // then knows ours). Nothing else changes: a slot overwritten before it was
+                // read can show frames of different conversations out of order. (A window
+                // that addresses none announces to none: its partner must start over.)
+                self.announce_to = h.session;
+            }
             return Ok(Arrival::Stale);
         }
-        if self.peer_session == 0 {
-            self.peer_session = h.session;
-        } else if h.session != self.peer_session {
-            // The partner started a new conversation (it declared us failed or restarted).
-            tracing::info!(
-                old = %format_args!("{:#010x}", self.peer_session),
-                new = %format_args!("{:#010x}", h.session),
-                "messaging partner started a new conversation"
-            );
-            self.reset(h.session, handler);
+        if h.session != self.peer_session {
+            self.meet(&h, handler);
         }
+        self.announce_to = 0;
         self.process_ack(now, h.ack, handler);
         if h.seq < self.expected {
             self.stats.duplicates += 1;
@@ -517,6 +536,25 @@ impl Window {
 
     // ---------------------------------------------------------------- internals
 
+    /// The partner conversation outgoing frames name.
+    fn addressee(&self) -> u32 {
+        if self.announce_to != 0 {
+            self.announce_to
+        } else {
+            self.peer_session
+        }
+    }
+
+    /// The acknowledgement outgoing frames carry: for the conversation they name, so 1
+    /// (nothing received) when that is not the one this side receives from.
+    fn frame_ack(&self) -> u64 {
+        if self.announce_to != 0 {
+            1
+        } else {
+            self.expected
+        }
+    }
+
     fn slots(&self) -> u64 {
         u64::from(self.cfg.slots)
     }
@@ -580,9 +618,9 @@ impl Window {
             len: rec.len,
             count: rec.count,
             session: self.session,
-            peer_session: self.peer_session,
+            peer_session: self.addressee(),
             seq: r,
-            ack: self.expected,
+            ack: self.frame_ack(),
         };
         header.seal(buf);
         self.resend_next = (r + 1 < self.send_next).then_some(r + 1);
@@ -684,9 +722,9 @@ impl Window {
             len: o as u16,
             count,
             session: self.session,
-            peer_session: self.peer_session,
+            peer_session: self.addressee(),
             seq,
-            ack: self.expected,
+            ack: self.frame_ack(),
         };
         header.seal(&mut frame[..o]);
         if self.sent.is_empty() {
@@ -754,21 +792,58 @@ impl Window {
         }
     }
 
+    /// The first frame of a partner conversation this side has not heard from. The first
+    /// partner of a window that never reset is simply adopted. After that, ours carries on if
+    /// the partner's view of our stream matches ours: the frame names our conversation and
+    /// acknowledges part of it, at least what we count as acknowledged (the partner started
+    /// over in answer to ours; if neither side has received anything of the other's, only the
+    /// side with the larger id carries on), or it names none and nothing of ours was
+    /// acknowledged yet. Otherwise the partner lost what it had of ours (it declared us failed
+    /// or restarted, or our acknowledged frames went to an earlier conversation of it, which a
+    /// partner that knew none of ours cannot tell): ours ends too and a new one starts,
+    /// announced to the partner.
+    ///
+    /// Starting over in answer to a partner that itself started over in answer to us would
+    /// never end; the match test is what stops it. It relies on frames and acknowledgements
+    /// arriving in order, as an RDMA reliable connection delivers them (a failover loses what
+    /// was in flight); reordering is tolerated within a conversation, not across a change.
+    fn meet(&mut self, h: &FrameHeader, handler: &mut dyn Handler) {
+        let matches = if self.peer_session == 0 && self.stats.resets == 0 {
+            true
+        } else if h.peer_session == self.session {
+            // Nothing received either way: both just started over, crossing; one carries on.
+            h.ack >= self.send_base && (h.ack > 1 || self.session > h.session)
+        } else {
+            self.peer_session == 0 && self.send_base == 1
+        };
+        if matches {
+            if self.peer_session != 0 {
+                tracing::info!(
+                    old = %format_args!("{:#010x}", self.peer_session),
+                    new = %format_args!("{:#010x}", h.session),
+                    "messaging partner started a new conversation in answer to this one"
+                );
+            }
+            self.peer_session = h.session;
+            self.expected = 1;
+        } else {
+            tracing::info!(
+                old = %format_args!("{:#010x}", self.peer_session),
+                new = %format_args!("{:#010x}", h.session),
+                "messaging partner started a new conversation"
+            );
+            self.reset(h.session, handler);
+        }
+    }
+
     /// Ends the conversation: fails everything outstanding, starts a new one. `peer` is the
     /// partner's new conversation id when it is the partner that reset (0: unknown).
     fn reset(&mut self, peer: u32, handler: &mut dyn Handler) {
         self.stats.resets += 1;
-        let old = self.session;
-        let mut next = crc32c::crc32c_append(old, &peer.to_le_bytes());
-        next = crc32c::crc32c_append(next, &self.stats.resets.to_le_bytes());
-        if next as u8 == old as u8 {
-            next ^= 0x5a;
-        }
-        if next == 0 {
-            next = 0x0101_0101 ^ old;
-        }
+        let next = next_session(self.session, peer, self.stats.resets);
         self.session = next;
         self.peer_session = peer;
+        self.announce_to = 0;
         let notified: Vec<_> = self.notify.drain(..).map(|(_, id)| id).collect();
         let (pending, calls) = self.out.take_all(next);
         self.send_base = 1;
@@ -780,7 +855,9 @@ impl Window {
         self.expected = 1;
         self.ack_owed = false;
         self.nak_owed = false;
-        self.resync_owed = false;
+        // Announce the new conversation with a frame (empty if nothing is queued): the partner
+        // must learn it to fail what it waits for from the old one, and to address this one.
+        self.resync_owed = true;
         // Callbacks run last: whatever they queue belongs to the new conversation.
         for id in notified {
             handler.on_ack(id, AckStatus::PartnerInoperative, &mut self.out);
@@ -796,6 +873,44 @@ impl Window {
                 Err(CallFailure::PartnerInoperative),
                 &mut self.out,
             );
+        }
+    }
+}
+
+/// The id of the conversation after `old`, started in answer to partner conversation `peer`
+/// (0: none) at reset number `resets`. Never 0, never `peer`, and its low byte (all that
+/// acks and naks carry) differs from `old`'s. Not symmetric in `old` and `peer`: two windows
+/// that start over in answer to each other's conversation at the same reset count must not
+/// pick the same id (a CRC over `peer` alone, from `old`, is a function of `old ^ peer`).
+fn next_session(old: u32, peer: u32, resets: u64) -> u32 {
+    let mut buf = [0u8; 16];
+    buf[..4].copy_from_slice(&peer.to_le_bytes());
+    buf[4..8].copy_from_slice(&old.to_le_bytes());
+    buf[8..].copy_from_slice(&resets.to_le_bytes());
+    let mut next = crc32c::crc32c_append(old, &buf);
+    while next == 0 || next == peer || next as u8 == old as u8 {
+        next = next.rotate_left(8) ^ 0x5a5a_5a5a;
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_session;
+
+    #[test]
+    fn next_session_is_never_shared_by_two_windows_answering_each_other() {
+        let mut x: u32 = 0x1234_5678;
+        for resets in 1..2000u64 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let (a, b) = (x, x.rotate_left(13) ^ 0xdead_beef);
+            let (na, nb) = (next_session(a, b, resets), next_session(b, a, resets));
+            assert_ne!(na, nb, "{a:#x} {b:#x} {resets}");
+            for (old, peer, next) in [(a, b, na), (b, a, nb), (a, 0, next_session(a, 0, resets))] {
+                assert_ne!(next, 0);
+                assert_ne!(next, peer);
+                assert_ne!(next as u8, old as u8);
+            }
         }
     }
 }
