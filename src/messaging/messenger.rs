@@ -619,13 +619,18 @@ fn receive(st: &mut State, shared: &Shared, c: Completion) {
         return;
     };
     match c.imm.map(Imm::decode) {
-        Some(Ok(Imm::Frame { slot, .. })) if slot < slots => {
+        Some(Ok(Imm::Frame { slot, tag })) if slot < slots => {
             let len = match c.byte_len as usize {
                 0 => fs,
                 n => n.min(fs),
             };
             let offset = slot as usize * fs;
             match link.rx.read(offset, &mut scratch[..len]) {
+                Ok(()) if !session_tag_matches(&scratch[..len], tag) => {
+                    // A newer conversation's frame overwrote the slot before this completion
+                    // was polled; it has its own completion further on (see handle_frame).
+                    tracing::debug!(client = %shared.name, slot, "slot rewritten by a newer conversation; skipped");
+                }
                 Ok(()) => {
                     if let Err(e) = window.handle_frame(now, &scratch[..len], callbacks) {
                         tracing::debug!(client = %shared.name, error = %e, "frame discarded");
@@ -657,6 +662,12 @@ fn receive(st: &mut State, shared: &Shared, c: Completion) {
         recvs.clear();
         link_failed_inner(st, shared, &format!("post receive: {e}"));
     }
+}
+
+/// Whether the frame in `bytes` belongs to the sender conversation whose low byte the
+/// immediate carried (a frame too short to tell goes to the window, which rejects it).
+fn session_tag_matches(bytes: &[u8], tag: u8) -> bool {
+    bytes.get(8).is_none_or(|b| *b == tag)
 }
 
 /// Reaps send completions, then transmits whatever the window has, within the send queue's

@@ -317,11 +317,6 @@ impl Window {
         }
         self.rto_anchor = Some(now);
         self.ack_owed = true;
-        // A partner that does not know this conversation yet learns it from a frame (an empty
-        // one if nothing is queued), so a partner still in an older conversation ends it now.
-        if self.peer_session == 0 {
-            self.resync_owed = true;
-        }
     }
 
     /// Retransmission timer: if frames have been unacknowledged for `retransmit_after`,
