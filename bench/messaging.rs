@@ -2,10 +2,14 @@
 //! throughput with and without aggregation, and control-call latency under a bulk flood.
 //!
 //! One pair of [`Manager`]s per net is started once (node A's threads in namespace ilA and
-//! node B's in ilB on Soft-RoCE), with three messenger clients on each node:
+//! node B's in ilB on Soft-RoCE) and serves every measurement of that net:
 //!
-//! * `bench-call` (default window, aggregation on): an echo handler on both nodes, and a
-//!   counting handler for the flood at B.
+//! * `<net>/raw_rtt/32`, for reference: the bare verbs ping-pong the messenger builds on. A
+//!   client `bench-raw` (one queue pair, a 4 KiB region per node); A writes 32 bytes with
+//!   immediate into B's region and polls for B's answer, a thread at B answers each with the
+//!   same; no messaging layer in between. The client exists only during this benchmark.
+//! * messenger `bench-call` (default window, aggregation on) on both nodes, with an echo
+//!   handler on both and a counting handler for the flood at B:
 //!   - `<net>/call_rtt/32`: one synchronous control call of 32 bytes from A to B's echo
 //!     handler and its response (criterion `iter`); every round trip also goes into a
 //!     histogram for p50 / p99.
@@ -13,7 +17,9 @@
 //!     groups of a net whose benchmarks ran): a thread floods A→B with bulk messages of the
 //!     maximum payload (at most 256 queued), while the bench makes `N` control calls A→B, then
 //!     `N` B→A; p50 / p99 per direction and the flood's throughput meanwhile.
-//! * `bench-agg` and `bench-unagg`, whose windows differ only in `aggregate` (true / false):
+//! * messengers `bench-agg` and `bench-unagg`, whose windows differ only in `aggregate` (true /
+//!   false), started for the stream benchmarks only (an idle messenger's driver still wakes
+//!   every few milliseconds, which would disturb the latency measurements):
 //!   - `<net>/stream/aggregated` and `<net>/stream/unaggregated`: a batch of 32-byte one-way
 //!     bulk messages A→B, queued with `with_outbox` in chunks of 1000, timed until B's handler
 //!     has counted all of them (criterion `Throughput::Elements`; one batch per sample). B's
@@ -32,18 +38,20 @@
 //!
 //! After criterion's report one `messaging-bench:` line per figure follows, which
 //! `soft-roce/bench-messaging` reads:
-//! `key=<net>/call_rtt_32 n= p50_us= p99_us= mean_us= min_us= max_us=`,
-//! `key=<net>/stream_aggregated msgs_per_s= ...` (and `stream_unaggregated`, `stream_ratio`),
-//! `key=<net>/control_under_bulk_a_to_b n= p50_us= p99_us= ...` (and `_b_to_a`), and
-//! `key=<net>/bulk_flood msgs_per_s= mb_per_s= ...`.
+//! `key=<net>/call_rtt_32 n= p50_us= p99_us= mean_us= min_us= max_us= p25_us= p75_us=` (and
+//! `raw_rtt_32`), `key=<net>/stream_aggregated msgs_per_s= ...` (and `stream_unaggregated`,
+//! `stream_ratio`), `key=<net>/control_under_bulk_a_to_b n= p50_us= p99_us= ...` (and
+//! `_b_to_a`), and `key=<net>/bulk_flood msgs_per_s= mb_per_s= ...`.
 //! Without `--bench` (criterion's test mode, as in `cargo test --benches`) every benchmark runs
 //! once and the calls under bulk are few. `INTERLINK_BENCH_BULK_CALLS=N` sets the number of calls
 //! per direction under bulk (0 skips that measurement).
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use hdrhistogram::Histogram;
-use interlink::fabric::ProviderChoice;
-use interlink::manager::{BandwidthClass, LinkConfig, Manager, NodeConfig};
+use interlink::fabric::{Access, Completion, ProviderChoice, RecvRequest, SendOp, SendRequest};
+use interlink::manager::{
+    BandwidthClass, ClientHandle, ClientSpec, Connection, LinkConfig, Manager, NodeConfig,
+};
 use interlink::messaging::{Head, Messenger, MessengerConfig, Outbox};
 use std::cell::{OnceCell, RefCell};
 use std::collections::BTreeMap;
@@ -154,29 +162,93 @@ struct StreamCount {
     out_of_order: AtomicU64,
 }
 
-/// One node: its manager and its three messengers.
+/// One node: its manager and its call messenger.
 struct Node {
     call: Messenger,
-    agg: Messenger,
-    unagg: Messenger,
-    stream_agg: Arc<StreamCount>,
-    stream_unagg: Arc<StreamCount>,
+    /// Flood messages B's handler counted.
     flood: Arc<AtomicU64>,
     manager: Manager,
 }
 
 impl Node {
     fn shutdown(self) {
-        let Node {
-            call,
-            agg,
-            unagg,
-            manager,
-            ..
-        } = self;
-        drop((call, agg, unagg));
+        let Node { call, manager, .. } = self;
+        drop(call);
         manager.shutdown();
     }
+}
+
+/// The stream messengers, `[aggregated, unaggregated]` on each node, and what B's handlers
+/// counted. They exist only while the stream benchmarks run: an idle messenger's driver
+/// still wakes every few milliseconds, which would disturb the latency measurements.
+struct Streams {
+    a: [Messenger; 2],
+    b: [Messenger; 2],
+    counts: [Arc<StreamCount>; 2],
+}
+
+const STREAM_NAMES: [&str; 2] = ["aggregated", "unaggregated"];
+
+fn start_streams(m: &Manager) -> Result<([Messenger; 2], [Arc<StreamCount>; 2]), String> {
+    let start = |name: &str, aggregate| {
+        Messenger::start(m, messenger_config(name, BandwidthClass::Medium, aggregate))
+            .map_err(|e| format!("messenger {name}: {e}"))
+    };
+    let ms = [start("bench-agg", true)?, start("bench-unagg", false)?];
+    let counts = [Arc::default(), Arc::default()];
+    for (m, c) in ms.iter().zip(&counts) {
+        stream_handler(m, Arc::clone(c));
+    }
+    Ok((ms, counts))
+}
+
+impl Streams {
+    /// Starts both nodes' stream messengers (each from a thread in its node's namespace)
+    /// and waits until they are connected.
+    fn start(net: &Net, pair: &Pair) -> Streams {
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| {
+                enter(net.ns_a());
+                start_streams(&pair.a.manager)
+            });
+            let b = s.spawn(|| {
+                enter(net.ns_b());
+                start_streams(&pair.b.manager)
+            });
+            let j = |h: std::thread::ScopedJoinHandle<'_, _>| {
+                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            };
+            (j(a), j(b))
+        });
+        let ((a, _), (b, counts)) = match (a, b) {
+            (Ok(a), Ok(b)) => (a, b),
+            (a, b) => panic!(
+                "stream messengers failed:\n A: {:?}\n B: {:?}",
+                a.err(),
+                b.err()
+            ),
+        };
+        for m in a.iter().chain(&b) {
+            assert!(
+                m.wait_connected(WAIT),
+                "{}: messenger {} not connected within {WAIT:?}",
+                net.label,
+                m.name()
+            );
+        }
+        Streams { a, b, counts }
+    }
+}
+
+/// Panics unless `m` kept its first connection all along.
+fn check_connection(net: &Net, node: &str, m: &Messenger) {
+    let s = m.stats();
+    assert!(
+        s.connections == 1 && s.partner_failures == 0 && s.send_errors == 0,
+        "{}: node {node}'s messenger {} lost its connection during the bench: {s:?}",
+        net.label,
+        m.name()
+    );
 }
 
 struct Pair {
@@ -218,8 +290,6 @@ fn start_node(cfg: NodeConfig) -> Result<Node, String> {
             .map_err(|e| format!("node {id}: messenger {name}: {e}"))
     };
     let call = start("bench-call", BandwidthClass::Low, true)?;
-    let agg = start("bench-agg", BandwidthClass::Medium, true)?;
-    let unagg = start("bench-unagg", BandwidthClass::Medium, false)?;
     call.on(ECHO, |msg, out: &mut Outbox| {
         if let Some(c) = msg.call {
             out.respond(c, msg.payload).expect("echo response");
@@ -232,15 +302,8 @@ fn start_node(cfg: NodeConfig) -> Result<Node, String> {
         f.fetch_add(1, Ordering::Release);
     })
     .map_err(|e| e.to_string())?;
-    let (stream_agg, stream_unagg) = (Arc::default(), Arc::default());
-    stream_handler(&agg, Arc::clone(&stream_agg));
-    stream_handler(&unagg, Arc::clone(&stream_unagg));
     Ok(Node {
         call,
-        agg,
-        unagg,
-        stream_agg,
-        stream_unagg,
         flood,
         manager,
     })
@@ -310,7 +373,7 @@ fn join<T>(h: JoinHandle<T>) -> T {
 
 impl Pair {
     /// Starts both nodes (each from a thread in its namespace, so the managers' and
-    /// messengers' threads live there) and waits until all six messengers are connected.
+    /// messengers' threads live there) and waits until the call messengers are connected.
     fn start(net: &Net) -> Pair {
         let t = Instant::now();
         let (ca, cb) = configs(net, &secret_file());
@@ -325,15 +388,13 @@ impl Pair {
             ),
         };
         for (node, n) in [("A", &a), ("B", &b)] {
-            for m in [&n.call, &n.agg, &n.unagg] {
-                assert!(
-                    m.wait_connected(WAIT),
-                    "{}: node {node}'s messenger {} not connected within {WAIT:?}: {:#?}",
-                    net.label,
-                    m.name(),
-                    n.manager.status()
-                );
-            }
+            assert!(
+                n.call.wait_connected(WAIT),
+                "{}: node {node}'s messenger {} not connected within {WAIT:?}: {:#?}",
+                net.label,
+                n.call.name(),
+                n.manager.status()
+            );
         }
         eprintln!(
             "messaging bench: {} pair connected in {:.2} s",
@@ -383,13 +444,15 @@ impl Recorder {
             net,
             figure,
             format!(
-                "n={} p50_us={:.2} p99_us={:.2} mean_us={:.2} min_us={:.2} max_us={:.2}",
+                "n={} p50_us={:.2} p99_us={:.2} mean_us={:.2} min_us={:.2} max_us={:.2} p25_us={:.2} p75_us={:.2}",
                 h.len(),
                 us(h.value_at_quantile(0.5)),
                 us(h.value_at_quantile(0.99)),
                 h.mean() / 1e3,
                 us(h.min()),
-                us(h.max())
+                us(h.max()),
+                us(h.value_at_quantile(0.25)),
+                us(h.value_at_quantile(0.75))
             ),
         );
     }
@@ -410,6 +473,114 @@ impl Recorder {
 }
 
 // ------------------------------------------------------------------ measurements
+
+/// One round of busy polling begun at `since`, as the messenger's driver and calls do: a pure
+/// spin for 20 µs, then a yield of the CPU per round.
+fn spin_wait(since: Instant) {
+    if since.elapsed() < Duration::from_micros(20) {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// The bare verbs ping-pong the messenger builds on, for reference: a client `bench-raw`
+/// with one queue pair and a 4 KiB region on each node; A writes 32 bytes with immediate into
+/// B's region, a thread at B answers each with the same, no messaging layer in between.
+struct Raw {
+    _handles: [ClientHandle; 2],
+    conns: [Connection; 2],
+}
+
+const RAW_REGION: &str = "raw";
+const RAW_RECVS: usize = 64;
+
+impl Raw {
+    fn start(pair: &Pair) -> Raw {
+        let spec = ClientSpec::new("bench-raw", BandwidthClass::Low, 1).region(
+            RAW_REGION,
+            4096,
+            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+        );
+        let register = |m: &Manager| m.register(spec.clone()).expect("register bench-raw");
+        let handles = [register(&pair.a.manager), register(&pair.b.manager)];
+        let conns = [0, 1].map(|i| {
+            handles[i]
+                .wait_ready(WAIT)
+                .expect("bench-raw client not ready")
+        });
+        for c in &conns {
+            let qp = c.qp(0).expect("queue pair");
+            let region = c.region(RAW_REGION).expect("region");
+            for i in 0..RAW_RECVS {
+                qp.queue_pair()
+                    .post_recv(RecvRequest {
+                        wr_id: i as u64,
+                        local: region.slice(0, 0).expect("slice"),
+                    })
+                    .expect("post receive");
+            }
+        }
+        Raw {
+            _handles: handles,
+            conns,
+        }
+    }
+
+    /// Writes 32 bytes with immediate to the partner of `side`.
+    fn write(&self, side: usize) {
+        let c = &self.conns[side];
+        let qp = c.qp(0).expect("queue pair");
+        let local = c.region(RAW_REGION).expect("region");
+        let dst = c
+            .partner_region(RAW_REGION)
+            .expect("partner region")
+            .descriptor;
+        qp.queue_pair()
+            .post_send(SendRequest::new(
+                1,
+                SendOp::WriteImm(dst.at(64), 7),
+                local.slice(128, SMALL).expect("slice"),
+            ))
+            .expect("post send");
+    }
+
+    /// Polls `side`'s receive queue for one completion (busy, like the messenger) and
+    /// reposts the receive; reaps send completions. False if `stop` was set meanwhile.
+    fn receive(&self, side: usize, comps: &mut Vec<Completion>, stop: &AtomicBool) -> bool {
+        let c = &self.conns[side];
+        let qp = c.qp(0).expect("queue pair");
+        let start = Instant::now();
+        loop {
+            comps.clear();
+            qp.recv_cq().poll(comps, 1).expect("poll receive queue");
+            if let Some(done) = comps.pop() {
+                assert!(done.status.is_ok(), "raw receive: {:?}", done.status);
+                let local = c
+                    .region(RAW_REGION)
+                    .expect("region")
+                    .slice(0, 0)
+                    .expect("slice");
+                qp.queue_pair()
+                    .post_recv(RecvRequest {
+                        wr_id: done.wr_id,
+                        local,
+                    })
+                    .expect("post receive");
+                qp.send_cq().poll(comps, 16).expect("poll send queue");
+                assert!(
+                    comps.iter().all(|c| c.status.is_ok()),
+                    "raw send: {comps:?}"
+                );
+                return true;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            spin_wait(start);
+        }
+    }
+}
 
 /// One synchronous 32-byte echo call A→B; returns its round trip.
 fn call_once(m: &Messenger, payload: &[u8]) -> Duration {
@@ -599,7 +770,47 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
     let am = net.amounts;
     let payload = [0x11u8; SMALL];
 
+    let mut raw_rtt = histogram();
+    let raw: OnceCell<Raw> = OnceCell::new();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let mut echo = None;
+        let mut g = c.benchmark_group(format!("{}/raw_rtt", net.label));
+        g.sample_size(am.rtt_samples)
+            .warm_up_time(am.rtt_warm_up)
+            .measurement_time(am.rtt_measurement)
+            .nresamples(10_000);
+        g.bench_function(format!("{SMALL}"), |bch| {
+            let r: &Raw = raw.get_or_init(|| Raw::start(get()));
+            if echo.is_none() {
+                let stop = &stop;
+                echo = Some(s.spawn(move || {
+                    enter(net.ns_b());
+                    let mut comps = Vec::with_capacity(16);
+                    while r.receive(1, &mut comps, stop) {
+                        r.write(1);
+                    }
+                }));
+            }
+            let mut comps = Vec::with_capacity(16);
+            bch.iter(|| {
+                let t = Instant::now();
+                r.write(0);
+                r.receive(0, &mut comps, &stop);
+                record(&mut raw_rtt, t.elapsed());
+            });
+        });
+        g.finish();
+        stop.store(true, Ordering::Relaxed);
+        if let Some(e) = echo {
+            e.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        }
+    });
+    drop(raw);
+    rec.latency(net, "raw_rtt_32", &raw_rtt);
+
     let mut rtt = histogram();
+    let warmed = std::cell::Cell::new(false);
     let mut g = c.benchmark_group(format!("{}/call_rtt", net.label));
     g.sample_size(am.rtt_samples)
         .warm_up_time(am.rtt_warm_up)
@@ -607,8 +818,10 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
         .nresamples(10_000);
     g.bench_function(format!("{SMALL}"), |bch| {
         let p = get();
-        for _ in 0..50 {
-            call_once(&p.a.call, &payload); // not recorded: first calls after set-up
+        if !warmed.replace(true) {
+            for _ in 0..50 {
+                call_once(&p.a.call, &payload); // not recorded: first calls after set-up
+            }
         }
         bch.iter(|| record(&mut rtt, call_once(&p.a.call, &payload)))
     });
@@ -622,16 +835,13 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
         .measurement_time(Duration::from_millis(1))
         .nresamples(10_000)
         .throughput(Throughput::Elements(am.stream_batch));
-    let mut runs: Vec<(&str, Option<StreamRun>)> =
-        vec![("aggregated", None), ("unaggregated", None)];
-    for (name, run) in runs.iter_mut() {
+    let streams: OnceCell<Streams> = OnceCell::new();
+    let mut runs: [Option<StreamRun>; 2] = [None, None];
+    for (i, run) in runs.iter_mut().enumerate() {
         let mut next = 1u64;
-        g.bench_function(*name, |bch| {
-            let p = get();
-            let (m, count) = match *name {
-                "aggregated" => (&p.a.agg, &p.b.stream_agg),
-                _ => (&p.a.unagg, &p.b.stream_unagg),
-            };
+        g.bench_function(STREAM_NAMES[i], |bch| {
+            let st = streams.get_or_init(|| Streams::start(net, get()));
+            let (m, count) = (&st.a[i], &*st.counts[i]);
             let run = run.get_or_insert_with(|| {
                 let s = m.stats().window;
                 StreamRun {
@@ -652,46 +862,37 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
         });
     }
     g.finish();
+    if let Some(st) = streams.into_inner() {
+        let mut rates = [None, None];
+        for (i, run) in runs.iter().enumerate() {
+            if let Some(run) = run {
+                let figure = format!("stream_{}", STREAM_NAMES[i]);
+                rates[i] = stream_summary(rec, net, &figure, &st.a[i], run, am.stream_batch);
+            }
+            let bad = st.counts[i].out_of_order.load(Ordering::Relaxed);
+            assert_eq!(
+                bad, 0,
+                "{}: stream {}: {bad} messages out of order",
+                net.label, STREAM_NAMES[i]
+            );
+        }
+        if let [Some(agg), Some(unagg)] = rates {
+            rec.set(
+                net,
+                "stream_ratio",
+                format!("agg_over_unagg={:.2}", agg / unagg),
+            );
+        }
+        for (node, ms) in [("A", &st.a), ("B", &st.b)] {
+            for m in ms {
+                check_connection(net, node, m);
+            }
+        }
+    }
 
     let Some(pair) = pair.into_inner() else {
         return; // none of this net's benchmarks ran (filtered out)
     };
-    let mut rates = Vec::new();
-    for (name, run) in &runs {
-        let m = if *name == "aggregated" {
-            &pair.a.agg
-        } else {
-            &pair.a.unagg
-        };
-        if let Some(run) = run {
-            rates.push(stream_summary(
-                rec,
-                net,
-                &format!("stream_{name}"),
-                m,
-                run,
-                am.stream_batch,
-            ));
-        }
-    }
-    if let [Some(agg), Some(unagg)] = rates[..] {
-        rec.set(
-            net,
-            "stream_ratio",
-            format!("agg_over_unagg={:.2}", agg / unagg),
-        );
-    }
-    for (name, c) in [
-        ("aggregated", &pair.b.stream_agg),
-        ("unaggregated", &pair.b.stream_unagg),
-    ] {
-        let bad = c.out_of_order.load(Ordering::Relaxed);
-        assert_eq!(
-            bad, 0,
-            "{}: stream {name}: {bad} messages out of order",
-            net.label
-        );
-    }
     let calls = match std::env::var("INTERLINK_BENCH_BULK_CALLS").map(|v| v.parse::<usize>()) {
         Ok(Ok(n)) => n,
         _ if quick => 20,
@@ -704,17 +905,8 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
         );
         control_under_bulk(net, &pair, rec, calls);
     }
-    for (node, n) in [("A", &pair.a), ("B", &pair.b)] {
-        for m in [&n.call, &n.agg, &n.unagg] {
-            let s = m.stats();
-            assert!(
-                s.connections == 1 && s.partner_failures == 0 && s.send_errors == 0,
-                "{}: node {node}'s messenger {} lost its connection during the bench: {s:?}",
-                net.label,
-                m.name()
-            );
-        }
-    }
+    check_connection(net, "A", &pair.a.call);
+    check_connection(net, "B", &pair.b.call);
     pair.shutdown();
 }
 
