@@ -28,8 +28,8 @@ use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,12 @@ pub const RX_REGION: &str = "msg-rx";
 pub const TX_REGION: &str = "msg-tx";
 const WR_SIGNAL: u64 = 1 << 63;
 const POLL_BATCH: usize = 64;
+/// How long the driver sleeps at a time while a synchronous call busy-polls in its place.
+const STEP_ASIDE: Duration = Duration::from_micros(500);
+/// Busy polling yields the CPU after this long (see [`spin_wait`]).
+const PURE_SPIN: Duration = Duration::from_micros(20);
+/// Longest a pure ack is held back for a frame to carry it instead (delayed ack).
+const ACK_DELAY: Duration = Duration::from_micros(200);
 
 /// How a messenger runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -171,6 +177,10 @@ struct State {
     recvs: Vec<RecvRequest>,
     completions: Vec<Completion>,
     scratch: Vec<u8>,
+    /// A pure ack held back (delayed ack): its immediate, and since when.
+    held_ack: Option<(u32, Instant)>,
+    /// Frames received since this side last transmitted (a frame or a signal).
+    rx_since_tx: u32,
     suspended_since: Option<Instant>,
     declared_failed: bool,
     connections: u64,
@@ -184,6 +194,39 @@ struct Shared {
     handle: ClientHandle,
     state: Mutex<State>,
     stop: AtomicBool,
+    /// Synchronous calls busy-polling the completion queues now (the driver steps aside).
+    pollers: AtomicUsize,
+    /// The driver thread (to wake it when a call stops busy-polling).
+    driver: OnceLock<std::thread::Thread>,
+}
+
+/// A synchronous call's busy-polling phase. While one exists the driver thread sleeps instead
+/// of polling the same queues alongside it (competing for the state lock and for a CPU,
+/// which matters where CPUs are few and the fabric's own threads need them); the caller's
+/// [`pump`] does everything the driver's would. The driver still follows manager events and
+/// the partner timeout meanwhile.
+struct Polling<'a>(&'a Shared);
+
+impl<'a> Polling<'a> {
+    fn start(shared: &'a Shared) -> Polling<'a> {
+        shared.pollers.fetch_add(1, Ordering::AcqRel);
+        Polling(shared)
+    }
+
+    /// The call stops polling without its response: wake the driver to take over at once.
+    fn hand_over(self) {
+        let shared = self.0;
+        drop(self);
+        if let Some(t) = shared.driver.get() {
+            t.unpark();
+        }
+    }
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0.pollers.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 thread_local! {
@@ -304,6 +347,8 @@ impl Messenger {
             recvs: Vec::with_capacity(POLL_BATCH),
             completions: Vec::with_capacity(POLL_BATCH),
             scratch: vec![0u8; usize::from(cfg.window.frame_size)],
+            held_ack: None,
+            rx_since_tx: 0,
             suspended_since: Some(Instant::now()),
             declared_failed: false,
             connections: 0,
@@ -317,6 +362,8 @@ impl Messenger {
             handle,
             state: Mutex::new(state),
             stop: AtomicBool::new(false),
+            pollers: AtomicUsize::new(0),
+            driver: OnceLock::new(),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -326,6 +373,7 @@ impl Messenger {
                 name: name.clone(),
                 source,
             })?;
+        let _ = shared.driver.set(thread.thread().clone());
         Ok(Messenger {
             shared,
             thread: Some(thread),
@@ -424,6 +472,7 @@ impl Messenger {
         let start = Instant::now();
         let deadline = start + timeout;
         let spin_until = start + self.shared.cfg.spin.max(Duration::from_micros(200));
+        let mut polling = Some(Polling::start(&self.shared));
         loop {
             if let Some(r) = slot.lock().take() {
                 return r.map_err(CallError::Failed);
@@ -435,10 +484,15 @@ impl Messenger {
             if now < spin_until {
                 // Busy-poll the completion queues from this thread, like perftest.
                 if let Some(mut st) = self.shared.try_lock() {
-                    pump(&mut st, &self.shared);
+                    if pump(&mut st, &self.shared) {
+                        continue; // something arrived: look at the slot before yielding
+                    }
                 }
-                std::hint::spin_loop();
+                spin_wait(start, now);
             } else {
+                if let Some(p) = polling.take() {
+                    p.hand_over();
+                }
                 let _ = rx.recv_timeout((deadline - now).min(Duration::from_millis(5)));
             }
         }
@@ -509,6 +563,19 @@ fn drive(shared: &Arc<Shared>) {
     let mut last_activity = Instant::now();
     let mut waited = Vec::with_capacity(POLL_BATCH);
     while !shared.stop.load(Ordering::Relaxed) {
+        if shared.pollers.load(Ordering::Acquire) > 0
+            && waited.is_empty()
+            && shared.handle.events().is_empty()
+        {
+            // A synchronous call busy-polls in our place (see `Polling`): step aside. It
+            // wakes us when it stops polling without its response.
+            std::thread::park_timeout(STEP_ASIDE);
+            if let Some(mut st) = shared.try_lock() {
+                check_partner(&mut st, shared);
+            }
+            last_activity = Instant::now();
+            continue;
+        }
         let mut active = false;
         {
             let mut st = shared.force_lock();
@@ -529,13 +596,17 @@ fn drive(shared: &Arc<Shared>) {
             continue;
         }
         if now.duration_since(last_activity) < shared.cfg.spin {
-            std::hint::spin_loop();
+            spin_wait(last_activity, now);
             continue;
         }
         // Idle: block on the receive queue (or sleep when there is no link), briefly, so
         // manager events and timers are still seen promptly.
         let cq = {
-            let st = shared.force_lock();
+            let mut st = shared.force_lock();
+            if release_ack(&mut st, shared, true) {
+                last_activity = Instant::now();
+                continue; // the held ack went out instead of waiting for a frame
+            }
             st.link.as_ref().map(|l| l.qp.recv_cq().clone())
         };
         match cq {
@@ -613,6 +684,7 @@ fn receive(st: &mut State, shared: &Shared, c: Completion) {
         scratch,
         link,
         recvs,
+        rx_since_tx,
         ..
     } = st;
     let Some(link) = link.as_mut() else {
@@ -620,6 +692,7 @@ fn receive(st: &mut State, shared: &Shared, c: Completion) {
     };
     match c.imm.map(Imm::decode) {
         Some(Ok(Imm::Frame { slot, tag })) if slot < slots => {
+            *rx_since_tx = rx_since_tx.saturating_add(1);
             let len = match c.byte_len as usize {
                 0 => fs,
                 n => n.min(fs),
@@ -670,11 +743,94 @@ fn session_tag_matches(bytes: &[u8], tag: u8) -> bool {
     bytes.get(8).is_none_or(|b| *b == tag)
 }
 
+/// One round of busy polling that began at `since`: a pure spin (with the CPU's pause hint)
+/// for the first [`PURE_SPIN`], then a yield of the CPU on every round. Where the poller has a
+/// CPU to itself the yield returns at once; where CPUs are few it lets the threads that move
+/// the data run at once rather than at the scheduler's next tick: Soft-RoCE hands protocol work
+/// to kernel workers, the soft provider has transport threads. On Soft-RoCE in the emulated
+/// 2-CPU VM of `soft-roce/vm`, spinning without yielding made call round trips about 4x
+/// slower (there the pause hint itself is costly too: the emulator leaves its translated code
+/// on every one); on the soft provider over loopback about 15x.
+fn spin_wait(since: Instant, now: Instant) {
+    if now.duration_since(since) < PURE_SPIN {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// Frames received without this side transmitting after which a pure ack goes out at once.
+fn ack_every(shared: &Shared) -> u32 {
+    (u32::from(shared.cfg.window.slots) / 4).max(1)
+}
+
 /// Reaps send completions, then transmits whatever the window has, within the send queue's
-/// room. Returns whether anything was posted or completed.
+/// room; sends a held-back ack when it is due. Returns whether anything was posted or
+/// completed.
 fn flush(st: &mut State, shared: &Shared) -> bool {
+    let active = transmit(st, shared);
+    release_ack(st, shared, false) || active
+}
+
+/// Sends the pure ack held back by [`transmit`] once it has waited [`ACK_DELAY`] or enough
+/// frames arrived meanwhile, or at once with `force` (the driver is about to block). Returns
+/// whether it was posted.
+fn release_ack(st: &mut State, shared: &Shared, force: bool) -> bool {
+    let Some((imm, since)) = st.held_ack else {
+        return false;
+    };
+    if !force && since.elapsed() < ACK_DELAY && st.rx_since_tx < ack_every(shared) {
+        return false;
+    }
+    let State {
+        window,
+        link,
+        posts,
+        held_ack,
+        rx_since_tx,
+        ..
+    } = st;
+    let current = matches!(Imm::decode(imm), Ok(Imm::Ack { tag, .. })
+        if window.peer_session().is_some_and(|p| p as u8 == tag));
+    let Some(l) = link.as_mut().filter(|l| !l.broken && current) else {
+        *held_ack = None; // no link, or the conversation was reset meanwhile
+        return false;
+    };
+    if l.sends_outstanding >= l.max_send {
+        return false; // the send queue is full: later
+    }
+    *held_ack = None;
+    *rx_since_tx = 0;
+    match l.tx.slice(0, 0) {
+        Ok(buf) => posts.push(SendRequest::new(
+            WR_SIGNAL,
+            SendOp::WriteImm(l.partner_rx.at(0), imm),
+            buf,
+        )),
+        Err(e) => {
+            tracing::error!(client = %shared.name, error = %e, "transmit buffer");
+            return false;
+        }
+    }
+    if let Err(e) = l.qp.post_send_all(posts) {
+        posts.clear();
+        link_failed_inner(st, shared, &format!("post send: {e}"));
+        return true;
+    }
+    l.sends_outstanding += 1;
+    true
+}
+
+/// Reaps send completions, then transmits whatever the window has, within the send queue's
+/// room. A pure ack is held back (delayed ack) while fewer than [`ack_every`] frames arrived
+/// since this side last transmitted: a frame sent meanwhile carries the same or a later ack
+/// in its header, so a call's response is not followed by an ack of its own when the next
+/// call follows at once (each post is a system call, and on Soft-RoCE protocol work on the
+/// critical path). [`release_ack`] sends it otherwise. Naks always go out at once.
+fn transmit(st: &mut State, shared: &Shared) -> bool {
     let mut active = reap_sends(st, shared);
     let ring_len = shared.cfg.window.ring_len();
+    let ack_every = ack_every(shared);
     loop {
         let now = Instant::now();
         let State {
@@ -683,6 +839,8 @@ fn flush(st: &mut State, shared: &Shared) -> bool {
             link,
             transmits,
             posts,
+            held_ack,
+            rx_since_tx,
             ..
         } = st;
         let Some(l) = link.as_mut() else {
@@ -712,6 +870,7 @@ fn flush(st: &mut State, shared: &Shared) -> bool {
             return active;
         }
         let full = transmits.len() == room;
+        let mut deferred = false;
         for t in transmits.iter() {
             let req = match *t {
                 Transmit::Frame {
@@ -727,9 +886,16 @@ fn flush(st: &mut State, shared: &Shared) -> bool {
                         buf,
                     )
                 }),
-                Transmit::Signal { imm } => l.tx.slice(0, 0).map(|buf| {
-                    SendRequest::new(WR_SIGNAL, SendOp::WriteImm(l.partner_rx.at(0), imm), buf)
-                }),
+                Transmit::Signal { imm } => {
+                    if *rx_since_tx < ack_every && matches!(Imm::decode(imm), Ok(Imm::Ack { .. })) {
+                        *held_ack = Some((imm, held_ack.map_or(now, |(_, since)| since)));
+                        deferred = true;
+                        continue;
+                    }
+                    l.tx.slice(0, 0).map(|buf| {
+                        SendRequest::new(WR_SIGNAL, SendOp::WriteImm(l.partner_rx.at(0), imm), buf)
+                    })
+                }
             };
             match req {
                 Ok(r) => posts.push(r),
@@ -737,6 +903,13 @@ fn flush(st: &mut State, shared: &Shared) -> bool {
             }
         }
         let n = posts.len();
+        if n == 0 {
+            return active; // only an ack, held back
+        }
+        if !deferred {
+            *held_ack = None; // what was posted carries the ack
+        }
+        *rx_since_tx = 0;
         if let Err(e) = l.qp.post_send_all(posts) {
             posts.clear();
             let why = format!("post send: {e}");
@@ -793,6 +966,7 @@ fn link_failed_inner(st: &mut State, shared: &Shared, why: &str) {
     if let Some(l) = st.link.as_mut() {
         l.broken = true;
     }
+    st.held_ack = None;
     st.window.handle_link_down();
     if st.suspended_since.is_none() {
         st.suspended_since = Some(Instant::now());
@@ -805,6 +979,7 @@ fn declare_failed(st: &mut State, name: &str, why: &str) {
     tracing::warn!(client = %name, reason = why, pending_calls = st.window.pending_calls(), "messaging partner declared inoperative");
     st.partner_failures += 1;
     st.declared_failed = true;
+    st.held_ack = None;
     let State {
         window, callbacks, ..
     } = st;
@@ -836,6 +1011,7 @@ fn on_event(st: &mut State, shared: &Shared, ev: ClientEvent) {
         ClientEvent::Suspended { link, reason } => {
             tracing::info!(client = %shared.name, link = %link, reason = ?reason, "messaging suspended");
             st.link = None;
+            st.held_ack = None;
             st.window.handle_link_down();
             if st.suspended_since.is_none() {
                 st.suspended_since = Some(Instant::now());
@@ -902,6 +1078,8 @@ fn activate(st: &mut State, shared: &Shared, conn: Connection) -> std::result::R
         broken: false,
     });
     st.connections += 1;
+    st.held_ack = None;
+    st.rx_since_tx = 0;
     st.suspended_since = None;
     st.declared_failed = false;
     st.window.handle_link_up(Instant::now());
