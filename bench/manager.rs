@@ -30,23 +30,24 @@
 //! criterion's own report a summary prints one `manager-bench:` line per measured part
 //! (median, min and max over every bring-up), which `soft-roce/bench-manager` reads.
 
+mod pair;
+
 use criterion::{Criterion, SamplingMode};
 use interlink::fabric::{
     Access, CompletionQueue, ConnectOptions, Device, DeviceConfig, Endpoint, MemoryRegion,
-    ProtectionDomain, ProviderChoice, QpCapacity, QpState, QueuePair, RegionDescriptor,
-    ENDPOINT_WIRE_LEN,
+    ProtectionDomain, QpCapacity, QpState, QueuePair, RegionDescriptor, ENDPOINT_WIRE_LEN,
 };
 use interlink::manager::{
     BandwidthClass, ClientHandle, ClientSpec, LinkConfig, Manager, NodeConfig,
 };
+use pair::*;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Barrier};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Queue pairs brought up per sample (cmtime -c 16).
@@ -55,49 +56,6 @@ const QPS: usize = 16;
 const REGION_LEN: usize = 4096;
 /// Longest a bring-up may take before the bench gives up (TCG emulation is slow).
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Where the two nodes run.
-#[derive(Clone, Copy)]
-struct Net {
-    /// Benchmark group suffix and summary prefix.
-    label: &'static str,
-    provider: ProviderChoice,
-    /// Namespaces of node A and node B (None: the bench's own).
-    namespaces: Option<(&'static str, &'static str)>,
-    a: [u8; 4],
-    b: [u8; 4],
-}
-
-const SOFT_LOOPBACK: Net = Net {
-    label: "soft_loopback",
-    provider: ProviderChoice::Soft,
-    namespaces: None,
-    a: [127, 77, 0, 1],
-    b: [127, 77, 0, 2],
-};
-
-const VERBS_NETNS: Net = Net {
-    label: "verbs_netns",
-    provider: ProviderChoice::Verbs,
-    namespaces: Some(("ilA", "ilB")),
-    a: [198, 18, 0, 1],
-    b: [198, 18, 0, 2],
-};
-
-impl Net {
-    fn addr_a(&self) -> IpAddr {
-        IpAddr::from(self.a)
-    }
-    fn addr_b(&self) -> IpAddr {
-        IpAddr::from(self.b)
-    }
-    fn ns_a(&self) -> Option<&'static str> {
-        self.namespaces.map(|n| n.0)
-    }
-    fn ns_b(&self) -> Option<&'static str> {
-        self.namespaces.map(|n| n.1)
-    }
-}
 
 /// Every measured part of every bring-up, by name (`<net>/<part>`), for the summary.
 #[derive(Default)]
@@ -156,31 +114,6 @@ fn next_port() -> u16 {
     base + NEXT.fetch_add(1, Ordering::Relaxed) % 500
 }
 
-/// Spawns a thread that first enters network namespace `ns` (root only). Threads it spawns
-/// (the manager's event loop and I/O threads, the soft provider's) stay there too.
-fn spawn_in<T: Send + 'static>(
-    ns: Option<&'static str>,
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<T> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            if let Some(ns) = ns {
-                let target = std::fs::File::open(format!("/run/netns/{ns}"))
-                    .unwrap_or_else(|e| panic!("network namespace {ns} is missing: {e}"));
-                nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("enter network namespace {ns}: {e}"));
-            }
-            f()
-        })
-        .expect("spawn bench thread")
-}
-
-fn join<T>(h: JoinHandle<T>) -> T {
-    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
 // ------------------------------------------------------------------ the manager path
 
 /// How the 16 queue pairs are asked for.
@@ -212,16 +145,6 @@ impl Shape {
             Shape::SixteenClients => (0..QPS).map(|i| spec(format!("c{i:02}"), 1)).collect(),
         }
     }
-}
-
-fn secret_file() -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("interlink-bench-manager-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    let p = dir.join("secret");
-    std::fs::write(&p, "0123456789abcdef0123456789abcdef\n").expect("write secret");
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod secret");
-    p
 }
 
 /// Node A's (initiator) and node B's configuration: one link, default policies.
@@ -560,7 +483,7 @@ fn fabric_bringup(net: &Net, rec: &Recorder) -> (Duration, Duration) {
 // ------------------------------------------------------------------ criterion
 
 fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder) {
-    let secret = secret_file();
+    let secret = secret_file("manager");
     let mut g = c.benchmark_group(format!("fabric_{}", net.label));
     configure(&mut g);
     g.bench_function("create16", |b| {
@@ -595,44 +518,15 @@ fn configure(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallT
         .nresamples(2000);
 }
 
-/// Whether to run the verbs case: the namespaces exist and libibverbs lists devices.
-fn verbs_available() -> Result<(), String> {
-    for ns in ["ilA", "ilB"] {
-        if !Path::new("/run/netns").join(ns).exists() {
-            return Err(format!("no network namespace {ns} (soft-roce/netns-up)"));
-        }
-    }
-    let devices = interlink::fabric::verbs_devices();
-    if devices.is_empty() {
-        return Err("libibverbs lists no device".into());
-    }
-    Ok(())
-}
-
 fn main() {
-    // INTERLINK_LOG=info (an EnvFilter expression) shows the manager's state changes.
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("INTERLINK_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_thread_names(true)
-            .try_init();
-    }
+    init_logs();
     let mut c = Criterion::default().configure_from_args();
     let rec = Recorder::default();
     bench_net(&mut c, &SOFT_LOOPBACK, &rec);
-    let want = std::env::var("INTERLINK_BENCH_VERBS").ok();
-    match (want.as_deref(), verbs_available()) {
-        (Some("0"), _) => eprintln!("manager bench: verbs case skipped (INTERLINK_BENCH_VERBS=0)"),
-        (_, Ok(())) => bench_net(&mut c, &VERBS_NETNS, &rec),
-        (Some("1"), Err(why)) => panic!("INTERLINK_BENCH_VERBS=1 but {why}"),
-        (_, Err(why)) => eprintln!(
-            "manager bench: verbs case skipped: {why} (run it with soft-roce/bench-manager)"
-        ),
-    }
+    run_verbs_case("manager", "bench-manager", || {
+        bench_net(&mut c, &VERBS_NETNS, &rec)
+    });
     c.final_summary();
     rec.print_summary();
-    if let Some(dir) = secret_file().parent() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    remove_secret("manager");
 }

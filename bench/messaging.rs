@@ -46,6 +46,8 @@
 //! once and the calls under bulk are few. `INTERLINK_BENCH_BULK_CALLS=N` sets the number of calls
 //! per direction under bulk (0 skips that measurement).
 
+mod pair;
+
 use criterion::{Criterion, SamplingMode, Throughput};
 use hdrhistogram::Histogram;
 use interlink::fabric::{Access, Completion, ProviderChoice, RecvRequest, SendOp, SendRequest};
@@ -53,14 +55,13 @@ use interlink::manager::{
     BandwidthClass, ClientHandle, ClientSpec, Connection, LinkConfig, Manager, NodeConfig,
 };
 use interlink::messaging::{Head, Messenger, MessengerConfig, Outbox};
+use pair::*;
 use std::cell::{OnceCell, RefCell};
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Echo calls (the response is the request).
@@ -93,62 +94,23 @@ struct Amounts {
     bulk_calls: usize,
 }
 
-/// Where the two nodes run.
-#[derive(Clone, Copy)]
-struct Net {
-    /// Benchmark group prefix and summary prefix.
-    label: &'static str,
-    provider: ProviderChoice,
-    /// Namespaces of node A and node B (None: the bench's own).
-    namespaces: Option<(&'static str, &'static str)>,
-    a: [u8; 4],
-    b: [u8; 4],
-    amounts: Amounts,
-}
-
-const SOFT_LOOPBACK: Net = Net {
-    label: "soft_loopback",
-    provider: ProviderChoice::Soft,
-    namespaces: None,
-    a: [127, 77, 0, 1],
-    b: [127, 77, 0, 2],
-    amounts: Amounts {
-        rtt_samples: 30,
-        rtt_warm_up: Duration::from_secs(1),
-        rtt_measurement: Duration::from_secs(3),
-        stream_batch: 20_000,
-        bulk_calls: 2000,
-    },
-};
-
-/// Soft-RoCE in the VM runs under TCG emulation: fewer samples.
-const VERBS_NETNS: Net = Net {
-    label: "verbs_netns",
-    provider: ProviderChoice::Verbs,
-    namespaces: Some(("ilA", "ilB")),
-    a: [198, 18, 0, 1],
-    b: [198, 18, 0, 2],
-    amounts: Amounts {
-        rtt_samples: 10,
-        rtt_warm_up: Duration::from_secs(1),
-        rtt_measurement: Duration::from_secs(5),
-        stream_batch: 20_000,
-        bulk_calls: 500,
-    },
-};
-
-impl Net {
-    fn addr_a(&self) -> IpAddr {
-        IpAddr::from(self.a)
-    }
-    fn addr_b(&self) -> IpAddr {
-        IpAddr::from(self.b)
-    }
-    fn ns_a(&self) -> Option<&'static str> {
-        self.namespaces.map(|n| n.0)
-    }
-    fn ns_b(&self) -> Option<&'static str> {
-        self.namespaces.map(|n| n.1)
+/// How much `net` measures (Soft-RoCE in the VM runs under TCG emulation: fewer samples).
+fn amounts(net: &Net) -> Amounts {
+    match net.provider {
+        ProviderChoice::Verbs => Amounts {
+            rtt_samples: 10,
+            rtt_warm_up: Duration::from_secs(1),
+            rtt_measurement: Duration::from_secs(5),
+            stream_batch: 20_000,
+            bulk_calls: 500,
+        },
+        _ => Amounts {
+            rtt_samples: 30,
+            rtt_warm_up: Duration::from_secs(1),
+            rtt_measurement: Duration::from_secs(3),
+            stream_batch: 20_000,
+            bulk_calls: 2000,
+        },
     }
 }
 
@@ -309,17 +271,6 @@ fn start_node(cfg: NodeConfig) -> Result<Node, String> {
     })
 }
 
-fn secret_file() -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let dir =
-        std::env::temp_dir().join(format!("interlink-bench-messaging-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    let p = dir.join("secret");
-    std::fs::write(&p, "0123456789abcdef0123456789abcdef\n").expect("write secret");
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod secret");
-    p
-}
-
 /// The bootstrap port of a net's pair: a range apart from bench/manager.rs's (24000-43999).
 fn port(net: &Net) -> u16 {
     let base = 45000 + (std::process::id() % 100) as u16 * 10;
@@ -342,41 +293,12 @@ fn configs(net: &Net, secret: &Path) -> (NodeConfig, NodeConfig) {
     (a, b)
 }
 
-/// Enters network namespace `ns` (root only); threads spawned afterwards stay there too.
-fn enter(ns: Option<&str>) {
-    if let Some(ns) = ns {
-        let target = std::fs::File::open(format!("/run/netns/{ns}"))
-            .unwrap_or_else(|e| panic!("network namespace {ns} is missing: {e}"));
-        nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("enter network namespace {ns}: {e}"));
-    }
-}
-
-/// Spawns a thread that first enters network namespace `ns`.
-fn spawn_in<T: Send + 'static>(
-    ns: Option<&'static str>,
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<T> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            enter(ns);
-            f()
-        })
-        .expect("spawn bench thread")
-}
-
-fn join<T>(h: JoinHandle<T>) -> T {
-    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
 impl Pair {
     /// Starts both nodes (each from a thread in its namespace, so the managers' and
     /// messengers' threads live there) and waits until the call messengers are connected.
     fn start(net: &Net) -> Pair {
         let t = Instant::now();
-        let (ca, cb) = configs(net, &secret_file());
+        let (ca, cb) = configs(net, &secret_file("messaging"));
         let a = spawn_in(net.ns_a(), "bench-node-a", move || start_node(ca));
         let b = spawn_in(net.ns_b(), "bench-node-b", move || start_node(cb));
         let (a, b) = match (join(a), join(b)) {
@@ -767,7 +689,7 @@ fn control_under_bulk(net: &Net, pair: &Pair, rec: &Recorder, calls: usize) {
 fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
     let pair: OnceCell<Pair> = OnceCell::new();
     let get = || pair.get_or_init(|| Pair::start(net));
-    let am = net.amounts;
+    let am = amounts(net);
     let payload = [0x11u8; SMALL];
 
     let mut raw_rtt = histogram();
@@ -911,46 +833,17 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
 }
 
 /// Whether to run the verbs case: the namespaces exist and libibverbs lists devices.
-fn verbs_available() -> Result<(), String> {
-    for ns in ["ilA", "ilB"] {
-        if !Path::new("/run/netns").join(ns).exists() {
-            return Err(format!("no network namespace {ns} (soft-roce/netns-up)"));
-        }
-    }
-    if interlink::fabric::verbs_devices().is_empty() {
-        return Err("libibverbs lists no device".into());
-    }
-    Ok(())
-}
-
 fn main() {
-    // INTERLINK_LOG=info (an EnvFilter expression) shows the manager's state changes.
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("INTERLINK_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_thread_names(true)
-            .try_init();
-    }
+    init_logs();
     // cargo bench passes --bench; without it criterion runs every benchmark once (test mode).
     let quick = !std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default().configure_from_args();
     let rec = Recorder::default();
     bench_net(&mut c, &SOFT_LOOPBACK, &rec, quick);
-    let want = std::env::var("INTERLINK_BENCH_VERBS").ok();
-    match (want.as_deref(), verbs_available()) {
-        (Some("0"), _) => {
-            eprintln!("messaging bench: verbs case skipped (INTERLINK_BENCH_VERBS=0)")
-        }
-        (_, Ok(())) => bench_net(&mut c, &VERBS_NETNS, &rec, quick),
-        (Some("1"), Err(why)) => panic!("INTERLINK_BENCH_VERBS=1 but {why}"),
-        (_, Err(why)) => eprintln!(
-            "messaging bench: verbs case skipped: {why} (run it with soft-roce/bench-messaging)"
-        ),
-    }
+    run_verbs_case("messaging", "bench-messaging", || {
+        bench_net(&mut c, &VERBS_NETNS, &rec, quick)
+    });
     c.final_summary();
     rec.print_summary();
-    if let Some(dir) = secret_file().parent() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    remove_secret("messaging");
 }
