@@ -739,6 +739,21 @@ fn restarted_partner_is_recognised_without_traffic() {
 /// Both sides declare each other failed, the second one a round trip after the first (so it
 /// has already acknowledged the first one's announcement in its old conversation). They must
 /// settle on one new conversation, without resetting each other forever, and carry traffic.
+/// After convergence: fresh calls both ways, in both classes, all complete with a response
+/// (none fails) and the ledger is complete. `ctx` prefixes failure messages.
+fn fresh_calls_complete(sim: &mut Sim, ctx: &str) {
+    sim.ledger.borrow_mut().require_from_now();
+    for side in 0..2 {
+        sim.queue(side, call_spec(Class::Control));
+        sim.queue(side, call_spec(Class::Bulk));
+    }
+    let failed = [0, 1].map(|i| sim.ledger.borrow().dirs[i].failed_calls);
+    sim.settle_down("fresh traffic");
+    sim.check_complete("fresh traffic");
+    let after = [0, 1].map(|i| sim.ledger.borrow().dirs[i].failed_calls);
+    assert_eq!(failed, after, "{ctx}fresh calls failed\n{}", sim.dump());
+}
+
 #[test]
 fn both_sides_declaring_failure_a_round_trip_apart_converge() {
     for gap in [0, 5, 10, 15, 20, 25, 30, 40, 60, 100] {
@@ -761,21 +776,7 @@ fn both_sides_declaring_failure_a_round_trip_apart_converge() {
             "gap {gap}us: {}",
             sim.dump()
         );
-        sim.ledger.borrow_mut().require_from_now();
-        for side in 0..2 {
-            sim.queue(side, call_spec(Class::Control));
-            sim.queue(side, call_spec(Class::Bulk));
-        }
-        let failed = [0, 1].map(|i| sim.ledger.borrow().dirs[i].failed_calls);
-        sim.settle_down("fresh traffic");
-        sim.check_complete("fresh traffic");
-        let after = [0, 1].map(|i| sim.ledger.borrow().dirs[i].failed_calls);
-        assert_eq!(
-            failed,
-            after,
-            "gap {gap}us: fresh calls failed\n{}",
-            sim.dump()
-        );
+        fresh_calls_complete(&mut sim, &format!("gap {gap}us: "));
     }
 }
 
@@ -822,16 +823,7 @@ fn partner_conversation_without_our_acknowledged_frames_is_not_adopted() {
         sim.dump()
     );
     assert!(sim.run_quiet(sim.now + 10 * MS), "{}", sim.dump());
-    sim.ledger.borrow_mut().require_from_now();
-    for side in 0..2 {
-        sim.queue(side, call_spec(Class::Control));
-        sim.queue(side, call_spec(Class::Bulk));
-    }
-    let failed = [0, 1].map(|i| sim.ledger.borrow().dirs[i].failed_calls);
-    sim.settle_down("fresh traffic");
-    sim.check_complete("fresh traffic");
-    let after = [0, 1].map(|i| sim.ledger.borrow().dirs[i].failed_calls);
-    assert_eq!(failed, after, "fresh calls failed\n{}", sim.dump());
+    fresh_calls_complete(&mut sim, "");
     let (a, b) = (&sim.sides[0].win, &sim.sides[1].win);
     assert_eq!(a.peer_session(), Some(b.session()));
     assert_eq!(b.peer_session(), Some(a.session()));
@@ -882,12 +874,6 @@ fn crossed_restarts_converge() {
             sim.dump()
         );
         sim.ledger.borrow_mut().allow_inoperative = false;
-        sim.ledger.borrow_mut().require_from_now();
-        for side in 0..2 {
-            sim.queue(side, call_spec(Class::Control));
-            sim.queue(side, call_spec(Class::Bulk));
-        }
-        sim.settle_down("fresh traffic");
-        sim.check_complete("fresh traffic");
+        fresh_calls_complete(&mut sim, &format!("delay {delay}us: "));
     }
 }
