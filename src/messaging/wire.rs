@@ -167,11 +167,7 @@ impl FrameHeader {
         }
         let u16_at = |o: usize| u16::from_le_bytes([buf[o], buf[o + 1]]);
         let u32_at = |o: usize| u32::from_le_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
-        let u64_at = |o: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[o..o + 8]);
-            u64::from_le_bytes(b)
-        };
+        let u64_at = |o: usize| le_u64(&buf[o..]);
         let magic = u16_at(0);
         if magic != FRAME_MAGIC {
             return Err(WireError::Magic { found: magic });
@@ -349,10 +345,8 @@ impl<'a> Iterator for Messages<'a> {
             if body.len() < RESPONSE_PREFIX_LEN {
                 return fail(self, short);
             }
-            let mut id = [0u8; 8];
-            id.copy_from_slice(&body[..8]);
             let kind = MessageKind::Response {
-                call_id: u64::from_le_bytes(id),
+                call_id: le_u64(body),
                 status: body[8],
             };
             (kind, &body[RESPONSE_PREFIX_LEN..])
@@ -360,10 +354,8 @@ impl<'a> Iterator for Messages<'a> {
             if body.len() < CALL_ID_LEN {
                 return fail(self, short);
             }
-            let mut id = [0u8; 8];
-            id.copy_from_slice(&body[..8]);
             let kind = MessageKind::Call {
-                call_id: u64::from_le_bytes(id),
+                call_id: le_u64(body),
             };
             (kind, &body[CALL_ID_LEN..])
         } else {
@@ -380,13 +372,15 @@ impl<'a> Iterator for Messages<'a> {
     }
 }
 
-/// Bytes a message with `payload` bytes of payload takes in a frame.
-pub fn message_len(kind_prefix: usize, payload: usize) -> usize {
-    MESSAGE_HEADER_LEN + kind_prefix + payload
+/// The little-endian u64 at the start of `b` (the caller checked it holds 8 bytes).
+fn le_u64(b: &[u8]) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(v)
 }
 
-/// Writes a message header (and call or response prefix) at the start of `buf`; returns the
-/// prefix length (header included). `total` is the whole message length.
+/// Writes a message header (and call or response prefix, [`prefix_len`] bytes in all) at the
+/// start of `buf`. `total` is the whole message length.
 pub fn put_message_header(buf: &mut [u8], code: u8, flags: u8, kind: MessageKind, total: u16) {
     buf[0] = code;
     buf[1] = flags;
