@@ -606,9 +606,7 @@ fn stream_summary(
 /// Control calls both ways while a thread floods A→B with maximum-size bulk messages.
 fn control_under_bulk(net: &Net, pair: &Pair, rec: &Recorder, calls: usize) {
     let (a, b) = (&pair.a.call, &pair.b.call);
-    let max = a
-        .with_outbox(FLOOD, |out| out.max_payload())
-        .expect("max payload");
+    let max = a.max_payload();
     let flooding = AtomicBool::new(true);
     let payload = [0x33u8; SMALL];
     let (mut ab, mut ba) = (histogram(), histogram());

@@ -212,7 +212,7 @@ impl MessageProbe {
         let m = self.messenger.clone();
         let s = self.shared.clone();
         let inc = self.incarnation;
-        let size = size.clamp(16, m_max(&m));
+        let size = size.clamp(16, m.max_payload());
         s.stats.lock().stream_running = true;
         self.spawn("stream", move || {
             let mut buf = vec![0u8; size];
@@ -263,7 +263,7 @@ impl MessageProbe {
     pub fn calls(&self, count: u64, size: usize) {
         let m = self.messenger.clone();
         let s = self.shared.clone();
-        let size = size.min(m_max(&m));
+        let size = size.min(m.max_payload());
         s.stats.lock().calls_running = true;
         self.spawn("calls", move || {
             let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
@@ -323,7 +323,7 @@ impl MessageProbe {
         let m = self.messenger.clone();
         let s = self.shared.clone();
         self.spawn("flood", move || {
-            let payload = vec![0xa5u8; m_max(&m)];
+            let payload = vec![0xa5u8; m.max_payload()];
             while s.flood.load(Ordering::Relaxed) && !s.stop.load(Ordering::Relaxed) {
                 match m.send(Head::bulk(FLOOD), &payload) {
                     Ok(_) => s.stats.lock().flood_sent += 1,
@@ -365,10 +365,6 @@ impl MessageProbe {
         }
         self.stats()
     }
-}
-
-fn m_max(m: &Messenger) -> usize {
-    m.with_outbox(0, |out| out.max_payload()).unwrap_or(2000)
 }
 
 impl Drop for MessageProbe {

@@ -385,6 +385,11 @@ impl Messenger {
         &self.shared.name
     }
 
+    /// The largest payload one message may carry (the window's `max_payload`).
+    pub fn max_payload(&self) -> usize {
+        usize::from(self.shared.cfg.window.max_payload)
+    }
+
     /// Installs (or replaces) the handler for function `code` (1..=255).
     pub fn on(
         &self,
