@@ -82,7 +82,16 @@ fn wait_stats(
 fn streams_stay_exactly_once_in_order_across_a_link_cut() {
     // A long partner timeout: the cut is a failover, never a partner failure.
     let (a, b) = nodes("msgcut", 2, 60_000);
-    let link = link_of_ready(&a.status()).expect("link");
+    // Both links up and the messenger settled on one of them at both nodes (on Soft-RoCE a
+    // port can flap right after set-up, moving the client once before the stream starts).
+    let settled = |s: &NodeStatus| link_of_ready(s).filter(|_| links_ready(s));
+    b.wait("links up, messenger placed", |s| settled(s).is_some());
+    let mut link = None;
+    a.wait("links up, messenger placed", |s| {
+        link = settled(s);
+        link.is_some()
+    });
+    let link = link.expect("link");
     let n: u64 = 60_000;
     stats(
         &a,
