@@ -311,7 +311,16 @@ impl Runner {
             .map(|r| r.descriptor)
             .ok_or("partner has no probe-mem region")?;
         let qp = conn.qp(0).ok_or("no queue pair 0")?.clone();
-        if self.active.is_none() {
+        // A live update keeps queue pair 0; anything else (a first connection, or one that
+        // replaced ours without a Suspended seen in between) is a fresh queue pair: it needs
+        // its receives, and nothing is in flight on it.
+        let same_qp = self.active.as_ref().is_some_and(|a| {
+            a.conn.qp(0).map(|q| q.queue_pair().qpn()) == Some(qp.queue_pair().qpn())
+        });
+        if !same_qp {
+            if self.active.is_some() {
+                self.deactivate();
+            }
             let recvs = (0..self.window * 2)
                 .map(|i| -> Result<RecvRequest, String> {
                     Ok(RecvRequest {
