@@ -19,11 +19,13 @@
 mod cq;
 mod device;
 mod mr;
+mod nvram;
 mod qp;
 
 pub use cq::VerbsCq;
 pub use device::VerbsDevice;
 pub use mr::{VerbsMr, VerbsPd};
+pub use nvram::map_nvram_file;
 pub use qp::VerbsQp;
 
 use crate::fabric::types::{
