@@ -385,3 +385,44 @@ fn replayed_bootstrap_message_is_refused() {
         .expect("status");
     assert!(ok, "{s:#?}");
 }
+
+#[test]
+fn published_state_reaches_the_partner_on_every_link_and_reads_can_be_timed() {
+    let (ma, mb, _dir) = start_pair(2);
+    let (ok, s) = ma.wait_status(WAIT, links_ready).unwrap();
+    assert!(ok, "links never ready: {s:?}");
+    let mut ext = [0u8; interlink::manager::health::HEALTH_EXTENSION_LEN];
+    ext[0] = 0xA5;
+    ext[31] = 0x5A;
+    ma.publish_state(7, ext);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let obs = mb.partner_state();
+        assert_eq!(obs.len(), 2);
+        let seen = obs.iter().all(|o| {
+            o.reading
+                && o.block.is_some_and(|b| {
+                    b.state == 7
+                        && b.extension == ext
+                        && b.node_id == ma.config().node_id
+                        && b.incarnation == ma.incarnation()
+                })
+        });
+        if seen {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never read A's published state on both links: {obs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = mb.partner_state()[1].reads;
+    let rtts = mb.time_partner_reads(1, 50).expect("timed reads");
+    assert_eq!(rtts.len(), 50);
+    assert!(mb.partner_state()[1].reads >= before + 50);
+    assert!(matches!(
+        mb.time_partner_reads(9, 1),
+        Err(interlink::manager::ManagerError::ReadPartnerState { link: 9, .. })
+    ));
+}

@@ -84,6 +84,14 @@ pub enum ManagerError {
         /// What was wrong.
         what: String,
     },
+    /// Timing partner-state READs failed (link not ready, READ error).
+    #[error("link {link}: read the partner's state block: {reason}")]
+    ReadPartnerState {
+        /// Link.
+        link: LinkId,
+        /// Why.
+        reason: String,
+    },
     /// The manager has stopped.
     #[error("the manager has stopped")]
     Stopped,

@@ -247,6 +247,8 @@ pub(crate) struct Heartbeat {
     pub(crate) reads: u64,
     /// The partner's last good block.
     pub(crate) last_block: Option<HealthBlock>,
+    /// Copies read since the last [`Heartbeat::take_copies`]: `Some` believed, `None` torn.
+    copies: Vec<Option<HealthBlock>>,
 }
 
 /// What a heartbeat poll found.
@@ -292,6 +294,7 @@ impl Heartbeat {
             rtt: new_histogram(),
             reads: 0,
             last_block: None,
+            copies: Vec::new(),
         })
     }
 
@@ -344,21 +347,14 @@ impl Heartbeat {
             if let Some(t) = started {
                 record_us(&mut self.rtt, t.elapsed());
             }
-            self.reads += 1;
-            let mut b = [0u8; HEALTH_BLOCK_LEN];
-            let copy = self
-                .landing
-                .read(0, &mut b)
-                .map_err(|_| crate::manager::health::HealthDecodeError::Short(0))
-                .and_then(|_| HealthBlock::decode(&b));
-            if let Ok(block) = &copy {
-                self.last_block = Some(*block);
-            } else if let Err(e) = &copy {
-                tracing::debug!(link = self.link, error = %e, "health block copy not believed; reading again");
-            }
-            self.monitor.handle_read(copy);
+            self.absorb_landing();
         }
         HeartbeatPoll::Fine
+    }
+
+    /// The copies read since the last call (believed or torn), oldest first.
+    pub(crate) fn take_copies(&mut self) -> std::vec::Drain<'_, Option<HealthBlock>> {
+        self.copies.drain(..)
     }
 
     /// Posts the next READ unless one is outstanding.
@@ -378,6 +374,76 @@ impl Heartbeat {
             }
             Err(e) => HeartbeatPoll::Failed(format!("post heartbeat READ: {e}")),
         }
+    }
+
+    /// Reads the partner's block `count` times back to back, each READ posted after the last
+    /// completed, and returns each READ's round trip (the latency of a partner-state read).
+    /// Every copy also counts as a heartbeat read.
+    pub(crate) fn timed_reads(
+        &mut self,
+        count: usize,
+    ) -> std::result::Result<Vec<Duration>, String> {
+        let Some(peer) = self.peer else {
+            return Err("the heartbeat is not connected yet".into());
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.outstanding.is_some() {
+            if let HeartbeatPoll::Failed(why) = self.poll() {
+                return Err(why);
+            }
+            if Instant::now() > deadline {
+                return Err("an earlier heartbeat READ did not complete".into());
+            }
+        }
+        let mut out = Vec::with_capacity(count);
+        let mut completions = Vec::with_capacity(4);
+        for _ in 0..count {
+            let req =
+                SendRequest::new(self.next_wr, SendOp::Read(peer.at(0)), self.landing.whole());
+            self.next_wr += 1;
+            let start = Instant::now();
+            self.qp
+                .post_send(req)
+                .map_err(|e| format!("post heartbeat READ: {e}"))?;
+            loop {
+                completions.clear();
+                self.cq
+                    .poll(&mut completions, 4)
+                    .map_err(|e| format!("poll heartbeat queue: {e}"))?;
+                if let Some(c) = completions.first() {
+                    if !c.status.is_ok() {
+                        return Err(format!("heartbeat READ failed: {:?}", c.status));
+                    }
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(5) {
+                    return Err("heartbeat READ did not complete within 5 s".into());
+                }
+                std::hint::spin_loop();
+            }
+            out.push(start.elapsed());
+            self.absorb_landing();
+        }
+        Ok(out)
+    }
+
+    /// Decodes the copy a completed READ left in the landing buffer and records it.
+    fn absorb_landing(&mut self) {
+        self.reads += 1;
+        let mut b = [0u8; HEALTH_BLOCK_LEN];
+        let copy = self
+            .landing
+            .read(0, &mut b)
+            .map_err(|_| crate::manager::health::HealthDecodeError::Short(0))
+            .and_then(|_| HealthBlock::decode(&b));
+        match &copy {
+            Ok(block) => self.last_block = Some(*block),
+            Err(e) => {
+                tracing::debug!(link = self.link, error = %e, "health block copy not believed; reading again")
+            }
+        }
+        self.copies.push(copy.as_ref().ok().copied());
+        self.monitor.handle_read(copy);
     }
 
     /// Whether this queue pair number is the heartbeat's.

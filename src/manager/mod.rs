@@ -38,6 +38,7 @@ pub mod error;
 pub mod health;
 mod link;
 mod node;
+pub mod partner_state;
 pub mod placement;
 mod runtime;
 pub mod session;
@@ -48,4 +49,5 @@ pub use client::{ClientEvent, ClientHandle, ClientQp, ClientRegion, Connection, 
 pub use config::*;
 pub use error::ManagerError;
 pub use node::Manager;
+pub use partner_state::PartnerObservation;
 pub use types::*;

@@ -10,10 +10,13 @@ use crate::fabric::ConnectOptions;
 use crate::manager::client::{ClientCells, ClientEvent, ClientHandle, ClientRequest};
 use crate::manager::config::NodeConfig;
 use crate::manager::error::{ManagerError, Result};
+use crate::manager::health::HEALTH_EXTENSION_LEN;
 use crate::manager::link::{IoMsg, LinkFabric};
-use crate::manager::types::{ClientSpec, NodeStatus};
+use crate::manager::partner_state::{PartnerObservation, StateCells};
+use crate::manager::types::{ClientSpec, LinkId, NodeStatus};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use parking_lot::Mutex;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,14 @@ pub(crate) enum Command {
     },
     Client(ClientRequest),
     Status(Sender<NodeStatus>),
+    /// The published state changed: publish now.
+    PublishState,
+    /// Time `count` partner-state READs on a link.
+    TimePartnerReads {
+        link: LinkId,
+        count: usize,
+        reply: Sender<Result<Vec<Duration>>>,
+    },
     Shutdown,
     Io(IoMsg),
 }
@@ -38,6 +49,8 @@ pub struct Manager {
     tx: Sender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
     config: NodeConfig,
+    cells: Arc<StateCells>,
+    incarnation: u64,
 }
 
 impl std::fmt::Debug for Manager {
@@ -56,7 +69,10 @@ impl Manager {
         config.validate()?;
         let secret = config.read_secret()?;
         let (tx, rx) = unbounded();
-        let mut rt = Runtime::new(config.clone(), secret, tx.clone());
+        let ids: Vec<LinkId> = config.links.iter().map(|l| l.id).collect();
+        let cells = Arc::new(StateCells::new(&ids));
+        let mut rt = Runtime::new(config.clone(), secret, tx.clone(), cells.clone());
+        let incarnation = rt.incarnation();
         let thread = std::thread::Builder::new()
             .name(format!("il-manager-{}", config.node_id))
             .spawn(move || rt.run(rx))
@@ -68,6 +84,8 @@ impl Manager {
             tx,
             thread: Mutex::new(Some(thread)),
             config,
+            cells,
+            incarnation,
         })
     }
 
@@ -103,6 +121,38 @@ impl Manager {
             .map_err(|_| ManagerError::Stopped)?;
         rx.recv_timeout(Duration::from_secs(10))
             .map_err(|_| ManagerError::Stopped)
+    }
+
+    /// This manager's incarnation: chosen at start, carried in the health block and the
+    /// bootstrap exchange; a restarted node has a new one.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Sets the state word and extension of this node's health block (the partner reads them
+    /// by RDMA READ on every link's heartbeat). The block is republished at once on every
+    /// ready link, with a checksum, so the partner's next READ sees the change. One client owns
+    /// them: the giveback client (F4.1).
+    pub fn publish_state(&self, state: u16, extension: [u8; HEALTH_EXTENSION_LEN]) {
+        self.cells.set_local(state, extension);
+        let _ = self.tx.send(Command::PublishState);
+    }
+
+    /// Per link, the partner's last health block the heartbeat believed, when it was read,
+    /// and how many copies were believed and how many were torn. Does not wait for the loop.
+    pub fn partner_state(&self) -> Vec<PartnerObservation> {
+        self.cells.partner()
+    }
+
+    /// Reads the partner's health block `count` times back to back on `link`'s heartbeat
+    /// queue pair and returns each READ's round trip: the latency of a partner-state read
+    /// (benchmarks; the loop does nothing else meanwhile, so keep `count` to a few thousand).
+    pub fn time_partner_reads(&self, link: LinkId, count: usize) -> Result<Vec<Duration>> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.tx
+            .send(Command::TimePartnerReads { link, count, reply })
+            .map_err(|_| ManagerError::Stopped)?;
+        rx.recv().map_err(|_| ManagerError::Stopped)?
     }
 
     /// Waits until `pred` holds for the status, or `timeout` passes; returns the last status.

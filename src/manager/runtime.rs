@@ -23,12 +23,13 @@ use crate::manager::attachment::{Attachment, Carry};
 use crate::manager::client::{summarize, ClientCells, ClientEvent, ClientRequest, SuspendReason};
 use crate::manager::config::NodeConfig;
 use crate::manager::error::{ManagerError, Result};
-use crate::manager::health::{HealthBlock, HeartbeatVerdict, HEALTH_EXTENSION_LEN};
+use crate::manager::health::{HealthBlock, HeartbeatVerdict};
 use crate::manager::link::{
     spawn_acceptor, spawn_connector, spawn_reader, Acceptor, Heartbeat, HeartbeatPoll, IoEvent,
     IoMsg, LinkFabric,
 };
 use crate::manager::node::{connect_options, open_fabric, Command};
+use crate::manager::partner_state::StateCells;
 use crate::manager::placement::{ClientView, LinkView, MoveReason, Planner};
 use crate::manager::session::{
     fresh_nonce, Role, Session, SessionError, SessionEvent, SessionParams,
@@ -160,6 +161,7 @@ pub(crate) struct Runtime {
     next_progress: Instant,
     next_rates: Instant,
     stop: bool,
+    cells: Arc<StateCells>,
 }
 
 fn initiator(cfg: &NodeConfig) -> bool {
@@ -167,7 +169,12 @@ fn initiator(cfg: &NodeConfig) -> bool {
 }
 
 impl Runtime {
-    pub(crate) fn new(cfg: NodeConfig, secret: Vec<u8>, tx: Sender<Command>) -> Runtime {
+    pub(crate) fn new(
+        cfg: NodeConfig,
+        secret: Vec<u8>,
+        tx: Sender<Command>,
+        cells: Arc<StateCells>,
+    ) -> Runtime {
         let now = Instant::now();
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -227,6 +234,7 @@ impl Runtime {
             next_progress: now,
             next_rates: now + RATE_PERIOD,
             stop: false,
+            cells,
         }
     }
 
@@ -266,6 +274,10 @@ impl Runtime {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Command::PublishState => self.publish_health(),
+            Command::TimePartnerReads { link, count, reply } => {
+                let _ = reply.send(self.time_partner_reads(link, count));
+            }
             Command::Shutdown => self.stop = true,
             Command::Io(msg) => self.handle_io(msg),
         }
@@ -281,18 +293,9 @@ impl Runtime {
         if now >= self.next_progress {
             self.progress += 1;
             self.next_progress = now + self.cfg.heartbeat.interval();
-            let block = HealthBlock {
-                state: 0,
-                progress: self.progress,
-                incarnation: self.incarnation,
-                node_id: self.cfg.node_id,
-                extension: [0; HEALTH_EXTENSION_LEN],
-            };
-            for l in &self.links {
-                if let Some(hb) = &l.heartbeat {
-                    hb.publish(&block);
-                }
-            }
+            self.publish_health();
+        } else if self.cells.take_dirty() {
+            self.publish_health();
         }
         if now >= self.next_rates {
             self.sample_rates(now);
@@ -301,6 +304,53 @@ impl Runtime {
         if self.planner.is_some() {
             self.plan();
         }
+    }
+
+    /// The incarnation chosen at start.
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Writes our health block (progress, incarnation, and the published state and
+    /// extension) into every link's heartbeat region.
+    fn publish_health(&mut self) {
+        self.cells.take_dirty();
+        let (state, extension) = self.cells.local();
+        let block = HealthBlock {
+            state,
+            progress: self.progress,
+            incarnation: self.incarnation,
+            node_id: self.cfg.node_id,
+            extension,
+        };
+        for l in &self.links {
+            if let Some(hb) = &l.heartbeat {
+                hb.publish(&block);
+            }
+        }
+    }
+
+    fn time_partner_reads(&mut self, link: LinkId, count: usize) -> Result<Vec<Duration>> {
+        let err = |reason: String| ManagerError::ReadPartnerState { link, reason };
+        let i = self
+            .links
+            .iter()
+            .position(|l| l.id == link)
+            .ok_or_else(|| err("no such link".into()))?;
+        let l = &mut self.links[i];
+        if l.state != LinkState::Ready {
+            return Err(err(format!("link is {:?}", l.state)));
+        }
+        let hb = l
+            .heartbeat
+            .as_mut()
+            .ok_or_else(|| err("link has no heartbeat".into()))?;
+        let result = hb.timed_reads(count);
+        let now = Instant::now();
+        for copy in hb.take_copies() {
+            self.cells.record_read(link, copy, now);
+        }
+        result.map_err(err)
     }
 
     fn tick_link(&mut self, i: usize, now: Instant) {
@@ -338,6 +388,10 @@ impl Runtime {
         let miss_count = self.cfg.heartbeat.miss_count;
         let interval = self.cfg.heartbeat.interval();
         let link = &mut self.links[i];
+        self.cells.set_reading(
+            link.id,
+            link.state == LinkState::Ready && link.heartbeat.is_some(),
+        );
         if link.state != LinkState::Ready {
             return;
         }
@@ -347,6 +401,9 @@ impl Runtime {
         let mut failure = None;
         if let HeartbeatPoll::Failed(why) = hb.poll() {
             failure = Some(why);
+        }
+        for copy in hb.take_copies() {
+            self.cells.record_read(link.id, copy, now);
         }
         if failure.is_none() && now >= link.next_interval {
             link.next_interval = now + interval;
@@ -733,6 +790,7 @@ impl Runtime {
             })?;
         let hb = Heartbeat::create(id, fabric, self.cfg.heartbeat.miss_count)?;
         self.links[i].heartbeat = Some(hb);
+        self.publish_health();
         if let Some(c) = self.links[i].conn.as_mut() {
             c.established = true;
         }
