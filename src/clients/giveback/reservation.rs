@@ -79,13 +79,11 @@ pub fn decode_reservation(b: &[u8]) -> Result<u32, FormatError> {
     if version != LAYOUT_VERSION {
         return Err(FormatError::Version(version));
     }
-    for offset in 6..8 {
-        if b[offset] != 0 {
-            return Err(FormatError::Reserved {
-                offset,
-                value: b[offset],
-            });
-        }
+    if let Some((i, &value)) = b[6..8].iter().enumerate().find(|(_, v)| **v != 0) {
+        return Err(FormatError::Reserved {
+            offset: 6 + i,
+            value,
+        });
     }
     Ok(be32(8))
 }
