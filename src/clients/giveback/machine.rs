@@ -398,6 +398,11 @@ impl GivebackMachine {
         self.actions.pop_front()
     }
 
+    /// Actions waiting to be taken with [`GivebackMachine::poll_action`].
+    pub fn pending_actions(&self) -> usize {
+        self.actions.len()
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<GivebackEvent> {
         self.events.pop_front()
