@@ -183,3 +183,262 @@ fn a_fig5_normal_case_every_step_in_order() {
     let detection = st.last_detection.expect("detection recorded");
     assert!(detection >= K * I && detection <= (K + 1) * I, "{detection:?}");
 }
+
+/// A trace predicate: node `id` recorded a step whose label (as in [`milestones`]) is `what`.
+fn is(id: u32, what: &'static str) -> impl Fn(&sim::TraceItem) -> bool {
+    move |t| {
+        t.node == id
+            && match &t.step {
+                Step::State(s) => what == format!("state {s}"),
+                Step::Action(Action::Release { set }) => what == format!("Release {set}"),
+                Step::Event(GivebackEvent::GivebackStarted) => what == "GivebackStarted",
+                _ => false,
+            }
+    }
+}
+
+fn count(w: &World, from: Duration, id: u32, f: impl Fn(&Step) -> bool) -> usize {
+    w.trace
+        .iter()
+        .filter(|t| t.at >= from && t.node == id && f(&t.step))
+        .count()
+}
+
+#[test]
+fn b_fig5_546_to_567_when_the_partner_gave_back_before_the_mailbox_read() {
+    let mut w = pair();
+    w.run_until(I * 10 + I / 2);
+    w.crash(B);
+    assert!(w.run_until_trace(I * 60, is(A, "GivebackStarted")));
+    // B is in MBWAIT and has not read the mailbox since: it crashes now, and restarts
+    // before A could declare it failed.
+    assert_eq!(w.state(B), Some(NodeState::MbWait));
+    w.restart_delay = I * 2;
+    w.crash(B);
+    let t = w.now;
+    w.run_for(I * 10);
+    w.assert_safe("546 -> 567");
+    let got = milestones(&w, t);
+    let b: Vec<&str> = got
+        .iter()
+        .filter_map(|l| l.strip_prefix("B "))
+        .collect();
+    assert_eq!(
+        b,
+        [
+            "crash",
+            "restart 3",
+            "state BOOTING",
+            "CheckReservation 2", // 525: still mine
+            "ReadMailbox",        // 545
+            "CheckReservation 2", // 546: not taken over -> re-check and
+            "StartServing 2",     // 567
+            "state UP",           // 570
+        ]
+    );
+    assert!(w.converged());
+    assert_eq!(outage_of(&w, A).len(), 1, "the outage window still closes");
+}
+
+/// The reference run of the normal case: (A's, B's) action counts at B's crash and at the end.
+fn reference_action_ranges() -> ([u64; 2], [u64; 2]) {
+    let mut w = pair();
+    let t_crash = I * 10 + I / 2;
+    w.run_until(t_crash);
+    let at_crash = [w.node(A).actions_done, w.node(B).actions_done];
+    w.crash(B);
+    w.run_until(t_crash + I * 40);
+    assert!(w.converged());
+    (at_crash, [w.node(A).actions_done, w.node(B).actions_done])
+}
+
+#[test]
+fn c_crash_either_node_at_every_step_then_the_pair_recovers() {
+    let (start, end) = reference_action_ranges();
+    let mut runs = 0;
+    let mut worst = 0;
+    for (who, idx) in [A, B].into_iter().enumerate() {
+        for at in start[who]..end[who] {
+            let (mut w, t_crash) = if idx == A {
+                normal_case(Some(at), None)
+            } else {
+                normal_case(None, Some(at))
+            };
+            let context = format!("node {} crashed at its action #{at}", name(idx));
+            w.assert_safe(&context);
+            let crashes = count(&w, t_crash, idx, |s| *s == Step::Crash);
+            let expected = if idx == B { 2 } else { 1 };
+            assert_eq!(crashes, expected, "{context}: the crash did not happen");
+            // Liveness: with no more faults the pair must return to normal.
+            let took = w.run_until_true(150, World::converged);
+            w.assert_safe(&context);
+            let took = took.unwrap_or_else(|| {
+                panic!("{context}: no convergence\n{}", w.trace_tail(80))
+            });
+            worst = worst.max(took);
+            runs += 1;
+        }
+    }
+    assert!(runs > 100, "only {runs} crash points");
+    println!("{runs} crash points, worst recovery {worst} intervals after the scenario");
+}
+
+#[test]
+fn d_torn_state_blocks_and_bad_mailbox_copies_are_never_believed() {
+    let mut w = pair();
+    w.run_until(I * 10 + I / 2);
+    w.crash(B);
+    assert!(w.run_until_trace(I * 60, is(A, "Release 2")));
+    assert_eq!(w.state(B), Some(NodeState::GiveWait));
+    // Every READ of B now comes back torn, carrying a bogus MBWAIT.
+    w.tear_all_reads_of.insert(B);
+    let t = w.now;
+    w.run_for(I * 30);
+    w.assert_safe("torn reads");
+    assert_eq!(w.state(B), Some(NodeState::MbWait), "B went on to MBWAIT");
+    assert_eq!(w.state(A), Some(NodeState::Takeover), "no giveback on torn copies");
+    assert_eq!(
+        count(&w, t, A, |s| *s == Step::Action(Action::ReleaseIdentity)),
+        0
+    );
+    assert!(w.machine(A).status().torn_reads >= 30);
+    assert!(!w.machine(A).status().partner_failed, "B's mailbox is alive");
+    w.tear_all_reads_of.clear();
+    assert!(w.run_until_true(5, World::converged).is_some());
+
+    // Mailbox: B waits in MBWAIT (A's automatic giveback off). A's slot in copy 0 holds a
+    // forged "not taken over" with a higher heartbeat but a broken checksum; copy 1 is lost.
+    let mut w = pair();
+    w.command(A, Command::SetAutoGiveback(false));
+    w.run_until(I * 10 + I / 2);
+    w.crash(B);
+    assert!(w.run_until_trace(I * 60, is(B, "state MBWAIT")));
+    let current = {
+        let d = w.disks();
+        interlink::clients::giveback::MailboxRecord::decode(&d.copies[0].slots[&A]).unwrap()
+    };
+    assert!(current.taken_over);
+    let forged = interlink::clients::giveback::MailboxRecord {
+        taken_over: false,
+        state: NodeState::Up,
+        heartbeat: current.heartbeat + 1000,
+        ..current
+    };
+    {
+        let mut d = w.disks();
+        let mut bytes = forged.encode();
+        bytes[30] ^= 0x01;
+        d.copies[0].slots.insert(A, bytes);
+        d.copies[0].fault = CopyFault::Stale;
+        d.copies[1].fault = CopyFault::Lost;
+    }
+    w.run_for(I * 20);
+    assert_eq!(w.state(B), Some(NodeState::MbWait), "forged copy believed");
+    // A stale but valid "not taken over" from before the takeover: older, never believed.
+    let stale = interlink::clients::giveback::MailboxRecord {
+        taken_over: false,
+        state: NodeState::Up,
+        heartbeat: 3,
+        incarnation: current.incarnation,
+        ..current
+    };
+    w.disks().copies[0].slots.insert(A, stale.encode());
+    w.run_for(I * 20);
+    w.assert_safe("bad mailbox copies");
+    assert_eq!(w.state(B), Some(NodeState::MbWait), "stale copy believed");
+    assert!(w.node(A).serving.contains(&B));
+    {
+        let mut d = w.disks();
+        d.copies[0].fault = CopyFault::None;
+        d.copies[1].fault = CopyFault::None;
+    }
+    w.run_for(I * 2);
+    assert_eq!(w.state(B), Some(NodeState::MbWait), "still taken over: no giveback yet");
+    let r = w.command(A, Command::Giveback { check_only: false });
+    assert_eq!(r.outcome, CommandOutcome::Started, "{}", r.reason);
+    assert!(w.run_until_true(5, World::converged).is_some());
+    w.assert_safe("after the giveback");
+}
+
+#[test]
+fn e_dead_links_with_a_live_mailbox_never_cause_a_takeover() {
+    let mut w = pair();
+    w.run_until(I * 10);
+    let t = w.now;
+    w.links = [false, false];
+    w.run_for(I * 200);
+    w.assert_safe("links dead");
+    for id in [A, B] {
+        let ev = w.events_since(id, t);
+        assert!(ev.contains(&GivebackEvent::InterconnectDown), "{}", name(id));
+        assert!(!ev.iter().any(|e| matches!(e, GivebackEvent::PartnerFailed { .. })));
+        let st = w.machine(id).status();
+        assert!(st.interconnect_down);
+        assert!(w
+            .machine(id)
+            .state_block()
+            .has(interlink::clients::giveback::state::FLAG_INTERCONNECT_ALERT));
+        assert_eq!(
+            count(&w, t, id, |s| matches!(
+                s,
+                Step::Action(Action::Reserve { preempt: true, .. })
+            )),
+            0
+        );
+    }
+    assert!(w.converged(), "both still serve their own disks");
+    let t = w.now;
+    w.links = [true, false];
+    w.run_for(I * 2);
+    for id in [A, B] {
+        assert!(w
+            .events_since(id, t)
+            .contains(&GivebackEvent::InterconnectRestored));
+        assert!(!w.machine(id).status().interconnect_down);
+    }
+    w.assert_safe("links back");
+}
+
+#[test]
+fn e_an_isolated_node_fences_itself_before_its_partner_takes_over() {
+    let mut w = pair();
+    w.run_until(I * 10 + I / 3);
+    w.links = [false, false];
+    w.disks().no_mailbox_access.insert(A);
+    w.run_for(I * 30);
+    w.assert_safe("isolated A");
+    assert!(w
+        .node(A)
+        .events
+        .iter()
+        .any(|(_, e)| *e == GivebackEvent::Fenced));
+    assert_eq!(w.state(B), Some(NodeState::Takeover));
+    assert_eq!(w.holder(A), Some(B));
+    w.links = [true, true];
+    w.disks().no_mailbox_access.clear();
+    assert!(w.run_until_true(60, World::converged).is_some(), "{}", w.trace_tail(40));
+    w.assert_safe("after isolation");
+}
+
+#[test]
+fn e_an_unreadable_mailbox_never_counts_as_a_silent_partner() {
+    let mut w = pair();
+    w.restart_delay = I * 1000;
+    w.disks().mailbox_read_fails.insert(A);
+    w.run_until(I * 10 + I / 2);
+    w.crash(B);
+    let t = w.now;
+    w.run_for(I * 50);
+    assert_eq!(w.state(A), Some(NodeState::Up), "no takeover without mailbox evidence");
+    assert!(w.machine(A).status().mailbox_read_failures >= 50);
+    w.disks().mailbox_read_fails.clear();
+    let took = w
+        .run_until_true(20, |w| w.state(A) == Some(NodeState::Takeover))
+        .expect("takeover once the mailbox is readable");
+    assert!(took >= K && took <= K + 1, "took {took} intervals");
+    assert_eq!(
+        count(&w, t, A, |s| matches!(s, Step::Event(GivebackEvent::PartnerFailed { .. }))),
+        1
+    );
+    w.assert_safe("unreadable mailbox");
+}

@@ -209,6 +209,27 @@ impl World {
         self.now = self.now.max(until);
     }
 
+    /// Runs event by event until a trace item recorded from now on satisfies `pred`; returns
+    /// whether one did within `limit`.
+    pub fn run_until_trace(&mut self, limit: Duration, pred: impl Fn(&TraceItem) -> bool) -> bool {
+        let until = self.now + limit;
+        let mut seen = self.trace.len();
+        while self.violations.is_empty() {
+            if self.trace[seen.min(self.trace.len())..].iter().any(&pred) {
+                return true;
+            }
+            seen = self.trace.len();
+            match self.next_event() {
+                Some(t) if t <= until => {
+                    self.now = t.max(self.now);
+                    self.process_due();
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+
     pub fn run_for(&mut self, d: Duration) {
         self.run_until(self.now + d);
     }
