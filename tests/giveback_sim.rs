@@ -8,11 +8,11 @@
 #[path = "giveback_sim/mod.rs"]
 mod sim;
 
-use sim::disks::CopyFault;
-use sim::{Cause, Step, World, A, B, I, K};
 use interlink::clients::giveback::{
     Action, Command, CommandOutcome, GivebackEvent, NodeState, StateBlock,
 };
+use sim::disks::CopyFault;
+use sim::{Cause, Step, World, A, B, I, K};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -167,6 +167,15 @@ fn a_fig5_normal_case_every_step_in_order() {
             .join("\n")
     );
     assert!(w.converged());
+    for id in [A, B] {
+        assert!(
+            !w.node(id)
+                .events
+                .iter()
+                .any(|(_, e)| *e == GivebackEvent::InterconnectDown),
+            "false interconnect alarm"
+        );
+    }
     // The outage window (560 to 570) is at most two intervals: the survivor reads every
     // interval and the repaired node reads the mailbox every interval.
     let outage = outage_of(&w, A);
@@ -181,7 +190,10 @@ fn a_fig5_normal_case_every_step_in_order() {
     );
     // Detection: from B's last sign of life to the decision, K intervals.
     let detection = st.last_detection.expect("detection recorded");
-    assert!(detection >= K * I && detection <= (K + 1) * I, "{detection:?}");
+    assert!(
+        detection >= K * I && detection <= (K + 1) * I,
+        "{detection:?}"
+    );
 }
 
 /// A trace predicate: node `id` recorded a step whose label (as in [`milestones`]) is `what`.
@@ -219,10 +231,7 @@ fn b_fig5_546_to_567_when_the_partner_gave_back_before_the_mailbox_read() {
     w.run_for(I * 10);
     w.assert_safe("546 -> 567");
     let got = milestones(&w, t);
-    let b: Vec<&str> = got
-        .iter()
-        .filter_map(|l| l.strip_prefix("B "))
-        .collect();
+    let b: Vec<&str> = got.iter().filter_map(|l| l.strip_prefix("B ")).collect();
     assert_eq!(
         b,
         [
@@ -272,9 +281,8 @@ fn c_crash_either_node_at_every_step_then_the_pair_recovers() {
             // Liveness: with no more faults the pair must return to normal.
             let took = w.run_until_true(150, World::converged);
             w.assert_safe(&context);
-            let took = took.unwrap_or_else(|| {
-                panic!("{context}: no convergence\n{}", w.trace_tail(80))
-            });
+            let took =
+                took.unwrap_or_else(|| panic!("{context}: no convergence\n{}", w.trace_tail(80)));
             worst = worst.max(took);
             runs += 1;
         }
@@ -296,13 +304,20 @@ fn d_torn_state_blocks_and_bad_mailbox_copies_are_never_believed() {
     w.run_for(I * 30);
     w.assert_safe("torn reads");
     assert_eq!(w.state(B), Some(NodeState::MbWait), "B went on to MBWAIT");
-    assert_eq!(w.state(A), Some(NodeState::Takeover), "no giveback on torn copies");
+    assert_eq!(
+        w.state(A),
+        Some(NodeState::Takeover),
+        "no giveback on torn copies"
+    );
     assert_eq!(
         count(&w, t, A, |s| *s == Step::Action(Action::ReleaseIdentity)),
         0
     );
     assert!(w.machine(A).status().torn_reads >= 30);
-    assert!(!w.machine(A).status().partner_failed, "B's mailbox is alive");
+    assert!(
+        !w.machine(A).status().partner_failed,
+        "B's mailbox is alive"
+    );
     w.tear_all_reads_of.clear();
     assert!(w.run_until_true(5, World::converged).is_some());
 
@@ -353,7 +368,11 @@ fn d_torn_state_blocks_and_bad_mailbox_copies_are_never_believed() {
         d.copies[1].fault = CopyFault::None;
     }
     w.run_for(I * 2);
-    assert_eq!(w.state(B), Some(NodeState::MbWait), "still taken over: no giveback yet");
+    assert_eq!(
+        w.state(B),
+        Some(NodeState::MbWait),
+        "still taken over: no giveback yet"
+    );
     let r = w.command(A, Command::Giveback { check_only: false });
     assert_eq!(r.outcome, CommandOutcome::Started, "{}", r.reason);
     assert!(w.run_until_true(5, World::converged).is_some());
@@ -370,8 +389,14 @@ fn e_dead_links_with_a_live_mailbox_never_cause_a_takeover() {
     w.assert_safe("links dead");
     for id in [A, B] {
         let ev = w.events_since(id, t);
-        assert!(ev.contains(&GivebackEvent::InterconnectDown), "{}", name(id));
-        assert!(!ev.iter().any(|e| matches!(e, GivebackEvent::PartnerFailed { .. })));
+        assert!(
+            ev.contains(&GivebackEvent::InterconnectDown),
+            "{}",
+            name(id)
+        );
+        assert!(!ev
+            .iter()
+            .any(|e| matches!(e, GivebackEvent::PartnerFailed { .. })));
         let st = w.machine(id).status();
         assert!(st.interconnect_down);
         assert!(w
@@ -416,7 +441,11 @@ fn e_an_isolated_node_fences_itself_before_its_partner_takes_over() {
     assert_eq!(w.holder(A), Some(B));
     w.links = [true, true];
     w.disks().no_mailbox_access.clear();
-    assert!(w.run_until_true(60, World::converged).is_some(), "{}", w.trace_tail(40));
+    assert!(
+        w.run_until_true(60, World::converged).is_some(),
+        "{}",
+        w.trace_tail(40)
+    );
     w.assert_safe("after isolation");
 }
 
@@ -429,7 +458,11 @@ fn e_an_unreadable_mailbox_never_counts_as_a_silent_partner() {
     w.crash(B);
     let t = w.now;
     w.run_for(I * 50);
-    assert_eq!(w.state(A), Some(NodeState::Up), "no takeover without mailbox evidence");
+    assert_eq!(
+        w.state(A),
+        Some(NodeState::Up),
+        "no takeover without mailbox evidence"
+    );
     assert!(w.machine(A).status().mailbox_read_failures >= 50);
     w.disks().mailbox_read_fails.clear();
     let took = w
@@ -437,8 +470,163 @@ fn e_an_unreadable_mailbox_never_counts_as_a_silent_partner() {
         .expect("takeover once the mailbox is readable");
     assert!(took >= K && took <= K + 1, "took {took} intervals");
     assert_eq!(
-        count(&w, t, A, |s| matches!(s, Step::Event(GivebackEvent::PartnerFailed { .. }))),
+        count(&w, t, A, |s| matches!(
+            s,
+            Step::Event(GivebackEvent::PartnerFailed { .. })
+        )),
         1
     );
     w.assert_safe("unreadable mailbox");
+}
+
+fn holds(w: &World, id: u32) -> Vec<u32> {
+    [A, B]
+        .into_iter()
+        .filter(|s| w.holder(*s) == Some(id))
+        .collect()
+}
+
+/// B, repaired, fails again during its bring-up in `state`: A keeps serving both sets,
+/// re-reserves B's disks and resumes kills; after B's next restart the giveback completes.
+fn repaired_node_fails_again(state: NodeState) {
+    let mut w = pair();
+    w.run_until(I * 10 + I / 2);
+    w.crash(B);
+    let (wait_for, partner_held) = match state {
+        // Crash B after A released its disks, before B reserves them.
+        NodeState::GiveWait => (is(A, "Release 2"), false),
+        // Crash B as it enters MBWAIT, before A reads it.
+        _ => (is(B, "state MBWAIT"), true),
+    };
+    assert!(w.run_until_trace(I * 60, wait_for));
+    assert_eq!(w.state(B), Some(state));
+    assert_eq!(w.holder(B), if partner_held { Some(B) } else { None });
+    let t = w.now;
+    w.crash(B);
+    w.run_for(I * (K + 3));
+    w.assert_safe("second failure");
+    assert_eq!(w.state(A), Some(NodeState::Takeover));
+    assert_eq!(
+        w.node(A).serving,
+        [A, B].into(),
+        "A keeps serving both sets"
+    );
+    assert_eq!(holds(&w, A), [A, B], "A holds both reservations again");
+    let ev = w.events_since(A, t);
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, GivebackEvent::PartnerFailed { .. })));
+    assert!(ev.contains(&GivebackEvent::KillsResumed));
+    assert!(
+        !ev.contains(&GivebackEvent::InterconnectDown),
+        "false interconnect alarm"
+    );
+    assert!(
+        count(&w, t, A, |s| matches!(
+            s,
+            Step::Action(Action::SendKill { .. })
+        )) >= 2
+    );
+    assert_eq!(
+        count(&w, t, A, |s| *s
+            == Step::Action(Action::Reserve {
+                set: B,
+                preempt: true
+            })),
+        1
+    );
+    // B's next restart: GIVEWAIT (its disks are reserved again), MBWAIT, giveback.
+    let took = w.run_until_true(40, World::converged);
+    w.assert_safe("after the second restart");
+    assert!(took.is_some(), "{}", w.trace_tail(40));
+    let b = milestones(&w, t);
+    assert!(b.contains(&"B state GIVEWAIT".to_string()), "{b:?}");
+    assert!(b.contains(&"B state MBWAIT".to_string()), "{b:?}");
+    w.run_for(I);
+    assert_eq!(
+        outage_of(&w, A).len(),
+        1,
+        "the next read closes the outage window"
+    );
+}
+
+#[test]
+fn f_repaired_node_fails_again_in_givewait() {
+    repaired_node_fails_again(NodeState::GiveWait);
+}
+
+#[test]
+fn f_repaired_node_fails_again_in_mbwait() {
+    repaired_node_fails_again(NodeState::MbWait);
+}
+
+#[test]
+fn g_manual_takeover_of_a_live_partner_and_manual_giveback() {
+    let mut w = pair();
+    w.run_until(I * 10);
+    let r = w.command(A, Command::SetAutoGiveback(false));
+    assert_eq!(r.outcome, CommandOutcome::Done);
+    w.run_for(I);
+    // Refusals.
+    let r = w.command(A, Command::Giveback { check_only: false });
+    assert_eq!(r.outcome, CommandOutcome::Refused, "{}", r.reason);
+    // check_only changes nothing.
+    let (trace_len, block, status) = (
+        w.trace.len(),
+        w.machine(A).state_block(),
+        w.machine(A).status(),
+    );
+    let r = w.command(A, Command::Takeover { check_only: true });
+    assert_eq!(r.outcome, CommandOutcome::Allowed, "{}", r.reason);
+    assert!(r.reason.contains("UP"), "{}", r.reason);
+    assert_eq!(r.facts.partner_state, Some(NodeState::Up));
+    assert_eq!(w.trace.len(), trace_len, "no action, no event");
+    assert_eq!(w.machine(A).state_block(), block);
+    assert_eq!(w.machine(A).status(), status);
+
+    // The real takeover kills B first, then reserves once B is not serving.
+    let t = w.now;
+    let r = w.command(A, Command::Takeover { check_only: false });
+    assert_eq!(r.outcome, CommandOutcome::Started, "{}", r.reason);
+    assert!(w.run_until_trace(I * 20, is(A, "state TAKEOVER")));
+    w.assert_safe("manual takeover");
+    assert!(w.events_since(B, t).contains(&GivebackEvent::Killed));
+    let a = milestones(&w, t);
+    let kill = a
+        .iter()
+        .position(|l| l.starts_with("A SendKill"))
+        .expect("kill sent");
+    let halted = a
+        .iter()
+        .position(|l| l == "B state HALTED")
+        .expect("B halted");
+    let reserve = a
+        .iter()
+        .position(|l| l == "A Reserve 2 preempt")
+        .expect("reserved");
+    assert!(kill < halted && halted < reserve, "{a:?}");
+    let r = w.command(A, Command::Takeover { check_only: false });
+    assert_eq!(r.outcome, CommandOutcome::Refused);
+
+    // B comes back to MBWAIT and waits there: no automatic giveback.
+    assert!(w.run_until_trace(I * 40, is(B, "state MBWAIT")));
+    w.run_for(I * 20);
+    assert_eq!(w.state(A), Some(NodeState::Takeover));
+    assert_eq!(w.state(B), Some(NodeState::MbWait));
+    let (trace_len, block) = (w.trace.len(), w.machine(A).state_block());
+    let r = w.command(A, Command::Giveback { check_only: true });
+    assert_eq!(r.outcome, CommandOutcome::Allowed, "{}", r.reason);
+    assert_eq!(
+        (w.trace.len(), w.machine(A).state_block()),
+        (trace_len, block)
+    );
+    let r = w.command(A, Command::Giveback { check_only: false });
+    assert_eq!(r.outcome, CommandOutcome::Started, "{}", r.reason);
+    assert!(w.run_until_true(3, World::converged).is_some());
+    w.assert_safe("manual giveback");
+    assert!(!w
+        .machine(A)
+        .state_block()
+        .has(interlink::clients::giveback::state::FLAG_AUTO_GIVEBACK));
+    let _ = StateBlock::new(NodeState::Up);
 }

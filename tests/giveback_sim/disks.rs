@@ -128,7 +128,8 @@ impl Mailbox for SimMailbox {
                 CopyFault::Stale => {}
                 CopyFault::TearNextWrite => {
                     let slot = c.slots.entry(self.me).or_insert([0; MAILBOX_RECORD_LEN]);
-                    slot[..MAILBOX_RECORD_LEN / 2].copy_from_slice(&bytes[..MAILBOX_RECORD_LEN / 2]);
+                    slot[..MAILBOX_RECORD_LEN / 2]
+                        .copy_from_slice(&bytes[..MAILBOX_RECORD_LEN / 2]);
                     c.fault = CopyFault::None;
                     torn += 1;
                 }

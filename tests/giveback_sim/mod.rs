@@ -568,8 +568,7 @@ impl World {
     // ------------------------------------------------------------------ invariants
 
     fn violate(&mut self, what: String) {
-        self.violations
-            .push(format!("t={:?}: {what}", self.now));
+        self.violations.push(format!("t={:?}: {what}", self.now));
     }
 
     /// At most one node serves each disk set.
@@ -609,7 +608,9 @@ impl World {
     /// reservation, no identity assumed.
     pub fn converged(&self) -> bool {
         self.nodes.iter().all(|n| {
-            n.machine.as_ref().is_some_and(|m| m.state() == NodeState::Up)
+            n.machine
+                .as_ref()
+                .is_some_and(|m| m.state() == NodeState::Up)
                 && n.serving == BTreeSet::from([n.id])
                 && !n.identity
                 && self.holder(n.id) == Some(n.id)

@@ -33,6 +33,7 @@ pub(crate) struct ObservedRead {
 /// Evidence about the partner.
 #[derive(Clone, Debug)]
 pub(crate) struct PartnerView {
+    interval: Duration,
     window: Duration,
     born: Instant,
     link_key: Option<(u64, u64)>,
@@ -46,8 +47,9 @@ pub(crate) struct PartnerView {
 }
 
 impl PartnerView {
-    pub fn new(window: Duration, born: Instant) -> PartnerView {
+    pub fn new(interval: Duration, window: Duration, born: Instant) -> PartnerView {
         PartnerView {
+            interval,
             window,
             born,
             link_key: None,
@@ -138,6 +140,19 @@ impl PartnerView {
             .is_some_and(|t| now.saturating_duration_since(t) < self.window)
     }
 
+    /// Every link silent for the detection window while the mailbox kept changing: the
+    /// mailbox changed within the window, and at least two intervals after the last link
+    /// change (a partner that just died leaves a last mailbox change up to one interval after
+    /// its last link change; that is no interconnect failure).
+    pub fn interconnect_down(&self, now: Instant) -> bool {
+        let links_quiet_since = self.link_change_at.unwrap_or(self.born);
+        self.links_silent(now)
+            && self.mailbox_alive(now)
+            && self
+                .mailbox_change_at
+                .is_some_and(|t| t >= links_quiet_since + 2 * self.interval)
+    }
+
     /// The failure rule (module docs).
     pub fn partner_failed(&self, now: Instant) -> bool {
         self.links_silent(now) && self.mailbox_silent(now)
@@ -192,7 +207,7 @@ mod tests {
     #[test]
     fn giveback_detector_needs_silence_on_links_and_mailbox() {
         let t0 = Instant::now();
-        let mut v = PartnerView::new(5 * I, t0);
+        let mut v = PartnerView::new(I, 5 * I, t0);
         assert!(v.on_read(t0, 0, read(1, 1), 1));
         assert!(
             !v.on_read(t0, 1, read(1, 1), 2),
@@ -208,7 +223,11 @@ mod tests {
         // A newer record: alive again (interconnect down, mailbox alive).
         let t = t0 + I * 6;
         assert!(v.on_mailbox(t, rec(1, 2)));
-        assert!(!v.partner_failed(t) && v.links_silent(t) && v.mailbox_alive(t));
+        assert!(!v.partner_failed(t) && v.interconnect_down(t));
+        assert!(
+            !v.interconnect_down(t0 + I * 2),
+            "links not silent long enough"
+        );
         // A stale copy is no change and is not kept.
         assert!(!v.on_mailbox(t + I, rec(1, 1)));
         assert_eq!(v.record(), rec(1, 2));
@@ -217,7 +236,7 @@ mod tests {
     #[test]
     fn giveback_detector_never_counts_an_unreadable_mailbox_as_silence() {
         let t0 = Instant::now();
-        let mut v = PartnerView::new(5 * I, t0);
+        let mut v = PartnerView::new(I, 5 * I, t0);
         v.on_mailbox(t0, None);
         for i in 1..20u32 {
             let t = t0 + I * i;

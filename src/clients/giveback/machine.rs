@@ -129,7 +129,7 @@ impl GivebackMachine {
     /// interval starts at once.
     pub fn new(cfg: GivebackConfig, incarnation: u64, now: Instant) -> GivebackMachine {
         let mut m = GivebackMachine {
-            view: PartnerView::new(cfg.detection_window(), now),
+            view: PartnerView::new(cfg.interval, cfg.detection_window(), now),
             auto_giveback: cfg.auto_giveback,
             cfg,
             incarnation,
@@ -618,7 +618,6 @@ impl GivebackMachine {
     }
 
     fn evaluate_partner(&mut self, now: Instant) {
-        let links_silent = self.view.links_silent(now);
         if self.view.partner_failed(now) {
             if !self.partner_failed {
                 let silent_for = self.view.silent_for(now);
@@ -629,7 +628,7 @@ impl GivebackMachine {
                 self.events
                     .push_back(GivebackEvent::PartnerFailed { silent_for });
             }
-        } else if links_silent && self.view.mailbox_alive(now) && !self.interconnect_alert {
+        } else if self.view.interconnect_down(now) && !self.interconnect_alert {
             tracing::warn!(
                 me = self.cfg.me,
                 "interconnect down, partner's mailbox alive"
