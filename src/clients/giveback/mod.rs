@@ -1,2 +1,29 @@
 //! The giveback client (F4): partner state block, failure detection, takeover and
 //! coordinated bring-up (GIVEWAIT / MBWAIT).
+//!
+//! - [`state`] holds the node states and the state block published in the health block (F4.1).
+//! - [`mailbox`] is the two-copy on-disk mailbox and its file reference implementation.
+//! - [`reservation`] is disk reservations (the SCSI persistent reservation stand-in).
+//! - [`machine`] is the sans-IO protocol machine, one per node (F4.2-F4.5); [`actions`] is
+//!   what it exchanges with its driver.
+//! - [`error`] is [`GivebackError`].
+//!
+//! The failure-detection rule (F4.2), including what an unreadable mailbox means, is
+//! documented in `detector.rs` and on [`GivebackMachine`]'s module.
+
+pub mod actions;
+mod detector;
+pub mod error;
+pub mod machine;
+pub mod mailbox;
+pub mod reservation;
+pub mod state;
+
+pub use actions::{
+    Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
+};
+pub use error::{FormatError, GivebackError};
+pub use machine::GivebackMachine;
+pub use mailbox::{newest_record, FileMailbox, Mailbox, MailboxRecord, MailboxWrite};
+pub use reservation::{DiskSet, FileReservations, Reservations};
+pub use state::{NodeState, PartnerRead, StateBlock};

@@ -1,0 +1,1019 @@
+//! The giveback protocol machine (F4.2-F4.5): one per node, sans-IO.
+//!
+//! No clock, thread, file or socket: the driver feeds `handle_*` inputs with the current
+//! (possibly virtual) time and carries out the [`Action`]s from `poll_action` one at a time,
+//! in order, reporting each result before taking the next.
+//!
+//! Every interval the machine writes its mailbox record and reads the partner's; when up it
+//! also checks that nobody took its own disks. Failure detection follows the rule in
+//! [`super::detector`]. The bring-up follows Fig. 5 of seed 000 (steps 505-575):
+//!
+//! - Booting: check own reservation; held by the partner → GIVEWAIT (530); free or mine →
+//!   reserve, read the mailbox (545); partner claims my disks (546) → MBWAIT (550); else
+//!   re-check the reservation and serve (567-570).
+//! - GIVEWAIT: the same each interval until the reservation is free.
+//! - MBWAIT: read the mailbox each interval; a newer partner record without the claim (565)
+//!   → re-check the reservation and serve.
+//! - GIVEWAIT or MBWAIT with the partner failed: preempt own disks, serve, then take over.
+//!
+//! Takeover (515): reserve the partner's disks with preempt, write "taken over" to the
+//! mailbox, assume the identity, replay the partner's log, serve its disks, enter TAKEOVER and
+//! send kill messages every interval until a fresh READ shows the partner waiting. Partner
+//! GIVEWAIT (535) → stop kills (537), release its disks (540). Partner MBWAIT (555) with
+//! automatic giveback or an operator giveback → give back (560). The first later READ showing
+//! the partner UP closes the outage window (575).
+//!
+//! Safety rules beyond the seed:
+//! - A booting node re-checks its reservation after the mailbox read, right before serving,
+//!   so a preempt between its reserve and its serve is seen.
+//! - At 546 and 565 a fresh READ showing the partner serving my disks counts as a claim even
+//!   if the mailbox copy says otherwise (a stale copy never releases a waiting node).
+//! - A serving node whose mailbox writes fail on both copies for K−1 intervals while no link
+//!   brings a change of the partner fences itself: the partner would declare it failed after
+//!   K. (Assumes links fail in both directions, as an RDMA connection does.)
+//! - Any node not serving the partner's disks that sees the partner in GIVEWAIT releases the
+//!   partner's disks (a reservation left by an earlier incarnation would block it forever).
+
+use super::actions::{
+    Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
+};
+use super::detector::{ObservedRead, PartnerView};
+use super::mailbox::{MailboxRecord, MailboxWrite};
+use super::reservation::DiskSet;
+use super::state::{
+    NodeState, PartnerRead, StateBlock, FLAG_AUTO_GIVEBACK, FLAG_INTERCONNECT_ALERT,
+    FLAG_PARTNER_DISKS_RESERVED, FLAG_SERVING_OWN, FLAG_SERVING_PARTNER,
+};
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Where a bring-up round is (Booting, GIVEWAIT, MBWAIT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BootPhase {
+    /// Nothing outstanding.
+    Idle,
+    /// CheckReservation{me} sent.
+    CheckOwn,
+    /// Reserve{me, preempt: false} sent.
+    ReserveOwn,
+    /// ReadMailbox sent after the reservation was granted (545).
+    ReadMailbox,
+    /// CheckReservation{me} sent after the mailbox released me (565/567).
+    Recheck,
+    /// Reserve{me, preempt: true} sent: the partner failed while I waited.
+    PreemptOwn,
+}
+
+/// Where a takeover is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TakeoverPhase {
+    /// None under way.
+    Idle,
+    /// Manual takeover of a live partner: killing it until it stops serving.
+    Killing,
+    /// Reserve{partner, preempt: true} sent.
+    Reserving,
+    /// Reservation granted; the mailbox write saying "taken over" is outstanding.
+    WritingMailbox,
+    /// In TAKEOVER, the partner failed again after its disks were released: re-reserving.
+    Rereserving,
+}
+
+/// One node's giveback protocol machine. See the module docs.
+#[derive(Debug)]
+pub struct GivebackMachine {
+    cfg: GivebackConfig,
+    incarnation: u64,
+    state: NodeState,
+    state_since: Instant,
+    state_changes: u16,
+    /// Input number of the last state change: reads handled after it are "fresh".
+    state_input: u64,
+    input: u64,
+    now: Instant,
+    next_tick: Option<Instant>,
+    actions: VecDeque<Action>,
+    events: VecDeque<GivebackEvent>,
+    published: Option<StateBlock>,
+    view: PartnerView,
+    serving_own: bool,
+    serving_partner: bool,
+    identity: bool,
+    holding: BTreeSet<DiskSet>,
+    heartbeat: u64,
+    write_failures: u32,
+    boot: BootPhase,
+    /// Key of the partner record that sent me to MBWAIT: leaving needs a newer one.
+    mbwait_key: Option<(u64, u64)>,
+    takeover: TakeoverPhase,
+    takeover_manual: bool,
+    detection: Duration,
+    killing: bool,
+    partner_released: bool,
+    giveback_requested: bool,
+    giveback_at: Option<Instant>,
+    auto_giveback: bool,
+    interconnect_alert: bool,
+    partner_failed: bool,
+    takeovers: u32,
+    givebacks: u32,
+    last_detection: Option<Duration>,
+    last_outage_window: Option<(Instant, Instant)>,
+    kills_sent: u64,
+    io_failures: u64,
+    last_error: Option<String>,
+}
+
+impl GivebackMachine {
+    /// A machine for incarnation `incarnation` of node `cfg.me`, in Booting; its first
+    /// interval starts at once.
+    pub fn new(cfg: GivebackConfig, incarnation: u64, now: Instant) -> GivebackMachine {
+        let mut m = GivebackMachine {
+            view: PartnerView::new(cfg.interval, cfg.detection_window(), now),
+            auto_giveback: cfg.auto_giveback,
+            cfg,
+            incarnation,
+            state: NodeState::Booting,
+            state_since: now,
+            state_changes: 0,
+            state_input: 0,
+            input: 0,
+            now,
+            next_tick: Some(now),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            published: None,
+            serving_own: false,
+            serving_partner: false,
+            identity: false,
+            holding: BTreeSet::new(),
+            heartbeat: 0,
+            write_failures: 0,
+            boot: BootPhase::Idle,
+            mbwait_key: None,
+            takeover: TakeoverPhase::Idle,
+            takeover_manual: false,
+            detection: Duration::ZERO,
+            killing: false,
+            partner_released: false,
+            giveback_requested: false,
+            giveback_at: None,
+            interconnect_alert: false,
+            partner_failed: false,
+            takeovers: 0,
+            givebacks: 0,
+            last_detection: None,
+            last_outage_window: None,
+            kills_sent: 0,
+            io_failures: 0,
+            last_error: None,
+        };
+        m.publish_if_changed();
+        m
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    /// A believed READ of the partner's block over `link` (torn copies are reported with
+    /// [`GivebackMachine::handle_partner_torn`] instead).
+    pub fn handle_partner_read(&mut self, now: Instant, link: u8, read: PartnerRead) {
+        self.enter(now);
+        if self.state == NodeState::Halted {
+            return;
+        }
+        let previous = self.view.latest();
+        let changed = self.view.on_read(now, link, read, self.input);
+        if changed {
+            self.partner_alive();
+            if self.interconnect_alert {
+                self.interconnect_alert = false;
+                self.events.push_back(GivebackEvent::InterconnectRestored);
+            }
+        }
+        // Only a read that is now the latest (not a lagging copy of an older incarnation)
+        // drives decisions.
+        if self.view.latest().is_none_or(|l| l.input != self.input) {
+            self.publish_if_changed();
+            return;
+        }
+        if previous.is_none_or(|p| {
+            p.read.block.state != read.block.state || p.read.incarnation != read.incarnation
+        }) {
+            self.events.push_back(GivebackEvent::PartnerStateChanged {
+                incarnation: read.incarnation,
+                state: read.block.state,
+            });
+        }
+        let partner = read.block.state;
+        match self.state {
+            NodeState::Up => {
+                if let (Some(at), NodeState::Up) = (self.giveback_at, partner) {
+                    self.giveback_at = None;
+                    self.last_outage_window = Some((at, now));
+                    self.events.push_back(GivebackEvent::GivebackDone {
+                        outage: now.saturating_duration_since(at),
+                    });
+                }
+                if self.takeover == TakeoverPhase::Killing && !partner.may_serve() {
+                    self.start_reserving_partner(now);
+                }
+            }
+            NodeState::Takeover => match partner {
+                NodeState::GiveWait => {
+                    self.stop_kills();
+                    self.release_partner_disks();
+                }
+                NodeState::MbWait => {
+                    self.stop_kills();
+                    if self.auto_giveback || self.giveback_requested {
+                        self.give_back(now);
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        self.publish_if_changed();
+    }
+
+    /// A READ of the partner's block that was torn or corrupt: counted, never believed.
+    pub fn handle_partner_torn(&mut self, now: Instant, link: u8) {
+        self.enter(now);
+        self.view.torn_reads += 1;
+        tracing::debug!(
+            link,
+            torn = self.view.torn_reads,
+            "torn partner block ignored"
+        );
+    }
+
+    /// The result of [`Action::ReadMailbox`]: the partner's newest valid record, if any.
+    pub fn handle_mailbox(&mut self, now: Instant, partner: Option<MailboxRecord>) {
+        self.enter(now);
+        if self.state == NodeState::Halted {
+            return;
+        }
+        let partner = partner.filter(|r| r.node == self.cfg.partner);
+        if self.view.on_mailbox(now, partner) {
+            self.partner_alive();
+        }
+        self.evaluate_partner(now);
+        self.bring_up_after_mailbox(now);
+        if self.partner_failed {
+            self.react_to_failed_partner(now);
+        }
+        self.publish_if_changed();
+    }
+
+    /// The result of [`Action::WriteMailbox`]: at least one copy was written.
+    pub fn handle_mailbox_written(&mut self, now: Instant, write: MailboxWrite) {
+        self.enter(now);
+        if self.state == NodeState::Halted {
+            return;
+        }
+        if let Some(f) = write.failure {
+            tracing::debug!(failure = %f, "one mailbox copy not written");
+        }
+        self.write_failures = 0;
+        if self.takeover == TakeoverPhase::WritingMailbox {
+            self.complete_takeover(now);
+        }
+        self.publish_if_changed();
+    }
+
+    /// The result of [`Action::Reserve`] or [`Action::CheckReservation`]: who holds `set` now.
+    pub fn handle_reservation(&mut self, now: Instant, set: DiskSet, holder: Option<u32>) {
+        self.enter(now);
+        if self.state == NodeState::Halted {
+            return;
+        }
+        let me = self.cfg.me;
+        if holder == Some(me) {
+            self.holding.insert(set);
+        } else {
+            self.holding.remove(&set);
+        }
+        if set == me {
+            self.own_reservation(now, holder);
+        } else if set == self.cfg.partner {
+            self.partner_reservation(now, holder);
+        }
+        self.publish_if_changed();
+    }
+
+    /// A driver action failed: it is retried next interval; a failure never causes a takeover.
+    pub fn handle_io_failed(&mut self, now: Instant, action: &Action, error: String) {
+        self.enter(now);
+        self.io_failures += 1;
+        tracing::warn!(?action, %error, "giveback driver action failed");
+        self.last_error = Some(format!("{action:?}: {error}"));
+        if self.state == NodeState::Halted {
+            return;
+        }
+        match action {
+            Action::WriteMailbox(_) => {
+                self.write_failures = self.write_failures.saturating_add(1);
+                self.fence_if_isolated(now);
+            }
+            Action::ReadMailbox => {
+                self.view.on_mailbox_failed();
+                if self.boot == BootPhase::ReadMailbox {
+                    self.boot = BootPhase::Idle;
+                }
+            }
+            Action::Reserve { set, .. } | Action::CheckReservation { set } => {
+                if *set == self.cfg.me {
+                    self.boot = BootPhase::Idle;
+                } else if *set == self.cfg.partner {
+                    self.takeover = match self.takeover {
+                        TakeoverPhase::Reserving if self.takeover_manual => TakeoverPhase::Killing,
+                        TakeoverPhase::Reserving | TakeoverPhase::Rereserving => {
+                            TakeoverPhase::Idle
+                        }
+                        other => other,
+                    };
+                }
+            }
+            Action::Release { set } if *set == self.cfg.partner => self.partner_released = false,
+            _ => {}
+        }
+        self.publish_if_changed();
+    }
+
+    /// A kill message arrived. Only a serving node of the named incarnation obeys: it stops
+    /// serving, halts and reboots.
+    pub fn handle_kill(&mut self, now: Instant, target_incarnation: u64) {
+        self.enter(now);
+        if target_incarnation != self.incarnation || !self.state.may_serve() {
+            tracing::debug!(target_incarnation, state = %self.state, "kill ignored");
+            return;
+        }
+        tracing::warn!(incarnation = self.incarnation, "killed by the partner");
+        self.halt(now, GivebackEvent::Killed);
+    }
+
+    /// An operator command (F4.5).
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) -> CommandReply {
+        self.enter(now);
+        let (outcome, reason) = match cmd {
+            Command::Takeover { check_only } => self.command_takeover(now, check_only),
+            Command::Giveback { check_only } => self.command_giveback(now, check_only),
+            Command::SetAutoGiveback(on) => {
+                self.auto_giveback = on;
+                (
+                    CommandOutcome::Done,
+                    format!("automatic giveback {}", if on { "on" } else { "off" }),
+                )
+            }
+        };
+        tracing::info!(?cmd, ?outcome, %reason, "giveback command");
+        self.publish_if_changed();
+        CommandReply {
+            outcome,
+            reason,
+            facts: self.status(),
+        }
+    }
+
+    /// The timer: runs the interval's work when it is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.enter(now);
+        let Some(due) = self.next_tick else { return };
+        if now < due {
+            return;
+        }
+        let mut next = due + self.cfg.interval;
+        while next <= now {
+            next += self.cfg.interval;
+        }
+        self.next_tick = Some(next);
+        self.tick(now);
+        self.publish_if_changed();
+    }
+
+    // ------------------------------------------------------------------ outputs
+
+    /// The next action for the driver.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Actions waiting to be taken with [`GivebackMachine::poll_action`].
+    pub fn pending_actions(&self) -> usize {
+        self.actions.len()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<GivebackEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`GivebackMachine::handle_timeout`] wants to run next (`None` once Halted).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_tick
+    }
+
+    /// This node's state.
+    pub fn state(&self) -> NodeState {
+        self.state
+    }
+
+    /// This incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The state block as it should be published now.
+    pub fn state_block(&self) -> StateBlock {
+        let mut flags = 0;
+        for (on, flag) in [
+            (self.auto_giveback, FLAG_AUTO_GIVEBACK),
+            (self.serving_own, FLAG_SERVING_OWN),
+            (self.serving_partner, FLAG_SERVING_PARTNER),
+            (
+                self.holding.contains(&self.cfg.partner),
+                FLAG_PARTNER_DISKS_RESERVED,
+            ),
+            (self.interconnect_alert, FLAG_INTERCONNECT_ALERT),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        let micros =
+            |d: Option<Duration>| d.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        StateBlock {
+            state: self.state,
+            flags,
+            takeovers: self.takeovers,
+            givebacks: self.givebacks,
+            last_outage_us: micros(
+                self.last_outage_window
+                    .map(|(a, b)| b.saturating_duration_since(a)),
+            ),
+            last_detection_us: micros(self.last_detection),
+            state_changes: self.state_changes,
+        }
+    }
+
+    /// A status snapshot as of the last input.
+    pub fn status(&self) -> GivebackStatus {
+        let now = self.now;
+        let latest = self.view.latest();
+        let mut serving = Vec::new();
+        if self.serving_own {
+            serving.push(self.cfg.me);
+        }
+        if self.serving_partner {
+            serving.push(self.cfg.partner);
+        }
+        GivebackStatus {
+            me: self.cfg.me,
+            partner: self.cfg.partner,
+            incarnation: self.incarnation,
+            state: self.state,
+            in_state_for: now.saturating_duration_since(self.state_since),
+            partner_state: latest.map(|l| l.read.block.state),
+            partner_incarnation: self.view.partner_incarnation(),
+            partner_read_age: latest.map(|l| now.saturating_duration_since(l.at)),
+            partner_silent_for: self.view.silent_for(now),
+            partner_failed: self.partner_failed,
+            serving,
+            reservations_held: self.holding.iter().copied().collect(),
+            identity_assumed: self.identity,
+            interconnect_down: self.interconnect_alert,
+            auto_giveback: self.auto_giveback,
+            takeover_in_progress: self.takeover != TakeoverPhase::Idle,
+            giveback_requested: self.giveback_requested,
+            killing: self.killing,
+            takeovers: self.takeovers,
+            givebacks: self.givebacks,
+            last_detection: self.last_detection,
+            last_outage_window: self.last_outage_window,
+            torn_reads: self.view.torn_reads,
+            mailbox_read_failures: self.view.mailbox_read_failures,
+            mailbox_write_failures: self.write_failures,
+            kills_sent: self.kills_sent,
+            io_failures: self.io_failures,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn enter(&mut self, now: Instant) {
+        self.now = now.max(self.now);
+        self.input += 1;
+    }
+
+    fn set_state(&mut self, now: Instant, to: NodeState) {
+        if to == self.state {
+            return;
+        }
+        let from = self.state;
+        tracing::info!(me = self.cfg.me, %from, %to, "giveback state");
+        self.state = to;
+        self.state_since = now;
+        self.state_changes = self.state_changes.wrapping_add(1);
+        self.state_input = self.input;
+        self.events
+            .push_back(GivebackEvent::StateChanged { from, to });
+    }
+
+    fn publish_if_changed(&mut self) {
+        let block = self.state_block();
+        if self.published != Some(block) {
+            self.published = Some(block);
+            self.actions.push_back(Action::Publish(block));
+        }
+    }
+
+    /// My mailbox record for the next write (heartbeat already advanced).
+    fn record(&mut self) -> MailboxRecord {
+        self.heartbeat += 1;
+        MailboxRecord {
+            node: self.cfg.me,
+            incarnation: self.incarnation,
+            state: self.state,
+            taken_over: self.serving_partner || self.takeover == TakeoverPhase::WritingMailbox,
+            takeover_pending: matches!(
+                self.takeover,
+                TakeoverPhase::Killing | TakeoverPhase::Reserving
+            ),
+            heartbeat: self.heartbeat,
+            partner_incarnation: self.view.partner_incarnation().unwrap_or(0),
+        }
+    }
+
+    /// A believed READ handled after my last state change and within the last interval.
+    fn fresh_read(&self, now: Instant) -> Option<ObservedRead> {
+        self.view.latest().filter(|l| {
+            l.input > self.state_input && now.saturating_duration_since(l.at) <= self.cfg.interval
+        })
+    }
+
+    /// A fresh READ shows the partner serving my disks.
+    fn partner_serving_mine(&self, now: Instant) -> bool {
+        self.fresh_read(now).is_some_and(|l| {
+            l.read.block.has(FLAG_SERVING_PARTNER) || l.read.block.state == NodeState::Takeover
+        })
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let me = self.cfg.me;
+        if self.state == NodeState::Halted {
+            return;
+        }
+        let rec = self.record();
+        self.actions.push_back(Action::WriteMailbox(rec));
+        self.actions.push_back(Action::ReadMailbox);
+        match self.state {
+            NodeState::Booting | NodeState::GiveWait => {
+                self.boot = BootPhase::CheckOwn;
+                self.actions.push_back(Action::CheckReservation { set: me });
+            }
+            NodeState::Up | NodeState::Takeover => {
+                self.actions.push_back(Action::CheckReservation { set: me });
+                if self.killing || self.takeover == TakeoverPhase::Killing {
+                    self.send_kill();
+                }
+            }
+            NodeState::MbWait => {
+                // Each interval's mailbox read is the next 565 check.
+                self.boot = BootPhase::Idle;
+            }
+            NodeState::Halted => {}
+        }
+        let partner_givewait = self
+            .fresh_read(now)
+            .is_some_and(|l| l.read.block.state == NodeState::GiveWait);
+        if partner_givewait {
+            if self.state == NodeState::Takeover {
+                self.release_partner_disks();
+            } else if !self.serving_partner && self.takeover == TakeoverPhase::Idle {
+                // A reservation an earlier incarnation of mine left behind.
+                self.actions.push_back(Action::Release {
+                    set: self.cfg.partner,
+                });
+                self.holding.remove(&self.cfg.partner);
+            }
+        }
+    }
+
+    /// The self-fencing rule (module docs): called when a mailbox write failed.
+    fn fence_if_isolated(&mut self, now: Instant) {
+        let fence_after = self.cfg.miss_intervals.saturating_sub(1).max(1);
+        if self.state.may_serve()
+            && self.write_failures >= fence_after
+            && self
+                .view
+                .links_silent_for(now, self.cfg.interval * fence_after)
+        {
+            tracing::error!(
+                me = self.cfg.me,
+                "mailbox unwritable and every link silent: fencing myself"
+            );
+            self.halt(now, GivebackEvent::Fenced);
+        }
+    }
+
+    fn evaluate_partner(&mut self, now: Instant) {
+        if self.view.partner_failed(now) {
+            if !self.partner_failed {
+                let silent_for = self.view.silent_for(now);
+                tracing::warn!(me = self.cfg.me, ?silent_for, "partner failed");
+                self.partner_failed = true;
+                self.giveback_requested = false;
+                self.giveback_at = None;
+                self.events
+                    .push_back(GivebackEvent::PartnerFailed { silent_for });
+            }
+        } else if self.view.interconnect_down(now) && !self.interconnect_alert {
+            tracing::warn!(
+                me = self.cfg.me,
+                "interconnect down, partner's mailbox alive"
+            );
+            self.interconnect_alert = true;
+            self.events.push_back(GivebackEvent::InterconnectDown);
+        }
+    }
+
+    fn partner_alive(&mut self) {
+        if self.partner_failed {
+            self.partner_failed = false;
+            self.events.push_back(GivebackEvent::PartnerAlive);
+        }
+    }
+
+    /// Steps 546 and 565.
+    fn bring_up_after_mailbox(&mut self, now: Instant) {
+        let rec = self.view.record();
+        let serving_mine = self.partner_serving_mine(now);
+        match self.state {
+            NodeState::Booting | NodeState::GiveWait | NodeState::MbWait
+                if self.boot == BootPhase::ReadMailbox =>
+            {
+                if rec.is_some_and(|r| r.claims_partner()) || serving_mine {
+                    self.mbwait_key = rec.map(|r| r.key());
+                    self.boot = BootPhase::Idle;
+                    self.set_state(now, NodeState::MbWait);
+                } else {
+                    self.recheck_own();
+                }
+            }
+            NodeState::MbWait if self.boot == BootPhase::Idle => {
+                let released = rec.is_some_and(|r| {
+                    !r.claims_partner() && self.mbwait_key.is_none_or(|k| r.key() > k)
+                });
+                if released && !serving_mine {
+                    self.recheck_own();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn recheck_own(&mut self) {
+        self.boot = BootPhase::Recheck;
+        self.actions
+            .push_back(Action::CheckReservation { set: self.cfg.me });
+    }
+
+    fn react_to_failed_partner(&mut self, now: Instant) {
+        match self.state {
+            NodeState::GiveWait | NodeState::MbWait if self.boot != BootPhase::PreemptOwn => {
+                self.boot = BootPhase::PreemptOwn;
+                self.actions.push_back(Action::Reserve {
+                    set: self.cfg.me,
+                    preempt: true,
+                });
+            }
+            NodeState::Up
+                if matches!(self.takeover, TakeoverPhase::Idle | TakeoverPhase::Killing) =>
+            {
+                self.start_reserving_partner(now);
+            }
+            NodeState::Takeover => {
+                if !self.holding.contains(&self.cfg.partner) && self.takeover == TakeoverPhase::Idle
+                {
+                    self.takeover = TakeoverPhase::Rereserving;
+                    self.actions.push_back(Action::Reserve {
+                        set: self.cfg.partner,
+                        preempt: true,
+                    });
+                }
+                if !self.killing {
+                    self.killing = true;
+                    self.events.push_back(GivebackEvent::KillsResumed);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn own_reservation(&mut self, now: Instant, holder: Option<u32>) {
+        let me = self.cfg.me;
+        match self.state {
+            NodeState::Booting | NodeState::GiveWait | NodeState::MbWait => {
+                match (self.boot, holder) {
+                    (BootPhase::PreemptOwn, Some(h)) if h == me => {
+                        self.complete_init(now);
+                        if self.partner_failed {
+                            self.start_reserving_partner(now);
+                        }
+                    }
+                    (BootPhase::PreemptOwn, _) => {}
+                    (BootPhase::Recheck, Some(h)) if h == me => self.complete_init(now),
+                    (BootPhase::CheckOwn | BootPhase::ReserveOwn, Some(h)) if h == me => {
+                        self.boot = BootPhase::ReadMailbox;
+                        self.actions.push_back(Action::ReadMailbox);
+                    }
+                    (BootPhase::CheckOwn | BootPhase::Recheck, None) => {
+                        self.boot = BootPhase::ReserveOwn;
+                        self.actions.push_back(Action::Reserve {
+                            set: me,
+                            preempt: false,
+                        });
+                    }
+                    (BootPhase::CheckOwn | BootPhase::ReserveOwn | BootPhase::Recheck, Some(_)) => {
+                        self.boot = BootPhase::Idle;
+                        self.set_state(now, NodeState::GiveWait);
+                    }
+                    _ => {}
+                }
+            }
+            NodeState::Up | NodeState::Takeover => match holder {
+                Some(h) if h != me => {
+                    tracing::error!(me, holder = h, "my disks are reserved by the partner");
+                    self.halt(now, GivebackEvent::Fenced);
+                }
+                None => self.actions.push_back(Action::Reserve {
+                    set: me,
+                    preempt: false,
+                }),
+                Some(_) => {}
+            },
+            NodeState::Halted => {}
+        }
+    }
+
+    fn partner_reservation(&mut self, _now: Instant, holder: Option<u32>) {
+        let granted = holder == Some(self.cfg.me);
+        match self.takeover {
+            TakeoverPhase::Reserving if granted => {
+                self.takeover = TakeoverPhase::WritingMailbox;
+                let rec = self.record();
+                self.actions.push_back(Action::WriteMailbox(rec));
+            }
+            TakeoverPhase::Reserving => {
+                self.takeover = if self.takeover_manual {
+                    TakeoverPhase::Killing
+                } else {
+                    TakeoverPhase::Idle
+                };
+            }
+            TakeoverPhase::Rereserving => {
+                self.takeover = TakeoverPhase::Idle;
+                if granted {
+                    self.partner_released = false;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Step 567: serve my own disks.
+    fn complete_init(&mut self, now: Instant) {
+        self.boot = BootPhase::Idle;
+        self.mbwait_key = None;
+        self.serving_own = true;
+        self.actions
+            .push_back(Action::StartServing { set: self.cfg.me });
+        self.events
+            .push_back(GivebackEvent::Serving { set: self.cfg.me });
+        self.set_state(now, NodeState::Up);
+        self.publish_if_changed();
+    }
+
+    fn start_reserving_partner(&mut self, now: Instant) {
+        if self.takeover == TakeoverPhase::Idle {
+            self.events.push_back(GivebackEvent::TakeoverStarted {
+                manual: self.takeover_manual,
+            });
+        }
+        self.detection = self.view.silent_for(now);
+        self.takeover = TakeoverPhase::Reserving;
+        self.actions.push_back(Action::Reserve {
+            set: self.cfg.partner,
+            preempt: true,
+        });
+    }
+
+    fn complete_takeover(&mut self, now: Instant) {
+        let partner = self.cfg.partner;
+        self.takeover = TakeoverPhase::Idle;
+        self.takeover_manual = false;
+        self.identity = true;
+        self.actions.push_back(Action::AssumeIdentity);
+        self.actions.push_back(Action::ReplayPartnerLog);
+        self.serving_partner = true;
+        self.actions
+            .push_back(Action::StartServing { set: partner });
+        self.events
+            .push_back(GivebackEvent::Serving { set: partner });
+        self.set_state(now, NodeState::Takeover);
+        self.takeovers = self.takeovers.wrapping_add(1);
+        self.last_detection = Some(self.detection);
+        self.partner_released = false;
+        self.giveback_requested = false;
+        self.publish_if_changed();
+        self.events.push_back(GivebackEvent::TakeoverDone {
+            detection: self.detection,
+        });
+        tracing::warn!(me = self.cfg.me, partner, detection = ?self.detection, "took over");
+        self.killing = true;
+        self.send_kill();
+    }
+
+    fn send_kill(&mut self) {
+        if let Some(target_incarnation) = self.view.partner_incarnation() {
+            self.kills_sent += 1;
+            self.actions
+                .push_back(Action::SendKill { target_incarnation });
+        }
+    }
+
+    fn stop_kills(&mut self) {
+        if self.killing {
+            self.killing = false;
+            self.events.push_back(GivebackEvent::KillsStopped);
+        }
+    }
+
+    /// Step 540 (in TAKEOVER): release the partner's disks, keep serving them.
+    fn release_partner_disks(&mut self) {
+        if self.partner_released {
+            return;
+        }
+        self.partner_released = true;
+        if self.holding.remove(&self.cfg.partner) {
+            self.actions.push_back(Action::Release {
+                set: self.cfg.partner,
+            });
+        }
+    }
+
+    /// Step 560.
+    fn give_back(&mut self, now: Instant) {
+        let partner = self.cfg.partner;
+        tracing::warn!(me = self.cfg.me, partner, "giving back");
+        self.serving_partner = false;
+        self.actions.push_back(Action::StopServing { set: partner });
+        self.events
+            .push_back(GivebackEvent::StoppedServing { set: partner });
+        self.identity = false;
+        self.actions.push_back(Action::ReleaseIdentity);
+        if self.holding.remove(&partner) {
+            self.actions.push_back(Action::Release { set: partner });
+        }
+        self.set_state(now, NodeState::Up);
+        let rec = self.record();
+        self.actions.push_back(Action::WriteMailbox(rec));
+        self.givebacks = self.givebacks.wrapping_add(1);
+        self.giveback_at = Some(now);
+        self.giveback_requested = false;
+        self.killing = false;
+        self.partner_released = false;
+        self.events.push_back(GivebackEvent::GivebackStarted);
+        self.publish_if_changed();
+    }
+
+    /// Killed or fenced: stop serving everything, halt, reboot.
+    fn halt(&mut self, now: Instant, why: GivebackEvent) {
+        self.actions.clear();
+        for (serving, set) in [
+            (self.serving_partner, self.cfg.partner),
+            (self.serving_own, self.cfg.me),
+        ] {
+            if serving {
+                self.actions.push_back(Action::StopServing { set });
+                self.events.push_back(GivebackEvent::StoppedServing { set });
+            }
+        }
+        self.serving_partner = false;
+        self.serving_own = false;
+        if self.identity {
+            self.identity = false;
+            self.actions.push_back(Action::ReleaseIdentity);
+        }
+        self.takeover = TakeoverPhase::Idle;
+        self.takeover_manual = false;
+        self.killing = false;
+        self.giveback_at = None;
+        self.set_state(now, NodeState::Halted);
+        self.publish_if_changed();
+        self.events.push_back(why);
+        self.actions.push_back(Action::Reboot);
+        self.next_tick = None;
+    }
+
+    fn command_takeover(&mut self, now: Instant, check_only: bool) -> (CommandOutcome, String) {
+        let refuse = |r: String| (CommandOutcome::Refused, r);
+        match self.state {
+            NodeState::Up => {}
+            NodeState::Takeover => return refuse("already in takeover".into()),
+            s => return refuse(format!("not serving my own disks yet (state {s})")),
+        }
+        if self.takeover != TakeoverPhase::Idle {
+            return refuse("a takeover is already under way".into());
+        }
+        let fresh = self.fresh_read(now).map(|l| l.read.block.state);
+        let (reason, reserve_now) = if self.partner_failed {
+            (
+                format!(
+                    "partner failed (silent for {:?}): reserving its disks now",
+                    self.view.silent_for(now)
+                ),
+                true,
+            )
+        } else if self.interconnect_alert {
+            return refuse(
+                "interconnect down with the partner's mailbox alive: it cannot be killed, \
+                 a takeover would risk split brain"
+                    .into(),
+            );
+        } else {
+            match fresh {
+                Some(s) if !s.may_serve() => (
+                    format!("partner is {s} (not serving): reserving its disks at the next read"),
+                    false,
+                ),
+                Some(s) => (
+                    format!("partner is {s}: killing it first, then taking over"),
+                    false,
+                ),
+                None => (
+                    "no fresh read of the partner: killing it first, then taking over".into(),
+                    false,
+                ),
+            }
+        };
+        if check_only {
+            return (CommandOutcome::Allowed, reason);
+        }
+        self.takeover_manual = true;
+        if reserve_now {
+            self.start_reserving_partner(now);
+        } else {
+            self.events
+                .push_back(GivebackEvent::TakeoverStarted { manual: true });
+            self.takeover = TakeoverPhase::Killing;
+            if fresh.is_none_or(|s| s.may_serve()) {
+                self.send_kill();
+            }
+        }
+        (CommandOutcome::Started, reason)
+    }
+
+    fn command_giveback(&mut self, now: Instant, check_only: bool) -> (CommandOutcome, String) {
+        if self.state != NodeState::Takeover {
+            return (
+                CommandOutcome::Refused,
+                format!("not in takeover (state {})", self.state),
+            );
+        }
+        if self.partner_failed {
+            return (
+                CommandOutcome::Refused,
+                "partner is considered failed: nobody to give back to".into(),
+            );
+        }
+        let reason = match self.fresh_read(now).map(|l| l.read.block.state) {
+            Some(NodeState::MbWait) => {
+                "partner is MBWAIT: giving back at the next read confirming it"
+            }
+            Some(NodeState::GiveWait) => "partner is GIVEWAIT: giving back once it reaches MBWAIT",
+            Some(s) => {
+                return (
+                    CommandOutcome::Refused,
+                    format!("partner is {s}, not waiting for a giveback"),
+                )
+            }
+            None => {
+                return (
+                    CommandOutcome::Refused,
+                    "no fresh read of the partner".into(),
+                )
+            }
+        };
+        if check_only {
+            return (CommandOutcome::Allowed, reason.into());
+        }
+        self.giveback_requested = true;
+        (CommandOutcome::Started, reason.into())
+    }
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

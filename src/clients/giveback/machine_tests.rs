@@ -1,0 +1,336 @@
+//! Unit tests of the giveback machine, one node at a time with scripted driver results.
+//! The two-node protocol is exercised by `tests/giveback_sim.rs`.
+
+use super::*;
+use crate::clients::giveback::state::StateBlock;
+
+const I: Duration = Duration::from_millis(100);
+const ME: u32 = 1;
+const PARTNER: u32 = 2;
+
+fn cfg() -> GivebackConfig {
+    GivebackConfig {
+        me: ME,
+        partner: PARTNER,
+        interval: I,
+        miss_intervals: 5,
+        auto_giveback: true,
+    }
+}
+
+/// What the scripted driver answers.
+struct World {
+    holder_me: Option<u32>,
+    holder_partner: Option<u32>,
+    partner_record: Option<MailboxRecord>,
+    mailbox_fails: bool,
+    write_fails: bool,
+    done: Vec<Action>,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            holder_me: None,
+            holder_partner: Some(PARTNER),
+            partner_record: None,
+            mailbox_fails: false,
+            write_fails: false,
+            done: Vec::new(),
+        }
+    }
+
+    /// Carries out every queued action, feeding results back, like a real driver.
+    fn drain(&mut self, m: &mut GivebackMachine, now: Instant) {
+        while let Some(a) = m.poll_action() {
+            self.done.push(a.clone());
+            match &a {
+                Action::ReadMailbox if self.mailbox_fails => {
+                    m.handle_io_failed(now, &a, "EIO".into())
+                }
+                Action::ReadMailbox => m.handle_mailbox(now, self.partner_record),
+                Action::WriteMailbox(_) if self.write_fails => {
+                    m.handle_io_failed(now, &a, "EIO".into())
+                }
+                Action::WriteMailbox(_) => m.handle_mailbox_written(
+                    now,
+                    MailboxWrite {
+                        primary: true,
+                        backup: true,
+                        failure: None,
+                    },
+                ),
+                Action::Reserve { set, preempt } => {
+                    let slot = self.slot(*set);
+                    if slot.is_none() || *preempt || *slot == Some(ME) {
+                        *slot = Some(ME);
+                    }
+                    let h = *slot;
+                    m.handle_reservation(now, *set, h);
+                }
+                Action::CheckReservation { set } => {
+                    let h = *self.slot(*set);
+                    m.handle_reservation(now, *set, h);
+                }
+                Action::Release { set } => {
+                    let slot = self.slot(*set);
+                    if *slot == Some(ME) {
+                        *slot = None;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn slot(&mut self, set: u32) -> &mut Option<u32> {
+        if set == ME {
+            &mut self.holder_me
+        } else {
+            &mut self.holder_partner
+        }
+    }
+
+    fn take(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.done)
+    }
+}
+
+fn partner_rec(heartbeat: u64, taken_over: bool) -> Option<MailboxRecord> {
+    Some(MailboxRecord {
+        node: PARTNER,
+        incarnation: 1,
+        state: if taken_over {
+            NodeState::Takeover
+        } else {
+            NodeState::Up
+        },
+        taken_over,
+        takeover_pending: false,
+        heartbeat,
+        partner_incarnation: 0,
+    })
+}
+
+fn significant(actions: &[Action]) -> Vec<Action> {
+    actions
+        .iter()
+        .filter(|a| !matches!(a, Action::Publish(_) | Action::WriteMailbox(_)))
+        .cloned()
+        .collect()
+}
+
+fn tick(m: &mut GivebackMachine, w: &mut World, now: Instant) {
+    m.handle_timeout(now);
+    w.drain(m, now);
+}
+
+#[test]
+fn giveback_machine_boots_straight_to_up_when_not_taken_over() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    assert_eq!(m.poll_timeout(), Some(t0));
+    tick(&mut m, &mut w, t0);
+    assert_eq!(
+        significant(&w.take()),
+        vec![
+            Action::ReadMailbox,
+            Action::CheckReservation { set: ME },
+            Action::Reserve {
+                set: ME,
+                preempt: false
+            },
+            Action::ReadMailbox,
+            Action::CheckReservation { set: ME },
+            Action::StartServing { set: ME },
+        ]
+    );
+    assert_eq!(m.state(), NodeState::Up);
+    assert_eq!(m.status().serving, vec![ME]);
+    assert_eq!(m.poll_timeout(), Some(t0 + I));
+}
+
+#[test]
+fn giveback_machine_waits_in_givewait_then_mbwait_then_serves() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    w.holder_me = Some(PARTNER);
+    w.partner_record = partner_rec(1, true);
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    tick(&mut m, &mut w, t0);
+    assert_eq!(m.state(), NodeState::GiveWait);
+    let published: Vec<_> = w
+        .take()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Publish(b) => Some(b.state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published, vec![NodeState::Booting, NodeState::GiveWait]);
+    // Reservation released by the partner: reserve, read the mailbox (taken over) -> MBWAIT.
+    w.holder_me = None;
+    w.partner_record = partner_rec(2, true);
+    tick(&mut m, &mut w, t0 + I);
+    assert_eq!(m.state(), NodeState::MbWait);
+    // The same record again (or a stale one) does not release me.
+    tick(&mut m, &mut w, t0 + 2 * I);
+    w.partner_record = partner_rec(1, false);
+    tick(&mut m, &mut w, t0 + 3 * I);
+    assert_eq!(
+        m.state(),
+        NodeState::MbWait,
+        "a stale copy never releases me"
+    );
+    w.take();
+    // The partner gave back.
+    w.partner_record = partner_rec(5, false);
+    tick(&mut m, &mut w, t0 + 4 * I);
+    assert_eq!(
+        significant(&w.take()),
+        vec![
+            Action::ReadMailbox,
+            Action::CheckReservation { set: ME },
+            Action::StartServing { set: ME },
+        ]
+    );
+    assert_eq!(m.state(), NodeState::Up);
+}
+
+#[test]
+fn giveback_machine_never_takes_over_on_an_unreadable_mailbox() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    w.partner_record = partner_rec(1, false);
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    tick(&mut m, &mut w, t0);
+    assert_eq!(m.state(), NodeState::Up);
+    // The partner is silent on every link (no reads at all) and the mailbox cannot be read.
+    w.mailbox_fails = true;
+    for i in 1..50u32 {
+        tick(&mut m, &mut w, t0 + I * i);
+    }
+    assert!(!w
+        .take()
+        .iter()
+        .any(|a| matches!(a, Action::Reserve { set: PARTNER, .. })));
+    assert!(!m.status().partner_failed);
+    // Readable again: K more intervals of evidence are needed.
+    w.mailbox_fails = false;
+    for i in 50..54u32 {
+        tick(&mut m, &mut w, t0 + I * i);
+        assert!(!m.status().partner_failed, "interval {i}");
+    }
+    tick(&mut m, &mut w, t0 + I * 55);
+    assert!(m.status().partner_failed);
+    assert_eq!(m.state(), NodeState::Takeover);
+    assert_eq!(w.holder_partner, Some(ME));
+}
+
+#[test]
+fn giveback_machine_kills_only_a_serving_node_of_that_incarnation() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    w.holder_me = Some(PARTNER);
+    let mut m = GivebackMachine::new(cfg(), 7, t0);
+    tick(&mut m, &mut w, t0);
+    assert_eq!(m.state(), NodeState::GiveWait);
+    m.handle_kill(t0, 7);
+    assert_eq!(m.state(), NodeState::GiveWait, "not serving: kill ignored");
+    w.holder_me = None;
+    tick(&mut m, &mut w, t0 + I);
+    assert_eq!(m.state(), NodeState::Up);
+    m.handle_kill(t0 + I, 6);
+    assert_eq!(m.state(), NodeState::Up, "another incarnation's kill");
+    w.take();
+    m.handle_kill(t0 + I, 7);
+    w.drain(&mut m, t0 + I);
+    assert_eq!(m.state(), NodeState::Halted);
+    let acts = w.take();
+    assert_eq!(
+        significant(&acts),
+        vec![Action::StopServing { set: ME }, Action::Reboot]
+    );
+    assert_eq!(m.poll_timeout(), None);
+    let events: Vec<_> = std::iter::from_fn(|| m.poll_event()).collect();
+    assert!(events.contains(&GivebackEvent::Killed));
+}
+
+#[test]
+fn giveback_machine_fences_when_its_disks_are_taken() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    tick(&mut m, &mut w, t0);
+    assert_eq!(m.state(), NodeState::Up);
+    w.holder_me = Some(PARTNER);
+    w.take();
+    tick(&mut m, &mut w, t0 + I);
+    assert_eq!(m.state(), NodeState::Halted);
+    let acts = significant(&w.take());
+    assert_eq!(
+        &acts[acts.len() - 2..],
+        &[Action::StopServing { set: ME }, Action::Reboot]
+    );
+    let events: Vec<_> = std::iter::from_fn(|| m.poll_event()).collect();
+    assert!(events.contains(&GivebackEvent::Fenced));
+}
+
+#[test]
+fn giveback_machine_fences_itself_when_isolated_from_mailbox_and_links() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    w.partner_record = partner_rec(1, false);
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    tick(&mut m, &mut w, t0);
+    w.write_fails = true;
+    w.mailbox_fails = true;
+    for i in 1..4u32 {
+        tick(&mut m, &mut w, t0 + I * i);
+        assert_eq!(m.state(), NodeState::Up, "interval {i}");
+    }
+    tick(&mut m, &mut w, t0 + I * 4);
+    assert_eq!(
+        m.state(),
+        NodeState::Halted,
+        "K-1 = 4 failed writes, links silent"
+    );
+}
+
+#[test]
+fn giveback_machine_check_only_commands_change_nothing() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    w.partner_record = partner_rec(1, false);
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    tick(&mut m, &mut w, t0);
+    let read = PartnerRead {
+        incarnation: 3,
+        progress: 1,
+        block: StateBlock::new(NodeState::Up),
+    };
+    m.handle_partner_read(t0 + I / 2, 0, read);
+    w.drain(&mut m, t0 + I / 2);
+    while m.poll_event().is_some() {}
+    let before = m.status();
+    let block = m.state_block();
+    let r = m.handle_command(t0 + I / 2, Command::Takeover { check_only: true });
+    assert_eq!(r.outcome, CommandOutcome::Allowed, "{}", r.reason);
+    assert!(r.reason.contains("killing it first"), "{}", r.reason);
+    let r = m.handle_command(t0 + I / 2, Command::Giveback { check_only: true });
+    assert_eq!(r.outcome, CommandOutcome::Refused);
+    assert_eq!(m.poll_action(), None);
+    assert_eq!(m.poll_event(), None);
+    assert_eq!(m.state_block(), block);
+    assert_eq!(m.status(), before);
+    // The real takeover kills the live partner first.
+    let r = m.handle_command(t0 + I / 2, Command::Takeover { check_only: false });
+    assert_eq!(r.outcome, CommandOutcome::Started);
+    assert_eq!(
+        m.poll_action(),
+        Some(Action::SendKill {
+            target_incarnation: 3
+        })
+    );
+}

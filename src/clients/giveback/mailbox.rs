@@ -1,0 +1,585 @@
+//! The mailbox (seed 003): a sector per node on each of two shared disks, primary and backup.
+//!
+//! Each node writes its [`MailboxRecord`] to its own sector of both copies every interval and
+//! reads its partner's sector; a record that stops changing is one half of the failure
+//! evidence (F4.2), and the record's `taken_over` bit is what a repaired node checks before
+//! it serves (steps 545-565). The record is 64 bytes at the start of the node's 512-byte
+//! sector (the rest of the sector is zero):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `ILMB` |
+//! | 4 | 2 | layout version (1) |
+//! | 6 | 2 | writer's state ([`NodeState`] word) |
+//! | 8 | 4 | writer's node id |
+//! | 12 | 2 | flags: bit 0 TAKEN_OVER (the writer serves its partner's disks), bit 1 TAKEOVER_PENDING (the writer is killing its partner to take over); other bits zero |
+//! | 14 | 2 | reserved, zero |
+//! | 16 | 8 | writer's incarnation |
+//! | 24 | 8 | heartbeat: incremented by every write of this incarnation |
+//! | 32 | 8 | the partner incarnation the writer last saw (0 = none) |
+//! | 40 | 20 | reserved, zero |
+//! | 60 | 4 | CRC32C of bytes 0..60 |
+//!
+//! All integers big-endian. A write that tears (half a record written) fails the checksum
+//! and that copy is simply invalid until the next write; a reader never believes it.
+
+use super::error::{FormatError, GivebackError};
+use super::state::NodeState;
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Size of a mailbox record.
+pub const MAILBOX_RECORD_LEN: usize = 64;
+/// Size of a node's sector in each mailbox copy.
+pub const MAILBOX_SECTOR_LEN: usize = 512;
+/// File name of the primary copy in the mailbox directory.
+pub const MAILBOX_PRIMARY_FILE: &str = "mailbox-primary";
+/// File name of the backup copy in the mailbox directory.
+pub const MAILBOX_BACKUP_FILE: &str = "mailbox-backup";
+
+const MAGIC: [u8; 4] = *b"ILMB";
+const LAYOUT_VERSION: u16 = 1;
+const FLAG_TAKEN_OVER: u16 = 1 << 0;
+const FLAG_TAKEOVER_PENDING: u16 = 1 << 1;
+const FLAGS_KNOWN: u16 = 0x3;
+
+/// One node's mailbox record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxRecord {
+    /// The writer's node id.
+    pub node: u32,
+    /// The writer's incarnation.
+    pub incarnation: u64,
+    /// The writer's state.
+    pub state: NodeState,
+    /// "I have taken over my partner": the writer serves its partner's disk set.
+    pub taken_over: bool,
+    /// The writer is killing its partner for a manual takeover; a booting partner treats it
+    /// like `taken_over` and waits.
+    pub takeover_pending: bool,
+    /// Incremented by each write of this incarnation.
+    pub heartbeat: u64,
+    /// The partner incarnation the writer last saw (0 = none).
+    pub partner_incarnation: u64,
+}
+
+impl MailboxRecord {
+    /// The order of records of one node: a later incarnation, then a higher heartbeat, wins.
+    pub fn key(&self) -> (u64, u64) {
+        (self.incarnation, self.heartbeat)
+    }
+
+    /// Whether the writer claims its partner's disks (taken over or about to).
+    pub fn claims_partner(&self) -> bool {
+        self.taken_over || self.takeover_pending
+    }
+
+    /// Encodes the record with its checksum.
+    pub fn encode(&self) -> [u8; MAILBOX_RECORD_LEN] {
+        let mut b = [0u8; MAILBOX_RECORD_LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4..6].copy_from_slice(&LAYOUT_VERSION.to_be_bytes());
+        b[6..8].copy_from_slice(&self.state.as_u16().to_be_bytes());
+        b[8..12].copy_from_slice(&self.node.to_be_bytes());
+        let mut flags = 0u16;
+        if self.taken_over {
+            flags |= FLAG_TAKEN_OVER;
+        }
+        if self.takeover_pending {
+            flags |= FLAG_TAKEOVER_PENDING;
+        }
+        b[12..14].copy_from_slice(&flags.to_be_bytes());
+        b[16..24].copy_from_slice(&self.incarnation.to_be_bytes());
+        b[24..32].copy_from_slice(&self.heartbeat.to_be_bytes());
+        b[32..40].copy_from_slice(&self.partner_incarnation.to_be_bytes());
+        let crc = crc32c::crc32c(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    /// Decodes and verifies a record; every rejection is a typed error.
+    pub fn decode(b: &[u8]) -> Result<MailboxRecord, GivebackError> {
+        Self::decode_fields(b).map_err(GivebackError::DecodeMailboxRecord)
+    }
+
+    fn decode_fields(b: &[u8]) -> Result<MailboxRecord, FormatError> {
+        if b.len() < MAILBOX_RECORD_LEN {
+            return Err(FormatError::Short {
+                got: b.len(),
+                need: MAILBOX_RECORD_LEN,
+            });
+        }
+        let mut magic = [0u8; 4];
+        magic.copy_from_slice(&b[0..4]);
+        if magic != MAGIC {
+            return Err(FormatError::Magic(magic));
+        }
+        let be16 = |o: usize| u16::from_be_bytes([b[o], b[o + 1]]);
+        let be32 = |o: usize| u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let be64 = |o: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[o..o + 8]);
+            u64::from_be_bytes(x)
+        };
+        if crc32c::crc32c(&b[0..60]) != be32(60) {
+            return Err(FormatError::Checksum);
+        }
+        let version = be16(4);
+        if version != LAYOUT_VERSION {
+            return Err(FormatError::Version(version));
+        }
+        let state = NodeState::from_u16(be16(6))?;
+        let flags = be16(12);
+        if flags & !FLAGS_KNOWN != 0 {
+            return Err(FormatError::Flags(u32::from(flags & !FLAGS_KNOWN)));
+        }
+        for offset in (14..16).chain(40..60) {
+            if b[offset] != 0 {
+                return Err(FormatError::Reserved {
+                    offset,
+                    value: b[offset],
+                });
+            }
+        }
+        Ok(MailboxRecord {
+            node: be32(8),
+            incarnation: be64(16),
+            state,
+            taken_over: flags & FLAG_TAKEN_OVER != 0,
+            takeover_pending: flags & FLAG_TAKEOVER_PENDING != 0,
+            heartbeat: be64(24),
+            partner_incarnation: be64(32),
+        })
+    }
+}
+
+/// The newer of two (possibly missing) copies of one node's record.
+pub fn newest_record(a: Option<MailboxRecord>, b: Option<MailboxRecord>) -> Option<MailboxRecord> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.key() > a.key() { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Which copies a write reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxWrite {
+    /// The primary copy was written and synced.
+    pub primary: bool,
+    /// The backup copy was written and synced.
+    pub backup: bool,
+    /// The error of the copy that failed, if one did.
+    pub failure: Option<String>,
+}
+
+/// Two shared copies of the per-node mailbox sectors.
+pub trait Mailbox: Send {
+    /// Writes this node's record to its sector of both copies; succeeds if at least one copy
+    /// was written (the result says which).
+    fn write_own(&mut self, rec: &MailboxRecord) -> Result<MailboxWrite, GivebackError>;
+    /// The partner's record: the valid copy with the higher (incarnation, heartbeat); `None`
+    /// if neither copy holds a valid record of the partner. An error only when no copy could
+    /// be read at all.
+    fn read_partner(&mut self) -> Result<Option<MailboxRecord>, GivebackError>;
+    /// This node's own record, chosen like [`Mailbox::read_partner`] (status and tests).
+    fn read_own(&mut self) -> Result<Option<MailboxRecord>, GivebackError>;
+}
+
+/// The reference mailbox: two files in a directory both node processes see, the stand-in for
+/// two shared disks. Each file holds one 512-byte sector per node, the smaller node id's at
+/// offset 0. Files are opened per call and never locked: each node writes only its own
+/// sector, with one positioned write of the whole sector and `sync_data`.
+#[derive(Debug)]
+pub struct FileMailbox {
+    dir: PathBuf,
+    me: u32,
+    partner: u32,
+}
+
+enum CopyRead {
+    Valid(MailboxRecord),
+    Invalid,
+    Failed(std::io::Error),
+}
+
+impl FileMailbox {
+    /// A mailbox in `dir` (which must exist) for node `me` and its partner.
+    pub fn open(dir: &Path, me: u32, partner: u32) -> Result<FileMailbox, GivebackError> {
+        if me == partner {
+            return Err(GivebackError::OpenMailbox {
+                dir: dir.to_path_buf(),
+                reason: format!("node and partner are both {me}"),
+            });
+        }
+        if !dir.is_dir() {
+            return Err(GivebackError::OpenMailbox {
+                dir: dir.to_path_buf(),
+                reason: "not a directory".into(),
+            });
+        }
+        Ok(FileMailbox {
+            dir: dir.to_path_buf(),
+            me,
+            partner,
+        })
+    }
+
+    /// The primary copy's path.
+    pub fn primary_path(&self) -> PathBuf {
+        self.dir.join(MAILBOX_PRIMARY_FILE)
+    }
+
+    /// The backup copy's path.
+    pub fn backup_path(&self) -> PathBuf {
+        self.dir.join(MAILBOX_BACKUP_FILE)
+    }
+
+    /// Byte offset of `node`'s sector in each copy.
+    pub fn sector_offset(&self, node: u32) -> u64 {
+        let other = if node == self.me {
+            self.partner
+        } else {
+            self.me
+        };
+        if node < other {
+            0
+        } else {
+            MAILBOX_SECTOR_LEN as u64
+        }
+    }
+
+    fn write_copy(&self, path: &Path, sector: &[u8]) -> std::io::Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        file.write_all_at(sector, self.sector_offset(self.me))?;
+        file.sync_data()
+    }
+
+    fn read_copy(&self, path: &Path, node: u32) -> CopyRead {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return CopyRead::Invalid,
+            Err(e) => return CopyRead::Failed(e),
+        };
+        let mut rec = [0u8; MAILBOX_RECORD_LEN];
+        match file.read_exact_at(&mut rec, self.sector_offset(node)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                tracing::debug!(?path, node, "mailbox copy too short for the slot");
+                return CopyRead::Invalid;
+            }
+            Err(e) => return CopyRead::Failed(e),
+        }
+        match MailboxRecord::decode(&rec) {
+            Ok(r) if r.node == node => CopyRead::Valid(r),
+            Ok(r) => {
+                tracing::debug!(?path, node, found = r.node, "mailbox slot of another node");
+                CopyRead::Invalid
+            }
+            Err(e) => {
+                tracing::debug!(?path, node, error = %e, "mailbox copy not believed");
+                CopyRead::Invalid
+            }
+        }
+    }
+
+    fn read_node(&self, node: u32) -> Result<Option<MailboxRecord>, GivebackError> {
+        let (primary, backup) = (self.primary_path(), self.backup_path());
+        match (
+            self.read_copy(&primary, node),
+            self.read_copy(&backup, node),
+        ) {
+            (CopyRead::Failed(source), CopyRead::Failed(backup_error)) => {
+                Err(GivebackError::ReadMailbox {
+                    primary,
+                    source,
+                    backup,
+                    backup_error,
+                })
+            }
+            (a, b) => {
+                let valid = |c: CopyRead| match c {
+                    CopyRead::Valid(r) => Some(r),
+                    CopyRead::Invalid => None,
+                    CopyRead::Failed(e) => {
+                        tracing::debug!(node, error = %e, "mailbox copy unreadable");
+                        None
+                    }
+                };
+                Ok(newest_record(valid(a), valid(b)))
+            }
+        }
+    }
+}
+
+impl Mailbox for FileMailbox {
+    fn write_own(&mut self, rec: &MailboxRecord) -> Result<MailboxWrite, GivebackError> {
+        let mut sector = [0u8; MAILBOX_SECTOR_LEN];
+        sector[..MAILBOX_RECORD_LEN].copy_from_slice(&rec.encode());
+        let (primary, backup) = (self.primary_path(), self.backup_path());
+        match (
+            self.write_copy(&primary, &sector),
+            self.write_copy(&backup, &sector),
+        ) {
+            (Err(source), Err(backup_error)) => Err(GivebackError::WriteMailbox {
+                primary,
+                source,
+                backup,
+                backup_error,
+            }),
+            (p, b) => Ok(MailboxWrite {
+                primary: p.is_ok(),
+                backup: b.is_ok(),
+                failure: p
+                    .err()
+                    .map(|e| format!("{primary:?}: {e}"))
+                    .or_else(|| b.err().map(|e| format!("{backup:?}: {e}"))),
+            }),
+        }
+    }
+
+    fn read_partner(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
+        self.read_node(self.partner)
+    }
+
+    fn read_own(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
+        self.read_node(self.me)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(node: u32, incarnation: u64, heartbeat: u64) -> MailboxRecord {
+        MailboxRecord {
+            node,
+            incarnation,
+            state: NodeState::Takeover,
+            taken_over: true,
+            takeover_pending: false,
+            heartbeat,
+            partner_incarnation: 41,
+        }
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "interlink-giveback-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn format_error(r: Result<MailboxRecord, GivebackError>) -> FormatError {
+        match r {
+            Err(GivebackError::DecodeMailboxRecord(f)) => f,
+            other => panic!("expected a typed decode error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn giveback_mailbox_record_round_trips() {
+        let r = rec(2, 7, 1234);
+        assert_eq!(MailboxRecord::decode(&r.encode()).unwrap(), r);
+        let p = MailboxRecord {
+            taken_over: false,
+            takeover_pending: true,
+            state: NodeState::MbWait,
+            ..r
+        };
+        assert_eq!(MailboxRecord::decode(&p.encode()).unwrap(), p);
+        assert!(p.claims_partner());
+        assert_eq!(&r.encode()[0..4], b"ILMB");
+    }
+
+    #[test]
+    fn giveback_mailbox_record_rejects_every_bit_flip_and_truncation() {
+        let b = rec(2, 7, 1234).encode();
+        for i in 0..MAILBOX_RECORD_LEN * 8 {
+            let mut t = b;
+            t[i / 8] ^= 1 << (i % 8);
+            let f = format_error(MailboxRecord::decode(&t));
+            if i < 32 {
+                assert!(matches!(f, FormatError::Magic(_)), "bit {i}: {f}");
+            } else {
+                assert_eq!(f, FormatError::Checksum, "bit {i}");
+            }
+        }
+        for len in 0..MAILBOX_RECORD_LEN {
+            assert_eq!(
+                format_error(MailboxRecord::decode(&b[..len])),
+                FormatError::Short { got: len, need: 64 }
+            );
+        }
+        // Well-formed checksums over bad fields: version, state, flags, reserved bytes.
+        let reseal = |mut t: [u8; 64]| {
+            let crc = crc32c::crc32c(&t[0..60]);
+            t[60..64].copy_from_slice(&crc.to_be_bytes());
+            t
+        };
+        let mut t = b;
+        t[5] = 2;
+        assert_eq!(
+            format_error(MailboxRecord::decode(&reseal(t))),
+            FormatError::Version(2)
+        );
+        let mut t = b;
+        t[7] = 9;
+        assert_eq!(
+            format_error(MailboxRecord::decode(&reseal(t))),
+            FormatError::State(9)
+        );
+        let mut t = b;
+        t[13] |= 0x80;
+        assert_eq!(
+            format_error(MailboxRecord::decode(&reseal(t))),
+            FormatError::Flags(0x80)
+        );
+        let mut t = b;
+        t[50] = 1;
+        assert_eq!(
+            format_error(MailboxRecord::decode(&reseal(t))),
+            FormatError::Reserved {
+                offset: 50,
+                value: 1
+            }
+        );
+    }
+
+    #[test]
+    fn giveback_newest_record_prefers_incarnation_then_heartbeat() {
+        let (a, b, c) = (rec(2, 3, 100), rec(2, 4, 1), rec(2, 4, 2));
+        assert_eq!(newest_record(Some(a), Some(b)), Some(b));
+        assert_eq!(newest_record(Some(c), Some(b)), Some(c));
+        assert_eq!(newest_record(None, Some(a)), Some(a));
+        assert_eq!(newest_record(None, None), None);
+    }
+
+    #[test]
+    fn giveback_file_mailbox_two_nodes_see_each_other() {
+        let dir = tempdir("mb-pair");
+        let mut one = FileMailbox::open(&dir, 1, 2).unwrap();
+        let mut two = FileMailbox::open(&dir, 2, 1).unwrap();
+        assert_eq!(one.read_partner().unwrap(), None, "nothing written yet");
+        let w = one.write_own(&rec(1, 5, 1)).unwrap();
+        assert!(w.primary && w.backup && w.failure.is_none());
+        two.write_own(&rec(2, 9, 1)).unwrap();
+        assert_eq!(two.read_partner().unwrap(), Some(rec(1, 5, 1)));
+        assert_eq!(one.read_partner().unwrap(), Some(rec(2, 9, 1)));
+        assert_eq!(one.read_own().unwrap(), Some(rec(1, 5, 1)));
+        assert_eq!(one.sector_offset(1), 0);
+        assert_eq!(two.sector_offset(2), 512);
+        let len = std::fs::metadata(one.primary_path()).unwrap().len();
+        assert_eq!(len, 1024, "one sector per node");
+        assert!(FileMailbox::open(&dir, 3, 3).is_err());
+        assert!(FileMailbox::open(&dir.join("missing"), 1, 2).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn giveback_file_mailbox_survives_a_deleted_corrupt_or_torn_copy() {
+        let dir = tempdir("mb-faults");
+        let mut one = FileMailbox::open(&dir, 1, 2).unwrap();
+        let mut two = FileMailbox::open(&dir, 2, 1).unwrap();
+        two.write_own(&rec(2, 9, 1)).unwrap();
+        two.write_own(&rec(2, 9, 2)).unwrap();
+
+        // Deleted primary: the backup answers; the next write re-creates the primary.
+        std::fs::remove_file(two.primary_path()).unwrap();
+        assert_eq!(one.read_partner().unwrap(), Some(rec(2, 9, 2)));
+        let w = two.write_own(&rec(2, 9, 3)).unwrap();
+        assert!(w.primary && w.backup);
+        assert_eq!(one.read_partner().unwrap(), Some(rec(2, 9, 3)));
+
+        // Corrupt backup (a flipped bit in node 2's record): the primary answers.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(two.backup_path())
+            .unwrap();
+        f.write_all_at(&[0xff], 512 + 30).unwrap();
+        assert_eq!(one.read_partner().unwrap(), Some(rec(2, 9, 3)));
+
+        // Torn primary: half of a newer record written over the old one. Never believed; with
+        // the backup still corrupt no copy is valid until the next write.
+        let newer = rec(2, 9, 4).encode();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(two.primary_path())
+            .unwrap();
+        f.write_all_at(&newer[..32], 512).unwrap();
+        assert_eq!(
+            one.read_partner().unwrap(),
+            None,
+            "torn + corrupt: no valid copy"
+        );
+        two.write_own(&rec(2, 9, 5)).unwrap();
+        assert_eq!(one.read_partner().unwrap(), Some(rec(2, 9, 5)));
+
+        // Truncated backup (no room for node 2's sector): the primary answers.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(two.backup_path())
+            .unwrap();
+        f.set_len(520).unwrap();
+        assert_eq!(one.read_partner().unwrap(), Some(rec(2, 9, 5)));
+
+        // A stale copy loses to the newer one, whichever file holds it.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(two.primary_path())
+            .unwrap();
+        f.write_all_at(&rec(2, 9, 1).encode(), 512).unwrap();
+        two.write_own(&rec(2, 9, 6)).unwrap();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(two.primary_path())
+            .unwrap();
+        f.write_all_at(&rec(2, 9, 1).encode(), 512).unwrap();
+        assert_eq!(one.read_partner().unwrap(), Some(rec(2, 9, 6)));
+
+        // A record of the wrong node in the partner's slot is not believed.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(two.backup_path())
+            .unwrap();
+        f.write_all_at(&rec(1, 99, 99).encode(), 512).unwrap();
+        assert_eq!(one.read_partner().unwrap(), Some(rec(2, 9, 1)));
+
+        // Both copies gone: no record (not an error: missing copies are invalid copies).
+        std::fs::remove_file(two.primary_path()).unwrap();
+        std::fs::remove_file(two.backup_path()).unwrap();
+        assert_eq!(one.read_partner().unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn giveback_file_mailbox_write_fails_only_when_both_copies_fail() {
+        let dir = tempdir("mb-write-fail");
+        let mut one = FileMailbox::open(&dir, 1, 2).unwrap();
+        // A directory where the primary file should be: that copy cannot be written.
+        std::fs::create_dir(one.primary_path()).unwrap();
+        let w = one.write_own(&rec(1, 1, 1)).unwrap();
+        assert!(!w.primary && w.backup && w.failure.is_some());
+        std::fs::remove_file(one.backup_path()).unwrap();
+        std::fs::create_dir(one.backup_path()).unwrap();
+        assert!(matches!(
+            one.write_own(&rec(1, 1, 2)),
+            Err(GivebackError::WriteMailbox { .. })
+        ));
+        // Reading a directory fails with an I/O error on both copies: a typed read error.
+        assert!(matches!(
+            one.read_partner(),
+            Err(GivebackError::ReadMailbox { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,684 @@
+//! A deterministic simulator of the HA pair in virtual time: two giveback machines, links
+//! carrying RDMA READ snapshots of each other's health block (cuttable, tearable), kill
+//! messages, the shared mailbox copies and reservations (`disks`), and a ground-truth model of
+//! which node serves which disk set. Node crash = drop the machine (its reservations and
+//! mailbox record stay); restart = a new machine with the next incarnation after a delay.
+//!
+//! The world checks the safety invariants after every action a driver carries out and records
+//! violations; tests assert there are none (and print the trace tail when there are).
+
+pub mod disks;
+
+use disks::{disks, Disks, SharedDisks, SimMailbox, SimReservations};
+use interlink::clients::giveback::{
+    Action, Command, CommandReply, GivebackConfig, GivebackEvent, GivebackMachine, Mailbox,
+    NodeState, PartnerRead, Reservations, StateBlock,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Poll interval of both machines.
+pub const I: Duration = Duration::from_millis(100);
+/// Detection window in intervals.
+pub const K: u32 = 5;
+/// Node ids (and disk sets).
+pub const A: u32 = 1;
+/// Node ids (and disk sets).
+pub const B: u32 = 2;
+
+/// What fed the machine the input whose handling queued an action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    New,
+    Timeout,
+    Read,
+    Mailbox,
+    Written,
+    Reservation,
+    IoFailed,
+    Kill,
+    Command,
+}
+
+/// One thing that happened at one node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    Action(Action),
+    State(NodeState),
+    Event(GivebackEvent),
+    Crash,
+    Restart(u64),
+}
+
+/// A trace entry.
+#[derive(Clone, Debug)]
+pub struct TraceItem {
+    pub at: Duration,
+    pub node: u32,
+    pub cause: Cause,
+    /// The node's state when it was recorded.
+    pub state: Option<NodeState>,
+    pub step: Step,
+}
+
+/// One simulated node: its driver state and ground truth.
+pub struct Node {
+    pub id: u32,
+    pub partner: u32,
+    pub machine: Option<GivebackMachine>,
+    pub incarnation: u64,
+    pub progress: u64,
+    pub published: Option<StateBlock>,
+    /// Halted after a Reboot action: still readable until then, then dark.
+    pub rebooting_until: Option<Duration>,
+    pub restart_at: Option<Duration>,
+    pub serving: BTreeSet<u32>,
+    pub identity: bool,
+    /// Crash right before carrying out this action (count of actions done by this node).
+    pub crash_at_action: Option<u64>,
+    pub actions_done: u64,
+    pub auto_giveback: bool,
+    pub events: Vec<(Duration, GivebackEvent)>,
+    mailbox: SimMailbox,
+    reservations: SimReservations,
+    tags: VecDeque<Cause>,
+}
+
+/// The simulated pair.
+pub struct World {
+    pub base: Instant,
+    pub now: Duration,
+    pub nodes: [Node; 2],
+    pub links: [bool; 2],
+    pub disks: SharedDisks,
+    pub rng: SmallRng,
+    /// Probability that a READ comes back torn.
+    pub tear_probability: f64,
+    /// Nodes whose block every READ sees torn (with a bogus MBWAIT state in it).
+    pub tear_all_reads_of: BTreeSet<u32>,
+    pub restart_delay: Duration,
+    pub halt_linger: Duration,
+    pub trace: Vec<TraceItem>,
+    /// Keep only this many trace items (0 = all).
+    pub trace_limit: usize,
+    pub violations: Vec<String>,
+    pub torn_reads: u64,
+    pub kills_delivered: u64,
+    kills: VecDeque<(usize, u64)>,
+}
+
+fn index(id: u32) -> usize {
+    if id == A {
+        0
+    } else {
+        1
+    }
+}
+
+impl World {
+    /// Both nodes start at time 0.
+    pub fn new(seed: u64) -> World {
+        let shared: SharedDisks = Arc::new(Mutex::new(Disks::new()));
+        let node = |id: u32, partner: u32| Node {
+            id,
+            partner,
+            machine: None,
+            incarnation: 0,
+            progress: 0,
+            published: None,
+            rebooting_until: None,
+            restart_at: Some(Duration::ZERO),
+            serving: BTreeSet::new(),
+            identity: false,
+            crash_at_action: None,
+            actions_done: 0,
+            auto_giveback: true,
+            events: Vec::new(),
+            mailbox: SimMailbox {
+                disks: shared.clone(),
+                me: id,
+                partner,
+            },
+            reservations: SimReservations {
+                disks: shared.clone(),
+                me: id,
+            },
+            tags: VecDeque::new(),
+        };
+        World {
+            base: Instant::now(),
+            now: Duration::ZERO,
+            nodes: [node(A, B), node(B, A)],
+            links: [true, true],
+            disks: shared.clone(),
+            rng: SmallRng::seed_from_u64(seed),
+            tear_probability: 0.0,
+            tear_all_reads_of: BTreeSet::new(),
+            restart_delay: I * 12,
+            halt_linger: I * 2,
+            trace: Vec::new(),
+            trace_limit: 0,
+            violations: Vec::new(),
+            torn_reads: 0,
+            kills_delivered: 0,
+            kills: VecDeque::new(),
+        }
+    }
+
+    pub fn node(&self, id: u32) -> &Node {
+        &self.nodes[index(id)]
+    }
+
+    pub fn node_mut(&mut self, id: u32) -> &mut Node {
+        &mut self.nodes[index(id)]
+    }
+
+    /// The machine's state (`None` while crashed or rebooting dark).
+    pub fn state(&self, id: u32) -> Option<NodeState> {
+        self.node(id).machine.as_ref().map(|m| m.state())
+    }
+
+    pub fn machine(&self, id: u32) -> &GivebackMachine {
+        self.node(id).machine.as_ref().expect("node is running")
+    }
+
+    pub fn holder(&self, set: u32) -> Option<u32> {
+        disks(&self.disks).reservations.get(&set).copied()
+    }
+
+    pub fn at(&self, d: Duration) -> Instant {
+        self.base + d
+    }
+
+    // ------------------------------------------------------------------ running
+
+    /// Runs every due event up to and including `until`.
+    pub fn run_until(&mut self, until: Duration) {
+        while self.violations.is_empty() {
+            match self.next_event() {
+                Some(t) if t <= until => {
+                    self.now = t.max(self.now);
+                    self.process_due();
+                }
+                _ => break,
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs event by event until a trace item recorded from now on satisfies `pred`; returns
+    /// whether one did within `limit`.
+    pub fn run_until_trace(&mut self, limit: Duration, pred: impl Fn(&TraceItem) -> bool) -> bool {
+        let until = self.now + limit;
+        let mut seen = self.trace.len();
+        while self.violations.is_empty() {
+            if self.trace[seen.min(self.trace.len())..].iter().any(&pred) {
+                return true;
+            }
+            seen = self.trace.len();
+            match self.next_event() {
+                Some(t) if t <= until => {
+                    self.now = t.max(self.now);
+                    self.process_due();
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    /// Runs interval by interval until `done` holds (checked between intervals); returns the
+    /// intervals it took, or `None` after `max_intervals`.
+    pub fn run_until_true(
+        &mut self,
+        max_intervals: u32,
+        mut done: impl FnMut(&World) -> bool,
+    ) -> Option<u32> {
+        for i in 0..=max_intervals {
+            if done(self) {
+                return Some(i);
+            }
+            if !self.violations.is_empty() {
+                return None;
+            }
+            self.run_for(I);
+        }
+        None
+    }
+
+    fn next_event(&self) -> Option<Duration> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                let tick = n
+                    .machine
+                    .as_ref()
+                    .and_then(|m| m.poll_timeout())
+                    .map(|t| t.saturating_duration_since(self.base));
+                [tick, n.restart_at, n.rebooting_until]
+            })
+            .flatten()
+            .min()
+    }
+
+    fn process_due(&mut self) {
+        for i in 0..2 {
+            if self.nodes[i].rebooting_until.is_some_and(|t| t <= self.now) {
+                self.go_dark(i);
+            }
+            if self.nodes[i].restart_at.is_some_and(|t| t <= self.now) {
+                self.restart(i);
+            }
+            let due = self.nodes[i]
+                .machine
+                .as_ref()
+                .and_then(|m| m.poll_timeout())
+                .is_some_and(|t| t <= self.at(self.now));
+            if due {
+                self.tick(i);
+            }
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let now = self.at(self.now);
+        let n = &mut self.nodes[i];
+        n.restart_at = None;
+        n.incarnation += 1;
+        n.progress = 0;
+        n.published = None;
+        let cfg = GivebackConfig {
+            me: n.id,
+            partner: n.partner,
+            interval: I,
+            miss_intervals: K,
+            auto_giveback: n.auto_giveback,
+        };
+        n.machine = Some(GivebackMachine::new(cfg, n.incarnation, now));
+        let inc = n.incarnation;
+        self.record(i, Cause::New, Step::Restart(inc));
+        self.drain(i, Cause::New);
+    }
+
+    fn go_dark(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.rebooting_until = None;
+        n.machine = None;
+        n.published = None;
+        n.restart_at = Some(self.now + self.restart_delay);
+    }
+
+    /// Crashes node `id` now (between steps).
+    pub fn crash(&mut self, id: u32) {
+        self.crash_index(index(id));
+    }
+
+    fn crash_index(&mut self, i: usize) {
+        if self.nodes[i].machine.is_none() {
+            return;
+        }
+        self.record(i, Cause::New, Step::Crash);
+        let n = &mut self.nodes[i];
+        n.machine = None;
+        n.published = None;
+        n.serving.clear();
+        n.identity = false;
+        n.crash_at_action = None;
+        n.rebooting_until = None;
+        n.tags.clear();
+        n.restart_at = Some(self.now + self.restart_delay);
+    }
+
+    /// A node's interval: the manager advances its progress counter and READs the partner's
+    /// block on every live link, then the machine's timer runs.
+    fn tick(&mut self, i: usize) {
+        self.nodes[i].progress += 1;
+        let partner = 1 - i;
+        for link in 0..2u8 {
+            if !self.links[link as usize] || self.nodes[i].machine.is_none() {
+                continue;
+            }
+            let Some(bytes) = self.read_block(partner) else {
+                continue;
+            };
+            let now = self.at(self.now);
+            let id = self.nodes[partner].id;
+            let Some(m) = self.nodes[i].machine.as_mut() else {
+                return;
+            };
+            let cause = match PartnerRead::decode(&bytes, id) {
+                Ok(read) => {
+                    m.handle_partner_read(now, link, read);
+                    Cause::Read
+                }
+                Err(_) => {
+                    m.handle_partner_torn(now, link);
+                    Cause::Read
+                }
+            };
+            self.tag(i, cause);
+            self.drain(i, cause);
+        }
+        let now = self.at(self.now);
+        if let Some(m) = self.nodes[i].machine.as_mut() {
+            m.handle_timeout(now);
+            self.tag(i, Cause::Timeout);
+            self.drain(i, Cause::Timeout);
+        }
+    }
+
+    /// The bytes one READ of node `p`'s health block returns (possibly torn).
+    fn read_block(&mut self, p: usize) -> Option<[u8; 64]> {
+        let n = &self.nodes[p];
+        n.machine.as_ref()?;
+        let block = n.published?;
+        let mut bytes = block.to_health(n.id, n.incarnation, n.progress).encode();
+        let torn_all = self.tear_all_reads_of.contains(&n.id);
+        if torn_all || self.rng.gen_bool(self.tear_probability) {
+            self.torn_reads += 1;
+            // A bogus MBWAIT claim over a torn copy: the checksum no longer matches.
+            let bogus = StateBlock {
+                state: NodeState::MbWait,
+                ..block
+            }
+            .to_health(n.id, n.incarnation, n.progress + 1)
+            .encode();
+            let cut = self.rng.gen_range(1..60);
+            bytes[..cut].copy_from_slice(&bogus[..cut]);
+            if bytes == bogus || self.rng.gen_bool(0.3) {
+                let bit = self.rng.gen_range(0..60 * 8);
+                bytes[bit / 8] ^= 1 << (bit % 8);
+            }
+            if bytes == block.to_health(n.id, n.incarnation, n.progress).encode() {
+                bytes[61] ^= 0xff;
+            }
+        }
+        Some(bytes)
+    }
+
+    /// Records how many actions the last input queued, tagged with its cause.
+    fn tag(&mut self, i: usize, cause: Cause) {
+        let n = &mut self.nodes[i];
+        let pending = n.machine.as_ref().map_or(0, |m| m.pending_actions());
+        if pending < n.tags.len() {
+            // The machine dropped what it had queued (halt): everything left is this input's.
+            n.tags = std::iter::repeat_n(cause, pending).collect();
+        } else {
+            let more = pending - n.tags.len();
+            n.tags.extend(std::iter::repeat_n(cause, more));
+        }
+    }
+
+    /// Carries out the node's actions one at a time, feeding results back.
+    fn drain(&mut self, i: usize, first: Cause) {
+        self.tag(i, first);
+        loop {
+            let Some(m) = self.nodes[i].machine.as_mut() else {
+                return;
+            };
+            let Some(action) = m.poll_action() else {
+                self.collect_events(i);
+                break;
+            };
+            let cause = self.nodes[i].tags.pop_front().unwrap_or(first);
+            self.collect_events(i);
+            if self.nodes[i].crash_at_action == Some(self.nodes[i].actions_done) {
+                self.crash_index(i);
+                return;
+            }
+            self.nodes[i].actions_done += 1;
+            if let Action::Publish(b) = &action {
+                let old = self.nodes[i].published.map(|p| p.state);
+                if old != Some(b.state) {
+                    self.record(i, cause, Step::State(b.state));
+                }
+            } else {
+                self.record(i, cause, Step::Action(action.clone()));
+            }
+            let result_cause = self.execute(i, &action);
+            if let Some(c) = result_cause {
+                self.tag(i, c);
+            }
+            self.check_serving();
+            if !self.violations.is_empty() {
+                return;
+            }
+        }
+        self.deliver_kills();
+    }
+
+    fn collect_events(&mut self, i: usize) {
+        let now = self.now;
+        while let Some(e) = self.nodes[i].machine.as_mut().and_then(|m| m.poll_event()) {
+            self.record(i, Cause::New, Step::Event(e.clone()));
+            self.nodes[i].events.push((now, e));
+        }
+    }
+
+    fn deliver_kills(&mut self) {
+        while let Some((target, inc)) = self.kills.pop_front() {
+            let now = self.at(self.now);
+            if let Some(m) = self.nodes[target].machine.as_mut() {
+                self.kills_delivered += 1;
+                m.handle_kill(now, inc);
+                self.tag(target, Cause::Kill);
+                self.drain(target, Cause::Kill);
+            }
+        }
+    }
+
+    /// Carries out one action; returns the cause of the input it fed back, if any.
+    fn execute(&mut self, i: usize, action: &Action) -> Option<Cause> {
+        let now = self.at(self.now);
+        let p = 1 - i;
+        let (me, partner) = (self.nodes[i].id, self.nodes[p].id);
+        let n = &mut self.nodes[i];
+        let m = n.machine.as_mut()?;
+        match action {
+            Action::Publish(b) => {
+                n.published = Some(*b);
+                None
+            }
+            Action::ReadMailbox => {
+                match n.mailbox.read_partner() {
+                    Ok(r) => m.handle_mailbox(now, r),
+                    Err(e) => m.handle_io_failed(now, action, e.to_string()),
+                }
+                Some(Cause::Mailbox)
+            }
+            Action::WriteMailbox(r) => {
+                match n.mailbox.write_own(r) {
+                    Ok(w) => m.handle_mailbox_written(now, w),
+                    Err(e) => m.handle_io_failed(now, action, e.to_string()),
+                }
+                Some(Cause::Written)
+            }
+            Action::Reserve { set, preempt } => {
+                if *preempt {
+                    self.check_preempt(i, *set);
+                }
+                let n = &mut self.nodes[i];
+                let m = n.machine.as_mut()?;
+                match n.reservations.reserve(*set, *preempt) {
+                    Ok(h) => m.handle_reservation(now, *set, h),
+                    Err(e) => m.handle_io_failed(now, action, e.to_string()),
+                }
+                Some(Cause::Reservation)
+            }
+            Action::Release { set } => {
+                if let Err(e) = n.reservations.release(*set) {
+                    m.handle_io_failed(now, action, e.to_string());
+                    return Some(Cause::IoFailed);
+                }
+                None
+            }
+            Action::CheckReservation { set } => {
+                match n.reservations.check(*set) {
+                    Ok(h) => m.handle_reservation(now, *set, h),
+                    Err(e) => m.handle_io_failed(now, action, e.to_string()),
+                }
+                Some(Cause::Reservation)
+            }
+            Action::StartServing { set } => {
+                n.serving.insert(*set);
+                None
+            }
+            Action::StopServing { set } => {
+                n.serving.remove(set);
+                None
+            }
+            Action::AssumeIdentity => {
+                n.identity = true;
+                None
+            }
+            Action::ReleaseIdentity => {
+                n.identity = false;
+                if m.state() == NodeState::Up {
+                    // A giveback: the partner must truly be waiting in MBWAIT right now.
+                    let truth = self.state(partner);
+                    if truth != Some(NodeState::MbWait) {
+                        self.violate(format!(
+                            "node {me} gave back while node {partner} is {truth:?}"
+                        ));
+                    }
+                }
+                None
+            }
+            Action::ReplayPartnerLog => None,
+            Action::SendKill { target_incarnation } => {
+                if self.links.iter().any(|l| *l) {
+                    self.kills.push_back((p, *target_incarnation));
+                }
+                None
+            }
+            Action::Reboot => {
+                n.rebooting_until = Some(self.now + self.halt_linger);
+                None
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ invariants
+
+    fn violate(&mut self, what: String) {
+        self.violations.push(format!("t={:?}: {what}", self.now));
+    }
+
+    /// At most one node serves each disk set.
+    fn check_serving(&mut self) {
+        for set in [A, B] {
+            let servers: Vec<u32> = self
+                .nodes
+                .iter()
+                .filter(|n| n.serving.contains(&set))
+                .map(|n| n.id)
+                .collect();
+            if servers.len() > 1 {
+                self.violate(format!("split brain: disk set {set} served by {servers:?}"));
+            }
+        }
+    }
+
+    /// A preempting reserve of `set` by node `i`: nobody else serves that set, and a takeover
+    /// never hits a live serving partner.
+    fn check_preempt(&mut self, i: usize, set: u32) {
+        let me = self.nodes[i].id;
+        let other = &self.nodes[1 - i];
+        if other.serving.contains(&set) {
+            self.violate(format!(
+                "node {me} preempts set {set} while node {} serves it",
+                other.id
+            ));
+        } else if set == other.id && !other.serving.is_empty() {
+            self.violate(format!(
+                "node {me} takes over node {} which serves {:?}",
+                other.id, other.serving
+            ));
+        }
+    }
+
+    /// The pair is back to normal: both UP, each serving exactly its own set, holding its own
+    /// reservation, no identity assumed.
+    pub fn converged(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            n.machine
+                .as_ref()
+                .is_some_and(|m| m.state() == NodeState::Up)
+                && n.serving == BTreeSet::from([n.id])
+                && !n.identity
+                && self.holder(n.id) == Some(n.id)
+        })
+    }
+
+    // ------------------------------------------------------------------ operator and faults
+
+    pub fn command(&mut self, id: u32, cmd: Command) -> CommandReply {
+        let i = index(id);
+        let now = self.at(self.now);
+        let m = self.nodes[i].machine.as_mut().expect("node is running");
+        let reply = m.handle_command(now, cmd);
+        self.tag(i, Cause::Command);
+        self.drain(i, Cause::Command);
+        reply
+    }
+
+    pub fn disks(&self) -> std::sync::MutexGuard<'_, Disks> {
+        disks(&self.disks)
+    }
+
+    fn record(&mut self, i: usize, cause: Cause, step: Step) {
+        let state = self.nodes[i].machine.as_ref().map(|m| m.state());
+        self.trace.push(TraceItem {
+            at: self.now,
+            node: self.nodes[i].id,
+            cause,
+            state,
+            step,
+        });
+        if self.trace_limit > 0 && self.trace.len() > 2 * self.trace_limit {
+            self.trace.drain(..self.trace.len() - self.trace_limit);
+        }
+    }
+
+    /// The last `n` trace items, one per line.
+    pub fn trace_tail(&self, n: usize) -> String {
+        let from = self.trace.len().saturating_sub(n);
+        self.trace[from..]
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:>9.1?} node {} [{:?}] {:?}: {:?}",
+                    t.at, t.node, t.state, t.cause, t.step
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Fails the test with the violations and the trace tail.
+    pub fn assert_safe(&self, context: &str) {
+        assert!(
+            self.violations.is_empty(),
+            "{context}: {:?}\n--- last trace items ---\n{}",
+            self.violations,
+            self.trace_tail(60)
+        );
+    }
+
+    /// Events of node `id` since time `from`.
+    pub fn events_since(&self, id: u32, from: Duration) -> Vec<GivebackEvent> {
+        self.node(id)
+            .events
+            .iter()
+            .filter(|(t, _)| *t >= from)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+}
