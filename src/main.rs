@@ -5,6 +5,7 @@ mod node_cmd;
 
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Parser, Subcommand};
+use interlink::clients::giveback::driver::{render_report, CommandReport, GivebackReport};
 use interlink::fabric::ProviderChoice;
 use interlink::manager::control::{self, ControlRequest, ControlResponse};
 use std::net::{IpAddr, SocketAddr};
@@ -81,6 +82,53 @@ enum Cmd {
         /// the same name. Repeatable.
         #[arg(long = "messenger")]
         messengers: Vec<String>,
+        /// Run the giveback client (partner state, takeover, coordinated giveback) with its
+        /// mailbox copies, reservation files and service journal in DIR, a directory both
+        /// nodes see (the stand-in for the shared disks).
+        #[arg(long, value_name = "DIR")]
+        giveback: Option<PathBuf>,
+        /// Turn automatic giveback off (give back with `interlink giveback`).
+        #[arg(long, requires = "giveback")]
+        manual_giveback: bool,
+        /// Missed poll intervals (on every link and in the mailbox) before the partner is
+        /// declared failed (default 5).
+        #[arg(long, requires = "giveback")]
+        miss_intervals: Option<u32>,
+        /// Shell command that assumes the partner's service identity at takeover (sees
+        /// INTERLINK_NODE and INTERLINK_PARTNER).
+        #[arg(long, requires = "giveback")]
+        on_assume: Option<String>,
+        /// Shell command that releases the partner's service identity at giveback.
+        #[arg(long, requires = "giveback")]
+        on_release: Option<String>,
+    },
+    /// Take over the partner (killing it first if it is alive); `--check` only says whether
+    /// it would be allowed and why.
+    #[command(group(ArgGroup::new("target").required(true).args(["socket", "config"])))]
+    Takeover {
+        /// The node's control socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The node's configuration file (its `control_socket` key names the socket).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only check; change nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Give the partner's disks back (it must wait in MBWAIT); `--check` only says whether it
+    /// would be allowed and why.
+    #[command(group(ArgGroup::new("target").required(true).args(["socket", "config"])))]
+    Giveback {
+        /// The node's control socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The node's configuration file (its `control_socket` key names the socket).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only check; change nothing.
+        #[arg(long)]
+        check: bool,
     },
     /// Show a running node's links and clients (asks its control socket).
     #[command(group(ArgGroup::new("target").required(true).args(["socket", "config"])))]
@@ -142,7 +190,33 @@ fn main() {
             config,
             probes,
             messengers,
-        } => node_cmd::run(&config, &probes, &messengers),
+            giveback,
+            manual_giveback,
+            miss_intervals,
+            on_assume,
+            on_release,
+        } => node_cmd::run(
+            &config,
+            &probes,
+            &messengers,
+            &node_cmd::GivebackArgs {
+                dir: giveback,
+                manual: manual_giveback,
+                miss_intervals,
+                on_assume,
+                on_release,
+            },
+        ),
+        Cmd::Takeover {
+            socket,
+            config,
+            check,
+        } => giveback_command(socket, config, "takeover", check),
+        Cmd::Giveback {
+            socket,
+            config,
+            check,
+        } => giveback_command(socket, config, "giveback", check),
         Cmd::Devices => {
             for d in interlink::fabric::verbs_devices() {
                 println!("{d}");
@@ -186,6 +260,59 @@ fn control_socket_from_config(config: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// `interlink takeover` / `interlink giveback`.
+fn giveback_command(
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    what: &str,
+    check: bool,
+) -> anyhow::Result<()> {
+    let path = match (socket, config) {
+        (Some(s), None) => s,
+        (None, Some(c)) => control_socket_from_config(&c)?,
+        _ => bail!("give exactly one of --socket and --config"),
+    };
+    let req = ControlRequest::Client {
+        name: "giveback".into(),
+        command: serde_json::json!({ what: { "check": check } }),
+    };
+    match control::request(&path, &req, Duration::from_secs(15))? {
+        ControlResponse::Ok { value } => {
+            let reply: CommandReport = serde_json::from_value(
+                value
+                    .get("reply")
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+            )?;
+            let report: GivebackReport = serde_json::from_value(
+                value
+                    .get("status")
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+            )?;
+            println!(
+                "{what}{}: {} ({})",
+                if check { " --check" } else { "" },
+                reply.outcome,
+                reply.reason
+            );
+            print!("{}", render_report(&report));
+            if reply.outcome == "refused" {
+                std::process::exit(3);
+            }
+            Ok(())
+        }
+        ControlResponse::Error { message } => {
+            bail!("node on {} refused: {message}", path.display())
+        }
+        other => bail!(
+            "unexpected answer from {}: {}",
+            path.display(),
+            serde_json::to_string(&other).unwrap_or_default()
+        ),
+    }
+}
+
 /// `interlink status`.
 fn status(
     socket: Option<PathBuf>,
@@ -200,10 +327,30 @@ fn status(
     };
     match control::request(&path, &ControlRequest::Status, timeout)? {
         ControlResponse::Status { status } => {
+            // The giveback section, when the node runs the giveback client.
+            let giveback = match control::request(
+                &path,
+                &ControlRequest::Client {
+                    name: "giveback".into(),
+                    command: serde_json::json!({}),
+                },
+                timeout,
+            ) {
+                Ok(ControlResponse::Ok { value }) => value.get("status").cloned(),
+                _ => None,
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                let mut v = serde_json::to_value(&status)?;
+                if let (Some(g), Some(obj)) = (giveback, v.as_object_mut()) {
+                    obj.insert("giveback".into(), g);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", control::render_status(&status));
+                if let Some(g) = giveback {
+                    let report: GivebackReport = serde_json::from_value(g)?;
+                    print!("{}", render_report(&report));
+                }
             }
             Ok(())
         }

@@ -2,12 +2,16 @@
 //! `shutdown` request on the control socket, with optional probe clients.
 
 use anyhow::{bail, Context};
+use interlink::clients::giveback::{
+    Command as GivebackCommand, FileMailbox, FileReservations, GivebackNode, GivebackOptions,
+    JournalHooks,
+};
 use interlink::clients::message_probe::{self, MessageProbe};
 use interlink::clients::probe::{Probe, ProbeConfig};
 use interlink::manager::control::{ControlHandler, ControlRequest, ControlResponse, ControlServer};
 use interlink::manager::{BandwidthClass, Manager, NodeConfig};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +37,27 @@ pub fn parse_probe(s: &str) -> anyhow::Result<ProbeConfig> {
     Ok(cfg)
 }
 
+/// `--giveback` settings of `interlink node`.
+#[derive(Clone, Debug, Default)]
+pub struct GivebackArgs {
+    /// The shared directory (mailbox copies, reservation files, service journals).
+    pub dir: Option<PathBuf>,
+    /// Automatic giveback off.
+    pub manual: bool,
+    /// Missed intervals before the partner is declared failed.
+    pub miss_intervals: Option<u32>,
+    /// Shell command to assume the partner's identity.
+    pub on_assume: Option<String>,
+    /// Shell command to release it.
+    pub on_release: Option<String>,
+}
+
+/// Name under which the giveback client answers on the control socket.
+const GIVEBACK: &str = "giveback";
+
 struct Handler {
     manager: Arc<Manager>,
+    giveback: Option<GivebackNode>,
     probes: BTreeMap<String, Probe>,
     messengers: BTreeMap<String, MessageProbe>,
     stop: Arc<AtomicBool>,
@@ -56,6 +79,16 @@ impl ControlHandler for Handler {
                 }
             }
             ControlRequest::Client { name, command } => {
+                if name == GIVEBACK {
+                    return match &self.giveback {
+                        Some(g) => giveback_command(g, &command),
+                        None => ControlResponse::Error {
+                            message:
+                                "this node runs no giveback client (start it with --giveback DIR)"
+                                    .into(),
+                        },
+                    };
+                }
                 if let Some(m) = self.messengers.get(&name) {
                     return match serde_json::to_value(m.command(&command)) {
                         Ok(value) => ControlResponse::Ok { value },
@@ -89,8 +122,78 @@ impl ControlHandler for Handler {
     }
 }
 
+/// A giveback control command: `{"takeover": {"check": bool}}`, `{"giveback": {"check":
+/// bool}}`, `{"auto_giveback": bool}`, or anything else for the status. Answers
+/// `{"reply": {...} or null, "status": GivebackReport}`.
+fn giveback_command(g: &GivebackNode, command: &serde_json::Value) -> ControlResponse {
+    let check = |v: &serde_json::Value| v.get("check").and_then(|c| c.as_bool()) == Some(true);
+    let cmd = if let Some(t) = command.get("takeover") {
+        Some(GivebackCommand::Takeover {
+            check_only: check(t),
+        })
+    } else if let Some(t) = command.get("giveback") {
+        Some(GivebackCommand::Giveback {
+            check_only: check(t),
+        })
+    } else {
+        command
+            .get("auto_giveback")
+            .and_then(|v| v.as_bool())
+            .map(GivebackCommand::SetAutoGiveback)
+    };
+    let reply = match cmd.map(|c| g.command_report(c)) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            return ControlResponse::Error {
+                message: e.to_string(),
+            }
+        }
+    };
+    match serde_json::to_value(serde_json::json!({ "reply": reply, "status": g.report() })) {
+        Ok(value) => ControlResponse::Ok { value },
+        Err(e) => ControlResponse::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
+fn start_giveback(
+    manager: &Arc<Manager>,
+    args: &GivebackArgs,
+) -> anyhow::Result<Option<GivebackNode>> {
+    let Some(dir) = &args.dir else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let cfg = manager.config();
+    let (me, partner) = (cfg.node_id, cfg.partner_id);
+    let mut options = GivebackOptions {
+        auto_giveback: !args.manual,
+        ..GivebackOptions::default()
+    };
+    if let Some(k) = args.miss_intervals {
+        options.miss_intervals = k;
+    }
+    let hooks = JournalHooks::new(dir, me)
+        .with_identity_commands(args.on_assume.clone(), args.on_release.clone());
+    let node = GivebackNode::start(
+        manager.clone(),
+        options,
+        Box::new(FileMailbox::open(dir, me, partner)?),
+        Box::new(FileReservations::open(dir, me)?),
+        Box::new(hooks),
+    )?;
+    Ok(Some(node))
+}
+
 /// Runs the node.
-pub fn run(config: &Path, probes: &[String], messengers: &[String]) -> anyhow::Result<()> {
+pub fn run(
+    config: &Path,
+    probes: &[String],
+    messengers: &[String],
+    giveback: &GivebackArgs,
+) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config).with_context(|| format!("load {}", config.display()))?;
     let probe_cfgs = probes
         .iter()
@@ -111,12 +214,14 @@ pub fn run(config: &Path, probes: &[String], messengers: &[String]) -> anyhow::R
         let name = p.name.clone();
         running.insert(name, Probe::start(&manager, p)?);
     }
+    let giveback = start_giveback(&manager, giveback)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("install signal handler")?;
     }
     let handler = Arc::new(Handler {
         manager: manager.clone(),
+        giveback,
         probes: running,
         messengers: messaging,
         stop: stop.clone(),

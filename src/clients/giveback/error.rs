@@ -143,4 +143,16 @@ pub enum GivebackError {
         /// Why it was rejected.
         reason: FormatError,
     },
+    /// Starting the giveback messenger (kill messages) failed.
+    #[error("start the giveback messenger: {0}")]
+    StartMessenger(crate::messaging::MessagingError),
+    /// Starting the driver thread failed.
+    #[error("spawn the giveback driver thread: {source}")]
+    Spawn {
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The driver has stopped.
+    #[error("the giveback driver has stopped")]
+    Stopped,
 }

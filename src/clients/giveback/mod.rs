@@ -6,6 +6,9 @@
 //! - [`reservation`] is disk reservations (the SCSI persistent reservation stand-in).
 //! - [`machine`] is the sans-IO protocol machine, one per node (F4.2-F4.5); [`actions`] is
 //!   what it exchanges with its driver.
+//! - [`driver`] binds a machine to the manager (state block published in the health block,
+//!   the partner's read by the heartbeat), the mailbox, the reservations, the service hooks
+//!   and kill messages: [`GivebackNode`]. [`service`] holds the reference hooks.
 //! - [`error`] is [`GivebackError`].
 //!
 //! The failure-detection rule (F4.2), including what an unreadable mailbox means, is
@@ -13,17 +16,21 @@
 
 pub mod actions;
 mod detector;
+pub mod driver;
 pub mod error;
 pub mod machine;
 pub mod mailbox;
 pub mod reservation;
+pub mod service;
 pub mod state;
 
 pub use actions::{
     Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
 };
+pub use driver::{GivebackNode, GivebackOptions, ServiceHooks};
 pub use error::{FormatError, GivebackError};
 pub use machine::GivebackMachine;
 pub use mailbox::{newest_record, FileMailbox, Mailbox, MailboxRecord, MailboxWrite};
 pub use reservation::{DiskSet, FileReservations, Reservations};
+pub use service::JournalHooks;
 pub use state::{NodeState, PartnerRead, StateBlock};

@@ -1,0 +1,657 @@
+//! The giveback driver: binds a [`GivebackMachine`] to the manager's health block (the state
+//! block is published through it and the partner's is read by the heartbeat's RDMA READs on
+//! every link), the mailbox, the disk reservations, the storage service's hooks, kill
+//! messages over the manager's messaging, and the clock.
+//!
+//! One thread runs the loop: it feeds the machine every partner-state copy the heartbeat
+//! read, every kill message and every operator command, fires its timer, and executes its
+//! actions in order, feeding results (mailbox contents, reservation holders, failures) back.
+
+use crate::clients::giveback::actions::{
+    Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
+};
+use crate::clients::giveback::error::GivebackError;
+use crate::clients::giveback::machine::GivebackMachine;
+use crate::clients::giveback::mailbox::Mailbox;
+use crate::clients::giveback::reservation::{DiskSet, Reservations};
+use crate::clients::giveback::state::{PartnerRead, StateBlock};
+use crate::manager::{BandwidthClass, LinkId, Manager};
+use crate::messaging::{Head, Messenger, MessengerConfig};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Messaging client name of the giveback driver (both nodes run one).
+pub const GIVEBACK_CLIENT: &str = "giveback";
+/// Function code of a kill message.
+pub const KILL_CODE: u8 = 1;
+/// Length of a kill message: target incarnation and sender incarnation, big-endian u64s.
+pub const KILL_LEN: usize = 16;
+
+/// What the storage service does when the protocol says so. Each call is made from the
+/// driver's thread, in protocol order; an error is logged and counted (the protocol goes on:
+/// the service must make its own operations safe to retry).
+pub trait ServiceHooks: Send {
+    /// Start serving a disk set (own set at the end of bring-up; the partner's at takeover).
+    fn start_serving(&mut self, set: DiskSet) -> Result<(), String>;
+    /// Stop serving a disk set (giveback of the partner's; all of them when halted).
+    fn stop_serving(&mut self, set: DiskSet) -> Result<(), String>;
+    /// Assume the partner's service identity (its network addresses, names).
+    fn assume_identity(&mut self, partner: u32) -> Result<(), String>;
+    /// Release the partner's service identity.
+    fn release_identity(&mut self, partner: u32) -> Result<(), String>;
+    /// Replay the partner's shadow log since its last consistency point (the mirror client).
+    fn replay_partner_log(&mut self, partner: u32) -> Result<(), String>;
+}
+
+/// Settings of a [`GivebackNode`].
+#[derive(Clone, Debug)]
+pub struct GivebackOptions {
+    /// Poll interval: state block reads, mailbox writes and reads, reservation checks. `None`
+    /// takes the manager's heartbeat interval (the partner's block is read that often).
+    pub interval: Option<Duration>,
+    /// Intervals without partner progress on every link and in the mailbox before the partner
+    /// is declared failed.
+    pub miss_intervals: u32,
+    /// Give back automatically when the repaired partner reaches MBWAIT.
+    pub auto_giveback: bool,
+}
+
+impl Default for GivebackOptions {
+    fn default() -> GivebackOptions {
+        GivebackOptions {
+            interval: None,
+            miss_intervals: 5,
+            auto_giveback: true,
+        }
+    }
+}
+
+enum Request {
+    Command(Command, Sender<CommandReply>),
+    Stop,
+}
+
+struct Shared {
+    status: GivebackStatus,
+    interval: Duration,
+    events: Vec<Sender<GivebackEvent>>,
+    hook_failures: u64,
+    kills_sent: u64,
+    kills_received: u64,
+    reboots: u64,
+}
+
+/// A running giveback client: partner state, failure detection, takeover and coordinated
+/// giveback for this node.
+pub struct GivebackNode {
+    requests: Sender<Request>,
+    shared: Arc<Mutex<Shared>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    messenger: Arc<Messenger>,
+}
+
+impl std::fmt::Debug for GivebackNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GivebackNode").finish_non_exhaustive()
+    }
+}
+
+impl GivebackNode {
+    /// Starts the client on `manager` (which must stay up while it runs): registers the
+    /// `giveback` messenger for kill messages and starts the driver thread, whose machine
+    /// begins in BOOTING.
+    pub fn start(
+        manager: Arc<Manager>,
+        options: GivebackOptions,
+        mailbox: Box<dyn Mailbox>,
+        reservations: Box<dyn Reservations>,
+        hooks: Box<dyn ServiceHooks>,
+    ) -> Result<GivebackNode, GivebackError> {
+        let cfg = manager.config();
+        let interval = options.interval.unwrap_or_else(|| cfg.heartbeat.interval());
+        let machine_cfg = GivebackConfig {
+            me: cfg.node_id,
+            partner: cfg.partner_id,
+            interval,
+            miss_intervals: options.miss_intervals.max(1),
+            auto_giveback: options.auto_giveback,
+        };
+        let messenger = Arc::new(
+            Messenger::start(
+                &manager,
+                MessengerConfig::new(GIVEBACK_CLIENT, BandwidthClass::Low),
+            )
+            .map_err(GivebackError::StartMessenger)?,
+        );
+        let (kill_tx, kill_rx) = unbounded();
+        messenger
+            .on(KILL_CODE, move |msg, _out| {
+                if let Some(target) = decode_kill(msg.payload) {
+                    let _ = kill_tx.send(target);
+                } else {
+                    tracing::warn!(len = msg.payload.len(), "malformed kill message ignored");
+                }
+            })
+            .map_err(GivebackError::StartMessenger)?;
+        let incarnation = manager.incarnation();
+        let machine = GivebackMachine::new(machine_cfg.clone(), incarnation, Instant::now());
+        let shared = Arc::new(Mutex::new(Shared {
+            status: machine.status(),
+            interval,
+            events: Vec::new(),
+            hook_failures: 0,
+            kills_sent: 0,
+            kills_received: 0,
+            reboots: 0,
+        }));
+        let (requests, request_rx) = unbounded();
+        let mut driver = Driver {
+            manager,
+            machine,
+            machine_cfg,
+            incarnation,
+            mailbox,
+            reservations,
+            hooks,
+            messenger: messenger.clone(),
+            kills: kill_rx,
+            requests: request_rx,
+            shared: shared.clone(),
+            seen: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("il-giveback".into())
+            .spawn(move || driver.run())
+            .map_err(|source| GivebackError::Spawn { source })?;
+        Ok(GivebackNode {
+            requests,
+            shared,
+            thread: Mutex::new(Some(thread)),
+            messenger,
+        })
+    }
+
+    /// The machine's latest status (this node and the partner as last read).
+    pub fn status(&self) -> GivebackStatus {
+        self.shared.lock().status.clone()
+    }
+
+    /// Counters kept by the driver: hook failures, kill messages sent and received, reboots.
+    pub fn driver_counters(&self) -> DriverCounters {
+        let s = self.shared.lock();
+        DriverCounters {
+            hook_failures: s.hook_failures,
+            kills_sent: s.kills_sent,
+            kills_received: s.kills_received,
+            reboots: s.reboots,
+        }
+    }
+
+    /// Runs an operator command (takeover, giveback, check-only variants, auto-giveback).
+    pub fn command(&self, cmd: Command) -> Result<CommandReply, GivebackError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.requests
+            .send(Request::Command(cmd, tx))
+            .map_err(|_| GivebackError::Stopped)?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| GivebackError::Stopped)
+    }
+
+    /// A channel of the protocol's events from now on (partner failed, takeover done,
+    /// giveback done with its outage window, ...).
+    pub fn subscribe(&self) -> Receiver<GivebackEvent> {
+        let (tx, rx) = unbounded();
+        self.shared.lock().events.push(tx);
+        rx
+    }
+
+    /// The messenger kill messages travel on.
+    pub fn messenger(&self) -> &Messenger {
+        &self.messenger
+    }
+
+    /// Stops the driver thread (the node stops taking part in the protocol; nothing is
+    /// released: a stopped node looks like a failed one to the partner).
+    pub fn stop(&self) {
+        let _ = self.requests.send(Request::Stop);
+        if let Some(t) = self.thread.lock().take() {
+            if t.join().is_err() {
+                tracing::error!("giveback driver thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for GivebackNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Counters of the driver (beside the machine's own in [`GivebackStatus`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DriverCounters {
+    /// Service hook calls that returned an error.
+    pub hook_failures: u64,
+    /// Kill messages sent.
+    pub kills_sent: u64,
+    /// Kill messages received.
+    pub kills_received: u64,
+    /// Protocol restarts after HALTED.
+    pub reboots: u64,
+}
+
+struct Driver {
+    manager: Arc<Manager>,
+    machine: GivebackMachine,
+    machine_cfg: GivebackConfig,
+    incarnation: u64,
+    mailbox: Box<dyn Mailbox>,
+    reservations: Box<dyn Reservations>,
+    hooks: Box<dyn ServiceHooks>,
+    messenger: Arc<Messenger>,
+    kills: Receiver<u64>,
+    requests: Receiver<Request>,
+    shared: Arc<Mutex<Shared>>,
+    /// Per link: (believed reads, torn reads) already fed to the machine.
+    seen: HashMap<LinkId, (u64, u64)>,
+}
+
+impl Driver {
+    fn run(&mut self) {
+        loop {
+            let now = Instant::now();
+            self.feed_partner_reads(now);
+            while let Ok(target) = self.kills.try_recv() {
+                self.shared.lock().kills_received += 1;
+                self.machine.handle_kill(now, target);
+            }
+            if self.machine.poll_timeout().is_some_and(|t| t <= now) {
+                self.machine.handle_timeout(now);
+            }
+            self.execute_actions();
+            self.publish_status();
+            // Wait for a request, or until the timer, or a short poll period (partner reads
+            // and kill messages arrive without a wake-up).
+            let poll = Duration::from_millis(2);
+            let wait = self
+                .machine
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(Instant::now()).min(poll))
+                .unwrap_or(poll);
+            match self.requests.recv_timeout(wait) {
+                Ok(Request::Command(cmd, reply)) => {
+                    let r = self.machine.handle_command(Instant::now(), cmd);
+                    let _ = reply.send(r);
+                }
+                Ok(Request::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn feed_partner_reads(&mut self, now: Instant) {
+        let partner = self.machine_cfg.partner;
+        for obs in self.manager.partner_state() {
+            let seen = self.seen.entry(obs.link).or_insert((0, 0));
+            if obs.torn > seen.1 {
+                for _ in seen.1..obs.torn {
+                    self.machine.handle_partner_torn(now, obs.link);
+                }
+                seen.1 = obs.torn;
+            }
+            if obs.reads > seen.0 {
+                seen.0 = obs.reads;
+                let Some(block) = obs.block else { continue };
+                if block.node_id != partner {
+                    tracing::warn!(
+                        link = obs.link,
+                        node = block.node_id,
+                        "state block of an unexpected node"
+                    );
+                    continue;
+                }
+                match StateBlock::decode(block.state, &block.extension) {
+                    Ok(state) => self.machine.handle_partner_read(
+                        now,
+                        obs.link,
+                        PartnerRead {
+                            incarnation: block.incarnation,
+                            progress: block.progress,
+                            block: state,
+                        },
+                    ),
+                    // A partner that has not published a giveback state yet (state word 0)
+                    // or an unknown layout: progress only counts once the block decodes.
+                    Err(e) => {
+                        tracing::debug!(link = obs.link, error = %e, "partner state block not decoded");
+                        self.machine.handle_partner_torn(now, obs.link);
+                    }
+                }
+            }
+        }
+    }
+
+    fn execute_actions(&mut self) {
+        while let Some(action) = self.machine.poll_action() {
+            let now = Instant::now();
+            let partner = self.machine_cfg.partner;
+            match &action {
+                Action::Publish(block) => {
+                    let (state, ext) = block.encode();
+                    self.manager.publish_state(state, ext);
+                }
+                Action::ReadMailbox => match self.mailbox.read_partner() {
+                    Ok(rec) => self.machine.handle_mailbox(now, rec),
+                    Err(e) => self.machine.handle_io_failed(now, &action, e.to_string()),
+                },
+                Action::WriteMailbox(rec) => match self.mailbox.write_own(rec) {
+                    Ok(w) => self.machine.handle_mailbox_written(now, w),
+                    Err(e) => self.machine.handle_io_failed(now, &action, e.to_string()),
+                },
+                Action::Reserve { set, preempt } => {
+                    match self.reservations.reserve(*set, *preempt) {
+                        Ok(holder) => self.machine.handle_reservation(now, *set, holder),
+                        Err(e) => self.machine.handle_io_failed(now, &action, e.to_string()),
+                    }
+                }
+                Action::Release { set } => {
+                    if let Err(e) = self.reservations.release(*set) {
+                        self.machine.handle_io_failed(now, &action, e.to_string());
+                    }
+                }
+                Action::CheckReservation { set } => match self.reservations.check(*set) {
+                    Ok(holder) => self.machine.handle_reservation(now, *set, holder),
+                    Err(e) => self.machine.handle_io_failed(now, &action, e.to_string()),
+                },
+                Action::StartServing { set } => {
+                    let r = self.hooks.start_serving(*set);
+                    self.hook_result("start serving", r);
+                }
+                Action::StopServing { set } => {
+                    let r = self.hooks.stop_serving(*set);
+                    self.hook_result("stop serving", r);
+                }
+                Action::AssumeIdentity => {
+                    let r = self.hooks.assume_identity(partner);
+                    self.hook_result("assume identity", r);
+                }
+                Action::ReleaseIdentity => {
+                    let r = self.hooks.release_identity(partner);
+                    self.hook_result("release identity", r);
+                }
+                Action::ReplayPartnerLog => {
+                    let r = self.hooks.replay_partner_log(partner);
+                    self.hook_result("replay partner log", r);
+                }
+                Action::SendKill { target_incarnation } => {
+                    let msg = encode_kill(*target_incarnation, self.incarnation);
+                    match self.messenger.send(Head::control(KILL_CODE), &msg) {
+                        Ok(_) => self.shared.lock().kills_sent += 1,
+                        Err(e) => tracing::debug!(error = %e, "kill message not queued"),
+                    }
+                }
+                Action::Reboot => {
+                    // The protocol restarts as a new incarnation (its mailbox records must
+                    // read as newer than the halted one's); the partner learns it from the
+                    // mailbox and targets kill messages at it.
+                    self.incarnation = self.incarnation.wrapping_add(1);
+                    tracing::warn!(
+                        incarnation = self.incarnation,
+                        "giveback: restarting the protocol (reboot)"
+                    );
+                    self.shared.lock().reboots += 1;
+                    self.machine =
+                        GivebackMachine::new(self.machine_cfg.clone(), self.incarnation, now);
+                }
+            }
+            self.drain_events();
+        }
+        self.drain_events();
+    }
+
+    fn hook_result(&mut self, what: &str, r: Result<(), String>) {
+        if let Err(e) = r {
+            tracing::error!(hook = what, error = %e, "service hook failed");
+            self.shared.lock().hook_failures += 1;
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(ev) = self.machine.poll_event() {
+            tracing::info!(event = ?ev, "giveback");
+            let mut s = self.shared.lock();
+            s.events.retain(|tx| tx.send(ev.clone()).is_ok());
+        }
+    }
+
+    fn publish_status(&mut self) {
+        self.shared.lock().status = self.machine.status();
+    }
+}
+
+/// Encodes a kill message.
+pub fn encode_kill(target_incarnation: u64, sender_incarnation: u64) -> [u8; KILL_LEN] {
+    let mut b = [0u8; KILL_LEN];
+    b[0..8].copy_from_slice(&target_incarnation.to_be_bytes());
+    b[8..16].copy_from_slice(&sender_incarnation.to_be_bytes());
+    b
+}
+
+/// Decodes a kill message: the target incarnation, or `None` if malformed.
+pub fn decode_kill(b: &[u8]) -> Option<u64> {
+    if b.len() != KILL_LEN {
+        return None;
+    }
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&b[0..8]);
+    Some(u64::from_be_bytes(t))
+}
+
+/// A serialisable view of a node's giveback state (control socket, `interlink status`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GivebackReport {
+    /// This node.
+    pub me: u32,
+    /// The partner.
+    pub partner: u32,
+    /// This node's protocol incarnation.
+    pub incarnation: u64,
+    /// This node's state (BOOTING, GIVEWAIT, MBWAIT, UP, TAKEOVER, HALTED).
+    pub state: String,
+    /// Milliseconds in that state.
+    pub in_state_ms: u64,
+    /// The partner's state in the last believed read.
+    pub partner_state: Option<String>,
+    /// Age of that read, milliseconds.
+    pub partner_read_age_ms: Option<u64>,
+    /// Milliseconds since the partner's last sign of life (link or mailbox).
+    pub partner_silent_ms: u64,
+    /// The partner is considered failed.
+    pub partner_failed: bool,
+    /// Disk sets served here.
+    pub serving: Vec<u32>,
+    /// Disk sets this node holds reserved.
+    pub reservations_held: Vec<u32>,
+    /// The partner's service identity is assumed here.
+    pub identity_assumed: bool,
+    /// Every link silent while the partner's mailbox is alive (no takeover: alert).
+    pub interconnect_down: bool,
+    /// Automatic giveback.
+    pub auto_giveback: bool,
+    /// Kill messages are being sent.
+    pub killing: bool,
+    /// Takeovers completed by this incarnation.
+    pub takeovers: u32,
+    /// Givebacks started by this incarnation.
+    pub givebacks: u32,
+    /// Last failure detection time, milliseconds (partner's last sign of life to decision).
+    pub last_detection_ms: Option<f64>,
+    /// Last giveback outage window, milliseconds (giveback to the first read showing the
+    /// partner UP).
+    pub last_outage_ms: Option<f64>,
+    /// The poll interval, milliseconds.
+    pub interval_ms: f64,
+    /// Torn or corrupt partner reads (never believed).
+    pub torn_reads: u64,
+    /// Mailbox reads that failed.
+    pub mailbox_read_failures: u64,
+    /// Driver actions that failed.
+    pub io_failures: u64,
+    /// The last driver failure.
+    pub last_error: Option<String>,
+    /// Driver counters.
+    pub driver: DriverCounters,
+}
+
+/// A serialisable command reply.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommandReport {
+    /// `done`, `started`, `allowed` or `refused`.
+    pub outcome: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl GivebackNode {
+    /// The status as a [`GivebackReport`].
+    pub fn report(&self) -> GivebackReport {
+        let (status, driver, interval) = {
+            let s = self.shared.lock();
+            (
+                s.status.clone(),
+                DriverCounters {
+                    hook_failures: s.hook_failures,
+                    kills_sent: s.kills_sent,
+                    kills_received: s.kills_received,
+                    reboots: s.reboots,
+                },
+                s.interval,
+            )
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        GivebackReport {
+            me: status.me,
+            partner: status.partner,
+            incarnation: status.incarnation,
+            state: status.state.name().into(),
+            in_state_ms: status.in_state_for.as_millis() as u64,
+            partner_state: status.partner_state.map(|s| s.name().into()),
+            partner_read_age_ms: status.partner_read_age.map(|d| d.as_millis() as u64),
+            partner_silent_ms: status.partner_silent_for.as_millis() as u64,
+            partner_failed: status.partner_failed,
+            serving: status.serving.clone(),
+            reservations_held: status.reservations_held.clone(),
+            identity_assumed: status.identity_assumed,
+            interconnect_down: status.interconnect_down,
+            auto_giveback: status.auto_giveback,
+            killing: status.killing,
+            takeovers: status.takeovers,
+            givebacks: status.givebacks,
+            last_detection_ms: status.last_detection.map(ms),
+            last_outage_ms: status.last_outage().map(ms),
+            interval_ms: ms(interval),
+            torn_reads: status.torn_reads,
+            mailbox_read_failures: status.mailbox_read_failures,
+            io_failures: status.io_failures,
+            last_error: status.last_error.clone(),
+            driver,
+        }
+    }
+
+    /// Runs a command and returns a serialisable reply.
+    pub fn command_report(&self, cmd: Command) -> Result<CommandReport, GivebackError> {
+        let r = self.command(cmd)?;
+        Ok(CommandReport {
+            outcome: match r.outcome {
+                CommandOutcome::Done => "done",
+                CommandOutcome::Started => "started",
+                CommandOutcome::Allowed => "allowed",
+                CommandOutcome::Refused => "refused",
+            }
+            .into(),
+            reason: r.reason,
+        })
+    }
+}
+
+/// Renders a report as the `giveback` section of `interlink status`.
+pub fn render_report(r: &GivebackReport) -> String {
+    let sets = |v: &[u32]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    };
+    let opt_ms = |v: Option<f64>| {
+        v.map(|x| format!("{x:.1} ms"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "giveback: node {} {} for {} ms, serving {}, reserved {}{}{}\n",
+        r.me,
+        r.state,
+        r.in_state_ms,
+        sets(&r.serving),
+        sets(&r.reservations_held),
+        if r.identity_assumed {
+            ", partner's identity assumed"
+        } else {
+            ""
+        },
+        if r.auto_giveback {
+            ""
+        } else {
+            ", auto-giveback off"
+        },
+    ));
+    out.push_str(&format!(
+        "  partner: node {} {}{}, last read {} ago, silent {} ms{}{}\n",
+        r.partner,
+        r.partner_state.as_deref().unwrap_or("unknown"),
+        if r.partner_failed { " (failed)" } else { "" },
+        r.partner_read_age_ms
+            .map(|m| format!("{m} ms"))
+            .unwrap_or_else(|| "never".into()),
+        r.partner_silent_ms,
+        if r.killing {
+            ", sending kill messages"
+        } else {
+            ""
+        },
+        if r.interconnect_down {
+            ", ALERT: interconnect down (partner alive by mailbox)"
+        } else {
+            ""
+        },
+    ));
+    out.push_str(&format!(
+        "  takeovers {}, givebacks {}, last detection {}, last outage window {} (poll interval {:.0} ms); torn reads {}, mailbox read failures {}, I/O failures {}, kills sent {} received {}, reboots {}\n",
+        r.takeovers,
+        r.givebacks,
+        opt_ms(r.last_detection_ms),
+        opt_ms(r.last_outage_ms),
+        r.interval_ms,
+        r.torn_reads,
+        r.mailbox_read_failures,
+        r.io_failures,
+        r.driver.kills_sent,
+        r.driver.kills_received,
+        r.driver.reboots,
+    ));
+    if let Some(e) = &r.last_error {
+        out.push_str(&format!("  last error: {e}\n"));
+    }
+    out
+}

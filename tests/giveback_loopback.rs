@@ -1,0 +1,246 @@
+//! The giveback client on two in-process managers over loopback (soft provider): both nodes
+//! come up serving their own disks; node B stops (its manager says goodbye, its mailbox goes
+//! quiet); A detects the failure, takes over and replays; B restarts, finds its disks
+//! reserved, and the coordinated giveback (GIVEWAIT, MBWAIT) hands them back. The service
+//! journals prove that no disk set was ever served by both nodes at once.
+//! (Two node processes in namespaces, and verbs: tests/giveback_netns.rs.)
+
+mod giveback_journal;
+mod manager_pair;
+
+use giveback_journal::{assert_never_served_twice, note_crash};
+use interlink::clients::giveback::{
+    Command, CommandOutcome, FileMailbox, FileReservations, GivebackEvent, GivebackNode,
+    GivebackOptions, JournalHooks, NodeState, Reservations,
+};
+use interlink::fabric::ProviderChoice;
+use interlink::manager::{Manager, NodeConfig};
+use manager_pair::*;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Node {
+    manager: Arc<Manager>,
+    giveback: GivebackNode,
+    replays: Arc<AtomicU32>,
+}
+
+fn start(cfg: &NodeConfig, dir: &Path, options: GivebackOptions) -> Node {
+    let manager = Arc::new(Manager::start(cfg.clone()).expect("start manager"));
+    let me = cfg.node_id;
+    let replays = Arc::new(AtomicU32::new(0));
+    let r = replays.clone();
+    let hooks = JournalHooks::new(dir, me).with_replay(Box::new(move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }));
+    let giveback = GivebackNode::start(
+        manager.clone(),
+        options,
+        Box::new(FileMailbox::open(dir, me, cfg.partner_id).expect("mailbox")),
+        Box::new(FileReservations::open(dir, me).expect("reservations")),
+        Box::new(hooks),
+    )
+    .expect("start giveback");
+    Node {
+        manager,
+        giveback,
+        replays,
+    }
+}
+
+/// Stops a node as a crash would: nothing is released. Its journal gets a `crashed` line (a
+/// crashed node serves nothing from then on).
+fn crash(n: Node, dir: &Path) {
+    let me = n.manager.config().node_id;
+    n.giveback.stop();
+    n.manager.shutdown();
+    note_crash(dir, me);
+}
+
+fn stop(n: Node) {
+    n.giveback.stop();
+    n.manager.shutdown();
+}
+
+fn wait_state(
+    n: &Node,
+    what: &str,
+    mut pred: impl FnMut(&interlink::clients::giveback::GivebackStatus) -> bool,
+) {
+    let t0 = Instant::now();
+    loop {
+        let s = n.giveback.status();
+        if pred(&s) {
+            return;
+        }
+        assert!(t0.elapsed() < WAIT, "timed out waiting for {what}: {s:#?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn takeover_then_coordinated_giveback() {
+    init_logs();
+    let dir = temp_dir("giveback");
+    let (a, b) = pair(&dir, 2, loopback, ProviderChoice::Soft, port_base());
+    let options = GivebackOptions::default();
+    let na = start(&a, &dir, options.clone());
+    let nb = start(&b, &dir, options.clone());
+    for n in [&na, &nb] {
+        wait_state(n, "both nodes up", |s| {
+            s.state == NodeState::Up && s.partner_state == Some(NodeState::Up)
+        });
+    }
+    let events = na.giveback.subscribe();
+
+    // B fails: A takes over B's disks, identity and log.
+    let failed_at = Instant::now();
+    crash(nb, &dir);
+    wait_state(&na, "takeover", |s| {
+        s.state == NodeState::Takeover && s.serving.contains(&2) && s.identity_assumed
+    });
+    let took = failed_at.elapsed();
+    assert_eq!(
+        na.replays.load(Ordering::SeqCst),
+        1,
+        "B's log replayed once"
+    );
+    let mut check = FileReservations::open(&dir, 9).unwrap();
+    assert_eq!(check.check(2).unwrap(), Some(1), "A holds B's disks");
+    let st = na.giveback.status();
+    let detection = st.last_detection.expect("detection time");
+    let window = Duration::from_millis(100) * 5;
+    assert!(
+        detection >= window,
+        "declared failed before the window: {detection:?}"
+    );
+    eprintln!("takeover {took:?} after B stopped; detection {detection:?}");
+
+    // B restarts: GIVEWAIT, A releases, MBWAIT, A gives back, B serves.
+    let nb = start(&b, &dir, options.clone());
+    wait_state(&nb, "B up again", |s| {
+        s.state == NodeState::Up && s.serving == vec![2]
+    });
+    wait_state(&na, "giveback done", |s| {
+        s.state == NodeState::Up && s.serving == vec![1] && s.last_outage().is_some()
+    });
+    let outage = na.giveback.status().last_outage().unwrap();
+    eprintln!("giveback outage window {outage:?}");
+    assert_eq!(check.check(2).unwrap(), Some(2), "B holds its disks again");
+    assert_eq!(check.check(1).unwrap(), Some(1));
+    // The events A saw, in order.
+    let seen: Vec<GivebackEvent> = events.try_iter().collect();
+    let pos = |pred: &dyn Fn(&GivebackEvent) -> bool| {
+        seen.iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("event missing: {seen:#?}"))
+    };
+    let failed = pos(&|e| matches!(e, GivebackEvent::PartnerFailed { .. }));
+    let done = pos(&|e| matches!(e, GivebackEvent::TakeoverDone { .. }));
+    let gw = pos(&|e| {
+        matches!(
+            e,
+            GivebackEvent::PartnerStateChanged {
+                state: NodeState::GiveWait,
+                ..
+            }
+        )
+    });
+    let mb = pos(&|e| {
+        matches!(
+            e,
+            GivebackEvent::PartnerStateChanged {
+                state: NodeState::MbWait,
+                ..
+            }
+        )
+    });
+    let given = pos(&|e| matches!(e, GivebackEvent::GivebackStarted));
+    let back = pos(&|e| matches!(e, GivebackEvent::GivebackDone { .. }));
+    assert!(
+        failed < done && done < gw && gw < mb && mb < given && given < back,
+        "{seen:#?}"
+    );
+    assert_never_served_twice(&dir);
+    stop(na);
+    stop(nb);
+}
+
+#[test]
+fn manual_takeover_and_giveback_with_auto_giveback_off() {
+    init_logs();
+    let dir = temp_dir("giveback-manual");
+    let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    let options = GivebackOptions {
+        auto_giveback: false,
+        ..GivebackOptions::default()
+    };
+    let na = start(&a, &dir, options.clone());
+    let nb = start(&b, &dir, options.clone());
+    for n in [&na, &nb] {
+        wait_state(n, "both up", |s| {
+            s.state == NodeState::Up && s.partner_state == Some(NodeState::Up)
+        });
+    }
+    // Check-only changes nothing.
+    let r = na
+        .giveback
+        .command(Command::Takeover { check_only: true })
+        .unwrap();
+    assert_eq!(r.outcome, CommandOutcome::Allowed, "{r:?}");
+    let r = na
+        .giveback
+        .command(Command::Giveback { check_only: true })
+        .unwrap();
+    assert_eq!(r.outcome, CommandOutcome::Refused, "{r:?}");
+    assert_eq!(na.giveback.status().state, NodeState::Up);
+
+    // Manual takeover of a live partner: B is killed, halts, reboots into GIVEWAIT, then
+    // MBWAIT; A serves both and waits for the operator.
+    let r = na
+        .giveback
+        .command(Command::Takeover { check_only: false })
+        .unwrap();
+    assert_eq!(r.outcome, CommandOutcome::Started, "{r:?}");
+    wait_state(&na, "takeover", |s| {
+        s.state == NodeState::Takeover && s.serving.contains(&2)
+    });
+    wait_state(&nb, "B waits for the mailbox", |s| {
+        s.state == NodeState::MbWait
+    });
+    assert!(nb.giveback.driver_counters().kills_received >= 1);
+    assert_eq!(nb.giveback.driver_counters().reboots, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        na.giveback.status().state,
+        NodeState::Takeover,
+        "auto giveback is off"
+    );
+    let r = na
+        .giveback
+        .command(Command::Giveback { check_only: true })
+        .unwrap();
+    assert_eq!(r.outcome, CommandOutcome::Allowed, "{r:?}");
+    let r = na
+        .giveback
+        .command(Command::Giveback { check_only: false })
+        .unwrap();
+    assert!(
+        matches!(r.outcome, CommandOutcome::Done | CommandOutcome::Started),
+        "{r:?}"
+    );
+    wait_state(&nb, "B serves again", |s| {
+        s.state == NodeState::Up && s.serving == vec![2]
+    });
+    wait_state(&na, "A back to its own", |s| {
+        s.state == NodeState::Up && s.serving == vec![1]
+    });
+    assert_never_served_twice(&dir);
+    stop(na);
+    stop(nb);
+}
