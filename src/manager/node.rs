@@ -33,6 +33,8 @@ pub(crate) enum Command {
     Status(Sender<NodeStatus>),
     /// The published state changed: publish now.
     PublishState,
+    /// Read the partner's health block now on every ready link.
+    ReadPartnerNow,
     /// Time `count` partner-state READs on a link.
     TimePartnerReads {
         link: LinkId,
@@ -142,6 +144,14 @@ impl Manager {
     /// and how many copies were believed and how many were torn. Does not wait for the loop.
     pub fn partner_state(&self) -> Vec<PartnerObservation> {
         self.cells.partner()
+    }
+
+    /// Asks for a READ of the partner's health block on every ready link now, beside the
+    /// periodic one (a client waiting for the partner's next state, such as the giveback
+    /// survivor waiting for UP, polls faster this way). Results show in
+    /// [`Manager::partner_state`] within a loop tick of the READ's completion.
+    pub fn read_partner_now(&self) {
+        let _ = self.tx.send(Command::ReadPartnerNow);
     }
 
     /// Reads the partner's health block `count` times back to back on `link`'s heartbeat

@@ -275,6 +275,7 @@ impl Runtime {
                 let _ = reply.send(self.status());
             }
             Command::PublishState => self.publish_health(),
+            Command::ReadPartnerNow => self.read_partner_now(),
             Command::TimePartnerReads { link, count, reply } => {
                 let _ = reply.send(self.time_partner_reads(link, count));
             }
@@ -326,6 +327,22 @@ impl Runtime {
         for l in &self.links {
             if let Some(hb) = &l.heartbeat {
                 hb.publish(&block);
+            }
+        }
+    }
+
+    fn read_partner_now(&mut self) {
+        for i in 0..self.links.len() {
+            let l = &mut self.links[i];
+            if l.state != LinkState::Ready {
+                continue;
+            }
+            let failed = match l.heartbeat.as_mut().map(|hb| hb.post_read()) {
+                Some(HeartbeatPoll::Failed(why)) => Some(why),
+                _ => None,
+            };
+            if let Some(why) = failed {
+                self.fail_link(i, &why, false);
             }
         }
     }
