@@ -1,0 +1,900 @@
+//! The shadow log writer (F5.1, F5.2): a sans-IO state machine that appends records to a log
+//! in local NVRAM and tells its driver which byte ranges to copy, by RDMA WRITE at the same
+//! offsets, into the partner's mirror region. The writer lays out both images (mirror memory
+//! linked to primary memory): the partner's CPU takes no part in the data path, and reads the
+//! region only after a takeover, with [`replay`](super::log_replay::replay).
+//!
+//! No clock, thread or socket: the driver calls [`ShadowLog::poll_mirror_write`] and posts
+//! each range it returns, reports completions with [`ShadowLog::handle_mirror_complete`],
+//! calls [`ShadowLog::rewind_unacknowledged`] when the link fails (and then re-posts what
+//! `poll_mirror_write` returns again, on the surviving link), and answers the callers whose
+//! appends [`ShadowLog::poll_acknowledged`] returns: those records are durable in local NVRAM
+//! and complete in the partner's region.
+//!
+//! The layout is in [`log_format`](super::log_format).
+//!
+//! # Rules that keep every crash point recoverable
+//!
+//! The mirror receives the writes in order; after a crash or a link failure it holds a prefix
+//! of them plus, possibly, torn parts of later ones. The writer keeps these rules:
+//!
+//! 1. **Space reclaim.** Data-area space before a checkpoint becomes reusable only after the
+//!    write of that checkpoint's slot completed on the mirror, and only once every write of
+//!    the records before it completed too. Until then a survivor might replay from the
+//!    previous checkpoint, over those bytes. The writer never overwrites a record that is not
+//!    checkpointed.
+//! 2. **One checkpoint write in flight.** A checkpoint slot write is handed out only when no
+//!    other checkpoint write is posted and not completed (the writes behind it wait). So at
+//!    most one slot of the mirror can be torn at any time (even after a link failure left
+//!    writes of the old link half done), and the other holds a completed checkpoint no older
+//!    than the one space was reclaimed for.
+//! 3. **Stable bytes.** Local bytes of a posted, not yet completed write never change, so the
+//!    RDMA WRITE reads the bytes the writer meant whenever it reads them, and re-sending after
+//!    a rewind writes the same bytes again. A checkpoint asked for while the latest checkpoint
+//!    write is still queued (not posted) updates that write's slot in place instead of queueing
+//!    another.
+//!
+//! A checkpoint becomes the one a survivor replays from only when its write completed
+//! ([`ShadowLog::checkpointed`]); records between that checkpoint and a later one not yet
+//! mirrored may be replayed again, so consumers should recognise work they already did (the
+//! replay says which checkpoint it started from).
+
+use super::error::MirrorError;
+use super::log_format::{
+    decode_superblock, encode_checkpoint, encode_record_header, encode_superblock, max_payload,
+    record_size, CheckpointSlot, Superblock, CHECKPOINT_SLOT_LEN, CHECKPOINT_SLOT_OFFSETS,
+    DATA_OFFSET, MIN_IMAGE_LEN, RECORD_ALIGN, RECORD_FLAG_WRAP, RECORD_HEADER_LEN, SUPERBLOCK_LEN,
+};
+use super::log_replay::{replay_from_scan, scan, LogPosition, Replay};
+use super::nvram::NvramBacking;
+use std::collections::VecDeque;
+
+/// A byte range of the local image to copy to the same offset of the partner's mirror region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MirrorWrite {
+    /// Consecutive from 1; completions are reported by id.
+    pub id: u64,
+    /// Offset in both images.
+    pub offset: usize,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// Counters and levels of a [`ShadowLog`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Generation of the log.
+    pub generation: u64,
+    /// Length of the data area.
+    pub data_len: usize,
+    /// Data-area bytes not reusable yet (records not reclaimed, wrap gaps).
+    pub used_bytes: u64,
+    /// Data-area bytes free for appends.
+    pub free_bytes: u64,
+    /// Sequence number of the last record appended (0: none).
+    pub appended: u64,
+    /// Records appended and not yet reclaimed.
+    pub live_records: usize,
+    /// Highest sequence number durable locally and on the mirror.
+    pub acknowledged: u64,
+    /// `through` of the latest checkpoint asked for.
+    pub checkpoint_requested: u64,
+    /// `through` of the latest checkpoint whose slot write completed on the mirror.
+    pub checkpoint_mirrored: u64,
+    /// Mirror writes queued and not handed out yet.
+    pub writes_queued: usize,
+    /// Mirror writes handed out and not completed.
+    pub writes_in_flight: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteKind {
+    /// Superblock, or data ranges re-sent after an open.
+    Plain,
+    /// A checkpoint slot.
+    Checkpoint { slot: usize },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct QueuedWrite {
+    write: MirrorWrite,
+    kind: WriteKind,
+}
+
+/// What a checkpoint slot holds locally. `pos` is the logical position (see [`ShadowLog`])
+/// where the scan for `through + 1` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CheckpointState {
+    number: u64,
+    through: u64,
+    pos: u64,
+}
+
+/// A record appended and not yet reclaimed.
+#[derive(Clone, Copy, Debug)]
+struct LiveRecord {
+    seq: u64,
+    /// Where its append began (its wrap marker or wrap gap, if any).
+    start: u64,
+    /// Where its header is.
+    pos: u64,
+    /// Id of the last mirror write carrying it.
+    last_write: u64,
+}
+
+/// The writer of a shadow log in the local NVRAM `B`, mirrored by its driver.
+///
+/// Positions in the data area are logical byte counts that only grow; the data offset of a
+/// logical position is that position modulo the area's length (a wrap gap is counted, so a
+/// record after a wrap starts at a multiple of the length).
+pub struct ShadowLog<B: NvramBacking> {
+    backing: B,
+    data_offset: usize,
+    data_len: usize,
+    generation: u64,
+    next_seq: u64,
+    /// Logical position of the next append.
+    head: u64,
+    records: VecDeque<LiveRecord>,
+    /// Mirror writes not completed, in id order; the first `posted` were handed out.
+    writes: VecDeque<QueuedWrite>,
+    posted: usize,
+    next_write_id: u64,
+    /// Highest id completed.
+    completed: u64,
+    /// The checkpoint write handed out and not completed.
+    checkpoint_in_flight: Option<u64>,
+    /// What each local slot holds.
+    slots: [CheckpointState; 2],
+    /// The slot of the latest checkpoint.
+    latest_slot: usize,
+    /// The write of the latest checkpoint, until it completes.
+    latest_checkpoint_write: Option<u64>,
+    /// The latest checkpoint whose slot write completed (space before `pos` is reusable).
+    mirrored: CheckpointState,
+    requested: u64,
+    durable: u64,
+    reported: u64,
+}
+
+impl<B: NvramBacking> std::fmt::Debug for ShadowLog<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShadowLog")
+            .field("generation", &self.generation)
+            .field("next_seq", &self.next_seq)
+            .field("head", &self.head)
+            .field("mirrored", &self.mirrored)
+            .field("completed", &self.completed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: NvramBacking> ShadowLog<B> {
+    /// Formats a fresh log of `generation` in `backing` (the data area is all of it after the
+    /// 192 bytes of superblock and slots) and queues the superblock and checkpoint 0 as
+    /// mirror writes. `generation` must be above that of any log the backing (or the
+    /// partner's region) held before; a log of the same or a newer generation in the backing
+    /// is refused.
+    pub fn format(mut backing: B, generation: u64) -> Result<Self, MirrorError> {
+        let size = backing.len();
+        if size < MIN_IMAGE_LEN {
+            return Err(MirrorError::FormatLogTooSmall {
+                size,
+                min: MIN_IMAGE_LEN,
+            });
+        }
+        if let Ok(existing) = decode_superblock(backing.bytes()) {
+            if existing.generation >= generation {
+                return Err(MirrorError::FormatLogStaleGeneration {
+                    existing: existing.generation,
+                    requested: generation,
+                });
+            }
+        }
+        let sb = Superblock {
+            total_len: size,
+            data_offset: DATA_OFFSET,
+            data_len: (size - DATA_OFFSET) & !(RECORD_ALIGN - 1),
+            generation,
+        };
+        write_persist(&mut backing, 0, &encode_superblock(&sb))?;
+        let first = CheckpointState {
+            number: 0,
+            through: 0,
+            pos: 0,
+        };
+        let mut log = ShadowLog::empty(backing, &sb, first, 0);
+        log.write_slot(0, first)?;
+        log.queue(0, SUPERBLOCK_LEN, WriteKind::Plain);
+        let id = log.queue(
+            CHECKPOINT_SLOT_OFFSETS[0],
+            CHECKPOINT_SLOT_LEN,
+            WriteKind::Checkpoint { slot: 0 },
+        );
+        log.latest_checkpoint_write = Some(id);
+        Ok(log)
+    }
+
+    /// Opens the log a previous writer left in `backing` (after a restart of this node) and
+    /// returns what it holds after its checkpoint. The writer continues the same generation
+    /// after the last good record (a torn tail is overwritten). The superblock, the
+    /// checkpoint in force and the records after it are queued again as mirror writes (the
+    /// partner may hold only part of them); space is reclaimed again once that checkpoint
+    /// write completed, so appends may report [`MirrorError::LogFull`] until then.
+    pub fn open(backing: B) -> Result<(Self, Replay), MirrorError> {
+        let found = scan(backing.bytes()).map_err(MirrorError::OpenLog)?;
+        let replayed = replay_from_scan(backing.bytes(), &found, None);
+        let sb = found.superblock;
+        let cp = found.checkpoint;
+        let lap = sb.data_len as u64;
+        // Two laps of room below, so `head - lap` stays positive.
+        let cp_pos = 2 * lap + cp.next_offset as u64;
+        let state = CheckpointState {
+            number: cp.number,
+            through: cp.through,
+            pos: cp_pos,
+        };
+        let head = cp_pos + found.end;
+        // Nothing is reusable until the checkpoint is complete on the mirror again.
+        let barrier = CheckpointState {
+            pos: head - lap,
+            ..state
+        };
+        let mut log = ShadowLog::empty(backing, &sb, barrier, cp.through);
+        log.slots = [state; 2];
+        log.latest_slot = cp.slot;
+        log.head = head;
+        log.queue(0, SUPERBLOCK_LEN, WriteKind::Plain);
+        let id = log.queue(
+            CHECKPOINT_SLOT_OFFSETS[cp.slot],
+            CHECKPOINT_SLOT_LEN,
+            WriteKind::Checkpoint { slot: cp.slot },
+        );
+        log.latest_checkpoint_write = Some(id);
+        let mut last_write = id;
+        let mut from = cp_pos;
+        while from < head {
+            let lap_end = (from / lap + 1) * lap;
+            let to = head.min(lap_end);
+            last_write = log.queue(
+                sb.data_offset + (from % lap) as usize,
+                (to - from) as usize,
+                WriteKind::Plain,
+            );
+            from = to;
+        }
+        for r in &found.records {
+            log.records.push_back(LiveRecord {
+                seq: r.seq,
+                start: cp_pos + r.start,
+                pos: cp_pos + r.pos,
+                last_write,
+            });
+        }
+        if let Some(last) = found.records.last() {
+            log.next_seq = last.seq + 1;
+            log.reported = last.seq;
+        }
+        Ok((log, replayed))
+    }
+
+    fn empty(backing: B, sb: &Superblock, mirrored: CheckpointState, through: u64) -> Self {
+        ShadowLog {
+            backing,
+            data_offset: sb.data_offset,
+            data_len: sb.data_len,
+            generation: sb.generation,
+            next_seq: through + 1,
+            head: mirrored.pos,
+            records: VecDeque::new(),
+            writes: VecDeque::new(),
+            posted: 0,
+            next_write_id: 1,
+            completed: 0,
+            checkpoint_in_flight: None,
+            slots: [mirrored; 2],
+            latest_slot: 0,
+            latest_checkpoint_write: None,
+            mirrored,
+            requested: through,
+            durable: through,
+            reported: through,
+        }
+    }
+
+    /// Appends a record: writes it (and a wrap marker before it, if it does not fit before
+    /// the end of the data area) into the local NVRAM, persists it, and queues its ranges as
+    /// mirror writes. It may be acknowledged to the caller once [`poll_acknowledged`]
+    /// returns its position.
+    ///
+    /// [`poll_acknowledged`]: ShadowLog::poll_acknowledged
+    pub fn append(&mut self, payload: &[u8]) -> Result<LogPosition, MirrorError> {
+        let max = max_payload(self.data_len);
+        if payload.len() > max {
+            return Err(MirrorError::RecordTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        let size = record_size(payload.len()).unwrap_or(usize::MAX) as u64;
+        let lap = self.data_len as u64;
+        let start = self.head;
+        let room = lap - start % lap;
+        let marker = room >= RECORD_HEADER_LEN as u64 && size > room;
+        let pos = if size > room { start + room } else { start };
+        let end = pos + size;
+        let tail = self.tail();
+        if end - tail > lap {
+            return Err(MirrorError::LogFull {
+                needed: end - start,
+                free: lap - (start - tail),
+            });
+        }
+        let seq = self.next_seq;
+        // Both local writes first: nothing is queued if either fails.
+        if marker {
+            let header = encode_record_header(RECORD_FLAG_WRAP, self.generation, seq, &[]);
+            self.write_record(start, &header, &[])?;
+        }
+        let header = encode_record_header(0, self.generation, seq, payload);
+        self.write_record(pos, &header, payload)?;
+        if marker {
+            self.queue(self.data_at(start), RECORD_HEADER_LEN, WriteKind::Plain);
+        }
+        let last_write = self.queue(self.data_at(pos), size as usize, WriteKind::Plain);
+        self.records.push_back(LiveRecord {
+            seq,
+            start,
+            pos,
+            last_write,
+        });
+        self.next_seq += 1;
+        self.head = end;
+        Ok(LogPosition {
+            generation: self.generation,
+            seq,
+        })
+    }
+
+    /// Marks every record up to `through` consumed: writes the next checkpoint slot locally
+    /// (persisted) and queues it as a mirror write, or, if the latest checkpoint write is
+    /// still queued, updates that one in place. A position at or before the latest checkpoint
+    /// asked for changes nothing.
+    pub fn checkpoint(&mut self, through: LogPosition) -> Result<(), MirrorError> {
+        if through.generation != self.generation || through.seq >= self.next_seq {
+            return Err(MirrorError::CheckpointLog {
+                generation: through.generation,
+                seq: through.seq,
+                log_generation: self.generation,
+                appended: self.next_seq - 1,
+            });
+        }
+        if through.seq <= self.requested {
+            return Ok(());
+        }
+        let next = through.seq + 1;
+        // Records after the latest checkpoint asked for are all live, so `next` is found.
+        let pos = match self.records.front() {
+            Some(front) if next < self.next_seq => next
+                .checked_sub(front.seq)
+                .and_then(|i| self.records.get(i as usize))
+                .map_or(self.head, |r| r.pos),
+            _ => self.head,
+        };
+        let first_unposted = self.writes.get(self.posted).map(|q| q.write.id);
+        let queued = match (self.latest_checkpoint_write, first_unposted) {
+            (Some(id), Some(first)) => id >= first,
+            _ => false,
+        };
+        let (slot, number) = if queued {
+            (self.latest_slot, self.slots[self.latest_slot].number)
+        } else {
+            let number = self.slots[self.latest_slot].number + 1;
+            ((number % 2) as usize, number)
+        };
+        self.write_slot(
+            slot,
+            CheckpointState {
+                number,
+                through: through.seq,
+                pos,
+            },
+        )?;
+        self.latest_slot = slot;
+        self.requested = through.seq;
+        if !queued {
+            let id = self.queue(
+                CHECKPOINT_SLOT_OFFSETS[slot],
+                CHECKPOINT_SLOT_LEN,
+                WriteKind::Checkpoint { slot },
+            );
+            self.latest_checkpoint_write = Some(id);
+        }
+        Ok(())
+    }
+
+    /// The next range to post, in order; each is returned once (until a rewind). `None` when
+    /// nothing is queued, or when the next write is a checkpoint and another checkpoint write
+    /// is still in flight (rule 2 of the module docs).
+    pub fn poll_mirror_write(&mut self) -> Option<MirrorWrite> {
+        let q = *self.writes.get(self.posted)?;
+        if let WriteKind::Checkpoint { .. } = q.kind {
+            if self.checkpoint_in_flight.is_some() {
+                return None;
+            }
+            self.checkpoint_in_flight = Some(q.write.id);
+        }
+        self.posted += 1;
+        Some(q.write)
+    }
+
+    /// Mirror write `id` completed on the partner, and with it every earlier one. Ids never
+    /// handed out, or already completed, are ignored.
+    pub fn handle_mirror_complete(&mut self, id: u64) {
+        let Some(last_posted) = self
+            .posted
+            .checked_sub(1)
+            .and_then(|i| self.writes.get(i))
+            .map(|q| q.write.id)
+        else {
+            return;
+        };
+        let id = id.min(last_posted);
+        while let Some(q) = self.writes.front().copied() {
+            if q.write.id > id {
+                break;
+            }
+            self.writes.pop_front();
+            self.posted -= 1;
+            self.completed = q.write.id;
+            if let WriteKind::Checkpoint { slot } = q.kind {
+                let state = self.slots[slot];
+                if state.through >= self.mirrored.through {
+                    self.mirrored = state;
+                }
+                if self.checkpoint_in_flight == Some(q.write.id) {
+                    self.checkpoint_in_flight = None;
+                }
+                if self.latest_checkpoint_write == Some(q.write.id) {
+                    self.latest_checkpoint_write = None;
+                }
+            }
+        }
+        if let Some(front) = self.records.front() {
+            let mut i = (self.durable + 1).saturating_sub(front.seq) as usize;
+            while let Some(r) = self.records.get(i) {
+                if r.last_write > self.completed {
+                    break;
+                }
+                self.durable = r.seq;
+                i += 1;
+            }
+        }
+        while let Some(front) = self.records.front() {
+            if front.seq > self.mirrored.through || front.last_write > self.completed {
+                break;
+            }
+            self.records.pop_front();
+        }
+    }
+
+    /// The link failed: every mirror write not completed is returned again by
+    /// [`poll_mirror_write`](ShadowLog::poll_mirror_write), in the original order, to be
+    /// re-sent on the surviving link. Their bytes are read again from the local image, which
+    /// has not changed under them, so re-sending is idempotent.
+    pub fn rewind_unacknowledged(&mut self) {
+        self.posted = 0;
+        self.checkpoint_in_flight = None;
+    }
+
+    /// The next append, in append order, whose record is durable in local NVRAM and complete
+    /// on the mirror: only these may be acknowledged to their callers.
+    pub fn poll_acknowledged(&mut self) -> Option<LogPosition> {
+        (self.reported < self.durable).then(|| {
+            self.reported += 1;
+            LogPosition {
+                generation: self.generation,
+                seq: self.reported,
+            }
+        })
+    }
+
+    /// The last position durable locally and on the mirror, if any.
+    pub fn acknowledged(&self) -> Option<LogPosition> {
+        (self.durable > 0).then_some(LogPosition {
+            generation: self.generation,
+            seq: self.durable,
+        })
+    }
+
+    /// The latest checkpoint complete on the mirror: a survivor replays from it or a newer
+    /// one.
+    pub fn checkpointed(&self) -> LogPosition {
+        LogPosition {
+            generation: self.generation,
+            seq: self.mirrored.through,
+        }
+    }
+
+    /// Generation of the log.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The largest payload [`append`](ShadowLog::append) takes.
+    pub fn max_payload(&self) -> usize {
+        max_payload(self.data_len)
+    }
+
+    /// The local NVRAM.
+    pub fn local(&self) -> &B {
+        &self.backing
+    }
+
+    /// The local NVRAM, to be given to [`ShadowLog::open`] again or dropped.
+    pub fn into_local(self) -> B {
+        self.backing
+    }
+
+    /// Counters and levels.
+    pub fn stats(&self) -> LogStats {
+        let used = self.head - self.tail();
+        LogStats {
+            generation: self.generation,
+            data_len: self.data_len,
+            used_bytes: used,
+            free_bytes: self.data_len as u64 - used,
+            appended: self.next_seq - 1,
+            live_records: self.records.len(),
+            acknowledged: self.durable,
+            checkpoint_requested: self.requested,
+            checkpoint_mirrored: self.mirrored.through,
+            writes_queued: self.writes.len() - self.posted,
+            writes_in_flight: self.posted,
+        }
+    }
+
+    /// Logical position of the next append (tests).
+    #[cfg(test)]
+    pub(crate) fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Logical position below which the data area may be overwritten (rule 1).
+    fn tail(&self) -> u64 {
+        match self.records.front() {
+            Some(front) if front.last_write > self.completed => front.start.min(self.mirrored.pos),
+            _ => self.mirrored.pos,
+        }
+    }
+
+    fn data_at(&self, pos: u64) -> usize {
+        self.data_offset + (pos % self.data_len as u64) as usize
+    }
+
+    fn queue(&mut self, offset: usize, len: usize, kind: WriteKind) -> u64 {
+        let id = self.next_write_id;
+        self.next_write_id += 1;
+        self.writes.push_back(QueuedWrite {
+            write: MirrorWrite { id, offset, len },
+            kind,
+        });
+        id
+    }
+
+    /// Writes a record (header, payload, zero padding) at logical position `pos` and persists
+    /// it.
+    fn write_record(&mut self, pos: u64, header: &[u8], payload: &[u8]) -> Result<(), MirrorError> {
+        let at = self.data_at(pos);
+        let size = record_size(payload.len()).unwrap_or(usize::MAX);
+        let bytes_len = self.backing.len();
+        let out_of_range = MirrorError::OutOfRange {
+            offset: at,
+            len: size,
+            size: bytes_len,
+        };
+        let dst = self
+            .backing
+            .bytes_mut()
+            .get_mut(at..at.saturating_add(size))
+            .ok_or(out_of_range)?;
+        let (head, rest) = dst.split_at_mut(RECORD_HEADER_LEN);
+        head.copy_from_slice(header);
+        let (body, pad) = rest.split_at_mut(payload.len());
+        body.copy_from_slice(payload);
+        pad.fill(0);
+        self.backing.persist(at, size)
+    }
+
+    fn write_slot(&mut self, slot: usize, state: CheckpointState) -> Result<(), MirrorError> {
+        let encoded = encode_checkpoint(&CheckpointSlot {
+            slot,
+            generation: self.generation,
+            number: state.number,
+            through: state.through,
+            next_offset: (state.pos % self.data_len as u64) as usize,
+        });
+        write_persist(&mut self.backing, CHECKPOINT_SLOT_OFFSETS[slot], &encoded)?;
+        self.slots[slot] = state;
+        Ok(())
+    }
+}
+
+fn write_persist<B: NvramBacking>(
+    backing: &mut B,
+    offset: usize,
+    bytes: &[u8],
+) -> Result<(), MirrorError> {
+    let size = backing.len();
+    let dst = backing
+        .bytes_mut()
+        .get_mut(offset..offset + bytes.len())
+        .ok_or(MirrorError::OutOfRange {
+            offset,
+            len: bytes.len(),
+            size,
+        })?;
+    dst.copy_from_slice(bytes);
+    backing.persist(offset, bytes.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::mirror::log_replay::replay;
+    use crate::clients::mirror::nvram::MemoryNvram;
+
+    const GEN: u64 = 9;
+
+    fn at(seq: u64) -> LogPosition {
+        LogPosition {
+            generation: GEN,
+            seq,
+        }
+    }
+
+    fn copy(log: &ShadowLog<MemoryNvram>, w: MirrorWrite, mirror: &mut [u8]) {
+        let r = w.offset..w.offset + w.len;
+        mirror[r.clone()].copy_from_slice(&log.local().bytes()[r]);
+    }
+
+    fn sync(log: &mut ShadowLog<MemoryNvram>, mirror: &mut [u8]) {
+        while let Some(w) = log.poll_mirror_write() {
+            copy(log, w, mirror);
+            log.handle_mirror_complete(w.id);
+        }
+    }
+
+    fn acks(log: &mut ShadowLog<MemoryNvram>) -> Vec<u64> {
+        std::iter::from_fn(|| log.poll_acknowledged())
+            .map(|p| p.seq)
+            .collect()
+    }
+
+    #[test]
+    fn format_queues_the_superblock_and_checkpoint_zero() {
+        let mut log = ShadowLog::format(MemoryNvram::new(4096), GEN).unwrap();
+        let a = log.poll_mirror_write().unwrap();
+        let b = log.poll_mirror_write().unwrap();
+        assert_eq!((a.id, a.offset, a.len), (1, 0, 64));
+        assert_eq!((b.id, b.offset, b.len), (2, 64, 64));
+        assert_eq!(log.poll_mirror_write(), None);
+        assert_eq!(log.stats().data_len, 4096 - 192);
+        assert_eq!(log.max_payload(), (4096 - 192) / 2 - 32);
+        assert!(matches!(
+            ShadowLog::format(MemoryNvram::new(319), GEN),
+            Err(MirrorError::FormatLogTooSmall {
+                size: 319,
+                min: 320
+            })
+        ));
+        // Re-formatting with a generation that is not newer is refused.
+        let local = log.into_local();
+        assert!(matches!(
+            ShadowLog::format(local.clone(), GEN),
+            Err(MirrorError::FormatLogStaleGeneration {
+                existing: GEN,
+                requested: GEN
+            })
+        ));
+        assert!(ShadowLog::format(local, GEN + 1).is_ok());
+    }
+
+    #[test]
+    fn appends_are_acknowledged_only_after_their_writes_complete_in_order() {
+        let mut log = ShadowLog::format(MemoryNvram::new(4096), GEN).unwrap();
+        assert_eq!(log.append(b"one").unwrap(), at(1));
+        assert_eq!(log.append(b"two").unwrap(), at(2));
+        assert_eq!(log.append(b"three").unwrap(), at(3));
+        let writes: Vec<_> = std::iter::from_fn(|| log.poll_mirror_write()).collect();
+        assert_eq!(
+            writes.iter().map(|w| w.id).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert_eq!(log.stats().writes_in_flight, 5);
+        assert!(acks(&mut log).is_empty());
+        log.handle_mirror_complete(3); // superblock, slot, record 1
+        assert_eq!(acks(&mut log), [1]);
+        assert_eq!(log.acknowledged(), Some(at(1)));
+        log.handle_mirror_complete(2); // already completed: ignored
+        log.handle_mirror_complete(99); // beyond what was handed out: up to 5
+        assert_eq!(acks(&mut log), [2, 3]);
+        assert_eq!(log.stats().writes_in_flight, 0);
+    }
+
+    #[test]
+    fn too_large_records_and_bad_checkpoints_are_refused() {
+        let mut log = ShadowLog::format(MemoryNvram::new(1024), GEN).unwrap();
+        let max = log.max_payload();
+        assert!(matches!(
+            log.append(&vec![0; max + 1]),
+            Err(MirrorError::RecordTooLarge { .. })
+        ));
+        log.append(&vec![1; max]).unwrap();
+        for bad in [
+            at(2),
+            LogPosition {
+                generation: GEN + 1,
+                seq: 1,
+            },
+        ] {
+            assert!(matches!(
+                log.checkpoint(bad),
+                Err(MirrorError::CheckpointLog { .. })
+            ));
+        }
+        log.checkpoint(at(0)).unwrap(); // nothing to do
+        assert_eq!(log.stats().checkpoint_requested, 0);
+    }
+
+    #[test]
+    fn space_is_reused_only_after_the_checkpoint_write_completed() {
+        // 512-byte data area; records of 128 bytes.
+        let mut log = ShadowLog::format(MemoryNvram::new(192 + 512), GEN).unwrap();
+        let mut mirror = vec![0u8; 192 + 512];
+        for seq in 1..=4 {
+            assert_eq!(log.append(&[seq as u8; 96]).unwrap(), at(seq));
+        }
+        assert!(matches!(
+            log.append(&[5; 96]),
+            Err(MirrorError::LogFull {
+                needed: 128,
+                free: 0
+            })
+        ));
+        sync(&mut log, &mut mirror);
+        log.checkpoint(at(2)).unwrap();
+        // Queued, not yet complete: still full.
+        assert!(matches!(
+            log.append(&[5; 96]),
+            Err(MirrorError::LogFull { .. })
+        ));
+        let w = log.poll_mirror_write().unwrap();
+        assert!(matches!(
+            log.append(&[5; 96]),
+            Err(MirrorError::LogFull { .. })
+        ));
+        copy(&log, w, &mut mirror);
+        log.handle_mirror_complete(w.id);
+        assert_eq!(log.checkpointed(), at(2));
+        assert_eq!(log.stats().free_bytes, 256);
+        assert_eq!(log.append(&[5; 96]).unwrap(), at(5));
+        assert_eq!(log.append(&[6; 96]).unwrap(), at(6));
+        sync(&mut log, &mut mirror);
+        let r = replay(&mirror, None).unwrap();
+        assert_eq!(
+            r.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [3, 4, 5, 6]
+        );
+    }
+
+    #[test]
+    fn records_whose_writes_are_pending_are_not_reclaimed_by_a_checkpoint() {
+        let mut log = ShadowLog::format(MemoryNvram::new(192 + 512), GEN).unwrap();
+        let mut mirror = vec![0u8; 192 + 512];
+        sync(&mut log, &mut mirror);
+        log.append(&[1; 96]).unwrap();
+        log.checkpoint(at(1)).unwrap();
+        // The record's write (3) is handed out, then the checkpoint write (4).
+        let rec = log.poll_mirror_write().unwrap();
+        let slot = log.poll_mirror_write().unwrap();
+        assert_eq!((rec.id, slot.id), (3, 4));
+        // Coalescing cannot make a checkpoint cover records queued behind its write:
+        log.append(&[2; 96]).unwrap();
+        log.append(&[3; 96]).unwrap();
+        log.checkpoint(at(3)).unwrap(); // slot 0, write 7, queued behind 5 and 6
+        log.append(&[4; 96]).unwrap();
+        log.checkpoint(at(4)).unwrap(); // coalesced into write 7
+        assert_eq!(log.stats().writes_queued, 4);
+        log.handle_mirror_complete(4);
+        assert_eq!(log.checkpointed(), at(1));
+        assert_eq!(log.stats().free_bytes, 512 - 3 * 128);
+        sync(&mut log, &mut mirror);
+        assert_eq!(log.checkpointed(), at(4));
+        assert_eq!(log.stats().free_bytes, 512);
+        assert_eq!(log.stats().live_records, 0);
+        let r = replay(&mirror, None).unwrap();
+        assert_eq!((r.checkpoint, r.records.len()), (4, 0));
+    }
+
+    #[test]
+    fn one_checkpoint_write_at_a_time() {
+        let mut log = ShadowLog::format(MemoryNvram::new(4096), GEN).unwrap();
+        let mut mirror = vec![0u8; 4096];
+        let first: Vec<_> = std::iter::from_fn(|| log.poll_mirror_write()).collect();
+        assert_eq!(first.len(), 2);
+        log.append(b"a").unwrap();
+        log.checkpoint(at(1)).unwrap();
+        // Checkpoint 0's write (2) is in flight: the record goes, checkpoint 1 waits.
+        assert_eq!(log.poll_mirror_write().map(|w| w.id), Some(3));
+        assert_eq!(log.poll_mirror_write(), None);
+        for w in &first {
+            copy(&log, *w, &mut mirror);
+        }
+        log.handle_mirror_complete(2);
+        assert_eq!(log.poll_mirror_write().map(|w| w.id), Some(4));
+        sync(&mut log, &mut mirror);
+    }
+
+    #[test]
+    fn rewind_returns_the_uncompleted_writes_again_in_order() {
+        let mut log = ShadowLog::format(MemoryNvram::new(4096), GEN).unwrap();
+        for i in 0..5u8 {
+            log.append(&[i; 40]).unwrap();
+        }
+        let sent: Vec<_> = std::iter::from_fn(|| log.poll_mirror_write()).collect();
+        assert_eq!(sent.len(), 7);
+        log.handle_mirror_complete(4);
+        log.rewind_unacknowledged();
+        assert_eq!(log.stats().writes_in_flight, 0);
+        let again: Vec<_> = std::iter::from_fn(|| log.poll_mirror_write()).collect();
+        assert_eq!(again, sent[4..]);
+        log.rewind_unacknowledged();
+        log.handle_mirror_complete(7); // nothing handed out since the rewind: ignored
+        assert_eq!(acks(&mut log), [1, 2]);
+        let mut mirror = vec![0u8; 4096];
+        sync(&mut log, &mut mirror);
+        assert_eq!(acks(&mut log), [3, 4, 5]);
+    }
+
+    #[test]
+    fn open_continues_the_log_and_mirrors_it_again() {
+        let mut log = ShadowLog::format(MemoryNvram::new(2048), GEN).unwrap();
+        let mut mirror = vec![0u8; 2048];
+        for seq in 1..=20u64 {
+            log.append(&[seq as u8; 100]).unwrap();
+            sync(&mut log, &mut mirror);
+            if seq % 4 == 0 {
+                log.checkpoint(at(seq - 2)).unwrap();
+                sync(&mut log, &mut mirror);
+            }
+        }
+        log.append(b"unmirrored").unwrap();
+        let (mut log, recovered) = ShadowLog::open(log.into_local()).unwrap();
+        assert_eq!(recovered.checkpoint, 18);
+        let seqs: Vec<_> = recovered.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [19, 20, 21]);
+        assert_eq!(recovered.records[2].payload, b"unmirrored");
+        assert_eq!(log.acknowledged(), Some(at(18)));
+        // No space is reclaimed before the checkpoint is mirrored again.
+        assert!(matches!(log.append(b"x"), Err(MirrorError::LogFull { .. })));
+        let mut fresh_mirror = vec![0u8; 2048];
+        sync(&mut log, &mut fresh_mirror);
+        assert_eq!(log.acknowledged(), Some(at(21)));
+        assert!(
+            acks(&mut log).is_empty(),
+            "recovered records are not acknowledged again"
+        );
+        assert_eq!(log.append(b"x").unwrap(), at(22));
+        sync(&mut log, &mut fresh_mirror);
+        assert_eq!(acks(&mut log), [22]);
+        let r = replay(&fresh_mirror, None).unwrap();
+        let seqs: Vec<_> = r.records.iter().map(|r| r.seq).collect();
+        assert_eq!((r.checkpoint, seqs), (18, vec![19, 20, 21, 22]));
+        // An image without a log cannot be opened.
+        assert!(matches!(
+            ShadowLog::open(MemoryNvram::new(2048)),
+            Err(MirrorError::OpenLog(_))
+        ));
+    }
+}
