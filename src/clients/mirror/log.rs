@@ -41,9 +41,10 @@
 
 use super::error::MirrorError;
 use super::log_format::{
-    decode_superblock, encode_checkpoint, encode_record_header, encode_superblock, max_payload,
-    record_size, CheckpointSlot, Superblock, CHECKPOINT_SLOT_LEN, CHECKPOINT_SLOT_OFFSETS,
-    DATA_OFFSET, MIN_IMAGE_LEN, RECORD_ALIGN, RECORD_FLAG_WRAP, RECORD_HEADER_LEN, SUPERBLOCK_LEN,
+    decode_checkpoint, decode_superblock, encode_checkpoint, encode_record_header,
+    encode_superblock, max_payload, record_size, CheckpointSlot, Superblock, CHECKPOINT_SLOT_LEN,
+    CHECKPOINT_SLOT_OFFSETS, DATA_OFFSET, MIN_IMAGE_LEN, RECORD_ALIGN, RECORD_FLAG_WRAP,
+    RECORD_HEADER_LEN, SUPERBLOCK_LEN,
 };
 use super::log_replay::{replay_from_scan, scan, LogPosition, Replay};
 use super::nvram::NvramBacking;
@@ -217,10 +218,11 @@ impl<B: NvramBacking> ShadowLog<B> {
 
     /// Opens the log a previous writer left in `backing` (after a restart of this node) and
     /// returns what it holds after its checkpoint. The writer continues the same generation
-    /// after the last good record (a torn tail is overwritten). The superblock, the
-    /// checkpoint in force and the records after it are queued again as mirror writes (the
-    /// partner may hold only part of them); space is reclaimed again once that checkpoint
-    /// write completed, so appends may report [`MirrorError::LogFull`] until then.
+    /// after the last good record (a torn tail is overwritten). The superblock, both valid
+    /// checkpoint slots (the older first) and the records after the checkpoint in force are
+    /// queued again as mirror writes (the partner may hold only part of them); space is
+    /// reclaimed again once the checkpoint write completed, so appends may report
+    /// [`MirrorError::LogFull`] until then.
     pub fn open(backing: B) -> Result<(Self, Replay), MirrorError> {
         let found = scan(backing.bytes()).map_err(MirrorError::OpenLog)?;
         let replayed = replay_from_scan(backing.bytes(), &found, None);
@@ -240,11 +242,29 @@ impl<B: NvramBacking> ShadowLog<B> {
             pos: head - lap,
             ..state
         };
+        // The other slot, if it is valid locally, may be the one whose write was in flight
+        // when the previous writer stopped (its newer checkpoint was not posted yet): it is
+        // re-sent first, and the newer slot only once that completed (rule 2). Re-sending
+        // it cannot tear a good mirror slot: the mirror holds these bytes or was receiving
+        // them. An invalid local slot was being written when the writer stopped and was
+        // never sent; it is left alone.
+        let other = 1 - cp.slot;
+        let other_valid =
+            decode_checkpoint(backing.bytes(), &sb, other).is_some_and(|o| o.number < cp.number);
         let mut log = ShadowLog::empty(backing, &sb, barrier, cp.through);
-        log.slots = [state; 2];
+        // Completing the other slot's write never moves the barrier (its `through` is lower).
+        log.slots = [barrier; 2];
+        log.slots[cp.slot] = state;
         log.latest_slot = cp.slot;
         log.head = head;
         log.queue(0, SUPERBLOCK_LEN, WriteKind::Plain);
+        if other_valid {
+            log.queue(
+                CHECKPOINT_SLOT_OFFSETS[other],
+                CHECKPOINT_SLOT_LEN,
+                WriteKind::Checkpoint { slot: other },
+            );
+        }
         let id = log.queue(
             CHECKPOINT_SLOT_OFFSETS[cp.slot],
             CHECKPOINT_SLOT_LEN,
@@ -809,12 +829,36 @@ mod tests {
         log.handle_mirror_complete(4);
         assert_eq!(log.checkpointed(), at(1));
         assert_eq!(log.stats().free_bytes, 512 - 3 * 128);
-        sync(&mut log, &mut mirror);
+        // The coalesced checkpoint (through 4) completes before record 4's write (8).
+        let ids: Vec<_> = std::iter::from_fn(|| log.poll_mirror_write()).collect();
+        assert_eq!(ids.iter().map(|w| w.id).collect::<Vec<_>>(), [5, 6, 7, 8]);
+        for w in &ids {
+            copy(&log, *w, &mut mirror);
+        }
+        log.handle_mirror_complete(7);
         assert_eq!(log.checkpointed(), at(4));
+        assert_eq!(
+            log.stats().free_bytes,
+            512 - 128,
+            "record 4 is still being written"
+        );
+        for seq in 5..=7 {
+            assert_eq!(log.append(&[seq as u8; 96]).unwrap(), at(seq));
+        }
+        // The next one would overwrite record 4 while its write is in flight.
+        assert!(matches!(
+            log.append(&[8; 96]),
+            Err(MirrorError::LogFull { .. })
+        ));
+        log.handle_mirror_complete(8);
+        assert_eq!(log.stats().free_bytes, 128);
+        log.checkpoint(at(7)).unwrap();
+        sync(&mut log, &mut mirror);
+        assert_eq!(log.checkpointed(), at(7));
         assert_eq!(log.stats().free_bytes, 512);
         assert_eq!(log.stats().live_records, 0);
         let r = replay(&mirror, None).unwrap();
-        assert_eq!((r.checkpoint, r.records.len()), (4, 0));
+        assert_eq!((r.checkpoint, r.records.len()), (7, 0));
     }
 
     #[test]
