@@ -153,7 +153,12 @@ pub struct ShadowLog<B: NvramBacking> {
     latest_checkpoint_write: Option<u64>,
     /// The latest checkpoint whose slot write completed (space before `pos` is reusable).
     mirrored: CheckpointState,
+    /// `through` of the latest checkpoint asked for.
     requested: u64,
+    /// `through` of the latest checkpoint written to a local slot.
+    written: u64,
+    /// After an open: the re-sent write of the checkpoint in force, until it completes.
+    resent_checkpoint: Option<u64>,
     durable: u64,
     reported: u64,
 }
@@ -237,11 +242,6 @@ impl<B: NvramBacking> ShadowLog<B> {
             pos: cp_pos,
         };
         let head = cp_pos + found.end;
-        // Nothing is reusable until the checkpoint is complete on the mirror again.
-        let barrier = CheckpointState {
-            pos: head - lap,
-            ..state
-        };
         // The other slot, if it is valid locally, may be the one whose write was in flight
         // when the previous writer stopped (its newer checkpoint was not posted yet): it is
         // re-sent first, and the newer slot only once that completed (rule 2). Re-sending
@@ -249,16 +249,30 @@ impl<B: NvramBacking> ShadowLog<B> {
         // them. An invalid local slot was being written when the writer stopped and was
         // never sent; it is left alone.
         let other = 1 - cp.slot;
-        let other_valid =
-            decode_checkpoint(backing.bytes(), &sb, other).is_some_and(|o| o.number < cp.number);
+        let older = decode_checkpoint(backing.bytes(), &sb, other).filter(|o| o.number < cp.number);
+        // Nothing is reusable until the checkpoint is complete on the mirror again, and the
+        // writer vouches for no checkpoint before a re-sent slot completed (either may be
+        // the one that was torn).
+        let barrier = CheckpointState {
+            number: 0,
+            through: 0,
+            pos: head - lap,
+        };
         let mut log = ShadowLog::empty(backing, &sb, barrier, cp.through);
-        // Completing the other slot's write never moves the barrier (its `through` is lower).
+        // Completing the older slot's write vouches for it but leaves the barrier in place.
         log.slots = [barrier; 2];
+        if let Some(o) = older {
+            log.slots[other] = CheckpointState {
+                number: o.number,
+                through: o.through.min(cp.through),
+                pos: barrier.pos,
+            };
+        }
         log.slots[cp.slot] = state;
         log.latest_slot = cp.slot;
         log.head = head;
         log.queue(0, SUPERBLOCK_LEN, WriteKind::Plain);
-        if other_valid {
+        if older.is_some() {
             log.queue(
                 CHECKPOINT_SLOT_OFFSETS[other],
                 CHECKPOINT_SLOT_LEN,
@@ -271,6 +285,7 @@ impl<B: NvramBacking> ShadowLog<B> {
             WriteKind::Checkpoint { slot: cp.slot },
         );
         log.latest_checkpoint_write = Some(id);
+        log.resent_checkpoint = Some(id);
         let mut last_write = id;
         let mut from = cp_pos;
         while from < head {
@@ -317,6 +332,8 @@ impl<B: NvramBacking> ShadowLog<B> {
             latest_checkpoint_write: None,
             mirrored,
             requested: through,
+            written: through,
+            resent_checkpoint: None,
             durable: through,
             reported: through,
         }
@@ -329,6 +346,7 @@ impl<B: NvramBacking> ShadowLog<B> {
     ///
     /// [`poll_acknowledged`]: ShadowLog::poll_acknowledged
     pub fn append(&mut self, payload: &[u8]) -> Result<LogPosition, MirrorError> {
+        self.write_requested_checkpoint()?;
         let max = max_payload(self.data_len);
         if payload.len() > max {
             return Err(MirrorError::RecordTooLarge {
@@ -380,6 +398,10 @@ impl<B: NvramBacking> ShadowLog<B> {
     /// (persisted) and queues it as a mirror write, or, if the latest checkpoint write is
     /// still queued, updates that one in place. A position at or before the latest checkpoint
     /// asked for changes nothing.
+    ///
+    /// A writer made by [`open`](ShadowLog::open) leaves the slots alone until its re-sent
+    /// checkpoint completed on the mirror (it does not know which mirror slot is good before
+    /// that); a checkpoint asked for in between is written when that completion is handled.
     pub fn checkpoint(&mut self, through: LogPosition) -> Result<(), MirrorError> {
         if through.generation != self.generation || through.seq >= self.next_seq {
             return Err(MirrorError::CheckpointLog {
@@ -389,11 +411,19 @@ impl<B: NvramBacking> ShadowLog<B> {
                 appended: self.next_seq - 1,
             });
         }
-        if through.seq <= self.requested {
+        self.requested = self.requested.max(through.seq);
+        self.write_requested_checkpoint()
+    }
+
+    /// Writes the checkpoint asked for, if it is not written yet and the slots may be
+    /// touched.
+    fn write_requested_checkpoint(&mut self) -> Result<(), MirrorError> {
+        if self.requested <= self.written || self.resent_checkpoint.is_some() {
             return Ok(());
         }
-        let next = through.seq + 1;
-        // Records after the latest checkpoint asked for are all live, so `next` is found.
+        let through = self.requested;
+        let next = through + 1;
+        // Records after the latest checkpoint written are all live, so `next` is found.
         let pos = match self.records.front() {
             Some(front) if next < self.next_seq => next
                 .checked_sub(front.seq)
@@ -416,12 +446,12 @@ impl<B: NvramBacking> ShadowLog<B> {
             slot,
             CheckpointState {
                 number,
-                through: through.seq,
+                through,
                 pos,
             },
         )?;
         self.latest_slot = slot;
-        self.requested = through.seq;
+        self.written = through;
         if !queued {
             let id = self.queue(
                 CHECKPOINT_SLOT_OFFSETS[slot],
@@ -449,7 +479,8 @@ impl<B: NvramBacking> ShadowLog<B> {
     }
 
     /// Mirror write `id` completed on the partner, and with it every earlier one. Ids never
-    /// handed out, or already completed, are ignored.
+    /// handed out, or already completed, are ignored. May write a deferred checkpoint slot
+    /// (see [`checkpoint`](ShadowLog::checkpoint)).
     pub fn handle_mirror_complete(&mut self, id: u64) {
         let Some(last_posted) = self
             .posted
@@ -478,6 +509,9 @@ impl<B: NvramBacking> ShadowLog<B> {
                 if self.latest_checkpoint_write == Some(q.write.id) {
                     self.latest_checkpoint_write = None;
                 }
+                if self.resent_checkpoint == Some(q.write.id) {
+                    self.resent_checkpoint = None;
+                }
             }
         }
         if let Some(front) = self.records.front() {
@@ -495,6 +529,11 @@ impl<B: NvramBacking> ShadowLog<B> {
                 break;
             }
             self.records.pop_front();
+        }
+        // A checkpoint asked for while a reopened writer left the slots alone. If writing
+        // it fails it stays pending: the next append or checkpoint retries and reports it.
+        if let Err(e) = self.write_requested_checkpoint() {
+            tracing::warn!(error = %e, "shadow log: deferred checkpoint not written");
         }
     }
 
@@ -528,7 +567,7 @@ impl<B: NvramBacking> ShadowLog<B> {
     }
 
     /// The latest checkpoint complete on the mirror: a survivor replays from it or a newer
-    /// one.
+    /// one. After [`open`](ShadowLog::open), 0 until a re-sent checkpoint slot completed.
     pub fn checkpointed(&self) -> LogPosition {
         LogPosition {
             generation: self.generation,
@@ -920,10 +959,24 @@ mod tests {
         assert_eq!(seqs, [19, 20, 21]);
         assert_eq!(recovered.records[2].payload, b"unmirrored");
         assert_eq!(log.acknowledged(), Some(at(18)));
+        // Until a checkpoint is mirrored again none is vouched for.
+        assert_eq!(log.checkpointed(), at(0));
         // No space is reclaimed before the checkpoint is mirrored again.
         assert!(matches!(log.append(b"x"), Err(MirrorError::LogFull { .. })));
         let mut fresh_mirror = vec![0u8; 2048];
+        let writes: Vec<_> = std::iter::from_fn(|| log.poll_mirror_write()).collect();
+        // Superblock, then the older slot (0, checkpoint 4) alone: the newer waits for it.
+        assert_eq!(
+            writes.iter().map(|w| w.offset).collect::<Vec<_>>(),
+            [0, CHECKPOINT_SLOT_OFFSETS[0]]
+        );
+        for w in writes {
+            copy(&log, w, &mut fresh_mirror);
+            log.handle_mirror_complete(w.id);
+        }
+        assert_eq!(log.checkpointed(), at(14));
         sync(&mut log, &mut fresh_mirror);
+        assert_eq!(log.checkpointed(), at(18));
         assert_eq!(log.acknowledged(), Some(at(21)));
         assert!(
             acks(&mut log).is_empty(),
@@ -935,6 +988,28 @@ mod tests {
         let r = replay(&fresh_mirror, None).unwrap();
         let seqs: Vec<_> = r.records.iter().map(|r| r.seq).collect();
         assert_eq!((r.checkpoint, seqs), (18, vec![19, 20, 21, 22]));
+        // A checkpoint asked for before the re-sent one completed leaves the slots alone
+        // (the re-sent bytes must be what the mirror may already hold) and is written when
+        // that completion is handled.
+        let (mut log, _) = ShadowLog::open(log.into_local()).unwrap();
+        let slot_bytes = |log: &ShadowLog<MemoryNvram>| log.local().bytes()[64..192].to_vec();
+        let before = slot_bytes(&log);
+        log.checkpoint(at(21)).unwrap();
+        assert_eq!(slot_bytes(&log), before);
+        assert_eq!(log.stats().checkpoint_requested, 21);
+        // Superblock and the older slot; the newer slot waits for it.
+        let writes: Vec<_> = std::iter::from_fn(|| log.poll_mirror_write()).collect();
+        assert_eq!(writes.len(), 2);
+        log.handle_mirror_complete(writes[1].id);
+        assert_eq!(slot_bytes(&log), before);
+        let resent = log.poll_mirror_write().unwrap();
+        assert_eq!(resent.offset, CHECKPOINT_SLOT_OFFSETS[1]);
+        assert_eq!(slot_bytes(&log), before);
+        log.handle_mirror_complete(resent.id);
+        assert_ne!(slot_bytes(&log), before);
+        sync(&mut log, &mut fresh_mirror);
+        assert_eq!(log.checkpointed(), at(21));
+        assert_eq!(replay(&fresh_mirror, None).unwrap().checkpoint, 21);
         // An image without a log cannot be opened.
         assert!(matches!(
             ShadowLog::open(MemoryNvram::new(2048)),
