@@ -116,6 +116,8 @@ pub struct Driver {
     /// Payload of every record appended in this generation (that survived restarts).
     pub payloads: BTreeMap<u64, Vec<u8>>,
     pub acked: u64,
+    /// The highest checkpoint ever complete on the mirror (across restarts).
+    pub mirrored_floor: u64,
     posted: VecDeque<Posted>,
     seen_persists: usize,
     pub link_failures: u64,
@@ -135,6 +137,7 @@ impl Driver {
             events: Vec::new(),
             payloads: BTreeMap::new(),
             acked: 0,
+            mirrored_floor: 0,
             posted: VecDeque::new(),
             seen_persists: 0,
             link_failures: 0,
@@ -148,7 +151,7 @@ impl Driver {
         let s = self.log.stats();
         Oracle {
             acked: self.acked,
-            mirrored_checkpoint: self.log.checkpointed().seq,
+            mirrored_checkpoint: self.mirrored_floor.max(self.log.checkpointed().seq),
             requested_checkpoint: s.checkpoint_requested,
             appended: s.appended,
         }
@@ -258,10 +261,18 @@ impl Driver {
 
     /// Completes the first `n` landed writes, then collects acknowledgements.
     pub fn complete(&mut self, n: usize) {
+        let before = self.oracle();
         let mut last = None;
         for _ in 0..n {
             match self.posted.front() {
                 Some(p) if p.landed => {
+                    // Rule 3 again: a DMA may read the bytes any time before completion.
+                    assert_eq!(
+                        self.local_range(p.write),
+                        &p.at_post[..],
+                        "local bytes of write {:?} changed before it completed",
+                        p.write
+                    );
                     last = Some(p.write.id);
                     self.posted.pop_front();
                 }
@@ -270,7 +281,10 @@ impl Driver {
         }
         if let Some(id) = last {
             self.log.handle_mirror_complete(id);
+            self.mirrored_floor = self.mirrored_floor.max(self.log.checkpointed().seq);
         }
+        // A completion may write a deferred checkpoint slot.
+        self.pull_local(before);
         self.collect_acks();
     }
 
@@ -310,13 +324,53 @@ impl Driver {
         self.link_failures += 1;
     }
 
+    /// The writer stops (its in-flight writes are lost, as after a link failure) and a new
+    /// one opens the local NVRAM. Records not recovered from it are forgotten.
+    pub fn restart(self) -> (Driver, Replay) {
+        let floor = self.oracle().mirrored_checkpoint;
+        let Driver {
+            generation,
+            salt,
+            log,
+            mirror,
+            events,
+            mut payloads,
+            acked,
+            seen_persists,
+            link_failures,
+            torn_landings,
+            ..
+        } = self;
+        let (log, recovered) = ShadowLog::open(log.into_local()).expect("open");
+        let last = recovered.last().map_or(recovered.checkpoint, |p| p.seq);
+        payloads.retain(|&seq, _| seq <= last);
+        let mut d = Driver {
+            generation,
+            salt,
+            log,
+            mirror,
+            events,
+            payloads,
+            acked,
+            mirrored_floor: floor,
+            posted: VecDeque::new(),
+            seen_persists,
+            link_failures,
+            torn_landings,
+        };
+        d.pull_local(d.oracle());
+        (d, recovered)
+    }
+
     /// Posts, lands and completes until nothing is left.
     pub fn sync(&mut self) {
         loop {
-            let posted = self.post(usize::MAX);
-            let landed = self.land(usize::MAX);
+            self.post(usize::MAX);
+            self.land(usize::MAX);
             self.complete(usize::MAX);
-            if posted == 0 && landed == 0 && self.posted.is_empty() {
+            let s = self.log.stats();
+            if s.writes_queued == 0 && s.writes_in_flight == 0 {
+                assert!(self.posted.is_empty());
                 break;
             }
         }
