@@ -6,13 +6,16 @@
 //!
 //! # Image
 //!
-//! | offset | length          | content                                   |
-//! |--------|-----------------|-------------------------------------------|
-//! | 0      | 64              | superblock                                |
-//! | 64     | 64              | checkpoint slot 0                         |
-//! | 128    | 64              | checkpoint slot 1                         |
-//! | 192    | `data_len`      | circular data area of records             |
-//! | ...    | rest            | unused (the image length rounded down to 8)|
+//! | offset         | length     | content                                            |
+//! |----------------|------------|----------------------------------------------------|
+//! | 0              | 64         | superblock                                         |
+//! | 64             | 64         | checkpoint slot 0                                  |
+//! | 128            | 64         | checkpoint slot 1                                  |
+//! | 192            | `data_len` | circular data area of records                      |
+//! | 192+`data_len` | 0..7       | unused (`data_len` = image length − 192, rounded down to 8) |
+//!
+//! A reader takes the data area's offset and length from the superblock (the offset at
+//! least 192, both multiples of 8, the area at least 128 bytes and inside the image).
 //!
 //! # Superblock (64 bytes at offset 0)
 //!
