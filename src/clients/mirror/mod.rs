@@ -2,7 +2,15 @@
 //! on takeover, and mirrored write-back with atomic multi-block writes.
 
 pub mod error;
+pub mod log;
+pub mod log_format;
+pub mod log_replay;
 pub mod nvram;
 
 pub use error::MirrorError;
+pub use log::{LogStats, MirrorWrite, ShadowLog};
+pub use log_format::LogImageError;
+pub use log_replay::{
+    replay, LogPosition, Replay, ReplayCursor, ReplayCursorError, ReplayedRecord, ScanStop,
+};
 pub use nvram::{FileNvram, MemoryNvram, NvramBacking};
