@@ -1,8 +1,14 @@
 //! The mirror client (F5): NVRAM shadow log mirrored into the partner by RDMA WRITE, replay
 //! on takeover, and mirrored write-back with atomic multi-block writes.
 
+pub mod atomic;
 pub mod error;
 pub mod nvram;
 
+pub use atomic::{
+    ultimate_state, AtomicGeometry, AtomicRequest, AtomicWriteTable, BufferEntry, BufferIndex,
+    BufferState, RequestState, RequestTag, ResolvedRequest, RieIndex, RieWord, UnitId,
+    MAX_ATOMIC_BLOCKS,
+};
 pub use error::MirrorError;
 pub use nvram::{FileNvram, MemoryNvram, NvramBacking};
