@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod error;
 pub mod nvram;
+pub mod writeback;
 
 pub use atomic::{
     ultimate_state, AtomicGeometry, AtomicRequest, AtomicWriteTable, BufferEntry, BufferIndex,
@@ -12,3 +13,7 @@ pub use atomic::{
 };
 pub use error::MirrorError;
 pub use nvram::{FileNvram, MemoryNvram, NvramBacking};
+pub use writeback::{
+    CompletionStatus, DataRange, Disposition, Message, MirrorStats, PrimaryAction, PrimaryStats,
+    RejectReason, RequestId, RequestRef, Rqr, WriteBackMirror, WriteBackPrimary,
+};
