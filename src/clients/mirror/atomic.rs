@@ -551,6 +551,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
         blocks: usize,
     ) -> Result<(RieIndex, Vec<BufferIndex>), MirrorError> {
         check_blocks(first_block, blocks)?;
+        self.check_unlocked(unit, first_block, blocks)?;
         let rie = *self.free_ries.first().ok_or(MirrorError::NoFreeRie {
             ries: self.geometry.ries,
         })?;
@@ -610,15 +611,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
             };
             return Err(MirrorError::BadBuffer { buffer, reason });
         }
-        for block in first_block..first_block + blocks as u64 {
-            if let Some(&holder) = self.locks.get(&(unit, block)) {
-                return Err(MirrorError::RangeBusy {
-                    unit,
-                    block,
-                    rie: holder,
-                });
-            }
-        }
+        self.check_unlocked(unit, first_block, blocks)?;
         let old_buffers: Vec<Option<BufferIndex>> = (0..blocks as u64)
             .map(|k| self.valid.get(&(unit, first_block + k)).copied())
             .collect();
@@ -930,6 +923,16 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
                 reason: "out of range",
             })
         }
+    }
+
+    /// The cache lock: no block of the range may belong to a write in progress.
+    fn check_unlocked(&self, unit: UnitId, first: u64, blocks: usize) -> Result<(), MirrorError> {
+        for block in first..first + blocks as u64 {
+            if let Some(&rie) = self.locks.get(&(unit, block)) {
+                return Err(MirrorError::RangeBusy { unit, block, rie });
+            }
+        }
+        Ok(())
     }
 
     fn store_bmae(&mut self, buffer: BufferIndex, entry: BufferEntry) -> Result<(), MirrorError> {
