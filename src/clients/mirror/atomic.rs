@@ -1,4 +1,4 @@
-//! Atomic multi-block write (F5.4; seed 004 [0089]-[0099]): a write of up to
+//! Atomic multi-block write (F5.4; seed 004 \[0089\]-\[0099\]): a write of up to
 //! [`MAX_ATOMIC_BLOCKS`] blocks is absorbed all or nothing, across crashes, by the metadata of
 //! an [`AtomicWriteTable`] kept in an [`NvramBacking`].
 //!
@@ -6,7 +6,7 @@
 //! write in progress has a Request Index Entry (RIE, the seed's "Redundancy Invalid Entry")
 //! whose sub-state is Free or Valid. While a write is in progress its buffers name the RIE
 //! instead of a block address, and their meaning follows the RIE's sub-state
-//! ([`ultimate_state`], the table of [0097]):
+//! ([`ultimate_state`], the table of \[0097\]):
 //!
 //! | buffer state        | RIE Free | RIE Valid |
 //! |---------------------|----------|-----------|
@@ -20,7 +20,7 @@
 //! Every metadata change is one aligned little-endian u64 store followed by a persist of
 //! exactly those 8 bytes; a crash between any two of them is recovered by [`open`]
 //! (crash processing), which resolves every buffer naming an RIE to its ultimate state and
-//! releases every RIE. In order ([0098], [0099]):
+//! releases every RIE. In order (\[0098\], \[0099\]):
 //! 1. [`begin`]: RIE word 1 (first block), RIE word 2 (unit, block count), RIE word 0 (tag,
 //!    in use, sub-state Free); then each old buffer's BMAE to Provisional WB Not; then each new
 //!    buffer's BMAE to Provisional WB.
@@ -45,7 +45,7 @@
 //! | 64 + 8N                        | 32 × R        | RIE array: RIE j at 64 + 8N + 32j     |
 //! | align(64 + 8N + 32R, block)    | block × N     | data area: block of buffer i at data + block × i |
 //!
-//! BMAE (one u64; state, address and RIE index change together in one store, [0096]):
+//! BMAE (one u64; state, address and RIE index change together in one store, \[0096\]):
 //! | state              | bits 0..2 | bits 2..64                                                     |
 //! |--------------------|-----------|----------------------------------------------------------------|
 //! | Free               | 0         | zero                                                           |
@@ -105,7 +105,7 @@ pub const LAYOUT_VERSION: u32 = 1;
 
 const INCARNATION_OFFSET: usize = 24;
 
-/// State of a buffer (BMAE), [0097].
+/// State of a buffer (BMAE), \[0097\].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BufferState {
     /// Holds nothing and is not used by a request.
@@ -118,7 +118,7 @@ pub enum BufferState {
     ProvisionalWbNot,
 }
 
-/// Sub-state of a request entry (RIE), [0095].
+/// Sub-state of a request entry (RIE), \[0095\].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RequestState {
     /// The new data is not (yet) absorbed.
@@ -128,7 +128,7 @@ pub enum RequestState {
 }
 
 /// The ultimate state of a buffer in `buffer` state whose request is in sub-state `request`
-/// (the table of [0097]). Free and WB Valid buffers name no request and stay as they are.
+/// (the table of \[0097\]). Free and WB Valid buffers name no request and stay as they are.
 pub fn ultimate_state(buffer: BufferState, request: RequestState) -> BufferState {
     match (buffer, request) {
         (BufferState::ProvisionalWb, RequestState::Free) => BufferState::Free,
@@ -247,7 +247,7 @@ impl RieWord {
 }
 
 /// Sizes of a table. Both sides of a mirrored pair use the same geometry: buffer `i` and RIE
-/// `j` of the primary are mirrored in buffer `i` and RIE `j` of the mirror ([0054], [0070]).
+/// `j` of the primary are mirrored in buffer `i` and RIE `j` of the mirror (\[0054\], \[0070\]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AtomicGeometry {
     /// Bytes per block and buffer (a power of two, 512..=65536).

@@ -1,4 +1,4 @@
-//! Mirrored write-back (F5.3, F5.5; seed 004 Fig. 5, [0075]-[0088]) as two sans-IO state
+//! Mirrored write-back (F5.3, F5.5; seed 004 Fig. 5, \[0075\]-\[0088\]) as two sans-IO state
 //! machines: [`WriteBackPrimary`] on the node that took the host write, [`WriteBackMirror`] on
 //! its partner. No clock, socket or thread: the driver feeds `handle_*` inputs, carries out
 //! what `poll_*` returns, and moves the [`Message`]s (over the messaging layer) and the data
@@ -6,12 +6,12 @@
 //!
 //! Each side keeps an [`AtomicWriteTable`] in its NVRAM with the same geometry: primary
 //! buffer `i` is mirrored in mirror buffer `i` and primary RIE `j` in mirror RIE `j` (mirror
-//! memory linked to primary memory, [0054]; named remote resources, [0070]), so the primary
+//! memory linked to primary memory, \[0054\]; named remote resources, \[0070\]), so the primary
 //! names the mirror's resources itself and the partner's CPU allocates nothing.
 //!
 //! # One write
 //! 1. `handle_host_write`: the primary starts an atomic write (RIE + new buffers), copies the
-//!    data into its buffers and commits it locally ([0082]: the data is valid on the primary
+//!    data into its buffers and commits it locally (\[0082\]: the data is valid on the primary
 //!    before it is mirrored), then sends [`Message::Rqr`] (request, RIE, unit, blocks, new
 //!    buffers).
 //! 2. The mirror starts the same atomic write in the same RIE and buffers (its new buffers
@@ -28,7 +28,7 @@
 //!    [`PrimaryAction::Complete`] with [`CompletionStatus::Mirrored`]: status to the host only
 //!    after the mirror absorbed the data and the local write was committed.
 //!
-//! # Incarnations and redo (path failover, [0081]-[0087])
+//! # Incarnations and redo (path failover, \[0081\]-\[0087\])
 //! Both sides hold a path incarnation: the mirror's is persisted in its table's header; it
 //! only grows. The mirror adds one on every path change (`handle_path_changed`) and on every
 //! start, and adopts a higher one an RQR carries. The primary adds one on every link loss
@@ -60,8 +60,14 @@
 //! committed locally in step 1) but not on the mirror. Later host writes complete the same
 //! way, at once, until `handle_partner_restored`. The storage service decides what a lost
 //! mirror means for the host (write through to disk, or report degraded). On the mirror it
-//! aborts every write in progress (none was acknowledged). A restarted partner is a failed
-//! one for both.
+//! aborts every write in progress (none was acknowledged).
+//!
+//! A partner that restarted without its NVRAM is a failed one. A mirror that restarted with
+//! its NVRAM (its table reopened, so recovered, and a new incarnation) may instead be treated
+//! by the primary as a path change: the redone RQRs are answered from its RIEs (absorbed
+//! writes get their MDA again, the others are taken again). A restarted primary is a failed
+//! partner for its mirror: the mirror's writes in progress belong to requests the primary
+//! forgot.
 //!
 //! # Messages (all integers little-endian)
 //! Every message starts with the same 24 bytes:
