@@ -98,4 +98,116 @@ pub enum MirrorError {
         /// Why.
         reason: ReplayCursorError,
     },
+    /// An atomic write of a block count outside `1..=max`.
+    #[error("an atomic write of {blocks} blocks (1..={max})")]
+    BlockCount {
+        /// Blocks asked for.
+        blocks: usize,
+        /// The atomic write size.
+        max: usize,
+    },
+    /// Write data that is not a whole number of blocks.
+    #[error("{len} bytes of data are not a whole number of {block_size}-byte blocks")]
+    DataLength {
+        /// Bytes given.
+        len: usize,
+        /// The block size.
+        block_size: usize,
+    },
+    /// A block range that passes the largest block address.
+    #[error("blocks [{first}, +{blocks}) pass the largest block address {max}")]
+    BlockAddress {
+        /// First block.
+        first: u64,
+        /// Block count.
+        blocks: usize,
+        /// The largest block address.
+        max: u64,
+    },
+    /// Another atomic write holds a block of the range (the cache lock of the seed).
+    #[error("block {block} of unit {unit} is held by the atomic write in RIE {rie}")]
+    RangeBusy {
+        /// The unit.
+        unit: u16,
+        /// The held block.
+        block: u64,
+        /// The request entry holding it.
+        rie: u32,
+    },
+    /// Not enough free buffers for the write.
+    #[error("{needed} buffers needed, {free} free")]
+    NoFreeBuffers {
+        /// Buffers needed.
+        needed: usize,
+        /// Buffers free.
+        free: usize,
+    },
+    /// Every request entry is in use.
+    #[error("all {ries} request entries (RIEs) are in use")]
+    NoFreeRie {
+        /// Number of request entries.
+        ries: u32,
+    },
+    /// A buffer index that cannot be used as asked.
+    #[error("buffer {buffer}: {reason}")]
+    BadBuffer {
+        /// The buffer index.
+        buffer: u32,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A request entry index that cannot be used as asked.
+    #[error("request entry (RIE) {rie}: {reason}")]
+    BadRie {
+        /// The request entry index.
+        rie: u32,
+        /// Why.
+        reason: &'static str,
+    },
+    /// An atomic-write geometry that does not work (or does not fit the backing).
+    #[error("atomic-write geometry: {0}")]
+    Geometry(String),
+    /// The atomic-write metadata area is corrupt or was never formatted.
+    #[error("atomic-write metadata: {what} (index {index})")]
+    CorruptMetadata {
+        /// What is wrong.
+        what: &'static str,
+        /// Index of the entry (0 for the header).
+        index: u64,
+    },
+    /// The 62-bit request ids ran out.
+    #[error("request ids exhausted")]
+    RequestIdsExhausted,
+    /// A write-back message with the wrong length for its kind.
+    #[error("write-back message of kind {kind}: {len} bytes, expected {expected}")]
+    MessageLength {
+        /// The kind byte (0 when the message is too short to have one).
+        kind: u8,
+        /// Bytes received.
+        len: usize,
+        /// Bytes the kind (and its counts) call for.
+        expected: usize,
+    },
+    /// A write-back message of an unknown kind.
+    #[error("write-back message of unknown kind {kind}")]
+    MessageKind {
+        /// The kind byte.
+        kind: u8,
+    },
+    /// A write-back message field with a value out of range.
+    #[error("write-back message field {field} = {value} is out of range")]
+    MessageField {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// Not enough space to encode a write-back message.
+    #[error("write-back message needs {need} bytes, {space} available")]
+    MessageSpace {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes available.
+        space: usize,
+    },
 }

@@ -1,12 +1,19 @@
 //! The mirror client (F5): NVRAM shadow log mirrored into the partner by RDMA WRITE, replay
 //! on takeover, and mirrored write-back with atomic multi-block writes.
 
+pub mod atomic;
 pub mod error;
 pub mod log;
 pub mod log_format;
 pub mod log_replay;
 pub mod nvram;
+pub mod writeback;
 
+pub use atomic::{
+    ultimate_state, AtomicGeometry, AtomicRequest, AtomicWriteTable, BufferEntry, BufferIndex,
+    BufferState, RequestState, RequestTag, ResolvedRequest, RieIndex, RieWord, UnitId,
+    MAX_ATOMIC_BLOCKS,
+};
 pub use error::MirrorError;
 pub use log::{LogStats, MirrorWrite, ShadowLog};
 pub use log_format::LogImageError;
@@ -14,3 +21,7 @@ pub use log_replay::{
     replay, LogPosition, Replay, ReplayCursor, ReplayCursorError, ReplayedRecord, ScanStop,
 };
 pub use nvram::{FileNvram, MemoryNvram, NvramBacking};
+pub use writeback::{
+    CompletionStatus, DataRange, Disposition, Message, MirrorStats, PrimaryAction, PrimaryStats,
+    RejectReason, RequestId, RequestRef, Rqr, WriteBackMirror, WriteBackPrimary,
+};
