@@ -487,7 +487,8 @@ impl World {
                 None
             }
             Action::ReadMailbox => {
-                match n.mailbox.read_partner() {
+                let res = n.mailbox.read_partner();
+                match res {
                     Ok(r) => m.handle_mailbox(now, r),
                     Err(e) => m.handle_io_failed(now, action, e.to_string()),
                 }

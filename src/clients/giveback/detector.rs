@@ -118,14 +118,9 @@ impl PartnerView {
         self.latest
     }
 
-    /// No link change for `span`.
-    pub fn links_silent_for(&self, now: Instant, span: Duration) -> bool {
-        now.saturating_duration_since(self.link_change_at.unwrap_or(self.born)) >= span
-    }
-
     /// No link change for the detection window.
     pub fn links_silent(&self, now: Instant) -> bool {
-        self.links_silent_for(now, self.window)
+        now.saturating_duration_since(self.link_change_at.unwrap_or(self.born)) >= self.window
     }
 
     /// Uninterrupted successful mailbox reads without a change for the detection window.

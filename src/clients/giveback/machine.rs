@@ -28,9 +28,11 @@
 //!   so a preempt between its reserve and its serve is seen.
 //! - At 546 and 565 a fresh READ showing the partner serving my disks counts as a claim even
 //!   if the mailbox copy says otherwise (a stale copy never releases a waiting node).
-//! - A serving node whose mailbox writes fail on both copies for K−1 intervals while no link
-//!   brings a change of the partner fences itself: the partner would declare it failed after
-//!   K. (Assumes links fail in both directions, as an RDMA connection does.)
+//! - A serving node whose mailbox writes fail on both copies for K−1 intervals in a row fences
+//!   itself (stops serving, halts, reboots), whatever its links say: its partner may declare it
+//!   failed after K intervals without a visible mailbox change if the partner's READs fail
+//!   (links cut, or copies torn) even while this node's own READs work. A node that cannot
+//!   reach the mailbox disks has in practice lost its shared storage path too.
 //! - Any node not serving the partner's disks that sees the partner in GIVEWAIT releases the
 //!   partner's disks (a reservation left by an earlier incarnation would block it forever).
 
@@ -334,7 +336,13 @@ impl GivebackMachine {
                     };
                 }
             }
-            Action::Release { set } if *set == self.cfg.partner => self.partner_released = false,
+            Action::Release { set } => {
+                // Still held as far as anyone knows: retried next interval.
+                self.holding.insert(*set);
+                if *set == self.cfg.partner {
+                    self.partner_released = false;
+                }
+            }
             _ => {}
         }
         self.publish_if_changed();
@@ -603,15 +611,11 @@ impl GivebackMachine {
     /// The self-fencing rule (module docs): called when a mailbox write failed.
     fn fence_if_isolated(&mut self, now: Instant) {
         let fence_after = self.cfg.miss_intervals.saturating_sub(1).max(1);
-        if self.state.may_serve()
-            && self.write_failures >= fence_after
-            && self
-                .view
-                .links_silent_for(now, self.cfg.interval * fence_after)
-        {
+        if self.state.may_serve() && self.write_failures >= fence_after {
             tracing::error!(
                 me = self.cfg.me,
-                "mailbox unwritable and every link silent: fencing myself"
+                failures = self.write_failures,
+                "mailbox unwritable: fencing myself before the partner may take over"
             );
             self.halt(now, GivebackEvent::Fenced);
         }
@@ -916,103 +920,10 @@ impl GivebackMachine {
         self.actions.push_back(Action::Reboot);
         self.next_tick = None;
     }
-
-    fn command_takeover(&mut self, now: Instant, check_only: bool) -> (CommandOutcome, String) {
-        let refuse = |r: String| (CommandOutcome::Refused, r);
-        match self.state {
-            NodeState::Up => {}
-            NodeState::Takeover => return refuse("already in takeover".into()),
-            s => return refuse(format!("not serving my own disks yet (state {s})")),
-        }
-        if self.takeover != TakeoverPhase::Idle {
-            return refuse("a takeover is already under way".into());
-        }
-        let fresh = self.fresh_read(now).map(|l| l.read.block.state);
-        let (reason, reserve_now) = if self.partner_failed {
-            (
-                format!(
-                    "partner failed (silent for {:?}): reserving its disks now",
-                    self.view.silent_for(now)
-                ),
-                true,
-            )
-        } else if self.interconnect_alert {
-            return refuse(
-                "interconnect down with the partner's mailbox alive: it cannot be killed, \
-                 a takeover would risk split brain"
-                    .into(),
-            );
-        } else {
-            match fresh {
-                Some(s) if !s.may_serve() => (
-                    format!("partner is {s} (not serving): reserving its disks at the next read"),
-                    false,
-                ),
-                Some(s) => (
-                    format!("partner is {s}: killing it first, then taking over"),
-                    false,
-                ),
-                None => (
-                    "no fresh read of the partner: killing it first, then taking over".into(),
-                    false,
-                ),
-            }
-        };
-        if check_only {
-            return (CommandOutcome::Allowed, reason);
-        }
-        self.takeover_manual = true;
-        if reserve_now {
-            self.start_reserving_partner(now);
-        } else {
-            self.events
-                .push_back(GivebackEvent::TakeoverStarted { manual: true });
-            self.takeover = TakeoverPhase::Killing;
-            if fresh.is_none_or(|s| s.may_serve()) {
-                self.send_kill();
-            }
-        }
-        (CommandOutcome::Started, reason)
-    }
-
-    fn command_giveback(&mut self, now: Instant, check_only: bool) -> (CommandOutcome, String) {
-        if self.state != NodeState::Takeover {
-            return (
-                CommandOutcome::Refused,
-                format!("not in takeover (state {})", self.state),
-            );
-        }
-        if self.partner_failed {
-            return (
-                CommandOutcome::Refused,
-                "partner is considered failed: nobody to give back to".into(),
-            );
-        }
-        let reason = match self.fresh_read(now).map(|l| l.read.block.state) {
-            Some(NodeState::MbWait) => {
-                "partner is MBWAIT: giving back at the next read confirming it"
-            }
-            Some(NodeState::GiveWait) => "partner is GIVEWAIT: giving back once it reaches MBWAIT",
-            Some(s) => {
-                return (
-                    CommandOutcome::Refused,
-                    format!("partner is {s}, not waiting for a giveback"),
-                )
-            }
-            None => {
-                return (
-                    CommandOutcome::Refused,
-                    "no fresh read of the partner".into(),
-                )
-            }
-        };
-        if check_only {
-            return (CommandOutcome::Allowed, reason.into());
-        }
-        self.giveback_requested = true;
-        (CommandOutcome::Started, reason.into())
-    }
 }
+
+#[path = "machine_commands.rs"]
+mod commands;
 
 #[cfg(test)]
 #[path = "machine_tests.rs"]

@@ -278,7 +278,7 @@ fn giveback_machine_fences_when_its_disks_are_taken() {
 }
 
 #[test]
-fn giveback_machine_fences_itself_when_isolated_from_mailbox_and_links() {
+fn giveback_machine_fences_itself_when_it_cannot_write_the_mailbox() {
     let t0 = Instant::now();
     let mut w = World::new();
     w.partner_record = partner_rec(1, false);
