@@ -911,3 +911,41 @@ fn h_random_seed_sweep() {
         assert!(total.interconnect_alarms > 0, "{total:?}");
     }
 }
+
+#[test]
+fn d_a_stale_mailbox_copy_never_lets_a_repaired_node_serve_while_taken_over() {
+    // Two mailbox faults at once (beyond the sweep's single-fault model): A's slot in copy 0
+    // is an old valid record from before the takeover ("not taken over") and stays so
+    // (writes dropped), copy 1 is lost. The fresh READ of A showing it serving B's disks
+    // keeps B waiting at 546 anyway.
+    let mut w = pair();
+    let old = {
+        let d = w.disks();
+        d.copies[0].slots[&A]
+    };
+    w.run_until(I * 10 + I / 2);
+    w.crash(B);
+    assert!(w.run_until_trace(I * 30, is(A, "state TAKEOVER")));
+    {
+        let mut d = w.disks();
+        d.copies[0].slots.insert(A, old);
+        d.copies[0].fault = CopyFault::Stale;
+        d.copies[1].fault = CopyFault::Lost;
+    }
+    let t = w.now;
+    assert!(w.run_until_trace(I * 40, is(B, "state MBWAIT")));
+    w.assert_safe("stale copy at 546");
+    let b = milestones(&w, t);
+    assert!(!b.contains(&"B StartServing 2".to_string()), "{b:?}");
+    // A gives back, but B cannot see A's new records until the copies heal.
+    w.run_for(I * 10);
+    assert_eq!(w.state(B), Some(NodeState::MbWait));
+    w.assert_safe("stale copy after the giveback");
+    {
+        let mut d = w.disks();
+        d.copies[0].fault = CopyFault::None;
+        d.copies[1].fault = CopyFault::None;
+    }
+    assert!(w.run_until_true(5, World::converged).is_some());
+    w.assert_safe("healed");
+}
