@@ -8,6 +8,7 @@
 //! violations; tests assert there are none (and print the trace tail when there are).
 
 pub mod disks;
+pub mod sweep;
 
 use disks::{disks, Disks, SharedDisks, SimMailbox, SimReservations};
 use interlink::clients::giveback::{

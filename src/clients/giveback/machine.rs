@@ -5,8 +5,21 @@
 //! in order, reporting each result before taking the next.
 //!
 //! Every interval the machine writes its mailbox record and reads the partner's; when up it
-//! also checks that nobody took its own disks. Failure detection follows the rule in
-//! [`super::detector`]. The bring-up follows Fig. 5 of seed 000 (steps 505-575):
+//! also checks that nobody took its own disks.
+//!
+//! Failure detection (F4.2). The partner has failed when, at a successful mailbox read, no
+//! link brought a change of its (incarnation, progress) for K × interval (counted from this
+//! machine's start if no READ ever arrived) AND the mailbox reads have succeeded without
+//! interruption for the whole K × interval and none showed a newer (incarnation, heartbeat)
+//! of the partner (no valid record counts as no change). A mailbox read that fails breaks the
+//! evidence: the window starts again at the next successful read, so an unreadable mailbox
+//! delays a takeover and never causes one. Takeover decisions are only taken on that fresh
+//! evidence (or on a fresh READ), never on an earlier verdict. Links silent for the window
+//! while the mailbox changed at least two intervals after they went quiet raise the
+//! interconnect alert instead (no takeover). Torn READs are counted and ignored; a mailbox
+//! record older than the newest one seen (a stale copy) is no change and is never used.
+//!
+//! The bring-up follows Fig. 5 of seed 000 (steps 505-575):
 //!
 //! - Booting: check own reservation; held by the partner → GIVEWAIT (530); free or mine →
 //!   reserve, read the mailbox (545); partner claims my disks (546) → MBWAIT (550); else

@@ -12,7 +12,7 @@
 //! - [`error`] is [`GivebackError`].
 //!
 //! The failure-detection rule (F4.2), including what an unreadable mailbox means, is
-//! documented in `detector.rs` and on [`GivebackMachine`]'s module.
+//! documented on the [`machine`] module.
 
 pub mod actions;
 mod detector;

@@ -308,6 +308,34 @@ mod tests {
     }
 
     #[test]
+    fn giveback_reservations_are_exclusive_under_concurrent_handles() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let dir = tempdir("resv-race");
+        std::fs::create_dir_all(&dir).unwrap();
+        let inside = AtomicU32::new(0);
+        let grants = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for node in 1..=4u32 {
+                let (dir, inside, grants) = (&dir, &inside, &grants);
+                s.spawn(move || {
+                    let mut r = FileReservations::open(dir, node).unwrap();
+                    for _ in 0..50 {
+                        if r.reserve(9, false).unwrap() == Some(node) {
+                            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                            grants.fetch_add(1, Ordering::SeqCst);
+                            assert_eq!(r.check(9).unwrap(), Some(node));
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            r.release(9).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        assert!(grants.load(Ordering::SeqCst) > 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn giveback_corrupt_reservation_is_an_error_unless_preempted() {
         let dir = tempdir("resv-corrupt");
         let mut one = FileReservations::open(&dir, 1).unwrap();
