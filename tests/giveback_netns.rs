@@ -122,7 +122,7 @@ fn kill_b_takeover_then_restart_b_coordinated_giveback() {
         .iter()
         .filter(|(set, _)| *set == 2)
         .map(|(_, us)| *us)
-        .last()
+        .next_back()
         .expect("set 2 handed back");
     println!(
         "giveback outage window {outage:.1} ms = {:.2} poll intervals (survivor's view: giveback to B read UP); journals: A stopped serving set 2 -> B started it: {:.1} ms",

@@ -231,6 +231,9 @@ fn count(w: &World, from: Duration, id: u32, f: impl Fn(&Step) -> bool) -> usize
 fn b_fig5_546_to_567_when_the_partner_gave_back_before_the_mailbox_read() {
     let mut w = pair();
     w.run_until(I * 10 + I / 2);
+    // B reads the mailbox only at its interval ticks in MBWAIT (no extra reads), so A's
+    // giveback lands between two of B's reads.
+    w.node_mut(B).mbwait_reads_per_interval = 1;
     w.crash(B);
     assert!(w.run_until_trace(I * 60, is(A, "GivebackStarted")));
     // B is in MBWAIT and has not read the mailbox since: it crashes now, and restarts

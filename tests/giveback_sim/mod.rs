@@ -82,6 +82,8 @@ pub struct Node {
     pub crash_at_action: Option<u64>,
     pub actions_done: u64,
     pub auto_giveback: bool,
+    /// Mailbox reads per interval in MBWAIT (the machine's default is 10).
+    pub mbwait_reads_per_interval: u32,
     pub events: Vec<(Duration, GivebackEvent)>,
     mailbox: SimMailbox,
     reservations: SimReservations,
@@ -137,6 +139,7 @@ impl World {
             crash_at_action: None,
             actions_done: 0,
             auto_giveback: true,
+            mbwait_reads_per_interval: 10,
             events: Vec::new(),
             mailbox: SimMailbox {
                 disks: shared.clone(),
@@ -301,6 +304,7 @@ impl World {
             interval: I,
             miss_intervals: K,
             auto_giveback: n.auto_giveback,
+            mbwait_reads_per_interval: n.mbwait_reads_per_interval,
         };
         n.machine = Some(GivebackMachine::new(cfg, n.incarnation, now));
         let inc = n.incarnation;

@@ -20,6 +20,9 @@ pub struct GivebackConfig {
     pub miss_intervals: u32,
     /// Give back automatically when the partner reaches MBWAIT.
     pub auto_giveback: bool,
+    /// Mailbox reads per interval while in MBWAIT (the outage window ends with the read that
+    /// sees the partner's giveback); 1 reads only at the interval tick.
+    pub mbwait_reads_per_interval: u32,
 }
 
 impl GivebackConfig {
@@ -31,6 +34,7 @@ impl GivebackConfig {
             interval: Duration::from_millis(100),
             miss_intervals: 5,
             auto_giveback: true,
+            mbwait_reads_per_interval: 10,
         }
     }
 

@@ -122,6 +122,7 @@ impl GivebackNode {
             interval,
             miss_intervals: options.miss_intervals.max(1),
             auto_giveback: options.auto_giveback,
+            ..GivebackConfig::new(cfg.node_id, cfg.partner_id)
         };
         let messenger = Arc::new(
             Messenger::start(

@@ -107,6 +107,8 @@ pub struct GivebackMachine {
     input: u64,
     now: Instant,
     next_tick: Option<Instant>,
+    /// In MBWAIT: when the mailbox was last read between ticks.
+    mbwait_read_at: Instant,
     actions: VecDeque<Action>,
     events: VecDeque<GivebackEvent>,
     published: Option<StateBlock>,
@@ -155,6 +157,7 @@ impl GivebackMachine {
             input: 0,
             now,
             next_tick: Some(now),
+            mbwait_read_at: now,
             actions: VecDeque::new(),
             events: VecDeque::new(),
             published: None,
@@ -399,6 +402,15 @@ impl GivebackMachine {
     /// The timer: runs the interval's work when it is due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.enter(now);
+        if let Some(due) = self.mbwait_read_due() {
+            if now >= due {
+                // MBWAIT is short and the partner's clients are without service until the
+                // mailbox change is seen (565): read it `mbwait_reads_per_interval` times per
+                // interval.
+                self.mbwait_read_at = now;
+                self.actions.push_back(Action::ReadMailbox);
+            }
+        }
         let Some(due) = self.next_tick else { return };
         if now < due {
             return;
@@ -431,7 +443,17 @@ impl GivebackMachine {
 
     /// When [`GivebackMachine::handle_timeout`] wants to run next (`None` once Halted).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_tick
+        match (self.next_tick, self.mbwait_read_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// In MBWAIT, when the next extra mailbox read is due.
+    fn mbwait_read_due(&self) -> Option<Instant> {
+        let n = self.cfg.mbwait_reads_per_interval;
+        (self.state == NodeState::MbWait && n > 1)
+            .then(|| self.mbwait_read_at + self.cfg.interval / n)
     }
 
     /// This node's state.
@@ -535,6 +557,7 @@ impl GivebackMachine {
         tracing::info!(me = self.cfg.me, %from, %to, "giveback state");
         self.state = to;
         self.state_since = now;
+        self.mbwait_read_at = now;
         self.state_changes = self.state_changes.wrapping_add(1);
         self.state_input = self.input;
         self.events

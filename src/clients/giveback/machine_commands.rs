@@ -1,7 +1,7 @@
 //! Operator commands of the giveback machine (F4.5): manual takeover and giveback.
 
 use super::{GivebackMachine, TakeoverPhase};
-use crate::clients::giveback::actions::{CommandOutcome, GivebackEvent};
+use crate::clients::giveback::actions::{Action, CommandOutcome, GivebackEvent};
 use crate::clients::giveback::state::NodeState;
 use std::time::Instant;
 
@@ -62,6 +62,11 @@ impl GivebackMachine {
         self.events
             .push_back(GivebackEvent::TakeoverStarted { manual: true });
         if kill {
+            // TAKEOVER_PENDING goes to the mailbox before the first kill: a killed partner
+            // that reboots at once reads it and waits in MBWAIT instead of serving again
+            // (and being killed a second time).
+            let rec = self.record();
+            self.actions.push_back(Action::WriteMailbox(rec));
             self.send_kill();
         }
         (CommandOutcome::Started, reason)

@@ -15,6 +15,7 @@ fn cfg() -> GivebackConfig {
         interval: I,
         miss_intervals: 5,
         auto_giveback: true,
+        mbwait_reads_per_interval: 1,
     }
 }
 
@@ -324,9 +325,14 @@ fn giveback_machine_check_only_commands_change_nothing() {
     assert_eq!(m.poll_event(), None);
     assert_eq!(m.state_block(), block);
     assert_eq!(m.status(), before);
-    // The real takeover kills the live partner first.
+    // The real takeover announces TAKEOVER_PENDING in the mailbox, then kills the live
+    // partner.
     let r = m.handle_command(t0 + I / 2, Command::Takeover { check_only: false });
     assert_eq!(r.outcome, CommandOutcome::Started);
+    match m.poll_action() {
+        Some(Action::WriteMailbox(rec)) => assert!(rec.takeover_pending && !rec.taken_over),
+        other => panic!("expected the pending mailbox write first, got {other:?}"),
+    }
     assert_eq!(
         m.poll_action(),
         Some(Action::SendKill {
