@@ -416,10 +416,17 @@ impl Heartbeat {
                     }
                     break;
                 }
-                if start.elapsed() > Duration::from_secs(5) {
+                let waited = start.elapsed();
+                if waited > Duration::from_secs(5) {
                     return Err("heartbeat READ did not complete within 5 s".into());
                 }
-                std::hint::spin_loop();
+                // Spin briefly (the READ usually completes within microseconds), then let
+                // other threads run (the partner's loop may share this CPU).
+                if waited > Duration::from_micros(20) {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
             }
             out.push(start.elapsed());
             self.absorb_landing();

@@ -176,11 +176,16 @@ impl Runtime {
         cells: Arc<StateCells>,
     ) -> Runtime {
         let now = Instant::now();
-        let incarnation = std::time::SystemTime::now()
+        // Increases from one run to the next (the partner and the giveback client compare
+        // incarnations to tell a restarted node's state from a stale copy): the start time in
+        // nanoseconds, its low 16 bits replaced by the process id's to separate two nodes
+        // started in the same instant.
+        let incarnation = (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
-            ^ u64::from(std::process::id()).rotate_left(40);
+            & !0xffff)
+            | u64::from(std::process::id() & 0xffff);
         let links = cfg
             .links
             .iter()

@@ -121,6 +121,11 @@ impl Node {
         }
     }
 
+    /// The node's whole log.
+    pub fn log_all(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_text(&self) -> String {
         let t = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = t.lines().collect();
