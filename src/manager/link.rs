@@ -420,9 +420,10 @@ impl Heartbeat {
                 if waited > Duration::from_secs(5) {
                     return Err("heartbeat READ did not complete within 5 s".into());
                 }
-                // Spin briefly (the READ usually completes within microseconds), then let
+                // Spin up to a millisecond (a READ completes within microseconds on hardware,
+                // within a hundred or so on Soft-RoCE under emulation), then let
                 // other threads run (the partner's loop may share this CPU).
-                if waited > Duration::from_micros(20) {
+                if waited > Duration::from_millis(1) {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
