@@ -236,7 +236,7 @@ pub fn run(
         running.insert(name, Probe::start(&manager, p)?);
     }
     let shadow = match &shadow_spec {
-        Some((dir, size)) => Some(ShadowNode::start(&manager, dir, *size)?),
+        Some(spec) => Some(ShadowNode::start(&manager, spec)?),
         None => None,
     };
     let replay = shadow.as_ref().map(ShadowNode::replay_hook);

@@ -1,4 +1,4 @@
-//! `interlink node --shadow DIR[:SIZE]`: the node's shadow log (F5) with its NVRAM log file
+//! `interlink node --shadow DIR[:SIZE[:PARTNER_TIMEOUT_MS]]`: the node's shadow log (F5) with its NVRAM log file
 //! `DIR/shadow-<node>.nvram`, its replay cursor `DIR/shadow-<node>.cursor`, a background
 //! writer driven through the control socket (client name `shadow`) that records what was
 //! acknowledged in `DIR/acked-<node>.log`, and a replay hook (for `--giveback`) that writes
@@ -16,27 +16,37 @@ use parking_lot::Mutex;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Default log size (4 MiB).
 const DEFAULT_SIZE: usize = 4 << 20;
 
-/// Parses `DIR[:SIZE]` (SIZE in bytes, or with a K, M or G suffix).
-pub fn parse_spec(s: &str) -> anyhow::Result<(PathBuf, usize)> {
-    let (dir, size) = match s.rsplit_once(':') {
-        Some((d, z)) if !d.is_empty() => (d, Some(z)),
-        _ => (s, None),
-    };
-    if dir.is_empty() {
-        bail!("--shadow {s:?}: expected DIR[:SIZE]");
+/// What `--shadow DIR[:SIZE[:PARTNER_TIMEOUT_MS]]` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowSpec {
+    /// The directory of the NVRAM file, cursor and logs.
+    pub dir: PathBuf,
+    /// Log size in bytes.
+    pub size: usize,
+    /// The partner timeout (None: the default).
+    pub partner_timeout: Option<Duration>,
+}
+
+/// Parses `DIR[:SIZE[:PARTNER_TIMEOUT_MS]]` (SIZE in bytes, or with a K, M or G suffix;
+/// DIR without `:`).
+pub fn parse_spec(s: &str) -> anyhow::Result<ShadowSpec> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() > 3 || parts[0].is_empty() {
+        bail!("--shadow {s:?}: expected DIR[:SIZE[:PARTNER_TIMEOUT_MS]]");
     }
-    let size = match size {
+    let size = match parts.get(1).filter(|z| !z.is_empty()) {
         None => DEFAULT_SIZE,
         Some(z) => {
             let (num, mult) = match z.chars().last().map(|c| c.to_ascii_uppercase()) {
                 Some('K') => (&z[..z.len() - 1], 1usize << 10),
                 Some('M') => (&z[..z.len() - 1], 1 << 20),
                 Some('G') => (&z[..z.len() - 1], 1 << 30),
-                _ => (z, 1),
+                _ => (*z, 1),
             };
             let n: usize = num
                 .parse()
@@ -45,7 +55,19 @@ pub fn parse_spec(s: &str) -> anyhow::Result<(PathBuf, usize)> {
                 .with_context(|| format!("--shadow {s:?}: size overflows"))?
         }
     };
-    Ok((PathBuf::from(dir), size))
+    let partner_timeout = parts
+        .get(2)
+        .map(|ms| {
+            ms.parse::<u64>()
+                .map(Duration::from_millis)
+                .with_context(|| format!("--shadow {s:?}: partner timeout"))
+        })
+        .transpose()?;
+    Ok(ShadowSpec {
+        dir: PathBuf::from(parts[0]),
+        size,
+        partner_timeout,
+    })
 }
 
 /// The acknowledged log of `node` in `dir`.
@@ -68,11 +90,17 @@ pub struct ShadowNode {
 
 impl ShadowNode {
     /// Starts the shadow log of this node (a fresh generation in its NVRAM file).
-    pub fn start(manager: &Manager, dir: &Path, size: usize) -> anyhow::Result<ShadowNode> {
+    pub fn start(manager: &Manager, spec: &ShadowSpec) -> anyhow::Result<ShadowNode> {
+        let dir = &spec.dir;
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let node = manager.config().node_id;
-        let (log, cursor) = file_backings(dir, node, size)?;
-        let mirror = ShadowMirror::start(manager, ShadowConfig::new(), log, cursor)?;
+        let (log, cursor) = file_backings(dir, node, spec.size)?;
+        let mut cfg = ShadowConfig::new();
+        if let Some(t) = spec.partner_timeout {
+            cfg.partner_timeout = t;
+            cfg.link_timeout = cfg.link_timeout.max(t);
+        }
+        let mirror = ShadowMirror::start(manager, cfg, log, cursor)?;
         Ok(ShadowNode {
             mirror: Arc::new(mirror),
             writer: Mutex::new(None),
@@ -176,17 +204,27 @@ mod tests {
 
     #[test]
     fn specs_parse() {
+        let p = |s: &str| parse_spec(s).map(|x| (x.dir, x.size, x.partner_timeout));
         assert_eq!(
-            parse_spec("/x/y").unwrap(),
-            (PathBuf::from("/x/y"), DEFAULT_SIZE)
+            p("/x/y").unwrap(),
+            (PathBuf::from("/x/y"), DEFAULT_SIZE, None)
+        );
+        assert_eq!(p("/x:64K").unwrap(), (PathBuf::from("/x"), 64 << 10, None));
+        assert_eq!(p("d:1m").unwrap(), (PathBuf::from("d"), 1 << 20, None));
+        assert_eq!(
+            p("d:4096:250").unwrap(),
+            (PathBuf::from("d"), 4096, Some(Duration::from_millis(250)))
         );
         assert_eq!(
-            parse_spec("/x:64K").unwrap(),
-            (PathBuf::from("/x"), 64 << 10)
+            p("d::250").unwrap(),
+            (
+                PathBuf::from("d"),
+                DEFAULT_SIZE,
+                Some(Duration::from_millis(250))
+            )
         );
-        assert_eq!(parse_spec("d:1m").unwrap(), (PathBuf::from("d"), 1 << 20));
-        assert_eq!(parse_spec("d:4096").unwrap(), (PathBuf::from("d"), 4096));
-        assert!(parse_spec("d:x").is_err());
-        assert!(parse_spec("").is_err());
+        assert!(p("d:x").is_err());
+        assert!(p("").is_err());
+        assert!(p("d:1:2:3").is_err());
     }
 }

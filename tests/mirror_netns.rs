@@ -42,7 +42,8 @@ fn nodes(tag: &str, links: u8, giveback: bool) -> (Node, Node, PathBuf) {
     let mut na = Node::new(&dir, "a", "ilA", a, &[]);
     let mut nb = Node::new(&dir, "b", "ilB", b, &[]);
     for n in [&mut na, &mut nb] {
-        n.extra = vec!["--shadow".into(), format!("{}:1M", shared.display())];
+        // A long partner timeout: a link cut is a failover, never a partner absence.
+        n.extra = vec!["--shadow".into(), format!("{}:1M:60000", shared.display())];
         if giveback {
             n.extra
                 .extend(["--giveback".into(), shared.display().to_string()]);
