@@ -254,10 +254,10 @@ pub enum MirrorError {
     /// Reading the local mirror region (the partner's log image) failed.
     #[error("read the partner's mirror region: {0}")]
     ReadMirror(#[source] crate::fabric::FabricError),
-    /// The local shadow log was lost after a failed re-open (the driver can no longer
-    /// append; restart the node).
-    #[error("shadow log unusable: {reason}")]
-    ShadowLogLost {
+    /// Re-opening the local shadow log after a reconnection failed: the driver can no longer
+    /// append (restart the node; the log is still in its NVRAM).
+    #[error("re-open shadow log: {reason}")]
+    ReopenLog {
         /// Why.
         reason: String,
     },
