@@ -101,8 +101,10 @@ fn shadow_link(s: &NodeStatus) -> Option<u8> {
 /// for.
 fn acked_log(path: &Path) -> (Vec<u64>, u64, u64) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
+    // A line torn by kill -9 can only be the last one, without its newline: skip it.
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
     let (mut acked, mut cp, mut asked) = (Vec::new(), 0, 0);
-    for l in text.lines() {
+    for l in complete.lines() {
         let mut it = l.split_whitespace();
         match (it.next(), it.next()) {
             (Some("checkpoint"), Some(n)) => cp = n.parse().unwrap(),
@@ -110,8 +112,7 @@ fn acked_log(path: &Path) -> (Vec<u64>, u64, u64) {
             (Some("generation"), _) => {}
             (Some("unmirrored"), Some(n)) => panic!("record {n} acknowledged unmirrored"),
             (Some(n), None) => acked.push(n.parse::<u64>().unwrap()),
-            // A line torn by kill -9 can only be the last one.
-            _ => {}
+            other => panic!("bad acked log line {other:?}"),
         }
     }
     assert!(
