@@ -2,6 +2,7 @@
 
 mod demo;
 mod node_cmd;
+mod shadow_cmd;
 
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Parser, Subcommand};
@@ -101,6 +102,14 @@ enum Cmd {
         /// Shell command that releases the partner's service identity at giveback.
         #[arg(long, requires = "giveback")]
         on_release: Option<String>,
+        /// Run the shadow log (NVRAM log mirrored into the partner by RDMA WRITE) with its
+        /// NVRAM file DIR/shadow-<node>.nvram of SIZE bytes (K, M, G suffixes; default 4M;
+        /// both nodes must use the same size); appends complete unmirrored once the partner
+        /// is away for PARTNER_TIMEOUT_MS (default 5000). With --giveback, a takeover replays
+        /// the partner's log into DIR/replayed-<node>.log. Driven through the control socket
+        /// (client `shadow`).
+        #[arg(long, value_name = "DIR[:SIZE[:PARTNER_TIMEOUT_MS]]")]
+        shadow: Option<String>,
     },
     /// Take over the partner (killing it first if it is alive); `--check` only says whether
     /// it would be allowed and why.
@@ -195,6 +204,7 @@ fn main() {
             miss_intervals,
             on_assume,
             on_release,
+            shadow,
         } => node_cmd::run(
             &config,
             &probes,
@@ -206,6 +216,7 @@ fn main() {
                 on_assume,
                 on_release,
             },
+            shadow.as_deref(),
         ),
         Cmd::Takeover {
             socket,

@@ -1,7 +1,10 @@
 //! `interlink node --config F`: runs one node of the pair until SIGINT/SIGTERM or a
-//! `shutdown` request on the control socket, with optional probe clients.
+//! `shutdown` request on the control socket, with optional probe clients, the giveback
+//! client and the shadow log.
 
+use crate::shadow_cmd::{self, ShadowNode};
 use anyhow::{bail, Context};
+use interlink::clients::giveback::service::ReplayHook;
 use interlink::clients::giveback::{
     Command as GivebackCommand, FileMailbox, FileReservations, GivebackNode, GivebackOptions,
     JournalHooks,
@@ -54,10 +57,13 @@ pub struct GivebackArgs {
 
 /// Name under which the giveback client answers on the control socket.
 const GIVEBACK: &str = "giveback";
+/// Name under which the shadow log answers on the control socket.
+const SHADOW: &str = "shadow";
 
 struct Handler {
     manager: Arc<Manager>,
     giveback: Option<GivebackNode>,
+    shadow: Option<ShadowNode>,
     probes: BTreeMap<String, Probe>,
     messengers: BTreeMap<String, MessageProbe>,
     stop: Arc<AtomicBool>,
@@ -86,6 +92,15 @@ impl ControlHandler for Handler {
                             message:
                                 "this node runs no giveback client (start it with --giveback DIR)"
                                     .into(),
+                        },
+                    };
+                }
+                if name == SHADOW {
+                    return match &self.shadow {
+                        Some(s) => s.command(&command),
+                        None => ControlResponse::Error {
+                            message: "this node runs no shadow log (start it with --shadow DIR)"
+                                .into(),
                         },
                     };
                 }
@@ -161,6 +176,7 @@ fn giveback_command(g: &GivebackNode, command: &serde_json::Value) -> ControlRes
 fn start_giveback(
     manager: &Arc<Manager>,
     args: &GivebackArgs,
+    replay: Option<ReplayHook>,
 ) -> anyhow::Result<Option<GivebackNode>> {
     let Some(dir) = &args.dir else {
         return Ok(None);
@@ -175,8 +191,11 @@ fn start_giveback(
     if let Some(k) = args.miss_intervals {
         options.miss_intervals = k;
     }
-    let hooks = JournalHooks::new(dir, me)
+    let mut hooks = JournalHooks::new(dir, me)
         .with_identity_commands(args.on_assume.clone(), args.on_release.clone());
+    if let Some(replay) = replay {
+        hooks = hooks.with_replay(replay);
+    }
     let node = GivebackNode::start(
         manager.clone(),
         options,
@@ -193,7 +212,9 @@ pub fn run(
     probes: &[String],
     messengers: &[String],
     giveback: &GivebackArgs,
+    shadow: Option<&str>,
 ) -> anyhow::Result<()> {
+    let shadow_spec = shadow.map(shadow_cmd::parse_spec).transpose()?;
     let cfg = NodeConfig::load(config).with_context(|| format!("load {}", config.display()))?;
     let probe_cfgs = probes
         .iter()
@@ -214,7 +235,12 @@ pub fn run(
         let name = p.name.clone();
         running.insert(name, Probe::start(&manager, p)?);
     }
-    let giveback = start_giveback(&manager, giveback)?;
+    let shadow = match &shadow_spec {
+        Some(spec) => Some(ShadowNode::start(&manager, spec)?),
+        None => None,
+    };
+    let replay = shadow.as_ref().map(ShadowNode::replay_hook);
+    let giveback = start_giveback(&manager, giveback, replay)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("install signal handler")?;
@@ -222,6 +248,7 @@ pub fn run(
     let handler = Arc::new(Handler {
         manager: manager.clone(),
         giveback,
+        shadow,
         probes: running,
         messengers: messaging,
         stop: stop.clone(),

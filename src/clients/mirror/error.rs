@@ -210,4 +210,55 @@ pub enum MirrorError {
         /// Bytes available.
         space: usize,
     },
+    /// Registering the shadow log's manager client failed.
+    #[error("register shadow client {name:?}: {source}")]
+    RegisterShadow {
+        /// Client name.
+        name: String,
+        /// The manager's error.
+        source: crate::manager::ManagerError,
+    },
+    /// Starting the shadow log's driver thread failed.
+    #[error("start shadow driver {name:?}: {source}")]
+    StartShadow {
+        /// Client name.
+        name: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Appending refused: no link to the partner came up within the link timeout (and the
+    /// partner was not declared absent). Nothing was appended.
+    #[error("append to shadow log: no link to the partner within {waited:?}; nothing appended")]
+    AppendNoLink {
+        /// How long the append waited.
+        waited: std::time::Duration,
+    },
+    /// An append was written to the local log but its mirror write was not confirmed in
+    /// time (neither completed nor declared unmirrored). The record is in the local log and
+    /// may still reach the partner.
+    #[error("append to shadow log: record {seq} (generation {generation}) is durable locally, its mirror write unconfirmed after {waited:?}")]
+    AppendTimeout {
+        /// Generation of the record.
+        generation: u64,
+        /// Sequence number of the record.
+        seq: u64,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
+    /// Appending, or waiting for an append, ended because the shadow driver stopped.
+    #[error("append to shadow log: the shadow driver {name:?} stopped")]
+    AppendStopped {
+        /// Client name.
+        name: String,
+    },
+    /// Reading the local mirror region (the partner's log image) failed.
+    #[error("read the partner's mirror region: {0}")]
+    ReadMirror(#[source] crate::fabric::FabricError),
+    /// Re-opening the local shadow log after a reconnection failed: the driver can no longer
+    /// append (restart the node; the log is still in its NVRAM).
+    #[error("re-open shadow log: {reason}")]
+    ReopenLog {
+        /// Why.
+        reason: String,
+    },
 }

@@ -7,6 +7,7 @@ pub mod log;
 pub mod log_format;
 pub mod log_replay;
 pub mod nvram;
+pub mod shadow;
 pub mod writeback;
 
 pub use atomic::{
@@ -21,6 +22,7 @@ pub use log_replay::{
     replay, LogPosition, Replay, ReplayCursor, ReplayCursorError, ReplayedRecord, ScanStop,
 };
 pub use nvram::{FileNvram, MemoryNvram, NvramBacking};
+pub use shadow::{AppendTicket, Appended, ShadowConfig, ShadowMirror, ShadowStats};
 pub use writeback::{
     CompletionStatus, DataRange, Disposition, Message, MirrorStats, PrimaryAction, PrimaryStats,
     RejectReason, RequestId, RequestRef, Rqr, WriteBackMirror, WriteBackPrimary,

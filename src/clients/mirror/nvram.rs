@@ -29,6 +29,23 @@ pub trait NvramBacking: Send {
     }
 }
 
+/// A boxed backing is a backing, so drivers can choose one at run time
+/// (`Box<dyn NvramBacking>`: a [`FileNvram`] in a node, a [`MemoryNvram`] in tests).
+impl<T: NvramBacking + ?Sized> NvramBacking for Box<T> {
+    fn bytes(&self) -> &[u8] {
+        (**self).bytes()
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        (**self).bytes_mut()
+    }
+    fn persist(&mut self, offset: usize, len: usize) -> Result<(), MirrorError> {
+        (**self).persist(offset, len)
+    }
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+}
+
 /// Volatile memory (tests, and a node without NVRAM).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryNvram {

@@ -1,0 +1,654 @@
+//! The shadow log driver (F5.1, F5.2, F5.5): binds a [`ShadowLog`] to a manager client so
+//! every append is durable in local NVRAM **and** complete in the partner's memory before it
+//! returns. Both nodes run one: each is the writer of its own log and the mirror of the
+//! partner's.
+//!
+//! # Resources
+//!
+//! A manager client (`"shadow"` by default, [`BandwidthClass::High`], so placement gives it
+//! a link of its own) with one RC queue pair and two regions of the log's size:
+//!
+//! - `shadow-mirror` ([`Access::REMOTE_WRITE`]): the partner's log image lands here. This
+//!   node's CPU never touches it until a takeover, when [`ShadowMirror::replay_partner`]
+//!   reads it (the manager carries region contents across failovers, and a clone of the last
+//!   region stays readable after the manager revoked it).
+//! - `shadow-tx` (no remote rights): staging. A mirror write `[offset, offset + len)` of the
+//!   local image is copied into the same offsets of `shadow-tx` and goes out as one RDMA
+//!   WRITE to the same offsets of the partner's `shadow-mirror`. The writer lays out both
+//!   images (mirror memory linked to primary memory); no partner CPU on the data path.
+//!
+//! # Appending
+//!
+//! [`ShadowMirror::append`] (or [`append_start`](ShadowMirror::append_start) and
+//! [`wait`](ShadowMirror::wait) to keep several in flight, or
+//! [`append_many`](ShadowMirror::append_many)) writes the record into the local log (which
+//! persists it), posts its mirror writes, and returns once the log reports it acknowledged:
+//! durable locally and complete on the mirror. Several threads may append at once; their
+//! writes are in flight together and acknowledgements come in append order. Whichever thread
+//! holds the driver's lock polls the completion queue (a waiting appender busy-polls for
+//! [`ShadowConfig::spin`], then sleeps and lets the driver thread poll).
+//!
+//! # Link failure (F5.5)
+//!
+//! On `Suspended` the log rewinds its unacknowledged writes; appends wait (up to
+//! [`ShadowConfig::link_timeout`] before anything is appended, see
+//! [`MirrorError::AppendNoLink`]). On every `Ready` with a new queue pair the driver
+//! **re-sends the live log**: it re-opens the local log ([`ShadowLog::open`]), which queues
+//! the superblock, the checkpoint slots and every record after the checkpoint in force, in
+//! order; every write that was in flight is among them. Re-posting only the pending writes
+//! would be enough when the partner's region was carried over intact, but the driver cannot
+//! always tell: a partner that restarted while this client was already suspended comes back
+//! with an empty region and no `PartnerRestarted` event reaches this client. Re-sending the
+//! live log is idempotent (the bytes are the same), costs at most one log's worth of WRITEs
+//! per reconnection, and is correct in every case. Nothing acknowledged is lost: it is in
+//! both images, or re-sent before anything newer is acknowledged.
+//!
+//! # Partner failure
+//!
+//! When no connection exists for [`ShadowConfig::partner_timeout`] (counted from start or
+//! from the last suspension, like the messenger's), the partner is declared absent: pending
+//! and new appends complete at once with [`Appended::mirrored`] `== false`. They are durable
+//! in this node's NVRAM only and would be lost with this node; a record is not refused
+//! (an error would tell the caller the record was not appended, yet it is in the log and
+//! will be mirrored when the partner returns). When the partner returns, the live log is
+//! re-sent as above, so it holds those records too. Status counts them (`unmirrored`).
+//!
+//! # Replay on takeover
+//!
+//! [`ShadowMirror::replay_partner`] reads the local `shadow-mirror` region and returns the
+//! partner's records after its last mirrored checkpoint and after the position already
+//! replayed, in order; that position (a [`ReplayCursor`]) is kept in a small NVRAM backing
+//! (two alternating slots, a file next to the log in a node) so a second takeover replays
+//! nothing twice. [`ShadowMirror::replay_hook`] plugs it into
+//! [`JournalHooks::with_replay`](crate::clients::giveback::JournalHooks::with_replay).
+//!
+//! # Fresh start, new generation
+//!
+//! [`ShadowMirror::start`] formats the local log with a new generation (unix time in
+//! nanoseconds, or one above the generation found in the backing if the clock went back). A
+//! restarted node does not re-open its old log: its records were replayed by the partner at
+//! takeover, so replaying them again (or mirroring them again, into a region the partner's
+//! replay cursor has already passed) would apply them twice. A new generation makes every old
+//! record in the partner's region stale for the scan, and orders after the partner's stored
+//! cursor, so the new log replays from its own start. The one hazard: a node that restarts
+//! before the partner took it over and replayed must not start its shadow driver before that
+//! (with the giveback client, the restarted node finds its disks reserved and waits).
+
+#![deny(missing_docs)]
+
+mod cursor;
+mod driver;
+mod writer;
+
+pub use cursor::CursorStore;
+pub use writer::{
+    check_payload, fill_payload, writer_payload, ShadowWriter, WriterConfig, WriterStats,
+};
+
+use super::error::MirrorError;
+use super::log::ShadowLog;
+use super::log_format::decode_superblock;
+use super::log_replay::{LogPosition, Replay, ReplayCursor, ReplayedRecord};
+use super::nvram::{FileNvram, NvramBacking};
+use crate::clients::giveback::service::ReplayHook;
+use crate::fabric::Access;
+use crate::manager::{BandwidthClass, ClientSpec, LinkId, Manager};
+use driver::{drive, spin_wait, Counters, Inner, Shared, POLL_BATCH};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Default client name.
+pub const CLIENT_NAME: &str = "shadow";
+/// Purpose of the region the partner's log image lands in.
+pub const MIRROR_REGION: &str = "shadow-mirror";
+/// Purpose of the staging region mirror writes are posted from.
+pub const TX_REGION: &str = "shadow-tx";
+
+/// A backing chosen at run time.
+pub type Nvram = Box<dyn NvramBacking>;
+
+/// How a [`ShadowMirror`] runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShadowConfig {
+    /// Manager client name (the partner runs one of the same name, with a log of the same
+    /// size).
+    pub name: String,
+    /// Bandwidth class for placement.
+    pub class: BandwidthClass,
+    /// Generation of the fresh log (None: unix time in nanoseconds).
+    pub generation: Option<u64>,
+    /// Longest an append waits for a link before appending anything (or for log space the
+    /// mirror is about to reclaim). Keep it at or above `partner_timeout`, so an append
+    /// during an outage ends mirrored or unmirrored rather than with an error.
+    pub link_timeout: Duration,
+    /// Without a connection for this long, the partner is declared absent and appends
+    /// complete unmirrored.
+    pub partner_timeout: Duration,
+    /// Mirror writes in flight at most (send queue depth).
+    pub send_depth: u32,
+    /// A waiting appender busy-polls this long before it sleeps.
+    pub spin: Duration,
+}
+
+impl ShadowConfig {
+    /// Defaults: client `"shadow"`, class high, a 30 s link timeout, a 5 s partner timeout,
+    /// 128 writes in flight, 50 µs of spinning.
+    pub fn new() -> ShadowConfig {
+        ShadowConfig {
+            name: CLIENT_NAME.into(),
+            class: BandwidthClass::High,
+            generation: None,
+            link_timeout: Duration::from_secs(30),
+            partner_timeout: Duration::from_secs(5),
+            send_depth: 128,
+            spin: Duration::from_micros(50),
+        }
+    }
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        ShadowConfig::new()
+    }
+}
+
+/// An acknowledged append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Appended {
+    /// Where the record is.
+    pub position: LogPosition,
+    /// Whether the record is complete in the partner's memory. `false`: the partner was
+    /// declared absent, the record is durable on this node only (and is mirrored when the
+    /// partner returns).
+    pub mirrored: bool,
+}
+
+/// An append written locally and in flight to the mirror; [`ShadowMirror::wait`] for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendTicket {
+    position: LogPosition,
+    started: Instant,
+}
+
+impl AppendTicket {
+    /// Where the record is.
+    pub fn position(&self) -> LogPosition {
+        self.position
+    }
+}
+
+/// Counters and state of a [`ShadowMirror`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowStats {
+    /// Whether a connection is up now.
+    pub connected: bool,
+    /// Its link.
+    pub link: Option<LinkId>,
+    /// Connections established (the first and every failover).
+    pub connections: u64,
+    /// Whether the partner is declared absent now (appends complete unmirrored).
+    pub partner_absent: bool,
+    /// Times the partner was declared absent.
+    pub partner_absences: u64,
+    /// Generation of the local log.
+    pub generation: u64,
+    /// Records appended.
+    pub appends: u64,
+    /// Payload bytes appended.
+    pub bytes: u64,
+    /// Records acknowledged (mirrored or not).
+    pub acknowledged: u64,
+    /// Highest sequence number acknowledged.
+    pub acknowledged_seq: u64,
+    /// Records appended and not acknowledged yet.
+    pub in_flight: u64,
+    /// Records acknowledged unmirrored (the partner was absent).
+    pub unmirrored: u64,
+    /// Mirror writes posted.
+    pub mirror_writes: u64,
+    /// Bytes of mirror writes posted.
+    pub mirror_bytes: u64,
+    /// Times the live log was re-sent on a new connection.
+    pub resyncs: u64,
+    /// Mirror writes re-sent on new connections.
+    pub resent_writes: u64,
+    /// Failed mirror writes (each fails the connection).
+    pub write_errors: u64,
+    /// The latest checkpoint complete on the mirror.
+    pub checkpoint_mirrored: u64,
+    /// Data-area bytes free for appends.
+    pub free_bytes: u64,
+    /// Append latency (start to acknowledgement), median, in µs.
+    pub latency_p50_us: f64,
+    /// 99th percentile, in µs.
+    pub latency_p99_us: f64,
+    /// Maximum, in µs.
+    pub latency_max_us: f64,
+    /// Partner log replays done.
+    pub replays: u64,
+    /// Partner records replayed.
+    pub replayed_records: u64,
+    /// The last error seen (connection failure, unusable connection).
+    pub last_error: Option<String>,
+}
+
+/// The shadow log of this node, mirrored into the partner, and the partner's log image
+/// mirrored into this node (see the [module docs](self)). Dropping it stops the driver and
+/// closes the client.
+pub struct ShadowMirror {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for ShadowMirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShadowMirror")
+            .field("name", &self.shared.cfg.name)
+            .field("generation", &self.shared.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The NVRAM file of `node`'s shadow log in `dir`.
+pub fn log_path(dir: &Path, node: u32) -> PathBuf {
+    dir.join(format!("shadow-{node}.nvram"))
+}
+
+/// The replay cursor file of `node` in `dir` (what it replayed of its partner's log).
+pub fn cursor_path(dir: &Path, node: u32) -> PathBuf {
+    dir.join(format!("shadow-{node}.cursor"))
+}
+
+/// File backings for `node` in `dir`: its log (`shadow-<node>.nvram`, `log_len` bytes) and
+/// its replay cursor (`shadow-<node>.cursor`).
+pub fn file_backings(dir: &Path, node: u32, log_len: usize) -> Result<(Nvram, Nvram), MirrorError> {
+    let log = FileNvram::open(&log_path(dir, node), log_len)?;
+    let cursor = FileNvram::open(&cursor_path(dir, node), CursorStore::LEN)?;
+    Ok((Box::new(log), Box::new(cursor)))
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+impl ShadowMirror {
+    /// Formats a fresh log of a new generation in `log` (its whole length; the partner must
+    /// use the same), opens the replay cursor in `cursor` (at least [`CursorStore::LEN`]
+    /// bytes), registers the client with the manager and starts the driver thread.
+    pub fn start(
+        manager: &Manager,
+        cfg: ShadowConfig,
+        log: Nvram,
+        cursor: Nvram,
+    ) -> Result<ShadowMirror, MirrorError> {
+        let mut generation = cfg.generation.unwrap_or_else(now_ns).max(1);
+        if let Ok(sb) = decode_superblock(log.bytes()) {
+            if sb.generation >= generation {
+                generation = sb.generation + 1;
+            }
+        }
+        let log_len = log.len();
+        let log = ShadowLog::format(log, generation)?;
+        let cursor = CursorStore::open(cursor)?;
+        let depth = cfg.send_depth.max(4);
+        let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
+            .region(MIRROR_REGION, log_len, Access::REMOTE_WRITE)
+            .region(TX_REGION, log_len, Access::NONE);
+        spec.qp_capacity.max_send_wr = depth;
+        spec.qp_capacity.max_recv_wr = 1;
+        let handle = manager
+            .register(spec)
+            .map_err(|source| MirrorError::RegisterShadow {
+                name: cfg.name.clone(),
+                source,
+            })?;
+        let max_payload = log.max_payload();
+        let inner = Inner {
+            log: Some(log),
+            link: None,
+            mirror: None,
+            posts: Vec::with_capacity(depth as usize),
+            completions: Vec::with_capacity(POLL_BATCH),
+            suspended_since: Some(Instant::now()),
+            absent: false,
+            acked: 0,
+            unmirrored: VecDeque::new(),
+            checkpointed: 0,
+            last_checkpoint: None,
+            connected_once: false,
+            counters: Counters::default(),
+            latency: crate::manager::client::new_histogram(),
+            last_error: None,
+        };
+        let name = cfg.name.clone();
+        let shared = Arc::new(Shared {
+            cfg,
+            handle,
+            log_len,
+            generation,
+            max_payload,
+            inner: Mutex::new(inner),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            cursor: Mutex::new(cursor),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("il-shadow-{name}"))
+            .spawn(move || drive(&s))
+            .map_err(|source| MirrorError::StartShadow {
+                name: name.clone(),
+                source,
+            })?;
+        tracing::info!(client = %name, generation, log_len, "shadow log formatted; mirror driver started");
+        Ok(ShadowMirror {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The client name.
+    pub fn name(&self) -> &str {
+        &self.shared.cfg.name
+    }
+
+    /// Generation of the local log.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation
+    }
+
+    /// The largest payload an append takes.
+    pub fn max_payload(&self) -> usize {
+        self.shared.max_payload
+    }
+
+    /// Appends a record and waits until it is durable locally and complete on the mirror
+    /// (or, with the partner absent, durable locally: [`Appended::mirrored`] is `false`).
+    pub fn append(&self, payload: &[u8]) -> Result<Appended, MirrorError> {
+        let t = self.append_start(payload)?;
+        self.wait(&t)
+    }
+
+    /// Appends several records (in flight together) and waits for all of them; results in
+    /// order. On an error the records before it may have been appended.
+    pub fn append_many(&self, payloads: &[&[u8]]) -> Result<Vec<Appended>, MirrorError> {
+        let mut tickets = Vec::with_capacity(payloads.len());
+        for p in payloads {
+            tickets.push(self.append_start(p)?);
+        }
+        tickets.iter().map(|t| self.wait(t)).collect()
+    }
+
+    /// Appends a record to the local log (durable when this returns) and posts its mirror
+    /// writes, without waiting for them; [`wait`](ShadowMirror::wait) for the ticket. Waits
+    /// for a link first (or for the partner to be declared absent), at most
+    /// [`ShadowConfig::link_timeout`]: [`MirrorError::AppendNoLink`] means nothing was
+    /// appended. [`MirrorError::LogFull`] comes at once when no checkpoint is on its way to
+    /// free space, or after the link timeout when one is.
+    pub fn append_start(&self, payload: &[u8]) -> Result<AppendTicket, MirrorError> {
+        let shared = &*self.shared;
+        let started = Instant::now();
+        let deadline = started + shared.cfg.link_timeout;
+        let mut st = shared.lock_live()?;
+        loop {
+            shared.pump(&mut st);
+            let usable = st.absent || st.link_up();
+            let mut full = None;
+            if usable {
+                let log = st.log()?;
+                match log.append(payload) {
+                    Ok(position) => {
+                        st.counters.appends += 1;
+                        st.counters.bytes += payload.len() as u64;
+                        shared.post(&mut st);
+                        return Ok(AppendTicket { position, started });
+                    }
+                    Err(e @ MirrorError::LogFull { .. }) => {
+                        let s = log.stats();
+                        if s.writes_queued + s.writes_in_flight == 0 {
+                            return Err(e);
+                        }
+                        full = Some(e); // a completion may reclaim space
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if shared.stop.load(Ordering::Relaxed) {
+                return Err(shared.stopped());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(full.unwrap_or(MirrorError::AppendNoLink {
+                    waited: now - started,
+                }));
+            }
+            shared
+                .changed
+                .wait_for(&mut st, (deadline - now).min(Duration::from_millis(1)));
+        }
+    }
+
+    /// Waits until the ticket's record is acknowledged. Record its latency once: call it once
+    /// per ticket. [`MirrorError::AppendTimeout`] only if neither the mirror write completed
+    /// nor the partner was declared absent within the link and partner timeouts.
+    pub fn wait(&self, ticket: &AppendTicket) -> Result<Appended, MirrorError> {
+        let shared = &*self.shared;
+        let seq = ticket.position.seq;
+        let begin = Instant::now();
+        let spin_until = begin + shared.cfg.spin;
+        let limit = shared.cfg.link_timeout + shared.cfg.partner_timeout;
+        let mut st = shared.inner.lock();
+        loop {
+            if st.acked >= seq {
+                let mirrored = !st.is_unmirrored(seq);
+                crate::manager::client::record_us(&mut st.latency, ticket.started.elapsed());
+                return Ok(Appended {
+                    position: ticket.position,
+                    mirrored,
+                });
+            }
+            if shared.stop.load(Ordering::Relaxed) {
+                return Err(shared.stopped());
+            }
+            if shared.pump(&mut st) {
+                continue;
+            }
+            let now = Instant::now();
+            if now.duration_since(begin) >= limit {
+                return Err(MirrorError::AppendTimeout {
+                    generation: ticket.position.generation,
+                    seq,
+                    waited: now - begin,
+                });
+            }
+            if now < spin_until {
+                MutexGuard::unlocked(&mut st, || spin_wait(begin, now));
+            } else {
+                shared.changed.wait_for(&mut st, Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Whether the ticket's record is acknowledged (does not wait or poll).
+    pub fn is_acknowledged(&self, ticket: &AppendTicket) -> bool {
+        self.shared.inner.lock().acked >= ticket.position.seq
+    }
+
+    /// Marks every record through `through` consumed (F5.2): the next checkpoint slot is
+    /// written locally and mirrored; space before it is reclaimed once that write completed
+    /// ([`checkpointed`](ShadowMirror::checkpointed) then reaches it). A survivor replays
+    /// only records after the latest mirrored checkpoint.
+    pub fn checkpoint(&self, through: LogPosition) -> Result<(), MirrorError> {
+        let shared = &*self.shared;
+        let mut st = shared.lock_live()?;
+        st.log()?.checkpoint(through)?;
+        if st.last_checkpoint.is_none_or(|p| p < through) {
+            st.last_checkpoint = Some(through);
+        }
+        shared.post(&mut st);
+        Ok(())
+    }
+
+    /// The latest checkpoint complete on the mirror (0: none yet).
+    pub fn checkpointed(&self) -> LogPosition {
+        let mut st = self.shared.inner.lock();
+        self.shared.pump(&mut st);
+        LogPosition {
+            generation: self.shared.generation,
+            seq: st.checkpointed,
+        }
+    }
+
+    /// Reads the partner's records from the local mirror region without recording them as
+    /// replayed: those after the partner's mirrored checkpoint and after the stored replay
+    /// cursor. An empty result when no connection ever brought a region, or the partner
+    /// never wrote its log into it.
+    pub fn read_partner(&self) -> Result<Replay, MirrorError> {
+        let after = self.shared.cursor.lock().load().map(|c| c.position);
+        self.shared.read_partner(after)
+    }
+
+    /// Replays the partner's log (takeover): returns its records after its last mirrored
+    /// checkpoint, in order, exactly once across calls: the position of the last one is
+    /// stored (in the cursor NVRAM) before they are returned.
+    pub fn replay_partner(&self) -> Result<Vec<ReplayedRecord>, MirrorError> {
+        let r = self.read_partner()?;
+        if let Some(last) = r.last() {
+            self.commit_replay(last, r.records.len())?;
+        }
+        Ok(r.records)
+    }
+
+    /// A replay hook for
+    /// [`JournalHooks::with_replay`](crate::clients::giveback::JournalHooks::with_replay):
+    /// at takeover it hands every record of the partner's log to `sink` in order, then
+    /// stores the replay cursor, so a second takeover replays nothing twice. If `sink` fails,
+    /// the cursor covers the records it consumed, and the hook reports the failure.
+    pub fn replay_hook(
+        self: &Arc<Self>,
+        mut sink: impl FnMut(ReplayedRecord) -> Result<(), String> + Send + 'static,
+    ) -> ReplayHook {
+        let me = self.clone();
+        Box::new(move |partner| {
+            let r = me.read_partner().map_err(|e| e.to_string())?;
+            let generation = r.generation;
+            let total = r.records.len();
+            let mut done: Option<LogPosition> = None;
+            let mut count = 0;
+            let mut failure = None;
+            for rec in r.records {
+                let seq = rec.seq;
+                if let Err(e) = sink(rec) {
+                    failure = Some(format!("replay sink, record {seq}: {e}"));
+                    break;
+                }
+                done = Some(LogPosition { generation, seq });
+                count += 1;
+            }
+            if let Some(last) = done {
+                me.commit_replay(last, count).map_err(|e| e.to_string())?;
+            }
+            tracing::info!(client = %me.name(), partner, generation, replayed = count, of = total, checkpoint = r.checkpoint, torn_tail = r.torn_tail, "partner shadow log replayed");
+            failure.map_or(Ok(()), Err)
+        })
+    }
+
+    fn commit_replay(&self, last: LogPosition, count: usize) -> Result<(), MirrorError> {
+        self.shared
+            .cursor
+            .lock()
+            .store(ReplayCursor { position: last })?;
+        let mut st = self.shared.inner.lock();
+        st.counters.replays += 1;
+        st.counters.replayed_records += count as u64;
+        Ok(())
+    }
+
+    /// Counters and state.
+    pub fn stats(&self) -> ShadowStats {
+        let shared = &*self.shared;
+        let mut st = shared.inner.lock();
+        shared.pump(&mut st);
+        let log = st.log.as_ref().map(|l| l.stats()).unwrap_or_default();
+        let c = &st.counters;
+        let lat = crate::manager::client::summarize(&st.latency);
+        ShadowStats {
+            connected: st.link_up(),
+            link: st.link.as_ref().map(|l| l.id),
+            connections: c.connections,
+            partner_absent: st.absent,
+            partner_absences: c.partner_absences,
+            generation: shared.generation,
+            appends: c.appends,
+            bytes: c.bytes,
+            acknowledged: c.acknowledged,
+            acknowledged_seq: st.acked,
+            in_flight: log.appended.saturating_sub(st.acked),
+            unmirrored: c.unmirrored,
+            mirror_writes: c.mirror_writes,
+            mirror_bytes: c.mirror_bytes,
+            resyncs: c.resyncs,
+            resent_writes: c.resent_writes,
+            write_errors: c.write_errors,
+            checkpoint_mirrored: st.checkpointed,
+            free_bytes: log.free_bytes,
+            latency_p50_us: lat.p50_us,
+            latency_p99_us: lat.p99_us,
+            latency_max_us: lat.max_us,
+            replays: c.replays,
+            replayed_records: c.replayed_records,
+            last_error: st.last_error.clone(),
+        }
+    }
+
+    /// Waits up to `timeout` for a connection; returns whether there is one.
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.inner.lock();
+        loop {
+            self.shared.pump(&mut st);
+            if st.link_up() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            self.shared
+                .changed
+                .wait_for(&mut st, (deadline - now).min(Duration::from_millis(5)));
+        }
+    }
+}
+
+impl Drop for ShadowMirror {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.changed.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            if t.join().is_err() {
+                tracing::error!(client = %self.shared.cfg.name, "shadow driver thread panicked");
+            }
+        }
+        let st = self.shared.inner.lock();
+        let log = st.log.as_ref().map(|l| l.stats()).unwrap_or_default();
+        tracing::info!(
+            client = %self.shared.cfg.name,
+            appends = st.counters.appends,
+            acknowledged = st.acked,
+            unacknowledged = log.appended.saturating_sub(st.acked),
+            unmirrored = st.counters.unmirrored,
+            "shadow mirror stopped"
+        );
+    }
+}

@@ -1,0 +1,500 @@
+//! The shadow mirror's driver: the state behind the lock, and the work whichever thread holds
+//! it does (follow manager events, reap completions, post queued writes, note
+//! acknowledgements, check the partner timeout, re-send the live log on a new connection),
+//! plus the driver thread.
+
+use super::{Nvram, ShadowConfig, MIRROR_REGION, TX_REGION};
+use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::log::ShadowLog;
+use crate::clients::mirror::log_format::LogImageError;
+use crate::clients::mirror::log_replay::{replay, LogPosition, Replay, ScanStop};
+use crate::clients::mirror::shadow::cursor::CursorStore;
+use crate::fabric::{Completion, MemoryRegion, RegionDescriptor, SendOp, SendRequest};
+use crate::manager::{ClientEvent, ClientHandle, ClientQp, Connection, LinkId};
+use hdrhistogram::Histogram;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(super) const POLL_BATCH: usize = 64;
+/// Busy polling yields the CPU after this long.
+const PURE_SPIN: Duration = Duration::from_micros(20);
+/// Longest unmirrored ranges kept for waiters (one range per partner absence).
+const UNMIRRORED_RANGES: usize = 1024;
+
+pub(super) struct Link {
+    pub(super) id: LinkId,
+    pub(super) qp: ClientQp,
+    pub(super) qpn: u32,
+    pub(super) tx: MemoryRegion,
+    pub(super) partner: RegionDescriptor,
+    pub(super) outstanding: usize,
+    pub(super) broken: bool,
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) connections: u64,
+    pub(super) partner_absences: u64,
+    pub(super) appends: u64,
+    pub(super) bytes: u64,
+    pub(super) acknowledged: u64,
+    pub(super) unmirrored: u64,
+    pub(super) mirror_writes: u64,
+    pub(super) mirror_bytes: u64,
+    pub(super) resyncs: u64,
+    pub(super) resent_writes: u64,
+    pub(super) write_errors: u64,
+    pub(super) replays: u64,
+    pub(super) replayed_records: u64,
+}
+
+pub(super) struct Inner {
+    /// Always `Some`, except after a re-open failed ([`MirrorError::ReopenLog`]).
+    pub(super) log: Option<ShadowLog<Nvram>>,
+    pub(super) link: Option<Link>,
+    /// The last local `shadow-mirror` region (readable after revocation).
+    pub(super) mirror: Option<MemoryRegion>,
+    pub(super) posts: Vec<SendRequest>,
+    pub(super) completions: Vec<Completion>,
+    pub(super) suspended_since: Option<Instant>,
+    pub(super) absent: bool,
+    /// Highest sequence number acknowledged.
+    pub(super) acked: u64,
+    /// Ranges of sequence numbers acknowledged while the partner was absent.
+    pub(super) unmirrored: VecDeque<(u64, u64)>,
+    pub(super) checkpointed: u64,
+    pub(super) last_checkpoint: Option<LogPosition>,
+    pub(super) connected_once: bool,
+    pub(super) counters: Counters,
+    pub(super) latency: Histogram<u64>,
+    pub(super) last_error: Option<String>,
+}
+
+impl Inner {
+    pub(super) fn log(&mut self) -> Result<&mut ShadowLog<Nvram>, MirrorError> {
+        self.log.as_mut().ok_or_else(|| MirrorError::ReopenLog {
+            reason: "the local log could not be re-opened after a reconnection".into(),
+        })
+    }
+
+    pub(super) fn link_up(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| !l.broken)
+    }
+
+    pub(super) fn is_unmirrored(&self, seq: u64) -> bool {
+        self.unmirrored
+            .iter()
+            .rev()
+            .any(|&(from, to)| from <= seq && seq <= to)
+    }
+}
+
+pub(super) struct Shared {
+    pub(super) cfg: ShadowConfig,
+    pub(super) handle: ClientHandle,
+    pub(super) log_len: usize,
+    pub(super) generation: u64,
+    pub(super) max_payload: usize,
+    pub(super) inner: Mutex<Inner>,
+    /// Signalled when acknowledgements advance, a link comes up or the driver stops.
+    pub(super) changed: Condvar,
+    pub(super) stop: AtomicBool,
+    pub(super) cursor: Mutex<CursorStore>,
+}
+
+impl Shared {
+    pub(super) fn stopped(&self) -> MirrorError {
+        MirrorError::AppendStopped {
+            name: self.cfg.name.clone(),
+        }
+    }
+
+    pub(super) fn lock_live(&self) -> Result<MutexGuard<'_, Inner>, MirrorError> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(self.stopped());
+        }
+        Ok(self.inner.lock())
+    }
+
+    /// Follows manager events, reaps completions, checks the partner timeout, posts queued
+    /// writes and notes acknowledgements. Returns whether anything happened.
+    pub(super) fn pump(&self, st: &mut Inner) -> bool {
+        let mut progress = false;
+        while let Ok(ev) = self.handle.events().try_recv() {
+            self.on_event(st, ev);
+            progress = true;
+        }
+        progress |= self.reap(st, &mut Vec::new());
+        self.check_partner(st);
+        progress |= self.post(st);
+        progress |= self.note_acks(st);
+        progress
+    }
+
+    /// Processes `waited` (completions taken by a blocking wait) and polls for more.
+    pub(super) fn reap(&self, st: &mut Inner, waited: &mut Vec<Completion>) -> bool {
+        let Inner {
+            link,
+            log,
+            completions,
+            ..
+        } = st;
+        let Some(l) = link.as_mut() else {
+            waited.clear();
+            return false;
+        };
+        completions.append(waited);
+        if !l.broken {
+            if let Err(e) = l.qp.send_cq().poll(completions, POLL_BATCH) {
+                tracing::warn!(client = %self.cfg.name, error = %e, "poll send queue");
+            }
+        }
+        let got = !completions.is_empty();
+        let mut failure = None;
+        for c in completions.drain(..) {
+            if l.broken || c.qpn != l.qpn {
+                continue;
+            }
+            l.outstanding = l.outstanding.saturating_sub(1);
+            if !c.status.is_ok() {
+                failure.get_or_insert_with(|| format!("mirror write {}: {:?}", c.wr_id, c.status));
+                continue;
+            }
+            if failure.is_none() {
+                if let Some(log) = log.as_mut() {
+                    log.handle_mirror_complete(c.wr_id);
+                }
+            }
+        }
+        if let Some(why) = failure {
+            st.counters.write_errors += 1;
+            self.link_failed(st, &why);
+        }
+        got
+    }
+
+    /// Posts queued mirror writes within the send queue's room (or, with the partner absent,
+    /// completes them at once: there is nobody to write to). Returns whether any went.
+    pub(super) fn post(&self, st: &mut Inner) -> bool {
+        if st.absent {
+            let Some(log) = st.log.as_mut() else {
+                return false;
+            };
+            let mut any = false;
+            while let Some(w) = log.poll_mirror_write() {
+                log.handle_mirror_complete(w.id);
+                any = true;
+            }
+            return any;
+        }
+        let depth = self.cfg.send_depth.max(4) as usize;
+        let Inner {
+            link,
+            log,
+            posts,
+            counters,
+            ..
+        } = st;
+        let (Some(l), Some(log)) = (link.as_mut().filter(|l| !l.broken), log.as_mut()) else {
+            return false;
+        };
+        let mut failure = None;
+        let mut bytes = 0u64;
+        while l.outstanding + posts.len() < depth {
+            let Some(w) = log.poll_mirror_write() else {
+                break;
+            };
+            let staged = match log.local().bytes().get(w.offset..w.offset + w.len) {
+                Some(src) => {
+                    l.tx.fill(w.offset, w.len, |dst| dst.copy_from_slice(src))
+                        .and_then(|()| l.tx.slice(w.offset, w.len))
+                }
+                None => {
+                    failure = Some(format!("mirror write {w:?} outside the local image"));
+                    break;
+                }
+            };
+            match staged {
+                Ok(buf) => {
+                    bytes += w.len as u64;
+                    posts.push(SendRequest::new(
+                        w.id,
+                        SendOp::Write(l.partner.at(w.offset as u64)),
+                        buf,
+                    ));
+                }
+                Err(e) => {
+                    failure = Some(format!("stage mirror write {w:?}: {e}"));
+                    break;
+                }
+            }
+        }
+        let n = posts.len();
+        if n > 0 {
+            match l.qp.post_send_all(posts) {
+                Ok(()) => {
+                    l.outstanding += n;
+                    counters.mirror_writes += n as u64;
+                    counters.mirror_bytes += bytes;
+                }
+                Err(e) => {
+                    posts.clear();
+                    failure.get_or_insert(format!("post mirror writes: {e}"));
+                }
+            }
+        }
+        if let Some(why) = failure {
+            self.link_failed(st, &why);
+        }
+        n > 0
+    }
+
+    /// Notes acknowledgements; wakes waiters when they advance.
+    pub(super) fn note_acks(&self, st: &mut Inner) -> bool {
+        let Some(log) = st.log.as_mut() else {
+            return false;
+        };
+        while log.poll_acknowledged().is_some() {}
+        let now = log.acknowledged().map_or(0, |p| p.seq);
+        st.checkpointed = st.checkpointed.max(log.checkpointed().seq);
+        if now <= st.acked {
+            return false;
+        }
+        let from = st.acked + 1;
+        if st.absent {
+            match st.unmirrored.back_mut() {
+                Some(last) if last.1 + 1 == from => last.1 = now,
+                _ => st.unmirrored.push_back((from, now)),
+            }
+            if st.unmirrored.len() > UNMIRRORED_RANGES {
+                st.unmirrored.pop_front();
+            }
+            st.counters.unmirrored += now - st.acked;
+        }
+        st.counters.acknowledged += now - st.acked;
+        st.acked = now;
+        self.changed.notify_all();
+        true
+    }
+
+    pub(super) fn check_partner(&self, st: &mut Inner) {
+        if st.absent || st.link_up() {
+            return;
+        }
+        let Some(since) = st.suspended_since else {
+            return;
+        };
+        if since.elapsed() < self.cfg.partner_timeout {
+            return;
+        }
+        st.absent = true;
+        st.link = None;
+        if let Some(log) = st.log.as_mut() {
+            log.rewind_unacknowledged();
+        }
+        st.counters.partner_absences += 1;
+        let pending = st
+            .log
+            .as_ref()
+            .map_or(0, |l| l.stats().appended.saturating_sub(st.acked));
+        tracing::warn!(
+            client = %self.cfg.name,
+            timeout = ?self.cfg.partner_timeout,
+            pending,
+            "shadow log: partner absent; appends complete unmirrored (durable on this node only) until it returns"
+        );
+        self.changed.notify_all();
+    }
+
+    /// The current connection failed under us: stop using it and ask the manager to
+    /// re-establish the client.
+    pub(super) fn link_failed(&self, st: &mut Inner, why: &str) {
+        match st.link.as_mut() {
+            Some(l) if !l.broken => l.broken = true,
+            _ => return,
+        }
+        if let Some(log) = st.log.as_mut() {
+            log.rewind_unacknowledged();
+        }
+        st.suspended_since.get_or_insert_with(Instant::now);
+        st.last_error = Some(why.to_string());
+        tracing::warn!(client = %self.cfg.name, reason = why, "shadow mirror connection failed; asking the manager to re-establish it");
+        self.handle.record_error();
+        self.handle.report_failure(why);
+    }
+
+    pub(super) fn on_event(&self, st: &mut Inner, ev: ClientEvent) {
+        match ev {
+            ClientEvent::Ready(conn) | ClientEvent::Updated(conn) => {
+                if let Err(why) = self.activate(st, conn) {
+                    tracing::error!(client = %self.cfg.name, reason = %why, "shadow mirror connection unusable");
+                    st.last_error = Some(why);
+                }
+                self.changed.notify_all();
+            }
+            ClientEvent::Suspended { link, reason } => {
+                tracing::info!(client = %self.cfg.name, link = %link, reason = ?reason, "shadow mirror suspended");
+                st.link = None;
+                if let Some(log) = st.log.as_mut() {
+                    log.rewind_unacknowledged();
+                }
+                st.suspended_since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    pub(super) fn activate(&self, st: &mut Inner, conn: Connection) -> Result<(), String> {
+        let qp = conn.qp(0).ok_or("no queue pair 0")?.clone();
+        let region = |p: &str| conn.region(p).cloned().ok_or(format!("no region {p}"));
+        let tx = region(TX_REGION)?;
+        let mirror = region(MIRROR_REGION)?;
+        st.mirror = Some(mirror);
+        let partner = conn
+            .partner_region(MIRROR_REGION)
+            .map(|r| r.descriptor)
+            .ok_or(format!("partner has no {MIRROR_REGION} region"))?;
+        if (partner.len as usize) < self.log_len || tx.len() < self.log_len {
+            return Err(format!(
+                "partner's {MIRROR_REGION} region is {} bytes, this node's log {} (both nodes must use the same log size)",
+                partner.len, self.log_len
+            ));
+        }
+        let qpn = qp.queue_pair().qpn();
+        if let Some(l) = st.link.as_mut().filter(|l| !l.broken && l.qpn == qpn) {
+            // A live update: same queue pair, writes keep flowing.
+            l.partner = partner;
+            l.tx = tx;
+            return Ok(());
+        }
+        st.link = Some(Link {
+            id: conn.link,
+            qp,
+            qpn,
+            tx,
+            partner,
+            outstanding: 0,
+            broken: false,
+        });
+        if st.connected_once {
+            self.resync(st)?;
+        }
+        st.connected_once = true;
+        st.counters.connections += 1;
+        st.suspended_since = None;
+        if st.absent {
+            st.absent = false;
+            tracing::info!(client = %self.cfg.name, "shadow log: partner back; mirroring again");
+        }
+        tracing::info!(client = %self.cfg.name, link = %conn.link, "shadow mirror connected");
+        self.post(st);
+        Ok(())
+    }
+
+    /// Re-opens the local log so every live byte is queued again (see the module docs).
+    pub(super) fn resync(&self, st: &mut Inner) -> Result<(), String> {
+        let Some(log) = st.log.take() else {
+            return Err("the local log is lost".into());
+        };
+        // Checked first so a failure keeps the log (open would consume it).
+        if let Err(e) = replay(log.local().bytes(), None) {
+            st.log = Some(log);
+            return Err(format!("re-open the local log: {e}"));
+        }
+        let reopened = ShadowLog::open(log.into_local());
+        let mut log = match reopened {
+            Ok((log, _)) => log,
+            Err(e) => {
+                let why = format!("re-open the local log: {e}");
+                tracing::error!(client = %self.cfg.name, reason = %why, "shadow log lost");
+                return Err(why);
+            }
+        };
+        if let Some(pos) = st.last_checkpoint {
+            if let Err(e) = log.checkpoint(pos) {
+                tracing::warn!(client = %self.cfg.name, error = %e, "checkpoint again after re-open");
+            }
+        }
+        let queued = log.stats().writes_queued as u64;
+        st.counters.resyncs += 1;
+        st.counters.resent_writes += queued;
+        tracing::info!(client = %self.cfg.name, writes = queued, acknowledged = st.acked, "shadow log re-sent on the new connection");
+        st.log = Some(log);
+        Ok(())
+    }
+
+    pub(super) fn read_partner(&self, after: Option<LogPosition>) -> Result<Replay, MirrorError> {
+        let region = self.inner.lock().mirror.clone();
+        let empty = Replay {
+            generation: 0,
+            checkpoint: 0,
+            records: Vec::new(),
+            torn_tail: false,
+            stop: ScanStop::Absent { offset: 0 },
+        };
+        let Some(region) = region else {
+            tracing::warn!(client = %self.cfg.name, "no mirror region yet: nothing of the partner's log to replay");
+            return Ok(empty);
+        };
+        let mut image = vec![0u8; region.len()];
+        region
+            .read(0, &mut image)
+            .map_err(MirrorError::ReadMirror)?;
+        match replay(&image, after) {
+            Err(MirrorError::ReplayLog(LogImageError::SuperblockMagic)) => {
+                tracing::warn!(client = %self.cfg.name, "the partner never wrote its log here: nothing to replay");
+                Ok(empty)
+            }
+            other => other,
+        }
+    }
+}
+
+/// The driver thread: follows manager events, reaps completions (blocking on the completion
+/// queue while writes are in flight), checks the partner timeout.
+pub(super) fn drive(shared: &Arc<Shared>) {
+    let mut waited = Vec::with_capacity(POLL_BATCH);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let cq = {
+            let mut st = shared.inner.lock();
+            shared.reap(&mut st, &mut waited);
+            shared.pump(&mut st);
+            st.link
+                .as_ref()
+                .filter(|l| !l.broken && l.outstanding > 0)
+                .map(|l| l.qp.send_cq().clone())
+        };
+        match cq {
+            Some(cq) => {
+                if let Err(e) = cq.wait(&mut waited, POLL_BATCH, Duration::from_millis(2)) {
+                    tracing::debug!(client = %shared.cfg.name, error = %e, "wait on send queue");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            None => {
+                if let Ok(ev) = shared
+                    .handle
+                    .events()
+                    .recv_timeout(Duration::from_millis(2))
+                {
+                    let mut st = shared.inner.lock();
+                    shared.on_event(&mut st, ev);
+                    shared.pump(&mut st);
+                }
+            }
+        }
+    }
+    shared.changed.notify_all();
+}
+
+/// One round of busy polling that began at `since` (see the messenger's): a pure spin for
+/// the first [`PURE_SPIN`], then a yield of the CPU on every round.
+pub(super) fn spin_wait(since: Instant, now: Instant) {
+    if now.duration_since(since) < PURE_SPIN {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}

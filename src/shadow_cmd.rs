@@ -1,0 +1,230 @@
+//! `interlink node --shadow DIR[:SIZE[:PARTNER_TIMEOUT_MS]]`: the node's shadow log (F5) with its NVRAM log file
+//! `DIR/shadow-<node>.nvram`, its replay cursor `DIR/shadow-<node>.cursor`, a background
+//! writer driven through the control socket (client name `shadow`) that records what was
+//! acknowledged in `DIR/acked-<node>.log`, and a replay hook (for `--giveback`) that writes
+//! the partner's replayed records to `DIR/replayed-<node>.log`, one line per record:
+//! `seq len crc32c-hex`.
+
+use anyhow::{bail, Context};
+use interlink::clients::giveback::service::ReplayHook;
+use interlink::clients::mirror::shadow::{
+    check_payload, file_backings, ShadowConfig, ShadowMirror, ShadowWriter, WriterConfig,
+};
+use interlink::manager::control::ControlResponse;
+use interlink::manager::Manager;
+use parking_lot::Mutex;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default log size (4 MiB).
+const DEFAULT_SIZE: usize = 4 << 20;
+
+/// What `--shadow DIR[:SIZE[:PARTNER_TIMEOUT_MS]]` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowSpec {
+    /// The directory of the NVRAM file, cursor and logs.
+    pub dir: PathBuf,
+    /// Log size in bytes.
+    pub size: usize,
+    /// The partner timeout (None: the default).
+    pub partner_timeout: Option<Duration>,
+}
+
+/// Parses `DIR[:SIZE[:PARTNER_TIMEOUT_MS]]` (SIZE in bytes, or with a K, M or G suffix;
+/// DIR without `:`).
+pub fn parse_spec(s: &str) -> anyhow::Result<ShadowSpec> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() > 3 || parts[0].is_empty() {
+        bail!("--shadow {s:?}: expected DIR[:SIZE[:PARTNER_TIMEOUT_MS]]");
+    }
+    let size = match parts.get(1).filter(|z| !z.is_empty()) {
+        None => DEFAULT_SIZE,
+        Some(z) => {
+            let (num, mult) = match z.chars().last().map(|c| c.to_ascii_uppercase()) {
+                Some('K') => (&z[..z.len() - 1], 1usize << 10),
+                Some('M') => (&z[..z.len() - 1], 1 << 20),
+                Some('G') => (&z[..z.len() - 1], 1 << 30),
+                _ => (*z, 1),
+            };
+            let n: usize = num
+                .parse()
+                .with_context(|| format!("--shadow {s:?}: size"))?;
+            n.checked_mul(mult)
+                .with_context(|| format!("--shadow {s:?}: size overflows"))?
+        }
+    };
+    let partner_timeout = parts
+        .get(2)
+        .map(|ms| {
+            ms.parse::<u64>()
+                .map(Duration::from_millis)
+                .with_context(|| format!("--shadow {s:?}: partner timeout"))
+        })
+        .transpose()?;
+    Ok(ShadowSpec {
+        dir: PathBuf::from(parts[0]),
+        size,
+        partner_timeout,
+    })
+}
+
+/// The acknowledged log of `node` in `dir`.
+pub fn acked_path(dir: &Path, node: u32) -> PathBuf {
+    dir.join(format!("acked-{node}.log"))
+}
+
+/// The replayed log of `node` in `dir` (what it replayed of its partner's log).
+pub fn replayed_path(dir: &Path, node: u32) -> PathBuf {
+    dir.join(format!("replayed-{node}.log"))
+}
+
+/// The node's shadow log and its writer.
+pub struct ShadowNode {
+    mirror: Arc<ShadowMirror>,
+    writer: Mutex<Option<ShadowWriter>>,
+    dir: PathBuf,
+    node: u32,
+}
+
+impl ShadowNode {
+    /// Starts the shadow log of this node (a fresh generation in its NVRAM file).
+    pub fn start(manager: &Manager, spec: &ShadowSpec) -> anyhow::Result<ShadowNode> {
+        let dir = &spec.dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let node = manager.config().node_id;
+        let (log, cursor) = file_backings(dir, node, spec.size)?;
+        let mut cfg = ShadowConfig::new();
+        if let Some(t) = spec.partner_timeout {
+            cfg.partner_timeout = t;
+            cfg.link_timeout = cfg.link_timeout.max(t);
+        }
+        let mirror = ShadowMirror::start(manager, cfg, log, cursor)?;
+        Ok(ShadowNode {
+            mirror: Arc::new(mirror),
+            writer: Mutex::new(None),
+            dir: dir.to_path_buf(),
+            node,
+        })
+    }
+
+    /// The replay hook for the giveback client: the partner's records go to
+    /// `replayed-<node>.log`, one line (`seq len crc32c-hex`) written per record before the
+    /// replay cursor moves past it.
+    pub fn replay_hook(&self) -> ReplayHook {
+        let path = replayed_path(&self.dir, self.node);
+        self.mirror.replay_hook(move |rec| {
+            let line = format!(
+                "{} {} {:08x}\n",
+                rec.seq,
+                rec.payload.len(),
+                crc32c::crc32c(&rec.payload)
+            );
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(line.as_bytes()))
+                .map_err(|e| format!("append to {}: {e}", path.display()))
+        })
+    }
+
+    /// A control command: `{"write": {"count": N, "size": S, "window": W,
+    /// "checkpoint_every": K}}` starts the writer, `{"stop": true}` stops it, `{"replay":
+    /// true}` summarises the partner's replayable records (without consuming them); the
+    /// answer always carries the stats: `{"shadow": .., "writer": .., "replay": ..}`.
+    pub fn command(&self, command: &serde_json::Value) -> ControlResponse {
+        match self.run_command(command) {
+            Ok(value) => ControlResponse::Ok { value },
+            Err(e) => ControlResponse::Error {
+                message: format!("{e:#}"),
+            },
+        }
+    }
+
+    fn run_command(&self, command: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let mut writer = self.writer.lock();
+        if command.get("stop").and_then(|v| v.as_bool()) == Some(true) {
+            if let Some(w) = writer.as_mut() {
+                w.stop();
+            }
+        }
+        if let Some(w) = command.get("write") {
+            if writer.as_ref().is_some_and(|w| w.stats().running) {
+                bail!("a writer is running (stop it first)");
+            }
+            let get = |k: &str| w.get(k).and_then(|v| v.as_u64());
+            let mut cfg = WriterConfig::new(
+                get("count").unwrap_or(u64::MAX),
+                get("size").unwrap_or(64) as usize,
+            );
+            if let Some(n) = get("window") {
+                cfg.window = n as usize;
+            }
+            if let Some(n) = get("checkpoint_every") {
+                cfg.checkpoint_every = n;
+            }
+            cfg.acked_log = Some(acked_path(&self.dir, self.node));
+            *writer = Some(ShadowWriter::start(self.mirror.clone(), cfg)?);
+        }
+        let replay = if command.get("replay").and_then(|v| v.as_bool()) == Some(true) {
+            let r = self.mirror.read_partner()?;
+            let seqs: Vec<u64> = r.records.iter().map(|r| r.seq).collect();
+            let gaps = seqs.windows(2).filter(|w| w[1] != w[0] + 1).count();
+            let bad = r
+                .records
+                .iter()
+                .filter(|r| check_payload(&r.payload) != Some(r.seq))
+                .count();
+            Some(serde_json::json!({
+                "generation": r.generation,
+                "checkpoint": r.checkpoint,
+                "count": seqs.len(),
+                "first": seqs.first(),
+                "last": seqs.last(),
+                "gaps": gaps,
+                "bad_payloads": bad,
+                "torn_tail": r.torn_tail,
+            }))
+        } else {
+            None
+        };
+        Ok(serde_json::json!({
+            "shadow": self.mirror.stats(),
+            "writer": writer.as_ref().map(|w| w.stats()),
+            "replay": replay,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        let p = |s: &str| parse_spec(s).map(|x| (x.dir, x.size, x.partner_timeout));
+        assert_eq!(
+            p("/x/y").unwrap(),
+            (PathBuf::from("/x/y"), DEFAULT_SIZE, None)
+        );
+        assert_eq!(p("/x:64K").unwrap(), (PathBuf::from("/x"), 64 << 10, None));
+        assert_eq!(p("d:1m").unwrap(), (PathBuf::from("d"), 1 << 20, None));
+        assert_eq!(
+            p("d:4096:250").unwrap(),
+            (PathBuf::from("d"), 4096, Some(Duration::from_millis(250)))
+        );
+        assert_eq!(
+            p("d::250").unwrap(),
+            (
+                PathBuf::from("d"),
+                DEFAULT_SIZE,
+                Some(Duration::from_millis(250))
+            )
+        );
+        assert!(p("d:x").is_err());
+        assert!(p("").is_err());
+        assert!(p("d:1:2:3").is_err());
+    }
+}

@@ -1,0 +1,357 @@
+//! The shadow log driver on two in-process managers over loopback (soft provider): appends
+//! complete only once mirrored, and the partner's `shadow-mirror` image replays exactly the
+//! acknowledged records in order (also after the writer is gone); checkpoints reclaim space
+//! over many laps of a small log; concurrent appenders; the partner restarting mid-stream
+//! (the live log is re-sent to its fresh region) and staying away (appends complete
+//! unmirrored, then are mirrored when it returns); a second replay returns nothing.
+//! (Link cuts and kill -9 between node processes: tests/mirror_netns.rs.)
+
+mod manager_pair;
+
+use interlink::clients::mirror::shadow::{
+    check_payload, writer_payload, ShadowWriter, WriterConfig,
+};
+use interlink::clients::mirror::{
+    LogPosition, MemoryNvram, MirrorError, Replay, ShadowConfig, ShadowMirror, ShadowStats,
+};
+use interlink::fabric::ProviderChoice;
+use interlink::manager::{Manager, NodeConfig};
+use manager_pair::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn managers() -> (NodeConfig, NodeConfig, Manager, Manager) {
+    init_logs();
+    let dir = temp_dir("shadow");
+    let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    let ma = Manager::start(a.clone()).expect("start A");
+    let mb = Manager::start(b.clone()).expect("start B");
+    (a, b, ma, mb)
+}
+
+fn shadow(m: &Manager, log_len: usize, cfg: ShadowConfig) -> Arc<ShadowMirror> {
+    let s = ShadowMirror::start(
+        m,
+        cfg,
+        Box::new(MemoryNvram::new(log_len)),
+        Box::new(MemoryNvram::new(64)),
+    )
+    .expect("start shadow mirror");
+    Arc::new(s)
+}
+
+fn connected(s: &ShadowMirror) {
+    assert!(s.wait_connected(WAIT), "not connected: {:#?}", s.stats());
+}
+
+fn seqs(r: &Replay) -> Vec<u64> {
+    r.records.iter().map(|r| r.seq).collect()
+}
+
+fn wait_stats(s: &ShadowMirror, what: &str, mut pred: impl FnMut(&ShadowStats) -> bool) {
+    let t0 = Instant::now();
+    loop {
+        let st = s.stats();
+        if pred(&st) {
+            return;
+        }
+        assert!(t0.elapsed() < WAIT, "timed out waiting for {what}: {st:#?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn appends_complete_and_the_partner_replays_exactly_the_acknowledged_records() {
+    let (_, _, ma, mb) = managers();
+    let a = shadow(&ma, 256 * 1024, ShadowConfig::new());
+    let b = shadow(&mb, 256 * 1024, ShadowConfig::new());
+    connected(&a);
+    connected(&b);
+    let mut acked = Vec::new();
+    for seq in 1..=300u64 {
+        let r = a
+            .append(&writer_payload(seq, 16 + (seq as usize * 7) % 400))
+            .unwrap();
+        assert!(r.mirrored);
+        assert_eq!(r.position.seq, seq);
+        assert_eq!(r.position.generation, a.generation());
+        acked.push(seq);
+    }
+    // Several in flight at once, and the other direction.
+    let payloads: Vec<Vec<u8>> = (301..=340).map(|s| writer_payload(s, 100)).collect();
+    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    let many = a.append_many(&refs).unwrap();
+    assert_eq!(
+        many.iter().map(|r| r.position.seq).collect::<Vec<_>>(),
+        (301..=340).collect::<Vec<_>>()
+    );
+    acked.extend(301..=340);
+    for seq in 1..=5 {
+        assert!(b.append(&writer_payload(seq, 32)).unwrap().mirrored);
+    }
+    // B's image of A's log, read while A runs: exactly the acknowledged records.
+    let peek = b.read_partner().unwrap();
+    assert_eq!(peek.generation, a.generation());
+    assert_eq!(seqs(&peek), acked);
+    for r in &peek.records {
+        assert_eq!(check_payload(&r.payload), Some(r.seq));
+    }
+    assert_eq!(seqs(&a.read_partner().unwrap()), vec![1, 2, 3, 4, 5]);
+    let st = a.stats();
+    assert_eq!((st.appends, st.acknowledged, st.in_flight), (340, 340, 0));
+    assert_eq!(st.unmirrored, 0);
+    assert!(st.latency_p50_us > 0.0);
+    eprintln!(
+        "append latency p50 {} µs, p99 {} µs",
+        st.latency_p50_us, st.latency_p99_us
+    );
+
+    // A goes away for good; B takes over and replays from its (revoked) region, once.
+    drop(a);
+    ma.shutdown();
+    wait_stats(&b, "B suspended", |s| !s.connected);
+    let replayed = b.replay_partner().unwrap();
+    assert_eq!(replayed.iter().map(|r| r.seq).collect::<Vec<_>>(), acked);
+    assert!(b.replay_partner().unwrap().is_empty(), "replayed twice");
+    assert_eq!(b.stats().replayed_records, acked.len() as u64);
+}
+
+#[test]
+fn checkpoints_reclaim_space_over_many_laps_of_a_small_log() {
+    let (_, _, ma, mb) = managers();
+    let len = 4096;
+    let a = shadow(&ma, len, ShadowConfig::new());
+    let b = shadow(&mb, len, ShadowConfig::new());
+    connected(&a);
+    connected(&b);
+    let mut last = None;
+    let total = 2000u64;
+    for seq in 1..=total {
+        let r = a.append(&writer_payload(seq, 100)).unwrap();
+        last = Some(r.position);
+        if seq % 8 == 0 {
+            a.checkpoint(r.position).unwrap();
+        }
+    }
+    let st = a.stats();
+    // 2000 records of 136 bytes: about 70 laps of the 3.9 KiB data area.
+    assert!(st.mirror_bytes > 60 * len as u64, "{st:#?}");
+    let cp = a.checkpointed().seq;
+    let r = b.read_partner().unwrap();
+    assert_eq!(
+        r.checkpoint, cp,
+        "the mirror's checkpoint is the last mirrored"
+    );
+    assert_eq!(seqs(&r), (cp + 1..=total).collect::<Vec<_>>());
+    assert!(cp >= total - 16, "checkpoint {cp}");
+    // Appending without checkpoints fills the log: LogFull, not a hang.
+    let mut n = 0;
+    let err = loop {
+        match a.append(&writer_payload(0, 100)) {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 100, "the log never filled");
+    };
+    assert!(matches!(err, MirrorError::LogFull { .. }), "{err}");
+    a.checkpoint(LogPosition {
+        generation: a.generation(),
+        seq: last.unwrap().seq + n,
+    })
+    .unwrap();
+    let t0 = Instant::now();
+    while a.append(&writer_payload(1, 100)).is_err() {
+        assert!(t0.elapsed() < WAIT, "space never reclaimed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn concurrent_appenders_are_acknowledged_in_order_and_replayed_once() {
+    let (_, _, ma, mb) = managers();
+    let a = shadow(&ma, 1 << 20, ShadowConfig::new());
+    let b = shadow(&mb, 1 << 20, ShadowConfig::new());
+    connected(&a);
+    connected(&b);
+    let threads = 4u64;
+    let each = 400u64;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for i in 0..each {
+                    let mut p = writer_payload(t * 1_000_000 + i, 64);
+                    p[63] = t as u8;
+                    let r = a.append(&p).unwrap();
+                    assert!(r.mirrored);
+                    got.push(r.position.seq);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut per_thread = Vec::new();
+    for h in handles {
+        let got = h.join().unwrap();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "a thread's appends in order"
+        );
+        per_thread.push(got);
+    }
+    let mut all: Vec<u64> = per_thread.concat();
+    all.sort_unstable();
+    assert_eq!(all, (1..=threads * each).collect::<Vec<_>>());
+    let r = b.replay_partner().unwrap();
+    assert_eq!(r.len() as u64, threads * each);
+    for rec in &r {
+        let t = u64::from(rec.payload[63]);
+        assert!(per_thread[t as usize].binary_search(&rec.seq).is_ok());
+    }
+    // Each thread's records are replayed in its own order.
+    for t in 0..threads {
+        let mine: Vec<u64> = r
+            .iter()
+            .filter(|rec| u64::from(rec.payload[63]) == t)
+            .map(|rec| u64::from_le_bytes(rec.payload[..8].try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            mine,
+            (0..each).map(|i| t * 1_000_000 + i).collect::<Vec<_>>()
+        );
+    }
+    assert!(b.replay_partner().unwrap().is_empty());
+    let st = a.stats();
+    assert_eq!(st.acknowledged, threads * each);
+    eprintln!(
+        "{} concurrent appends: p50 {} µs p99 {} µs, {} mirror writes",
+        st.acknowledged, st.latency_p50_us, st.latency_p99_us, st.mirror_writes
+    );
+}
+
+/// Reads the writer's acked log: acknowledged seqs, and the last `checkpoint` and
+/// `checkpoint-asked` values.
+fn acked_log(path: &std::path::Path) -> (Vec<u64>, u64, u64) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let (mut acked, mut cp, mut asked) = (Vec::new(), 0, 0);
+    for l in text.lines() {
+        let mut it = l.split_whitespace();
+        match (it.next(), it.next()) {
+            (Some("checkpoint"), Some(n)) => cp = n.parse().unwrap(),
+            (Some("checkpoint-asked"), Some(n)) => asked = n.parse().unwrap(),
+            (Some("unmirrored"), Some(n)) => acked.push(n.parse().unwrap()),
+            (Some("generation"), _) => {}
+            (Some(n), None) => acked.push(n.parse().unwrap()),
+            other => panic!("bad acked log line {other:?}"),
+        }
+    }
+    (acked, cp, asked)
+}
+
+/// The survivor's replay holds exactly the acknowledged records after the checkpoint it
+/// starts from, which is between the last one logged and the last one asked for.
+fn assert_replay_matches(r: &Replay, acked: &[u64], cp: u64, asked: u64) {
+    assert!(
+        acked.windows(2).all(|w| w[1] == w[0] + 1) && acked.first() == Some(&1),
+        "the writer's acknowledgements are 1.. without gaps"
+    );
+    assert!(
+        cp <= r.checkpoint && r.checkpoint <= asked.max(cp),
+        "replay from {} (logged {cp}, asked {asked})",
+        r.checkpoint
+    );
+    let last = *acked.last().unwrap();
+    assert_eq!(seqs(r), (r.checkpoint + 1..=last).collect::<Vec<_>>());
+    for rec in &r.records {
+        assert_eq!(check_payload(&rec.payload), Some(rec.seq));
+    }
+}
+
+#[test]
+fn partner_restart_mid_stream_loses_nothing_acknowledged() {
+    let (_, bcfg, ma, mb) = managers();
+    let dir = temp_dir("shadow-restart");
+    let len = 64 * 1024;
+    let mut cfg = ShadowConfig::new();
+    cfg.partner_timeout = Duration::from_secs(60);
+    let a = shadow(&ma, len, cfg.clone());
+    let b = shadow(&mb, len, cfg.clone());
+    connected(&a);
+    connected(&b);
+    let path = dir.join("acked-1.log");
+    let mut wcfg = WriterConfig::new(u64::MAX, 200);
+    wcfg.window = 8;
+    wcfg.checkpoint_every = 32;
+    wcfg.acked_log = Some(path.clone());
+    let mut writer = ShadowWriter::start(a.clone(), wcfg).unwrap();
+    let t0 = Instant::now();
+    while writer.stats().acknowledged < 2000 {
+        assert!(t0.elapsed() < WAIT, "{:#?}", writer.stats());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    // B restarts (a new process: a fresh, empty mirror region) while A keeps writing.
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    let at_stop = writer.stats().acknowledged;
+    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let b = shadow(&mb, len, cfg.clone());
+    connected(&b);
+    let t0 = Instant::now();
+    while writer.stats().acknowledged < at_stop + 2000 {
+        assert!(t0.elapsed() < WAIT, "{:#?}", writer.stats());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let ws = writer.stop();
+    assert_eq!((ws.errors, ws.unmirrored), (0, 0), "{ws:#?}");
+    let st = a.stats();
+    assert!(st.resyncs >= 1 && st.connections >= 2, "{st:#?}");
+    let (acked, cp, asked) = acked_log(&path);
+    assert_eq!(acked.len() as u64, ws.acknowledged);
+    assert_replay_matches(&b.read_partner().unwrap(), &acked, cp, asked);
+    eprintln!(
+        "B restarted with {at_stop} acknowledged; {} in all, {} writes re-sent",
+        ws.acknowledged, st.resent_writes
+    );
+}
+
+#[test]
+fn partner_absent_appends_complete_unmirrored_then_are_mirrored_when_it_returns() {
+    let (_, bcfg, ma, mb) = managers();
+    let len = 64 * 1024;
+    let mut cfg = ShadowConfig::new();
+    cfg.partner_timeout = Duration::from_millis(300);
+    let a = shadow(&ma, len, cfg.clone());
+    let b = shadow(&mb, len, cfg.clone());
+    connected(&a);
+    connected(&b);
+    for seq in 1..=10 {
+        assert!(a.append(&writer_payload(seq, 50)).unwrap().mirrored);
+    }
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    // Blocks until the partner is declared absent, then completes unmirrored.
+    let r = a.append(&writer_payload(11, 50)).unwrap();
+    assert!(!r.mirrored);
+    for seq in 12..=20 {
+        assert!(!a.append(&writer_payload(seq, 50)).unwrap().mirrored);
+    }
+    let st = a.stats();
+    assert!(st.partner_absent && st.unmirrored == 10, "{st:#?}");
+    // B returns: the live log (records 1..=20) is re-sent; appends are mirrored again.
+    let mb = Manager::start(bcfg).expect("restart B");
+    let b = shadow(&mb, len, cfg);
+    connected(&a);
+    let r = a.append(&writer_payload(21, 50)).unwrap();
+    assert!(r.mirrored);
+    assert_eq!(
+        seqs(&b.read_partner().unwrap()),
+        (1..=21).collect::<Vec<_>>()
+    );
+    assert!(!a.stats().partner_absent);
+}
