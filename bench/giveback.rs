@@ -50,7 +50,6 @@ use interlink::fabric::ProviderChoice;
 use interlink::manager::{LinkConfig, LinkState, Manager, NodeConfig};
 use pair::*;
 use std::cell::{OnceCell, RefCell};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -394,12 +393,6 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("histogram")
 }
 
-/// The figures of the summary, by key (`<net>/<figure>`).
-#[derive(Default)]
-struct Recorder {
-    lines: RefCell<BTreeMap<String, String>>,
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -414,36 +407,13 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-impl Recorder {
-    fn set(&self, net: &Net, figure: &str, fields: String) {
-        self.lines
-            .borrow_mut()
-            .insert(format!("{}/{figure}", net.label), fields);
-    }
+/// The giveback figures on top of the shared [`Recorder`].
+trait GivebackFigures {
+    fn durations(&self, net: &Net, figure: &str, d: &[Duration], interval: Option<Duration>);
+    fn cycles(&self, net: &Net, c: &Cycles);
+}
 
-    /// n, p50, p99, mean, min, max of a histogram of nanoseconds, in microseconds.
-    fn latency(&self, net: &Net, figure: &str, h: &Histogram<u64>) {
-        if h.is_empty() {
-            return;
-        }
-        let us = |ns: u64| ns as f64 / 1e3;
-        self.set(
-            net,
-            figure,
-            format!(
-                "n={} p50_us={:.2} p99_us={:.2} mean_us={:.2} min_us={:.2} max_us={:.2} p25_us={:.2} p75_us={:.2}",
-                h.len(),
-                us(h.value_at_quantile(0.5)),
-                us(h.value_at_quantile(0.99)),
-                h.mean() / 1e3,
-                us(h.min()),
-                us(h.max()),
-                us(h.value_at_quantile(0.25)),
-                us(h.value_at_quantile(0.75))
-            ),
-        );
-    }
-
+impl GivebackFigures for Recorder {
     /// n, p50, max, min in ms, and (with an interval) p50 and max in intervals.
     fn durations(&self, net: &Net, figure: &str, d: &[Duration], interval: Option<Duration>) {
         if d.is_empty() {
@@ -478,21 +448,6 @@ impl Recorder {
                 ms(c.interval)
             ),
         );
-    }
-
-    fn print_summary(&self) {
-        let lines = self.lines.borrow();
-        if lines.is_empty() {
-            return;
-        }
-        println!();
-        println!(
-            "giveback bench summary: {BLOCK}-byte partner-state reads in microseconds; \
-             detection, outage and handover in milliseconds and poll intervals"
-        );
-        for (key, fields) in lines.iter() {
-            println!("giveback-bench: key={key} {fields}");
-        }
     }
 }
 
@@ -555,12 +510,14 @@ fn main() {
     // cargo bench passes --bench; without it criterion runs every benchmark once (test mode).
     let quick = !std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default().configure_from_args();
-    let rec = Recorder::default();
+    let rec = Recorder::new("giveback");
     bench_net(&mut c, &SOFT_LOOPBACK, &rec, quick);
     run_verbs_case("giveback", "bench-giveback", || {
         bench_net(&mut c, &VERBS_NETNS, &rec, quick)
     });
     c.final_summary();
-    rec.print_summary();
+    rec.print_summary(&format!(
+        "{BLOCK}-byte partner-state reads in microseconds; detection, outage and handover in milliseconds and poll intervals"
+    ));
     remove_secret("giveback");
 }

@@ -56,8 +56,7 @@ use interlink::manager::{
 };
 use interlink::messaging::{Head, Messenger, MessengerConfig, Outbox};
 use pair::*;
-use std::cell::{OnceCell, RefCell};
-use std::collections::BTreeMap;
+use std::cell::OnceCell;
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -341,57 +340,6 @@ impl Pair {
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("histogram")
-}
-
-/// The figures of the summary, by key (`<net>/<figure>`).
-#[derive(Default)]
-struct Recorder {
-    lines: RefCell<BTreeMap<String, String>>,
-}
-
-impl Recorder {
-    fn set(&self, net: &Net, figure: &str, fields: String) {
-        self.lines
-            .borrow_mut()
-            .insert(format!("{}/{figure}", net.label), fields);
-    }
-
-    /// n, p50, p99, mean, min, max of a histogram of nanoseconds, in microseconds.
-    fn latency(&self, net: &Net, figure: &str, h: &Histogram<u64>) {
-        if h.is_empty() {
-            return;
-        }
-        let us = |ns: u64| ns as f64 / 1e3;
-        self.set(
-            net,
-            figure,
-            format!(
-                "n={} p50_us={:.2} p99_us={:.2} mean_us={:.2} min_us={:.2} max_us={:.2} p25_us={:.2} p75_us={:.2}",
-                h.len(),
-                us(h.value_at_quantile(0.5)),
-                us(h.value_at_quantile(0.99)),
-                h.mean() / 1e3,
-                us(h.min()),
-                us(h.max()),
-                us(h.value_at_quantile(0.25)),
-                us(h.value_at_quantile(0.75))
-            ),
-        );
-    }
-
-    fn print_summary(&self) {
-        let lines = self.lines.borrow();
-        if lines.is_empty() {
-            return;
-        }
-        println!();
-        println!(
-            "messaging bench summary: {SMALL}-byte calls and messages; latencies in microseconds"
-        );
-        for (key, fields) in lines.iter() {
-            println!("messaging-bench: key={key} {fields}");
-        }
-    }
 }
 
 // ------------------------------------------------------------------ measurements
@@ -836,12 +784,14 @@ fn main() {
     // cargo bench passes --bench; without it criterion runs every benchmark once (test mode).
     let quick = !std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default().configure_from_args();
-    let rec = Recorder::default();
+    let rec = Recorder::new("messaging");
     bench_net(&mut c, &SOFT_LOOPBACK, &rec, quick);
     run_verbs_case("messaging", "bench-messaging", || {
         bench_net(&mut c, &VERBS_NETNS, &rec, quick)
     });
     c.final_summary();
-    rec.print_summary();
+    rec.print_summary(&format!(
+        "{SMALL}-byte calls and messages; latencies in microseconds"
+    ));
     remove_secret("messaging");
 }

@@ -5,7 +5,7 @@ mod node_cmd;
 mod shadow_cmd;
 
 use anyhow::{bail, Context};
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use interlink::clients::giveback::driver::{render_report, CommandReport, GivebackReport};
 use interlink::fabric::ProviderChoice;
 use interlink::manager::control::{self, ControlRequest, ControlResponse};
@@ -113,41 +113,26 @@ enum Cmd {
     },
     /// Take over the partner (killing it first if it is alive); `--check` only says whether
     /// it would be allowed and why.
-    #[command(group(ArgGroup::new("target").required(true).args(["socket", "config"])))]
     Takeover {
-        /// The node's control socket.
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        /// The node's configuration file (its `control_socket` key names the socket).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeTarget,
         /// Only check; change nothing.
         #[arg(long)]
         check: bool,
     },
     /// Give the partner's disks back (it must wait in MBWAIT); `--check` only says whether it
     /// would be allowed and why.
-    #[command(group(ArgGroup::new("target").required(true).args(["socket", "config"])))]
     Giveback {
-        /// The node's control socket.
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        /// The node's configuration file (its `control_socket` key names the socket).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeTarget,
         /// Only check; change nothing.
         #[arg(long)]
         check: bool,
     },
     /// Show a running node's links and clients (asks its control socket).
-    #[command(group(ArgGroup::new("target").required(true).args(["socket", "config"])))]
     Status {
-        /// The node's control socket.
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        /// The node's configuration file (its `control_socket` key names the socket).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeTarget,
         /// Print the status as JSON instead of tables.
         #[arg(long)]
         json: bool,
@@ -218,16 +203,8 @@ fn main() {
             },
             shadow.as_deref(),
         ),
-        Cmd::Takeover {
-            socket,
-            config,
-            check,
-        } => giveback_command(socket, config, "takeover", check),
-        Cmd::Giveback {
-            socket,
-            config,
-            check,
-        } => giveback_command(socket, config, "giveback", check),
+        Cmd::Takeover { node, check } => giveback_command(&node, "takeover", check),
+        Cmd::Giveback { node, check } => giveback_command(&node, "giveback", check),
         Cmd::Devices => {
             for d in interlink::fabric::verbs_devices() {
                 println!("{d}");
@@ -235,15 +212,37 @@ fn main() {
             Ok(())
         }
         Cmd::Status {
-            socket,
-            config,
+            node,
             json,
             timeout_ms,
-        } => status(socket, config, json, Duration::from_millis(timeout_ms)),
+        } => status(&node, json, Duration::from_millis(timeout_ms)),
     };
     if let Err(e) = result {
         eprintln!("interlink: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Which running node a command talks to: its control socket, or its configuration file.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct NodeTarget {
+    /// The node's control socket.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The node's configuration file (its `control_socket` key names the socket).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl NodeTarget {
+    /// The control socket's path.
+    fn socket(&self) -> anyhow::Result<PathBuf> {
+        match (&self.socket, &self.config) {
+            (Some(s), None) => Ok(s.clone()),
+            (None, Some(c)) => control_socket_from_config(c),
+            _ => bail!("give exactly one of --socket and --config"),
+        }
     }
 }
 
@@ -272,17 +271,8 @@ fn control_socket_from_config(config: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// `interlink takeover` / `interlink giveback`.
-fn giveback_command(
-    socket: Option<PathBuf>,
-    config: Option<PathBuf>,
-    what: &str,
-    check: bool,
-) -> anyhow::Result<()> {
-    let path = match (socket, config) {
-        (Some(s), None) => s,
-        (None, Some(c)) => control_socket_from_config(&c)?,
-        _ => bail!("give exactly one of --socket and --config"),
-    };
+fn giveback_command(node: &NodeTarget, what: &str, check: bool) -> anyhow::Result<()> {
+    let path = node.socket()?;
     let req = ControlRequest::Client {
         name: "giveback".into(),
         command: serde_json::json!({ what: { "check": check } }),
@@ -325,17 +315,8 @@ fn giveback_command(
 }
 
 /// `interlink status`.
-fn status(
-    socket: Option<PathBuf>,
-    config: Option<PathBuf>,
-    json: bool,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let path = match (socket, config) {
-        (Some(s), None) => s,
-        (None, Some(c)) => control_socket_from_config(&c)?,
-        _ => bail!("give exactly one of --socket and --config"),
-    };
+fn status(node: &NodeTarget, json: bool, timeout: Duration) -> anyhow::Result<()> {
+    let path = node.socket()?;
     match control::request(&path, &ControlRequest::Status, timeout)? {
         ControlResponse::Status { status } => {
             // The giveback section, when the node runs the giveback client.

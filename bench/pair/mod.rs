@@ -3,7 +3,10 @@
 //! running the verbs case.
 #![allow(dead_code)]
 
+use hdrhistogram::Histogram;
 use interlink::fabric::ProviderChoice;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -139,6 +142,66 @@ pub fn run_verbs_case(bench: &str, script: &str, run: impl FnOnce()) {
         (Some("1"), Err(why)) => panic!("INTERLINK_BENCH_VERBS=1 but {why}"),
         (_, Err(why)) => {
             eprintln!("{bench} bench: verbs case skipped: {why} (run it with soft-roce/{script})")
+        }
+    }
+}
+
+/// The figures of a bench's summary, by key (`<net>/<figure>`), printed at the end as
+/// `<bench>-bench: key=<key> <fields>` lines (the soft-roce/bench-* scripts parse them).
+pub struct Recorder {
+    bench: &'static str,
+    lines: RefCell<BTreeMap<String, String>>,
+}
+
+impl Recorder {
+    /// An empty summary for the bench named `bench` (`messaging`, `giveback`, ...).
+    pub fn new(bench: &'static str) -> Recorder {
+        Recorder {
+            bench,
+            lines: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// Sets the fields of one figure.
+    pub fn set(&self, net: &Net, figure: &str, fields: String) {
+        self.lines
+            .borrow_mut()
+            .insert(format!("{}/{figure}", net.label), fields);
+    }
+
+    /// n, p50, p99, mean, min, max, p25, p75 of a histogram of nanoseconds, in microseconds.
+    pub fn latency(&self, net: &Net, figure: &str, h: &Histogram<u64>) {
+        if h.is_empty() {
+            return;
+        }
+        let us = |ns: u64| ns as f64 / 1e3;
+        self.set(
+            net,
+            figure,
+            format!(
+                "n={} p50_us={:.2} p99_us={:.2} mean_us={:.2} min_us={:.2} max_us={:.2} p25_us={:.2} p75_us={:.2}",
+                h.len(),
+                us(h.value_at_quantile(0.5)),
+                us(h.value_at_quantile(0.99)),
+                h.mean() / 1e3,
+                us(h.min()),
+                us(h.max()),
+                us(h.value_at_quantile(0.25)),
+                us(h.value_at_quantile(0.75))
+            ),
+        );
+    }
+
+    /// Prints the summary under a one-line description of its units.
+    pub fn print_summary(&self, units: &str) {
+        let lines = self.lines.borrow();
+        if lines.is_empty() {
+            return;
+        }
+        println!();
+        println!("{} bench summary: {units}", self.bench);
+        for (key, fields) in lines.iter() {
+            println!("{}-bench: key={key} {fields}", self.bench);
         }
     }
 }
