@@ -397,6 +397,14 @@ impl Heartbeat {
         }
         let mut out = Vec::with_capacity(count);
         let mut completions = Vec::with_capacity(4);
+        // How long to spin before yielding the CPU each round: on verbs the device completes
+        // the READ on its own (a hundred or so microseconds on Soft-RoCE under emulation), so
+        // spin through it; the soft provider completes it on one of this process's threads,
+        // which a spinning reader would starve.
+        let spin = match self.cq.device().provider() {
+            crate::fabric::ProviderKind::Verbs => Duration::from_millis(1),
+            _ => Duration::from_micros(20),
+        };
         for _ in 0..count {
             let req =
                 SendRequest::new(self.next_wr, SendOp::Read(peer.at(0)), self.landing.whole());
@@ -420,10 +428,7 @@ impl Heartbeat {
                 if waited > Duration::from_secs(5) {
                     return Err("heartbeat READ did not complete within 5 s".into());
                 }
-                // Spin up to a millisecond (a READ completes within microseconds on hardware,
-                // within a hundred or so on Soft-RoCE under emulation), then let
-                // other threads run (the partner's loop may share this CPU).
-                if waited > Duration::from_millis(1) {
+                if waited > spin {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
