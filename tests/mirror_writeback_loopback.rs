@@ -324,3 +324,85 @@ fn partner_restart_mid_stream_keeps_every_mirrored_write() {
         st.redone, st.partner_failures
     );
 }
+
+#[test]
+fn data_path_changes_mid_stream_lose_nothing() {
+    let (_, _, ma, mb) = managers();
+    let mut cfg = config();
+    // A long partner timeout: a reset is a path change, never a partner failure.
+    cfg.partner_timeout = Duration::from_secs(60);
+    let a = in_memory(&ma, cfg.clone());
+    let b = in_memory(&mb, cfg);
+    connected(&a);
+    connected(&b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = [(a.clone(), 1u16), (b.clone(), 2u16)]
+        .into_iter()
+        .map(|(w, unit)| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut done = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Overwrites of a small range: old buffers are freed and reused.
+                    let first = (i * 7) % 400;
+                    let d = data(i + 1, first, 1 + (i as usize % 24));
+                    let tickets: Vec<_> = (0..4u64)
+                        .map(|k| {
+                            let first = 1000 * (k + 1) + first;
+                            let d = data(i + 1, first, d.len() / BS);
+                            (first, w.write_start(unit, first, &d).unwrap(), d)
+                        })
+                        .collect();
+                    for (first, t, d) in tickets {
+                        assert_eq!(w.wait(&t).unwrap(), CompletionStatus::Mirrored);
+                        done.push((first, d));
+                    }
+                    i += 1;
+                }
+                (unit, done)
+            })
+        })
+        .collect();
+    for round in 0..6 {
+        std::thread::sleep(Duration::from_millis(150));
+        let who = if round % 2 == 0 { &a } else { &b };
+        who.reset_data_path("test: path change");
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    stop.store(true, Ordering::Relaxed);
+    let mut last = std::collections::HashMap::new();
+    for h in writers {
+        let (unit, done) = h.join().unwrap();
+        for (first, d) in done {
+            for (k, block) in d.chunks_exact(BS).enumerate() {
+                last.insert((unit, first + k as u64), block.to_vec());
+            }
+        }
+    }
+    for ((unit, block), want) in &last {
+        let (p, m) = if *unit == 1 { (&a, &b) } else { (&b, &a) };
+        assert_eq!(p.read_block(*unit, *block).as_deref(), Some(&want[..]));
+        assert_eq!(
+            m.read_mirror_block(*unit, *block).as_deref(),
+            Some(&want[..]),
+            "unit {unit} block {block}"
+        );
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(
+        sa.connections >= 7 && sb.connections >= 7,
+        "{sa:#?} {sb:#?}"
+    );
+    assert_eq!(sa.partner_failures + sb.partner_failures, 0);
+    eprintln!(
+        "A: {} writes, {} redone, {} stale; B: {} writes, {} redone, {} stale; {} held",
+        sa.writes,
+        sa.redone,
+        sa.stale,
+        sb.writes,
+        sb.redone,
+        sb.stale,
+        sa.held + sb.held
+    );
+}

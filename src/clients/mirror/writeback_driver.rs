@@ -596,6 +596,15 @@ impl MirroredWriteBack {
         c.mirror.table().read_block(unit, block).map(<[u8]>::to_vec)
     }
 
+    /// Drops the data connection and asks the manager to re-establish it, as a failed
+    /// WRITE does: a path change on both nodes (writes in progress are redone on the new
+    /// connection). For tests and operators.
+    pub fn reset_data_path(&self, why: &str) {
+        let mut c = self.shared.core.lock();
+        c.fail_link(why);
+        self.shared.pump(&mut c, &mut Vec::new());
+    }
+
     /// Counters and state.
     pub fn stats(&self) -> WriteBackStats {
         let mut c = self.shared.core.lock();

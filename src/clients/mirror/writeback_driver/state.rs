@@ -307,6 +307,10 @@ impl Core {
 
     /// A WRITE failed or could not be posted: the connection is unusable; the manager is
     /// asked (by the caller, through [`Core::report`]) to re-establish it.
+    pub(super) fn fail_link(&mut self, why: &str) {
+        self.link_failed(why);
+    }
+
     fn link_failed(&mut self, why: &str) {
         match self.link.as_mut() {
             Some(l) if !l.broken => l.broken = true,
