@@ -137,12 +137,14 @@ pub struct WriteBackConfig {
     pub send_depth: u32,
     /// A waiting writer busy-polls this long before it sleeps.
     pub spin: Duration,
+    /// The messenger's driver busy-polls this long after activity before it blocks.
+    pub messenger_spin: Duration,
 }
 
 impl WriteBackConfig {
     /// Defaults: `"writeback"` and `"wb-data"`, 4096 blocks of 4 KiB and 256 request
     /// entries, a 5 s partner timeout, a 30 s write timeout, redo after 2 s without
-    /// progress, 128 WRITEs in flight, 50 µs of spinning.
+    /// progress, 128 WRITEs in flight, 50 µs of spinning (the messenger's default 100 µs).
     pub fn new() -> WriteBackConfig {
         WriteBackConfig {
             name: MESSENGER_NAME.into(),
@@ -157,6 +159,7 @@ impl WriteBackConfig {
             redo_after: Duration::from_secs(2),
             send_depth: 128,
             spin: Duration::from_micros(50),
+            messenger_spin: Duration::from_micros(100),
         }
     }
 }
@@ -409,6 +412,7 @@ impl MirroredWriteBack {
             })?;
         let mut mcfg = MessengerConfig::new(cfg.name.clone(), BandwidthClass::Low);
         mcfg.partner_timeout = cfg.partner_timeout;
+        mcfg.spin = cfg.messenger_spin;
         let messenger_err = |source| MirrorError::StartWriteBackMessenger {
             name: cfg.name.clone(),
             source: Box::new(source),
