@@ -113,10 +113,11 @@ enum Cmd {
         shadow: Option<String>,
         /// Run the mirrored write-back (atomic writes of up to 256 blocks, mirrored into the
         /// partner's NVRAM before their status) over DIR/writeback-<node>.nvram and
-        /// DIR/writeback-<node>.mirror.nvram; writes complete with the mirror lost once the
-        /// partner is away for PARTNER_TIMEOUT_MS (default 5000). Driven through the control
-        /// socket (client `writeback`).
-        #[arg(long, value_name = "DIR[:PARTNER_TIMEOUT_MS]")]
+        /// DIR/writeback-<node>.mirror.nvram, BUFFERS blocks of BLOCK_SIZE bytes each (default
+        /// 1024 of 4096; both nodes must use the same); writes complete with the mirror lost
+        /// once the partner is away for PARTNER_TIMEOUT_MS (default 5000). Driven through the
+        /// control socket (client `writeback`).
+        #[arg(long, value_name = "DIR[:PARTNER_TIMEOUT_MS[:BUFFERS[:BLOCK_SIZE]]]")]
         writeback: Option<String>,
     },
     /// Take over the partner (killing it first if it is alive); `--check` only says whether

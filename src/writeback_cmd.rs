@@ -1,4 +1,5 @@
-//! `interlink node --writeback DIR[:PARTNER_TIMEOUT_MS]`: the node's mirrored write-back
+//! `interlink node --writeback DIR[:PARTNER_TIMEOUT_MS[:BUFFERS[:BLOCK_SIZE]]]`: the node's
+//! mirrored write-back
 //! (F5.3-F5.5) over its NVRAM files `DIR/writeback-<node>.nvram` (its writes) and
 //! `DIR/writeback-<node>.mirror.nvram` (the image of its partner's), with a background writer
 //! driven through the control socket (client name `writeback`) that records every completed
@@ -26,32 +27,49 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// What `--writeback DIR[:PARTNER_TIMEOUT_MS]` asks for.
+/// Default buffers per table.
+const DEFAULT_BUFFERS: u32 = 1024;
+/// Default block size.
+const DEFAULT_BLOCK_SIZE: u32 = 4096;
+
+/// What `--writeback DIR[:PARTNER_TIMEOUT_MS[:BUFFERS[:BLOCK_SIZE]]]` asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteBackSpec {
     /// The directory of the NVRAM files and logs.
     pub dir: PathBuf,
     /// The partner timeout (None: the default).
     pub partner_timeout: Option<Duration>,
+    /// Buffers (blocks) per table.
+    pub buffers: u32,
+    /// Bytes per block.
+    pub block_size: u32,
 }
 
-/// Parses `DIR[:PARTNER_TIMEOUT_MS]` (DIR without `:`).
+/// Parses `DIR[:PARTNER_TIMEOUT_MS[:BUFFERS[:BLOCK_SIZE]]]` (DIR without `:`; an empty
+/// field takes its default: 5000 ms, 1024 buffers of 4096 bytes).
 pub fn parse_spec(s: &str) -> anyhow::Result<WriteBackSpec> {
     let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() > 2 || parts[0].is_empty() {
-        bail!("--writeback {s:?}: expected DIR[:PARTNER_TIMEOUT_MS]");
+    if parts.len() > 4 || parts[0].is_empty() {
+        bail!("--writeback {s:?}: expected DIR[:PARTNER_TIMEOUT_MS[:BUFFERS[:BLOCK_SIZE]]]");
     }
-    let partner_timeout = parts
-        .get(1)
-        .map(|ms| {
-            ms.parse::<u64>()
-                .map(Duration::from_millis)
-                .with_context(|| format!("--writeback {s:?}: partner timeout"))
-        })
-        .transpose()?;
+    let field = |i: usize, what: &str| {
+        parts
+            .get(i)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse::<u64>()
+                    .with_context(|| format!("--writeback {s:?}: {what}"))
+            })
+            .transpose()
+    };
+    let partner_timeout = field(1, "partner timeout")?.map(Duration::from_millis);
+    let buffers = field(2, "buffers")?.map_or(Ok(DEFAULT_BUFFERS), u32::try_from)?;
+    let block_size = field(3, "block size")?.map_or(Ok(DEFAULT_BLOCK_SIZE), u32::try_from)?;
     Ok(WriteBackSpec {
         dir: PathBuf::from(parts[0]),
         partner_timeout,
+        buffers,
+        block_size,
     })
 }
 
@@ -230,6 +248,9 @@ impl WriteBackNode {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let (node, partner) = (manager.config().node_id, manager.config().partner_id);
         let mut cfg = WriteBackConfig::new();
+        cfg.geometry.buffers = spec.buffers;
+        cfg.geometry.block_size = spec.block_size;
+        cfg.geometry.ries = 256.min(spec.buffers);
         if let Some(t) = spec.partner_timeout {
             cfg.partner_timeout = t;
             cfg.write_timeout = cfg.write_timeout.max(t * 2);
@@ -246,7 +267,8 @@ impl WriteBackNode {
 
     /// A control command: `{"write": {"count": N, "blocks": B, "window": W, "range": R}}`
     /// starts the writer, `{"stop": true}` stops it (waiting for its writes in flight),
-    /// `{"check": true}` compares the partner's acked log with this node's mirror image; the
+    /// `{"check": true}` compares the partner's acked log with this node's mirror image,
+    /// `{"reset_path": true}` drops the data connection (a path change on both nodes); the
     /// answer always carries the stats: `{"writeback": .., "writer": .., "check": ..}`.
     pub fn command(&self, command: &serde_json::Value) -> ControlResponse {
         match self.run_command(command) {
@@ -279,6 +301,9 @@ impl WriteBackNode {
             let unit = self.node as u16;
             let log = acked_path(&self.dir, self.node);
             *writer = Some(Writer::start(self.wb.clone(), cfg, unit, log)?);
+        }
+        if command.get("reset_path").and_then(|v| v.as_bool()) == Some(true) {
+            self.wb.reset_data_path("asked on the control socket");
         }
         let check = if command.get("check").and_then(|v| v.as_bool()) == Some(true) {
             Some(self.check()?)
@@ -354,15 +379,28 @@ mod tests {
 
     #[test]
     fn specs_parse() {
-        let p = |s: &str| parse_spec(s).map(|x| (x.dir, x.partner_timeout));
-        assert_eq!(p("/x/y").unwrap(), (PathBuf::from("/x/y"), None));
+        let p =
+            |s: &str| parse_spec(s).map(|x| (x.dir, x.partner_timeout, x.buffers, x.block_size));
+        assert_eq!(
+            p("/x/y").unwrap(),
+            (PathBuf::from("/x/y"), None, 1024, 4096)
+        );
         assert_eq!(
             p("d:250").unwrap(),
-            (PathBuf::from("d"), Some(Duration::from_millis(250)))
+            (
+                PathBuf::from("d"),
+                Some(Duration::from_millis(250)),
+                1024,
+                4096
+            )
+        );
+        assert_eq!(
+            p("d::2048:512").unwrap(),
+            (PathBuf::from("d"), None, 2048, 512)
         );
         assert!(p("d:x").is_err());
         assert!(p("").is_err());
-        assert!(p("d:1:2").is_err());
+        assert!(p("d:1:2:3:4").is_err());
     }
 
     #[test]

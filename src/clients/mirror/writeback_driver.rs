@@ -142,7 +142,7 @@ pub struct WriteBackConfig {
 }
 
 impl WriteBackConfig {
-    /// Defaults: `"writeback"` and `"wb-data"`, 4096 blocks of 4 KiB and 256 request
+    /// Defaults: `"writeback"` and `"wb-data"`, 1024 blocks of 4 KiB and 256 request
     /// entries, a 5 s partner timeout, a 30 s write timeout, redo after 2 s without
     /// progress, 128 WRITEs in flight, 50 µs of spinning (the messenger's default 100 µs).
     pub fn new() -> WriteBackConfig {
@@ -151,7 +151,7 @@ impl WriteBackConfig {
             data_client: DATA_CLIENT.into(),
             geometry: AtomicGeometry {
                 block_size: 4096,
-                buffers: 4096,
+                buffers: 1024,
                 ries: 256,
             },
             partner_timeout: Duration::from_secs(5),
