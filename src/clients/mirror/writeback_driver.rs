@@ -45,7 +45,7 @@
 //!
 //! # Threads and locks
 //!
-//! The driver's state ([`state::Core`]) is behind one lock. Messenger handlers run with the
+//! The driver's state (`state::Core`) is behind one lock. Messenger handlers run with the
 //! messenger's lock held and take the driver's; everything else that sends takes the
 //! messenger's outbox first ([`Messenger::with_outbox`]) and the driver's lock inside, so the
 //! lock order is always messenger, then driver. Messages for the partner queue in the
