@@ -684,3 +684,50 @@ fn spin_wait(since: Instant, now: Instant) {
         std::thread::yield_now();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::mirror::MemoryNvram;
+
+    const GEO: AtomicGeometry = AtomicGeometry {
+        block_size: 512,
+        buffers: 16,
+        ries: 4,
+    };
+
+    #[test]
+    fn open_table_formats_reopens_and_refuses_another_geometry() {
+        let (mut t, resolved) =
+            open_table(Box::new(MemoryNvram::new(GEO.required_len())), GEO).expect("format");
+        assert_eq!(resolved, 0);
+        let (rie, bufs) = t.begin(1, 3, 10, 2).unwrap();
+        for b in &bufs {
+            t.block_data_mut(*b).unwrap().fill(7);
+        }
+        t.commit(rie).unwrap();
+        // A crash before finish: reopening resolves the write (new data won).
+        let image = t.into_backing();
+        let (t, resolved) = open_table(image, GEO).expect("reopen");
+        assert_eq!(resolved, 1);
+        assert_eq!(t.read_block(3, 11), Some(&[7u8; 512][..]));
+        let other = AtomicGeometry { buffers: 8, ..GEO };
+        let err = open_table(t.into_backing(), other).err().expect("refused");
+        assert!(matches!(err, MirrorError::Geometry(_)), "{err}");
+    }
+
+    #[test]
+    fn file_backings_are_named_after_the_node() {
+        let dir = std::env::temp_dir().join(format!("interlink-wbfiles-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (own, partner) = file_backings(&dir, 3, GEO).unwrap();
+        assert_eq!(
+            (own.len(), partner.len()),
+            (GEO.required_len(), GEO.required_len())
+        );
+        assert!(dir.join("writeback-3.nvram").exists());
+        assert!(dir.join("writeback-3.mirror.nvram").exists());
+        drop((own, partner));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
