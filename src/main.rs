@@ -3,6 +3,7 @@
 mod demo;
 mod node_cmd;
 mod shadow_cmd;
+mod writeback_cmd;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -110,6 +111,14 @@ enum Cmd {
         /// (client `shadow`).
         #[arg(long, value_name = "DIR[:SIZE[:PARTNER_TIMEOUT_MS]]")]
         shadow: Option<String>,
+        /// Run the mirrored write-back (atomic writes of up to 256 blocks, mirrored into the
+        /// partner's NVRAM before their status) over DIR/writeback-<node>.nvram and
+        /// DIR/writeback-<node>.mirror.nvram, BUFFERS blocks of BLOCK_SIZE bytes each (default
+        /// 1024 of 4096; both nodes must use the same); writes complete with the mirror lost
+        /// once the partner is away for PARTNER_TIMEOUT_MS (default 5000). Driven through the
+        /// control socket (client `writeback`).
+        #[arg(long, value_name = "DIR[:PARTNER_TIMEOUT_MS[:BUFFERS[:BLOCK_SIZE]]]")]
+        writeback: Option<String>,
     },
     /// Take over the partner (killing it first if it is alive); `--check` only says whether
     /// it would be allowed and why.
@@ -190,6 +199,7 @@ fn main() {
             on_assume,
             on_release,
             shadow,
+            writeback,
         } => node_cmd::run(
             &config,
             &probes,
@@ -202,6 +212,7 @@ fn main() {
                 on_release,
             },
             shadow.as_deref(),
+            writeback.as_deref(),
         ),
         Cmd::Takeover { node, check } => giveback_command(&node, "takeover", check),
         Cmd::Giveback { node, check } => giveback_command(&node, "giveback", check),

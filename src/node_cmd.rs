@@ -1,8 +1,9 @@
 //! `interlink node --config F`: runs one node of the pair until SIGINT/SIGTERM or a
 //! `shutdown` request on the control socket, with optional probe clients, the giveback
-//! client and the shadow log.
+//! client, the shadow log and the mirrored write-back.
 
 use crate::shadow_cmd::{self, ShadowNode};
+use crate::writeback_cmd::{self, WriteBackNode};
 use anyhow::{bail, Context};
 use interlink::clients::giveback::service::ReplayHook;
 use interlink::clients::giveback::{
@@ -59,11 +60,14 @@ pub struct GivebackArgs {
 const GIVEBACK: &str = "giveback";
 /// Name under which the shadow log answers on the control socket.
 const SHADOW: &str = "shadow";
+/// Name under which the mirrored write-back answers on the control socket.
+const WRITEBACK: &str = "writeback";
 
 struct Handler {
     manager: Arc<Manager>,
     giveback: Option<GivebackNode>,
     shadow: Option<ShadowNode>,
+    writeback: Option<WriteBackNode>,
     probes: BTreeMap<String, Probe>,
     messengers: BTreeMap<String, MessageProbe>,
     stop: Arc<AtomicBool>,
@@ -100,6 +104,15 @@ impl ControlHandler for Handler {
                         Some(s) => s.command(&command),
                         None => ControlResponse::Error {
                             message: "this node runs no shadow log (start it with --shadow DIR)"
+                                .into(),
+                        },
+                    };
+                }
+                if name == WRITEBACK {
+                    return match &self.writeback {
+                        Some(w) => w.command(&command),
+                        None => ControlResponse::Error {
+                            message: "this node runs no write-back (start it with --writeback DIR)"
                                 .into(),
                         },
                     };
@@ -213,8 +226,10 @@ pub fn run(
     messengers: &[String],
     giveback: &GivebackArgs,
     shadow: Option<&str>,
+    writeback: Option<&str>,
 ) -> anyhow::Result<()> {
     let shadow_spec = shadow.map(shadow_cmd::parse_spec).transpose()?;
+    let writeback_spec = writeback.map(writeback_cmd::parse_spec).transpose()?;
     let cfg = NodeConfig::load(config).with_context(|| format!("load {}", config.display()))?;
     let probe_cfgs = probes
         .iter()
@@ -239,6 +254,10 @@ pub fn run(
         Some(spec) => Some(ShadowNode::start(&manager, spec)?),
         None => None,
     };
+    let writeback = match &writeback_spec {
+        Some(spec) => Some(WriteBackNode::start(&manager, spec)?),
+        None => None,
+    };
     let replay = shadow.as_ref().map(ShadowNode::replay_hook);
     let giveback = start_giveback(&manager, giveback, replay)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -249,6 +268,7 @@ pub fn run(
         manager: manager.clone(),
         giveback,
         shadow,
+        writeback,
         probes: running,
         messengers: messaging,
         stop: stop.clone(),

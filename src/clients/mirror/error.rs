@@ -261,4 +261,44 @@ pub enum MirrorError {
         /// Why.
         reason: String,
     },
+    /// Registering the mirrored write-back's data client failed.
+    #[error("register write-back data client {name:?}: {source}")]
+    RegisterWriteBack {
+        /// Client name.
+        name: String,
+        /// The manager's error.
+        source: Box<crate::manager::ManagerError>,
+    },
+    /// Starting the mirrored write-back's messenger failed.
+    #[error("start write-back messenger {name:?}: {source}")]
+    StartWriteBackMessenger {
+        /// Messenger name.
+        name: String,
+        /// The messaging layer's error.
+        source: Box<crate::messaging::MessagingError>,
+    },
+    /// Starting the mirrored write-back's driver thread failed.
+    #[error("start write-back driver {name:?}: {source}")]
+    StartWriteBack {
+        /// Messenger name.
+        name: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A mirrored write is committed in local NVRAM, but its mirror status did not come
+    /// within the write timeout (neither the mirror's MDA nor a partner failure). It may still
+    /// complete: wait for the ticket again.
+    #[error("write request {request}: committed locally, no mirror status after {waited:?}")]
+    WriteTimeout {
+        /// The request.
+        request: u64,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
+    /// Writing, or waiting for a write, ended because the write-back driver stopped.
+    #[error("write: the write-back driver {name:?} stopped")]
+    WriteStopped {
+        /// Messenger name.
+        name: String,
+    },
 }

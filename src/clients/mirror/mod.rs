@@ -9,6 +9,7 @@ pub mod log_replay;
 pub mod nvram;
 pub mod shadow;
 pub mod writeback;
+pub mod writeback_driver;
 
 pub use atomic::{
     ultimate_state, AtomicGeometry, AtomicRequest, AtomicWriteTable, BufferEntry, BufferIndex,
@@ -27,3 +28,4 @@ pub use writeback::{
     CompletionStatus, DataRange, Disposition, Message, MirrorStats, PrimaryAction, PrimaryStats,
     RejectReason, RequestId, RequestRef, Rqr, WriteBackMirror, WriteBackPrimary,
 };
+pub use writeback_driver::{MirroredWriteBack, WriteBackConfig, WriteBackStats, WriteTicket};

@@ -211,7 +211,7 @@ impl RieWord {
 
 /// Sizes of a table. Both sides of a mirrored pair use the same geometry: buffer `i` and RIE
 /// `j` of the primary are mirrored in buffer `i` and RIE `j` of the mirror (\[0054\], \[0070\]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct AtomicGeometry {
     /// Bytes per block and buffer (a power of two, 512..=65536).
     pub block_size: u32,

@@ -1,0 +1,127 @@
+//! [`WriteBackStats`]: the counters of a [`MirroredWriteBack`](super::MirroredWriteBack).
+
+use super::state::Core;
+use crate::manager::LinkId;
+use serde::{Deserialize, Serialize};
+
+/// Counters and state of a [`MirroredWriteBack`](super::MirroredWriteBack).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WriteBackStats {
+    /// Whether the data connection is up now.
+    pub connected: bool,
+    /// Its link.
+    pub link: Option<LinkId>,
+    /// Data connections established.
+    pub connections: u64,
+    /// Whether the partner is declared failed now.
+    pub partner_failed: bool,
+    /// Times it was declared failed.
+    pub partner_failures: u64,
+    /// Times it was restored.
+    pub restorations: u64,
+    /// The primary's path incarnation.
+    pub incarnation: u64,
+    /// The mirror's path incarnation.
+    pub mirror_incarnation: u64,
+    /// Host writes taken.
+    pub writes: u64,
+    /// Writes in progress.
+    pub pending: u64,
+    /// Completed mirrored.
+    pub mirrored: u64,
+    /// Completed with the mirror lost.
+    pub mirror_lost: u64,
+    /// Completed after the mirror rejected them.
+    pub rejected: u64,
+    /// RQRs sent again (redo).
+    pub redone: u64,
+    /// Redo after no progress.
+    pub redo_timeouts: u64,
+    /// Data transfers started.
+    pub transfers: u64,
+    /// RDMA WRITEs posted.
+    pub data_writes: u64,
+    /// Bytes of RDMA WRITEs posted.
+    pub data_bytes: u64,
+    /// Failed WRITEs (each fails the connection).
+    pub write_errors: u64,
+    /// Stale inputs the primary ignored.
+    pub stale: u64,
+    /// Partner writes absorbed by the mirror.
+    pub absorbed: u64,
+    /// Bytes copied from `wb-mirror` into the mirror table.
+    pub absorbed_bytes: u64,
+    /// Partner writes aborted by the mirror.
+    pub aborted: u64,
+    /// RQRs the mirror rejected.
+    pub mirror_rejects: u64,
+    /// Stale inputs the mirror ignored.
+    pub mirror_stale: u64,
+    /// Mirror messages held for a data connection.
+    pub held: u64,
+    /// Messages received.
+    pub messages_in: u64,
+    /// Messages sent.
+    pub messages_out: u64,
+    /// Undecodable messages.
+    pub bad_messages: u64,
+    /// NVRAM failures.
+    pub nvram_errors: u64,
+    /// Free buffers in this node's table.
+    pub free_buffers: u64,
+    /// Write latency (start to status), median, in µs.
+    pub latency_p50_us: f64,
+    /// 99th percentile, in µs.
+    pub latency_p99_us: f64,
+    /// Maximum, in µs.
+    pub latency_max_us: f64,
+    /// The last error seen.
+    pub last_error: Option<String>,
+}
+
+impl WriteBackStats {
+    /// A snapshot of the driver's state.
+    pub(super) fn of(c: &Core) -> WriteBackStats {
+        let p = c.primary.stats().clone();
+        let m = c.mirror.stats().clone();
+        let k = &c.counters;
+        let lat = crate::manager::client::summarize(&c.latency);
+        WriteBackStats {
+            connected: c.link_up(),
+            link: c.link.as_ref().map(|l| l.id),
+            connections: k.connections,
+            partner_failed: c.partner_failed(),
+            partner_failures: k.partner_failures,
+            restorations: k.restorations,
+            incarnation: c.primary.incarnation(),
+            mirror_incarnation: c.mirror.incarnation(),
+            writes: p.writes,
+            pending: c.primary.pending() as u64,
+            mirrored: p.mirrored,
+            mirror_lost: p.mirror_lost,
+            rejected: p.rejected,
+            redone: p.redone,
+            redo_timeouts: k.redo_timeouts,
+            transfers: p.transfers,
+            data_writes: k.data_writes,
+            data_bytes: k.data_bytes,
+            write_errors: k.write_errors,
+            stale: p.stale,
+            absorbed: m.absorbed,
+            absorbed_bytes: k.absorbed_bytes,
+            aborted: m.aborted,
+            mirror_rejects: m.rejected,
+            mirror_stale: m.stale,
+            held: k.held,
+            messages_in: k.messages_in,
+            messages_out: k.messages_out,
+            bad_messages: k.bad_messages,
+            nvram_errors: k.nvram_errors,
+            free_buffers: c.primary.table().free_buffer_count() as u64,
+            latency_p50_us: lat.p50_us,
+            latency_p99_us: lat.p99_us,
+            latency_max_us: lat.max_us,
+            last_error: c.last_error.clone(),
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The mirrored write-back driver on two in-process managers over loopback (soft provider):
+//! writes of 1, 16 and 256 blocks complete only once mirrored, and the mirror's table holds
+//! the same block contents as the primary's (both directions at once); several writes in
+//! flight (tickets, and threads); the partner restarting mid-stream from its NVRAM files
+//! (every write completes, `MirrorLost` or mirrored, and every one reported mirrored is in
+//! the restarted mirror's table); more than 256 blocks refused.
+
+mod manager_pair;
+
+use interlink::clients::mirror::{
+    AtomicGeometry, CompletionStatus, MemoryNvram, MirrorError, MirroredWriteBack, WriteBackConfig,
+    WriteBackStats,
+};
+use interlink::fabric::ProviderChoice;
+use interlink::manager::{Manager, NodeConfig};
+use manager_pair::*;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+const BS: usize = 512;
+
+fn geometry() -> AtomicGeometry {
+    AtomicGeometry {
+        block_size: BS as u32,
+        buffers: 8192,
+        ries: 64,
+    }
+}
+
+fn config() -> WriteBackConfig {
+    WriteBackConfig {
+        geometry: geometry(),
+        ..WriteBackConfig::new()
+    }
+}
+
+fn managers() -> (NodeConfig, NodeConfig, Manager, Manager) {
+    init_logs();
+    let dir = temp_dir("wb");
+    let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    let ma = Manager::start(a.clone()).expect("start A");
+    let mb = Manager::start(b.clone()).expect("start B");
+    (a, b, ma, mb)
+}
+
+fn in_memory(m: &Manager, cfg: WriteBackConfig) -> Arc<MirroredWriteBack> {
+    let len = cfg.geometry.required_len();
+    let wb = MirroredWriteBack::start(
+        m,
+        cfg,
+        Box::new(MemoryNvram::new(len)),
+        Box::new(MemoryNvram::new(len)),
+    )
+    .expect("start write-back");
+    Arc::new(wb)
+}
+
+fn in_files(m: &Manager, cfg: WriteBackConfig, dir: &Path, node: u32) -> Arc<MirroredWriteBack> {
+    Arc::new(MirroredWriteBack::open(m, cfg, dir, node).expect("open write-back"))
+}
+
+fn connected(wb: &MirroredWriteBack) {
+    assert!(wb.wait_connected(WAIT), "not connected: {:#?}", wb.stats());
+}
+
+/// `blocks` blocks of data, each block naming `version`, its block address and its offset.
+fn data(version: u64, first: u64, blocks: usize) -> Vec<u8> {
+    let mut d = vec![0u8; blocks * BS];
+    for (k, chunk) in d.chunks_exact_mut(BS).enumerate() {
+        let block = first + k as u64;
+        for (i, w) in chunk.chunks_exact_mut(8).enumerate() {
+            let v = version
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(block << 16)
+                .wrapping_add(i as u64);
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    d
+}
+
+/// Both tables hold `expected` at `[first, +blocks)` of `unit`.
+fn assert_mirrored(
+    p: &MirroredWriteBack,
+    m: &MirroredWriteBack,
+    unit: u16,
+    first: u64,
+    expected: &[u8],
+) {
+    for (k, want) in expected.chunks_exact(BS).enumerate() {
+        let block = first + k as u64;
+        let own = p.read_block(unit, block);
+        assert_eq!(
+            own.as_deref(),
+            Some(want),
+            "primary, unit {unit} block {block}"
+        );
+        let image = m.read_mirror_block(unit, block);
+        assert_eq!(
+            image.as_deref(),
+            Some(want),
+            "mirror, unit {unit} block {block}"
+        );
+    }
+}
+
+fn wait_stats(wb: &MirroredWriteBack, what: &str, mut pred: impl FnMut(&WriteBackStats) -> bool) {
+    let t0 = Instant::now();
+    loop {
+        let st = wb.stats();
+        if pred(&st) {
+            return;
+        }
+        assert!(t0.elapsed() < WAIT, "timed out waiting for {what}: {st:#?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn writes_of_1_16_and_256_blocks_are_mirrored_block_for_block() {
+    let (_, _, ma, mb) = managers();
+    let a = in_memory(&ma, config());
+    let b = in_memory(&mb, config());
+    connected(&a);
+    connected(&b);
+    let mut version = 1;
+    for (first, blocks) in [(0u64, 1usize), (100, 16), (1000, 256)] {
+        let d = data(version, first, blocks);
+        let t0 = Instant::now();
+        assert_eq!(a.write(1, first, &d).unwrap(), CompletionStatus::Mirrored);
+        eprintln!("{blocks:>3} blocks of {BS} B: {:?}", t0.elapsed());
+        assert_mirrored(&a, &b, 1, first, &d);
+        version += 1;
+    }
+    // The other direction, and overwrites (old buffers freed on both sides).
+    let d = data(version, 7, 16);
+    assert_eq!(b.write(2, 7, &d).unwrap(), CompletionStatus::Mirrored);
+    assert_mirrored(&b, &a, 2, 7, &d);
+    for round in 0..20 {
+        version += 1;
+        let d = data(version, 90 + round, 32);
+        assert_eq!(
+            a.write(1, 90 + round, &d).unwrap(),
+            CompletionStatus::Mirrored
+        );
+        assert_mirrored(&a, &b, 1, 90 + round, &d);
+    }
+    assert_eq!(
+        a.read_block(1, 99).unwrap(),
+        b.read_mirror_block(1, 99).unwrap()
+    );
+    // Too many blocks, or not whole blocks: refused, nothing written.
+    let err = a.write(1, 5000, &data(0, 5000, 257)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MirrorError::BlockCount {
+                blocks: 257,
+                max: 256
+            }
+        ),
+        "{err}"
+    );
+    let err = a.write(1, 5000, &[0u8; BS + 1]).unwrap_err();
+    assert!(matches!(err, MirrorError::DataLength { .. }), "{err}");
+    assert!(a.read_block(1, 5000).is_none() && b.read_mirror_block(1, 5000).is_none());
+    let st = a.stats();
+    assert_eq!((st.writes, st.mirrored, st.pending), (23, 23, 0), "{st:#?}");
+    assert_eq!(
+        (st.mirror_lost, st.rejected, st.nvram_errors),
+        (0, 0, 0),
+        "{st:#?}"
+    );
+    let sb = b.stats();
+    assert_eq!(sb.absorbed, 23, "{sb:#?}");
+    assert_eq!(sb.mirror_rejects, 0, "{sb:#?}");
+    eprintln!(
+        "write latency p50 {} µs, p99 {} µs",
+        st.latency_p50_us, st.latency_p99_us
+    );
+}
+
+#[test]
+fn several_writes_in_flight_complete_mirrored() {
+    let (_, _, ma, mb) = managers();
+    let a = in_memory(&ma, config());
+    let b = in_memory(&mb, config());
+    connected(&a);
+    connected(&b);
+    // Tickets: 48 writes of 8 blocks in flight together.
+    let writes: Vec<(u64, Vec<u8>)> = (0..48u64).map(|i| (i * 8, data(i + 1, i * 8, 8))).collect();
+    let tickets: Vec<_> = writes
+        .iter()
+        .map(|(first, d)| a.write_start(3, *first, d).unwrap())
+        .collect();
+    for t in &tickets {
+        assert_eq!(a.wait(t).unwrap(), CompletionStatus::Mirrored);
+    }
+    for (first, d) in &writes {
+        assert_mirrored(&a, &b, 3, *first, d);
+    }
+    // A write to a block held by a write in progress is refused by write_start...
+    let t = a.write_start(4, 0, &data(1, 0, 4)).unwrap();
+    match a.write_start(4, 2, &data(2, 2, 4)) {
+        Err(MirrorError::RangeBusy { .. }) => {}
+        Ok(t2) => {
+            // ... unless the first one already completed.
+            assert!(a.is_complete(&t));
+            a.wait(&t2).unwrap();
+        }
+        Err(e) => panic!("{e}"),
+    }
+    a.wait(&t).unwrap();
+    // Threads writing both ways at once (write waits for busy ranges itself).
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (w, unit) = if t % 2 == 0 {
+                (a.clone(), 5)
+            } else {
+                (b.clone(), 6)
+            };
+            std::thread::spawn(move || {
+                let mut last = Vec::new();
+                for i in 0..60u64 {
+                    let first = t * 1000 + (i % 20) * 4;
+                    let d = data(i + 10, first, 1 + (i as usize % 16));
+                    assert_eq!(
+                        w.write(unit, first, &d).unwrap(),
+                        CompletionStatus::Mirrored
+                    );
+                    last.push((unit, first, d));
+                }
+                last
+            })
+        })
+        .collect();
+    let mut last = std::collections::HashMap::new();
+    for h in handles {
+        for (unit, first, d) in h.join().unwrap() {
+            for (k, block) in d.chunks_exact(BS).enumerate() {
+                last.insert((unit, first + k as u64), block.to_vec());
+            }
+        }
+    }
+    for ((unit, block), want) in &last {
+        let (p, m) = if *unit == 5 { (&a, &b) } else { (&b, &a) };
+        assert_eq!(p.read_block(*unit, *block).as_deref(), Some(&want[..]));
+        assert_eq!(
+            m.read_mirror_block(*unit, *block).as_deref(),
+            Some(&want[..])
+        );
+    }
+    let st = a.stats();
+    assert_eq!(st.mirrored, st.writes, "{st:#?}");
+    eprintln!(
+        "{} writes: p50 {} µs p99 {} µs, {} data writes",
+        st.writes, st.latency_p50_us, st.latency_p99_us, st.data_writes
+    );
+}
+
+#[test]
+fn partner_restart_mid_stream_keeps_every_mirrored_write() {
+    let (_, bcfg, ma, mb) = managers();
+    let dir = temp_dir("wb-restart");
+    let a = in_files(&ma, config(), &dir, 1);
+    let b = in_files(&mb, config(), &dir, 2);
+    connected(&a);
+    connected(&b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (a, stop) = (a.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut done = Vec::new();
+            let mut first = 0u64;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && first < 7000 {
+                let blocks = 1 + (i as usize % 6);
+                let d = data(i + 1, first, blocks);
+                let status = a.write(1, first, &d).unwrap();
+                done.push((first, d, status));
+                first += blocks as u64;
+                i += 1;
+            }
+            done
+        })
+    };
+    wait_stats(&a, "writes before the restart", |s| s.mirrored >= 200);
+
+    // B restarts (a new process over its NVRAM files) while A keeps writing.
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    let at_stop = a.stats().mirrored;
+    let mb = Manager::start(bcfg).expect("restart B");
+    let b = in_files(&mb, config(), &dir, 2);
+    connected(&b);
+    wait_stats(&a, "writes after the restart", |s| {
+        s.mirrored >= at_stop + 200
+    });
+    stop.store(true, Ordering::Relaxed);
+    let done = writer.join().unwrap();
+    let (mut mirrored, mut lost) = (0, 0);
+    for (first, d, status) in &done {
+        match status {
+            CompletionStatus::Mirrored => {
+                assert_mirrored(&a, &b, 1, *first, d);
+                mirrored += 1;
+            }
+            CompletionStatus::MirrorLost => {
+                assert_eq!(a.read_block(1, *first).as_deref(), Some(&d[..BS]));
+                lost += 1;
+            }
+            other => panic!("write at {first}: {other:?}"),
+        }
+    }
+    let st = a.stats();
+    assert!(st.connections >= 2, "{st:#?}");
+    assert_eq!(st.pending, 0);
+    eprintln!(
+        "B restarted after {at_stop} mirrored writes; {mirrored} mirrored, {lost} with the mirror lost, {} redone, {} partner failures",
+        st.redone, st.partner_failures
+    );
+}
+
+#[test]
+fn data_path_changes_mid_stream_lose_nothing() {
+    let (_, _, ma, mb) = managers();
+    let mut cfg = config();
+    // A long partner timeout: a reset is a path change, never a partner failure.
+    cfg.partner_timeout = Duration::from_secs(60);
+    let a = in_memory(&ma, cfg.clone());
+    let b = in_memory(&mb, cfg);
+    connected(&a);
+    connected(&b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = [(a.clone(), 1u16), (b.clone(), 2u16)]
+        .into_iter()
+        .map(|(w, unit)| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut done = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Overwrites of a small range: old buffers are freed and reused.
+                    let first = (i * 7) % 400;
+                    let d = data(i + 1, first, 1 + (i as usize % 24));
+                    let tickets: Vec<_> = (0..4u64)
+                        .map(|k| {
+                            let first = 1000 * (k + 1) + first;
+                            let d = data(i + 1, first, d.len() / BS);
+                            (first, w.write_start(unit, first, &d).unwrap(), d)
+                        })
+                        .collect();
+                    for (first, t, d) in tickets {
+                        assert_eq!(w.wait(&t).unwrap(), CompletionStatus::Mirrored);
+                        done.push((first, d));
+                    }
+                    i += 1;
+                }
+                (unit, done)
+            })
+        })
+        .collect();
+    for round in 0..6 {
+        std::thread::sleep(Duration::from_millis(150));
+        let who = if round % 2 == 0 { &a } else { &b };
+        who.reset_data_path("test: path change");
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    stop.store(true, Ordering::Relaxed);
+    let mut last = std::collections::HashMap::new();
+    for h in writers {
+        let (unit, done) = h.join().unwrap();
+        for (first, d) in done {
+            for (k, block) in d.chunks_exact(BS).enumerate() {
+                last.insert((unit, first + k as u64), block.to_vec());
+            }
+        }
+    }
+    for ((unit, block), want) in &last {
+        let (p, m) = if *unit == 1 { (&a, &b) } else { (&b, &a) };
+        assert_eq!(p.read_block(*unit, *block).as_deref(), Some(&want[..]));
+        assert_eq!(
+            m.read_mirror_block(*unit, *block).as_deref(),
+            Some(&want[..]),
+            "unit {unit} block {block}"
+        );
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(
+        sa.connections >= 7 && sb.connections >= 7,
+        "{sa:#?} {sb:#?}"
+    );
+    assert_eq!(sa.partner_failures + sb.partner_failures, 0);
+    eprintln!(
+        "A: {} writes, {} redone, {} stale; B: {} writes, {} redone, {} stale; {} held",
+        sa.writes,
+        sa.redone,
+        sa.stale,
+        sb.writes,
+        sb.redone,
+        sb.stale,
+        sa.held + sb.held
+    );
+}

@@ -1,0 +1,148 @@
+//! Mirrored write-back between two node processes in namespaces ilA and ilB (soft provider on
+//! the host, verbs on Soft-RoCE in the VM with `INTERLINK_TEST_FABRIC=verbs`): both nodes
+//! write continuously (each the primary of its writes and the mirror of the other's) while
+//! the link the `wb-data` client uses is cut; the client moves to the other link, writes in
+//! progress are redone there, and afterwards every block whose last write was acknowledged
+//! mirrored holds that write's data in the partner's mirror image (F5.5).
+//!
+//! What each node acknowledged comes from its writer's own file (`wb-acked-<node>.log`, see
+//! `interlink node --writeback`); the partner checks it against its image (`{"check": true}`).
+//!
+//! Root only, so `#[ignore]`: `soft-roce/test-all` runs it. It builds its own topology, so
+//! run it with `--test-threads=1`.
+
+mod manager_pair;
+mod netns_node;
+
+use interlink::manager::{ClientState, NodeStatus};
+use manager_pair::*;
+use netns_node::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const WRITEBACK: &str = "writeback";
+const DATA: &str = "wb-data";
+
+fn wb(n: &Node, command: Value) -> Value {
+    n.client(WRITEBACK, command)
+}
+
+fn wait_wb(n: &Node, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let v = wb(n, json!({}));
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "{}: timed out waiting for {what}: {v:#}\nlog:\n{}",
+            n.name,
+            n.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn completed_at_least(n: &Node, count: u64) -> u64 {
+    wait_wb(n, &format!("{count} writes completed"), |v| {
+        v["writer"]["completed"].as_u64().unwrap_or(0) >= count
+    })["writer"]["completed"]
+        .as_u64()
+        .unwrap()
+}
+
+fn data_link(s: &NodeStatus) -> Option<u8> {
+    s.clients
+        .iter()
+        .find(|c| c.name == DATA && c.state == ClientState::Ready)
+        .and_then(|c| c.link)
+}
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn link_cut_mid_stream_loses_no_mirrored_write() {
+    topology(2);
+    let dir = temp_dir("wb-cut");
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let (a, b) = pair(&dir, 2, netns, fabric(), 19100);
+    let mut na = Node::new(&dir, "a", "ilA", a, &[]);
+    let mut nb = Node::new(&dir, "b", "ilB", b, &[]);
+    for n in [&mut na, &mut nb] {
+        // A long partner timeout: a link cut is a path change, never a partner failure.
+        // Small tables (1 MiB of data): registering large regions stalls the emulated VM.
+        n.extra = vec![
+            "--writeback".into(),
+            format!("{}:60000:2048:512", shared.display()),
+        ];
+        n.start();
+    }
+    let settled = |s: &NodeStatus| data_link(s).filter(|_| links_ready(s));
+    nb.wait("links up, wb-data placed", |s| settled(s).is_some());
+    let mut link = None;
+    na.wait("links up, wb-data placed", |s| {
+        link = settled(s);
+        link.is_some()
+    });
+    let link = link.expect("link");
+    for n in [&na, &nb] {
+        wait_wb(n, "write-back connected", |v| {
+            v["writeback"]["connected"] == json!(true)
+        });
+        wb(
+            n,
+            json!({"write": {"blocks": 8, "window": 8, "range": 1024}}),
+        );
+    }
+    let before = [completed_at_least(&na, 500), completed_at_least(&nb, 500)];
+    let cut = Instant::now();
+    sh("link", &["down", &link.to_string()]);
+    let other = 1 - link;
+    na.wait("wb-data moved", |s| data_link(s) == Some(other));
+    let moved = cut.elapsed();
+    completed_at_least(&na, before[0] + 500);
+    completed_at_least(&nb, before[1] + 500);
+    sh("link", &["up", &link.to_string()]);
+    let mut stopped = Vec::new();
+    for n in [&na, &nb] {
+        let v = wb(n, json!({"stop": true}));
+        let w = &v["writer"];
+        assert_eq!(w["errors"], json!(0), "{}: {v:#}", n.name);
+        assert_eq!(w["lost"], json!(0), "{}: {v:#}", n.name);
+        assert_eq!(w["rejected"], json!(0), "{}: {v:#}", n.name);
+        assert_eq!(w["completed"], w["started"], "{}: {v:#}", n.name);
+        assert_eq!(v["writeback"]["pending"], json!(0), "{}: {v:#}", n.name);
+        stopped.push(v);
+    }
+    // Each node's mirror image holds the last mirrored write of every block of the other.
+    for (n, partner) in [(&nb, &stopped[0]), (&na, &stopped[1])] {
+        let c = wb(n, json!({"check": true}))["check"].clone();
+        assert_eq!(
+            c["writes"].as_u64(),
+            partner["writer"]["completed"].as_u64(),
+            "{c:#}"
+        );
+        assert_eq!(c["checked"].as_u64(), Some(512), "{c:#}");
+        assert_eq!(
+            (&c["missing"], &c["wrong"], &c["skipped"]),
+            (&json!(0), &json!(0), &json!(0)),
+            "{}: {c:#}",
+            n.name
+        );
+    }
+    let sa = &stopped[0]["writeback"];
+    assert!(sa["connections"].as_u64().unwrap() >= 2, "{sa:#}");
+    println!(
+        "link {link} cut with {} and {} writes done; wb-data on link {other} after {:.0} ms; A: {} writes ({} redone, {} redo timeouts), p50 {} µs p99 {} µs; B: {} writes",
+        before[0],
+        before[1],
+        moved.as_secs_f64() * 1e3,
+        sa["writes"],
+        sa["redone"],
+        sa["redo_timeouts"],
+        sa["latency_p50_us"],
+        sa["latency_p99_us"],
+        stopped[1]["writeback"]["writes"],
+    );
+}
