@@ -337,42 +337,13 @@ fn histogram() -> Histogram<u64> {
 /// perftest's MB: 2^20 bytes.
 const MB: f64 = (1u64 << 20) as f64;
 
-/// The figures of the summary, by key (`<net>/<figure>`).
-#[derive(Default)]
-struct Recorder {
-    lines: RefCell<BTreeMap<String, String>>,
+/// The shadow-log figures on top of the shared [`Recorder`].
+trait MirrorFigures {
+    fn throughput(&self, net: &Net, records: u64, took: Duration, window: usize, wire: u64);
+    fn shadow(&self, net: &Net, s: &ShadowStats);
 }
 
-impl Recorder {
-    fn set(&self, net: &Net, figure: &str, fields: String) {
-        self.lines
-            .borrow_mut()
-            .insert(format!("{}/{figure}", net.label), fields);
-    }
-
-    /// n, p50, p99, mean, min, max, p25, p75 of a histogram of nanoseconds, in microseconds.
-    fn latency(&self, net: &Net, figure: &str, h: &Histogram<u64>) {
-        if h.is_empty() {
-            return;
-        }
-        let us = |ns: u64| ns as f64 / 1e3;
-        self.set(
-            net,
-            figure,
-            format!(
-                "n={} p50_us={:.2} p99_us={:.2} mean_us={:.2} min_us={:.2} max_us={:.2} p25_us={:.2} p75_us={:.2}",
-                h.len(),
-                us(h.value_at_quantile(0.5)),
-                us(h.value_at_quantile(0.99)),
-                h.mean() / 1e3,
-                us(h.min()),
-                us(h.max()),
-                us(h.value_at_quantile(0.25)),
-                us(h.value_at_quantile(0.75))
-            ),
-        );
-    }
-
+impl MirrorFigures for Recorder {
     fn throughput(&self, net: &Net, records: u64, took: Duration, window: usize, wire: u64) {
         let secs = took.as_secs_f64().max(1e-9);
         self.set(
@@ -404,21 +375,6 @@ impl Recorder {
                 s.unmirrored,
             ),
         );
-    }
-
-    fn print_summary(&self) {
-        let lines = self.lines.borrow();
-        if lines.is_empty() {
-            return;
-        }
-        println!();
-        println!(
-            "mirror bench summary: append latency in microseconds (one record at a time, to \
-             acknowledgement), append throughput of {BW_SIZE}-byte records in MB/s (2^20 bytes)"
-        );
-        for (key, fields) in lines.iter() {
-            println!("mirror-bench: key={key} {fields}");
-        }
     }
 }
 
@@ -505,12 +461,14 @@ fn main() {
     // cargo bench passes --bench; without it criterion runs every benchmark once (test mode).
     let quick = !std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default().configure_from_args();
-    let rec = Recorder::default();
+    let rec = Recorder::new("mirror");
     bench_net(&mut c, &SOFT_LOOPBACK, &rec, quick);
     run_verbs_case("mirror", "bench-mirror", || {
         bench_net(&mut c, &VERBS_NETNS, &rec, quick)
     });
     c.final_summary();
-    rec.print_summary();
+    rec.print_summary(&format!(
+        "append latency in microseconds (one record at a time, to acknowledgement), append throughput of {BW_SIZE}-byte records in MB/s (2^20 bytes)"
+    ));
     remove_secret("mirror");
 }

@@ -36,8 +36,7 @@ use interlink::clients::mirror::{
 use interlink::fabric::ProviderChoice;
 use interlink::manager::{LinkConfig, Manager, NodeConfig};
 use pair::*;
-use std::cell::{OnceCell, RefCell};
-use std::collections::BTreeMap;
+use std::cell::OnceCell;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -155,38 +154,6 @@ fn write(p: &Pair, blocks: usize, data: &[u8]) -> Duration {
     d
 }
 
-#[derive(Default)]
-struct Recorder {
-    lines: RefCell<BTreeMap<String, String>>,
-}
-
-impl Recorder {
-    fn latency(&self, net: &Net, figure: &str, h: &Histogram<u64>) {
-        if h.is_empty() {
-            return;
-        }
-        let us = |ns: u64| ns as f64 / 1e3;
-        self.lines.borrow_mut().insert(
-            format!("{}/{figure}", net.label),
-            format!(
-                "n={} p50_us={:.2} p99_us={:.2} mean_us={:.2} min_us={:.2} max_us={:.2}",
-                h.len(),
-                us(h.value_at_quantile(0.5)),
-                us(h.value_at_quantile(0.99)),
-                h.mean() / 1e3,
-                us(h.min()),
-                us(h.max()),
-            ),
-        );
-    }
-
-    fn print_summary(&self) {
-        for (key, fields) in self.lines.borrow().iter() {
-            println!("writeback-bench: key={key} {fields}");
-        }
-    }
-}
-
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("histogram bounds")
 }
@@ -243,12 +210,12 @@ fn main() {
     init_logs();
     let quick = !std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default().configure_from_args();
-    let rec = Recorder::default();
+    let rec = Recorder::new("writeback");
     bench_net(&mut c, &SOFT_LOOPBACK, &rec, quick);
     run_verbs_case("writeback", "vm", || {
         bench_net(&mut c, &VERBS_NETNS, &rec, quick)
     });
     c.final_summary();
-    rec.print_summary();
+    rec.print_summary("mirrored write-back of 4 KiB blocks, latencies in microseconds");
     remove_secret("writeback");
 }
