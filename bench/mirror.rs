@@ -7,7 +7,8 @@
 //! measurement of that net. Node A appends; node B only mirrors. The local NVRAM is a
 //! [`MemoryNvram`] (plain memory: persisting is a no-op, so the figures are the mirror path's
 //! own); `INTERLINK_BENCH_MIRROR_NVRAM=file` uses the reference [`FileNvram`] (a memory-mapped
-//! file in a temporary directory, msync per append) instead. Every 1024 acknowledged records
+//! file in a temporary directory, msync per append) instead, and
+//! `INTERLINK_BENCH_MIRROR_SPIN_US` sets [`ShadowConfig::spin`]. Every 1024 acknowledged records
 //! node A checkpoints through the last one, so the log never fills (its data area holds about
 //! 16 000 records of 4 KiB).
 //!
@@ -112,6 +113,19 @@ fn window() -> usize {
         .unwrap_or(WINDOW)
 }
 
+/// The shadow configuration: the defaults, except a waiter's spin before it sleeps
+/// (`INTERLINK_BENCH_MIRROR_SPIN_US`, to compare settings).
+fn shadow_config() -> ShadowConfig {
+    let mut cfg = ShadowConfig::new();
+    if let Some(us) = std::env::var("INTERLINK_BENCH_MIRROR_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.spin = Duration::from_micros(us);
+    }
+    cfg
+}
+
 fn file_nvram() -> bool {
     std::env::var("INTERLINK_BENCH_MIRROR_NVRAM").as_deref() == Ok("file")
 }
@@ -172,7 +186,7 @@ impl Node {
             let me = cfg.node_id;
             let manager = Manager::start(cfg).map_err(|e| format!("node {me}: start: {e}"))?;
             let (log, cursor) = backings(&dir, me)?;
-            let shadow = ShadowMirror::start(&manager, ShadowConfig::new(), log, cursor)
+            let shadow = ShadowMirror::start(&manager, shadow_config(), log, cursor)
                 .map_err(|e| format!("node {me}: shadow mirror: {e}"))?;
             Ok(Node { manager, shadow })
         }))
@@ -392,9 +406,10 @@ impl Recorder {
             net,
             "shadow",
             format!(
-                "nvram={} log_mib={} checkpoint_every={CHECKPOINT_EVERY} appends={} mirror_writes={} writes_per_record={:.3} mirror_mb={:.1} resyncs={} write_errors={} unmirrored={}",
+                "nvram={} log_mib={} checkpoint_every={CHECKPOINT_EVERY} spin_us={} appends={} mirror_writes={} writes_per_record={:.3} mirror_mb={:.1} resyncs={} write_errors={} unmirrored={}",
                 if file_nvram() { "file" } else { "memory" },
                 LOG_LEN >> 20,
+                shadow_config().spin.as_micros(),
                 s.appends,
                 s.mirror_writes,
                 s.mirror_writes as f64 / s.appends.max(1) as f64,
