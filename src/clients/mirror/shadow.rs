@@ -341,6 +341,7 @@ impl ShadowMirror {
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             cursor: Mutex::new(cursor),
+            kick: crossbeam_channel::bounded(1),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
