@@ -636,6 +636,7 @@ impl Drop for ShadowMirror {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.changed.notify_all();
+        let _ = self.shared.kick.0.try_send(()); // an idle driver: stop now
         if let Some(t) = self.thread.lock().take() {
             if t.join().is_err() {
                 tracing::error!(client = %self.shared.cfg.name, "shadow driver thread panicked");

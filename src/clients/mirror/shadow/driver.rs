@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(super) const POLL_BATCH: usize = 64;
+/// Longest the driver thread waits when idle (nothing in flight): manager events and posts
+/// wake it at once, so this only bounds how late it notices a partner timeout.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// Busy polling yields the CPU after this long.
 const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest unmirrored ranges kept for waiters (one range per partner absence).
@@ -492,7 +495,7 @@ pub(super) fn drive(shared: &Arc<Shared>) {
                         }
                     }
                     recv(shared.kick.1) -> _ => {}
-                    default(Duration::from_millis(2)) => {}
+                    default(IDLE_WAIT) => {}
                 }
             }
         }
