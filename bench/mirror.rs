@@ -2,7 +2,7 @@
 //! set next to `ib_write_lat`, and pipelined append throughput, to set next to `ib_write_bw`.
 //!
 //! One pair of [`Manager`]s per net, each with a [`ShadowMirror`] (default [`ShadowConfig`]:
-//! send queue 128 deep, 50 µs of spinning before a waiter sleeps) on a 64 MiB log, is started
+//! send queue 128 deep, 1 ms of spinning before a waiter sleeps) on a 64 MiB log, is started
 //! once (node A's threads in namespace ilA, node B's in ilB on Soft-RoCE) and serves every
 //! measurement of that net. Node A appends; node B only mirrors. The local NVRAM is a
 //! [`MemoryNvram`] (plain memory: persisting is a no-op, so the figures are the mirror path's
