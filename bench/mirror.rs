@@ -2,21 +2,22 @@
 //! set next to `ib_write_lat`, and pipelined append throughput, to set next to `ib_write_bw`.
 //!
 //! One pair of [`Manager`]s per net, each with a [`ShadowMirror`] (default [`ShadowConfig`]:
-//! send queue 128 deep, 50 µs of spinning before a waiter sleeps) on a 64 MiB log, is started
+//! send queue 128 deep, 1 ms of spinning before a waiter sleeps) on a 64 MiB log, is started
 //! once (node A's threads in namespace ilA, node B's in ilB on Soft-RoCE) and serves every
 //! measurement of that net. Node A appends; node B only mirrors. The local NVRAM is a
 //! [`MemoryNvram`] (plain memory: persisting is a no-op, so the figures are the mirror path's
 //! own); `INTERLINK_BENCH_MIRROR_NVRAM=file` uses the reference [`FileNvram`] (a memory-mapped
-//! file in a temporary directory, msync per append) instead. Every 1024 acknowledged records
-//! node A checkpoints through the last one, so the log never fills (its data area holds about
-//! 16 000 records of 4 KiB).
+//! file in a temporary directory, msync per append) instead, and
+//! `INTERLINK_BENCH_MIRROR_SPIN_US` sets [`ShadowConfig::spin`]. Every 1024 acknowledged
+//! records node A checkpoints through the last one, so the log never fills (its data area
+//! holds about 16 000 records of 4 KiB).
 //!
 //! * `<net>/append/{64,512,4096}`: [`ShadowMirror::append`] of one record of that payload size
-//!   at a time: local copy into the log (record header and checksum), staging copy, one RDMA
-//!   WRITE of the record to the partner's mirror region and its completion (criterion
-//!   `iter_custom`, the sum of the appends' latencies; the periodic checkpoint is outside the
-//!   timing). After the criterion group, `N` more appends per size (20 000 on the soft
-//!   provider, 5 000 on Soft-RoCE) go into a histogram for p50 / p99.
+//!   at a time (as `append_start` then `wait`): local copy into the log (record header and
+//!   checksum), staging copy, one RDMA WRITE of the record to the partner's mirror region and
+//!   its completion (criterion `iter_custom`, the sum of the appends' latencies; the periodic
+//!   checkpoint is outside the timing). After the criterion group, `N` more appends per size
+//!   (20 000 on the soft provider, 5 000 on Soft-RoCE) go into a histogram for p50 / p99.
 //! * `<net>/append_throughput/4096`: appends of 4 KiB with up to `W` in flight
 //!   ([`ShadowMirror::append_start`] while fewer than `W` are in flight, else
 //!   [`ShadowMirror::wait`] for the oldest; `W` = 32, `INTERLINK_BENCH_MIRROR_WINDOW`), timed
@@ -34,9 +35,13 @@
 //!
 //! After criterion's report one `mirror-bench:` line per figure follows, which
 //! `soft-roce/bench-mirror` reads: `key=<net>/append_<size> n= p50_us= p99_us= mean_us=
-//! min_us= max_us= p25_us= p75_us=` for sizes 64, 512 and 4096, `key=<net>/append_throughput_4096
-//! records= secs= mb_s= records_s= wire_mb_s= window=`, and `key=<net>/shadow nvram= log_mib=
-//! checkpoint_every= writes_per_record= ...` (the driver's counters after the run).
+//! min_us= max_us= p25_us= p75_us= start_mean_us=` for sizes 64, 512 and 4096,
+//! `key=<net>/append_throughput_4096 records= secs= mb_s= records_s= wire_mb_s= window=
+//! start_mean_us=`, and `key=<net>/shadow nvram= log_mib= checkpoint_every= spin_us=
+//! writes_per_record= ...` (the driver's counters after the run). `start_mean_us` is the mean
+//! time in [`ShadowMirror::append_start`], the local part of an append (lock, log copy and
+//! record checksum, staging copy, post; on Soft-RoCE the post is a system call in which rxe
+//! does much of the sending), which the latencies include.
 //! Without `--bench` (criterion's test mode, as in `cargo test --benches`) every benchmark runs
 //! once, the histograms take 1000 appends and the timed throughput run 0.2 s.
 
@@ -112,6 +117,19 @@ fn window() -> usize {
         .unwrap_or(WINDOW)
 }
 
+/// The shadow configuration: the defaults, except a waiter's spin before it sleeps
+/// (`INTERLINK_BENCH_MIRROR_SPIN_US`, to compare settings).
+fn shadow_config() -> ShadowConfig {
+    let mut cfg = ShadowConfig::new();
+    if let Some(us) = std::env::var("INTERLINK_BENCH_MIRROR_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.spin = Duration::from_micros(us);
+    }
+    cfg
+}
+
 fn file_nvram() -> bool {
     std::env::var("INTERLINK_BENCH_MIRROR_NVRAM").as_deref() == Ok("file")
 }
@@ -172,7 +190,7 @@ impl Node {
             let me = cfg.node_id;
             let manager = Manager::start(cfg).map_err(|e| format!("node {me}: start: {e}"))?;
             let (log, cursor) = backings(&dir, me)?;
-            let shadow = ShadowMirror::start(&manager, ShadowConfig::new(), log, cursor)
+            let shadow = ShadowMirror::start(&manager, shadow_config(), log, cursor)
                 .map_err(|e| format!("node {me}: shadow mirror: {e}"))?;
             Ok(Node { manager, shadow })
         }))
@@ -196,6 +214,27 @@ struct MirrorPair {
     last: Option<LogPosition>,
     payloads: BTreeMap<usize, Vec<u8>>,
     window: usize,
+    /// Time in `append_start` (the local part: log copy and checksum, staging copy, post).
+    local: Local,
+}
+
+/// Time spent in `append_start`, and how many calls.
+#[derive(Default, Clone, Copy)]
+struct Local {
+    total: Duration,
+    n: u64,
+}
+
+impl Local {
+    fn note(&mut self, d: Duration) {
+        self.total += d;
+        self.n += 1;
+    }
+    /// Mean µs per call since `before`.
+    fn mean_us_since(&self, before: Local) -> f64 {
+        let n = self.n - before.n;
+        (self.total - before.total).as_secs_f64() * 1e6 / n.max(1) as f64
+    }
 }
 
 impl MirrorPair {
@@ -248,6 +287,7 @@ impl MirrorPair {
             last: None,
             payloads,
             window: window(),
+            local: Local::default(),
         }
     }
 
@@ -268,11 +308,18 @@ impl MirrorPair {
     fn appends(&mut self, net: &Net, size: usize, n: u64, mut each: impl FnMut(Duration)) {
         for _ in 0..n {
             let p = &self.payloads[&size];
+            // As ShadowMirror::append, with the local part (append_start) timed apart.
             let t = Instant::now();
+            let ticket = self
+                .a
+                .shadow
+                .append_start(p)
+                .unwrap_or_else(|e| panic!("{}: append of {size} bytes: {e}", net.label));
+            self.local.note(t.elapsed());
             let r = self
                 .a
                 .shadow
-                .append(p)
+                .wait(&ticket)
                 .unwrap_or_else(|e| panic!("{}: append of {size} bytes: {e}", net.label));
             each(t.elapsed());
             assert!(r.mirrored, "{}: append not mirrored", net.label);
@@ -292,12 +339,14 @@ impl MirrorPair {
                 && started < n
                 && until.is_none_or(|u| Instant::now() < u)
             {
-                let t = self
+                let t = Instant::now();
+                let ticket = self
                     .a
                     .shadow
                     .append_start(&self.payloads[&BW_SIZE])
                     .unwrap_or_else(|e| panic!("{}: append_start: {e}", net.label));
-                in_flight.push_back(t);
+                self.local.note(t.elapsed());
+                in_flight.push_back(ticket);
                 started += 1;
             }
             let Some(front) = in_flight.pop_front() else {
@@ -339,18 +388,37 @@ const MB: f64 = (1u64 << 20) as f64;
 
 /// The shadow-log figures on top of the shared [`Recorder`].
 trait MirrorFigures {
-    fn throughput(&self, net: &Net, records: u64, took: Duration, window: usize, wire: u64);
+    fn append_latency(&self, net: &Net, figure: &str, h: &Histogram<u64>, local_us: f64);
+    fn throughput(
+        &self,
+        net: &Net,
+        run: (u64, Duration),
+        window: usize,
+        wire: u64,
+        local_us: f64,
+    );
     fn shadow(&self, net: &Net, s: &ShadowStats);
 }
 
 impl MirrorFigures for Recorder {
-    fn throughput(&self, net: &Net, records: u64, took: Duration, window: usize, wire: u64) {
+    fn append_latency(&self, net: &Net, figure: &str, h: &Histogram<u64>, local_us: f64) {
+        self.latency_with(net, figure, h, &format!(" start_mean_us={local_us:.2}"));
+    }
+
+    fn throughput(
+        &self,
+        net: &Net,
+        (records, took): (u64, Duration),
+        window: usize,
+        wire: u64,
+        local_us: f64,
+    ) {
         let secs = took.as_secs_f64().max(1e-9);
         self.set(
             net,
             &format!("append_throughput_{BW_SIZE}"),
             format!(
-                "records={records} secs={secs:.3} mb_s={:.2} records_s={:.0} wire_mb_s={:.2} window={window}",
+                "records={records} secs={secs:.3} mb_s={:.2} records_s={:.0} wire_mb_s={:.2} window={window} start_mean_us={local_us:.2}",
                 records as f64 * BW_SIZE as f64 / MB / secs,
                 records as f64 / secs,
                 wire as f64 / MB / secs,
@@ -363,9 +431,10 @@ impl MirrorFigures for Recorder {
             net,
             "shadow",
             format!(
-                "nvram={} log_mib={} checkpoint_every={CHECKPOINT_EVERY} appends={} mirror_writes={} writes_per_record={:.3} mirror_mb={:.1} resyncs={} write_errors={} unmirrored={}",
+                "nvram={} log_mib={} checkpoint_every={CHECKPOINT_EVERY} spin_us={} appends={} mirror_writes={} writes_per_record={:.3} mirror_mb={:.1} resyncs={} write_errors={} unmirrored={}",
                 if file_nvram() { "file" } else { "memory" },
                 LOG_LEN >> 20,
+                shadow_config().spin.as_micros(),
                 s.appends,
                 s.mirror_writes,
                 s.mirror_writes as f64 / s.appends.max(1) as f64,
@@ -426,10 +495,12 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
             net.label
         );
         let mut h = histogram();
+        let local = pair.local;
         pair.appends(net, size, n as u64, |d| {
             h.saturating_record(d.as_nanos().max(1) as u64)
         });
-        rec.latency(net, &format!("append_{size}"), &h);
+        let local_us = pair.local.mean_us_since(local);
+        rec.append_latency(net, &format!("append_{size}"), &h, local_us);
     }
     let bw_time = if quick {
         Duration::from_millis(200)
@@ -443,14 +514,15 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
         bw_time.as_secs_f64()
     );
     let before = pair.a.shadow.stats();
-    let (records, took) = pair.pipelined(net, u64::MAX, Some(Instant::now() + bw_time));
+    let local = pair.local;
+    let run = pair.pipelined(net, u64::MAX, Some(Instant::now() + bw_time));
     let after = pair.a.shadow.stats();
     rec.throughput(
         net,
-        records,
-        took,
+        run,
         pair.window,
         after.mirror_bytes - before.mirror_bytes,
+        pair.local.mean_us_since(local),
     );
     rec.shadow(net, &after);
     pair.shutdown();

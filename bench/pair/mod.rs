@@ -171,6 +171,11 @@ impl Recorder {
 
     /// n, p50, p99, mean, min, max, p25, p75 of a histogram of nanoseconds, in microseconds.
     pub fn latency(&self, net: &Net, figure: &str, h: &Histogram<u64>) {
+        self.latency_with(net, figure, h, "");
+    }
+
+    /// [`Recorder::latency`] with `extra` fields (` key=value ...`) appended.
+    pub fn latency_with(&self, net: &Net, figure: &str, h: &Histogram<u64>, extra: &str) {
         if h.is_empty() {
             return;
         }
@@ -179,7 +184,7 @@ impl Recorder {
             net,
             figure,
             format!(
-                "n={} p50_us={:.2} p99_us={:.2} mean_us={:.2} min_us={:.2} max_us={:.2} p25_us={:.2} p75_us={:.2}",
+                "n={} p50_us={:.2} p99_us={:.2} mean_us={:.2} min_us={:.2} max_us={:.2} p25_us={:.2} p75_us={:.2}{extra}",
                 h.len(),
                 us(h.value_at_quantile(0.5)),
                 us(h.value_at_quantile(0.99)),

@@ -11,6 +11,7 @@ use crate::clients::mirror::log_replay::{replay, LogPosition, Replay, ScanStop};
 use crate::clients::mirror::shadow::cursor::CursorStore;
 use crate::fabric::{Completion, MemoryRegion, RegionDescriptor, SendOp, SendRequest};
 use crate::manager::{ClientEvent, ClientHandle, ClientQp, Connection, LinkId};
+use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
@@ -19,6 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(super) const POLL_BATCH: usize = 64;
+/// Longest the driver thread waits when idle (nothing in flight): manager events and posts
+/// wake it at once, so this only bounds how late it notices a partner timeout.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// Busy polling yields the CPU after this long.
 const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest unmirrored ranges kept for waiters (one range per partner absence).
@@ -103,6 +107,9 @@ pub(super) struct Shared {
     pub(super) changed: Condvar,
     pub(super) stop: AtomicBool,
     pub(super) cursor: Mutex<CursorStore>,
+    /// Wakes an idle driver thread when writes were posted, so it blocks on the completion
+    /// queue instead of sleeping out its idle timeout (see [`drive`]). Capacity 1.
+    pub(super) kick: (Sender<()>, Receiver<()>),
 }
 
 impl Shared {
@@ -236,6 +243,8 @@ impl Shared {
         if n > 0 {
             match l.qp.post_send_all(posts) {
                 Ok(()) => {
+                    // Wake the driver if it is idle: it then waits on the completion queue.
+                    let _ = self.kick.0.try_send(());
                     l.outstanding += n;
                     counters.mirror_writes += n as u64;
                     counters.mirror_bytes += bytes;
@@ -453,7 +462,10 @@ impl Shared {
 }
 
 /// The driver thread: follows manager events, reaps completions (blocking on the completion
-/// queue while writes are in flight), checks the partner timeout.
+/// queue while writes are in flight), checks the partner timeout. Idle (nothing in flight),
+/// it waits for a manager event or for [`Shared::post`]'s kick: a waiting appender that has
+/// stopped spinning sleeps until the driver reaps its completion, so the driver must be on the
+/// completion queue as soon as a write is posted, not only after its idle timeout.
 pub(super) fn drive(shared: &Arc<Shared>) {
     let mut waited = Vec::with_capacity(POLL_BATCH);
     while !shared.stop.load(Ordering::Relaxed) {
@@ -474,14 +486,16 @@ pub(super) fn drive(shared: &Arc<Shared>) {
                 }
             }
             None => {
-                if let Ok(ev) = shared
-                    .handle
-                    .events()
-                    .recv_timeout(Duration::from_millis(2))
-                {
-                    let mut st = shared.inner.lock();
-                    shared.on_event(&mut st, ev);
-                    shared.pump(&mut st);
+                crossbeam_channel::select! {
+                    recv(shared.handle.events()) -> ev => {
+                        if let Ok(ev) = ev {
+                            let mut st = shared.inner.lock();
+                            shared.on_event(&mut st, ev);
+                            shared.pump(&mut st);
+                        }
+                    }
+                    recv(shared.kick.1) -> _ => {}
+                    default(IDLE_WAIT) => {}
                 }
             }
         }
