@@ -389,14 +389,7 @@ const MB: f64 = (1u64 << 20) as f64;
 /// The shadow-log figures on top of the shared [`Recorder`].
 trait MirrorFigures {
     fn append_latency(&self, net: &Net, figure: &str, h: &Histogram<u64>, local_us: f64);
-    fn throughput(
-        &self,
-        net: &Net,
-        run: (u64, Duration),
-        window: usize,
-        wire: u64,
-        local_us: f64,
-    );
+    fn throughput(&self, net: &Net, run: (u64, Duration), window: usize, wire: u64, local_us: f64);
     fn shadow(&self, net: &Net, s: &ShadowStats);
 }
 
