@@ -62,7 +62,12 @@ const DATA_PATH: u8 = 1;
 const OTHER: u8 = 2;
 
 /// Name prefixes (at most 15 bytes: Linux truncates thread names) of data-path threads.
-const DATA_PATH_THREADS: [&[u8]; 4] = [b"interlink-soft-", b"interlink-simne", b"il-shadow-", b"il-msg-"];
+const DATA_PATH_THREADS: [&[u8]; 4] = [
+    b"interlink-soft-",
+    b"interlink-simne",
+    b"il-shadow-",
+    b"il-msg-",
+];
 
 thread_local! {
     static CLASS: Cell<u8> = const { Cell::new(UNKNOWN) };
@@ -251,7 +256,7 @@ fn one(cq: &CompletionQueue, out: &mut Vec<Completion>) -> Completion {
     c
 }
 
-fn fabric_ops(p: suite::Pair) {
+fn fabric_ops(net: &str, p: suite::Pair) {
     let (qa, qb) = p.connect();
     let src = p.a.region(MSG, Access::NONE);
     src.write(0, &suite::pattern(MSG, 1)).unwrap();
@@ -262,7 +267,7 @@ fn fabric_ops(p: suite::Pair) {
     let (src, back, dst) = (src.whole(), back.whole(), dst.whole());
     let mut out = Vec::with_capacity(4);
 
-    audit("fabric send/recv", 2000, |i| {
+    audit(&format!("fabric {net} send/recv"), 2000, |i| {
         qb.post_recv(RecvRequest {
             wr_id: i,
             local: dst.clone(),
@@ -273,12 +278,12 @@ fn fabric_ops(p: suite::Pair) {
         assert_eq!(one(&p.a.cq, &mut out).wr_id, i);
         assert_eq!(one(&p.b.rcq, &mut out).byte_len as usize, MSG);
     });
-    audit("fabric write", 2000, |i| {
+    audit(&format!("fabric {net} write"), 2000, |i| {
         qa.post_send(SendRequest::new(i, SendOp::Write(t.at(0)), src.clone()))
             .unwrap();
         assert_eq!(one(&p.a.cq, &mut out).op, CompletionOp::Write);
     });
-    audit("fabric read", 2000, |i| {
+    audit(&format!("fabric {net} read"), 2000, |i| {
         qa.post_send(SendRequest::new(i, SendOp::Read(t.at(0)), back.clone()))
             .unwrap();
         assert_eq!(one(&p.a.cq, &mut out).op, CompletionOp::Read);
@@ -291,13 +296,13 @@ fn fabric_ops(p: suite::Pair) {
 #[test]
 fn fabric_sim_post_and_poll_do_not_allocate() {
     let _g = serial();
-    fabric_ops(suite::Pair::sim(0));
+    fabric_ops("sim", suite::Pair::sim(0));
 }
 
 #[test]
 fn fabric_tcp_loopback_post_and_poll_do_not_allocate() {
     let _g = serial();
-    fabric_ops(suite::Pair::tcp_loopback(0));
+    fabric_ops("tcp loopback", suite::Pair::tcp_loopback(0));
 }
 
 // ------------------------------------------------------------------ shadow log

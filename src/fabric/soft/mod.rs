@@ -9,6 +9,7 @@
 //! completion, queue pair to error, as verbs does), moves the target queue pair to error (as
 //! rxe does) and is counted in [`SoftDevice::access_violations`].
 
+mod packet_buf;
 mod rc;
 mod sim;
 mod tcp;
@@ -20,6 +21,7 @@ pub use sim::{FaultConfig, SimNet, SimStats};
 use super::raw::RawCompletion;
 use super::types::*;
 use crossbeam_channel::{unbounded, Receiver, Sender};
+use packet_buf::{Inbox, PacketBuf};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -112,7 +114,7 @@ impl Transport {
         }
     }
 
-    pub(crate) fn send(&self, to: PeerAddr, pkt: Vec<u8>) {
+    pub(crate) fn send(&self, to: PeerAddr, pkt: PacketBuf) {
         match (self, to) {
             (Transport::Tcp(t), PeerAddr::Tcp(a)) => t.send(a, pkt),
             (Transport::Sim(net, me), PeerAddr::Sim(g)) => net.send(*me, g, pkt),
@@ -252,7 +254,7 @@ impl SoftDevice {
         gid: Gid,
         lid: u16,
         transport: Transport,
-        inbox: Receiver<Vec<u8>>,
+        inbox: Arc<Inbox>,
         iface: Option<String>,
     ) -> Result<Arc<SoftDevice>, SoftError> {
         let port_up = iface.as_deref().is_none_or(iface_up);
@@ -305,9 +307,9 @@ impl SoftDevice {
 
     /// Opens a device listening on `addr:port` (port 0: any free port).
     pub fn open_tcp(addr: IpAddr, port: u16) -> Result<Arc<SoftDevice>, SoftError> {
-        let (tx, rx) = unbounded();
+        let inbox = Arc::new(Inbox::default());
         let bind = SocketAddr::new(addr, port);
-        let t = tcp::TcpTransport::bind(bind, tx)
+        let t = tcp::TcpTransport::bind(bind, inbox.clone())
             .map_err(|source| SoftError::Bind { addr: bind, source })?;
         let local = t.local_addr();
         let iface = if addr.is_loopback() {
@@ -320,21 +322,21 @@ impl SoftDevice {
             Gid::from_ip(addr),
             local.port(),
             Transport::Tcp(t),
-            rx,
+            inbox,
             iface,
         )
     }
 
     /// Opens a device named `name` on a simulated network.
     pub fn open_sim(net: &SimNet, name: &str) -> Result<Arc<SoftDevice>, SoftError> {
-        let (tx, rx) = unbounded();
+        let inbox = Arc::new(Inbox::default());
         // The event sink is filled in once the device exists.
         let sink: Arc<Mutex<Weak<DeviceShared>>> = Arc::new(Mutex::new(Weak::new()));
         let sink2 = sink.clone();
         let gid = net
             .attach(sim::Node {
                 name: name.to_string(),
-                inbox: tx,
+                inbox: inbox.clone(),
                 events: Arc::new(move |ev| {
                     if let Some(d) = sink2.lock().upgrade() {
                         d.emit(ev);
@@ -347,7 +349,7 @@ impl SoftDevice {
             gid,
             0,
             Transport::Sim(net.clone(), gid),
-            rx,
+            inbox,
             None,
         )?;
         *sink.lock() = Arc::downgrade(&dev.shared);
@@ -382,35 +384,32 @@ impl SoftDevice {
     }
 }
 
-fn engine_loop(dev: &Arc<DeviceShared>, inbox: &Receiver<Vec<u8>>) {
+fn engine_loop(dev: &Arc<DeviceShared>, inbox: &Inbox) {
     const TICK: Duration = Duration::from_millis(2);
     let mut next_scan = Instant::now() + TICK;
-    let mut out = Vec::with_capacity(64);
+    // Reused every scan, so the timer scan does not allocate.
+    let mut qps: Vec<Arc<rc::QpCore>> = Vec::new();
     while !dev.stop.load(Ordering::SeqCst) {
-        match inbox.recv_timeout(TICK) {
-            Ok(pkt) => match wire::Packet::decode(&pkt) {
+        if let Some(pkt) = inbox.pop_timeout(TICK) {
+            match wire::Packet::decode(&pkt) {
                 Ok(p) => {
                     let qp = dev.qps.read().get(&p.dst_qpn).cloned();
                     match qp {
-                        Some(qp) => qp.handle_packet(dev, &p, Instant::now(), &mut out),
+                        Some(qp) => qp.handle_packet(dev, &p, Instant::now()),
                         None => tracing::trace!(qpn = p.dst_qpn, "packet for unknown queue pair"),
                     }
                 }
                 Err(e) => {
                     tracing::debug!(device = %dev.name, error = %e, "malformed packet dropped")
                 }
-            },
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(TICK);
             }
         }
         let now = Instant::now();
         if now >= next_scan {
             next_scan = now + TICK;
-            let qps: Vec<Arc<rc::QpCore>> = dev.qps.read().values().cloned().collect();
-            for qp in qps {
-                qp.handle_timeout(dev, now, &mut out);
+            qps.extend(dev.qps.read().values().cloned());
+            for qp in qps.drain(..) {
+                qp.handle_timeout(dev, now);
             }
         }
     }
