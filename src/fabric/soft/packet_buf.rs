@@ -95,6 +95,11 @@ impl Drop for PacketBuf {
         }
         v.clear();
         let mut pool = POOL.lock();
+        if pool.small.capacity() == 0 {
+            // The free lists never grow after this: returning a buffer does not allocate.
+            pool.small.reserve_exact(MAX_SMALL);
+            pool.large.reserve_exact(MAX_LARGE);
+        }
         if cap == SMALL {
             if pool.small.len() < MAX_SMALL {
                 pool.small.push(v);
