@@ -21,14 +21,34 @@ const MAX_LARGE: usize = 16;
 /// Largest buffer kept: a packet of a 1 MiB message.
 const MAX_KEPT: usize = (1 << 20) + 64;
 
+/// Small buffers made at first use (512 KiB), so a burst of packets in flight (a TCP writer
+/// thread that falls behind, a retransmission) finds buffers without allocating.
+const PREFILL: usize = 64;
+
 struct Pool {
     small: Vec<Vec<u8>>,
     large: Vec<Vec<u8>>,
+    primed: bool,
+}
+
+impl Pool {
+    /// Reserves the free lists at their largest (they never grow after this) and makes
+    /// `PREFILL` small buffers.
+    fn prime(&mut self) {
+        if !self.primed {
+            self.primed = true;
+            self.small.reserve_exact(MAX_SMALL);
+            self.large.reserve_exact(MAX_LARGE);
+            self.small
+                .extend((0..PREFILL).map(|_| Vec::with_capacity(SMALL)));
+        }
+    }
 }
 
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     small: Vec::new(),
     large: Vec::new(),
+    primed: false,
 });
 
 /// One packet's bytes; its memory returns to the pool when dropped.
@@ -39,6 +59,7 @@ impl PacketBuf {
     /// An empty buffer with room for at least `cap` bytes.
     pub(crate) fn with_capacity(cap: usize) -> PacketBuf {
         let mut pool = POOL.lock();
+        pool.prime();
         if cap <= SMALL {
             let v = pool.small.pop();
             drop(pool);
@@ -95,11 +116,7 @@ impl Drop for PacketBuf {
         }
         v.clear();
         let mut pool = POOL.lock();
-        if pool.small.capacity() == 0 {
-            // The free lists never grow after this: returning a buffer does not allocate.
-            pool.small.reserve_exact(MAX_SMALL);
-            pool.large.reserve_exact(MAX_LARGE);
-        }
+        pool.prime();
         if cap == SMALL {
             if pool.small.len() < MAX_SMALL {
                 pool.small.push(v);
