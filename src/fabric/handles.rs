@@ -715,13 +715,9 @@ impl QueuePair {
 
     /// Posts several send-queue requests with one doorbell, in order.
     pub fn post_send_batch<I: IntoIterator<Item = SendRequest>>(&self, reqs: I) -> Result<()> {
-        let mut scratch = self.send_scratch.lock();
-        let (reqs_buf, raw) = &mut *scratch;
-        reqs_buf.extend(reqs);
-        let r = self.post_send_scratch(reqs_buf, raw);
-        reqs_buf.clear();
-        raw.clear();
-        r
+        with_scratch(&self.send_scratch, reqs, |r, raw| {
+            self.post_send_scratch(r, raw)
+        })
     }
 
     fn post_send_scratch(&self, reqs: &mut Vec<SendRequest>, raw: &mut Vec<RawSend>) -> Result<()> {
@@ -763,13 +759,9 @@ impl QueuePair {
 
     /// Posts several receives at once.
     pub fn post_recv_batch<I: IntoIterator<Item = RecvRequest>>(&self, reqs: I) -> Result<()> {
-        let mut scratch = self.recv_scratch.lock();
-        let (reqs_buf, raw) = &mut *scratch;
-        reqs_buf.extend(reqs);
-        let r = self.post_recv_scratch(reqs_buf, raw);
-        reqs_buf.clear();
-        raw.clear();
-        r
+        with_scratch(&self.recv_scratch, reqs, |r, raw| {
+            self.post_recv_scratch(r, raw)
+        })
     }
 
     fn post_recv_scratch(&self, reqs: &mut Vec<RecvRequest>, raw: &mut Vec<RawRecv>) -> Result<()> {
@@ -784,4 +776,20 @@ impl QueuePair {
         }
         dispatch!(&self.inner, q => q.post_recv(raw))
     }
+}
+
+/// Runs `post` on `scratch`'s lists, filled with `reqs`, and leaves them empty (keeping
+/// their capacity, so posting does not allocate once they have grown to the largest batch).
+fn with_scratch<R, W>(
+    scratch: &Mutex<(Vec<R>, Vec<W>)>,
+    reqs: impl IntoIterator<Item = R>,
+    post: impl FnOnce(&mut Vec<R>, &mut Vec<W>) -> Result<()>,
+) -> Result<()> {
+    let mut guard = scratch.lock();
+    let (reqs_buf, raw) = &mut *guard;
+    reqs_buf.extend(reqs);
+    let r = post(reqs_buf, raw);
+    reqs_buf.clear();
+    raw.clear();
+    r
 }

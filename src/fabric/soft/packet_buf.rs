@@ -127,12 +127,23 @@ impl Drop for PacketBuf {
     }
 }
 
-/// A device's queue of inbound packets: unbounded, and allocation-free once its ring has
-/// grown to the largest backlog seen.
-#[derive(Default)]
+/// Packets an inbox holds before its ring first grows.
+const INBOX_RING: usize = 1024;
+
+/// A device's queue of inbound packets: unbounded, and allocation-free while the backlog
+/// stays within the largest seen (at least `INBOX_RING`).
 pub(crate) struct Inbox {
     queue: Mutex<VecDeque<PacketBuf>>,
     ready: parking_lot::Condvar,
+}
+
+impl Default for Inbox {
+    fn default() -> Inbox {
+        Inbox {
+            queue: Mutex::new(VecDeque::with_capacity(INBOX_RING)),
+            ready: parking_lot::Condvar::new(),
+        }
+    }
 }
 
 impl Inbox {

@@ -132,7 +132,7 @@ impl SoftQp {
         pd: &Arc<SoftPd>,
         send_cq: &Arc<SoftCq>,
         recv_cq: &Arc<SoftCq>,
-        _cap: QpCapacity,
+        cap: QpCapacity,
     ) -> Result<SoftQp> {
         let dev = &pd.device.shared;
         let qpn = dev.next_qpn.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
@@ -146,13 +146,14 @@ impl SoftQp {
                 remote: None,
                 opts: ConnectOptions::default(),
                 next_psn: 0,
-                sq: VecDeque::new(),
+                // At their largest from the start: posting never grows them.
+                sq: VecDeque::with_capacity(cap.max_send_wr as usize),
                 retries_left: 0,
                 rnr_left: 0,
                 timer: None,
                 rnr_until: None,
                 epsn: 0,
-                rq: VecDeque::new(),
+                rq: VecDeque::with_capacity(cap.max_recv_wr as usize),
                 nak_seq_sent: false,
             }),
         });
