@@ -232,6 +232,7 @@ impl Window {
         if session == 0 {
             return Err(MessagingError::Config("session = 0".into()));
         }
+        let slots = usize::from(cfg.slots);
         Ok(Window {
             out: Outbox::new(session, usize::from(cfg.max_payload), cfg.max_queued),
             cfg,
@@ -239,7 +240,8 @@ impl Window {
             peer_session: 0,
             send_base: 1,
             send_next: 1,
-            sent: VecDeque::new(),
+            // Never more frames in flight than slots: sending does not grow it.
+            sent: VecDeque::with_capacity(slots),
             notify: VecDeque::new(),
             resend_next: None,
             rto_anchor: None,
