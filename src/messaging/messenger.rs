@@ -368,7 +368,10 @@ impl Messenger {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("il-msg-{name}"))
-            .spawn(move || drive(&s))
+            .spawn(move || {
+                crate::fabric::prime_thread_parking();
+                drive(&s)
+            })
             .map_err(|source| MessagingError::Spawn {
                 name: name.clone(),
                 source,

@@ -349,7 +349,10 @@ impl ShadowMirror {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("il-shadow-{name}"))
-            .spawn(move || drive(&s))
+            .spawn(move || {
+                crate::fabric::prime_thread_parking();
+                drive(&s)
+            })
             .map_err(|source| MirrorError::StartShadow {
                 name: name.clone(),
                 source,

@@ -279,7 +279,10 @@ impl SoftDevice {
         let s = shared.clone();
         let engine = std::thread::Builder::new()
             .name(format!("interlink-soft-{}", shared.name))
-            .spawn(move || engine_loop(&s, &inbox))
+            .spawn(move || {
+                super::prime_thread_parking();
+                engine_loop(&s, &inbox)
+            })
             .map_err(|source| SoftError::Spawn {
                 what: "engine",
                 source,

@@ -133,7 +133,10 @@ impl SimNet {
         let s2 = shared.clone();
         let handle = std::thread::Builder::new()
             .name("interlink-simnet".into())
-            .spawn(move || timer_loop(&s2))
+            .spawn(move || {
+                crate::fabric::prime_thread_parking();
+                timer_loop(&s2)
+            })
             .ok();
         SimNet {
             _timer: Arc::new(TimerThread {

@@ -81,6 +81,7 @@ impl TcpTransport {
                 .name(format!("interlink-soft-tx-{to}"))
                 .spawn(move || {
                     enter_netns(ns.as_deref());
+                    crate::fabric::prime_thread_parking();
                     writer_loop(to, &rx, &stop)
                 });
             if let Err(e) = spawned {
@@ -127,7 +128,10 @@ fn accept_loop(
                 let inbox = inbox.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("interlink-soft-rx-{peer}"))
-                    .spawn(move || reader_loop(stream, peer, &inbox));
+                    .spawn(move || {
+                        crate::fabric::prime_thread_parking();
+                        reader_loop(stream, peer, &inbox)
+                    });
                 if let Err(e) = spawned {
                     tracing::warn!(peer = %peer, error = %e, "cannot start soft transport reader");
                 }
