@@ -10,6 +10,7 @@
 //! (failover) run across namespaces in tests/manager_netns.rs, on soft and on verbs.
 
 mod manager_pair;
+mod suite;
 
 use interlink::fabric::{
     Access, CompletionStatus, ProviderChoice, RegionDescriptor, SendOp, SendRequest,
@@ -189,4 +190,25 @@ fn released_region_kills_its_rkey() {
         }
     }
     assert_eq!(write(&conn, extra), CompletionStatus::RemoteAccessError);
+}
+
+/// A restarted process opens a new soft device: it must not hand out the keys of its previous
+/// run again (they were deterministic, 1, 2, 3... per device, so after a partner restart its
+/// regions had the very descriptors a stale peer still held). Ten fresh devices registering
+/// the same sequence of regions get ten different key sets.
+#[test]
+fn a_new_soft_device_does_not_reuse_the_keys_of_the_last_run() {
+    let runs: Vec<Vec<u32>> = (0..10)
+        .map(|_| {
+            let p = suite::Pair::sim(0);
+            (0..4)
+                .map(|_| p.b.region(64, Access::REMOTE_WRITE).descriptor().rkey)
+                .collect()
+        })
+        .collect();
+    for (i, a) in runs.iter().enumerate() {
+        for b in &runs[i + 1..] {
+            assert!(a.iter().all(|k| !b.contains(k)), "{a:x?} / {b:x?}");
+        }
+    }
 }
