@@ -92,7 +92,10 @@ fn unsafe_only_in_the_verbs_provider_and_every_use_justified() {
         unjustified.is_empty(),
         "unsafe without // SAFETY: {unjustified:?}"
     );
-    assert!(uses > 0, "no unsafe found at all: is the scan looking at src/?");
+    assert!(
+        uses > 0,
+        "no unsafe found at all: is the scan looking at src/?"
+    );
 }
 
 #[test]
@@ -110,7 +113,10 @@ fn crate_attributes_keep_unsafe_in_the_verbs_provider() {
         let text = std::fs::read_to_string(&f).unwrap();
         let name = f.to_string_lossy().replace('\\', "/");
         if text.contains("allow(unsafe_code)") {
-            assert_eq!(name, "src/fabric/verbs/mod.rs", "allow(unsafe_code) in {name}");
+            assert_eq!(
+                name, "src/fabric/verbs/mod.rs",
+                "allow(unsafe_code) in {name}"
+            );
         }
     }
 }

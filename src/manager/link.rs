@@ -14,7 +14,7 @@
 //! pair and revokes the health block.
 
 use crate::fabric::{
-    Access, AsyncEvent, CompletionQueue, ConnectOptions, Device, DeviceConfig, MemoryRegion,
+    AsyncEvent, CompletionQueue, ConnectOptions, Device, DeviceConfig, MemoryRegion,
     ProtectionDomain, ProviderChoice, QpCapacity, QueuePair, RegionDescriptor, SendOp, SendRequest,
 };
 use crate::manager::client::{new_histogram, record_us};
