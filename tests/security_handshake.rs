@@ -26,6 +26,31 @@ fn feed(s: &mut Session, input: &[Vec<u8>]) -> Vec<Vec<u8>> {
     out
 }
 
+/// A responder that has received the default initiator's Hello (and queued its Hello and
+/// Confirm).
+fn responder_after_hello() -> Session {
+    let mut r = Session::new(params(Role::Responder));
+    r.handle_bytes(
+        &Session::new(params(Role::Initiator))
+            .poll_transmit()
+            .unwrap(),
+    )
+    .unwrap();
+    r
+}
+
+/// The session reported nothing its driver would act on: no `Established`, no message.
+fn assert_nothing_acted_on(s: &mut Session) {
+    let evs = events(s);
+    assert!(
+        !evs.iter().any(|e| matches!(
+            e,
+            SessionEvent::Established { .. } | SessionEvent::Message(_)
+        )),
+        "{evs:?}"
+    );
+}
+
 /// An impostor on the interconnect: knows the ids (they are not secret) and speaks the
 /// protocol, but holds the wrong secret. Whether it plays the Initiator or the Responder, the
 /// honest side sends only Hello, Confirm and Refuse, reports no `Established` and refuses to
@@ -141,22 +166,13 @@ fn a_peer_info_in_place_of_the_confirm_is_refused() {
             message: "PeerInfo"
         })
     );
-    assert!(!events(&mut r).iter().any(|e| matches!(
-        e,
-        SessionEvent::Established { .. } | SessionEvent::Message(_)
-    )));
+    assert_nothing_acted_on(&mut r);
 }
 
 /// A Confirm naming another node (a keyed peer confused about who it is) is refused.
 #[test]
 fn a_confirm_must_name_the_peer() {
-    let mut r = Session::new(params(Role::Responder));
-    r.handle_bytes(
-        &Session::new(params(Role::Initiator))
-            .poll_transmit()
-            .unwrap(),
-    )
-    .unwrap();
+    let mut r = responder_after_hello();
     let f = encode_frame(&Message::Confirm { node_id: 3 }, 1, Some(&pair_key())).unwrap();
     assert_eq!(
         r.handle_bytes(&f),
@@ -206,10 +222,7 @@ fn a_replayed_handshake_is_refused() {
             MessageType::Refuse
         ]
     );
-    assert!(!events(&mut r2).iter().any(|e| matches!(
-        e,
-        SessionEvent::Established { .. } | SessionEvent::Message(_)
-    )));
+    assert_nothing_acted_on(&mut r2);
 }
 
 /// One key per direction: the responder's own Confirm reflected back to it does not verify
@@ -217,26 +230,14 @@ fn a_replayed_handshake_is_refused() {
 /// handshake by echoing).
 #[test]
 fn a_reflected_confirm_is_refused() {
-    let mut r = Session::new(params(Role::Responder));
-    r.handle_bytes(
-        &Session::new(params(Role::Initiator))
-            .poll_transmit()
-            .unwrap(),
-    )
-    .unwrap();
+    let mut r = responder_after_hello();
     let from_r = frames(&mut r);
     assert_eq!(types(&from_r)[1], MessageType::Confirm);
     assert_eq!(r.handle_bytes(&from_r[1]), Err(SessionError::AuthFailed));
     // Signed with the right (initiator's) key but naming the responder itself, the same
     // echo is refused by the identity check.
     let echo = encode_frame(&Message::Confirm { node_id: 2 }, 1, Some(&pair_key())).unwrap();
-    let mut r = Session::new(params(Role::Responder));
-    r.handle_bytes(
-        &Session::new(params(Role::Initiator))
-            .poll_transmit()
-            .unwrap(),
-    )
-    .unwrap();
+    let mut r = responder_after_hello();
     assert!(matches!(
         r.handle_bytes(&echo),
         Err(SessionError::PeerInfoMismatch { .. })

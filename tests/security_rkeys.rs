@@ -36,6 +36,22 @@ fn configs(tag: &str) -> (NodeConfig, NodeConfig) {
     )
 }
 
+fn started(tag: &str) -> (Manager, Manager) {
+    let (ca, cb) = configs(tag);
+    (
+        Manager::start(ca).expect("start A"),
+        Manager::start(cb).expect("start B"),
+    )
+}
+
+/// Over `conn`, the partner's current region takes a WRITE; its `old` descriptor is refused.
+fn new_key_works_old_key_refused(conn: &Connection, old: RegionDescriptor) {
+    let new = partner_mem(conn);
+    assert_ne!(new.rkey, old.rkey, "a new registration, a new key");
+    assert_eq!(write(conn, new), CompletionStatus::Success);
+    assert_eq!(write(conn, old), CompletionStatus::RemoteAccessError);
+}
+
 fn client(m: &Manager, name: &str) -> ClientHandle {
     m.register(ClientSpec::new(name, BandwidthClass::Low, 1).region(
         MEM,
@@ -107,20 +123,13 @@ fn partner_restart_kills_the_old_rkeys() {
     let b2 = Manager::start(cb).expect("restart B");
     let hb = client(&b2, "c");
     let conn = ready(&hb);
-    let new = partner_mem(&conn);
-    assert_ne!(new.rkey, old.rkey, "a new registration, a new key");
-    assert_eq!(write(&conn, new), CompletionStatus::Success);
     // A stale peer (anything that kept the old descriptor) is refused.
-    assert_eq!(write(&conn, old), CompletionStatus::RemoteAccessError);
+    new_key_works_old_key_refused(&conn, old);
 }
 
 #[test]
 fn re_established_client_kills_the_old_rkeys() {
-    let (ca, cb) = configs("rk-failed");
-    let (a, b) = (
-        Manager::start(ca).expect("A"),
-        Manager::start(cb).expect("B"),
-    );
+    let (a, b) = started("rk-failed");
     let (ha, hb) = (client(&a, "c"), client(&b, "c"));
     let _held = ready(&ha);
     let old = partner_mem(&ready(&hb));
@@ -129,19 +138,12 @@ fn re_established_client_kills_the_old_rkeys() {
     ha.report_failure("test: queue pair failed");
     let _ = ready(&ha);
     let conn = ready(&hb);
-    let new = partner_mem(&conn);
-    assert_ne!(new.rkey, old.rkey);
-    assert_eq!(write(&conn, new), CompletionStatus::Success);
-    assert_eq!(write(&conn, old), CompletionStatus::RemoteAccessError);
+    new_key_works_old_key_refused(&conn, old);
 }
 
 #[test]
 fn released_client_kills_its_rkeys() {
-    let (ca, cb) = configs("rk-release");
-    let (a, b) = (
-        Manager::start(ca).expect("A"),
-        Manager::start(cb).expect("B"),
-    );
+    let (a, b) = started("rk-release");
     let (victim_a, victim_b) = (client(&a, "victim"), client(&b, "victim"));
     let (carrier_a, carrier_b) = (client(&a, "carrier"), client(&b, "carrier"));
     let _held = (ready(&victim_a), ready(&carrier_a));
@@ -161,11 +163,7 @@ fn released_client_kills_its_rkeys() {
 
 #[test]
 fn released_region_kills_its_rkey() {
-    let (ca, cb) = configs("rk-region");
-    let (a, b) = (
-        Manager::start(ca).expect("A"),
-        Manager::start(cb).expect("B"),
-    );
+    let (a, b) = started("rk-region");
     let ha = a
         .register(
             ClientSpec::new("c", BandwidthClass::Low, 1)
