@@ -1,4 +1,5 @@
 //! The `interlink` command-line tool.
+#![forbid(unsafe_code)]
 
 mod demo;
 mod node_cmd;

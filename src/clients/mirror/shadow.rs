@@ -305,7 +305,7 @@ impl ShadowMirror {
         let cursor = CursorStore::open(cursor)?;
         let depth = cfg.send_depth.max(4);
         let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
-            .region(MIRROR_REGION, log_len, Access::REMOTE_WRITE)
+            .region(MIRROR_REGION, log_len, super::MIRROR_REGION_ACCESS)
             .region(TX_REGION, log_len, Access::NONE);
         spec.qp_capacity.max_send_wr = depth;
         spec.qp_capacity.max_recv_wr = 1;

@@ -265,7 +265,10 @@ impl SoftDevice {
             qps: RwLock::new(HashMap::new()),
             regions: RwLock::new(HashMap::new()),
             next_qpn: AtomicU32::new(0x11),
-            next_key: AtomicU32::new(1),
+            // A random first index: a restarted process (a new device) does not hand out the
+            // keys of its previous run again, so a stale peer's old descriptors do not address
+            // the new run's regions.
+            next_key: AtomicU32::new(rand::random::<u32>() >> 9 | 1),
             next_pd: AtomicU32::new(1),
             next_addr: AtomicU64::new(0x7f00_0000_0000 | (u64::from(lid) << 28)),
             violations: AtomicU64::new(0),
@@ -473,9 +476,10 @@ impl SoftMr {
             return Err(SoftError::RegisterEmpty.into());
         }
         let dev = &pd.device.shared;
-        let idx = dev.next_key.fetch_add(1, Ordering::Relaxed);
-        // Keys mix a per-device index with pseudo-random bits, so stale or guessed keys fail.
-        let key = (idx << 8) | (idx.wrapping_mul(0x9e37_79b9) >> 24);
+        let idx = dev.next_key.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        // Keys mix a per-device index (unique among live regions) with 8 random bits, as rxe
+        // does, so stale or guessed keys fail.
+        let key = (idx << 8) | u32::from(rand::random::<u8>());
         let pages = (len as u64).div_ceil(4096) + 1;
         let addr = dev.next_addr.fetch_add(pages * 4096, Ordering::Relaxed);
         let mem = Arc::new(RegionMem {
