@@ -26,8 +26,8 @@
 //! durable locally and complete on the mirror. Several threads may append at once; their
 //! writes are in flight together and acknowledgements come in append order. Whichever thread
 //! holds the driver's lock polls the completion queue (a waiting appender busy-polls for
-//! [`ShadowConfig::spin`], then sleeps, and the driver thread, which blocks on the
-//! completion queue whenever writes are in flight, wakes it).
+//! [`ShadowConfig::spin`], then sleeps, and the driver thread blocks on the completion
+//! queue and wakes it).
 //!
 //! # Link failure (F5.5)
 //!
@@ -94,12 +94,12 @@ use super::nvram::{FileNvram, NvramBacking};
 use crate::clients::giveback::service::ReplayHook;
 use crate::fabric::Access;
 use crate::manager::{BandwidthClass, ClientSpec, LinkId, Manager};
-use driver::{drive, spin_wait, Counters, Inner, Shared, POLL_BATCH};
+use driver::{drive, spin_wait, Counters, Inner, Shared, Sleeper, POLL_BATCH};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -344,6 +344,7 @@ impl ShadowMirror {
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             cursor: Mutex::new(cursor),
+            sleepers: AtomicUsize::new(0),
             kick: crossbeam_channel::bounded(1),
         });
         let s = shared.clone();
@@ -452,6 +453,7 @@ impl ShadowMirror {
         let spin_until = begin + shared.cfg.spin;
         let limit = shared.cfg.link_timeout + shared.cfg.partner_timeout;
         let mut st = shared.inner.lock();
+        let mut asleep = None;
         loop {
             if st.acked >= seq {
                 let mirrored = !st.is_unmirrored(seq);
@@ -478,6 +480,8 @@ impl ShadowMirror {
             if now < spin_until {
                 MutexGuard::unlocked(&mut st, || spin_wait(begin, now));
             } else {
+                // The driver blocks on the completion queue while a waiter sleeps.
+                asleep.get_or_insert_with(|| Sleeper::new(shared));
                 shared.changed.wait_for(&mut st, Duration::from_millis(1));
             }
         }

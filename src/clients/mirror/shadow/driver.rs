@@ -15,14 +15,16 @@ use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(super) const POLL_BATCH: usize = 64;
-/// Longest the driver thread waits when idle (nothing in flight): manager events and posts
-/// wake it at once, so this only bounds how late it notices a partner timeout.
+/// Longest the driver thread waits when idle (nothing in flight): manager events wake it at
+/// once, so this only bounds how late it notices a partner timeout.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// How often the driver pumps while writes are in flight and no waiter sleeps.
+const BUSY_WAIT: Duration = Duration::from_millis(2);
 /// Busy polling yields the CPU after this long.
 const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest unmirrored ranges kept for waiters (one range per partner absence).
@@ -107,9 +109,30 @@ pub(super) struct Shared {
     pub(super) changed: Condvar,
     pub(super) stop: AtomicBool,
     pub(super) cursor: Mutex<CursorStore>,
-    /// Wakes an idle driver thread when writes were posted, so it blocks on the completion
-    /// queue instead of sleeping out its idle timeout (see [`drive`]). Capacity 1.
+    /// Waiters asleep on [`Shared::changed`] (they stopped spinning): while there are any
+    /// and writes are in flight, the driver blocks on the completion queue (see [`drive`]).
+    pub(super) sleepers: AtomicUsize,
+    /// Wakes the driver thread when a waiter goes to sleep (or writes are posted while one
+    /// sleeps), so it blocks on the completion queue at once (see [`drive`]). Capacity 1.
     pub(super) kick: (Sender<()>, Receiver<()>),
+}
+
+/// A waiter asleep on [`Shared::changed`], counted in [`Shared::sleepers`] while it lives.
+pub(super) struct Sleeper<'a>(&'a Shared);
+
+impl<'a> Sleeper<'a> {
+    /// Counts a sleeper and wakes the driver.
+    pub(super) fn new(shared: &'a Shared) -> Sleeper<'a> {
+        shared.sleepers.fetch_add(1, Ordering::SeqCst);
+        let _ = shared.kick.0.try_send(());
+        Sleeper(shared)
+    }
+}
+
+impl Drop for Sleeper<'_> {
+    fn drop(&mut self) {
+        self.0.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -243,8 +266,11 @@ impl Shared {
         if n > 0 {
             match l.qp.post_send_all(posts) {
                 Ok(()) => {
-                    // Wake the driver if it is idle: it then waits on the completion queue.
-                    let _ = self.kick.0.try_send(());
+                    if self.sleepers.load(Ordering::SeqCst) > 0 {
+                        // For a sleeping waiter (its write waited for room in the send queue):
+                        // the driver may have found nothing in flight.
+                        let _ = self.kick.0.try_send(());
+                    }
                     l.outstanding += n;
                     counters.mirror_writes += n as u64;
                     counters.mirror_bytes += bytes;
@@ -461,22 +487,26 @@ impl Shared {
     }
 }
 
-/// The driver thread: follows manager events, reaps completions (blocking on the completion
-/// queue while writes are in flight), checks the partner timeout. Idle (nothing in flight),
-/// it waits for a manager event or for [`Shared::post`]'s kick: a waiting appender that has
-/// stopped spinning sleeps until the driver reaps its completion, so the driver must be on the
-/// completion queue as soon as a write is posted, not only after its idle timeout.
+/// The driver thread: follows manager events, reaps completions, checks the partner timeout.
+/// While writes are in flight and a waiter sleeps (it stopped spinning: [`Sleeper`]), it
+/// blocks on the completion queue and wakes the waiters as it reaps. Otherwise it waits for
+/// a manager event or a kick, and pumps every [`BUSY_WAIT`] while writes are in flight (so
+/// completions nobody waits for, such as a checkpoint's, are reaped), every [`IDLE_WAIT`]
+/// when nothing is. It does not block on the completion queue for a spinning waiter: that
+/// waiter polls the queue itself, and the driver woken by every completion as well only
+/// takes CPU from it (on Soft-RoCE under emulation, CPU that rxe's sending needs).
 pub(super) fn drive(shared: &Arc<Shared>) {
     let mut waited = Vec::with_capacity(POLL_BATCH);
     while !shared.stop.load(Ordering::Relaxed) {
-        let cq = {
+        let (cq, in_flight) = {
             let mut st = shared.inner.lock();
             shared.reap(&mut st, &mut waited);
             shared.pump(&mut st);
-            st.link
-                .as_ref()
-                .filter(|l| !l.broken && l.outstanding > 0)
-                .map(|l| l.qp.send_cq().clone())
+            let live = st.link.as_ref().filter(|l| !l.broken && l.outstanding > 0);
+            let cq = live
+                .filter(|_| shared.sleepers.load(Ordering::SeqCst) > 0)
+                .map(|l| l.qp.send_cq().clone());
+            (cq, live.is_some())
         };
         match cq {
             Some(cq) => {
@@ -486,6 +516,7 @@ pub(super) fn drive(shared: &Arc<Shared>) {
                 }
             }
             None => {
+                let timeout = if in_flight { BUSY_WAIT } else { IDLE_WAIT };
                 crossbeam_channel::select! {
                     recv(shared.handle.events()) -> ev => {
                         if let Ok(ev) = ev {
@@ -495,7 +526,7 @@ pub(super) fn drive(shared: &Arc<Shared>) {
                         }
                     }
                     recv(shared.kick.1) -> _ => {}
-                    default(IDLE_WAIT) => {}
+                    default(timeout) => {}
                 }
             }
         }
