@@ -3,14 +3,18 @@
 //! rxe_b0 in ilB, inside `soft-roce/vm`), plus a plain TCP ping-pong of the same sizes on
 //! loopback for the soft provider's reference.
 //!
-//! One thread drives both queue pairs and busy-polls the completion queues (as perftest does):
+//! One thread drives both queue pairs and busy-polls the completion queues (as perftest does;
+//! after 20 µs it yields the CPU between polls):
 //! - `write_<size>`: post one signaled RDMA WRITE, poll its completion (one round trip to the
 //!   remote NIC's acknowledgement);
 //! - `read_<size>`: post one RDMA READ, poll its completion (one round trip);
 //! - `send_pingpong_<size>`: A SENDs to B, B's receive completes, B SENDs back, A's receive
 //!   completes (receives are posted ahead, outside the timed part): one full round trip;
-//! - `tcp_pingpong_<size>` (soft loopback only): the same ping-pong over two std TCP sockets
-//!   (TCP_NODELAY) on 127.77.0.1 / 127.77.0.2, one thread writing and reading both ends.
+//! - `soft_echo_<size>` and `tcp_echo_<size>` (soft loopback only, summary lines only): an
+//!   echo ping-pong with node B in its own thread sending every message back and both sides
+//!   waiting the ordinary blocking way, on the soft provider (SEND/RECV, blocking
+//!   [`CompletionQueue::next`]) and over a plain std TCP connection (TCP_NODELAY, blocking
+//!   reads) on 127.77.0.1 / 127.77.0.2: the soft provider next to the transport it runs on.
 //!
 //! Criterion measures each; then a summary run records every operation into a histogram and
 //! prints `fabric-bench: key=<net>/<figure> n= p50_us= p99_us= mean_us= ...` lines, which
@@ -29,9 +33,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 const SIZES: [usize; 2] = [64, 4096];
-const REGION: usize = 1 << 16;
+const REGION: usize = 1 << 17;
 /// Longest a single operation may take before the bench gives up (a lost completion).
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Busy polling yields the CPU after this long (on 2 cores a pure spin starves the threads
+/// that produce the completion).
+const PURE_SPIN: Duration = Duration::from_micros(20);
 
 /// The in-process simulated network (no sockets; the soft provider's protocol cost alone).
 const SOFT_SIM: Net = Net {
@@ -112,14 +119,17 @@ impl Setup {
     /// Busy-polls `cq` (A's when `a`) for one successful completion.
     fn reap(&mut self, a: bool) {
         let cq = if a { &self.ca } else { &self.cb };
-        let deadline = Instant::now() + OP_TIMEOUT;
+        let start = Instant::now();
         self.polled.clear();
         while cq.poll(&mut self.polled, 1).unwrap() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "no completion within {OP_TIMEOUT:?}"
-            );
-            std::hint::spin_loop();
+            let waited = start.elapsed();
+            assert!(waited < OP_TIMEOUT, "no completion within {OP_TIMEOUT:?}");
+            if waited < PURE_SPIN {
+                std::hint::spin_loop();
+            } else {
+                // The soft provider's threads (and rxe's kernel work) need this CPU too.
+                std::thread::yield_now();
+            }
         }
         let c = self.polled[0];
         assert!(c.status.is_ok(), "{:?}", c.status);
@@ -175,36 +185,113 @@ impl Setup {
     }
 }
 
-/// Two TCP sockets connected on loopback, for the reference ping-pong.
-struct TcpPair {
-    a: TcpStream,
-    b: TcpStream,
-    buf: Vec<u8>,
+/// The echo ping-pong (soft loopback only, next to TCP): node B runs in its own thread and
+/// sends every message back; both sides wait the ordinary blocking way (a TCP read,
+/// [`CompletionQueue::next`]), the shape of netperf's TCP_RR. `n` timed round trips after
+/// `WARMUP` untimed ones.
+const WARMUP: usize = 200;
+/// Receives kept posted on each side of the soft echo.
+const RECV_DEPTH: usize = 16;
+
+/// Waits (blocking) for the next receive completion on `cq`, skipping send completions.
+fn next_recv(cq: &CompletionQueue) -> Completion {
+    loop {
+        let c = cq
+            .next(OP_TIMEOUT)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no completion within {OP_TIMEOUT:?}"));
+        assert!(c.status.is_ok(), "{:?}", c.status);
+        if c.op == CompletionOp::Recv {
+            return c;
+        }
+    }
 }
 
-impl TcpPair {
-    fn new(net: &Net) -> TcpPair {
-        let listener = TcpListener::bind(SocketAddr::new(net.addr_b(), 0)).unwrap();
-        let to = listener.local_addr().unwrap();
-        let a = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
-        let (b, _) = listener.accept().unwrap();
-        for s in [&a, &b] {
-            s.set_nodelay(true).unwrap();
-        }
-        TcpPair {
-            a,
-            b,
-            buf: vec![0; REGION],
-        }
-    }
+fn post_recv_slot(qp: &QueuePair, buf: &MemoryRegion, slot: u64, size: usize) {
+    let local = buf.slice(slot as usize * size, size).unwrap();
+    qp.post_recv(RecvRequest { wr_id: slot, local }).unwrap();
+}
 
-    fn pingpong(&mut self, size: usize) {
-        let buf = &mut self.buf[..size];
-        self.a.write_all(buf).unwrap();
-        self.b.read_exact(buf).unwrap();
-        self.b.write_all(buf).unwrap();
-        self.a.read_exact(buf).unwrap();
+/// The soft provider's echo ping-pong of `size` bytes on a fresh pair.
+fn soft_echo(net: &Net, size: usize, n: usize) -> Histogram<u64> {
+    let Setup {
+        qa,
+        qb,
+        ca,
+        cb,
+        a_buf,
+        b_buf,
+        ..
+    } = Setup::for_net(net);
+    let total = WARMUP + n;
+    for slot in 0..RECV_DEPTH as u64 {
+        post_recv_slot(&qa, &a_buf, slot, size);
+        post_recv_slot(&qb, &b_buf, slot, size);
     }
+    let echo = std::thread::spawn(move || {
+        for _ in 0..total {
+            let c = next_recv(&cb);
+            let back = b_buf.slice(c.wr_id as usize * size, size).unwrap();
+            qb.post_send(SendRequest::new(1_000, SendOp::Send, back))
+                .unwrap();
+            post_recv_slot(&qb, &b_buf, c.wr_id, size);
+        }
+        next_recv_or_sends(&cb);
+    });
+    let mut h = histogram();
+    let ping = RECV_DEPTH * size;
+    for i in 0..total {
+        let t = Instant::now();
+        qa.post_send(SendRequest::new(
+            2_000,
+            SendOp::Send,
+            a_buf.slice(ping, size).unwrap(),
+        ))
+        .unwrap();
+        let c = next_recv(&ca);
+        if i >= WARMUP {
+            h.saturating_record(t.elapsed().as_nanos().max(1) as u64);
+        }
+        post_recv_slot(&qa, &a_buf, c.wr_id, size);
+    }
+    pair::join(echo);
+    h
+}
+
+/// Drains B's last send completions (so its queue pair is idle before it drops).
+fn next_recv_or_sends(cq: &CompletionQueue) {
+    let mut out = Vec::with_capacity(RECV_DEPTH);
+    let _ = cq.wait(&mut out, RECV_DEPTH, Duration::from_millis(100));
+}
+
+/// A plain TCP echo ping-pong of `size` bytes on loopback (TCP_NODELAY), B in its own thread.
+fn tcp_echo(net: &Net, size: usize, n: usize) -> Histogram<u64> {
+    let listener = TcpListener::bind(SocketAddr::new(net.addr_b(), 0)).unwrap();
+    let to = listener.local_addr().unwrap();
+    let mut a = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+    let (mut b, _) = listener.accept().unwrap();
+    a.set_nodelay(true).unwrap();
+    b.set_nodelay(true).unwrap();
+    let total = WARMUP + n;
+    let echo = std::thread::spawn(move || {
+        let mut buf = vec![0u8; size];
+        for _ in 0..total {
+            b.read_exact(&mut buf).unwrap();
+            b.write_all(&buf).unwrap();
+        }
+    });
+    let mut buf = vec![0u8; size];
+    let mut h = histogram();
+    for i in 0..total {
+        let t = Instant::now();
+        a.write_all(&buf).unwrap();
+        a.read_exact(&mut buf).unwrap();
+        if i >= WARMUP {
+            h.saturating_record(t.elapsed().as_nanos().max(1) as u64);
+        }
+    }
+    pair::join(echo);
+    h
 }
 
 fn histogram() -> Histogram<u64> {
@@ -247,14 +334,11 @@ fn selected(net: &Net) -> bool {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let mut groups = vec![net.label];
-    if net.label == SOFT_LOOPBACK.label {
-        groups.push("tcp_loopback");
-    }
+    let group = format!("{}/", net.label);
     filters.is_empty()
         || filters
             .iter()
-            .any(|f| groups.iter().any(|g| format!("{g}/").contains(f.as_str())))
+            .any(|f| group.contains(f.as_str()) || f.starts_with(&group))
 }
 
 fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
@@ -296,17 +380,10 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
         rec.latency(net, &format!("send_pingpong_{size}"), &h);
     }
     if net.label == SOFT_LOOPBACK.label {
-        let mut t = TcpPair::new(net);
-        let mut g = c.benchmark_group("tcp_loopback");
         for size in SIZES {
-            g.bench_function(format!("tcp_pingpong_{size}"), |b| {
-                b.iter(|| t.pingpong(size))
-            });
-        }
-        g.finish();
-        for size in SIZES {
-            let h = measure(n, &mut t, |_| {}, |t| t.pingpong(size));
-            rec.latency(net, &format!("tcp_pingpong_{size}"), &h);
+            eprintln!("fabric bench: echo ping-pong, soft provider and TCP, {n} at {size} bytes");
+            rec.latency(net, &format!("soft_echo_{size}"), &soft_echo(net, size, n));
+            rec.latency(net, &format!("tcp_echo_{size}"), &tcp_echo(net, size, n));
         }
     }
 }
