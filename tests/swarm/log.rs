@@ -278,11 +278,11 @@ impl LogLane {
                 local.checkpoint
             ));
         }
-        let o = self.oracle();
-        if o.acked != o.appended {
+        let appended = log.stats().appended;
+        let durable = log.acknowledged().map_or(0, |p| p.seq);
+        if durable != appended {
             return Err(format!(
-                "log of node {w}: {} appended but only {} acknowledged after convergence",
-                o.appended, o.acked
+                "log of node {w}: {appended} appended but only {durable} durable on both sides after convergence"
             ));
         }
         Ok(())
