@@ -86,7 +86,9 @@ impl LogLane {
                 Oracle {
                     acked: self.acked,
                     mirrored_checkpoint: self.floor.max(log.checkpointed().seq),
-                    requested_checkpoint: s.checkpoint_requested,
+                    requested_checkpoint: s
+                        .checkpoint_requested
+                        .max(self.crash_oracle.requested_checkpoint),
                     appended: s.appended,
                 }
             }
