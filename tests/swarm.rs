@@ -24,7 +24,7 @@
 //! Running it:
 //!
 //! - `cargo test --release --test swarm`: the fixed seeds and `SWARM_SEEDS` random ones
-//!   (default 10,000 in an optimized build, 300 otherwise), starting at `SWARM_FIRST` (default:
+//!   (default 10,000 in an optimized build, 100 otherwise), starting at `SWARM_FIRST` (default:
 //!   from the clock, printed), on every core.
 //! - `SWARM_SEED=n cargo test --test swarm -- --nocapture`: replays seed `n` alone and prints
 //!   what it did (a failure prints this line).
@@ -169,7 +169,7 @@ fn swarm() {
         }
         return;
     }
-    let default = if cfg!(debug_assertions) { 300 } else { 10_000 };
+    let default = if cfg!(debug_assertions) { 100 } else { 10_000 };
     let n = env_u64("SWARM_SEEDS").unwrap_or(default);
     let first = env_u64("SWARM_FIRST").unwrap_or_else(|| {
         std::time::SystemTime::now()
