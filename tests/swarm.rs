@@ -36,10 +36,8 @@
 #[allow(dead_code)]
 #[path = "giveback_sim/mod.rs"]
 mod giveback_sim;
-#[allow(dead_code)]
 #[path = "messaging_sim/mod.rs"]
 mod messaging_sim;
-#[allow(dead_code)]
 #[path = "mirror_log_sim/mod.rs"]
 mod mirror_log_sim;
 
@@ -163,9 +161,16 @@ fn swarm() {
         match run_seed(seed) {
             Ok(w) => {
                 println!("seed {seed}: plan {:#?}", w.plan);
-                println!("seed {seed}: passed in {:.2?}\n{}", t.elapsed(), line(&w.counts));
+                println!(
+                    "seed {seed}: passed in {:.2?}\n{}",
+                    t.elapsed(),
+                    line(&w.counts)
+                );
             }
-            Err(e) => panic!("swarm: seed {seed} failed\n  replay: {}\n{e}", replay_hint(seed)),
+            Err(e) => panic!(
+                "swarm: seed {seed} failed\n  replay: {}\n{e}",
+                replay_hint(seed)
+            ),
         }
         return;
     }
@@ -176,7 +181,10 @@ fn swarm() {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
-    println!("swarm: {} fixed seeds and {n} from {first}", FIXED_SEEDS.len());
+    println!(
+        "swarm: {} fixed seeds and {n} from {first}",
+        FIXED_SEEDS.len()
+    );
     let t = Instant::now();
     let c = run_seeds(first, n);
     let secs = t.elapsed().as_secs_f64();

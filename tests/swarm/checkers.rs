@@ -29,7 +29,10 @@ fn checker_log_replay_catches_lost_and_duplicated_records() {
     let lane = &mut w.logs[0];
     let o = lane.oracle();
     let good = replay(&lane.mirror, None).expect("mirror replays");
-    assert!(o.acked > good.checkpoint, "no acknowledged record after the checkpoint: {o:?}");
+    assert!(
+        o.acked > good.checkpoint,
+        "no acknowledged record after the checkpoint: {o:?}"
+    );
     check_replay(&good, &o, &lane.payloads, "good").expect("a correct replay passes");
     // A buggy replay that drops the last acknowledged record.
     let mut dropped = good.clone();
@@ -120,19 +123,20 @@ fn checker_ledger_catches_duplicate_and_skipped_deliveries() {
         });
         found.expect("a delivered message")
     };
-    let deliver = |sim: &mut crate::messaging_sim::Sim, class: usize, seq: u64, code, flags, len| {
-        let payload = Ledger::payload_bytes(0, class, seq, len);
-        let msg = Message {
-            code,
-            flags,
-            class: [Class::Control, Class::Bulk][class],
-            payload: &payload,
-            call: None,
+    let deliver =
+        |sim: &mut crate::messaging_sim::Sim, class: usize, seq: u64, code, flags, len| {
+            let payload = Ledger::payload_bytes(0, class, seq, len);
+            let msg = Message {
+                code,
+                flags,
+                class: [Class::Control, Class::Bulk][class],
+                payload: &payload,
+                call: None,
+            };
+            let side = &mut sim.sides[1];
+            side.h.on_message(&msg, side.win.outbox());
+            sim.ledger.borrow_mut().failure.take()
         };
-        let side = &mut sim.sides[1];
-        side.h.on_message(&msg, side.win.outbox());
-        sim.ledger.borrow_mut().failure.take()
-    };
     let e = deliver(sim, class, k as u64 + 1, code, flags, len).expect("duplicate caught");
     assert!(e.contains("twice"), "{e}");
     // Two new messages queued; the second delivered first.
@@ -225,7 +229,11 @@ fn checker_logs_agree_catches_a_diverged_mirror() {
     let lane = &mut w.logs[1];
     lane.check_agree().expect("logs agree");
     let r = replay(&lane.mirror, None).expect("replays");
-    let p = &r.records.last().expect("a record after the checkpoint").payload;
+    let p = &r
+        .records
+        .last()
+        .expect("a record after the checkpoint")
+        .payload;
     let at = lane
         .mirror
         .windows(p.len())

@@ -60,8 +60,8 @@ impl LogLane {
     /// A freshly formatted log of writer `writer` (not running until `start`).
     pub fn new(writer: usize, seed: u64) -> LogLane {
         let generation = 1 + writer as u64;
-        let log = ShadowLog::format(CrashNvram::new(vec![0; LOG_LEN]), generation)
-            .expect("format log");
+        let log =
+            ShadowLog::format(CrashNvram::new(vec![0; LOG_LEN]), generation).expect("format log");
         LogLane {
             writer,
             local: Some(log.into_local().crash_image()),
@@ -212,7 +212,8 @@ impl LogLane {
                 Self::checkpoint(log, self.acked, self.generation, &mut self.counts);
             }
         }
-        if !path_up {
+        // A node that died inside a write posts nothing more.
+        if !path_up || log.local().fuse().dead() {
             return;
         }
         let mut last = self.inflight.back().map_or(now, |(_, at)| *at);

@@ -37,6 +37,9 @@ pub struct Plan {
     pub operator_takeover: f64,
     /// The window's driver declares the partner failed when the giveback machine does.
     pub declare_failed: bool,
+    /// The window's wire loses, duplicates, reorders and corrupts single writes (else it is a
+    /// reliable connection: in order, delays only; a one-way partition fails it at once).
+    pub lossy: bool,
     /// Intervals of the fault phase.
     pub fault_intervals: u32,
     /// A crashed or halted node comes back after this long.
@@ -72,13 +75,15 @@ impl Plan {
             torn_reads: [0.0, 0.05, 0.3][rng.gen_range(0..3)],
             operator_takeover: some(&mut rng, 0.3, 0.004),
             declare_failed: rng.gen_bool(0.5),
+            lossy: true,
             fault_intervals: rng.gen_range(60..=150),
             restart_delay: interval * rng.gen_range(1..=20),
             halt_linger: interval * rng.gen_range(0..=3),
         };
         // Loss, duplication, reordering and corruption of single writes across a change of
-        // conversation (a restart, a declared partner failure) make the window deliver a
-        // message twice (issue found by the swarm, see `LOSSY_ACROSS_RESTARTS`): until that is
+        // conversation (a restart, a declared partner failure) (and a
+        // reordering wire, or a one-way partition shorter than the RC timeout) make the window
+        // deliver a message twice (issue found by the swarm, see `LOSSY_ACROSS_RESTARTS`): until that is
         // fixed such seeds keep the reliable-connection wire (delays only), unless
         // `SWARM_LOSSY_RESTARTS` is set.
         let restarts = plan.crash > 0.0
@@ -86,7 +91,11 @@ impl Plan {
             || plan.mailbox > 0.0
             || plan.declare_failed;
         if restarts && std::env::var_os("SWARM_LOSSY_RESTARTS").is_none() {
-            plan.wire = plan.wire.quiet();
+            plan.wire = Faults {
+                fifo: true,
+                ..plan.wire.quiet()
+            };
+            plan.lossy = false;
         }
         plan
     }
@@ -147,13 +156,38 @@ impl Counts {
             ($($f:ident),*) => { $( self.$f += o.$f; )* };
         }
         sum!(
-            seeds, steps, link_cuts, link_heals, oneway_partitions, crashes_between_steps,
-            crashes_in_actions, crashes_in_nvram_writes, kills_and_fences, mailbox_torn_writes,
-            mailbox_other_faults, torn_state_reads, operator_takeovers, partner_declared_failed,
-            wire_dropped, wire_duplicated, wire_corrupted, wire_blocked, log_torn_landings,
-            log_path_failures, wb_path_changes, takeovers, givebacks, failover_moves,
-            return_moves, messages_delivered, log_records_acked, log_replays_checked,
-            log_restarts_checked, wb_writes_mirrored, wb_writes_rejected, wb_reopens_checked
+            seeds,
+            steps,
+            link_cuts,
+            link_heals,
+            oneway_partitions,
+            crashes_between_steps,
+            crashes_in_actions,
+            crashes_in_nvram_writes,
+            kills_and_fences,
+            mailbox_torn_writes,
+            mailbox_other_faults,
+            torn_state_reads,
+            operator_takeovers,
+            partner_declared_failed,
+            wire_dropped,
+            wire_duplicated,
+            wire_corrupted,
+            wire_blocked,
+            log_torn_landings,
+            log_path_failures,
+            wb_path_changes,
+            takeovers,
+            givebacks,
+            failover_moves,
+            return_moves,
+            messages_delivered,
+            log_records_acked,
+            log_replays_checked,
+            log_restarts_checked,
+            wb_writes_mirrored,
+            wb_writes_rejected,
+            wb_reopens_checked
         );
         self.max_liveness_steps = self.max_liveness_steps.max(o.max_liveness_steps);
     }

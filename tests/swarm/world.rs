@@ -68,7 +68,7 @@ pub struct World {
 impl World {
     pub fn new(seed: u64) -> World {
         let plan = Plan::new(seed, I);
-        let mut rng = SmallRng::seed_from_u64(seed ^ 0x7377_6172_6d);
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x0073_7761_726d);
         let mut gb = Box::new(GbWorld::new(seed));
         gb.trace_limit = 200;
         gb.tear_probability = plan.torn_reads;
@@ -115,8 +115,7 @@ impl World {
     }
 
     fn violate(&mut self, what: String) {
-        self.violations
-            .push(format!("t={:?}: {what}", self.now));
+        self.violations.push(format!("t={:?}: {what}", self.now));
     }
 
     fn result(&mut self, r: Result<(), String>) {
@@ -170,11 +169,11 @@ impl World {
         }
         self.msg_step();
         self.mirror_step();
-        for i in 0..2 {
+        for (i, &id) in IDS.iter().enumerate() {
             let died = self.logs[i].died() || self.wbs[i].died(i) || self.wbs[1 - i].died(i);
             if died {
                 self.counts.crashes_in_nvram_writes += 1;
-                self.gb.crash(IDS[i]);
+                self.gb.crash(id);
                 self.sync_nodes();
             }
         }
@@ -200,8 +199,7 @@ impl World {
     /// Data layers follow the giveback machines: a node that stopped running (crash, halt)
     /// loses its processes; one that started reopens its NVRAM.
     fn sync_nodes(&mut self) {
-        for i in 0..2 {
-            let id = IDS[i];
+        for (i, &id) in IDS.iter().enumerate() {
             let node = self.gb.node(id);
             let cur = node
                 .machine
@@ -239,8 +237,8 @@ impl World {
     }
 
     fn gb_events(&mut self) {
-        for i in 0..2 {
-            let events = &self.gb.node(IDS[i]).events;
+        for (i, &id) in IDS.iter().enumerate() {
+            let events = &self.gb.node(id).events;
             let new: Vec<GivebackEvent> = events[self.events_seen[i]..]
                 .iter()
                 .map(|(_, e)| e.clone())
@@ -266,7 +264,9 @@ impl World {
     }
 
     fn msg_step(&mut self) {
-        let want = if self.both_alive() {
+        let blocked = self.links.blocked(MESSAGES);
+        let rc_broken = !self.plan.lossy && blocked.iter().any(|b| *b);
+        let want = if self.both_alive() && !rc_broken {
             self.links.path(MESSAGES, self.now)
         } else {
             None
@@ -285,7 +285,7 @@ impl World {
             }
             self.msg_link = want;
         }
-        self.msg.blocked = self.links.blocked(MESSAGES);
+        self.msg.blocked = if self.plan.lossy { blocked } else { [false; 2] };
         if self.workload {
             let from = ns(self.now - STEP);
             for side in 0..2 {
@@ -353,10 +353,8 @@ impl World {
                 }
             }
         }
-        for i in 0..2 {
-            let id = IDS[i];
-            if self.gb.node(id).machine.is_none() || p.crash == 0.0 || !self.rng.gen_bool(p.crash)
-            {
+        for (i, &id) in IDS.iter().enumerate() {
+            if self.gb.node(id).machine.is_none() || p.crash == 0.0 || !self.rng.gen_bool(p.crash) {
                 continue;
             }
             match self.rng.gen_range(0..3) {

@@ -104,8 +104,10 @@ fn table(image: Option<Vec<u8>>) -> AtomicWriteTable<CrashNvram> {
                 .expect("crash image opens")
                 .0
         }
-        None => AtomicWriteTable::format(CrashNvram::new(vec![0; GEOMETRY.required_len()]), GEOMETRY)
-            .expect("format"),
+        None => {
+            AtomicWriteTable::format(CrashNvram::new(vec![0; GEOMETRY.required_len()]), GEOMETRY)
+                .expect("format")
+        }
     }
 }
 
@@ -236,7 +238,8 @@ impl WbLane {
     ) -> Result<(), String> {
         let p = self.primary_node;
         for block in 0..SPACE {
-            let v = version_in(t, block).map_err(|e| format!("write-back of node {p}, {what}: {e}"))?;
+            let v =
+                version_in(t, block).map_err(|e| format!("write-back of node {p}, {what}: {e}"))?;
             let acked = self.acked.get(&block).copied().unwrap_or(0);
             let issued = self.issued.get(&block).copied().unwrap_or(0);
             if v < acked || v > issued {
@@ -269,20 +272,30 @@ impl WbLane {
         }
     }
 
-    fn pump(&mut self, now: Duration, rng: &mut SmallRng, delay: &impl Fn(&mut SmallRng) -> Duration) {
+    fn pump(
+        &mut self,
+        now: Duration,
+        rng: &mut SmallRng,
+        delay: &impl Fn(&mut SmallRng) -> Duration,
+    ) {
         let p = self.primary.as_mut().expect("primary");
         while let Some(a) = p.poll_action() {
             match a {
                 PrimaryAction::Send(m) => {
                     let at = next_at(&self.to_mirror, now, delay(rng));
-                    self.to_mirror.push_back((at, m.to_bytes().expect("encode")));
+                    self.to_mirror
+                        .push_back((at, m.to_bytes().expect("encode")));
                 }
                 PrimaryAction::WriteData {
                     request,
                     incarnation,
                     ranges,
                 } => {
-                    let at = self.transfers.back().map_or(now, |t| t.0).max(now + delay(rng));
+                    let at = self
+                        .transfers
+                        .back()
+                        .map_or(now, |t| t.0)
+                        .max(now + delay(rng));
                     self.transfers.push_back((at, request, incarnation, ranges));
                 }
                 PrimaryAction::Complete {
@@ -311,7 +324,8 @@ impl WbLane {
         if let Some(m) = &mut self.mirror {
             while let Some(msg) = m.poll_send() {
                 let at = next_at(&self.to_primary, now, delay(rng));
-                self.to_primary.push_back((at, msg.to_bytes().expect("encode")));
+                self.to_primary
+                    .push_back((at, msg.to_bytes().expect("encode")));
             }
         }
     }
@@ -342,13 +356,22 @@ impl WbLane {
             let blocks = rng.gen_range(1..=4u64);
             let first = rng.gen_range(0..=SPACE - blocks);
             let version = self.versions + 1;
-            let data: Vec<u8> = (first..first + blocks).flat_map(|b| block_bytes(version, b)).collect();
+            let data: Vec<u8> = (first..first + blocks)
+                .flat_map(|b| block_bytes(version, b))
+                .collect();
             let p = self.primary.as_mut().expect("primary");
             match p.handle_host_write(t, 0, first, &data) {
                 Ok(r) => {
                     self.versions = version;
                     self.counts.writes += 1;
-                    self.inflight.insert(r, Issued { first, blocks, version });
+                    self.inflight.insert(
+                        r,
+                        Issued {
+                            first,
+                            blocks,
+                            version,
+                        },
+                    );
                     for b in first..first + blocks {
                         self.issued.insert(b, version);
                     }
@@ -360,6 +383,10 @@ impl WbLane {
                 ) => {}
                 Err(e) => panic!("host write: {e}"),
             }
+        }
+        // A node that died inside a write sends nothing more.
+        if self.died(0) || self.died(1) {
+            return;
         }
         self.pump(now, rng, &delay);
         if !self.path_up {
