@@ -63,8 +63,23 @@ use std::sync::Mutex;
 use std::time::Instant;
 use world::{World, LIVENESS_STEPS};
 
-/// Seeds every run includes.
-const FIXED_SEEDS: &[u64] = &[0, 1, 2, 3, 7, 42, 1234, 0xdead_beef, u64::MAX];
+/// Seeds every run includes: corner values and seeds that once failed (5090: a restarted
+/// writer's oracle; 1795268305411935809: a node that died inside a checkpoint write still
+/// posted it; 1795268363982287482: a reordering wire across a restart).
+const FIXED_SEEDS: &[u64] = &[
+    0,
+    1,
+    2,
+    3,
+    7,
+    42,
+    1234,
+    5090,
+    0xdead_beef,
+    1_795_268_305_411_935_809,
+    1_795_268_363_982_287_482,
+    u64::MAX,
+];
 
 /// The one-line command that replays `seed`.
 fn replay_hint(seed: u64) -> String {
