@@ -38,6 +38,11 @@ pub(super) struct Link {
     pub(super) partner: RegionDescriptor,
     pub(super) outstanding: usize,
     pub(super) broken: bool,
+    /// Which connection of this driver it is (1, 2, ...): completions taken from a completion
+    /// queue by a blocking wait are counted only if the link is still the same one. Queue pair
+    /// numbers cannot tell: the old and the new link's devices may number their queue pairs
+    /// alike (and a device may reuse a number).
+    pub(super) serial: u64,
 }
 
 #[derive(Default)]
@@ -157,15 +162,21 @@ impl Shared {
             self.on_event(st, ev);
             progress = true;
         }
-        progress |= self.reap(st, &mut Vec::new());
+        progress |= self.reap(st, &mut Vec::new(), None);
         self.check_partner(st);
         progress |= self.post(st);
         progress |= self.note_acks(st);
         progress
     }
 
-    /// Processes `waited` (completions taken by a blocking wait) and polls for more.
-    pub(super) fn reap(&self, st: &mut Inner, waited: &mut Vec<Completion>) -> bool {
+    /// Processes `waited` (completions a blocking wait took from the completion queue of the
+    /// link with serial `from`; dropped if the link changed since) and polls for more.
+    pub(super) fn reap(
+        &self,
+        st: &mut Inner,
+        waited: &mut Vec<Completion>,
+        from: Option<u64>,
+    ) -> bool {
         let Inner {
             link,
             log,
@@ -176,6 +187,10 @@ impl Shared {
             waited.clear();
             return false;
         };
+        if from.is_some_and(|serial| serial != l.serial) {
+            // From an earlier connection's queue: its writes were rewound and are re-sent.
+            waited.clear();
+        }
         completions.append(waited);
         if !l.broken {
             if let Err(e) = l.qp.send_cq().poll(completions, POLL_BATCH) {
@@ -412,6 +427,7 @@ impl Shared {
             partner,
             outstanding: 0,
             broken: false,
+            serial: st.counters.connections + 1,
         });
         if st.connected_once {
             self.resync(st)?;
@@ -497,19 +513,21 @@ impl Shared {
 /// takes CPU from it (on Soft-RoCE under emulation, CPU that rxe's sending needs).
 pub(super) fn drive(shared: &Arc<Shared>) {
     let mut waited = Vec::with_capacity(POLL_BATCH);
+    let mut waited_on = None;
     while !shared.stop.load(Ordering::Relaxed) {
         let (cq, in_flight) = {
             let mut st = shared.inner.lock();
-            shared.reap(&mut st, &mut waited);
+            shared.reap(&mut st, &mut waited, waited_on.take());
             shared.pump(&mut st);
             let live = st.link.as_ref().filter(|l| !l.broken && l.outstanding > 0);
             let cq = live
                 .filter(|_| shared.sleepers.load(Ordering::SeqCst) > 0)
-                .map(|l| l.qp.send_cq().clone());
+                .map(|l| (l.qp.send_cq().clone(), l.serial));
             (cq, live.is_some())
         };
         match cq {
-            Some(cq) => {
+            Some((cq, serial)) => {
+                waited_on = Some(serial);
                 if let Err(e) = cq.wait(&mut waited, POLL_BATCH, Duration::from_millis(2)) {
                     tracing::debug!(client = %shared.cfg.name, error = %e, "wait on send queue");
                     std::thread::sleep(Duration::from_millis(1));
