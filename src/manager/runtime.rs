@@ -519,6 +519,15 @@ impl Runtime {
         if !self.ensure_fabric(i) {
             return;
         }
+        // A port that is down (cable pulled) gets no attempt: its PortActive event retries soon.
+        let port_down = self.links[i]
+            .fabric
+            .as_ref()
+            .is_some_and(|f| matches!(f.device.port_active(), Ok(false)));
+        if port_down && initiator(&self.cfg) {
+            self.backoff(i, "port down", LinkState::Down);
+            return;
+        }
         if initiator(&self.cfg) {
             let conn = self.next_conn;
             self.next_conn += 1;
