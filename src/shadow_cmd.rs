@@ -199,7 +199,12 @@ impl ShadowNode {
                 let h = w.take_latencies();
                 let pairs: Vec<[u64; 2]> = h
                     .iter_recorded()
-                    .map(|v| [h.highest_equivalent(v.value_iterated_to()), v.count_at_value()])
+                    .map(|v| {
+                        [
+                            h.highest_equivalent(v.value_iterated_to()),
+                            v.count_at_value(),
+                        ]
+                    })
                     .collect();
                 Some(pairs)
             }

@@ -55,9 +55,12 @@ impl DemoArgs {
         ((self.writes as f64 / self.duration).ceil() as u64).max(1)
     }
 
-    /// The first writer's count: three traffic phases and one more for the transitions.
+    /// The first writer's count: three traffic phases and 30 s of writes for the transitions
+    /// between them (failover, the return after the hysteresis), so B is killed mid-stream.
     pub fn cap(&self) -> u64 {
-        self.writes.saturating_mul(4)
+        self.writes
+            .saturating_mul(3)
+            .saturating_add(self.rate().saturating_mul(30))
     }
 
     /// Where the progress lines go: stdout, or stderr with `--json`.
@@ -81,7 +84,11 @@ impl DemoArgs {
         }
         let log = self.cap() as u128 * (32 + self.size as u128);
         if log > 1 << 30 {
-            bail!("--writes {} of {} bytes need a log over 1 GiB: fewer or smaller writes", self.writes, self.size);
+            bail!(
+                "--writes {} of {} bytes need a log over 1 GiB: fewer or smaller writes",
+                self.writes,
+                self.size
+            );
         }
         Ok(())
     }
@@ -136,17 +143,17 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.render_text());
-                println!(
-                    "report: {}",
-                    out.join("report.md").display()
-                );
+                println!("report: {}", out.join("report.md").display());
             }
             if !report.ok {
                 bail!("acknowledged writes were not found after the replay (see the report)");
             }
             Ok(())
         }
-        Err(e) => Err(e.context(format!("demo failed (node files kept in {})", run_dir.display()))),
+        Err(e) => Err(e.context(format!(
+            "demo failed (node files kept in {})",
+            run_dir.display()
+        ))),
     }
 }
 
@@ -193,11 +200,21 @@ fn run_scenario(
     let (hist, timeline) = ("latency.svg", "timeline.svg");
     plots::histogram(&report, &out.join(hist))?;
     plots::timeline(&report, &out.join(timeline))?;
-    report.files = ["report.md", hist, timeline, "report.json", "node-a.log", "node-b.log"]
-        .iter()
-        .map(|f| out.join(f).display().to_string())
-        .collect();
-    std::fs::write(out.join("report.md"), report.render_markdown(hist, timeline))?;
+    report.files = [
+        "report.md",
+        hist,
+        timeline,
+        "report.json",
+        "node-a.log",
+        "node-b.log",
+    ]
+    .iter()
+    .map(|f| out.join(f).display().to_string())
+    .collect();
+    std::fs::write(
+        out.join("report.md"),
+        report.render_markdown(hist, timeline),
+    )?;
     std::fs::write(
         out.join("report.json"),
         serde_json::to_string_pretty(&report)?,

@@ -84,10 +84,17 @@ impl NodeProc {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
-        self.child = Some(cmd.spawn().with_context(|| format!("start node {}", self.name))?);
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("start node {}", self.name))?,
+        );
         let t0 = Instant::now();
         while control::request(&self.socket, &ControlRequest::Status, REQUEST).is_err() {
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!(
                     "node {} exited at start ({st}); its log:\n{}",
                     self.name,
@@ -95,7 +102,11 @@ impl NodeProc {
                 );
             }
             if t0.elapsed() > limit {
-                bail!("node {} did not start; its log:\n{}", self.name, self.log_tail());
+                bail!(
+                    "node {} did not start; its log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -154,7 +165,10 @@ impl NodeProc {
             Ok(ControlResponse::Error { message }) => {
                 bail!("node {}, client {name}: {message}", self.name)
             }
-            Ok(other) => bail!("node {}, client {name}: unexpected answer {other:?}", self.name),
+            Ok(other) => bail!(
+                "node {}, client {name}: unexpected answer {other:?}",
+                self.name
+            ),
             Err(e) => bail!("node {}, client {name}: {e}", self.name),
         }
     }

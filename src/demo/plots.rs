@@ -142,7 +142,9 @@ pub fn timeline(report: &Report, path: &Path) -> Result<()> {
             )))
             .map_err(err)?
             .label(span.what.clone())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], color.mix(0.4).filled()));
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 20, y + 5)], color.mix(0.4).filled())
+            });
     }
     // One line per writer: a new one starts when the count drops.
     let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];

@@ -168,7 +168,10 @@ impl Report {
         vec![
             ("connect (links ready, clients placed)", ms(f.connect_ms)),
             ("link cut detected", ms(f.link_detection_ms)),
-            ("failover (clients ready on the other link)", ms(f.failover_ms)),
+            (
+                "failover (clients ready on the other link)",
+                ms(f.failover_ms),
+            ),
             ("link restored (ready on both nodes)", ms(f.link_restore_ms)),
             ("clients back on the restored link", ms(f.return_ms)),
             ("partner failure detection", ms(f.detection_ms)),

@@ -22,8 +22,11 @@ pub struct Topology {
     created: bool,
 }
 
+/// Runs a set-up command; its output goes to stderr (stdout may carry the JSON report).
 fn run(cmd: &mut Command) -> Result<()> {
-    let st = cmd.status().with_context(|| format!("run {cmd:?}"))?;
+    let st = cmd
+        .stdout(std::io::stderr())
+        .status().with_context(|| format!("run {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed: {st}");
     }
@@ -79,8 +82,24 @@ impl Topology {
                             "-n", "ilA", "link", "add", &a, "type", "veth", "peer", "name", &b,
                             "netns", "ilB",
                         ])?;
-                        ip(&["-n", "ilA", "addr", "add", &format!("198.18.{l}.1/24"), "dev", &a])?;
-                        ip(&["-n", "ilB", "addr", "add", &format!("198.18.{l}.2/24"), "dev", &b])?;
+                        ip(&[
+                            "-n",
+                            "ilA",
+                            "addr",
+                            "add",
+                            &format!("198.18.{l}.1/24"),
+                            "dev",
+                            &a,
+                        ])?;
+                        ip(&[
+                            "-n",
+                            "ilB",
+                            "addr",
+                            "add",
+                            &format!("198.18.{l}.2/24"),
+                            "dev",
+                            &b,
+                        ])?;
                         ip(&["-n", "ilA", "link", "set", &a, "up"])?;
                         ip(&["-n", "ilB", "link", "set", &b, "up"])?;
                     }

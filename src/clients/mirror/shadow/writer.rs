@@ -246,7 +246,8 @@ impl Run {
         let started = Instant::now();
         // When append `n` (from 1) may start under the rate limit.
         let rate = self.cfg.rate.filter(|r| *r > 0);
-        let due = |n: u64| rate.map(|r| started + Duration::from_secs_f64((n - 1) as f64 / r as f64));
+        let due =
+            |n: u64| rate.map(|r| started + Duration::from_secs_f64((n - 1) as f64 / r as f64));
         let mut next = 1u64;
         let mut since_checkpoint = 0u64;
         let mut last: Option<LogPosition> = None;
