@@ -110,7 +110,12 @@ fn is_root() -> bool {
 /// replay, or a step does not complete.
 pub fn run(args: &DemoArgs) -> Result<()> {
     args.validate()?;
-    let netns = is_root() && !args.loopback;
+    // Namespaces need root and iproute2; without them, loopback.
+    let has_ip = std::process::Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let netns = is_root() && !args.loopback && has_ip;
     if args.fabric == ProviderChoice::Verbs && !netns {
         bail!("--fabric verbs needs the namespaces ilA/ilB with RDMA devices: run as root (e.g. inside soft-roce/vm), without --loopback");
     }

@@ -243,11 +243,15 @@ impl Run {
         let mut buf = vec![0u8; self.cfg.size.max(8)];
         let window = self.cfg.window.max(1);
         let mut in_flight: VecDeque<(AppendTicket, Instant)> = VecDeque::with_capacity(window);
-        let started = Instant::now();
-        // When append `n` (from 1) may start under the rate limit.
-        let rate = self.cfg.rate.filter(|r| *r > 0);
-        let due =
-            |n: u64| rate.map(|r| started + Duration::from_secs_f64((n - 1) as f64 / r as f64));
+        // Under a rate limit: when the next append may start, and the time between two. A
+        // writer held up (a failover) does not burst to catch up: it starts at most one append
+        // early.
+        let interval = self
+            .cfg
+            .rate
+            .filter(|r| *r > 0)
+            .map(|r| Duration::from_secs_f64(1.0 / r as f64));
+        let mut next_due = interval.map(|_| Instant::now());
         let mut next = 1u64;
         let mut since_checkpoint = 0u64;
         let mut last: Option<LogPosition> = None;
@@ -259,7 +263,7 @@ impl Run {
                 && !self.shared.stop.load(Ordering::Relaxed)
                 && in_flight.len() < window
                 && next <= self.cfg.count
-                && due(next).is_none_or(|d| d <= Instant::now())
+                && next_due.is_none_or(|d| d <= Instant::now())
             {
                 fill_payload(next, &mut buf);
                 match self.mirror.append_start(&buf) {
@@ -269,8 +273,12 @@ impl Run {
                         if t.position().seq != next {
                             st.seq_mismatches += 1;
                         }
-                        in_flight.push_back((t, Instant::now()));
+                        let now = Instant::now();
+                        in_flight.push_back((t, now));
                         next += 1;
+                        if let (Some(d), Some(i)) = (next_due.as_mut(), interval) {
+                            *d = (*d + i).max(now.checked_sub(i).unwrap_or(now));
+                        }
                     }
                     Err(e) => failure = Some(err(e)),
                 }
@@ -284,7 +292,7 @@ impl Run {
                 }
                 // Nothing in flight and the next append not due yet: wait (in short slices,
                 // to see a stop).
-                if let Some(d) = due(next) {
+                if let Some(d) = next_due {
                     let wait = d.saturating_duration_since(Instant::now());
                     std::thread::sleep(wait.min(Duration::from_millis(10)));
                 }
