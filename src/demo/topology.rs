@@ -26,7 +26,8 @@ pub struct Topology {
 fn run(cmd: &mut Command) -> Result<()> {
     let st = cmd
         .stdout(std::io::stderr())
-        .status().with_context(|| format!("run {cmd:?}"))?;
+        .status()
+        .with_context(|| format!("run {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed: {st}");
     }
