@@ -4,6 +4,7 @@
 
 use super::report::Report;
 use anyhow::{anyhow, Result};
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -18,6 +19,42 @@ const COLORS: [RGBColor; 6] = [
 
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("plot: {e}")
+}
+
+/// A white SVG canvas of `size` pixels.
+fn canvas(path: &Path, size: (u32, u32)) -> Result<DrawingArea<SVGBackend<'_>, Shift>> {
+    let root = SVGBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    Ok(root)
+}
+
+/// A chart with its caption on `root`, room for the axis labels.
+fn chart_on<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: String,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut b = ChartBuilder::on(root);
+    b.caption(caption, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65);
+    b
+}
+
+/// Draws the legend and writes the file.
+fn finish<'a, 'b: 'a, CT: CoordTranslate>(
+    mut chart: ChartContext<'a, SVGBackend<'b>, CT>,
+    root: &DrawingArea<SVGBackend<'b>, Shift>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
 }
 
 /// Per phase with writes: the share of its writes in log-spaced latency buckets (10 per
@@ -57,19 +94,12 @@ pub fn histogram(report: &Report, path: &Path) -> Result<()> {
         (lo.min(*x), hi.max(*x), top.max(*y))
     });
     let lo = if lo == f64::MAX { 1.0 } else { lo / 1.5 };
-    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "Shadowed append latency per phase ({} B records, {} provider)",
-                report.record_size, report.fabric
-            ),
-            ("sans-serif", 20),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(55)
+    let root = canvas(path, (900, 500))?;
+    let caption = format!(
+        "Shadowed append latency per phase ({} B records, {} provider)",
+        report.record_size, report.fabric
+    );
+    let mut chart = chart_on(&root, caption)
         .build_cartesian_2d((lo..hi * 1.5).log_scale(), 0f64..top * 1.1)
         .map_err(err)?;
     chart
@@ -86,14 +116,7 @@ pub fn histogram(report: &Report, path: &Path) -> Result<()> {
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.85))
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    finish(chart, &root, SeriesLabelPosition::UpperRight)
 }
 
 /// The failover/giveback timeline.
@@ -111,19 +134,12 @@ pub fn timeline(report: &Report, path: &Path) -> Result<()> {
         .map(|p| p[1])
         .fold(10.0, f64::max)
         * 1.1;
-    let root = SVGBackend::new(path, (1000, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "Writes acknowledged by node B: link cut, kill -9, takeover and giveback ({})",
-                report.topology
-            ),
-            ("sans-serif", 20),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
+    let root = canvas(path, (1000, 500))?;
+    let caption = format!(
+        "Writes acknowledged by node B: link cut, kill -9, takeover and giveback ({})",
+        report.topology
+    );
+    let mut chart = chart_on(&root, caption)
         .build_cartesian_2d(0f64..end_s * 1.02, 0f64..top)
         .map_err(err)?;
     chart
@@ -175,13 +191,5 @@ pub fn timeline(report: &Report, path: &Path) -> Result<()> {
             )))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.85))
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    finish(chart, &root, SeriesLabelPosition::UpperLeft)
 }

@@ -182,6 +182,18 @@ impl<'a> Scenario<'a> {
         self.report.phases.push(phase);
     }
 
+    /// Ends a phase with B's writer's latencies since the last phase.
+    fn end_with_writes(
+        &mut self,
+        name: &str,
+        start: (Instant, f64),
+        summary: String,
+    ) -> Result<()> {
+        let lat = self.take_latencies()?;
+        self.end(name, start, summary, Some(lat));
+        Ok(())
+    }
+
     /// B's writer's latencies since the last call.
     fn take_latencies(&self) -> Result<Vec<[u64; 2]>> {
         let v = self.b.client("shadow", json!({"latencies": true}))?;
@@ -259,6 +271,18 @@ impl<'a> Scenario<'a> {
             .acked_over_time
             .push([at, u(&w["acknowledged"]) as f64]);
         Ok(())
+    }
+
+    /// Waits until every client is ready on `link` on both nodes.
+    fn wait_clients_on(&mut self, what: &str, link: u8) -> Result<()> {
+        self.wait(what, |s| {
+            let (sa, sb) = (s.a.status()?, s.b.status()?);
+            Ok(
+                (clients_on(&sa, &s.clients, Some(link))
+                    && clients_on(&sb, &s.clients, Some(link)))
+                .then_some(()),
+            )
+        })
     }
 
     fn writer(&self) -> Result<Value> {
@@ -347,9 +371,7 @@ impl<'a> Scenario<'a> {
             "node B appends {} B records to its shadow log, each mirrored into A by RDMA WRITE before it is acknowledged",
             self.args.size
         );
-        let lat = self.take_latencies()?;
-        self.end("workload", start, summary, Some(lat));
-        Ok(())
+        self.end_with_writes("workload", start, summary)
     }
 
     fn cut(&mut self) -> Result<()> {
@@ -364,12 +386,7 @@ impl<'a> Scenario<'a> {
         let detect = cut_at.elapsed().as_secs_f64() * 1e3;
         self.event(format!("link {CUT} seen down by B"));
         let other = 1 - CUT;
-        self.wait("every client failed over", |s| {
-            let (sa, sb) = (s.a.status()?, s.b.status()?);
-            Ok((clients_on(&sa, &s.clients, Some(other))
-                && clients_on(&sb, &s.clients, Some(other)))
-            .then_some(()))
-        })?;
+        self.wait_clients_on("every client failed over", other)?;
         let failover = cut_at.elapsed().as_secs_f64() * 1e3;
         self.event(format!("every client ready on link {other}"));
         self.report.figures.link_detection_ms = Some(detect);
@@ -379,14 +396,12 @@ impl<'a> Scenario<'a> {
         self.report.spans.push(Span {
             what: format!("link {CUT} cut"),
             from_ms: cut_ms,
-            to_ms: f64::NAN,
+            to_ms: cut_ms, // until restored
         });
         let summary = format!(
             "down after {detect:.0} ms, every client on link {other} after {failover:.0} ms ({resent} mirror writes re-sent), traffic continues"
         );
-        let lat = self.take_latencies()?;
-        self.end("cut", start, summary, Some(lat));
-        Ok(())
+        self.end_with_writes("cut", start, summary)
     }
 
     fn restore(&mut self) -> Result<()> {
@@ -403,13 +418,7 @@ impl<'a> Scenario<'a> {
         })?;
         let ready = at.elapsed().as_secs_f64() * 1e3;
         self.event(format!("link {CUT} ready again"));
-        self.wait("every client back home", |s| {
-            let (sa, sb) = (s.a.status()?, s.b.status()?);
-            Ok(
-                (clients_on(&sa, &s.clients, Some(CUT)) && clients_on(&sb, &s.clients, Some(CUT)))
-                    .then_some(()),
-            )
-        })?;
+        self.wait_clients_on("every client back home", CUT)?;
         let home = at.elapsed().as_secs_f64() * 1e3;
         self.event(format!("every client back on link {CUT}"));
         self.report.figures.link_restore_ms = Some(ready);
@@ -418,9 +427,7 @@ impl<'a> Scenario<'a> {
         let summary = format!(
             "ready after {ready:.0} ms, every client back on link {CUT} after {home:.0} ms (1.5 s hysteresis)"
         );
-        let lat = self.take_latencies()?;
-        self.end("restore", start, summary, Some(lat));
-        Ok(())
+        self.end_with_writes("restore", start, summary)
     }
 
     fn kill(&mut self) -> Result<()> {
@@ -455,7 +462,7 @@ impl<'a> Scenario<'a> {
         self.report.spans.push(Span {
             what: "node B down (A serves both)".into(),
             from_ms: kill_ms,
-            to_ms: f64::NAN,
+            to_ms: kill_ms, // until the giveback
         });
         let summary = format!(
             "detected in {} ms, A took over after {takeover:.0} ms and replayed B's log ({} records) after {replay:.0} ms: {} acknowledged, {} found",
@@ -522,8 +529,6 @@ impl<'a> Scenario<'a> {
             "B serves again after {giveback:.0} ms (outage window {:.1} ms); its new writer: {acked} acknowledged, {in_mirror} in A's mirror",
             a.last_outage_ms.unwrap_or(f64::NAN)
         );
-        let lat = self.take_latencies()?;
-        self.end("restart", start, summary, Some(lat));
-        Ok(())
+        self.end_with_writes("restart", start, summary)
     }
 }
