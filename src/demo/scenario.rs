@@ -376,6 +376,11 @@ impl<'a> Scenario<'a> {
 
     fn cut(&mut self) -> Result<()> {
         let start = self.begin(3, &format!("cut link {CUT}"));
+        // Past the initiator's start-up gather: a link failing earlier would wait for it.
+        self.wait("the start-up gather over", |s| {
+            let gather = interlink::manager::STARTUP_GATHER.as_millis() as u64;
+            Ok((s.a.status()?.uptime_ms > gather).then_some(()))
+        })?;
         let before = u(&self.writer()?["acknowledged"]);
         let cut_ms = self.event(format!("link {CUT} cut"));
         let cut_at = Instant::now();

@@ -47,9 +47,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long the initiator waits at startup for every link's session before it places clients
-/// (so that the first placement sees all links).
-const STARTUP_GATHER: Duration = Duration::from_millis(1500);
+pub(crate) use super::STARTUP_GATHER;
 /// Longest a planned move waits for the client's outstanding sends to drain.
 const DRAIN_LIMIT: Duration = Duration::from_millis(300);
 /// Longest a planned move waits for the partner's detach acknowledgement.
