@@ -12,6 +12,7 @@ mod topology;
 
 use anyhow::{bail, Context, Result};
 use interlink::fabric::ProviderChoice;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Options of `interlink demo`.
@@ -93,6 +94,14 @@ impl DemoArgs {
         Ok(())
     }
 
+    fn fabric_name(&self) -> &'static str {
+        match self.fabric {
+            ProviderChoice::Auto => "auto",
+            ProviderChoice::Verbs => "verbs",
+            ProviderChoice::Soft => "soft",
+        }
+    }
+
     fn out_dir(&self) -> PathBuf {
         match &self.out {
             Some(p) => p.clone(),
@@ -159,18 +168,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             "demo failed (node files kept in {})",
             run_dir.display()
         ))),
-    }
-}
-
-use std::io::Write as _;
-
-impl DemoArgs {
-    fn fabric_name(&self) -> &'static str {
-        match self.fabric {
-            ProviderChoice::Auto => "auto",
-            ProviderChoice::Verbs => "verbs",
-            ProviderChoice::Soft => "soft",
-        }
     }
 }
 
