@@ -131,9 +131,11 @@ impl ShadowNode {
     }
 
     /// A control command: `{"write": {"count": N, "size": S, "window": W,
-    /// "checkpoint_every": K}}` starts the writer, `{"stop": true}` stops it, `{"replay":
-    /// true}` summarises the partner's replayable records (without consuming them); the
-    /// answer always carries the stats: `{"shadow": .., "writer": .., "replay": ..}`.
+    /// "checkpoint_every": K, "rate": R}}` starts the writer, `{"stop": true}` stops it,
+    /// `{"replay": true}` summarises the partner's replayable records (without consuming
+    /// them), `{"latencies": true}` takes the writer's append latencies since the last ask;
+    /// the answer always carries the stats: `{"shadow": .., "writer": .., "replay": ..,
+    /// "latencies": ..}`.
     pub fn command(&self, command: &serde_json::Value) -> ControlResponse {
         match self.run_command(command) {
             Ok(value) => ControlResponse::Ok { value },
@@ -165,6 +167,7 @@ impl ShadowNode {
             if let Some(n) = get("checkpoint_every") {
                 cfg.checkpoint_every = n;
             }
+            cfg.rate = get("rate");
             cfg.acked_log = Some(acked_path(&self.dir, self.node));
             *writer = Some(ShadowWriter::start(self.mirror.clone(), cfg)?);
         }
@@ -190,10 +193,28 @@ impl ShadowNode {
         } else {
             None
         };
+        // The writer's append latencies since the last ask: [[µs, count], ...].
+        let latencies = match writer.as_ref() {
+            Some(w) if command.get("latencies").and_then(|v| v.as_bool()) == Some(true) => {
+                let h = w.take_latencies();
+                let pairs: Vec<[u64; 2]> = h
+                    .iter_recorded()
+                    .map(|v| {
+                        [
+                            h.highest_equivalent(v.value_iterated_to()),
+                            v.count_at_value(),
+                        ]
+                    })
+                    .collect();
+                Some(pairs)
+            }
+            _ => None,
+        };
         Ok(serde_json::json!({
             "shadow": self.mirror.stats(),
             "writer": writer.as_ref().map(|w| w.stats()),
             "replay": replay,
+            "latencies": latencies,
         }))
     }
 }

@@ -9,11 +9,13 @@
 //! completion, queue pair to error, as verbs does), moves the target queue pair to error (as
 //! rxe does) and is counted in [`SoftDevice::access_violations`].
 
+mod cut;
 mod rc;
 mod sim;
 mod tcp;
 pub mod wire;
 
+pub use cut::{is_cut, set_cut};
 pub use rc::SoftQp;
 pub use sim::{FaultConfig, SimNet, SimStats};
 
@@ -114,7 +116,11 @@ impl Transport {
 
     pub(crate) fn send(&self, to: PeerAddr, pkt: Vec<u8>) {
         match (self, to) {
-            (Transport::Tcp(t), PeerAddr::Tcp(a)) => t.send(a, pkt),
+            (Transport::Tcp(t), PeerAddr::Tcp(a)) => {
+                if !is_cut(t.local_addr().ip()) {
+                    t.send(a, pkt)
+                }
+            }
             (Transport::Sim(net, me), PeerAddr::Sim(g)) => net.send(*me, g, pkt),
             _ => tracing::warn!("soft transport: address of the wrong kind; packet dropped"),
         }
@@ -176,11 +182,20 @@ impl DeviceShared {
         self.regions.read().get(&key).and_then(Weak::upgrade)
     }
 
-    /// Whether the port is up (no cut link on a sim network; interface flags on TCP).
+    /// Whether the port is up (no cut link on a sim network; interface flags on TCP, and no
+    /// simulated cut: [`set_cut`]).
     pub(crate) fn port_active(&self) -> bool {
         match &self.transport {
             Transport::Sim(net, gid) => !net.port_down(*gid),
             Transport::Tcp(_) => self.port_up.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Whether this TCP device's address is cut ([`set_cut`]): packets are dropped both ways.
+    fn is_cut(&self) -> bool {
+        match &self.transport {
+            Transport::Tcp(t) => is_cut(t.local_addr().ip()),
+            Transport::Sim(..) => false,
         }
     }
 
@@ -255,7 +270,12 @@ impl SoftDevice {
         inbox: Receiver<Vec<u8>>,
         iface: Option<String>,
     ) -> Result<Arc<SoftDevice>, SoftError> {
-        let port_up = iface.as_deref().is_none_or(iface_up);
+        let cut = match &transport {
+            Transport::Tcp(t) => is_cut(t.local_addr().ip()),
+            Transport::Sim(..) => false,
+        };
+        let port_up = iface.as_deref().is_none_or(iface_up) && !cut;
+        let is_tcp = matches!(transport, Transport::Tcp(_));
         let netns = tcp::current_netns();
         let shared = Arc::new(DeviceShared {
             name,
@@ -286,7 +306,7 @@ impl SoftDevice {
                 source,
             })?;
         let mut threads = vec![engine];
-        if shared.iface.is_some() {
+        if is_tcp {
             let s = shared.clone();
             let mon = std::thread::Builder::new()
                 .name(format!("interlink-soft-link-{}", shared.name))
@@ -391,6 +411,7 @@ fn engine_loop(dev: &Arc<DeviceShared>, inbox: &Receiver<Vec<u8>>) {
     let mut out = Vec::with_capacity(64);
     while !dev.stop.load(Ordering::SeqCst) {
         match inbox.recv_timeout(TICK) {
+            Ok(_) if dev.is_cut() => {}
             Ok(pkt) => match wire::Packet::decode(&pkt) {
                 Ok(p) => {
                     let qp = dev.qps.read().get(&p.dst_qpn).cloned();
@@ -420,11 +441,8 @@ fn engine_loop(dev: &Arc<DeviceShared>, inbox: &Receiver<Vec<u8>>) {
 }
 
 fn link_monitor(dev: &DeviceShared) {
-    let Some(iface) = dev.iface.as_deref() else {
-        return;
-    };
     while !dev.stop.load(Ordering::SeqCst) {
-        let up = iface_up(iface);
+        let up = dev.iface.as_deref().is_none_or(iface_up) && !dev.is_cut();
         if up != dev.port_up.load(Ordering::SeqCst) {
             dev.emit(if up {
                 AsyncEvent::PortActive { port: 1 }
@@ -432,7 +450,13 @@ fn link_monitor(dev: &DeviceShared) {
                 AsyncEvent::PortDown { port: 1 }
             });
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // 50 ms between checks, in slices so a dropped device stops at once.
+        for _ in 0..5 {
+            if dev.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
