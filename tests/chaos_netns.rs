@@ -132,7 +132,12 @@ fn restart_loops() {
         for _ in 0..env_count("CHAOS_RESTARTS", 3) {
             p.restart(v);
             c.fault("restart");
-            p.pause(0, 2500);
+            // Half the time early in the bring-up (BOOTING, GIVEWAIT, MBWAIT), else later.
+            if p.rng.gen_bool(0.5) {
+                p.pause(0, 300);
+            } else {
+                p.pause(300, 2500);
+            }
             if p.state(v) == "UP" && p.rng.gen_bool(0.5) {
                 p.start_writer(v);
                 p.pause(100, 800);
