@@ -53,7 +53,11 @@ fn link_flaps() {
         for _ in 0..env_count("CHAOS_FLAPS", 8) {
             let l = p.rng.gen_range(0..2u8);
             let both = p.rng.gen_bool(0.25);
-            let down = if both { p.ms(100, 1000) } else { p.ms(100, 1500) };
+            let down = if both {
+                p.ms(100, 1000)
+            } else {
+                p.ms(100, 1500)
+            };
             link("down", l);
             if both {
                 link("down", 1 - l);
@@ -63,7 +67,11 @@ fn link_flaps() {
             if both {
                 link("up", 1 - l);
             }
-            c.fault(if both { "both links flapped" } else { "link flapped" });
+            c.fault(if both {
+                "both links flapped"
+            } else {
+                "link flapped"
+            });
             p.pause(100, 1500);
         }
         for n in &p.nodes {
@@ -109,7 +117,11 @@ fn kills() {
                 p.kill_and_wait_takeover(target);
                 c.fault(&format!(
                     "kill -9 of the {} with the returning node in {state}",
-                    if target == v { "returning node" } else { "survivor" }
+                    if target == v {
+                        "returning node"
+                    } else {
+                        "survivor"
+                    }
                 ));
                 p.pause(0, 1000);
                 p.restart(target);

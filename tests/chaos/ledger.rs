@@ -49,7 +49,9 @@ pub fn parse_acked(text: &str) -> Vec<Generation> {
             });
             continue;
         }
-        let g = gens.last_mut().expect("acked log starts with its generation");
+        let g = gens
+            .last_mut()
+            .expect("acked log starts with its generation");
         match (first, second) {
             (Some("checkpoint"), Some(n)) => g.checkpoint = n.parse().expect("checkpoint"),
             (Some("checkpoint-asked"), Some(n)) => g.asked = n.parse().expect("asked"),
@@ -92,7 +94,9 @@ pub fn parse_replayed(text: &str, payload: impl Fn(u64) -> Vec<u8>) -> Vec<View>
             });
             continue;
         }
-        let v = views.last_mut().expect("replayed log starts with a replay line");
+        let v = views
+            .last_mut()
+            .expect("replayed log starts with a replay line");
         let seq: u64 = f[0].parse().expect("seq");
         let p = payload(seq);
         let len: usize = f[1].parse().expect("len");
@@ -153,12 +157,7 @@ impl Tally {
 
 /// Checks one writer's acked log against the partner's views of its log (`views`: every
 /// replay in order, then the final read). `window`: the writer's appends in flight.
-pub fn check_writer(
-    acked_text: &str,
-    views: &[View],
-    freezes: &[Freeze],
-    window: u64,
-) -> Tally {
+pub fn check_writer(acked_text: &str, views: &[View], freezes: &[Freeze], window: u64) -> Tally {
     let gens = parse_acked(acked_text);
     let mut t = Tally::default();
     let known_gens: BTreeSet<u64> = gens.iter().map(|g| g.id).collect();

@@ -123,7 +123,9 @@ impl Counts {
             .create(true)
             .append(true)
             .open(path)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{fabric}: {line}\n").as_bytes()));
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, format!("{fabric}: {line}\n").as_bytes())
+            });
     }
 }
 
@@ -353,22 +355,18 @@ impl ChaosPair {
         for i in 0..2 {
             let w = &stopped[i]["writer"];
             if w["errors"] != json!(0) {
-                tally
-                    .problems
-                    .push(format!("node {} writer: {w:#}", id(i)));
+                tally.problems.push(format!("node {} writer: {w:#}", id(i)));
             }
             let partner = &self.nodes[1 - i];
             let r = partner.client("shadow", json!({"replay": true}))["replay"].clone();
             let fin = final_view(&r, &mut tally, id(i));
-            let replayed = std::fs::read_to_string(
-                self.shared.join(format!("replayed-{}.log", id(1 - i))),
-            )
-            .unwrap_or_default();
+            let replayed =
+                std::fs::read_to_string(self.shared.join(format!("replayed-{}.log", id(1 - i))))
+                    .unwrap_or_default();
             let mut views = ledger::parse_replayed(&replayed, |s| writer_payload(s, SIZE as usize));
             views.push(fin);
-            let acked =
-                std::fs::read_to_string(self.shared.join(format!("acked-{}.log", id(i))))
-                    .unwrap_or_default();
+            let acked = std::fs::read_to_string(self.shared.join(format!("acked-{}.log", id(i))))
+                .unwrap_or_default();
             tally.add(&check_writer(&acked, &views, &self.freezes[i], WINDOW));
         }
         let (_, fenced) = never_served_twice(&self.shared);
@@ -396,7 +394,9 @@ impl ChaosPair {
 fn final_view(r: &Value, tally: &mut Tally, node: u32) -> View {
     for k in ["gaps", "bad_payloads"] {
         if r[k] != json!(0) {
-            tally.problems.push(format!("final read of node {node}'s log: {k} {r:#}"));
+            tally
+                .problems
+                .push(format!("final read of node {node}'s log: {k} {r:#}"));
         }
     }
     let checkpoint = r["checkpoint"].as_u64().unwrap_or(0);
