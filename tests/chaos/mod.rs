@@ -161,6 +161,9 @@ impl ChaosPair {
                 "--giveback".into(),
                 shared.display().to_string(),
             ];
+            if let Ok(k) = std::env::var("CHAOS_MISS_INTERVALS") {
+                n.extra.extend(["--miss-intervals".into(), k]);
+            }
             n.start();
         }
         let p = ChaosPair {
@@ -352,8 +355,8 @@ impl ChaosPair {
             stopped.push(n.client("shadow", json!({"stop": true})));
         }
         let mut tally = Tally::default();
-        for i in 0..2 {
-            let w = &stopped[i]["writer"];
+        for (i, stop) in stopped.iter().enumerate() {
+            let w = &stop["writer"];
             if w["errors"] != json!(0) {
                 tally.problems.push(format!("node {} writer: {w:#}", id(i)));
             }

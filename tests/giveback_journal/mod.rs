@@ -71,21 +71,17 @@ pub fn never_served_twice(dir: &Path) -> (Vec<(u32, u128)>, Vec<u128>) {
                     frozen.retain(|&n| n != e.node);
                     stale.retain(|&(n, _)| n != e.node);
                 }
-                "frozen" => {
-                    if servers.contains(&e.node) {
-                        servers.retain(|&n| n != e.node);
-                        frozen.push(e.node);
-                        last_stop = Some((e.node, e.at_us));
-                    }
+                "frozen" if servers.contains(&e.node) => {
+                    servers.retain(|&n| n != e.node);
+                    frozen.push(e.node);
+                    last_stop = Some((e.node, e.at_us));
                 }
-                "thawed" => {
-                    if frozen.contains(&e.node) {
-                        frozen.retain(|&n| n != e.node);
-                        if servers.is_empty() {
-                            servers.push(e.node);
-                        } else {
-                            stale.push((e.node, e.at_us));
-                        }
+                "thawed" if frozen.contains(&e.node) => {
+                    frozen.retain(|&n| n != e.node);
+                    if servers.is_empty() {
+                        servers.push(e.node);
+                    } else {
+                        stale.push((e.node, e.at_us));
                     }
                 }
                 "start-serving" => {
