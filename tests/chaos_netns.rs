@@ -182,16 +182,7 @@ fn stopped_partner() {
             let reboots = p.nodes[v].giveback().driver.reboots;
             p.freeze(v);
             c.fault("SIGSTOP past the takeover");
-            let t0 = std::time::Instant::now();
-            while p.assumed(s) <= before {
-                assert!(
-                    t0.elapsed() < netns_node::WAIT,
-                    "seed {:#x}: the stopped node was not taken over",
-                    p.seed
-                );
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            p.wait_takeover(s);
+            p.wait_new_takeover(s, before);
             p.pause(0, 1000);
             p.thaw(v);
             p.wait_pair_up();

@@ -255,14 +255,22 @@ impl ChaosPair {
             r.state == "TAKEOVER" && r.serving.len() == 2
         });
         if serving {
-            let t0 = Instant::now();
-            while self.assumed(1 - i) <= before {
-                assert!(t0.elapsed() < WAIT, "{}: no new takeover", self.ctx());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            self.wait_takeover(1 - i);
+            self.wait_new_takeover(1 - i, before);
         }
         state
+    }
+
+    /// Waits until node `i` assumed its partner's identity more than `before` times and
+    /// serves both disk sets.
+    pub fn wait_new_takeover(&self, i: usize, before: usize) {
+        let ctx = self.ctx();
+        self.nodes[i].poll(
+            &format!("a new takeover ({ctx})"),
+            WAIT,
+            || self.assumed(i),
+            |n| *n > before,
+        );
+        self.wait_takeover(i);
     }
 
     /// Node `i`'s writer's acknowledged count (0 without a writer).

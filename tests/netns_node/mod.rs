@@ -210,6 +210,30 @@ impl Node {
         }
     }
 
+    /// Polls `fetch` until `pred` holds for its answer (panics after `limit`).
+    pub fn poll<T: std::fmt::Debug>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut fetch: impl FnMut() -> T,
+        mut pred: impl FnMut(&T) -> bool,
+    ) -> T {
+        let t0 = Instant::now();
+        loop {
+            let v = fetch();
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "{}: timed out waiting for {what}: {v:#?}\nlog:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Polls client `name` with an empty command until `pred` holds for its answer (panics
     /// after `limit`).
     pub fn wait_client(
@@ -217,22 +241,14 @@ impl Node {
         name: &str,
         what: &str,
         limit: Duration,
-        mut pred: impl FnMut(&serde_json::Value) -> bool,
+        pred: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let t0 = Instant::now();
-        loop {
-            let v = self.client(name, serde_json::json!({}));
-            if pred(&v) {
-                return v;
-            }
-            assert!(
-                t0.elapsed() < limit,
-                "{}: timed out waiting for {what}: {v:#}\nlog:\n{}",
-                self.name,
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.poll(
+            what,
+            limit,
+            || self.client(name, serde_json::json!({})),
+            pred,
+        )
     }
 
     /// The giveback client's report (`--giveback`).
@@ -245,22 +261,9 @@ impl Node {
     pub fn wait_giveback(
         &self,
         what: &str,
-        mut pred: impl FnMut(&GivebackReport) -> bool,
+        pred: impl FnMut(&GivebackReport) -> bool,
     ) -> GivebackReport {
-        let t0 = Instant::now();
-        loop {
-            let r = self.giveback();
-            if pred(&r) {
-                return r;
-            }
-            assert!(
-                t0.elapsed() < WAIT,
-                "{}: timed out waiting for {what}: {r:#?}\nlog:\n{}",
-                self.name,
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.poll(what, WAIT, || self.giveback(), pred)
     }
 
     pub fn wait_traffic(&self, probe: &str, more_than: u64) -> ProbeStats {
