@@ -224,6 +224,9 @@ pub struct ShadowStats {
     pub resent_writes: u64,
     /// Failed mirror writes (each fails the connection).
     pub write_errors: u64,
+    /// Connections given up because their writes stopped completing (5 s without one).
+    #[serde(default)]
+    pub stalls: u64,
     /// The latest checkpoint complete on the mirror.
     pub checkpoint_mirrored: u64,
     /// Data-area bytes free for appends.
@@ -608,6 +611,7 @@ impl ShadowMirror {
             resyncs: c.resyncs,
             resent_writes: c.resent_writes,
             write_errors: c.write_errors,
+            stalls: c.stalls,
             checkpoint_mirrored: st.checkpointed,
             free_bytes: log.free_bytes,
             latency_p50_us: lat.p50_us,

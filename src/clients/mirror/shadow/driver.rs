@@ -25,6 +25,10 @@ pub(super) const POLL_BATCH: usize = 64;
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// How often the driver pumps while writes are in flight and no waiter sleeps.
 const BUSY_WAIT: Duration = Duration::from_millis(2);
+/// Writes in flight without any completion for this long mean a lost connection (an RC queue
+/// pair completes them, in error at worst, within its transport timeout: well under a second
+/// with the manager's connect options).
+const STALL: Duration = Duration::from_secs(5);
 /// Busy polling yields the CPU after this long.
 const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest unmirrored ranges kept for waiters (one range per partner absence).
@@ -43,11 +47,17 @@ pub(super) struct Link {
     /// numbers cannot tell: the old and the new link's devices may number their queue pairs
     /// alike (and a device may reuse a number).
     pub(super) serial: u64,
+    /// The manager's generation of the connection, for [`ClientHandle::report_failure_of`].
+    pub(super) generation: u32,
+    /// Last time a write completed, or writes were posted with none in flight.
+    pub(super) progress_at: Instant,
 }
 
 #[derive(Default)]
 pub(super) struct Counters {
     pub(super) connections: u64,
+    /// Connections given up because writes stopped completing ([`STALL`]).
+    pub(super) stalls: u64,
     pub(super) partner_absences: u64,
     pub(super) appends: u64,
     pub(super) bytes: u64,
@@ -163,6 +173,7 @@ impl Shared {
             progress = true;
         }
         progress |= self.reap(st, &mut Vec::new(), None);
+        self.check_stall(st);
         self.check_partner(st);
         progress |= self.post(st);
         progress |= self.note_acks(st);
@@ -204,6 +215,7 @@ impl Shared {
                 continue;
             }
             l.outstanding = l.outstanding.saturating_sub(1);
+            l.progress_at = Instant::now();
             if !c.status.is_ok() {
                 failure.get_or_insert_with(|| format!("mirror write {}: {:?}", c.wr_id, c.status));
                 continue;
@@ -286,6 +298,9 @@ impl Shared {
                         // the driver may have found nothing in flight.
                         let _ = self.kick.0.try_send(());
                     }
+                    if l.outstanding == 0 {
+                        l.progress_at = Instant::now();
+                    }
                     l.outstanding += n;
                     counters.mirror_writes += n as u64;
                     counters.mirror_bytes += bytes;
@@ -330,6 +345,23 @@ impl Shared {
         true
     }
 
+    /// Writes in flight with no completion for [`STALL`]: the queue pair lost them (its
+    /// transport timeout would have completed them in error long before), so the connection
+    /// is treated as failed and re-established, and the live log re-sent.
+    pub(super) fn check_stall(&self, st: &mut Inner) {
+        let stalled = st
+            .link
+            .as_ref()
+            .filter(|l| !l.broken && l.outstanding > 0)
+            .map(|l| (l.outstanding, l.progress_at.elapsed()))
+            .filter(|(_, quiet)| *quiet >= STALL);
+        if let Some((n, quiet)) = stalled {
+            st.counters.stalls += 1;
+            let why = format!("{n} mirror writes in flight without a completion for {quiet:?}");
+            self.link_failed(st, &why);
+        }
+    }
+
     pub(super) fn check_partner(&self, st: &mut Inner) {
         if st.absent || st.link_up() {
             return;
@@ -362,10 +394,13 @@ impl Shared {
     /// The current connection failed under us: stop using it and ask the manager to
     /// re-establish the client.
     pub(super) fn link_failed(&self, st: &mut Inner, why: &str) {
-        match st.link.as_mut() {
-            Some(l) if !l.broken => l.broken = true,
+        let generation = match st.link.as_mut() {
+            Some(l) if !l.broken => {
+                l.broken = true;
+                l.generation
+            }
             _ => return,
-        }
+        };
         if let Some(log) = st.log.as_mut() {
             log.rewind_unacknowledged();
         }
@@ -373,7 +408,7 @@ impl Shared {
         st.last_error = Some(why.to_string());
         tracing::warn!(client = %self.cfg.name, reason = why, "shadow mirror connection failed; asking the manager to re-establish it");
         self.handle.record_error();
-        self.handle.report_failure(why);
+        self.handle.report_failure_of(generation, why);
     }
 
     pub(super) fn on_event(&self, st: &mut Inner, ev: ClientEvent) {
@@ -428,6 +463,8 @@ impl Shared {
             outstanding: 0,
             broken: false,
             serial: st.counters.connections + 1,
+            generation: conn.generation,
+            progress_at: Instant::now(),
         });
         if st.connected_once {
             self.resync(st)?;
