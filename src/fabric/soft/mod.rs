@@ -9,12 +9,14 @@
 //! completion, queue pair to error, as verbs does), moves the target queue pair to error (as
 //! rxe does) and is counted in [`SoftDevice::access_violations`].
 
+mod cut;
 mod packet_buf;
 mod rc;
 mod sim;
 mod tcp;
 pub mod wire;
 
+pub use cut::{is_cut, set_cut};
 pub use rc::SoftQp;
 pub use sim::{FaultConfig, SimNet, SimStats};
 
@@ -116,7 +118,11 @@ impl Transport {
 
     pub(crate) fn send(&self, to: PeerAddr, pkt: PacketBuf) {
         match (self, to) {
-            (Transport::Tcp(t), PeerAddr::Tcp(a)) => t.send(a, pkt),
+            (Transport::Tcp(t), PeerAddr::Tcp(a)) => {
+                if !is_cut(t.local_addr().ip()) {
+                    t.send(a, pkt)
+                }
+            }
             (Transport::Sim(net, me), PeerAddr::Sim(g)) => net.send(*me, g, pkt),
             _ => tracing::warn!("soft transport: address of the wrong kind; packet dropped"),
         }
@@ -178,11 +184,20 @@ impl DeviceShared {
         self.regions.read().get(&key).and_then(Weak::upgrade)
     }
 
-    /// Whether the port is up (no cut link on a sim network; interface flags on TCP).
+    /// Whether the port is up (no cut link on a sim network; interface flags on TCP, and no
+    /// simulated cut: [`set_cut`]).
     pub(crate) fn port_active(&self) -> bool {
         match &self.transport {
             Transport::Sim(net, gid) => !net.port_down(*gid),
             Transport::Tcp(_) => self.port_up.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Whether this TCP device's address is cut ([`set_cut`]): packets are dropped both ways.
+    fn is_cut(&self) -> bool {
+        match &self.transport {
+            Transport::Tcp(t) => is_cut(t.local_addr().ip()),
+            Transport::Sim(..) => false,
         }
     }
 
@@ -257,7 +272,12 @@ impl SoftDevice {
         inbox: Arc<Inbox>,
         iface: Option<String>,
     ) -> Result<Arc<SoftDevice>, SoftError> {
-        let port_up = iface.as_deref().is_none_or(iface_up);
+        let cut = match &transport {
+            Transport::Tcp(t) => is_cut(t.local_addr().ip()),
+            Transport::Sim(..) => false,
+        };
+        let port_up = iface.as_deref().is_none_or(iface_up) && !cut;
+        let is_tcp = matches!(transport, Transport::Tcp(_));
         let netns = tcp::current_netns();
         let shared = Arc::new(DeviceShared {
             name,
@@ -267,7 +287,10 @@ impl SoftDevice {
             qps: RwLock::new(HashMap::new()),
             regions: RwLock::new(HashMap::new()),
             next_qpn: AtomicU32::new(0x11),
-            next_key: AtomicU32::new(1),
+            // A random first index: a restarted process (a new device) does not hand out the
+            // keys of its previous run again, so a stale peer's old descriptors do not address
+            // the new run's regions.
+            next_key: AtomicU32::new(rand::random::<u32>() >> 9 | 1),
             next_pd: AtomicU32::new(1),
             next_addr: AtomicU64::new(0x7f00_0000_0000 | (u64::from(lid) << 28)),
             violations: AtomicU64::new(0),
@@ -288,7 +311,7 @@ impl SoftDevice {
                 source,
             })?;
         let mut threads = vec![engine];
-        if shared.iface.is_some() {
+        if is_tcp {
             let s = shared.clone();
             let mon = std::thread::Builder::new()
                 .name(format!("interlink-soft-link-{}", shared.name))
@@ -393,7 +416,8 @@ fn engine_loop(dev: &Arc<DeviceShared>, inbox: &Inbox) {
     // Reused every scan, so the timer scan does not allocate.
     let mut qps: Vec<Arc<rc::QpCore>> = Vec::new();
     while !dev.stop.load(Ordering::SeqCst) {
-        if let Some(pkt) = inbox.pop_timeout(TICK) {
+        // A cut device drops everything it receives.
+        if let Some(pkt) = inbox.pop_timeout(TICK).filter(|_| !dev.is_cut()) {
             match wire::Packet::decode(&pkt) {
                 Ok(p) => {
                     let qp = dev.qps.read().get(&p.dst_qpn).cloned();
@@ -419,11 +443,8 @@ fn engine_loop(dev: &Arc<DeviceShared>, inbox: &Inbox) {
 }
 
 fn link_monitor(dev: &DeviceShared) {
-    let Some(iface) = dev.iface.as_deref() else {
-        return;
-    };
     while !dev.stop.load(Ordering::SeqCst) {
-        let up = iface_up(iface);
+        let up = dev.iface.as_deref().is_none_or(iface_up) && !dev.is_cut();
         if up != dev.port_up.load(Ordering::SeqCst) {
             dev.emit(if up {
                 AsyncEvent::PortActive { port: 1 }
@@ -431,7 +452,13 @@ fn link_monitor(dev: &DeviceShared) {
                 AsyncEvent::PortDown { port: 1 }
             });
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // 50 ms between checks, in slices so a dropped device stops at once.
+        for _ in 0..5 {
+            if dev.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -475,9 +502,10 @@ impl SoftMr {
             return Err(SoftError::RegisterEmpty.into());
         }
         let dev = &pd.device.shared;
-        let idx = dev.next_key.fetch_add(1, Ordering::Relaxed);
-        // Keys mix a per-device index with pseudo-random bits, so stale or guessed keys fail.
-        let key = (idx << 8) | (idx.wrapping_mul(0x9e37_79b9) >> 24);
+        let idx = dev.next_key.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        // Keys mix a per-device index (unique among live regions) with 8 random bits, as rxe
+        // does, so stale or guessed keys fail.
+        let key = (idx << 8) | u32::from(rand::random::<u8>());
         let pages = (len as u64).div_ceil(4096) + 1;
         let addr = dev.next_addr.fetch_add(pages * 4096, Ordering::Relaxed);
         let mem = Arc::new(RegionMem {
