@@ -830,8 +830,10 @@ impl Window {
     ///
     /// Starting over in answer to a partner that itself started over in answer to us would
     /// never end; the match test is what stops it. It relies on frames and acknowledgements
-    /// arriving in order, as an RDMA reliable connection delivers them (a failover loses what
-    /// was in flight); reordering is tolerated within a conversation, not across a change.
+    /// of a new conversation arriving after the old one's, as an RDMA reliable connection
+    /// delivers them (a failover loses what was in flight). A late frame of a conversation the
+    /// partner has left is recognised whatever the wire does (see
+    /// `is_earlier_partner_conversation`) and never gets here.
     fn meet(&mut self, h: &FrameHeader, handler: &mut dyn Handler) {
         let matches = if self.peer_session == 0 && self.stats.resets == 0 {
             true
