@@ -65,7 +65,8 @@ use world::{World, LIVENESS_STEPS};
 
 /// Seeds every run includes: corner values and seeds that once failed (5090: a restarted
 /// writer's oracle; 1795268305411935809: a node that died inside a checkpoint write still
-/// posted it; 1795268363982287482: a reordering wire across a restart).
+/// posted it; 1795268363982287482: a reordering wire across a restart; 1795268165322406594: a
+/// late frame of a conversation the partner had left, delivered again).
 const FIXED_SEEDS: &[u64] = &[
     0,
     1,
@@ -78,6 +79,7 @@ const FIXED_SEEDS: &[u64] = &[
     0xdead_beef,
     1_795_268_305_411_935_809,
     1_795_268_363_982_287_482,
+    1_795_268_165_322_406_594,
     u64::MAX,
 ];
 
