@@ -1,8 +1,8 @@
 //! The giveback protocol (F4) on a simulated HA pair in virtual time (`giveback_sim/`: the
 //! world, its shared disks and the random sweep). After every action a driver carries out the
 //! world checks: at most one node serves each disk set; a giveback happens only while the
-//! partner truly waits in MBWAIT; a preempting reserve never hits a set (or a partner) that is
-//! being served.
+//! partner truly waits in MBWAIT; a preempting reserve that goes through never hits a set (or a
+//! partner) that is being served.
 //!
 //! - a: Fig. 5 of seed 000, normal case, every step in order; outage <= 2 intervals.
 //! - b: the 546 -> 567 branch (the partner gave back before the mailbox read).

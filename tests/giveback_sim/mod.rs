@@ -668,8 +668,8 @@ impl World {
         }
     }
 
-    /// A preempting reserve of `set` by node `i`: nobody else serves that set, and a takeover
-    /// never hits a live serving partner.
+    /// A preempting reserve of `set` by node `i` that went through (one failing at I/O takes
+    /// nothing): nobody else serves that set, and a takeover never hits a live serving partner.
     fn check_preempt(&mut self, i: usize, set: u32) {
         let me = self.nodes[i].id;
         let other = &self.nodes[1 - i];
