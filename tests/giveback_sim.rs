@@ -800,7 +800,8 @@ fn i_after_a_slow_replay_the_taker_never_serves_a_set_the_partner_took_back() {
     w.disks().reservation_path_down.insert((A, B));
     w.crash(A);
     let t = w.now;
-    let replay = |t: &sim::TraceItem| t.node == B && t.step == Step::Action(Action::ReplayPartnerLog);
+    let replay =
+        |t: &sim::TraceItem| t.node == B && t.step == Step::Action(Action::ReplayPartnerLog);
     assert!(w.run_until_trace(I * 20, replay), "B took A over");
     let blocked_at = w.now;
     let resumes_at = w.node(B).busy_until.expect("B blocked in the replay hook");
@@ -821,7 +822,8 @@ fn i_after_a_slow_replay_the_taker_never_serves_a_set_the_partner_took_back() {
     let b = milestones(&w, resumes_at);
     assert!(b.contains(&"B Fenced".to_string()), "{b:?}");
     assert_eq!(
-        count(&w, t, B, |s| *s == Step::Action(Action::StartServing { set: A })),
+        count(&w, t, B, |s| *s
+            == Step::Action(Action::StartServing { set: A })),
         0,
         "B served A's disks"
     );
@@ -845,7 +847,8 @@ fn i_the_mailbox_heartbeat_during_a_slow_replay_keeps_the_taker_alive() {
     w.node_mut(B).slow_replay = Some(I * 25);
     w.crash(A);
     let t = w.now;
-    let replay = |t: &sim::TraceItem| t.node == B && t.step == Step::Action(Action::ReplayPartnerLog);
+    let replay =
+        |t: &sim::TraceItem| t.node == B && t.step == Step::Action(Action::ReplayPartnerLog);
     assert!(w.run_until_trace(I * 20, replay), "B took A over");
     let blocked_at = w.now;
     let resumes_at = w.node(B).busy_until.expect("B blocked in the replay hook");

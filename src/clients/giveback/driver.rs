@@ -525,7 +525,10 @@ fn keep_alive(machine: &mut GivebackMachine, mailbox: &mut dyn Mailbox, done: &R
         }
         let now = Instant::now();
         if let Some(rec) = machine.keepalive(now) {
-            tracing::debug!(heartbeat = rec.heartbeat, "mailbox heartbeat during a service hook");
+            tracing::debug!(
+                heartbeat = rec.heartbeat,
+                "mailbox heartbeat during a service hook"
+            );
             match mailbox.write_own(&rec) {
                 Ok(w) => machine.handle_mailbox_written(now, w),
                 Err(e) => machine.handle_io_failed(now, &Action::WriteMailbox(rec), e.to_string()),

@@ -382,7 +382,11 @@ fn giveback_machine_serves_the_partner_only_if_still_reserved_after_the_replay()
     let mut m = GivebackMachine::new(cfg(), 1, t0);
     let blocked = takeover_blocked_in_replay(&mut m, &mut w, t0);
     assert_eq!(w.holder_partner, Some(ME));
-    assert_eq!(m.pending_actions(), 1, "the confirmation waits for the hook");
+    assert_eq!(
+        m.pending_actions(),
+        1,
+        "the confirmation waits for the hook"
+    );
     // The hook runs for 10 intervals: the keepalive gives a "taken over" heartbeat each.
     let mut beats = Vec::new();
     for i in 1..=10u32 {
@@ -420,7 +424,9 @@ fn giveback_machine_serves_the_partner_only_if_still_reserved_after_the_replay()
     assert_eq!(m.state(), NodeState::Halted);
     let events: Vec<_> = std::iter::from_fn(|| m.poll_event()).collect();
     assert!(events.contains(&GivebackEvent::Fenced));
-    assert!(!events.iter().any(|e| matches!(e, GivebackEvent::TakeoverDone { .. })));
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, GivebackEvent::TakeoverDone { .. })));
 }
 
 #[test]
