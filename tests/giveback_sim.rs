@@ -782,6 +782,28 @@ fn d_a_stale_mailbox_copy_never_lets_a_repaired_node_serve_while_taken_over() {
     w.assert_safe("healed");
 }
 
+/// Links down, A crashes (with `faults` set up first); B takes A over and is blocked for 25
+/// intervals in the replay hook. Runs until an interval after B's hook returned; returns the
+/// world, the crash time and (B blocked, B resumed).
+fn slow_replay_after_a_crash(
+    faults: impl FnOnce(&mut World),
+) -> (World, Duration, (Duration, Duration)) {
+    let mut w = pair();
+    w.run_until(I * 10 + I / 2);
+    w.links = [false, false];
+    w.node_mut(B).slow_replay = Some(I * 25);
+    faults(&mut w);
+    w.crash(A);
+    let t = w.now;
+    let replay =
+        |t: &sim::TraceItem| t.node == B && t.step == Step::Action(Action::ReplayPartnerLog);
+    assert!(w.run_until_trace(I * 20, replay), "B took A over");
+    let blocked_at = w.now;
+    let resumes_at = w.node(B).busy_until.expect("B blocked in the replay hook");
+    w.run_until(resumes_at + I);
+    (w, t, (blocked_at, resumes_at))
+}
+
 /// The chaos suite's double serving (VM under load): A crashes; B takes it over and spends 25
 /// intervals in the replay hook. B's driver, blocked, writes no mailbox (the driver before
 /// the keepalive) and the links are down (A's restart brings them back slowly), so A, booting
@@ -792,20 +814,10 @@ fn d_a_stale_mailbox_copy_never_lets_a_repaired_node_serve_while_taken_over() {
 /// reports the split brain.)
 #[test]
 fn i_after_a_slow_replay_the_taker_never_serves_a_set_the_partner_took_back() {
-    let mut w = pair();
-    w.run_until(I * 10 + I / 2);
-    w.links = [false, false];
-    w.node_mut(B).slow_replay = Some(I * 25);
-    w.node_mut(B).keepalive_in_hooks = false;
-    w.disks().reservation_path_down.insert((A, B));
-    w.crash(A);
-    let t = w.now;
-    let replay =
-        |t: &sim::TraceItem| t.node == B && t.step == Step::Action(Action::ReplayPartnerLog);
-    assert!(w.run_until_trace(I * 20, replay), "B took A over");
-    let blocked_at = w.now;
-    let resumes_at = w.node(B).busy_until.expect("B blocked in the replay hook");
-    w.run_until(resumes_at + I);
+    let (mut w, t, (blocked_at, resumes_at)) = slow_replay_after_a_crash(|w| {
+        w.node_mut(B).keepalive_in_hooks = false;
+        w.disks().reservation_path_down.insert((A, B));
+    });
     w.assert_safe("slow replay, the partner took its disks back");
     // The scenario happened: A preempted its own set and served it while B was blocked.
     let a_preempted = w.trace.iter().any(|x| {
@@ -841,18 +853,7 @@ fn i_after_a_slow_replay_the_taker_never_serves_a_set_the_partner_took_back() {
 /// completes after the hook, and the pair recovers once the links are back.
 #[test]
 fn i_the_mailbox_heartbeat_during_a_slow_replay_keeps_the_taker_alive() {
-    let mut w = pair();
-    w.run_until(I * 10 + I / 2);
-    w.links = [false, false];
-    w.node_mut(B).slow_replay = Some(I * 25);
-    w.crash(A);
-    let t = w.now;
-    let replay =
-        |t: &sim::TraceItem| t.node == B && t.step == Step::Action(Action::ReplayPartnerLog);
-    assert!(w.run_until_trace(I * 20, replay), "B took A over");
-    let blocked_at = w.now;
-    let resumes_at = w.node(B).busy_until.expect("B blocked in the replay hook");
-    w.run_until(resumes_at + I);
+    let (mut w, t, (blocked_at, resumes_at)) = slow_replay_after_a_crash(|_| {});
     w.assert_safe("slow replay with the heartbeat");
     let beats = w
         .trace
