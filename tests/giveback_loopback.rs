@@ -2,7 +2,8 @@
 //! come up serving their own disks; node B stops (its manager says goodbye, its mailbox goes
 //! quiet); A detects the failure, takes over and replays; B restarts, finds its disks
 //! reserved, and the coordinated giveback (GIVEWAIT, MBWAIT) hands them back. The service
-//! journals prove that no disk set was ever served by both nodes at once.
+//! journals prove that no disk set was ever served by both nodes at once. A slow replay hook
+//! does not stop the taker's mailbox heartbeat.
 //! (Two node processes in namespaces, and verbs: tests/giveback_netns.rs.)
 
 mod giveback_journal;
@@ -11,13 +12,13 @@ mod manager_pair;
 use giveback_journal::{assert_never_served_twice, note_crash};
 use interlink::clients::giveback::{
     Command, CommandOutcome, FileMailbox, FileReservations, GivebackEvent, GivebackNode,
-    GivebackOptions, JournalHooks, NodeState, Reservations,
+    GivebackOptions, JournalHooks, Mailbox, NodeState, Reservations,
 };
 use interlink::fabric::ProviderChoice;
 use interlink::manager::{Manager, NodeConfig};
 use manager_pair::*;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,12 +31,26 @@ struct Node {
 }
 
 fn start(cfg: &NodeConfig, dir: &Path, options: GivebackOptions) -> Node {
+    start_with_replay(cfg, dir, options, Duration::ZERO, Arc::default())
+}
+
+/// A node whose replay hook sets `in_replay` and takes `replay_time`.
+fn start_with_replay(
+    cfg: &NodeConfig,
+    dir: &Path,
+    options: GivebackOptions,
+    replay_time: Duration,
+    in_replay: Arc<AtomicBool>,
+) -> Node {
     let manager = Arc::new(Manager::start(cfg.clone()).expect("start manager"));
     let me = cfg.node_id;
     let replays = Arc::new(AtomicU32::new(0));
     let r = replays.clone();
     let hooks = JournalHooks::new(dir, me).with_replay(Box::new(move |_| {
+        in_replay.store(true, Ordering::SeqCst);
+        std::thread::sleep(replay_time);
         r.fetch_add(1, Ordering::SeqCst);
+        in_replay.store(false, Ordering::SeqCst);
         Ok(())
     }));
     let giveback = GivebackNode::start(
@@ -243,4 +258,54 @@ fn manual_takeover_and_giveback_with_auto_giveback_off() {
     assert_never_served_twice(&dir);
     stop(na);
     stop(nb);
+}
+
+/// The chaos suite's slow replay (1.5 s under load): while A's driver is in the replay hook
+/// its mailbox record keeps changing (a partner reading only the mailbox sees A alive) and
+/// still says "taken over"; A serves B's disks only after the hook.
+#[test]
+fn a_slow_replay_keeps_the_mailbox_heartbeat_going() {
+    init_logs();
+    let dir = temp_dir("giveback-slow-replay");
+    let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    let options = GivebackOptions::default();
+    let in_replay = Arc::new(AtomicBool::new(false));
+    let replay_time = Duration::from_millis(1500);
+    let na = start_with_replay(&a, &dir, options.clone(), replay_time, in_replay.clone());
+    let nb = start(&b, &dir, options.clone());
+    for n in [&na, &nb] {
+        wait_state(n, "both nodes up", |s| {
+            s.state == NodeState::Up && s.partner_state == Some(NodeState::Up)
+        });
+    }
+    crash(nb, &dir);
+    let t0 = Instant::now();
+    while !in_replay.load(Ordering::SeqCst) {
+        assert!(t0.elapsed() < WAIT, "no replay");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // A's record as B's mailbox would read it.
+    let mut as_b = FileMailbox::open(&dir, 2, 1).unwrap();
+    let first = as_b.read_partner().unwrap().expect("A's record");
+    std::thread::sleep(Duration::from_millis(1000));
+    let later = as_b.read_partner().unwrap().expect("A's record");
+    assert!(
+        in_replay.load(Ordering::SeqCst),
+        "the hook is still running"
+    );
+    assert!(first.taken_over && later.taken_over, "{later:?}");
+    assert_eq!(later.state, NodeState::Up, "not serving B's disks yet");
+    assert!(
+        later.heartbeat >= first.heartbeat + 5,
+        "mailbox heartbeat during 1 s of replay (interval 100 ms): {} -> {}",
+        first.heartbeat,
+        later.heartbeat
+    );
+    assert!(!na.giveback.status().serving.contains(&2));
+    wait_state(&na, "takeover after the replay", |s| {
+        s.state == NodeState::Takeover && s.serving.contains(&2)
+    });
+    assert_eq!(na.replays.load(Ordering::SeqCst), 1);
+    assert_never_served_twice(&dir);
+    stop(na);
 }

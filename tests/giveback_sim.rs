@@ -1,8 +1,8 @@
 //! The giveback protocol (F4) on a simulated HA pair in virtual time (`giveback_sim/`: the
 //! world, its shared disks and the random sweep). After every action a driver carries out the
 //! world checks: at most one node serves each disk set; a giveback happens only while the
-//! partner truly waits in MBWAIT; a preempting reserve never hits a set (or a partner) that is
-//! being served.
+//! partner truly waits in MBWAIT; a preempting reserve that goes through never hits a set (or a
+//! partner) that is being served.
 //!
 //! - a: Fig. 5 of seed 000, normal case, every step in order; outage <= 2 intervals.
 //! - b: the 546 -> 567 branch (the partner gave back before the mailbox read).
@@ -13,6 +13,9 @@
 //! - f: the repaired node fails again in GIVEWAIT and in MBWAIT.
 //! - g: manual takeover of a live partner and manual giveback; check-only changes nothing.
 //! - h: a randomized seed sweep with a liveness phase.
+//! - i: a slow replay hook: the partner takes its disks back meanwhile (the taker must not
+//!   serve them: it fences itself); the mailbox heartbeat during the hook keeps the partner
+//!   from declaring the taker failed at all.
 //!
 //! `SEED=n cargo test --test giveback_sim h_random` replays one seed of the sweep (with
 //! `TRACE_TAIL=n` trace lines); `GIVEBACK_SEEDS=n` sets how many seeds it runs (default 500).
@@ -140,9 +143,11 @@ fn a_fig5_normal_case_every_step_in_order() {
         (515, "A PartnerFailed"),
         (515, "A Reserve 2 preempt"),
         (515, "A WriteMailbox taken_over=true"),
-        (515, "A TakeoverDone"),
         (515, "A AssumeIdentity"),
         (515, "A ReplayPartnerLog"),
+        // Still reserved here after the (possibly long) hooks? Only then serve.
+        (515, "A CheckReservation 2"),
+        (515, "A TakeoverDone"),
         (515, "A StartServing 2"),
         (515, "A state TAKEOVER"),
         (515, "A SendKill 1"),
@@ -775,4 +780,110 @@ fn d_a_stale_mailbox_copy_never_lets_a_repaired_node_serve_while_taken_over() {
     }
     assert!(w.run_until_true(5, World::converged).is_some());
     w.assert_safe("healed");
+}
+
+/// Links down, A crashes (with `faults` set up first); B takes A over and is blocked for 25
+/// intervals in the replay hook. Runs until an interval after B's hook returned; returns the
+/// world, the crash time and (B blocked, B resumed).
+fn slow_replay_after_a_crash(
+    faults: impl FnOnce(&mut World),
+) -> (World, Duration, (Duration, Duration)) {
+    let mut w = pair();
+    w.run_until(I * 10 + I / 2);
+    w.links = [false, false];
+    w.node_mut(B).slow_replay = Some(I * 25);
+    faults(&mut w);
+    w.crash(A);
+    let t = w.now;
+    let replay =
+        |t: &sim::TraceItem| t.node == B && t.step == Step::Action(Action::ReplayPartnerLog);
+    assert!(w.run_until_trace(I * 20, replay), "B took A over");
+    let blocked_at = w.now;
+    let resumes_at = w.node(B).busy_until.expect("B blocked in the replay hook");
+    w.run_until(resumes_at + I);
+    (w, t, (blocked_at, resumes_at))
+}
+
+/// The chaos suite's double serving (VM under load): A crashes; B takes it over and spends 25
+/// intervals in the replay hook. B's driver, blocked, writes no mailbox (the driver before
+/// the keepalive) and the links are down (A's restart brings them back slowly), so A, booting
+/// into GIVEWAIT, declares B failed, takes its own disks back (reserve with preempt) and
+/// serves them. A's path to B's disks is down, so A cannot take B over too: what is at stake
+/// is A's set. When the replay returns B must not serve A's disks: it checks the reservation,
+/// finds it taken back, and fences itself. (Without the check B serves A's set and the world
+/// reports the split brain.)
+#[test]
+fn i_after_a_slow_replay_the_taker_never_serves_a_set_the_partner_took_back() {
+    let (mut w, t, (blocked_at, resumes_at)) = slow_replay_after_a_crash(|w| {
+        w.node_mut(B).keepalive_in_hooks = false;
+        w.disks().reservation_path_down.insert((A, B));
+    });
+    w.assert_safe("slow replay, the partner took its disks back");
+    // The scenario happened: A preempted its own set and served it while B was blocked.
+    let a_preempted = w.trace.iter().any(|x| {
+        x.node == A
+            && (blocked_at..resumes_at).contains(&x.at)
+            && x.step
+                == Step::Action(Action::Reserve {
+                    set: A,
+                    preempt: true,
+                })
+    });
+    assert!(a_preempted, "{}", milestones(&w, t).join("\n"));
+    assert!(w.node(A).serving.contains(&A));
+    let b = milestones(&w, resumes_at);
+    assert!(b.contains(&"B Fenced".to_string()), "{b:?}");
+    assert_eq!(
+        count(&w, t, B, |s| *s
+            == Step::Action(Action::StartServing { set: A })),
+        0,
+        "B served A's disks"
+    );
+    assert!(!w.node(B).identity, "B kept A's identity");
+    // Faults heal: the pair recovers (A takes B over, B comes back through GIVEWAIT, MBWAIT).
+    w.links = [true, true];
+    w.disks().reservation_path_down.clear();
+    let took = w.run_until_true(80, World::converged);
+    w.assert_safe("after the faults");
+    assert!(took.is_some(), "{}", w.trace_tail(60));
+}
+
+/// The same slow replay with the driver's mailbox heartbeat during hooks: A, booting, sees B
+/// alive in the mailbox, never declares it failed and waits in GIVEWAIT; B's takeover
+/// completes after the hook, and the pair recovers once the links are back.
+#[test]
+fn i_the_mailbox_heartbeat_during_a_slow_replay_keeps_the_taker_alive() {
+    let (mut w, t, (blocked_at, resumes_at)) = slow_replay_after_a_crash(|_| {});
+    w.assert_safe("slow replay with the heartbeat");
+    let beats = w
+        .trace
+        .iter()
+        .filter(|x| {
+            x.node == B
+                && (blocked_at..resumes_at).contains(&x.at)
+                && matches!(x.step, Step::Action(Action::WriteMailbox(_)))
+        })
+        .count();
+    assert!(beats >= 24, "{beats} heartbeats during 25 intervals");
+    let restarted = w
+        .trace
+        .iter()
+        .find(|x| x.node == A && matches!(x.step, Step::Restart(_)))
+        .map(|x| x.at)
+        .expect("A restarted during the replay");
+    assert!(restarted < resumes_at);
+    assert!(
+        !w.events_since(A, restarted)
+            .iter()
+            .any(|e| matches!(e, GivebackEvent::PartnerFailed { .. })),
+        "A declared B failed"
+    );
+    assert_eq!(w.state(A), Some(NodeState::GiveWait));
+    assert_eq!(w.state(B), Some(NodeState::Takeover));
+    assert_eq!(w.node(B).serving, [A, B].into());
+    assert!(milestones(&w, t).contains(&"B CheckReservation 1".to_string()));
+    w.links = [true, true];
+    let took = w.run_until_true(40, World::converged);
+    w.assert_safe("links back");
+    assert!(took.is_some(), "{}", w.trace_tail(60));
 }

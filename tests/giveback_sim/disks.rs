@@ -42,6 +42,9 @@ pub struct Disks {
     pub mailbox_read_fails: BTreeSet<u32>,
     /// Reservation commands fail with I/O errors.
     pub reservation_errors: bool,
+    /// (node, disk set): that node's path to that set is down, its reservation commands for
+    /// the set fail with I/O errors.
+    pub reservation_path_down: BTreeSet<(u32, DiskSet)>,
     /// Torn writes so far (test coverage).
     pub torn_writes: u64,
 }
@@ -58,6 +61,7 @@ impl Disks {
             no_mailbox_access: BTreeSet::new(),
             mailbox_read_fails: BTreeSet::new(),
             reservation_errors: false,
+            reservation_path_down: BTreeSet::new(),
             torn_writes: 0,
         }
     }
@@ -171,8 +175,8 @@ pub struct SimReservations {
 
 impl SimReservations {
     fn fail(&self, set: DiskSet, what: &str) -> Option<io::Error> {
-        lock(&self.disks)
-            .reservation_errors
+        let d = lock(&self.disks);
+        (d.reservation_errors || d.reservation_path_down.contains(&(self.me, set)))
             .then(|| eio(&format!("{what} {set}")))
     }
 }

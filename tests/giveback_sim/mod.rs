@@ -3,6 +3,9 @@
 //! messages, the shared mailbox copies and reservations (`disks`), and a ground-truth model of
 //! which node serves which disk set. Node crash = drop the machine (its reservations and
 //! mailbox record stay); restart = a new machine with the next incarnation after a delay.
+//! A slow replay hook blocks a node's driver: its machine gets no input (its manager still
+//! advances the progress counter the partner READs), except the mailbox heartbeat the driver
+//! keeps going during hooks (`GivebackMachine::keepalive`), unless turned off.
 //!
 //! The world checks the safety invariants after every action a driver carries out and records
 //! violations; tests assert there are none (and print the trace tail when there are).
@@ -84,6 +87,15 @@ pub struct Node {
     pub auto_giveback: bool,
     /// Mailbox reads per interval in MBWAIT (the machine's default is 10).
     pub mbwait_reads_per_interval: u32,
+    /// The next ReplayPartnerLog hook blocks the driver this long (then cleared).
+    pub slow_replay: Option<Duration>,
+    /// The driver writes the machine's keepalive mailbox records while blocked in a hook
+    /// (the real driver does; off = the driver before it, silent while blocked).
+    pub keepalive_in_hooks: bool,
+    /// Blocked in a hook until then.
+    pub busy_until: Option<Duration>,
+    /// While blocked: the next interval (progress advance, keepalive).
+    beat_at: Duration,
     pub events: Vec<(Duration, GivebackEvent)>,
     mailbox: SimMailbox,
     reservations: SimReservations,
@@ -142,6 +154,10 @@ impl World {
             actions_done: 0,
             auto_giveback: true,
             mbwait_reads_per_interval: 10,
+            slow_replay: None,
+            keepalive_in_hooks: true,
+            busy_until: None,
+            beat_at: Duration::ZERO,
             events: Vec::new(),
             mailbox: SimMailbox {
                 disks: shared.clone(),
@@ -264,12 +280,15 @@ impl World {
         self.nodes
             .iter()
             .flat_map(|n| {
-                let tick = n
-                    .machine
-                    .as_ref()
-                    .and_then(|m| m.poll_timeout())
-                    .map(|t| t.saturating_duration_since(self.base));
-                [tick, n.restart_at, n.rebooting_until]
+                let tick = match n.busy_until {
+                    Some(_) => Some(n.beat_at),
+                    None => n
+                        .machine
+                        .as_ref()
+                        .and_then(|m| m.poll_timeout())
+                        .map(|t| t.saturating_duration_since(self.base)),
+                };
+                [tick, n.restart_at, n.rebooting_until, n.busy_until]
             })
             .flatten()
             .min()
@@ -282,6 +301,16 @@ impl World {
             }
             if self.nodes[i].restart_at.is_some_and(|t| t <= self.now) {
                 self.restart(i);
+            }
+            if let Some(until) = self.nodes[i].busy_until {
+                if self.nodes[i].beat_at <= self.now {
+                    self.beat_while_busy(i);
+                }
+                if until <= self.now {
+                    self.nodes[i].busy_until = None;
+                    self.drain(i, Cause::Written);
+                }
+                continue;
             }
             let due = self.nodes[i]
                 .machine
@@ -315,9 +344,35 @@ impl World {
         self.drain(i, Cause::New);
     }
 
+    /// An interval of a node blocked in a hook: its manager advances the progress counter;
+    /// its driver writes the machine's keepalive mailbox record (if it does).
+    fn beat_while_busy(&mut self, i: usize) {
+        let now = self.at(self.now);
+        let n = &mut self.nodes[i];
+        n.progress += 1;
+        n.beat_at = self.now + I;
+        if !n.keepalive_in_hooks {
+            return;
+        }
+        let Some(rec) = n.machine.as_mut().and_then(|m| m.keepalive(now)) else {
+            return;
+        };
+        self.record(i, Cause::Timeout, Step::Action(Action::WriteMailbox(rec)));
+        let n = &mut self.nodes[i];
+        if let Some(m) = n.machine.as_mut() {
+            match n.mailbox.write_own(&rec) {
+                Ok(w) => m.handle_mailbox_written(now, w),
+                Err(e) => m.handle_io_failed(now, &Action::WriteMailbox(rec), e.to_string()),
+            }
+        }
+        self.tag(i, Cause::Written);
+        self.collect_events(i);
+    }
+
     fn go_dark(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.rebooting_until = None;
+        n.busy_until = None;
         n.machine = None;
         n.published = None;
         n.restart_at = Some(self.now + self.restart_delay);
@@ -340,6 +395,7 @@ impl World {
         n.identity = false;
         n.crash_at_action = None;
         n.rebooting_until = None;
+        n.busy_until = None;
         n.tags.clear();
         n.restart_at = Some(self.now + self.restart_delay);
     }
@@ -455,7 +511,7 @@ impl World {
                 self.tag(i, c);
             }
             self.check_serving();
-            if !self.violations.is_empty() {
+            if !self.violations.is_empty() || self.nodes[i].busy_until.is_some() {
                 return;
             }
         }
@@ -471,8 +527,14 @@ impl World {
     }
 
     fn deliver_kills(&mut self) {
+        // A driver blocked in a hook takes its kill messages when it returns.
+        let mut held = VecDeque::new();
         while let Some((target, inc)) = self.kills.pop_front() {
             let now = self.at(self.now);
+            if self.nodes[target].busy_until.is_some() {
+                held.push_back((target, inc));
+                continue;
+            }
             if let Some(m) = self.nodes[target].machine.as_mut() {
                 self.kills_delivered += 1;
                 m.handle_kill(now, inc);
@@ -480,6 +542,7 @@ impl World {
                 self.drain(target, Cause::Kill);
             }
         }
+        self.kills.extend(held);
     }
 
     /// Carries out one action; returns the cause of the input it fed back, if any.
@@ -510,12 +573,13 @@ impl World {
                 Some(Cause::Written)
             }
             Action::Reserve { set, preempt } => {
-                if *preempt {
+                let result = n.reservations.reserve(*set, *preempt);
+                // A reserve that fails at I/O takes nothing.
+                if *preempt && result.is_ok() {
                     self.check_preempt(i, *set);
                 }
-                let n = &mut self.nodes[i];
-                let m = n.machine.as_mut()?;
-                match n.reservations.reserve(*set, *preempt) {
+                let m = self.nodes[i].machine.as_mut()?;
+                match result {
                     Ok(h) => m.handle_reservation(now, *set, h),
                     Err(e) => m.handle_io_failed(now, action, e.to_string()),
                 }
@@ -561,6 +625,12 @@ impl World {
                 None
             }
             Action::ReplayPartnerLog => {
+                if let Some(d) = n.slow_replay.take() {
+                    n.busy_until = Some(self.now + d);
+                    n.beat_at = m
+                        .poll_timeout()
+                        .map_or(self.now, |t| t.saturating_duration_since(self.base));
+                }
                 self.replays.push((self.now, me));
                 None
             }
@@ -598,8 +668,8 @@ impl World {
         }
     }
 
-    /// A preempting reserve of `set` by node `i`: nobody else serves that set, and a takeover
-    /// never hits a live serving partner.
+    /// A preempting reserve of `set` by node `i` that went through (one failing at I/O takes
+    /// nothing): nobody else serves that set, and a takeover never hits a live serving partner.
     fn check_preempt(&mut self, i: usize, set: u32) {
         let me = self.nodes[i].id;
         let other = &self.nodes[1 - i];

@@ -6,6 +6,9 @@
 //! One thread runs the loop: it feeds the machine every partner-state copy the heartbeat
 //! read, every kill message and every operator command, fires its timer, and executes its
 //! actions in order, feeding results (mailbox contents, reservation holders, failures) back.
+//! While a service hook runs (a replay may take seconds), a second, scoped thread keeps the
+//! machine's mailbox heartbeat going ([`GivebackMachine::keepalive`]) so the partner does not
+//! see this node as failed meanwhile.
 
 use crate::clients::giveback::actions::{
     Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
@@ -17,7 +20,7 @@ use crate::clients::giveback::reservation::{DiskSet, Reservations};
 use crate::clients::giveback::state::{PartnerRead, StateBlock};
 use crate::manager::{BandwidthClass, LinkId, Manager};
 use crate::messaging::{Head, Messenger, MessengerConfig};
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -382,24 +385,19 @@ impl Driver {
                     Err(e) => self.machine.handle_io_failed(now, &action, e.to_string()),
                 },
                 Action::StartServing { set } => {
-                    let r = self.hooks.start_serving(*set);
-                    self.hook_result("start serving", r);
+                    self.run_hook("start serving", |h| h.start_serving(*set));
                 }
                 Action::StopServing { set } => {
-                    let r = self.hooks.stop_serving(*set);
-                    self.hook_result("stop serving", r);
+                    self.run_hook("stop serving", |h| h.stop_serving(*set));
                 }
                 Action::AssumeIdentity => {
-                    let r = self.hooks.assume_identity(partner);
-                    self.hook_result("assume identity", r);
+                    self.run_hook("assume identity", |h| h.assume_identity(partner));
                 }
                 Action::ReleaseIdentity => {
-                    let r = self.hooks.release_identity(partner);
-                    self.hook_result("release identity", r);
+                    self.run_hook("release identity", |h| h.release_identity(partner));
                 }
                 Action::ReplayPartnerLog => {
-                    let r = self.hooks.replay_partner_log(partner);
-                    self.hook_result("replay partner log", r);
+                    self.run_hook("replay partner log", |h| h.replay_partner_log(partner));
                 }
                 Action::SendKill { target_incarnation } => {
                     let msg = encode_kill(*target_incarnation, self.incarnation);
@@ -447,6 +445,40 @@ impl Driver {
         }
     }
 
+    /// Calls a service hook on this thread while a scoped thread keeps the mailbox heartbeat
+    /// going ([`keep_alive`]); the hook's other effects on the machine (a fence after failed
+    /// heartbeat writes) show as queued actions once it returns.
+    fn run_hook(
+        &mut self,
+        what: &str,
+        hook: impl FnOnce(&mut dyn ServiceHooks) -> Result<(), String>,
+    ) {
+        let Driver {
+            machine,
+            mailbox,
+            hooks,
+            ..
+        } = self;
+        let (done, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let r = std::thread::scope(|s| {
+            let keeper = std::thread::Builder::new()
+                .name("il-giveback-keepalive".into())
+                .spawn_scoped(s, move || keep_alive(machine, mailbox.as_mut(), &done_rx));
+            let r = hook(hooks.as_mut());
+            drop(done);
+            match keeper {
+                Ok(k) => {
+                    if k.join().is_err() {
+                        tracing::error!("giveback keepalive thread panicked");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "no keepalive thread during a service hook"),
+            }
+            r
+        });
+        self.hook_result(what, r);
+    }
+
     fn hook_result(&mut self, what: &str, r: Result<(), String>) {
         if let Err(e) = r {
             tracing::error!(hook = what, error = %e, "service hook failed");
@@ -477,6 +509,31 @@ impl Driver {
 
     fn publish_status(&mut self) {
         self.shared.lock().status = self.machine.status();
+    }
+}
+
+/// The mailbox heartbeat while the driver thread is in a service hook: at every due interval,
+/// the machine's keepalive record is written and its result fed back, until `done` is dropped.
+fn keep_alive(machine: &mut GivebackMachine, mailbox: &mut dyn Mailbox, done: &Receiver<()>) {
+    loop {
+        let woke = match machine.poll_timeout() {
+            Some(t) => done.recv_timeout(t.saturating_duration_since(Instant::now())),
+            None => done.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        if !matches!(woke, Err(RecvTimeoutError::Timeout)) {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(rec) = machine.keepalive(now) {
+            tracing::debug!(
+                heartbeat = rec.heartbeat,
+                "mailbox heartbeat during a service hook"
+            );
+            match mailbox.write_own(&rec) {
+                Ok(w) => machine.handle_mailbox_written(now, w),
+                Err(e) => machine.handle_io_failed(now, &Action::WriteMailbox(rec), e.to_string()),
+            }
+        }
     }
 }
 

@@ -30,8 +30,9 @@
 //! - GIVEWAIT or MBWAIT with the partner failed: preempt own disks, serve, then take over.
 //!
 //! Takeover (515): reserve the partner's disks with preempt, write "taken over" to the
-//! mailbox, assume the identity, replay the partner's log, serve its disks, enter TAKEOVER and
-//! send kill messages every interval until a fresh READ shows the partner waiting. Partner
+//! mailbox, assume the identity, replay the partner's log, check that the partner's disks are
+//! still reserved here, serve them, enter TAKEOVER and send kill messages every interval until
+//! a fresh READ shows the partner waiting. Partner
 //! GIVEWAIT (535) → stop kills (537), release its disks (540). Partner MBWAIT (555) with
 //! automatic giveback or an operator giveback → give back (560). The first later READ showing
 //! the partner UP closes the outage window (575).
@@ -39,6 +40,16 @@
 //! Safety rules beyond the seed:
 //! - A booting node re-checks its reservation after the mailbox read, right before serving,
 //!   so a preempt between its reserve and its serve is seen.
+//! - A taking-over node checks the partner's reservation again after the identity and replay
+//!   hooks (which may take long), right before serving the partner's disks. Found taken back
+//!   (only a partner that declared this node failed preempts), it serves nothing of the
+//!   partner's and fences itself (releases the identity, stops serving, halts, reboots), as a
+//!   serving node that finds its own disks reserved by the partner does: the partner is about
+//!   to take this node's disks too. If the check itself fails, the takeover is abandoned (the
+//!   identity released) and starts again from the reserve at the next fresh evidence.
+//! - While the driver is blocked in a long service hook it cannot run the timer; it calls
+//!   [`GivebackMachine::keepalive`] instead, which gives it the interval's mailbox record to
+//!   write, so a slow replay does not make this node look dead to its partner.
 //! - At 546 and 565 a fresh READ showing the partner serving my disks counts as a claim even
 //!   if the mailbox copy says otherwise (a stale copy never releases a waiting node).
 //! - A serving node whose mailbox writes fail on both copies for K−1 intervals in a row fences
@@ -90,6 +101,9 @@ enum TakeoverPhase {
     Reserving,
     /// Reservation granted; the mailbox write saying "taken over" is outstanding.
     WritingMailbox,
+    /// Identity assumed and log replayed (hooks queued); CheckReservation{partner} sent:
+    /// serving the partner's disks waits for its answer.
+    Confirming,
     /// In TAKEOVER, the partner failed again after its disks were released: re-reserving.
     Rereserving,
 }
@@ -348,6 +362,7 @@ impl GivebackMachine {
                         TakeoverPhase::Reserving | TakeoverPhase::Rereserving => {
                             TakeoverPhase::Idle
                         }
+                        TakeoverPhase::Confirming => self.abandon_takeover(),
                         other => other,
                     };
                 }
@@ -411,17 +426,33 @@ impl GivebackMachine {
                 self.actions.push_back(Action::ReadMailbox);
             }
         }
-        let Some(due) = self.next_tick else { return };
-        if now < due {
-            return;
+        if self.advance_timer(now) {
+            self.tick(now);
+            self.publish_if_changed();
         }
-        let mut next = due + self.cfg.interval;
-        while next <= now {
-            next += self.cfg.interval;
+    }
+
+    /// The timer for a driver blocked in a long service hook (identity, replay, serving),
+    /// called instead of [`GivebackMachine::handle_timeout`] when
+    /// [`GivebackMachine::poll_timeout`] is due. Such a driver cannot do the interval's work,
+    /// but its partner must keep seeing it alive: the returned record is the interval's
+    /// mailbox heartbeat, to be written and reported with `handle_mailbox_written` or
+    /// `handle_io_failed` like an [`Action::WriteMailbox`] (failures count towards fencing).
+    /// The rest of the interval's work (mailbox read, reservation check, kills) waits until
+    /// the hook returns and the queued actions have been carried out. `None` when no interval
+    /// is due, when halted, or while the takeover's own "taken over" write is queued.
+    pub fn keepalive(&mut self, now: Instant) -> Option<MailboxRecord> {
+        self.enter(now);
+        if self.mbwait_read_due().is_some_and(|due| now >= due) {
+            self.mbwait_read_at = now;
         }
-        self.next_tick = Some(next);
-        self.tick(now);
-        self.publish_if_changed();
+        if !self.advance_timer(now)
+            || self.state == NodeState::Halted
+            || self.takeover == TakeoverPhase::WritingMailbox
+        {
+            return None;
+        }
+        Some(self.record())
     }
 
     // ------------------------------------------------------------------ outputs
@@ -544,6 +575,22 @@ impl GivebackMachine {
 
     // ------------------------------------------------------------------ internals
 
+    /// Moves the interval timer past `now` if it is due; returns whether it was.
+    fn advance_timer(&mut self, now: Instant) -> bool {
+        let Some(due) = self.next_tick else {
+            return false;
+        };
+        if now < due {
+            return false;
+        }
+        let mut next = due + self.cfg.interval;
+        while next <= now {
+            next += self.cfg.interval;
+        }
+        self.next_tick = Some(next);
+        true
+    }
+
     fn enter(&mut self, now: Instant) {
         self.now = now.max(self.now);
         self.input += 1;
@@ -579,7 +626,11 @@ impl GivebackMachine {
             node: self.cfg.me,
             incarnation: self.incarnation,
             state: self.state,
-            taken_over: self.serving_partner || self.takeover == TakeoverPhase::WritingMailbox,
+            taken_over: self.serving_partner
+                || matches!(
+                    self.takeover,
+                    TakeoverPhase::WritingMailbox | TakeoverPhase::Confirming
+                ),
             takeover_pending: matches!(
                 self.takeover,
                 TakeoverPhase::Killing | TakeoverPhase::Reserving
@@ -797,9 +848,18 @@ impl GivebackMachine {
         }
     }
 
-    fn partner_reservation(&mut self, _now: Instant, holder: Option<u32>) {
+    fn partner_reservation(&mut self, now: Instant, holder: Option<u32>) {
         let granted = holder == Some(self.cfg.me);
         match self.takeover {
+            TakeoverPhase::Confirming if granted => self.serve_partner(now),
+            TakeoverPhase::Confirming => {
+                tracing::error!(
+                    me = self.cfg.me,
+                    ?holder,
+                    "the partner's disks were taken back during the takeover: fencing myself"
+                );
+                self.halt(now, GivebackEvent::Fenced);
+            }
             TakeoverPhase::Reserving if granted => {
                 self.takeover = TakeoverPhase::WritingMailbox;
                 let rec = self.record();
@@ -849,13 +909,44 @@ impl GivebackMachine {
         });
     }
 
-    fn complete_takeover(&mut self, now: Instant) {
+    /// The mailbox says "taken over": assume the identity, replay the partner's log, then
+    /// confirm the reservation (the hooks may take long: the partner may have preempted it
+    /// meanwhile) before serving.
+    fn complete_takeover(&mut self, _now: Instant) {
         let partner = self.cfg.partner;
-        self.takeover = TakeoverPhase::Idle;
-        self.takeover_manual = false;
+        self.takeover = TakeoverPhase::Confirming;
         self.identity = true;
         self.actions.push_back(Action::AssumeIdentity);
         self.actions.push_back(Action::ReplayPartnerLog);
+        self.actions
+            .push_back(Action::CheckReservation { set: partner });
+    }
+
+    /// The check after the hooks failed: nothing of the partner's is served; the identity
+    /// goes back; the takeover starts again from the reserve at the next fresh evidence.
+    /// Returns the takeover's next phase (a manual takeover goes back to waiting for the
+    /// partner to be read not serving, as after a failed reserve).
+    fn abandon_takeover(&mut self) -> TakeoverPhase {
+        tracing::warn!(
+            me = self.cfg.me,
+            "takeover abandoned: the partner's reservation could not be confirmed"
+        );
+        if self.identity {
+            self.identity = false;
+            self.actions.push_back(Action::ReleaseIdentity);
+        }
+        if self.takeover_manual {
+            TakeoverPhase::Killing
+        } else {
+            TakeoverPhase::Idle
+        }
+    }
+
+    /// The partner's reservation is confirmed after the hooks: serve its disks, TAKEOVER.
+    fn serve_partner(&mut self, now: Instant) {
+        let partner = self.cfg.partner;
+        self.takeover = TakeoverPhase::Idle;
+        self.takeover_manual = false;
         self.serving_partner = true;
         self.actions
             .push_back(Action::StartServing { set: partner });

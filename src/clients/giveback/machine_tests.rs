@@ -43,8 +43,20 @@ impl World {
 
     /// Carries out every queued action, feeding results back, like a real driver.
     fn drain(&mut self, m: &mut GivebackMachine, now: Instant) {
+        self.drain_through(m, now, |_| false);
+    }
+
+    /// Like `drain`, but stops right after carrying out an action `stop` matches (the driver
+    /// is then blocked in it, say a hook).
+    fn drain_through(
+        &mut self,
+        m: &mut GivebackMachine,
+        now: Instant,
+        stop: impl Fn(&Action) -> bool,
+    ) {
         while let Some(a) = m.poll_action() {
             self.done.push(a.clone());
+            let last = stop(&a);
             match &a {
                 Action::ReadMailbox if self.mailbox_fails => {
                     m.handle_io_failed(now, &a, "EIO".into())
@@ -80,6 +92,9 @@ impl World {
                     }
                 }
                 _ => {}
+            }
+            if last {
+                return;
             }
         }
     }
@@ -339,4 +354,104 @@ fn giveback_machine_check_only_commands_change_nothing() {
             target_incarnation: 3
         })
     );
+}
+
+/// Takes the partner over (it is silent on every link and in the mailbox) and stops with the
+/// driver blocked in the replay hook; returns the time then.
+fn takeover_blocked_in_replay(m: &mut GivebackMachine, w: &mut World, t0: Instant) -> Instant {
+    w.partner_record = partner_rec(1, false);
+    tick(m, w, t0);
+    assert_eq!(m.state(), NodeState::Up);
+    let mut i = 1;
+    loop {
+        let now = t0 + I * i;
+        m.handle_timeout(now);
+        w.drain_through(m, now, |a| *a == Action::ReplayPartnerLog);
+        if w.done.contains(&Action::ReplayPartnerLog) {
+            return now;
+        }
+        i += 1;
+        assert!(i < 20, "no takeover");
+    }
+}
+
+#[test]
+fn giveback_machine_serves_the_partner_only_if_still_reserved_after_the_replay() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    let blocked = takeover_blocked_in_replay(&mut m, &mut w, t0);
+    assert_eq!(w.holder_partner, Some(ME));
+    assert_eq!(
+        m.pending_actions(),
+        1,
+        "the confirmation waits for the hook"
+    );
+    // The hook runs for 10 intervals: the keepalive gives a "taken over" heartbeat each.
+    let mut beats = Vec::new();
+    for i in 1..=10u32 {
+        let now = blocked + I * i;
+        assert!(m.poll_timeout().is_some_and(|t| t <= now));
+        let rec = m.keepalive(now).expect("a heartbeat each interval");
+        assert!(rec.taken_over && rec.state == NodeState::Up);
+        m.handle_mailbox_written(
+            now,
+            MailboxWrite {
+                primary: true,
+                backup: true,
+                failure: None,
+            },
+        );
+        beats.push(rec.heartbeat);
+        assert_eq!(m.keepalive(now), None, "one per interval");
+    }
+    assert!(beats.windows(2).all(|b| b[1] == b[0] + 1));
+    // Meanwhile the partner took its disks back: the check after the hook sees it.
+    w.holder_partner = Some(PARTNER);
+    let now = blocked + I * 10;
+    w.take();
+    w.drain(&mut m, now);
+    let acts = significant(&w.take());
+    assert_eq!(
+        acts,
+        vec![
+            Action::CheckReservation { set: PARTNER },
+            Action::StopServing { set: ME },
+            Action::ReleaseIdentity,
+            Action::Reboot
+        ]
+    );
+    assert_eq!(m.state(), NodeState::Halted);
+    let events: Vec<_> = std::iter::from_fn(|| m.poll_event()).collect();
+    assert!(events.contains(&GivebackEvent::Fenced));
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, GivebackEvent::TakeoverDone { .. })));
+}
+
+#[test]
+fn giveback_machine_abandons_a_takeover_it_cannot_confirm() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    let blocked = takeover_blocked_in_replay(&mut m, &mut w, t0);
+    assert_eq!(
+        m.poll_action(),
+        Some(Action::CheckReservation { set: PARTNER })
+    );
+    m.handle_io_failed(
+        blocked,
+        &Action::CheckReservation { set: PARTNER },
+        "EIO".into(),
+    );
+    w.take();
+    w.drain(&mut m, blocked);
+    assert_eq!(significant(&w.take()), vec![Action::ReleaseIdentity]);
+    assert_eq!(m.state(), NodeState::Up);
+    assert_eq!(m.status().serving, vec![ME]);
+    assert!(!m.status().identity_assumed && !m.status().takeover_in_progress);
+    // The next fresh evidence starts the takeover again, and it completes.
+    tick(&mut m, &mut w, blocked + I);
+    assert_eq!(m.state(), NodeState::Takeover);
+    assert_eq!(m.status().serving, vec![ME, PARTNER]);
 }
