@@ -104,9 +104,11 @@ impl Rig {
         // Deregistered by drop.
         targets[6].mr = None;
         targets[6].live = false;
+        // A generous ACK timeout (about 1 s, 6 retries): a long run is niced on a busy host,
+        // and a starved engine thread must not turn a refusal into `RetryExceeded`.
         let opts = ConnectOptions {
-            ack_timeout: 12,
-            retry_count: 3,
+            ack_timeout: 18,
+            retry_count: 6,
             ..ConnectOptions::default()
         };
         let rig = Rig {
