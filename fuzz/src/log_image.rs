@@ -81,9 +81,8 @@ fn image(b: &[u8]) {
     }
     if let Ok(sb) = decode_superblock(b) {
         assert_eq!(&encode_superblock(&sb)[..], &b[..SUPERBLOCK_LEN]);
-        for slot in 0..2 {
+        for (slot, at) in CHECKPOINT_SLOT_OFFSETS.into_iter().enumerate() {
             if let Some(cp) = decode_checkpoint(b, &sb, slot) {
-                let at = CHECKPOINT_SLOT_OFFSETS[slot];
                 assert_eq!(
                     &encode_checkpoint(&cp)[..],
                     &b[at..at + CHECKPOINT_SLOT_LEN]
