@@ -1,4 +1,5 @@
 //! The `interlink` command-line tool.
+#![forbid(unsafe_code)]
 
 mod demo;
 mod node_cmd;
@@ -8,9 +9,7 @@ mod writeback_cmd;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use interlink::clients::giveback::driver::{render_report, CommandReport, GivebackReport};
-use interlink::fabric::ProviderChoice;
 use interlink::manager::control::{self, ControlRequest, ControlResponse};
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,46 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the two-node demo: connect, ping-pong, RDMA WRITE and READ, latencies.
-    Demo {
-        /// Fabric provider: auto, verbs or soft.
-        #[arg(long, default_value = "soft")]
-        fabric: ProviderChoice,
-        /// Iterations of each operation.
-        #[arg(long, default_value_t = 1000)]
-        iters: usize,
-        /// Message size in bytes.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        /// Stay on loopback even when root (no namespaces).
-        #[arg(long)]
-        loopback: bool,
-    },
-    /// One node of the demo (started by `demo`).
-    #[command(hide = true, name = "demo-node")]
-    DemoNode {
-        /// server or client.
-        #[arg(long)]
-        role: String,
-        /// Fabric provider.
-        #[arg(long, default_value = "soft")]
-        fabric: ProviderChoice,
-        /// Verbs device name (default: found by --addr).
-        #[arg(long)]
-        device: Option<String>,
-        /// Local address the device serves.
-        #[arg(long)]
-        addr: IpAddr,
-        /// Address of the out-of-band exchange (the server listens there).
-        #[arg(long)]
-        exchange: SocketAddr,
-        /// Iterations.
-        #[arg(long, default_value_t = 1000)]
-        iters: usize,
-        /// Message size.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-    },
+    /// The main job: two node processes connect, write through the shadow log, survive a
+    /// link cut, a kill -9 (takeover and replay) and a restart (giveback); then a report.
+    Demo(demo::DemoArgs),
     /// List RDMA devices seen by libibverbs.
     Devices,
     /// Run one node of the pair: the cluster connection manager for the configured links,
@@ -161,34 +123,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Demo {
-            fabric,
-            iters,
-            size,
-            loopback,
-        } => demo::run_demo(&demo::DemoOpts {
-            fabric,
-            iters,
-            size,
-            loopback,
-        }),
-        Cmd::DemoNode {
-            role,
-            fabric,
-            device,
-            addr,
-            exchange,
-            iters,
-            size,
-        } => demo::run_node(&demo::NodeOpts {
-            fabric,
-            device,
-            addr,
-            exchange,
-            server: role == "server",
-            iters,
-            size,
-        }),
+        Cmd::Demo(args) => demo::run(&args),
         Cmd::Node {
             config,
             probes,

@@ -62,6 +62,8 @@ const GIVEBACK: &str = "giveback";
 const SHADOW: &str = "shadow";
 /// Name under which the mirrored write-back answers on the control socket.
 const WRITEBACK: &str = "writeback";
+/// Name under which the simulated link cut answers on the control socket.
+const LINK: &str = "link";
 
 struct Handler {
     manager: Arc<Manager>,
@@ -98,6 +100,9 @@ impl ControlHandler for Handler {
                                     .into(),
                         },
                     };
+                }
+                if name == LINK {
+                    return link_command(&self.manager, &command);
                 }
                 if name == SHADOW {
                     return match &self.shadow {
@@ -183,6 +188,42 @@ fn giveback_command(g: &GivebackNode, command: &serde_json::Value) -> ControlRes
         Err(e) => ControlResponse::Error {
             message: e.to_string(),
         },
+    }
+}
+
+/// A simulated cable pull on the soft provider: `{"cut": L}` or `{"restore": L}` makes this
+/// node's soft devices of link L drop every packet and report their port down, or undoes it
+/// (`interlink::fabric::soft::set_cut`). Refused on links that run on verbs (take the
+/// interface down instead).
+fn link_command(manager: &Manager, command: &serde_json::Value) -> ControlResponse {
+    let (id, cut) = match (command.get("cut"), command.get("restore")) {
+        (Some(l), None) => (l.as_u64(), true),
+        (None, Some(l)) => (l.as_u64(), false),
+        _ => return ControlResponse::error(r#"expected {"cut": L} or {"restore": L}"#),
+    };
+    let Some(link) = manager
+        .config()
+        .links
+        .iter()
+        .find(|l| Some(u64::from(l.id)) == id)
+    else {
+        return ControlResponse::error(format!("no link {id:?}"));
+    };
+    let provider = manager.status().ok().and_then(|s| {
+        s.links
+            .into_iter()
+            .find(|l| l.id == link.id)
+            .map(|l| l.provider)
+    });
+    if provider.as_deref() == Some("verbs") {
+        return ControlResponse::error(format!(
+            "link {} runs on verbs: a simulated cut needs the soft provider",
+            link.id
+        ));
+    }
+    interlink::fabric::soft::set_cut(link.local, cut);
+    ControlResponse::Ok {
+        value: serde_json::json!({ "link": link.id, "cut": cut }),
     }
 }
 

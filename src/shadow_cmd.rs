@@ -2,8 +2,9 @@
 //! `DIR/shadow-<node>.nvram`, its replay cursor `DIR/shadow-<node>.cursor`, a background
 //! writer driven through the control socket (client name `shadow`) that records what was
 //! acknowledged in `DIR/acked-<node>.log`, and a replay hook (for `--giveback`) that writes
-//! the partner's replayed records to `DIR/replayed-<node>.log`, one line per record:
-//! `seq len crc32c-hex`.
+//! the partner's replayed records to `DIR/replayed-<node>.log`: per replay a line
+//! `replay GENERATION CHECKPOINT` (the partner's log generation and the checkpoint in force),
+//! then one line per record: `seq len crc32c-hex`.
 
 use anyhow::{bail, Context};
 use interlink::clients::giveback::service::ReplayHook;
@@ -110,30 +111,43 @@ impl ShadowNode {
     }
 
     /// The replay hook for the giveback client: the partner's records go to
-    /// `replayed-<node>.log`, one line (`seq len crc32c-hex`) written per record before the
-    /// replay cursor moves past it.
+    /// `replayed-<node>.log` after a `replay GENERATION CHECKPOINT` line, one line (`seq len
+    /// crc32c-hex`) written per record before the replay cursor moves past it.
     pub fn replay_hook(&self) -> ReplayHook {
         let path = replayed_path(&self.dir, self.node);
-        self.mirror.replay_hook(move |rec| {
-            let line = format!(
-                "{} {} {:08x}\n",
-                rec.seq,
-                rec.payload.len(),
-                crc32c::crc32c(&rec.payload)
-            );
+        let append = move |line: String| {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .and_then(|mut f| f.write_all(line.as_bytes()))
                 .map_err(|e| format!("append to {}: {e}", path.display()))
+        };
+        let head = append.clone();
+        let mirror = self.mirror.clone();
+        let mut replay = self.mirror.replay_hook(move |rec| {
+            append(format!(
+                "{} {} {:08x}\n",
+                rec.seq,
+                rec.payload.len(),
+                crc32c::crc32c(&rec.payload)
+            ))
+        });
+        Box::new(move |partner| {
+            // The partner is down or fenced: its image does not change between this read
+            // and the replay's own.
+            let r = mirror.read_partner().map_err(|e| e.to_string())?;
+            head(format!("replay {} {}\n", r.generation, r.checkpoint))?;
+            replay(partner)
         })
     }
 
     /// A control command: `{"write": {"count": N, "size": S, "window": W,
-    /// "checkpoint_every": K}}` starts the writer, `{"stop": true}` stops it, `{"replay":
-    /// true}` summarises the partner's replayable records (without consuming them); the
-    /// answer always carries the stats: `{"shadow": .., "writer": .., "replay": ..}`.
+    /// "checkpoint_every": K, "rate": R}}` starts the writer, `{"stop": true}` stops it,
+    /// `{"replay": true}` summarises the partner's replayable records (without consuming
+    /// them), `{"latencies": true}` takes the writer's append latencies since the last ask;
+    /// the answer always carries the stats: `{"shadow": .., "writer": .., "replay": ..,
+    /// "latencies": ..}`.
     pub fn command(&self, command: &serde_json::Value) -> ControlResponse {
         match self.run_command(command) {
             Ok(value) => ControlResponse::Ok { value },
@@ -165,6 +179,7 @@ impl ShadowNode {
             if let Some(n) = get("checkpoint_every") {
                 cfg.checkpoint_every = n;
             }
+            cfg.rate = get("rate");
             cfg.acked_log = Some(acked_path(&self.dir, self.node));
             *writer = Some(ShadowWriter::start(self.mirror.clone(), cfg)?);
         }
@@ -190,10 +205,28 @@ impl ShadowNode {
         } else {
             None
         };
+        // The writer's append latencies since the last ask: [[µs, count], ...].
+        let latencies = match writer.as_ref() {
+            Some(w) if command.get("latencies").and_then(|v| v.as_bool()) == Some(true) => {
+                let h = w.take_latencies();
+                let pairs: Vec<[u64; 2]> = h
+                    .iter_recorded()
+                    .map(|v| {
+                        [
+                            h.highest_equivalent(v.value_iterated_to()),
+                            v.count_at_value(),
+                        ]
+                    })
+                    .collect();
+                Some(pairs)
+            }
+            _ => None,
+        };
         Ok(serde_json::json!({
             "shadow": self.mirror.stats(),
             "writer": writer.as_ref().map(|w| w.stats()),
             "replay": replay,
+            "latencies": latencies,
         }))
     }
 }

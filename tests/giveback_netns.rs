@@ -12,7 +12,6 @@ mod manager_pair;
 mod netns_node;
 
 use giveback_journal::{assert_never_served_twice, note_crash};
-use interlink::clients::giveback::driver::GivebackReport;
 use manager_pair::*;
 use netns_node::*;
 use std::path::{Path, PathBuf};
@@ -32,37 +31,11 @@ fn nodes(tag: &str, links: u8) -> (Node, Node, PathBuf) {
         n.start();
     }
     for n in [&na, &nb] {
-        wait_report(n, "both nodes up", |r| {
+        n.wait_giveback("both nodes up", |r| {
             r.state == "UP" && r.partner_state.as_deref() == Some("UP")
         });
     }
     (na, nb, shared)
-}
-
-fn report(n: &Node) -> GivebackReport {
-    let v = n.client("giveback", serde_json::json!({}));
-    serde_json::from_value(v["status"].clone()).expect("giveback report")
-}
-
-fn wait_report(
-    n: &Node,
-    what: &str,
-    mut pred: impl FnMut(&GivebackReport) -> bool,
-) -> GivebackReport {
-    let t0 = Instant::now();
-    loop {
-        let r = report(n);
-        if pred(&r) {
-            return r;
-        }
-        assert!(
-            t0.elapsed() < WAIT,
-            "{}: timed out waiting for {what}: {r:#?}\nlog:\n{}",
-            n.name,
-            n.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// The giveback lines of a node's log.
@@ -104,7 +77,7 @@ fn kill_b_takeover_then_restart_b_coordinated_giveback() {
     nb.kill();
     note_crash(&shared, 2);
     let killed = Instant::now();
-    let r = wait_report(&na, "takeover", |r| {
+    let r = na.wait_giveback("takeover", |r| {
         r.state == "TAKEOVER" && r.serving == vec![1, 2] && r.identity_assumed
     });
     let takeover = killed.elapsed();
@@ -118,11 +91,11 @@ fn kill_b_takeover_then_restart_b_coordinated_giveback() {
     assert!(r.reservations_held.contains(&2), "{r:#?}");
 
     nb.start();
-    let rb = wait_report(&nb, "B serving again", |r| {
+    let rb = nb.wait_giveback("B serving again", |r| {
         r.state == "UP" && r.serving == vec![2]
     });
     assert!(rb.reservations_held.contains(&2), "{rb:#?}");
-    let ra = wait_report(&na, "giveback done", |r| {
+    let ra = na.wait_giveback("giveback done", |r| {
         r.state == "UP" && r.serving == vec![1] && r.last_outage_ms.is_some()
     });
     let outage = ra.last_outage_ms.unwrap();
@@ -148,16 +121,16 @@ fn every_link_cut_with_mailbox_alive_raises_the_alert_and_takes_nothing_over() {
     let (na, nb, shared) = nodes("gb-split", 2);
     // Under emulation one node process may start long enough after the other to be taken
     // over (and given back) during start-up: count from here.
-    let before = [report(&na).takeovers, report(&nb).takeovers];
+    let before = [na.giveback().takeovers, nb.giveback().takeovers];
     sh("link", &["down", "0"]);
     sh("link", &["down", "1"]);
     for n in [&na, &nb] {
-        wait_report(n, "interconnect alert", |r| r.interconnect_down);
+        n.wait_giveback("interconnect alert", |r| r.interconnect_down);
     }
     // Well past the detection window: nobody takes over.
     std::thread::sleep(Duration::from_secs(3));
     for (i, (n, me)) in [(&na, 1u32), (&nb, 2)].into_iter().enumerate() {
-        let r = report(n);
+        let r = n.giveback();
         let ok = r.state == "UP"
             && r.serving == vec![me]
             && r.interconnect_down
@@ -174,7 +147,7 @@ fn every_link_cut_with_mailbox_alive_raises_the_alert_and_takes_nothing_over() {
     sh("link", &["up", "0"]);
     sh("link", &["up", "1"]);
     for n in [&na, &nb] {
-        wait_report(n, "alert cleared", |r| {
+        n.wait_giveback("alert cleared", |r| {
             !r.interconnect_down
                 && r.partner_state.as_deref() == Some("UP")
                 && r.partner_read_age_ms.is_some_and(|a| a < 1000)

@@ -79,24 +79,7 @@ fn link_down_fails_over_kills_old_rkeys_and_moves_back() {
     // The partner region descriptor cfo used on link 0 before the cut is dead now.
     let st = a.wait_traffic("cfo", 0);
     assert!(st.stale_keys >= 1, "{st:?}");
-    a.probe("cfo", serde_json::json!({ "write_stale": true }));
-    let t0 = Instant::now();
-    let mut asked = Instant::now();
-    let outcome = loop {
-        let st = a.probe("cfo", serde_json::json!({}));
-        if let Some(o) = st.stale_write {
-            break o;
-        }
-        assert!(t0.elapsed() < WAIT, "stale write never completed: {st:?}");
-        // The write's error also breaks the partner's queue pair; if the client is torn down
-        // before this probe polled the completion (a loaded machine), the outcome is lost:
-        // ask again on the re-established connection.
-        if asked.elapsed() > Duration::from_secs(5) && st.ready {
-            a.probe("cfo", serde_json::json!({ "write_stale": true }));
-            asked = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let outcome = stale_write(&a, "cfo");
     assert!(
         outcome.contains("RemoteAccessError"),
         "write with a revoked rkey: {outcome}"
@@ -208,6 +191,37 @@ fn partner_killed_and_restarted_reinitialises_with_backoff() {
     });
     let n = a.probe("cfo", serde_json::json!({})).received;
     a.wait_traffic("cfo", n + 10);
+    // A still knows the descriptor of the restarted B's old region: after the reconnect it
+    // must not reach anything.
+    assert!(a.probe("cfo", serde_json::json!({})).stale_keys >= 1);
+    let outcome = stale_write(&a, "cfo");
+    assert!(
+        outcome.contains("RemoteAccessError"),
+        "write with the old run's rkey: {outcome}"
+    );
+}
+
+/// Has `probe` on node `n` RDMA WRITE to the newest partner region descriptor it saw on its
+/// link before the current one; the write's completion status.
+fn stale_write(n: &Node, probe: &str) -> String {
+    n.probe(probe, serde_json::json!({ "write_stale": true }));
+    let t0 = Instant::now();
+    let mut asked = Instant::now();
+    loop {
+        let st = n.probe(probe, serde_json::json!({}));
+        if let Some(o) = st.stale_write {
+            return o;
+        }
+        assert!(t0.elapsed() < WAIT, "stale write never completed: {st:?}");
+        // The write's error also breaks the partner's queue pair; if the client is torn down
+        // before this probe polled the completion (a loaded machine), the outcome is lost:
+        // ask again on the re-established connection.
+        if asked.elapsed() > Duration::from_secs(5) && st.ready {
+            n.probe(probe, serde_json::json!({ "write_stale": true }));
+            asked = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

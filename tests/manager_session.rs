@@ -103,14 +103,20 @@ fn full_handshake_delivers_everything_in_order() {
 fn whole_stream_in_one_call() {
     // Everything the initiator sends, concatenated, in a single handle_bytes call.
     let (pi, pr) = (params(Role::Initiator), params(Role::Responder));
-    let (mut i, mut r0) = established_pair(pi.clone(), pr.clone());
+    let mut i = Session::new(pi.clone());
+    let mut r0 = Session::new(pr.clone());
+    let mut stream = i.poll_transmit().unwrap();
+    r0.handle_bytes(&stream).unwrap();
+    for f in frames(&mut r0) {
+        i.handle_bytes(&f).unwrap();
+    }
+    assert!(i.is_established());
     i.send(peer_info(&pi)).unwrap();
     i.send(ready(&[])).unwrap();
-    let mut stream = Session::new(pi.clone()).poll_transmit().unwrap();
     for f in frames(&mut i) {
         stream.extend_from_slice(&f);
     }
-    let _ = events(&mut r0);
+    // A second responder with the same nonce derives the same keys.
     let mut r = Session::new(pr);
     r.handle_bytes(&stream).unwrap();
     let evs = events(&mut r);
@@ -260,16 +266,18 @@ fn wrong_secret_fails_authentication_on_both_sides() {
     let pi = params(Role::Initiator);
     let mut pr = params(Role::Responder);
     pr.secret = b"another-secret-entirely".to_vec();
-    let (mut i, mut r) = established_pair(pi.clone(), pr);
-    let _ = (events(&mut i), events(&mut r));
-    i.send(peer_info(&pi)).unwrap();
+    let mut i = Session::new(pi.clone());
+    let mut r = Session::new(pr);
     pump(&mut i, &mut r, 5);
-    assert_eq!(failure(&events(&mut r)), Some(&SessionError::AuthFailed));
-    match failure(&events(&mut i)) {
+    // The initiator checks the responder's Confirm first and refuses it.
+    assert_eq!(failure(&events(&mut i)), Some(&SessionError::AuthFailed));
+    match failure(&events(&mut r)) {
+        Some(SessionError::AuthFailed) => {}
         Some(SessionError::RefusedByPeer { reason, .. }) => assert_eq!(*reason, RefuseReason::Auth),
-        other => panic!("initiator: {other:?}"),
+        other => panic!("responder: {other:?}"),
     }
     assert!(i.is_failed() && r.is_failed());
+    assert_eq!(i.send(peer_info(&pi)), Err(SessionError::Closed));
 }
 
 #[test]
@@ -301,8 +309,8 @@ fn duplicated_frame_is_a_replay() {
     assert_eq!(
         r.handle_bytes(&f),
         Err(SessionError::Replay {
-            expected: 2,
-            got: 1
+            expected: 3,
+            got: 2
         })
     );
     assert_eq!(
@@ -317,8 +325,8 @@ fn duplicated_frame_is_a_replay() {
     assert_eq!(
         r.handle_bytes(&i.poll_transmit().unwrap()),
         Err(SessionError::Replay {
-            expected: 1,
-            got: 2
+            expected: 2,
+            got: 3
         })
     );
 }
@@ -393,7 +401,7 @@ fn out_of_order_messages_are_refused() {
         let (_, mut r) = established_pair(pi.clone(), pr.clone());
         let last = script.len() - 1;
         for (n, m) in script.iter().enumerate() {
-            let f = encode_frame(m, n as u32 + 1, Some(&key)).unwrap();
+            let f = encode_frame(m, n as u32 + 2, Some(&key)).unwrap();
             let res = r.handle_bytes(&f);
             if n < last {
                 res.unwrap();
@@ -450,7 +458,7 @@ fn peer_info_must_match_the_hello() {
         // Tampering on the wire fails the MAC, so sign the bad body with the session key the
         // way a buggy peer would.
         edit(&mut p);
-        let forged = encode_frame(&Message::PeerInfo(p), 1, Some(&pair_key())).unwrap();
+        let forged = encode_frame(&Message::PeerInfo(p), 2, Some(&pair_key())).unwrap();
         assert_eq!(
             r.handle_bytes(&forged),
             Err(SessionError::PeerInfoMismatch { field })
@@ -479,7 +487,7 @@ fn ready_must_name_this_link() {
             link_id: 4,
             clients: vec![],
         },
-        2,
+        3,
         Some(&key),
     )
     .unwrap();
@@ -580,7 +588,7 @@ fn transcript() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
 #[test]
 fn every_single_bit_flip_is_caught() {
     let (from_i, from_r) = transcript();
-    assert_eq!((from_i.len(), from_r.len()), (5, 4));
+    assert_eq!((from_i.len(), from_r.len()), (6, 5));
     let mut outcomes = [0usize; 3];
     for (receiver_role, stream) in [(Role::Responder, &from_i), (Role::Initiator, &from_r)] {
         for k in 0..stream.len() {

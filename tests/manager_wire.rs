@@ -529,7 +529,7 @@ fn malformed_fields_give_typed_errors() {
         },
     );
     assert_eq!(decode_body(0, &[]), Err(WireError::UnknownType(0)));
-    assert_eq!(decode_body(9, &[]), Err(WireError::UnknownType(9)));
+    assert_eq!(decode_body(10, &[]), Err(WireError::UnknownType(10)));
 }
 
 #[test]
@@ -543,7 +543,7 @@ fn frame_header_errors() {
     assert_eq!(with(0, b'X'), WireError::BadMagic(*b"XLCM"));
     assert_eq!(with(4, 2), WireError::FrameVersion(2));
     assert_eq!(with(5, 0), WireError::UnknownType(0));
-    assert_eq!(with(5, 9), WireError::UnknownType(9));
+    assert_eq!(with(5, 10), WireError::UnknownType(10));
     assert_eq!(with(7, 1), WireError::Flags(1));
     assert!(matches!(with(11, 1), WireError::Sequence { seq: 1, .. }));
     assert!(matches!(with(12, 1), WireError::TooLong { .. }));
@@ -579,6 +579,17 @@ fn key_derivation_and_redaction() {
         SessionKey::derive(b"s", b"hello-r", b"hello-i").as_bytes()
     );
     assert_eq!(format!("{a:?}"), "SessionKey(<redacted>)");
+    // The two directions' keys differ from each other and from the session key.
+    let (from_i, from_r) = (
+        a.for_sender(FROM_INITIATOR_LABEL),
+        a.for_sender(FROM_RESPONDER_LABEL),
+    );
+    assert_ne!(from_i.as_bytes(), from_r.as_bytes());
+    assert_ne!(from_i.as_bytes(), a.as_bytes());
+    assert_eq!(
+        from_i.as_bytes(),
+        a.for_sender(FROM_INITIATOR_LABEL).as_bytes()
+    );
     let p = params(Role::Initiator);
     assert!(!format!("{p:?}").contains("cluster-secret"));
     assert_ne!(fresh_nonce(), fresh_nonce());

@@ -877,3 +877,74 @@ fn crossed_restarts_converge() {
         fresh_calls_complete(&mut sim, &format!("delay {delay}us: "));
     }
 }
+
+/// Frames of a conversation the partner has left are stale even when the receiver never saw
+/// that conversation end, and however late they arrive (a wire that loses or reorders single
+/// writes). The case the swarm found: A (after declaring B failed) sends frames 1 and 2 of
+/// conversation S1; frame 2 arrives first, so B (a fresh window) adopts S1 and announces
+/// itself before it has frame 1; then frame 1 arrives and is delivered. A gets B's
+/// announcement, which acknowledges nothing of S1, and starts over with S2 (both sides look
+/// as if they had just started over crossing; the larger id carries on, B's); B carries on
+/// with S2. Then a late copy of S1's frame 1 (a retransmission, or a duplicated write)
+/// reaches B: it must be discarded, not taken for a new conversation of A and delivered a
+/// second time.
+#[test]
+fn late_frame_of_a_conversation_the_partner_left_is_stale() {
+    let mut p = Pair::new(small_cfg());
+    p.w[0].handle_partner_failed(&mut p.h[0]);
+    let s1 = p.w[0].session();
+    assert_ne!(s1, u32::MAX);
+    // B: a fresh window whose id is the larger one.
+    p.w[1] = Window::new(small_cfg(), u32::MAX).unwrap();
+    p.w[1].handle_link_up(p.t0);
+    let mut a_frames = Vec::new();
+    for payload in [b"first".as_slice(), b"second"] {
+        p.w[0].outbox().send(Head::control(7), payload).unwrap();
+        a_frames.extend(p.transmit(0));
+    }
+    // A's announcement is frame 1 with the first message, frame 2 has the second.
+    assert_eq!(a_frames.len(), 2);
+    let (f1, f2) = (a_frames[0].clone(), a_frames[1].clone());
+    assert_eq!(p.deliver(0, f2.0, &f2.1), Some(Arrival::OutOfOrder));
+    assert_eq!(p.w[1].peer_session(), Some(s1));
+    // B's announcement leaves before frame 1 arrives (with a nak, which is lost).
+    let b_out = p.transmit(1);
+    let (g1, g1_bytes) = b_out
+        .iter()
+        .find(|(t, _)| matches!(t, Transmit::Frame { .. }))
+        .cloned()
+        .expect("B's announcement");
+    assert_eq!(
+        p.deliver(0, f1.0, &f1.1),
+        Some(Arrival::Delivered { messages: 1 })
+    );
+    let delivered = |p: &Pair| p.h[1].messages.iter().filter(|m| m.3 == b"first").count();
+    assert_eq!(delivered(&p), 1);
+    p.transmit(1); // B's acks: lost
+                   // A gets B's announcement (acknowledging nothing of S1) and starts over.
+    assert_eq!(
+        p.deliver(1, g1, &g1_bytes),
+        Some(Arrival::Delivered { messages: 0 })
+    );
+    let s2 = p.w[0].session();
+    assert_ne!(s2, s1, "A started over");
+    // A's new conversation reaches B, which carries on with it.
+    for (t, b) in p.transmit(0) {
+        p.deliver(0, t, &b);
+    }
+    assert_eq!(p.w[1].peer_session(), Some(s2));
+    let b_session = p.w[1].session();
+    // The late copy of S1's frame 1.
+    assert_eq!(p.deliver(0, f1.0, &f1.1), Some(Arrival::Stale));
+    assert_eq!(delivered(&p), 1, "S1's frame 1 delivered twice");
+    assert_eq!(
+        p.w[1].session(),
+        b_session,
+        "B reset for a dead conversation"
+    );
+    assert_eq!(p.w[1].peer_session(), Some(s2));
+    p.run();
+    assert_eq!(p.w[0].peer_session(), Some(p.w[1].session()));
+    assert_eq!(p.w[1].peer_session(), Some(p.w[0].session()));
+    assert_eq!(delivered(&p), 1);
+}

@@ -18,7 +18,7 @@ use interlink::manager::{ClientState, NodeStatus};
 use manager_pair::*;
 use netns_node::*;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const WRITEBACK: &str = "writeback";
 const DATA: &str = "wb-data";
@@ -27,21 +27,8 @@ fn wb(n: &Node, command: Value) -> Value {
     n.client(WRITEBACK, command)
 }
 
-fn wait_wb(n: &Node, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
-    let t0 = Instant::now();
-    loop {
-        let v = wb(n, json!({}));
-        if pred(&v) {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < WAIT,
-            "{}: timed out waiting for {what}: {v:#}\nlog:\n{}",
-            n.name,
-            n.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_wb(n: &Node, what: &str, pred: impl FnMut(&Value) -> bool) -> Value {
+    n.wait_client(WRITEBACK, what, WAIT, pred)
 }
 
 fn completed_at_least(n: &Node, count: u64) -> u64 {

@@ -120,7 +120,7 @@ impl Probe {
         let spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
             .region(RX_REGION, msg * window * 2, Access::LOCAL_WRITE)
             .region(TX_REGION, msg * window, Access::NONE)
-            .region(MEM_REGION, 4096, Access::REMOTE_WRITE | Access::REMOTE_READ);
+            .region(MEM_REGION, 4096, Access::REMOTE_WRITE);
         let mut spec = spec;
         spec.qp_capacity.max_send_wr = (window * 2 + 4) as u32;
         spec.qp_capacity.max_recv_wr = (window * 2) as u32;

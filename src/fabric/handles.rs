@@ -213,6 +213,8 @@ impl ProtectionDomain {
             recv_cq: recv_cq.clone(),
             local_psn: Mutex::new(initial_psn(qpn)),
             cap,
+            send_scratch: Mutex::new((Vec::new(), Vec::new())),
+            recv_scratch: Mutex::new((Vec::new(), Vec::new())),
         })
     }
 
@@ -610,6 +612,9 @@ pub struct QueuePair {
     recv_cq: CompletionQueue,
     local_psn: Mutex<u32>,
     cap: QpCapacity,
+    /// Reused request lists of a post, so posting does not allocate (always left empty).
+    send_scratch: Mutex<(Vec<SendRequest>, Vec<RawSend>)>,
+    recv_scratch: Mutex<(Vec<RecvRequest>, Vec<RawRecv>)>,
 }
 
 impl std::fmt::Debug for QueuePair {
@@ -710,8 +715,13 @@ impl QueuePair {
 
     /// Posts several send-queue requests with one doorbell, in order.
     pub fn post_send_batch<I: IntoIterator<Item = SendRequest>>(&self, reqs: I) -> Result<()> {
-        let reqs: Vec<SendRequest> = reqs.into_iter().collect();
-        for r in &reqs {
+        with_scratch(&self.send_scratch, reqs, |r, raw| {
+            self.post_send_scratch(r, raw)
+        })
+    }
+
+    fn post_send_scratch(&self, reqs: &mut Vec<SendRequest>, raw: &mut Vec<RawSend>) -> Result<()> {
+        for r in reqs.iter() {
             let need = match r.op {
                 SendOp::Read(_) => Access::LOCAL_WRITE,
                 _ => Access::NONE,
@@ -719,8 +729,7 @@ impl QueuePair {
             self.check_buf("post send", &r.local, need)?;
         }
         let mut adm = self.tracker.admit(Queue::Send, reqs.len(), "post send")?;
-        let mut raw = Vec::with_capacity(reqs.len());
-        for r in reqs {
+        for r in reqs.drain(..) {
             let sge = r.local.sge();
             let op = match r.op {
                 SendOp::Send => RawOp::Send,
@@ -740,7 +749,7 @@ impl QueuePair {
                 inline,
             });
         }
-        dispatch!(&self.inner, q => q.post_send(&raw))
+        dispatch!(&self.inner, q => q.post_send(raw))
     }
 
     /// Posts one receive.
@@ -750,17 +759,37 @@ impl QueuePair {
 
     /// Posts several receives at once.
     pub fn post_recv_batch<I: IntoIterator<Item = RecvRequest>>(&self, reqs: I) -> Result<()> {
-        let reqs: Vec<RecvRequest> = reqs.into_iter().collect();
-        for r in &reqs {
+        with_scratch(&self.recv_scratch, reqs, |r, raw| {
+            self.post_recv_scratch(r, raw)
+        })
+    }
+
+    fn post_recv_scratch(&self, reqs: &mut Vec<RecvRequest>, raw: &mut Vec<RawRecv>) -> Result<()> {
+        for r in reqs.iter() {
             self.check_buf("post recv", &r.local, Access::LOCAL_WRITE)?;
         }
         let mut adm = self.tracker.admit(Queue::Recv, reqs.len(), "post recv")?;
-        let mut raw = Vec::with_capacity(reqs.len());
-        for r in reqs {
+        for r in reqs.drain(..) {
             let sge = r.local.sge();
             let token = adm.push(r.wr_id, r.local);
             raw.push(RawRecv { token, sge });
         }
-        dispatch!(&self.inner, q => q.post_recv(&raw))
+        dispatch!(&self.inner, q => q.post_recv(raw))
     }
+}
+
+/// Runs `post` on `scratch`'s lists, filled with `reqs`, and leaves them empty (keeping
+/// their capacity, so posting does not allocate once they have grown to the largest batch).
+fn with_scratch<R, W>(
+    scratch: &Mutex<(Vec<R>, Vec<W>)>,
+    reqs: impl IntoIterator<Item = R>,
+    post: impl FnOnce(&mut Vec<R>, &mut Vec<W>) -> Result<()>,
+) -> Result<()> {
+    let mut guard = scratch.lock();
+    let (reqs_buf, raw) = &mut *guard;
+    reqs_buf.extend(reqs);
+    let r = post(reqs_buf, raw);
+    reqs_buf.clear();
+    raw.clear();
+    r
 }

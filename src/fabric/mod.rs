@@ -101,3 +101,14 @@ impl DeviceConfig {
 pub fn verbs_devices() -> Vec<String> {
     verbs::VerbsDevice::list().unwrap_or_default()
 }
+
+/// Makes `parking_lot`'s per-thread parking record for the calling thread now. The library
+/// allocates it (and may grow its global table) the first time a thread blocks on one of its
+/// locks; threads of the data path call this when they start, so that one-time allocation
+/// does not land in the middle of their operations.
+pub(crate) fn prime_thread_parking() {
+    let m = parking_lot::Mutex::new(());
+    let mut g = m.lock();
+    // Parks with an immediate timeout: only the thread record is made.
+    parking_lot::Condvar::new().wait_for(&mut g, std::time::Duration::ZERO);
+}

@@ -27,6 +27,10 @@ impl Access {
     pub fn bits(self) -> u8 {
         self.0
     }
+    /// Both sets of rights (`|` in a `const`).
+    pub const fn union(self, other: Access) -> Access {
+        Access(self.0 | other.0)
+    }
     /// Rights from raw bits; unknown bits are dropped.
     pub fn from_bits(bits: u8) -> Access {
         Access(bits & 7)

@@ -42,6 +42,10 @@ pub(crate) type Carry = BTreeMap<u16, MemoryRegion>;
 pub(crate) struct Attachment {
     pub(crate) link: LinkId,
     pub(crate) generation: u32,
+    /// The generation it was created with: every [`Connection`](crate::manager::Connection)
+    /// it delivers has this generation or a later one, and an earlier one belongs to an
+    /// earlier attachment.
+    pub(crate) first_generation: u32,
     qps: BTreeMap<u16, AttachedQp>,
     regions: BTreeMap<u16, AttachedRegion>,
     partner: Option<ClientInfo>,
@@ -62,6 +66,7 @@ impl Attachment {
         let mut a = Attachment {
             link,
             generation: 0,
+            first_generation: 0,
             qps: BTreeMap::new(),
             regions: BTreeMap::new(),
             partner: None,

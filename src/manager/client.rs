@@ -246,12 +246,30 @@ impl Connection {
 /// Requests a client sends to the manager.
 #[derive(Debug)]
 pub(crate) enum ClientRequest {
-    AddQp { name: String },
-    AddRegion { name: String, spec: RegionSpec },
-    ReleaseQp { name: String, index: u16 },
-    ReleaseRegion { name: String, purpose: String },
-    Close { name: String },
-    Failed { name: String, reason: String },
+    AddQp {
+        name: String,
+    },
+    AddRegion {
+        name: String,
+        spec: RegionSpec,
+    },
+    ReleaseQp {
+        name: String,
+        index: u16,
+    },
+    ReleaseRegion {
+        name: String,
+        purpose: String,
+    },
+    Close {
+        name: String,
+    },
+    Failed {
+        name: String,
+        reason: String,
+        /// The generation of the connection that failed (`None`: whichever is current).
+        generation: Option<u32>,
+    },
 }
 
 /// A registered client: its events and its requests to the manager. Dropping it closes the
@@ -345,6 +363,18 @@ impl ClientHandle {
         let _ = self.send(ClientRequest::Failed {
             name: self.name.clone(),
             reason: reason.to_string(),
+            generation: None,
+        });
+    }
+    /// Reports that the connection of generation `generation` ([`Connection::generation`])
+    /// failed. The manager ignores the report when the client has moved on to another
+    /// connection meanwhile (the failure of an old queue pair, seen late, must not tear down
+    /// the new one).
+    pub fn report_failure_of(&self, generation: u32, reason: &str) {
+        let _ = self.send(ClientRequest::Failed {
+            name: self.name.clone(),
+            reason: reason.to_string(),
+            generation: Some(generation),
         });
     }
     /// Closes the client now (the same as dropping the handle).

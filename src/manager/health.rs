@@ -16,10 +16,16 @@
 //! All integers big-endian. A READ that races with the owner's update may see a torn copy;
 //! the checksum catches it and the reader simply reads again next interval.
 
+use crate::fabric::Access;
 use crate::manager::types::NodeId;
 
 /// Size of the health block.
 pub const HEALTH_BLOCK_LEN: usize = 64;
+/// The rights the health block is registered with: the partner may READ it, nothing else
+/// (no remote write; the owner writes it locally through its mapping).
+pub const HEALTH_BLOCK_ACCESS: Access = Access::REMOTE_READ;
+/// The rights of the landing region a heartbeat READ fills: local write only.
+pub const HEALTH_LANDING_ACCESS: Access = Access::LOCAL_WRITE;
 const MAGIC: [u8; 4] = *b"ILHB";
 const LAYOUT_VERSION: u16 = 1;
 /// Size of the extension area.

@@ -14,13 +14,15 @@
 //! pair and revokes the health block.
 
 use crate::fabric::{
-    Access, AsyncEvent, CompletionQueue, ConnectOptions, Device, DeviceConfig, MemoryRegion,
+    AsyncEvent, CompletionQueue, ConnectOptions, Device, DeviceConfig, MemoryRegion,
     ProtectionDomain, ProviderChoice, QpCapacity, QueuePair, RegionDescriptor, SendOp, SendRequest,
 };
 use crate::manager::client::{new_histogram, record_us};
 use crate::manager::config::LinkConfig;
 use crate::manager::error::{ManagerError, Result};
-use crate::manager::health::{HealthBlock, HeartbeatMonitor, HEALTH_BLOCK_LEN};
+use crate::manager::health::{
+    HealthBlock, HeartbeatMonitor, HEALTH_BLOCK_ACCESS, HEALTH_BLOCK_LEN, HEALTH_LANDING_ACCESS,
+};
 use crate::manager::node::Command;
 use crate::manager::types::LinkId;
 use crossbeam_channel::{Receiver, Sender};
@@ -275,11 +277,11 @@ impl Heartbeat {
         let qp = fabric.pd.create_qp(&cq, &cq, cap).map_err(err)?;
         let health = fabric
             .pd
-            .register(HEALTH_BLOCK_LEN, Access::REMOTE_READ)
+            .register(HEALTH_BLOCK_LEN, HEALTH_BLOCK_ACCESS)
             .map_err(err)?;
         let landing = fabric
             .pd
-            .register(HEALTH_BLOCK_LEN, Access::LOCAL_WRITE)
+            .register(HEALTH_BLOCK_LEN, HEALTH_LANDING_ACCESS)
             .map_err(err)?;
         Ok(Heartbeat {
             link,

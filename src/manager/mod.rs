@@ -45,6 +45,11 @@ pub mod session;
 pub mod types;
 pub mod wire;
 
+/// How long the initiator waits after its start for every link's session before it places
+/// clients (so that the first placement sees all links). Until then, or until every link is
+/// ready, nothing is placed: a link that fails this early delays the failover to this point.
+pub const STARTUP_GATHER: std::time::Duration = std::time::Duration::from_millis(1500);
+
 pub use client::{ClientEvent, ClientHandle, ClientQp, ClientRegion, Connection, SuspendReason};
 pub use config::*;
 pub use error::ManagerError;

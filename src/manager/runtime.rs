@@ -47,9 +47,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long the initiator waits at startup for every link's session before it places clients
-/// (so that the first placement sees all links).
-const STARTUP_GATHER: Duration = Duration::from_millis(1500);
+pub(crate) use super::STARTUP_GATHER;
 /// Longest a planned move waits for the client's outstanding sends to drain.
 const DRAIN_LIMIT: Duration = Duration::from_millis(300);
 /// Longest a planned move waits for the partner's detach acknowledgement.
@@ -449,7 +447,8 @@ impl Runtime {
         }
         link.counters.heartbeats = hb.reads;
         link.counters.heartbeat_misses = hb.monitor.total_misses();
-        link.counters.heartbeat_rtt = summarize(&hb.rtt);
+        // heartbeat_rtt is summarized when a status is asked for (status.rs): quantiles of
+        // the histogram cost a scan, too much for every turn of the loop.
         if let Some(why) = failure {
             self.fail_link(i, &why, false);
         }
@@ -517,6 +516,15 @@ impl Runtime {
             }
         }
         if !self.ensure_fabric(i) {
+            return;
+        }
+        // A port that is down (cable pulled) gets no attempt: its PortActive event retries soon.
+        let port_down = self.links[i]
+            .fabric
+            .as_ref()
+            .is_some_and(|f| matches!(f.device.port_active(), Ok(false)));
+        if port_down && initiator(&self.cfg) {
+            self.backoff(i, "port down", LinkState::Down);
             return;
         }
         if initiator(&self.cfg) {

@@ -7,13 +7,17 @@
 //! Handshake: the Initiator (the node with the lower id, which connects) sends its Hello at
 //! once; the Responder checks it and answers with its own Hello, or with a Refuse. Both sides
 //! then derive the session key from the shared secret and both Hello frames
-//! ([`SessionKey::derive`]) and report [`SessionEvent::Established`]. Every later message is
-//! authenticated (HMAC-SHA256) and sequenced (1, 2, 3... per direction). The key is first
-//! *confirmed* by the peer's first authenticated frame (its PeerInfo): a wrong secret shows
-//! there, as [`SessionError::AuthFailed`] on the receiving side and
-//! [`SessionError::RefusedByPeer`] with [`RefuseReason::Auth`] on the other.
+//! ([`SessionKey::derive`]), split it into one key per direction ([`SessionKey::for_sender`])
+//! and send a Confirm: an authenticated frame (sequence 1) that proves the sender holds the
+//! key. Only when the peer's Confirm verifies does the session report
+//! [`SessionEvent::Established`] and accept [`Session::send`]: so nothing the driver sends
+//! (PeerInfo with region descriptors and rkeys, Attach) reaches a peer that has not proven it
+//! knows the cluster secret, and nothing the peer's Hello claims (its incarnation) is acted on
+//! before then. A wrong secret shows at the first Confirm: [`SessionError::AuthFailed`] on the
+//! receiving side and [`SessionError::RefusedByPeer`] with [`RefuseReason::Auth`] on the other.
+//! Every authenticated frame is sequenced (1, 2, 3... per direction).
 //!
-//! Each direction must follow PeerInfo → Ready → any number of Attach / ClientReady / Detach,
+//! Each direction must follow Confirm → PeerInfo → Ready → any number of Attach / ClientReady / Detach,
 //! with Goodbye allowed at any point after the Hellos; the session enforces this both for what
 //! it receives (a violation fails the session) and what it is asked to send (the call fails,
 //! the session does not).
@@ -21,7 +25,8 @@
 use crate::manager::types::{LinkId, NodeId};
 use crate::manager::wire::{
     decode_body, encode_frame, frame_len, open_frame, truncate_detail, Hello, Message, MessageType,
-    PeerInfo, Refuse, RefuseReason, SessionKey, WireError,
+    PeerInfo, Refuse, RefuseReason, SessionKey, WireError, FROM_INITIATOR_LABEL,
+    FROM_RESPONDER_LABEL,
 };
 use rand::RngCore;
 use std::collections::VecDeque;
@@ -261,6 +266,8 @@ impl SessionError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     AwaitHello,
+    /// Hellos agree, keys derived, our Confirm queued; the peer's Confirm not yet verified.
+    AwaitConfirm,
     Established,
     Failed,
 }
@@ -307,7 +314,10 @@ pub struct Session {
     our_hello_frame: Vec<u8>,
     peer_hello: Option<Hello>,
     version: Option<u16>,
-    key: Option<SessionKey>,
+    /// MACs what we send (our direction's key).
+    send_key: Option<SessionKey>,
+    /// Verifies what we receive (the peer's direction's key).
+    recv_key: Option<SessionKey>,
     /// Last sequence number sent (0: none yet).
     sent_seq: u32,
     /// Last sequence number received (0: none yet).
@@ -330,7 +340,8 @@ impl Session {
             our_hello_frame: Vec::new(),
             peer_hello: None,
             version: None,
-            key: None,
+            send_key: None,
+            recv_key: None,
             sent_seq: 0,
             recv_seq: 0,
             send_phase: Phase::PeerInfo,
@@ -378,21 +389,22 @@ impl Session {
         }
     }
 
-    /// Queues an authenticated message. Only after [`SessionEvent::Established`], and only in
+    /// Queues an authenticated message. Only after [`SessionEvent::Established`] (the peer's
+    /// Confirm verified), and only in
     /// protocol order (PeerInfo, Ready, then Attach / ClientReady / Detach; Goodbye at any
     /// time, after which nothing more may be sent). A PeerInfo must carry our cluster, node,
     /// link, incarnation and the negotiated version; a Ready our link. A refused call leaves
     /// the session as it was.
     pub fn send(&mut self, msg: Message) -> Result<(), SessionError> {
-        let (key, version) = match (self.state, &self.key, self.version) {
+        let (key, version) = match (self.state, &self.send_key, self.version) {
             (State::Failed, ..) => return Err(SessionError::Closed),
             (State::Established, Some(key), Some(version)) => (key, version),
             _ => return Err(SessionError::NotEstablished),
         };
         let ty = msg.message_type();
-        if !ty.is_authenticated() {
+        if !ty.is_authenticated() || ty == MessageType::Confirm {
             return Err(SessionError::Unexpected {
-                state: "sending (Hello and Refuse are the session's own)",
+                state: "sending (Hello, Refuse and Confirm are the session's own)",
                 message: ty.name(),
             });
         }
@@ -445,7 +457,8 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// Whether the Hellos completed and the session has not failed.
+    /// Whether the peer's Confirm verified (the session is authenticated) and the session has
+    /// not failed.
     pub fn is_established(&self) -> bool {
         self.state == State::Established
     }
@@ -470,7 +483,8 @@ impl Session {
         self.params.role
     }
 
-    /// The peer's Hello, once accepted.
+    /// The peer's Hello, once accepted (its fields are authenticated only once
+    /// [`Session::is_established`]).
     pub fn peer_hello(&self) -> Option<&Hello> {
         self.peer_hello.as_ref()
     }
@@ -522,7 +536,7 @@ impl Session {
     fn process(&mut self, frame: &[u8]) -> Result<(), SessionError> {
         // The checksum is verified first; an authenticated frame before the key exists is
         // then out of order (not an authentication failure).
-        let opened = open_frame(frame, self.key.as_ref()).map_err(|e| match e {
+        let opened = open_frame(frame, self.recv_key.as_ref()).map_err(|e| match e {
             WireError::Mac => SessionError::AuthFailed,
             WireError::KeyRequired { message } => SessionError::Unexpected {
                 state: "awaiting Hello",
@@ -556,14 +570,46 @@ impl Session {
             Message::Hello(h) => {
                 if self.state != State::AwaitHello {
                     return Err(SessionError::Unexpected {
-                        state: "established",
+                        state: "after the Hellos",
                         message: "Hello",
                     });
                 }
                 self.on_hello(h, frame)
             }
+            Message::Confirm { node_id } => self.on_confirm(node_id),
+            msg if self.state == State::AwaitConfirm => Err(SessionError::Unexpected {
+                state: "awaiting key confirmation",
+                message: msg.name(),
+            }),
             msg => self.on_authenticated(msg),
         }
+    }
+
+    fn on_confirm(&mut self, node_id: NodeId) -> Result<(), SessionError> {
+        let (Some(peer), Some(version), State::AwaitConfirm) =
+            (self.peer_hello.clone(), self.version, self.state)
+        else {
+            return Err(SessionError::Unexpected {
+                state: "established",
+                message: "Confirm",
+            });
+        };
+        if node_id != peer.node_id {
+            return Err(SessionError::PeerInfoMismatch {
+                field: "confirm node_id",
+            });
+        }
+        debug!(
+            link = self.params.link_id,
+            node = self.params.node_id,
+            partner = peer.node_id,
+            version,
+            "bootstrap session established"
+        );
+        self.state = State::Established;
+        self.events
+            .push_back(SessionEvent::Established { peer, version });
+        Ok(())
     }
 
     fn on_hello(&mut self, peer: Hello, frame: &[u8]) -> Result<(), SessionError> {
@@ -578,19 +624,22 @@ impl Session {
                 SessionKey::derive(&self.params.secret, frame, &self.our_hello_frame)
             }
         };
-        debug!(
-            link = self.params.link_id,
-            node = self.params.node_id,
-            partner = peer.node_id,
-            version,
-            "bootstrap session established"
-        );
-        self.key = Some(key);
+        let (ours, theirs) = match self.params.role {
+            Role::Initiator => (FROM_INITIATOR_LABEL, FROM_RESPONDER_LABEL),
+            Role::Responder => (FROM_RESPONDER_LABEL, FROM_INITIATOR_LABEL),
+        };
+        let send_key = key.for_sender(ours);
+        let confirm = Message::Confirm {
+            node_id: self.params.node_id,
+        };
+        let frame = encode_frame(&confirm, 1, Some(&send_key)).map_err(SessionError::Encode)?;
+        self.sent_seq = 1;
+        self.queue(frame, MessageType::Confirm, 1);
+        self.send_key = Some(send_key);
+        self.recv_key = Some(key.for_sender(theirs));
         self.version = Some(version);
-        self.state = State::Established;
-        self.peer_hello = Some(peer.clone());
-        self.events
-            .push_back(SessionEvent::Established { peer, version });
+        self.state = State::AwaitConfirm;
+        self.peer_hello = Some(peer);
         Ok(())
     }
 

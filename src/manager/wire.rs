@@ -40,6 +40,10 @@ pub const MAX_QPS: usize = 1024;
 pub const MAX_REGIONS: usize = 1024;
 /// Domain-separation label that starts the session key derivation input.
 pub const KEY_LABEL: &[u8] = b"interlink-session-v1";
+/// Label of the key that MACs the frames the Initiator sends ([`SessionKey::for_sender`]).
+pub const FROM_INITIATOR_LABEL: &[u8] = b"interlink-from-initiator-v1";
+/// Label of the key that MACs the frames the Responder sends ([`SessionKey::for_sender`]).
+pub const FROM_RESPONDER_LABEL: &[u8] = b"interlink-from-responder-v1";
 
 /// A malformed frame or body, or a message that cannot be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -184,6 +188,14 @@ impl SessionKey {
         mac.update(responder_hello);
         SessionKey(mac.finalize().into_bytes().into())
     }
+    /// The key of one direction: HMAC-SHA256 keyed with this session key over `label`
+    /// ([`FROM_INITIATOR_LABEL`] or [`FROM_RESPONDER_LABEL`]). Each side MACs what it sends
+    /// with its own direction's key, so a frame reflected back to its sender does not verify.
+    pub fn for_sender(&self, label: &[u8]) -> SessionKey {
+        let mut mac = hmac_with(&self.0);
+        mac.update(label);
+        SessionKey(mac.finalize().into_bytes().into())
+    }
 }
 
 impl fmt::Debug for SessionKey {
@@ -254,6 +266,9 @@ wire_enum! {
         Detach = 7 => "Detach",
         /// 8: the sender closes the session.
         Goodbye = 8 => "Goodbye",
+        /// 9: key confirmation: the sender's first authenticated frame, sent right after the
+        /// Hellos; it proves the sender holds the session key before anything else is sent.
+        Confirm = 9 => "Confirm",
     }
 }
 
@@ -434,6 +449,11 @@ pub enum Message {
         /// Human-readable detail (at most [`MAX_DETAIL_LEN`] bytes).
         detail: String,
     },
+    /// Key confirmation (the session's own, first authenticated frame of each direction).
+    Confirm {
+        /// The sender's node id (must be the peer's Hello node id).
+        node_id: NodeId,
+    },
 }
 
 impl Message {
@@ -448,6 +468,7 @@ impl Message {
             Message::ClientReady { .. } => MessageType::ClientReady,
             Message::Detach { .. } => MessageType::Detach,
             Message::Goodbye { .. } => MessageType::Goodbye,
+            Message::Confirm { .. } => MessageType::Confirm,
         }
     }
     /// The wire type code.
@@ -607,6 +628,7 @@ pub fn encode_body(msg: &Message) -> Result<Vec<u8>, WireError> {
             w.u8(reason.code());
             w.string16("goodbye detail", detail)?;
         }
+        Message::Confirm { node_id } => w.u32(*node_id),
     }
     if w.buf.len() > MAX_BODY {
         return Err(WireError::TooLong {
@@ -840,6 +862,9 @@ pub fn decode_body(msg_type: u8, body: &[u8]) -> Result<Message, WireError> {
         MessageType::Goodbye => Message::Goodbye {
             reason: r.code("goodbye reason", GoodbyeReason::from_code)?,
             detail: r.string16("goodbye detail")?,
+        },
+        MessageType::Confirm => Message::Confirm {
+            node_id: r.u32("confirm node_id")?,
         },
     };
     r.finish(ty.name())?;

@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 
 /// Purpose of the receive ring region.
 pub const RX_REGION: &str = "msg-rx";
+/// The rights of the receive ring: the partner RDMA WRITEs frames into it (never reads it).
+pub const RX_REGION_ACCESS: Access = Access::LOCAL_WRITE.union(Access::REMOTE_WRITE);
 /// Purpose of the transmit ring region.
 pub const TX_REGION: &str = "msg-tx";
 const WR_SIGNAL: u64 = 1 << 63;
@@ -321,7 +323,7 @@ impl Messenger {
         let ring = cfg.window.ring_len();
         let depth = 2 * u32::from(cfg.window.slots) + 32;
         let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
-            .region(RX_REGION, ring, Access::LOCAL_WRITE | Access::REMOTE_WRITE)
+            .region(RX_REGION, ring, RX_REGION_ACCESS)
             .region(TX_REGION, ring, Access::NONE);
         spec.qp_capacity.max_send_wr = depth;
         spec.qp_capacity.max_recv_wr = depth;
@@ -368,7 +370,10 @@ impl Messenger {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("il-msg-{name}"))
-            .spawn(move || drive(&s))
+            .spawn(move || {
+                crate::fabric::prime_thread_parking();
+                drive(&s)
+            })
             .map_err(|source| MessagingError::Spawn {
                 name: name.clone(),
                 source,

@@ -6,6 +6,11 @@ use super::error::{MessagingError, Result};
 use super::wire::{self, MessageKind, ResponseStatus, FLAGS_USER, RESPONSE_CODE};
 use std::collections::{HashSet, VecDeque};
 
+/// Payload copies kept for reuse at most.
+const POOL_MAX: usize = 1024;
+/// Queued messages the outbox has room for before its queues first grow.
+const PRESIZED: usize = 1024;
+
 /// Traffic class of a message. Control messages overtake queued bulk messages and may use
 /// the frame slots reserved for them, so bulk data never starves commands and responses
 /// (F3.6). Order is kept within a class.
@@ -199,11 +204,14 @@ impl std::fmt::Debug for Outbox {
 
 impl Outbox {
     pub(crate) fn new(session: u32, max_payload: usize, max_queued: usize) -> Outbox {
+        // Sized up front, so queuing and recycling do not allocate until a backlog exceeds
+        // these (the payload copies themselves are recycled through `pool`).
+        let ring = max_queued.min(PRESIZED);
         Outbox {
-            control: VecDeque::new(),
-            bulk: VecDeque::new(),
+            control: VecDeque::with_capacity(ring),
+            bulk: VecDeque::with_capacity(ring),
             calls: HashSet::new(),
-            pool: Vec::new(),
+            pool: Vec::with_capacity(POOL_MAX),
             next_message: 1,
             next_call: 1,
             session,
@@ -269,7 +277,7 @@ impl Outbox {
 
     pub(crate) fn recycle(&mut self, body: Body) {
         if let Body::Bytes(v) = body {
-            if self.pool.len() < 1024 {
+            if self.pool.len() < POOL_MAX {
                 self.pool.push(v);
             }
         }

@@ -189,6 +189,9 @@ pub struct Window {
     session: u32,
     /// The partner's conversation id (0: not known yet).
     peer_session: u32,
+    /// The latest partner conversation this side heard of (kept when the partner is declared
+    /// failed and `peer_session` forgotten): frames of its predecessors are stale.
+    peer_latest: u32,
     send_base: u64,
     send_next: u64,
     sent: VecDeque<SentFrame>,
@@ -232,14 +235,17 @@ impl Window {
         if session == 0 {
             return Err(MessagingError::Config("session = 0".into()));
         }
+        let slots = usize::from(cfg.slots);
         Ok(Window {
             out: Outbox::new(session, usize::from(cfg.max_payload), cfg.max_queued),
             cfg,
             session,
             peer_session: 0,
+            peer_latest: 0,
             send_base: 1,
             send_next: 1,
-            sent: VecDeque::new(),
+            // Never more frames in flight than slots: sending does not grow it.
+            sent: VecDeque::with_capacity(slots),
             notify: VecDeque::new(),
             resend_next: None,
             rto_anchor: None,
@@ -366,6 +372,14 @@ impl Window {
             }
         };
         let frame = &bytes[..usize::from(h.len)];
+        if h.session != self.peer_session && self.is_earlier_partner_conversation(h.session) {
+            // From a conversation the partner has left (a late retransmission or a write the
+            // wire held back): adopting it would take up a stream the partner abandoned and
+            // deliver its frames again. The partner knows its newer conversation: nothing to
+            // announce.
+            self.stats.stale += 1;
+            return Ok(Arrival::Stale);
+        }
         if h.peer_session != 0 && h.peer_session != self.session {
             // Sent to an earlier conversation of ours: make sure the partner learns this one.
             self.stats.stale += 1;
@@ -538,6 +552,24 @@ impl Window {
         } else {
             self.peer_session
         }
+    }
+
+    /// Whether `session` is one of the conversations the partner had before the latest one
+    /// this side heard of: a window's ids follow [`next_session`], so those are the latest
+    /// one's predecessors (at most [`LINEAGE`] back; a restarted partner's random id is one of
+    /// them only by a chance of `LINEAGE` in 2^32).
+    fn is_earlier_partner_conversation(&self, session: u32) -> bool {
+        if self.peer_latest == 0 {
+            return false;
+        }
+        let mut s = self.peer_latest;
+        for _ in 0..LINEAGE {
+            s = predecessor(s);
+            if s == session {
+                return true;
+            }
+        }
+        false
     }
 
     /// The acknowledgement outgoing frames carry: for the conversation they name, so 1
@@ -800,8 +832,10 @@ impl Window {
     ///
     /// Starting over in answer to a partner that itself started over in answer to us would
     /// never end; the match test is what stops it. It relies on frames and acknowledgements
-    /// arriving in order, as an RDMA reliable connection delivers them (a failover loses what
-    /// was in flight); reordering is tolerated within a conversation, not across a change.
+    /// of a new conversation arriving after the old one's, as an RDMA reliable connection
+    /// delivers them (a failover loses what was in flight). A late frame of a conversation the
+    /// partner has left is recognised whatever the wire does (see
+    /// `is_earlier_partner_conversation`) and never gets here.
     fn meet(&mut self, h: &FrameHeader, handler: &mut dyn Handler) {
         let matches = if self.peer_session == 0 && self.stats.resets == 0 {
             true
@@ -820,6 +854,7 @@ impl Window {
                 );
             }
             self.peer_session = h.session;
+            self.peer_latest = h.session;
             self.expected = 1;
         } else {
             tracing::info!(
@@ -835,9 +870,12 @@ impl Window {
     /// partner's new conversation id when it is the partner that reset (0: unknown).
     fn reset(&mut self, peer: u32, handler: &mut dyn Handler) {
         self.stats.resets += 1;
-        let next = next_session(self.session, peer, self.stats.resets);
+        let next = next_session(self.session, peer);
         self.session = next;
         self.peer_session = peer;
+        if peer != 0 {
+            self.peer_latest = peer;
+        }
         self.announce_to = 0;
         let notified: Vec<_> = self.notify.drain(..).map(|(_, id)| id).collect();
         let (pending, calls) = self.out.take_all(next);
@@ -872,40 +910,109 @@ impl Window {
     }
 }
 
+/// How many conversations back a window recognises frames of its partner's earlier
+/// conversations (a window resets at most a few times while a frame can be on the wire).
+const LINEAGE: usize = 64;
+
+const MASK24: u32 = 0x00ff_ffff;
+/// An odd multiplier mod 2^24 and its inverse.
+const MUL24: u32 = 0x009e_3779;
+const MUL24_INV: u32 = inverse24(MUL24);
+
+const fn inverse24(m: u32) -> u32 {
+    // Newton's iteration: each step doubles the correct low bits (3 -> 6 -> 12 -> 24).
+    let mut x = m;
+    let mut i = 0;
+    while i < 4 {
+        x = x.wrapping_mul(2u32.wrapping_sub(m.wrapping_mul(x))) & MASK24;
+        i += 1;
+    }
+    x
+}
+
+/// A 24-bit value derived from a conversation id's low byte.
+fn spread(low: u32) -> u32 {
+    low.wrapping_mul(0x006f_4f2d).rotate_left(11) & MASK24
+}
+
+/// The step from one conversation id to the next: a permutation of the u32 values that adds
+/// one to the low byte (so consecutive ids differ there, and no cycle is shorter than 256) and
+/// mixes the rest. Being a permutation, it has an inverse ([`predecessor`]), and two different
+/// ids never have the same successor.
+fn successor(x: u32) -> u32 {
+    let low = (x.wrapping_add(1)) & 0xff;
+    let mut hi = (x >> 8).wrapping_mul(MUL24) & MASK24;
+    hi ^= hi >> 12;
+    hi ^= spread(low);
+    hi << 8 | low
+}
+
+/// The inverse of [`successor`].
+fn predecessor(y: u32) -> u32 {
+    let low = y & 0xff;
+    let mut hi = (y >> 8) ^ spread(low);
+    hi ^= hi >> 12; // x ^= x >> 12 is its own inverse on 24 bits
+    hi = hi.wrapping_mul(MUL24_INV) & MASK24;
+    hi << 8 | (low.wrapping_sub(1) & 0xff)
+}
+
 /// The id of the conversation after `old`, started in answer to partner conversation `peer`
-/// (0: none) at reset number `resets`. Never 0, never `peer`, and its low byte (all that
-/// acks and naks carry) differs from `old`'s. Not symmetric in `old` and `peer`: two windows
-/// that start over in answer to each other's conversation at the same reset count must not
-/// pick the same id (a CRC over `peer` alone, from `old`, is a function of `old ^ peer`).
-fn next_session(old: u32, peer: u32, resets: u64) -> u32 {
-    let mut buf = [0u8; 16];
-    buf[..4].copy_from_slice(&peer.to_le_bytes());
-    buf[4..8].copy_from_slice(&old.to_le_bytes());
-    buf[8..].copy_from_slice(&resets.to_le_bytes());
-    let mut next = crc32c::crc32c_append(old, &buf);
-    while next == 0 || next == peer || next as u8 == old as u8 {
-        next = next.rotate_left(8) ^ 0x5a5a_5a5a;
+/// (0: none): the next [`successor`] of `old` that is neither 0 nor `peer`. So the partner can
+/// tell this window's earlier conversations from later ones (it walks back with
+/// [`predecessor`]), the low byte (all that acks and naks carry) differs from `old`'s, and two
+/// windows that start over in answer to each other's conversation never pick the same id: their
+/// successors differ (a permutation), and where one's successor is the other's id, that one
+/// steps past the other's successor too.
+fn next_session(old: u32, peer: u32) -> u32 {
+    let mut next = successor(old);
+    if next == peer && peer != 0 {
+        // The partner answering us picks successor(peer) (or beyond): skip it.
+        next = successor(successor(next));
+    }
+    while next == 0 || next == peer {
+        next = successor(next);
     }
     next
 }
 
 #[cfg(test)]
 mod tests {
-    use super::next_session;
+    use super::{next_session, predecessor, successor};
 
     #[test]
     fn next_session_is_never_shared_by_two_windows_answering_each_other() {
         let mut x: u32 = 0x1234_5678;
-        for resets in 1..2000u64 {
+        for _ in 1..20_000 {
             x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let (a, b) = (x, x.rotate_left(13) ^ 0xdead_beef);
-            let (na, nb) = (next_session(a, b, resets), next_session(b, a, resets));
-            assert_ne!(na, nb, "{a:#x} {b:#x} {resets}");
-            for (old, peer, next) in [(a, b, na), (b, a, nb), (a, 0, next_session(a, 0, resets))] {
+            let (na, nb) = (next_session(a, b), next_session(b, a));
+            assert_ne!(na, nb, "{a:#x} {b:#x}");
+            for (old, peer, next) in [(a, b, na), (b, a, nb), (a, 0, next_session(a, 0))] {
                 assert_ne!(next, 0);
                 assert_ne!(next, peer);
                 assert_ne!(next as u8, old as u8);
             }
+        }
+        // The corner cases: one's successor is the other's id, or both are each other's.
+        let a = 0x0bad_cafe;
+        let b = successor(a);
+        assert_ne!(next_session(a, b), next_session(b, a));
+        assert_ne!(next_session(a, b), b);
+        let zero_next = predecessor(0);
+        assert_ne!(next_session(zero_next, 7), 0);
+    }
+
+    #[test]
+    fn predecessor_inverts_successor() {
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..100_000 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            assert_eq!(predecessor(successor(x)), x, "{x:#x}");
+            assert_eq!(successor(predecessor(x)), x, "{x:#x}");
+            assert_eq!(successor(x) as u8, (x as u8).wrapping_add(1));
+        }
+        for x in [0, 1, 0xff, 0x100, u32::MAX, 0x00ff_ffff, 0xff00_0000] {
+            assert_eq!(predecessor(successor(x)), x, "{x:#x}");
         }
     }
 }

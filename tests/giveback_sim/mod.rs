@@ -110,6 +110,8 @@ pub struct World {
     pub violations: Vec<String>,
     pub torn_reads: u64,
     pub kills_delivered: u64,
+    /// Takeover replays carried out: (time, node that replayed its partner's log).
+    pub replays: Vec<(Duration, u32)>,
     kills: VecDeque<(usize, u64)>,
 }
 
@@ -168,6 +170,7 @@ impl World {
             violations: Vec::new(),
             torn_reads: 0,
             kills_delivered: 0,
+            replays: Vec::new(),
             kills: VecDeque::new(),
         }
     }
@@ -557,7 +560,10 @@ impl World {
                 }
                 None
             }
-            Action::ReplayPartnerLog => None,
+            Action::ReplayPartnerLog => {
+                self.replays.push((self.now, me));
+                None
+            }
             Action::SendKill { target_incarnation } => {
                 if self.links.iter().any(|l| *l) {
                     self.kills.push_back((p, *target_incarnation));

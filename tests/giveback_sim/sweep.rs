@@ -26,13 +26,13 @@ pub struct Coverage {
 /// one node's path to them fails, then heals; the next fault waits until every live node has
 /// rewritten its slot).
 #[derive(Clone, Copy, Debug)]
-enum MailboxFault {
+pub enum MailboxFault {
     Copy(usize, CopyFault),
     NoAccess(u32),
     ReadFails(u32),
 }
 
-fn set_mailbox_fault(w: &World, f: MailboxFault, on: bool) {
+pub fn set_mailbox_fault(w: &World, f: MailboxFault, on: bool) {
     let mut d = w.disks();
     match f {
         MailboxFault::Copy(c, kind) => {

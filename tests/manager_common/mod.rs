@@ -120,6 +120,7 @@ pub fn samples() -> Vec<Message> {
             reason: GoodbyeReason::Shutdown,
             detail: "stopping".into(),
         },
+        Message::Confirm { node_id: 1 },
     ]
 }
 
@@ -179,9 +180,15 @@ pub fn decoded_refuse(frame: &[u8]) -> Refuse {
     }
 }
 
-/// The session key of the default pair (fixed nonces): what a buggy but keyed peer signs with.
-pub fn pair_key() -> SessionKey {
+/// The session key of the default pair (fixed nonces), before the split into directions.
+pub fn pair_master_key() -> SessionKey {
     let hi = encode_frame(&Message::Hello(params(Role::Initiator).hello()), 0, None).unwrap();
     let hr = encode_frame(&Message::Hello(params(Role::Responder).hello()), 0, None).unwrap();
     SessionKey::derive(SECRET, &hi, &hr)
+}
+
+/// The key the default pair's initiator MACs its frames with: what a buggy but keyed
+/// initiator signs with (its Confirm is sequence 1, so its PeerInfo is 2).
+pub fn pair_key() -> SessionKey {
+    pair_master_key().for_sender(FROM_INITIATOR_LABEL)
 }

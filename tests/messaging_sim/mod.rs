@@ -252,6 +252,10 @@ pub struct Sim {
     pub dropped: u64,
     pub duplicated: u64,
     pub writes: u64,
+    /// Directions whose writes are lost (a one-way partition): `blocked[from]`.
+    pub blocked: [bool; 2],
+    /// Writes lost to `blocked`.
+    pub blocked_drops: u64,
     /// Event log, kept with `MESSAGING_TRACE` (printed on failure: that many last lines,
     /// default 400).
     pub trace: Option<Vec<String>>,
@@ -304,6 +308,8 @@ impl Sim {
             dropped: 0,
             duplicated: 0,
             writes: 0,
+            blocked: [false, false],
+            blocked_drops: 0,
             trace,
         }
     }
@@ -426,6 +432,10 @@ impl Sim {
 
     fn send_write(&mut self, from: usize, w: Write) {
         self.writes += 1;
+        if self.blocked[from] {
+            self.blocked_drops += 1;
+            return;
+        }
         let f = self.faults.clone();
         if f.drop > 0.0 && self.rng.gen_bool(f.drop) {
             self.dropped += 1;

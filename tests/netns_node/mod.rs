@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use crate::manager_pair::*;
+use interlink::clients::giveback::driver::GivebackReport;
 use interlink::clients::probe::ProbeStats;
 use interlink::fabric::ProviderChoice;
 use interlink::manager::control::{self, ControlRequest, ControlResponse};
@@ -116,9 +117,29 @@ impl Node {
 
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A stopped process dies of SIGKILL too; SIGCONT first anyway, harmlessly.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Whether the node process runs (started and not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends `signal` (a `kill -SIGNAL` name: `STOP`, `CONT`, ...) to the node process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("node running").id();
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{signal} {pid} ({}): {st}", self.name);
     }
 
     /// The node's whole log.
@@ -187,6 +208,62 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Polls `fetch` until `pred` holds for its answer (panics after `limit`).
+    pub fn poll<T: std::fmt::Debug>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut fetch: impl FnMut() -> T,
+        mut pred: impl FnMut(&T) -> bool,
+    ) -> T {
+        let t0 = Instant::now();
+        loop {
+            let v = fetch();
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "{}: timed out waiting for {what}: {v:#?}\nlog:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Polls client `name` with an empty command until `pred` holds for its answer (panics
+    /// after `limit`).
+    pub fn wait_client(
+        &self,
+        name: &str,
+        what: &str,
+        limit: Duration,
+        pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        self.poll(
+            what,
+            limit,
+            || self.client(name, serde_json::json!({})),
+            pred,
+        )
+    }
+
+    /// The giveback client's report (`--giveback`).
+    pub fn giveback(&self) -> GivebackReport {
+        let v = self.client("giveback", serde_json::json!({}));
+        serde_json::from_value(v["status"].clone()).expect("giveback report")
+    }
+
+    /// Polls the giveback report until `pred` holds (panics after [`WAIT`]).
+    pub fn wait_giveback(
+        &self,
+        what: &str,
+        pred: impl FnMut(&GivebackReport) -> bool,
+    ) -> GivebackReport {
+        self.poll(what, WAIT, || self.giveback(), pred)
     }
 
     pub fn wait_traffic(&self, probe: &str, more_than: u64) -> ProbeStats {

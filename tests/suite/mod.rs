@@ -467,7 +467,7 @@ pub fn batched_and_unsignaled(p: Pair) {
     ));
 }
 
-fn expect_remote_access_error(
+pub fn expect_remote_access_error(
     p: &Pair,
     qa: &QueuePair,
     qb: &QueuePair,

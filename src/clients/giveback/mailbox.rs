@@ -27,7 +27,7 @@ use super::error::{FormatError, GivebackError};
 use super::state::NodeState;
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Size of a mailbox record.
@@ -255,6 +255,7 @@ impl FileMailbox {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)?;
         file.write_all_at(sector, self.sector_offset(self.me))?;
         file.sync_data()

@@ -25,6 +25,7 @@ use super::error::{FormatError, GivebackError};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// A disk set, named by the node id that owns it normally.
@@ -130,6 +131,7 @@ impl FileReservations {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(self.lock_path(set))?;
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| errno.into())
     }
@@ -159,6 +161,7 @@ impl FileReservations {
             .create(true)
             .truncate(true)
             .write(true)
+            .mode(0o600)
             .open(&tmp)?;
         f.write_all(&encode_reservation(self.me))?;
         f.sync_all()?;

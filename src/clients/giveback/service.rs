@@ -12,6 +12,7 @@ use crate::clients::giveback::driver::ServiceHooks;
 use crate::clients::giveback::reservation::DiskSet;
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -76,6 +77,7 @@ impl JournalHooks {
         OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.journal)
             .and_then(|mut f| f.write_all(line.as_bytes()))
             .map_err(|e| format!("append to {}: {e}", self.journal.display()))

@@ -11,6 +11,11 @@ pub mod shadow;
 pub mod writeback;
 pub mod writeback_driver;
 
+/// The rights of a mirror region (the shadow log's `shadow-mirror`, the write-back's
+/// `wb-mirror`): the partner may RDMA WRITE into it and nothing else; it never reads it back
+/// (the owner reads its copy locally on takeover).
+pub const MIRROR_REGION_ACCESS: crate::fabric::Access = crate::fabric::Access::REMOTE_WRITE;
+
 pub use atomic::{
     ultimate_state, AtomicGeometry, AtomicRequest, AtomicWriteTable, BufferEntry, BufferIndex,
     BufferState, RequestState, RequestTag, ResolvedRequest, RieIndex, RieWord, UnitId,

@@ -6,6 +6,7 @@ use crate::clients::mirror::error::MirrorError;
 use crate::fabric::verbs::map_nvram_file;
 use memmap2::MmapMut;
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Byte-addressable, optionally persistent memory.
@@ -98,6 +99,7 @@ impl FileNvram {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)
             .map_err(ctx)?;
         let current = file.metadata().map_err(ctx)?.len();

@@ -26,8 +26,8 @@
 //! durable locally and complete on the mirror. Several threads may append at once; their
 //! writes are in flight together and acknowledgements come in append order. Whichever thread
 //! holds the driver's lock polls the completion queue (a waiting appender busy-polls for
-//! [`ShadowConfig::spin`], then sleeps, and the driver thread, which blocks on the
-//! completion queue whenever writes are in flight, wakes it).
+//! [`ShadowConfig::spin`], then sleeps, and the driver thread blocks on the completion
+//! queue and wakes it).
 //!
 //! # Link failure (F5.5)
 //!
@@ -94,12 +94,12 @@ use super::nvram::{FileNvram, NvramBacking};
 use crate::clients::giveback::service::ReplayHook;
 use crate::fabric::Access;
 use crate::manager::{BandwidthClass, ClientSpec, LinkId, Manager};
-use driver::{drive, spin_wait, Counters, Inner, Shared, POLL_BATCH};
+use driver::{drive, spin_wait, Counters, Inner, Shared, Sleeper, POLL_BATCH};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -224,6 +224,9 @@ pub struct ShadowStats {
     pub resent_writes: u64,
     /// Failed mirror writes (each fails the connection).
     pub write_errors: u64,
+    /// Connections given up because their writes stopped completing (5 s without one).
+    #[serde(default)]
+    pub stalls: u64,
     /// The latest checkpoint complete on the mirror.
     pub checkpoint_mirrored: u64,
     /// Data-area bytes free for appends.
@@ -305,7 +308,7 @@ impl ShadowMirror {
         let cursor = CursorStore::open(cursor)?;
         let depth = cfg.send_depth.max(4);
         let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
-            .region(MIRROR_REGION, log_len, Access::REMOTE_WRITE)
+            .region(MIRROR_REGION, log_len, super::MIRROR_REGION_ACCESS)
             .region(TX_REGION, log_len, Access::NONE);
         spec.qp_capacity.max_send_wr = depth;
         spec.qp_capacity.max_recv_wr = 1;
@@ -344,12 +347,16 @@ impl ShadowMirror {
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             cursor: Mutex::new(cursor),
+            sleepers: AtomicUsize::new(0),
             kick: crossbeam_channel::bounded(1),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("il-shadow-{name}"))
-            .spawn(move || drive(&s))
+            .spawn(move || {
+                crate::fabric::prime_thread_parking();
+                drive(&s)
+            })
             .map_err(|source| MirrorError::StartShadow {
                 name: name.clone(),
                 source,
@@ -452,6 +459,7 @@ impl ShadowMirror {
         let spin_until = begin + shared.cfg.spin;
         let limit = shared.cfg.link_timeout + shared.cfg.partner_timeout;
         let mut st = shared.inner.lock();
+        let mut asleep = None;
         loop {
             if st.acked >= seq {
                 let mirrored = !st.is_unmirrored(seq);
@@ -478,6 +486,8 @@ impl ShadowMirror {
             if now < spin_until {
                 MutexGuard::unlocked(&mut st, || spin_wait(begin, now));
             } else {
+                // The driver blocks on the completion queue while a waiter sleeps.
+                asleep.get_or_insert_with(|| Sleeper::new(shared));
                 shared.changed.wait_for(&mut st, Duration::from_millis(1));
             }
         }
@@ -604,6 +614,7 @@ impl ShadowMirror {
             resyncs: c.resyncs,
             resent_writes: c.resent_writes,
             write_errors: c.write_errors,
+            stalls: c.stalls,
             checkpoint_mirrored: st.checkpointed,
             free_bytes: log.free_bytes,
             latency_p50_us: lat.p50_us,

@@ -327,7 +327,7 @@ impl MirroredWriteBack {
         let data_len = core.data_len();
         let depth = cfg.send_depth.max(4);
         let mut spec = ClientSpec::new(cfg.data_client.clone(), BandwidthClass::High, 1)
-            .region(MIRROR_REGION, data_len, Access::REMOTE_WRITE)
+            .region(MIRROR_REGION, data_len, super::MIRROR_REGION_ACCESS)
             .region(TX_REGION, data_len, Access::NONE);
         spec.qp_capacity.max_send_wr = depth;
         spec.qp_capacity.max_recv_wr = 1;

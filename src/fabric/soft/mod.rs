@@ -9,17 +9,21 @@
 //! completion, queue pair to error, as verbs does), moves the target queue pair to error (as
 //! rxe does) and is counted in [`SoftDevice::access_violations`].
 
+mod cut;
+mod packet_buf;
 mod rc;
 mod sim;
 mod tcp;
 pub mod wire;
 
+pub use cut::{is_cut, set_cut};
 pub use rc::SoftQp;
 pub use sim::{FaultConfig, SimNet, SimStats};
 
 use super::raw::RawCompletion;
 use super::types::*;
 use crossbeam_channel::{unbounded, Receiver, Sender};
+use packet_buf::{Inbox, PacketBuf};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -112,9 +116,13 @@ impl Transport {
         }
     }
 
-    pub(crate) fn send(&self, to: PeerAddr, pkt: Vec<u8>) {
+    pub(crate) fn send(&self, to: PeerAddr, pkt: PacketBuf) {
         match (self, to) {
-            (Transport::Tcp(t), PeerAddr::Tcp(a)) => t.send(a, pkt),
+            (Transport::Tcp(t), PeerAddr::Tcp(a)) => {
+                if !is_cut(t.local_addr().ip()) {
+                    t.send(a, pkt)
+                }
+            }
             (Transport::Sim(net, me), PeerAddr::Sim(g)) => net.send(*me, g, pkt),
             _ => tracing::warn!("soft transport: address of the wrong kind; packet dropped"),
         }
@@ -176,11 +184,20 @@ impl DeviceShared {
         self.regions.read().get(&key).and_then(Weak::upgrade)
     }
 
-    /// Whether the port is up (no cut link on a sim network; interface flags on TCP).
+    /// Whether the port is up (no cut link on a sim network; interface flags on TCP, and no
+    /// simulated cut: [`set_cut`]).
     pub(crate) fn port_active(&self) -> bool {
         match &self.transport {
             Transport::Sim(net, gid) => !net.port_down(*gid),
             Transport::Tcp(_) => self.port_up.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Whether this TCP device's address is cut ([`set_cut`]): packets are dropped both ways.
+    fn is_cut(&self) -> bool {
+        match &self.transport {
+            Transport::Tcp(t) => is_cut(t.local_addr().ip()),
+            Transport::Sim(..) => false,
         }
     }
 
@@ -252,10 +269,15 @@ impl SoftDevice {
         gid: Gid,
         lid: u16,
         transport: Transport,
-        inbox: Receiver<Vec<u8>>,
+        inbox: Arc<Inbox>,
         iface: Option<String>,
     ) -> Result<Arc<SoftDevice>, SoftError> {
-        let port_up = iface.as_deref().is_none_or(iface_up);
+        let cut = match &transport {
+            Transport::Tcp(t) => is_cut(t.local_addr().ip()),
+            Transport::Sim(..) => false,
+        };
+        let port_up = iface.as_deref().is_none_or(iface_up) && !cut;
+        let is_tcp = matches!(transport, Transport::Tcp(_));
         let netns = tcp::current_netns();
         let shared = Arc::new(DeviceShared {
             name,
@@ -265,7 +287,10 @@ impl SoftDevice {
             qps: RwLock::new(HashMap::new()),
             regions: RwLock::new(HashMap::new()),
             next_qpn: AtomicU32::new(0x11),
-            next_key: AtomicU32::new(1),
+            // A random first index: a restarted process (a new device) does not hand out the
+            // keys of its previous run again, so a stale peer's old descriptors do not address
+            // the new run's regions.
+            next_key: AtomicU32::new(rand::random::<u32>() >> 9 | 1),
             next_pd: AtomicU32::new(1),
             next_addr: AtomicU64::new(0x7f00_0000_0000 | (u64::from(lid) << 28)),
             violations: AtomicU64::new(0),
@@ -277,13 +302,16 @@ impl SoftDevice {
         let s = shared.clone();
         let engine = std::thread::Builder::new()
             .name(format!("interlink-soft-{}", shared.name))
-            .spawn(move || engine_loop(&s, &inbox))
+            .spawn(move || {
+                super::prime_thread_parking();
+                engine_loop(&s, &inbox)
+            })
             .map_err(|source| SoftError::Spawn {
                 what: "engine",
                 source,
             })?;
         let mut threads = vec![engine];
-        if shared.iface.is_some() {
+        if is_tcp {
             let s = shared.clone();
             let mon = std::thread::Builder::new()
                 .name(format!("interlink-soft-link-{}", shared.name))
@@ -305,9 +333,9 @@ impl SoftDevice {
 
     /// Opens a device listening on `addr:port` (port 0: any free port).
     pub fn open_tcp(addr: IpAddr, port: u16) -> Result<Arc<SoftDevice>, SoftError> {
-        let (tx, rx) = unbounded();
+        let inbox = Arc::new(Inbox::default());
         let bind = SocketAddr::new(addr, port);
-        let t = tcp::TcpTransport::bind(bind, tx)
+        let t = tcp::TcpTransport::bind(bind, inbox.clone())
             .map_err(|source| SoftError::Bind { addr: bind, source })?;
         let local = t.local_addr();
         let iface = if addr.is_loopback() {
@@ -320,21 +348,21 @@ impl SoftDevice {
             Gid::from_ip(addr),
             local.port(),
             Transport::Tcp(t),
-            rx,
+            inbox,
             iface,
         )
     }
 
     /// Opens a device named `name` on a simulated network.
     pub fn open_sim(net: &SimNet, name: &str) -> Result<Arc<SoftDevice>, SoftError> {
-        let (tx, rx) = unbounded();
+        let inbox = Arc::new(Inbox::default());
         // The event sink is filled in once the device exists.
         let sink: Arc<Mutex<Weak<DeviceShared>>> = Arc::new(Mutex::new(Weak::new()));
         let sink2 = sink.clone();
         let gid = net
             .attach(sim::Node {
                 name: name.to_string(),
-                inbox: tx,
+                inbox: inbox.clone(),
                 events: Arc::new(move |ev| {
                     if let Some(d) = sink2.lock().upgrade() {
                         d.emit(ev);
@@ -347,7 +375,7 @@ impl SoftDevice {
             gid,
             0,
             Transport::Sim(net.clone(), gid),
-            rx,
+            inbox,
             None,
         )?;
         *sink.lock() = Arc::downgrade(&dev.shared);
@@ -382,46 +410,41 @@ impl SoftDevice {
     }
 }
 
-fn engine_loop(dev: &Arc<DeviceShared>, inbox: &Receiver<Vec<u8>>) {
+fn engine_loop(dev: &Arc<DeviceShared>, inbox: &Inbox) {
     const TICK: Duration = Duration::from_millis(2);
     let mut next_scan = Instant::now() + TICK;
-    let mut out = Vec::with_capacity(64);
+    // Reused every scan, so the timer scan does not allocate.
+    let mut qps: Vec<Arc<rc::QpCore>> = Vec::new();
     while !dev.stop.load(Ordering::SeqCst) {
-        match inbox.recv_timeout(TICK) {
-            Ok(pkt) => match wire::Packet::decode(&pkt) {
+        // A cut device drops everything it receives.
+        if let Some(pkt) = inbox.pop_timeout(TICK).filter(|_| !dev.is_cut()) {
+            match wire::Packet::decode(&pkt) {
                 Ok(p) => {
                     let qp = dev.qps.read().get(&p.dst_qpn).cloned();
                     match qp {
-                        Some(qp) => qp.handle_packet(dev, &p, Instant::now(), &mut out),
+                        Some(qp) => qp.handle_packet(dev, &p, Instant::now()),
                         None => tracing::trace!(qpn = p.dst_qpn, "packet for unknown queue pair"),
                     }
                 }
                 Err(e) => {
                     tracing::debug!(device = %dev.name, error = %e, "malformed packet dropped")
                 }
-            },
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(TICK);
             }
         }
         let now = Instant::now();
         if now >= next_scan {
             next_scan = now + TICK;
-            let qps: Vec<Arc<rc::QpCore>> = dev.qps.read().values().cloned().collect();
-            for qp in qps {
-                qp.handle_timeout(dev, now, &mut out);
+            qps.extend(dev.qps.read().values().cloned());
+            for qp in qps.drain(..) {
+                qp.handle_timeout(dev, now);
             }
         }
     }
 }
 
 fn link_monitor(dev: &DeviceShared) {
-    let Some(iface) = dev.iface.as_deref() else {
-        return;
-    };
     while !dev.stop.load(Ordering::SeqCst) {
-        let up = iface_up(iface);
+        let up = dev.iface.as_deref().is_none_or(iface_up) && !dev.is_cut();
         if up != dev.port_up.load(Ordering::SeqCst) {
             dev.emit(if up {
                 AsyncEvent::PortActive { port: 1 }
@@ -429,7 +452,13 @@ fn link_monitor(dev: &DeviceShared) {
                 AsyncEvent::PortDown { port: 1 }
             });
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // 50 ms between checks, in slices so a dropped device stops at once.
+        for _ in 0..5 {
+            if dev.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -473,9 +502,10 @@ impl SoftMr {
             return Err(SoftError::RegisterEmpty.into());
         }
         let dev = &pd.device.shared;
-        let idx = dev.next_key.fetch_add(1, Ordering::Relaxed);
-        // Keys mix a per-device index with pseudo-random bits, so stale or guessed keys fail.
-        let key = (idx << 8) | (idx.wrapping_mul(0x9e37_79b9) >> 24);
+        let idx = dev.next_key.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        // Keys mix a per-device index (unique among live regions) with 8 random bits, as rxe
+        // does, so stale or guessed keys fail.
+        let key = (idx << 8) | u32::from(rand::random::<u8>());
         let pages = (len as u64).div_ceil(4096) + 1;
         let addr = dev.next_addr.fetch_add(pages * 4096, Ordering::Relaxed);
         let mem = Arc::new(RegionMem {

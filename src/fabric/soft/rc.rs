@@ -11,7 +11,8 @@
 //! Responder: executes the packet with the expected PSN, acknowledges duplicates without
 //! executing them again (READs are re-read), and answers a gap with one sequence NAK.
 
-use super::wire::{psn_add, psn_diff, Body, Packet, Syndrome};
+use super::packet_buf::PacketBuf;
+use super::wire::{psn_add, psn_diff, Body, Packet, Syndrome, HEADER_LEN};
 use super::{DeviceShared, PeerAddr, RegionMem, SoftCq, SoftError, SoftPd};
 use crate::fabric::raw::{RawCompletion, RawOp, RawRecv, RawSend, RawSge};
 use crate::fabric::types::*;
@@ -28,7 +29,7 @@ struct SqEntry {
     sge: RawSge,
     signaled: bool,
     psn: u32,
-    pkt: Vec<u8>,
+    pkt: PacketBuf,
 }
 
 impl CoreState {
@@ -131,7 +132,7 @@ impl SoftQp {
         pd: &Arc<SoftPd>,
         send_cq: &Arc<SoftCq>,
         recv_cq: &Arc<SoftCq>,
-        _cap: QpCapacity,
+        cap: QpCapacity,
     ) -> Result<SoftQp> {
         let dev = &pd.device.shared;
         let qpn = dev.next_qpn.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
@@ -145,13 +146,14 @@ impl SoftQp {
                 remote: None,
                 opts: ConnectOptions::default(),
                 next_psn: 0,
-                sq: VecDeque::new(),
+                // At their largest from the start: posting never grows them.
+                sq: VecDeque::with_capacity(cap.max_send_wr as usize),
                 retries_left: 0,
                 rnr_left: 0,
                 timer: None,
                 rnr_until: None,
                 epsn: 0,
-                rq: VecDeque::new(),
+                rq: VecDeque::with_capacity(cap.max_recv_wr as usize),
                 nak_seq_sent: false,
             }),
         });
@@ -250,7 +252,6 @@ impl SoftQp {
             let Some((dst_qpn, peer)) = st.remote.map(|(ep, a)| (ep.qpn, a)) else {
                 break;
             };
-            let mut pkt = Vec::with_capacity(64 + w.sge.len as usize);
             let payload_needed = !matches!(w.op, RawOp::Read(_));
             let region = local(dev, core.pd, &w.sge, !payload_needed);
             let Some((region, off)) = region else {
@@ -261,6 +262,7 @@ impl SoftQp {
                 core.fail(&mut st, None);
                 return Ok(());
             };
+            let mut pkt;
             {
                 let data = region.data.read();
                 let payload: &[u8] = if payload_needed {
@@ -292,13 +294,14 @@ impl SoftQp {
                         len: w.sge.len,
                     },
                 };
+                pkt = PacketBuf::with_capacity(HEADER_LEN + 16 + payload.len());
                 Packet {
                     dst_qpn,
                     src_qpn: core.qpn,
                     psn,
                     body,
                 }
-                .encode(&mut pkt);
+                .encode(pkt.vec_mut());
             }
             st.next_psn = psn_add(psn, 1);
             if st.rnr_until.is_none() {
@@ -432,45 +435,30 @@ impl QpCore {
         }
     }
 
-    fn reply(
-        &self,
-        dev: &DeviceShared,
-        st: &CoreState,
-        psn: u32,
-        body: Body<'_>,
-        out: &mut Vec<u8>,
-    ) {
+    fn reply(&self, dev: &DeviceShared, st: &CoreState, psn: u32, body: Body<'_>) {
         if let Some((ep, peer)) = st.remote {
+            let payload = match body {
+                Body::ReadResponse { payload } => payload.len(),
+                _ => 0,
+            };
+            let mut pkt = PacketBuf::with_capacity(HEADER_LEN + 16 + payload);
             Packet {
                 dst_qpn: ep.qpn,
                 src_qpn: self.qpn,
                 psn,
                 body,
             }
-            .encode(out);
-            dev.transport.send(peer, out.clone());
+            .encode(pkt.vec_mut());
+            dev.transport.send(peer, pkt);
         }
     }
 
-    fn ack(
-        &self,
-        dev: &DeviceShared,
-        st: &CoreState,
-        psn: u32,
-        syndrome: Syndrome,
-        out: &mut Vec<u8>,
-    ) {
-        self.reply(dev, st, psn, Body::Ack { syndrome }, out);
+    fn ack(&self, dev: &DeviceShared, st: &CoreState, psn: u32, syndrome: Syndrome) {
+        self.reply(dev, st, psn, Body::Ack { syndrome });
     }
 
     /// Handles one inbound packet.
-    pub(crate) fn handle_packet(
-        &self,
-        dev: &DeviceShared,
-        p: &Packet<'_>,
-        now: Instant,
-        out: &mut Vec<u8>,
-    ) {
+    pub(crate) fn handle_packet(&self, dev: &DeviceShared, p: &Packet<'_>, now: Instant) {
         let mut st = self.st.lock();
         if st.state != QpState::ReadyToSend {
             return;
@@ -491,7 +479,7 @@ impl QpCore {
             Body::ReadResponse { payload } => {
                 self.on_read_response(dev, &mut st, p.psn, payload, now)
             }
-            _ => self.on_request(dev, &mut st, p, out),
+            _ => self.on_request(dev, &mut st, p),
         }
     }
 
@@ -580,19 +568,13 @@ impl QpCore {
         self.restart_timer(st, now);
     }
 
-    fn on_request(
-        &self,
-        dev: &DeviceShared,
-        st: &mut CoreState,
-        p: &Packet<'_>,
-        out: &mut Vec<u8>,
-    ) {
+    fn on_request(&self, dev: &DeviceShared, st: &mut CoreState, p: &Packet<'_>) {
         let d = psn_diff(p.psn, st.epsn);
         if d > 0 {
             if !st.nak_seq_sent {
                 st.nak_seq_sent = true;
                 let e = st.epsn;
-                self.ack(dev, st, e, Syndrome::NakSequence, out);
+                self.ack(dev, st, e, Syndrome::NakSequence);
             }
             return;
         }
@@ -603,13 +585,13 @@ impl QpCore {
                     Some((r, off)) => {
                         let data = r.data.read();
                         let payload = &data[off..off + len as usize];
-                        self.reply(dev, st, p.psn, Body::ReadResponse { payload }, out);
+                        self.reply(dev, st, p.psn, Body::ReadResponse { payload });
                     }
-                    None => self.ack(dev, st, p.psn, Syndrome::NakRemoteAccess, out),
+                    None => self.ack(dev, st, p.psn, Syndrome::NakRemoteAccess),
                 }
             } else {
                 let last = psn_add(st.epsn, 0xff_ffff);
-                self.ack(dev, st, last, Syndrome::Ack, out);
+                self.ack(dev, st, last, Syndrome::Ack);
             }
             return;
         }
@@ -617,14 +599,14 @@ impl QpCore {
         match p.body {
             Body::Send { imm, payload } => {
                 let Some(recv) = st.rq.front().copied() else {
-                    self.ack(dev, st, p.psn, Syndrome::RnrNak, out);
+                    self.ack(dev, st, p.psn, Syndrome::RnrNak);
                     return;
                 };
                 if payload.len() > recv.sge.len as usize {
                     st.rq.pop_front();
                     self.recv_cq
                         .push(self.error(recv.token, CompletionStatus::LocalLengthError));
-                    self.ack(dev, st, p.psn, Syndrome::NakInvalidRequest, out);
+                    self.ack(dev, st, p.psn, Syndrome::NakInvalidRequest);
                     self.fail(st, None);
                     return;
                 }
@@ -632,7 +614,7 @@ impl QpCore {
                     st.rq.pop_front();
                     self.recv_cq
                         .push(self.error(recv.token, CompletionStatus::LocalProtectionError));
-                    self.ack(dev, st, p.psn, Syndrome::NakRemoteOperation, out);
+                    self.ack(dev, st, p.psn, Syndrome::NakRemoteOperation);
                     self.fail(st, None);
                     return;
                 };
@@ -654,7 +636,7 @@ impl QpCore {
                 payload,
             } => {
                 if imm.is_some() && st.rq.is_empty() {
-                    self.ack(dev, st, p.psn, Syndrome::RnrNak, out);
+                    self.ack(dev, st, p.psn, Syndrome::RnrNak);
                     return;
                 }
                 let Some((region, off)) = remote(
@@ -665,7 +647,7 @@ impl QpCore {
                     payload.len(),
                     Access::REMOTE_WRITE,
                 ) else {
-                    self.violation(dev, st, p.psn, "write", addr, rkey, payload.len(), out);
+                    self.violation(dev, st, p.psn, "write", addr, rkey, payload.len());
                     return;
                 };
                 region.data.write()[off..off + payload.len()].copy_from_slice(payload);
@@ -686,19 +668,19 @@ impl QpCore {
                 let Some((region, off)) =
                     remote(dev, self.pd, addr, rkey, len as usize, Access::REMOTE_READ)
                 else {
-                    self.violation(dev, st, p.psn, "read", addr, rkey, len as usize, out);
+                    self.violation(dev, st, p.psn, "read", addr, rkey, len as usize);
                     return;
                 };
                 st.epsn = psn_add(st.epsn, 1);
                 let data = region.data.read();
                 let payload = &data[off..off + len as usize];
-                self.reply(dev, st, p.psn, Body::ReadResponse { payload }, out);
+                self.reply(dev, st, p.psn, Body::ReadResponse { payload });
                 return;
             }
             _ => return,
         }
         st.epsn = psn_add(st.epsn, 1);
-        self.ack(dev, st, p.psn, Syndrome::Ack, out);
+        self.ack(dev, st, p.psn, Syndrome::Ack);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -711,7 +693,6 @@ impl QpCore {
         addr: u64,
         rkey: u32,
         len: usize,
-        out: &mut Vec<u8>,
     ) {
         dev.count_violation();
         tracing::warn!(
@@ -723,12 +704,12 @@ impl QpCore {
             len,
             "remote access refused: bad rkey, out of bounds or missing right"
         );
-        self.ack(dev, st, psn, Syndrome::NakRemoteAccess, out);
+        self.ack(dev, st, psn, Syndrome::NakRemoteAccess);
         self.fail(st, None);
     }
 
     /// Fires retransmission and RNR timers.
-    pub(crate) fn handle_timeout(&self, dev: &DeviceShared, now: Instant, _out: &mut Vec<u8>) {
+    pub(crate) fn handle_timeout(&self, dev: &DeviceShared, now: Instant) {
         let mut st = self.st.lock();
         if st.state != QpState::ReadyToSend {
             return;

@@ -2,7 +2,7 @@
 //! seeded fault injection (drop, delay, duplicate, cut, partition, heal).
 
 use super::super::types::{AsyncEvent, Gid};
-use crossbeam_channel::Sender;
+use super::packet_buf::{Inbox, PacketBuf};
 use parking_lot::{Condvar, Mutex};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -43,7 +43,7 @@ pub struct SimStats {
 
 pub(crate) struct Node {
     pub(crate) name: String,
-    pub(crate) inbox: Sender<Vec<u8>>,
+    pub(crate) inbox: Arc<Inbox>,
     pub(crate) events: Arc<dyn Fn(AsyncEvent) + Send + Sync>,
 }
 
@@ -56,7 +56,7 @@ struct State {
     partitions: HashSet<(Gid, Gid)>,
     stats: SimStats,
     pending: BinaryHeap<Reverse<(Instant, u64, GidKey)>>,
-    payloads: HashMap<u64, Vec<u8>>,
+    payloads: HashMap<u64, PacketBuf>,
     seq: u64,
     next_index: u16,
     stopped: bool,
@@ -133,7 +133,10 @@ impl SimNet {
         let s2 = shared.clone();
         let handle = std::thread::Builder::new()
             .name("interlink-simnet".into())
-            .spawn(move || timer_loop(&s2))
+            .spawn(move || {
+                crate::fabric::prime_thread_parking();
+                timer_loop(&s2)
+            })
             .ok();
         SimNet {
             _timer: Arc::new(TimerThread {
@@ -255,7 +258,7 @@ impl SimNet {
         }
     }
 
-    pub(crate) fn send(&self, from: Gid, to: Gid, mut pkt: Vec<u8>) {
+    pub(crate) fn send(&self, from: Gid, to: Gid, mut pkt: PacketBuf) {
         let mut st = self.shared.state.lock();
         st.stats.sent += 1;
         let p = pair(from, to);
@@ -302,11 +305,10 @@ impl SimNet {
     }
 }
 
-fn deliver(st: &mut State, to: Gid, bytes: Vec<u8>) {
+fn deliver(st: &mut State, to: Gid, bytes: PacketBuf) {
     if let Some(n) = st.nodes.get(&to) {
-        if n.inbox.send(bytes).is_ok() {
-            st.stats.delivered += 1;
-        }
+        n.inbox.push(bytes);
+        st.stats.delivered += 1;
     }
 }
 

@@ -4,6 +4,7 @@
 //! never block; when the connection cannot be made or breaks, queued packets are dropped (the
 //! reliable-connection protocol above retransmits, as RoCE does over a lossy link).
 
+use super::packet_buf::{Inbox, PacketBuf};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub(crate) struct TcpTransport {
     local: SocketAddr,
-    peers: Mutex<HashMap<SocketAddr, Sender<Vec<u8>>>>,
+    peers: Mutex<HashMap<SocketAddr, Sender<PacketBuf>>>,
     stop: Arc<AtomicBool>,
     accepted: Arc<Mutex<Vec<TcpStream>>>,
     netns: Option<Arc<std::fs::File>>,
@@ -46,7 +47,7 @@ pub(crate) fn enter_netns(ns: Option<&std::fs::File>) {
 
 impl TcpTransport {
     /// Binds the listener and starts accepting; inbound packets go to `inbox`.
-    pub(crate) fn bind(addr: SocketAddr, inbox: Sender<Vec<u8>>) -> std::io::Result<TcpTransport> {
+    pub(crate) fn bind(addr: SocketAddr, inbox: Arc<Inbox>) -> std::io::Result<TcpTransport> {
         let listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
         listener.set_nonblocking(true)?;
@@ -70,7 +71,7 @@ impl TcpTransport {
     }
 
     /// Queues a packet for `to`; drops it if the peer's queue is full.
-    pub(crate) fn send(&self, to: SocketAddr, pkt: Vec<u8>) {
+    pub(crate) fn send(&self, to: SocketAddr, pkt: PacketBuf) {
         let mut peers = self.peers.lock();
         let tx = peers.entry(to).or_insert_with(|| {
             let (tx, rx) = bounded(QUEUE);
@@ -80,6 +81,7 @@ impl TcpTransport {
                 .name(format!("interlink-soft-tx-{to}"))
                 .spawn(move || {
                     enter_netns(ns.as_deref());
+                    crate::fabric::prime_thread_parking();
                     writer_loop(to, &rx, &stop)
                 });
             if let Err(e) = spawned {
@@ -111,7 +113,7 @@ impl Drop for TcpTransport {
 
 fn accept_loop(
     listener: &TcpListener,
-    inbox: &Sender<Vec<u8>>,
+    inbox: &Arc<Inbox>,
     stop: &AtomicBool,
     accepted: &Mutex<Vec<TcpStream>>,
 ) {
@@ -126,7 +128,10 @@ fn accept_loop(
                 let inbox = inbox.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("interlink-soft-rx-{peer}"))
-                    .spawn(move || reader_loop(stream, peer, &inbox));
+                    .spawn(move || {
+                        crate::fabric::prime_thread_parking();
+                        reader_loop(stream, peer, &inbox)
+                    });
                 if let Err(e) = spawned {
                     tracing::warn!(peer = %peer, error = %e, "cannot start soft transport reader");
                 }
@@ -142,7 +147,7 @@ fn accept_loop(
     }
 }
 
-fn reader_loop(stream: TcpStream, peer: SocketAddr, inbox: &Sender<Vec<u8>>) {
+fn reader_loop(stream: TcpStream, peer: SocketAddr, inbox: &Inbox) {
     let mut r = BufReader::with_capacity(256 << 10, stream);
     let mut len = [0u8; 4];
     loop {
@@ -154,17 +159,16 @@ fn reader_loop(stream: TcpStream, peer: SocketAddr, inbox: &Sender<Vec<u8>>) {
             tracing::warn!(peer = %peer, len = n, "oversized soft transport frame; closing");
             return;
         }
-        let mut pkt = vec![0u8; n];
-        if r.read_exact(&mut pkt).is_err() {
+        let mut pkt = PacketBuf::with_capacity(n);
+        pkt.vec_mut().resize(n, 0);
+        if r.read_exact(pkt.vec_mut()).is_err() {
             return;
         }
-        if inbox.send(pkt).is_err() {
-            return;
-        }
+        inbox.push(pkt);
     }
 }
 
-fn writer_loop(to: SocketAddr, rx: &Receiver<Vec<u8>>, stop: &AtomicBool) {
+fn writer_loop(to: SocketAddr, rx: &Receiver<PacketBuf>, stop: &AtomicBool) {
     let mut conn: Option<std::io::BufWriter<TcpStream>> = None;
     while let Ok(pkt) = rx.recv() {
         if stop.load(Ordering::SeqCst) {

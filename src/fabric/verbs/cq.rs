@@ -24,8 +24,9 @@ pub struct VerbsCq {
     cq: Handle<ibv_cq>,
     channel: Handle<ibv_comp_channel>,
     depth: u32,
-    /// Serialises `wait` (arm, re-poll, sleep on the channel, take and ack the event).
-    waiter: Mutex<()>,
+    /// Serialises `wait` (arm, re-poll, sleep on the channel, take and ack the event); holds
+    /// the reused buffer of its re-poll, so waiting does not allocate.
+    waiter: Mutex<Vec<RawCompletion>>,
     /// A completion `wait` took off the CQ while checking, after arming, that it is still
     /// empty. It is older than anything left in the CQ, so `poll` hands it out first; the lock
     /// is held across every `ibv_poll_cq` so that order holds between threads too.
@@ -80,7 +81,7 @@ impl VerbsCq {
             cq,
             channel,
             depth,
-            waiter: Mutex::new(()),
+            waiter: Mutex::new(Vec::with_capacity(1)),
             stash: Mutex::new(None),
             dev: Arc::clone(dev),
         }))
@@ -144,7 +145,7 @@ impl VerbsCq {
     /// after the caller's last poll but before arming raises no event, and would otherwise
     /// only be found once `timeout` expired. A completion found that way is kept for `poll`.
     pub fn wait(&self, timeout: Duration) -> Result<()> {
-        let _guard = self.waiter.lock();
+        let mut found = self.waiter.lock();
         // SAFETY: the CQ is live.
         let ret = unsafe { ibv_req_notify_cq(self.cq.ptr(), 0) };
         if ret != 0 {
@@ -160,7 +161,7 @@ impl VerbsCq {
                 return Ok(());
             }
             // Anything completed before arming is visible now; anything after raises an event.
-            let mut found = Vec::with_capacity(1);
+            found.clear();
             if self.poll_cq(&mut found, 1)? > 0 {
                 *stash = found.pop();
                 return Ok(());

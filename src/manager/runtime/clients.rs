@@ -103,7 +103,21 @@ impl Runtime {
             self.close_client(&name);
             return;
         }
-        if let ClientRequest::Failed { reason, .. } = &req {
+        if let ClientRequest::Failed {
+            reason, generation, ..
+        } = &req
+        {
+            if let Some(reported) = *generation {
+                let attached = self
+                    .clients
+                    .get(&name)
+                    .and_then(|c| c.attachment.as_ref())
+                    .map(|a| a.first_generation);
+                if attached.is_none_or(|first| reported < first) {
+                    tracing::info!(client = %name, reported, attached, reason = %reason, "failure of an earlier connection ignored");
+                    return;
+                }
+            }
             let why = format!("reported by the client: {reason}");
             self.fail_client(&name, &why, true);
             return;
@@ -249,6 +263,7 @@ impl Runtime {
             &c.carry,
         )?;
         att.generation = c.generation;
+        att.first_generation = c.generation;
         c.carry.clear();
         let info = att.info(name, c.spec.class)?;
         c.attachment = Some(att);

@@ -340,6 +340,7 @@ impl Runtime {
         self.offers.retain(|_, (l, _)| *l != id);
         let l = &mut self.links[i];
         if let Some(hb) = l.heartbeat.take() {
+            l.counters.heartbeat_rtt = summarize(&hb.rtt);
             hb.teardown();
         }
         if let Some(c) = l.conn.take() {

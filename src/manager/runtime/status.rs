@@ -35,7 +35,14 @@ impl Runtime {
                         .map(|(n, _)| n.clone())
                         .collect(),
                     rate_bps: l.rate_bps,
-                    counters: l.counters,
+                    counters: LinkCounters {
+                        heartbeat_rtt: l
+                            .heartbeat
+                            .as_ref()
+                            .map(|hb| summarize(&hb.rtt))
+                            .unwrap_or(l.counters.heartbeat_rtt),
+                        ..l.counters
+                    },
                 }
             })
             .collect();

@@ -15,14 +15,20 @@ use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(super) const POLL_BATCH: usize = 64;
-/// Longest the driver thread waits when idle (nothing in flight): manager events and posts
-/// wake it at once, so this only bounds how late it notices a partner timeout.
+/// Longest the driver thread waits when idle (nothing in flight): manager events wake it at
+/// once, so this only bounds how late it notices a partner timeout.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// How often the driver pumps while writes are in flight and no waiter sleeps.
+const BUSY_WAIT: Duration = Duration::from_millis(2);
+/// Writes in flight without any completion for this long mean a lost connection (an RC queue
+/// pair completes them, in error at worst, within its transport timeout: well under a second
+/// with the manager's connect options).
+const STALL: Duration = Duration::from_secs(5);
 /// Busy polling yields the CPU after this long.
 const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest unmirrored ranges kept for waiters (one range per partner absence).
@@ -36,11 +42,22 @@ pub(super) struct Link {
     pub(super) partner: RegionDescriptor,
     pub(super) outstanding: usize,
     pub(super) broken: bool,
+    /// Which connection of this driver it is (1, 2, ...): completions taken from a completion
+    /// queue by a blocking wait are counted only if the link is still the same one. Queue pair
+    /// numbers cannot tell: the old and the new link's devices may number their queue pairs
+    /// alike (and a device may reuse a number).
+    pub(super) serial: u64,
+    /// The manager's generation of the connection, for [`ClientHandle::report_failure_of`].
+    pub(super) generation: u32,
+    /// Last time a write completed, or writes were posted with none in flight.
+    pub(super) progress_at: Instant,
 }
 
 #[derive(Default)]
 pub(super) struct Counters {
     pub(super) connections: u64,
+    /// Connections given up because writes stopped completing ([`STALL`]).
+    pub(super) stalls: u64,
     pub(super) partner_absences: u64,
     pub(super) appends: u64,
     pub(super) bytes: u64,
@@ -107,9 +124,30 @@ pub(super) struct Shared {
     pub(super) changed: Condvar,
     pub(super) stop: AtomicBool,
     pub(super) cursor: Mutex<CursorStore>,
-    /// Wakes an idle driver thread when writes were posted, so it blocks on the completion
-    /// queue instead of sleeping out its idle timeout (see [`drive`]). Capacity 1.
+    /// Waiters asleep on [`Shared::changed`] (they stopped spinning): while there are any
+    /// and writes are in flight, the driver blocks on the completion queue (see [`drive`]).
+    pub(super) sleepers: AtomicUsize,
+    /// Wakes the driver thread when a waiter goes to sleep (or writes are posted while one
+    /// sleeps), so it blocks on the completion queue at once (see [`drive`]). Capacity 1.
     pub(super) kick: (Sender<()>, Receiver<()>),
+}
+
+/// A waiter asleep on [`Shared::changed`], counted in [`Shared::sleepers`] while it lives.
+pub(super) struct Sleeper<'a>(&'a Shared);
+
+impl<'a> Sleeper<'a> {
+    /// Counts a sleeper and wakes the driver.
+    pub(super) fn new(shared: &'a Shared) -> Sleeper<'a> {
+        shared.sleepers.fetch_add(1, Ordering::SeqCst);
+        let _ = shared.kick.0.try_send(());
+        Sleeper(shared)
+    }
+}
+
+impl Drop for Sleeper<'_> {
+    fn drop(&mut self) {
+        self.0.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -134,15 +172,22 @@ impl Shared {
             self.on_event(st, ev);
             progress = true;
         }
-        progress |= self.reap(st, &mut Vec::new());
+        progress |= self.reap(st, &mut Vec::new(), None);
+        self.check_stall(st);
         self.check_partner(st);
         progress |= self.post(st);
         progress |= self.note_acks(st);
         progress
     }
 
-    /// Processes `waited` (completions taken by a blocking wait) and polls for more.
-    pub(super) fn reap(&self, st: &mut Inner, waited: &mut Vec<Completion>) -> bool {
+    /// Processes `waited` (completions a blocking wait took from the completion queue of the
+    /// link with serial `from`; dropped if the link changed since) and polls for more.
+    pub(super) fn reap(
+        &self,
+        st: &mut Inner,
+        waited: &mut Vec<Completion>,
+        from: Option<u64>,
+    ) -> bool {
         let Inner {
             link,
             log,
@@ -153,6 +198,10 @@ impl Shared {
             waited.clear();
             return false;
         };
+        if from.is_some_and(|serial| serial != l.serial) {
+            // From an earlier connection's queue: its writes were rewound and are re-sent.
+            waited.clear();
+        }
         completions.append(waited);
         if !l.broken {
             if let Err(e) = l.qp.send_cq().poll(completions, POLL_BATCH) {
@@ -166,6 +215,7 @@ impl Shared {
                 continue;
             }
             l.outstanding = l.outstanding.saturating_sub(1);
+            l.progress_at = Instant::now();
             if !c.status.is_ok() {
                 failure.get_or_insert_with(|| format!("mirror write {}: {:?}", c.wr_id, c.status));
                 continue;
@@ -243,8 +293,14 @@ impl Shared {
         if n > 0 {
             match l.qp.post_send_all(posts) {
                 Ok(()) => {
-                    // Wake the driver if it is idle: it then waits on the completion queue.
-                    let _ = self.kick.0.try_send(());
+                    if self.sleepers.load(Ordering::SeqCst) > 0 {
+                        // For a sleeping waiter (its write waited for room in the send queue):
+                        // the driver may have found nothing in flight.
+                        let _ = self.kick.0.try_send(());
+                    }
+                    if l.outstanding == 0 {
+                        l.progress_at = Instant::now();
+                    }
                     l.outstanding += n;
                     counters.mirror_writes += n as u64;
                     counters.mirror_bytes += bytes;
@@ -289,6 +345,23 @@ impl Shared {
         true
     }
 
+    /// Writes in flight with no completion for [`STALL`]: the queue pair lost them (its
+    /// transport timeout would have completed them in error long before), so the connection
+    /// is treated as failed and re-established, and the live log re-sent.
+    pub(super) fn check_stall(&self, st: &mut Inner) {
+        let stalled = st
+            .link
+            .as_ref()
+            .filter(|l| !l.broken && l.outstanding > 0)
+            .map(|l| (l.outstanding, l.progress_at.elapsed()))
+            .filter(|(_, quiet)| *quiet >= STALL);
+        if let Some((n, quiet)) = stalled {
+            st.counters.stalls += 1;
+            let why = format!("{n} mirror writes in flight without a completion for {quiet:?}");
+            self.link_failed(st, &why);
+        }
+    }
+
     pub(super) fn check_partner(&self, st: &mut Inner) {
         if st.absent || st.link_up() {
             return;
@@ -321,10 +394,13 @@ impl Shared {
     /// The current connection failed under us: stop using it and ask the manager to
     /// re-establish the client.
     pub(super) fn link_failed(&self, st: &mut Inner, why: &str) {
-        match st.link.as_mut() {
-            Some(l) if !l.broken => l.broken = true,
+        let generation = match st.link.as_mut() {
+            Some(l) if !l.broken => {
+                l.broken = true;
+                l.generation
+            }
             _ => return,
-        }
+        };
         if let Some(log) = st.log.as_mut() {
             log.rewind_unacknowledged();
         }
@@ -332,7 +408,7 @@ impl Shared {
         st.last_error = Some(why.to_string());
         tracing::warn!(client = %self.cfg.name, reason = why, "shadow mirror connection failed; asking the manager to re-establish it");
         self.handle.record_error();
-        self.handle.report_failure(why);
+        self.handle.report_failure_of(generation, why);
     }
 
     pub(super) fn on_event(&self, st: &mut Inner, ev: ClientEvent) {
@@ -386,6 +462,9 @@ impl Shared {
             partner,
             outstanding: 0,
             broken: false,
+            serial: st.counters.connections + 1,
+            generation: conn.generation,
+            progress_at: Instant::now(),
         });
         if st.connected_once {
             self.resync(st)?;
@@ -461,31 +540,38 @@ impl Shared {
     }
 }
 
-/// The driver thread: follows manager events, reaps completions (blocking on the completion
-/// queue while writes are in flight), checks the partner timeout. Idle (nothing in flight),
-/// it waits for a manager event or for [`Shared::post`]'s kick: a waiting appender that has
-/// stopped spinning sleeps until the driver reaps its completion, so the driver must be on the
-/// completion queue as soon as a write is posted, not only after its idle timeout.
+/// The driver thread: follows manager events, reaps completions, checks the partner timeout.
+/// While writes are in flight and a waiter sleeps (it stopped spinning: [`Sleeper`]), it
+/// blocks on the completion queue and wakes the waiters as it reaps. Otherwise it waits for
+/// a manager event or a kick, and pumps every [`BUSY_WAIT`] while writes are in flight (so
+/// completions nobody waits for, such as a checkpoint's, are reaped), every [`IDLE_WAIT`]
+/// when nothing is. It does not block on the completion queue for a spinning waiter: that
+/// waiter polls the queue itself, and the driver woken by every completion as well only
+/// takes CPU from it (on Soft-RoCE under emulation, CPU that rxe's sending needs).
 pub(super) fn drive(shared: &Arc<Shared>) {
     let mut waited = Vec::with_capacity(POLL_BATCH);
+    let mut waited_on = None;
     while !shared.stop.load(Ordering::Relaxed) {
-        let cq = {
+        let (cq, in_flight) = {
             let mut st = shared.inner.lock();
-            shared.reap(&mut st, &mut waited);
+            shared.reap(&mut st, &mut waited, waited_on.take());
             shared.pump(&mut st);
-            st.link
-                .as_ref()
-                .filter(|l| !l.broken && l.outstanding > 0)
-                .map(|l| l.qp.send_cq().clone())
+            let live = st.link.as_ref().filter(|l| !l.broken && l.outstanding > 0);
+            let cq = live
+                .filter(|_| shared.sleepers.load(Ordering::SeqCst) > 0)
+                .map(|l| (l.qp.send_cq().clone(), l.serial));
+            (cq, live.is_some())
         };
         match cq {
-            Some(cq) => {
+            Some((cq, serial)) => {
+                waited_on = Some(serial);
                 if let Err(e) = cq.wait(&mut waited, POLL_BATCH, Duration::from_millis(2)) {
                     tracing::debug!(client = %shared.cfg.name, error = %e, "wait on send queue");
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
             None => {
+                let timeout = if in_flight { BUSY_WAIT } else { IDLE_WAIT };
                 crossbeam_channel::select! {
                     recv(shared.handle.events()) -> ev => {
                         if let Ok(ev) = ev {
@@ -495,7 +581,7 @@ pub(super) fn drive(shared: &Arc<Shared>) {
                         }
                     }
                     recv(shared.kick.1) -> _ => {}
-                    default(IDLE_WAIT) => {}
+                    default(timeout) => {}
                 }
             }
         }

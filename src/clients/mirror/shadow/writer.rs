@@ -18,6 +18,7 @@
 use super::{AppendTicket, ShadowMirror};
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::log_replay::LogPosition;
+use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -27,6 +28,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+fn new_histogram() -> Histogram<u64> {
+    crate::manager::client::new_histogram()
+}
 
 /// What a [`ShadowWriter`] does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +46,8 @@ pub struct WriterConfig {
     pub checkpoint_every: u64,
     /// The acknowledged log (see the module docs), if any.
     pub acked_log: Option<PathBuf>,
+    /// Appends started per second at most (`None`: as fast as the window allows).
+    pub rate: Option<u64>,
 }
 
 impl WriterConfig {
@@ -52,6 +59,7 @@ impl WriterConfig {
             window: 16,
             checkpoint_every: 256,
             acked_log: None,
+            rate: None,
         }
     }
 }
@@ -111,6 +119,9 @@ pub fn check_payload(payload: &[u8]) -> Option<u64> {
 
 struct Shared {
     stats: Mutex<WriterStats>,
+    /// Append latencies (start to acknowledgement seen by the writer, µs) since the last
+    /// [`ShadowWriter::take_latencies`].
+    latencies: Mutex<Histogram<u64>>,
     stop: AtomicBool,
 }
 
@@ -146,6 +157,7 @@ impl ShadowWriter {
                 running: true,
                 ..WriterStats::default()
             }),
+            latencies: Mutex::new(new_histogram()),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -175,6 +187,12 @@ impl ShadowWriter {
     /// Progress.
     pub fn stats(&self) -> WriterStats {
         self.shared.stats.lock().clone()
+    }
+
+    /// The append latencies (µs, from the start of an append to its acknowledgement as the
+    /// writer saw it) recorded since the last call, and a fresh interval.
+    pub fn take_latencies(&self) -> Histogram<u64> {
+        std::mem::replace(&mut *self.shared.latencies.lock(), new_histogram())
     }
 
     /// Stops starting appends, waits for those in flight, and returns the final progress.
@@ -224,7 +242,16 @@ impl Run {
         self.flush()?;
         let mut buf = vec![0u8; self.cfg.size.max(8)];
         let window = self.cfg.window.max(1);
-        let mut in_flight: VecDeque<AppendTicket> = VecDeque::with_capacity(window);
+        let mut in_flight: VecDeque<(AppendTicket, Instant)> = VecDeque::with_capacity(window);
+        // Under a rate limit: when the next append may start, and the time between two. A
+        // writer held up (a failover) does not burst to catch up: it starts at most one append
+        // early.
+        let interval = self
+            .cfg
+            .rate
+            .filter(|r| *r > 0)
+            .map(|r| Duration::from_secs_f64(1.0 / r as f64));
+        let mut next_due = interval.map(|_| Instant::now());
         let mut next = 1u64;
         let mut since_checkpoint = 0u64;
         let mut last: Option<LogPosition> = None;
@@ -236,6 +263,7 @@ impl Run {
                 && !self.shared.stop.load(Ordering::Relaxed)
                 && in_flight.len() < window
                 && next <= self.cfg.count
+                && next_due.is_none_or(|d| d <= Instant::now())
             {
                 fill_payload(next, &mut buf);
                 match self.mirror.append_start(&buf) {
@@ -245,23 +273,47 @@ impl Run {
                         if t.position().seq != next {
                             st.seq_mismatches += 1;
                         }
-                        in_flight.push_back(t);
+                        let now = Instant::now();
+                        in_flight.push_back((t, now));
                         next += 1;
+                        if let (Some(d), Some(i)) = (next_due.as_mut(), interval) {
+                            *d = (*d + i).max(now.checked_sub(i).unwrap_or(now));
+                        }
                     }
                     Err(e) => failure = Some(err(e)),
                 }
             }
-            let Some(front) = in_flight.pop_front() else {
-                break;
+            let Some((front, t0)) = in_flight.pop_front() else {
+                let more = failure.is_none()
+                    && !self.shared.stop.load(Ordering::Relaxed)
+                    && next <= self.cfg.count;
+                if !more {
+                    break;
+                }
+                // Nothing in flight and the next append not due yet: wait (in short slices,
+                // to see a stop).
+                if let Some(d) = next_due {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    std::thread::sleep(wait.min(Duration::from_millis(10)));
+                }
+                continue;
             };
             // The oldest, then every later one already acknowledged: one batch.
             let mut batch = vec![self.mirror.wait(&front).map_err(err)?];
-            while let Some(t) = in_flight.front().copied() {
+            let mut latencies = vec![t0.elapsed()];
+            while let Some((t, t0)) = in_flight.front().copied() {
                 if !self.mirror.is_acknowledged(&t) {
                     break;
                 }
                 in_flight.pop_front();
                 batch.push(self.mirror.wait(&t).map_err(err)?);
+                latencies.push(t0.elapsed());
+            }
+            {
+                let mut h = self.shared.latencies.lock();
+                for l in latencies {
+                    crate::manager::client::record_us(&mut h, l);
+                }
             }
             let mut unmirrored = 0;
             for a in &batch {

@@ -1,0 +1,145 @@
+//! Acknowledged vs. found: the records node B's writer logged as acknowledged (its own file,
+//! `acked-2.log`, written before it counts a record; see
+//! `interlink::clients::mirror::shadow::ShadowWriter`) against what survivor A's replay hook
+//! wrote after the takeover (`replayed-1.log`: `seq len crc32c-hex` per record), each replayed
+//! record checked against the writer's payload for its number.
+
+use anyhow::{Context, Result};
+use interlink::clients::mirror::shadow::writer_payload;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// The outcome of the comparison.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WritesCheck {
+    /// Records B acknowledged before it was killed.
+    pub acknowledged: u64,
+    /// Of those, records found intact in A's replay.
+    pub found: u64,
+    /// Records A replayed (intact).
+    pub replayed: u64,
+    /// Replayed records B appended but never saw acknowledged (in flight at the kill; at most
+    /// the writer's window).
+    pub beyond_acknowledged: u64,
+    /// Of the acknowledged, records acknowledged with the partner absent (local only).
+    pub unmirrored: u64,
+    /// Replayed lines whose length or checksum differ from the writer's payload.
+    pub corrupt: u64,
+    /// The first acknowledged records not found (at most 10).
+    pub missing: Vec<u64>,
+}
+
+impl WritesCheck {
+    /// Acknowledged = found, nothing corrupt, and something was written.
+    pub fn ok(&self) -> bool {
+        self.acknowledged > 0 && self.acknowledged == self.found && self.corrupt == 0
+    }
+}
+
+/// The seqs the writer logged as acknowledged in the first generation of `acked` (a line torn
+/// by kill -9 can only be the last one: skipped), and how many of them were unmirrored.
+fn acknowledged(text: &str) -> (BTreeSet<u64>, u64) {
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    let (mut seqs, mut unmirrored, mut generations) = (BTreeSet::new(), 0, 0);
+    for l in complete.lines() {
+        let mut it = l.split_whitespace();
+        match (it.next(), it.next()) {
+            (Some("generation"), _) => {
+                generations += 1;
+                if generations > 1 {
+                    break;
+                }
+            }
+            (Some("unmirrored"), Some(n)) => {
+                if let Ok(n) = n.parse() {
+                    seqs.insert(n);
+                    unmirrored += 1;
+                }
+            }
+            (Some(n), None) => {
+                if let Ok(n) = n.parse() {
+                    seqs.insert(n);
+                }
+            }
+            _ => {} // checkpoint lines
+        }
+    }
+    (seqs, unmirrored)
+}
+
+/// Compares B's acknowledged records with A's replay in `shared`; `size` is the writer's
+/// record size.
+pub fn check(shared: &Path, size: usize) -> Result<WritesCheck> {
+    let acked_path = shared.join("acked-2.log");
+    let text = std::fs::read_to_string(&acked_path)
+        .with_context(|| format!("read {}", acked_path.display()))?;
+    let (acked, unmirrored) = acknowledged(&text);
+    let replayed_path = shared.join("replayed-1.log");
+    let text = std::fs::read_to_string(&replayed_path).unwrap_or_default();
+    let (mut replayed, mut corrupt) = (BTreeSet::new(), 0);
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let parsed = match f.as_slice() {
+            [seq, len, crc] => seq
+                .parse::<u64>()
+                .ok()
+                .zip(len.parse::<usize>().ok())
+                .zip(u32::from_str_radix(crc, 16).ok()),
+            _ => None,
+        };
+        match parsed {
+            Some(((seq, len), crc))
+                if len == size && crc == crc32c::crc32c(&writer_payload(seq, size)) =>
+            {
+                replayed.insert(seq);
+            }
+            _ => corrupt += 1,
+        }
+    }
+    let found = acked.intersection(&replayed).count() as u64;
+    Ok(WritesCheck {
+        acknowledged: acked.len() as u64,
+        found,
+        replayed: replayed.len() as u64,
+        beyond_acknowledged: replayed.difference(&acked).count() as u64,
+        unmirrored,
+        corrupt,
+        missing: acked.difference(&replayed).take(10).copied().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(seq: u64, size: usize) -> String {
+        let p = writer_payload(seq, size);
+        format!("{seq} {} {:08x}\n", p.len(), crc32c::crc32c(&p))
+    }
+
+    #[test]
+    fn compares_acknowledged_with_replayed() {
+        let dir = std::env::temp_dir().join(format!("il-demo-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("acked-2.log"),
+            "generation 1\n1\n2\nunmirrored 3\ncheckpoint 2\ngeneration 2\n9\n4",
+        )
+        .unwrap();
+        let replay: String = (1..=4).map(|s| line(s, 64)).collect();
+        std::fs::write(dir.join("replayed-1.log"), &replay).unwrap();
+        let c = check(&dir, 64).unwrap();
+        assert_eq!((c.acknowledged, c.found, c.replayed), (3, 3, 4));
+        assert_eq!((c.beyond_acknowledged, c.unmirrored, c.corrupt), (1, 1, 0));
+        assert!(c.ok());
+
+        // Record 2 lost, record 4 corrupt.
+        let replay = format!("{}{}4 64 00000000\n", line(1, 64), line(3, 64));
+        std::fs::write(dir.join("replayed-1.log"), replay).unwrap();
+        let c = check(&dir, 64).unwrap();
+        assert_eq!((c.found, c.corrupt, c.missing.clone()), (2, 1, vec![2]));
+        assert!(!c.ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

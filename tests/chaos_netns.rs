@@ -1,0 +1,198 @@
+//! Chaos on two node processes in namespaces ilA and ilB (soft provider on the host, verbs on
+//! Soft-RoCE in the VM with `INTERLINK_TEST_FABRIC=verbs`): both run `--shadow` and
+//! `--giveback` and append to their shadow logs continuously while a seeded random schedule
+//! injects faults:
+//!
+//! - `link_flaps`: links cut and restored, one at a time or both at once (briefly: the
+//!   mailbox stays alive, so nobody takes over);
+//! - `kills`: kill -9 of either node during appends, of the returning node during its
+//!   bring-up (GIVEWAIT, MBWAIT), or of the survivor while the returning node waits, each
+//!   followed by a restart;
+//! - `restart_loops`: the killed node restarted and killed again several times in a row, at
+//!   random points of its bring-up (sometimes after it served and wrote again);
+//! - `stopped_partner`: a node SIGSTOPped past the detection window: it is taken over, and
+//!   once resumed it stops serving (the journals show it never served its set beside the
+//!   survivor except until its fence is seen) and rejoins through giveback.
+//!
+//! After each run every record each writer acknowledged is found exactly once, in order, in
+//! its partner's replays (or covered by a checkpoint), and the service journals show at most
+//! one node serving each disk set at any time (see `tests/chaos/`). The counts are printed
+//! and appended to `target/chaos-report.txt` (or `CHAOS_REPORT`).
+//!
+//! `CHAOS_RUNS=n` runs each scenario n times (default 1), `CHAOS_SEED=s` replays from seed
+//! s; each run prints its seed. Root only, so `#[ignore]`: `soft-roce/test-all` runs them.
+//! Each run builds its own topology, so run them with `--test-threads=1`.
+
+mod chaos;
+mod giveback_journal;
+mod manager_pair;
+mod netns_node;
+
+use chaos::{run_scenario, ChaosPair, Counts};
+use giveback_journal::journals;
+use manager_pair::links_ready;
+use netns_node::sh;
+use rand::Rng;
+
+/// `NAME` from the environment, or `default`.
+fn env_count(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn link(action: &str, l: u8) {
+    sh("link", &[action, &l.to_string()]);
+}
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn link_flaps() {
+    let takeovers = |p: &ChaosPair| {
+        journals(&p.shared)
+            .iter()
+            .filter(|e| e.event == "assume-identity")
+            .count()
+    };
+    run_scenario("link-flaps", |p: &mut ChaosPair, c: &mut Counts| {
+        // Under emulation one node may start long enough after the other to be taken over
+        // (and given back) during start-up: count from here.
+        let before = takeovers(p);
+        for _ in 0..env_count("CHAOS_FLAPS", 8) {
+            let l = p.rng.gen_range(0..2u8);
+            let both = p.rng.gen_bool(0.25);
+            let down = if both {
+                p.ms(100, 1000)
+            } else {
+                p.ms(100, 1500)
+            };
+            link("down", l);
+            if both {
+                link("down", 1 - l);
+            }
+            std::thread::sleep(down);
+            link("up", l);
+            if both {
+                link("up", 1 - l);
+            }
+            c.fault(if both {
+                "both links flapped"
+            } else {
+                "link flapped"
+            });
+            p.pause(100, 1500);
+        }
+        for n in &p.nodes {
+            n.wait("links ready", links_ready);
+        }
+        assert_eq!(
+            takeovers(p),
+            before,
+            "seed {:#x}: a takeover during link flaps with both nodes alive",
+            p.seed
+        );
+    });
+}
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn kills() {
+    run_scenario("kills", |p: &mut ChaosPair, c: &mut Counts| {
+        for _ in 0..env_count("CHAOS_KILLS", 2) {
+            let v = p.rng.gen_range(0..2usize);
+            let s = 1 - v;
+            p.pause(200, 1500);
+            p.kill_and_wait_takeover(v);
+            c.fault("kill -9 mid-mirror");
+            let kind = p.rng.gen_range(0..3);
+            if kind == 0 {
+                p.pause(0, 1000);
+                p.restart(v);
+                c.fault("restart");
+            } else {
+                p.restart(v);
+                c.fault("restart");
+                if kind == 2 {
+                    // The survivor's log must be mirrored to the returning node first (a
+                    // double failure otherwise): its writer moves on once it is.
+                    p.wait_writes(s, 1);
+                }
+                let state = p.state(v);
+                let target = if kind == 1 { v } else { s };
+                p.kill_and_wait_takeover(target);
+                c.fault(&format!(
+                    "kill -9 of the {} with the returning node in {state}",
+                    if target == v {
+                        "returning node"
+                    } else {
+                        "survivor"
+                    }
+                ));
+                p.pause(0, 1000);
+                p.restart(target);
+                c.fault("restart");
+            }
+            p.wait_pair_up();
+            p.ensure_writers();
+        }
+    });
+}
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn restart_loops() {
+    run_scenario("restart-loops", |p: &mut ChaosPair, c: &mut Counts| {
+        let v = p.rng.gen_range(0..2usize);
+        p.pause(200, 1500);
+        p.kill_and_wait_takeover(v);
+        c.fault("kill -9 mid-mirror");
+        for _ in 0..env_count("CHAOS_RESTARTS", 3) {
+            p.restart(v);
+            c.fault("restart");
+            // Half the time early in the bring-up (BOOTING, GIVEWAIT, MBWAIT), else later.
+            if p.rng.gen_bool(0.5) {
+                p.pause(0, 300);
+            } else {
+                p.pause(300, 2500);
+            }
+            if p.state(v) == "UP" && p.rng.gen_bool(0.5) {
+                p.start_writer(v);
+                p.pause(100, 800);
+            }
+            let state = p.kill_and_wait_takeover(v);
+            c.fault(&format!("kill -9 of the restarted node in {state}"));
+        }
+        p.restart(v);
+        c.fault("restart");
+        p.wait_pair_up();
+        p.ensure_writers();
+    });
+}
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn stopped_partner() {
+    run_scenario("stopped-partner", |p: &mut ChaosPair, c: &mut Counts| {
+        for _ in 0..env_count("CHAOS_STOPS", 1) {
+            let v = p.rng.gen_range(0..2usize);
+            let s = 1 - v;
+            p.pause(300, 1500);
+            let before = p.assumed(s);
+            let reboots = p.nodes[v].giveback().driver.reboots;
+            p.freeze(v);
+            c.fault("SIGSTOP past the takeover");
+            p.wait_new_takeover(s, before);
+            p.pause(0, 1000);
+            p.thaw(v);
+            p.wait_pair_up();
+            let r = p.nodes[v].giveback();
+            assert!(
+                r.driver.reboots > reboots,
+                "seed {:#x}: the resumed node went on without halting: {r:#?}",
+                p.seed
+            );
+            p.ensure_writers();
+        }
+    });
+}

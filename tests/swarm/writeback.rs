@@ -1,0 +1,436 @@
+//! Mirrored write-back of one primary node into its partner (F5.3-F5.5): the library's
+//! [`WriteBackPrimary`] and [`WriteBackMirror`], each on its node's [`CrashNvram`], messages
+//! and RDMA WRITEs over the mirror client's link with the seed's delays, in order per
+//! direction (a reliable connection).
+//!
+//! A path failure (cut, move, either node down) loses what is in flight (a transfer lands
+//! half of each range), the primary's link goes down and the mirror's path changes; when the
+//! path is back the primary redoes its writes. A restarted mirror (table reopened) is a path
+//! change for the primary; a restarted primary (table reopened) is a failed partner for the
+//! mirror.
+//!
+//! Checks: each write completes once; after a crash of either side the reopened table holds,
+//! for every block, a version at least as new as the last one acknowledged as mirrored and no
+//! newer than the last one issued, whole; a write in progress at the crash shows on all of its
+//! blocks or on none (never mixed); a takeover finds every mirrored write in the partner's
+//! copy.
+
+use super::nvram::{CrashNvram, Fuse};
+use interlink::clients::mirror::{
+    AtomicGeometry, AtomicWriteTable, CompletionStatus, DataRange, Message, MirrorError,
+    NvramBacking, PrimaryAction, RequestId, WriteBackMirror, WriteBackPrimary,
+};
+use rand::rngs::SmallRng;
+use rand::Rng;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BS: usize = 512;
+/// Blocks of the one unit written.
+pub const SPACE: u64 = 24;
+const GEOMETRY: AtomicGeometry = AtomicGeometry {
+    block_size: BS as u32,
+    buffers: 64,
+    ries: 4,
+};
+
+/// The content of `block` as written by write `version`: a torn or mixed block shows.
+pub fn block_bytes(version: u64, block: u64) -> Vec<u8> {
+    let mut b = vec![(version ^ block.rotate_left(7)) as u8; BS];
+    b[..8].copy_from_slice(&version.to_le_bytes());
+    b[8..16].copy_from_slice(&block.to_le_bytes());
+    b
+}
+
+/// The version a table holds for `block` (`Some(0)`: never written); an error if the block's
+/// bytes are not one write's.
+pub fn version_in<B: NvramBacking>(t: &AtomicWriteTable<B>, block: u64) -> Result<u64, String> {
+    let Some(data) = t.read_block(0, block) else {
+        return Ok(0);
+    };
+    let v = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+    if data != block_bytes(v, block).as_slice() {
+        return Err(format!("block {block} is torn (claims version {v})"));
+    }
+    Ok(v)
+}
+
+/// A host write in progress.
+#[derive(Clone, Copy, Debug)]
+pub struct Issued {
+    pub first: u64,
+    pub blocks: u64,
+    pub version: u64,
+}
+
+/// Counters of one write-back lane.
+#[derive(Default, Debug, Clone)]
+pub struct WbCounts {
+    pub writes: u64,
+    pub mirrored: u64,
+    pub rejected: u64,
+    pub path_changes: u64,
+    pub primary_reopens: u64,
+    pub mirror_reopens: u64,
+}
+
+/// One primary and its mirror.
+pub struct WbLane {
+    pub primary_node: usize,
+    pub primary: Option<WriteBackPrimary<CrashNvram>>,
+    p_image: Option<Vec<u8>>,
+    pub mirror: Option<WriteBackMirror<CrashNvram>>,
+    m_image: Option<Vec<u8>>,
+    to_mirror: VecDeque<(Duration, Vec<u8>)>,
+    to_primary: VecDeque<(Duration, Vec<u8>)>,
+    transfers: VecDeque<(Duration, RequestId, u64, Vec<DataRange>)>,
+    path_up: bool,
+    pub done: HashMap<RequestId, CompletionStatus>,
+    pub inflight: BTreeMap<RequestId, Issued>,
+    /// Last version of each block acknowledged as mirrored.
+    pub acked: HashMap<u64, u64>,
+    /// Last version of each block issued.
+    pub issued: HashMap<u64, u64>,
+    versions: u64,
+    base: Instant,
+    pub counts: WbCounts,
+}
+
+fn table(image: Option<Vec<u8>>) -> AtomicWriteTable<CrashNvram> {
+    match image {
+        Some(img) => {
+            AtomicWriteTable::open(CrashNvram::new(img))
+                .expect("crash image opens")
+                .0
+        }
+        None => {
+            AtomicWriteTable::format(CrashNvram::new(vec![0; GEOMETRY.required_len()]), GEOMETRY)
+                .expect("format")
+        }
+    }
+}
+
+impl WbLane {
+    pub fn new(primary_node: usize) -> WbLane {
+        WbLane {
+            primary_node,
+            primary: None,
+            p_image: None,
+            mirror: None,
+            m_image: None,
+            to_mirror: VecDeque::new(),
+            to_primary: VecDeque::new(),
+            transfers: VecDeque::new(),
+            path_up: false,
+            done: HashMap::new(),
+            inflight: BTreeMap::new(),
+            acked: HashMap::new(),
+            issued: HashMap::new(),
+            versions: 0,
+            base: Instant::now(),
+            counts: WbCounts::default(),
+        }
+    }
+
+    /// Fuses of the running sides' NVRAM: (primary, mirror).
+    pub fn fuses(&self) -> (Option<Arc<Fuse>>, Option<Arc<Fuse>>) {
+        (
+            self.primary.as_ref().map(|p| p.table().backing().fuse()),
+            self.mirror.as_ref().map(|m| m.table().backing().fuse()),
+        )
+    }
+
+    /// Node `node` died inside an NVRAM write of this lane.
+    pub fn died(&self, node: usize) -> bool {
+        let (p, m) = self.fuses();
+        let f = if node == self.primary_node { p } else { m };
+        f.is_some_and(|f| f.dead())
+    }
+
+    /// The path is lost: messages in flight are gone, a transfer lands half of each range.
+    fn drop_in_flight(&mut self) {
+        self.to_mirror.clear();
+        self.to_primary.clear();
+        for (_, _, _, ranges) in std::mem::take(&mut self.transfers) {
+            self.land(&ranges, true);
+        }
+    }
+
+    /// The path is lost; both sides (those running) are told.
+    pub fn fail_path(&mut self) {
+        self.drop_in_flight();
+        if self.path_up {
+            self.counts.path_changes += 1;
+        }
+        self.path_up = false;
+        if let Some(p) = &mut self.primary {
+            p.handle_link_down();
+        }
+        if let Some(m) = &mut self.mirror {
+            m.handle_path_changed().expect("path change");
+        }
+    }
+
+    fn land(&mut self, ranges: &[DataRange], torn: bool) {
+        let (Some(p), Some(m)) = (&self.primary, &mut self.mirror) else {
+            return;
+        };
+        for r in ranges {
+            let len = if torn { r.len / 2 } else { r.len };
+            let src = &p.table().backing().bytes()[r.local_offset..r.local_offset + len];
+            m.table_mut()
+                .backing_mut()
+                .remote_write(r.remote_offset, src);
+        }
+    }
+
+    /// Node `node` crashed: its side's table is kept as the crash left it.
+    pub fn crash(&mut self, node: usize) -> Result<(), String> {
+        self.drop_in_flight();
+        let result = self.take_crashed(node);
+        self.fail_path();
+        result
+    }
+
+    fn take_crashed(&mut self, node: usize) -> Result<(), String> {
+        if node == self.primary_node {
+            if let Some(p) = self.primary.take() {
+                self.p_image = Some(p.into_table().into_backing().crash_image());
+                let t = table(self.p_image.clone());
+                self.check_table(&t, "primary after its crash", true)?;
+                self.inflight.clear();
+            }
+        } else if let Some(m) = self.mirror.take() {
+            self.m_image = Some(m.into_table().into_backing().crash_image());
+            let t = table(self.m_image.clone());
+            self.check_table(&t, "mirror after its crash", false)?;
+        }
+        Ok(())
+    }
+
+    /// Node `node` started: its side reopens its table (or formats it the first time).
+    pub fn start(&mut self, node: usize) {
+        if node == self.primary_node {
+            if self.primary.is_none() {
+                let first = self.p_image.is_none();
+                self.primary = Some(WriteBackPrimary::new(table(self.p_image.take())));
+                self.counts.primary_reopens += u64::from(!first);
+                // A restarted primary is a failed partner for the mirror.
+                if let (false, Some(m)) = (first, &mut self.mirror) {
+                    m.handle_partner_failed().expect("partner failed");
+                }
+            }
+        } else if self.mirror.is_none() {
+            let first = self.m_image.is_none();
+            self.mirror =
+                Some(WriteBackMirror::new(table(self.m_image.take())).expect("mirror starts"));
+            self.counts.mirror_reopens += u64::from(!first);
+        }
+    }
+
+    /// Checks a table after a crash (`primary`: the primary's, else the mirror's).
+    pub fn check_table(
+        &self,
+        t: &AtomicWriteTable<CrashNvram>,
+        what: &str,
+        primary: bool,
+    ) -> Result<(), String> {
+        let p = self.primary_node;
+        for block in 0..SPACE {
+            let v =
+                version_in(t, block).map_err(|e| format!("write-back of node {p}, {what}: {e}"))?;
+            let acked = self.acked.get(&block).copied().unwrap_or(0);
+            let issued = self.issued.get(&block).copied().unwrap_or(0);
+            if v < acked || v > issued {
+                return Err(format!(
+                    "write-back of node {p}, {what}: block {block} holds version {v}, acknowledged {acked}, last issued {issued}"
+                ));
+            }
+        }
+        for (r, w) in &self.inflight {
+            let mut with = 0;
+            for b in w.first..w.first + w.blocks {
+                with += u64::from(version_in(t, b)? == w.version);
+            }
+            if with != 0 && with != w.blocks {
+                return Err(format!(
+                    "write-back of node {p}, {what}: request {r} (version {}) mixed: {with} of {} blocks new",
+                    w.version, w.blocks
+                ));
+            }
+        }
+        let _ = primary;
+        Ok(())
+    }
+
+    /// A takeover by the mirror node: its copy must hold every mirrored write.
+    pub fn takeover_check(&self) -> Result<(), String> {
+        match &self.mirror {
+            Some(m) => self.check_table(m.table(), "takeover copy", false),
+            None => Ok(()),
+        }
+    }
+
+    fn pump(
+        &mut self,
+        now: Duration,
+        rng: &mut SmallRng,
+        delay: &impl Fn(&mut SmallRng) -> Duration,
+    ) {
+        let p = self.primary.as_mut().expect("primary");
+        while let Some(a) = p.poll_action() {
+            match a {
+                PrimaryAction::Send(m) => {
+                    let at = next_at(&self.to_mirror, now, delay(rng));
+                    self.to_mirror
+                        .push_back((at, m.to_bytes().expect("encode")));
+                }
+                PrimaryAction::WriteData {
+                    request,
+                    incarnation,
+                    ranges,
+                } => {
+                    let at = self
+                        .transfers
+                        .back()
+                        .map_or(now, |t| t.0)
+                        .max(now + delay(rng));
+                    self.transfers.push_back((at, request, incarnation, ranges));
+                }
+                PrimaryAction::Complete {
+                    request, status, ..
+                } => {
+                    assert!(
+                        self.done.insert(request, status).is_none(),
+                        "write-back of node {}: request {request} completed twice",
+                        self.primary_node
+                    );
+                    let w = self.inflight.remove(&request);
+                    match status {
+                        CompletionStatus::Mirrored => {
+                            self.counts.mirrored += 1;
+                            if let Some(w) = w {
+                                for b in w.first..w.first + w.blocks {
+                                    self.acked.insert(b, w.version);
+                                }
+                            }
+                        }
+                        _ => self.counts.rejected += 1,
+                    }
+                }
+            }
+        }
+        if let Some(m) = &mut self.mirror {
+            while let Some(msg) = m.poll_send() {
+                let at = next_at(&self.to_primary, now, delay(rng));
+                self.to_primary
+                    .push_back((at, msg.to_bytes().expect("encode")));
+            }
+        }
+    }
+
+    /// One step: a host write now and then while the primary serves, then what is due on the
+    /// path.
+    pub fn step(
+        &mut self,
+        now: Duration,
+        rng: &mut SmallRng,
+        serving: bool,
+        path_up: bool,
+        delay: impl Fn(&mut SmallRng) -> Duration,
+    ) {
+        let both = self.primary.is_some() && self.mirror.is_some();
+        if self.path_up && !(path_up && both) {
+            self.fail_path();
+        }
+        if !self.path_up && path_up && both {
+            self.path_up = true;
+            self.primary.as_mut().expect("primary").handle_link_up();
+        }
+        if self.primary.is_none() {
+            return;
+        }
+        let t = self.base + now;
+        if serving && rng.gen_bool(0.3) {
+            let blocks = rng.gen_range(1..=4u64);
+            let first = rng.gen_range(0..=SPACE - blocks);
+            let version = self.versions + 1;
+            let data: Vec<u8> = (first..first + blocks)
+                .flat_map(|b| block_bytes(version, b))
+                .collect();
+            let p = self.primary.as_mut().expect("primary");
+            match p.handle_host_write(t, 0, first, &data) {
+                Ok(r) => {
+                    self.versions = version;
+                    self.counts.writes += 1;
+                    self.inflight.insert(
+                        r,
+                        Issued {
+                            first,
+                            blocks,
+                            version,
+                        },
+                    );
+                    for b in first..first + blocks {
+                        self.issued.insert(b, version);
+                    }
+                }
+                Err(
+                    MirrorError::RangeBusy { .. }
+                    | MirrorError::NoFreeBuffers { .. }
+                    | MirrorError::NoFreeRie { .. },
+                ) => {}
+                Err(e) => panic!("host write: {e}"),
+            }
+        }
+        // A node that died inside a write sends nothing more.
+        if self.died(0) || self.died(1) {
+            return;
+        }
+        self.pump(now, rng, &delay);
+        if !self.path_up {
+            return;
+        }
+        loop {
+            let due = |q: Option<Duration>| q.is_some_and(|at| at <= now);
+            if due(self.to_mirror.front().map(|x| x.0)) {
+                let (_, bytes) = self.to_mirror.pop_front().expect("due");
+                let m = Message::decode(&bytes).expect("decode");
+                let mirror = self.mirror.as_mut().expect("mirror");
+                mirror.handle_message(&m).expect("mirror handles");
+            } else if due(self.transfers.front().map(|x| x.0)) {
+                let (_, request, inc, ranges) = self.transfers.pop_front().expect("due");
+                self.land(&ranges, false);
+                self.primary
+                    .as_mut()
+                    .expect("primary")
+                    .handle_data_written(request, inc);
+            } else if due(self.to_primary.front().map(|x| x.0)) {
+                let (_, bytes) = self.to_primary.pop_front().expect("due");
+                let m = Message::decode(&bytes).expect("decode");
+                let p = self.primary.as_mut().expect("primary");
+                p.handle_message(t, &m).expect("primary handles");
+            } else {
+                break;
+            }
+            if self.died(0) || self.died(1) {
+                return;
+            }
+            self.pump(now, rng, &delay);
+        }
+    }
+
+    /// Nothing in progress or in flight, path up.
+    pub fn idle(&self) -> bool {
+        self.path_up
+            && self.primary.as_ref().is_some_and(|p| p.pending() == 0)
+            && self.to_mirror.is_empty()
+            && self.to_primary.is_empty()
+            && self.transfers.is_empty()
+    }
+}
+
+fn next_at(q: &VecDeque<(Duration, Vec<u8>)>, now: Duration, d: Duration) -> Duration {
+    q.back().map_or(now, |x| x.0).max(now + d)
+}
