@@ -442,11 +442,21 @@ fn write_response(stream: &mut UnixStream, response: &ControlResponse) -> io::Re
     stream.flush()
 }
 
+/// Decodes one request line (without its newline; a trailing carriage return is allowed), as
+/// the server does with every line a client sends. Anything that is not a request is a
+/// [`ControlError::Decode`].
+pub fn decode_request(line: &[u8]) -> Result<ControlRequest, ControlError> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    serde_json::from_slice(line).map_err(|e| ControlError::Decode {
+        message: format!("request: {e}"),
+    })
+}
+
 /// Answers one request line.
 fn answer(line: &[u8], handler: &dyn ControlHandler) -> ControlResponse {
-    let request: ControlRequest = match serde_json::from_slice(line) {
+    let request = match decode_request(line) {
         Ok(r) => r,
-        Err(e) => return ControlResponse::error(format!("malformed request: {e}")),
+        Err(e) => return ControlResponse::error(e.to_string()),
     };
     match catch_unwind(AssertUnwindSafe(|| handler.handle(request))) {
         Ok(r) => r,
@@ -477,11 +487,7 @@ fn serve(mut stream: UnixStream, handler: &dyn ControlHandler, stop: &AtomicBool
             if end > MAX_LINE {
                 break;
             }
-            let mut line = &buf[..end];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            let response = answer(line, handler);
+            let response = answer(&buf[..end], handler);
             if write_response(&mut stream, &response).is_err() {
                 return;
             }

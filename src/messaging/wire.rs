@@ -480,8 +480,9 @@ impl Imm {
         let m = u64::from(IMM_VALUE_MASK) + 1;
         let low = u64::from(low & IMM_VALUE_MASK);
         let base = lo - lo % m;
-        [base + low, base + m + low]
+        [base.checked_add(low), base.checked_add(m + low)]
             .into_iter()
+            .flatten()
             .find(|v| *v >= lo && *v <= hi)
     }
 }
@@ -512,6 +513,17 @@ mod tests {
         h.seal(&mut buf);
         buf.truncate(o);
         buf
+    }
+
+    /// Found by fuzzing (messaging_wire): a window at the top of the u64 range overflowed.
+    #[test]
+    fn expand_at_the_end_of_the_sequence_space() {
+        let lo = u64::MAX - 10;
+        assert_eq!(
+            Imm::expand(Imm::low_bits(u64::MAX), lo, u64::MAX),
+            Some(u64::MAX)
+        );
+        assert_eq!(Imm::expand(Imm::low_bits(lo) - 1, lo, u64::MAX), None);
     }
 
     #[test]

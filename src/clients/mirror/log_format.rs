@@ -132,6 +132,14 @@ pub enum LogImageError {
         /// The version found.
         found: u16,
     },
+    /// A reserved superblock byte (40..60) is not zero.
+    #[error("superblock reserved byte {offset} is {value:#04x}, not 0")]
+    SuperblockReserved {
+        /// Offset of the first non-zero reserved byte.
+        offset: usize,
+        /// Its value.
+        value: u8,
+    },
     /// Lengths or offsets in the superblock that do not describe a usable data area.
     #[error(
         "superblock geometry: total {total_len}, data area [{data_offset}, +{data_len}), \
@@ -280,6 +288,18 @@ pub fn decode_superblock(image: &[u8]) -> Result<Superblock, LogImageError> {
     let version = u16_at(b, 4);
     if version != LAYOUT_VERSION {
         return Err(LogImageError::SuperblockVersion { found: version });
+    }
+    if let Some((i, &value)) = b
+        .get(40..60)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .find(|(_, v)| **v != 0)
+    {
+        return Err(LogImageError::SuperblockReserved {
+            offset: 40 + i,
+            value,
+        });
     }
     let (total_len, data_offset, data_len) = (u64_at(b, 8), u64_at(b, 16), u64_at(b, 24));
     let geometry = LogImageError::SuperblockGeometry {
@@ -432,6 +452,24 @@ mod tests {
                 assert_eq!(err, LogImageError::SuperblockChecksum, "bit {bit}");
             }
         }
+    }
+
+    /// Found by fuzzing (log_image): non-zero reserved bytes were accepted (and a re-encoded
+    /// superblock differed from the bytes it was read from).
+    #[test]
+    fn superblock_with_reserved_bytes_set_is_refused() {
+        let mut image = vec![0u8; 4096];
+        image[..SUPERBLOCK_LEN].copy_from_slice(&encode_superblock(&sb()));
+        image[56] = 4;
+        let crc = crc32c::crc32c(&image[..60]);
+        image[60..64].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_superblock(&image),
+            Err(LogImageError::SuperblockReserved {
+                offset: 56,
+                value: 4
+            })
+        );
     }
 
     #[test]

@@ -1,0 +1,121 @@
+//! The health block the partner READs (src/manager/health.rs), the giveback state block in
+//! its extension (src/clients/giveback/state.rs), the mailbox record
+//! (src/clients/giveback/mailbox.rs) and the reservation record
+//! (src/clients/giveback/reservation.rs).
+//!
+//! Input: selector byte, then the bytes to decode. Selector `% 6`: 0 health block (and the
+//! partner read of it), 1 the same with its CRC fixed, 2 mailbox record, 3 the same with its
+//! CRC fixed, 4 reservation record, 5 the same with its CRC fixed. Every accepted record must
+//! re-encode to the bytes it came from.
+
+use crate::{rejected, tagged};
+use interlink::clients::giveback::reservation::{decode_reservation, encode_reservation};
+use interlink::clients::giveback::state::{FLAG_AUTO_GIVEBACK, FLAG_SERVING_OWN};
+use interlink::clients::giveback::{MailboxRecord, NodeState, PartnerRead, StateBlock};
+use interlink::manager::health::{HealthBlock, HEALTH_BLOCK_LEN};
+
+/// Runs one input.
+pub fn run(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    match selector % 6 {
+        0 => health(rest),
+        1 => health(&fix_crc_be(rest, 60)),
+        2 => mailbox(rest),
+        3 => mailbox(&fix_crc_be(rest, 60)),
+        4 => reservation(rest),
+        _ => reservation(&fix_crc_be(rest, 12)),
+    }
+}
+
+/// `b` with the big-endian CRC32C of `b[..at]` written at `at` (unchanged if too short).
+fn fix_crc_be(b: &[u8], at: usize) -> Vec<u8> {
+    let mut v = b.to_vec();
+    if v.len() >= at + 4 {
+        let crc = crc32c::crc32c(&v[..at]);
+        v[at..at + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+    v
+}
+
+fn health(b: &[u8]) {
+    match HealthBlock::decode(b) {
+        Ok(h) => {
+            assert_eq!(&h.encode()[..], &b[..HEALTH_BLOCK_LEN]);
+            match StateBlock::decode(h.state, &h.extension) {
+                Ok(s) => assert_eq!(s.encode(), (h.state, h.extension)),
+                Err(e) => rejected(&e),
+            }
+            match PartnerRead::decode(b, h.node_id) {
+                Ok(p) => {
+                    assert_eq!((p.incarnation, p.progress), (h.incarnation, h.progress));
+                    let back = p.block.to_health(h.node_id, h.incarnation, h.progress);
+                    assert_eq!(back, h);
+                }
+                Err(e) => rejected(&e),
+            }
+            if let Err(e) = PartnerRead::decode(b, h.node_id.wrapping_add(1)) {
+                rejected(&e);
+            } else {
+                panic!(
+                    "a health block of node {} read as another node's",
+                    h.node_id
+                );
+            }
+        }
+        Err(e) => {
+            rejected(&e);
+            if let Err(e) = PartnerRead::decode(b, 2) {
+                rejected(&e);
+            } else {
+                panic!("PartnerRead accepted a health block HealthBlock refused");
+            }
+        }
+    }
+}
+
+fn mailbox(b: &[u8]) {
+    match MailboxRecord::decode(b) {
+        Ok(r) => assert_eq!(&r.encode()[..], &b[..r.encode().len()]),
+        Err(e) => rejected(&e),
+    }
+}
+
+fn reservation(b: &[u8]) {
+    match decode_reservation(b) {
+        Ok(holder) => assert_eq!(&encode_reservation(holder)[..], b),
+        Err(e) => rejected(&e),
+    }
+}
+
+/// Encoded health blocks (with state blocks), mailbox records and reservations.
+pub fn seeds() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut block = StateBlock::new(NodeState::Up);
+    block.flags = FLAG_AUTO_GIVEBACK | FLAG_SERVING_OWN;
+    block.takeovers = 2;
+    block.last_outage_us = 1234;
+    let h = block.to_health(2, 1002, 77);
+    out.push(tagged(0, &h.encode()));
+    out.push(tagged(
+        1,
+        &StateBlock::new(NodeState::Takeover)
+            .to_health(1, 5, 1)
+            .encode(),
+    ));
+    let rec = MailboxRecord {
+        node: 1,
+        incarnation: 1001,
+        state: NodeState::Up,
+        taken_over: true,
+        takeover_pending: false,
+        heartbeat: 42,
+        partner_incarnation: 1002,
+    };
+    out.push(tagged(2, &rec.encode()));
+    out.push(tagged(3, &rec.encode()));
+    out.push(tagged(4, &encode_reservation(2)));
+    out.push(tagged(5, &encode_reservation(1)));
+    out
+}
