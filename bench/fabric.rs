@@ -135,24 +135,25 @@ impl Setup {
         assert!(c.status.is_ok(), "{:?}", c.status);
     }
 
-    fn write(&mut self, size: usize) {
-        let req = SendRequest::new(
-            1,
-            SendOp::Write(self.target.at(0)),
-            self.a_buf.slice(0, size).unwrap(),
-        );
+    /// One RDMA WRITE (`read` false) or READ of `size` bytes at B's buffer, to its completion.
+    fn one_sided(&mut self, read: bool, size: usize) {
+        let at = self.target.at(0);
+        let op = if read {
+            SendOp::Read(at)
+        } else {
+            SendOp::Write(at)
+        };
+        let req = SendRequest::new(1, op, self.a_buf.slice(0, size).unwrap());
         self.qa.post_send(req).unwrap();
         self.reap(true);
     }
 
+    fn write(&mut self, size: usize) {
+        self.one_sided(false, size)
+    }
+
     fn read(&mut self, size: usize) {
-        let req = SendRequest::new(
-            2,
-            SendOp::Read(self.target.at(0)),
-            self.a_buf.slice(0, size).unwrap(),
-        );
-        self.qa.post_send(req).unwrap();
-        self.reap(true);
+        self.one_sided(true, size)
     }
 
     /// Posts the receives of one ping-pong (not timed).
