@@ -236,15 +236,25 @@ fn manual_takeover_and_giveback_with_auto_giveback_off() {
         NodeState::Takeover,
         "auto giveback is off"
     );
-    let r = na
-        .giveback
-        .command(Command::Giveback { check_only: true })
-        .unwrap();
+    // A command needs a READ of the partner no older than one interval; on a loaded host the
+    // last one may be older when the command comes, and the answer is "no fresh read" (an
+    // operator asks again): ask until a fresh read answers, for up to 5 s.
+    let fresh = |check_only| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = na
+                .giveback
+                .command(Command::Giveback { check_only })
+                .unwrap();
+            if !r.reason.starts_with("no fresh read") || Instant::now() >= deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let r = fresh(true);
     assert_eq!(r.outcome, CommandOutcome::Allowed, "{r:?}");
-    let r = na
-        .giveback
-        .command(Command::Giveback { check_only: false })
-        .unwrap();
+    let r = fresh(false);
     assert!(
         matches!(r.outcome, CommandOutcome::Done | CommandOutcome::Started),
         "{r:?}"
