@@ -506,13 +506,20 @@ impl Runner {
             self.shared.stats.lock().stale_write = Some("not ready".into());
             return Ok(());
         };
+        let is_old =
+            |d: &&RegionDescriptor| d.rkey != a.partner_mem.rkey || d.addr != a.partner_mem.addr;
+        // An old descriptor of this link's region; else (the client came back on another
+        // link) the latest old one of any link: it names a region of the partner's earlier
+        // run, which must not be reachable either.
         let stale = self
             .history
             .get(&a.conn.link)
-            .and_then(|v| {
-                v.iter()
-                    .rev()
-                    .find(|d| d.rkey != a.partner_mem.rkey || d.addr != a.partner_mem.addr)
+            .and_then(|v| v.iter().rev().find(is_old))
+            .or_else(|| {
+                self.history
+                    .values()
+                    .flat_map(|v| v.iter().rev().find(is_old))
+                    .next()
             })
             .copied();
         let Some(old) = stale else {
