@@ -205,6 +205,8 @@ struct Active {
     partner_mem: RegionDescriptor,
     in_flight: usize,
     slot: usize,
+    /// Queue pair 0's epoch when activated (a re-connect in place discarded its receives).
+    epoch: u64,
 }
 
 struct Runner {
@@ -315,7 +317,8 @@ impl Runner {
         // replaced ours without a Suspended seen in between) is a fresh queue pair: it needs
         // its receives, and nothing is in flight on it.
         let same_qp = self.active.as_ref().is_some_and(|a| {
-            a.conn.qp(0).map(|q| q.queue_pair().qpn()) == Some(qp.queue_pair().qpn())
+            a.epoch == qp.queue_pair().epoch()
+                && a.conn.qp(0).map(|q| q.queue_pair().qpn()) == Some(qp.queue_pair().qpn())
         });
         if !same_qp {
             if self.active.is_some() {
@@ -347,6 +350,7 @@ impl Runner {
             partner_mem,
             in_flight,
             slot,
+            epoch: qp.queue_pair().epoch(),
         });
         let mut s = self.shared.stats.lock();
         if !s.ready {

@@ -10,6 +10,7 @@ use super::{DeviceConfig, FabricError, ProviderChoice, Result};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -212,6 +213,7 @@ impl ProtectionDomain {
             send_cq: send_cq.clone(),
             recv_cq: recv_cq.clone(),
             local_psn: Mutex::new(initial_psn(qpn)),
+            epoch: AtomicU64::new(0),
             cap,
             send_scratch: Mutex::new((Vec::new(), Vec::new())),
             recv_scratch: Mutex::new((Vec::new(), Vec::new())),
@@ -611,6 +613,8 @@ pub struct QueuePair {
     send_cq: CompletionQueue,
     recv_cq: CompletionQueue,
     local_psn: Mutex<u32>,
+    /// Bumped by every connect and reset (see [`QueuePair::epoch`]).
+    epoch: AtomicU64,
     cap: QpCapacity,
     /// Reused request lists of a post, so posting does not allocate (always left empty).
     send_scratch: Mutex<(Vec<SendRequest>, Vec<RawSend>)>,
@@ -645,6 +649,7 @@ impl QueuePair {
         let r = dispatch!(&self.inner, q => q.connect(psn, remote, opts));
         // The provider reset the queue pair first: nothing outstanding is touched any more.
         self.tracker.clear();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         r?;
         tracing::debug!(qpn = self.qpn(), peer_qpn = remote.qpn, peer = %remote.gid, "queue pair connected");
         Ok(())
@@ -655,9 +660,19 @@ impl QueuePair {
     pub fn reset(&self) -> Result<()> {
         dispatch!(&self.inner, q => q.reset())?;
         self.tracker.clear();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         let mut psn = self.local_psn.lock();
         *psn = (*psn).wrapping_add(0x1000) & 0x00ff_ffff;
         Ok(())
+    }
+
+    /// How many times the queue pair was connected or reset. Requests posted before the
+    /// epoch changed were discarded without completions, so a user that finds a new epoch on
+    /// a queue pair it already uses (the cluster manager re-connects one in place when the
+    /// partner replaced its side) must treat it as a new connection: post its receives
+    /// again and re-send what was in flight.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Moves the queue pair to ERROR: every outstanding request completes as flushed.

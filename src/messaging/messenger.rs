@@ -168,6 +168,8 @@ struct Link {
     sends_outstanding: usize,
     max_send: usize,
     broken: bool,
+    /// The queue pair's [`QueuePair::epoch`](crate::fabric::QueuePair::epoch) when activated.
+    epoch: u64,
 }
 
 struct State {
@@ -1054,10 +1056,10 @@ fn activate(st: &mut State, shared: &Shared, conn: Connection) -> std::result::R
             partner_rx.len
         ));
     }
-    let same_qp = st
-        .link
-        .as_ref()
-        .is_some_and(|l| !l.broken && l.qp.queue_pair().qpn() == qp.queue_pair().qpn());
+    let epoch = qp.queue_pair().epoch();
+    let same_qp = st.link.as_ref().is_some_and(|l| {
+        !l.broken && l.qp.queue_pair().qpn() == qp.queue_pair().qpn() && l.epoch == epoch
+    });
     if same_qp {
         // A live update (another region or queue pair): keep the window running.
         if let Some(l) = st.link.as_mut() {
@@ -1066,9 +1068,18 @@ fn activate(st: &mut State, shared: &Shared, conn: Connection) -> std::result::R
         }
         return Ok(());
     }
+    if st.link.take().is_some_and(|l| !l.broken) {
+        // The queue pair in use was re-connected in place (the partner replaced its side):
+        // what was posted on it is gone; the window re-sends on the new connection.
+        tracing::info!(client = %shared.name, "messaging queue pair re-connected in place");
+        st.held_ack = None;
+        st.window.handle_link_down();
+    }
     let depth = 2 * usize::from(shared.cfg.window.slots) + 32;
+    // Receives posted since the queue pair's last (re)connect are still there.
+    let (sends_outstanding, posted) = qp.queue_pair().outstanding();
     let mut recvs = Vec::with_capacity(depth);
-    for i in 0..depth {
+    for i in 0..depth.saturating_sub(posted) {
         recvs.push(RecvRequest {
             wr_id: i as u64,
             local: rx.slice(0, 0).map_err(|e| e.to_string())?,
@@ -1083,9 +1094,10 @@ fn activate(st: &mut State, shared: &Shared, conn: Connection) -> std::result::R
         tx,
         rx,
         partner_rx,
-        sends_outstanding: 0,
+        sends_outstanding,
         max_send: depth,
         broken: false,
+        epoch,
     });
     st.connections += 1;
     st.held_ack = None;

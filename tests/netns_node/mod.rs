@@ -140,6 +140,38 @@ impl Node {
             .status()
             .expect("run kill");
         assert!(st.success(), "kill -{signal} {pid} ({}): {st}", self.name);
+        if signal == "STOP" {
+            self.wait_stopped(pid);
+        }
+    }
+
+    /// Waits until every thread of `pid` is stopped: `kill` returns while a thread running
+    /// on another CPU may still go on for a moment (and, say, acknowledge and log more).
+    fn wait_stopped(&self, pid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let all_stopped = !tasks.is_empty()
+                && tasks.iter().all(|t| {
+                    // `pid (comm) S ...`: the state follows the last ')'.
+                    std::fs::read_to_string(t.join("stat")).is_ok_and(|s| {
+                        s.rfind(')')
+                            .and_then(|i| s[i + 1..].split_whitespace().next())
+                            .is_some_and(|st| st == "T" || st == "t")
+                    })
+                });
+            if all_stopped {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} (pid {pid}) not stopped 10 s after SIGSTOP",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The node's whole log.

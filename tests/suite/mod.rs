@@ -754,13 +754,54 @@ pub fn reconnect_after_error(p: Pair) {
     assert_eq!((c.wr_id, c.byte_len), (9, 5));
 }
 
+/// A connected queue pair connected again in place (what the cluster manager does when the
+/// partner replaced its side): its epoch changes, the receives posted before are discarded
+/// without completions, and only receives posted afterwards take the peer's sends. A user that
+/// keeps posting on it must see the new epoch and post its receives again.
+pub fn reconnect_in_place_discards_posted(p: Pair) {
+    let (qa, qb) = p.connect();
+    let (ea, eb) = (qa.epoch(), qb.epoch());
+    let dst = p.b.region(64, Access::LOCAL_WRITE);
+    let src = p.a.region(64, Access::NONE);
+    qb.post_recv_batch((0..4).map(|i| RecvRequest {
+        wr_id: i,
+        local: dst.whole(),
+    }))
+    .unwrap();
+    assert_eq!(qb.outstanding(), (0, 4));
+    p.reconnect(&qa, &qb);
+    assert_eq!((qa.epoch(), qb.epoch()), (ea + 1, eb + 1));
+    assert_eq!(qb.outstanding(), (0, 0), "receives survived the re-connect");
+    qb.post_recv(RecvRequest {
+        wr_id: 9,
+        local: dst.whole(),
+    })
+    .unwrap();
+    src.write(0, b"again").unwrap();
+    qa.post_send(SendRequest::new(10, SendOp::Send, src.slice(0, 5).unwrap()))
+        .unwrap();
+    let c = next(&p.a.cq);
+    assert_eq!((c.wr_id, c.status), (10, CompletionStatus::Success));
+    let c = next(&p.b.rcq);
+    assert_eq!(
+        (c.wr_id, c.status, c.byte_len),
+        (9, CompletionStatus::Success, 5)
+    );
+    // Nothing of the discarded receives ever completes.
+    let late = p.b.rcq.next(Duration::from_millis(100)).expect("poll cq");
+    assert!(late.is_none(), "a discarded receive completed: {late:?}");
+    qb.reset().unwrap();
+    assert_eq!(qb.epoch(), eb + 2);
+}
+
 /// Generates one `#[test]` per suite case for a pair constructor.
 #[macro_export]
 macro_rules! fabric_suite {
     ($make:expr $(, #[$attr:meta])* ; cut: $cut:tt) => {
         $crate::fabric_suite!(@case $make, [$(#[$attr])*], register_and_describe, send_recv_sizes,
             write_read_sizes, write_with_immediate, batched_and_unsignaled, access_violations,
-            local_errors, buffers_outlive_handles, reconnect_after_error, endpoint_pointing_nowhere,
+            local_errors, buffers_outlive_handles, reconnect_after_error, reconnect_in_place_discards_posted,
+            endpoint_pointing_nowhere,
             revoke_kills_rkey, revoke_local_post_fails);
         $crate::fabric_suite!(@cut $make, [$(#[$attr])*], $cut);
     };

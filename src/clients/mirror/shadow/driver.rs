@@ -38,6 +38,9 @@ pub(super) struct Link {
     pub(super) id: LinkId,
     pub(super) qp: ClientQp,
     pub(super) qpn: u32,
+    /// The queue pair's epoch when activated: a new one (a re-connect in place) discarded
+    /// the writes in flight, as a new connection does.
+    pub(super) epoch: u64,
     pub(super) tx: MemoryRegion,
     pub(super) partner: RegionDescriptor,
     pub(super) outstanding: usize,
@@ -448,7 +451,12 @@ impl Shared {
             ));
         }
         let qpn = qp.queue_pair().qpn();
-        if let Some(l) = st.link.as_mut().filter(|l| !l.broken && l.qpn == qpn) {
+        let epoch = qp.queue_pair().epoch();
+        if let Some(l) = st
+            .link
+            .as_mut()
+            .filter(|l| !l.broken && l.qpn == qpn && l.epoch == epoch)
+        {
             // A live update: same queue pair, writes keep flowing.
             l.partner = partner;
             l.tx = tx;
@@ -458,6 +466,7 @@ impl Shared {
             id: conn.link,
             qp,
             qpn,
+            epoch,
             tx,
             partner,
             outstanding: 0,

@@ -24,6 +24,9 @@ pub(super) struct DataLink {
     pub(super) id: LinkId,
     qp: ClientQp,
     qpn: u32,
+    /// The queue pair's epoch when activated (a re-connect in place discards the writes in
+    /// flight, as a new connection does).
+    epoch: u64,
     /// Staging: the primary's outgoing data (offsets of its data area).
     tx: MemoryRegion,
     /// Where the partner's primary writes this node's mirror image (offsets of the data area).
@@ -451,7 +454,12 @@ impl Core {
             ));
         }
         let qpn = qp.queue_pair().qpn();
-        if let Some(l) = self.link.as_mut().filter(|l| !l.broken && l.qpn == qpn) {
+        let epoch = qp.queue_pair().epoch();
+        if let Some(l) = self
+            .link
+            .as_mut()
+            .filter(|l| !l.broken && l.qpn == qpn && l.epoch == epoch)
+        {
             // A live update: same queue pair, transfers keep going.
             l.partner = partner;
             l.tx = tx;
@@ -466,6 +474,7 @@ impl Core {
             id: conn.link,
             qp,
             qpn,
+            epoch,
             tx,
             rx,
             partner,
