@@ -237,7 +237,8 @@ pub struct ShadowStats {
     pub latency_p99_us: f64,
     /// Maximum, in µs.
     pub latency_max_us: f64,
-    /// Partner log replays done.
+    /// Partner log replays done (takeovers that read the partner's log, including those
+    /// that found no record after its checkpoint).
     pub replays: u64,
     /// Partner records replayed.
     pub replayed_records: u64,
@@ -537,9 +538,7 @@ impl ShadowMirror {
     /// stored (in the cursor NVRAM) before they are returned.
     pub fn replay_partner(&self) -> Result<Vec<ReplayedRecord>, MirrorError> {
         let r = self.read_partner()?;
-        if let Some(last) = r.last() {
-            self.commit_replay(last, r.records.len())?;
-        }
+        self.commit_replay(r.last(), r.records.len())?;
         Ok(r.records)
     }
 
@@ -569,19 +568,18 @@ impl ShadowMirror {
                 done = Some(LogPosition { generation, seq });
                 count += 1;
             }
-            if let Some(last) = done {
-                me.commit_replay(last, count).map_err(|e| e.to_string())?;
-            }
+            me.commit_replay(done, count).map_err(|e| e.to_string())?;
             tracing::info!(client = %me.name(), partner, generation, replayed = count, of = total, checkpoint = r.checkpoint, torn_tail = r.torn_tail, "partner shadow log replayed");
             failure.map_or(Ok(()), Err)
         })
     }
 
-    fn commit_replay(&self, last: LogPosition, count: usize) -> Result<(), MirrorError> {
-        self.shared
-            .cursor
-            .lock()
-            .store(ReplayCursor { position: last })?;
+    /// Stores the cursor after `last` (if any record was replayed) and counts the replay, an
+    /// empty one included (everything was covered by the partner's checkpoint).
+    fn commit_replay(&self, last: Option<LogPosition>, count: usize) -> Result<(), MirrorError> {
+        if let Some(position) = last {
+            self.shared.cursor.lock().store(ReplayCursor { position })?;
+        }
         let mut st = self.shared.inner.lock();
         st.counters.replays += 1;
         st.counters.replayed_records += count as u64;
