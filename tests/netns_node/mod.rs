@@ -328,11 +328,24 @@ pub fn pair_nodes(
     balance: BalanceConfig,
     probes: &[&str],
 ) -> (Node, Node, NodeConfig) {
+    pair_nodes_with(tag, links, balance, probes, |_| {})
+}
+
+/// [`pair_nodes`], with `tweak` applied to both nodes' configurations first.
+pub fn pair_nodes_with(
+    tag: &str,
+    links: u8,
+    balance: BalanceConfig,
+    probes: &[&str],
+    tweak: impl Fn(&mut NodeConfig),
+) -> (Node, Node, NodeConfig) {
     topology(links);
     let dir = temp_dir(tag);
     let (mut a, mut b) = pair(&dir, links, netns, fabric(), 18600);
     a.balance = balance;
     b.balance = balance;
+    tweak(&mut a);
+    tweak(&mut b);
     let cfg = a.clone();
     let mut na = Node::new(&dir, "a", "ilA", a, probes);
     let mut nb = Node::new(&dir, "b", "ilB", b, probes);
