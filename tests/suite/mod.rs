@@ -741,6 +741,20 @@ pub fn reconnect_after_error(p: Pair) {
     assert_eq!(qb.state().unwrap(), QpState::Error);
     qa.set_error().unwrap();
     p.reconnect(&qa, &qb);
+    let (sent, got) = send_again(&p, &qa, &qb, &src, &dst);
+    assert!(sent.status.is_ok());
+    assert_eq!((got.wr_id, got.byte_len), (9, 5));
+}
+
+/// After a re-connect: B posts one receive (wr_id 9) into `dst`, A sends "again" (wr_id 10)
+/// from `src`; returns A's send completion and B's receive completion.
+fn send_again(
+    p: &Pair,
+    qa: &QueuePair,
+    qb: &QueuePair,
+    src: &MemoryRegion,
+    dst: &MemoryRegion,
+) -> (Completion, Completion) {
     qb.post_recv(RecvRequest {
         wr_id: 9,
         local: dst.whole(),
@@ -749,9 +763,7 @@ pub fn reconnect_after_error(p: Pair) {
     src.write(0, b"again").unwrap();
     qa.post_send(SendRequest::new(10, SendOp::Send, src.slice(0, 5).unwrap()))
         .unwrap();
-    assert!(next(&p.a.cq).status.is_ok());
-    let c = next(&p.b.rcq);
-    assert_eq!((c.wr_id, c.byte_len), (9, 5));
+    (next(&p.a.cq), next(&p.b.rcq))
 }
 
 /// A connected queue pair connected again in place (what the cluster manager does when the
@@ -772,19 +784,10 @@ pub fn reconnect_in_place_discards_posted(p: Pair) {
     p.reconnect(&qa, &qb);
     assert_eq!((qa.epoch(), qb.epoch()), (ea + 1, eb + 1));
     assert_eq!(qb.outstanding(), (0, 0), "receives survived the re-connect");
-    qb.post_recv(RecvRequest {
-        wr_id: 9,
-        local: dst.whole(),
-    })
-    .unwrap();
-    src.write(0, b"again").unwrap();
-    qa.post_send(SendRequest::new(10, SendOp::Send, src.slice(0, 5).unwrap()))
-        .unwrap();
-    let c = next(&p.a.cq);
-    assert_eq!((c.wr_id, c.status), (10, CompletionStatus::Success));
-    let c = next(&p.b.rcq);
+    let (sent, got) = send_again(&p, &qa, &qb, &src, &dst);
+    assert_eq!((sent.wr_id, sent.status), (10, CompletionStatus::Success));
     assert_eq!(
-        (c.wr_id, c.status, c.byte_len),
+        (got.wr_id, got.status, got.byte_len),
         (9, CompletionStatus::Success, 5)
     );
     // Nothing of the discarded receives ever completes.
