@@ -192,6 +192,10 @@ impl Node {
             let (log, cursor) = backings(&dir, me)?;
             let shadow = ShadowMirror::start(&manager, shadow_config(), log, cursor)
                 .map_err(|e| format!("node {me}: shadow mirror: {e}"))?;
+            // The bench's files are new for each run: a fresh log.
+            shadow
+                .recover(None, |_| Ok(()))
+                .map_err(|e| format!("node {me}: shadow recovery: {e}"))?;
             Ok(Node { manager, shadow })
         }))
     }

@@ -5,7 +5,6 @@
 use crate::shadow_cmd::{self, ShadowNode};
 use crate::writeback_cmd::{self, WriteBackNode};
 use anyhow::{bail, Context};
-use interlink::clients::giveback::service::ReplayHook;
 use interlink::clients::giveback::{
     Command as GivebackCommand, FileMailbox, FileReservations, GivebackNode, GivebackOptions,
     JournalHooks,
@@ -230,7 +229,7 @@ fn link_command(manager: &Manager, command: &serde_json::Value) -> ControlRespon
 fn start_giveback(
     manager: &Arc<Manager>,
     args: &GivebackArgs,
-    replay: Option<ReplayHook>,
+    shadow: Option<&ShadowNode>,
 ) -> anyhow::Result<Option<GivebackNode>> {
     let Some(dir) = &args.dir else {
         return Ok(None);
@@ -247,8 +246,10 @@ fn start_giveback(
     }
     let mut hooks = JournalHooks::new(dir, me)
         .with_identity_commands(args.on_assume.clone(), args.on_release.clone());
-    if let Some(replay) = replay {
-        hooks = hooks.with_replay(replay);
+    if let Some(shadow) = shadow {
+        hooks = hooks
+            .with_replay(shadow.replay_hook())
+            .with_recovery(shadow.recover_hook(), shadow.replayed_mark());
     }
     let node = GivebackNode::start(
         manager.clone(),
@@ -299,8 +300,17 @@ pub fn run(
         Some(spec) => Some(WriteBackNode::start(&manager, spec)?),
         None => None,
     };
-    let replay = shadow.as_ref().map(ShadowNode::replay_hook);
-    let giveback = start_giveback(&manager, giveback, replay)?;
+    // The own shadow log is recovered before this node serves: with the giveback client,
+    // when it is about to serve its own disks (it then knows whether the partner took this
+    // node over and replayed the log); without one, nobody else can replay it: now.
+    let giveback = start_giveback(&manager, giveback, shadow.as_ref())?;
+    match (&giveback, &shadow) {
+        (None, Some(s)) => {
+            s.recover(None)?;
+        }
+        (Some(g), Some(s)) => s.follow_failure_detector(g),
+        _ => {}
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("install signal handler")?;

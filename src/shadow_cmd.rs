@@ -4,13 +4,18 @@
 //! acknowledged in `DIR/acked-<node>.log`, and a replay hook (for `--giveback`) that writes
 //! the partner's replayed records to `DIR/replayed-<node>.log`: per replay a line
 //! `replay GENERATION CHECKPOINT` (the partner's log generation and the checkpoint in force),
-//! then one line per record: `seq len crc32c-hex`.
+//! then one line per record: `seq len crc32c-hex`. The recovery of the node's own log at
+//! start (records nobody applied: a restart before a takeover, a power loss of both nodes)
+//! writes to the same file, its view headed `replay GENERATION AFTER own` (this node's log
+//! generation, and the position the view starts after).
 
 use anyhow::{bail, Context};
-use interlink::clients::giveback::service::ReplayHook;
+use interlink::clients::giveback::service::{RecoverHook, ReplayHook, ReplayedMark};
+use interlink::clients::giveback::{GivebackEvent, GivebackNode, ReplayedLog};
 use interlink::clients::mirror::shadow::{
     check_payload, file_backings, ShadowConfig, ShadowMirror, ShadowWriter, WriterConfig,
 };
+use interlink::clients::mirror::{LogPosition, Recovered, ReplayedRecord};
 use interlink::manager::control::ControlResponse;
 use interlink::manager::Manager;
 use parking_lot::Mutex;
@@ -81,6 +86,51 @@ pub fn replayed_path(dir: &Path, node: u32) -> PathBuf {
     dir.join(format!("replayed-{node}.log"))
 }
 
+/// Recovers `mirror`'s own log, writing what it applies to the replayed log at `path`.
+fn recover(
+    mirror: &ShadowMirror,
+    path: &Path,
+    partner_replayed: Option<ReplayedLog>,
+) -> anyhow::Result<Recovered> {
+    let partner = partner_replayed.map(|r| LogPosition {
+        generation: r.generation,
+        seq: r.seq,
+    });
+    let mut out = None;
+    let r = mirror.recover(partner, |rec: ReplayedRecord| {
+        let f = match out.as_mut() {
+            Some(f) => f,
+            None => {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("open {}: {e}", path.display()))?;
+                // The log being replayed is the one the recovery installed.
+                let g = mirror.generation();
+                f.write_all(format!("replay {g} {} own\n", rec.seq - 1).as_bytes())
+                    .map_err(|e| format!("append to {}: {e}", path.display()))?;
+                out.insert(f)
+            }
+        };
+        f.write_all(
+            format!(
+                "{} {} {:08x}\n",
+                rec.seq,
+                rec.payload.len(),
+                crc32c::crc32c(&rec.payload)
+            )
+            .as_bytes(),
+        )
+        .map_err(|e| format!("append to {}: {e}", path.display()))
+    })?;
+    println!(
+        "shadow log recovered: {:?}, previous generation {:?}, {} records applied here, {} dropped, generation {}",
+        r.outcome, r.previous_generation, r.replayed, r.dropped, r.generation
+    );
+    Ok(r)
+}
+
 /// The node's shadow log and its writer.
 pub struct ShadowNode {
     mirror: Arc<ShadowMirror>,
@@ -90,7 +140,9 @@ pub struct ShadowNode {
 }
 
 impl ShadowNode {
-    /// Starts the shadow log of this node (a fresh generation in its NVRAM file).
+    /// Starts the shadow log of this node: its NVRAM file is opened, not formatted; the log
+    /// is recovered by [`ShadowNode::recover_hook`] (with `--giveback`, before the node
+    /// serves) or [`ShadowNode::recover`].
     pub fn start(manager: &Manager, spec: &ShadowSpec) -> anyhow::Result<ShadowNode> {
         let dir = &spec.dir;
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -107,6 +159,69 @@ impl ShadowNode {
             writer: Mutex::new(None),
             dir: dir.to_path_buf(),
             node,
+        })
+    }
+
+    /// Recovers the own log with what the partner replayed of it (see
+    /// [`ShadowMirror::recover`]); records nobody applied go to `replayed-<node>.log` as an
+    /// `own` view.
+    pub fn recover(&self, partner_replayed: Option<ReplayedLog>) -> anyhow::Result<Recovered> {
+        recover(
+            &self.mirror,
+            &replayed_path(&self.dir, self.node),
+            partner_replayed,
+        )
+    }
+
+    /// The own-log recovery hook for the giveback client ([`ShadowNode::recover`] before the
+    /// node serves its disks); a log already recovered is left alone.
+    pub fn recover_hook(&self) -> RecoverHook {
+        let mirror = self.mirror.clone();
+        let path = replayed_path(&self.dir, self.node);
+        Box::new(move |partner| {
+            if mirror.recovered().is_some() {
+                return Ok(());
+            }
+            recover(&mirror, &path, partner)
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+
+    /// Appends stop waiting for a partner the giveback client declared failed (or took
+    /// over): they complete unmirrored at once instead of after the partner timeout.
+    pub fn follow_failure_detector(&self, giveback: &GivebackNode) {
+        let events = giveback.subscribe();
+        let mirror = Arc::downgrade(&self.mirror);
+        let spawned = std::thread::Builder::new()
+            .name("il-shadow-detector".into())
+            .spawn(move || {
+                for ev in events {
+                    let Some(m) = mirror.upgrade() else { return };
+                    match ev {
+                        GivebackEvent::PartnerFailed { silent_for } => m.declare_partner_failed(
+                            &format!("the giveback client declared the partner failed (silent for {silent_for:?})"),
+                        ),
+                        GivebackEvent::TakeoverStarted { .. } => {
+                            m.declare_partner_failed("taking the partner over")
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "shadow log: not following the failure detector");
+        }
+    }
+
+    /// What this node replayed of its partner's log, for its mailbox record.
+    pub fn replayed_mark(&self) -> ReplayedMark {
+        let mirror = self.mirror.clone();
+        Box::new(move || {
+            mirror.partner_replayed().map(|p| ReplayedLog {
+                generation: p.generation,
+                seq: p.seq,
+            })
         })
     }
 

@@ -386,13 +386,17 @@ fn shadow_append_does_not_allocate() {
     let _g = serial();
     let (ma, mb) = managers("alloc-shadow");
     let start = |m: &Manager| {
-        ShadowMirror::start(
+        let s = ShadowMirror::start(
             m,
             ShadowConfig::new(),
             Box::new(MemoryNvram::new(1 << 20)),
-            Box::new(MemoryNvram::new(64)),
+            Box::new(MemoryNvram::new(
+                interlink::clients::mirror::shadow::CursorStore::LEN,
+            )),
         )
-        .expect("start shadow mirror")
+        .expect("start shadow mirror");
+        s.recover(None, |_| Ok(())).expect("recover a fresh log");
+        s
     };
     let a = start(&ma);
     let b = start(&mb);

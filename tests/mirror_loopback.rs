@@ -9,10 +9,12 @@
 mod manager_pair;
 
 use interlink::clients::mirror::shadow::{
-    check_payload, writer_payload, ShadowWriter, WriterConfig,
+    check_payload, file_backings, writer_payload, CursorStore, RecoveryOutcome, ShadowWriter,
+    WriterConfig,
 };
 use interlink::clients::mirror::{
-    LogPosition, MemoryNvram, MirrorError, Replay, ShadowConfig, ShadowMirror, ShadowStats,
+    LogPosition, MemoryNvram, MirrorError, Replay, ReplayedRecord, ShadowConfig, ShadowMirror,
+    ShadowStats,
 };
 use interlink::fabric::ProviderChoice;
 use interlink::manager::{Manager, NodeConfig};
@@ -36,9 +38,11 @@ fn shadow(m: &Manager, log_len: usize, cfg: ShadowConfig) -> Arc<ShadowMirror> {
         m,
         cfg,
         Box::new(MemoryNvram::new(log_len)),
-        Box::new(MemoryNvram::new(64)),
+        Box::new(MemoryNvram::new(CursorStore::LEN)),
     )
     .expect("start shadow mirror");
+    let r = s.recover(None, |_| Ok(())).expect("recover a fresh log");
+    assert_eq!(r.outcome, RecoveryOutcome::Fresh);
     Arc::new(s)
 }
 
@@ -365,4 +369,235 @@ fn partner_absent_appends_complete_unmirrored_then_are_mirrored_when_it_returns(
         (1..=21).collect::<Vec<_>>()
     );
     assert!(!a.stats().partner_absent);
+}
+
+/// A shadow mirror on NVRAM files in `dir` (they outlive the mirror: a restart re-opens them),
+/// not recovered yet.
+fn shadow_on_files(
+    m: &Manager,
+    dir: &std::path::Path,
+    len: usize,
+    cfg: ShadowConfig,
+) -> ShadowMirror {
+    let node = m.config().node_id;
+    let (log, cursor) = file_backings(dir, node, len).expect("NVRAM files");
+    ShadowMirror::start(m, cfg, log, cursor).expect("start shadow mirror")
+}
+
+/// Records handed to a recovery sink.
+fn collect(into: &mut Vec<u64>) -> impl FnMut(ReplayedRecord) -> Result<(), String> + '_ {
+    move |r| {
+        assert_eq!(
+            check_payload(&r.payload),
+            Some(r.seq),
+            "payload of {}",
+            r.seq
+        );
+        into.push(r.seq);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_restart_before_any_takeover_applies_its_own_log_exactly_once() {
+    let (_, bcfg, ma, mb) = managers();
+    let dir = temp_dir("shadow-own-recovery");
+    let len = 64 * 1024;
+    let a = shadow(&ma, len, ShadowConfig::new());
+    let b = shadow_on_files(&mb, &dir, len, ShadowConfig::new());
+    b.recover(None, |_| panic!("a fresh log has nothing to apply"))
+        .expect("recover");
+    connected(&a);
+    connected(&b);
+    let old = b.generation();
+    let mut last = None;
+    for seq in 1..=40 {
+        let r = b.append(&writer_payload(seq, 100)).unwrap();
+        assert!(r.mirrored);
+        last = Some(r.position);
+        if seq == 15 {
+            b.checkpoint(r.position).unwrap();
+        }
+    }
+    assert_eq!(last.unwrap().seq, 40);
+    wait_stats(&b, "checkpoint 15 mirrored", |s| {
+        s.checkpoint_mirrored >= 15
+    });
+
+    // B stops (kill -9: its NVRAM file is all that is left) and restarts at once, before
+    // anyone took it over: its records after the checkpoint are applied by B itself.
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let b = shadow_on_files(&mb, &dir, len, ShadowConfig::new());
+    let err = b
+        .append_timeout(&writer_payload(1, 100), Duration::from_millis(50))
+        .unwrap_err();
+    assert!(matches!(err, MirrorError::NotRecovered { .. }), "{err}");
+    // The sink refuses record 30: everything before it is applied and stays applied.
+    let mut applied = Vec::new();
+    let err = b
+        .recover(None, |r| {
+            if r.seq == 30 {
+                return Err("disk full".into());
+            }
+            applied.push(r.seq);
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, MirrorError::RecoverSink { seq: 30, .. }),
+        "{err}"
+    );
+    assert_eq!(applied, (16..30).collect::<Vec<_>>());
+    // B dies again in the middle of its recovery and restarts: it resumes after record 29
+    // (its checkpoint moved with the records it applied).
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    let mb = Manager::start(bcfg.clone()).expect("restart B again");
+    let b = shadow_on_files(&mb, &dir, len, ShadowConfig::new());
+    let mut again = Vec::new();
+    let r = b.recover(None, collect(&mut again)).expect("recover");
+    assert_eq!(again, (30..=40).collect::<Vec<_>>());
+    assert_eq!(r.outcome, RecoveryOutcome::ReplayedHere);
+    assert_eq!(
+        (
+            r.previous_generation,
+            r.previous_checkpoint,
+            r.resumed_after,
+            r.replayed
+        ),
+        (Some(old), 29, Some(29), 11)
+    );
+    assert!(r.generation > old);
+    assert!(matches!(
+        b.recover(None, |_| Ok(())),
+        Err(MirrorError::AlreadyRecovered { .. })
+    ));
+    // The new generation is mirrored: A, taking B over now, would replay only it.
+    connected(&b);
+    assert!(b.append(&writer_payload(1, 100)).unwrap().mirrored);
+    let rp = a.read_partner().unwrap();
+    assert_eq!((rp.generation, seqs(&rp)), (r.generation, vec![1]));
+    assert_eq!(b.stats().recovery, Some(r));
+}
+
+#[test]
+fn a_restart_after_the_partner_replayed_applies_nothing_again() {
+    let (_, bcfg, ma, mb) = managers();
+    let dir = temp_dir("shadow-taken-over");
+    let len = 64 * 1024;
+    let a = shadow(&ma, len, ShadowConfig::new());
+    let b = shadow_on_files(&mb, &dir, len, ShadowConfig::new());
+    b.recover(None, |_| Ok(())).expect("recover");
+    connected(&a);
+    connected(&b);
+    let old = b.generation();
+    for seq in 1..=12 {
+        assert!(b.append(&writer_payload(seq, 64)).unwrap().mirrored);
+    }
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    // A takes B over and replays its log; its cursor is what its mailbox record publishes.
+    let replayed = a.replay_partner().unwrap();
+    assert_eq!(replayed.len(), 12);
+    let cursor = a.partner_replayed().expect("cursor stored");
+    assert_eq!((cursor.generation, cursor.seq), (old, 12));
+    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let b = shadow_on_files(&mb, &dir, len, ShadowConfig::new());
+    let r = b
+        .recover(Some(cursor), |rec| {
+            panic!("record {} applied twice", rec.seq)
+        })
+        .expect("recover");
+    assert_eq!(r.outcome, RecoveryOutcome::ReplayedByPartner);
+    assert_eq!(
+        (r.previous_generation, r.partner_replayed_through, r.dropped),
+        (Some(old), Some(12), 0)
+    );
+    assert!(r.generation > old);
+}
+
+#[test]
+fn an_empty_takeover_replay_still_tells_the_partner_it_was_taken_over() {
+    let (_, _, ma, mb) = managers();
+    let len = 64 * 1024;
+    let a = shadow(&ma, len, ShadowConfig::new());
+    let b = shadow(&mb, len, ShadowConfig::new());
+    connected(&a);
+    connected(&b);
+    let mut last = None;
+    for seq in 1..=5 {
+        last = Some(b.append(&writer_payload(seq, 64)).unwrap().position);
+    }
+    b.checkpoint(last.unwrap()).unwrap();
+    wait_stats(&b, "checkpoint mirrored", |s| s.checkpoint_mirrored >= 5);
+    assert!(a.replay_partner().unwrap().is_empty());
+    let c = a.partner_replayed().expect("cursor at the checkpoint");
+    assert_eq!((c.generation, c.seq), (b.generation(), 5));
+}
+
+#[test]
+fn an_unreadable_log_is_never_formatted_over() {
+    let (_, _, _, mb) = managers();
+    let dir = temp_dir("shadow-unreadable");
+    let len = 64 * 1024;
+    let node = mb.config().node_id;
+    {
+        let b = shadow_on_files(&mb, &dir, len, ShadowConfig::new());
+        b.recover(None, |_| Ok(())).expect("recover");
+    }
+    // Corrupt the superblock (past its magic): the log exists but cannot be read.
+    let path = interlink::clients::mirror::shadow::log_path(&dir, node);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[12] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let b = shadow_on_files(&mb, &dir, len, ShadowConfig::new());
+    let err = b.recover(None, |_| Ok(())).unwrap_err();
+    assert!(
+        matches!(err, MirrorError::RecoverUnreadable { .. }),
+        "{err}"
+    );
+    drop(b);
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the log was touched");
+}
+
+#[test]
+fn a_partner_declared_failed_stops_appends_waiting_at_once() {
+    let (_, _, ma, mb) = managers();
+    let len = 64 * 1024;
+    let mut cfg = ShadowConfig::new();
+    cfg.partner_timeout = Duration::from_secs(600);
+    cfg.link_timeout = Duration::from_secs(600);
+    let a = shadow(&ma, len, cfg.clone());
+    let b = shadow(&mb, len, cfg.clone());
+    connected(&a);
+    connected(&b);
+    assert!(a.append(&writer_payload(1, 50)).unwrap().mirrored);
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    // A deadline bounds an append while nobody has declared the partner failed yet.
+    let t0 = Instant::now();
+    let err = a
+        .append_timeout(&writer_payload(2, 50), Duration::from_millis(200))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MirrorError::AppendNoLink { .. } | MirrorError::AppendTimeout { .. }
+        ),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(60), "deadline ignored");
+    // The failure detector declares it failed: appends complete at once, unmirrored.
+    a.declare_partner_failed("test: the partner failed");
+    let r = a
+        .append_timeout(&writer_payload(3, 50), Duration::from_secs(60))
+        .unwrap();
+    assert!(!r.mirrored);
+    assert!(a.stats().partner_absent);
 }

@@ -83,6 +83,7 @@ fn mailbox_copies_are_owner_only() {
         takeover_pending: false,
         heartbeat: 1,
         partner_incarnation: 0,
+        replayed_partner_log: None,
     })
     .unwrap();
     assert_owner_only(&d, 2);

@@ -112,6 +112,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         takeover_pending: false,
         heartbeat: 42,
         partner_incarnation: 1002,
+        replayed_partner_log: None,
     };
     out.push(tagged(2, &rec.encode()));
     out.push(tagged(3, &rec.encode()));

@@ -196,6 +196,7 @@ mod tests {
             takeover_pending: false,
             heartbeat: hb,
             partner_incarnation: 0,
+            replayed_partner_log: None,
         })
     }
 

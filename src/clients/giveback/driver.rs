@@ -15,7 +15,7 @@ use crate::clients::giveback::actions::{
 };
 use crate::clients::giveback::error::GivebackError;
 use crate::clients::giveback::machine::GivebackMachine;
-use crate::clients::giveback::mailbox::Mailbox;
+use crate::clients::giveback::mailbox::{Mailbox, MailboxRecord, MailboxWrite, ReplayedLog};
 use crate::clients::giveback::reservation::{DiskSet, Reservations};
 use crate::clients::giveback::state::{PartnerRead, StateBlock};
 use crate::manager::{BandwidthClass, LinkId, Manager};
@@ -51,6 +51,44 @@ pub trait ServiceHooks: Send {
     fn release_identity(&mut self, partner: u32) -> Result<(), String>;
     /// Replay the partner's shadow log since its last consistency point (the mirror client).
     fn replay_partner_log(&mut self, partner: u32) -> Result<(), String>;
+    /// Recover this node's own shadow log before it serves its own disks (F5.6), given what
+    /// the partner's mailbox record says it replayed of that log at a takeover. Called once
+    /// per serving of the own disk set, right before [`ServiceHooks::start_serving`]. The
+    /// default has no log to recover.
+    fn recover_own_log(&mut self, partner_replayed: Option<ReplayedLog>) -> Result<(), String> {
+        let _ = partner_replayed;
+        Ok(())
+    }
+    /// What this node replayed of the partner's shadow log at takeovers (its replay cursor),
+    /// written into every mailbox record of this node so a restarted partner learns it. The
+    /// default replays no log.
+    fn replayed_partner_log(&mut self) -> Option<ReplayedLog> {
+        None
+    }
+}
+
+/// The driver's mailbox: every record written carries the replayed partner log of the last
+/// ask of the hooks ([`ServiceHooks::replayed_partner_log`]), the keepalive writes during a
+/// hook included.
+struct StampingMailbox {
+    inner: Box<dyn Mailbox>,
+    replayed: Option<ReplayedLog>,
+}
+
+impl Mailbox for StampingMailbox {
+    fn write_own(&mut self, rec: &MailboxRecord) -> Result<MailboxWrite, GivebackError> {
+        let rec = MailboxRecord {
+            replayed_partner_log: self.replayed,
+            ..*rec
+        };
+        self.inner.write_own(&rec)
+    }
+    fn read_partner(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
+        self.inner.read_partner()
+    }
+    fn read_own(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
+        self.inner.read_own()
+    }
 }
 
 /// Settings of a [`GivebackNode`].
@@ -156,6 +194,11 @@ impl GivebackNode {
             reboots: 0,
         }));
         let (requests, request_rx) = unbounded();
+        let mut hooks = hooks;
+        let mailbox = Box::new(StampingMailbox {
+            replayed: hooks.replayed_partner_log(),
+            inner: mailbox,
+        });
         let mut driver = Driver {
             manager,
             machine,
@@ -259,7 +302,7 @@ struct Driver {
     machine: GivebackMachine,
     machine_cfg: GivebackConfig,
     incarnation: u64,
-    mailbox: Box<dyn Mailbox>,
+    mailbox: Box<StampingMailbox>,
     reservations: Box<dyn Reservations>,
     hooks: Box<dyn ServiceHooks>,
     messenger: Arc<Messenger>,
@@ -385,6 +428,9 @@ impl Driver {
                     Err(e) => self.machine.handle_io_failed(now, &action, e.to_string()),
                 },
                 Action::StartServing { set } => {
+                    if *set == self.machine_cfg.me {
+                        self.recover_own_log();
+                    }
                     self.run_hook("start serving", |h| h.start_serving(*set));
                 }
                 Action::StopServing { set } => {
@@ -398,6 +444,7 @@ impl Driver {
                 }
                 Action::ReplayPartnerLog => {
                     self.run_hook("replay partner log", |h| h.replay_partner_log(partner));
+                    self.mailbox.replayed = self.hooks.replayed_partner_log();
                 }
                 Action::SendKill { target_incarnation } => {
                     let msg = encode_kill(*target_incarnation, self.incarnation);
@@ -442,6 +489,35 @@ impl Driver {
         if waiting && self.last_fast_read.elapsed() >= FAST_READ_PERIOD {
             self.last_fast_read = Instant::now();
             self.manager.read_partner_now();
+        }
+    }
+
+    /// Before serving the own disk set: reads what the partner's mailbox record says it
+    /// replayed of this node's log (a few tries: both copies may be torn for a moment) and
+    /// runs the own-log recovery hook with it. Without a readable record the recovery is not
+    /// run: the hook failure is counted, and the shadow log refuses appends until it is
+    /// recovered.
+    fn recover_own_log(&mut self) {
+        let mut last = String::new();
+        let mut replayed = None;
+        for attempt in 0..5 {
+            match self.mailbox.read_partner() {
+                Ok(rec) => {
+                    replayed = Some(rec.and_then(|r| r.replayed_partner_log));
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(10 << attempt));
+        }
+        match replayed {
+            Some(r) => self.run_hook("recover own log", |h| h.recover_own_log(r)),
+            None => self.hook_result(
+                "recover own log",
+                Err(format!(
+                    "the partner's mailbox record cannot be read ({last}): whether a takeover replayed this node's log is unknown"
+                )),
+            ),
         }
     }
 

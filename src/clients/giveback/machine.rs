@@ -637,6 +637,7 @@ impl GivebackMachine {
             ),
             heartbeat: self.heartbeat,
             partner_incarnation: self.view.partner_incarnation().unwrap_or(0),
+            replayed_partner_log: None,
         }
     }
 

@@ -125,6 +125,7 @@ fn partner_rec(heartbeat: u64, taken_over: bool) -> Option<MailboxRecord> {
         takeover_pending: false,
         heartbeat,
         partner_incarnation: 0,
+        replayed_partner_log: None,
     })
 }
 

@@ -17,8 +17,15 @@
 //! | 16 | 8 | writer's incarnation |
 //! | 24 | 8 | heartbeat: incremented by every write of this incarnation |
 //! | 32 | 8 | the partner incarnation the writer last saw (0 = none) |
-//! | 40 | 20 | reserved, zero |
+//! | 40 | 8 | replayed partner log: generation of the partner's shadow log the writer replayed at a takeover (0 = none) |
+//! | 48 | 8 | replayed partner log: the last sequence number replayed (or the checkpoint, if none followed it) |
+//! | 56 | 4 | reserved, zero |
 //! | 60 | 4 | CRC32C of bytes 0..60 |
+//!
+//! Layout version 2; a version 1 record (bytes 40..60 zero) reads as having replayed
+//! nothing. The replayed-log fields persist across the writer's restarts (they come from its
+//! replay cursor in NVRAM): a restarted partner reads them before it serves to learn whether
+//! its log's records were already applied by a takeover (F5.6).
 //!
 //! All integers big-endian. A write that tears (half a record written) fails the checksum
 //! and that copy is simply invalid until the next write; a reader never believes it.
@@ -40,7 +47,9 @@ pub const MAILBOX_PRIMARY_FILE: &str = "mailbox-primary";
 pub const MAILBOX_BACKUP_FILE: &str = "mailbox-backup";
 
 const MAGIC: [u8; 4] = *b"ILMB";
-const LAYOUT_VERSION: u16 = 1;
+const LAYOUT_VERSION: u16 = 2;
+/// The layout before the replayed-log fields (bytes 40..60 zero).
+const LAYOUT_VERSION_1: u16 = 1;
 const FLAG_TAKEN_OVER: u16 = 1 << 0;
 const FLAG_TAKEOVER_PENDING: u16 = 1 << 1;
 const FLAGS_KNOWN: u16 = 0x3;
@@ -63,6 +72,19 @@ pub struct MailboxRecord {
     pub heartbeat: u64,
     /// The partner incarnation the writer last saw (0 = none).
     pub partner_incarnation: u64,
+    /// The last position of the partner's shadow log the writer replayed at a takeover
+    /// (from its replay cursor; None: it never replayed one).
+    pub replayed_partner_log: Option<ReplayedLog>,
+}
+
+/// A position in a node's shadow log replayed by its partner: generation and sequence
+/// number (the `LogPosition` of the mirror client, kept free of that layer here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplayedLog {
+    /// Generation of the replayed log.
+    pub generation: u64,
+    /// The last sequence number replayed (or the checkpoint, if none followed it).
+    pub seq: u64,
 }
 
 impl MailboxRecord {
@@ -94,6 +116,10 @@ impl MailboxRecord {
         b[16..24].copy_from_slice(&self.incarnation.to_be_bytes());
         b[24..32].copy_from_slice(&self.heartbeat.to_be_bytes());
         b[32..40].copy_from_slice(&self.partner_incarnation.to_be_bytes());
+        if let Some(r) = self.replayed_partner_log.filter(|r| r.generation != 0) {
+            b[40..48].copy_from_slice(&r.generation.to_be_bytes());
+            b[48..56].copy_from_slice(&r.seq.to_be_bytes());
+        }
         let crc = crc32c::crc32c(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_be_bytes());
         b
@@ -127,15 +153,20 @@ impl MailboxRecord {
             return Err(FormatError::Checksum);
         }
         let version = be16(4);
-        if version != LAYOUT_VERSION {
+        if version != LAYOUT_VERSION && version != LAYOUT_VERSION_1 {
             return Err(FormatError::Version(version));
         }
+        let reserved = if version == LAYOUT_VERSION_1 {
+            40..60
+        } else {
+            56..60
+        };
         let state = NodeState::from_u16(be16(6))?;
         let flags = be16(12);
         if flags & !FLAGS_KNOWN != 0 {
             return Err(FormatError::Flags(u32::from(flags & !FLAGS_KNOWN)));
         }
-        for offset in (14..16).chain(40..60) {
+        for offset in (14..16).chain(reserved) {
             if b[offset] != 0 {
                 return Err(FormatError::Reserved {
                     offset,
@@ -151,6 +182,10 @@ impl MailboxRecord {
             takeover_pending: flags & FLAG_TAKEOVER_PENDING != 0,
             heartbeat: be64(24),
             partner_incarnation: be64(32),
+            replayed_partner_log: (be64(40) != 0).then(|| ReplayedLog {
+                generation: be64(40),
+                seq: be64(48),
+            }),
         })
     }
 }
@@ -366,6 +401,7 @@ mod tests {
             takeover_pending: false,
             heartbeat,
             partner_incarnation: 41,
+            replayed_partner_log: None,
         }
     }
 
@@ -428,10 +464,10 @@ mod tests {
             t
         };
         let mut t = b;
-        t[5] = 2;
+        t[5] = 3;
         assert_eq!(
             format_error(MailboxRecord::decode(&reseal(t))),
-            FormatError::Version(2)
+            FormatError::Version(3)
         );
         let mut t = b;
         t[7] = 9;
@@ -446,6 +482,17 @@ mod tests {
             FormatError::Flags(0x80)
         );
         let mut t = b;
+        t[57] = 1;
+        assert_eq!(
+            format_error(MailboxRecord::decode(&reseal(t))),
+            FormatError::Reserved {
+                offset: 57,
+                value: 1
+            }
+        );
+        // Version 1 (before the replayed-log fields) keeps bytes 40..60 reserved.
+        let mut t = b;
+        t[5] = 1;
         t[50] = 1;
         assert_eq!(
             format_error(MailboxRecord::decode(&reseal(t))),
@@ -453,6 +500,27 @@ mod tests {
                 offset: 50,
                 value: 1
             }
+        );
+    }
+
+    #[test]
+    fn giveback_mailbox_record_carries_the_replayed_partner_log() {
+        let r = MailboxRecord {
+            replayed_partner_log: Some(ReplayedLog {
+                generation: 1_765_000_000_000_000_000,
+                seq: 4711,
+            }),
+            ..rec(2, 7, 1234)
+        };
+        assert_eq!(MailboxRecord::decode(&r.encode()).unwrap(), r);
+        // A version 1 record reads as having replayed nothing.
+        let mut v1 = rec(2, 7, 1234).encode();
+        v1[5] = 1;
+        let crc = crc32c::crc32c(&v1[0..60]);
+        v1[60..64].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(
+            MailboxRecord::decode(&v1).unwrap().replayed_partner_log,
+            None
         );
     }
 

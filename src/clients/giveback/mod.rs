@@ -30,7 +30,7 @@ pub use actions::{
 pub use driver::{GivebackNode, GivebackOptions, ServiceHooks};
 pub use error::{FormatError, GivebackError};
 pub use machine::GivebackMachine;
-pub use mailbox::{newest_record, FileMailbox, Mailbox, MailboxRecord, MailboxWrite};
+pub use mailbox::{newest_record, FileMailbox, Mailbox, MailboxRecord, MailboxWrite, ReplayedLog};
 pub use reservation::{DiskSet, FileReservations, Reservations};
 pub use service::JournalHooks;
 pub use state::{NodeState, PartnerRead, StateBlock};

@@ -9,6 +9,7 @@
 //! measure the outage window from outside.
 
 use crate::clients::giveback::driver::ServiceHooks;
+use crate::clients::giveback::mailbox::ReplayedLog;
 use crate::clients::giveback::reservation::DiskSet;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -20,6 +21,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// A replay hook: given the partner's node id, replays its shadow log.
 pub type ReplayHook = Box<dyn FnMut(u32) -> Result<(), String> + Send>;
 
+/// An own-log recovery hook: given what the partner replayed of this node's log at a
+/// takeover, recovers the log before this node serves (F5.6).
+pub type RecoverHook = Box<dyn FnMut(Option<ReplayedLog>) -> Result<(), String> + Send>;
+
+/// What this node replayed of its partner's log (its replay cursor), for the mailbox.
+pub type ReplayedMark = Box<dyn FnMut() -> Option<ReplayedLog> + Send>;
+
 /// Journal-writing service hooks with optional identity commands.
 pub struct JournalHooks {
     node: u32,
@@ -27,6 +35,8 @@ pub struct JournalHooks {
     on_assume: Option<String>,
     on_release: Option<String>,
     replay: Option<ReplayHook>,
+    recover: Option<RecoverHook>,
+    replayed: Option<ReplayedMark>,
 }
 
 impl std::fmt::Debug for JournalHooks {
@@ -47,6 +57,8 @@ impl JournalHooks {
             on_assume: None,
             on_release: None,
             replay: None,
+            recover: None,
+            replayed: None,
         }
     }
 
@@ -65,6 +77,14 @@ impl JournalHooks {
     /// The hook that replays the partner's shadow log at takeover.
     pub fn with_replay(mut self, replay: ReplayHook) -> JournalHooks {
         self.replay = Some(replay);
+        self
+    }
+
+    /// The own shadow log's recovery before this node serves, and its replay cursor of the
+    /// partner's log for the mailbox.
+    pub fn with_recovery(mut self, recover: RecoverHook, replayed: ReplayedMark) -> JournalHooks {
+        self.recover = Some(recover);
+        self.replayed = Some(replayed);
         self
     }
 
@@ -124,6 +144,15 @@ impl ServiceHooks for JournalHooks {
         };
         self.note("replay-log", partner)?;
         r
+    }
+    fn recover_own_log(&mut self, partner_replayed: Option<ReplayedLog>) -> Result<(), String> {
+        match self.recover.as_mut() {
+            Some(recover) => recover(partner_replayed),
+            None => Ok(()),
+        }
+    }
+    fn replayed_partner_log(&mut self) -> Option<ReplayedLog> {
+        self.replayed.as_mut().and_then(|f| f())
     }
 }
 

@@ -251,6 +251,41 @@ pub enum MirrorError {
         /// Client name.
         name: String,
     },
+    /// Appending refused: the node's own log has not been recovered yet
+    /// ([`ShadowMirror::recover`](crate::clients::mirror::ShadowMirror::recover) decides,
+    /// before anything is appended, what the log left by the previous run still owes).
+    #[error("append to shadow log {name:?}: the log is not recovered after {waited:?} (recovery decides what the previous run's records owe before anything is appended)")]
+    NotRecovered {
+        /// Client name.
+        name: String,
+        /// How long the append waited for the recovery.
+        waited: std::time::Duration,
+    },
+    /// Recovery at start refused: the local log is not empty, yet it cannot be read. Its
+    /// records may exist only in the partner's mirror; it is not formatted over.
+    #[error("recover shadow log: the local NVRAM holds a log that cannot be read ({reason}); it is not formatted over: its acknowledged records may exist only in the partner's mirror")]
+    RecoverUnreadable {
+        /// Why it cannot be read.
+        reason: String,
+    },
+    /// Recovery at start stopped: the service's replay sink refused a record. Every record
+    /// before it is applied and covered by the own-replay cursor; recovery may be retried.
+    #[error("recover shadow log: the replay sink refused record {seq} of generation {generation}: {reason}")]
+    RecoverSink {
+        /// Generation of the log.
+        generation: u64,
+        /// The record refused.
+        seq: u64,
+        /// The sink's reason.
+        reason: String,
+    },
+    /// [`ShadowMirror::recover`](crate::clients::mirror::ShadowMirror::recover) was called
+    /// on a log already recovered.
+    #[error("recover shadow log {name:?}: already recovered")]
+    AlreadyRecovered {
+        /// Client name.
+        name: String,
+    },
     /// Reading the local mirror region (the partner's log image) failed.
     #[error("read the partner's mirror region: {0}")]
     ReadMirror(#[source] crate::fabric::FabricError),

@@ -28,7 +28,9 @@ pub use log_replay::{
     replay, LogPosition, Replay, ReplayCursor, ReplayCursorError, ReplayedRecord, ScanStop,
 };
 pub use nvram::{FileNvram, MemoryNvram, NvramBacking};
-pub use shadow::{AppendTicket, Appended, ShadowConfig, ShadowMirror, ShadowStats};
+pub use shadow::{
+    AppendTicket, Appended, Recovered, RecoveryOutcome, ShadowConfig, ShadowMirror, ShadowStats,
+};
 pub use writeback::{
     CompletionStatus, DataRange, Disposition, Message, MirrorStats, PrimaryAction, PrimaryStats,
     RejectReason, RequestId, RequestRef, Rqr, WriteBackMirror, WriteBackPrimary,

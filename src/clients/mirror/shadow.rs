@@ -79,16 +79,17 @@
 
 mod cursor;
 mod driver;
+mod recovery;
 mod writer;
 
-pub use cursor::CursorStore;
+pub use cursor::{CursorKind, CursorStore};
+pub use recovery::{Recovered, RecoveryOutcome};
 pub use writer::{
     check_payload, fill_payload, writer_payload, ShadowWriter, WriterConfig, WriterStats,
 };
 
 use super::error::MirrorError;
-use super::log::ShadowLog;
-use super::log_format::decode_superblock;
+use super::log_format::{max_payload, DATA_OFFSET, MIN_IMAGE_LEN, RECORD_ALIGN};
 use super::log_replay::{LogPosition, Replay, ReplayCursor, ReplayedRecord};
 use super::nvram::{FileNvram, NvramBacking};
 use crate::clients::giveback::service::ReplayHook;
@@ -96,10 +97,11 @@ use crate::fabric::Access;
 use crate::manager::{BandwidthClass, ClientSpec, LinkId, Manager};
 use driver::{drive, spin_wait, Counters, Inner, Shared, Sleeper, POLL_BATCH};
 use parking_lot::{Condvar, Mutex, MutexGuard};
+use recovery::RecoveryState;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -200,8 +202,11 @@ pub struct ShadowStats {
     pub partner_absent: bool,
     /// Times the partner was declared absent.
     pub partner_absences: u64,
-    /// Generation of the local log.
+    /// Generation of the local log (0 before the recovery).
     pub generation: u64,
+    /// What the recovery of the own log at start did (None before it completed).
+    #[serde(default)]
+    pub recovery: Option<Recovered>,
     /// Records appended.
     pub appends: u64,
     /// Payload bytes appended.
@@ -258,7 +263,10 @@ impl std::fmt::Debug for ShadowMirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShadowMirror")
             .field("name", &self.shared.cfg.name)
-            .field("generation", &self.shared.generation)
+            .field(
+                "generation",
+                &self.shared.generation.load(Ordering::Relaxed),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -289,23 +297,27 @@ fn now_ns() -> u64 {
 }
 
 impl ShadowMirror {
-    /// Formats a fresh log of a new generation in `log` (its whole length; the partner must
-    /// use the same), opens the replay cursor in `cursor` (at least [`CursorStore::LEN`]
-    /// bytes), registers the client with the manager and starts the driver thread.
+    /// Registers the client with the manager and starts the driver thread, with this node's
+    /// own log **not recovered**: `log` (its whole length; the partner must use the same) is
+    /// neither formatted nor read yet, and appends wait for [`recover`](ShadowMirror::recover),
+    /// which decides what the records the previous run left in it still owe (see the
+    /// [module docs](self)). The partner's log is mirrored into this node from the first
+    /// connection on, so a takeover can replay it before this node's own log is recovered.
+    /// `cursor` (at least [`CursorStore::LEN`] bytes) holds the replay cursors.
     pub fn start(
         manager: &Manager,
         cfg: ShadowConfig,
         log: Nvram,
         cursor: Nvram,
     ) -> Result<ShadowMirror, MirrorError> {
-        let mut generation = cfg.generation.unwrap_or_else(now_ns).max(1);
-        if let Ok(sb) = decode_superblock(log.bytes()) {
-            if sb.generation >= generation {
-                generation = sb.generation + 1;
-            }
-        }
         let log_len = log.len();
-        let log = ShadowLog::format(log, generation)?;
+        if log_len < MIN_IMAGE_LEN {
+            return Err(MirrorError::FormatLogTooSmall {
+                size: log_len,
+                min: MIN_IMAGE_LEN,
+            });
+        }
+        let max_payload = max_payload((log_len - DATA_OFFSET) & !(RECORD_ALIGN - 1));
         let cursor = CursorStore::open(cursor)?;
         let depth = cfg.send_depth.max(4);
         let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
@@ -319,9 +331,9 @@ impl ShadowMirror {
                 name: cfg.name.clone(),
                 source,
             })?;
-        let max_payload = log.max_payload();
         let inner = Inner {
-            log: Some(log),
+            log: None,
+            recovery: RecoveryState::Unrecovered(log),
             link: None,
             mirror: None,
             posts: Vec::with_capacity(depth as usize),
@@ -342,12 +354,13 @@ impl ShadowMirror {
             cfg,
             handle,
             log_len,
-            generation,
+            generation: AtomicU64::new(0),
             max_payload,
             inner: Mutex::new(inner),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             cursor: Mutex::new(cursor),
+            recovering: Mutex::new(()),
             sleepers: AtomicUsize::new(0),
             kick: crossbeam_channel::bounded(1),
         });
@@ -362,7 +375,7 @@ impl ShadowMirror {
                 name: name.clone(),
                 source,
             })?;
-        tracing::info!(client = %name, generation, log_len, "shadow log formatted; mirror driver started");
+        tracing::info!(client = %name, log_len, "shadow mirror driver started; own log awaits recovery");
         Ok(ShadowMirror {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -374,9 +387,9 @@ impl ShadowMirror {
         &self.shared.cfg.name
     }
 
-    /// Generation of the local log.
+    /// Generation of the local log (0 until [`recover`](ShadowMirror::recover) ran).
     pub fn generation(&self) -> u64 {
-        self.shared.generation
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// The largest payload an append takes.
@@ -385,10 +398,25 @@ impl ShadowMirror {
     }
 
     /// Appends a record and waits until it is durable locally and complete on the mirror
-    /// (or, with the partner absent, durable locally: [`Appended::mirrored`] is `false`).
+    /// (or, with the partner absent, durable locally: [`Appended::mirrored`] is `false`), at
+    /// most [`ShadowConfig::link_timeout`] for the append and the link and partner timeouts
+    /// for its acknowledgement.
     pub fn append(&self, payload: &[u8]) -> Result<Appended, MirrorError> {
         let t = self.append_start(payload)?;
         self.wait(&t)
+    }
+
+    /// [`append`](ShadowMirror::append) with a deadline `timeout` from now for the whole call:
+    /// [`MirrorError::AppendNoLink`] or [`MirrorError::NotRecovered`] (nothing appended), or
+    /// [`MirrorError::AppendTimeout`] (appended locally, its mirror write unconfirmed).
+    pub fn append_timeout(
+        &self,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Appended, MirrorError> {
+        let deadline = Instant::now() + timeout;
+        let t = self.append_start_until(payload, deadline)?;
+        self.wait_until(&t, deadline)
     }
 
     /// Appends several records (in flight together) and waits for all of them; results in
@@ -403,18 +431,36 @@ impl ShadowMirror {
 
     /// Appends a record to the local log (durable when this returns) and posts its mirror
     /// writes, without waiting for them; [`wait`](ShadowMirror::wait) for the ticket. Waits
-    /// for a link first (or for the partner to be declared absent), at most
-    /// [`ShadowConfig::link_timeout`]: [`MirrorError::AppendNoLink`] means nothing was
-    /// appended. [`MirrorError::LogFull`] comes at once when no checkpoint is on its way to
-    /// free space, or after the link timeout when one is.
+    /// for the recovery of the own log and for a link first (or for the partner to be
+    /// declared absent), at most [`ShadowConfig::link_timeout`]: [`MirrorError::AppendNoLink`]
+    /// and [`MirrorError::NotRecovered`] mean nothing was appended. [`MirrorError::LogFull`]
+    /// comes at once when no checkpoint is on its way to free space, or after the link
+    /// timeout when one is.
     pub fn append_start(&self, payload: &[u8]) -> Result<AppendTicket, MirrorError> {
+        self.append_start_until(payload, Instant::now() + self.shared.cfg.link_timeout)
+    }
+
+    /// [`append_start`](ShadowMirror::append_start) waiting at most `timeout`.
+    pub fn append_start_timeout(
+        &self,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<AppendTicket, MirrorError> {
+        self.append_start_until(payload, Instant::now() + timeout)
+    }
+
+    fn append_start_until(
+        &self,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<AppendTicket, MirrorError> {
         let shared = &*self.shared;
         let started = Instant::now();
-        let deadline = started + shared.cfg.link_timeout;
         let mut st = shared.lock_live()?;
         loop {
             shared.pump(&mut st);
-            let usable = st.absent || st.link_up();
+            let recovered = st.recovery.is_recovered();
+            let usable = recovered && (st.absent || st.link_up());
             let mut full = None;
             if usable {
                 let log = st.log()?;
@@ -440,9 +486,14 @@ impl ShadowMirror {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(full.unwrap_or(MirrorError::AppendNoLink {
-                    waited: now - started,
-                }));
+                let waited = now - started;
+                if !recovered {
+                    return Err(MirrorError::NotRecovered {
+                        name: shared.cfg.name.clone(),
+                        waited,
+                    });
+                }
+                return Err(full.unwrap_or(MirrorError::AppendNoLink { waited }));
             }
             shared
                 .changed
@@ -450,19 +501,40 @@ impl ShadowMirror {
         }
     }
 
-    /// Waits until the ticket's record is acknowledged. Record its latency once: call it once
-    /// per ticket. [`MirrorError::AppendTimeout`] only if neither the mirror write completed
-    /// nor the partner was declared absent within the link and partner timeouts.
+    /// Waits until the ticket's record is acknowledged, at most the link and partner timeouts
+    /// (see [`wait_timeout`](ShadowMirror::wait_timeout)). Record its latency once: call it
+    /// once per ticket.
     pub fn wait(&self, ticket: &AppendTicket) -> Result<Appended, MirrorError> {
+        let limit = self.shared.cfg.link_timeout + self.shared.cfg.partner_timeout;
+        self.wait_until(ticket, Instant::now() + limit)
+    }
+
+    /// Waits at most `timeout` until the ticket's record is acknowledged.
+    /// [`MirrorError::AppendTimeout`] if neither its mirror write completed nor the partner
+    /// was declared absent (by the partner timeout or
+    /// [`declare_partner_failed`](ShadowMirror::declare_partner_failed)) by then; the record
+    /// stays in the log and the ticket may be waited for again.
+    pub fn wait_timeout(
+        &self,
+        ticket: &AppendTicket,
+        timeout: Duration,
+    ) -> Result<Appended, MirrorError> {
+        self.wait_until(ticket, Instant::now() + timeout)
+    }
+
+    fn wait_until(
+        &self,
+        ticket: &AppendTicket,
+        deadline: Instant,
+    ) -> Result<Appended, MirrorError> {
         let shared = &*self.shared;
         let seq = ticket.position.seq;
         let begin = Instant::now();
         let spin_until = begin + shared.cfg.spin;
-        let limit = shared.cfg.link_timeout + shared.cfg.partner_timeout;
         let mut st = shared.inner.lock();
         let mut asleep = None;
         loop {
-            if st.acked >= seq {
+            if st.acked >= seq && self.generation() == ticket.position.generation {
                 let mirrored = !st.is_unmirrored(seq);
                 crate::manager::client::record_us(&mut st.latency, ticket.started.elapsed());
                 return Ok(Appended {
@@ -477,7 +549,7 @@ impl ShadowMirror {
                 continue;
             }
             let now = Instant::now();
-            if now.duration_since(begin) >= limit {
+            if now >= deadline {
                 return Err(MirrorError::AppendTimeout {
                     generation: ticket.position.generation,
                     seq,
@@ -489,9 +561,25 @@ impl ShadowMirror {
             } else {
                 // The driver blocks on the completion queue while a waiter sleeps.
                 asleep.get_or_insert_with(|| Sleeper::new(shared));
-                shared.changed.wait_for(&mut st, Duration::from_millis(1));
+                shared
+                    .changed
+                    .wait_for(&mut st, (deadline - now).min(Duration::from_millis(1)));
             }
         }
+    }
+
+    /// Follows the failure detector (the giveback client): the partner has failed or was
+    /// taken over, so no mirror write will complete. Pending and new appends complete at once
+    /// unmirrored (as after [`ShadowConfig::partner_timeout`]), and the connection is handed
+    /// back to the manager, so the live log is re-sent as soon as the partner returns.
+    pub fn declare_partner_failed(&self, why: &str) {
+        let shared = &*self.shared;
+        let mut st = shared.inner.lock();
+        shared.link_failed(&mut st, why);
+        shared.declare_absent(&mut st, why);
+        shared.post(&mut st);
+        shared.note_acks(&mut st);
+        shared.changed.notify_all();
     }
 
     /// Whether the ticket's record is acknowledged (does not wait or poll).
@@ -519,7 +607,7 @@ impl ShadowMirror {
         let mut st = self.shared.inner.lock();
         self.shared.pump(&mut st);
         LogPosition {
-            generation: self.shared.generation,
+            generation: self.shared.generation.load(Ordering::Acquire),
             seq: st.checkpointed,
         }
     }
@@ -538,15 +626,18 @@ impl ShadowMirror {
     /// stored (in the cursor NVRAM) before they are returned.
     pub fn replay_partner(&self) -> Result<Vec<ReplayedRecord>, MirrorError> {
         let r = self.read_partner()?;
-        self.commit_replay(r.last(), r.records.len())?;
+        let last = r.last();
+        self.commit_replay(&r, last, r.records.len())?;
         Ok(r.records)
     }
 
     /// A replay hook for
     /// [`JournalHooks::with_replay`](crate::clients::giveback::JournalHooks::with_replay):
-    /// at takeover it hands every record of the partner's log to `sink` in order, then
-    /// stores the replay cursor, so a second takeover replays nothing twice. If `sink` fails,
-    /// the cursor covers the records it consumed, and the hook reports the failure.
+    /// at takeover it hands every record of the partner's log to `sink` in order, storing the
+    /// replay cursor after each, so a second takeover replays nothing twice. If `sink` fails,
+    /// the cursor covers the records it consumed, and the hook reports the failure. The
+    /// cursor is stored even when no record follows the partner's checkpoint: it tells the
+    /// restarted partner that its log was taken over ([`ShadowMirror::recover`]).
     pub fn replay_hook(
         self: &Arc<Self>,
         mut sink: impl FnMut(ReplayedRecord) -> Result<(), String> + Send + 'static,
@@ -556,29 +647,51 @@ impl ShadowMirror {
             let r = me.read_partner().map_err(|e| e.to_string())?;
             let generation = r.generation;
             let total = r.records.len();
-            let mut done: Option<LogPosition> = None;
-            let mut count = 0;
+            let mut count: usize = 0;
             let mut failure = None;
-            for rec in r.records {
+            for rec in r.records.iter().cloned() {
                 let seq = rec.seq;
                 if let Err(e) = sink(rec) {
                     failure = Some(format!("replay sink, record {seq}: {e}"));
                     break;
                 }
-                done = Some(LogPosition { generation, seq });
                 count += 1;
+                let position = LogPosition { generation, seq };
+                me.shared
+                    .cursor
+                    .lock()
+                    .store(ReplayCursor { position })
+                    .map_err(|e| e.to_string())?;
             }
-            me.commit_replay(done, count).map_err(|e| e.to_string())?;
+            let done = r.records.get(count.wrapping_sub(1)).map(|rec| LogPosition {
+                generation,
+                seq: rec.seq,
+            });
+            me.commit_replay(&r, done, count)
+                .map_err(|e| e.to_string())?;
             tracing::info!(client = %me.name(), partner, generation, replayed = count, of = total, checkpoint = r.checkpoint, torn_tail = r.torn_tail, "partner shadow log replayed");
             failure.map_or(Ok(()), Err)
         })
     }
 
-    /// Stores the cursor after `last` (if any record was replayed) and counts the replay, an
-    /// empty one included (everything was covered by the partner's checkpoint).
-    fn commit_replay(&self, last: Option<LogPosition>, count: usize) -> Result<(), MirrorError> {
-        if let Some(position) = last {
-            self.shared.cursor.lock().store(ReplayCursor { position })?;
+    /// Stores the cursor after `last` (if any record was replayed), or at the replayed
+    /// log's checkpoint when none was (the partner learns its log was taken over), and counts
+    /// the replay, an empty one included.
+    fn commit_replay(
+        &self,
+        r: &Replay,
+        last: Option<LogPosition>,
+        count: usize,
+    ) -> Result<(), MirrorError> {
+        let position = last.or((r.generation != 0).then_some(LogPosition {
+            generation: r.generation,
+            seq: r.checkpoint,
+        }));
+        if let Some(position) = position {
+            let mut cursor = self.shared.cursor.lock();
+            if cursor.load().is_none_or(|c| c.position < position) {
+                cursor.store(ReplayCursor { position })?;
+            }
         }
         let mut st = self.shared.inner.lock();
         st.counters.replays += 1;
@@ -600,7 +713,8 @@ impl ShadowMirror {
             connections: c.connections,
             partner_absent: st.absent,
             partner_absences: c.partner_absences,
-            generation: shared.generation,
+            generation: shared.generation.load(Ordering::Acquire),
+            recovery: st.recovery.report(),
             appends: c.appends,
             bytes: c.bytes,
             acknowledged: c.acknowledged,

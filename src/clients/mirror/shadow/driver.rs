@@ -3,6 +3,7 @@
 //! acknowledgements, check the partner timeout, re-send the live log on a new connection),
 //! plus the driver thread.
 
+use super::recovery::RecoveryState;
 use super::{Nvram, ShadowConfig, MIRROR_REGION, TX_REGION};
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::log::ShadowLog;
@@ -15,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,8 +77,11 @@ pub(super) struct Counters {
 }
 
 pub(super) struct Inner {
-    /// Always `Some`, except after a re-open failed ([`MirrorError::ReopenLog`]).
+    /// `None` before the recovery installed a log ([`RecoveryState`]), or after a re-open
+    /// failed ([`MirrorError::ReopenLog`]).
     pub(super) log: Option<ShadowLog<Nvram>>,
+    /// Where the recovery of the own log is; appends wait until it is recovered.
+    pub(super) recovery: RecoveryState,
     pub(super) link: Option<Link>,
     /// The last local `shadow-mirror` region (readable after revocation).
     pub(super) mirror: Option<MemoryRegion>,
@@ -120,13 +124,17 @@ pub(super) struct Shared {
     pub(super) cfg: ShadowConfig,
     pub(super) handle: ClientHandle,
     pub(super) log_len: usize,
-    pub(super) generation: u64,
+    /// Generation of the installed log (0 before the recovery installed one).
+    pub(super) generation: AtomicU64,
     pub(super) max_payload: usize,
     pub(super) inner: Mutex<Inner>,
     /// Signalled when acknowledgements advance, a link comes up or the driver stops.
     pub(super) changed: Condvar,
     pub(super) stop: AtomicBool,
     pub(super) cursor: Mutex<CursorStore>,
+    /// Held by [`ShadowMirror::recover`](super::ShadowMirror::recover): one recovery at a
+    /// time.
+    pub(super) recovering: Mutex<()>,
     /// Waiters asleep on [`Shared::changed`] (they stopped spinning): while there are any
     /// and writes are in flight, the driver blocks on the completion queue (see [`drive`]).
     pub(super) sleepers: AtomicUsize,
@@ -375,6 +383,16 @@ impl Shared {
         if since.elapsed() < self.cfg.partner_timeout {
             return;
         }
+        let why = format!("no connection for {:?}", self.cfg.partner_timeout);
+        self.declare_absent(st, &why);
+    }
+
+    /// The partner is absent (timeout, or declared failed by the failure detector): mirror
+    /// writes not completed are completed unmirrored.
+    pub(super) fn declare_absent(&self, st: &mut Inner, why: &str) {
+        if st.absent {
+            return;
+        }
         st.absent = true;
         st.link = None;
         if let Some(log) = st.log.as_mut() {
@@ -387,7 +405,7 @@ impl Shared {
             .map_or(0, |l| l.stats().appended.saturating_sub(st.acked));
         tracing::warn!(
             client = %self.cfg.name,
-            timeout = ?self.cfg.partner_timeout,
+            reason = why,
             pending,
             "shadow log: partner absent; appends complete unmirrored (durable on this node only) until it returns"
         );

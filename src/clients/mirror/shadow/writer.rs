@@ -237,6 +237,12 @@ impl Run {
 
     fn run(&mut self) -> Result<(), String> {
         let err = |e: MirrorError| e.to_string();
+        // The records of this run go to the log the recovery installs.
+        while !self.mirror.wait_recovered(Duration::from_millis(100)) {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
         let generation = self.mirror.generation();
         self.line(format_args!("generation {generation}\n"))?;
         self.flush()?;

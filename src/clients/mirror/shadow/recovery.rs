@@ -1,0 +1,423 @@
+//! Recovery of this node's own log at start (F5.6): what the records the previous run left in
+//! the local NVRAM still owe, decided before anything is formatted or appended.
+//!
+//! [`ShadowMirror::start`] leaves the own log untouched; [`ShadowMirror::recover`] is the one
+//! way to make it appendable, and does exactly one of:
+//!
+//! - **Fresh**: the backing holds no log (no superblock magic): a first start. A log of a
+//!   new generation is formatted.
+//! - **Replayed by the partner**: the partner's replay cursor (what it replayed of this
+//!   node's log at a takeover, published in its mailbox record) names this log's generation
+//!   or a newer one. Its records were applied there; the ones after the cursor were never
+//!   replayed by anyone and are dropped (counted in [`Recovered::dropped`]). A new
+//!   generation is formatted.
+//! - **Replayed here**: nobody applied the records after the log's checkpoint (a restart
+//!   inside the failure-detection window, a power loss of both nodes, a node without a
+//!   giveback client). The log is re-opened (the partner's mirror receives the same bytes
+//!   again), every record after the checkpoint and after the own-replay cursor is handed to
+//!   the service's sink in order, and after each one the own-replay cursor (in the cursor
+//!   NVRAM) and a checkpoint through it are stored. While a connection is up, the next
+//!   record waits until that checkpoint is complete on the partner's mirror, so a takeover
+//!   after a crash in the middle of this recovery replays only what this node did not
+//!   apply. Then a new generation is formatted.
+//!
+//! A crash while the sink applies a record may hand that one record to the sink again at the
+//! next recovery (the cursor moves after the sink returned): a service recognises it by its
+//! (generation, sequence) position. A log that exists but cannot be read is never formatted
+//! over ([`MirrorError::RecoverUnreadable`]).
+
+use super::cursor::CursorKind;
+use super::{now_ns, Nvram, ShadowMirror};
+use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::log::ShadowLog;
+use crate::clients::mirror::log_format::{decode_superblock, LogImageError};
+use crate::clients::mirror::log_replay::{replay, LogPosition, ReplayCursor, ReplayedRecord};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Longest the recovery waits for a first connection before it applies records with the
+/// partner's mirror not following (the partner may be down too).
+const FIRST_LINK_WAIT: Duration = Duration::from_secs(3);
+
+/// Where the recovery of the own log is.
+pub(super) enum RecoveryState {
+    /// Not decided: the backing as the previous run left it.
+    Unrecovered(Nvram),
+    /// The previous run's log is installed and its records are being applied.
+    Replaying {
+        /// Its generation.
+        generation: u64,
+        /// Its checkpoint in force at start.
+        checkpoint: u64,
+        /// The own-replay cursor found at start.
+        resumed_after: Option<u64>,
+    },
+    /// Done: appends go to a log of a new generation.
+    Recovered(Recovered),
+    /// Taken out for a moment (a format failed: the backing is gone).
+    Lost,
+}
+
+impl RecoveryState {
+    pub(super) fn is_recovered(&self) -> bool {
+        matches!(self, RecoveryState::Recovered(_))
+    }
+
+    pub(super) fn report(&self) -> Option<Recovered> {
+        match self {
+            RecoveryState::Recovered(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Which of the three recoveries ran (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryOutcome {
+    /// No log in the backing: a first start.
+    Fresh,
+    /// The partner replayed the previous log at a takeover.
+    ReplayedByPartner,
+    /// This node applied the previous log's records itself.
+    ReplayedHere,
+}
+
+/// What [`ShadowMirror::recover`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovered {
+    /// Which recovery ran.
+    pub outcome: RecoveryOutcome,
+    /// Generation of the previous run's log (None: fresh).
+    pub previous_generation: Option<u64>,
+    /// Its checkpoint in force.
+    pub previous_checkpoint: u64,
+    /// The own-replay cursor an interrupted recovery left (records through it were applied).
+    pub resumed_after: Option<u64>,
+    /// Records handed to the sink by this recovery.
+    pub replayed: u64,
+    /// The partner's replay cursor in this log's generation (what it applied at a takeover).
+    pub partner_replayed_through: Option<u64>,
+    /// Records after the partner's replay cursor that nobody applied (they were never
+    /// mirrored, so never acknowledged as mirrored).
+    pub dropped: u64,
+    /// Generation of the new log.
+    pub generation: u64,
+}
+
+impl ShadowMirror {
+    /// Recovers this node's own log (see the [module docs](self)): `partner_replayed` is the
+    /// partner's replay cursor of this node's log (its mailbox record; `None` if the partner
+    /// never replayed it, or with no partner able to take over); `sink` applies a record of
+    /// the previous run that nobody applied, in order. Returns once appends go to a log of a
+    /// new generation.
+    ///
+    /// On an error nothing is formatted; a [`MirrorError::RecoverSink`] leaves every record
+    /// before the refused one applied and covered by the own-replay cursor, and `recover`
+    /// may be called again.
+    pub fn recover(
+        &self,
+        partner_replayed: Option<LogPosition>,
+        mut sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
+    ) -> Result<Recovered, MirrorError> {
+        let shared = &*self.shared;
+        let _one = shared.recovering.lock();
+        let mut st = shared.lock_live()?;
+        let state = std::mem::replace(&mut st.recovery, RecoveryState::Lost);
+        let (generation, checkpoint, resumed_after) = match state {
+            RecoveryState::Recovered(r) => {
+                st.recovery = RecoveryState::Recovered(r);
+                return Err(MirrorError::AlreadyRecovered {
+                    name: shared.cfg.name.clone(),
+                });
+            }
+            RecoveryState::Lost => {
+                return Err(MirrorError::ReopenLog {
+                    reason: "an earlier recovery lost the local log".into(),
+                })
+            }
+            RecoveryState::Replaying {
+                generation,
+                checkpoint,
+                resumed_after,
+            } => {
+                st.recovery = RecoveryState::Replaying {
+                    generation,
+                    checkpoint,
+                    resumed_after,
+                };
+                (generation, checkpoint, resumed_after)
+            }
+            RecoveryState::Unrecovered(backing) => {
+                let sb = match decode_superblock(backing.bytes()) {
+                    Err(LogImageError::SuperblockMagic) => {
+                        drop(st);
+                        let gen = self.new_generation(0, partner_replayed);
+                        let log = ShadowLog::format(backing, gen)?;
+                        let r = Recovered {
+                            outcome: RecoveryOutcome::Fresh,
+                            previous_generation: None,
+                            previous_checkpoint: 0,
+                            resumed_after: None,
+                            replayed: 0,
+                            partner_replayed_through: None,
+                            dropped: 0,
+                            generation: gen,
+                        };
+                        self.install(log, r.clone());
+                        return Ok(r);
+                    }
+                    Err(e) => {
+                        st.recovery = RecoveryState::Unrecovered(backing);
+                        return Err(MirrorError::RecoverUnreadable {
+                            reason: e.to_string(),
+                        });
+                    }
+                    Ok(sb) => sb,
+                };
+                let found = match replay(backing.bytes(), None) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        st.recovery = RecoveryState::Unrecovered(backing);
+                        return Err(MirrorError::RecoverUnreadable {
+                            reason: e.to_string(),
+                        });
+                    }
+                };
+                let g = sb.generation;
+                if let Some(p) = partner_replayed.filter(|p| p.generation >= g) {
+                    drop(st);
+                    let through = (p.generation == g).then_some(p.seq);
+                    let dropped = found
+                        .records
+                        .iter()
+                        .filter(|r| through.is_none_or(|t| r.seq > t))
+                        .count() as u64;
+                    if dropped > 0 {
+                        tracing::warn!(client = %shared.cfg.name, generation = g, dropped, partner_replayed = ?through, "shadow log recovery: records after the partner's replay were never applied and are dropped");
+                    }
+                    let gen = self.new_generation(g, partner_replayed);
+                    let log = ShadowLog::format(backing, gen)?;
+                    let r = Recovered {
+                        outcome: RecoveryOutcome::ReplayedByPartner,
+                        previous_generation: Some(g),
+                        previous_checkpoint: found.checkpoint,
+                        resumed_after: None,
+                        replayed: 0,
+                        partner_replayed_through: through,
+                        dropped,
+                        generation: gen,
+                    };
+                    tracing::info!(client = %shared.cfg.name, previous = g, generation = gen, "shadow log recovered: the partner replayed it at its takeover");
+                    self.install(log, r.clone());
+                    return Ok(r);
+                }
+                let (log, _) = ShadowLog::open(backing)?;
+                let resumed_after = shared
+                    .cursor
+                    .lock()
+                    .load_kind(CursorKind::Own)
+                    .map(|c| c.position)
+                    .filter(|p| p.generation == g)
+                    .map(|p| p.seq);
+                st.acked = log.stats().appended;
+                st.checkpointed = 0;
+                st.unmirrored.clear();
+                st.last_checkpoint = None;
+                st.log = Some(log);
+                shared.generation.store(g, Ordering::Release);
+                st.recovery = RecoveryState::Replaying {
+                    generation: g,
+                    checkpoint: found.checkpoint,
+                    resumed_after,
+                };
+                shared.post(&mut st);
+                (g, found.checkpoint, resumed_after)
+            }
+        };
+        drop(st);
+        let records = {
+            let after = shared
+                .cursor
+                .lock()
+                .load_kind(CursorKind::Own)
+                .map(|c| c.position)
+                .filter(|p| p.generation == generation);
+            let mut st = shared.inner.lock();
+            let log = st.log()?;
+            replay(log.local().bytes(), after)?.records
+        };
+        let replayed = self.apply_own(generation, records, &mut sink)?;
+        let gen = self.new_generation(generation, partner_replayed);
+        let r = Recovered {
+            outcome: RecoveryOutcome::ReplayedHere,
+            previous_generation: Some(generation),
+            previous_checkpoint: checkpoint,
+            resumed_after,
+            replayed,
+            partner_replayed_through: partner_replayed
+                .filter(|p| p.generation == generation)
+                .map(|p| p.seq),
+            dropped: 0,
+            generation: gen,
+        };
+        self.drain();
+        let backing = {
+            let mut st = shared.inner.lock();
+            let log = st.log.take().ok_or_else(|| MirrorError::ReopenLog {
+                reason: "the local log was lost during recovery".into(),
+            })?;
+            log.into_local()
+        };
+        let log = ShadowLog::format(backing, gen)?;
+        tracing::info!(client = %shared.cfg.name, previous = generation, replayed, generation = gen, "shadow log recovered: its records were applied here");
+        self.install(log, r.clone());
+        Ok(r)
+    }
+
+    /// Waits up to `timeout` until the own log is recovered; returns whether it is.
+    pub fn wait_recovered(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.inner.lock();
+        loop {
+            if st.recovery.is_recovered() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || self.shared.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.shared
+                .changed
+                .wait_for(&mut st, (deadline - now).min(Duration::from_millis(5)));
+        }
+    }
+
+    /// What the recovery did (None before it completed).
+    pub fn recovered(&self) -> Option<Recovered> {
+        self.shared.inner.lock().recovery.report()
+    }
+
+    /// The partner cursor: what this node replayed of its partner's log at takeovers (the
+    /// partner's [`recover`](ShadowMirror::recover) takes it as `partner_replayed`).
+    pub fn partner_replayed(&self) -> Option<LogPosition> {
+        self.shared.cursor.lock().load().map(|c| c.position)
+    }
+
+    /// Applies `records` of the installed log `generation` in order; after each, stores the
+    /// own-replay cursor and a checkpoint through it, and while a connection is up waits
+    /// until that checkpoint is complete on the mirror.
+    fn apply_own(
+        &self,
+        generation: u64,
+        records: Vec<ReplayedRecord>,
+        sink: &mut impl FnMut(ReplayedRecord) -> Result<(), String>,
+    ) -> Result<u64, MirrorError> {
+        let shared = &*self.shared;
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let follow = self.wait_connected(FIRST_LINK_WAIT.min(shared.cfg.partner_timeout));
+        if !follow {
+            tracing::warn!(client = %shared.cfg.name, generation, records = records.len(), "shadow log recovery: no connection to the partner; applying with its mirror not following");
+        }
+        let mut follow = follow;
+        let mut applied = 0;
+        for rec in records {
+            let position = LogPosition {
+                generation,
+                seq: rec.seq,
+            };
+            if let Err(reason) = sink(rec) {
+                return Err(MirrorError::RecoverSink {
+                    generation,
+                    seq: position.seq,
+                    reason,
+                });
+            }
+            applied += 1;
+            shared
+                .cursor
+                .lock()
+                .store_kind(CursorKind::Own, ReplayCursor { position })?;
+            let mut st = shared.inner.lock();
+            st.last_checkpoint = Some(position);
+            st.log()?.checkpoint(position)?;
+            shared.post(&mut st);
+            if !follow {
+                continue;
+            }
+            let deadline = Instant::now() + shared.cfg.link_timeout;
+            loop {
+                shared.pump(&mut st);
+                if st.checkpointed >= position.seq || st.absent || !st.link_up() {
+                    break;
+                }
+                if Instant::now() >= deadline || shared.stop.load(Ordering::Relaxed) {
+                    tracing::warn!(client = %shared.cfg.name, seq = position.seq, "shadow log recovery: checkpoint not confirmed by the mirror; applying the rest with its mirror not following");
+                    follow = false;
+                    break;
+                }
+                shared.changed.wait_for(&mut st, Duration::from_millis(1));
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Waits (at most the link timeout) until no write of the installed log is in flight, so
+    /// a log of a new generation can take its place; a connection still busy then is handed
+    /// back to the manager (its completions would name writes of the old log).
+    fn drain(&self) {
+        let shared = &*self.shared;
+        let deadline = Instant::now() + shared.cfg.link_timeout;
+        let mut st = shared.inner.lock();
+        loop {
+            shared.pump(&mut st);
+            let busy = st.log.as_ref().is_some_and(|l| {
+                let s = l.stats();
+                s.writes_in_flight + s.writes_queued > 0
+            });
+            if !busy || st.absent || !st.link_up() {
+                if st.link.as_ref().is_some_and(|l| l.outstanding > 0) {
+                    shared.link_failed(
+                        &mut st,
+                        "recovery: a new log generation replaces writes in flight",
+                    );
+                }
+                return;
+            }
+            if Instant::now() >= deadline || shared.stop.load(Ordering::Relaxed) {
+                shared.link_failed(&mut st, "recovery: mirror writes did not drain");
+                return;
+            }
+            shared.changed.wait_for(&mut st, Duration::from_millis(1));
+        }
+    }
+
+    /// A generation above `previous` and above what the partner replayed.
+    fn new_generation(&self, previous: u64, partner_replayed: Option<LogPosition>) -> u64 {
+        let floor = previous.max(partner_replayed.map_or(0, |p| p.generation));
+        self.shared
+            .cfg
+            .generation
+            .unwrap_or_else(now_ns)
+            .max(floor.saturating_add(1))
+            .max(1)
+    }
+
+    /// Installs a freshly formatted log: appends may start.
+    fn install(&self, log: ShadowLog<Nvram>, r: Recovered) {
+        let shared = &*self.shared;
+        let mut st = shared.inner.lock();
+        st.acked = 0;
+        st.checkpointed = 0;
+        st.unmirrored.clear();
+        st.last_checkpoint = None;
+        st.log = Some(log);
+        shared.generation.store(r.generation, Ordering::Release);
+        st.recovery = RecoveryState::Recovered(r);
+        shared.post(&mut st);
+        shared.changed.notify_all();
+    }
+}
