@@ -1,7 +1,10 @@
 //! The chaos suite's bookkeeping of shadow-log records: what each writer acknowledged (its
-//! `acked-<node>.log`, one section per log generation) against what the partner found when
-//! it replayed that log (`replayed-<partner>.log`, one view per takeover, plus a final,
-//! non-consuming read of the live log at the end of a run).
+//! `acked-<node>.log`, one section per log generation) against what was applied of that log:
+//! by the partner when it replayed it (`replayed-<partner>.log`, one view per takeover), by
+//! the writer's own recovery at start when nobody had (`replayed-<node>.log`, views headed
+//! `replay G C own`), plus a final, non-consuming read of the live log at the end of a run.
+//! Within a generation the own views come first: a node recovers its own log only while its
+//! partner has not replayed it, and once the partner has, the node starts a new generation.
 //!
 //! For every generation and every view of it, in order:
 //!
@@ -77,6 +80,8 @@ pub struct View {
     pub seqs: Vec<u64>,
     /// Records whose length or checksum is not the writer's payload.
     pub bad: u64,
+    /// Applied by the writer's own recovery at start (not by a takeover).
+    pub own: bool,
 }
 
 /// Parses a replayed log: `replay G C` heads each replay, then `seq len crc32c-hex` lines
@@ -90,6 +95,7 @@ pub fn parse_replayed(text: &str, payload: impl Fn(u64) -> Vec<u8>) -> Vec<View>
             views.push(View {
                 generation: f[1].parse().expect("generation"),
                 checkpoint: f[2].parse().expect("checkpoint"),
+                own: f.get(3) == Some(&"own"),
                 ..View::default()
             });
             continue;
@@ -108,9 +114,11 @@ pub fn parse_replayed(text: &str, payload: impl Fn(u64) -> Vec<u8>) -> Vec<View>
     views
 }
 
-/// The number of replays in a replayed log so far.
+/// The number of takeover replays (not own recoveries) in a replayed log so far.
 pub fn view_count(text: &str) -> usize {
-    text.lines().filter(|l| l.starts_with("replay ")).count()
+    text.lines()
+        .filter(|l| l.starts_with("replay ") && !l.ends_with(" own"))
+        .count()
 }
 
 /// A writer frozen (SIGSTOP) while its partner replayed: the views in `views` were taken
@@ -184,9 +192,11 @@ pub fn check_writer(acked_text: &str, views: &[View], freezes: &[Freeze], window
         }
         let mut lost: BTreeSet<u64> = BTreeSet::new();
         let mut prev_last: Option<u64> = None;
-        let mine: Vec<usize> = (0..views.len())
+        // Own recoveries first (see the module docs); indices stay those of `views`.
+        let mut mine: Vec<usize> = (0..views.len())
             .filter(|&i| views[i].generation == g.id)
             .collect();
+        mine.sort_by_key(|&i| !views[i].own);
         if mine.is_empty() && gi + 1 < gens.len() {
             lost.extend(g.acked.iter().filter(|s| **s > g.asked));
         }
@@ -277,7 +287,32 @@ mod tests {
             checkpoint: cp,
             seqs: seqs.collect(),
             bad: 0,
+            own: false,
         }
+    }
+
+    fn own(g: u64, cp: u64, seqs: Range<u64>) -> View {
+        View {
+            own: true,
+            ..view(g, cp, seqs)
+        }
+    }
+
+    #[test]
+    fn own_recoveries_count_as_applied_and_are_checked_like_replays() {
+        let text = "replay 7 3 own\n4 8 0\nreplay 9 0\n";
+        let v = parse_replayed(text, |_| Vec::new());
+        assert_eq!((v[0].own, v[1].own), (true, false));
+        assert_eq!(view_count(text), 1);
+        // Recovered by the writer itself: nothing lost.
+        let t = check_writer(ACKED, &[own(7, 3, 4..7)], &[], 4);
+        assert_eq!((t.lost, t.duplicates), (0, 0), "{:?}", t.problems);
+        // An interrupted recovery, then a takeover from the checkpoint it moved: exact.
+        let t = check_writer(ACKED, &[view(7, 4, 5..7), own(7, 3, 4..5)], &[], 4);
+        assert_eq!((t.lost, t.duplicates), (0, 0), "{:?}", t.problems);
+        // The takeover replays what the recovery had applied: caught.
+        let t = check_writer(ACKED, &[view(7, 3, 4..7), own(7, 3, 4..6)], &[], 4);
+        assert_eq!(t.duplicates, 2);
     }
 
     const ACKED: &str = "generation 7\n1\n2\n3\ncheckpoint-asked 3\ncheckpoint 3\n4\n5\n";

@@ -242,10 +242,9 @@ impl ChaosPair {
 
     /// kill -9 of node `i`, then waits until its partner serves both disk sets: if node `i`
     /// served anything (UP or TAKEOVER), through a new takeover (whose replay covers what
-    /// node `i` acknowledged), else the partner's takeover in force. Only then may node `i`
-    /// restart (a node restarted before its partner replayed its log would format a new
-    /// generation over unreplayed records: see the shadow module docs). Returns the victim's
-    /// state when killed.
+    /// node `i` acknowledged), else the partner's takeover in force. Returns the victim's
+    /// state when killed. (A restart before the takeover is `fast_restart`'s and
+    /// `power_loss`'s business.)
     pub fn kill_and_wait_takeover(&mut self, i: usize) -> String {
         let state = self.state(i);
         let before = self.assumed(1 - i);
@@ -271,6 +270,16 @@ impl ChaosPair {
             |n| *n > before,
         );
         self.wait_takeover(i);
+    }
+
+    /// Waits until node `i` mirrors into its partner again: connected, the partner not
+    /// absent, and a window of appends acknowledged since (they were queued behind the
+    /// re-sent live log, so that reached the partner's mirror too).
+    pub fn wait_mirrored(&self, i: usize) {
+        self.shadow_wait(&self.nodes[i], "mirroring again", |v| {
+            v["shadow"]["connected"] == json!(true) && v["shadow"]["partner_absent"] == json!(false)
+        });
+        self.wait_writes(i, WINDOW + 1);
     }
 
     /// Node `i`'s writer's acknowledged count (0 without a writer).
@@ -371,10 +380,16 @@ impl ChaosPair {
             let partner = &self.nodes[1 - i];
             let r = partner.client("shadow", json!({"replay": true}))["replay"].clone();
             let fin = final_view(&r, &mut tally, id(i));
-            let replayed =
-                std::fs::read_to_string(self.shared.join(format!("replayed-{}.log", id(1 - i))))
-                    .unwrap_or_default();
-            let mut views = ledger::parse_replayed(&replayed, |s| writer_payload(s, SIZE as usize));
+            let read = |n: u32| {
+                let text =
+                    std::fs::read_to_string(self.shared.join(format!("replayed-{n}.log")))
+                        .unwrap_or_default();
+                ledger::parse_replayed(&text, |s| writer_payload(s, SIZE as usize))
+            };
+            // The partner's takeover replays (indices as the freezes count them), then this
+            // writer's own recoveries, then the final read.
+            let mut views: Vec<View> = read(id(1 - i)).into_iter().filter(|v| !v.own).collect();
+            views.extend(read(id(i)).into_iter().filter(|v| v.own));
             views.push(fin);
             let acked = std::fs::read_to_string(self.shared.join(format!("acked-{}.log", id(i))))
                 .unwrap_or_default();
@@ -420,6 +435,7 @@ fn final_view(r: &Value, tally: &mut Tally, node: u32) -> View {
         checkpoint,
         seqs,
         bad: 0,
+        own: false,
     }
 }
 
