@@ -190,12 +190,15 @@ fn run_scenario(
         (sc.b.log_path().to_path_buf(), "node-b.log"),
         (sc.shared().join("acked-2.log"), "acked-2.log"),
         (sc.shared().join("replayed-1.log"), "replayed-1.log"),
+        (sc.shared().join("replayed-2.log"), "replayed-2.log"),
     ] {
         let _ = std::fs::copy(&from, out.join(to));
     }
     result?;
     let mut report = std::mem::take(&mut sc.report);
-    report.ok = report.writes.ok() && report.after_giveback[0] == report.after_giveback[1];
+    report.ok = report.writes.ok()
+        && report.after_giveback[0] == report.after_giveback[1]
+        && report.power_loss.ok();
     report.bytes_per_link = (0..usize::from(topology::LINKS))
         .map(|l| report.phases.iter().map(|p| p.bytes_per_link[l]).sum())
         .collect();

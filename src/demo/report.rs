@@ -94,6 +94,9 @@ pub struct Figures {
     /// The giveback outage window at A (`last_outage_ms`: giveback to the first read showing
     /// B UP).
     pub outage_ms: Option<f64>,
+    /// Power loss of both nodes: restart of both to both UP with their logs recovered.
+    #[serde(default)]
+    pub power_loss_recovery_ms: Option<f64>,
 }
 
 /// The whole report.
@@ -129,6 +132,10 @@ pub struct Report {
     /// After the giveback: B's new writer's acknowledged records, and those in A's mirror of
     /// B's new log.
     pub after_giveback: [u64; 2],
+    /// After the power loss of both nodes: B's acknowledged records of its log then against
+    /// what its own recovery at start (or a takeover by A) applied.
+    #[serde(default)]
+    pub power_loss: WritesCheck,
     /// Bytes posted on each link over the whole run (both nodes).
     pub bytes_per_link: Vec<u64>,
     /// Acknowledged = found (and the after-giveback writes all mirrored).
@@ -179,11 +186,18 @@ impl Report {
             ("replay of B's log done (from kill -9)", ms(f.replay_ms)),
             ("giveback (restart to B serving)", ms(f.giveback_ms)),
             ("giveback outage window", ms(f.outage_ms)),
+            (
+                "power loss of both: restart to both UP, logs recovered",
+                ms(f.power_loss_recovery_ms),
+            ),
         ]
     }
 
     fn writes_line(&self) -> String {
-        let w = &self.writes;
+        Self::check_line(&self.writes)
+    }
+
+    fn check_line(w: &WritesCheck) -> String {
         format!(
             "{} acknowledged, {} found after replay ({} replayed, {} beyond the last acknowledgement, {} unmirrored, {} corrupt){}",
             w.acknowledged,
@@ -246,6 +260,11 @@ impl Report {
         let _ = writeln!(s, "  writes: {}", self.writes_line());
         let _ = writeln!(
             s,
+            "  power loss of both nodes: {}",
+            Self::check_line(&self.power_loss)
+        );
+        let _ = writeln!(
+            s,
             "  after the giveback: B acknowledged {}, A's mirror of B's new log holds {}",
             self.after_giveback[0], self.after_giveback[1]
         );
@@ -280,7 +299,8 @@ impl Report {
             "Two node processes ({}), {} provider, {} links; clients on each node: {}. \
              Shadowed writes of {} bytes at {} per second, {} per traffic phase, written by \
              node B's writer; B is killed with -9, A takes over and replays B's log, B restarts \
-             and gets its disks back.\n",
+             and gets its disks back; then both nodes lose power mid-stream and restart, and B \
+             applies its own log's records.\n",
             self.topology,
             self.fabric,
             self.links,
@@ -291,9 +311,10 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "**Result: {}** — {}.\n",
+            "**Result: {}** — takeover: {}; power loss of both: {}.\n",
             if self.ok { "OK" } else { "FAILED" },
-            self.writes_line()
+            self.writes_line(),
+            Self::check_line(&self.power_loss)
         );
         let _ = writeln!(s, "## Phases\n");
         let _ = write!(

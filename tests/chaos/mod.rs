@@ -381,9 +381,8 @@ impl ChaosPair {
             let r = partner.client("shadow", json!({"replay": true}))["replay"].clone();
             let fin = final_view(&r, &mut tally, id(i));
             let read = |n: u32| {
-                let text =
-                    std::fs::read_to_string(self.shared.join(format!("replayed-{n}.log")))
-                        .unwrap_or_default();
+                let text = std::fs::read_to_string(self.shared.join(format!("replayed-{n}.log")))
+                    .unwrap_or_default();
                 ledger::parse_replayed(&text, |s| writer_payload(s, SIZE as usize))
             };
             // The partner's takeover replays (indices as the freezes count them), then this
