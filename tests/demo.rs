@@ -63,6 +63,14 @@ fn check(r: &Value, out: &Path, topology: &str, fabric: &str, writes: u64) {
     assert_eq!(w["corrupt"], 0, "{w}");
     assert!(w["beyond_acknowledged"].as_u64().unwrap() <= 16, "{w}");
     assert_eq!(r["after_giveback"], serde_json::json!([writes, writes]));
+    // The power loss of both nodes: B's own recovery applied every record it acknowledged
+    // in its log of then (the giveback phase's writes and half of the power-loss phase's).
+    let p = &r["power_loss"];
+    let acked = p["acknowledged"].as_u64().unwrap();
+    assert!(acked > writes, "the giveback phase's writes and more: {p}");
+    assert_eq!(p["found"].as_u64(), Some(acked), "{p}");
+    assert_eq!(p["corrupt"], 0, "{p}");
+    assert!(p["beyond_acknowledged"].as_u64().unwrap() <= 16, "{p}");
     assert_eq!(r["ok"], true);
     let phases: Vec<&str> = r["phases"]
         .as_array()
@@ -72,10 +80,20 @@ fn check(r: &Value, out: &Path, topology: &str, fabric: &str, writes: u64) {
         .collect();
     assert_eq!(
         phases,
-        ["connect", "workload", "cut", "restore", "kill", "restart"]
+        [
+            "connect",
+            "workload",
+            "cut",
+            "restore",
+            "kill",
+            "restart",
+            "power loss"
+        ]
     );
     for p in r["phases"].as_array().unwrap() {
-        if ["workload", "cut", "restore", "restart"].contains(&p["name"].as_str().unwrap()) {
+        if ["workload", "cut", "restore", "restart", "power loss"]
+            .contains(&p["name"].as_str().unwrap())
+        {
             assert!(p["writes"].as_u64().unwrap() > 0, "{p}");
             assert!(p["p50_us"].as_u64().unwrap() <= p["p99_us"].as_u64().unwrap());
         }
@@ -90,6 +108,7 @@ fn check(r: &Value, out: &Path, topology: &str, fabric: &str, writes: u64) {
         "replay_ms",
         "giveback_ms",
         "outage_ms",
+        "power_loss_recovery_ms",
     ] {
         assert!(r["figures"][f].as_f64().is_some(), "figure {f}: {r:#}");
     }

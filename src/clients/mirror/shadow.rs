@@ -392,6 +392,15 @@ impl ShadowMirror {
         self.shared.generation.load(Ordering::Acquire)
     }
 
+    /// The sequence number the next append gets (1 before the recovery).
+    pub fn next_seq(&self) -> u64 {
+        let st = self.shared.inner.lock();
+        st.log
+            .as_ref()
+            .filter(|_| st.recovery.is_recovered())
+            .map_or(1, |l| l.stats().appended + 1)
+    }
+
     /// The largest payload an append takes.
     pub fn max_payload(&self) -> usize {
         self.shared.max_payload

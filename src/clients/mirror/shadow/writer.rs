@@ -258,7 +258,10 @@ impl Run {
             .filter(|r| *r > 0)
             .map(|r| Duration::from_secs_f64(1.0 / r as f64));
         let mut next_due = interval.map(|_| Instant::now());
-        let mut next = 1u64;
+        // A writer started on a log that already holds records (an earlier writer of this
+        // process) continues its numbering: payload `n` is record `n`.
+        let first = self.mirror.next_seq();
+        let mut next = first;
         let mut since_checkpoint = 0u64;
         let mut last: Option<LogPosition> = None;
         let mut logged_checkpoint = 0u64;
@@ -268,7 +271,7 @@ impl Run {
             while failure.is_none()
                 && !self.shared.stop.load(Ordering::Relaxed)
                 && in_flight.len() < window
-                && next <= self.cfg.count
+                && next - first < self.cfg.count
                 && next_due.is_none_or(|d| d <= Instant::now())
             {
                 fill_payload(next, &mut buf);
@@ -292,7 +295,7 @@ impl Run {
             let Some((front, t0)) = in_flight.pop_front() else {
                 let more = failure.is_none()
                     && !self.shared.stop.load(Ordering::Relaxed)
-                    && next <= self.cfg.count;
+                    && next - first < self.cfg.count;
                 if !more {
                     break;
                 }
