@@ -31,6 +31,9 @@
 //!    without the in-use bit (the RIE remembers the tag and outcome of its last request). A
 //!    `finish` without `commit` aborts: the old data stays.
 //!
+//! A settled WB Valid buffer is freed ([`free_block`]: destaged, or a stale mirror copy) by
+//! one BMAE store to Free: a crash leaves it either WB Valid or Free.
+//!
 //! # NVRAM layout
 //! See [`layout`]: a header, the Buffer Metadata Array, the RIE array and the data area.
 //!
@@ -38,6 +41,7 @@
 //! [`begin`]: AtomicWriteTable::begin
 //! [`commit`]: AtomicWriteTable::commit
 //! [`finish`]: AtomicWriteTable::finish
+//! [`free_block`]: AtomicWriteTable::free_block
 
 pub mod layout;
 
@@ -537,6 +541,64 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
             buffers_valid,
             buffers_freed,
         })
+    }
+
+    // ---------------------------------------------------------------- freeing
+
+    /// Frees the settled WB Valid buffer of block `block` of `unit` (its data is on disk, or
+    /// it is a stale copy): one BMAE store, so a crash leaves the buffer either WB Valid or
+    /// Free. Returns the buffer, or None (changing nothing) when the block has no settled
+    /// buffer; [`MirrorError::RangeBusy`] while a write in progress holds the block.
+    pub fn free_block(
+        &mut self,
+        unit: UnitId,
+        block: u64,
+    ) -> Result<Option<BufferIndex>, MirrorError> {
+        if let Some(&rie) = self.locks.get(&(unit, block)) {
+            return Err(MirrorError::RangeBusy { unit, block, rie });
+        }
+        let Some(&buffer) = self.valid.get(&(unit, block)) else {
+            return Ok(None);
+        };
+        self.store_bmae(buffer, BufferEntry::Free)?;
+        self.valid.remove(&(unit, block));
+        self.free_buffers.insert(buffer);
+        Ok(Some(buffer))
+    }
+
+    /// Frees `buffer` if it is a settled WB Valid buffer (see [`free_block`](Self::free_block));
+    /// returns the block it held, or None (changing nothing) for a Free buffer or one of a
+    /// write in progress.
+    pub fn free_buffer(
+        &mut self,
+        buffer: BufferIndex,
+    ) -> Result<Option<(UnitId, u64)>, MirrorError> {
+        match self.buffer_entry(buffer)? {
+            BufferEntry::WbValid { unit, block }
+                if self.valid.get(&(unit, block)) == Some(&buffer) =>
+            {
+                self.free_block(unit, block)?;
+                Ok(Some((unit, block)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Every settled WB Valid block as `(unit, block, buffer)`, in block order (blocks of
+    /// writes in progress are not included).
+    pub fn valid_blocks(&self) -> Vec<(UnitId, u64, BufferIndex)> {
+        let mut all: Vec<(UnitId, u64, BufferIndex)> = self
+            .valid
+            .iter()
+            .map(|(&(unit, block), &buffer)| (unit, block, buffer))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// Whether a write in progress holds the block.
+    pub fn is_locked(&self, unit: UnitId, block: u64) -> bool {
+        self.locks.contains_key(&(unit, block))
     }
 
     // ---------------------------------------------------------------- queries

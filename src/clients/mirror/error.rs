@@ -336,4 +336,15 @@ pub enum MirrorError {
         /// Messenger name.
         name: String,
     },
+    /// A takeover's sink refused a block of the partner's image (that block and the ones
+    /// after it stay in the image for the next takeover).
+    #[error("takeover of the partner's block {block} of unit {unit}: {reason}")]
+    TakeoverSink {
+        /// The unit.
+        unit: u16,
+        /// The block.
+        block: u64,
+        /// The sink's error.
+        reason: String,
+    },
 }

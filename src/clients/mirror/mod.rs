@@ -32,7 +32,8 @@ pub use shadow::{
     AppendTicket, Appended, Recovered, RecoveryOutcome, ShadowConfig, ShadowMirror, ShadowStats,
 };
 pub use writeback::{
-    CompletionStatus, DataRange, Disposition, Message, MirrorStats, PrimaryAction, PrimaryStats,
-    RejectReason, RequestId, RequestRef, Rqr, WriteBackMirror, WriteBackPrimary,
+    BlockRef, CompletionStatus, DataRange, DirtyBlock, DirtyRef, Disposition, Message, MirrorStats,
+    PrimaryAction, PrimaryStats, RejectReason, RequestId, RequestRef, Rqr, TakeoverReport,
+    WriteBackMirror, WriteBackPrimary,
 };
 pub use writeback_driver::{MirroredWriteBack, WriteBackConfig, WriteBackStats, WriteTicket};

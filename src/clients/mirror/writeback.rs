@@ -74,15 +74,17 @@
 //! unit, the block range and the new buffers.
 
 pub mod message;
+mod sync;
 
-pub use message::{Message, RejectReason, RequestRef, Rqr};
+pub use message::{BlockRef, Message, RejectReason, RequestRef, Rqr};
+pub use sync::{DirtyBlock, DirtyRef, TakeoverReport, RESYNC_WINDOW};
 
 use super::atomic::{
     AtomicWriteTable, BufferIndex, RequestState, RieIndex, UnitId, MAX_REQUEST_TAG,
 };
 use super::error::MirrorError;
 use super::nvram::NvramBacking;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// A write request's id (its tag in both sides' RIEs).
@@ -174,6 +176,18 @@ pub struct PrimaryStats {
     pub unknown: u64,
     /// Messages of the wrong direction.
     pub unexpected: u64,
+    /// Blocks freed by [`WriteBackPrimary::handle_destaged`].
+    pub destaged: u64,
+    /// Destaged blocks refused: re-written since the snapshot, or not dirty.
+    pub destage_stale: u64,
+    /// Destaged blocks refused while a write held them.
+    pub destage_busy: u64,
+    /// Destaged notices acknowledged by the mirror.
+    pub notices_acked: u64,
+    /// Resyncs completed (every dirty block re-mirrored).
+    pub resyncs: u64,
+    /// Blocks re-mirrored by resyncs.
+    pub resync_blocks: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,6 +212,16 @@ struct PendingWrite {
     phase: Phase,
     rqrs_sent: u32,
     started: Instant,
+    /// A resync copy (no host status).
+    resync: bool,
+}
+
+/// A Destaged notice not acknowledged yet.
+#[derive(Debug)]
+struct Notice {
+    at: BlockRef,
+    /// The incarnation it was last sent in (None: not sent on the current link).
+    sent: Option<u64>,
 }
 
 /// The primary side of mirrored write-back; see the module docs.
@@ -210,6 +234,19 @@ pub struct WriteBackPrimary<B: NvramBacking> {
     partner_failed: bool,
     next_request: RequestId,
     stats: PrimaryStats,
+    /// Write sequence of each dirty block: the request that wrote its data (0: written
+    /// before this start).
+    gens: HashMap<BlockRef, RequestId>,
+    /// Destaged notices by id, until the mirror acknowledges them.
+    notices: BTreeMap<u64, Notice>,
+    notice_of: HashMap<BlockRef, u64>,
+    next_notice: u64,
+    /// The mirror may miss dirty blocks (start, partner failure): a resync is due.
+    resync_needed: bool,
+    /// A resync is running: blocks still to copy.
+    resync_queue: Option<VecDeque<BlockRef>>,
+    /// Blocks of resync copies in progress.
+    resyncing: HashSet<BlockRef>,
 }
 
 impl<B: NvramBacking> WriteBackPrimary<B> {
@@ -225,6 +262,13 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
             link_up: false,
             partner_failed: false,
             stats: PrimaryStats::default(),
+            gens: HashMap::new(),
+            notices: BTreeMap::new(),
+            notice_of: HashMap::new(),
+            next_notice: 1,
+            resync_needed: true,
+            resync_queue: None,
+            resyncing: HashSet::new(),
         }
     }
 
@@ -259,6 +303,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         }
         self.table.commit(rie)?;
         self.stats.writes += 1;
+        self.written(unit, first_block, blocks, request);
         if self.partner_failed {
             self.table.finish(rie)?;
             self.complete(request, CompletionStatus::MirrorLost, Duration::ZERO);
@@ -279,6 +324,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
                 phase: Phase::Queued,
                 rqrs_sent: 0,
                 started: now,
+                resync: false,
             },
         );
         if self.link_up {
@@ -294,11 +340,17 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         message: &Message,
     ) -> Result<Disposition, MirrorError> {
         let at = *message.request_ref();
-        if matches!(message, Message::Rqr(_) | Message::DataSent(_)) {
+        if matches!(
+            message,
+            Message::Rqr(_) | Message::DataSent(_) | Message::Destaged(..)
+        ) {
             return Ok(self.count(Disposition::Unexpected));
         }
         if !self.link_up || self.partner_failed || at.incarnation < self.incarnation {
             return Ok(self.count(Disposition::Stale));
+        }
+        if let Message::DestageAck(_) = message {
+            return Ok(self.on_destage_ack(at));
         }
         if at.incarnation > self.incarnation {
             self.raise_incarnation(at.incarnation, at.request);
@@ -334,12 +386,19 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
                     ranges,
                 });
             }
-            Message::Mda(_) => self.end(now, at.request, CompletionStatus::Mirrored)?,
+            Message::Mda(_) => {
+                self.end(now, at.request, CompletionStatus::Mirrored)?;
+                self.continue_resync(now)?;
+            }
             Message::Reject(_, reason) => {
                 tracing::warn!(request = at.request, ?reason, "mirror rejected a write");
                 self.end(now, at.request, CompletionStatus::MirrorRejected(*reason))?;
+                self.continue_resync(now)?;
             }
-            Message::Rqr(_) | Message::DataSent(_) => {}
+            Message::Rqr(_)
+            | Message::DataSent(_)
+            | Message::Destaged(..)
+            | Message::DestageAck(_) => {}
         }
         Ok(Disposition::Accepted)
     }
@@ -383,7 +442,8 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
     }
 
     /// A (new) mirror path is ready: every write not completed is redone from its RQR, in
-    /// request order.
+    /// request order, and every Destaged notice not acknowledged is sent again (a resync that
+    /// is due starts at the next [`handle_resync`](Self::handle_resync)).
     pub fn handle_link_up(&mut self) {
         self.link_up = true;
         if self.partner_failed {
@@ -393,6 +453,10 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         for request in requests {
             self.send_rqr(request);
         }
+        for notice in self.notices.values_mut() {
+            notice.sent = None;
+        }
+        self.send_notices();
     }
 
     /// The mirror path changed (down and up at once).
@@ -406,6 +470,8 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
     /// until [`handle_partner_restored`](Self::handle_partner_restored).
     pub fn handle_partner_failed(&mut self, now: Instant) -> Result<(), MirrorError> {
         self.partner_failed = true;
+        self.resync_needed = true;
+        self.resync_queue = None;
         self.actions
             .retain(|a| matches!(a, PrimaryAction::Complete { .. }));
         let requests: Vec<RequestId> = self.pending.keys().copied().collect();
@@ -415,8 +481,9 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         Ok(())
     }
 
-    /// The partner is back as a mirror (its mirror image brought up to date by the caller):
-    /// writes are mirrored again.
+    /// The partner is back as a mirror: writes are mirrored again, and once the link is up
+    /// a resync brings its image of every dirty block up to date
+    /// ([`handle_resync`](Self::handle_resync)).
     pub fn handle_partner_restored(&mut self) {
         self.partner_failed = false;
     }
@@ -490,6 +557,10 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
     /// message at hand moves on).
     fn raise_incarnation(&mut self, incarnation: u64, current: RequestId) {
         self.incarnation = incarnation;
+        for notice in self.notices.values_mut() {
+            notice.sent = notice.sent.filter(|&k| k >= incarnation);
+        }
+        self.send_notices();
         self.actions.retain(|a| match a {
             PrimaryAction::WriteData { incarnation: k, .. } => *k >= incarnation,
             PrimaryAction::Send(m @ Message::DataSent(_)) => {
@@ -522,7 +593,10 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         };
         self.table.finish(write.rie)?;
         let latency = now.saturating_duration_since(write.started);
-        self.pending.remove(&request);
+        if let Some(write) = self.pending.remove(&request).filter(|w| w.resync) {
+            self.resync_done(write.unit, write.first_block, status);
+            return Ok(());
+        }
         self.complete(request, status, latency);
         Ok(())
     }
@@ -571,6 +645,12 @@ pub struct MirrorStats {
     pub divergent: u64,
     /// Higher incarnations adopted from RQRs.
     pub adopted: u64,
+    /// Blocks freed on Destaged notices.
+    pub freed: u64,
+    /// Stale copies freed because the primary named their buffer as a new one.
+    pub stale_freed: u64,
+    /// Partner blocks handed over at takeovers.
+    pub taken_over: u64,
     /// Stale inputs ignored.
     pub stale: u64,
     /// Inputs naming no request.
@@ -607,6 +687,7 @@ impl<B: NvramBacking> WriteBackMirror<B> {
         match message {
             Message::Rqr(q) => self.on_rqr(q),
             Message::DataSent(at) => self.on_data_sent(*at),
+            Message::Destaged(at, block) => self.on_destaged(*at, *block),
             _ => Ok(self.count(Disposition::Unexpected)),
         }
     }
@@ -693,6 +774,7 @@ impl<B: NvramBacking> WriteBackMirror<B> {
             self.setups.remove(&at.rie);
             self.stats.aborted += 1;
         }
+        self.free_stale(&q.new_buffers)?;
         let begun = self
             .table
             .begin_at(at.rie, at.request, q.unit, q.first_block, &q.new_buffers);

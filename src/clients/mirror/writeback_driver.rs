@@ -92,7 +92,10 @@ use super::error::MirrorError;
 use super::nvram::FileNvram;
 use super::shadow::Nvram;
 use super::writeback::message::MAX_MESSAGE_LEN;
-use super::writeback::{CompletionStatus, Message, RequestId, WriteBackMirror, WriteBackPrimary};
+use super::writeback::{
+    BlockRef, CompletionStatus, DirtyBlock, DirtyRef, Message, RequestId, TakeoverReport,
+    WriteBackMirror, WriteBackPrimary,
+};
 use crate::fabric::Access;
 use crate::manager::{BandwidthClass, ClientHandle, ClientSpec, Manager};
 use crate::messaging::{Head, Messenger, MessengerConfig, Outbox};
@@ -525,6 +528,59 @@ impl MirroredWriteBack {
     pub fn read_mirror_block(&self, unit: UnitId, block: u64) -> Option<Vec<u8>> {
         let c = self.shared.core.lock();
         c.mirror.table().read_block(unit, block).map(<[u8]>::to_vec)
+    }
+
+    /// A snapshot of this node's dirty blocks, with their write sequences and data, for the
+    /// storage service to destage (see [`destaged`](Self::destaged)). Blocks of writes in
+    /// progress come in a later snapshot.
+    pub fn dirty_blocks(&self) -> Vec<DirtyBlock> {
+        self.shared.core.lock().primary.dirty_blocks()
+    }
+
+    /// The storage service wrote these blocks (from [`dirty_blocks`](Self::dirty_blocks)) to
+    /// disk: each one not written again since and held by no write is freed here, and at
+    /// the partner by a Destaged notice. Returns how many were freed (the others stay dirty
+    /// and come back in the next snapshot).
+    pub fn destaged(&self, blocks: &[DirtyRef]) -> Result<usize, MirrorError> {
+        let freed = {
+            let mut c = self.shared.core.lock();
+            let freed = c.primary.handle_destaged(blocks)?;
+            c.run_primary(&self.shared.cfg);
+            // Buffers came free: a resync waiting for them goes on.
+            c.primary.handle_resync(Instant::now())?;
+            c.run_primary(&self.shared.cfg);
+            freed
+        };
+        self.flush();
+        Ok(freed)
+    }
+
+    /// Takes over the partner's mirrored dirty blocks (the partner is gone): its writes in
+    /// progress are aborted, then every block of its image goes to `sink` once, in block
+    /// order, and is freed right after (see [`WriteBackMirror::take_over`]).
+    pub fn take_over_partner(
+        &self,
+        sink: impl FnMut(BlockRef, &[u8]) -> Result<(), String>,
+    ) -> Result<TakeoverReport, MirrorError> {
+        let mut c = self.shared.core.lock();
+        let report = c.mirror.take_over(sink)?;
+        tracing::info!(name = %self.shared.cfg.name, blocks = report.blocks, aborted = report.aborted, "partner's write-back blocks taken over");
+        Ok(report)
+    }
+
+    /// Waits up to `timeout` for the partner's image to hold every dirty block of this node
+    /// ([`WriteBackStats::in_sync`]); returns whether it does.
+    pub fn wait_in_sync(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stats().in_sync {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Drops the data connection and asks the manager to re-establish it, as a failed

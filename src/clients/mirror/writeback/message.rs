@@ -1,11 +1,12 @@
-//! The write-back messages (RQR, RTR, DataSent, MDA, Reject) and their encoding (all
+//! The write-back messages (RQR, RTR, DataSent, MDA, Reject, Destaged, DestageAck) and their
+//! encoding (all
 //! integers little-endian). Decoding checks every field: a partner's message is never trusted.
 //!
 //! Every message starts with the same 24 bytes:
 //!
 //! | offset | size | field                                                         |
 //! |--------|------|---------------------------------------------------------------|
-//! | 0      | 1    | kind: 1 RQR, 2 RTR, 3 DataSent, 4 MDA, 5 Reject               |
+//! | 0      | 1    | kind: 1 RQR, 2 RTR, 3 DataSent, 4 MDA, 5 Reject, 6 Destaged, 7 DestageAck |
 //! | 1      | 3    | zero                                                          |
 //! | 4      | 4    | RIE index (the primary's, and the mirror RIE reserved for it) |
 //! | 8      | 8    | request id (1..=2^62-1)                                       |
@@ -25,6 +26,10 @@
 //!
 //! Reject (32 bytes): offset 24 the [`RejectReason`] (1 bad RIE, 2 bad buffer, 3 range busy,
 //! 4 bad range), then 7 zero bytes.
+//!
+//! Destaged and DestageAck name no RIE (RIE index 0) and, in the request field, the primary's
+//! destage notice id. DestageAck is the 24 bytes; Destaged (40 bytes) goes on: offset 24 the
+//! block (<= 2^46 - 1, 8 bytes), offset 32 the unit (2 bytes), then 6 zero bytes.
 //!
 //! Any other length, kind, reason, non-zero padding or out-of-range field is a typed error.
 
@@ -50,6 +55,12 @@ pub const HEAD_LEN: usize = 24;
 pub const RQR_FIXED_LEN: usize = 40;
 /// Bytes of a reject.
 pub const REJECT_LEN: usize = 32;
+/// Kind byte of [`Message::Destaged`].
+pub const KIND_DESTAGED: u8 = 6;
+/// Kind byte of [`Message::DestageAck`].
+pub const KIND_DESTAGE_ACK: u8 = 7;
+/// Bytes of a Destaged.
+pub const DESTAGED_LEN: usize = 40;
 /// Bytes of the longest message (an RQR of 256 blocks).
 pub const MAX_MESSAGE_LEN: usize = RQR_FIXED_LEN + 4 * MAX_ATOMIC_BLOCKS;
 
@@ -117,6 +128,19 @@ pub enum Message {
     Mda(RequestRef),
     /// Mirror → primary: the RQR cannot be taken.
     Reject(RequestRef, RejectReason),
+    /// Primary → mirror: the block is on disk; free its copy (notice id in `request`).
+    Destaged(RequestRef, BlockRef),
+    /// Mirror → primary: the Destaged notice was handled in the incarnation it carries.
+    DestageAck(RequestRef),
+}
+
+/// A block of a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockRef {
+    /// The unit.
+    pub unit: UnitId,
+    /// The block address.
+    pub block: u64,
 }
 
 impl Message {
@@ -124,7 +148,12 @@ impl Message {
     pub fn request_ref(&self) -> &RequestRef {
         match self {
             Message::Rqr(q) => &q.at,
-            Message::Rtr(r) | Message::DataSent(r) | Message::Mda(r) | Message::Reject(r, _) => r,
+            Message::Rtr(r)
+            | Message::DataSent(r)
+            | Message::Mda(r)
+            | Message::Reject(r, _)
+            | Message::Destaged(r, _)
+            | Message::DestageAck(r) => r,
         }
     }
 
@@ -136,6 +165,8 @@ impl Message {
             Message::DataSent(_) => KIND_DATA_SENT,
             Message::Mda(_) => KIND_MDA,
             Message::Reject(..) => KIND_REJECT,
+            Message::Destaged(..) => KIND_DESTAGED,
+            Message::DestageAck(_) => KIND_DESTAGE_ACK,
         }
     }
 
@@ -144,6 +175,7 @@ impl Message {
         match self {
             Message::Rqr(q) => RQR_FIXED_LEN + 4 * q.new_buffers.len(),
             Message::Reject(..) => REJECT_LEN,
+            Message::Destaged(..) => DESTAGED_LEN,
             _ => HEAD_LEN,
         }
     }
@@ -189,6 +221,16 @@ impl Message {
                 }
             }
             Message::Reject(_, reason) => out[24] = *reason as u8,
+            Message::Destaged(_, b) => {
+                if b.block > MAX_BLOCK_ADDRESS {
+                    return Err(MirrorError::MessageField {
+                        field: "block",
+                        value: b.block,
+                    });
+                }
+                out[24..32].copy_from_slice(&b.block.to_le_bytes());
+                out[32..34].copy_from_slice(&b.unit.to_le_bytes());
+            }
             _ => {}
         }
         Ok(need)
@@ -218,7 +260,7 @@ impl Message {
         if bytes.len() < HEAD_LEN {
             length(HEAD_LEN)?;
         }
-        if !(KIND_RQR..=KIND_REJECT).contains(&kind) {
+        if !(KIND_RQR..=KIND_DESTAGE_ACK).contains(&kind) {
             return Err(MirrorError::MessageKind { kind });
         }
         let zero =
@@ -246,6 +288,24 @@ impl Message {
             KIND_RTR => length(HEAD_LEN).map(|_| Message::Rtr(at)),
             KIND_DATA_SENT => length(HEAD_LEN).map(|_| Message::DataSent(at)),
             KIND_MDA => length(HEAD_LEN).map(|_| Message::Mda(at)),
+            KIND_DESTAGED | KIND_DESTAGE_ACK if at.rie != 0 => Err(MirrorError::MessageField {
+                field: "rie",
+                value: u64::from(at.rie),
+            }),
+            KIND_DESTAGE_ACK => length(HEAD_LEN).map(|_| Message::DestageAck(at)),
+            KIND_DESTAGED => {
+                length(DESTAGED_LEN)?;
+                zero(34..40)?;
+                let block = u64::from_le_bytes(array(&bytes[24..32]));
+                if block > MAX_BLOCK_ADDRESS {
+                    return Err(MirrorError::MessageField {
+                        field: "block",
+                        value: block,
+                    });
+                }
+                let unit = u16::from_le_bytes(array(&bytes[32..34]));
+                Ok(Message::Destaged(at, BlockRef { unit, block }))
+            }
             KIND_REJECT => {
                 length(REJECT_LEN)?;
                 zero(25..32)?;
@@ -330,6 +390,14 @@ mod tests {
             Message::DataSent(at),
             Message::Mda(at),
             Message::Reject(at, RejectReason::RangeBusy),
+            Message::Destaged(
+                RequestRef { rie: 0, ..at },
+                BlockRef {
+                    unit: 4,
+                    block: MAX_BLOCK_ADDRESS,
+                },
+            ),
+            Message::DestageAck(RequestRef { rie: 0, ..at }),
         ] {
             let bytes = m.to_bytes().unwrap();
             assert_eq!(bytes.len(), m.encoded_len());
@@ -366,6 +434,32 @@ mod tests {
         let mut bad = bytes;
         bad[2] = 1;
         assert!(Message::decode(&bad).is_err());
+        // Destaged: an RIE, a block beyond 46 bits or padding is refused.
+        let notice = RequestRef { rie: 0, ..at };
+        let d = Message::Destaged(notice, BlockRef { unit: 1, block: 9 });
+        let bytes = d.to_bytes().unwrap();
+        assert_eq!(bytes.len(), DESTAGED_LEN);
+        assert_eq!(bytes[0], KIND_DESTAGED);
+        for (at, value, field) in [(4, 1, "rie"), (31, 0x40, "block"), (35, 1, "padding")] {
+            let mut bad = bytes.clone();
+            bad[at] = value;
+            assert!(
+                matches!(Message::decode(&bad), Err(MirrorError::MessageField { field: f, .. }) if f == field),
+                "{field}"
+            );
+        }
+        let mut bad = Message::DestageAck(notice).to_bytes().unwrap();
+        bad[5] = 1;
+        assert!(Message::decode(&bad).is_err());
+        assert!(Message::Destaged(
+            notice,
+            BlockRef {
+                unit: 1,
+                block: MAX_BLOCK_ADDRESS + 1
+            }
+        )
+        .to_bytes()
+        .is_err());
         let mut out = [0u8; 10];
         assert!(matches!(
             Message::Mda(at).encode_into(&mut out),

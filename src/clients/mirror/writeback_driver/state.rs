@@ -340,7 +340,7 @@ impl Core {
         self.counters.messages_in += 1;
         self.last_progress = now;
         match m {
-            Message::Rqr(_) | Message::DataSent(_) => {
+            Message::Rqr(_) | Message::DataSent(_) | Message::Destaged(..) => {
                 if self.link_up() {
                     self.mirror_message(cfg, m);
                 } else {
@@ -350,7 +350,7 @@ impl Core {
                     self.held.push_back(m);
                 }
             }
-            Message::Rtr(_) | Message::Mda(_) | Message::Reject(..) => {
+            Message::Rtr(_) | Message::Mda(_) | Message::Reject(..) | Message::DestageAck(_) => {
                 if let Err(e) = self.primary.handle_message(now, &m) {
                     self.nvram_error("primary", &e);
                 }
@@ -537,8 +537,15 @@ impl Core {
         tracing::info!(client = %cfg.name, "write-back partner back: writes are mirrored again");
     }
 
-    /// Timers: the partner timeout, and the redo of writes that made no progress.
+    /// Timers: the partner timeout, the redo of writes that made no progress, and the
+    /// resync (it waits for free buffers when the table is full).
     pub(super) fn check_timers(&mut self, cfg: &WriteBackConfig, now: Instant) {
+        if self.link_up() && !self.primary.in_sync() {
+            if let Err(e) = self.primary.handle_resync(now) {
+                self.nvram_error("primary", &e);
+            }
+            self.run_primary(cfg);
+        }
         if !self.link_up() && !self.primary.partner_failed() {
             if let Some(since) = self.suspended_since {
                 if now.duration_since(since) >= cfg.partner_timeout {

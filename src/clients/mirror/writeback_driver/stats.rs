@@ -69,6 +69,33 @@ pub struct WriteBackStats {
     pub nvram_errors: u64,
     /// Free buffers in this node's table.
     pub free_buffers: u64,
+    /// Dirty blocks in this node's table (settled).
+    pub dirty_blocks: u64,
+    /// Blocks of the partner's image (settled).
+    pub mirror_blocks: u64,
+    /// Whether the partner's image holds every dirty block of this node (partner reachable,
+    /// no resync due or running).
+    pub in_sync: bool,
+    /// Blocks the resync still has to copy (every dirty block while one is due).
+    pub resync_pending_blocks: u64,
+    /// Resyncs completed.
+    pub resyncs: u64,
+    /// Blocks copied by resyncs.
+    pub resync_blocks: u64,
+    /// Blocks freed after destage.
+    pub destaged: u64,
+    /// Destaged blocks refused (written again since the snapshot, or not dirty).
+    pub destage_stale: u64,
+    /// Destaged blocks refused while a write held them.
+    pub destage_busy: u64,
+    /// Destaged notices the mirror has not acknowledged.
+    pub destage_notices: u64,
+    /// Partner blocks the mirror freed on Destaged notices.
+    pub mirror_freed: u64,
+    /// Stale partner copies the mirror freed for a new write.
+    pub mirror_stale_freed: u64,
+    /// Partner blocks handed over at takeovers.
+    pub taken_over: u64,
     /// Write latency (start to status), median, in µs.
     pub latency_p50_us: f64,
     /// 99th percentile, in µs.
@@ -118,6 +145,19 @@ impl WriteBackStats {
             bad_messages: k.bad_messages,
             nvram_errors: k.nvram_errors,
             free_buffers: c.primary.table().free_buffer_count() as u64,
+            dirty_blocks: c.primary.table().valid_block_count() as u64,
+            mirror_blocks: c.mirror.table().valid_block_count() as u64,
+            in_sync: c.primary.in_sync(),
+            resync_pending_blocks: c.primary.resync_pending_blocks() as u64,
+            resyncs: p.resyncs,
+            resync_blocks: p.resync_blocks,
+            destaged: p.destaged,
+            destage_stale: p.destage_stale,
+            destage_busy: p.destage_busy,
+            destage_notices: c.primary.destage_notices() as u64,
+            mirror_freed: m.freed,
+            mirror_stale_freed: m.stale_freed,
+            taken_over: m.taken_over,
             latency_p50_us: lat.p50_us,
             latency_p99_us: lat.p99_us,
             latency_max_us: lat.max_us,

@@ -1,0 +1,404 @@
+//! Destage, resync and takeover of the mirrored write-back (F5.3): the parts of
+//! [`WriteBackPrimary`] and [`WriteBackMirror`] that keep the mirror image equal to the
+//! primary's dirty blocks over time, sans-IO like the rest of the cores.
+//!
+//! # Destage (primary → mirror)
+//! The storage service takes a snapshot of the dirty blocks ([`WriteBackPrimary::dirty_blocks`],
+//! each with its write sequence: the request that wrote its data, 0 for data from before this
+//! start), writes them to disk, and reports them ([`WriteBackPrimary::handle_destaged`]). A
+//! reported block is freed (one BMAE store,
+//! [`AtomicWriteTable::free_block`](crate::clients::mirror::atomic::AtomicWriteTable::free_block)) only if it was
+//! not written again since the snapshot (same sequence) and no write holds it; the others are
+//! refused and come back in the next snapshot. Each freed block gets a Destaged notice (a
+//! [`Message::Destaged`] with a notice id), sent while the mirror is reachable and again on
+//! every new link or higher incarnation until a [`Message::DestageAck`] of the incarnation it
+//! was sent in comes back. A host write of the block drops its notice: the write replaces the
+//! mirror's copy itself (mirrored), or the next resync does (mirror lost).
+//!
+//! The mirror frees its settled copy of the block on a Destaged of its current incarnation
+//! (adopting a higher one, as for an RQR) and acknowledges it; a Destaged of an older
+//! incarnation is ignored and answered with a DestageAck of the current one, which tells the
+//! primary to send it again. A buffer the primary names as a new buffer in an RQR is free on
+//! the primary, so a settled copy the mirror still holds there is stale (a lost notice, or a
+//! write absorbed by the primary alone): the mirror frees it before it starts the write.
+//!
+//! # Resync (after a start or a partner failure)
+//! The primary cannot tell a partner that kept its NVRAM from one that lost it, and it does
+//! not know which of its notices and writes the mirror missed, so the set of blocks to
+//! re-mirror is every dirty block (recomputed from the table; nothing else is persisted). A
+//! resync is due at every start and every partner failure; it runs once the link is up and
+//! the partner not failed: each settled dirty block is copied, at most [`RESYNC_WINDOW`] at a
+//! time, by an atomic write of its own data into a new buffer (the write sequence stays),
+//! which goes through the normal RQR, RTR, data, MDA flow with no host status. A block a host
+//! write holds is skipped (that write mirrors its newest data), and a host write of a block
+//! being copied waits for the copy (the block is busy). The mirror is in sync when no resync
+//! is due or running and the partner is reachable; a partner failure mid-resync starts it
+//! over at the next restoration.
+//!
+//! # Takeover (mirror)
+//! [`WriteBackMirror::take_over`]: the partner is gone for good; its writes in progress are
+//! aborted (none was acknowledged: the mirror commits only on the DataSent), then every
+//! settled block of the image, in block order, goes to the sink and its buffer is freed right
+//! after the sink returns. The freed buffers are the persistent marker: a second takeover or a
+//! restart hands only what is left. A crash between the sink's return and the free hands that
+//! one block again (the sink must take a block twice).
+
+use super::message::BlockRef;
+use super::{
+    CompletionStatus, Disposition, Message, Notice, PendingWrite, Phase, RequestId, RequestRef,
+    WriteBackMirror, WriteBackPrimary,
+};
+use crate::clients::mirror::atomic::{UnitId, MAX_REQUEST_TAG};
+use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::nvram::NvramBacking;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Resync copies in progress at most.
+pub const RESYNC_WINDOW: usize = 16;
+
+/// A dirty block and its write sequence (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DirtyRef {
+    /// The unit.
+    pub unit: UnitId,
+    /// The block.
+    pub block: u64,
+    /// The request that wrote its current data (0: before this start).
+    pub seq: RequestId,
+}
+
+/// A dirty block of a snapshot, with its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirtyBlock {
+    /// The block and its write sequence.
+    pub at: DirtyRef,
+    /// Its data.
+    pub data: Vec<u8>,
+}
+
+/// What a takeover did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TakeoverReport {
+    /// Partner writes in progress aborted.
+    pub aborted: usize,
+    /// Blocks handed to the sink (and freed).
+    pub blocks: usize,
+}
+
+impl<B: NvramBacking> WriteBackPrimary<B> {
+    /// The settled dirty blocks, in block order, with their write sequences and data (blocks
+    /// of writes in progress come in a later snapshot).
+    pub fn dirty_blocks(&self) -> Vec<DirtyBlock> {
+        let table = &self.table;
+        table
+            .valid_blocks()
+            .into_iter()
+            .filter_map(|(unit, block, buffer)| {
+                let data = table.block_data(buffer).ok()?.to_vec();
+                let seq = self.seq_of(BlockRef { unit, block });
+                Some(DirtyBlock {
+                    at: DirtyRef { unit, block, seq },
+                    data,
+                })
+            })
+            .collect()
+    }
+
+    /// The write sequence of a dirty block (0: written before this start, or not dirty).
+    pub fn seq_of(&self, at: BlockRef) -> RequestId {
+        self.gens.get(&at).copied().unwrap_or(0)
+    }
+
+    /// The storage service wrote these blocks to disk: each one still at its sequence and
+    /// held by no write is freed here and at the mirror (a Destaged notice). Returns how many
+    /// were freed; the others are counted (stale or busy) and left dirty.
+    pub fn handle_destaged(&mut self, blocks: &[DirtyRef]) -> Result<usize, MirrorError> {
+        let mut freed = 0;
+        for d in blocks {
+            let at = BlockRef {
+                unit: d.unit,
+                block: d.block,
+            };
+            if self.table.is_locked(d.unit, d.block) {
+                self.stats.destage_busy += 1;
+                continue;
+            }
+            if self.seq_of(at) != d.seq || self.table.free_block(d.unit, d.block)?.is_none() {
+                self.stats.destage_stale += 1;
+                continue;
+            }
+            self.gens.remove(&at);
+            self.stats.destaged += 1;
+            freed += 1;
+            let id = self.next_notice;
+            self.next_notice += 1;
+            if let Some(old) = self.notice_of.insert(at, id) {
+                self.notices.remove(&old);
+            }
+            self.notices.insert(id, Notice { at, sent: None });
+        }
+        self.send_notices();
+        Ok(freed)
+    }
+
+    /// Runs the resync: starts one that is due and copies blocks while the window has room.
+    /// The driver calls it on its timer (so also when buffers came free); a running resync
+    /// goes on by itself on every MDA or reject.
+    pub fn handle_resync(&mut self, now: Instant) -> Result<(), MirrorError> {
+        self.advance_resync(now)
+    }
+
+    /// Goes on with a running resync (starts none).
+    pub(super) fn continue_resync(&mut self, now: Instant) -> Result<(), MirrorError> {
+        if self.resync_queue.is_some() {
+            self.advance_resync(now)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the mirror holds every dirty block: the partner is reachable and no resync
+    /// is due or running.
+    pub fn in_sync(&self) -> bool {
+        self.link_up && !self.partner_failed && !self.resync_needed && self.resync_queue.is_none()
+    }
+
+    /// Blocks a resync still has to copy (all dirty blocks while one is due).
+    pub fn resync_pending_blocks(&self) -> usize {
+        if self.resync_needed {
+            return self.table.valid_block_count();
+        }
+        self.resync_queue
+            .as_ref()
+            .map_or(0, |q| q.len() + self.resyncing.len())
+    }
+
+    /// Destaged notices the mirror has not acknowledged.
+    pub fn destage_notices(&self) -> usize {
+        self.notices.len()
+    }
+
+    /// A host write of `blocks` blocks at `first` by `request`: their sequence, and no
+    /// notice for them any more.
+    pub(super) fn written(&mut self, unit: UnitId, first: u64, blocks: usize, request: RequestId) {
+        for block in first..first + blocks as u64 {
+            let at = BlockRef { unit, block };
+            self.gens.insert(at, request);
+            if let Some(id) = self.notice_of.remove(&at) {
+                self.notices.remove(&id);
+            }
+        }
+    }
+
+    /// Sends the notices not sent on the current link and incarnation.
+    pub(super) fn send_notices(&mut self) {
+        if !self.link_up || self.partner_failed {
+            return;
+        }
+        let incarnation = self.incarnation;
+        for (&id, notice) in self.notices.iter_mut().filter(|(_, n)| n.sent.is_none()) {
+            notice.sent = Some(incarnation);
+            let at = RequestRef {
+                request: id,
+                rie: 0,
+                incarnation,
+            };
+            self.actions
+                .push_back(super::PrimaryAction::Send(Message::Destaged(at, notice.at)));
+        }
+    }
+
+    /// A DestageAck of an incarnation not below this side's: the notice is done if it was
+    /// sent in that incarnation; a higher one means the mirror ignored it (it is sent again).
+    pub(super) fn on_destage_ack(&mut self, at: RequestRef) -> Disposition {
+        let done = self
+            .notices
+            .get(&at.request)
+            .is_some_and(|n| n.sent == Some(at.incarnation));
+        if done {
+            if let Some(n) = self.notices.remove(&at.request) {
+                self.notice_of.remove(&n.at);
+            }
+            self.stats.notices_acked += 1;
+        }
+        if at.incarnation > self.incarnation {
+            self.raise_incarnation(at.incarnation, 0);
+        }
+        if done {
+            Disposition::Accepted
+        } else {
+            self.count(Disposition::Stale)
+        }
+    }
+
+    pub(super) fn advance_resync(&mut self, now: Instant) -> Result<(), MirrorError> {
+        if !self.link_up || self.partner_failed {
+            return Ok(());
+        }
+        if self.resync_needed {
+            self.resync_needed = false;
+            let all: VecDeque<BlockRef> = self
+                .table
+                .valid_blocks()
+                .into_iter()
+                .map(|(unit, block, _)| BlockRef { unit, block })
+                .collect();
+            tracing::info!(blocks = all.len(), "write-back resync started");
+            self.resync_queue = Some(all);
+        }
+        let Some(mut queue) = self.resync_queue.take() else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        while self.resyncing.len() < RESYNC_WINDOW {
+            let Some(at) = queue.pop_front() else { break };
+            if self.table.is_locked(at.unit, at.block)
+                || self.table.lookup(at.unit, at.block).is_none()
+            {
+                continue; // a host write mirrors it, or it was destaged
+            }
+            match self.copy_block(now, at) {
+                Ok(()) => {}
+                Err(MirrorError::NoFreeBuffers { .. } | MirrorError::NoFreeRie { .. }) => {
+                    queue.push_front(at);
+                    break;
+                }
+                Err(e) => {
+                    queue.push_front(at);
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if queue.is_empty() && self.resyncing.is_empty() {
+            self.stats.resyncs += 1;
+            tracing::info!(
+                resyncs = self.stats.resyncs,
+                "write-back resync done: the mirror is in sync"
+            );
+        } else {
+            self.resync_queue = Some(queue);
+        }
+        result
+    }
+
+    /// A resync copy of `at`: an atomic write of its own data into a new buffer, committed
+    /// here, then mirrored like a host write.
+    fn copy_block(&mut self, now: Instant, at: BlockRef) -> Result<(), MirrorError> {
+        let request = self.next_request;
+        if request > MAX_REQUEST_TAG {
+            return Err(MirrorError::RequestIdsExhausted);
+        }
+        let (rie, new_buffers) = self.table.begin(request, at.unit, at.block, 1)?;
+        self.next_request += 1;
+        let old = self
+            .table
+            .request(rie)
+            .and_then(|r| r.old_buffers.first().copied().flatten());
+        let Some(old) = old else {
+            self.table.finish(rie)?; // nothing to copy: an abort
+            return Ok(());
+        };
+        let geometry = *self.table.geometry();
+        let len = geometry.block_size as usize;
+        let src = geometry.buffer_offset(old);
+        let dst = geometry.buffer_offset(new_buffers[0]);
+        self.table
+            .backing_mut()
+            .bytes_mut()
+            .copy_within(src..src + len, dst);
+        self.table.commit(rie)?;
+        self.pending.insert(
+            request,
+            PendingWrite {
+                rie,
+                unit: at.unit,
+                first_block: at.block,
+                old_blocks: 1,
+                new_buffers,
+                phase: Phase::Queued,
+                rqrs_sent: 0,
+                started: now,
+                resync: true,
+            },
+        );
+        self.resyncing.insert(at);
+        self.send_rqr(request);
+        Ok(())
+    }
+
+    /// A resync copy ended.
+    pub(super) fn resync_done(&mut self, unit: UnitId, block: u64, status: CompletionStatus) {
+        self.resyncing.remove(&BlockRef { unit, block });
+        match status {
+            CompletionStatus::Mirrored => self.stats.resync_blocks += 1,
+            CompletionStatus::MirrorLost => {} // the partner failed: a resync is due again
+            CompletionStatus::MirrorRejected(reason) => {
+                tracing::warn!(unit, block, ?reason, "the mirror rejected a resync copy");
+            }
+        }
+    }
+}
+
+impl<B: NvramBacking> WriteBackMirror<B> {
+    /// The partner is gone for good: its writes in progress are aborted, then every settled
+    /// block of its image goes to `sink` (in block order) and is freed once the sink
+    /// returns (see the [module docs](self)). The first sink error stops the takeover: that
+    /// block and the ones after it stay for the next one.
+    pub fn take_over(
+        &mut self,
+        mut sink: impl FnMut(BlockRef, &[u8]) -> Result<(), String>,
+    ) -> Result<TakeoverReport, MirrorError> {
+        let aborted = self.handle_partner_failed()?;
+        let mut report = TakeoverReport { aborted, blocks: 0 };
+        for (unit, block, buffer) in self.table.valid_blocks() {
+            sink(BlockRef { unit, block }, self.table.block_data(buffer)?).map_err(|reason| {
+                MirrorError::TakeoverSink {
+                    unit,
+                    block,
+                    reason,
+                }
+            })?;
+            self.table.free_block(unit, block)?;
+            report.blocks += 1;
+            self.stats.taken_over += 1;
+        }
+        Ok(report)
+    }
+
+    pub(super) fn on_destaged(
+        &mut self,
+        at: RequestRef,
+        block: BlockRef,
+    ) -> Result<Disposition, MirrorError> {
+        let current = self.table.incarnation();
+        if at.incarnation < current {
+            self.reply(Message::DestageAck, at);
+            return Ok(self.count(Disposition::Stale));
+        }
+        if at.incarnation > current {
+            self.adopt(at.incarnation)?;
+            self.stats.adopted += 1;
+        }
+        match self.table.free_block(block.unit, block.block) {
+            Ok(Some(_)) => self.stats.freed += 1,
+            Ok(None) | Err(MirrorError::RangeBusy { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.reply(Message::DestageAck, at);
+        Ok(Disposition::Accepted)
+    }
+
+    /// Frees the settled copies in buffers the primary names as new ones (stale here).
+    pub(super) fn free_stale(&mut self, buffers: &[u32]) -> Result<(), MirrorError> {
+        for &buffer in buffers {
+            if buffer >= self.table.geometry().buffers {
+                continue; // begin_at rejects it
+            }
+            if self.table.free_buffer(buffer)?.is_some() {
+                self.stats.stale_freed += 1;
+            }
+        }
+        Ok(())
+    }
+}
