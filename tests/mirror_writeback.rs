@@ -405,7 +405,7 @@ proptest! {
     /// Whatever bytes arrive, decoding gives a message or a typed error, and a message
     /// re-encodes to the same bytes.
     #[test]
-    fn hostile_bytes_decode_to_a_message_or_an_error(bytes in prop::collection::vec(any::<u8>(), 0..80), kind in 0u8..7) {
+    fn hostile_bytes_decode_to_a_message_or_an_error(bytes in prop::collection::vec(any::<u8>(), 0..80), kind in 0u8..9) {
         let mut bytes = bytes;
         if let Some(b) = bytes.first_mut() { *b = kind; }
         if let Ok(m) = Message::decode(&bytes) {
@@ -496,6 +496,8 @@ fn more_than_256_blocks_are_refused() {
 
 #[path = "mirror_writeback/pair.rs"]
 mod pair;
+#[path = "mirror_writeback/sync.rs"]
+mod sync;
 use pair::{Pair, PathChange, StalePolicy};
 
 /// Crash the primary after each store of a mirrored write (begin, data, commit, and the
