@@ -3,7 +3,9 @@
 //! the same block contents as the primary's (both directions at once); several writes in
 //! flight (tickets, and threads); the partner restarting mid-stream from its NVRAM files
 //! (every write completes, `MirrorLost` or mirrored, and every one reported mirrored is in
-//! the restarted mirror's table); more than 256 blocks refused.
+//! the restarted mirror's table); more than 256 blocks refused; the resync after the mirror
+//! was lost (every dirty block in the partner's image before "in sync"), destage on both
+//! sides, and the partner's takeover of the dirty blocks, once.
 
 mod manager_pair;
 
@@ -405,4 +407,99 @@ fn data_path_changes_mid_stream_lose_nothing() {
         sb.stale,
         sa.held + sb.held
     );
+}
+
+/// The partner shuts down: writes complete with the mirror lost. It comes back (over its
+/// NVRAM files): the resync re-mirrors every dirty block before A reports in sync, and B's
+/// image of every block equals A's. Then A destages everything (both sides free), and B,
+/// taking A over after more writes, hands exactly A's dirty blocks once.
+#[test]
+fn resync_after_mirror_lost_then_destage_and_takeover() {
+    let (_, bcfg, ma, mb) = managers();
+    let dir = temp_dir("wb-resync");
+    let a = in_files(&ma, config(), &dir, 1);
+    let b = in_files(&mb, config(), &dir, 2);
+    connected(&a);
+    connected(&b);
+    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    for i in 0..20u64 {
+        let d = data(i + 1, i * 4, 4);
+        assert_eq!(a.write(1, i * 4, &d).unwrap(), CompletionStatus::Mirrored);
+    }
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    wait_stats(&a, "partner failed", |s| s.partner_failed);
+    let mut lost = Vec::new();
+    for i in 0..30u64 {
+        // Over mirrored blocks and beyond them.
+        let first = 40 + i * 3;
+        let d = data(100 + i, first, 3);
+        assert_eq!(a.write(1, first, &d).unwrap(), CompletionStatus::MirrorLost);
+        lost.push((first, d));
+    }
+    let st = a.stats();
+    assert!(!st.in_sync && st.resync_pending_blocks >= 130, "{st:#?}");
+    let mb = Manager::start(bcfg).expect("restart B");
+    let b = in_files(&mb, config(), &dir, 2);
+    connected(&b);
+    // Writes during the resync stay correct.
+    let mid = data(500, 41, 2);
+    assert_eq!(a.write(1, 41, &mid).unwrap(), CompletionStatus::Mirrored);
+    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    let st = a.stats();
+    assert!(st.resyncs >= 2 && st.resync_blocks >= 130, "{st:#?}");
+    assert_eq!(st.resync_pending_blocks, 0);
+    let dirty = a.dirty_blocks();
+    assert_eq!(dirty.len() as u64, st.dirty_blocks);
+    for d in &dirty {
+        assert_eq!(
+            b.read_mirror_block(d.at.unit, d.at.block).as_deref(),
+            Some(&d.data[..]),
+            "block {}",
+            d.at.block
+        );
+    }
+    assert_eq!(b.stats().mirror_blocks, st.dirty_blocks);
+    assert_eq!(a.read_block(1, 41).as_deref(), Some(&mid[..BS]));
+    for (first, d) in &lost[1..] {
+        assert_mirrored(&a, &b, 1, *first, d);
+    }
+    // Destage everything: both sides free it.
+    let refs: Vec<_> = dirty.iter().map(|d| d.at).collect();
+    assert_eq!(a.destaged(&refs).unwrap(), dirty.len());
+    wait_stats(&a, "notices acknowledged", |s| s.destage_notices == 0);
+    assert_eq!(a.stats().dirty_blocks, 0);
+    assert_eq!(b.stats().mirror_blocks, 0);
+    // Some more writes, then B takes A over: exactly those, once.
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..5u64 {
+        let d = data(900 + i, 7 + i * 2, 2);
+        assert_eq!(
+            a.write(1, 7 + i * 2, &d).unwrap(),
+            CompletionStatus::Mirrored
+        );
+        for (k, chunk) in d.chunks_exact(BS).enumerate() {
+            want.insert(7 + i * 2 + k as u64, chunk.to_vec());
+        }
+    }
+    drop(a);
+    ma.shutdown();
+    let mut got = std::collections::BTreeMap::new();
+    let report = b
+        .take_over_partner(|at, data| {
+            assert_eq!(at.unit, 1);
+            assert!(got.insert(at.block, data.to_vec()).is_none());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(report.blocks, want.len());
+    assert_eq!(got, want);
+    assert_eq!(
+        b.take_over_partner(|_, _| Err("again".into()))
+            .unwrap()
+            .blocks,
+        0
+    );
+    assert_eq!(b.stats().taken_over, want.len() as u64);
 }
