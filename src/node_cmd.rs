@@ -5,6 +5,7 @@
 use crate::shadow_cmd::{self, ShadowNode};
 use crate::writeback_cmd::{self, WriteBackNode};
 use anyhow::{bail, Context};
+use interlink::clients::giveback::service::ReplayHook;
 use interlink::clients::giveback::{
     Command as GivebackCommand, FileMailbox, FileReservations, GivebackNode, GivebackOptions,
     JournalHooks,
@@ -230,6 +231,7 @@ fn start_giveback(
     manager: &Arc<Manager>,
     args: &GivebackArgs,
     shadow: Option<&ShadowNode>,
+    writeback: Option<&WriteBackNode>,
 ) -> anyhow::Result<Option<GivebackNode>> {
     let Some(dir) = &args.dir else {
         return Ok(None);
@@ -246,10 +248,24 @@ fn start_giveback(
     }
     let mut hooks = JournalHooks::new(dir, me)
         .with_identity_commands(args.on_assume.clone(), args.on_release.clone());
+    // At a takeover the partner's shadow log is replayed and its mirrored write-back blocks
+    // destaged (both run; the first error is reported).
+    let replay: Option<ReplayHook> = match (
+        shadow.map(ShadowNode::replay_hook),
+        writeback.map(WriteBackNode::takeover_hook),
+    ) {
+        (Some(mut log), Some(mut blocks)) => Some(Box::new(move |partner| {
+            let replayed = log(partner);
+            let destaged = blocks(partner);
+            replayed.and(destaged)
+        })),
+        (log, blocks) => log.or(blocks),
+    };
+    if let Some(replay) = replay {
+        hooks = hooks.with_replay(replay);
+    }
     if let Some(shadow) = shadow {
-        hooks = hooks
-            .with_replay(shadow.replay_hook())
-            .with_recovery(shadow.recover_hook(), shadow.replayed_mark());
+        hooks = hooks.with_recovery(shadow.recover_hook(), shadow.replayed_mark());
     }
     let node = GivebackNode::start(
         manager.clone(),
@@ -303,7 +319,7 @@ pub fn run(
     // The own shadow log is recovered before this node serves: with the giveback client,
     // when it is about to serve its own disks (it then knows whether the partner took this
     // node over and replayed the log); without one, nobody else can replay it: now.
-    let giveback = start_giveback(&manager, giveback, shadow.as_ref())?;
+    let giveback = start_giveback(&manager, giveback, shadow.as_ref(), writeback.as_ref())?;
     match (&giveback, &shadow) {
         (None, Some(s)) => {
             s.recover(None)?;

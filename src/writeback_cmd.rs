@@ -12,9 +12,19 @@
 //! [`fill_block`]`(v, unit, block)`. The acknowledged log has one line per completed write,
 //! in completion order: `v first blocks status` with status `M` (mirrored), `L` (mirror
 //! lost) or `R` (rejected by the mirror).
+//!
+//! Destaged blocks go to the ledger `DIR/destaged-<node>.log` ([`destaged_path`]), one line
+//! per block, `unit block crc32c-hex` (the CRC-32C of the block's data, 8 hex digits), written
+//! and synced before the block is freed: by the `{"destage": true}` command (this node's
+//! dirty blocks; unit = this node) and, with `--giveback`, at a takeover (the partner's
+//! mirrored dirty blocks; unit = the partner). A crash between a line and the free of its
+//! block writes that line again at the next destage or takeover.
 
 use anyhow::{bail, Context};
-use interlink::clients::mirror::{CompletionStatus, MirroredWriteBack, WriteBackConfig};
+use interlink::clients::giveback::service::ReplayHook;
+use interlink::clients::mirror::{
+    BlockRef, CompletionStatus, DirtyRef, MirroredWriteBack, WriteBackConfig,
+};
 use interlink::manager::control::ControlResponse;
 use interlink::manager::Manager;
 use parking_lot::Mutex;
@@ -71,6 +81,36 @@ pub fn parse_spec(s: &str) -> anyhow::Result<WriteBackSpec> {
         buffers,
         block_size,
     })
+}
+
+/// The destage ledger of `node` in `dir`.
+pub fn destaged_path(dir: &Path, node: u32) -> PathBuf {
+    dir.join(format!("destaged-{node}.log"))
+}
+
+/// Appends `unit block crc32c-hex` lines to a destage ledger, each synced before it returns.
+struct Ledger {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Ledger {
+    fn open(path: PathBuf) -> Result<Ledger, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("open {}: {e}", path.display()))?;
+        Ok(Ledger { path, file })
+    }
+
+    fn record(&mut self, at: BlockRef, data: &[u8]) -> Result<(), String> {
+        let line = format!("{} {} {:08x}\n", at.unit, at.block, crc32c::crc32c(data));
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| format!("append to {}: {e}", self.path.display()))
+    }
 }
 
 /// The acknowledged log of `node` in `dir`.
@@ -265,11 +305,44 @@ impl WriteBackNode {
         })
     }
 
+    /// The takeover hook for the giveback client: the partner's mirrored dirty blocks go to
+    /// the destage ledger (see the module docs) and are freed in the mirror image.
+    pub fn takeover_hook(&self) -> ReplayHook {
+        let wb = self.wb.clone();
+        let path = destaged_path(&self.dir, self.node);
+        Box::new(move |partner| {
+            let mut ledger = Ledger::open(path.clone())?;
+            let report = wb
+                .take_over_partner(|at, data| ledger.record(at, data))
+                .map_err(|e| e.to_string())?;
+            tracing::info!(partner, blocks = report.blocks, aborted = report.aborted, ledger = %path.display(), "partner's write-back blocks destaged");
+            Ok(())
+        })
+    }
+
+    /// Destages this node's dirty blocks into the ledger; returns how many were freed.
+    fn destage(&self) -> anyhow::Result<usize> {
+        let mut ledger =
+            Ledger::open(destaged_path(&self.dir, self.node)).map_err(anyhow::Error::msg)?;
+        let mut done: Vec<DirtyRef> = Vec::new();
+        for d in self.wb.dirty_blocks() {
+            let at = BlockRef {
+                unit: d.at.unit,
+                block: d.at.block,
+            };
+            ledger.record(at, &d.data).map_err(anyhow::Error::msg)?;
+            done.push(d.at);
+        }
+        Ok(self.wb.destaged(&done)?)
+    }
+
     /// A control command: `{"write": {"count": N, "blocks": B, "window": W, "range": R}}`
     /// starts the writer, `{"stop": true}` stops it (waiting for its writes in flight),
+    /// `{"destage": true}` destages this node's dirty blocks into the ledger,
     /// `{"check": true}` compares the partner's acked log with this node's mirror image,
     /// `{"reset_path": true}` drops the data connection (a path change on both nodes); the
-    /// answer always carries the stats: `{"writeback": .., "writer": .., "check": ..}`.
+    /// answer always carries the stats: `{"writeback": .., "writer": .., "check": ..,
+    /// "destaged": ..}`.
     pub fn command(&self, command: &serde_json::Value) -> ControlResponse {
         match self.run_command(command) {
             Ok(value) => ControlResponse::Ok { value },
@@ -305,6 +378,11 @@ impl WriteBackNode {
         if command.get("reset_path").and_then(|v| v.as_bool()) == Some(true) {
             self.wb.reset_data_path("asked on the control socket");
         }
+        let destaged = if command.get("destage").and_then(|v| v.as_bool()) == Some(true) {
+            Some(self.destage()?)
+        } else {
+            None
+        };
         let check = if command.get("check").and_then(|v| v.as_bool()) == Some(true) {
             Some(self.check()?)
         } else {
@@ -314,6 +392,7 @@ impl WriteBackNode {
             "writeback": self.wb.stats(),
             "writer": writer.as_ref().map(|w| w.stats.lock().clone()),
             "check": check,
+            "destaged": destaged,
         }))
     }
 
@@ -401,6 +480,25 @@ mod tests {
         assert!(p("d:x").is_err());
         assert!(p("").is_err());
         assert!(p("d:1:2:3:4").is_err());
+    }
+
+    #[test]
+    fn the_ledger_has_one_synced_line_per_block() {
+        let dir = std::env::temp_dir().join(format!("interlink-ledger-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = destaged_path(&dir, 2);
+        assert!(path.ends_with("destaged-2.log"));
+        let mut ledger = Ledger::open(path.clone()).unwrap();
+        ledger
+            .record(BlockRef { unit: 1, block: 7 }, b"123456789")
+            .unwrap();
+        ledger
+            .record(BlockRef { unit: 1, block: 8 }, &[0; 512])
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let crc = crc32c::crc32c(&[0; 512]);
+        assert_eq!(text, format!("1 7 e3069283\n1 8 {crc:08x}\n"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! Write-back messages (src/clients/mirror/writeback/message.rs): RQR, RTR, DataSent, MDA
-//! and Reject. Input: the message bytes. An accepted message must re-encode to the same
+//! Write-back messages (src/clients/mirror/writeback/message.rs): RQR, RTR, DataSent, MDA,
+//! Reject, Destaged and DestageAck. Input: the message bytes. An accepted message must re-encode to the same
 //! bytes.
 
 use crate::rejected;
-use interlink::clients::mirror::writeback::{Message, RejectReason, RequestRef, Rqr};
+use interlink::clients::mirror::writeback::{BlockRef, Message, RejectReason, RequestRef, Rqr};
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
@@ -37,6 +37,14 @@ pub fn seeds() -> Vec<Vec<u8>> {
         Message::DataSent(at),
         Message::Mda(at),
         Message::Reject(at, RejectReason::RangeBusy),
+        Message::Destaged(
+            RequestRef { rie: 0, ..at },
+            BlockRef {
+                unit: 1,
+                block: 4096,
+            },
+        ),
+        Message::DestageAck(RequestRef { rie: 0, ..at }),
     ];
     msgs.iter().map(|m| m.to_bytes().expect("encode")).collect()
 }

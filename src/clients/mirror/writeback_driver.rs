@@ -76,9 +76,17 @@
 //!   and later ones with `MirrorLost` (`handle_partner_failed`); the mirror aborts the
 //!   partner's writes in progress (none was acknowledged). When the data connection and the
 //!   messenger are up again the partner is restored (`handle_partner_restored`) and writes
-//!   are mirrored again. Blocks written meanwhile are not copied to the partner: the mirror
-//!   image of those blocks stays old until they are written again (bringing it up to date
-//!   is the storage service's resynchronisation, outside this driver).
+//!   are mirrored again.
+//!
+//! # Destage, resync and takeover
+//!
+//! The rules are in [`writeback`](super::writeback)'s `sync` module; here is the binding.
+//! [`MirroredWriteBack::dirty_blocks`] and [`MirroredWriteBack::destaged`] run the
+//! primary's destage (the Destaged notices go out with the other messages). The timer work
+//! of the driver thread ([`WriteBackStats::in_sync`] false and the link up) runs the resync,
+//! so it starts after every start and every partner restoration and goes on when a destage
+//! frees buffers. [`MirroredWriteBack::take_over_partner`] runs the mirror's takeover under
+//! the driver's lock.
 
 #![deny(missing_docs)]
 
