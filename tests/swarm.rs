@@ -230,6 +230,9 @@ fn swarm() {
             ("failover moves", c.failover_moves),
             ("log replays checked", c.log_replays_checked),
             ("write-back reopens checked", c.wb_reopens_checked),
+            ("write-back blocks destaged", c.wb_blocks_destaged),
+            ("write-back partner failures", c.wb_partner_failures),
+            ("write-back resync blocks", c.wb_resync_blocks),
         ] {
             assert!(v > 0, "no {what} in {} seeds\n{}", c.seeds, line(&c));
         }

@@ -1,5 +1,5 @@
 //! Write-back messages (src/clients/mirror/writeback/message.rs): RQR, RTR, DataSent, MDA,
-//! Reject, Destaged and DestageAck. Input: the message bytes. An accepted message must re-encode to the same
+//! Reject, Destaged, DestageAck and Held. Input: the message bytes. An accepted message must re-encode to the same
 //! bytes.
 
 use crate::rejected;
@@ -45,6 +45,14 @@ pub fn seeds() -> Vec<Vec<u8>> {
             },
         ),
         Message::DestageAck(RequestRef { rie: 0, ..at }),
+        Message::Held(
+            at,
+            BlockRef {
+                unit: 1,
+                block: 4096,
+            },
+            7,
+        ),
     ];
     msgs.iter().map(|m| m.to_bytes().expect("encode")).collect()
 }

@@ -7,7 +7,8 @@
 use super::{geometry, mem_table, reopen, version_of, RecordingNvram};
 use crate::pair::Pair;
 use interlink::clients::mirror::{
-    AtomicWriteTable, BlockRef, CompletionStatus, Message, NvramBacking, WriteBackPrimary,
+    AtomicWriteTable, BlockRef, CompletionStatus, Message, NvramBacking, RejectReason,
+    WriteBackPrimary,
 };
 use std::collections::BTreeMap;
 
@@ -229,7 +230,7 @@ fn resync_after_a_partner_failure_re_mirrors_every_dirty_block() {
 }
 
 #[test]
-fn a_restarted_primary_re_mirrors_everything_and_stale_copies_go() {
+fn a_restarted_primary_re_mirrors_everything_and_stale_copies_go_by_held() {
     let g = geometry(32, 4);
     let mut pair = Pair::new(mem_table(g), mem_table(g));
     pair.up();
@@ -252,14 +253,66 @@ fn a_restarted_primary_re_mirrors_everything_and_stale_copies_go() {
     pair.to_mirror.clear();
     pair.up();
     resync(&mut pair);
-    pair.write_and_settle(0, 20, 8);
+    // The mirror keeps its stale copies until the primary names their buffers: a write that
+    // does is refused (Held), the copy goes by a Destaged notice and the write's blocks are
+    // copied again; the next writes are mirrored.
+    let mut refused = 0;
+    for (first, blocks) in [(20, 8), (2, 1), (14, 4), (28, 2), (5, 3)] {
+        let w = pair.host_write(0, first, blocks).unwrap();
+        pair.settle();
+        match pair.done[&w.0] {
+            CompletionStatus::Mirrored => {}
+            CompletionStatus::MirrorRejected(RejectReason::BadBuffer) => refused += 1,
+            other => panic!("{other:?}"),
+        }
+        resync(&mut pair);
+    }
+    assert!(refused > 0);
     pair.write_and_settle(0, 2, 1);
     assert_images_equal(&pair);
-    assert!(
-        pair.mirror.stats().stale_freed > 0,
-        "{:?}",
-        pair.mirror.stats()
+    // The stale copies went through Held answers and Destaged notices, not by an RQR.
+    assert!(pair.mirror.stats().held > 0, "{:?}", pair.mirror.stats());
+    assert!(pair.primary.stats().held > 0, "{:?}", pair.primary.stats());
+    assert_eq!(pair.primary.held_buffers(), 0);
+}
+
+#[test]
+fn a_copy_the_primary_wrote_again_alone_stays_until_replaced() {
+    // The swarm's seed 5090: a mirrored block, written again on the primary alone (its old
+    // buffer is free there); a later write names that buffer. The mirror's copy is the newest
+    // mirrored one: it must stay until the newer data is mirrored.
+    let g = geometry(16, 2);
+    let mut pair = Pair::new(mem_table(g), mem_table(g));
+    pair.up();
+    resync(&mut pair);
+    let (_, v1) = pair.write_and_settle(0, 5, 1);
+    let buffer = pair.primary.table().lookup(0, 5).unwrap();
+    pair.primary.handle_partner_failed(pair.now).unwrap();
+    pair.mirror.handle_partner_failed().unwrap();
+    let lost = pair.host_write(0, 5, 1).unwrap();
+    pair.pump();
+    assert_eq!(pair.done[&lost.0], CompletionStatus::MirrorLost);
+    pair.primary.handle_partner_restored();
+    pair.primary.handle_path_changed();
+    // Before any resync: a write takes the freed buffer.
+    let w = pair.host_write(0, 9, 1).unwrap();
+    pair.settle();
+    assert_eq!(
+        pair.done[&w.0],
+        CompletionStatus::MirrorRejected(RejectReason::BadBuffer)
     );
+    assert_eq!(version_of(pair.mirror.table(), 0, 5), Some(v1));
+    assert_eq!(pair.mirror.table().lookup(0, 5), Some(buffer));
+    // (The buffer holds block 9 here now, so it is not held out of allocation.)
+    assert_eq!(pair.primary.stats().held, 1);
+    // The resync replaces it; the buffer is given back and both writes are mirrored.
+    resync(&mut pair);
+    assert_eq!(pair.primary.held_buffers(), 0);
+    assert_eq!(version_of(pair.mirror.table(), 0, 5), Some(lost.1));
+    assert_eq!(version_of(pair.mirror.table(), 0, 9), Some(w.1));
+    assert_images_equal(&pair);
+    pair.write_and_settle(0, 10, 3);
+    assert_images_equal(&pair);
 }
 
 #[test]

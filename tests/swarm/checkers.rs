@@ -164,10 +164,17 @@ fn checker_writeback_catches_lost_and_mixed_writes() {
     let mut w = warm(15, 120);
     let lane = &mut w.wbs[0];
     lane.takeover_check().expect("a correct copy passes");
-    let (&block, &acked) = lane
-        .acked
-        .iter()
-        .find(|(_, v)| **v > 0)
+    // A block whose mirrored version is only in the mirror's copy (not destaged since).
+    let mut acked: Vec<(u64, u64)> = lane.acked.iter().map(|(&b, &v)| (b, v)).collect();
+    acked.sort_unstable();
+    let m = lane.mirror.as_ref().expect("mirror up");
+    let (block, acked) = acked
+        .into_iter()
+        .find(|&(b, v)| {
+            v > 0
+                && lane.disk.get(&b).copied().unwrap_or(0) < v
+                && version_in(m.table(), b) == Ok(v)
+        })
         .expect("a mirrored write");
     let issued = lane.issued.values().max().copied().unwrap_or(0);
     let m = lane.mirror.as_mut().expect("mirror up");

@@ -136,6 +136,11 @@ pub struct Counts {
     pub wb_writes_mirrored: u64,
     pub wb_writes_rejected: u64,
     pub wb_reopens_checked: u64,
+    pub wb_blocks_destaged: u64,
+    pub wb_partner_failures: u64,
+    pub wb_resyncs: u64,
+    pub wb_resync_blocks: u64,
+    pub wb_held: u64,
     pub max_liveness_steps: u64,
 }
 
@@ -177,7 +182,12 @@ impl Counts {
             log_restarts_checked,
             wb_writes_mirrored,
             wb_writes_rejected,
-            wb_reopens_checked
+            wb_reopens_checked,
+            wb_blocks_destaged,
+            wb_partner_failures,
+            wb_resyncs,
+            wb_resync_blocks,
+            wb_held
         );
         self.max_liveness_steps = self.max_liveness_steps.max(o.max_liveness_steps);
     }

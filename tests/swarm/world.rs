@@ -561,6 +561,12 @@ impl World {
             c.wb_writes_mirrored += w.counts.mirrored;
             c.wb_writes_rejected += w.counts.rejected;
             c.wb_reopens_checked += w.counts.primary_reopens + w.counts.mirror_reopens;
+            let (resyncs, blocks, held) = w.resync_stats();
+            c.wb_blocks_destaged += w.counts.destaged;
+            c.wb_partner_failures += w.counts.partner_failures;
+            c.wb_resyncs += w.counts.resyncs + resyncs;
+            c.wb_resync_blocks += w.counts.resync_blocks + blocks;
+            c.wb_held += w.counts.held + held;
         }
     }
 }

@@ -5,15 +5,20 @@
 //!
 //! A path failure (cut, move, either node down) loses what is in flight (a transfer lands
 //! half of each range), the primary's link goes down and the mirror's path changes; when the
-//! path is back the primary redoes its writes. A restarted mirror (table reopened) is a path
-//! change for the primary; a restarted primary (table reopened) is a failed partner for the
-//! mirror.
+//! path is back the primary redoes its writes. A crashed mirror is, every other time, a failed
+//! partner for the primary (its writes complete with the mirror lost until the mirror is back,
+//! then a resync re-mirrors every dirty block), else a path change; a restarted primary
+//! (table reopened) is a failed partner for the mirror, and resyncs. The primary runs its
+//! resync at every step (as the driver's timer does), and now and then destages a random part
+//! of a snapshot of its dirty blocks to a modelled disk (the product's rules: a block written
+//! again since the snapshot stays dirty; a freed one is freed at the mirror by a notice).
 //!
 //! Checks: each write completes once; after a crash of either side the reopened table holds,
-//! for every block, a version at least as new as the last one acknowledged as mirrored and no
-//! newer than the last one issued, whole; a write in progress at the crash shows on all of its
-//! blocks or on none (never mixed); a takeover finds every mirrored write in the partner's
-//! copy.
+//! for every block, a version no newer than the last one issued, whole, and, with the disk, at
+//! least as new as the last one acknowledged as mirrored (a destaged block may be gone from
+//! NVRAM: its version is on disk); a write in progress at the crash shows on all of its blocks
+//! or on none (never mixed); a takeover finds every mirrored write in the partner's copy or on
+//! disk.
 
 use super::nvram::{CrashNvram, Fuse};
 use interlink::clients::mirror::{
@@ -73,6 +78,15 @@ pub struct WbCounts {
     pub path_changes: u64,
     pub primary_reopens: u64,
     pub mirror_reopens: u64,
+    /// Blocks freed by destages.
+    pub destaged: u64,
+    /// Partner failures seen by the primary.
+    pub partner_failures: u64,
+    /// Resyncs completed, and blocks they copied.
+    pub resyncs: u64,
+    pub resync_blocks: u64,
+    /// Held answers seen by primaries that crashed since.
+    pub held: u64,
 }
 
 /// One primary and its mirror.
@@ -92,6 +106,12 @@ pub struct WbLane {
     pub acked: HashMap<u64, u64>,
     /// Last version of each block issued.
     pub issued: HashMap<u64, u64>,
+    /// Version of each block written to disk by destages.
+    pub disk: HashMap<u64, u64>,
+    /// The primary was told its partner failed (the mirror crashed); restored at its start.
+    partner_failed: bool,
+    /// Time of the last step.
+    last: Instant,
     versions: u64,
     base: Instant,
     pub counts: WbCounts,
@@ -127,6 +147,9 @@ impl WbLane {
             inflight: BTreeMap::new(),
             acked: HashMap::new(),
             issued: HashMap::new(),
+            disk: HashMap::new(),
+            partner_failed: false,
+            last: Instant::now(),
             versions: 0,
             base: Instant::now(),
             counts: WbCounts::default(),
@@ -196,6 +219,11 @@ impl WbLane {
     fn take_crashed(&mut self, node: usize) -> Result<(), String> {
         if node == self.primary_node {
             if let Some(p) = self.primary.take() {
+                let (resyncs, blocks, held) =
+                    (p.stats().resyncs, p.stats().resync_blocks, p.stats().held);
+                self.counts.resyncs += resyncs;
+                self.counts.resync_blocks += blocks;
+                self.counts.held += held;
                 self.p_image = Some(p.into_table().into_backing().crash_image());
                 let t = table(self.p_image.clone());
                 self.check_table(&t, "primary after its crash", true)?;
@@ -205,6 +233,13 @@ impl WbLane {
             self.m_image = Some(m.into_table().into_backing().crash_image());
             let t = table(self.m_image.clone());
             self.check_table(&t, "mirror after its crash", false)?;
+            // Every other mirror crash is a partner failure for the primary.
+            let fail = self.counts.mirror_reopens % 2 == 0;
+            if let (true, false, Some(p)) = (fail, self.partner_failed, &mut self.primary) {
+                p.handle_partner_failed(self.last).expect("partner failed");
+                self.partner_failed = true;
+                self.counts.partner_failures += 1;
+            }
         }
         Ok(())
     }
@@ -215,6 +250,11 @@ impl WbLane {
             if self.primary.is_none() {
                 let first = self.p_image.is_none();
                 self.primary = Some(WriteBackPrimary::new(table(self.p_image.take())));
+                if self.partner_failed {
+                    // The new primary knows nothing of the failure: the mirror is down, so
+                    // the link is, and it resyncs when the mirror is back.
+                    self.partner_failed = false;
+                }
                 self.counts.primary_reopens += u64::from(!first);
                 // A restarted primary is a failed partner for the mirror.
                 if let (false, Some(m)) = (first, &mut self.mirror) {
@@ -226,6 +266,12 @@ impl WbLane {
             self.mirror =
                 Some(WriteBackMirror::new(table(self.m_image.take())).expect("mirror starts"));
             self.counts.mirror_reopens += u64::from(!first);
+            if self.partner_failed {
+                self.partner_failed = false;
+                if let Some(p) = &mut self.primary {
+                    p.handle_partner_restored();
+                }
+            }
         }
     }
 
@@ -242,9 +288,10 @@ impl WbLane {
                 version_in(t, block).map_err(|e| format!("write-back of node {p}, {what}: {e}"))?;
             let acked = self.acked.get(&block).copied().unwrap_or(0);
             let issued = self.issued.get(&block).copied().unwrap_or(0);
-            if v < acked || v > issued {
+            let disk = self.disk.get(&block).copied().unwrap_or(0);
+            if v.max(disk) < acked || v > issued {
                 return Err(format!(
-                    "write-back of node {p}, {what}: block {block} holds version {v}, acknowledged {acked}, last issued {issued}"
+                    "write-back of node {p}, {what}: block {block} holds version {v} (disk {disk}), acknowledged {acked}, last issued {issued}"
                 ));
             }
         }
@@ -352,6 +399,7 @@ impl WbLane {
             return;
         }
         let t = self.base + now;
+        self.last = t;
         if serving && rng.gen_bool(0.3) {
             let blocks = rng.gen_range(1..=4u64);
             let first = rng.gen_range(0..=SPACE - blocks);
@@ -388,6 +436,17 @@ impl WbLane {
         if self.died(0) || self.died(1) {
             return;
         }
+        if rng.gen_bool(0.03) {
+            self.destage(rng);
+        }
+        if self.died(0) || self.died(1) {
+            return;
+        }
+        let p = self.primary.as_mut().expect("primary");
+        p.handle_resync(t).expect("resync");
+        if self.died(0) || self.died(1) {
+            return;
+        }
         self.pump(now, rng, &delay);
         if !self.path_up {
             return;
@@ -419,6 +478,41 @@ impl WbLane {
             }
             self.pump(now, rng, &delay);
         }
+    }
+
+    /// The storage service destages part of a snapshot of the primary's dirty blocks: each
+    /// chosen block goes to disk, then the primary is told (it frees those not written again).
+    fn destage(&mut self, rng: &mut SmallRng) {
+        let p = self.primary.as_mut().expect("primary");
+        let snapshot = p.dirty_blocks();
+        let mut chosen = Vec::new();
+        for d in snapshot {
+            if !rng.gen_bool(0.5) {
+                continue;
+            }
+            let v = u64::from_le_bytes(d.data[..8].try_into().expect("8 bytes"));
+            assert_eq!(
+                d.data,
+                block_bytes(v, d.at.block),
+                "write-back of node {}: destaged block {} torn",
+                self.primary_node,
+                d.at.block
+            );
+            let on_disk = self.disk.entry(d.at.block).or_insert(0);
+            *on_disk = (*on_disk).max(v);
+            chosen.push(d.at);
+        }
+        let freed = p.handle_destaged(&chosen).expect("destaged");
+        self.counts.destaged += freed as u64;
+    }
+
+    /// Resyncs, resync blocks and Held answers of the running primary (those of crashed ones
+    /// are in the counts).
+    pub fn resync_stats(&self) -> (u64, u64, u64) {
+        self.primary.as_ref().map_or((0, 0, 0), |p| {
+            let s = p.stats();
+            (s.resyncs, s.resync_blocks, s.held)
+        })
     }
 
     /// Nothing in progress or in flight, path up.

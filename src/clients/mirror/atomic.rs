@@ -31,7 +31,7 @@
 //!    without the in-use bit (the RIE remembers the tag and outcome of its last request). A
 //!    `finish` without `commit` aborts: the old data stays.
 //!
-//! A settled WB Valid buffer is freed ([`free_block`]: destaged, or a stale mirror copy) by
+//! A settled WB Valid buffer is freed ([`free_block`]: destaged, or taken over) by
 //! one BMAE store to Free: a crash leaves it either WB Valid or Free.
 //!
 //! # NVRAM layout
@@ -110,6 +110,8 @@ pub struct AtomicWriteTable<B: NvramBacking> {
     /// Blocks held by a request in progress (the cache lock).
     locks: HashMap<(UnitId, u64), RieIndex>,
     free_buffers: BTreeSet<BufferIndex>,
+    /// Free buffers kept out of allocation ([`hold_buffer`](Self::hold_buffer); memory only).
+    held_buffers: BTreeSet<BufferIndex>,
     free_ries: BTreeSet<RieIndex>,
 }
 
@@ -179,6 +181,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
             valid: HashMap::new(),
             locks: HashMap::new(),
             free_buffers: BTreeSet::new(),
+            held_buffers: BTreeSet::new(),
             free_ries: BTreeSet::new(),
             backing,
         };
@@ -546,7 +549,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
     // ---------------------------------------------------------------- freeing
 
     /// Frees the settled WB Valid buffer of block `block` of `unit` (its data is on disk, or
-    /// it is a stale copy): one BMAE store, so a crash leaves the buffer either WB Valid or
+    /// handed over at a takeover): one BMAE store, so a crash leaves the buffer either WB Valid or
     /// Free. Returns the buffer, or None (changing nothing) when the block has no settled
     /// buffer; [`MirrorError::RangeBusy`] while a write in progress holds the block.
     pub fn free_block(
@@ -566,21 +569,16 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
         Ok(Some(buffer))
     }
 
-    /// Frees `buffer` if it is a settled WB Valid buffer (see [`free_block`](Self::free_block));
-    /// returns the block it held, or None (changing nothing) for a Free buffer or one of a
-    /// write in progress.
-    pub fn free_buffer(
-        &mut self,
-        buffer: BufferIndex,
-    ) -> Result<Option<(UnitId, u64)>, MirrorError> {
-        match self.buffer_entry(buffer)? {
+    /// The block whose settled WB Valid buffer `buffer` is, if it is one (None for a Free
+    /// buffer, one of a write in progress, or an index out of range).
+    pub fn settled_block(&self, buffer: BufferIndex) -> Option<(UnitId, u64)> {
+        match self.buffer_entry(buffer).ok()? {
             BufferEntry::WbValid { unit, block }
                 if self.valid.get(&(unit, block)) == Some(&buffer) =>
             {
-                self.free_block(unit, block)?;
-                Ok(Some((unit, block)))
+                Some((unit, block))
             }
-            _ => Ok(None),
+            _ => None,
         }
     }
 
@@ -599,6 +597,30 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
     /// Whether a write in progress holds the block.
     pub fn is_locked(&self, unit: UnitId, block: u64) -> bool {
         self.locks.contains_key(&(unit, block))
+    }
+
+    /// Keeps the Free buffer `buffer` out of allocation ([`begin`](Self::begin) and
+    /// [`begin_at`](Self::begin_at) do not take it) until
+    /// [`release_buffer`](Self::release_buffer). Nothing is stored: a reopened table has it
+    /// free again. Returns false (changing nothing) for a buffer that is not free.
+    pub fn hold_buffer(&mut self, buffer: BufferIndex) -> bool {
+        if !self.free_buffers.remove(&buffer) {
+            return false;
+        }
+        self.held_buffers.insert(buffer);
+        true
+    }
+
+    /// Gives a buffer kept by [`hold_buffer`](Self::hold_buffer) back to allocation.
+    pub fn release_buffer(&mut self, buffer: BufferIndex) {
+        if self.held_buffers.remove(&buffer) {
+            self.free_buffers.insert(buffer);
+        }
+    }
+
+    /// Free buffers kept out of allocation.
+    pub fn held_buffer_count(&self) -> usize {
+        self.held_buffers.len()
     }
 
     // ---------------------------------------------------------------- queries
@@ -688,7 +710,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
         })
     }
 
-    /// Buffers free for new writes.
+    /// Buffers free for new writes (held ones not included).
     pub fn free_buffer_count(&self) -> usize {
         self.free_buffers.len()
     }

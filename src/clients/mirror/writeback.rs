@@ -188,6 +188,8 @@ pub struct PrimaryStats {
     pub resyncs: u64,
     /// Blocks re-mirrored by resyncs.
     pub resync_blocks: u64,
+    /// RQRs the mirror answered with [`Message::Held`] (it keeps a copy in a new buffer).
+    pub held: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,6 +249,10 @@ pub struct WriteBackPrimary<B: NvramBacking> {
     resync_queue: Option<VecDeque<BlockRef>>,
     /// Blocks of resync copies in progress.
     resyncing: HashSet<BlockRef>,
+    /// Buffers kept out of allocation because the mirror keeps a copy of the block there
+    /// ([`Message::Held`]), by that block: given back once the block is mirrored again or
+    /// its Destaged notice is acknowledged.
+    holds: HashMap<BlockRef, Vec<BufferIndex>>,
 }
 
 impl<B: NvramBacking> WriteBackPrimary<B> {
@@ -269,6 +275,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
             resync_needed: true,
             resync_queue: None,
             resyncing: HashSet::new(),
+            holds: HashMap::new(),
         }
     }
 
@@ -395,6 +402,18 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
                 self.end(now, at.request, CompletionStatus::MirrorRejected(*reason))?;
                 self.continue_resync(now)?;
             }
+            Message::Held(_, block, buffer) => {
+                tracing::info!(
+                    request = at.request,
+                    buffer,
+                    ?block,
+                    "the mirror keeps a copy in a new buffer"
+                );
+                let status = CompletionStatus::MirrorRejected(RejectReason::BadBuffer);
+                self.end(now, at.request, status)?;
+                self.on_held(*block, *buffer);
+                self.continue_resync(now)?;
+            }
             Message::Rqr(_)
             | Message::DataSent(_)
             | Message::Destaged(..)
@@ -441,22 +460,23 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         }
     }
 
-    /// A (new) mirror path is ready: every write not completed is redone from its RQR, in
-    /// request order, and every Destaged notice not acknowledged is sent again (a resync that
+    /// A (new) mirror path is ready: every Destaged notice not acknowledged is sent again,
+    /// then every write not completed is redone from its RQR, in request order (a resync that
     /// is due starts at the next [`handle_resync`](Self::handle_resync)).
     pub fn handle_link_up(&mut self) {
         self.link_up = true;
         if self.partner_failed {
             return;
         }
-        let requests: Vec<RequestId> = self.pending.keys().copied().collect();
-        for request in requests {
-            self.send_rqr(request);
-        }
+        // Notices first: a redone RQR may name a buffer a notice frees at the mirror.
         for notice in self.notices.values_mut() {
             notice.sent = None;
         }
         self.send_notices();
+        let requests: Vec<RequestId> = self.pending.keys().copied().collect();
+        for request in requests {
+            self.send_rqr(request);
+        }
     }
 
     /// The mirror path changed (down and up at once).
@@ -593,7 +613,30 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         };
         self.table.finish(write.rie)?;
         let latency = now.saturating_duration_since(write.started);
-        if let Some(write) = self.pending.remove(&request).filter(|w| w.resync) {
+        let Some(write) = self.pending.remove(&request) else {
+            return Ok(());
+        };
+        let blocks =
+            (write.first_block..write.first_block + write.new_buffers.len() as u64).map(|block| {
+                BlockRef {
+                    unit: write.unit,
+                    block,
+                }
+            });
+        match status {
+            // The mirror replaced its copies of these blocks: buffers held for them are free
+            // there now.
+            CompletionStatus::Mirrored => blocks.for_each(|at| self.release_holds(at)),
+            // The mirror kept its older copies: the blocks are copied again (a bad RIE or range
+            // is a geometry mismatch: copies would not fare better).
+            CompletionStatus::MirrorRejected(RejectReason::BadBuffer | RejectReason::RangeBusy) => {
+                blocks.for_each(|at| self.enqueue_resync(at));
+            }
+            CompletionStatus::MirrorRejected(_) => {}
+            // A resync is due.
+            CompletionStatus::MirrorLost => {}
+        }
+        if write.resync {
             self.resync_done(write.unit, write.first_block, status);
             return Ok(());
         }
@@ -647,8 +690,8 @@ pub struct MirrorStats {
     pub adopted: u64,
     /// Blocks freed on Destaged notices.
     pub freed: u64,
-    /// Stale copies freed because the primary named their buffer as a new one.
-    pub stale_freed: u64,
+    /// RQRs answered with [`Message::Held`]: a new buffer holds a settled copy here.
+    pub held: u64,
     /// Partner blocks handed over at takeovers.
     pub taken_over: u64,
     /// Stale inputs ignored.
@@ -774,7 +817,24 @@ impl<B: NvramBacking> WriteBackMirror<B> {
             self.setups.remove(&at.rie);
             self.stats.aborted += 1;
         }
-        self.free_stale(&q.new_buffers)?;
+        if let Some((buffer, block)) = self.held_copy(&q.new_buffers) {
+            // A copy the primary no longer has there: it may be the only mirrored copy of a
+            // block the primary wrote again without the mirror, so it stays.
+            tracing::info!(
+                request = at.request,
+                buffer,
+                ?block,
+                "RQR names a buffer holding a copy"
+            );
+            self.stats.held += 1;
+            let incarnation = self.table.incarnation();
+            self.outbox.push_back(Message::Held(
+                RequestRef { incarnation, ..at },
+                block,
+                buffer,
+            ));
+            return Ok(Disposition::Accepted);
+        }
         let begun = self
             .table
             .begin_at(at.rie, at.request, q.unit, q.first_block, &q.new_buffers);

@@ -1,12 +1,11 @@
-//! The write-back messages (RQR, RTR, DataSent, MDA, Reject, Destaged, DestageAck) and their
-//! encoding (all
-//! integers little-endian). Decoding checks every field: a partner's message is never trusted.
+//! The write-back messages (RQR, RTR, DataSent, MDA, Reject, Destaged, DestageAck, Held) and
+//! their encoding (all integers little-endian). Decoding checks every field: a partner's message is never trusted.
 //!
 //! Every message starts with the same 24 bytes:
 //!
 //! | offset | size | field                                                         |
 //! |--------|------|---------------------------------------------------------------|
-//! | 0      | 1    | kind: 1 RQR, 2 RTR, 3 DataSent, 4 MDA, 5 Reject, 6 Destaged, 7 DestageAck |
+//! | 0      | 1    | kind: 1 RQR, 2 RTR, 3 DataSent, 4 MDA, 5 Reject, 6 Destaged, 7 DestageAck, 8 Held |
 //! | 1      | 3    | zero                                                          |
 //! | 4      | 4    | RIE index (the primary's, and the mirror RIE reserved for it) |
 //! | 8      | 8    | request id (1..=2^62-1)                                       |
@@ -30,6 +29,10 @@
 //! Destaged and DestageAck name no RIE (RIE index 0) and, in the request field, the primary's
 //! destage notice id. DestageAck is the 24 bytes; Destaged (40 bytes) goes on: offset 24 the
 //! block (<= 2^46 - 1, 8 bytes), offset 32 the unit (2 bytes), then 6 zero bytes.
+//!
+//! Held (40 bytes) answers an RQR (its request and RIE) like a reject: offset 24 the block
+//! (<= 2^46 - 1, 8 bytes), offset 32 the unit (2 bytes), 2 zero bytes, offset 36 the buffer
+//! (4 bytes): a new buffer of the RQR that holds the mirror's settled copy of that block.
 //!
 //! Any other length, kind, reason, non-zero padding or out-of-range field is a typed error.
 
@@ -61,6 +64,10 @@ pub const KIND_DESTAGED: u8 = 6;
 pub const KIND_DESTAGE_ACK: u8 = 7;
 /// Bytes of a Destaged.
 pub const DESTAGED_LEN: usize = 40;
+/// Kind byte of [`Message::Held`].
+pub const KIND_HELD: u8 = 8;
+/// Bytes of a Held.
+pub const HELD_LEN: usize = 40;
 /// Bytes of the longest message (an RQR of 256 blocks).
 pub const MAX_MESSAGE_LEN: usize = RQR_FIXED_LEN + 4 * MAX_ATOMIC_BLOCKS;
 
@@ -132,6 +139,11 @@ pub enum Message {
     Destaged(RequestRef, BlockRef),
     /// Mirror → primary: the Destaged notice was handled in the incarnation it carries.
     DestageAck(RequestRef),
+    /// Mirror → primary: the RQR cannot be taken (like a [`Message::Reject`] of
+    /// [`RejectReason::BadBuffer`]) because its new buffer `buffer` holds the mirror's settled
+    /// copy of the block: a copy the primary no longer has in that buffer, which the mirror
+    /// keeps until the primary mirrors the block again or destages it.
+    Held(RequestRef, BlockRef, BufferIndex),
 }
 
 /// A block of a unit.
@@ -153,7 +165,8 @@ impl Message {
             | Message::Mda(r)
             | Message::Reject(r, _)
             | Message::Destaged(r, _)
-            | Message::DestageAck(r) => r,
+            | Message::DestageAck(r)
+            | Message::Held(r, ..) => r,
         }
     }
 
@@ -167,6 +180,7 @@ impl Message {
             Message::Reject(..) => KIND_REJECT,
             Message::Destaged(..) => KIND_DESTAGED,
             Message::DestageAck(_) => KIND_DESTAGE_ACK,
+            Message::Held(..) => KIND_HELD,
         }
     }
 
@@ -176,6 +190,7 @@ impl Message {
             Message::Rqr(q) => RQR_FIXED_LEN + 4 * q.new_buffers.len(),
             Message::Reject(..) => REJECT_LEN,
             Message::Destaged(..) => DESTAGED_LEN,
+            Message::Held(..) => HELD_LEN,
             _ => HEAD_LEN,
         }
     }
@@ -221,7 +236,7 @@ impl Message {
                 }
             }
             Message::Reject(_, reason) => out[24] = *reason as u8,
-            Message::Destaged(_, b) => {
+            Message::Destaged(_, b) | Message::Held(_, b, _) => {
                 if b.block > MAX_BLOCK_ADDRESS {
                     return Err(MirrorError::MessageField {
                         field: "block",
@@ -230,6 +245,9 @@ impl Message {
                 }
                 out[24..32].copy_from_slice(&b.block.to_le_bytes());
                 out[32..34].copy_from_slice(&b.unit.to_le_bytes());
+                if let Message::Held(_, _, buffer) = self {
+                    out[36..40].copy_from_slice(&buffer.to_le_bytes());
+                }
             }
             _ => {}
         }
@@ -260,7 +278,7 @@ impl Message {
         if bytes.len() < HEAD_LEN {
             length(HEAD_LEN)?;
         }
-        if !(KIND_RQR..=KIND_DESTAGE_ACK).contains(&kind) {
+        if !(KIND_RQR..=KIND_HELD).contains(&kind) {
             return Err(MirrorError::MessageKind { kind });
         }
         let zero =
@@ -293,9 +311,13 @@ impl Message {
                 value: u64::from(at.rie),
             }),
             KIND_DESTAGE_ACK => length(HEAD_LEN).map(|_| Message::DestageAck(at)),
-            KIND_DESTAGED => {
+            KIND_DESTAGED | KIND_HELD => {
                 length(DESTAGED_LEN)?;
-                zero(34..40)?;
+                if kind == KIND_DESTAGED {
+                    zero(34..40)?;
+                } else {
+                    zero(34..36)?;
+                }
                 let block = u64::from_le_bytes(array(&bytes[24..32]));
                 if block > MAX_BLOCK_ADDRESS {
                     return Err(MirrorError::MessageField {
@@ -304,7 +326,12 @@ impl Message {
                     });
                 }
                 let unit = u16::from_le_bytes(array(&bytes[32..34]));
-                Ok(Message::Destaged(at, BlockRef { unit, block }))
+                let at_block = BlockRef { unit, block };
+                if kind == KIND_HELD {
+                    let buffer = u32::from_le_bytes(array(&bytes[36..40]));
+                    return Ok(Message::Held(at, at_block, buffer));
+                }
+                Ok(Message::Destaged(at, at_block))
             }
             KIND_REJECT => {
                 length(REJECT_LEN)?;
@@ -398,6 +425,14 @@ mod tests {
                 },
             ),
             Message::DestageAck(RequestRef { rie: 0, ..at }),
+            Message::Held(
+                at,
+                BlockRef {
+                    unit: 2,
+                    block: MAX_BLOCK_ADDRESS,
+                },
+                u32::MAX,
+            ),
         ] {
             let bytes = m.to_bytes().unwrap();
             assert_eq!(bytes.len(), m.encoded_len());

@@ -18,9 +18,25 @@
 //! The mirror frees its settled copy of the block on a Destaged of its current incarnation
 //! (adopting a higher one, as for an RQR) and acknowledges it; a Destaged of an older
 //! incarnation is ignored and answered with a DestageAck of the current one, which tells the
-//! primary to send it again. A buffer the primary names as a new buffer in an RQR is free on
-//! the primary, so a settled copy the mirror still holds there is stale (a lost notice, or a
-//! write absorbed by the primary alone): the mirror frees it before it starts the write.
+//! primary to send it again.
+//!
+//! # Copies the mirror keeps in buffers free on the primary (Held)
+//! A buffer the primary names as a new buffer in an RQR is free on the primary, but the
+//! mirror may still hold a settled copy there: the old copy of a block the primary wrote
+//! again without the mirror (a rejected or lost write, a restart), or of a block destaged
+//! while its notice was lost (with a primary restart). The mirror cannot tell which: in the
+//! first case that copy is the newest one acknowledged as mirrored, and freeing it before the
+//! newer data is committed at the mirror would lose it if the primary died. So the mirror
+//! never frees it for an RQR: it refuses the RQR with a [`Message::Held`] naming the buffer
+//! and the block (the write completes as rejected for a bad buffer). The primary holds the
+//! buffer out of allocation and gets rid of the copy: a block dirty here is copied again
+//! (resync; the copy's commit at the mirror frees the old copy), any other block gets a
+//! Destaged notice. The buffer is given back when a write of the block is mirrored or the
+//! notice is acknowledged. A write the mirror rejects (bad buffer, range busy) leaves the
+//! mirror without its data: its blocks are copied again. (A block not dirty here is taken to
+//! be on disk: true for a primary that reopened its own table. A node that starts with a new,
+//! formatted table must not mirror into its partner's image of the old one before that image
+//! is taken over.)
 //!
 //! # Resync (after a start or a partner failure)
 //! The primary cannot tell a partner that kept its NVRAM from one that lost it, and it does
@@ -48,7 +64,7 @@ use super::{
     CompletionStatus, Disposition, Message, Notice, PendingWrite, Phase, RequestId, RequestRef,
     WriteBackMirror, WriteBackPrimary,
 };
-use crate::clients::mirror::atomic::{UnitId, MAX_REQUEST_TAG};
+use crate::clients::mirror::atomic::{BufferIndex, UnitId, MAX_REQUEST_TAG};
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::nvram::NvramBacking;
 use std::collections::VecDeque;
@@ -131,15 +147,65 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
             self.gens.remove(&at);
             self.stats.destaged += 1;
             freed += 1;
-            let id = self.next_notice;
-            self.next_notice += 1;
-            if let Some(old) = self.notice_of.insert(at, id) {
-                self.notices.remove(&old);
-            }
-            self.notices.insert(id, Notice { at, sent: None });
+            self.add_notice(at);
         }
         self.send_notices();
         Ok(freed)
+    }
+
+    /// A Destaged notice for `at` (replacing one not acknowledged yet), sent by
+    /// [`send_notices`](Self::send_notices).
+    fn add_notice(&mut self, at: BlockRef) {
+        let id = self.next_notice;
+        self.next_notice += 1;
+        if let Some(old) = self.notice_of.insert(at, id) {
+            self.notices.remove(&old);
+        }
+        self.notices.insert(id, Notice { at, sent: None });
+    }
+
+    /// The mirror keeps its settled copy of `block` in `buffer`, a buffer free here (see the
+    /// [module docs](self)): the buffer is held out of allocation, and the copy goes by a
+    /// resync copy of the block if it is dirty here (its commit at the mirror frees the old
+    /// copy), else by a Destaged notice (the block is on disk).
+    pub(super) fn on_held(&mut self, block: BlockRef, buffer: BufferIndex) {
+        self.stats.held += 1;
+        if self.table.hold_buffer(buffer) {
+            self.holds.entry(block).or_default().push(buffer);
+        }
+        let dirty = self.table.is_locked(block.unit, block.block)
+            || self.table.lookup(block.unit, block.block).is_some();
+        if dirty {
+            self.enqueue_resync(block);
+        } else if !self.notice_of.contains_key(&block) {
+            self.add_notice(block);
+            self.send_notices();
+        }
+    }
+
+    /// The mirror no longer keeps a copy of `at` in a buffer held for it: the buffers are
+    /// given back.
+    pub(super) fn release_holds(&mut self, at: BlockRef) {
+        for buffer in self.holds.remove(&at).unwrap_or_default() {
+            self.table.release_buffer(buffer);
+        }
+    }
+
+    /// Buffers held out of allocation (the mirror keeps copies there).
+    pub fn held_buffers(&self) -> usize {
+        self.table.held_buffer_count()
+    }
+
+    /// The mirror lacks the current data of `at`: it is copied by the running resync, or
+    /// by one started for it (a resync that is due copies every dirty block anyway).
+    pub(super) fn enqueue_resync(&mut self, at: BlockRef) {
+        if self.resync_needed {
+            return;
+        }
+        let queue = self.resync_queue.get_or_insert_with(VecDeque::new);
+        if !queue.contains(&at) {
+            queue.push_back(at);
+        }
     }
 
     /// Runs the resync: starts one that is due and copies blocks while the window has room.
@@ -218,6 +284,8 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         if done {
             if let Some(n) = self.notices.remove(&at.request) {
                 self.notice_of.remove(&n.at);
+                // The mirror freed its copy of the block wherever it was.
+                self.release_holds(n.at);
             }
             self.stats.notices_acked += 1;
         }
@@ -334,6 +402,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
             CompletionStatus::Mirrored => self.stats.resync_blocks += 1,
             CompletionStatus::MirrorLost => {} // the partner failed: a resync is due again
             CompletionStatus::MirrorRejected(reason) => {
+                // Queued again if the mirror may take it later (see `end`).
                 tracing::warn!(unit, block, ?reason, "the mirror rejected a resync copy");
             }
         }
@@ -389,16 +458,12 @@ impl<B: NvramBacking> WriteBackMirror<B> {
         Ok(Disposition::Accepted)
     }
 
-    /// Frees the settled copies in buffers the primary names as new ones (stale here).
-    pub(super) fn free_stale(&mut self, buffers: &[u32]) -> Result<(), MirrorError> {
-        for &buffer in buffers {
-            if buffer >= self.table.geometry().buffers {
-                continue; // begin_at rejects it
-            }
-            if self.table.free_buffer(buffer)?.is_some() {
-                self.stats.stale_freed += 1;
-            }
-        }
-        Ok(())
+    /// The first of `buffers` (new buffers of an RQR) that holds a settled copy here, and the
+    /// block it holds.
+    pub(super) fn held_copy(&self, buffers: &[u32]) -> Option<(u32, BlockRef)> {
+        buffers.iter().find_map(|&buffer| {
+            let (unit, block) = self.table.settled_block(buffer)?;
+            Some((buffer, BlockRef { unit, block }))
+        })
     }
 }

@@ -350,7 +350,11 @@ impl Core {
                     self.held.push_back(m);
                 }
             }
-            Message::Rtr(_) | Message::Mda(_) | Message::Reject(..) | Message::DestageAck(_) => {
+            Message::Rtr(_)
+            | Message::Mda(_)
+            | Message::Reject(..)
+            | Message::DestageAck(_)
+            | Message::Held(..) => {
                 if let Err(e) = self.primary.handle_message(now, &m) {
                     self.nvram_error("primary", &e);
                 }

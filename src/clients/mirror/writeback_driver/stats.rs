@@ -92,8 +92,11 @@ pub struct WriteBackStats {
     pub destage_notices: u64,
     /// Partner blocks the mirror freed on Destaged notices.
     pub mirror_freed: u64,
-    /// Stale partner copies the mirror freed for a new write.
-    pub mirror_stale_freed: u64,
+    /// Partner RQRs this node's mirror answered with Held (a new buffer holds its copy).
+    pub mirror_held: u64,
+    /// Buffers of this node held out of allocation: the partner keeps copies there until
+    /// their blocks are mirrored again or destaged.
+    pub held_buffers: u64,
     /// Partner blocks handed over at takeovers.
     pub taken_over: u64,
     /// Write latency (start to status), median, in µs.
@@ -156,7 +159,8 @@ impl WriteBackStats {
             destage_busy: p.destage_busy,
             destage_notices: c.primary.destage_notices() as u64,
             mirror_freed: m.freed,
-            mirror_stale_freed: m.stale_freed,
+            mirror_held: m.held,
+            held_buffers: c.primary.held_buffers() as u64,
             taken_over: m.taken_over,
             latency_p50_us: lat.p50_us,
             latency_p99_us: lat.p99_us,
