@@ -113,6 +113,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         heartbeat: 42,
         partner_incarnation: 1002,
         replayed_partner_log: None,
+        partner_copy_outdated: None,
     };
     out.push(tagged(2, &rec.encode()));
     out.push(tagged(3, &rec.encode()));

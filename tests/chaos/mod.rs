@@ -147,6 +147,11 @@ pub struct ChaosPair {
 impl ChaosPair {
     /// Builds the topology, starts both nodes and their writers once both are UP.
     pub fn start(tag: &str, seed: u64) -> ChaosPair {
+        Self::start_with(tag, seed, SHADOW_PARTNER_TIMEOUT_MS)
+    }
+
+    /// [`ChaosPair::start`] with the shadow logs' partner timeout `partner_timeout_ms`.
+    pub fn start_with(tag: &str, seed: u64, partner_timeout_ms: u64) -> ChaosPair {
         topology(2);
         let dir = temp_dir(tag);
         let shared = dir.join("shared");
@@ -157,7 +162,7 @@ impl ChaosPair {
         for n in [&mut na, &mut nb] {
             n.extra = vec![
                 "--shadow".into(),
-                format!("{}:1M:{SHADOW_PARTNER_TIMEOUT_MS}", shared.display()),
+                format!("{}:1M:{partner_timeout_ms}", shared.display()),
                 "--giveback".into(),
                 shared.display().to_string(),
             ];
@@ -280,6 +285,13 @@ impl ChaosPair {
             v["shadow"]["connected"] == json!(true) && v["shadow"]["partner_absent"] == json!(false)
         });
         self.wait_writes(i, WINDOW + 1);
+    }
+
+    /// Waits until node `i` acknowledged `n` records without its partner's copy.
+    pub fn wait_unmirrored(&self, i: usize, n: u64) {
+        self.shadow_wait(&self.nodes[i], &format!("{n} unmirrored writes"), |v| {
+            v["shadow"]["unmirrored"].as_u64().unwrap_or(0) >= n
+        });
     }
 
     /// Node `i`'s writer's acknowledged count (0 without a writer).
@@ -444,7 +456,16 @@ fn file_len(p: &Path) -> usize {
 
 /// Runs `scenario` for [`runs`] runs from [`base_seed`], printing each seed, then reports
 /// the counts.
-pub fn run_scenario(name: &str, mut scenario: impl FnMut(&mut ChaosPair, &mut Counts)) {
+pub fn run_scenario(name: &str, scenario: impl FnMut(&mut ChaosPair, &mut Counts)) {
+    run_scenario_with(name, SHADOW_PARTNER_TIMEOUT_MS, scenario)
+}
+
+/// [`run_scenario`] with the shadow logs' partner timeout `partner_timeout_ms`.
+pub fn run_scenario_with(
+    name: &str,
+    partner_timeout_ms: u64,
+    mut scenario: impl FnMut(&mut ChaosPair, &mut Counts),
+) {
     let base = base_seed();
     let n = runs();
     let mut counts = Counts::default();
@@ -455,7 +476,7 @@ pub fn run_scenario(name: &str, mut scenario: impl FnMut(&mut ChaosPair, &mut Co
             "chaos {name}: run {}/{n}, seed {seed:#x} (replay: CHAOS_SEED={seed:#x} CHAOS_RUNS=1)",
             r + 1
         );
-        let mut p = ChaosPair::start(&format!("chaos-{name}"), seed);
+        let mut p = ChaosPair::start_with(&format!("chaos-{name}"), seed, partner_timeout_ms);
         scenario(&mut p, &mut counts);
         p.finish(&mut counts);
     }

@@ -64,7 +64,7 @@ use super::actions::{
     Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
 };
 use super::detector::{ObservedRead, PartnerView};
-use super::mailbox::{MailboxRecord, MailboxWrite};
+use super::mailbox::{LogMark, MailboxRecord, MailboxWrite};
 use super::reservation::DiskSet;
 use super::state::{
     NodeState, PartnerRead, StateBlock, FLAG_AUTO_GIVEBACK, FLAG_INTERCONNECT_ALERT,
@@ -146,6 +146,12 @@ pub struct GivebackMachine {
     auto_giveback: bool,
     interconnect_alert: bool,
     partner_failed: bool,
+    /// The operator forced the takeover in progress past an outdated copy (F5.7).
+    takeover_forced: bool,
+    /// The outdated mark an automatic takeover was refused for.
+    takeover_refused: Option<LogMark>,
+    /// What the last forced takeover lost.
+    forced_loss: Option<LogMark>,
     takeovers: u32,
     givebacks: u32,
     last_detection: Option<Duration>,
@@ -192,6 +198,9 @@ impl GivebackMachine {
             giveback_at: None,
             interconnect_alert: false,
             partner_failed: false,
+            takeover_forced: false,
+            takeover_refused: None,
+            forced_loss: None,
             takeovers: 0,
             givebacks: 0,
             last_detection: None,
@@ -397,6 +406,7 @@ impl GivebackMachine {
         let (outcome, reason) = match cmd {
             Command::Takeover { check_only } => self.command_takeover(now, check_only),
             Command::Giveback { check_only } => self.command_giveback(now, check_only),
+            Command::ForceTakeover => self.command_force_takeover(now),
             Command::SetAutoGiveback(on) => {
                 self.auto_giveback = on;
                 (
@@ -570,6 +580,9 @@ impl GivebackMachine {
             kills_sent: self.kills_sent,
             io_failures: self.io_failures,
             last_error: self.last_error.clone(),
+            partner_copy_outdated: self.partner_copy_outdated(),
+            takeover_refused: self.takeover_refused.is_some(),
+            forced_loss: self.forced_loss,
         }
     }
 
@@ -638,6 +651,7 @@ impl GivebackMachine {
             heartbeat: self.heartbeat,
             partner_incarnation: self.view.partner_incarnation().unwrap_or(0),
             replayed_partner_log: None,
+            partner_copy_outdated: None,
         }
     }
 
@@ -731,6 +745,7 @@ impl GivebackMachine {
     }
 
     fn partner_alive(&mut self) {
+        self.takeover_refused = None;
         if self.partner_failed {
             self.partner_failed = false;
             self.events.push_back(GivebackEvent::PartnerAlive);
@@ -897,6 +912,9 @@ impl GivebackMachine {
     }
 
     fn start_reserving_partner(&mut self, now: Instant) {
+        if self.refuse_outdated_takeover() {
+            return;
+        }
         if self.takeover == TakeoverPhase::Idle {
             self.events.push_back(GivebackEvent::TakeoverStarted {
                 manual: self.takeover_manual,
@@ -948,6 +966,8 @@ impl GivebackMachine {
         let partner = self.cfg.partner;
         self.takeover = TakeoverPhase::Idle;
         self.takeover_manual = false;
+        self.takeover_forced = false;
+        self.takeover_refused = None;
         self.serving_partner = true;
         self.actions
             .push_back(Action::StartServing { set: partner });
@@ -1040,6 +1060,7 @@ impl GivebackMachine {
         }
         self.takeover = TakeoverPhase::Idle;
         self.takeover_manual = false;
+        self.takeover_forced = false;
         self.killing = false;
         self.giveback_at = None;
         self.set_state(now, NodeState::Halted);

@@ -361,6 +361,7 @@ impl ShadowMirror {
             stop: AtomicBool::new(false),
             cursor: Mutex::new(cursor),
             recovering: Mutex::new(()),
+            copy_mark: std::sync::OnceLock::new(),
             sleepers: AtomicUsize::new(0),
             kick: crossbeam_channel::bounded(1),
         });
@@ -575,6 +576,17 @@ impl ShadowMirror {
                     .wait_for(&mut st, (deadline - now).min(Duration::from_millis(1)));
             }
         }
+    }
+
+    /// Gives the shadow log the outdated mark of the partner's copy of this log (F5.7; from
+    /// [`GivebackNode::partner_copy_mark`](crate::clients::giveback::GivebackNode::partner_copy_mark)):
+    /// from then on nothing is acknowledged unmirrored before the mark is durable in the
+    /// mailbox, and the mark is cleared once a resync completed. Only the first call counts.
+    pub fn set_partner_copy_mark(&self, mark: Arc<crate::clients::giveback::PartnerCopyMark>) {
+        if self.shared.copy_mark.set(mark).is_err() {
+            tracing::warn!(client = %self.name(), "a partner copy mark was given already");
+        }
+        let _ = self.shared.kick.0.try_send(());
     }
 
     /// Follows the failure detector (the giveback client): the partner has failed or was

@@ -5,6 +5,7 @@
 
 use super::recovery::RecoveryState;
 use super::{Nvram, ShadowConfig, MIRROR_REGION, TX_REGION};
+use crate::clients::giveback::{LogMark, PartnerCopyMark};
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::log::ShadowLog;
 use crate::clients::mirror::log_format::LogImageError;
@@ -135,6 +136,8 @@ pub(super) struct Shared {
     /// Held by [`ShadowMirror::recover`](super::ShadowMirror::recover): one recovery at a
     /// time.
     pub(super) recovering: Mutex<()>,
+    /// The outdated mark of the partner's copy of this log (F5.7), once given.
+    pub(super) copy_mark: std::sync::OnceLock<Arc<PartnerCopyMark>>,
     /// Waiters asleep on [`Shared::changed`] (they stopped spinning): while there are any
     /// and writes are in flight, the driver blocks on the completion queue (see [`drive`]).
     pub(super) sleepers: AtomicUsize,
@@ -188,7 +191,26 @@ impl Shared {
         self.check_partner(st);
         progress |= self.post(st);
         progress |= self.note_acks(st);
+        self.clear_copy_mark(st);
         progress
+    }
+
+    /// F5.7: the partner's copy is in sync again (connected, the own log recovered, every
+    /// queued write, the re-sent live log included, complete on it): the outdated mark goes.
+    fn clear_copy_mark(&self, st: &Inner) {
+        let Some(mark) = self.copy_mark.get().filter(|m| m.is_marked()) else {
+            return;
+        };
+        let synced = !st.absent
+            && st.link_up()
+            && st.recovery.is_recovered()
+            && st.log.as_ref().is_some_and(|l| {
+                let s = l.stats();
+                s.writes_queued + s.writes_in_flight == 0
+            });
+        if synced {
+            mark.clear();
+        }
     }
 
     /// Processes `waited` (completions a blocking wait took from the completion queue of the
@@ -248,9 +270,25 @@ impl Shared {
     /// completes them at once: there is nobody to write to). Returns whether any went.
     pub(super) fn post(&self, st: &mut Inner) -> bool {
         if st.absent {
+            let generation = self.generation.load(Ordering::Acquire);
+            let first_unmirrored = st.acked + 1;
             let Some(log) = st.log.as_mut() else {
                 return false;
             };
+            if let Some(mark) = self.copy_mark.get() {
+                // F5.7: the partner's copy is durably marked outdated before anything is
+                // acknowledged without it.
+                if log.stats().writes_queued == 0 {
+                    return false;
+                }
+                mark.mark(LogMark {
+                    generation,
+                    seq: first_unmirrored,
+                });
+                if !mark.is_durable() {
+                    return false;
+                }
+            }
             let mut any = false;
             while let Some(w) = log.poll_mirror_write() {
                 log.handle_mirror_complete(w.id);
