@@ -650,3 +650,35 @@ fn nothing_is_acknowledged_unmirrored_before_the_partner_copy_is_marked_outdated
     let rp = b.read_partner().unwrap();
     assert_eq!(seqs(&rp), (1..=7).collect::<Vec<_>>());
 }
+
+#[test]
+fn the_durability_point_is_a_read_behind_the_writes_unless_delivery_is_enough() {
+    use interlink::clients::mirror::shadow::Durability;
+    for durability in [Durability::Read, Durability::Delivered] {
+        let (_, _, ma, mb) = managers();
+        let mut cfg = ShadowConfig::new();
+        cfg.durability = durability;
+        let a = shadow(&ma, 64 * 1024, cfg.clone());
+        let b = shadow(&mb, 64 * 1024, cfg.clone());
+        connected(&a);
+        connected(&b);
+        let payloads: Vec<Vec<u8>> = (1..=40).map(|s| writer_payload(s, 100)).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+        for r in a.append_many(&refs).unwrap() {
+            assert!(r.mirrored);
+        }
+        let st = a.stats();
+        match durability {
+            // At least one READ, and never more than one per batch of writes.
+            Durability::Read => assert!(
+                st.durability_reads >= 1 && st.durability_reads <= st.mirror_writes,
+                "{st:#?}"
+            ),
+            Durability::Delivered => assert_eq!(st.durability_reads, 0, "{st:#?}"),
+        }
+        assert_eq!(
+            seqs(&b.read_partner().unwrap()),
+            (1..=40).collect::<Vec<_>>()
+        );
+    }
+}

@@ -4,7 +4,10 @@
 //! plus the driver thread.
 
 use super::recovery::RecoveryState;
-use super::{Nvram, ShadowConfig, MIRROR_REGION, TX_REGION};
+use super::{
+    Durability, Nvram, ShadowConfig, FLUSH_LANDING, FLUSH_LEN, FLUSH_REGION, MIRROR_REGION,
+    TX_REGION,
+};
 use crate::clients::giveback::{LogMark, PartnerCopyMark};
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::log::ShadowLog;
@@ -36,6 +39,9 @@ const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest unmirrored ranges kept for waiters (one range per partner absence).
 const UNMIRRORED_RANGES: usize = 1024;
 
+/// Work request ids of durability READs carry this bit (mirror write ids never do).
+const FLUSH_TAG: u64 = 1 << 63;
+
 pub(super) struct Link {
     pub(super) id: LinkId,
     pub(super) qp: ClientQp,
@@ -45,6 +51,12 @@ pub(super) struct Link {
     pub(super) epoch: u64,
     pub(super) tx: MemoryRegion,
     pub(super) partner: RegionDescriptor,
+    /// With [`Durability::Read`]: the partner's `shadow-flush` region (read after the
+    /// writes) and the local landing region of those READs.
+    pub(super) flush: Option<(RegionDescriptor, MemoryRegion)>,
+    /// Durability READs in flight: (work request id, the last mirror write posted before it).
+    pub(super) flushes: VecDeque<(u64, u64)>,
+    pub(super) next_flush: u64,
     pub(super) outstanding: usize,
     pub(super) broken: bool,
     /// Which connection of this driver it is (1, 2, ...): completions taken from a completion
@@ -73,6 +85,8 @@ pub(super) struct Counters {
     pub(super) resyncs: u64,
     pub(super) resent_writes: u64,
     pub(super) write_errors: u64,
+    /// Durability READs posted behind mirror writes.
+    pub(super) durability_reads: u64,
     pub(super) replays: u64,
     pub(super) replayed_records: u64,
 }
@@ -249,14 +263,40 @@ impl Shared {
             }
             l.outstanding = l.outstanding.saturating_sub(1);
             l.progress_at = Instant::now();
+            let flush = c.wr_id & FLUSH_TAG != 0;
             if !c.status.is_ok() {
-                failure.get_or_insert_with(|| format!("mirror write {}: {:?}", c.wr_id, c.status));
+                failure.get_or_insert_with(|| {
+                    let what = if flush {
+                        "durability READ"
+                    } else {
+                        "mirror write"
+                    };
+                    format!("{what} {}: {:?}", c.wr_id & !FLUSH_TAG, c.status)
+                });
                 continue;
             }
-            if failure.is_none() {
-                if let Some(log) = log.as_mut() {
-                    log.handle_mirror_complete(c.wr_id);
+            if failure.is_some() {
+                continue;
+            }
+            // With a durability READ, a write counts once a READ posted after it returned:
+            // the partner placed it in its memory (RC executes the READ after the WRITEs).
+            let through = match (flush, l.flush.is_some()) {
+                (true, _) => {
+                    let mut through = None;
+                    while let Some(&(id, last)) = l.flushes.front() {
+                        if id > c.wr_id {
+                            break;
+                        }
+                        l.flushes.pop_front();
+                        through = Some(last);
+                    }
+                    through
                 }
+                (false, true) => None,
+                (false, false) => Some(c.wr_id),
+            };
+            if let (Some(id), Some(log)) = (through, log.as_mut()) {
+                log.handle_mirror_complete(id);
             }
         }
         if let Some(why) = failure {
@@ -309,7 +349,10 @@ impl Shared {
         };
         let mut failure = None;
         let mut bytes = 0u64;
-        while l.outstanding + posts.len() < depth {
+        // One slot stays free for the durability READ behind the writes.
+        let room = if l.flush.is_some() { depth - 1 } else { depth };
+        let mut last_write = None;
+        while l.outstanding + posts.len() < room {
             let Some(w) = log.poll_mirror_write() else {
                 break;
             };
@@ -326,6 +369,7 @@ impl Shared {
             match staged {
                 Ok(buf) => {
                     bytes += w.len as u64;
+                    last_write = Some(w.id);
                     posts.push(SendRequest::new(
                         w.id,
                         SendOp::Write(l.partner.at(w.offset as u64)),
@@ -335,6 +379,19 @@ impl Shared {
                 Err(e) => {
                     failure = Some(format!("stage mirror write {w:?}: {e}"));
                     break;
+                }
+            }
+        }
+        if let (Some(last), Some((remote, landing))) = (last_write, l.flush.as_ref()) {
+            let id = FLUSH_TAG | l.next_flush;
+            match landing.slice(0, FLUSH_LEN) {
+                Ok(buf) => {
+                    posts.push(SendRequest::new(id, SendOp::Read(remote.at(0)), buf));
+                    l.flushes.push_back((id, last));
+                    l.next_flush += 1;
+                }
+                Err(e) => {
+                    failure.get_or_insert(format!("durability READ landing: {e}"));
                 }
             }
         }
@@ -351,7 +408,9 @@ impl Shared {
                         l.progress_at = Instant::now();
                     }
                     l.outstanding += n;
-                    counters.mirror_writes += n as u64;
+                    let reads = usize::from(l.flush.is_some() && last_write.is_some());
+                    counters.mirror_writes += (n - reads) as u64;
+                    counters.durability_reads += reads as u64;
                     counters.mirror_bytes += bytes;
                 }
                 Err(e) => {
@@ -506,6 +565,24 @@ impl Shared {
                 partner.len, self.log_len
             ));
         }
+        let flush = match self.cfg.durability {
+            Durability::Delivered => None,
+            Durability::Read => {
+                let remote = conn
+                    .partner_region(FLUSH_REGION)
+                    .map(|r| r.descriptor)
+                    .ok_or(format!(
+                        "partner has no {FLUSH_REGION} region (both nodes must use the same durability)"
+                    ))?;
+                if (remote.len as usize) < FLUSH_LEN {
+                    return Err(format!(
+                        "partner's {FLUSH_REGION} region is {} bytes",
+                        remote.len
+                    ));
+                }
+                Some((remote, region(FLUSH_LANDING)?))
+            }
+        };
         let qpn = qp.queue_pair().qpn();
         let epoch = qp.queue_pair().epoch();
         if let Some(l) = st
@@ -516,6 +593,7 @@ impl Shared {
             // A live update: same queue pair, writes keep flowing.
             l.partner = partner;
             l.tx = tx;
+            l.flush = flush;
             return Ok(());
         }
         st.link = Some(Link {
@@ -525,6 +603,9 @@ impl Shared {
             epoch,
             tx,
             partner,
+            flush,
+            flushes: VecDeque::with_capacity(self.cfg.send_depth.max(4) as usize),
+            next_flush: 1,
             outstanding: 0,
             broken: false,
             serial: st.counters.connections + 1,
