@@ -96,10 +96,9 @@ mod tests {
 
     #[test]
     fn a_mark_is_durable_once_a_write_carried_it_and_keeps_the_first_position() {
+        // As the own record left it: in sync, and that is on disk.
         let m = PartnerCopyMark::new(None);
-        assert!(!m.is_marked() && !m.is_durable());
-        m.written(m.stamp());
-        assert!(m.is_durable());
+        assert!(!m.is_marked() && m.is_durable());
         m.mark(at(5));
         m.mark(at(8));
         assert!(m.is_marked() && !m.is_durable());

@@ -29,8 +29,10 @@
 //!   → re-check the reservation and serve.
 //! - GIVEWAIT or MBWAIT with the partner failed: preempt own disks, serve, then take over.
 //!
-//! Takeover (515): reserve the partner's disks with preempt, write "taken over" to the
-//! mailbox, assume the identity, replay the partner's log, check that the partner's disks are
+//! Takeover (515): reserve the partner's disks with preempt, read the mailbox once more (an
+//! automatic takeover is abandoned, the disks released, if the partner showed life: a restart
+//! that reserved its disks just before the preempt and may be recovering its own log), write
+//! "taken over" to the mailbox, assume the identity, replay the partner's log, check that the partner's disks are
 //! still reserved here, serve them, enter TAKEOVER and send kill messages every interval until
 //! a fresh READ shows the partner waiting. Partner
 //! GIVEWAIT (535) → stop kills (537), release its disks (540). Partner MBWAIT (555) with
@@ -99,6 +101,10 @@ enum TakeoverPhase {
     Killing,
     /// Reserve{partner, preempt: true} sent.
     Reserving,
+    /// Automatic takeover, reservation granted: the mailbox is read once more, and a partner
+    /// record newer than the failure evidence (a partner that restarted and reserved its
+    /// disks just before the preempt) aborts the takeover.
+    Reconfirming,
     /// Reservation granted; the mailbox write saying "taken over" is outstanding.
     WritingMailbox,
     /// Identity assumed and log replayed (hooks queued); CheckReservation{partner} sent:
@@ -300,7 +306,9 @@ impl GivebackMachine {
         }
         self.evaluate_partner(now);
         self.bring_up_after_mailbox(now);
-        if self.partner_failed {
+        if self.takeover == TakeoverPhase::Reconfirming {
+            self.reconfirm_takeover();
+        } else if self.partner_failed {
             self.react_to_failed_partner(now);
         }
         self.publish_if_changed();
@@ -360,6 +368,9 @@ impl GivebackMachine {
                 self.view.on_mailbox_failed();
                 if self.boot == BootPhase::ReadMailbox {
                     self.boot = BootPhase::Idle;
+                }
+                if self.takeover == TakeoverPhase::Reconfirming {
+                    self.abort_unconfirmed_takeover("the mailbox read confirming it failed");
                 }
             }
             Action::Reserve { set, .. } | Action::CheckReservation { set } => {
@@ -646,7 +657,7 @@ impl GivebackMachine {
                 ),
             takeover_pending: matches!(
                 self.takeover,
-                TakeoverPhase::Killing | TakeoverPhase::Reserving
+                TakeoverPhase::Killing | TakeoverPhase::Reserving | TakeoverPhase::Reconfirming
             ),
             heartbeat: self.heartbeat,
             partner_incarnation: self.view.partner_incarnation().unwrap_or(0),
@@ -875,6 +886,10 @@ impl GivebackMachine {
                     "the partner's disks were taken back during the takeover: fencing myself"
                 );
                 self.halt(now, GivebackEvent::Fenced);
+            }
+            TakeoverPhase::Reserving if granted && !self.takeover_manual => {
+                self.takeover = TakeoverPhase::Reconfirming;
+                self.actions.push_back(Action::ReadMailbox);
             }
             TakeoverPhase::Reserving if granted => {
                 self.takeover = TakeoverPhase::WritingMailbox;

@@ -1,6 +1,9 @@
-//! Operator commands of the giveback machine (F4.5): manual takeover and giveback; and the
-//! rule that no automatic takeover starts from an outdated copy of the partner's log (F5.7),
-//! which only a forced takeover overrides.
+//! Operator commands of the giveback machine (F4.5): manual takeover and giveback; and two
+//! guards of the automatic takeover: none starts from an outdated copy of the partner's log
+//! (F5.7; only a forced takeover overrides it), and none goes on past a partner that showed
+//! life in the mailbox read right after its disks were reserved (a restart racing the
+//! preempt: the restarted partner may already have reserved its disks and be recovering its
+//! own log, which the takeover's replay would apply a second time).
 
 use super::{GivebackMachine, TakeoverPhase};
 use crate::clients::giveback::actions::{Action, CommandOutcome, GivebackEvent};
@@ -40,6 +43,36 @@ impl GivebackMachine {
         }
         // A manual (unforced) takeover stays waiting; a forced command may follow.
         true
+    }
+
+    /// [`TakeoverPhase::Reconfirming`]: the mailbox read after the preempt. The partner
+    /// still failed: the takeover goes on ("taken over" to the mailbox). It showed life (a
+    /// newer record, written by a restart before it reserved its disks, which the preempt
+    /// then took): the takeover is abandoned and the disks released.
+    pub(super) fn reconfirm_takeover(&mut self) {
+        if self.partner_failed {
+            self.takeover = TakeoverPhase::WritingMailbox;
+            let rec = self.record();
+            self.actions.push_back(Action::WriteMailbox(rec));
+        } else {
+            self.abort_unconfirmed_takeover("the partner showed life right after the preempt");
+        }
+    }
+
+    /// Abandons an automatic takeover before anything of it was done but the reservation.
+    pub(super) fn abort_unconfirmed_takeover(&mut self, why: &str) {
+        tracing::warn!(
+            me = self.cfg.me,
+            partner = self.cfg.partner,
+            reason = why,
+            "takeover abandoned after the reservation; the partner's disks are released"
+        );
+        self.takeover = TakeoverPhase::Idle;
+        if self.holding.remove(&self.cfg.partner) {
+            self.actions.push_back(Action::Release {
+                set: self.cfg.partner,
+            });
+        }
     }
 
     pub(super) fn command_force_takeover(&mut self, now: Instant) -> (CommandOutcome, String) {

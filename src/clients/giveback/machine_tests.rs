@@ -26,6 +26,8 @@ struct World {
     partner_record: Option<MailboxRecord>,
     mailbox_fails: bool,
     write_fails: bool,
+    /// The partner's record from the moment this node's preempt of its disks is carried out.
+    after_preempt: Option<Option<MailboxRecord>>,
     done: Vec<Action>,
 }
 
@@ -37,6 +39,7 @@ impl World {
             partner_record: None,
             mailbox_fails: false,
             write_fails: false,
+            after_preempt: None,
             done: Vec::new(),
         }
     }
@@ -74,6 +77,11 @@ impl World {
                     },
                 ),
                 Action::Reserve { set, preempt } => {
+                    if *set == PARTNER && *preempt {
+                        if let Some(r) = self.after_preempt.take() {
+                            self.partner_record = r;
+                        }
+                    }
                     let slot = self.slot(*set);
                     if slot.is_none() || *preempt || *slot == Some(ME) {
                         *slot = Some(ME);
@@ -542,4 +550,63 @@ fn giveback_machine_takes_over_once_the_mark_is_cleared() {
         }
     )));
     assert!(!m.status().takeover_refused);
+}
+
+#[test]
+fn giveback_machine_abandons_a_takeover_when_the_partner_shows_life_right_after_the_preempt() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    w.partner_record = partner_rec(1, false);
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    tick(&mut m, &mut w, t0);
+    // The partner dies; just as this node preempts its disks, it restarts (a new incarnation
+    // writes its mailbox record, then reserves its disks).
+    w.after_preempt = Some(partner_rec(1, false).map(|r| MailboxRecord {
+        incarnation: 2,
+        state: NodeState::Booting,
+        ..r
+    }));
+    let mut i = 1u32;
+    while !w.done.contains(&Action::Release { set: PARTNER }) {
+        assert!(i < 20, "no abort: {:?}", w.done);
+        tick(&mut m, &mut w, t0 + I * i);
+        i += 1;
+    }
+    // The restarted partner lives on (its heartbeat moves): no takeover.
+    for hb in 2..12u64 {
+        w.partner_record = w.partner_record.map(|r| MailboxRecord {
+            heartbeat: hb,
+            state: NodeState::Up,
+            ..r
+        });
+        tick(&mut m, &mut w, t0 + I * i);
+        i += 1;
+    }
+    let done = w.take();
+    let preempt = done
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                Action::Reserve {
+                    set: PARTNER,
+                    preempt: true
+                }
+            )
+        })
+        .expect("the takeover started");
+    assert_eq!(done[preempt + 1], Action::ReadMailbox, "{done:?}");
+    assert!(
+        done[preempt..].contains(&Action::Release { set: PARTNER }),
+        "{done:?}"
+    );
+    assert!(
+        !done.iter().any(|a| matches!(
+            a,
+            Action::WriteMailbox(r) if r.taken_over
+        ) || matches!(a, Action::ReplayPartnerLog)),
+        "{done:?}"
+    );
+    assert_eq!(m.state(), NodeState::Up);
+    assert!(!m.status().takeover_in_progress);
 }
