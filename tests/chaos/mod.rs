@@ -251,6 +251,12 @@ impl ChaosPair {
     /// state when killed. (A restart before the takeover is `fast_restart`'s and
     /// `power_loss`'s business.)
     pub fn kill_and_wait_takeover(&mut self, i: usize) -> String {
+        // The takeover expected here needs the partner's copy of node i's log in sync: after
+        // node i acknowledged records without it (its partner was down), the partner rightly
+        // refuses until node i's resync cleared the mark (`stale_mirror` tests the refusal).
+        self.nodes[1 - i].wait_giveback("node i's log copy in sync (no outdated mark)", |r| {
+            r.partner_copy_outdated.is_none()
+        });
         let state = self.state(i);
         let before = self.assumed(1 - i);
         self.kill(i);
@@ -279,12 +285,17 @@ impl ChaosPair {
 
     /// Waits until node `i` mirrors into its partner again: connected, the partner not
     /// absent, and a window of appends acknowledged since (they were queued behind the
-    /// re-sent live log, so that reached the partner's mirror too).
+    /// re-sent live log, so that reached the partner's mirror too); and until the partner
+    /// reads node `i`'s mailbox record without the outdated mark (else it would rightly
+    /// refuse to take node `i` over).
     pub fn wait_mirrored(&self, i: usize) {
         self.shadow_wait(&self.nodes[i], "mirroring again", |v| {
             v["shadow"]["connected"] == json!(true) && v["shadow"]["partner_absent"] == json!(false)
         });
         self.wait_writes(i, WINDOW + 1);
+        self.nodes[1 - i].wait_giveback("the partner's copy no longer marked outdated", |r| {
+            r.partner_copy_outdated.is_none()
+        });
     }
 
     /// Waits until node `i` acknowledged `n` records without its partner's copy.

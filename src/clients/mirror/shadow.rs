@@ -382,6 +382,7 @@ impl ShadowMirror {
             unmirrored: VecDeque::new(),
             checkpointed: 0,
             last_checkpoint: None,
+            sync_target: None,
             connected_once: false,
             counters: Counters::default(),
             latency: crate::manager::client::new_histogram(),

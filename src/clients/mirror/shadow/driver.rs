@@ -110,6 +110,10 @@ pub(super) struct Inner {
     pub(super) unmirrored: VecDeque<(u64, u64)>,
     pub(super) checkpointed: u64,
     pub(super) last_checkpoint: Option<LogPosition>,
+    /// The last mirror write of the latest full (re)send of the log (a re-send on a new
+    /// connection, or a log installed by the recovery): once it completed on a connection,
+    /// the partner's copy is in sync (F5.7).
+    pub(super) sync_target: Option<u64>,
     pub(super) connected_once: bool,
     pub(super) counters: Counters,
     pub(super) latency: Histogram<u64>,
@@ -209,8 +213,9 @@ impl Shared {
         progress
     }
 
-    /// F5.7: the partner's copy is in sync again (connected, the own log recovered, every
-    /// queued write, the re-sent live log included, complete on it): the outdated mark goes.
+    /// F5.7: the partner's copy is in sync again (connected, the own log recovered, and the
+    /// latest full send of the live log complete on it; later appends are mirrored before
+    /// they are acknowledged): the outdated mark goes.
     fn clear_copy_mark(&self, st: &Inner) {
         let Some(mark) = self.copy_mark.get().filter(|m| m.is_marked()) else {
             return;
@@ -218,10 +223,11 @@ impl Shared {
         let synced = !st.absent
             && st.link_up()
             && st.recovery.is_recovered()
-            && st.log.as_ref().is_some_and(|l| {
-                let s = l.stats();
-                s.writes_queued + s.writes_in_flight == 0
-            });
+            && st
+                .log
+                .as_ref()
+                .zip(st.sync_target)
+                .is_some_and(|(l, target)| l.completed_write() >= target);
         if synced {
             mark.clear();
         }
@@ -652,6 +658,7 @@ impl Shared {
             }
         }
         let queued = log.stats().writes_queued as u64;
+        st.sync_target = Some(log.last_queued_write());
         st.counters.resyncs += 1;
         st.counters.resent_writes += queued;
         tracing::info!(client = %self.cfg.name, writes = queued, acknowledged = st.acked, "shadow log re-sent on the new connection");

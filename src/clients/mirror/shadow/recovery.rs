@@ -402,6 +402,7 @@ impl ShadowMirror {
         st.checkpointed = 0;
         st.unmirrored.clear();
         st.last_checkpoint = None;
+        st.sync_target = Some(log.last_queued_write());
         st.log = Some(log);
         shared.generation.store(r.generation, Ordering::Release);
         st.recovery = RecoveryState::Recovered(r);
