@@ -127,9 +127,12 @@ fn kills() {
                 p.restart(v);
                 c.fault("restart");
                 if kind == 2 {
-                    // The survivor's log must be mirrored to the returning node first: its
-                    // appends while the partner was down are in its NVRAM only (a double
-                    // failure; the outdated-mirror rule is not built yet).
+                    // KNOWN GAP (docs/architecture.md, "Mirror sync state"): the returning
+                    // node's region is new and fills while the survivor re-sends its live log;
+                    // a survivor killed before that completed leaves a partial copy that
+                    // nothing marks as such yet (the outdated mark covers records acknowledged
+                    // without the partner, not a partner that lost its copy). Until the
+                    // survivor's resync is confirmed in the mailbox, this order waits for it.
                     p.wait_mirrored(s);
                 }
                 let state = p.state(v);
