@@ -138,8 +138,10 @@ pub struct Tally {
     pub acknowledged: u64,
     /// Of them, acknowledged unmirrored.
     pub unmirrored: u64,
-    /// Records replayed (by takeovers and the final read).
+    /// Records replayed (by takeovers, own recoveries and the final read).
     pub replayed: u64,
+    /// Of them, applied by the writer's own recovery at start.
+    pub replayed_own: u64,
     /// Replayed records whose acknowledgement the writer never logged.
     pub unacknowledged: u64,
     /// Acknowledged records not found where they had to be.
@@ -156,6 +158,7 @@ impl Tally {
         self.acknowledged += o.acknowledged;
         self.unmirrored += o.unmirrored;
         self.replayed += o.replayed;
+        self.replayed_own += o.replayed_own;
         self.unacknowledged += o.unacknowledged;
         self.lost += o.lost;
         self.duplicates += o.duplicates;
@@ -213,6 +216,9 @@ pub fn check_writer(acked_text: &str, views: &[View], freezes: &[Freeze], window
                 })
                 .unwrap_or_else(|| g.clone());
             t.replayed += v.seqs.len() as u64;
+            if v.own {
+                t.replayed_own += v.seqs.len() as u64;
+            }
             if v.bad > 0 {
                 t.problems.push(format!(
                     "generation {}, view {i}: {} records with a wrong payload",

@@ -89,12 +89,14 @@ impl Counts {
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "chaos {scenario}: runs {}, faults {faults} ({kinds}), takeovers {}, writes acknowledged {} ({} unmirrored), replayed {} ({} never acknowledged, in flight), lost {}, duplicates {}{}",
+            "chaos {scenario}: runs {}, faults {faults} ({kinds}), takeovers {}, writes acknowledged {} ({} unmirrored), replayed {} (by the partner or the final read {}, by the writer's own recovery {}; {} never acknowledged, in flight), lost {}, duplicates {}{}",
             self.runs,
             self.takeovers,
             self.tally.acknowledged,
             self.tally.unmirrored,
             self.tally.replayed,
+            self.tally.replayed - self.tally.replayed_own,
+            self.tally.replayed_own,
             self.tally.unacknowledged,
             self.tally.lost,
             self.tally.duplicates,
