@@ -117,10 +117,17 @@ fn window() -> usize {
         .unwrap_or(WINDOW)
 }
 
+/// Whether the pair being started counts a write done when delivered (the plain WRITE, for
+/// the comparison) instead of after the durability READ (the default).
+static DELIVERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The shadow configuration: the defaults, except a waiter's spin before it sleeps
-/// (`INTERLINK_BENCH_MIRROR_SPIN_US`, to compare settings).
+/// (`INTERLINK_BENCH_MIRROR_SPIN_US`, to compare settings) and the durability point.
 fn shadow_config() -> ShadowConfig {
     let mut cfg = ShadowConfig::new();
+    if DELIVERED.load(std::sync::atomic::Ordering::Relaxed) {
+        cfg.durability = interlink::clients::mirror::shadow::Durability::Delivered;
+    }
     if let Some(us) = std::env::var("INTERLINK_BENCH_MIRROR_SPIN_US")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -482,7 +489,9 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
     g.finish();
 
     let Some(pair) = pair.into_inner().map(RefCell::into_inner) else {
-        return; // the benchmarks were filtered out: nothing of this net runs
+        // The benchmarks were filtered out: nothing of this net runs, but maybe these.
+        bench_delivered(c, net, rec, quick, &secret);
+        return;
     };
     let mut pair = pair;
     let n = if quick { 1000 } else { am.hist_appends };
@@ -523,6 +532,52 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
     );
     rec.shadow(net, &after);
     pair.shutdown();
+    bench_delivered(c, net, rec, quick, &secret);
+}
+
+/// The cost of the durability point (F5.8): the same appends, counted done when the WRITE is
+/// delivered, without the READ behind it (a pair of its own, started after the other).
+fn bench_delivered(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool, secret: &Path) {
+    let am = amounts(net);
+    let plain: OnceCell<RefCell<MirrorPair>> = OnceCell::new();
+    let get_plain = || {
+        plain.get_or_init(|| {
+            DELIVERED.store(true, std::sync::atomic::Ordering::Relaxed);
+            let p = MirrorPair::start(net, secret);
+            DELIVERED.store(false, std::sync::atomic::Ordering::Relaxed);
+            RefCell::new(p)
+        })
+    };
+    let mut g = c.benchmark_group(format!("{}/append_delivered", net.label));
+    g.sample_size(am.samples)
+        .warm_up_time(am.warm_up)
+        .measurement_time(am.measurement)
+        .nresamples(10_000);
+    for size in SIZES {
+        g.bench_function(format!("{size}"), |bch| {
+            let p = get_plain();
+            bch.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                p.borrow_mut().appends(net, size, iters, |d| total += d);
+                total
+            })
+        });
+    }
+    g.finish();
+    if let Some(p) = plain.into_inner().map(RefCell::into_inner) {
+        let mut p = p;
+        let n = if quick { 1000 } else { am.hist_appends };
+        for size in SIZES {
+            let mut h = histogram();
+            let local = p.local;
+            p.appends(net, size, n as u64, |d| {
+                h.saturating_record(d.as_nanos().max(1) as u64)
+            });
+            let local_us = p.local.mean_us_since(local);
+            rec.append_latency(net, &format!("append_delivered_{size}"), &h, local_us);
+        }
+        p.shutdown();
+    }
 }
 
 fn main() {

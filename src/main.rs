@@ -90,6 +90,10 @@ enum Cmd {
         /// Only check; change nothing.
         #[arg(long)]
         check: bool,
+        /// Take over even though this node's copy of the partner's shadow log is outdated
+        /// (the partner acknowledged records without it): the reply names the records lost.
+        #[arg(long, conflicts_with = "check")]
+        force: bool,
     },
     /// Give the partner's disks back (it must wait in MBWAIT); `--check` only says whether it
     /// would be allowed and why.
@@ -149,8 +153,8 @@ fn main() {
             shadow.as_deref(),
             writeback.as_deref(),
         ),
-        Cmd::Takeover { node, check } => giveback_command(&node, "takeover", check),
-        Cmd::Giveback { node, check } => giveback_command(&node, "giveback", check),
+        Cmd::Takeover { node, check, force } => giveback_command(&node, "takeover", check, force),
+        Cmd::Giveback { node, check } => giveback_command(&node, "giveback", check, false),
         Cmd::Devices => {
             for d in interlink::fabric::verbs_devices() {
                 println!("{d}");
@@ -217,11 +221,11 @@ fn control_socket_from_config(config: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// `interlink takeover` / `interlink giveback`.
-fn giveback_command(node: &NodeTarget, what: &str, check: bool) -> anyhow::Result<()> {
+fn giveback_command(node: &NodeTarget, what: &str, check: bool, force: bool) -> anyhow::Result<()> {
     let path = node.socket()?;
     let req = ControlRequest::Client {
         name: "giveback".into(),
-        command: serde_json::json!({ what: { "check": check } }),
+        command: serde_json::json!({ what: { "check": check, "force": force } }),
     };
     match control::request(&path, &req, Duration::from_secs(15))? {
         ControlResponse::Ok { value } => {
@@ -239,7 +243,13 @@ fn giveback_command(node: &NodeTarget, what: &str, check: bool) -> anyhow::Resul
             )?;
             println!(
                 "{what}{}: {} ({})",
-                if check { " --check" } else { "" },
+                if check {
+                    " --check"
+                } else if force {
+                    " --force"
+                } else {
+                    ""
+                },
                 reply.outcome,
                 reply.reason
             );

@@ -155,14 +155,19 @@ impl ControlHandler for Handler {
     }
 }
 
-/// A giveback control command: `{"takeover": {"check": bool}}`, `{"giveback": {"check":
+/// A giveback control command: `{"takeover": {"check": bool, "force": bool}}`, `{"giveback": {"check":
 /// bool}}`, `{"auto_giveback": bool}`, or anything else for the status. Answers
 /// `{"reply": {...} or null, "status": GivebackReport}`.
 fn giveback_command(g: &GivebackNode, command: &serde_json::Value) -> ControlResponse {
     let check = |v: &serde_json::Value| v.get("check").and_then(|c| c.as_bool()) == Some(true);
+    let force = |v: &serde_json::Value| v.get("force").and_then(|c| c.as_bool()) == Some(true);
     let cmd = if let Some(t) = command.get("takeover") {
-        Some(GivebackCommand::Takeover {
-            check_only: check(t),
+        Some(if force(t) && !check(t) {
+            GivebackCommand::ForceTakeover
+        } else {
+            GivebackCommand::Takeover {
+                check_only: check(t),
+            }
         })
     } else if let Some(t) = command.get("giveback") {
         Some(GivebackCommand::Giveback {
@@ -324,7 +329,7 @@ pub fn run(
         (None, Some(s)) => {
             s.recover(None)?;
         }
-        (Some(g), Some(s)) => s.follow_failure_detector(g),
+        (Some(g), Some(s)) => s.attach_giveback(g),
         _ => {}
     }
     let stop = Arc::new(AtomicBool::new(false));

@@ -11,7 +11,7 @@
 
 use anyhow::{bail, Context};
 use interlink::clients::giveback::service::{RecoverHook, ReplayHook, ReplayedMark};
-use interlink::clients::giveback::{GivebackEvent, GivebackNode, ReplayedLog};
+use interlink::clients::giveback::{GivebackEvent, GivebackNode, LogMark};
 use interlink::clients::mirror::shadow::{
     check_payload, file_backings, ShadowConfig, ShadowMirror, ShadowWriter, WriterConfig,
 };
@@ -90,7 +90,7 @@ pub fn replayed_path(dir: &Path, node: u32) -> PathBuf {
 fn recover(
     mirror: &ShadowMirror,
     path: &Path,
-    partner_replayed: Option<ReplayedLog>,
+    partner_replayed: Option<LogMark>,
 ) -> anyhow::Result<Recovered> {
     let partner = partner_replayed.map(|r| LogPosition {
         generation: r.generation,
@@ -165,7 +165,7 @@ impl ShadowNode {
     /// Recovers the own log with what the partner replayed of it (see
     /// [`ShadowMirror::recover`]); records nobody applied go to `replayed-<node>.log` as an
     /// `own` view.
-    pub fn recover(&self, partner_replayed: Option<ReplayedLog>) -> anyhow::Result<Recovered> {
+    pub fn recover(&self, partner_replayed: Option<LogMark>) -> anyhow::Result<Recovered> {
         recover(
             &self.mirror,
             &replayed_path(&self.dir, self.node),
@@ -188,9 +188,13 @@ impl ShadowNode {
         })
     }
 
-    /// Appends stop waiting for a partner the giveback client declared failed (or took
-    /// over): they complete unmirrored at once instead of after the partner timeout.
-    pub fn follow_failure_detector(&self, giveback: &GivebackNode) {
+    /// Binds the shadow log to the giveback client: the outdated mark of the partner's copy
+    /// of this log goes into this node's mailbox record (F5.7), and appends stop waiting for
+    /// a partner the giveback client declared failed (or takes over): they complete
+    /// unmirrored at once instead of after the partner timeout.
+    pub fn attach_giveback(&self, giveback: &GivebackNode) {
+        self.mirror
+            .set_partner_copy_mark(giveback.partner_copy_mark());
         let events = giveback.subscribe();
         let mirror = Arc::downgrade(&self.mirror);
         let spawned = std::thread::Builder::new()
@@ -218,7 +222,7 @@ impl ShadowNode {
     pub fn replayed_mark(&self) -> ReplayedMark {
         let mirror = self.mirror.clone();
         Box::new(move || {
-            mirror.partner_replayed().map(|p| ReplayedLog {
+            mirror.partner_replayed().map(|p| LogMark {
                 generation: p.generation,
                 seq: p.seq,
             })

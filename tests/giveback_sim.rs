@@ -142,6 +142,8 @@ fn a_fig5_normal_case_every_step_in_order() {
         (510, "B crash"),
         (515, "A PartnerFailed"),
         (515, "A Reserve 2 preempt"),
+        // The mailbox read once more after the preempt: B did not restart meanwhile.
+        (515, "A ReadMailbox"),
         (515, "A WriteMailbox taken_over=true"),
         (515, "A AssumeIdentity"),
         (515, "A ReplayPartnerLog"),

@@ -601,3 +601,84 @@ fn a_partner_declared_failed_stops_appends_waiting_at_once() {
     assert!(!r.mirrored);
     assert!(a.stats().partner_absent);
 }
+
+#[test]
+fn nothing_is_acknowledged_unmirrored_before_the_partner_copy_is_marked_outdated() {
+    use interlink::clients::giveback::PartnerCopyMark;
+    let (_, bcfg, ma, mb) = managers();
+    let len = 64 * 1024;
+    let mut cfg = ShadowConfig::new();
+    cfg.partner_timeout = Duration::from_millis(300);
+    let a = shadow(&ma, len, cfg.clone());
+    let b = shadow(&mb, len, cfg.clone());
+    let mark = Arc::new(PartnerCopyMark::new(None));
+    mark.written(mark.stamp()); // the mailbox holds "in sync"
+    a.set_partner_copy_mark(mark.clone());
+    connected(&a);
+    connected(&b);
+    for seq in 1..=5 {
+        assert!(a.append(&writer_payload(seq, 50)).unwrap().mirrored);
+    }
+    assert!(!mark.is_marked());
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    // The partner is absent: the next append asks for the mark, and waits while no mailbox
+    // write carried it.
+    let t = a.append_start(&writer_payload(6, 50)).unwrap();
+    let err = a.wait_timeout(&t, Duration::from_secs(2)).unwrap_err();
+    assert!(matches!(err, MirrorError::AppendTimeout { .. }), "{err}");
+    assert!(mark.is_marked() && !mark.is_durable());
+    assert_eq!(
+        mark.get().map(|m| (m.generation, m.seq)),
+        Some((a.generation(), 6))
+    );
+    // The mailbox write carried it: acknowledged, unmirrored.
+    mark.written(mark.stamp());
+    let r = a.wait_timeout(&t, Duration::from_secs(30)).unwrap();
+    assert!(!r.mirrored);
+    assert!(!a.append(&writer_payload(7, 50)).unwrap().mirrored);
+    // The partner returns: the live log is re-sent, and the mark goes once it is complete.
+    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let b = shadow(&mb, len, cfg.clone());
+    connected(&a);
+    let t0 = Instant::now();
+    while mark.is_marked() {
+        assert!(t0.elapsed() < WAIT, "mark never cleared: {:#?}", a.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let rp = b.read_partner().unwrap();
+    assert_eq!(seqs(&rp), (1..=7).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_durability_point_is_a_read_behind_the_writes_unless_delivery_is_enough() {
+    use interlink::clients::mirror::shadow::Durability;
+    for durability in [Durability::Read, Durability::Delivered] {
+        let (_, _, ma, mb) = managers();
+        let mut cfg = ShadowConfig::new();
+        cfg.durability = durability;
+        let a = shadow(&ma, 64 * 1024, cfg.clone());
+        let b = shadow(&mb, 64 * 1024, cfg.clone());
+        connected(&a);
+        connected(&b);
+        let payloads: Vec<Vec<u8>> = (1..=40).map(|s| writer_payload(s, 100)).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+        for r in a.append_many(&refs).unwrap() {
+            assert!(r.mirrored);
+        }
+        let st = a.stats();
+        match durability {
+            // At least one READ, and never more than one per batch of writes.
+            Durability::Read => assert!(
+                st.durability_reads >= 1 && st.durability_reads <= st.mirror_writes,
+                "{st:#?}"
+            ),
+            Durability::Delivered => assert_eq!(st.durability_reads, 0, "{st:#?}"),
+        }
+        assert_eq!(
+            seqs(&b.read_partner().unwrap()),
+            (1..=40).collect::<Vec<_>>()
+        );
+    }
+}

@@ -84,6 +84,7 @@ fn mailbox_copies_are_owner_only() {
         heartbeat: 1,
         partner_incarnation: 0,
         replayed_partner_log: None,
+        partner_copy_outdated: None,
     })
     .unwrap();
     assert_owner_only(&d, 2);

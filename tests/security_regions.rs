@@ -4,6 +4,7 @@
 //! a write-only mirror region or receive ring.
 mod suite;
 
+use interlink::clients::mirror::shadow::FLUSH_REGION_ACCESS;
 use interlink::clients::mirror::MIRROR_REGION_ACCESS;
 use interlink::fabric::{Access, SendOp, SendRequest};
 use interlink::manager::health::{HEALTH_BLOCK_ACCESS, HEALTH_BLOCK_LEN, HEALTH_LANDING_ACCESS};
@@ -18,6 +19,8 @@ fn product_regions_have_the_least_rights() {
     assert_eq!(HEALTH_LANDING_ACCESS, Access::LOCAL_WRITE);
     // The partner WRITEs mirror regions and never reads them.
     assert_eq!(MIRROR_REGION_ACCESS, Access::REMOTE_WRITE);
+    // It READs the shadow log's flush region (zeros) behind its writes, and nothing else.
+    assert_eq!(FLUSH_REGION_ACCESS, Access::REMOTE_READ);
     // The partner WRITEs frames into the receive ring and never reads it.
     assert!(!RX_REGION_ACCESS.contains(Access::REMOTE_READ));
     assert!(RX_REGION_ACCESS.contains(Access::REMOTE_WRITE));
@@ -73,14 +76,16 @@ fn soft_provider_refuses_the_other_operation() {
     assert_eq!(&block, b"state", "the refused WRITE changed nothing");
 }
 
-/// Remote read is granted in one place of the product: the health block. A new region the
+/// Remote read is granted in two places of the product: the health block and the shadow log's
+/// flush region (zeros, READ behind mirror writes as the durability point). A new region the
 /// partner could read must be added here on purpose (and to docs/security.md).
 #[test]
 fn remote_read_is_granted_only_to_the_health_block() {
     let allowed = [
-        "src/fabric/",           // the rights themselves and the providers' checks
-        "src/manager/health.rs", // HEALTH_BLOCK_ACCESS
-        "src/demo.rs",           // the raw-fabric demo READs back what it wrote
+        "src/fabric/",                  // the rights themselves and the providers' checks
+        "src/manager/health.rs",        // HEALTH_BLOCK_ACCESS
+        "src/clients/mirror/shadow.rs", // FLUSH_REGION_ACCESS: 64 zero bytes, READ behind writes
+        "src/demo.rs",                  // the raw-fabric demo READs back what it wrote
     ];
     let mut found = Vec::new();
     scan(Path::new("src"), &mut |path, text| {

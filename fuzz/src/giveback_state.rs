@@ -5,8 +5,9 @@
 //!
 //! Input: selector byte, then the bytes to decode. Selector `% 6`: 0 health block (and the
 //! partner read of it), 1 the same with its CRC fixed, 2 mailbox record, 3 the same with its
-//! CRC fixed, 4 reservation record, 5 the same with its CRC fixed. Every accepted record must
-//! re-encode to the bytes it came from.
+//! CRC fixed (where its layout version puts it), 4 reservation record, 5 the same with its CRC
+//! fixed. Every accepted record must re-encode to the bytes it came from; a mailbox record of
+//! layout 1 (an earlier release's) re-encodes in the current layout with the same meaning.
 
 use crate::{rejected, tagged};
 use interlink::clients::giveback::reservation::{decode_reservation, encode_reservation};
@@ -23,7 +24,10 @@ pub fn run(data: &[u8]) {
         0 => health(rest),
         1 => health(&fix_crc_be(rest, 60)),
         2 => mailbox(rest),
-        3 => mailbox(&fix_crc_be(rest, 60)),
+        3 => {
+            let v1 = rest.get(4..6) == Some(&[0, 1][..]);
+            mailbox(&fix_crc_be(rest, if v1 { 60 } else { 92 }))
+        }
         4 => reservation(rest),
         _ => reservation(&fix_crc_be(rest, 12)),
     }
@@ -77,7 +81,19 @@ fn health(b: &[u8]) {
 
 fn mailbox(b: &[u8]) {
     match MailboxRecord::decode(b) {
-        Ok(r) => assert_eq!(&r.encode()[..], &b[..r.encode().len()]),
+        Ok(r) => {
+            let e = r.encode();
+            if b.get(4..6) == Some(&[0, 1][..]) {
+                let again = MailboxRecord::decode(&e).expect("a re-encoded layout 1 record");
+                assert_eq!(again, r);
+                assert_eq!(
+                    (r.replayed_partner_log, r.partner_copy_outdated),
+                    (None, None)
+                );
+            } else {
+                assert_eq!(&e[..], &b[..e.len()]);
+            }
+        }
         Err(e) => rejected(&e),
     }
 }
@@ -113,9 +129,22 @@ pub fn seeds() -> Vec<Vec<u8>> {
         heartbeat: 42,
         partner_incarnation: 1002,
         replayed_partner_log: None,
+        partner_copy_outdated: None,
     };
     out.push(tagged(2, &rec.encode()));
     out.push(tagged(3, &rec.encode()));
+    let marked = MailboxRecord {
+        replayed_partner_log: Some(interlink::clients::giveback::LogMark {
+            generation: 7,
+            seq: 40,
+        }),
+        partner_copy_outdated: Some(interlink::clients::giveback::LogMark {
+            generation: 9,
+            seq: 3,
+        }),
+        ..rec
+    };
+    out.push(tagged(2, &marked.encode()));
     out.push(tagged(4, &encode_reservation(2)));
     out.push(tagged(5, &encode_reservation(1)));
     out

@@ -138,8 +138,10 @@ pub struct Tally {
     pub acknowledged: u64,
     /// Of them, acknowledged unmirrored.
     pub unmirrored: u64,
-    /// Records replayed (by takeovers and the final read).
+    /// Records replayed (by takeovers, own recoveries and the final read).
     pub replayed: u64,
+    /// Of them, applied by the writer's own recovery at start.
+    pub replayed_own: u64,
     /// Replayed records whose acknowledgement the writer never logged.
     pub unacknowledged: u64,
     /// Acknowledged records not found where they had to be.
@@ -156,6 +158,7 @@ impl Tally {
         self.acknowledged += o.acknowledged;
         self.unmirrored += o.unmirrored;
         self.replayed += o.replayed;
+        self.replayed_own += o.replayed_own;
         self.unacknowledged += o.unacknowledged;
         self.lost += o.lost;
         self.duplicates += o.duplicates;
@@ -200,7 +203,7 @@ pub fn check_writer(acked_text: &str, views: &[View], freezes: &[Freeze], window
         if mine.is_empty() && gi + 1 < gens.len() {
             lost.extend(g.acked.iter().filter(|s| **s > g.asked));
         }
-        for i in mine {
+        for &i in &mine {
             let v = &views[i];
             let known = freezes
                 .iter()
@@ -213,6 +216,9 @@ pub fn check_writer(acked_text: &str, views: &[View], freezes: &[Freeze], window
                 })
                 .unwrap_or_else(|| g.clone());
             t.replayed += v.seqs.len() as u64;
+            if v.own {
+                t.replayed_own += v.seqs.len() as u64;
+            }
             if v.bad > 0 {
                 t.problems.push(format!(
                     "generation {}, view {i}: {} records with a wrong payload",
@@ -244,11 +250,14 @@ pub fn check_writer(acked_text: &str, views: &[View], freezes: &[Freeze], window
                 ));
             }
             let justified = known.asked.max(prev);
+            // A takeover replays everything acknowledged by then; an own recovery may be cut
+            // short by a crash, and the next view of the generation goes on after it.
+            let cut_short = v.own && Some(&i) != mine.last();
             lost.extend(
                 known
                     .acked
                     .iter()
-                    .filter(|s| (**s > justified && **s <= start) || **s > last),
+                    .filter(|s| (**s > justified && **s <= start) || (**s > last && !cut_short)),
             );
             let beyond = v
                 .seqs
@@ -313,6 +322,9 @@ mod tests {
         // The takeover replays what the recovery had applied: caught.
         let t = check_writer(ACKED, &[view(7, 3, 4..7), own(7, 3, 4..6)], &[], 4);
         assert_eq!(t.duplicates, 2);
+        // An own recovery cut short that nothing went on after: the rest is lost.
+        let t = check_writer(ACKED, &[own(7, 3, 4..5)], &[], 4);
+        assert_eq!(t.lost, 1);
     }
 
     const ACKED: &str = "generation 7\n1\n2\n3\ncheckpoint-asked 3\ncheckpoint 3\n4\n5\n";

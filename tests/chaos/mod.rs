@@ -89,12 +89,14 @@ impl Counts {
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "chaos {scenario}: runs {}, faults {faults} ({kinds}), takeovers {}, writes acknowledged {} ({} unmirrored), replayed {} ({} never acknowledged, in flight), lost {}, duplicates {}{}",
+            "chaos {scenario}: runs {}, faults {faults} ({kinds}), takeovers {}, writes acknowledged {} ({} unmirrored), replayed {} (by the partner or the final read {}, by the writer's own recovery {}; {} never acknowledged, in flight), lost {}, duplicates {}{}",
             self.runs,
             self.takeovers,
             self.tally.acknowledged,
             self.tally.unmirrored,
             self.tally.replayed,
+            self.tally.replayed - self.tally.replayed_own,
+            self.tally.replayed_own,
             self.tally.unacknowledged,
             self.tally.lost,
             self.tally.duplicates,
@@ -147,6 +149,11 @@ pub struct ChaosPair {
 impl ChaosPair {
     /// Builds the topology, starts both nodes and their writers once both are UP.
     pub fn start(tag: &str, seed: u64) -> ChaosPair {
+        Self::start_with(tag, seed, SHADOW_PARTNER_TIMEOUT_MS)
+    }
+
+    /// [`ChaosPair::start`] with the shadow logs' partner timeout `partner_timeout_ms`.
+    pub fn start_with(tag: &str, seed: u64, partner_timeout_ms: u64) -> ChaosPair {
         topology(2);
         let dir = temp_dir(tag);
         let shared = dir.join("shared");
@@ -157,7 +164,7 @@ impl ChaosPair {
         for n in [&mut na, &mut nb] {
             n.extra = vec![
                 "--shadow".into(),
-                format!("{}:1M:{SHADOW_PARTNER_TIMEOUT_MS}", shared.display()),
+                format!("{}:1M:{partner_timeout_ms}", shared.display()),
                 "--giveback".into(),
                 shared.display().to_string(),
             ];
@@ -246,6 +253,12 @@ impl ChaosPair {
     /// state when killed. (A restart before the takeover is `fast_restart`'s and
     /// `power_loss`'s business.)
     pub fn kill_and_wait_takeover(&mut self, i: usize) -> String {
+        // The takeover expected here needs the partner's copy of node i's log in sync: after
+        // node i acknowledged records without it (its partner was down), the partner rightly
+        // refuses until node i's resync cleared the mark (`stale_mirror` tests the refusal).
+        self.nodes[1 - i].wait_giveback("node i's log copy in sync (no outdated mark)", |r| {
+            r.partner_copy_outdated.is_none()
+        });
         let state = self.state(i);
         let before = self.assumed(1 - i);
         self.kill(i);
@@ -274,12 +287,24 @@ impl ChaosPair {
 
     /// Waits until node `i` mirrors into its partner again: connected, the partner not
     /// absent, and a window of appends acknowledged since (they were queued behind the
-    /// re-sent live log, so that reached the partner's mirror too).
+    /// re-sent live log, so that reached the partner's mirror too); and until the partner
+    /// reads node `i`'s mailbox record without the outdated mark (else it would rightly
+    /// refuse to take node `i` over).
     pub fn wait_mirrored(&self, i: usize) {
         self.shadow_wait(&self.nodes[i], "mirroring again", |v| {
             v["shadow"]["connected"] == json!(true) && v["shadow"]["partner_absent"] == json!(false)
         });
         self.wait_writes(i, WINDOW + 1);
+        self.nodes[1 - i].wait_giveback("the partner's copy no longer marked outdated", |r| {
+            r.partner_copy_outdated.is_none()
+        });
+    }
+
+    /// Waits until node `i` acknowledged `n` records without its partner's copy.
+    pub fn wait_unmirrored(&self, i: usize, n: u64) {
+        self.shadow_wait(&self.nodes[i], &format!("{n} unmirrored writes"), |v| {
+            v["shadow"]["unmirrored"].as_u64().unwrap_or(0) >= n
+        });
     }
 
     /// Node `i`'s writer's acknowledged count (0 without a writer).
@@ -444,7 +469,16 @@ fn file_len(p: &Path) -> usize {
 
 /// Runs `scenario` for [`runs`] runs from [`base_seed`], printing each seed, then reports
 /// the counts.
-pub fn run_scenario(name: &str, mut scenario: impl FnMut(&mut ChaosPair, &mut Counts)) {
+pub fn run_scenario(name: &str, scenario: impl FnMut(&mut ChaosPair, &mut Counts)) {
+    run_scenario_with(name, SHADOW_PARTNER_TIMEOUT_MS, scenario)
+}
+
+/// [`run_scenario`] with the shadow logs' partner timeout `partner_timeout_ms`.
+pub fn run_scenario_with(
+    name: &str,
+    partner_timeout_ms: u64,
+    mut scenario: impl FnMut(&mut ChaosPair, &mut Counts),
+) {
     let base = base_seed();
     let n = runs();
     let mut counts = Counts::default();
@@ -455,7 +489,7 @@ pub fn run_scenario(name: &str, mut scenario: impl FnMut(&mut ChaosPair, &mut Co
             "chaos {name}: run {}/{n}, seed {seed:#x} (replay: CHAOS_SEED={seed:#x} CHAOS_RUNS=1)",
             r + 1
         );
-        let mut p = ChaosPair::start(&format!("chaos-{name}"), seed);
+        let mut p = ChaosPair::start_with(&format!("chaos-{name}"), seed, partner_timeout_ms);
         scenario(&mut p, &mut counts);
         p.finish(&mut counts);
     }

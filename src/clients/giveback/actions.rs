@@ -1,7 +1,7 @@
 //! What the giveback machine and its driver exchange: configuration, actions for the driver,
 //! events, operator commands and their replies, and the status snapshot.
 
-use super::mailbox::MailboxRecord;
+use super::mailbox::{LogMark, MailboxRecord};
 use super::reservation::DiskSet;
 use super::state::{NodeState, StateBlock};
 use std::time::{Duration, Instant};
@@ -154,6 +154,13 @@ pub enum GivebackEvent {
     Fenced,
     /// A kill message for this incarnation arrived; this node stopped serving.
     Killed,
+    /// The partner failed, but its mailbox record says this node's copy of its shadow log
+    /// is outdated (records from `outdated_from` on were acknowledged without it): no
+    /// automatic takeover (an operator may force one).
+    TakeoverRefused {
+        /// The first of the partner's records this node's copy lacks.
+        outdated_from: LogMark,
+    },
     /// A disk set was brought into service here.
     Serving {
         /// The disk set.
@@ -181,6 +188,10 @@ pub enum Command {
     },
     /// Turn automatic giveback on or off.
     SetAutoGiveback(bool),
+    /// Take over the partner even though its mailbox record says this node's copy of its
+    /// shadow log is outdated (F5.7): the records from the marked position on are lost to
+    /// the takeover (they are in the partner's NVRAM only); the reply names them.
+    ForceTakeover,
 }
 
 /// What became of a command.
@@ -266,6 +277,14 @@ pub struct GivebackStatus {
     pub io_failures: u64,
     /// The last driver failure.
     pub last_error: Option<String>,
+    /// The partner's mailbox record says this node's copy of its shadow log is outdated
+    /// from this position on.
+    pub partner_copy_outdated: Option<LogMark>,
+    /// An automatic takeover was refused for that (until the partner is back or an operator
+    /// forces one).
+    pub takeover_refused: bool,
+    /// The records a forced takeover lost: the partner's log from this position on.
+    pub forced_loss: Option<LogMark>,
 }
 
 impl GivebackStatus {

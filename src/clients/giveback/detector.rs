@@ -197,6 +197,7 @@ mod tests {
             heartbeat: hb,
             partner_incarnation: 0,
             replayed_partner_log: None,
+            partner_copy_outdated: None,
         })
     }
 

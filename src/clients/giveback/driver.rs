@@ -13,9 +13,10 @@
 use crate::clients::giveback::actions::{
     Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
 };
+use crate::clients::giveback::copy_mark::PartnerCopyMark;
 use crate::clients::giveback::error::GivebackError;
 use crate::clients::giveback::machine::GivebackMachine;
-use crate::clients::giveback::mailbox::{Mailbox, MailboxRecord, MailboxWrite, ReplayedLog};
+use crate::clients::giveback::mailbox::{LogMark, Mailbox, MailboxRecord, MailboxWrite};
 use crate::clients::giveback::reservation::{DiskSet, Reservations};
 use crate::clients::giveback::state::{PartnerRead, StateBlock};
 use crate::manager::{BandwidthClass, LinkId, Manager};
@@ -55,14 +56,14 @@ pub trait ServiceHooks: Send {
     /// the partner's mailbox record says it replayed of that log at a takeover. Called once
     /// per serving of the own disk set, right before [`ServiceHooks::start_serving`]. The
     /// default has no log to recover.
-    fn recover_own_log(&mut self, partner_replayed: Option<ReplayedLog>) -> Result<(), String> {
+    fn recover_own_log(&mut self, partner_replayed: Option<LogMark>) -> Result<(), String> {
         let _ = partner_replayed;
         Ok(())
     }
     /// What this node replayed of the partner's shadow log at takeovers (its replay cursor),
     /// written into every mailbox record of this node so a restarted partner learns it. The
     /// default replays no log.
-    fn replayed_partner_log(&mut self) -> Option<ReplayedLog> {
+    fn replayed_partner_log(&mut self) -> Option<LogMark> {
         None
     }
 }
@@ -72,16 +73,22 @@ pub trait ServiceHooks: Send {
 /// hook included.
 struct StampingMailbox {
     inner: Box<dyn Mailbox>,
-    replayed: Option<ReplayedLog>,
+    replayed: Option<LogMark>,
+    /// The outdated mark of the partner's copy of this node's log (F5.7).
+    copy_mark: Arc<PartnerCopyMark>,
 }
 
 impl Mailbox for StampingMailbox {
     fn write_own(&mut self, rec: &MailboxRecord) -> Result<MailboxWrite, GivebackError> {
+        let outdated = self.copy_mark.stamp();
         let rec = MailboxRecord {
             replayed_partner_log: self.replayed,
+            partner_copy_outdated: outdated,
             ..*rec
         };
-        self.inner.write_own(&rec)
+        let w = self.inner.write_own(&rec)?;
+        self.copy_mark.written(outdated);
+        Ok(w)
     }
     fn read_partner(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
         self.inner.read_partner()
@@ -136,6 +143,7 @@ pub struct GivebackNode {
     shared: Arc<Mutex<Shared>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     messenger: Arc<Messenger>,
+    copy_mark: Arc<PartnerCopyMark>,
 }
 
 impl std::fmt::Debug for GivebackNode {
@@ -195,9 +203,20 @@ impl GivebackNode {
         }));
         let (requests, request_rx) = unbounded();
         let mut hooks = hooks;
+        let mut mailbox = mailbox;
+        // The outdated mark survives restarts: the newest own record says what it was.
+        let inherited = match mailbox.read_own() {
+            Ok(own) => own.and_then(|r| r.partner_copy_outdated),
+            Err(e) => {
+                tracing::warn!(error = %e, "own mailbox record unreadable at start: an outdated mark it held is not carried over");
+                None
+            }
+        };
+        let copy_mark = Arc::new(PartnerCopyMark::new(inherited));
         let mailbox = Box::new(StampingMailbox {
             replayed: hooks.replayed_partner_log(),
             inner: mailbox,
+            copy_mark: copy_mark.clone(),
         });
         let mut driver = Driver {
             manager,
@@ -224,7 +243,15 @@ impl GivebackNode {
             shared,
             thread: Mutex::new(Some(thread)),
             messenger,
+            copy_mark,
         })
+    }
+
+    /// The outdated mark of the partner's copy of this node's shadow log, which this node's
+    /// mailbox record carries (F5.7): give it to the shadow log
+    /// ([`ShadowMirror::set_partner_copy_mark`](crate::clients::mirror::ShadowMirror::set_partner_copy_mark)).
+    pub fn partner_copy_mark(&self) -> Arc<PartnerCopyMark> {
+        self.copy_mark.clone()
     }
 
     /// The machine's latest status (this node and the partner as last read).
@@ -683,6 +710,20 @@ pub struct GivebackReport {
     pub io_failures: u64,
     /// The last driver failure.
     pub last_error: Option<String>,
+    /// The partner's mailbox record says this node's copy of its shadow log is outdated
+    /// from this position on (F5.7).
+    #[serde(default)]
+    pub partner_copy_outdated: Option<LogMark>,
+    /// An automatic takeover was refused for that.
+    #[serde(default)]
+    pub takeover_refused: bool,
+    /// What the last forced takeover lost: the partner's log from this position on.
+    #[serde(default)]
+    pub forced_loss: Option<LogMark>,
+    /// This node's mailbox record says the partner's copy of this node's log is outdated
+    /// from this position on.
+    #[serde(default)]
+    pub own_copy_outdated: Option<LogMark>,
     /// Driver counters.
     pub driver: DriverCounters,
 }
@@ -738,6 +779,10 @@ impl GivebackNode {
             mailbox_read_failures: status.mailbox_read_failures,
             io_failures: status.io_failures,
             last_error: status.last_error.clone(),
+            partner_copy_outdated: status.partner_copy_outdated,
+            takeover_refused: status.takeover_refused,
+            forced_loss: status.forced_loss,
+            own_copy_outdated: self.copy_mark.get(),
             driver,
         }
     }
@@ -827,6 +872,26 @@ pub fn render_report(r: &GivebackReport) -> String {
         r.driver.kills_received,
         r.driver.reboots,
     ));
+    if let Some(m) = &r.partner_copy_outdated {
+        out.push_str(&format!(
+            "  ALERT: this node's copy of the partner's log is outdated from {m}{}\n",
+            if r.takeover_refused {
+                ": automatic takeover refused (interlink takeover --force accepts the loss)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if let Some(m) = &r.own_copy_outdated {
+        out.push_str(&format!(
+            "  the partner's copy of this node's log is outdated from {m} (until a resync completes)\n"
+        ));
+    }
+    if let Some(m) = &r.forced_loss {
+        out.push_str(&format!(
+            "  the last forced takeover lost the partner's records from {m} on\n"
+        ));
+    }
     if let Some(e) = &r.last_error {
         out.push_str(&format!("  last error: {e}\n"));
     }

@@ -29,8 +29,10 @@
 //!   → re-check the reservation and serve.
 //! - GIVEWAIT or MBWAIT with the partner failed: preempt own disks, serve, then take over.
 //!
-//! Takeover (515): reserve the partner's disks with preempt, write "taken over" to the
-//! mailbox, assume the identity, replay the partner's log, check that the partner's disks are
+//! Takeover (515): reserve the partner's disks with preempt, read the mailbox once more (an
+//! automatic takeover is abandoned, the disks released, if the partner showed life: a restart
+//! that reserved its disks just before the preempt and may be recovering its own log), write
+//! "taken over" to the mailbox, assume the identity, replay the partner's log, check that the partner's disks are
 //! still reserved here, serve them, enter TAKEOVER and send kill messages every interval until
 //! a fresh READ shows the partner waiting. Partner
 //! GIVEWAIT (535) → stop kills (537), release its disks (540). Partner MBWAIT (555) with
@@ -64,7 +66,7 @@ use super::actions::{
     Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
 };
 use super::detector::{ObservedRead, PartnerView};
-use super::mailbox::{MailboxRecord, MailboxWrite};
+use super::mailbox::{LogMark, MailboxRecord, MailboxWrite};
 use super::reservation::DiskSet;
 use super::state::{
     NodeState, PartnerRead, StateBlock, FLAG_AUTO_GIVEBACK, FLAG_INTERCONNECT_ALERT,
@@ -99,6 +101,10 @@ enum TakeoverPhase {
     Killing,
     /// Reserve{partner, preempt: true} sent.
     Reserving,
+    /// Automatic takeover, reservation granted: the mailbox is read once more, and a partner
+    /// record newer than the failure evidence (a partner that restarted and reserved its
+    /// disks just before the preempt) aborts the takeover.
+    Reconfirming,
     /// Reservation granted; the mailbox write saying "taken over" is outstanding.
     WritingMailbox,
     /// Identity assumed and log replayed (hooks queued); CheckReservation{partner} sent:
@@ -146,6 +152,12 @@ pub struct GivebackMachine {
     auto_giveback: bool,
     interconnect_alert: bool,
     partner_failed: bool,
+    /// The operator forced the takeover in progress past an outdated copy (F5.7).
+    takeover_forced: bool,
+    /// The outdated mark an automatic takeover was refused for.
+    takeover_refused: Option<LogMark>,
+    /// What the last forced takeover lost.
+    forced_loss: Option<LogMark>,
     takeovers: u32,
     givebacks: u32,
     last_detection: Option<Duration>,
@@ -192,6 +204,9 @@ impl GivebackMachine {
             giveback_at: None,
             interconnect_alert: false,
             partner_failed: false,
+            takeover_forced: false,
+            takeover_refused: None,
+            forced_loss: None,
             takeovers: 0,
             givebacks: 0,
             last_detection: None,
@@ -291,7 +306,9 @@ impl GivebackMachine {
         }
         self.evaluate_partner(now);
         self.bring_up_after_mailbox(now);
-        if self.partner_failed {
+        if self.takeover == TakeoverPhase::Reconfirming {
+            self.reconfirm_takeover();
+        } else if self.partner_failed {
             self.react_to_failed_partner(now);
         }
         self.publish_if_changed();
@@ -352,6 +369,9 @@ impl GivebackMachine {
                 if self.boot == BootPhase::ReadMailbox {
                     self.boot = BootPhase::Idle;
                 }
+                if self.takeover == TakeoverPhase::Reconfirming {
+                    self.abort_unconfirmed_takeover("the mailbox read confirming it failed");
+                }
             }
             Action::Reserve { set, .. } | Action::CheckReservation { set } => {
                 if *set == self.cfg.me {
@@ -397,6 +417,7 @@ impl GivebackMachine {
         let (outcome, reason) = match cmd {
             Command::Takeover { check_only } => self.command_takeover(now, check_only),
             Command::Giveback { check_only } => self.command_giveback(now, check_only),
+            Command::ForceTakeover => self.command_force_takeover(now),
             Command::SetAutoGiveback(on) => {
                 self.auto_giveback = on;
                 (
@@ -570,6 +591,9 @@ impl GivebackMachine {
             kills_sent: self.kills_sent,
             io_failures: self.io_failures,
             last_error: self.last_error.clone(),
+            partner_copy_outdated: self.partner_copy_outdated(),
+            takeover_refused: self.takeover_refused.is_some(),
+            forced_loss: self.forced_loss,
         }
     }
 
@@ -633,11 +657,12 @@ impl GivebackMachine {
                 ),
             takeover_pending: matches!(
                 self.takeover,
-                TakeoverPhase::Killing | TakeoverPhase::Reserving
+                TakeoverPhase::Killing | TakeoverPhase::Reserving | TakeoverPhase::Reconfirming
             ),
             heartbeat: self.heartbeat,
             partner_incarnation: self.view.partner_incarnation().unwrap_or(0),
             replayed_partner_log: None,
+            partner_copy_outdated: None,
         }
     }
 
@@ -731,6 +756,7 @@ impl GivebackMachine {
     }
 
     fn partner_alive(&mut self) {
+        self.takeover_refused = None;
         if self.partner_failed {
             self.partner_failed = false;
             self.events.push_back(GivebackEvent::PartnerAlive);
@@ -861,6 +887,10 @@ impl GivebackMachine {
                 );
                 self.halt(now, GivebackEvent::Fenced);
             }
+            TakeoverPhase::Reserving if granted && !self.takeover_manual => {
+                self.takeover = TakeoverPhase::Reconfirming;
+                self.actions.push_back(Action::ReadMailbox);
+            }
             TakeoverPhase::Reserving if granted => {
                 self.takeover = TakeoverPhase::WritingMailbox;
                 let rec = self.record();
@@ -897,6 +927,9 @@ impl GivebackMachine {
     }
 
     fn start_reserving_partner(&mut self, now: Instant) {
+        if self.refuse_outdated_takeover() {
+            return;
+        }
         if self.takeover == TakeoverPhase::Idle {
             self.events.push_back(GivebackEvent::TakeoverStarted {
                 manual: self.takeover_manual,
@@ -948,6 +981,8 @@ impl GivebackMachine {
         let partner = self.cfg.partner;
         self.takeover = TakeoverPhase::Idle;
         self.takeover_manual = false;
+        self.takeover_forced = false;
+        self.takeover_refused = None;
         self.serving_partner = true;
         self.actions
             .push_back(Action::StartServing { set: partner });
@@ -1040,6 +1075,7 @@ impl GivebackMachine {
         }
         self.takeover = TakeoverPhase::Idle;
         self.takeover_manual = false;
+        self.takeover_forced = false;
         self.killing = false;
         self.giveback_at = None;
         self.set_state(now, NodeState::Halted);

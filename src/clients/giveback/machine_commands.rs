@@ -1,11 +1,108 @@
-//! Operator commands of the giveback machine (F4.5): manual takeover and giveback.
+//! Operator commands of the giveback machine (F4.5): manual takeover and giveback; and two
+//! guards of the automatic takeover: none starts from an outdated copy of the partner's log
+//! (F5.7; only a forced takeover overrides it), and none goes on past a partner that showed
+//! life in the mailbox read right after its disks were reserved (a restart racing the
+//! preempt: the restarted partner may already have reserved its disks and be recovering its
+//! own log, which the takeover's replay would apply a second time).
 
 use super::{GivebackMachine, TakeoverPhase};
 use crate::clients::giveback::actions::{Action, CommandOutcome, GivebackEvent};
+use crate::clients::giveback::mailbox::LogMark;
 use crate::clients::giveback::state::NodeState;
 use std::time::Instant;
 
 impl GivebackMachine {
+    /// What the partner's newest mailbox record says of this node's copy of its shadow log:
+    /// outdated from this position on (None: in sync).
+    pub(super) fn partner_copy_outdated(&self) -> Option<LogMark> {
+        self.view.record().and_then(|r| r.partner_copy_outdated)
+    }
+
+    /// F5.7 (DRBD: an outdated peer is never promoted; ONTAP: no takeover while NVRAM is not
+    /// in sync): a takeover about to reserve the partner's disks is refused while the
+    /// partner's record marks this node's copy outdated, unless an operator forced it (the
+    /// loss is then recorded). Returns whether it is refused.
+    pub(super) fn refuse_outdated_takeover(&mut self) -> bool {
+        let Some(from) = self.partner_copy_outdated() else {
+            self.takeover_refused = None;
+            return false;
+        };
+        if self.takeover_forced {
+            if self.forced_loss != Some(from) {
+                tracing::error!(me = self.cfg.me, partner = self.cfg.partner, lost_from = %from, "forced takeover from an outdated copy: the partner's records from this position on are lost to it");
+                self.forced_loss = Some(from);
+            }
+            return false;
+        }
+        if self.takeover_refused != Some(from) {
+            tracing::error!(me = self.cfg.me, partner = self.cfg.partner, outdated_from = %from, "partner failed, but this node's copy of its log is outdated: no automatic takeover (force one to accept the loss)");
+            self.takeover_refused = Some(from);
+            self.events.push_back(GivebackEvent::TakeoverRefused {
+                outdated_from: from,
+            });
+        }
+        // A manual (unforced) takeover stays waiting; a forced command may follow.
+        true
+    }
+
+    /// [`TakeoverPhase::Reconfirming`]: the mailbox read after the preempt. The partner
+    /// still failed: the takeover goes on ("taken over" to the mailbox). It showed life (a
+    /// newer record, written by a restart before it reserved its disks, which the preempt
+    /// then took): the takeover is abandoned and the disks released.
+    pub(super) fn reconfirm_takeover(&mut self) {
+        if self.partner_failed {
+            self.takeover = TakeoverPhase::WritingMailbox;
+            let rec = self.record();
+            self.actions.push_back(Action::WriteMailbox(rec));
+        } else {
+            self.abort_unconfirmed_takeover("the partner showed life right after the preempt");
+        }
+    }
+
+    /// Abandons an automatic takeover before anything of it was done but the reservation.
+    pub(super) fn abort_unconfirmed_takeover(&mut self, why: &str) {
+        tracing::warn!(
+            me = self.cfg.me,
+            partner = self.cfg.partner,
+            reason = why,
+            "takeover abandoned after the reservation; the partner's disks are released"
+        );
+        self.takeover = TakeoverPhase::Idle;
+        if self.holding.remove(&self.cfg.partner) {
+            self.actions.push_back(Action::Release {
+                set: self.cfg.partner,
+            });
+        }
+    }
+
+    pub(super) fn command_force_takeover(&mut self, now: Instant) -> (CommandOutcome, String) {
+        let outdated = self.partner_copy_outdated();
+        let was_forced = self.takeover_forced;
+        self.takeover_forced = true;
+        let (outcome, reason) = if self.takeover == TakeoverPhase::Killing && self.takeover_manual {
+            // A manual takeover already waits: forcing lets it past the outdated copy.
+            (
+                CommandOutcome::Started,
+                "the manual takeover under way goes on".to_string(),
+            )
+        } else {
+            self.command_takeover(now, false)
+        };
+        if outcome == CommandOutcome::Refused {
+            self.takeover_forced = was_forced;
+            return (outcome, reason);
+        }
+        let loss = match outdated {
+            Some(m) => format!(
+                "forced past an outdated copy: the partner's records from {m} on were \
+                 acknowledged without this node's copy and are lost to this takeover (they are \
+                 in the partner's NVRAM only)"
+            ),
+            None => "this node's copy of the partner's log is in sync: nothing is lost".into(),
+        };
+        (outcome, format!("{reason}; {loss}"))
+    }
+
     pub(super) fn command_takeover(
         &mut self,
         now: Instant,

@@ -26,6 +26,8 @@ struct World {
     partner_record: Option<MailboxRecord>,
     mailbox_fails: bool,
     write_fails: bool,
+    /// The partner's record from the moment this node's preempt of its disks is carried out.
+    after_preempt: Option<Option<MailboxRecord>>,
     done: Vec<Action>,
 }
 
@@ -37,6 +39,7 @@ impl World {
             partner_record: None,
             mailbox_fails: false,
             write_fails: false,
+            after_preempt: None,
             done: Vec::new(),
         }
     }
@@ -74,6 +77,11 @@ impl World {
                     },
                 ),
                 Action::Reserve { set, preempt } => {
+                    if *set == PARTNER && *preempt {
+                        if let Some(r) = self.after_preempt.take() {
+                            self.partner_record = r;
+                        }
+                    }
                     let slot = self.slot(*set);
                     if slot.is_none() || *preempt || *slot == Some(ME) {
                         *slot = Some(ME);
@@ -126,6 +134,7 @@ fn partner_rec(heartbeat: u64, taken_over: bool) -> Option<MailboxRecord> {
         heartbeat,
         partner_incarnation: 0,
         replayed_partner_log: None,
+        partner_copy_outdated: None,
     })
 }
 
@@ -455,4 +464,149 @@ fn giveback_machine_abandons_a_takeover_it_cannot_confirm() {
     tick(&mut m, &mut w, blocked + I);
     assert_eq!(m.state(), NodeState::Takeover);
     assert_eq!(m.status().serving, vec![ME, PARTNER]);
+}
+
+#[test]
+fn giveback_machine_refuses_to_take_over_from_an_outdated_copy_unless_forced() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    w.holder_partner = Some(PARTNER);
+    let outdated = LogMark {
+        generation: 7,
+        seq: 41,
+    };
+    w.partner_record = partner_rec(1, false).map(|r| MailboxRecord {
+        partner_copy_outdated: Some(outdated),
+        ..r
+    });
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    tick(&mut m, &mut w, t0);
+    assert_eq!(m.state(), NodeState::Up);
+    let mut events = Vec::new();
+    // The partner dies with its record saying this node's copy of its log is outdated.
+    for i in 1..40u32 {
+        tick(&mut m, &mut w, t0 + I * i);
+        while let Some(e) = m.poll_event() {
+            events.push(e);
+        }
+    }
+    let s = m.status();
+    assert!(s.partner_failed && s.takeover_refused, "{s:?}");
+    assert_eq!(s.partner_copy_outdated, Some(outdated));
+    assert_eq!(m.state(), NodeState::Up);
+    assert!(
+        !w.take()
+            .iter()
+            .any(|a| matches!(a, Action::Reserve { set: PARTNER, .. })),
+        "an outdated copy was taken over"
+    );
+    let refusals = events
+        .iter()
+        .filter(|e| matches!(e, GivebackEvent::TakeoverRefused { outdated_from } if *outdated_from == outdated))
+        .count();
+    assert_eq!(refusals, 1, "{events:?}");
+    // The operator forces it: the takeover goes ahead and names the loss.
+    let r = m.handle_command(t0 + I * 40, Command::ForceTakeover);
+    assert_eq!(r.outcome, CommandOutcome::Started, "{}", r.reason);
+    assert!(r.reason.contains("generation 7 seq 41"), "{}", r.reason);
+    for i in 40..50u32 {
+        tick(&mut m, &mut w, t0 + I * i);
+        w.drain(&mut m, t0 + I * i);
+    }
+    assert!(w.take().iter().any(|a| matches!(
+        a,
+        Action::Reserve {
+            set: PARTNER,
+            preempt: true
+        }
+    )));
+    assert_eq!(m.status().forced_loss, Some(outdated));
+}
+
+#[test]
+fn giveback_machine_takes_over_once_the_mark_is_cleared() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    tick(&mut m, &mut w, t0);
+    // Marked while alive, then cleared by a resync (newer record), then the partner dies.
+    w.partner_record = partner_rec(1, false).map(|r| MailboxRecord {
+        partner_copy_outdated: Some(LogMark {
+            generation: 3,
+            seq: 1,
+        }),
+        ..r
+    });
+    tick(&mut m, &mut w, t0 + I);
+    w.partner_record = partner_rec(2, false);
+    for i in 2..40u32 {
+        tick(&mut m, &mut w, t0 + I * i);
+    }
+    assert!(w.take().iter().any(|a| matches!(
+        a,
+        Action::Reserve {
+            set: PARTNER,
+            preempt: true
+        }
+    )));
+    assert!(!m.status().takeover_refused);
+}
+
+#[test]
+fn giveback_machine_abandons_a_takeover_when_the_partner_shows_life_right_after_the_preempt() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    w.partner_record = partner_rec(1, false);
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    tick(&mut m, &mut w, t0);
+    // The partner dies; just as this node preempts its disks, it restarts (a new incarnation
+    // writes its mailbox record, then reserves its disks).
+    w.after_preempt = Some(partner_rec(1, false).map(|r| MailboxRecord {
+        incarnation: 2,
+        state: NodeState::Booting,
+        ..r
+    }));
+    let mut i = 1u32;
+    while !w.done.contains(&Action::Release { set: PARTNER }) {
+        assert!(i < 20, "no abort: {:?}", w.done);
+        tick(&mut m, &mut w, t0 + I * i);
+        i += 1;
+    }
+    // The restarted partner lives on (its heartbeat moves): no takeover.
+    for hb in 2..12u64 {
+        w.partner_record = w.partner_record.map(|r| MailboxRecord {
+            heartbeat: hb,
+            state: NodeState::Up,
+            ..r
+        });
+        tick(&mut m, &mut w, t0 + I * i);
+        i += 1;
+    }
+    let done = w.take();
+    let preempt = done
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                Action::Reserve {
+                    set: PARTNER,
+                    preempt: true
+                }
+            )
+        })
+        .expect("the takeover started");
+    assert_eq!(done[preempt + 1], Action::ReadMailbox, "{done:?}");
+    assert!(
+        done[preempt..].contains(&Action::Release { set: PARTNER }),
+        "{done:?}"
+    );
+    assert!(
+        !done.iter().any(|a| matches!(
+            a,
+            Action::WriteMailbox(r) if r.taken_over
+        ) || matches!(a, Action::ReplayPartnerLog)),
+        "{done:?}"
+    );
+    assert_eq!(m.state(), NodeState::Up);
+    assert!(!m.status().takeover_in_progress);
 }

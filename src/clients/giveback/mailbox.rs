@@ -1,15 +1,16 @@
 //! The mailbox (seed 003): a sector per node on each of two shared disks, primary and backup.
 //!
+//!
 //! Each node writes its [`MailboxRecord`] to its own sector of both copies every interval and
 //! reads its partner's sector; a record that stops changing is one half of the failure
 //! evidence (F4.2), and the record's `taken_over` bit is what a repaired node checks before
-//! it serves (steps 545-565). The record is 64 bytes at the start of the node's 512-byte
+//! it serves (steps 545-565). The record is 96 bytes at the start of the node's 512-byte
 //! sector (the rest of the sector is zero):
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `ILMB` |
-//! | 4 | 2 | layout version (1) |
+//! | 4 | 2 | layout version (2) |
 //! | 6 | 2 | writer's state ([`NodeState`] word) |
 //! | 8 | 4 | writer's node id |
 //! | 12 | 2 | flags: bit 0 TAKEN_OVER (the writer serves its partner's disks), bit 1 TAKEOVER_PENDING (the writer is killing its partner to take over); other bits zero |
@@ -19,16 +20,22 @@
 //! | 32 | 8 | the partner incarnation the writer last saw (0 = none) |
 //! | 40 | 8 | replayed partner log: generation of the partner's shadow log the writer replayed at a takeover (0 = none) |
 //! | 48 | 8 | replayed partner log: the last sequence number replayed (or the checkpoint, if none followed it) |
-//! | 56 | 4 | reserved, zero |
-//! | 60 | 4 | CRC32C of bytes 0..60 |
-//!
-//! Layout version 2; a version 1 record (bytes 40..60 zero) reads as having replayed
-//! nothing. The replayed-log fields persist across the writer's restarts (they come from its
-//! replay cursor in NVRAM): a restarted partner reads them before it serves to learn whether
-//! its log's records were already applied by a takeover (F5.6).
+//! | 56 | 8 | partner copy outdated: generation of the writer's own shadow log whose copy at the partner is outdated (0 = the partner's copy is in sync) |
+//! | 64 | 8 | partner copy outdated: the first sequence number acknowledged without the partner's copy |
+//! | 72 | 20 | reserved, zero |
+//! | 92 | 4 | CRC32C of bytes 0..92 |
 //!
 //! All integers big-endian. A write that tears (half a record written) fails the checksum
-//! and that copy is simply invalid until the next write; a reader never believes it.
+//! and that copy is simply invalid until the next write; a reader never believes it. A
+//! version 1 record (64 bytes, CRC32C of bytes 0..60 at 60, bytes 40..60 reserved) reads as
+//! having replayed nothing and with the partner's copy in sync.
+//!
+//! The replayed-log fields persist across the writer's restarts (they come from its replay
+//! cursor in NVRAM): a restarted partner reads them before it serves to learn whether its
+//! log's records were already applied by a takeover (F5.6). The outdated mark is written
+//! before the writer acknowledges its first record without the partner's copy, and kept
+//! (across the writer's restarts too) until a resync completed (F5.7): a survivor refuses an
+//! automatic takeover while its partner's record carries it.
 
 use super::error::{FormatError, GivebackError};
 use super::state::NodeState;
@@ -38,7 +45,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Size of a mailbox record.
-pub const MAILBOX_RECORD_LEN: usize = 64;
+pub const MAILBOX_RECORD_LEN: usize = 96;
+/// Size of a layout version 1 record.
+const RECORD_V1_LEN: usize = 64;
 /// Size of a node's sector in each mailbox copy.
 pub const MAILBOX_SECTOR_LEN: usize = 512;
 /// File name of the primary copy in the mailbox directory.
@@ -74,17 +83,28 @@ pub struct MailboxRecord {
     pub partner_incarnation: u64,
     /// The last position of the partner's shadow log the writer replayed at a takeover
     /// (from its replay cursor; None: it never replayed one).
-    pub replayed_partner_log: Option<ReplayedLog>,
+    pub replayed_partner_log: Option<LogMark>,
+    /// The partner's copy of the writer's shadow log is outdated from this position on
+    /// (records from it were acknowledged without it); None: in sync.
+    pub partner_copy_outdated: Option<LogMark>,
 }
 
-/// A position in a node's shadow log replayed by its partner: generation and sequence
-/// number (the `LogPosition` of the mirror client, kept free of that layer here).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ReplayedLog {
-    /// Generation of the replayed log.
+/// A position in a node's shadow log: generation and sequence number (the `LogPosition` of
+/// the mirror client, kept free of that layer here).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct LogMark {
+    /// Generation of the log.
     pub generation: u64,
-    /// The last sequence number replayed (or the checkpoint, if none followed it).
+    /// A sequence number in it.
     pub seq: u64,
+}
+
+impl std::fmt::Display for LogMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "generation {} seq {}", self.generation, self.seq)
+    }
 }
 
 impl MailboxRecord {
@@ -116,12 +136,17 @@ impl MailboxRecord {
         b[16..24].copy_from_slice(&self.incarnation.to_be_bytes());
         b[24..32].copy_from_slice(&self.heartbeat.to_be_bytes());
         b[32..40].copy_from_slice(&self.partner_incarnation.to_be_bytes());
-        if let Some(r) = self.replayed_partner_log.filter(|r| r.generation != 0) {
-            b[40..48].copy_from_slice(&r.generation.to_be_bytes());
-            b[48..56].copy_from_slice(&r.seq.to_be_bytes());
+        for (at, mark) in [
+            (40, self.replayed_partner_log),
+            (56, self.partner_copy_outdated),
+        ] {
+            if let Some(m) = mark.filter(|m| m.generation != 0) {
+                b[at..at + 8].copy_from_slice(&m.generation.to_be_bytes());
+                b[at + 8..at + 16].copy_from_slice(&m.seq.to_be_bytes());
+            }
         }
-        let crc = crc32c::crc32c(&b[0..60]);
-        b[60..64].copy_from_slice(&crc.to_be_bytes());
+        let crc = crc32c::crc32c(&b[0..92]);
+        b[92..96].copy_from_slice(&crc.to_be_bytes());
         b
     }
 
@@ -131,10 +156,18 @@ impl MailboxRecord {
     }
 
     fn decode_fields(b: &[u8]) -> Result<MailboxRecord, FormatError> {
-        if b.len() < MAILBOX_RECORD_LEN {
+        // The layout's length follows from its version (any version but 1 is checked as the
+        // current layout, so a flipped version bit is a checksum error like any other).
+        let v1 = b.len() >= 6 && b[4..6] == LAYOUT_VERSION_1.to_be_bytes();
+        let len = if v1 {
+            RECORD_V1_LEN
+        } else {
+            MAILBOX_RECORD_LEN
+        };
+        if b.len() < len {
             return Err(FormatError::Short {
                 got: b.len(),
-                need: MAILBOX_RECORD_LEN,
+                need: len,
             });
         }
         let mut magic = [0u8; 4];
@@ -149,18 +182,14 @@ impl MailboxRecord {
             x.copy_from_slice(&b[o..o + 8]);
             u64::from_be_bytes(x)
         };
-        if crc32c::crc32c(&b[0..60]) != be32(60) {
+        if crc32c::crc32c(&b[0..len - 4]) != be32(len - 4) {
             return Err(FormatError::Checksum);
         }
         let version = be16(4);
         if version != LAYOUT_VERSION && version != LAYOUT_VERSION_1 {
             return Err(FormatError::Version(version));
         }
-        let reserved = if version == LAYOUT_VERSION_1 {
-            40..60
-        } else {
-            56..60
-        };
+        let reserved = if v1 { 40..60 } else { 72..92 };
         let state = NodeState::from_u16(be16(6))?;
         let flags = be16(12);
         if flags & !FLAGS_KNOWN != 0 {
@@ -174,6 +203,12 @@ impl MailboxRecord {
                 });
             }
         }
+        let mark = |at: usize| {
+            (!v1 && be64(at) != 0).then(|| LogMark {
+                generation: be64(at),
+                seq: be64(at + 8),
+            })
+        };
         Ok(MailboxRecord {
             node: be32(8),
             incarnation: be64(16),
@@ -182,10 +217,8 @@ impl MailboxRecord {
             takeover_pending: flags & FLAG_TAKEOVER_PENDING != 0,
             heartbeat: be64(24),
             partner_incarnation: be64(32),
-            replayed_partner_log: (be64(40) != 0).then(|| ReplayedLog {
-                generation: be64(40),
-                seq: be64(48),
-            }),
+            replayed_partner_log: mark(40),
+            partner_copy_outdated: mark(56),
         })
     }
 }
@@ -402,6 +435,7 @@ mod tests {
             heartbeat,
             partner_incarnation: 41,
             replayed_partner_log: None,
+            partner_copy_outdated: None,
         }
     }
 
@@ -454,13 +488,16 @@ mod tests {
         for len in 0..MAILBOX_RECORD_LEN {
             assert_eq!(
                 format_error(MailboxRecord::decode(&b[..len])),
-                FormatError::Short { got: len, need: 64 }
+                FormatError::Short {
+                    got: len,
+                    need: MAILBOX_RECORD_LEN
+                }
             );
         }
         // Well-formed checksums over bad fields: version, state, flags, reserved bytes.
-        let reseal = |mut t: [u8; 64]| {
-            let crc = crc32c::crc32c(&t[0..60]);
-            t[60..64].copy_from_slice(&crc.to_be_bytes());
+        let reseal = |mut t: [u8; MAILBOX_RECORD_LEN]| {
+            let crc = crc32c::crc32c(&t[0..92]);
+            t[92..96].copy_from_slice(&crc.to_be_bytes());
             t
         };
         let mut t = b;
@@ -482,20 +519,22 @@ mod tests {
             FormatError::Flags(0x80)
         );
         let mut t = b;
-        t[57] = 1;
+        t[80] = 1;
         assert_eq!(
             format_error(MailboxRecord::decode(&reseal(t))),
             FormatError::Reserved {
-                offset: 57,
+                offset: 80,
                 value: 1
             }
         );
-        // Version 1 (before the replayed-log fields) keeps bytes 40..60 reserved.
+        // Version 1 (64 bytes, before the replayed-log fields) keeps bytes 40..60 reserved.
         let mut t = b;
         t[5] = 1;
         t[50] = 1;
+        let crc = crc32c::crc32c(&t[0..60]);
+        t[60..64].copy_from_slice(&crc.to_be_bytes());
         assert_eq!(
-            format_error(MailboxRecord::decode(&reseal(t))),
+            format_error(MailboxRecord::decode(&t[..64])),
             FormatError::Reserved {
                 offset: 50,
                 value: 1
@@ -504,24 +543,29 @@ mod tests {
     }
 
     #[test]
-    fn giveback_mailbox_record_carries_the_replayed_partner_log() {
+    fn giveback_mailbox_record_carries_the_replayed_log_and_the_outdated_mark() {
         let r = MailboxRecord {
-            replayed_partner_log: Some(ReplayedLog {
+            replayed_partner_log: Some(LogMark {
                 generation: 1_765_000_000_000_000_000,
                 seq: 4711,
+            }),
+            partner_copy_outdated: Some(LogMark {
+                generation: 1_765_000_000_000_000_009,
+                seq: 12,
             }),
             ..rec(2, 7, 1234)
         };
         assert_eq!(MailboxRecord::decode(&r.encode()).unwrap(), r);
-        // A version 1 record reads as having replayed nothing.
-        let mut v1 = rec(2, 7, 1234).encode();
+        // A version 1 record (as an older release wrote it) reads as having replayed
+        // nothing, with the partner's copy in sync.
+        let plain = rec(2, 7, 1234);
+        let mut v1 = [0u8; 64];
+        v1.copy_from_slice(&plain.encode()[..64]);
         v1[5] = 1;
+        v1[40..64].fill(0);
         let crc = crc32c::crc32c(&v1[0..60]);
         v1[60..64].copy_from_slice(&crc.to_be_bytes());
-        assert_eq!(
-            MailboxRecord::decode(&v1).unwrap().replayed_partner_log,
-            None
-        );
+        assert_eq!(MailboxRecord::decode(&v1).unwrap(), plain);
     }
 
     #[test]

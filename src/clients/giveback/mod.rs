@@ -15,6 +15,7 @@
 //! documented on the [`machine`] module.
 
 pub mod actions;
+mod copy_mark;
 mod detector;
 pub mod driver;
 pub mod error;
@@ -27,10 +28,11 @@ pub mod state;
 pub use actions::{
     Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
 };
+pub use copy_mark::PartnerCopyMark;
 pub use driver::{GivebackNode, GivebackOptions, ServiceHooks};
 pub use error::{FormatError, GivebackError};
 pub use machine::GivebackMachine;
-pub use mailbox::{newest_record, FileMailbox, Mailbox, MailboxRecord, MailboxWrite, ReplayedLog};
+pub use mailbox::{newest_record, FileMailbox, LogMark, Mailbox, MailboxRecord, MailboxWrite};
 pub use reservation::{DiskSet, FileReservations, Reservations};
 pub use service::JournalHooks;
 pub use state::{NodeState, PartnerRead, StateBlock};

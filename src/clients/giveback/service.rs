@@ -9,7 +9,7 @@
 //! measure the outage window from outside.
 
 use crate::clients::giveback::driver::ServiceHooks;
-use crate::clients::giveback::mailbox::ReplayedLog;
+use crate::clients::giveback::mailbox::LogMark;
 use crate::clients::giveback::reservation::DiskSet;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -23,10 +23,10 @@ pub type ReplayHook = Box<dyn FnMut(u32) -> Result<(), String> + Send>;
 
 /// An own-log recovery hook: given what the partner replayed of this node's log at a
 /// takeover, recovers the log before this node serves (F5.6).
-pub type RecoverHook = Box<dyn FnMut(Option<ReplayedLog>) -> Result<(), String> + Send>;
+pub type RecoverHook = Box<dyn FnMut(Option<LogMark>) -> Result<(), String> + Send>;
 
 /// What this node replayed of its partner's log (its replay cursor), for the mailbox.
-pub type ReplayedMark = Box<dyn FnMut() -> Option<ReplayedLog> + Send>;
+pub type ReplayedMark = Box<dyn FnMut() -> Option<LogMark> + Send>;
 
 /// Journal-writing service hooks with optional identity commands.
 pub struct JournalHooks {
@@ -145,13 +145,13 @@ impl ServiceHooks for JournalHooks {
         self.note("replay-log", partner)?;
         r
     }
-    fn recover_own_log(&mut self, partner_replayed: Option<ReplayedLog>) -> Result<(), String> {
+    fn recover_own_log(&mut self, partner_replayed: Option<LogMark>) -> Result<(), String> {
         match self.recover.as_mut() {
             Some(recover) => recover(partner_replayed),
             None => Ok(()),
         }
     }
-    fn replayed_partner_log(&mut self) -> Option<ReplayedLog> {
+    fn replayed_partner_log(&mut self) -> Option<LogMark> {
         self.replayed.as_mut().and_then(|f| f())
     }
 }

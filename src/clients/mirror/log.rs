@@ -600,6 +600,16 @@ impl<B: NvramBacking> ShadowLog<B> {
         self.backing
     }
 
+    /// The id of the last mirror write queued so far (0: none).
+    pub fn last_queued_write(&self) -> u64 {
+        self.next_write_id - 1
+    }
+
+    /// The highest mirror write id completed (every earlier one completed too).
+    pub fn completed_write(&self) -> u64 {
+        self.completed
+    }
+
     /// Counters and levels.
     pub fn stats(&self) -> LogStats {
         let used = self.head - self.tail();

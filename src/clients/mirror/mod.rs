@@ -7,6 +7,7 @@ pub mod log;
 pub mod log_format;
 pub mod log_replay;
 pub mod nvram;
+pub mod recovery_plan;
 pub mod shadow;
 pub mod writeback;
 pub mod writeback_driver;
@@ -28,6 +29,7 @@ pub use log_replay::{
     replay, LogPosition, Replay, ReplayCursor, ReplayCursorError, ReplayedRecord, ScanStop,
 };
 pub use nvram::{FileNvram, MemoryNvram, NvramBacking};
+pub use recovery_plan::{next_generation, plan_recovery, RecoveryPlan};
 pub use shadow::{
     AppendTicket, Appended, Recovered, RecoveryOutcome, ShadowConfig, ShadowMirror, ShadowStats,
 };

@@ -112,6 +112,30 @@ pub const CLIENT_NAME: &str = "shadow";
 pub const MIRROR_REGION: &str = "shadow-mirror";
 /// Purpose of the staging region mirror writes are posted from.
 pub const TX_REGION: &str = "shadow-tx";
+/// Purpose of the small region the partner READs behind its mirror writes
+/// ([`Durability::Read`]); it holds nothing but zeros.
+pub const FLUSH_REGION: &str = "shadow-flush";
+/// Purpose of the local region those READs land in.
+pub const FLUSH_LANDING: &str = "shadow-landing";
+/// Bytes a durability READ reads.
+pub const FLUSH_LEN: usize = 8;
+/// The rights of [`FLUSH_REGION`]: the partner may READ it and nothing else.
+pub const FLUSH_REGION_ACCESS: Access = Access::REMOTE_READ;
+
+/// When a mirror write counts as done (F5.8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// When its completion arrives: the partner's adapter acknowledged it (which on RC does
+    /// not say the data reached the partner's memory).
+    Delivered,
+    /// When an RDMA READ posted after it on the same queue pair returned: the responder
+    /// executes the READ after the WRITEs before it, so they are placed in the partner's
+    /// memory. One READ covers a batch of writes. (RDMA FLUSH would do the same for
+    /// persistent memory; the verbs binding used has no FLUSH verb.)
+    #[default]
+    Read,
+}
 
 /// A backing chosen at run time.
 pub type Nvram = Box<dyn NvramBacking>;
@@ -139,6 +163,9 @@ pub struct ShadowConfig {
     /// then yielding the CPU on every round). A completion reaped by the waiter itself saves
     /// two thread wake-ups; on real hardware a mirror write completes long before this.
     pub spin: Duration,
+    /// When a mirror write counts as done (both nodes must use the same).
+    #[serde(default)]
+    pub durability: Durability,
 }
 
 impl ShadowConfig {
@@ -153,6 +180,7 @@ impl ShadowConfig {
             partner_timeout: Duration::from_secs(5),
             send_depth: 128,
             spin: Duration::from_millis(1),
+            durability: Durability::Read,
         }
     }
 }
@@ -229,6 +257,9 @@ pub struct ShadowStats {
     pub resent_writes: u64,
     /// Failed mirror writes (each fails the connection).
     pub write_errors: u64,
+    /// Durability READs posted behind mirror writes ([`Durability::Read`]).
+    #[serde(default)]
+    pub durability_reads: u64,
     /// Connections given up because their writes stopped completing (5 s without one).
     #[serde(default)]
     pub stalls: u64,
@@ -323,6 +354,13 @@ impl ShadowMirror {
         let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
             .region(MIRROR_REGION, log_len, super::MIRROR_REGION_ACCESS)
             .region(TX_REGION, log_len, Access::NONE);
+        if cfg.durability == Durability::Read {
+            spec = spec.region(FLUSH_REGION, 64, FLUSH_REGION_ACCESS).region(
+                FLUSH_LANDING,
+                64,
+                Access::LOCAL_WRITE,
+            );
+        }
         spec.qp_capacity.max_send_wr = depth;
         spec.qp_capacity.max_recv_wr = 1;
         let handle = manager
@@ -344,6 +382,7 @@ impl ShadowMirror {
             unmirrored: VecDeque::new(),
             checkpointed: 0,
             last_checkpoint: None,
+            sync_target: None,
             connected_once: false,
             counters: Counters::default(),
             latency: crate::manager::client::new_histogram(),
@@ -361,6 +400,7 @@ impl ShadowMirror {
             stop: AtomicBool::new(false),
             cursor: Mutex::new(cursor),
             recovering: Mutex::new(()),
+            copy_mark: std::sync::OnceLock::new(),
             sleepers: AtomicUsize::new(0),
             kick: crossbeam_channel::bounded(1),
         });
@@ -577,6 +617,17 @@ impl ShadowMirror {
         }
     }
 
+    /// Gives the shadow log the outdated mark of the partner's copy of this log (F5.7; from
+    /// [`GivebackNode::partner_copy_mark`](crate::clients::giveback::GivebackNode::partner_copy_mark)):
+    /// from then on nothing is acknowledged unmirrored before the mark is durable in the
+    /// mailbox, and the mark is cleared once a resync completed. Only the first call counts.
+    pub fn set_partner_copy_mark(&self, mark: Arc<crate::clients::giveback::PartnerCopyMark>) {
+        if self.shared.copy_mark.set(mark).is_err() {
+            tracing::warn!(client = %self.name(), "a partner copy mark was given already");
+        }
+        let _ = self.shared.kick.0.try_send(());
+    }
+
     /// Follows the failure detector (the giveback client): the partner has failed or was
     /// taken over, so no mirror write will complete. Pending and new appends complete at once
     /// unmirrored (as after [`ShadowConfig::partner_timeout`]), and the connection is handed
@@ -735,6 +786,7 @@ impl ShadowMirror {
             resyncs: c.resyncs,
             resent_writes: c.resent_writes,
             write_errors: c.write_errors,
+            durability_reads: c.durability_reads,
             stalls: c.stalls,
             checkpoint_mirrored: st.checkpointed,
             free_bytes: log.free_bytes,

@@ -4,7 +4,11 @@
 //! plus the driver thread.
 
 use super::recovery::RecoveryState;
-use super::{Nvram, ShadowConfig, MIRROR_REGION, TX_REGION};
+use super::{
+    Durability, Nvram, ShadowConfig, FLUSH_LANDING, FLUSH_LEN, FLUSH_REGION, MIRROR_REGION,
+    TX_REGION,
+};
+use crate::clients::giveback::{LogMark, PartnerCopyMark};
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::log::ShadowLog;
 use crate::clients::mirror::log_format::LogImageError;
@@ -35,6 +39,9 @@ const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest unmirrored ranges kept for waiters (one range per partner absence).
 const UNMIRRORED_RANGES: usize = 1024;
 
+/// Work request ids of durability READs carry this bit (mirror write ids never do).
+const FLUSH_TAG: u64 = 1 << 63;
+
 pub(super) struct Link {
     pub(super) id: LinkId,
     pub(super) qp: ClientQp,
@@ -44,6 +51,12 @@ pub(super) struct Link {
     pub(super) epoch: u64,
     pub(super) tx: MemoryRegion,
     pub(super) partner: RegionDescriptor,
+    /// With [`Durability::Read`]: the partner's `shadow-flush` region (read after the
+    /// writes) and the local landing region of those READs.
+    pub(super) flush: Option<(RegionDescriptor, MemoryRegion)>,
+    /// Durability READs in flight: (work request id, the last mirror write posted before it).
+    pub(super) flushes: VecDeque<(u64, u64)>,
+    pub(super) next_flush: u64,
     pub(super) outstanding: usize,
     pub(super) broken: bool,
     /// Which connection of this driver it is (1, 2, ...): completions taken from a completion
@@ -72,6 +85,8 @@ pub(super) struct Counters {
     pub(super) resyncs: u64,
     pub(super) resent_writes: u64,
     pub(super) write_errors: u64,
+    /// Durability READs posted behind mirror writes.
+    pub(super) durability_reads: u64,
     pub(super) replays: u64,
     pub(super) replayed_records: u64,
 }
@@ -95,6 +110,10 @@ pub(super) struct Inner {
     pub(super) unmirrored: VecDeque<(u64, u64)>,
     pub(super) checkpointed: u64,
     pub(super) last_checkpoint: Option<LogPosition>,
+    /// The last mirror write of the latest full (re)send of the log (a re-send on a new
+    /// connection, or a log installed by the recovery): once it completed on a connection,
+    /// the partner's copy is in sync (F5.7).
+    pub(super) sync_target: Option<u64>,
     pub(super) connected_once: bool,
     pub(super) counters: Counters,
     pub(super) latency: Histogram<u64>,
@@ -135,6 +154,8 @@ pub(super) struct Shared {
     /// Held by [`ShadowMirror::recover`](super::ShadowMirror::recover): one recovery at a
     /// time.
     pub(super) recovering: Mutex<()>,
+    /// The outdated mark of the partner's copy of this log (F5.7), once given.
+    pub(super) copy_mark: std::sync::OnceLock<Arc<PartnerCopyMark>>,
     /// Waiters asleep on [`Shared::changed`] (they stopped spinning): while there are any
     /// and writes are in flight, the driver blocks on the completion queue (see [`drive`]).
     pub(super) sleepers: AtomicUsize,
@@ -188,7 +209,28 @@ impl Shared {
         self.check_partner(st);
         progress |= self.post(st);
         progress |= self.note_acks(st);
+        self.clear_copy_mark(st);
         progress
+    }
+
+    /// F5.7: the partner's copy is in sync again (connected, the own log recovered, and the
+    /// latest full send of the live log complete on it; later appends are mirrored before
+    /// they are acknowledged): the outdated mark goes.
+    fn clear_copy_mark(&self, st: &Inner) {
+        let Some(mark) = self.copy_mark.get().filter(|m| m.is_marked()) else {
+            return;
+        };
+        let synced = !st.absent
+            && st.link_up()
+            && st.recovery.is_recovered()
+            && st
+                .log
+                .as_ref()
+                .zip(st.sync_target)
+                .is_some_and(|(l, target)| l.completed_write() >= target);
+        if synced {
+            mark.clear();
+        }
     }
 
     /// Processes `waited` (completions a blocking wait took from the completion queue of the
@@ -227,14 +269,40 @@ impl Shared {
             }
             l.outstanding = l.outstanding.saturating_sub(1);
             l.progress_at = Instant::now();
+            let flush = c.wr_id & FLUSH_TAG != 0;
             if !c.status.is_ok() {
-                failure.get_or_insert_with(|| format!("mirror write {}: {:?}", c.wr_id, c.status));
+                failure.get_or_insert_with(|| {
+                    let what = if flush {
+                        "durability READ"
+                    } else {
+                        "mirror write"
+                    };
+                    format!("{what} {}: {:?}", c.wr_id & !FLUSH_TAG, c.status)
+                });
                 continue;
             }
-            if failure.is_none() {
-                if let Some(log) = log.as_mut() {
-                    log.handle_mirror_complete(c.wr_id);
+            if failure.is_some() {
+                continue;
+            }
+            // With a durability READ, a write counts once a READ posted after it returned:
+            // the partner placed it in its memory (RC executes the READ after the WRITEs).
+            let through = match (flush, l.flush.is_some()) {
+                (true, _) => {
+                    let mut through = None;
+                    while let Some(&(id, last)) = l.flushes.front() {
+                        if id > c.wr_id {
+                            break;
+                        }
+                        l.flushes.pop_front();
+                        through = Some(last);
+                    }
+                    through
                 }
+                (false, true) => None,
+                (false, false) => Some(c.wr_id),
+            };
+            if let (Some(id), Some(log)) = (through, log.as_mut()) {
+                log.handle_mirror_complete(id);
             }
         }
         if let Some(why) = failure {
@@ -248,9 +316,25 @@ impl Shared {
     /// completes them at once: there is nobody to write to). Returns whether any went.
     pub(super) fn post(&self, st: &mut Inner) -> bool {
         if st.absent {
+            let generation = self.generation.load(Ordering::Acquire);
+            let first_unmirrored = st.acked + 1;
             let Some(log) = st.log.as_mut() else {
                 return false;
             };
+            if let Some(mark) = self.copy_mark.get() {
+                // F5.7: the partner's copy is durably marked outdated before anything is
+                // acknowledged without it.
+                if log.stats().writes_queued == 0 {
+                    return false;
+                }
+                mark.mark(LogMark {
+                    generation,
+                    seq: first_unmirrored,
+                });
+                if !mark.is_durable() {
+                    return false;
+                }
+            }
             let mut any = false;
             while let Some(w) = log.poll_mirror_write() {
                 log.handle_mirror_complete(w.id);
@@ -271,7 +355,10 @@ impl Shared {
         };
         let mut failure = None;
         let mut bytes = 0u64;
-        while l.outstanding + posts.len() < depth {
+        // One slot stays free for the durability READ behind the writes.
+        let room = if l.flush.is_some() { depth - 1 } else { depth };
+        let mut last_write = None;
+        while l.outstanding + posts.len() < room {
             let Some(w) = log.poll_mirror_write() else {
                 break;
             };
@@ -288,6 +375,7 @@ impl Shared {
             match staged {
                 Ok(buf) => {
                     bytes += w.len as u64;
+                    last_write = Some(w.id);
                     posts.push(SendRequest::new(
                         w.id,
                         SendOp::Write(l.partner.at(w.offset as u64)),
@@ -297,6 +385,19 @@ impl Shared {
                 Err(e) => {
                     failure = Some(format!("stage mirror write {w:?}: {e}"));
                     break;
+                }
+            }
+        }
+        if let (Some(last), Some((remote, landing))) = (last_write, l.flush.as_ref()) {
+            let id = FLUSH_TAG | l.next_flush;
+            match landing.slice(0, FLUSH_LEN) {
+                Ok(buf) => {
+                    posts.push(SendRequest::new(id, SendOp::Read(remote.at(0)), buf));
+                    l.flushes.push_back((id, last));
+                    l.next_flush += 1;
+                }
+                Err(e) => {
+                    failure.get_or_insert(format!("durability READ landing: {e}"));
                 }
             }
         }
@@ -313,7 +414,9 @@ impl Shared {
                         l.progress_at = Instant::now();
                     }
                     l.outstanding += n;
-                    counters.mirror_writes += n as u64;
+                    let reads = usize::from(l.flush.is_some() && last_write.is_some());
+                    counters.mirror_writes += (n - reads) as u64;
+                    counters.durability_reads += reads as u64;
                     counters.mirror_bytes += bytes;
                 }
                 Err(e) => {
@@ -468,6 +571,24 @@ impl Shared {
                 partner.len, self.log_len
             ));
         }
+        let flush = match self.cfg.durability {
+            Durability::Delivered => None,
+            Durability::Read => {
+                let remote = conn
+                    .partner_region(FLUSH_REGION)
+                    .map(|r| r.descriptor)
+                    .ok_or(format!(
+                        "partner has no {FLUSH_REGION} region (both nodes must use the same durability)"
+                    ))?;
+                if (remote.len as usize) < FLUSH_LEN {
+                    return Err(format!(
+                        "partner's {FLUSH_REGION} region is {} bytes",
+                        remote.len
+                    ));
+                }
+                Some((remote, region(FLUSH_LANDING)?))
+            }
+        };
         let qpn = qp.queue_pair().qpn();
         let epoch = qp.queue_pair().epoch();
         if let Some(l) = st
@@ -478,6 +599,7 @@ impl Shared {
             // A live update: same queue pair, writes keep flowing.
             l.partner = partner;
             l.tx = tx;
+            l.flush = flush;
             return Ok(());
         }
         st.link = Some(Link {
@@ -487,6 +609,9 @@ impl Shared {
             epoch,
             tx,
             partner,
+            flush,
+            flushes: VecDeque::with_capacity(self.cfg.send_depth.max(4) as usize),
+            next_flush: 1,
             outstanding: 0,
             broken: false,
             serial: st.counters.connections + 1,
@@ -533,6 +658,7 @@ impl Shared {
             }
         }
         let queued = log.stats().writes_queued as u64;
+        st.sync_target = Some(log.last_queued_write());
         st.counters.resyncs += 1;
         st.counters.resent_writes += queued;
         tracing::info!(client = %self.cfg.name, writes = queued, acknowledged = st.acked, "shadow log re-sent on the new connection");

@@ -1,5 +1,7 @@
 //! Recovery of this node's own log at start (F5.6): what the records the previous run left in
-//! the local NVRAM still owe, decided before anything is formatted or appended.
+//! the local NVRAM still owe, decided before anything is formatted or appended (the decision
+//! itself is the sans-IO [`plan_recovery`](crate::clients::mirror::recovery_plan::plan_recovery);
+//! this module carries it out).
 //!
 //! [`ShadowMirror::start`] leaves the own log untouched; [`ShadowMirror::recover`] is the one
 //! way to make it appendable, and does exactly one of:
@@ -30,8 +32,8 @@ use super::cursor::CursorKind;
 use super::{now_ns, Nvram, ShadowMirror};
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::log::ShadowLog;
-use crate::clients::mirror::log_format::{decode_superblock, LogImageError};
-use crate::clients::mirror::log_replay::{replay, LogPosition, ReplayCursor, ReplayedRecord};
+use crate::clients::mirror::log_replay::{LogPosition, ReplayCursor, ReplayedRecord};
+use crate::clients::mirror::recovery_plan::{next_generation, plan_recovery, RecoveryPlan};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -46,8 +48,6 @@ pub(super) enum RecoveryState {
     Unrecovered(Nvram),
     /// The previous run's log is installed and its records are being applied.
     Replaying {
-        /// Its generation.
-        generation: u64,
         /// Its checkpoint in force at start.
         checkpoint: u64,
         /// The own-replay cursor found at start.
@@ -123,9 +123,14 @@ impl ShadowMirror {
     ) -> Result<Recovered, MirrorError> {
         let shared = &*self.shared;
         let _one = shared.recovering.lock();
+        let own_cursor = shared
+            .cursor
+            .lock()
+            .load_kind(CursorKind::Own)
+            .map(|c| c.position);
         let mut st = shared.lock_live()?;
         let state = std::mem::replace(&mut st.recovery, RecoveryState::Lost);
-        let (generation, checkpoint, resumed_after) = match state {
+        let (generation, records) = match state {
             RecoveryState::Recovered(r) => {
                 st.recovery = RecoveryState::Recovered(r);
                 return Err(MirrorError::AlreadyRecovered {
@@ -137,23 +142,33 @@ impl ShadowMirror {
                     reason: "an earlier recovery lost the local log".into(),
                 })
             }
-            RecoveryState::Replaying {
-                generation,
-                checkpoint,
-                resumed_after,
-            } => {
-                st.recovery = RecoveryState::Replaying {
-                    generation,
-                    checkpoint,
-                    resumed_after,
-                };
-                (generation, checkpoint, resumed_after)
+            RecoveryState::Replaying { .. } => {
+                // An earlier call decided to apply here and stopped (its sink refused): the
+                // installed log, after the own-replay cursor.
+                st.recovery = state;
+                let log = st.log()?;
+                match plan_recovery(log.local().bytes(), own_cursor, None)? {
+                    RecoveryPlan::ReplayHere {
+                        generation,
+                        records,
+                        ..
+                    } => (generation, records),
+                    other => {
+                        return Err(MirrorError::ReopenLog {
+                            reason: format!("the installed log plans {other:?}"),
+                        })
+                    }
+                }
             }
             RecoveryState::Unrecovered(backing) => {
-                let sb = match decode_superblock(backing.bytes()) {
-                    Err(LogImageError::SuperblockMagic) => {
+                match plan_recovery(backing.bytes(), own_cursor, partner_replayed) {
+                    Err(e) => {
+                        st.recovery = RecoveryState::Unrecovered(backing);
+                        return Err(e);
+                    }
+                    Ok(RecoveryPlan::Fresh) => {
                         drop(st);
-                        let gen = self.new_generation(0, partner_replayed);
+                        let gen = self.new_generation(None, partner_replayed);
                         let log = ShadowLog::format(backing, gen)?;
                         let r = Recovered {
                             outcome: RecoveryOutcome::Fresh,
@@ -168,88 +183,66 @@ impl ShadowMirror {
                         self.install(log, r.clone());
                         return Ok(r);
                     }
-                    Err(e) => {
-                        st.recovery = RecoveryState::Unrecovered(backing);
-                        return Err(MirrorError::RecoverUnreadable {
-                            reason: e.to_string(),
-                        });
-                    }
-                    Ok(sb) => sb,
-                };
-                let found = match replay(backing.bytes(), None) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        st.recovery = RecoveryState::Unrecovered(backing);
-                        return Err(MirrorError::RecoverUnreadable {
-                            reason: e.to_string(),
-                        });
-                    }
-                };
-                let g = sb.generation;
-                if let Some(p) = partner_replayed.filter(|p| p.generation >= g) {
-                    drop(st);
-                    let through = (p.generation == g).then_some(p.seq);
-                    let dropped = found
-                        .records
-                        .iter()
-                        .filter(|r| through.is_none_or(|t| r.seq > t))
-                        .count() as u64;
-                    if dropped > 0 {
-                        tracing::warn!(client = %shared.cfg.name, generation = g, dropped, partner_replayed = ?through, "shadow log recovery: records after the partner's replay were never applied and are dropped");
-                    }
-                    let gen = self.new_generation(g, partner_replayed);
-                    let log = ShadowLog::format(backing, gen)?;
-                    let r = Recovered {
-                        outcome: RecoveryOutcome::ReplayedByPartner,
-                        previous_generation: Some(g),
-                        previous_checkpoint: found.checkpoint,
-                        resumed_after: None,
-                        replayed: 0,
-                        partner_replayed_through: through,
+                    Ok(RecoveryPlan::ReplayedByPartner {
+                        generation: g,
+                        checkpoint,
+                        through,
                         dropped,
-                        generation: gen,
-                    };
-                    tracing::info!(client = %shared.cfg.name, previous = g, generation = gen, "shadow log recovered: the partner replayed it at its takeover");
-                    self.install(log, r.clone());
-                    return Ok(r);
+                    }) => {
+                        drop(st);
+                        if dropped > 0 {
+                            tracing::warn!(client = %shared.cfg.name, generation = g, dropped, partner_replayed = ?through, "shadow log recovery: records after the partner's replay were never applied and are dropped");
+                        }
+                        let gen = self.new_generation(Some(g), partner_replayed);
+                        let log = ShadowLog::format(backing, gen)?;
+                        let r = Recovered {
+                            outcome: RecoveryOutcome::ReplayedByPartner,
+                            previous_generation: Some(g),
+                            previous_checkpoint: checkpoint,
+                            resumed_after: None,
+                            replayed: 0,
+                            partner_replayed_through: through,
+                            dropped,
+                            generation: gen,
+                        };
+                        tracing::info!(client = %shared.cfg.name, previous = g, generation = gen, "shadow log recovered: the partner replayed it at its takeover");
+                        self.install(log, r.clone());
+                        return Ok(r);
+                    }
+                    Ok(RecoveryPlan::ReplayHere {
+                        generation,
+                        checkpoint,
+                        resumed_after,
+                        records,
+                    }) => {
+                        let (log, _) = ShadowLog::open(backing)?;
+                        st.acked = log.stats().appended;
+                        st.checkpointed = 0;
+                        st.unmirrored.clear();
+                        st.last_checkpoint = None;
+                        st.log = Some(log);
+                        shared.generation.store(generation, Ordering::Release);
+                        st.recovery = RecoveryState::Replaying {
+                            checkpoint,
+                            resumed_after,
+                        };
+                        shared.post(&mut st);
+                        (generation, records)
+                    }
                 }
-                let (log, _) = ShadowLog::open(backing)?;
-                let resumed_after = shared
-                    .cursor
-                    .lock()
-                    .load_kind(CursorKind::Own)
-                    .map(|c| c.position)
-                    .filter(|p| p.generation == g)
-                    .map(|p| p.seq);
-                st.acked = log.stats().appended;
-                st.checkpointed = 0;
-                st.unmirrored.clear();
-                st.last_checkpoint = None;
-                st.log = Some(log);
-                shared.generation.store(g, Ordering::Release);
-                st.recovery = RecoveryState::Replaying {
-                    generation: g,
-                    checkpoint: found.checkpoint,
-                    resumed_after,
-                };
-                shared.post(&mut st);
-                (g, found.checkpoint, resumed_after)
             }
         };
         drop(st);
-        let records = {
-            let after = shared
-                .cursor
-                .lock()
-                .load_kind(CursorKind::Own)
-                .map(|c| c.position)
-                .filter(|p| p.generation == generation);
-            let mut st = shared.inner.lock();
-            let log = st.log()?;
-            replay(log.local().bytes(), after)?.records
+        let (checkpoint, resumed_after) = match &shared.inner.lock().recovery {
+            RecoveryState::Replaying {
+                checkpoint,
+                resumed_after,
+                ..
+            } => (*checkpoint, *resumed_after),
+            _ => (0, None),
         };
         let replayed = self.apply_own(generation, records, &mut sink)?;
-        let gen = self.new_generation(generation, partner_replayed);
+        let gen = self.new_generation(Some(generation), partner_replayed);
         let r = Recovered {
             outcome: RecoveryOutcome::ReplayedHere,
             previous_generation: Some(generation),
@@ -396,14 +389,9 @@ impl ShadowMirror {
     }
 
     /// A generation above `previous` and above what the partner replayed.
-    fn new_generation(&self, previous: u64, partner_replayed: Option<LogPosition>) -> u64 {
-        let floor = previous.max(partner_replayed.map_or(0, |p| p.generation));
-        self.shared
-            .cfg
-            .generation
-            .unwrap_or_else(now_ns)
-            .max(floor.saturating_add(1))
-            .max(1)
+    fn new_generation(&self, previous: Option<u64>, partner_replayed: Option<LogPosition>) -> u64 {
+        let candidate = self.shared.cfg.generation.unwrap_or_else(now_ns);
+        next_generation(candidate, previous, partner_replayed)
     }
 
     /// Installs a freshly formatted log: appends may start.
@@ -414,6 +402,7 @@ impl ShadowMirror {
         st.checkpointed = 0;
         st.unmirrored.clear();
         st.last_checkpoint = None;
+        st.sync_target = Some(log.last_queued_write());
         st.log = Some(log);
         shared.generation.store(r.generation, Ordering::Release);
         st.recovery = RecoveryState::Recovered(r);
