@@ -203,6 +203,17 @@ impl MailboxRecord {
                 });
             }
         }
+        // A mark of generation 0 is no mark: its sequence number must be zero too (one
+        // encoding per record).
+        for at in [40usize, 56] {
+            if !v1 && be64(at) == 0 && be64(at + 8) != 0 {
+                let offset = (at + 8..at + 16).find(|&o| b[o] != 0).unwrap_or(at + 8);
+                return Err(FormatError::Reserved {
+                    offset,
+                    value: b[offset],
+                });
+            }
+        }
         let mark = |at: usize| {
             (!v1 && be64(at) != 0).then(|| LogMark {
                 generation: be64(at),
@@ -525,6 +536,17 @@ mod tests {
             FormatError::Reserved {
                 offset: 80,
                 value: 1
+            }
+        );
+        // A sequence number without a generation is refused (the fuzzer found it re-encoding
+        // differently).
+        let mut t = b;
+        t[50] = 0xa8;
+        assert_eq!(
+            format_error(MailboxRecord::decode(&reseal(t))),
+            FormatError::Reserved {
+                offset: 50,
+                value: 0xa8
             }
         );
         // Version 1 (64 bytes, before the replayed-log fields) keeps bytes 40..60 reserved.
