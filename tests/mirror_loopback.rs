@@ -682,3 +682,27 @@ fn the_durability_point_is_a_read_behind_the_writes_unless_delivery_is_enough() 
         );
     }
 }
+
+#[test]
+fn a_log_started_while_the_partner_is_absent_is_sent_whole_when_it_comes() {
+    let (_, bcfg, ma, mb) = managers();
+    mb.shutdown();
+    drop(mb);
+    let len = 64 * 1024;
+    let mut cfg = ShadowConfig::new();
+    cfg.partner_timeout = Duration::from_millis(300);
+    let a = shadow(&ma, len, cfg.clone());
+    // Never connected: the partner is declared absent, the fresh log's superblock and
+    // checkpoint complete unsent, and so do these records.
+    for seq in 1..=5 {
+        assert!(!a.append(&writer_payload(seq, 40)).unwrap().mirrored);
+    }
+    let mb = Manager::start(bcfg.clone()).expect("start B");
+    let b = shadow(&mb, len, cfg.clone());
+    connected(&a);
+    assert!(a.append(&writer_payload(6, 40)).unwrap().mirrored);
+    // B's copy is a whole log of A's generation (the first connection re-sent it).
+    let rp = b.read_partner().expect("B's copy replays");
+    assert_eq!(rp.generation, a.generation());
+    assert_eq!(seqs(&rp), (1..=6).collect::<Vec<_>>());
+}

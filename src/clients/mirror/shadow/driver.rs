@@ -498,6 +498,8 @@ impl Shared {
         }
         st.absent = true;
         st.link = None;
+        // Writes are completed without being sent from now on: no earlier full send counts.
+        st.sync_target = None;
         if let Some(log) = st.log.as_mut() {
             log.rewind_unacknowledged();
         }
@@ -618,7 +620,11 @@ impl Shared {
             generation: conn.generation,
             progress_at: Instant::now(),
         });
-        if st.connected_once {
+        // A new connection after an earlier one, or after the partner was absent (writes were
+        // completed without being sent, even before any connection): the live log again.
+        // (Before the recovery installed a log there is nothing to send: the installed log
+        // queues all of itself.)
+        if (st.connected_once || st.absent) && st.log.is_some() {
             self.resync(st)?;
         }
         st.connected_once = true;

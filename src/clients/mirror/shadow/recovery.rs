@@ -402,7 +402,9 @@ impl ShadowMirror {
         st.checkpointed = 0;
         st.unmirrored.clear();
         st.last_checkpoint = None;
-        st.sync_target = Some(log.last_queued_write());
+        // With the partner absent the writes complete unsent: the re-send on its return sets
+        // the target instead.
+        st.sync_target = (!st.absent).then(|| log.last_queued_write());
         st.log = Some(log);
         shared.generation.store(r.generation, Ordering::Release);
         st.recovery = RecoveryState::Recovered(r);
