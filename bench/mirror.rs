@@ -459,22 +459,7 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
     let pair: OnceCell<RefCell<MirrorPair>> = OnceCell::new();
     let get = || pair.get_or_init(|| RefCell::new(MirrorPair::start(net, &secret)));
 
-    let mut g = c.benchmark_group(format!("{}/append", net.label));
-    g.sample_size(am.samples)
-        .warm_up_time(am.warm_up)
-        .measurement_time(am.measurement)
-        .nresamples(10_000);
-    for size in SIZES {
-        g.bench_function(format!("{size}"), |bch| {
-            let p = get();
-            bch.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                p.borrow_mut().appends(net, size, iters, |d| total += d);
-                total
-            })
-        });
-    }
-    g.finish();
+    append_group(c, net, "append", get);
 
     let mut g = c.benchmark_group(format!("{}/append_throughput", net.label));
     g.sample_size(am.samples)
@@ -494,20 +479,7 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
         return;
     };
     let mut pair = pair;
-    let n = if quick { 1000 } else { am.hist_appends };
-    for size in SIZES {
-        eprintln!(
-            "mirror bench: {}: {n} appends of {size} bytes into the histogram",
-            net.label
-        );
-        let mut h = histogram();
-        let local = pair.local;
-        pair.appends(net, size, n as u64, |d| {
-            h.saturating_record(d.as_nanos().max(1) as u64)
-        });
-        let local_us = pair.local.mean_us_since(local);
-        rec.append_latency(net, &format!("append_{size}"), &h, local_us);
-    }
+    append_histograms(&mut pair, net, rec, quick, "append");
     let bw_time = if quick {
         Duration::from_millis(200)
     } else {
@@ -538,7 +510,6 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
 /// The cost of the durability point (F5.8): the same appends, counted done when the WRITE is
 /// delivered, without the READ behind it (a pair of its own, started after the other).
 fn bench_delivered(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool, secret: &Path) {
-    let am = amounts(net);
     let plain: OnceCell<RefCell<MirrorPair>> = OnceCell::new();
     let get_plain = || {
         plain.get_or_init(|| {
@@ -548,14 +519,30 @@ fn bench_delivered(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool, se
             RefCell::new(p)
         })
     };
-    let mut g = c.benchmark_group(format!("{}/append_delivered", net.label));
+    append_group(c, net, "append_delivered", get_plain);
+    if let Some(mut p) = plain.into_inner().map(RefCell::into_inner) {
+        append_histograms(&mut p, net, rec, quick, "append_delivered");
+        p.shutdown();
+    }
+}
+
+/// Criterion group `{net}/{name}`: one append at a time, for each size, on the pair `get`
+/// starts on first use.
+fn append_group<'a>(
+    c: &mut Criterion,
+    net: &Net,
+    name: &str,
+    get: impl Fn() -> &'a RefCell<MirrorPair>,
+) {
+    let am = amounts(net);
+    let mut g = c.benchmark_group(format!("{}/{name}", net.label));
     g.sample_size(am.samples)
         .warm_up_time(am.warm_up)
         .measurement_time(am.measurement)
         .nresamples(10_000);
     for size in SIZES {
         g.bench_function(format!("{size}"), |bch| {
-            let p = get_plain();
+            let p = get();
             bch.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 p.borrow_mut().appends(net, size, iters, |d| total += d);
@@ -564,19 +551,27 @@ fn bench_delivered(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool, se
         });
     }
     g.finish();
-    if let Some(p) = plain.into_inner().map(RefCell::into_inner) {
-        let mut p = p;
-        let n = if quick { 1000 } else { am.hist_appends };
-        for size in SIZES {
-            let mut h = histogram();
-            let local = p.local;
-            p.appends(net, size, n as u64, |d| {
-                h.saturating_record(d.as_nanos().max(1) as u64)
-            });
-            let local_us = p.local.mean_us_since(local);
-            rec.append_latency(net, &format!("append_delivered_{size}"), &h, local_us);
-        }
-        p.shutdown();
+}
+
+/// The append latency histograms `{name}_{size}` of `pair` for the summary.
+fn append_histograms(pair: &mut MirrorPair, net: &Net, rec: &Recorder, quick: bool, name: &str) {
+    let n = if quick {
+        1000
+    } else {
+        amounts(net).hist_appends
+    };
+    for size in SIZES {
+        eprintln!(
+            "mirror bench: {}: {n} appends of {size} bytes into the histogram ({name})",
+            net.label
+        );
+        let mut h = histogram();
+        let local = pair.local;
+        pair.appends(net, size, n as u64, |d| {
+            h.saturating_record(d.as_nanos().max(1) as u64)
+        });
+        let local_us = pair.local.mean_us_since(local);
+        rec.append_latency(net, &format!("{name}_{size}"), &h, local_us);
     }
 }
 

@@ -40,17 +40,32 @@ impl WritesCheck {
 /// The seqs the writer logged as acknowledged in the first generation of `acked` (a line torn
 /// by kill -9 can only be the last one: skipped), and how many of them were unmirrored.
 fn acknowledged(text: &str) -> (BTreeSet<u64>, u64) {
+    acknowledged_where(text, |section, _| section == 0)
+}
+
+/// The seqs acknowledged in every section of generation `generation` of an acked log.
+fn acknowledged_in(text: &str, generation: u64) -> (BTreeSet<u64>, u64) {
+    acknowledged_where(text, |_, g| g == Some(generation))
+}
+
+/// The seqs acknowledged in the sections of an acked log that `take` accepts (by their index
+/// and generation), and how many of them were unmirrored.
+fn acknowledged_where(
+    text: &str,
+    take: impl Fn(usize, Option<u64>) -> bool,
+) -> (BTreeSet<u64>, u64) {
     let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    let (mut seqs, mut unmirrored, mut generations) = (BTreeSet::new(), 0, 0);
+    let (mut seqs, mut unmirrored) = (BTreeSet::new(), 0);
+    let (mut section, mut inside) = (None::<usize>, false);
     for l in complete.lines() {
         let mut it = l.split_whitespace();
         match (it.next(), it.next()) {
-            (Some("generation"), _) => {
-                generations += 1;
-                if generations > 1 {
-                    break;
-                }
+            (Some("generation"), g) => {
+                let n = section.map_or(0, |s| s + 1);
+                section = Some(n);
+                inside = take(n, g.and_then(|g| g.parse().ok()));
             }
+            _ if !inside => {}
             (Some("unmirrored"), Some(n)) => {
                 if let Ok(n) = n.parse() {
                     seqs.insert(n);
@@ -106,32 +121,6 @@ pub fn check_power_loss(shared: &Path, size: usize, generation: u64) -> Result<W
         corrupt += c;
     }
     Ok(compare(acked, unmirrored, replayed, corrupt))
-}
-
-/// The seqs acknowledged in every section of generation `generation` of an acked log.
-fn acknowledged_in(text: &str, generation: u64) -> (BTreeSet<u64>, u64) {
-    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    let (mut seqs, mut unmirrored, mut inside) = (BTreeSet::new(), 0, false);
-    for l in complete.lines() {
-        let mut it = l.split_whitespace();
-        match (it.next(), it.next()) {
-            (Some("generation"), Some(g)) => inside = g.parse() == Ok(generation),
-            _ if !inside => {}
-            (Some("unmirrored"), Some(n)) => {
-                if let Ok(n) = n.parse() {
-                    seqs.insert(n);
-                    unmirrored += 1;
-                }
-            }
-            (Some(n), None) => {
-                if let Ok(n) = n.parse() {
-                    seqs.insert(n);
-                }
-            }
-            _ => {} // checkpoint lines
-        }
-    }
-    (seqs, unmirrored)
 }
 
 /// The intact records of a replayed log in the views whose header (`replay G C [own]`, split
