@@ -96,39 +96,41 @@ fn recover(
         generation: r.generation,
         seq: r.seq,
     });
-    let mut out = None;
+    let mut headed = false;
     let r = mirror.recover(partner, |rec: ReplayedRecord| {
-        let f = match out.as_mut() {
-            Some(f) => f,
-            None => {
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| format!("open {}: {e}", path.display()))?;
-                // The log being replayed is the one the recovery installed.
-                let g = mirror.generation();
-                f.write_all(format!("replay {g} {} own\n", rec.seq - 1).as_bytes())
-                    .map_err(|e| format!("append to {}: {e}", path.display()))?;
-                out.insert(f)
-            }
-        };
-        f.write_all(
-            format!(
-                "{} {} {:08x}\n",
-                rec.seq,
-                rec.payload.len(),
-                crc32c::crc32c(&rec.payload)
-            )
-            .as_bytes(),
-        )
-        .map_err(|e| format!("append to {}: {e}", path.display()))
+        if !headed {
+            // The log being replayed is the one the recovery installed.
+            let g = mirror.generation();
+            append_line(path, &format!("replay {g} {} own\n", rec.seq - 1))?;
+            headed = true;
+        }
+        append_line(path, &record_line(&rec))
     })?;
     println!(
         "shadow log recovered: {:?}, previous generation {:?}, {} records applied here, {} dropped, generation {}",
         r.outcome, r.previous_generation, r.replayed, r.dropped, r.generation
     );
     Ok(r)
+}
+
+/// The replayed log's line for a record applied: `seq len crc32c-hex`.
+fn record_line(rec: &ReplayedRecord) -> String {
+    format!(
+        "{} {} {:08x}\n",
+        rec.seq,
+        rec.payload.len(),
+        crc32c::crc32c(&rec.payload)
+    )
+}
+
+/// Appends `line` to the replayed log at `path`.
+fn append_line(path: &Path, line: &str) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .map_err(|e| format!("append to {}: {e}", path.display()))
 }
 
 /// The node's shadow log and its writer.
@@ -234,29 +236,19 @@ impl ShadowNode {
     /// crc32c-hex`) written per record before the replay cursor moves past it.
     pub fn replay_hook(&self) -> ReplayHook {
         let path = replayed_path(&self.dir, self.node);
-        let append = move |line: String| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(line.as_bytes()))
-                .map_err(|e| format!("append to {}: {e}", path.display()))
-        };
-        let head = append.clone();
+        let head = path.clone();
         let mirror = self.mirror.clone();
-        let mut replay = self.mirror.replay_hook(move |rec| {
-            append(format!(
-                "{} {} {:08x}\n",
-                rec.seq,
-                rec.payload.len(),
-                crc32c::crc32c(&rec.payload)
-            ))
-        });
+        let mut replay = self
+            .mirror
+            .replay_hook(move |rec| append_line(&path, &record_line(&rec)));
         Box::new(move |partner| {
             // The partner is down or fenced: its image does not change between this read
             // and the replay's own.
             let r = mirror.read_partner().map_err(|e| e.to_string())?;
-            head(format!("replay {} {}\n", r.generation, r.checkpoint))?;
+            append_line(
+                &head,
+                &format!("replay {} {}\n", r.generation, r.checkpoint),
+            )?;
             replay(partner)
         })
     }
