@@ -11,9 +11,10 @@
 //! see this node as failed meanwhile.
 
 use crate::clients::giveback::actions::{
-    Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
+    Action, Command, CommandOutcome, CommandReply, CopyGap, GivebackConfig, GivebackEvent,
+    GivebackStatus,
 };
-use crate::clients::giveback::copy_mark::PartnerCopyMark;
+use crate::clients::giveback::copy_mark::{CopyStamp, PartnerCopyMark};
 use crate::clients::giveback::error::GivebackError;
 use crate::clients::giveback::machine::GivebackMachine;
 use crate::clients::giveback::mailbox::{LogMark, Mailbox, MailboxRecord, MailboxWrite};
@@ -80,14 +81,15 @@ struct StampingMailbox {
 
 impl Mailbox for StampingMailbox {
     fn write_own(&mut self, rec: &MailboxRecord) -> Result<MailboxWrite, GivebackError> {
-        let outdated = self.copy_mark.stamp();
+        let stamp = self.copy_mark.stamp();
         let rec = MailboxRecord {
             replayed_partner_log: self.replayed,
-            partner_copy_outdated: outdated,
+            partner_copy_outdated: stamp.outdated,
+            partner_copy_complete_for: stamp.complete_for,
             ..*rec
         };
         let w = self.inner.write_own(&rec)?;
-        self.copy_mark.written(outdated);
+        self.copy_mark.written(stamp);
         Ok(w)
     }
     fn read_partner(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
@@ -204,12 +206,15 @@ impl GivebackNode {
         let (requests, request_rx) = unbounded();
         let mut hooks = hooks;
         let mut mailbox = mailbox;
-        // The outdated mark survives restarts: the newest own record says what it was.
+        // The copy's sync state survives restarts: the newest own record says what it was.
         let inherited = match mailbox.read_own() {
-            Ok(own) => own.and_then(|r| r.partner_copy_outdated),
+            Ok(own) => own.map_or(CopyStamp::default(), |r| CopyStamp {
+                outdated: r.partner_copy_outdated,
+                complete_for: r.partner_copy_complete_for,
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "own mailbox record unreadable at start: an outdated mark it held is not carried over");
-                None
+                CopyStamp::default()
             }
         };
         let copy_mark = Arc::new(PartnerCopyMark::new(inherited));
@@ -710,20 +715,24 @@ pub struct GivebackReport {
     pub io_failures: u64,
     /// The last driver failure.
     pub last_error: Option<String>,
-    /// The partner's mailbox record says this node's copy of its shadow log is outdated
-    /// from this position on (F5.7).
+    /// What the partner's mailbox record says this node's copy of its shadow log may lack
+    /// (F5.7; None: in sync and complete, or no shadow log).
     #[serde(default)]
-    pub partner_copy_outdated: Option<LogMark>,
+    pub partner_copy_gap: Option<CopyGap>,
     /// An automatic takeover was refused for that.
     #[serde(default)]
     pub takeover_refused: bool,
-    /// What the last forced takeover lost: the partner's log from this position on.
+    /// What the last forced takeover went past: the partner's records this copy lacked.
     #[serde(default)]
-    pub forced_loss: Option<LogMark>,
+    pub forced_loss: Option<CopyGap>,
     /// This node's mailbox record says the partner's copy of this node's log is outdated
     /// from this position on.
     #[serde(default)]
     pub own_copy_outdated: Option<LogMark>,
+    /// The partner incarnation this node's mailbox record names as holding a complete copy
+    /// of this node's log (Some(0): none yet; None: no shadow log attached).
+    #[serde(default)]
+    pub own_copy_complete_for: Option<u64>,
     /// Driver counters.
     pub driver: DriverCounters,
 }
@@ -779,10 +788,11 @@ impl GivebackNode {
             mailbox_read_failures: status.mailbox_read_failures,
             io_failures: status.io_failures,
             last_error: status.last_error.clone(),
-            partner_copy_outdated: status.partner_copy_outdated,
+            partner_copy_gap: status.partner_copy_gap,
             takeover_refused: status.takeover_refused,
             forced_loss: status.forced_loss,
             own_copy_outdated: self.copy_mark.get(),
+            own_copy_complete_for: self.copy_mark.stamp().complete_for,
             driver,
         }
     }
@@ -872,9 +882,9 @@ pub fn render_report(r: &GivebackReport) -> String {
         r.driver.kills_received,
         r.driver.reboots,
     ));
-    if let Some(m) = &r.partner_copy_outdated {
+    if let Some(g) = &r.partner_copy_gap {
         out.push_str(&format!(
-            "  ALERT: this node's copy of the partner's log is outdated from {m}{}\n",
+            "  ALERT: this node's copy of the partner's log is {g}{}\n",
             if r.takeover_refused {
                 ": automatic takeover refused (interlink takeover --force accepts the loss)"
             } else {
@@ -887,9 +897,9 @@ pub fn render_report(r: &GivebackReport) -> String {
             "  the partner's copy of this node's log is outdated from {m} (until a resync completes)\n"
         ));
     }
-    if let Some(m) = &r.forced_loss {
+    if let Some(g) = &r.forced_loss {
         out.push_str(&format!(
-            "  the last forced takeover lost the partner's records from {m} on\n"
+            "  the last forced takeover went past a copy {g}: the partner's records it lacked are lost\n"
         ));
     }
     if let Some(e) = &r.last_error {

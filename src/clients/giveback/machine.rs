@@ -63,10 +63,11 @@
 //!   partner's disks (a reservation left by an earlier incarnation would block it forever).
 
 use super::actions::{
-    Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
+    Action, Command, CommandOutcome, CommandReply, CopyGap, GivebackConfig, GivebackEvent,
+    GivebackStatus,
 };
 use super::detector::{ObservedRead, PartnerView};
-use super::mailbox::{LogMark, MailboxRecord, MailboxWrite};
+use super::mailbox::{MailboxRecord, MailboxWrite};
 use super::reservation::DiskSet;
 use super::state::{
     NodeState, PartnerRead, StateBlock, FLAG_AUTO_GIVEBACK, FLAG_INTERCONNECT_ALERT,
@@ -154,10 +155,10 @@ pub struct GivebackMachine {
     partner_failed: bool,
     /// The operator forced the takeover in progress past an outdated copy (F5.7).
     takeover_forced: bool,
-    /// The outdated mark an automatic takeover was refused for.
-    takeover_refused: Option<LogMark>,
-    /// What the last forced takeover lost.
-    forced_loss: Option<LogMark>,
+    /// The gap of the copy an automatic takeover was refused for.
+    takeover_refused: Option<CopyGap>,
+    /// What the last forced takeover went past.
+    forced_loss: Option<CopyGap>,
     takeovers: u32,
     givebacks: u32,
     last_detection: Option<Duration>,
@@ -591,7 +592,7 @@ impl GivebackMachine {
             kills_sent: self.kills_sent,
             io_failures: self.io_failures,
             last_error: self.last_error.clone(),
-            partner_copy_outdated: self.partner_copy_outdated(),
+            partner_copy_gap: self.partner_copy_gap(),
             takeover_refused: self.takeover_refused.is_some(),
             forced_loss: self.forced_loss,
         }
@@ -663,6 +664,7 @@ impl GivebackMachine {
             partner_incarnation: self.view.partner_incarnation().unwrap_or(0),
             replayed_partner_log: None,
             partner_copy_outdated: None,
+            partner_copy_complete_for: None,
         }
     }
 

@@ -41,6 +41,9 @@ use std::time::{Duration, Instant};
 /// Longest the recovery waits for a first connection before it applies records with the
 /// partner's mirror not following (the partner may be down too).
 const FIRST_LINK_WAIT: Duration = Duration::from_secs(3);
+/// How long the own recovery waits for a mailbox write to void the confirmation of the
+/// partner's copy (the giveback driver writes its record every interval, during hooks too).
+const UNCONFIRM_WAIT: Duration = Duration::from_secs(30);
 
 /// Where the recovery of the own log is.
 pub(super) enum RecoveryState {
@@ -311,6 +314,7 @@ impl ShadowMirror {
         if records.is_empty() {
             return Ok(0);
         }
+        self.unconfirm_partner_copy()?;
         let follow = self.wait_connected(FIRST_LINK_WAIT.min(shared.cfg.partner_timeout));
         if !follow {
             tracing::warn!(client = %shared.cfg.name, generation, records = records.len(), "shadow log recovery: no connection to the partner; applying with its mirror not following");
@@ -356,6 +360,31 @@ impl ShadowMirror {
             }
         }
         Ok(applied)
+    }
+
+    /// F5.7: before this node applies records of its own log, the mailbox stops naming the
+    /// partner's copy complete: a takeover replaying it would apply them a second time (the
+    /// checkpoint behind each applied record reaches the copy only after it is applied, and
+    /// not at all without a connection). Waits until a mailbox write carried that, at most
+    /// [`UNCONFIRM_WAIT`]; past it, nothing is applied.
+    fn unconfirm_partner_copy(&self) -> Result<(), MirrorError> {
+        let shared = &*self.shared;
+        let Some(mark) = shared.copy_mark.get() else {
+            return Ok(());
+        };
+        mark.unconfirm();
+        let t0 = Instant::now();
+        let mut st = shared.inner.lock();
+        while !mark.is_unconfirmed_durably() {
+            if t0.elapsed() >= UNCONFIRM_WAIT || shared.stop.load(Ordering::Relaxed) {
+                return Err(MirrorError::NotInMailbox {
+                    name: shared.cfg.name.clone(),
+                    waited: t0.elapsed(),
+                });
+            }
+            shared.changed.wait_for(&mut st, Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// Waits (at most the link timeout) until no write of the installed log is in flight, so
