@@ -86,6 +86,7 @@ fn mailbox_copies_are_owner_only() {
         replayed_partner_log: None,
         partner_copy_outdated: None,
         partner_copy_complete_for: None,
+        writeback_copy_outdated: false,
     })
     .unwrap();
     assert_owner_only(&d, 2);

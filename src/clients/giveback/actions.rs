@@ -297,6 +297,9 @@ pub enum CopyGap {
         /// The first record the copy lacks.
         from: LogMark,
     },
+    /// Write-back writes of the partner completed without this node's mirror (`MirrorLost`)
+    /// since its last resync: its dirty blocks here lack them.
+    WriteBackOutdated,
     /// No full send of the partner's log completed on this node's incarnation (this node
     /// restarted since, or the partner failed during the send after a restart of either):
     /// the copy may be partial, by an unknown number of records.
@@ -309,13 +312,17 @@ pub enum CopyGap {
 impl std::fmt::Display for CopyGap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CopyGap::Outdated { from } => write!(f, "outdated from {from}"),
-            CopyGap::Unconfirmed { complete_for: 0 } => {
-                write!(f, "not confirmed complete on any incarnation of this node")
+            CopyGap::Outdated { from } => write!(f, "shadow log copy outdated from {from}"),
+            CopyGap::WriteBackOutdated => {
+                write!(f, "write-back mirror outdated (writes completed without it)")
             }
+            CopyGap::Unconfirmed { complete_for: 0 } => write!(
+                f,
+                "shadow log copy not confirmed complete on any incarnation of this node"
+            ),
             CopyGap::Unconfirmed { complete_for } => write!(
                 f,
-                "confirmed complete only on an earlier incarnation of this node ({complete_for:#x})"
+                "shadow log copy confirmed complete only on an earlier incarnation of this node ({complete_for:#x})"
             ),
         }
     }

@@ -21,6 +21,9 @@ pub struct CopyStamp {
     /// The node runs a shadow log (Some) and the partner incarnation its copy is complete
     /// for (0: none yet); None: no shadow log.
     pub complete_for: Option<u64>,
+    /// The partner's mirror of this node's write-back blocks is outdated: writes completed
+    /// `MirrorLost` (in this node's NVRAM only) since its last resync.
+    pub writeback_outdated: bool,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +130,32 @@ impl PartnerCopyMark {
             .is_some_and(|w| w.complete_for.is_none_or(|c| c == 0))
     }
 
+    /// Write-back (F5.3): the partner's mirror of this node's dirty blocks lacks writes
+    /// completed without it from now on, until a resync completed
+    /// ([`writeback_synced`](Self::writeback_synced)).
+    pub fn mark_writeback(&self) {
+        let mut s = self.state.lock();
+        if !s.wanted.writeback_outdated {
+            tracing::warn!("marking the partner's write-back mirror of this node outdated");
+            s.wanted.writeback_outdated = true;
+        }
+    }
+
+    /// Write-back: a resync completed on the partner; its mirror holds every dirty block.
+    pub fn writeback_synced(&self) {
+        let mut s = self.state.lock();
+        if s.wanted.writeback_outdated {
+            tracing::info!("the partner's write-back mirror of this node is in sync again");
+            s.wanted.writeback_outdated = false;
+        }
+    }
+
+    /// Whether the mailbox holds the write-back mark last asked for.
+    pub fn is_writeback_durable(&self) -> bool {
+        let s = self.state.lock();
+        s.written.map(|w| w.writeback_outdated) == Some(s.wanted.writeback_outdated)
+    }
+
     /// Whether the outdated mark is set (asked for, durable or not).
     pub fn is_marked(&self) -> bool {
         self.marked.load(Ordering::Acquire)
@@ -189,13 +218,23 @@ mod tests {
             m.stamp(),
             CopyStamp {
                 outdated: None,
-                complete_for: Some(77)
+                complete_for: Some(77),
+                writeback_outdated: false,
             }
         );
+        // The write-back half is a mark of its own.
+        m.mark_writeback();
+        assert!(!m.is_writeback_durable() && m.is_durable());
+        m.written(m.stamp());
+        assert!(m.is_writeback_durable() && m.stamp().writeback_outdated);
+        m.writeback_synced();
+        assert!(!m.is_writeback_durable());
+        m.written(m.stamp());
         // A restart inherits what its last record carried.
         let r = PartnerCopyMark::new(CopyStamp {
             outdated: Some(at(5)),
             complete_for: Some(77),
+            writeback_outdated: false,
         });
         assert!(r.is_marked() && r.is_durable() && r.is_attached_durably());
         assert!(r.is_confirmed_for(77) && !r.is_unconfirmed_durably());

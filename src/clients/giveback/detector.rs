@@ -199,6 +199,7 @@ mod tests {
             replayed_partner_log: None,
             partner_copy_outdated: None,
             partner_copy_complete_for: None,
+            writeback_copy_outdated: false,
         })
     }
 

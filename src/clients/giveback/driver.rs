@@ -86,6 +86,7 @@ impl Mailbox for StampingMailbox {
             replayed_partner_log: self.replayed,
             partner_copy_outdated: stamp.outdated,
             partner_copy_complete_for: stamp.complete_for,
+            writeback_copy_outdated: stamp.writeback_outdated,
             ..*rec
         };
         let w = self.inner.write_own(&rec)?;
@@ -211,6 +212,7 @@ impl GivebackNode {
             Ok(own) => own.map_or(CopyStamp::default(), |r| CopyStamp {
                 outdated: r.partner_copy_outdated,
                 complete_for: r.partner_copy_complete_for,
+                writeback_outdated: r.writeback_copy_outdated,
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "own mailbox record unreadable at start: an outdated mark it held is not carried over");
@@ -291,6 +293,36 @@ impl GivebackNode {
         let (tx, rx) = unbounded();
         self.shared.lock().events.push(tx);
         rx
+    }
+
+    /// Follows the failure detector for a mirror client (F5.7 item "appends stop waiting"):
+    /// on a thread of its own, calls `declare(why)` whenever this node declares the partner
+    /// failed or starts taking it over, so the client stops waiting for its mirror at once
+    /// instead of after its own partner timeout. `declare` returns false once its client is
+    /// gone; the thread then ends.
+    pub fn on_partner_failed(
+        &self,
+        declare: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<(), GivebackError> {
+        let events = self.subscribe();
+        std::thread::Builder::new()
+            .name("il-giveback-follow".into())
+            .spawn(move || {
+                for ev in events {
+                    let why = match ev {
+                        GivebackEvent::PartnerFailed { silent_for } => format!(
+                            "the giveback client declared the partner failed (silent for {silent_for:?})"
+                        ),
+                        GivebackEvent::TakeoverStarted { .. } => "taking the partner over".into(),
+                        _ => continue,
+                    };
+                    if !declare(&why) {
+                        return;
+                    }
+                }
+            })
+            .map(|_| ())
+            .map_err(|source| GivebackError::Spawn { source })
     }
 
     /// The messenger kill messages travel on.
@@ -733,6 +765,10 @@ pub struct GivebackReport {
     /// of this node's log (Some(0): none yet; None: no shadow log attached).
     #[serde(default)]
     pub own_copy_complete_for: Option<u64>,
+    /// This node's mailbox record says the partner's write-back mirror of this node is
+    /// outdated (until a resync completes).
+    #[serde(default)]
+    pub own_writeback_outdated: bool,
     /// Driver counters.
     pub driver: DriverCounters,
 }
@@ -793,6 +829,7 @@ impl GivebackNode {
             forced_loss: status.forced_loss,
             own_copy_outdated: self.copy_mark.get(),
             own_copy_complete_for: self.copy_mark.stamp().complete_for,
+            own_writeback_outdated: self.copy_mark.stamp().writeback_outdated,
             driver,
         }
     }
@@ -884,7 +921,7 @@ pub fn render_report(r: &GivebackReport) -> String {
     ));
     if let Some(g) = &r.partner_copy_gap {
         out.push_str(&format!(
-            "  ALERT: this node's copy of the partner's log is {g}{}\n",
+            "  ALERT: this node's copy of the partner's data may lack acknowledged writes: {g}{}\n",
             if r.takeover_refused {
                 ": automatic takeover refused (interlink takeover --force accepts the loss)"
             } else {
@@ -896,6 +933,11 @@ pub fn render_report(r: &GivebackReport) -> String {
         out.push_str(&format!(
             "  the partner's copy of this node's log is outdated from {m} (until a resync completes)\n"
         ));
+    }
+    if r.own_writeback_outdated {
+        out.push_str(
+            "  the partner's write-back mirror of this node is outdated (until a resync completes)\n",
+        );
     }
     if let Some(g) = &r.forced_loss {
         out.push_str(&format!(

@@ -665,6 +665,7 @@ impl GivebackMachine {
             replayed_partner_log: None,
             partner_copy_outdated: None,
             partner_copy_complete_for: None,
+            writeback_copy_outdated: false,
         }
     }
 

@@ -21,6 +21,9 @@ impl GivebackMachine {
         if let Some(from) = r.partner_copy_outdated {
             return Some(CopyGap::Outdated { from });
         }
+        if r.writeback_copy_outdated {
+            return Some(CopyGap::WriteBackOutdated);
+        }
         match r.partner_copy_complete_for {
             Some(c) if c != self.incarnation => Some(CopyGap::Unconfirmed { complete_for: c }),
             _ => None,
@@ -107,6 +110,10 @@ impl GivebackMachine {
                  acknowledged without this node's copy and are lost to this takeover (they are \
                  in the partner's NVRAM only)"
             ),
+            Some(CopyGap::WriteBackOutdated) => "forced past an outdated write-back mirror: the \
+                 partner's writes completed without this node's mirror are lost to this takeover \
+                 (they are in the partner's NVRAM only)"
+                .into(),
             Some(g @ CopyGap::Unconfirmed { .. }) => format!(
                 "forced past an unconfirmed copy ({g}): records the partner acknowledged \
                  after the last one this copy holds are lost to this takeover (they are in the \

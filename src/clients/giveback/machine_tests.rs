@@ -137,6 +137,7 @@ fn partner_rec(heartbeat: u64, taken_over: bool) -> Option<MailboxRecord> {
         replayed_partner_log: None,
         partner_copy_outdated: None,
         partner_copy_complete_for: None,
+        writeback_copy_outdated: false,
     })
 }
 
@@ -529,10 +530,20 @@ fn giveback_machine_refuses_to_take_over_from_an_outdated_copy_unless_forced() {
 /// Runs a pair whose partner dies with `complete_for` in its record (this node is
 /// incarnation 1); returns whether this node reserved the partner's disks, and its events.
 fn takeover_with_confirmation(complete_for: Option<u64>) -> (bool, Vec<GivebackEvent>) {
+    takeover_from(complete_for, false)
+}
+
+/// [`takeover_with_confirmation`], the partner's record also saying whether its write-back
+/// mirror here is outdated.
+fn takeover_from(
+    complete_for: Option<u64>,
+    writeback_outdated: bool,
+) -> (bool, Vec<GivebackEvent>) {
     let t0 = Instant::now();
     let mut w = World::new();
     w.partner_record = partner_rec(1, false).map(|r| MailboxRecord {
         partner_copy_complete_for: complete_for,
+        writeback_copy_outdated: writeback_outdated,
         ..r
     });
     let mut m = GivebackMachine::new(cfg(), 1, t0);
@@ -663,4 +674,16 @@ fn giveback_machine_abandons_a_takeover_when_the_partner_shows_life_right_after_
     );
     assert_eq!(m.state(), NodeState::Up);
     assert!(!m.status().takeover_in_progress);
+}
+
+#[test]
+fn giveback_machine_refuses_to_take_over_an_outdated_write_back_mirror() {
+    let (reserved, events) = takeover_from(Some(1), true);
+    assert!(!reserved, "an outdated write-back mirror was taken over");
+    assert!(
+        events.contains(&GivebackEvent::TakeoverRefused {
+            gap: CopyGap::WriteBackOutdated
+        }),
+        "{events:?}"
+    );
 }

@@ -13,7 +13,7 @@
 //! | 4 | 2 | layout version (2) |
 //! | 6 | 2 | writer's state ([`NodeState`] word) |
 //! | 8 | 4 | writer's node id |
-//! | 12 | 2 | flags: bit 0 TAKEN_OVER (the writer serves its partner's disks), bit 1 TAKEOVER_PENDING (the writer is killing its partner to take over), bit 2 SHADOW_LOG (the writer runs a shadow log mirrored to the partner: bytes 72..80 say for which partner incarnation that copy is complete); other bits zero |
+//! | 12 | 2 | flags: bit 0 TAKEN_OVER (the writer serves its partner's disks), bit 1 TAKEOVER_PENDING (the writer is killing its partner to take over), bit 2 SHADOW_LOG (the writer runs a shadow log mirrored to the partner: bytes 72..80 say for which partner incarnation that copy is complete), bit 3 WRITEBACK_OUTDATED (the partner's mirror of the writer's write-back blocks lacks writes completed without it); other bits zero |
 //! | 14 | 2 | reserved, zero |
 //! | 16 | 8 | writer's incarnation |
 //! | 24 | 8 | heartbeat: incremented by every write of this incarnation |
@@ -67,7 +67,8 @@ const LAYOUT_VERSION_1: u16 = 1;
 const FLAG_TAKEN_OVER: u16 = 1 << 0;
 const FLAG_TAKEOVER_PENDING: u16 = 1 << 1;
 const FLAG_SHADOW_LOG: u16 = 1 << 2;
-const FLAGS_KNOWN: u16 = 0x7;
+const FLAG_WRITEBACK_OUTDATED: u16 = 1 << 3;
+const FLAGS_KNOWN: u16 = 0xf;
 
 /// One node's mailbox record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +97,9 @@ pub struct MailboxRecord {
     /// The writer runs a shadow log mirrored to its partner (Some), and the partner
     /// incarnation whose copy a full send completed on (0: none yet); None: no shadow log.
     pub partner_copy_complete_for: Option<u64>,
+    /// The partner's mirror of the writer's write-back blocks is outdated (writes completed
+    /// `MirrorLost` since its last resync).
+    pub writeback_copy_outdated: bool,
 }
 
 /// A position in a node's shadow log: generation and sequence number (the `LogPosition` of
@@ -140,6 +144,9 @@ impl MailboxRecord {
         }
         if self.takeover_pending {
             flags |= FLAG_TAKEOVER_PENDING;
+        }
+        if self.writeback_copy_outdated {
+            flags |= FLAG_WRITEBACK_OUTDATED;
         }
         if let Some(inc) = self.partner_copy_complete_for {
             flags |= FLAG_SHADOW_LOG;
@@ -252,6 +259,7 @@ impl MailboxRecord {
             replayed_partner_log: mark(40),
             partner_copy_outdated: mark(56),
             partner_copy_complete_for: (flags & FLAG_SHADOW_LOG != 0).then(|| be64(72)),
+            writeback_copy_outdated: flags & FLAG_WRITEBACK_OUTDATED != 0,
         })
     }
 }
@@ -470,6 +478,7 @@ mod tests {
             replayed_partner_log: None,
             partner_copy_outdated: None,
             partner_copy_complete_for: None,
+            writeback_copy_outdated: false,
         }
     }
 
@@ -599,6 +608,7 @@ mod tests {
                 seq: 12,
             }),
             partner_copy_complete_for: Some(0x1122_3344_5566_7788),
+            writeback_copy_outdated: true,
             ..rec(2, 7, 1234)
         };
         assert_eq!(MailboxRecord::decode(&r.encode()).unwrap(), r);
