@@ -498,9 +498,10 @@ impl MirroredWriteBack {
         let mut c = shared.core.lock();
         loop {
             if let Some(&status) = c.done.get(&ticket.request) {
-                // F5.7: a write completed without the partner's mirror is acknowledged only
+                // F5.7: a write completed without the partner's mirror (the partner failed,
+                // or the mirror refused it: it is re-mirrored by a resync) is acknowledged only
                 // once the mailbox marks that mirror outdated (no automatic takeover from it).
-                let marked = status != CompletionStatus::MirrorLost
+                let marked = status == CompletionStatus::Mirrored
                     || shared.copy_mark.get().is_none_or(|m| {
                         m.mark_writeback();
                         m.is_writeback_durable()
@@ -584,7 +585,7 @@ impl MirroredWriteBack {
 
     /// Gives the write-back the sync state of the partner's mirror of this node (F5.7; from
     /// [`GivebackNode::partner_copy_mark`](crate::clients::giveback::GivebackNode::partner_copy_mark)):
-    /// from then on a write completed `MirrorLost` is returned only once a mailbox write
+    /// from then on a write completed `MirrorLost` or `MirrorRejected` is returned only once a mailbox write
     /// marked the partner's mirror outdated (a survivor then refuses an automatic takeover),
     /// and the mark is cleared once a resync completed ([`WriteBackStats::in_sync`]). Only
     /// the first call counts.
