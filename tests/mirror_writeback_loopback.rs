@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(120);
 const BS: usize = 512;
 
 fn geometry() -> AtomicGeometry {
@@ -369,7 +369,12 @@ fn data_path_changes_mid_stream_lose_nothing() {
     for round in 0..6 {
         std::thread::sleep(Duration::from_millis(150));
         let who = if round % 2 == 0 { &a } else { &b };
+        let before = who.stats().connections;
         who.reset_data_path("test: path change");
+        // Each reset is a path change of its own: the next one waits for the new path.
+        wait_stats(who, "the new data path", |s| {
+            s.connections > before && s.connected
+        });
     }
     std::thread::sleep(Duration::from_millis(150));
     stop.store(true, Ordering::Relaxed);
