@@ -87,8 +87,13 @@ fn mailbox(b: &[u8]) {
                 let again = MailboxRecord::decode(&e).expect("a re-encoded layout 1 record");
                 assert_eq!(again, r);
                 assert_eq!(
-                    (r.replayed_partner_log, r.partner_copy_outdated),
-                    (None, None)
+                    (
+                        r.replayed_partner_log,
+                        r.partner_copy_outdated,
+                        r.partner_copy_complete_for,
+                        r.writeback_copy_outdated
+                    ),
+                    (None, None, None, false)
                 );
             } else {
                 assert_eq!(&e[..], &b[..e.len()]);
@@ -130,6 +135,8 @@ pub fn seeds() -> Vec<Vec<u8>> {
         partner_incarnation: 1002,
         replayed_partner_log: None,
         partner_copy_outdated: None,
+        partner_copy_complete_for: None,
+        writeback_copy_outdated: false,
     };
     out.push(tagged(2, &rec.encode()));
     out.push(tagged(3, &rec.encode()));
@@ -142,6 +149,8 @@ pub fn seeds() -> Vec<Vec<u8>> {
             generation: 9,
             seq: 3,
         }),
+        partner_copy_complete_for: Some(1002),
+        writeback_copy_outdated: true,
         ..rec
     };
     out.push(tagged(2, &marked.encode()));
