@@ -85,6 +85,7 @@ fn mailbox_copies_are_owner_only() {
         partner_incarnation: 0,
         replayed_partner_log: None,
         partner_copy_outdated: None,
+        own_log_generation: 0,
     })
     .unwrap();
     assert_owner_only(&d, 2);

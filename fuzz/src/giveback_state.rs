@@ -130,6 +130,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         partner_incarnation: 1002,
         replayed_partner_log: None,
         partner_copy_outdated: None,
+        own_log_generation: 0,
     };
     out.push(tagged(2, &rec.encode()));
     out.push(tagged(3, &rec.encode()));

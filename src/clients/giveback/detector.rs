@@ -198,6 +198,7 @@ mod tests {
             partner_incarnation: 0,
             replayed_partner_log: None,
             partner_copy_outdated: None,
+            own_log_generation: 0,
         })
     }
 

@@ -663,6 +663,7 @@ impl GivebackMachine {
             partner_incarnation: self.view.partner_incarnation().unwrap_or(0),
             replayed_partner_log: None,
             partner_copy_outdated: None,
+            own_log_generation: 0,
         }
     }
 

@@ -135,6 +135,7 @@ fn partner_rec(heartbeat: u64, taken_over: bool) -> Option<MailboxRecord> {
         partner_incarnation: 0,
         replayed_partner_log: None,
         partner_copy_outdated: None,
+        own_log_generation: 0,
     })
 }
 

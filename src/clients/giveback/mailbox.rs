@@ -22,7 +22,9 @@
 //! | 48 | 8 | replayed partner log: the last sequence number replayed (or the checkpoint, if none followed it) |
 //! | 56 | 8 | partner copy outdated: generation of the writer's own shadow log whose copy at the partner is outdated (0 = the partner's copy is in sync) |
 //! | 64 | 8 | partner copy outdated: the first sequence number acknowledged without the partner's copy |
-//! | 72 | 20 | reserved, zero |
+//! | 72 | 8 | reserved, zero |
+//! | 80 | 8 | own log generation: the newest generation of the writer's own shadow log that may hold an acknowledged record (0 = the writer never acknowledged one) |
+//! | 88 | 4 | reserved, zero |
 //! | 92 | 4 | CRC32C of bytes 0..92 |
 //!
 //! All integers big-endian. A write that tears (half a record written) fails the checksum
@@ -35,7 +37,10 @@
 //! log's records were already applied by a takeover (F5.6). The outdated mark is written
 //! before the writer acknowledges its first record without the partner's copy, and kept
 //! (across the writer's restarts too) until a resync completed (F5.7): a survivor refuses an
-//! automatic takeover while its partner's record carries it.
+//! automatic takeover while its partner's record carries it. The own log generation is
+//! written before the writer acknowledges the first record of a new generation, and kept
+//! across restarts: a node whose NVRAM is lost or corrupt learns from it that a log existed
+//! and fetches it from the partner's copy instead of starting fresh (F5.6).
 
 use super::error::{FormatError, GivebackError};
 use super::state::NodeState;
@@ -87,6 +92,9 @@ pub struct MailboxRecord {
     /// The partner's copy of the writer's shadow log is outdated from this position on
     /// (records from it were acknowledged without it); None: in sync.
     pub partner_copy_outdated: Option<LogMark>,
+    /// The newest generation of the writer's own shadow log that may hold an acknowledged
+    /// record (0: it never acknowledged one; a version 1 record reads as 0).
+    pub own_log_generation: u64,
 }
 
 /// A position in a node's shadow log: generation and sequence number (the `LogPosition` of
@@ -145,6 +153,7 @@ impl MailboxRecord {
                 b[at + 8..at + 16].copy_from_slice(&m.seq.to_be_bytes());
             }
         }
+        b[80..88].copy_from_slice(&self.own_log_generation.to_be_bytes());
         let crc = crc32c::crc32c(&b[0..92]);
         b[92..96].copy_from_slice(&crc.to_be_bytes());
         b
@@ -189,13 +198,14 @@ impl MailboxRecord {
         if version != LAYOUT_VERSION && version != LAYOUT_VERSION_1 {
             return Err(FormatError::Version(version));
         }
-        let reserved = if v1 { 40..60 } else { 72..92 };
+        let reserved = if v1 { 40..60 } else { 72..80 };
         let state = NodeState::from_u16(be16(6))?;
         let flags = be16(12);
         if flags & !FLAGS_KNOWN != 0 {
             return Err(FormatError::Flags(u32::from(flags & !FLAGS_KNOWN)));
         }
-        for offset in (14..16).chain(reserved) {
+        let tail = if v1 { 0..0 } else { 88..92 };
+        for offset in (14..16).chain(reserved).chain(tail) {
             if b[offset] != 0 {
                 return Err(FormatError::Reserved {
                     offset,
@@ -230,6 +240,7 @@ impl MailboxRecord {
             partner_incarnation: be64(32),
             replayed_partner_log: mark(40),
             partner_copy_outdated: mark(56),
+            own_log_generation: if v1 { 0 } else { be64(80) },
         })
     }
 }
@@ -447,6 +458,7 @@ mod tests {
             partner_incarnation: 41,
             replayed_partner_log: None,
             partner_copy_outdated: None,
+            own_log_generation: 0,
         }
     }
 
@@ -529,15 +541,14 @@ mod tests {
             format_error(MailboxRecord::decode(&reseal(t))),
             FormatError::Flags(0x80)
         );
-        let mut t = b;
-        t[80] = 1;
-        assert_eq!(
-            format_error(MailboxRecord::decode(&reseal(t))),
-            FormatError::Reserved {
-                offset: 80,
-                value: 1
-            }
-        );
+        for offset in [72, 79, 88, 91] {
+            let mut t = b;
+            t[offset] = 1;
+            assert_eq!(
+                format_error(MailboxRecord::decode(&reseal(t))),
+                FormatError::Reserved { offset, value: 1 }
+            );
+        }
         // A sequence number without a generation is refused (the fuzzer found it re-encoding
         // differently).
         let mut t = b;
@@ -575,9 +586,12 @@ mod tests {
                 generation: 1_765_000_000_000_000_009,
                 seq: 12,
             }),
+            own_log_generation: 1_765_000_000_000_000_011,
             ..rec(2, 7, 1234)
         };
-        assert_eq!(MailboxRecord::decode(&r.encode()).unwrap(), r);
+        let b = r.encode();
+        assert_eq!(b[80..88], 1_765_000_000_000_000_011u64.to_be_bytes());
+        assert_eq!(MailboxRecord::decode(&b).unwrap(), r);
         // A version 1 record (as an older release wrote it) reads as having replayed
         // nothing, with the partner's copy in sync.
         let plain = rec(2, 7, 1234);

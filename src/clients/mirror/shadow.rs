@@ -79,6 +79,7 @@
 
 mod cursor;
 mod driver;
+mod fetch;
 mod recovery;
 mod writer;
 
@@ -121,6 +122,10 @@ pub const FLUSH_LANDING: &str = "shadow-landing";
 pub const FLUSH_LEN: usize = 8;
 /// The rights of [`FLUSH_REGION`]: the partner may READ it and nothing else.
 pub const FLUSH_REGION_ACCESS: Access = Access::REMOTE_READ;
+/// The rights of [`MIRROR_REGION`]: the partner WRITEs its log into it, and READs it back
+/// when its own NVRAM lost the log (F5.6). The region holds that partner's log and nothing
+/// else.
+pub const SHADOW_MIRROR_ACCESS: Access = Access::REMOTE_WRITE.union(Access::REMOTE_READ);
 
 /// When a mirror write counts as done (F5.8).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,11 +171,19 @@ pub struct ShadowConfig {
     /// When a mirror write counts as done (both nodes must use the same).
     #[serde(default)]
     pub durability: Durability,
+    /// Longest the recovery waits for a connection that reads the partner's copy of this
+    /// node's log, when the local NVRAM lost it (F5.6; [`MirrorError::FetchNoPartner`]).
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: Duration,
+}
+
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl ShadowConfig {
     /// Defaults: client `"shadow"`, class high, a 30 s link timeout, a 5 s partner timeout,
-    /// 128 writes in flight, 1 ms of spinning.
+    /// 128 writes in flight, 1 ms of spinning, a 30 s fetch timeout.
     pub fn new() -> ShadowConfig {
         ShadowConfig {
             name: CLIENT_NAME.into(),
@@ -181,6 +194,7 @@ impl ShadowConfig {
             send_depth: 128,
             spin: Duration::from_millis(1),
             durability: Durability::Read,
+            fetch_timeout: default_fetch_timeout(),
         }
     }
 }
@@ -352,8 +366,8 @@ impl ShadowMirror {
         let cursor = CursorStore::open(cursor)?;
         let depth = cfg.send_depth.max(4);
         let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
-            .region(MIRROR_REGION, log_len, super::MIRROR_REGION_ACCESS)
-            .region(TX_REGION, log_len, Access::NONE);
+            .region(MIRROR_REGION, log_len, SHADOW_MIRROR_ACCESS)
+            .region(TX_REGION, log_len, Access::LOCAL_WRITE);
         if cfg.durability == Durability::Read {
             spec = spec.region(FLUSH_REGION, 64, FLUSH_REGION_ACCESS).region(
                 FLUSH_LANDING,
@@ -401,6 +415,7 @@ impl ShadowMirror {
             cursor: Mutex::new(cursor),
             recovering: Mutex::new(()),
             copy_mark: std::sync::OnceLock::new(),
+            own_log: std::sync::OnceLock::new(),
             sleepers: AtomicUsize::new(0),
             kick: crossbeam_channel::bounded(1),
         });
@@ -509,7 +524,9 @@ impl ShadowMirror {
         loop {
             shared.pump(&mut st);
             let recovered = st.recovery.is_recovered();
-            let usable = recovered && (st.absent || st.link_up());
+            // F5.6: nothing of a new generation before the mailbox records it.
+            let recorded = shared.own_log.get().is_none_or(|m| m.is_durable());
+            let usable = recovered && recorded && (st.absent || st.link_up());
             let mut full = None;
             if usable {
                 let log = st.log()?;
@@ -539,6 +556,13 @@ impl ShadowMirror {
                 if !recovered {
                     return Err(MirrorError::NotRecovered {
                         name: shared.cfg.name.clone(),
+                        waited,
+                    });
+                }
+                if !recorded {
+                    return Err(MirrorError::OwnLogUnrecorded {
+                        name: shared.cfg.name.clone(),
+                        generation: self.generation(),
                         waited,
                     });
                 }
@@ -622,7 +646,15 @@ impl ShadowMirror {
     /// from then on nothing is acknowledged unmirrored before the mark is durable in the
     /// mailbox, and the mark is cleared once a resync completed. Only the first call counts.
     pub fn set_partner_copy_mark(&self, mark: Arc<crate::clients::giveback::PartnerCopyMark>) {
-        if self.shared.copy_mark.set(mark).is_err() {
+        if let Err(mark) = self.shared.copy_mark.set(mark) {
+            if self
+                .shared
+                .copy_mark
+                .get()
+                .is_some_and(|m| Arc::ptr_eq(m, &mark))
+            {
+                return;
+            }
             tracing::warn!(client = %self.name(), "a partner copy mark was given already");
         }
         let _ = self.shared.kick.0.try_send(());
