@@ -118,6 +118,12 @@ pub const TX_REGION: &str = "shadow-tx";
 pub const FLUSH_REGION: &str = "shadow-flush";
 /// Purpose of the local region those READs land in.
 pub const FLUSH_LANDING: &str = "shadow-landing";
+/// Purpose of the local region the READs fetching this node's own log from the partner's
+/// copy land in, a chunk at a time (F5.6).
+pub const FETCH_LANDING: &str = "shadow-fetch";
+/// Bytes one fetch READ moves at most (the size of [`FETCH_LANDING`], or the log's if
+/// smaller).
+pub const FETCH_CHUNK: usize = 256 * 1024;
 /// Bytes a durability READ reads.
 pub const FLUSH_LEN: usize = 8;
 /// The rights of [`FLUSH_REGION`]: the partner may READ it and nothing else.
@@ -367,7 +373,8 @@ impl ShadowMirror {
         let depth = cfg.send_depth.max(4);
         let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
             .region(MIRROR_REGION, log_len, SHADOW_MIRROR_ACCESS)
-            .region(TX_REGION, log_len, Access::LOCAL_WRITE);
+            .region(TX_REGION, log_len, Access::NONE)
+            .region(FETCH_LANDING, log_len.min(FETCH_CHUNK), Access::LOCAL_WRITE);
         if cfg.durability == Durability::Read {
             spec = spec.region(FLUSH_REGION, 64, FLUSH_REGION_ACCESS).region(
                 FLUSH_LANDING,

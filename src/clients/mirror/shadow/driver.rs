@@ -5,8 +5,8 @@
 
 use super::recovery::RecoveryState;
 use super::{
-    Durability, Nvram, ShadowConfig, FLUSH_LANDING, FLUSH_LEN, FLUSH_REGION, MIRROR_REGION,
-    TX_REGION,
+    Durability, Nvram, ShadowConfig, FETCH_LANDING, FLUSH_LANDING, FLUSH_LEN, FLUSH_REGION,
+    MIRROR_REGION, TX_REGION,
 };
 use crate::clients::giveback::{LogMark, OwnLogMark, PartnerCopyMark};
 use crate::clients::mirror::error::MirrorError;
@@ -60,7 +60,10 @@ pub(super) struct Link {
     /// Durability READs in flight: (work request id, the last mirror write posted before it).
     pub(super) flushes: VecDeque<(u64, u64)>,
     pub(super) next_flush: u64,
-    /// Fetch READs of this connection completed successfully (F5.6, see `fetch.rs`).
+    /// Where the READs fetching the own log from the partner's copy land (F5.6, see
+    /// `fetch.rs`).
+    pub(super) fetch_landing: MemoryRegion,
+    /// Fetch READs of this connection completed successfully.
     pub(super) fetched: u64,
     pub(super) outstanding: usize,
     pub(super) broken: bool,
@@ -579,6 +582,7 @@ impl Shared {
         let qp = conn.qp(0).ok_or("no queue pair 0")?.clone();
         let region = |p: &str| conn.region(p).cloned().ok_or(format!("no region {p}"));
         let tx = region(TX_REGION)?;
+        let fetch_landing = region(FETCH_LANDING)?;
         let mirror = region(MIRROR_REGION)?;
         st.mirror = Some(mirror);
         let partner = conn
@@ -620,6 +624,7 @@ impl Shared {
             l.partner = partner;
             l.tx = tx;
             l.flush = flush;
+            l.fetch_landing = fetch_landing;
             return Ok(());
         }
         st.link = Some(Link {
@@ -632,6 +637,7 @@ impl Shared {
             flush,
             flushes: VecDeque::with_capacity(self.cfg.send_depth.max(4) as usize),
             next_flush: 1,
+            fetch_landing,
             fetched: 0,
             outstanding: 0,
             broken: false,

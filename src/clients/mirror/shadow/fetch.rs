@@ -1,8 +1,8 @@
 //! Fetching this node's own log from the partner's copy (F5.6, lost or corrupt NVRAM): RDMA
 //! READs of the partner's `shadow-mirror` region (which holds this node's log and nothing
-//! else; its rights let the partner READ it for this) into the local `shadow-tx` staging
-//! region, which no mirror write uses while the own log is not recovered. The driver only
-//! moves the bytes; whether they do is decided by
+//! else; its rights let the partner READ it for this), one chunk at a time into the local
+//! `shadow-fetch` landing region and from there into the image. The driver only moves the
+//! bytes; whether they do is decided by
 //! [`plan_fetched`](crate::clients::mirror::recovery_plan::plan_fetched).
 
 use super::driver::{Shared, FETCH_TAG};
@@ -10,19 +10,15 @@ use crate::fabric::{SendOp, SendRequest};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Bytes one fetch READ moves at most.
-const FETCH_CHUNK: usize = 1 << 20;
-
 /// A fetch in progress on one connection.
 struct Progress {
     /// The connection's serial (a new connection starts over).
     serial: u64,
-    /// The next offset to READ.
-    next: usize,
-    /// The connection's fetch count when this fetch started.
-    base: u64,
-    /// READs posted.
-    posted: u64,
+    /// Bytes of the image fetched.
+    done: usize,
+    /// The READ in flight: its offset and length, and the connection's fetch count it
+    /// completes at.
+    reading: Option<(usize, usize, u64)>,
 }
 
 impl Shared {
@@ -32,7 +28,7 @@ impl Shared {
     /// connection error seen (`Err(None)`: none).
     pub(super) fn fetch_partner_copy(&self, deadline: Instant) -> Result<Vec<u8>, Option<String>> {
         let len = self.log_len;
-        let depth = self.cfg.send_depth.max(4) as usize;
+        let mut image = vec![0u8; len];
         let mut progress: Option<Progress> = None;
         let mut st = self.inner.lock();
         loop {
@@ -46,38 +42,40 @@ impl Shared {
                     Some(p) if p.serial == l.serial => progress.insert(p),
                     _ => progress.insert(Progress {
                         serial: l.serial,
-                        next: 0,
-                        base: l.fetched,
-                        posted: 0,
+                        done: 0,
+                        reading: None,
                     }),
                 };
-                if p.next >= len && l.fetched - p.base >= p.posted {
-                    let mut image = vec![0u8; len];
-                    match l.tx.read(0, &mut image) {
+                if let Some((off, n, _)) = p.reading.filter(|&(_, _, at)| l.fetched >= at) {
+                    match l.fetch_landing.read(0, &mut image[off..off + n]) {
                         Ok(()) => {
-                            tracing::info!(client = %self.cfg.name, bytes = len, link = %l.id, "own shadow log fetched from the partner's copy");
-                            return Ok(image);
+                            p.done = off + n;
+                            p.reading = None;
                         }
-                        Err(e) => return Err(Some(format!("read the fetched copy: {e}"))),
+                        Err(e) => return Err(Some(format!("read the fetch landing region: {e}"))),
                     }
                 }
-                while p.next < len && l.outstanding < depth {
-                    let n = FETCH_CHUNK.min(len - p.next);
-                    let posted = l.tx.slice(p.next, n).and_then(|buf| {
-                        let id = FETCH_TAG | (p.next / FETCH_CHUNK) as u64;
-                        let op = SendOp::Read(l.partner.at(p.next as u64));
+                if p.done >= len {
+                    tracing::info!(client = %self.cfg.name, bytes = len, link = %l.id, "own shadow log fetched from the partner's copy");
+                    return Ok(image);
+                }
+                if p.reading.is_none() {
+                    let n = l.fetch_landing.len().min(len - p.done);
+                    let posted = l.fetch_landing.slice(0, n).and_then(|buf| {
+                        let id = FETCH_TAG | p.done as u64;
+                        let op = SendOp::Read(l.partner.at(p.done as u64));
                         l.qp.post_send(SendRequest::new(id, op, buf))
                     });
-                    if let Err(e) = posted {
-                        failure = Some(format!("post fetch READ at {}: {e}", p.next));
-                        break;
+                    match posted {
+                        Ok(()) => {
+                            if l.outstanding == 0 {
+                                l.progress_at = Instant::now();
+                            }
+                            l.outstanding += 1;
+                            p.reading = Some((p.done, n, l.fetched + 1));
+                        }
+                        Err(e) => failure = Some(format!("post fetch READ at {}: {e}", p.done)),
                     }
-                    if l.outstanding == 0 {
-                        l.progress_at = Instant::now();
-                    }
-                    l.outstanding += 1;
-                    p.posted += 1;
-                    p.next += n;
                 }
             }
             if let Some(why) = failure {

@@ -1,0 +1,438 @@
+//! A node whose own NVRAM is lost or corrupt (F5.6 case c: a replaced controller), on two
+//! in-process managers over loopback (soft provider): the mailbox record says a log of which
+//! generation existed; the node fetches it from the partner's copy by RDMA READ, applies the
+//! records nobody applied exactly once through its sink, and appends on in a new generation.
+//! No valid copy anywhere: it refuses, naming what is missing, and formats nothing. A
+//! genuinely new node (the mailbox says no log ever) starts fresh.
+//!
+//! The mailbox here is an in-memory stand-in for the giveback client's: a thread writes the
+//! own record every couple of milliseconds (stamping the own log generation, as the giveback
+//! driver's `StampingMailbox` does), and a restarted node reads what it last wrote.
+
+mod manager_pair;
+
+use interlink::clients::giveback::{OwnLogContext, OwnLogMark, PartnerCopyMark};
+use interlink::clients::mirror::shadow::{
+    check_payload, cursor_path, file_backings, log_path, writer_payload, CursorStore,
+    RecoveryOutcome,
+};
+use interlink::clients::mirror::{
+    MemoryNvram, MirrorError, ReplayedRecord, ShadowConfig, ShadowMirror, ShadowStats,
+};
+use interlink::fabric::ProviderChoice;
+use interlink::manager::{Manager, NodeConfig};
+use manager_pair::*;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn managers() -> (NodeConfig, NodeConfig, Manager, Manager) {
+    init_logs();
+    let dir = temp_dir("nvram-loss");
+    let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    let ma = Manager::start(a.clone()).expect("start A");
+    let mb = Manager::start(b.clone()).expect("start B");
+    (a, b, ma, mb)
+}
+
+/// A shadow mirror without a mailbox on memory NVRAM, recovered fresh.
+fn plain(m: &Manager, len: usize) -> Arc<ShadowMirror> {
+    let s = ShadowMirror::start(
+        m,
+        ShadowConfig::new(),
+        Box::new(MemoryNvram::new(len)),
+        Box::new(MemoryNvram::new(CursorStore::LEN)),
+    )
+    .expect("start shadow mirror");
+    let r = s.recover(None, |_| Ok(())).expect("recover a fresh log");
+    assert_eq!(r.outcome, RecoveryOutcome::Fresh);
+    Arc::new(s)
+}
+
+/// A shadow mirror on NVRAM files in `dir` (they outlive it), not recovered yet.
+fn on_files(m: &Manager, dir: &Path, len: usize, cfg: ShadowConfig) -> ShadowMirror {
+    let node = m.config().node_id;
+    let (log, cursor) = file_backings(dir, node, len).expect("NVRAM files");
+    ShadowMirror::start(m, cfg, log, cursor).expect("start shadow mirror")
+}
+
+/// The own record's own log generation on the "mailbox disks", and the writer standing for
+/// the giveback driver's periodic mailbox writes of one node's run.
+struct MemMailbox {
+    mark: Arc<OwnLogMark>,
+    copy_mark: Arc<PartnerCopyMark>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MemMailbox {
+    /// A node boots: it reads its own record from `disk`, then writes it periodically.
+    fn boot(disk: &Arc<AtomicU64>) -> MemMailbox {
+        let mark = Arc::new(OwnLogMark::new(disk.load(Ordering::SeqCst)));
+        let copy_mark = Arc::new(PartnerCopyMark::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, c, s, d) = (mark.clone(), copy_mark.clone(), stop.clone(), disk.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let carried = (m.stamp(), c.stamp());
+                d.store(carried.0, Ordering::SeqCst);
+                m.written(carried.0);
+                c.written(carried.1);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        MemMailbox {
+            mark,
+            copy_mark,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn context(&self) -> OwnLogContext {
+        OwnLogContext {
+            partner_replayed: None,
+            own_log: self.mark.clone(),
+            copy_mark: self.copy_mark.clone(),
+        }
+    }
+}
+
+impl Drop for MemMailbox {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("mailbox writer");
+        }
+    }
+}
+
+/// Records handed to a recovery sink.
+fn collect(into: &mut Vec<u64>) -> impl FnMut(ReplayedRecord) -> Result<(), String> + '_ {
+    move |r| {
+        assert_eq!(
+            check_payload(&r.payload),
+            Some(r.seq),
+            "payload of {}",
+            r.seq
+        );
+        into.push(r.seq);
+        Ok(())
+    }
+}
+
+fn wait_stats(s: &ShadowMirror, what: &str, mut pred: impl FnMut(&ShadowStats) -> bool) {
+    let t0 = Instant::now();
+    loop {
+        let st = s.stats();
+        if pred(&st) {
+            return;
+        }
+        assert!(t0.elapsed() < WAIT, "timed out waiting for {what}: {st:#?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// B (on files in `dir`, with the mailbox on `disk`) starts fresh, appends 1..=40 mirrored
+/// with a checkpoint through 15 mirrored, and is killed. Returns its log generation.
+fn run_and_kill_b(mb: Manager, dir: &Path, len: usize, disk: &Arc<AtomicU64>) -> u64 {
+    let mailbox = MemMailbox::boot(disk);
+    let b = on_files(&mb, dir, len, ShadowConfig::new());
+    let r = b
+        .recover_from_mailbox(&mailbox.context(), |_| {
+            panic!("a new node has nothing to apply")
+        })
+        .expect("recover");
+    assert_eq!(
+        (r.outcome, r.fetched_from_partner),
+        (RecoveryOutcome::Fresh, false)
+    );
+    assert!(b.wait_connected(WAIT), "{:#?}", b.stats());
+    for seq in 1..=40 {
+        let a = b.append(&writer_payload(seq, 100)).unwrap();
+        assert!(a.mirrored);
+        if seq == 15 {
+            b.checkpoint(a.position).unwrap();
+        }
+    }
+    wait_stats(&b, "checkpoint 15 mirrored", |s| {
+        s.checkpoint_mirrored >= 15
+    });
+    let generation = b.generation();
+    // The generation was on the mailbox before its first record was acknowledged.
+    assert_eq!(disk.load(Ordering::SeqCst), generation);
+    drop(b);
+    drop(mailbox);
+    mb.shutdown();
+    generation
+}
+
+#[test]
+fn a_node_that_lost_its_nvram_fetches_its_log_from_the_partner_and_applies_it_once() {
+    let (_, bcfg, ma, mb) = managers();
+    let dir = temp_dir("nvram-lost");
+    let len = 64 * 1024;
+    let disk = Arc::new(AtomicU64::new(0));
+    let a = plain(&ma, len);
+    let old = run_and_kill_b(mb, &dir, len, &disk);
+
+    // The controller is replaced: its NVRAM (log and replay cursors) is gone.
+    let node = bcfg.node_id;
+    std::fs::remove_file(log_path(&dir, node)).unwrap();
+    std::fs::remove_file(cursor_path(&dir, node)).unwrap();
+    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mailbox = MemMailbox::boot(&disk);
+    let b = on_files(&mb, &dir, len, ShadowConfig::new());
+    let mut applied = Vec::new();
+    let r = b
+        .recover_from_mailbox(&mailbox.context(), collect(&mut applied))
+        .expect("recover from the partner's copy");
+    assert_eq!(applied, (16..=40).collect::<Vec<_>>());
+    assert_eq!(r.outcome, RecoveryOutcome::ReplayedHere);
+    assert!(r.fetched_from_partner);
+    assert_eq!(
+        (r.previous_generation, r.previous_checkpoint, r.replayed),
+        (Some(old), 15, 25)
+    );
+    assert!(r.generation > old);
+    // Appends go on in the new generation, mirrored; the mailbox records it.
+    assert!(b.wait_connected(WAIT));
+    for seq in 1..=3 {
+        let ap = b.append(&writer_payload(seq, 100)).unwrap();
+        assert!(ap.mirrored);
+        assert_eq!(ap.position.generation, r.generation);
+    }
+    assert_eq!(disk.load(Ordering::SeqCst), r.generation);
+    let rp = a.read_partner().unwrap();
+    assert_eq!(rp.generation, r.generation);
+    assert_eq!(
+        rp.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+}
+
+#[test]
+fn a_corrupt_nvram_is_fetched_and_a_crash_in_the_middle_resumes_without_applying_twice() {
+    let (_, bcfg, ma, mb) = managers();
+    let dir = temp_dir("nvram-corrupt");
+    let len = 64 * 1024;
+    let disk = Arc::new(AtomicU64::new(0));
+    let _a = plain(&ma, len);
+    let old = run_and_kill_b(mb, &dir, len, &disk);
+
+    // Its superblock is corrupt (past the magic): the log exists but cannot be read.
+    let path = log_path(&dir, bcfg.node_id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[12] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mailbox = MemMailbox::boot(&disk);
+    let b = on_files(&mb, &dir, len, ShadowConfig::new());
+    // The sink refuses record 30: everything before it is applied and stays applied.
+    let mut applied = Vec::new();
+    let err = b
+        .recover_from_mailbox(&mailbox.context(), |r| {
+            if r.seq == 30 {
+                return Err("disk full".into());
+            }
+            applied.push(r.seq);
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, MirrorError::RecoverSink { seq: 30, .. }),
+        "{err}"
+    );
+    assert_eq!(applied, (16..30).collect::<Vec<_>>());
+    // B dies again: the fetched copy is in its NVRAM now, and its own-replay cursor says
+    // where the recovery stopped.
+    drop(b);
+    drop(mailbox);
+    mb.shutdown();
+    drop(mb);
+    let mb = Manager::start(bcfg.clone()).expect("restart B again");
+    let mailbox = MemMailbox::boot(&disk);
+    let b = on_files(&mb, &dir, len, ShadowConfig::new());
+    let mut again = Vec::new();
+    let r = b
+        .recover_from_mailbox(&mailbox.context(), collect(&mut again))
+        .expect("recover");
+    assert_eq!(again, (30..=40).collect::<Vec<_>>());
+    assert_eq!(
+        (r.outcome, r.previous_generation, r.resumed_after),
+        (RecoveryOutcome::ReplayedHere, Some(old), Some(29))
+    );
+    assert!(b.wait_connected(WAIT));
+    assert!(b.append(&writer_payload(1, 100)).unwrap().mirrored);
+}
+
+#[test]
+fn no_valid_copy_anywhere_refuses_to_serve_and_formats_nothing() {
+    let (acfg, bcfg, ma, mb) = managers();
+    let dir = temp_dir("nvram-no-copy");
+    let len = 64 * 1024;
+    let disk = Arc::new(AtomicU64::new(0));
+    let a = plain(&ma, len);
+    let old = run_and_kill_b(mb, &dir, len, &disk);
+    // Both nodes restart together: A's copy of B's log went with A's memory.
+    drop(a);
+    ma.shutdown();
+    drop(ma);
+    let path = log_path(&dir, bcfg.node_id);
+    std::fs::write(&path, vec![0u8; len]).unwrap();
+    let ma = Manager::start(acfg.clone()).expect("restart A");
+    let a = plain(&ma, len);
+    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mailbox = MemMailbox::boot(&disk);
+    let b = on_files(&mb, &dir, len, ShadowConfig::new());
+    let err = b
+        .recover_from_mailbox(&mailbox.context(), |r| {
+            panic!("record {} from nowhere", r.seq)
+        })
+        .unwrap_err();
+    match &err {
+        MirrorError::NoValidCopy {
+            generation,
+            local,
+            why,
+        } => {
+            assert_eq!(*generation, old);
+            assert_eq!(local, "is blank");
+            assert!(why.contains("blank"), "{why}");
+        }
+        other => panic!("{other}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("no valid copy") && text.contains(&old.to_string()),
+        "{text}"
+    );
+    // Nothing was formatted, nothing is appended, nothing was written into A's region.
+    let err = b
+        .append_timeout(&writer_payload(1, 100), Duration::from_millis(50))
+        .unwrap_err();
+    assert!(matches!(err, MirrorError::NotRecovered { .. }), "{err}");
+    assert_eq!(b.stats().generation, 0);
+    assert_eq!(
+        disk.load(Ordering::SeqCst),
+        old,
+        "the mailbox still names the lost log"
+    );
+    assert!(a.wait_connected(WAIT));
+    assert_eq!(a.read_partner().unwrap().generation, 0);
+    drop(b);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        vec![0u8; len],
+        "the NVRAM was touched"
+    );
+}
+
+#[test]
+fn a_lost_log_without_the_partner_is_refused_after_the_fetch_deadline() {
+    let (_, bcfg, ma, mb) = managers();
+    let dir = temp_dir("nvram-no-partner");
+    let len = 64 * 1024;
+    let disk = Arc::new(AtomicU64::new(0));
+    let a = plain(&ma, len);
+    let old = run_and_kill_b(mb, &dir, len, &disk);
+    drop(a);
+    ma.shutdown();
+    std::fs::remove_file(log_path(&dir, bcfg.node_id)).unwrap();
+    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mailbox = MemMailbox::boot(&disk);
+    let mut cfg = ShadowConfig::new();
+    cfg.fetch_timeout = Duration::from_millis(300);
+    let b = on_files(&mb, &dir, len, cfg);
+    let err = b
+        .recover_from_mailbox(&mailbox.context(), |_| Ok(()))
+        .unwrap_err();
+    assert!(
+        matches!(err, MirrorError::FetchNoPartner { ref local, .. } if local == "is blank"),
+        "{err}"
+    );
+    assert!(b.recovered().is_none());
+    assert_eq!(disk.load(Ordering::SeqCst), old);
+}
+
+#[test]
+fn a_genuinely_new_node_starts_fresh_without_asking_the_partner() {
+    let (_, _, _ma, mb) = managers();
+    let dir = temp_dir("nvram-new");
+    let len = 64 * 1024;
+    let disk = Arc::new(AtomicU64::new(0));
+    let mailbox = MemMailbox::boot(&disk);
+    // No partner shadow client runs: a fetch would end in FetchNoPartner.
+    let mut cfg = ShadowConfig::new();
+    cfg.fetch_timeout = Duration::from_millis(100);
+    cfg.partner_timeout = Duration::from_millis(200);
+    let b = on_files(&mb, &dir, len, cfg);
+    let r = b
+        .recover_from_mailbox(&mailbox.context(), |_| panic!("nothing to apply"))
+        .expect("fresh");
+    assert_eq!(
+        (r.outcome, r.fetched_from_partner),
+        (RecoveryOutcome::Fresh, false)
+    );
+    // Its first record waits for the mailbox to record the generation, then completes
+    // (unmirrored: no partner).
+    let ap = b
+        .append_timeout(&writer_payload(1, 40), WAIT)
+        .expect("append");
+    assert!(!ap.mirrored);
+    assert_eq!(disk.load(Ordering::SeqCst), r.generation);
+}
+
+#[test]
+fn without_a_mailbox_a_corrupt_log_is_fetched_but_a_blank_one_starts_fresh() {
+    let (_, bcfg, ma, mb) = managers();
+    let dir = temp_dir("nvram-no-mailbox");
+    let len = 64 * 1024;
+    let a = plain(&ma, len);
+    let b = on_files(&mb, &dir, len, ShadowConfig::new());
+    b.recover(None, |_| panic!("nothing to apply"))
+        .expect("fresh");
+    assert!(b.wait_connected(WAIT));
+    for seq in 1..=10 {
+        assert!(b.append(&writer_payload(seq, 80)).unwrap().mirrored);
+    }
+    let old = b.generation();
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    let path = log_path(&dir, bcfg.node_id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[12] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let b = on_files(&mb, &dir, len, ShadowConfig::new());
+    let mut applied = Vec::new();
+    let r = b.recover(None, collect(&mut applied)).expect("fetched");
+    assert_eq!(applied, (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        (r.outcome, r.previous_generation, r.fetched_from_partner),
+        (RecoveryOutcome::ReplayedHere, Some(old), true)
+    );
+    // A blank NVRAM without a mailbox cannot be told from a first start: fresh, as
+    // documented, and the partner's copy of the new generation replaces the old one.
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    std::fs::write(&path, vec![0u8; len]).unwrap();
+    let mb = Manager::start(bcfg.clone()).expect("restart B again");
+    let b = on_files(&mb, &dir, len, ShadowConfig::new());
+    let r = b
+        .recover(None, |_| panic!("nothing to apply"))
+        .expect("fresh");
+    assert_eq!(
+        (r.outcome, r.fetched_from_partner),
+        (RecoveryOutcome::Fresh, false)
+    );
+    assert!(b.wait_connected(WAIT));
+    assert!(b.append(&writer_payload(1, 80)).unwrap().mirrored);
+    assert_eq!(a.read_partner().unwrap().generation, r.generation);
+}
