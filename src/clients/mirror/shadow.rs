@@ -8,10 +8,13 @@
 //! A manager client (`"shadow"` by default, [`BandwidthClass::High`], so placement gives it
 //! a link of its own) with one RC queue pair and two regions of the log's size:
 //!
-//! - `shadow-mirror` ([`Access::REMOTE_WRITE`]): the partner's log image lands here. This
+//! - `shadow-mirror` ([`SHADOW_MIRROR_ACCESS`]): the partner's log image lands here. This
 //!   node's CPU never touches it until a takeover, when [`ShadowMirror::replay_partner`]
 //!   reads it (the manager carries region contents across failovers, and a clone of the last
-//!   region stays readable after the manager revoked it).
+//!   region stays readable after the manager revoked it). The partner READs it back when its
+//!   own NVRAM lost the log (recovery at start, F5.6).
+//! - `shadow-fetch` (local write only, [`FETCH_CHUNK`] bytes): where those READs of the
+//!   partner's copy of this node's log land, a chunk at a time.
 //! - `shadow-tx` (no remote rights): staging. A mirror write `[offset, offset + len)` of the
 //!   local image is copied into the same offsets of `shadow-tx` and goes out as one RDMA
 //!   WRITE to the same offsets of the partner's `shadow-mirror`. The writer lays out both

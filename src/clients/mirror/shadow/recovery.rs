@@ -27,6 +27,12 @@
 //! next recovery (the cursor moves after the sink returned): a service recognises it by its
 //! (generation, sequence) position. A log that exists but cannot be read is never formatted
 //! over ([`MirrorError::RecoverUnreadable`]).
+//!
+//! A local NVRAM that lost the log (blank, unreadable, or an older log than the mailbox
+//! records: [`ShadowMirror::recover_from_mailbox`]) is first filled with the partner's copy,
+//! fetched by RDMA READ, when that copy stands for the log; then one of the three above runs
+//! on it. Otherwise [`MirrorError::NoValidCopy`] and nothing is formatted (the rules:
+//! [`plan_start`], [`plan_fetched`]).
 
 use super::cursor::CursorKind;
 use super::{now_ns, Nvram, ShadowMirror};
