@@ -436,3 +436,121 @@ fn without_a_mailbox_a_corrupt_log_is_fetched_but_a_blank_one_starts_fresh() {
     assert!(b.append(&writer_payload(1, 80)).unwrap().mirrored);
     assert_eq!(a.read_partner().unwrap().generation, r.generation);
 }
+
+/// A node of the pair with the giveback client on a file mailbox in `dir`: its shadow log on
+/// NVRAM files in `dir/nvram`, recovered by the giveback client's hook before it serves (as
+/// `interlink node --shadow --giveback` wires it).
+struct GivebackPair {
+    manager: Arc<Manager>,
+    giveback: interlink::clients::giveback::GivebackNode,
+    shadow: Arc<ShadowMirror>,
+    applied: Arc<parking_lot::Mutex<Vec<u64>>>,
+}
+
+fn start_with_giveback(cfg: &NodeConfig, dir: &Path, len: usize) -> GivebackPair {
+    use interlink::clients::giveback::{
+        FileMailbox, FileReservations, GivebackNode, GivebackOptions, JournalHooks, LogMark,
+    };
+    let manager = Arc::new(Manager::start(cfg.clone()).expect("start manager"));
+    let shadow = Arc::new(on_files(
+        &manager,
+        &dir.join("nvram"),
+        len,
+        ShadowConfig::new(),
+    ));
+    let applied = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let (s, got) = (shadow.clone(), applied.clone());
+    let recover = Box::new(move |context: &OwnLogContext| {
+        if s.recovered().is_some() {
+            return Ok(());
+        }
+        s.recover_from_mailbox(context, |r| {
+            assert_eq!(check_payload(&r.payload), Some(r.seq));
+            got.lock().push(r.seq);
+            Ok(())
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    });
+    let s = shadow.clone();
+    let replayed = Box::new(move || {
+        s.partner_replayed().map(|p| LogMark {
+            generation: p.generation,
+            seq: p.seq,
+        })
+    });
+    let me = cfg.node_id;
+    // The partner is never declared failed here: the restarted node must recover by itself.
+    let options = GivebackOptions {
+        miss_intervals: 10_000,
+        ..GivebackOptions::default()
+    };
+    let giveback = GivebackNode::start(
+        manager.clone(),
+        options,
+        Box::new(FileMailbox::open(dir, me, cfg.partner_id).expect("mailbox")),
+        Box::new(FileReservations::open(dir, me).expect("reservations")),
+        Box::new(JournalHooks::new(dir, me).with_recovery(recover, replayed)),
+    )
+    .expect("start giveback");
+    GivebackPair {
+        manager,
+        giveback,
+        shadow,
+        applied,
+    }
+}
+
+fn own_record_generation(dir: &Path, cfg: &NodeConfig) -> u64 {
+    use interlink::clients::giveback::{FileMailbox, Mailbox};
+    FileMailbox::open(dir, cfg.node_id, cfg.partner_id)
+        .unwrap()
+        .read_own()
+        .unwrap()
+        .map_or(0, |r| r.own_log_generation)
+}
+
+#[test]
+fn with_the_giveback_client_the_mailbox_knows_the_lost_log_and_the_node_fetches_it() {
+    init_logs();
+    let dir = temp_dir("nvram-giveback");
+    let (acfg, bcfg) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    let len = 64 * 1024;
+    // One directory stands for the shared mailbox and reservation disks; each node's NVRAM
+    // files (named by node id) are in its `nvram` folder.
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(shared.join("nvram")).unwrap();
+    let a = start_with_giveback(&acfg, &shared, len);
+    let b = start_with_giveback(&bcfg, &shared, len);
+    for n in [&a, &b] {
+        assert!(n.shadow.wait_recovered(WAIT), "{:#?}", n.giveback.status());
+        assert!(n.shadow.wait_connected(WAIT));
+    }
+    for seq in 1..=20 {
+        assert!(b.shadow.append(&writer_payload(seq, 100)).unwrap().mirrored);
+    }
+    let old = b.shadow.generation();
+    let t0 = Instant::now();
+    while own_record_generation(&shared, &bcfg) != old {
+        assert!(t0.elapsed() < WAIT, "the mailbox never recorded {old}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // B is killed and its NVRAM replaced, before A declares it failed.
+    b.giveback.stop();
+    drop(b.shadow);
+    b.manager.shutdown();
+    drop(b.giveback);
+    std::fs::remove_file(log_path(&shared.join("nvram"), bcfg.node_id)).unwrap();
+    let b = start_with_giveback(&bcfg, &shared, len);
+    assert!(b.shadow.wait_recovered(WAIT), "{:#?}", b.giveback.status());
+    let r = b.shadow.recovered().unwrap();
+    assert_eq!(*b.applied.lock(), (1..=20).collect::<Vec<_>>());
+    assert_eq!(
+        (r.outcome, r.previous_generation, r.fetched_from_partner),
+        (RecoveryOutcome::ReplayedHere, Some(old), true)
+    );
+    assert!(b.shadow.append(&writer_payload(1, 100)).unwrap().mirrored);
+    assert_eq!(own_record_generation(&shared, &bcfg), r.generation);
+    assert_eq!(a.shadow.read_partner().unwrap().generation, r.generation);
+    drop(a);
+}
