@@ -316,7 +316,14 @@ fn no_valid_copy_anywhere_refuses_to_serve_and_formats_nothing() {
         .append_timeout(&writer_payload(1, 100), Duration::from_millis(50))
         .unwrap_err();
     assert!(matches!(err, MirrorError::NotRecovered { .. }), "{err}");
-    assert_eq!(b.stats().generation, 0);
+    let st = b.stats();
+    assert_eq!(st.generation, 0);
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no valid copy")),
+        "{st:#?}"
+    );
     assert_eq!(
         disk.load(Ordering::SeqCst),
         old,
@@ -551,6 +558,7 @@ fn with_the_giveback_client_the_mailbox_knows_the_lost_log_and_the_node_fetches_
     );
     assert!(b.shadow.append(&writer_payload(1, 100)).unwrap().mirrored);
     assert_eq!(own_record_generation(&shared, &bcfg), r.generation);
+    assert_eq!(b.giveback.report().own_log_generation, r.generation);
     assert_eq!(a.shadow.read_partner().unwrap().generation, r.generation);
     drop(a);
 }

@@ -152,6 +152,7 @@ pub struct GivebackNode {
     thread: Mutex<Option<JoinHandle<()>>>,
     messenger: Arc<Messenger>,
     copy_mark: Arc<PartnerCopyMark>,
+    own_log: Arc<OwnLogMark>,
 }
 
 impl std::fmt::Debug for GivebackNode {
@@ -229,7 +230,7 @@ impl GivebackNode {
             replayed: hooks.replayed_partner_log(),
             inner: mailbox,
             copy_mark: copy_mark.clone(),
-            own_log,
+            own_log: own_log.clone(),
         });
         let mut driver = Driver {
             manager,
@@ -257,6 +258,7 @@ impl GivebackNode {
             thread: Mutex::new(Some(thread)),
             messenger,
             copy_mark,
+            own_log,
         })
     }
 
@@ -744,6 +746,10 @@ pub struct GivebackReport {
     /// from this position on.
     #[serde(default)]
     pub own_copy_outdated: Option<LogMark>,
+    /// This node's mailbox record names this generation of its own shadow log as the newest
+    /// that may hold an acknowledged record (0: none; F5.6).
+    #[serde(default)]
+    pub own_log_generation: u64,
     /// Driver counters.
     pub driver: DriverCounters,
 }
@@ -803,6 +809,7 @@ impl GivebackNode {
             takeover_refused: status.takeover_refused,
             forced_loss: status.forced_loss,
             own_copy_outdated: self.copy_mark.get(),
+            own_log_generation: self.own_log.recorded(),
             driver,
         }
     }

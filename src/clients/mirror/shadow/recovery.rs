@@ -177,7 +177,22 @@ impl ShadowMirror {
         self.recover_knowing(partner, known, sink)
     }
 
+    /// Recovers, and keeps a refusal as the last error of the stats (`interlink status`).
     fn recover_knowing(
+        &self,
+        partner_replayed: Option<LogPosition>,
+        known: OwnLogKnowledge,
+        sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
+    ) -> Result<Recovered, MirrorError> {
+        let r = self.recover_inner(partner_replayed, known, sink);
+        if let Err(e) = &r {
+            tracing::error!(client = %self.name(), error = %e, "shadow log recovery failed");
+            self.shared.inner.lock().last_error = Some(e.to_string());
+        }
+        r
+    }
+
+    fn recover_inner(
         &self,
         partner_replayed: Option<LogPosition>,
         known: OwnLogKnowledge,
