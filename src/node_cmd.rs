@@ -332,6 +332,9 @@ pub fn run(
         (Some(g), Some(s)) => s.attach_giveback(g),
         _ => {}
     }
+    if let (Some(g), Some(w)) = (&giveback, &writeback) {
+        w.attach_giveback(g);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("install signal handler")?;

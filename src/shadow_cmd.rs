@@ -11,7 +11,7 @@
 
 use anyhow::{bail, Context};
 use interlink::clients::giveback::service::{RecoverHook, ReplayHook, ReplayedMark};
-use interlink::clients::giveback::{GivebackEvent, GivebackNode, LogMark, OwnLogContext};
+use interlink::clients::giveback::{GivebackNode, LogMark, OwnLogContext};
 use interlink::clients::mirror::shadow::{
     check_payload, file_backings, ShadowConfig, ShadowMirror, ShadowWriter, WriterConfig,
 };
@@ -203,25 +203,14 @@ impl ShadowNode {
     pub fn attach_giveback(&self, giveback: &GivebackNode) {
         self.mirror
             .set_partner_copy_mark(giveback.partner_copy_mark());
-        let events = giveback.subscribe();
         let mirror = Arc::downgrade(&self.mirror);
-        let spawned = std::thread::Builder::new()
-            .name("il-shadow-detector".into())
-            .spawn(move || {
-                for ev in events {
-                    let Some(m) = mirror.upgrade() else { return };
-                    match ev {
-                        GivebackEvent::PartnerFailed { silent_for } => m.declare_partner_failed(
-                            &format!("the giveback client declared the partner failed (silent for {silent_for:?})"),
-                        ),
-                        GivebackEvent::TakeoverStarted { .. } => {
-                            m.declare_partner_failed("taking the partner over")
-                        }
-                        _ => {}
-                    }
-                }
-            });
-        if let Err(e) = spawned {
+        let follow = giveback.on_partner_failed(move |why| {
+            mirror
+                .upgrade()
+                .map(|m| m.declare_partner_failed(why))
+                .is_some()
+        });
+        if let Err(e) = follow {
             tracing::warn!(error = %e, "shadow log: not following the failure detector");
         }
     }

@@ -22,6 +22,7 @@
 
 use anyhow::{bail, Context};
 use interlink::clients::giveback::service::ReplayHook;
+use interlink::clients::giveback::GivebackNode;
 use interlink::clients::mirror::{
     BlockRef, CompletionStatus, DirtyRef, MirroredWriteBack, WriteBackConfig,
 };
@@ -303,6 +304,22 @@ impl WriteBackNode {
             node,
             partner,
         })
+    }
+
+    /// Binds the write-back to the giveback client: the sync state of the partner's mirror
+    /// goes into this node's mailbox record (F5.7), and the failure detector's verdicts
+    /// reach the write-back at once.
+    pub fn attach_giveback(&self, giveback: &GivebackNode) {
+        self.wb.set_partner_copy_mark(giveback.partner_copy_mark());
+        let wb = Arc::downgrade(&self.wb);
+        let follow = giveback.on_partner_failed(move |why| {
+            wb.upgrade()
+                .map(|w| w.declare_partner_failed(why))
+                .is_some()
+        });
+        if let Err(e) = follow {
+            tracing::warn!(error = %e, "write-back: not following the failure detector");
+        }
     }
 
     /// The takeover hook for the giveback client: the partner's mirrored dirty blocks go to

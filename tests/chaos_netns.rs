@@ -48,6 +48,7 @@ mod netns_node;
 
 use chaos::{run_scenario, run_scenario_with, ChaosPair, Counts};
 use giveback_journal::journals;
+use interlink::clients::giveback::CopyGap;
 use manager_pair::links_ready;
 use netns_node::sh;
 use rand::Rng;
@@ -121,8 +122,11 @@ fn kills() {
             let v = p.rng.gen_range(0..2usize);
             let s = 1 - v;
             p.pause(200, 1500);
-            p.kill_and_wait_takeover(v);
+            let (_, refused) = p.kill_and_wait_takeover(v);
             c.fault("kill -9 mid-mirror");
+            if refused {
+                c.fault("takeover refused: copy gap");
+            }
             let kind = p.rng.gen_range(0..3);
             if kind == 0 {
                 p.pause(0, 1000);
@@ -131,18 +135,13 @@ fn kills() {
             } else {
                 p.restart(v);
                 c.fault("restart");
-                if kind == 2 {
-                    // KNOWN GAP (docs/architecture.md, "Mirror sync state"): the returning
-                    // node's region is new and fills while the survivor re-sends its live log;
-                    // a survivor killed before that completed leaves a partial copy that
-                    // nothing marks as such yet (the outdated mark covers records acknowledged
-                    // without the partner, not a partner that lost its copy). Until the
-                    // survivor's resync is confirmed in the mailbox, this order waits for it.
-                    p.wait_mirrored(s);
-                }
+                // Killing the survivor right away: the returning node's region is new and
+                // fills while the survivor re-sends its live log, so it takes over only once
+                // the survivor confirmed its copy complete on the returning incarnation; else
+                // it refuses, and the survivor's restart recovers its own log.
                 let state = p.state(v);
                 let target = if kind == 1 { v } else { s };
-                p.kill_and_wait_takeover(target);
+                let (_, refused) = p.kill_and_wait_takeover(target);
                 c.fault(&format!(
                     "kill -9 of the {} with the returning node in {state}",
                     if target == v {
@@ -151,6 +150,9 @@ fn kills() {
                         "survivor"
                     }
                 ));
+                if refused {
+                    c.fault("takeover refused: copy gap");
+                }
                 p.pause(0, 1000);
                 p.restart(target);
                 c.fault("restart");
@@ -167,7 +169,9 @@ fn restart_loops() {
     run_scenario("restart-loops", |p: &mut ChaosPair, c: &mut Counts| {
         let v = p.rng.gen_range(0..2usize);
         p.pause(200, 1500);
-        p.kill_and_wait_takeover(v);
+        if p.kill_and_wait_takeover(v).1 {
+            c.fault("takeover refused: copy gap");
+        }
         c.fault("kill -9 mid-mirror");
         for _ in 0..env_count("CHAOS_RESTARTS", 3) {
             p.restart(v);
@@ -182,8 +186,11 @@ fn restart_loops() {
                 p.start_writer(v);
                 p.pause(100, 800);
             }
-            let state = p.kill_and_wait_takeover(v);
+            let (state, refused) = p.kill_and_wait_takeover(v);
             c.fault(&format!("kill -9 of the restarted node in {state}"));
+            if refused {
+                c.fault("takeover refused: copy gap");
+            }
         }
         p.restart(v);
         c.fault("restart");
@@ -275,7 +282,10 @@ fn stale_mirror() {
         let r = p.nodes[s].wait_giveback("the takeover refused: outdated copy", |r| {
             r.partner_failed && r.takeover_refused
         });
-        assert!(r.partner_copy_outdated.is_some(), "{r:#?}");
+        assert!(
+            matches!(r.partner_copy_gap, Some(CopyGap::Outdated { .. })),
+            "{r:#?}"
+        );
         assert_eq!(
             p.assumed(s),
             before,

@@ -8,6 +8,7 @@
 
 mod manager_pair;
 
+use interlink::clients::giveback::CopyStamp;
 use interlink::clients::mirror::shadow::{
     check_payload, file_backings, writer_payload, CursorStore, RecoveryOutcome, ShadowWriter,
     WriterConfig,
@@ -615,15 +616,22 @@ fn nothing_is_acknowledged_unmirrored_before_the_partner_copy_is_marked_outdated
     cfg.partner_timeout = Duration::from_millis(300);
     let a = shadow(&ma, len, cfg.clone());
     let b = shadow(&mb, len, cfg.clone());
-    let mark = Arc::new(PartnerCopyMark::new(None));
-    mark.written(mark.stamp()); // the mailbox holds "in sync"
+    let mark = Arc::new(PartnerCopyMark::new(CopyStamp::default()));
     a.set_partner_copy_mark(mark.clone());
     connected(&a);
     connected(&b);
+    // Nothing is appended before the mailbox says this node runs a shadow log.
+    let err = a
+        .append_timeout(&writer_payload(1, 50), Duration::from_millis(300))
+        .unwrap_err();
+    assert!(matches!(err, MirrorError::NotInMailbox { .. }), "{err}");
+    mark.written(mark.stamp()); // the mailbox holds "shadow log, in sync"
     for seq in 1..=5 {
         assert!(a.append(&writer_payload(seq, 50)).unwrap().mirrored);
     }
     assert!(!mark.is_marked());
+    // The full send completed on B's incarnation: the copy is confirmed complete for it.
+    wait_confirmed(&mark, mb.incarnation());
     drop(b);
     mb.shutdown();
     drop(mb);
@@ -651,8 +659,58 @@ fn nothing_is_acknowledged_unmirrored_before_the_partner_copy_is_marked_outdated
         assert!(t0.elapsed() < WAIT, "mark never cleared: {:#?}", a.stats());
         std::thread::sleep(Duration::from_millis(5));
     }
+    // ... and the confirmation names the restarted B, whose region holds the re-sent log.
+    assert!(mark.is_confirmed_for(mb.incarnation()));
     let rp = b.read_partner().unwrap();
     assert_eq!(seqs(&rp), (1..=7).collect::<Vec<_>>());
+}
+
+/// Waits until `mark` names `partner` as holding a complete copy.
+fn wait_confirmed(mark: &interlink::clients::giveback::PartnerCopyMark, partner: u64) {
+    let t0 = Instant::now();
+    while !mark.is_confirmed_for(partner) {
+        assert!(
+            t0.elapsed() < WAIT,
+            "copy never confirmed for {partner:#x}: {:?}",
+            mark.stamp()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_restarted_partner_holds_a_confirmed_copy_only_after_the_re_send_completed_on_it() {
+    use interlink::clients::giveback::PartnerCopyMark;
+    let (_, bcfg, ma, mb) = managers();
+    let len = 64 * 1024;
+    let cfg = ShadowConfig::new();
+    let a = shadow(&ma, len, cfg.clone());
+    let b = shadow(&mb, len, cfg.clone());
+    let mark = Arc::new(PartnerCopyMark::new(CopyStamp::default()));
+    a.set_partner_copy_mark(mark.clone());
+    mark.written(mark.stamp());
+    connected(&a);
+    connected(&b);
+    for seq in 1..=20 {
+        assert!(a.append(&writer_payload(seq, 300)).unwrap().mirrored);
+    }
+    let first = mb.incarnation();
+    wait_confirmed(&mark, first);
+    // B restarts (its region comes back empty, within the partner timeout: A never goes
+    // unmirrored). Until A's re-send completed on the new incarnation, the confirmation
+    // names the old one: a survivor B would refuse an automatic takeover.
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    assert_ne!(mb.incarnation(), first);
+    assert!(!mark.is_confirmed_for(mb.incarnation()));
+    let b = shadow(&mb, len, cfg.clone());
+    connected(&a);
+    wait_confirmed(&mark, mb.incarnation());
+    assert!(!mark.is_marked(), "no record went unmirrored");
+    let rp = b.read_partner().unwrap();
+    assert_eq!(seqs(&rp), (1..=20).collect::<Vec<_>>());
 }
 
 #[test]

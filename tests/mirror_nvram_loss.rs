@@ -11,7 +11,7 @@
 
 mod manager_pair;
 
-use interlink::clients::giveback::{OwnLogContext, OwnLogMark, PartnerCopyMark};
+use interlink::clients::giveback::{CopyStamp, OwnLogContext, OwnLogMark, PartnerCopyMark};
 use interlink::clients::mirror::shadow::{
     check_payload, cursor_path, file_backings, log_path, writer_payload, CursorStore,
     RecoveryOutcome,
@@ -23,7 +23,7 @@ use interlink::fabric::ProviderChoice;
 use interlink::manager::{Manager, NodeConfig};
 use manager_pair::*;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -60,8 +60,23 @@ fn on_files(m: &Manager, dir: &Path, len: usize, cfg: ShadowConfig) -> ShadowMir
     ShadowMirror::start(m, cfg, log, cursor).expect("start shadow mirror")
 }
 
-/// The own record's own log generation on the "mailbox disks", and the writer standing for
-/// the giveback driver's periodic mailbox writes of one node's run.
+/// What the in-memory "mailbox disks" hold of one node's own record: its own log generation
+/// and the state of the partner's copy of its log.
+#[derive(Default)]
+struct Disk(parking_lot::Mutex<(u64, CopyStamp)>);
+
+impl Disk {
+    fn generation(&self) -> u64 {
+        self.0.lock().0
+    }
+
+    /// Whether the record confirms the partner's copy complete for some partner incarnation.
+    fn confirmed(&self) -> bool {
+        self.0.lock().1.complete_for.is_some_and(|c| c != 0)
+    }
+}
+
+/// The writer standing for the giveback driver's periodic mailbox writes of one node's run.
 struct MemMailbox {
     mark: Arc<OwnLogMark>,
     copy_mark: Arc<PartnerCopyMark>,
@@ -71,15 +86,16 @@ struct MemMailbox {
 
 impl MemMailbox {
     /// A node boots: it reads its own record from `disk`, then writes it periodically.
-    fn boot(disk: &Arc<AtomicU64>) -> MemMailbox {
-        let mark = Arc::new(OwnLogMark::new(disk.load(Ordering::SeqCst)));
-        let copy_mark = Arc::new(PartnerCopyMark::new(None));
+    fn boot(disk: &Arc<Disk>) -> MemMailbox {
+        let (generation, stamp) = *disk.0.lock();
+        let mark = Arc::new(OwnLogMark::new(generation));
+        let copy_mark = Arc::new(PartnerCopyMark::new(stamp));
         let stop = Arc::new(AtomicBool::new(false));
         let (m, c, s, d) = (mark.clone(), copy_mark.clone(), stop.clone(), disk.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 let carried = (m.stamp(), c.stamp());
-                d.store(carried.0, Ordering::SeqCst);
+                *d.0.lock() = carried;
                 m.written(carried.0);
                 c.written(carried.1);
                 std::thread::sleep(Duration::from_millis(2));
@@ -139,7 +155,7 @@ fn wait_stats(s: &ShadowMirror, what: &str, mut pred: impl FnMut(&ShadowStats) -
 
 /// B (on files in `dir`, with the mailbox on `disk`) starts fresh, appends 1..=40 mirrored
 /// with a checkpoint through 15 mirrored, and is killed. Returns its log generation.
-fn run_and_kill_b(mb: Manager, dir: &Path, len: usize, disk: &Arc<AtomicU64>) -> u64 {
+fn run_and_kill_b(mb: Manager, dir: &Path, len: usize, disk: &Arc<Disk>) -> u64 {
     let mailbox = MemMailbox::boot(disk);
     let b = on_files(&mb, dir, len, ShadowConfig::new());
     let r = b
@@ -162,9 +178,15 @@ fn run_and_kill_b(mb: Manager, dir: &Path, len: usize, disk: &Arc<AtomicU64>) ->
     wait_stats(&b, "checkpoint 15 mirrored", |s| {
         s.checkpoint_mirrored >= 15
     });
+    // The mailbox confirms the partner's copy complete (F5.7: a full send completed on it).
+    let t0 = Instant::now();
+    while !disk.confirmed() {
+        assert!(t0.elapsed() < WAIT, "the copy was never confirmed complete");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let generation = b.generation();
     // The generation was on the mailbox before its first record was acknowledged.
-    assert_eq!(disk.load(Ordering::SeqCst), generation);
+    assert_eq!(disk.generation(), generation);
     drop(b);
     drop(mailbox);
     mb.shutdown();
@@ -176,7 +198,7 @@ fn a_node_that_lost_its_nvram_fetches_its_log_from_the_partner_and_applies_it_on
     let (_, bcfg, ma, mb) = managers();
     let dir = temp_dir("nvram-lost");
     let len = 64 * 1024;
-    let disk = Arc::new(AtomicU64::new(0));
+    let disk = Arc::new(Disk::default());
     let a = plain(&ma, len);
     let old = run_and_kill_b(mb, &dir, len, &disk);
 
@@ -206,7 +228,7 @@ fn a_node_that_lost_its_nvram_fetches_its_log_from_the_partner_and_applies_it_on
         assert!(ap.mirrored);
         assert_eq!(ap.position.generation, r.generation);
     }
-    assert_eq!(disk.load(Ordering::SeqCst), r.generation);
+    assert_eq!(disk.generation(), r.generation);
     let rp = a.read_partner().unwrap();
     assert_eq!(rp.generation, r.generation);
     assert_eq!(
@@ -220,7 +242,7 @@ fn a_corrupt_nvram_is_fetched_and_a_crash_in_the_middle_resumes_without_applying
     let (_, bcfg, ma, mb) = managers();
     let dir = temp_dir("nvram-corrupt");
     let len = 64 * 1024;
-    let disk = Arc::new(AtomicU64::new(0));
+    let disk = Arc::new(Disk::default());
     let _a = plain(&ma, len);
     let old = run_and_kill_b(mb, &dir, len, &disk);
 
@@ -275,7 +297,7 @@ fn no_valid_copy_anywhere_refuses_to_serve_and_formats_nothing() {
     let (acfg, bcfg, ma, mb) = managers();
     let dir = temp_dir("nvram-no-copy");
     let len = 64 * 1024;
-    let disk = Arc::new(AtomicU64::new(0));
+    let disk = Arc::new(Disk::default());
     let a = plain(&ma, len);
     let old = run_and_kill_b(mb, &dir, len, &disk);
     // Both nodes restart together: A's copy of B's log went with A's memory.
@@ -325,7 +347,7 @@ fn no_valid_copy_anywhere_refuses_to_serve_and_formats_nothing() {
         "{st:#?}"
     );
     assert_eq!(
-        disk.load(Ordering::SeqCst),
+        disk.generation(),
         old,
         "the mailbox still names the lost log"
     );
@@ -344,7 +366,7 @@ fn a_lost_log_without_the_partner_is_refused_after_the_fetch_deadline() {
     let (_, bcfg, ma, mb) = managers();
     let dir = temp_dir("nvram-no-partner");
     let len = 64 * 1024;
-    let disk = Arc::new(AtomicU64::new(0));
+    let disk = Arc::new(Disk::default());
     let a = plain(&ma, len);
     let old = run_and_kill_b(mb, &dir, len, &disk);
     drop(a);
@@ -363,7 +385,7 @@ fn a_lost_log_without_the_partner_is_refused_after_the_fetch_deadline() {
         "{err}"
     );
     assert!(b.recovered().is_none());
-    assert_eq!(disk.load(Ordering::SeqCst), old);
+    assert_eq!(disk.generation(), old);
 }
 
 #[test]
@@ -371,7 +393,7 @@ fn a_genuinely_new_node_starts_fresh_without_asking_the_partner() {
     let (_, _, _ma, mb) = managers();
     let dir = temp_dir("nvram-new");
     let len = 64 * 1024;
-    let disk = Arc::new(AtomicU64::new(0));
+    let disk = Arc::new(Disk::default());
     let mailbox = MemMailbox::boot(&disk);
     // No partner shadow client runs: a fetch would end in FetchNoPartner.
     let mut cfg = ShadowConfig::new();
@@ -391,7 +413,7 @@ fn a_genuinely_new_node_starts_fresh_without_asking_the_partner() {
         .append_timeout(&writer_payload(1, 40), WAIT)
         .expect("append");
     assert!(!ap.mirrored);
-    assert_eq!(disk.load(Ordering::SeqCst), r.generation);
+    assert_eq!(disk.generation(), r.generation);
 }
 
 #[test]
@@ -508,13 +530,16 @@ fn start_with_giveback(cfg: &NodeConfig, dir: &Path, len: usize) -> GivebackPair
     }
 }
 
-fn own_record_generation(dir: &Path, cfg: &NodeConfig) -> u64 {
+fn own_record(dir: &Path, cfg: &NodeConfig) -> Option<interlink::clients::giveback::MailboxRecord> {
     use interlink::clients::giveback::{FileMailbox, Mailbox};
     FileMailbox::open(dir, cfg.node_id, cfg.partner_id)
         .unwrap()
         .read_own()
         .unwrap()
-        .map_or(0, |r| r.own_log_generation)
+}
+
+fn own_record_generation(dir: &Path, cfg: &NodeConfig) -> u64 {
+    own_record(dir, cfg).map_or(0, |r| r.own_log_generation)
 }
 
 #[test]
@@ -538,8 +563,13 @@ fn with_the_giveback_client_the_mailbox_knows_the_lost_log_and_the_node_fetches_
     }
     let old = b.shadow.generation();
     let t0 = Instant::now();
-    while own_record_generation(&shared, &bcfg) != old {
-        assert!(t0.elapsed() < WAIT, "the mailbox never recorded {old}");
+    while own_record(&shared, &bcfg).is_none_or(|r| {
+        r.own_log_generation != old || r.partner_copy_complete_for.is_none_or(|c| c == 0)
+    }) {
+        assert!(
+            t0.elapsed() < WAIT,
+            "the mailbox never recorded {old} with a confirmed copy"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     // B is killed and its NVRAM replaced, before A declares it failed.

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(120);
 const BS: usize = 512;
 
 fn geometry() -> AtomicGeometry {
@@ -369,7 +369,12 @@ fn data_path_changes_mid_stream_lose_nothing() {
     for round in 0..6 {
         std::thread::sleep(Duration::from_millis(150));
         let who = if round % 2 == 0 { &a } else { &b };
+        let before = who.stats().connections;
         who.reset_data_path("test: path change");
+        // Each reset is a path change of its own: the next one waits for the new path.
+        wait_stats(who, "the new data path", |s| {
+            s.connections > before && s.connected
+        });
     }
     std::thread::sleep(Duration::from_millis(150));
     stop.store(true, Ordering::Relaxed);
@@ -502,4 +507,59 @@ fn resync_after_mirror_lost_then_destage_and_takeover() {
         0
     );
     assert_eq!(b.stats().taken_over, want.len() as u64);
+}
+
+/// F5.7 for write-back: a write completed without the partner's mirror is returned only once
+/// the mailbox marks that mirror outdated; the mark goes once a resync completed.
+#[test]
+fn mirror_lost_is_returned_only_once_the_mirror_is_marked_outdated() {
+    use interlink::clients::giveback::{CopyStamp, PartnerCopyMark};
+    let (_, bcfg, ma, mb) = managers();
+    let dir = temp_dir("wb-mark");
+    let mut cfg = config();
+    cfg.write_timeout = Duration::from_secs(1);
+    let a = in_files(&ma, cfg.clone(), &dir, 1);
+    let b = in_files(&mb, cfg.clone(), &dir, 2);
+    let mark = Arc::new(PartnerCopyMark::new(CopyStamp::default()));
+    a.set_partner_copy_mark(mark.clone());
+    connected(&a);
+    connected(&b);
+    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert_eq!(
+        a.write(1, 0, &data(1, 0, 2)).unwrap(),
+        CompletionStatus::Mirrored
+    );
+    // B shuts down (its data client says so: the partner failed at once). A write is
+    // returned only once the mailbox marks B's mirror outdated.
+    drop(b);
+    mb.shutdown();
+    drop(mb);
+    wait_stats(&a, "partner failed", |s| s.partner_failed);
+    let t = a.write_start(1, 8, &data(2, 8, 2)).unwrap();
+    let err = a.wait(&t).unwrap_err();
+    assert!(matches!(err, MirrorError::WriteTimeout { .. }), "{err}");
+    assert!(
+        a.is_complete(&t),
+        "committed locally, MirrorLost, not yet returned"
+    );
+    assert!(mark.stamp().writeback_outdated && !mark.is_writeback_durable());
+    // A mailbox write carried the mark: the write is acknowledged, MirrorLost.
+    mark.written(mark.stamp());
+    assert_eq!(a.wait(&t).unwrap(), CompletionStatus::MirrorLost);
+    assert_eq!(
+        a.write(1, 16, &data(3, 16, 1)).unwrap(),
+        CompletionStatus::MirrorLost
+    );
+    // B restarts; the resync re-mirrors every dirty block and the mark goes.
+    let mb = Manager::start(bcfg).expect("restart B");
+    let b = in_files(&mb, cfg, &dir, 2);
+    connected(&b);
+    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    let t0 = std::time::Instant::now();
+    while mark.stamp().writeback_outdated {
+        assert!(t0.elapsed() < WAIT, "mark never cleared: {:#?}", a.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_mirrored(&a, &b, 1, 8, &data(2, 8, 2));
+    assert_mirrored(&a, &b, 1, 16, &data(3, 16, 1));
 }

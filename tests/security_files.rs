@@ -85,6 +85,8 @@ fn mailbox_copies_are_owner_only() {
         partner_incarnation: 0,
         replayed_partner_log: None,
         partner_copy_outdated: None,
+        partner_copy_complete_for: None,
+        writeback_copy_outdated: false,
         own_log_generation: 0,
     })
     .unwrap();

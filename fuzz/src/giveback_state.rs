@@ -130,6 +130,8 @@ pub fn seeds() -> Vec<Vec<u8>> {
         partner_incarnation: 1002,
         replayed_partner_log: None,
         partner_copy_outdated: None,
+        partner_copy_complete_for: None,
+        writeback_copy_outdated: false,
         own_log_generation: 0,
     };
     out.push(tagged(2, &rec.encode()));

@@ -268,9 +268,15 @@ impl Attachment {
         self.qps.values().map(|q| q.qp.outstanding().0).sum()
     }
 
-    /// The connection handed to the client.
-    pub(crate) fn connection(&self, cells: &Arc<ClientCells>) -> Connection {
+    /// The connection handed to the client (the partner runs incarnation
+    /// `partner_incarnation`).
+    pub(crate) fn connection(
+        &self,
+        cells: &Arc<ClientCells>,
+        partner_incarnation: u64,
+    ) -> Connection {
         Connection {
+            partner_incarnation,
             link: self.link,
             generation: self.generation,
             qps: self

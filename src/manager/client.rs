@@ -223,6 +223,9 @@ pub struct Connection {
     pub regions: Vec<ClientRegion>,
     /// The partner client's regions.
     pub partner_regions: Vec<RegionInfo>,
+    /// The partner manager's incarnation (its process run) these regions belong to: a
+    /// partner region's contents live as long as that incarnation (0: not known).
+    pub partner_incarnation: u64,
 }
 
 impl Connection {

@@ -249,27 +249,40 @@ impl ChaosPair {
 
     /// kill -9 of node `i`, then waits until its partner serves both disk sets: if node `i`
     /// served anything (UP or TAKEOVER), through a new takeover (whose replay covers what
-    /// node `i` acknowledged), else the partner's takeover in force. Returns the victim's
-    /// state when killed. (A restart before the takeover is `fast_restart`'s and
-    /// `power_loss`'s business.)
-    pub fn kill_and_wait_takeover(&mut self, i: usize) -> String {
-        // The takeover expected here needs the partner's copy of node i's log in sync: after
-        // node i acknowledged records without it (its partner was down), the partner rightly
-        // refuses until node i's resync cleared the mark (`stale_mirror` tests the refusal).
-        self.nodes[1 - i].wait_giveback("node i's log copy in sync (no outdated mark)", |r| {
-            r.partner_copy_outdated.is_none()
-        });
+    /// node `i` acknowledged), else the partner's takeover in force; or until the partner
+    /// refused the takeover because its copy of node `i`'s log may lack acknowledged records
+    /// (outdated, or not confirmed complete on the partner's incarnation: killed before its
+    /// re-send to a restarted partner completed). Then nothing replays node `i`'s log but
+    /// node `i` itself once restarted, which every caller does. Returns the victim's state
+    /// when killed, and whether the takeover was refused.
+    pub fn kill_and_wait_takeover(&mut self, i: usize) -> (String, bool) {
         let state = self.state(i);
         let before = self.assumed(1 - i);
         self.kill(i);
         let serving = state == "UP" || state == "TAKEOVER";
-        self.nodes[1 - i].wait_giveback("takeover", |r| {
-            r.state == "TAKEOVER" && r.serving.len() == 2
+        let r = self.nodes[1 - i].wait_giveback("takeover, or its refusal", |r| {
+            (r.state == "TAKEOVER" && r.serving.len() == 2)
+                || (r.partner_failed && r.takeover_refused)
         });
+        if r.takeover_refused && !(r.state == "TAKEOVER" && r.serving.len() == 2) {
+            assert!(
+                r.partner_copy_gap.is_some(),
+                "seed {:#x}: takeover refused without a copy gap: {r:#?}",
+                self.seed
+            );
+            println!(
+                "chaos seed {:#x}: node {} refused to take over node {} ({state}): its copy {}",
+                self.seed,
+                id(1 - i),
+                id(i),
+                r.partner_copy_gap.expect("checked")
+            );
+            return (state, true);
+        }
         if serving {
             self.wait_new_takeover(1 - i, before);
         }
-        state
+        (state, false)
     }
 
     /// Waits until node `i` assumed its partner's identity more than `before` times and
@@ -283,21 +296,6 @@ impl ChaosPair {
             |n| *n > before,
         );
         self.wait_takeover(i);
-    }
-
-    /// Waits until node `i` mirrors into its partner again: connected, the partner not
-    /// absent, and a window of appends acknowledged since (they were queued behind the
-    /// re-sent live log, so that reached the partner's mirror too); and until the partner
-    /// reads node `i`'s mailbox record without the outdated mark (else it would rightly
-    /// refuse to take node `i` over).
-    pub fn wait_mirrored(&self, i: usize) {
-        self.shadow_wait(&self.nodes[i], "mirroring again", |v| {
-            v["shadow"]["connected"] == json!(true) && v["shadow"]["partner_absent"] == json!(false)
-        });
-        self.wait_writes(i, WINDOW + 1);
-        self.nodes[1 - i].wait_giveback("the partner's copy no longer marked outdated", |r| {
-            r.partner_copy_outdated.is_none()
-        });
     }
 
     /// Waits until node `i` acknowledged `n` records without its partner's copy.

@@ -155,11 +155,11 @@ pub enum GivebackEvent {
     /// A kill message for this incarnation arrived; this node stopped serving.
     Killed,
     /// The partner failed, but its mailbox record says this node's copy of its shadow log
-    /// is outdated (records from `outdated_from` on were acknowledged without it): no
-    /// automatic takeover (an operator may force one).
+    /// may lack acknowledged records (outdated, or not confirmed complete on this
+    /// incarnation): no automatic takeover (an operator may force one).
     TakeoverRefused {
-        /// The first of the partner's records this node's copy lacks.
-        outdated_from: LogMark,
+        /// What the copy may lack.
+        gap: CopyGap,
     },
     /// A disk set was brought into service here.
     Serving {
@@ -277,14 +277,55 @@ pub struct GivebackStatus {
     pub io_failures: u64,
     /// The last driver failure.
     pub last_error: Option<String>,
-    /// The partner's mailbox record says this node's copy of its shadow log is outdated
-    /// from this position on.
-    pub partner_copy_outdated: Option<LogMark>,
+    /// What the partner's mailbox record says this node's copy of its shadow log may lack
+    /// (None: it is in sync and complete, or the partner runs no shadow log).
+    pub partner_copy_gap: Option<CopyGap>,
     /// An automatic takeover was refused for that (until the partner is back or an operator
     /// forces one).
     pub takeover_refused: bool,
-    /// The records a forced takeover lost: the partner's log from this position on.
-    pub forced_loss: Option<LogMark>,
+    /// What a forced takeover went past: the partner's records this node's copy lacked.
+    pub forced_loss: Option<CopyGap>,
+}
+
+/// Why this node's copy of the partner's shadow log may lack records the partner
+/// acknowledged (F5.7), as the partner's mailbox record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyGap {
+    /// Records from this position on were acknowledged without the copy.
+    Outdated {
+        /// The first record the copy lacks.
+        from: LogMark,
+    },
+    /// Write-back writes of the partner completed without this node's mirror (`MirrorLost`)
+    /// since its last resync: its dirty blocks here lack them.
+    WriteBackOutdated,
+    /// No full send of the partner's log completed on this node's incarnation (this node
+    /// restarted since, or the partner failed during the send after a restart of either):
+    /// the copy may be partial, by an unknown number of records.
+    Unconfirmed {
+        /// The incarnation of this node the partner last confirmed its copy on (0: none).
+        complete_for: u64,
+    },
+}
+
+impl std::fmt::Display for CopyGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyGap::Outdated { from } => write!(f, "shadow log copy outdated from {from}"),
+            CopyGap::WriteBackOutdated => {
+                write!(f, "write-back mirror outdated (writes completed without it)")
+            }
+            CopyGap::Unconfirmed { complete_for: 0 } => write!(
+                f,
+                "shadow log copy not confirmed complete on any incarnation of this node"
+            ),
+            CopyGap::Unconfirmed { complete_for } => write!(
+                f,
+                "shadow log copy confirmed complete only on an earlier incarnation of this node ({complete_for:#x})"
+            ),
+        }
+    }
 }
 
 impl GivebackStatus {

@@ -198,6 +198,8 @@ mod tests {
             partner_incarnation: 0,
             replayed_partner_log: None,
             partner_copy_outdated: None,
+            partner_copy_complete_for: None,
+            writeback_copy_outdated: false,
             own_log_generation: 0,
         })
     }

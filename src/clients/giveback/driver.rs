@@ -11,9 +11,10 @@
 //! see this node as failed meanwhile.
 
 use crate::clients::giveback::actions::{
-    Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
+    Action, Command, CommandOutcome, CommandReply, CopyGap, GivebackConfig, GivebackEvent,
+    GivebackStatus,
 };
-use crate::clients::giveback::copy_mark::PartnerCopyMark;
+use crate::clients::giveback::copy_mark::{CopyStamp, PartnerCopyMark};
 use crate::clients::giveback::error::GivebackError;
 use crate::clients::giveback::machine::GivebackMachine;
 use crate::clients::giveback::mailbox::{LogMark, Mailbox, MailboxRecord, MailboxWrite};
@@ -85,16 +86,18 @@ struct StampingMailbox {
 
 impl Mailbox for StampingMailbox {
     fn write_own(&mut self, rec: &MailboxRecord) -> Result<MailboxWrite, GivebackError> {
-        let outdated = self.copy_mark.stamp();
+        let stamp = self.copy_mark.stamp();
         let own_log_generation = self.own_log.stamp();
         let rec = MailboxRecord {
             replayed_partner_log: self.replayed,
-            partner_copy_outdated: outdated,
+            partner_copy_outdated: stamp.outdated,
+            partner_copy_complete_for: stamp.complete_for,
+            writeback_copy_outdated: stamp.writeback_outdated,
             own_log_generation,
             ..*rec
         };
         let w = self.inner.write_own(&rec)?;
-        self.copy_mark.written(outdated);
+        self.copy_mark.written(stamp);
         self.own_log.written(own_log_generation);
         Ok(w)
     }
@@ -213,7 +216,7 @@ impl GivebackNode {
         let (requests, request_rx) = unbounded();
         let mut hooks = hooks;
         let mut mailbox = mailbox;
-        // The outdated mark and the own log generation survive restarts: the newest own
+        // The copy's sync state and the own log generation survive restarts: the newest own
         // record says what they were.
         let own = match mailbox.read_own() {
             Ok(own) => own,
@@ -222,9 +225,12 @@ impl GivebackNode {
                 None
             }
         };
-        let copy_mark = Arc::new(PartnerCopyMark::new(
-            own.and_then(|r| r.partner_copy_outdated),
-        ));
+        let inherited = own.map_or(CopyStamp::default(), |r| CopyStamp {
+            outdated: r.partner_copy_outdated,
+            complete_for: r.partner_copy_complete_for,
+            writeback_outdated: r.writeback_copy_outdated,
+        });
+        let copy_mark = Arc::new(PartnerCopyMark::new(inherited));
         let own_log = Arc::new(OwnLogMark::new(own.map_or(0, |r| r.own_log_generation)));
         let mailbox = Box::new(StampingMailbox {
             replayed: hooks.replayed_partner_log(),
@@ -301,6 +307,36 @@ impl GivebackNode {
         let (tx, rx) = unbounded();
         self.shared.lock().events.push(tx);
         rx
+    }
+
+    /// Follows the failure detector for a mirror client (F5.7 item "appends stop waiting"):
+    /// on a thread of its own, calls `declare(why)` whenever this node declares the partner
+    /// failed or starts taking it over, so the client stops waiting for its mirror at once
+    /// instead of after its own partner timeout. `declare` returns false once its client is
+    /// gone; the thread then ends.
+    pub fn on_partner_failed(
+        &self,
+        declare: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<(), GivebackError> {
+        let events = self.subscribe();
+        std::thread::Builder::new()
+            .name("il-giveback-follow".into())
+            .spawn(move || {
+                for ev in events {
+                    let why = match ev {
+                        GivebackEvent::PartnerFailed { silent_for } => format!(
+                            "the giveback client declared the partner failed (silent for {silent_for:?})"
+                        ),
+                        GivebackEvent::TakeoverStarted { .. } => "taking the partner over".into(),
+                        _ => continue,
+                    };
+                    if !declare(&why) {
+                        return;
+                    }
+                }
+            })
+            .map(|_| ())
+            .map_err(|source| GivebackError::Spawn { source })
     }
 
     /// The messenger kill messages travel on.
@@ -732,20 +768,28 @@ pub struct GivebackReport {
     pub io_failures: u64,
     /// The last driver failure.
     pub last_error: Option<String>,
-    /// The partner's mailbox record says this node's copy of its shadow log is outdated
-    /// from this position on (F5.7).
+    /// What the partner's mailbox record says this node's copy of its shadow log may lack
+    /// (F5.7; None: in sync and complete, or no shadow log).
     #[serde(default)]
-    pub partner_copy_outdated: Option<LogMark>,
+    pub partner_copy_gap: Option<CopyGap>,
     /// An automatic takeover was refused for that.
     #[serde(default)]
     pub takeover_refused: bool,
-    /// What the last forced takeover lost: the partner's log from this position on.
+    /// What the last forced takeover went past: the partner's records this copy lacked.
     #[serde(default)]
-    pub forced_loss: Option<LogMark>,
+    pub forced_loss: Option<CopyGap>,
     /// This node's mailbox record says the partner's copy of this node's log is outdated
     /// from this position on.
     #[serde(default)]
     pub own_copy_outdated: Option<LogMark>,
+    /// The partner incarnation this node's mailbox record names as holding a complete copy
+    /// of this node's log (Some(0): none yet; None: no shadow log attached).
+    #[serde(default)]
+    pub own_copy_complete_for: Option<u64>,
+    /// This node's mailbox record says the partner's write-back mirror of this node is
+    /// outdated (until a resync completes).
+    #[serde(default)]
+    pub own_writeback_outdated: bool,
     /// This node's mailbox record names this generation of its own shadow log as the newest
     /// that may hold an acknowledged record (0: none; F5.6).
     #[serde(default)]
@@ -805,10 +849,12 @@ impl GivebackNode {
             mailbox_read_failures: status.mailbox_read_failures,
             io_failures: status.io_failures,
             last_error: status.last_error.clone(),
-            partner_copy_outdated: status.partner_copy_outdated,
+            partner_copy_gap: status.partner_copy_gap,
             takeover_refused: status.takeover_refused,
             forced_loss: status.forced_loss,
             own_copy_outdated: self.copy_mark.get(),
+            own_copy_complete_for: self.copy_mark.stamp().complete_for,
+            own_writeback_outdated: self.copy_mark.stamp().writeback_outdated,
             own_log_generation: self.own_log.recorded(),
             driver,
         }
@@ -899,9 +945,9 @@ pub fn render_report(r: &GivebackReport) -> String {
         r.driver.kills_received,
         r.driver.reboots,
     ));
-    if let Some(m) = &r.partner_copy_outdated {
+    if let Some(g) = &r.partner_copy_gap {
         out.push_str(&format!(
-            "  ALERT: this node's copy of the partner's log is outdated from {m}{}\n",
+            "  ALERT: this node's copy of the partner's data may lack acknowledged writes: {g}{}\n",
             if r.takeover_refused {
                 ": automatic takeover refused (interlink takeover --force accepts the loss)"
             } else {
@@ -914,9 +960,14 @@ pub fn render_report(r: &GivebackReport) -> String {
             "  the partner's copy of this node's log is outdated from {m} (until a resync completes)\n"
         ));
     }
-    if let Some(m) = &r.forced_loss {
+    if r.own_writeback_outdated {
+        out.push_str(
+            "  the partner's write-back mirror of this node is outdated (until a resync completes)\n",
+        );
+    }
+    if let Some(g) = &r.forced_loss {
         out.push_str(&format!(
-            "  the last forced takeover lost the partner's records from {m} on\n"
+            "  the last forced takeover went past a copy {g}: the partner's records it lacked are lost\n"
         ));
     }
     if let Some(e) = &r.last_error {

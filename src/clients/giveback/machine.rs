@@ -63,10 +63,11 @@
 //!   partner's disks (a reservation left by an earlier incarnation would block it forever).
 
 use super::actions::{
-    Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
+    Action, Command, CommandOutcome, CommandReply, CopyGap, GivebackConfig, GivebackEvent,
+    GivebackStatus,
 };
 use super::detector::{ObservedRead, PartnerView};
-use super::mailbox::{LogMark, MailboxRecord, MailboxWrite};
+use super::mailbox::{MailboxRecord, MailboxWrite};
 use super::reservation::DiskSet;
 use super::state::{
     NodeState, PartnerRead, StateBlock, FLAG_AUTO_GIVEBACK, FLAG_INTERCONNECT_ALERT,
@@ -154,10 +155,10 @@ pub struct GivebackMachine {
     partner_failed: bool,
     /// The operator forced the takeover in progress past an outdated copy (F5.7).
     takeover_forced: bool,
-    /// The outdated mark an automatic takeover was refused for.
-    takeover_refused: Option<LogMark>,
-    /// What the last forced takeover lost.
-    forced_loss: Option<LogMark>,
+    /// The gap of the copy an automatic takeover was refused for.
+    takeover_refused: Option<CopyGap>,
+    /// What the last forced takeover went past.
+    forced_loss: Option<CopyGap>,
     takeovers: u32,
     givebacks: u32,
     last_detection: Option<Duration>,
@@ -591,7 +592,7 @@ impl GivebackMachine {
             kills_sent: self.kills_sent,
             io_failures: self.io_failures,
             last_error: self.last_error.clone(),
-            partner_copy_outdated: self.partner_copy_outdated(),
+            partner_copy_gap: self.partner_copy_gap(),
             takeover_refused: self.takeover_refused.is_some(),
             forced_loss: self.forced_loss,
         }
@@ -663,6 +664,8 @@ impl GivebackMachine {
             partner_incarnation: self.view.partner_incarnation().unwrap_or(0),
             replayed_partner_log: None,
             partner_copy_outdated: None,
+            partner_copy_complete_for: None,
+            writeback_copy_outdated: false,
             own_log_generation: 0,
         }
     }
@@ -876,44 +879,6 @@ impl GivebackMachine {
         }
     }
 
-    fn partner_reservation(&mut self, now: Instant, holder: Option<u32>) {
-        let granted = holder == Some(self.cfg.me);
-        match self.takeover {
-            TakeoverPhase::Confirming if granted => self.serve_partner(now),
-            TakeoverPhase::Confirming => {
-                tracing::error!(
-                    me = self.cfg.me,
-                    ?holder,
-                    "the partner's disks were taken back during the takeover: fencing myself"
-                );
-                self.halt(now, GivebackEvent::Fenced);
-            }
-            TakeoverPhase::Reserving if granted && !self.takeover_manual => {
-                self.takeover = TakeoverPhase::Reconfirming;
-                self.actions.push_back(Action::ReadMailbox);
-            }
-            TakeoverPhase::Reserving if granted => {
-                self.takeover = TakeoverPhase::WritingMailbox;
-                let rec = self.record();
-                self.actions.push_back(Action::WriteMailbox(rec));
-            }
-            TakeoverPhase::Reserving => {
-                self.takeover = if self.takeover_manual {
-                    TakeoverPhase::Killing
-                } else {
-                    TakeoverPhase::Idle
-                };
-            }
-            TakeoverPhase::Rereserving => {
-                self.takeover = TakeoverPhase::Idle;
-                if granted {
-                    self.partner_released = false;
-                }
-            }
-            _ => {}
-        }
-    }
-
     /// Step 567: serve my own disks.
     fn complete_init(&mut self, now: Instant) {
         self.boot = BootPhase::Idle;
@@ -925,110 +890,6 @@ impl GivebackMachine {
             .push_back(GivebackEvent::Serving { set: self.cfg.me });
         self.set_state(now, NodeState::Up);
         self.publish_if_changed();
-    }
-
-    fn start_reserving_partner(&mut self, now: Instant) {
-        if self.refuse_outdated_takeover() {
-            return;
-        }
-        if self.takeover == TakeoverPhase::Idle {
-            self.events.push_back(GivebackEvent::TakeoverStarted {
-                manual: self.takeover_manual,
-            });
-        }
-        self.detection = self.view.silent_for(now);
-        self.takeover = TakeoverPhase::Reserving;
-        self.actions.push_back(Action::Reserve {
-            set: self.cfg.partner,
-            preempt: true,
-        });
-    }
-
-    /// The mailbox says "taken over": assume the identity, replay the partner's log, then
-    /// confirm the reservation (the hooks may take long: the partner may have preempted it
-    /// meanwhile) before serving.
-    fn complete_takeover(&mut self, _now: Instant) {
-        let partner = self.cfg.partner;
-        self.takeover = TakeoverPhase::Confirming;
-        self.identity = true;
-        self.actions.push_back(Action::AssumeIdentity);
-        self.actions.push_back(Action::ReplayPartnerLog);
-        self.actions
-            .push_back(Action::CheckReservation { set: partner });
-    }
-
-    /// The check after the hooks failed: nothing of the partner's is served; the identity
-    /// goes back; the takeover starts again from the reserve at the next fresh evidence.
-    /// Returns the takeover's next phase (a manual takeover goes back to waiting for the
-    /// partner to be read not serving, as after a failed reserve).
-    fn abandon_takeover(&mut self) -> TakeoverPhase {
-        tracing::warn!(
-            me = self.cfg.me,
-            "takeover abandoned: the partner's reservation could not be confirmed"
-        );
-        if self.identity {
-            self.identity = false;
-            self.actions.push_back(Action::ReleaseIdentity);
-        }
-        if self.takeover_manual {
-            TakeoverPhase::Killing
-        } else {
-            TakeoverPhase::Idle
-        }
-    }
-
-    /// The partner's reservation is confirmed after the hooks: serve its disks, TAKEOVER.
-    fn serve_partner(&mut self, now: Instant) {
-        let partner = self.cfg.partner;
-        self.takeover = TakeoverPhase::Idle;
-        self.takeover_manual = false;
-        self.takeover_forced = false;
-        self.takeover_refused = None;
-        self.serving_partner = true;
-        self.actions
-            .push_back(Action::StartServing { set: partner });
-        self.events
-            .push_back(GivebackEvent::Serving { set: partner });
-        self.set_state(now, NodeState::Takeover);
-        self.takeovers = self.takeovers.wrapping_add(1);
-        self.last_detection = Some(self.detection);
-        self.partner_released = false;
-        self.giveback_requested = false;
-        self.publish_if_changed();
-        self.events.push_back(GivebackEvent::TakeoverDone {
-            detection: self.detection,
-        });
-        tracing::warn!(me = self.cfg.me, partner, detection = ?self.detection, "took over");
-        self.killing = true;
-        self.send_kill();
-    }
-
-    fn send_kill(&mut self) {
-        if let Some(target_incarnation) = self.view.partner_incarnation() {
-            self.kills_sent += 1;
-            self.actions
-                .push_back(Action::SendKill { target_incarnation });
-        }
-    }
-
-    fn stop_kills(&mut self) {
-        if self.killing {
-            self.killing = false;
-            self.events.push_back(GivebackEvent::KillsStopped);
-        }
-    }
-
-    /// Step 540 (in TAKEOVER): release the partner's disks, keep serving them.
-    fn release_partner_disks(&mut self) {
-        if self.partner_released {
-            return;
-        }
-        self.partner_released = true;
-        if self.holding.remove(&self.cfg.partner) {
-            self.actions.push_back(Action::Release {
-                set: self.cfg.partner,
-            });
-        }
     }
 
     /// Step 560.
@@ -1089,6 +950,8 @@ impl GivebackMachine {
 
 #[path = "machine_commands.rs"]
 mod commands;
+#[path = "machine_takeover.rs"]
+mod machine_takeover;
 
 #[cfg(test)]
 #[path = "machine_tests.rs"]

@@ -1,45 +1,57 @@
 //! Operator commands of the giveback machine (F4.5): manual takeover and giveback; and two
-//! guards of the automatic takeover: none starts from an outdated copy of the partner's log
-//! (F5.7; only a forced takeover overrides it), and none goes on past a partner that showed
+//! guards of the automatic takeover: none starts from a copy of the partner's log that may
+//! lack acknowledged records, outdated or not confirmed complete on this incarnation (F5.7;
+//! only a forced takeover overrides it), and none goes on past a partner that showed
 //! life in the mailbox read right after its disks were reserved (a restart racing the
 //! preempt: the restarted partner may already have reserved its disks and be recovering its
 //! own log, which the takeover's replay would apply a second time).
 
 use super::{GivebackMachine, TakeoverPhase};
+use crate::clients::giveback::actions::CopyGap;
 use crate::clients::giveback::actions::{Action, CommandOutcome, GivebackEvent};
-use crate::clients::giveback::mailbox::LogMark;
 use crate::clients::giveback::state::NodeState;
 use std::time::Instant;
 
 impl GivebackMachine {
-    /// What the partner's newest mailbox record says of this node's copy of its shadow log:
-    /// outdated from this position on (None: in sync).
-    pub(super) fn partner_copy_outdated(&self) -> Option<LogMark> {
-        self.view.record().and_then(|r| r.partner_copy_outdated)
+    /// What the partner's newest mailbox record says this node's copy of its shadow log may
+    /// lack: outdated from a position on, or (positive confirmation) not confirmed complete
+    /// on this incarnation of this node. None: in sync and complete, or no shadow log.
+    pub(super) fn partner_copy_gap(&self) -> Option<CopyGap> {
+        let r = self.view.record()?;
+        if let Some(from) = r.partner_copy_outdated {
+            return Some(CopyGap::Outdated { from });
+        }
+        if r.writeback_copy_outdated {
+            return Some(CopyGap::WriteBackOutdated);
+        }
+        match r.partner_copy_complete_for {
+            Some(c) if c != self.incarnation => Some(CopyGap::Unconfirmed { complete_for: c }),
+            _ => None,
+        }
     }
 
     /// F5.7 (DRBD: an outdated peer is never promoted; ONTAP: no takeover while NVRAM is not
     /// in sync): a takeover about to reserve the partner's disks is refused while the
-    /// partner's record marks this node's copy outdated, unless an operator forced it (the
-    /// loss is then recorded). Returns whether it is refused.
+    /// partner's record says this node's copy may lack acknowledged records, unless an
+    /// operator forced it (what it went past is then recorded). Returns whether it is
+    /// refused.
     pub(super) fn refuse_outdated_takeover(&mut self) -> bool {
-        let Some(from) = self.partner_copy_outdated() else {
+        let Some(gap) = self.partner_copy_gap() else {
             self.takeover_refused = None;
             return false;
         };
         if self.takeover_forced {
-            if self.forced_loss != Some(from) {
-                tracing::error!(me = self.cfg.me, partner = self.cfg.partner, lost_from = %from, "forced takeover from an outdated copy: the partner's records from this position on are lost to it");
-                self.forced_loss = Some(from);
+            if self.forced_loss != Some(gap) {
+                tracing::error!(me = self.cfg.me, partner = self.cfg.partner, copy = %gap, "forced takeover from a copy of the partner's log that may lack acknowledged records: they are lost to it");
+                self.forced_loss = Some(gap);
             }
             return false;
         }
-        if self.takeover_refused != Some(from) {
-            tracing::error!(me = self.cfg.me, partner = self.cfg.partner, outdated_from = %from, "partner failed, but this node's copy of its log is outdated: no automatic takeover (force one to accept the loss)");
-            self.takeover_refused = Some(from);
-            self.events.push_back(GivebackEvent::TakeoverRefused {
-                outdated_from: from,
-            });
+        if self.takeover_refused != Some(gap) {
+            tracing::error!(me = self.cfg.me, partner = self.cfg.partner, copy = %gap, "partner failed, but this node's copy of its log may lack acknowledged records: no automatic takeover (force one to accept the loss)");
+            self.takeover_refused = Some(gap);
+            self.events
+                .push_back(GivebackEvent::TakeoverRefused { gap });
         }
         // A manual (unforced) takeover stays waiting; a forced command may follow.
         true
@@ -76,7 +88,7 @@ impl GivebackMachine {
     }
 
     pub(super) fn command_force_takeover(&mut self, now: Instant) -> (CommandOutcome, String) {
-        let outdated = self.partner_copy_outdated();
+        let gap = self.partner_copy_gap();
         let was_forced = self.takeover_forced;
         self.takeover_forced = true;
         let (outcome, reason) = if self.takeover == TakeoverPhase::Killing && self.takeover_manual {
@@ -92,11 +104,20 @@ impl GivebackMachine {
             self.takeover_forced = was_forced;
             return (outcome, reason);
         }
-        let loss = match outdated {
-            Some(m) => format!(
-                "forced past an outdated copy: the partner's records from {m} on were \
+        let loss = match gap {
+            Some(CopyGap::Outdated { from }) => format!(
+                "forced past an outdated copy: the partner's records from {from} on were \
                  acknowledged without this node's copy and are lost to this takeover (they are \
                  in the partner's NVRAM only)"
+            ),
+            Some(CopyGap::WriteBackOutdated) => "forced past an outdated write-back mirror: the \
+                 partner's writes completed without this node's mirror are lost to this takeover \
+                 (they are in the partner's NVRAM only)"
+                .into(),
+            Some(g @ CopyGap::Unconfirmed { .. }) => format!(
+                "forced past an unconfirmed copy ({g}): records the partner acknowledged \
+                 after the last one this copy holds are lost to this takeover (they are in the \
+                 partner's NVRAM only)"
             ),
             None => "this node's copy of the partner's log is in sync: nothing is lost".into(),
         };

@@ -2,6 +2,7 @@
 //! The two-node protocol is exercised by `tests/giveback_sim.rs`.
 
 use super::*;
+use crate::clients::giveback::mailbox::LogMark;
 use crate::clients::giveback::state::StateBlock;
 
 const I: Duration = Duration::from_millis(100);
@@ -135,6 +136,8 @@ fn partner_rec(heartbeat: u64, taken_over: bool) -> Option<MailboxRecord> {
         partner_incarnation: 0,
         replayed_partner_log: None,
         partner_copy_outdated: None,
+        partner_copy_complete_for: None,
+        writeback_copy_outdated: false,
         own_log_generation: 0,
     })
 }
@@ -493,7 +496,8 @@ fn giveback_machine_refuses_to_take_over_from_an_outdated_copy_unless_forced() {
     }
     let s = m.status();
     assert!(s.partner_failed && s.takeover_refused, "{s:?}");
-    assert_eq!(s.partner_copy_outdated, Some(outdated));
+    let gap = CopyGap::Outdated { from: outdated };
+    assert_eq!(s.partner_copy_gap, Some(gap));
     assert_eq!(m.state(), NodeState::Up);
     assert!(
         !w.take()
@@ -503,7 +507,7 @@ fn giveback_machine_refuses_to_take_over_from_an_outdated_copy_unless_forced() {
     );
     let refusals = events
         .iter()
-        .filter(|e| matches!(e, GivebackEvent::TakeoverRefused { outdated_from } if *outdated_from == outdated))
+        .filter(|e| matches!(e, GivebackEvent::TakeoverRefused { gap: g } if *g == gap))
         .count();
     assert_eq!(refusals, 1, "{events:?}");
     // The operator forces it: the takeover goes ahead and names the loss.
@@ -521,7 +525,68 @@ fn giveback_machine_refuses_to_take_over_from_an_outdated_copy_unless_forced() {
             preempt: true
         }
     )));
-    assert_eq!(m.status().forced_loss, Some(outdated));
+    assert_eq!(m.status().forced_loss, Some(gap));
+}
+
+/// Runs a pair whose partner dies with `complete_for` in its record (this node is
+/// incarnation 1); returns whether this node reserved the partner's disks, and its events.
+fn takeover_with_confirmation(complete_for: Option<u64>) -> (bool, Vec<GivebackEvent>) {
+    takeover_from(complete_for, false)
+}
+
+/// [`takeover_with_confirmation`], the partner's record also saying whether its write-back
+/// mirror here is outdated.
+fn takeover_from(
+    complete_for: Option<u64>,
+    writeback_outdated: bool,
+) -> (bool, Vec<GivebackEvent>) {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    w.partner_record = partner_rec(1, false).map(|r| MailboxRecord {
+        partner_copy_complete_for: complete_for,
+        writeback_copy_outdated: writeback_outdated,
+        ..r
+    });
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    let mut events = Vec::new();
+    for i in 0..40u32 {
+        tick(&mut m, &mut w, t0 + I * i);
+        while let Some(e) = m.poll_event() {
+            events.push(e);
+        }
+    }
+    let reserved = w.take().iter().any(|a| {
+        matches!(
+            a,
+            Action::Reserve {
+                set: PARTNER,
+                preempt: true
+            }
+        )
+    });
+    (reserved, events)
+}
+
+#[test]
+fn giveback_machine_takes_over_only_from_a_copy_confirmed_complete_on_its_incarnation() {
+    // No shadow log, or a copy confirmed on this incarnation: automatic takeover.
+    assert!(takeover_with_confirmation(None).0);
+    assert!(takeover_with_confirmation(Some(1)).0);
+    // Confirmed on none, or on an earlier incarnation of this node (its region was empty
+    // after that restart until a full re-send completed): refused, and said why.
+    for c in [0, 7] {
+        let (reserved, events) = takeover_with_confirmation(Some(c));
+        assert!(
+            !reserved,
+            "an unconfirmed copy (complete for {c}) was taken over"
+        );
+        assert!(
+            events.contains(&GivebackEvent::TakeoverRefused {
+                gap: CopyGap::Unconfirmed { complete_for: c }
+            }),
+            "{events:?}"
+        );
+    }
 }
 
 #[test]
@@ -610,4 +675,16 @@ fn giveback_machine_abandons_a_takeover_when_the_partner_shows_life_right_after_
     );
     assert_eq!(m.state(), NodeState::Up);
     assert!(!m.status().takeover_in_progress);
+}
+
+#[test]
+fn giveback_machine_refuses_to_take_over_an_outdated_write_back_mirror() {
+    let (reserved, events) = takeover_from(Some(1), true);
+    assert!(!reserved, "an outdated write-back mirror was taken over");
+    assert!(
+        events.contains(&GivebackEvent::TakeoverRefused {
+            gap: CopyGap::WriteBackOutdated
+        }),
+        "{events:?}"
+    );
 }

@@ -13,7 +13,7 @@
 //! | 4 | 2 | layout version (2) |
 //! | 6 | 2 | writer's state ([`NodeState`] word) |
 //! | 8 | 4 | writer's node id |
-//! | 12 | 2 | flags: bit 0 TAKEN_OVER (the writer serves its partner's disks), bit 1 TAKEOVER_PENDING (the writer is killing its partner to take over); other bits zero |
+//! | 12 | 2 | flags: bit 0 TAKEN_OVER (the writer serves its partner's disks), bit 1 TAKEOVER_PENDING (the writer is killing its partner to take over), bit 2 SHADOW_LOG (the writer runs a shadow log mirrored to the partner: bytes 72..80 say for which partner incarnation that copy is complete), bit 3 WRITEBACK_OUTDATED (the partner's mirror of the writer's write-back blocks lacks writes completed without it); other bits zero |
 //! | 14 | 2 | reserved, zero |
 //! | 16 | 8 | writer's incarnation |
 //! | 24 | 8 | heartbeat: incremented by every write of this incarnation |
@@ -22,7 +22,7 @@
 //! | 48 | 8 | replayed partner log: the last sequence number replayed (or the checkpoint, if none followed it) |
 //! | 56 | 8 | partner copy outdated: generation of the writer's own shadow log whose copy at the partner is outdated (0 = the partner's copy is in sync) |
 //! | 64 | 8 | partner copy outdated: the first sequence number acknowledged without the partner's copy |
-//! | 72 | 8 | reserved, zero |
+//! | 72 | 8 | partner copy complete for: the partner incarnation whose copy of the writer's shadow log a full send completed on (0 = none yet; zero without SHADOW_LOG) |
 //! | 80 | 8 | own log generation: the newest generation of the writer's own shadow log that may hold an acknowledged record (0 = the writer never acknowledged one) |
 //! | 88 | 4 | reserved, zero |
 //! | 92 | 4 | CRC32C of bytes 0..92 |
@@ -37,10 +37,14 @@
 //! log's records were already applied by a takeover (F5.6). The outdated mark is written
 //! before the writer acknowledges its first record without the partner's copy, and kept
 //! (across the writer's restarts too) until a resync completed (F5.7): a survivor refuses an
-//! automatic takeover while its partner's record carries it. The own log generation is
-//! written before the writer acknowledges the first record of a new generation, and kept
-//! across restarts: a node whose NVRAM is lost or corrupt learns from it that a log existed
-//! and fetches it from the partner's copy instead of starting fresh (F5.6).
+//! automatic takeover while its partner's record carries it. The copy-complete field is the
+//! positive half of the same rule: a mirror region lives as long as the partner's process, so
+//! a partner that restarted holds an empty or partly re-sent copy until the writer's full
+//! re-send completed on it; a survivor takes over automatically only if its partner's record
+//! names the survivor's own incarnation there (or carries no SHADOW_LOG flag). The own log generation is written before the writer
+//! acknowledges the first record of a new generation, and kept across restarts: a node whose
+//! NVRAM is lost or corrupt learns from it that a log existed and fetches it from the
+//! partner's copy instead of starting fresh (F5.6).
 
 use super::error::{FormatError, GivebackError};
 use super::state::NodeState;
@@ -66,7 +70,9 @@ const LAYOUT_VERSION: u16 = 2;
 const LAYOUT_VERSION_1: u16 = 1;
 const FLAG_TAKEN_OVER: u16 = 1 << 0;
 const FLAG_TAKEOVER_PENDING: u16 = 1 << 1;
-const FLAGS_KNOWN: u16 = 0x3;
+const FLAG_SHADOW_LOG: u16 = 1 << 2;
+const FLAG_WRITEBACK_OUTDATED: u16 = 1 << 3;
+const FLAGS_KNOWN: u16 = 0xf;
 
 /// One node's mailbox record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +98,12 @@ pub struct MailboxRecord {
     /// The partner's copy of the writer's shadow log is outdated from this position on
     /// (records from it were acknowledged without it); None: in sync.
     pub partner_copy_outdated: Option<LogMark>,
+    /// The writer runs a shadow log mirrored to its partner (Some), and the partner
+    /// incarnation whose copy a full send completed on (0: none yet); None: no shadow log.
+    pub partner_copy_complete_for: Option<u64>,
+    /// The partner's mirror of the writer's write-back blocks is outdated (writes completed
+    /// `MirrorLost` since its last resync).
+    pub writeback_copy_outdated: bool,
     /// The newest generation of the writer's own shadow log that may hold an acknowledged
     /// record (0: it never acknowledged one; a version 1 record reads as 0).
     pub own_log_generation: u64,
@@ -139,6 +151,13 @@ impl MailboxRecord {
         }
         if self.takeover_pending {
             flags |= FLAG_TAKEOVER_PENDING;
+        }
+        if self.writeback_copy_outdated {
+            flags |= FLAG_WRITEBACK_OUTDATED;
+        }
+        if let Some(inc) = self.partner_copy_complete_for {
+            flags |= FLAG_SHADOW_LOG;
+            b[72..80].copy_from_slice(&inc.to_be_bytes());
         }
         b[12..14].copy_from_slice(&flags.to_be_bytes());
         b[16..24].copy_from_slice(&self.incarnation.to_be_bytes());
@@ -198,14 +217,13 @@ impl MailboxRecord {
         if version != LAYOUT_VERSION && version != LAYOUT_VERSION_1 {
             return Err(FormatError::Version(version));
         }
-        let reserved = if v1 { 40..60 } else { 72..80 };
+        let reserved = if v1 { 40..60 } else { 88..92 };
         let state = NodeState::from_u16(be16(6))?;
         let flags = be16(12);
         if flags & !FLAGS_KNOWN != 0 {
             return Err(FormatError::Flags(u32::from(flags & !FLAGS_KNOWN)));
         }
-        let tail = if v1 { 0..0 } else { 88..92 };
-        for offset in (14..16).chain(reserved).chain(tail) {
+        for offset in (14..16).chain(reserved) {
             if b[offset] != 0 {
                 return Err(FormatError::Reserved {
                     offset,
@@ -215,6 +233,14 @@ impl MailboxRecord {
         }
         // A mark of generation 0 is no mark: its sequence number must be zero too (one
         // encoding per record).
+        if !v1 && flags & FLAG_SHADOW_LOG == 0 && be64(72) != 0 {
+            // Without the flag the field is zero (one encoding per record).
+            let offset = (72..80).find(|&o| b[o] != 0).unwrap_or(72);
+            return Err(FormatError::Reserved {
+                offset,
+                value: b[offset],
+            });
+        }
         for at in [40usize, 56] {
             if !v1 && be64(at) == 0 && be64(at + 8) != 0 {
                 let offset = (at + 8..at + 16).find(|&o| b[o] != 0).unwrap_or(at + 8);
@@ -240,6 +266,8 @@ impl MailboxRecord {
             partner_incarnation: be64(32),
             replayed_partner_log: mark(40),
             partner_copy_outdated: mark(56),
+            partner_copy_complete_for: (flags & FLAG_SHADOW_LOG != 0).then(|| be64(72)),
+            writeback_copy_outdated: flags & FLAG_WRITEBACK_OUTDATED != 0,
             own_log_generation: if v1 { 0 } else { be64(80) },
         })
     }
@@ -458,6 +486,8 @@ mod tests {
             partner_incarnation: 41,
             replayed_partner_log: None,
             partner_copy_outdated: None,
+            partner_copy_complete_for: None,
+            writeback_copy_outdated: false,
             own_log_generation: 0,
         }
     }
@@ -586,12 +616,31 @@ mod tests {
                 generation: 1_765_000_000_000_000_009,
                 seq: 12,
             }),
+            partner_copy_complete_for: Some(0x1122_3344_5566_7788),
+            writeback_copy_outdated: true,
             own_log_generation: 1_765_000_000_000_000_011,
             ..rec(2, 7, 1234)
         };
         let b = r.encode();
         assert_eq!(b[80..88], 1_765_000_000_000_000_011u64.to_be_bytes());
         assert_eq!(MailboxRecord::decode(&b).unwrap(), r);
+        // A shadow log whose copy is complete on no partner incarnation yet is not the same
+        // record as one without a shadow log.
+        let unconfirmed = MailboxRecord {
+            partner_copy_complete_for: Some(0),
+            ..rec(2, 7, 1234)
+        };
+        assert_eq!(
+            MailboxRecord::decode(&unconfirmed.encode()).unwrap(),
+            unconfirmed
+        );
+        assert_ne!(unconfirmed.encode(), rec(2, 7, 1234).encode());
+        // The field without the flag is a format error, not a value.
+        let mut bad = rec(2, 7, 1234).encode();
+        bad[79] = 1;
+        let crc = crc32c::crc32c(&bad[0..92]);
+        bad[92..96].copy_from_slice(&crc.to_be_bytes());
+        assert!(MailboxRecord::decode(&bad).is_err());
         // A version 1 record (as an older release wrote it) reads as having replayed
         // nothing, with the partner's copy in sync.
         let plain = rec(2, 7, 1234);

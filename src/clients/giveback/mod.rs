@@ -27,9 +27,10 @@ pub mod service;
 pub mod state;
 
 pub use actions::{
-    Action, Command, CommandOutcome, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
+    Action, Command, CommandOutcome, CommandReply, CopyGap, GivebackConfig, GivebackEvent,
+    GivebackStatus,
 };
-pub use copy_mark::PartnerCopyMark;
+pub use copy_mark::{CopyStamp, PartnerCopyMark};
 pub use driver::{GivebackNode, GivebackOptions, ServiceHooks};
 pub use error::{FormatError, GivebackError};
 pub use machine::GivebackMachine;

@@ -261,6 +261,17 @@ pub enum MirrorError {
         /// How long the append waited for the recovery.
         waited: std::time::Duration,
     },
+    /// The mailbox did not record the state of the partner's copy this step needs (F5.7):
+    /// that this node runs a shadow log, before an append (so a survivor knows to require a
+    /// confirmed copy), or that the copy is no takeover source, before the own recovery
+    /// applies records. No mailbox write carried it within the deadline.
+    #[error("shadow log {name:?}: no mailbox write recorded the state of the partner's copy after {waited:?} (a survivor must know it before this node acknowledges or applies records; is the giveback client writing its mailbox?)")]
+    NotInMailbox {
+        /// Client name.
+        name: String,
+        /// How long the append waited.
+        waited: std::time::Duration,
+    },
     /// Recovery at start refused: the local log is not empty, yet it cannot be read. Its
     /// records may exist only in the partner's mirror; it is not formatted over.
     #[error("recover shadow log: the local NVRAM holds a log that cannot be read ({reason}); it is not formatted over: its acknowledged records may exist only in the partner's mirror")]

@@ -28,9 +28,11 @@
 //! | blank (all zeros) | Fresh | replayed by the partner if its cursor names G or newer, else fetch | Fresh |
 //! | corrupt (not blank, not readable) | `RecoverUnreadable` | as blank | fetch |
 //!
-//! A fetched copy is used when it is a readable log, of G or newer, and the mailbox does
-//! not mark the partner's copy outdated (records were acknowledged without it); otherwise
-//! `NoValidCopy` (or, without a mailbox, `RecoverUnreadable`).
+//! A fetched copy is used when it is a readable log, of G or newer, the mailbox does not
+//! mark the partner's copy outdated (records were acknowledged without it), and the mailbox
+//! confirms it complete for the partner incarnation it was read from (F5.7: a full send
+//! completed there, so no cut-short re-send left it partial); otherwise `NoValidCopy` (or,
+//! without a mailbox, `RecoverUnreadable`).
 
 use super::error::MirrorError;
 use super::log_format::{decode_superblock, LogImageError};
@@ -88,6 +90,9 @@ pub enum OwnLogKnowledge {
         generation: u64,
         /// The partner's copy is outdated from here (records were acknowledged without it).
         copy_outdated: Option<LogPosition>,
+        /// The partner incarnation the record names the copy complete for (F5.7: a full send
+        /// completed on it; `Some(0)`: on none; `None`: no shadow log attached).
+        copy_complete_for: Option<u64>,
     },
 }
 
@@ -172,6 +177,7 @@ pub fn plan_start(
 /// [`MirrorError::NoValidCopy`] (without a mailbox, [`MirrorError::RecoverUnreadable`]).
 pub fn plan_fetched(
     copy: &[u8],
+    fetched_from: u64,
     own_cursor: Option<LogPosition>,
     partner_replayed: Option<LogPosition>,
     known: OwnLogKnowledge,
@@ -214,6 +220,19 @@ pub fn plan_fetched(
             "the partner's copy is marked outdated from generation {} seq {} (records from there were acknowledged without it)",
             m.generation, m.seq
         )));
+    }
+    if let OwnLogKnowledge::Recorded {
+        copy_complete_for, ..
+    } = known
+    {
+        if fetched_from == 0 || copy_complete_for != Some(fetched_from) {
+            // A partner that restarted holds what a re-send cut short may have left: a
+            // readable log that lacks acknowledged records.
+            return Err(refuse(format!(
+                "the partner's copy is not confirmed complete for the partner's running incarnation {fetched_from} (the mailbox names {}): a re-send to it may have been cut short",
+                copy_complete_for.map_or("no shadow log".to_string(), |c| c.to_string())
+            )));
+        }
     }
     match plan_recovery(copy, own_cursor, partner_replayed) {
         Err(MirrorError::RecoverUnreadable { reason }) => Err(refuse(format!(
@@ -377,10 +396,14 @@ mod tests {
         assert_eq!(next_generation(0, None, None), 1);
     }
 
+    /// The partner incarnation the copies are read from in these tests.
+    const PARTNER: u64 = 77;
+
     fn recorded(generation: u64) -> OwnLogKnowledge {
         OwnLogKnowledge::Recorded {
             generation,
             copy_outdated: None,
+            copy_complete_for: Some(PARTNER),
         }
     }
 
@@ -484,7 +507,7 @@ mod tests {
         let mut corrupt = image();
         corrupt[12] ^= 0xff;
         let plan = |copy: &[u8], cursor, partner, known| {
-            plan_fetched(copy, cursor, partner, known, "is blank")
+            plan_fetched(copy, PARTNER, cursor, partner, known, "is blank")
         };
         // The recorded generation, or a newer one (formatted, nothing of it acknowledged yet).
         for known in [recorded(5), recorded(4), OwnLogKnowledge::Unknown] {
@@ -510,12 +533,25 @@ mod tests {
         let outdated = OwnLogKnowledge::Recorded {
             generation: 5,
             copy_outdated: Some(at(5, 4)),
+            copy_complete_for: Some(PARTNER),
+        };
+        let unconfirmed = |c| OwnLogKnowledge::Recorded {
+            generation: 5,
+            copy_outdated: None,
+            copy_complete_for: c,
         };
         for (copy, known, word) in [
             (&blank, recorded(5), "blank"),
             (&corrupt, recorded(5), "cannot be read"),
             (&copy, recorded(6), "older than 6"),
             (&copy, outdated, "outdated"),
+            (&copy, unconfirmed(Some(0)), "not confirmed complete"),
+            (
+                &copy,
+                unconfirmed(Some(PARTNER + 1)),
+                "not confirmed complete",
+            ),
+            (&copy, unconfirmed(None), "not confirmed complete"),
         ] {
             match plan(copy, None, None, known) {
                 Err(MirrorError::NoValidCopy {

@@ -66,17 +66,17 @@
 //! nothing twice. [`ShadowMirror::replay_hook`] plugs it into
 //! [`JournalHooks::with_replay`](crate::clients::giveback::JournalHooks::with_replay).
 //!
-//! # Fresh start, new generation
+//! # Start: recovery, then a new generation
 //!
-//! [`ShadowMirror::start`] formats the local log with a new generation (unix time in
-//! nanoseconds, or one above the generation found in the backing if the clock went back). A
-//! restarted node does not re-open its old log: its records were replayed by the partner at
-//! takeover, so replaying them again (or mirroring them again, into a region the partner's
-//! replay cursor has already passed) would apply them twice. A new generation makes every old
-//! record in the partner's region stale for the scan, and orders after the partner's stored
-//! cursor, so the new log replays from its own start. The one hazard: a node that restarts
-//! before the partner took it over and replayed must not start its shadow driver before that
-//! (with the giveback client, the restarted node finds its disks reserved and waits).
+//! [`ShadowMirror::start`] opens the local NVRAM without formatting it; nothing is appended
+//! ([`MirrorError::NotRecovered`]) until [`ShadowMirror::recover`] decided what the previous
+//! run's records owe ([`plan_recovery`](super::recovery_plan::plan_recovery): replayed by the
+//! partner's takeover, or applied here exactly once through the caller's sink) and formatted
+//! a new generation (unix time in nanoseconds, raised above the previous log's and the
+//! partner's replay cursor), which makes every old record in the partner's region stale for
+//! the scan. With the giveback client, `interlink node` runs it from
+//! [`ServiceHooks::recover_own_log`](crate::clients::giveback::ServiceHooks::recover_own_log),
+//! right before this node serves its own disks (docs/architecture.md, "Recovery at start").
 
 #![deny(missing_docs)]
 
@@ -534,9 +534,13 @@ impl ShadowMirror {
         loop {
             shared.pump(&mut st);
             let recovered = st.recovery.is_recovered();
+            let in_mailbox = shared
+                .copy_mark
+                .get()
+                .is_none_or(|m| m.is_attached_durably());
             // F5.6: nothing of a new generation before the mailbox records it.
             let recorded = shared.own_log.get().is_none_or(|m| m.is_durable());
-            let usable = recovered && recorded && (st.absent || st.link_up());
+            let usable = recovered && in_mailbox && recorded && (st.absent || st.link_up());
             let mut full = None;
             if usable {
                 let log = st.log()?;
@@ -565,6 +569,12 @@ impl ShadowMirror {
                 let waited = now - started;
                 if !recovered {
                     return Err(MirrorError::NotRecovered {
+                        name: shared.cfg.name.clone(),
+                        waited,
+                    });
+                }
+                if !in_mailbox {
+                    return Err(MirrorError::NotInMailbox {
                         name: shared.cfg.name.clone(),
                         waited,
                     });
@@ -651,11 +661,15 @@ impl ShadowMirror {
         }
     }
 
-    /// Gives the shadow log the outdated mark of the partner's copy of this log (F5.7; from
+    /// Gives the shadow log the sync state of the partner's copy of this log (F5.7; from
     /// [`GivebackNode::partner_copy_mark`](crate::clients::giveback::GivebackNode::partner_copy_mark)):
-    /// from then on nothing is acknowledged unmirrored before the mark is durable in the
-    /// mailbox, and the mark is cleared once a resync completed. Only the first call counts.
+    /// from then on nothing is appended before the mailbox records that this node runs a
+    /// shadow log ([`MirrorError::NotInMailbox`] past the deadline), nothing is acknowledged
+    /// unmirrored before the outdated mark is durable in the mailbox, and once a full send
+    /// completed on a connection the mark is cleared and the mailbox names the partner
+    /// incarnation the copy is complete for. Only the first call counts.
     pub fn set_partner_copy_mark(&self, mark: Arc<crate::clients::giveback::PartnerCopyMark>) {
+        mark.attach();
         if let Err(mark) = self.shared.copy_mark.set(mark) {
             if self
                 .shared

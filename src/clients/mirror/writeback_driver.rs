@@ -104,6 +104,7 @@ use super::writeback::{
     BlockRef, CompletionStatus, DirtyBlock, DirtyRef, Message, RequestId, TakeoverReport,
     WriteBackMirror, WriteBackPrimary,
 };
+use crate::clients::giveback::PartnerCopyMark;
 use crate::fabric::Access;
 use crate::manager::{BandwidthClass, ClientHandle, ClientSpec, Manager};
 use crate::messaging::{Head, Messenger, MessengerConfig, Outbox};
@@ -245,6 +246,8 @@ struct Shared {
     cfg: WriteBackConfig,
     handle: ClientHandle,
     core: Mutex<Core>,
+    /// The sync state of the partner's mirror of this node (F5.7), once given.
+    copy_mark: std::sync::OnceLock<Arc<PartnerCopyMark>>,
     /// Signalled when writes complete or the driver stops.
     changed: Condvar,
     stop: AtomicBool,
@@ -265,6 +268,11 @@ impl Shared {
         if let Some(why) = c.report.take() {
             self.handle.record_error();
             self.handle.report_failure(&why);
+        }
+        if c.primary.in_sync() {
+            if let Some(mark) = self.copy_mark.get() {
+                mark.writeback_synced();
+            }
         }
         progress
     }
@@ -361,6 +369,7 @@ impl MirroredWriteBack {
             cfg: cfg.clone(),
             handle,
             core: Mutex::new(core),
+            copy_mark: std::sync::OnceLock::new(),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             kick,
@@ -488,8 +497,19 @@ impl MirroredWriteBack {
         let mut waited = Vec::with_capacity(POLL_BATCH);
         let mut c = shared.core.lock();
         loop {
-            if let Some(status) = c.done.remove(&ticket.request) {
-                return Ok(status);
+            if let Some(&status) = c.done.get(&ticket.request) {
+                // F5.7: a write completed without the partner's mirror (the partner failed,
+                // or the mirror refused it: it is re-mirrored by a resync) is acknowledged only
+                // once the mailbox marks that mirror outdated (no automatic takeover from it).
+                let marked = status == CompletionStatus::Mirrored
+                    || shared.copy_mark.get().is_none_or(|m| {
+                        m.mark_writeback();
+                        m.is_writeback_durable()
+                    });
+                if marked {
+                    c.done.remove(&ticket.request);
+                    return Ok(status);
+                }
             }
             if shared.stop.load(Ordering::Relaxed) {
                 return Err(shared.stopped());
@@ -561,6 +581,30 @@ impl MirroredWriteBack {
         };
         self.flush();
         Ok(freed)
+    }
+
+    /// Gives the write-back the sync state of the partner's mirror of this node (F5.7; from
+    /// [`GivebackNode::partner_copy_mark`](crate::clients::giveback::GivebackNode::partner_copy_mark)):
+    /// from then on a write completed `MirrorLost` or `MirrorRejected` is returned only once a mailbox write
+    /// marked the partner's mirror outdated (a survivor then refuses an automatic takeover),
+    /// and the mark is cleared once a resync completed ([`WriteBackStats::in_sync`]). Only
+    /// the first call counts.
+    pub fn set_partner_copy_mark(&self, mark: Arc<PartnerCopyMark>) {
+        if self.shared.copy_mark.set(mark).is_err() {
+            tracing::warn!(name = %self.shared.cfg.name, "a partner copy mark was given already");
+        }
+    }
+
+    /// Follows the failure detector (the giveback client): the partner failed or is taken
+    /// over, so writes in progress and later ones complete `MirrorLost` at once instead of
+    /// after [`WriteBackConfig::partner_timeout`]. The data connection is handed back to the
+    /// manager too (a hung partner may keep it up): mirroring resumes on a new one.
+    pub fn declare_partner_failed(&self, why: &str) {
+        let mut c = self.shared.core.lock();
+        c.fail_partner(&self.shared.cfg, why);
+        c.fail_link(why);
+        self.shared.pump(&mut c, &mut Vec::new());
+        self.shared.changed.notify_all();
     }
 
     /// Takes over the partner's mirrored dirty blocks (the partner is gone): its writes in

@@ -374,7 +374,7 @@ impl Runtime {
         let Some(att) = c.attachment.as_ref() else {
             return;
         };
-        let conn = att.connection(&c.cells);
+        let conn = att.connection(&c.cells, self.partner_incarnation.unwrap_or(0));
         let link = att.link;
         if c.state == ClientState::Ready {
             let _ = c.events.send(ClientEvent::Updated(conn));

@@ -74,6 +74,9 @@ pub(super) struct Link {
     pub(super) serial: u64,
     /// The manager's generation of the connection, for [`ClientHandle::report_failure_of`].
     pub(super) generation: u32,
+    /// The partner manager's incarnation: its `shadow-mirror` region's contents live as long
+    /// as it does, so a full send completed here makes the copy complete for it (F5.7).
+    pub(super) partner_incarnation: u64,
     /// Last time a write completed, or writes were posted with none in flight.
     pub(super) progress_at: Instant,
 }
@@ -220,19 +223,29 @@ impl Shared {
         self.check_partner(st);
         progress |= self.post(st);
         progress |= self.note_acks(st);
-        self.clear_copy_mark(st);
+        self.sync_copy_mark(st);
         progress
     }
 
-    /// F5.7: the partner's copy is in sync again (connected, the own log recovered, and the
-    /// latest full send of the live log complete on it; later appends are mirrored before
-    /// they are acknowledged): the outdated mark goes.
-    fn clear_copy_mark(&self, st: &Inner) {
-        let Some(mark) = self.copy_mark.get().filter(|m| m.is_marked()) else {
+    /// F5.7: the partner's copy is in sync and complete (connected, the own log recovered,
+    /// and the latest full send of the live log complete on this connection; later appends
+    /// are mirrored before they are acknowledged): the outdated mark goes, and the mailbox
+    /// names the partner incarnation the copy is complete for. A partner that restarts comes
+    /// back with an empty region and a new incarnation: the confirmation no longer names it
+    /// until the re-send on the new connection completed.
+    fn sync_copy_mark(&self, st: &Inner) {
+        let Some(mark) = self.copy_mark.get() else {
             return;
         };
+        let Some(link) = st.link.as_ref().filter(|l| !l.broken) else {
+            return;
+        };
+        if link.partner_incarnation == 0
+            || (!mark.is_marked() && mark.is_confirmed_for(link.partner_incarnation))
+        {
+            return;
+        }
         let synced = !st.absent
-            && st.link_up()
             && st.recovery.is_recovered()
             && st
                 .log
@@ -240,7 +253,7 @@ impl Shared {
                 .zip(st.sync_target)
                 .is_some_and(|(l, target)| l.completed_write() >= target);
         if synced {
-            mark.clear();
+            mark.synced(link.partner_incarnation);
         }
     }
 
@@ -615,11 +628,12 @@ impl Shared {
         };
         let qpn = qp.queue_pair().qpn();
         let epoch = qp.queue_pair().epoch();
-        if let Some(l) = st
-            .link
-            .as_mut()
-            .filter(|l| !l.broken && l.qpn == qpn && l.epoch == epoch)
-        {
+        if let Some(l) = st.link.as_mut().filter(|l| {
+            !l.broken
+                && l.qpn == qpn
+                && l.epoch == epoch
+                && l.partner_incarnation == conn.partner_incarnation
+        }) {
             // A live update: same queue pair, writes keep flowing.
             l.partner = partner;
             l.tx = tx;
@@ -643,6 +657,7 @@ impl Shared {
             broken: false,
             serial: st.counters.connections + 1,
             generation: conn.generation,
+            partner_incarnation: conn.partner_incarnation,
             progress_at: Instant::now(),
         });
         // A new connection after an earlier one, or after the partner was absent (writes were

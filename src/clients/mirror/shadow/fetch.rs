@@ -24,9 +24,13 @@ struct Progress {
 impl Shared {
     /// Waits for a connection and READs the partner's whole copy of this node's log (the
     /// first `log_len` bytes of its `shadow-mirror` region); a connection lost on the way
-    /// starts the fetch over on the next one. Returns the image, or by `deadline` the last
-    /// connection error seen (`Err(None)`: none).
-    pub(super) fn fetch_partner_copy(&self, deadline: Instant) -> Result<Vec<u8>, Option<String>> {
+    /// starts the fetch over on the next one. Returns the image and the partner incarnation
+    /// it was read from (0: unknown), or by `deadline` the last connection error seen
+    /// (`Err(None)`: none).
+    pub(super) fn fetch_partner_copy(
+        &self,
+        deadline: Instant,
+    ) -> Result<(Vec<u8>, u64), Option<String>> {
         let len = self.log_len;
         let mut image = vec![0u8; len];
         let mut progress: Option<Progress> = None;
@@ -57,7 +61,7 @@ impl Shared {
                 }
                 if p.done >= len {
                     tracing::info!(client = %self.cfg.name, bytes = len, link = %l.id, "own shadow log fetched from the partner's copy");
-                    return Ok(image);
+                    return Ok((image, l.partner_incarnation));
                 }
                 if p.reading.is_none() {
                     let n = l.fetch_landing.len().min(len - p.done);

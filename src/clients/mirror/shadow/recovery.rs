@@ -52,6 +52,9 @@ use std::time::{Duration, Instant};
 /// Longest the recovery waits for a first connection before it applies records with the
 /// partner's mirror not following (the partner may be down too).
 const FIRST_LINK_WAIT: Duration = Duration::from_secs(3);
+/// How long the own recovery waits for a mailbox write to void the confirmation of the
+/// partner's copy (the giveback driver writes its record every interval, during hooks too).
+const UNCONFIRM_WAIT: Duration = Duration::from_secs(30);
 
 /// Where the recovery of the own log is.
 pub(super) enum RecoveryState {
@@ -169,6 +172,7 @@ impl ShadowMirror {
                 generation: m.generation,
                 seq: m.seq,
             }),
+            copy_complete_for: context.copy_mark.stamp().complete_for,
         };
         let partner = context.partner_replayed.map(|m| LogPosition {
             generation: m.generation,
@@ -387,14 +391,21 @@ impl ShadowMirror {
         let shared = &*self.shared;
         let started = Instant::now();
         tracing::warn!(client = %shared.cfg.name, local, known = ?known, "shadow log recovery: the local NVRAM lost the log; fetching it from the partner's copy");
-        let copy = shared
+        let (copy, fetched_from) = shared
             .fetch_partner_copy(started + shared.cfg.fetch_timeout)
             .map_err(|last_error| MirrorError::FetchNoPartner {
                 local: local.to_string(),
                 waited: started.elapsed(),
                 last_error,
             })?;
-        let plan = plan_fetched(&copy, own_cursor, partner_replayed, known, local)?;
+        let plan = plan_fetched(
+            &copy,
+            fetched_from,
+            own_cursor,
+            partner_replayed,
+            known,
+            local,
+        )?;
         let len = copy.len().min(backing.len());
         backing.bytes_mut()[..len].copy_from_slice(&copy[..len]);
         backing.persist(0, len)?;
@@ -444,6 +455,7 @@ impl ShadowMirror {
         if records.is_empty() {
             return Ok(0);
         }
+        self.unconfirm_partner_copy()?;
         let follow = self.wait_connected(FIRST_LINK_WAIT.min(shared.cfg.partner_timeout));
         if !follow {
             tracing::warn!(client = %shared.cfg.name, generation, records = records.len(), "shadow log recovery: no connection to the partner; applying with its mirror not following");
@@ -489,6 +501,31 @@ impl ShadowMirror {
             }
         }
         Ok(applied)
+    }
+
+    /// F5.7: before this node applies records of its own log, the mailbox stops naming the
+    /// partner's copy complete: a takeover replaying it would apply them a second time (the
+    /// checkpoint behind each applied record reaches the copy only after it is applied, and
+    /// not at all without a connection). Waits until a mailbox write carried that, at most
+    /// [`UNCONFIRM_WAIT`]; past it, nothing is applied.
+    fn unconfirm_partner_copy(&self) -> Result<(), MirrorError> {
+        let shared = &*self.shared;
+        let Some(mark) = shared.copy_mark.get() else {
+            return Ok(());
+        };
+        mark.unconfirm();
+        let t0 = Instant::now();
+        let mut st = shared.inner.lock();
+        while !mark.is_unconfirmed_durably() {
+            if t0.elapsed() >= UNCONFIRM_WAIT || shared.stop.load(Ordering::Relaxed) {
+                return Err(MirrorError::NotInMailbox {
+                    name: shared.cfg.name.clone(),
+                    waited: t0.elapsed(),
+                });
+            }
+            shared.changed.wait_for(&mut st, Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// Waits (at most the link timeout) until no write of the installed log is in flight, so

@@ -1,0 +1,153 @@
+//! The takeover sequence of the giveback machine (F4.3, steps 540-567 of seed 001): reserving
+//! the partner's disks (after the guards of `machine_commands.rs`), the "taken over" mailbox
+//! write, the identity and replay hooks, the reservation check before serving, the kill
+//! messages, and the release of the partner's disks in TAKEOVER.
+
+use super::{GivebackMachine, TakeoverPhase};
+use crate::clients::giveback::actions::{Action, GivebackEvent};
+use crate::clients::giveback::state::NodeState;
+use std::time::Instant;
+
+impl GivebackMachine {
+    pub(super) fn partner_reservation(&mut self, now: Instant, holder: Option<u32>) {
+        let granted = holder == Some(self.cfg.me);
+        match self.takeover {
+            TakeoverPhase::Confirming if granted => self.serve_partner(now),
+            TakeoverPhase::Confirming => {
+                tracing::error!(
+                    me = self.cfg.me,
+                    ?holder,
+                    "the partner's disks were taken back during the takeover: fencing myself"
+                );
+                self.halt(now, GivebackEvent::Fenced);
+            }
+            TakeoverPhase::Reserving if granted && !self.takeover_manual => {
+                self.takeover = TakeoverPhase::Reconfirming;
+                self.actions.push_back(Action::ReadMailbox);
+            }
+            TakeoverPhase::Reserving if granted => {
+                self.takeover = TakeoverPhase::WritingMailbox;
+                let rec = self.record();
+                self.actions.push_back(Action::WriteMailbox(rec));
+            }
+            TakeoverPhase::Reserving => {
+                self.takeover = if self.takeover_manual {
+                    TakeoverPhase::Killing
+                } else {
+                    TakeoverPhase::Idle
+                };
+            }
+            TakeoverPhase::Rereserving => {
+                self.takeover = TakeoverPhase::Idle;
+                if granted {
+                    self.partner_released = false;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn start_reserving_partner(&mut self, now: Instant) {
+        if self.refuse_outdated_takeover() {
+            return;
+        }
+        if self.takeover == TakeoverPhase::Idle {
+            self.events.push_back(GivebackEvent::TakeoverStarted {
+                manual: self.takeover_manual,
+            });
+        }
+        self.detection = self.view.silent_for(now);
+        self.takeover = TakeoverPhase::Reserving;
+        self.actions.push_back(Action::Reserve {
+            set: self.cfg.partner,
+            preempt: true,
+        });
+    }
+
+    /// The mailbox says "taken over": assume the identity, replay the partner's log, then
+    /// confirm the reservation (the hooks may take long: the partner may have preempted it
+    /// meanwhile) before serving.
+    pub(super) fn complete_takeover(&mut self, _now: Instant) {
+        let partner = self.cfg.partner;
+        self.takeover = TakeoverPhase::Confirming;
+        self.identity = true;
+        self.actions.push_back(Action::AssumeIdentity);
+        self.actions.push_back(Action::ReplayPartnerLog);
+        self.actions
+            .push_back(Action::CheckReservation { set: partner });
+    }
+
+    /// The check after the hooks failed: nothing of the partner's is served; the identity
+    /// goes back; the takeover starts again from the reserve at the next fresh evidence.
+    /// Returns the takeover's next phase (a manual takeover goes back to waiting for the
+    /// partner to be read not serving, as after a failed reserve).
+    pub(super) fn abandon_takeover(&mut self) -> TakeoverPhase {
+        tracing::warn!(
+            me = self.cfg.me,
+            "takeover abandoned: the partner's reservation could not be confirmed"
+        );
+        if self.identity {
+            self.identity = false;
+            self.actions.push_back(Action::ReleaseIdentity);
+        }
+        if self.takeover_manual {
+            TakeoverPhase::Killing
+        } else {
+            TakeoverPhase::Idle
+        }
+    }
+
+    /// The partner's reservation is confirmed after the hooks: serve its disks, TAKEOVER.
+    pub(super) fn serve_partner(&mut self, now: Instant) {
+        let partner = self.cfg.partner;
+        self.takeover = TakeoverPhase::Idle;
+        self.takeover_manual = false;
+        self.takeover_forced = false;
+        self.takeover_refused = None;
+        self.serving_partner = true;
+        self.actions
+            .push_back(Action::StartServing { set: partner });
+        self.events
+            .push_back(GivebackEvent::Serving { set: partner });
+        self.set_state(now, NodeState::Takeover);
+        self.takeovers = self.takeovers.wrapping_add(1);
+        self.last_detection = Some(self.detection);
+        self.partner_released = false;
+        self.giveback_requested = false;
+        self.publish_if_changed();
+        self.events.push_back(GivebackEvent::TakeoverDone {
+            detection: self.detection,
+        });
+        tracing::warn!(me = self.cfg.me, partner, detection = ?self.detection, "took over");
+        self.killing = true;
+        self.send_kill();
+    }
+
+    pub(super) fn send_kill(&mut self) {
+        if let Some(target_incarnation) = self.view.partner_incarnation() {
+            self.kills_sent += 1;
+            self.actions
+                .push_back(Action::SendKill { target_incarnation });
+        }
+    }
+
+    pub(super) fn stop_kills(&mut self) {
+        if self.killing {
+            self.killing = false;
+            self.events.push_back(GivebackEvent::KillsStopped);
+        }
+    }
+
+    /// Step 540 (in TAKEOVER): release the partner's disks, keep serving them.
+    pub(super) fn release_partner_disks(&mut self) {
+        if self.partner_released {
+            return;
+        }
+        self.partner_released = true;
+        if self.holding.remove(&self.cfg.partner) {
+            self.actions.push_back(Action::Release {
+                set: self.cfg.partner,
+            });
+        }
+    }
+}
