@@ -327,7 +327,7 @@ pub fn run(
     let giveback = start_giveback(&manager, giveback, shadow.as_ref(), writeback.as_ref())?;
     match (&giveback, &shadow) {
         (None, Some(s)) => {
-            s.recover(None)?;
+            s.recover()?;
         }
         (Some(g), Some(s)) => s.attach_giveback(g),
         _ => {}

@@ -11,11 +11,11 @@
 
 use anyhow::{bail, Context};
 use interlink::clients::giveback::service::{RecoverHook, ReplayHook, ReplayedMark};
-use interlink::clients::giveback::{GivebackNode, LogMark};
+use interlink::clients::giveback::{GivebackNode, LogMark, OwnLogContext};
 use interlink::clients::mirror::shadow::{
     check_payload, file_backings, ShadowConfig, ShadowMirror, ShadowWriter, WriterConfig,
 };
-use interlink::clients::mirror::{LogPosition, Recovered, ReplayedRecord};
+use interlink::clients::mirror::{Recovered, ReplayedRecord};
 use interlink::manager::control::ControlResponse;
 use interlink::manager::Manager;
 use parking_lot::Mutex;
@@ -86,18 +86,15 @@ pub fn replayed_path(dir: &Path, node: u32) -> PathBuf {
     dir.join(format!("replayed-{node}.log"))
 }
 
-/// Recovers `mirror`'s own log, writing what it applies to the replayed log at `path`.
+/// Recovers `mirror`'s own log, writing what it applies to the replayed log at `path`: with
+/// the giveback client's context (the mailbox's marks), or without a mailbox.
 fn recover(
     mirror: &ShadowMirror,
     path: &Path,
-    partner_replayed: Option<LogMark>,
+    context: Option<&OwnLogContext>,
 ) -> anyhow::Result<Recovered> {
-    let partner = partner_replayed.map(|r| LogPosition {
-        generation: r.generation,
-        seq: r.seq,
-    });
     let mut headed = false;
-    let r = mirror.recover(partner, |rec: ReplayedRecord| {
+    let sink = |rec: ReplayedRecord| {
         if !headed {
             // The log being replayed is the one the recovery installed.
             let g = mirror.generation();
@@ -105,10 +102,23 @@ fn recover(
             headed = true;
         }
         append_line(path, &record_line(&rec))
-    })?;
+    };
+    let r = match context {
+        Some(c) => mirror.recover_from_mailbox(c, sink)?,
+        None => mirror.recover(None, sink)?,
+    };
     println!(
-        "shadow log recovered: {:?}, previous generation {:?}, {} records applied here, {} dropped, generation {}",
-        r.outcome, r.previous_generation, r.replayed, r.dropped, r.generation
+        "shadow log recovered: {:?}, previous generation {:?}, {} records applied here, {} dropped, generation {}{}",
+        r.outcome,
+        r.previous_generation,
+        r.replayed,
+        r.dropped,
+        r.generation,
+        if r.fetched_from_partner {
+            " (the log was fetched from the partner's copy)"
+        } else {
+            ""
+        }
     );
     Ok(r)
 }
@@ -164,27 +174,23 @@ impl ShadowNode {
         })
     }
 
-    /// Recovers the own log with what the partner replayed of it (see
-    /// [`ShadowMirror::recover`]); records nobody applied go to `replayed-<node>.log` as an
-    /// `own` view.
-    pub fn recover(&self, partner_replayed: Option<LogMark>) -> anyhow::Result<Recovered> {
-        recover(
-            &self.mirror,
-            &replayed_path(&self.dir, self.node),
-            partner_replayed,
-        )
+    /// Recovers the own log without a mailbox (see [`ShadowMirror::recover`]); records
+    /// nobody applied go to `replayed-<node>.log` as an `own` view.
+    pub fn recover(&self) -> anyhow::Result<Recovered> {
+        recover(&self.mirror, &replayed_path(&self.dir, self.node), None)
     }
 
-    /// The own-log recovery hook for the giveback client ([`ShadowNode::recover`] before the
-    /// node serves its disks); a log already recovered is left alone.
+    /// The own-log recovery hook for the giveback client (before the node serves its disks,
+    /// with the mailbox's marks: [`ShadowMirror::recover_from_mailbox`]); a log already
+    /// recovered is left alone.
     pub fn recover_hook(&self) -> RecoverHook {
         let mirror = self.mirror.clone();
         let path = replayed_path(&self.dir, self.node);
-        Box::new(move |partner| {
+        Box::new(move |context| {
             if mirror.recovered().is_some() {
                 return Ok(());
             }
-            recover(&mirror, &path, partner)
+            recover(&mirror, &path, Some(context))
                 .map(|_| ())
                 .map_err(|e| format!("{e:#}"))
         })

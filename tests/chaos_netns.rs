@@ -26,6 +26,11 @@
 //!   that copy outdated in its mailbox record; the node is killed: the survivor declares it
 //!   failed but refuses the takeover from its outdated copy; links back, the node restarts
 //!   and applies its own records.
+//! - `nvram_loss`: kill -9 of either node, its NVRAM log file deleted, zeroed or corrupted (a
+//!   replaced controller; its replay cursors kept), and a restart 0-1 s later: its mailbox
+//!   record names the lost log's generation, so it fetches the log from the survivor's copy
+//!   by RDMA READ and applies its records itself (or, past the detection window, the
+//!   survivor took it over and replayed them); nothing acknowledged is lost or applied twice.
 //!
 //! After each run every record each writer acknowledged is found exactly once, in order, in
 //! its partner's replays or its own recoveries (or covered by a checkpoint), and the service journals show at most
@@ -293,5 +298,41 @@ fn stale_mirror() {
         c.fault("restart");
         p.wait_pair_up();
         p.ensure_writers();
+    });
+}
+
+#[test]
+#[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
+fn nvram_loss() {
+    run_scenario("nvram-loss", |p: &mut ChaosPair, c: &mut Counts| {
+        for _ in 0..env_count("CHAOS_NVRAM_LOSSES", 3) {
+            let v = p.rng.gen_range(0..2usize);
+            p.pause(200, 1500);
+            p.kill(v);
+            c.fault("kill -9 mid-mirror");
+            let log = interlink::clients::mirror::shadow::log_path(&p.shared, chaos::id(v));
+            match p.rng.gen_range(0..3) {
+                0 => {
+                    std::fs::remove_file(&log).unwrap();
+                    c.fault("NVRAM log deleted");
+                }
+                1 => {
+                    let len = std::fs::metadata(&log).unwrap().len() as usize;
+                    std::fs::write(&log, vec![0u8; len]).unwrap();
+                    c.fault("NVRAM log zeroed");
+                }
+                _ => {
+                    let mut bytes = std::fs::read(&log).unwrap();
+                    bytes[12] ^= 0xff;
+                    std::fs::write(&log, &bytes).unwrap();
+                    c.fault("NVRAM log superblock corrupted");
+                }
+            }
+            p.pause(0, 1000);
+            p.restart(v);
+            c.fault("restart 0-1 s after the kill");
+            p.wait_pair_up();
+            p.ensure_writers();
+        }
     });
 }

@@ -87,6 +87,7 @@ fn mailbox_copies_are_owner_only() {
         partner_copy_outdated: None,
         partner_copy_complete_for: None,
         writeback_copy_outdated: false,
+        own_log_generation: 0,
     })
     .unwrap();
     assert_owner_only(&d, 2);

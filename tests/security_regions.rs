@@ -4,7 +4,7 @@
 //! a write-only mirror region or receive ring.
 mod suite;
 
-use interlink::clients::mirror::shadow::FLUSH_REGION_ACCESS;
+use interlink::clients::mirror::shadow::{FLUSH_REGION_ACCESS, SHADOW_MIRROR_ACCESS};
 use interlink::clients::mirror::MIRROR_REGION_ACCESS;
 use interlink::fabric::{Access, SendOp, SendRequest};
 use interlink::manager::health::{HEALTH_BLOCK_ACCESS, HEALTH_BLOCK_LEN, HEALTH_LANDING_ACCESS};
@@ -17,8 +17,14 @@ fn product_regions_have_the_least_rights() {
     // The partner READs the health block (heartbeat, partner state) and never writes it.
     assert_eq!(HEALTH_BLOCK_ACCESS, Access::REMOTE_READ);
     assert_eq!(HEALTH_LANDING_ACCESS, Access::LOCAL_WRITE);
-    // The partner WRITEs mirror regions and never reads them.
+    // The partner WRITEs the write-back mirror region and never reads it.
     assert_eq!(MIRROR_REGION_ACCESS, Access::REMOTE_WRITE);
+    // It WRITEs its shadow log into the shadow mirror region, and READs it back only when
+    // its own NVRAM lost the log (the region holds that log and nothing else).
+    assert_eq!(
+        SHADOW_MIRROR_ACCESS,
+        Access::REMOTE_WRITE | Access::REMOTE_READ
+    );
     // It READs the shadow log's flush region (zeros) behind its writes, and nothing else.
     assert_eq!(FLUSH_REGION_ACCESS, Access::REMOTE_READ);
     // The partner WRITEs frames into the receive ring and never reads it.
@@ -76,15 +82,16 @@ fn soft_provider_refuses_the_other_operation() {
     assert_eq!(&block, b"state", "the refused WRITE changed nothing");
 }
 
-/// Remote read is granted in two places of the product: the health block and the shadow log's
-/// flush region (zeros, READ behind mirror writes as the durability point). A new region the
+/// Remote read is granted in three places of the product: the health block, the shadow log's
+/// flush region (zeros, READ behind mirror writes as the durability point) and the shadow
+/// mirror region (the partner's own log, READ back when its NVRAM lost it). A new region the
 /// partner could read must be added here on purpose (and to docs/security.md).
 #[test]
 fn remote_read_is_granted_only_to_the_health_block() {
     let allowed = [
         "src/fabric/",                  // the rights themselves and the providers' checks
         "src/manager/health.rs",        // HEALTH_BLOCK_ACCESS
-        "src/clients/mirror/shadow.rs", // FLUSH_REGION_ACCESS: 64 zero bytes, READ behind writes
+        "src/clients/mirror/shadow.rs", // FLUSH_REGION_ACCESS, SHADOW_MIRROR_ACCESS
         "src/demo.rs",                  // the raw-fabric demo READs back what it wrote
     ];
     let mut found = Vec::new();

@@ -91,9 +91,10 @@ fn mailbox(b: &[u8]) {
                         r.replayed_partner_log,
                         r.partner_copy_outdated,
                         r.partner_copy_complete_for,
-                        r.writeback_copy_outdated
+                        r.writeback_copy_outdated,
+                        r.own_log_generation
                     ),
-                    (None, None, None, false)
+                    (None, None, None, false, 0)
                 );
             } else {
                 assert_eq!(&e[..], &b[..e.len()]);
@@ -137,6 +138,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         partner_copy_outdated: None,
         partner_copy_complete_for: None,
         writeback_copy_outdated: false,
+        own_log_generation: 0,
     };
     out.push(tagged(2, &rec.encode()));
     out.push(tagged(3, &rec.encode()));
@@ -151,6 +153,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         }),
         partner_copy_complete_for: Some(1002),
         writeback_copy_outdated: true,
+        own_log_generation: 9,
         ..rec
     };
     out.push(tagged(2, &marked.encode()));

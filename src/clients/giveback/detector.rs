@@ -200,6 +200,7 @@ mod tests {
             partner_copy_outdated: None,
             partner_copy_complete_for: None,
             writeback_copy_outdated: false,
+            own_log_generation: 0,
         })
     }
 

@@ -18,6 +18,7 @@ use crate::clients::giveback::copy_mark::{CopyStamp, PartnerCopyMark};
 use crate::clients::giveback::error::GivebackError;
 use crate::clients::giveback::machine::GivebackMachine;
 use crate::clients::giveback::mailbox::{LogMark, Mailbox, MailboxRecord, MailboxWrite};
+use crate::clients::giveback::own_log_mark::{OwnLogContext, OwnLogMark};
 use crate::clients::giveback::reservation::{DiskSet, Reservations};
 use crate::clients::giveback::state::{PartnerRead, StateBlock};
 use crate::manager::{BandwidthClass, LinkId, Manager};
@@ -54,11 +55,13 @@ pub trait ServiceHooks: Send {
     /// Replay the partner's shadow log since its last consistency point (the mirror client).
     fn replay_partner_log(&mut self, partner: u32) -> Result<(), String>;
     /// Recover this node's own shadow log before it serves its own disks (F5.6), given what
-    /// the partner's mailbox record says it replayed of that log at a takeover. Called once
-    /// per serving of the own disk set, right before [`ServiceHooks::start_serving`]. The
-    /// default has no log to recover.
-    fn recover_own_log(&mut self, partner_replayed: Option<LogMark>) -> Result<(), String> {
-        let _ = partner_replayed;
+    /// the partner's mailbox record says it replayed of that log at a takeover and the marks
+    /// of this node's own mailbox record (the generation of its own log, whether the
+    /// partner's copy is outdated), which the shadow log keeps up to date from then on.
+    /// Called once per serving of the own disk set, right before
+    /// [`ServiceHooks::start_serving`]. The default has no log to recover.
+    fn recover_own_log(&mut self, context: &OwnLogContext) -> Result<(), String> {
+        let _ = context;
         Ok(())
     }
     /// What this node replayed of the partner's shadow log at takeovers (its replay cursor),
@@ -77,20 +80,25 @@ struct StampingMailbox {
     replayed: Option<LogMark>,
     /// The outdated mark of the partner's copy of this node's log (F5.7).
     copy_mark: Arc<PartnerCopyMark>,
+    /// The generation of this node's own log (F5.6).
+    own_log: Arc<OwnLogMark>,
 }
 
 impl Mailbox for StampingMailbox {
     fn write_own(&mut self, rec: &MailboxRecord) -> Result<MailboxWrite, GivebackError> {
         let stamp = self.copy_mark.stamp();
+        let own_log_generation = self.own_log.stamp();
         let rec = MailboxRecord {
             replayed_partner_log: self.replayed,
             partner_copy_outdated: stamp.outdated,
             partner_copy_complete_for: stamp.complete_for,
             writeback_copy_outdated: stamp.writeback_outdated,
+            own_log_generation,
             ..*rec
         };
         let w = self.inner.write_own(&rec)?;
         self.copy_mark.written(stamp);
+        self.own_log.written(own_log_generation);
         Ok(w)
     }
     fn read_partner(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
@@ -147,6 +155,7 @@ pub struct GivebackNode {
     thread: Mutex<Option<JoinHandle<()>>>,
     messenger: Arc<Messenger>,
     copy_mark: Arc<PartnerCopyMark>,
+    own_log: Arc<OwnLogMark>,
 }
 
 impl std::fmt::Debug for GivebackNode {
@@ -207,23 +216,27 @@ impl GivebackNode {
         let (requests, request_rx) = unbounded();
         let mut hooks = hooks;
         let mut mailbox = mailbox;
-        // The copy's sync state survives restarts: the newest own record says what it was.
-        let inherited = match mailbox.read_own() {
-            Ok(own) => own.map_or(CopyStamp::default(), |r| CopyStamp {
-                outdated: r.partner_copy_outdated,
-                complete_for: r.partner_copy_complete_for,
-                writeback_outdated: r.writeback_copy_outdated,
-            }),
+        // The copy's sync state and the own log generation survive restarts: the newest own
+        // record says what they were.
+        let own = match mailbox.read_own() {
+            Ok(own) => own,
             Err(e) => {
-                tracing::warn!(error = %e, "own mailbox record unreadable at start: an outdated mark it held is not carried over");
-                CopyStamp::default()
+                tracing::warn!(error = %e, "own mailbox record unreadable at start: an outdated mark or own log generation it held is not carried over");
+                None
             }
         };
+        let inherited = own.map_or(CopyStamp::default(), |r| CopyStamp {
+            outdated: r.partner_copy_outdated,
+            complete_for: r.partner_copy_complete_for,
+            writeback_outdated: r.writeback_copy_outdated,
+        });
         let copy_mark = Arc::new(PartnerCopyMark::new(inherited));
+        let own_log = Arc::new(OwnLogMark::new(own.map_or(0, |r| r.own_log_generation)));
         let mailbox = Box::new(StampingMailbox {
             replayed: hooks.replayed_partner_log(),
             inner: mailbox,
             copy_mark: copy_mark.clone(),
+            own_log: own_log.clone(),
         });
         let mut driver = Driver {
             manager,
@@ -251,6 +264,7 @@ impl GivebackNode {
             thread: Mutex::new(Some(thread)),
             messenger,
             copy_mark,
+            own_log,
         })
     }
 
@@ -575,7 +589,14 @@ impl Driver {
             std::thread::sleep(Duration::from_millis(10 << attempt));
         }
         match replayed {
-            Some(r) => self.run_hook("recover own log", |h| h.recover_own_log(r)),
+            Some(partner_replayed) => {
+                let context = OwnLogContext {
+                    partner_replayed,
+                    own_log: self.mailbox.own_log.clone(),
+                    copy_mark: self.mailbox.copy_mark.clone(),
+                };
+                self.run_hook("recover own log", |h| h.recover_own_log(&context))
+            }
             None => self.hook_result(
                 "recover own log",
                 Err(format!(
@@ -769,6 +790,10 @@ pub struct GivebackReport {
     /// outdated (until a resync completes).
     #[serde(default)]
     pub own_writeback_outdated: bool,
+    /// This node's mailbox record names this generation of its own shadow log as the newest
+    /// that may hold an acknowledged record (0: none; F5.6).
+    #[serde(default)]
+    pub own_log_generation: u64,
     /// Driver counters.
     pub driver: DriverCounters,
 }
@@ -830,6 +855,7 @@ impl GivebackNode {
             own_copy_outdated: self.copy_mark.get(),
             own_copy_complete_for: self.copy_mark.stamp().complete_for,
             own_writeback_outdated: self.copy_mark.stamp().writeback_outdated,
+            own_log_generation: self.own_log.recorded(),
             driver,
         }
     }

@@ -666,6 +666,7 @@ impl GivebackMachine {
             partner_copy_outdated: None,
             partner_copy_complete_for: None,
             writeback_copy_outdated: false,
+            own_log_generation: 0,
         }
     }
 

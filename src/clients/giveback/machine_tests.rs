@@ -138,6 +138,7 @@ fn partner_rec(heartbeat: u64, taken_over: bool) -> Option<MailboxRecord> {
         partner_copy_outdated: None,
         partner_copy_complete_for: None,
         writeback_copy_outdated: false,
+        own_log_generation: 0,
     })
 }
 

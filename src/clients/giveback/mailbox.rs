@@ -23,7 +23,8 @@
 //! | 56 | 8 | partner copy outdated: generation of the writer's own shadow log whose copy at the partner is outdated (0 = the partner's copy is in sync) |
 //! | 64 | 8 | partner copy outdated: the first sequence number acknowledged without the partner's copy |
 //! | 72 | 8 | partner copy complete for: the partner incarnation whose copy of the writer's shadow log a full send completed on (0 = none yet; zero without SHADOW_LOG) |
-//! | 80 | 12 | reserved, zero |
+//! | 80 | 8 | own log generation: the newest generation of the writer's own shadow log that may hold an acknowledged record (0 = the writer never acknowledged one) |
+//! | 88 | 4 | reserved, zero |
 //! | 92 | 4 | CRC32C of bytes 0..92 |
 //!
 //! All integers big-endian. A write that tears (half a record written) fails the checksum
@@ -40,7 +41,10 @@
 //! positive half of the same rule: a mirror region lives as long as the partner's process, so
 //! a partner that restarted holds an empty or partly re-sent copy until the writer's full
 //! re-send completed on it; a survivor takes over automatically only if its partner's record
-//! names the survivor's own incarnation there (or carries no SHADOW_LOG flag).
+//! names the survivor's own incarnation there (or carries no SHADOW_LOG flag). The own log generation is written before the writer
+//! acknowledges the first record of a new generation, and kept across restarts: a node whose
+//! NVRAM is lost or corrupt learns from it that a log existed and fetches it from the
+//! partner's copy instead of starting fresh (F5.6).
 
 use super::error::{FormatError, GivebackError};
 use super::state::NodeState;
@@ -100,6 +104,9 @@ pub struct MailboxRecord {
     /// The partner's mirror of the writer's write-back blocks is outdated (writes completed
     /// `MirrorLost` since its last resync).
     pub writeback_copy_outdated: bool,
+    /// The newest generation of the writer's own shadow log that may hold an acknowledged
+    /// record (0: it never acknowledged one; a version 1 record reads as 0).
+    pub own_log_generation: u64,
 }
 
 /// A position in a node's shadow log: generation and sequence number (the `LogPosition` of
@@ -165,6 +172,7 @@ impl MailboxRecord {
                 b[at + 8..at + 16].copy_from_slice(&m.seq.to_be_bytes());
             }
         }
+        b[80..88].copy_from_slice(&self.own_log_generation.to_be_bytes());
         let crc = crc32c::crc32c(&b[0..92]);
         b[92..96].copy_from_slice(&crc.to_be_bytes());
         b
@@ -209,7 +217,7 @@ impl MailboxRecord {
         if version != LAYOUT_VERSION && version != LAYOUT_VERSION_1 {
             return Err(FormatError::Version(version));
         }
-        let reserved = if v1 { 40..60 } else { 80..92 };
+        let reserved = if v1 { 40..60 } else { 88..92 };
         let state = NodeState::from_u16(be16(6))?;
         let flags = be16(12);
         if flags & !FLAGS_KNOWN != 0 {
@@ -260,6 +268,7 @@ impl MailboxRecord {
             partner_copy_outdated: mark(56),
             partner_copy_complete_for: (flags & FLAG_SHADOW_LOG != 0).then(|| be64(72)),
             writeback_copy_outdated: flags & FLAG_WRITEBACK_OUTDATED != 0,
+            own_log_generation: if v1 { 0 } else { be64(80) },
         })
     }
 }
@@ -479,6 +488,7 @@ mod tests {
             partner_copy_outdated: None,
             partner_copy_complete_for: None,
             writeback_copy_outdated: false,
+            own_log_generation: 0,
         }
     }
 
@@ -561,15 +571,14 @@ mod tests {
             format_error(MailboxRecord::decode(&reseal(t))),
             FormatError::Flags(0x80)
         );
-        let mut t = b;
-        t[80] = 1;
-        assert_eq!(
-            format_error(MailboxRecord::decode(&reseal(t))),
-            FormatError::Reserved {
-                offset: 80,
-                value: 1
-            }
-        );
+        for offset in [72, 79, 88, 91] {
+            let mut t = b;
+            t[offset] = 1;
+            assert_eq!(
+                format_error(MailboxRecord::decode(&reseal(t))),
+                FormatError::Reserved { offset, value: 1 }
+            );
+        }
         // A sequence number without a generation is refused (the fuzzer found it re-encoding
         // differently).
         let mut t = b;
@@ -609,9 +618,12 @@ mod tests {
             }),
             partner_copy_complete_for: Some(0x1122_3344_5566_7788),
             writeback_copy_outdated: true,
+            own_log_generation: 1_765_000_000_000_000_011,
             ..rec(2, 7, 1234)
         };
-        assert_eq!(MailboxRecord::decode(&r.encode()).unwrap(), r);
+        let b = r.encode();
+        assert_eq!(b[80..88], 1_765_000_000_000_000_011u64.to_be_bytes());
+        assert_eq!(MailboxRecord::decode(&b).unwrap(), r);
         // A shadow log whose copy is complete on no partner incarnation yet is not the same
         // record as one without a shadow log.
         let unconfirmed = MailboxRecord {

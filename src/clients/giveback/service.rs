@@ -10,6 +10,7 @@
 
 use crate::clients::giveback::driver::ServiceHooks;
 use crate::clients::giveback::mailbox::LogMark;
+use crate::clients::giveback::own_log_mark::OwnLogContext;
 use crate::clients::giveback::reservation::DiskSet;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -22,8 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub type ReplayHook = Box<dyn FnMut(u32) -> Result<(), String> + Send>;
 
 /// An own-log recovery hook: given what the partner replayed of this node's log at a
-/// takeover, recovers the log before this node serves (F5.6).
-pub type RecoverHook = Box<dyn FnMut(Option<LogMark>) -> Result<(), String> + Send>;
+/// takeover and the marks of this node's mailbox record, recovers the log before this node
+/// serves (F5.6).
+pub type RecoverHook = Box<dyn FnMut(&OwnLogContext) -> Result<(), String> + Send>;
 
 /// What this node replayed of its partner's log (its replay cursor), for the mailbox.
 pub type ReplayedMark = Box<dyn FnMut() -> Option<LogMark> + Send>;
@@ -145,9 +147,9 @@ impl ServiceHooks for JournalHooks {
         self.note("replay-log", partner)?;
         r
     }
-    fn recover_own_log(&mut self, partner_replayed: Option<LogMark>) -> Result<(), String> {
+    fn recover_own_log(&mut self, context: &OwnLogContext) -> Result<(), String> {
         match self.recover.as_mut() {
-            Some(recover) => recover(partner_replayed),
+            Some(recover) => recover(context),
             None => Ok(()),
         }
     }

@@ -279,6 +279,42 @@ pub enum MirrorError {
         /// Why it cannot be read.
         reason: String,
     },
+    /// Recovery at start refused (F5.6, lost NVRAM): this node's mailbox records that a log
+    /// of `generation` held acknowledged records, the local NVRAM does not hold it, and
+    /// neither does the partner's copy. Nothing is formatted: the node does not serve.
+    #[error("recover shadow log: no valid copy of this node's log exists: the mailbox records generation {generation} as holding acknowledged records, the local NVRAM {local}, and {why}; nothing was formatted and the node does not serve its disks (see docs/operations.md, \"Lost NVRAM\")")]
+    NoValidCopy {
+        /// The generation the mailbox records.
+        generation: u64,
+        /// What the local NVRAM holds instead.
+        local: String,
+        /// Why the partner's copy does not do.
+        why: String,
+    },
+    /// Recovery at start refused (F5.6, lost NVRAM): the log must be fetched from the
+    /// partner's copy, and no connection to the partner read it before the deadline.
+    /// Nothing is formatted; recovery may be retried once the partner is up.
+    #[error("recover shadow log: the local NVRAM {local}; its copy at the partner could not be fetched within {waited:?}{}; nothing was formatted (start the partner, then restart this node)", last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    FetchNoPartner {
+        /// What the local NVRAM holds instead.
+        local: String,
+        /// How long the recovery waited.
+        waited: std::time::Duration,
+        /// The last connection error seen, if any.
+        last_error: Option<String>,
+    },
+    /// Appending refused: the mailbox did not record the generation of the log installed by
+    /// the recovery before the deadline (F5.6: no record of a generation is acknowledged
+    /// before the mailbox knows a log of it may hold acknowledged records).
+    #[error("append to shadow log {name:?}: the mailbox has not recorded log generation {generation} after {waited:?} (check the mailbox disks)")]
+    OwnLogUnrecorded {
+        /// Client name.
+        name: String,
+        /// The generation of the installed log.
+        generation: u64,
+        /// How long the append waited.
+        waited: std::time::Duration,
+    },
     /// Recovery at start stopped: the service's replay sink refused a record. Every record
     /// before it is applied and covered by the own-replay cursor; recovery may be retried.
     #[error("recover shadow log: the replay sink refused record {seq} of generation {generation}: {reason}")]

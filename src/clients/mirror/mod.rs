@@ -12,9 +12,10 @@ pub mod shadow;
 pub mod writeback;
 pub mod writeback_driver;
 
-/// The rights of a mirror region (the shadow log's `shadow-mirror`, the write-back's
-/// `wb-mirror`): the partner may RDMA WRITE into it and nothing else; it never reads it back
-/// (the owner reads its copy locally on takeover).
+/// The rights of the write-back's mirror region `wb-mirror`: the partner may RDMA WRITE into
+/// it and nothing else; it never reads it back (the owner reads its copy locally on
+/// takeover). The shadow log's `shadow-mirror` also lets the partner READ its own log back
+/// ([`shadow::SHADOW_MIRROR_ACCESS`]).
 pub const MIRROR_REGION_ACCESS: crate::fabric::Access = crate::fabric::Access::REMOTE_WRITE;
 
 pub use atomic::{
@@ -29,7 +30,9 @@ pub use log_replay::{
     replay, LogPosition, Replay, ReplayCursor, ReplayCursorError, ReplayedRecord, ScanStop,
 };
 pub use nvram::{FileNvram, MemoryNvram, NvramBacking};
-pub use recovery_plan::{next_generation, plan_recovery, RecoveryPlan};
+pub use recovery_plan::{
+    next_generation, plan_fetched, plan_recovery, plan_start, OwnLogKnowledge, RecoveryPlan,
+};
 pub use shadow::{
     AppendTicket, Appended, Recovered, RecoveryOutcome, ShadowConfig, ShadowMirror, ShadowStats,
 };

@@ -8,10 +8,13 @@
 //! A manager client (`"shadow"` by default, [`BandwidthClass::High`], so placement gives it
 //! a link of its own) with one RC queue pair and two regions of the log's size:
 //!
-//! - `shadow-mirror` ([`Access::REMOTE_WRITE`]): the partner's log image lands here. This
+//! - `shadow-mirror` ([`SHADOW_MIRROR_ACCESS`]): the partner's log image lands here. This
 //!   node's CPU never touches it until a takeover, when [`ShadowMirror::replay_partner`]
 //!   reads it (the manager carries region contents across failovers, and a clone of the last
-//!   region stays readable after the manager revoked it).
+//!   region stays readable after the manager revoked it). The partner READs it back when its
+//!   own NVRAM lost the log (recovery at start, F5.6).
+//! - `shadow-fetch` (local write only, [`FETCH_CHUNK`] bytes): where those READs of the
+//!   partner's copy of this node's log land, a chunk at a time.
 //! - `shadow-tx` (no remote rights): staging. A mirror write `[offset, offset + len)` of the
 //!   local image is copied into the same offsets of `shadow-tx` and goes out as one RDMA
 //!   WRITE to the same offsets of the partner's `shadow-mirror`. The writer lays out both
@@ -79,6 +82,7 @@
 
 mod cursor;
 mod driver;
+mod fetch;
 mod recovery;
 mod writer;
 
@@ -117,10 +121,20 @@ pub const TX_REGION: &str = "shadow-tx";
 pub const FLUSH_REGION: &str = "shadow-flush";
 /// Purpose of the local region those READs land in.
 pub const FLUSH_LANDING: &str = "shadow-landing";
+/// Purpose of the local region the READs fetching this node's own log from the partner's
+/// copy land in, a chunk at a time (F5.6).
+pub const FETCH_LANDING: &str = "shadow-fetch";
+/// Bytes one fetch READ moves at most (the size of [`FETCH_LANDING`], or the log's if
+/// smaller).
+pub const FETCH_CHUNK: usize = 256 * 1024;
 /// Bytes a durability READ reads.
 pub const FLUSH_LEN: usize = 8;
 /// The rights of [`FLUSH_REGION`]: the partner may READ it and nothing else.
 pub const FLUSH_REGION_ACCESS: Access = Access::REMOTE_READ;
+/// The rights of [`MIRROR_REGION`]: the partner WRITEs its log into it, and READs it back
+/// when its own NVRAM lost the log (F5.6). The region holds that partner's log and nothing
+/// else.
+pub const SHADOW_MIRROR_ACCESS: Access = Access::REMOTE_WRITE.union(Access::REMOTE_READ);
 
 /// When a mirror write counts as done (F5.8).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,11 +180,19 @@ pub struct ShadowConfig {
     /// When a mirror write counts as done (both nodes must use the same).
     #[serde(default)]
     pub durability: Durability,
+    /// Longest the recovery waits for a connection that reads the partner's copy of this
+    /// node's log, when the local NVRAM lost it (F5.6; [`MirrorError::FetchNoPartner`]).
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: Duration,
+}
+
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl ShadowConfig {
     /// Defaults: client `"shadow"`, class high, a 30 s link timeout, a 5 s partner timeout,
-    /// 128 writes in flight, 1 ms of spinning.
+    /// 128 writes in flight, 1 ms of spinning, a 30 s fetch timeout.
     pub fn new() -> ShadowConfig {
         ShadowConfig {
             name: CLIENT_NAME.into(),
@@ -181,6 +203,7 @@ impl ShadowConfig {
             send_depth: 128,
             spin: Duration::from_millis(1),
             durability: Durability::Read,
+            fetch_timeout: default_fetch_timeout(),
         }
     }
 }
@@ -352,8 +375,9 @@ impl ShadowMirror {
         let cursor = CursorStore::open(cursor)?;
         let depth = cfg.send_depth.max(4);
         let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
-            .region(MIRROR_REGION, log_len, super::MIRROR_REGION_ACCESS)
-            .region(TX_REGION, log_len, Access::NONE);
+            .region(MIRROR_REGION, log_len, SHADOW_MIRROR_ACCESS)
+            .region(TX_REGION, log_len, Access::NONE)
+            .region(FETCH_LANDING, log_len.min(FETCH_CHUNK), Access::LOCAL_WRITE);
         if cfg.durability == Durability::Read {
             spec = spec.region(FLUSH_REGION, 64, FLUSH_REGION_ACCESS).region(
                 FLUSH_LANDING,
@@ -401,6 +425,7 @@ impl ShadowMirror {
             cursor: Mutex::new(cursor),
             recovering: Mutex::new(()),
             copy_mark: std::sync::OnceLock::new(),
+            own_log: std::sync::OnceLock::new(),
             sleepers: AtomicUsize::new(0),
             kick: crossbeam_channel::bounded(1),
         });
@@ -513,7 +538,9 @@ impl ShadowMirror {
                 .copy_mark
                 .get()
                 .is_none_or(|m| m.is_attached_durably());
-            let usable = recovered && in_mailbox && (st.absent || st.link_up());
+            // F5.6: nothing of a new generation before the mailbox records it.
+            let recorded = shared.own_log.get().is_none_or(|m| m.is_durable());
+            let usable = recovered && in_mailbox && recorded && (st.absent || st.link_up());
             let mut full = None;
             if usable {
                 let log = st.log()?;
@@ -549,6 +576,13 @@ impl ShadowMirror {
                 if !in_mailbox {
                     return Err(MirrorError::NotInMailbox {
                         name: shared.cfg.name.clone(),
+                        waited,
+                    });
+                }
+                if !recorded {
+                    return Err(MirrorError::OwnLogUnrecorded {
+                        name: shared.cfg.name.clone(),
+                        generation: self.generation(),
                         waited,
                     });
                 }
@@ -636,7 +670,15 @@ impl ShadowMirror {
     /// incarnation the copy is complete for. Only the first call counts.
     pub fn set_partner_copy_mark(&self, mark: Arc<crate::clients::giveback::PartnerCopyMark>) {
         mark.attach();
-        if self.shared.copy_mark.set(mark).is_err() {
+        if let Err(mark) = self.shared.copy_mark.set(mark) {
+            if self
+                .shared
+                .copy_mark
+                .get()
+                .is_some_and(|m| Arc::ptr_eq(m, &mark))
+            {
+                return;
+            }
             tracing::warn!(client = %self.name(), "a partner copy mark was given already");
         }
         let _ = self.shared.kick.0.try_send(());

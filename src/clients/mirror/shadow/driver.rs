@@ -5,10 +5,10 @@
 
 use super::recovery::RecoveryState;
 use super::{
-    Durability, Nvram, ShadowConfig, FLUSH_LANDING, FLUSH_LEN, FLUSH_REGION, MIRROR_REGION,
-    TX_REGION,
+    Durability, Nvram, ShadowConfig, FETCH_LANDING, FLUSH_LANDING, FLUSH_LEN, FLUSH_REGION,
+    MIRROR_REGION, TX_REGION,
 };
-use crate::clients::giveback::{LogMark, PartnerCopyMark};
+use crate::clients::giveback::{LogMark, OwnLogMark, PartnerCopyMark};
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::log::ShadowLog;
 use crate::clients::mirror::log_format::LogImageError;
@@ -41,6 +41,9 @@ const UNMIRRORED_RANGES: usize = 1024;
 
 /// Work request ids of durability READs carry this bit (mirror write ids never do).
 const FLUSH_TAG: u64 = 1 << 63;
+/// Work request ids of the READs fetching the own log from the partner's copy (F5.6) carry
+/// this bit.
+pub(super) const FETCH_TAG: u64 = 1 << 62;
 
 pub(super) struct Link {
     pub(super) id: LinkId,
@@ -57,6 +60,11 @@ pub(super) struct Link {
     /// Durability READs in flight: (work request id, the last mirror write posted before it).
     pub(super) flushes: VecDeque<(u64, u64)>,
     pub(super) next_flush: u64,
+    /// Where the READs fetching the own log from the partner's copy land (F5.6, see
+    /// `fetch.rs`).
+    pub(super) fetch_landing: MemoryRegion,
+    /// Fetch READs of this connection completed successfully.
+    pub(super) fetched: u64,
     pub(super) outstanding: usize,
     pub(super) broken: bool,
     /// Which connection of this driver it is (1, 2, ...): completions taken from a completion
@@ -159,6 +167,9 @@ pub(super) struct Shared {
     pub(super) recovering: Mutex<()>,
     /// The outdated mark of the partner's copy of this log (F5.7), once given.
     pub(super) copy_mark: std::sync::OnceLock<Arc<PartnerCopyMark>>,
+    /// The own log generation of this node's mailbox record (F5.6), once given: a new
+    /// generation is recorded there before anything is appended to it.
+    pub(super) own_log: std::sync::OnceLock<Arc<OwnLogMark>>,
     /// Waiters asleep on [`Shared::changed`] (they stopped spinning): while there are any
     /// and writes are in flight, the driver blocks on the completion queue (see [`drive`]).
     pub(super) sleepers: AtomicUsize,
@@ -282,6 +293,16 @@ impl Shared {
             }
             l.outstanding = l.outstanding.saturating_sub(1);
             l.progress_at = Instant::now();
+            if c.wr_id & FETCH_TAG != 0 {
+                if c.status.is_ok() {
+                    l.fetched += 1;
+                } else {
+                    failure.get_or_insert_with(|| {
+                        format!("fetch READ {}: {:?}", c.wr_id & !FETCH_TAG, c.status)
+                    });
+                }
+                continue;
+            }
             let flush = c.wr_id & FLUSH_TAG != 0;
             if !c.status.is_ok() {
                 failure.get_or_insert_with(|| {
@@ -574,6 +595,7 @@ impl Shared {
         let qp = conn.qp(0).ok_or("no queue pair 0")?.clone();
         let region = |p: &str| conn.region(p).cloned().ok_or(format!("no region {p}"));
         let tx = region(TX_REGION)?;
+        let fetch_landing = region(FETCH_LANDING)?;
         let mirror = region(MIRROR_REGION)?;
         st.mirror = Some(mirror);
         let partner = conn
@@ -616,6 +638,7 @@ impl Shared {
             l.partner = partner;
             l.tx = tx;
             l.flush = flush;
+            l.fetch_landing = fetch_landing;
             return Ok(());
         }
         st.link = Some(Link {
@@ -628,6 +651,8 @@ impl Shared {
             flush,
             flushes: VecDeque::with_capacity(self.cfg.send_depth.max(4) as usize),
             next_flush: 1,
+            fetch_landing,
+            fetched: 0,
             outstanding: 0,
             broken: false,
             serial: st.counters.connections + 1,

@@ -27,15 +27,26 @@
 //! next recovery (the cursor moves after the sink returned): a service recognises it by its
 //! (generation, sequence) position. A log that exists but cannot be read is never formatted
 //! over ([`MirrorError::RecoverUnreadable`]).
+//!
+//! A local NVRAM that lost the log (blank, unreadable, or an older log than the mailbox
+//! records: [`ShadowMirror::recover_from_mailbox`]) is first filled with the partner's copy,
+//! fetched by RDMA READ, when that copy stands for the log; then one of the three above runs
+//! on it. Otherwise [`MirrorError::NoValidCopy`] and nothing is formatted (the rules:
+//! [`plan_start`], [`plan_fetched`]).
 
 use super::cursor::CursorKind;
 use super::{now_ns, Nvram, ShadowMirror};
+use crate::clients::giveback::OwnLogContext;
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::log::ShadowLog;
 use crate::clients::mirror::log_replay::{LogPosition, ReplayCursor, ReplayedRecord};
-use crate::clients::mirror::recovery_plan::{next_generation, plan_recovery, RecoveryPlan};
+use crate::clients::mirror::nvram::NvramBacking as _;
+use crate::clients::mirror::recovery_plan::{
+    next_generation, plan_fetched, plan_recovery, plan_start, OwnLogKnowledge, RecoveryPlan,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest the recovery waits for a first connection before it applies records with the
@@ -103,18 +114,27 @@ pub struct Recovered {
     /// The partner's replay cursor in this log's generation (what it applied at a takeover).
     pub partner_replayed_through: Option<u64>,
     /// Records after the partner's replay cursor that nobody applied (they were never
-    /// mirrored, so never acknowledged as mirrored).
+    /// mirrored, so never acknowledged as mirrored). Unknown (0) when the local NVRAM lost
+    /// the log.
     pub dropped: u64,
     /// Generation of the new log.
     pub generation: u64,
+    /// The local NVRAM had lost the log, and it was fetched from the partner's copy (F5.6).
+    #[serde(default)]
+    pub fetched_from_partner: bool,
 }
 
 impl ShadowMirror {
-    /// Recovers this node's own log (see the [module docs](self)): `partner_replayed` is the
-    /// partner's replay cursor of this node's log (its mailbox record; `None` if the partner
-    /// never replayed it, or with no partner able to take over); `sink` applies a record of
-    /// the previous run that nobody applied, in order. Returns once appends go to a log of a
-    /// new generation.
+    /// Recovers this node's own log (see the [module docs](self)) without a mailbox (no
+    /// giveback client): `partner_replayed` is the partner's replay cursor of this node's log
+    /// (`None` if the partner never replayed it, or with no partner able to take over);
+    /// `sink` applies a record of the previous run that nobody applied, in order. Returns
+    /// once appends go to a log of a new generation.
+    ///
+    /// Without a mailbox nothing says whether a log ever held acknowledged records: a blank
+    /// NVRAM starts fresh, and a corrupt one is fetched from the partner's copy if it holds
+    /// a readable log ([`MirrorError::RecoverUnreadable`] if not). With the giveback client,
+    /// use [`recover_from_mailbox`](ShadowMirror::recover_from_mailbox).
     ///
     /// On an error nothing is formatted; a [`MirrorError::RecoverSink`] leaves every record
     /// before the refused one applied and covered by the own-replay cursor, and `recover`
@@ -122,6 +142,64 @@ impl ShadowMirror {
     pub fn recover(
         &self,
         partner_replayed: Option<LogPosition>,
+        sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
+    ) -> Result<Recovered, MirrorError> {
+        self.recover_knowing(partner_replayed, OwnLogKnowledge::Unknown, sink)
+    }
+
+    /// Recovers this node's own log (see the [module docs](self)) with what the giveback
+    /// client hands the own-log recovery hook: the partner's replay cursor, and the marks of
+    /// this node's mailbox record, which the shadow log keeps from then on (the generation of
+    /// each new log is recorded there before anything is appended to it; the outdated mark
+    /// of the partner's copy as [`set_partner_copy_mark`](ShadowMirror::set_partner_copy_mark)).
+    /// A log the mailbox records and the local NVRAM lost or cannot read is fetched from
+    /// the partner's copy ([`ShadowConfig::fetch_timeout`](super::ShadowConfig::fetch_timeout))
+    /// and recovered like a local one; [`MirrorError::NoValidCopy`] when that copy does not
+    /// stand for it, [`MirrorError::FetchNoPartner`] when no connection read it in time.
+    pub fn recover_from_mailbox(
+        &self,
+        context: &OwnLogContext,
+        sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
+    ) -> Result<Recovered, MirrorError> {
+        self.set_partner_copy_mark(context.copy_mark.clone());
+        let mark = self.shared.own_log.get_or_init(|| context.own_log.clone());
+        if !Arc::ptr_eq(mark, &context.own_log) {
+            tracing::warn!(client = %self.name(), "another own log mark was given already; keeping it");
+        }
+        let known = OwnLogKnowledge::Recorded {
+            generation: mark.recorded(),
+            copy_outdated: context.copy_mark.get().map(|m| LogPosition {
+                generation: m.generation,
+                seq: m.seq,
+            }),
+            copy_complete_for: context.copy_mark.stamp().complete_for,
+        };
+        let partner = context.partner_replayed.map(|m| LogPosition {
+            generation: m.generation,
+            seq: m.seq,
+        });
+        self.recover_knowing(partner, known, sink)
+    }
+
+    /// Recovers, and keeps a refusal as the last error of the stats (`interlink status`).
+    fn recover_knowing(
+        &self,
+        partner_replayed: Option<LogPosition>,
+        known: OwnLogKnowledge,
+        sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
+    ) -> Result<Recovered, MirrorError> {
+        let r = self.recover_inner(partner_replayed, known, sink);
+        if let Err(e) = &r {
+            tracing::error!(client = %self.name(), error = %e, "shadow log recovery failed");
+            self.shared.inner.lock().last_error = Some(e.to_string());
+        }
+        r
+    }
+
+    fn recover_inner(
+        &self,
+        partner_replayed: Option<LogPosition>,
+        known: OwnLogKnowledge,
         mut sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
     ) -> Result<Recovered, MirrorError> {
         let shared = &*self.shared;
@@ -132,6 +210,7 @@ impl ShadowMirror {
             .load_kind(CursorKind::Own)
             .map(|c| c.position);
         let mut st = shared.lock_live()?;
+        let mut fetched = false;
         let state = std::mem::replace(&mut st.recovery, RecoveryState::Lost);
         let (generation, records) = match state {
             RecoveryState::Recovered(r) => {
@@ -163,11 +242,34 @@ impl ShadowMirror {
                     }
                 }
             }
-            RecoveryState::Unrecovered(backing) => {
-                match plan_recovery(backing.bytes(), own_cursor, partner_replayed) {
+            RecoveryState::Unrecovered(mut backing) => {
+                let planned = match plan_start(backing.bytes(), own_cursor, partner_replayed, known)
+                {
+                    Ok(RecoveryPlan::FetchFromPartner { local, .. }) => {
+                        drop(st);
+                        fetched = true;
+                        let p = self.fetch_own(
+                            &mut backing,
+                            own_cursor,
+                            partner_replayed,
+                            known,
+                            &local,
+                        );
+                        st = shared.inner.lock();
+                        p
+                    }
+                    other => other,
+                };
+                match planned {
                     Err(e) => {
                         st.recovery = RecoveryState::Unrecovered(backing);
                         return Err(e);
+                    }
+                    Ok(RecoveryPlan::FetchFromPartner { .. }) => {
+                        st.recovery = RecoveryState::Unrecovered(backing);
+                        return Err(MirrorError::ReopenLog {
+                            reason: "the partner's copy asks for another fetch".into(),
+                        });
                     }
                     Ok(RecoveryPlan::Fresh) => {
                         drop(st);
@@ -182,6 +284,7 @@ impl ShadowMirror {
                             partner_replayed_through: None,
                             dropped: 0,
                             generation: gen,
+                            fetched_from_partner: fetched,
                         };
                         self.install(log, r.clone());
                         return Ok(r);
@@ -207,6 +310,7 @@ impl ShadowMirror {
                             partner_replayed_through: through,
                             dropped,
                             generation: gen,
+                            fetched_from_partner: fetched,
                         };
                         tracing::info!(client = %shared.cfg.name, previous = g, generation = gen, "shadow log recovered: the partner replayed it at its takeover");
                         self.install(log, r.clone());
@@ -257,6 +361,7 @@ impl ShadowMirror {
                 .map(|p| p.seq),
             dropped: 0,
             generation: gen,
+            fetched_from_partner: fetched,
         };
         self.drain();
         let backing = {
@@ -270,6 +375,42 @@ impl ShadowMirror {
         tracing::info!(client = %shared.cfg.name, previous = generation, replayed, generation = gen, "shadow log recovered: its records were applied here");
         self.install(log, r.clone());
         Ok(r)
+    }
+
+    /// Reads the partner's copy of this node's log (the local NVRAM `local`), decides on it
+    /// ([`plan_fetched`]) and, when it stands for the log, writes it into the local NVRAM,
+    /// persisted, before the plan is carried out.
+    fn fetch_own(
+        &self,
+        backing: &mut Nvram,
+        own_cursor: Option<LogPosition>,
+        partner_replayed: Option<LogPosition>,
+        known: OwnLogKnowledge,
+        local: &str,
+    ) -> Result<RecoveryPlan, MirrorError> {
+        let shared = &*self.shared;
+        let started = Instant::now();
+        tracing::warn!(client = %shared.cfg.name, local, known = ?known, "shadow log recovery: the local NVRAM lost the log; fetching it from the partner's copy");
+        let (copy, fetched_from) = shared
+            .fetch_partner_copy(started + shared.cfg.fetch_timeout)
+            .map_err(|last_error| MirrorError::FetchNoPartner {
+                local: local.to_string(),
+                waited: started.elapsed(),
+                last_error,
+            })?;
+        let plan = plan_fetched(
+            &copy,
+            fetched_from,
+            own_cursor,
+            partner_replayed,
+            known,
+            local,
+        )?;
+        let len = copy.len().min(backing.len());
+        backing.bytes_mut()[..len].copy_from_slice(&copy[..len]);
+        backing.persist(0, len)?;
+        tracing::info!(client = %shared.cfg.name, bytes = len, "shadow log recovery: the partner's copy is in the local NVRAM");
+        Ok(plan)
     }
 
     /// Waits up to `timeout` until the own log is recovered; returns whether it is.
@@ -436,6 +577,10 @@ impl ShadowMirror {
         st.sync_target = (!st.absent).then(|| log.last_queued_write());
         st.log = Some(log);
         shared.generation.store(r.generation, Ordering::Release);
+        if let Some(mark) = shared.own_log.get() {
+            // Appends wait until the mailbox records the new generation.
+            mark.record(r.generation);
+        }
         st.recovery = RecoveryState::Recovered(r);
         shared.post(&mut st);
         shared.changed.notify_all();
