@@ -592,3 +592,66 @@ fn with_the_giveback_client_the_mailbox_knows_the_lost_log_and_the_node_fetches_
     assert_eq!(a.shadow.read_partner().unwrap().generation, r.generation);
     drop(a);
 }
+
+#[test]
+fn with_the_giveback_client_a_node_without_any_valid_copy_withholds_its_disks() {
+    use interlink::clients::giveback::service::{journal_path, read_journal};
+    init_logs();
+    let dir = temp_dir("nvram-giveback-none");
+    let (acfg, bcfg) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    let len = 64 * 1024;
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(shared.join("nvram")).unwrap();
+    let a = start_with_giveback(&acfg, &shared, len);
+    let b = start_with_giveback(&bcfg, &shared, len);
+    for n in [&a, &b] {
+        assert!(n.shadow.wait_recovered(WAIT), "{:#?}", n.giveback.status());
+        assert!(n.shadow.wait_connected(WAIT));
+    }
+    for seq in 1..=10 {
+        assert!(b.shadow.append(&writer_payload(seq, 100)).unwrap().mirrored);
+    }
+    let old = b.shadow.generation();
+    let t0 = Instant::now();
+    while own_record(&shared, &bcfg).is_none_or(|r| r.own_log_generation != old) {
+        assert!(t0.elapsed() < WAIT, "the mailbox never recorded {old}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Both nodes go down; B's NVRAM is lost, and A's copy went with A's process (its region
+    // lives as long as A's manager): no valid copy of B's log anywhere.
+    for n in [b, a] {
+        n.giveback.stop();
+        drop(n.shadow);
+        n.manager.shutdown();
+    }
+    std::fs::remove_file(log_path(&shared.join("nvram"), bcfg.node_id)).unwrap();
+    let a = start_with_giveback(&acfg, &shared, len);
+    let b = start_with_giveback(&bcfg, &shared, len);
+    let t0 = Instant::now();
+    let e = loop {
+        if let Some(e) = b.giveback.report().own_recovery_error {
+            break e;
+        }
+        assert!(t0.elapsed() < WAIT, "{:#?}", b.giveback.report());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(e.contains("no valid copy"), "{e}");
+    assert!(b.shadow.recovered().is_none());
+    assert!(b.applied.lock().is_empty());
+    // B's disks are withheld from the service: no start-serving of its own set in this run
+    // (the journal's earlier run had one), and the status says why.
+    let started = |node: u32| {
+        read_journal(&journal_path(&shared, node))
+            .unwrap()
+            .iter()
+            .filter(|e| e.event == "start-serving" && e.what == node)
+            .count()
+    };
+    assert_eq!(
+        started(bcfg.node_id),
+        1,
+        "B served its disks without its log"
+    );
+    assert!(a.shadow.wait_recovered(WAIT));
+    drop(a);
+}

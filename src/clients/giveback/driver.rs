@@ -145,6 +145,9 @@ struct Shared {
     kills_sent: u64,
     kills_received: u64,
     reboots: u64,
+    /// Why the own disk set is withheld: the own log's recovery failed (None: recovered, or
+    /// not due yet).
+    own_recovery_error: Option<String>,
 }
 
 /// A running giveback client: partner state, failure detection, takeover and coordinated
@@ -212,6 +215,7 @@ impl GivebackNode {
             kills_sent: 0,
             kills_received: 0,
             reboots: 0,
+            own_recovery_error: None,
         }));
         let (requests, request_rx) = unbounded();
         let mut hooks = hooks;
@@ -253,6 +257,7 @@ impl GivebackNode {
             seen: HashMap::new(),
             awaiting_partner_up: false,
             last_fast_read: Instant::now(),
+            own_start_pending: None,
         };
         let thread = std::thread::Builder::new()
             .name("il-giveback".into())
@@ -393,6 +398,8 @@ struct Driver {
     awaiting_partner_up: bool,
     /// Last extra partner read asked of the manager.
     last_fast_read: Instant,
+    /// The own disk set is to be served but its log is not recovered: the next try.
+    own_start_pending: Option<Instant>,
 }
 
 impl Driver {
@@ -408,6 +415,9 @@ impl Driver {
                 self.machine.handle_timeout(now);
             }
             self.execute_actions();
+            if self.own_start_pending.is_some_and(|t| t <= Instant::now()) {
+                self.serve_own_when_recovered();
+            }
             self.publish_status();
             self.fast_partner_reads();
             // Wait for a request, or until the timer, or a short poll period (partner reads
@@ -507,21 +517,26 @@ impl Driver {
                 },
                 Action::StartServing { set } => {
                     if *set == self.machine_cfg.me {
-                        self.recover_own_log();
+                        self.serve_own_when_recovered();
+                    } else {
+                        let _ = self.run_hook("start serving", |h| h.start_serving(*set));
                     }
-                    self.run_hook("start serving", |h| h.start_serving(*set));
                 }
                 Action::StopServing { set } => {
-                    self.run_hook("stop serving", |h| h.stop_serving(*set));
+                    if *set == self.machine_cfg.me && self.own_start_pending.take().is_some() {
+                        // Never started: nothing to stop.
+                        continue;
+                    }
+                    let _ = self.run_hook("stop serving", |h| h.stop_serving(*set));
                 }
                 Action::AssumeIdentity => {
-                    self.run_hook("assume identity", |h| h.assume_identity(partner));
+                    let _ = self.run_hook("assume identity", |h| h.assume_identity(partner));
                 }
                 Action::ReleaseIdentity => {
-                    self.run_hook("release identity", |h| h.release_identity(partner));
+                    let _ = self.run_hook("release identity", |h| h.release_identity(partner));
                 }
                 Action::ReplayPartnerLog => {
-                    self.run_hook("replay partner log", |h| h.replay_partner_log(partner));
+                    let _ = self.run_hook("replay partner log", |h| h.replay_partner_log(partner));
                     self.mailbox.replayed = self.hooks.replayed_partner_log();
                 }
                 Action::SendKill { target_incarnation } => {
@@ -570,12 +585,30 @@ impl Driver {
         }
     }
 
+    /// Serves the own disk set once the own log is recovered: until the recovery succeeded,
+    /// the set is withheld from the service (the start-serving hook is not called; the
+    /// status says why), and the recovery is tried again every interval.
+    fn serve_own_when_recovered(&mut self) {
+        match self.recover_own_log() {
+            Ok(()) => {
+                self.shared.lock().own_recovery_error = None;
+                self.own_start_pending = None;
+                let me = self.machine_cfg.me;
+                let _ = self.run_hook("start serving", |h| h.start_serving(me));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "own log not recovered: this node's disks are not served until it is (tried again every interval)");
+                self.shared.lock().own_recovery_error = Some(e);
+                self.own_start_pending = Some(Instant::now() + self.machine_cfg.interval);
+            }
+        }
+    }
+
     /// Before serving the own disk set: reads what the partner's mailbox record says it
     /// replayed of this node's log (a few tries: both copies may be torn for a moment) and
     /// runs the own-log recovery hook with it. Without a readable record the recovery is not
-    /// run: the hook failure is counted, and the shadow log refuses appends until it is
-    /// recovered.
-    fn recover_own_log(&mut self) {
+    /// run: the hook failure is counted and returned.
+    fn recover_own_log(&mut self) -> Result<(), String> {
         let mut last = String::new();
         let mut replayed = None;
         for attempt in 0..5 {
@@ -613,7 +646,7 @@ impl Driver {
         &mut self,
         what: &str,
         hook: impl FnOnce(&mut dyn ServiceHooks) -> Result<(), String>,
-    ) {
+    ) -> Result<(), String> {
         let Driver {
             machine,
             mailbox,
@@ -637,14 +670,16 @@ impl Driver {
             }
             r
         });
-        self.hook_result(what, r);
+        self.hook_result(what, r)
     }
 
-    fn hook_result(&mut self, what: &str, r: Result<(), String>) {
-        if let Err(e) = r {
+    /// Counts a failed hook; returns its error.
+    fn hook_result(&mut self, what: &str, r: Result<(), String>) -> Result<(), String> {
+        if let Err(e) = &r {
             tracing::error!(hook = what, error = %e, "service hook failed");
             self.shared.lock().hook_failures += 1;
         }
+        r
     }
 
     fn drain_events(&mut self) {
@@ -790,6 +825,10 @@ pub struct GivebackReport {
     /// outdated (until a resync completes).
     #[serde(default)]
     pub own_writeback_outdated: bool,
+    /// Why this node's own disk set is withheld from the service: its log's recovery at
+    /// start failed (tried again every interval).
+    #[serde(default)]
+    pub own_recovery_error: Option<String>,
     /// This node's mailbox record names this generation of its own shadow log as the newest
     /// that may hold an acknowledged record (0: none; F5.6).
     #[serde(default)]
@@ -810,7 +849,7 @@ pub struct CommandReport {
 impl GivebackNode {
     /// The status as a [`GivebackReport`].
     pub fn report(&self) -> GivebackReport {
-        let (status, driver, interval) = {
+        let (status, driver, interval, own_recovery_error) = {
             let s = self.shared.lock();
             (
                 s.status.clone(),
@@ -821,6 +860,7 @@ impl GivebackNode {
                     reboots: s.reboots,
                 },
                 s.interval,
+                s.own_recovery_error.clone(),
             )
         };
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -855,6 +895,7 @@ impl GivebackNode {
             own_copy_outdated: self.copy_mark.get(),
             own_copy_complete_for: self.copy_mark.stamp().complete_for,
             own_writeback_outdated: self.copy_mark.stamp().writeback_outdated,
+            own_recovery_error,
             own_log_generation: self.own_log.recorded(),
             driver,
         }
@@ -958,6 +999,11 @@ pub fn render_report(r: &GivebackReport) -> String {
     if let Some(m) = &r.own_copy_outdated {
         out.push_str(&format!(
             "  the partner's copy of this node's log is outdated from {m} (until a resync completes)\n"
+        ));
+    }
+    if let Some(e) = &r.own_recovery_error {
+        out.push_str(&format!(
+            "  ALERT: this node's disks are not served: its own log is not recovered ({e})\n"
         ));
     }
     if r.own_writeback_outdated {
