@@ -14,7 +14,9 @@ use crate::clients::mirror::log::ShadowLog;
 use crate::clients::mirror::log_format::LogImageError;
 use crate::clients::mirror::log_replay::{replay, LogPosition, Replay, ScanStop};
 use crate::clients::mirror::shadow::cursor::CursorStore;
-use crate::fabric::{Completion, MemoryRegion, RegionDescriptor, SendOp, SendRequest};
+use crate::fabric::{
+    Access, Completion, LocalBuf, MemoryRegion, RegionDescriptor, SendOp, SendRequest,
+};
 use crate::manager::{ClientEvent, ClientHandle, ClientQp, Connection, LinkId};
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
@@ -39,8 +41,28 @@ const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest unmirrored ranges kept for waiters (one range per partner absence).
 const UNMIRRORED_RANGES: usize = 1024;
 
-/// Work request ids of durability READs carry this bit (mirror write ids never do).
+/// Work request ids of durability READs and FLUSHes carry this bit (mirror write ids never
+/// do).
 const FLUSH_TAG: u64 = 1 << 63;
+
+/// What is posted behind a batch of mirror writes before they count as done.
+pub(super) enum Barrier {
+    /// [`Durability::Read`]: an RDMA READ of the partner's `shadow-flush` region into the
+    /// local landing region.
+    Read(RegionDescriptor, MemoryRegion),
+    /// [`Durability::Flush`]: an RDMA FLUSH of the partner's whole mirror region (the local
+    /// buffer is an empty one, unused).
+    Flush(RegionDescriptor, LocalBuf),
+}
+
+impl Barrier {
+    fn name(&self) -> &'static str {
+        match self {
+            Barrier::Read(..) => "durability READ",
+            Barrier::Flush(..) => "durability FLUSH",
+        }
+    }
+}
 
 pub(super) struct Link {
     pub(super) id: LinkId,
@@ -51,10 +73,10 @@ pub(super) struct Link {
     pub(super) epoch: u64,
     pub(super) tx: MemoryRegion,
     pub(super) partner: RegionDescriptor,
-    /// With [`Durability::Read`]: the partner's `shadow-flush` region (read after the
-    /// writes) and the local landing region of those READs.
-    pub(super) flush: Option<(RegionDescriptor, MemoryRegion)>,
-    /// Durability READs in flight: (work request id, the last mirror write posted before it).
+    /// What follows each batch of writes (none with [`Durability::Delivered`]).
+    pub(super) flush: Option<Barrier>,
+    /// Durability READs / FLUSHes in flight: (work request id, the last mirror write posted
+    /// before it).
     pub(super) flushes: VecDeque<(u64, u64)>,
     pub(super) next_flush: u64,
     pub(super) outstanding: usize,
@@ -87,6 +109,8 @@ pub(super) struct Counters {
     pub(super) write_errors: u64,
     /// Durability READs posted behind mirror writes.
     pub(super) durability_reads: u64,
+    /// Durability FLUSHes posted behind mirror writes.
+    pub(super) durability_flushes: u64,
     pub(super) replays: u64,
     pub(super) replayed_records: u64,
 }
@@ -118,6 +142,10 @@ pub(super) struct Inner {
     pub(super) counters: Counters,
     pub(super) latency: Histogram<u64>,
     pub(super) last_error: Option<String>,
+    /// The durability point of the current (or last) connection.
+    pub(super) durability_in_use: Option<Durability>,
+    /// Why [`Durability::Flush`] is not in use on it.
+    pub(super) flush_unavailable: Option<String>,
 }
 
 impl Inner {
@@ -272,10 +300,9 @@ impl Shared {
             let flush = c.wr_id & FLUSH_TAG != 0;
             if !c.status.is_ok() {
                 failure.get_or_insert_with(|| {
-                    let what = if flush {
-                        "durability READ"
-                    } else {
-                        "mirror write"
+                    let what = match (&l.flush, flush) {
+                        (Some(b), true) => b.name(),
+                        _ => "mirror write",
                     };
                     format!("{what} {}: {:?}", c.wr_id & !FLUSH_TAG, c.status)
                 });
@@ -284,8 +311,9 @@ impl Shared {
             if failure.is_some() {
                 continue;
             }
-            // With a durability READ, a write counts once a READ posted after it returned:
-            // the partner placed it in its memory (RC executes the READ after the WRITEs).
+            // With a durability READ (FLUSH), a write counts once a READ (FLUSH) posted after
+            // it completed: the partner placed it in its memory (RC executes the READ after the
+            // WRITEs; a FLUSH is acknowledged once the WRITEs before it are placed).
             let through = match (flush, l.flush.is_some()) {
                 (true, _) => {
                     let mut through = None;
@@ -355,7 +383,7 @@ impl Shared {
         };
         let mut failure = None;
         let mut bytes = 0u64;
-        // One slot stays free for the durability READ behind the writes.
+        // One slot stays free for the durability READ / FLUSH behind the writes.
         let room = if l.flush.is_some() { depth - 1 } else { depth };
         let mut last_write = None;
         while l.outstanding + posts.len() < room {
@@ -388,16 +416,27 @@ impl Shared {
                 }
             }
         }
-        if let (Some(last), Some((remote, landing))) = (last_write, l.flush.as_ref()) {
+        if let (Some(last), Some(barrier)) = (last_write, l.flush.as_ref()) {
             let id = FLUSH_TAG | l.next_flush;
-            match landing.slice(0, FLUSH_LEN) {
-                Ok(buf) => {
-                    posts.push(SendRequest::new(id, SendOp::Read(remote.at(0)), buf));
+            let req = match barrier {
+                Barrier::Read(remote, landing) => landing
+                    .slice(0, FLUSH_LEN)
+                    .map(|buf| SendRequest::new(id, SendOp::Read(remote.at(0)), buf))
+                    .map_err(|e| format!("durability READ landing: {e}")),
+                Barrier::Flush(partner, none) => Ok(SendRequest::new(
+                    id,
+                    SendOp::Flush(partner.at(0), partner.len),
+                    none.clone(),
+                )),
+            };
+            match req {
+                Ok(req) => {
+                    posts.push(req);
                     l.flushes.push_back((id, last));
                     l.next_flush += 1;
                 }
                 Err(e) => {
-                    failure.get_or_insert(format!("durability READ landing: {e}"));
+                    failure.get_or_insert(e);
                 }
             }
         }
@@ -414,9 +453,12 @@ impl Shared {
                         l.progress_at = Instant::now();
                     }
                     l.outstanding += n;
-                    let reads = usize::from(l.flush.is_some() && last_write.is_some());
-                    counters.mirror_writes += (n - reads) as u64;
-                    counters.durability_reads += reads as u64;
+                    let barriers = u64::from(l.flush.is_some() && last_write.is_some());
+                    counters.mirror_writes += n as u64 - barriers;
+                    match l.flush {
+                        Some(Barrier::Flush(..)) => counters.durability_flushes += barriers,
+                        _ => counters.durability_reads += barriers,
+                    }
                     counters.mirror_bytes += bytes;
                 }
                 Err(e) => {
@@ -573,9 +615,35 @@ impl Shared {
                 partner.len, self.log_len
             ));
         }
-        let flush = match self.cfg.durability {
-            Durability::Delivered => None,
-            Durability::Read => {
+        let mut unavailable = None;
+        if self.cfg.durability == Durability::Flush {
+            let flushable = conn
+                .partner_region(MIRROR_REGION)
+                .is_some_and(|r| r.access.contains(Access::REMOTE_FLUSH));
+            unavailable = if !qp.queue_pair().supports_flush() {
+                Some(format!(
+                    "this node's queue pair on {} has no RDMA FLUSH (soft provider, or a verbs \
+                     library / provider older than rdma-core 45, or a device without FLUSH)",
+                    conn.link
+                ))
+            } else if !flushable {
+                Some(format!(
+                    "the partner's {MIRROR_REGION} region does not grant FLUSH (its device or \
+                     provider has none)"
+                ))
+            } else {
+                None
+            };
+        }
+        let flush = match (self.cfg.durability, &unavailable) {
+            (Durability::Delivered, _) => None,
+            (Durability::Flush, None) => {
+                let none = tx
+                    .slice(0, 0)
+                    .map_err(|e| format!("empty buffer for FLUSH: {e}"))?;
+                Some(Barrier::Flush(partner, none))
+            }
+            (Durability::Read | Durability::Flush, _) => {
                 let remote = conn
                     .partner_region(FLUSH_REGION)
                     .map(|r| r.descriptor)
@@ -588,9 +656,23 @@ impl Shared {
                         remote.len
                     ));
                 }
-                Some((remote, region(FLUSH_LANDING)?))
+                Some(Barrier::Read(remote, region(FLUSH_LANDING)?))
             }
         };
+        let in_use = match flush {
+            None => Durability::Delivered,
+            Some(Barrier::Read(..)) => Durability::Read,
+            Some(Barrier::Flush(..)) => Durability::Flush,
+        };
+        if let Some(why) = &unavailable {
+            if st.flush_unavailable.as_ref() != Some(why) {
+                tracing::warn!(client = %self.cfg.name, link = %conn.link, reason = %why, "shadow mirror: RDMA FLUSH unavailable; durability READ behind the writes instead");
+            }
+        } else if in_use == Durability::Flush && st.durability_in_use != Some(Durability::Flush) {
+            tracing::info!(client = %self.cfg.name, link = %conn.link, "shadow mirror: durability point is an RDMA FLUSH behind the writes");
+        }
+        st.durability_in_use = Some(in_use);
+        st.flush_unavailable = unavailable;
         let qpn = qp.queue_pair().qpn();
         let epoch = qp.queue_pair().epoch();
         if let Some(l) = st
