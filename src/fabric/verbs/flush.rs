@@ -22,7 +22,7 @@
 
 use super::{Handle, VerbsPd};
 use crate::fabric::types::RemoteAddr;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use rdma_sys::{
     ibv_context, ibv_device_attr_ex, ibv_qp, ibv_qp_create_send_ops_flags as S, ibv_qp_ex,
     ibv_qp_init_attr, ibv_qp_init_attr_ex, ibv_qp_init_attr_mask, ibv_qp_to_qp_ex, ibv_send_flags,
@@ -127,8 +127,11 @@ pub(super) struct FlushOps {
     start: WrStart,
     flush: WrFlush,
     complete: WrComplete,
-    /// One `wr_start` .. `wr_complete` sequence at a time (`wr_id` and `wr_flags` are fields
-    /// of the shared struct).
+    /// Held by every post on the queue pair: one `wr_start` .. `wr_complete` sequence at a
+    /// time (`wr_id` and `wr_flags` are fields of the shared struct), and no `ibv_post_send`
+    /// inside one (ibv_wr_post(3): the two APIs' batches may interleave only outside each
+    /// other's critical region; rxe happens to take the same lock for both, other providers
+    /// need not).
     post: Mutex<()>,
 }
 
@@ -206,10 +209,17 @@ pub(super) fn create_qp(
 }
 
 impl FlushOps {
-    /// Posts one FLUSH (global visibility) of `len` bytes at `remote`. Returns the provider's
-    /// error (`wr_complete`'s errno: queue full, bad state).
+    /// Serialises the posts on this queue pair (hold it across `ibv_post_send` too).
+    pub(super) fn serialize(&self) -> MutexGuard<'_, ()> {
+        self.post.lock()
+    }
+
+    /// Posts one FLUSH (global visibility) of `len` bytes at `remote`, under `_one` (from
+    /// [`FlushOps::serialize`]). Returns the provider's error (`wr_complete`'s errno: queue
+    /// full, bad state).
     pub(super) fn post(
         &self,
+        _one: &MutexGuard<'_, ()>,
         token: u64,
         signaled: bool,
         remote: RemoteAddr,
@@ -221,11 +231,10 @@ impl FlushOps {
         } else {
             0
         };
-        let _one = self.post.lock();
         let q = self.qpx.ptr();
         // SAFETY: q is the live queue pair's ibv_qp_ex (the owning VerbsQp destroys the QP
         // only after this struct is gone); the function pointers are its provider's; between
-        // wr_start and wr_complete nothing else posts through the extended API (the lock), and
+        // wr_start and wr_complete nothing else posts on the queue pair (the lock), and
         // wr_id / wr_flags are written through the raw pointer, no reference is formed.
         let ret = unsafe {
             let base = q.cast::<ibv_qp_ex>();

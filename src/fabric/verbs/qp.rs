@@ -382,9 +382,10 @@ impl VerbsQp {
     }
 
     /// Posts send-queue requests as one linked list (a single `ibv_post_send`); a FLUSH is
-    /// posted through the extended API between the lists before and after it, in order (rxe
-    /// and mlx5 serialise both paths on the same send queue lock and producer index).
+    /// posted through the extended API between the lists before and after it, in order. On a
+    /// queue pair with FLUSH every post holds its lock (see `FlushOps::post`).
     pub fn post_send(&self, wrs: &[RawSend]) -> Result<()> {
+        let one = self.flush.as_ref().map(FlushOps::serialize);
         let mut done = 0;
         while let Some(at) = wrs[done..]
             .iter()
@@ -397,11 +398,10 @@ impl VerbsQp {
             let RawOp::Flush(remote, len) = w.op else {
                 break;
             };
-            let ops = self
-                .flush
-                .as_ref()
-                .ok_or(FabricError::FlushUnsupported { qpn: self.qpn })?;
-            ops.post(w.token, w.signaled, remote, len)
+            let (Some(ops), Some(one)) = (self.flush.as_ref(), one.as_ref()) else {
+                return Err(FabricError::FlushUnsupported { qpn: self.qpn });
+            };
+            ops.post(one, w.token, w.signaled, remote, len)
                 .map_err(|source| {
                     FabricError::from(VerbsError::IbvPostSend {
                         qpn: self.qpn,
