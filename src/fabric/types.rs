@@ -583,6 +583,11 @@ mod tests {
         assert!(!a.contains(Access::REMOTE_WRITE));
         assert_eq!(Access::from_bits(a.bits()), a);
         assert_eq!(format!("{a:?}"), "LOCAL_WRITE|REMOTE_READ");
+        let f = Access::REMOTE_WRITE | Access::REMOTE_FLUSH;
+        assert_eq!(Access::from_bits(f.bits()), f);
+        assert_eq!(f.without(Access::REMOTE_FLUSH), Access::REMOTE_WRITE);
+        assert_eq!(format!("{f:?}"), "REMOTE_WRITE|REMOTE_FLUSH");
+        assert_eq!(Access::from_bits(0xff).bits(), 15);
     }
 
     #[test]

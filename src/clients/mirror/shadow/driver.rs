@@ -622,7 +622,7 @@ impl Shared {
                 .is_some_and(|r| r.access.contains(Access::REMOTE_FLUSH));
             unavailable = if !qp.queue_pair().supports_flush() {
                 Some(format!(
-                    "this node's queue pair on {} has no RDMA FLUSH (soft provider, or a verbs \
+                    "this node's queue pair on link {} has no RDMA FLUSH (soft provider, or a verbs \
                      library / provider older than rdma-core 45, or a device without FLUSH)",
                     conn.link
                 ))
