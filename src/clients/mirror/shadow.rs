@@ -134,9 +134,10 @@ pub enum Durability {
     /// memory. One READ covers a batch of writes.
     #[default]
     Read,
-    /// When an RDMA FLUSH (global visibility) of the partner's mirror region, posted after it
-    /// on the same queue pair, completed: the responder acknowledges a FLUSH only once the
-    /// WRITEs before it are placed. One FLUSH covers a batch of writes. Verbs only, and only
+    /// When an RDMA FLUSH (global visibility) of the range of the partner's mirror region the
+    /// batch of writes wrote, posted after them on the same queue pair, completed: the
+    /// responder acknowledges a FLUSH only once the WRITEs before it are placed. One FLUSH
+    /// covers a batch of writes. Verbs only, and only
     /// where the device, the verbs library and its provider support FLUSH (rdma-core 45 or
     /// later; rxe on Linux 6.2 or later) on both nodes: the partner grants the right on its
     /// mirror region only if its device has FLUSH. Otherwise (the soft provider, an older

@@ -50,8 +50,8 @@ pub(super) enum Barrier {
     /// [`Durability::Read`]: an RDMA READ of the partner's `shadow-flush` region into the
     /// local landing region.
     Read(RegionDescriptor, MemoryRegion),
-    /// [`Durability::Flush`]: an RDMA FLUSH of the partner's whole mirror region (the local
-    /// buffer is an empty one, unused).
+    /// [`Durability::Flush`]: an RDMA FLUSH of the range of the partner's mirror region the
+    /// batch wrote (the local buffer is an empty one, unused).
     Flush(RegionDescriptor, LocalBuf),
 }
 
@@ -386,6 +386,8 @@ impl Shared {
         // One slot stays free for the durability READ / FLUSH behind the writes.
         let room = if l.flush.is_some() { depth - 1 } else { depth };
         let mut last_write = None;
+        // The partner's range the batch writes (what a FLUSH behind it covers).
+        let mut span = None;
         while l.outstanding + posts.len() < room {
             let Some(w) = log.poll_mirror_write() else {
                 break;
@@ -404,6 +406,8 @@ impl Shared {
                 Ok(buf) => {
                     bytes += w.len as u64;
                     last_write = Some(w.id);
+                    let (lo, hi) = (w.offset as u64, (w.offset + w.len) as u64);
+                    span = Some(span.map_or((lo, hi), |(a, b): (u64, u64)| (a.min(lo), b.max(hi))));
                     posts.push(SendRequest::new(
                         w.id,
                         SendOp::Write(l.partner.at(w.offset as u64)),
@@ -423,11 +427,16 @@ impl Shared {
                     .slice(0, FLUSH_LEN)
                     .map(|buf| SendRequest::new(id, SendOp::Read(remote.at(0)), buf))
                     .map_err(|e| format!("durability READ landing: {e}")),
-                Barrier::Flush(partner, none) => Ok(SendRequest::new(
-                    id,
-                    SendOp::Flush(partner.at(0), partner.len),
-                    none.clone(),
-                )),
+                Barrier::Flush(partner, none) => {
+                    // The batch's range (the whole region would do for global visibility too,
+                    // but a persistence FLUSH costs per byte).
+                    let (lo, hi) = span.unwrap_or((0, partner.len));
+                    Ok(SendRequest::new(
+                        id,
+                        SendOp::Flush(partner.at(lo), hi - lo),
+                        none.clone(),
+                    ))
+                }
             };
             match req {
                 Ok(req) => {
