@@ -45,8 +45,13 @@ const SELECTIVITY_RANGE: u8 = 0;
 pub(super) const WC_FLUSH: u32 = 8;
 
 /// `ibv_qp_ex::wr_flush` of rdma-core 45 and later.
+// SAFETY: a function pointer type only (the calls, in FlushOps::post, carry their own).
 type WrFlush = unsafe extern "C" fn(*mut ibv_qp_ex, u32, u64, usize, u8, u8);
+/// `ibv_qp_ex::wr_start`.
+// SAFETY: a function pointer type only.
 type WrStart = unsafe extern "C" fn(*mut ibv_qp_ex);
+/// `ibv_qp_ex::wr_complete`.
+// SAFETY: a function pointer type only.
 type WrComplete = unsafe extern "C" fn(*mut ibv_qp_ex) -> libc::c_int;
 
 /// `struct ibv_qp_ex` as rdma-core 45 and later lay it out: the generated (rdma-core 44)
