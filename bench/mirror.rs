@@ -49,7 +49,7 @@ mod pair;
 
 use criterion::{Criterion, Throughput};
 use hdrhistogram::Histogram;
-use interlink::clients::mirror::shadow::Nvram;
+use interlink::clients::mirror::shadow::{Durability, Nvram};
 use interlink::clients::mirror::{
     FileNvram, LogPosition, MemoryNvram, ShadowConfig, ShadowMirror, ShadowStats,
 };
@@ -117,17 +117,15 @@ fn window() -> usize {
         .unwrap_or(WINDOW)
 }
 
-/// Whether the pair being started counts a write done when delivered (the plain WRITE, for
-/// the comparison) instead of after the durability READ (the default).
-static DELIVERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The durability point of the pair being started: the default (a READ behind the writes),
+/// or, for the comparison, delivery (the plain WRITE) or an RDMA FLUSH behind the writes.
+static DURABILITY: parking_lot::Mutex<Durability> = parking_lot::Mutex::new(Durability::Read);
 
 /// The shadow configuration: the defaults, except a waiter's spin before it sleeps
 /// (`INTERLINK_BENCH_MIRROR_SPIN_US`, to compare settings) and the durability point.
 fn shadow_config() -> ShadowConfig {
     let mut cfg = ShadowConfig::new();
-    if DELIVERED.load(std::sync::atomic::Ordering::Relaxed) {
-        cfg.durability = interlink::clients::mirror::shadow::Durability::Delivered;
-    }
+    cfg.durability = *DURABILITY.lock();
     if let Some(us) = std::env::var("INTERLINK_BENCH_MIRROR_SPIN_US")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -475,7 +473,8 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
 
     let Some(pair) = pair.into_inner().map(RefCell::into_inner) else {
         // The benchmarks were filtered out: nothing of this net runs, but maybe these.
-        bench_delivered(c, net, rec, quick, &secret);
+        bench_durability(c, net, rec, quick, &secret, Durability::Delivered);
+        bench_durability(c, net, rec, quick, &secret, Durability::Flush);
         return;
     };
     let mut pair = pair;
@@ -504,24 +503,55 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
     );
     rec.shadow(net, &after);
     pair.shutdown();
-    bench_delivered(c, net, rec, quick, &secret);
+    bench_durability(c, net, rec, quick, &secret, Durability::Delivered);
+    bench_durability(c, net, rec, quick, &secret, Durability::Flush);
 }
 
-/// The cost of the durability point (F5.8): the same appends, counted done when the WRITE is
-/// delivered, without the READ behind it (a pair of its own, started after the other).
-fn bench_delivered(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool, secret: &Path) {
-    let plain: OnceCell<RefCell<MirrorPair>> = OnceCell::new();
-    let get_plain = || {
-        plain.get_or_init(|| {
-            DELIVERED.store(true, std::sync::atomic::Ordering::Relaxed);
+/// The cost of the durability point (F5.8): the same appends on a pair of their own (started
+/// after the other), counted done when the WRITE is delivered (`append_delivered`: no READ
+/// behind it), or when an RDMA FLUSH behind it completed (`append_flush`; where FLUSH is
+/// unavailable, as on the soft provider, that pair uses the READ: the `<net>/flush` line
+/// says which).
+fn bench_durability(
+    c: &mut Criterion,
+    net: &Net,
+    rec: &Recorder,
+    quick: bool,
+    secret: &Path,
+    durability: Durability,
+) {
+    let name = match durability {
+        Durability::Delivered => "append_delivered",
+        Durability::Flush => "append_flush",
+        Durability::Read => "append",
+    };
+    let other: OnceCell<RefCell<MirrorPair>> = OnceCell::new();
+    let get_other = || {
+        other.get_or_init(|| {
+            *DURABILITY.lock() = durability;
             let p = MirrorPair::start(net, secret);
-            DELIVERED.store(false, std::sync::atomic::Ordering::Relaxed);
+            *DURABILITY.lock() = Durability::Read;
             RefCell::new(p)
         })
     };
-    append_group(c, net, "append_delivered", get_plain);
-    if let Some(mut p) = plain.into_inner().map(RefCell::into_inner) {
-        append_histograms(&mut p, net, rec, quick, "append_delivered");
+    append_group(c, net, name, get_other);
+    if let Some(mut p) = other.into_inner().map(RefCell::into_inner) {
+        append_histograms(&mut p, net, rec, quick, name);
+        if durability == Durability::Flush {
+            let s = p.a.shadow.stats();
+            rec.set(
+                net,
+                "flush",
+                format!(
+                    "in_use={:?} flushes={} reads={} mirror_writes={} unavailable={:?}",
+                    s.durability_in_use,
+                    s.durability_flushes,
+                    s.durability_reads,
+                    s.mirror_writes,
+                    s.flush_unavailable.as_deref().unwrap_or("-"),
+                ),
+            );
+        }
         p.shutdown();
     }
 }

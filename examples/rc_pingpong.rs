@@ -454,6 +454,7 @@ fn run(args: &Args) -> Result<()> {
                 max_send_wr: 1,
                 max_recv_wr: args.rx_depth,
                 max_inline_data: 0,
+                flush: false,
             },
         )
         .context("couldn't create QP")?;

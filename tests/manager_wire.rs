@@ -36,7 +36,7 @@ prop_compose! {
     fn arb_client()(name in arb_name(), class in 0u8..3, generation in any::<u32>(),
                     qps in prop::collection::vec((any::<u16>(), arb_endpoint()), 0..5),
                     regions in prop::collection::vec(
-                        (any::<u16>(), arb_name(), 0u8..8, arb_region()), 0..5)) -> ClientInfo {
+                        (any::<u16>(), arb_name(), 0u8..16, arb_region()), 0..5)) -> ClientInfo {
         ClientInfo {
             name,
             class: BandwidthClass::from_code(class).unwrap(),
@@ -436,7 +436,8 @@ fn malformed_fields_give_typed_errors() {
             )
         },
     );
-    // Attach: name length 0, bandwidth class 3, qp count 2000, region access bit 3.
+    // Attach: name length 0, bandwidth class 3, qp count 2000, region access bit 4 (bits 0-3:
+    // local write, remote read / write / flush).
     corrupt(
         attach,
         |b| b[0] = 0,
@@ -478,13 +479,13 @@ fn malformed_fields_give_typed_errors() {
     let access = 1 + 4 + 1 + 4 + 2 + 60 + 2 + 2 + 7;
     corrupt(
         attach,
-        |b| b[access] = 8,
+        |b| b[access] = 16,
         |e| {
             matches!(
                 e,
                 WireError::Code {
                     field: "region access",
-                    code: 8
+                    code: 16
                 }
             )
         },

@@ -716,7 +716,7 @@ fn a_restarted_partner_holds_a_confirmed_copy_only_after_the_re_send_completed_o
 #[test]
 fn the_durability_point_is_a_read_behind_the_writes_unless_delivery_is_enough() {
     use interlink::clients::mirror::shadow::Durability;
-    for durability in [Durability::Read, Durability::Delivered] {
+    for durability in [Durability::Read, Durability::Delivered, Durability::Flush] {
         let (_, _, ma, mb) = managers();
         let mut cfg = ShadowConfig::new();
         cfg.durability = durability;
@@ -737,6 +737,17 @@ fn the_durability_point_is_a_read_behind_the_writes_unless_delivery_is_enough() 
                 "{st:#?}"
             ),
             Durability::Delivered => assert_eq!(st.durability_reads, 0, "{st:#?}"),
+            // The soft provider has no RDMA FLUSH: READs instead, and it says so.
+            Durability::Flush => {
+                assert_eq!(st.durability_in_use, Some(Durability::Read), "{st:#?}");
+                assert!(st.flush_unavailable.is_some(), "{st:#?}");
+                assert_eq!(st.durability_flushes, 0, "{st:#?}");
+                assert!(st.durability_reads >= 1, "{st:#?}");
+            }
+        }
+        if durability != Durability::Flush {
+            assert_eq!(st.durability_in_use, Some(durability), "{st:#?}");
+            assert_eq!(st.flush_unavailable, None, "{st:#?}");
         }
         assert_eq!(
             seqs(&b.read_partner().unwrap()),

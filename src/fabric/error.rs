@@ -91,6 +91,15 @@ pub enum FabricError {
         /// Its state.
         state: super::types::QpState,
     },
+    /// An RDMA FLUSH posted on a queue pair without FLUSH support.
+    #[error(
+        "post send: queue pair {qpn} has no RDMA FLUSH (soft provider, or a verbs library, \
+         provider or device without it: see QueuePair::supports_flush)"
+    )]
+    FlushUnsupported {
+        /// Queue pair number.
+        qpn: u32,
+    },
     /// A message larger than the 2 GiB verbs limit.
     #[error("{op}: length {len} exceeds 2^31 bytes")]
     Length {

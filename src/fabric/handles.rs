@@ -173,6 +173,11 @@ impl ProtectionDomain {
             Provider::Verbs(pd) => Provider::Verbs(verbs::VerbsMr::register(pd, len, access)?),
             Provider::Soft(pd) => Provider::Soft(soft::SoftMr::register(pd, len, access)?),
         };
+        // As granted: providers drop REMOTE_FLUSH where the device cannot serve a FLUSH.
+        let access = match &inner {
+            Provider::Verbs(m) => m.access(),
+            Provider::Soft(m) => m.access(),
+        };
         Ok(MemoryRegion {
             inner: Arc::new(MrShared {
                 inner,
@@ -463,6 +468,12 @@ pub enum SendOp {
     WriteImm(RemoteAddr, u32),
     /// RDMA READ from the remote address into the local buffer.
     Read(RemoteAddr),
+    /// RDMA FLUSH of `len` bytes at the remote address to global visibility: its completion
+    /// says the WRITEs posted before it on this queue pair are placed in the partner's
+    /// memory. The local buffer is not used (pass an empty one). Only on a queue pair that
+    /// [supports it](QueuePair::supports_flush), into a region the partner registered with
+    /// [`Access::REMOTE_FLUSH`].
+    Flush(RemoteAddr, u64),
 }
 
 /// A send-queue work request.
@@ -695,6 +706,17 @@ impl QueuePair {
         self.cap
     }
 
+    /// Whether [`SendOp::Flush`] can be posted: the queue pair was created with
+    /// [`QpCapacity::flush`] on a verbs device and library that support RDMA FLUSH. The soft
+    /// provider has no FLUSH (a user that wants a durability point there READs behind its
+    /// WRITEs, which the soft responder also executes in order).
+    pub fn supports_flush(&self) -> bool {
+        match &self.inner {
+            Provider::Verbs(q) => q.supports_flush(),
+            Provider::Soft(_) => false,
+        }
+    }
+
     /// The send completion queue.
     pub fn send_cq(&self) -> &CompletionQueue {
         &self.send_cq
@@ -741,6 +763,9 @@ impl QueuePair {
                 SendOp::Read(_) => Access::LOCAL_WRITE,
                 _ => Access::NONE,
             };
+            if matches!(r.op, SendOp::Flush(..)) && !self.supports_flush() {
+                return Err(FabricError::FlushUnsupported { qpn: self.qpn() });
+            }
             self.check_buf("post send", &r.local, need)?;
         }
         let mut adm = self.tracker.admit(Queue::Send, reqs.len(), "post send")?;
@@ -752,9 +777,11 @@ impl QueuePair {
                 SendOp::Write(a) => RawOp::Write(a),
                 SendOp::WriteImm(a, i) => RawOp::WriteImm(a, i),
                 SendOp::Read(a) => RawOp::Read(a),
+                SendOp::Flush(a, len) => RawOp::Flush(a, len),
             };
-            let inline =
-                !matches!(op, RawOp::Read(_)) && sge.len > 0 && sge.len <= self.cap.max_inline_data;
+            let inline = !matches!(op, RawOp::Read(_) | RawOp::Flush(..))
+                && sge.len > 0
+                && sge.len <= self.cap.max_inline_data;
             let token = adm.push(r.wr_id, r.local);
             raw.push(RawSend {
                 token,

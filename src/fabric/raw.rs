@@ -31,6 +31,8 @@ pub enum RawOp {
     WriteImm(RemoteAddr, u32),
     /// RDMA READ into the local entry.
     Read(RemoteAddr),
+    /// RDMA FLUSH (global visibility) of a remote range of this many bytes; no local entry.
+    Flush(RemoteAddr, u64),
 }
 
 /// A send-queue work request.

@@ -18,14 +18,25 @@ impl Access {
     pub const REMOTE_READ: Access = Access(2);
     /// The partner may RDMA WRITE the region (implies `LOCAL_WRITE` on verbs).
     pub const REMOTE_WRITE: Access = Access(4);
+    /// The partner may RDMA FLUSH the region to global visibility (verbs
+    /// `IBV_ACCESS_FLUSH_GLOBAL`). Granted only where the device supports FLUSH: a region
+    /// registered on a device without it has this right dropped, so
+    /// [`MemoryRegion::access`](super::MemoryRegion::access) (and what the partner is told)
+    /// says whether the partner may FLUSH it.
+    pub const REMOTE_FLUSH: Access = Access(8);
 
     /// Whether every right in `other` is also in `self`.
     pub fn contains(self, other: Access) -> bool {
         self.0 & other.0 == other.0
     }
-    /// The raw bits (bit 0 local write, bit 1 remote read, bit 2 remote write).
+    /// The raw bits (bit 0 local write, bit 1 remote read, bit 2 remote write, bit 3 remote
+    /// flush).
     pub fn bits(self) -> u8 {
         self.0
+    }
+    /// These rights without those in `other`.
+    pub const fn without(self, other: Access) -> Access {
+        Access(self.0 & !other.0)
     }
     /// Both sets of rights (`|` in a `const`).
     pub const fn union(self, other: Access) -> Access {
@@ -33,7 +44,7 @@ impl Access {
     }
     /// Rights from raw bits; unknown bits are dropped.
     pub fn from_bits(bits: u8) -> Access {
-        Access(bits & 7)
+        Access(bits & 15)
     }
 }
 
@@ -55,6 +66,9 @@ impl fmt::Debug for Access {
         }
         if self.contains(Access::REMOTE_WRITE) {
             parts.push("REMOTE_WRITE");
+        }
+        if self.contains(Access::REMOTE_FLUSH) {
+            parts.push("REMOTE_FLUSH");
         }
         if parts.is_empty() {
             parts.push("NONE");
@@ -411,6 +425,8 @@ pub enum CompletionOp {
     Write,
     /// An RDMA READ response arrived.
     Read,
+    /// An RDMA FLUSH was acknowledged: the writes before it are placed at the partner.
+    Flush,
     /// A RECV was filled by a SEND.
     Recv,
     /// A RECV was consumed by a WRITE with immediate.
@@ -486,6 +502,11 @@ pub struct QpCapacity {
     pub max_recv_wr: u32,
     /// Largest payload posted inline (0 disables inline).
     pub max_inline_data: u32,
+    /// Ask for RDMA FLUSH on the send queue ([`SendOp::Flush`](super::SendOp::Flush)). Granted
+    /// only where the provider, the verbs library and the device support it: check
+    /// [`QueuePair::supports_flush`](super::QueuePair::supports_flush).
+    #[serde(default)]
+    pub flush: bool,
 }
 
 impl Default for QpCapacity {
@@ -494,6 +515,7 @@ impl Default for QpCapacity {
             max_send_wr: 128,
             max_recv_wr: 128,
             max_inline_data: 0,
+            flush: false,
         }
     }
 }
@@ -561,6 +583,11 @@ mod tests {
         assert!(!a.contains(Access::REMOTE_WRITE));
         assert_eq!(Access::from_bits(a.bits()), a);
         assert_eq!(format!("{a:?}"), "LOCAL_WRITE|REMOTE_READ");
+        let f = Access::REMOTE_WRITE | Access::REMOTE_FLUSH;
+        assert_eq!(Access::from_bits(f.bits()), f);
+        assert_eq!(f.without(Access::REMOTE_FLUSH), Access::REMOTE_WRITE);
+        assert_eq!(format!("{f:?}"), "REMOTE_WRITE|REMOTE_FLUSH");
+        assert_eq!(Access::from_bits(0xff).bits(), 15);
     }
 
     #[test]

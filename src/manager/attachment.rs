@@ -143,7 +143,8 @@ impl Attachment {
             id,
             AttachedRegion {
                 purpose: spec.purpose.clone(),
-                access: spec.access,
+                // As granted: a right the device lacks (REMOTE_FLUSH) is not advertised.
+                access: region.access(),
                 region,
             },
         );

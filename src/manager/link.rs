@@ -273,6 +273,7 @@ impl Heartbeat {
             max_send_wr: 8,
             max_recv_wr: 1,
             max_inline_data: 0,
+            flush: false,
         };
         let qp = fabric.pd.create_qp(&cq, &cq, cap).map_err(err)?;
         let health = fabric

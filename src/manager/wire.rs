@@ -751,7 +751,7 @@ impl<'a> Reader<'a> {
     }
     fn access(&mut self) -> Result<Access, WireError> {
         let bits = self.u8("region access")?;
-        if bits & !7 != 0 {
+        if bits & !15 != 0 {
             return Err(WireError::Code {
                 field: "region access",
                 code: bits,

@@ -145,10 +145,20 @@ pub enum Durability {
     Delivered,
     /// When an RDMA READ posted after it on the same queue pair returned: the responder
     /// executes the READ after the WRITEs before it, so they are placed in the partner's
-    /// memory. One READ covers a batch of writes. (RDMA FLUSH would do the same for
-    /// persistent memory; the verbs binding used has no FLUSH verb.)
+    /// memory. One READ covers a batch of writes.
     #[default]
     Read,
+    /// When an RDMA FLUSH (global visibility) of the range of the partner's mirror region the
+    /// batch of writes wrote, posted after them on the same queue pair, completed: the
+    /// responder acknowledges a FLUSH only once the WRITEs before it are placed. One FLUSH
+    /// covers a batch of writes. Verbs only, and only
+    /// where the device, the verbs library and its provider support FLUSH (rdma-core 45 or
+    /// later; rxe on Linux 6.2 or later) on both nodes: the partner grants the right on its
+    /// mirror region only if its device has FLUSH. Otherwise (the soft provider, an older
+    /// library, a device without it) the connection uses [`Durability::Read`], which this
+    /// setting also registers for; [`ShadowStats::durability_in_use`] and
+    /// [`ShadowStats::flush_unavailable`] say which and why, and a warning is logged.
+    Flush,
 }
 
 /// A backing chosen at run time.
@@ -283,6 +293,17 @@ pub struct ShadowStats {
     /// Durability READs posted behind mirror writes ([`Durability::Read`]).
     #[serde(default)]
     pub durability_reads: u64,
+    /// Durability FLUSHes posted behind mirror writes ([`Durability::Flush`]).
+    #[serde(default)]
+    pub durability_flushes: u64,
+    /// The durability point of the current (or last) connection: the configured one, except
+    /// [`Durability::Read`] where [`Durability::Flush`] is unavailable. `None` before the
+    /// first connection.
+    #[serde(default)]
+    pub durability_in_use: Option<Durability>,
+    /// Why [`Durability::Flush`] is not in use on the current (or last) connection.
+    #[serde(default)]
+    pub flush_unavailable: Option<String>,
     /// Connections given up because their writes stopped completing (5 s without one).
     #[serde(default)]
     pub stalls: u64,
@@ -374,11 +395,17 @@ impl ShadowMirror {
         let max_payload = max_payload((log_len - DATA_OFFSET) & !(RECORD_ALIGN - 1));
         let cursor = CursorStore::open(cursor)?;
         let depth = cfg.send_depth.max(4);
+        let mirror_access = match cfg.durability {
+            // Granted only where this node's device has FLUSH (the partner sees the rights).
+            Durability::Flush => SHADOW_MIRROR_ACCESS | Access::REMOTE_FLUSH,
+            Durability::Read | Durability::Delivered => SHADOW_MIRROR_ACCESS,
+        };
         let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
-            .region(MIRROR_REGION, log_len, SHADOW_MIRROR_ACCESS)
+            .region(MIRROR_REGION, log_len, mirror_access)
             .region(TX_REGION, log_len, Access::NONE)
             .region(FETCH_LANDING, log_len.min(FETCH_CHUNK), Access::LOCAL_WRITE);
-        if cfg.durability == Durability::Read {
+        // Flush falls back to Read where FLUSH is unavailable: both register the READ target.
+        if cfg.durability != Durability::Delivered {
             spec = spec.region(FLUSH_REGION, 64, FLUSH_REGION_ACCESS).region(
                 FLUSH_LANDING,
                 64,
@@ -386,6 +413,7 @@ impl ShadowMirror {
             );
         }
         spec.qp_capacity.max_send_wr = depth;
+        spec.qp_capacity.flush = cfg.durability == Durability::Flush;
         spec.qp_capacity.max_recv_wr = 1;
         let handle = manager
             .register(spec)
@@ -411,6 +439,8 @@ impl ShadowMirror {
             counters: Counters::default(),
             latency: crate::manager::client::new_histogram(),
             last_error: None,
+            durability_in_use: None,
+            flush_unavailable: None,
         };
         let name = cfg.name.clone();
         let shared = Arc::new(Shared {
@@ -843,6 +873,9 @@ impl ShadowMirror {
             resent_writes: c.resent_writes,
             write_errors: c.write_errors,
             durability_reads: c.durability_reads,
+            durability_flushes: c.durability_flushes,
+            durability_in_use: st.durability_in_use,
+            flush_unavailable: st.flush_unavailable.clone(),
             stalls: c.stalls,
             checkpoint_mirrored: st.checkpointed,
             free_bytes: log.free_bytes,

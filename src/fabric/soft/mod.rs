@@ -508,6 +508,8 @@ impl SoftMr {
         let key = (idx << 8) | u32::from(rand::random::<u8>());
         let pages = (len as u64).div_ceil(4096) + 1;
         let addr = dev.next_addr.fetch_add(pages * 4096, Ordering::Relaxed);
+        // No RDMA FLUSH on this provider: the right is not granted (see Access::REMOTE_FLUSH).
+        let access = access.without(Access::REMOTE_FLUSH);
         let mem = Arc::new(RegionMem {
             key,
             addr,
@@ -541,6 +543,11 @@ impl SoftMr {
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::SeqCst)
     }
+    /// The rights granted (never REMOTE_FLUSH).
+    pub fn access(&self) -> Access {
+        self.mem.access
+    }
+
     /// Address, length and rkey.
     pub fn descriptor(&self) -> RegionDescriptor {
         RegionDescriptor {

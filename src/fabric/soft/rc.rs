@@ -87,6 +87,7 @@ fn op_of(op: &RawOp) -> CompletionOp {
         RawOp::Send | RawOp::SendImm(_) => CompletionOp::Send,
         RawOp::Write(_) | RawOp::WriteImm(..) => CompletionOp::Write,
         RawOp::Read(_) => CompletionOp::Read,
+        RawOp::Flush(..) => CompletionOp::Flush,
     }
 }
 
@@ -229,6 +230,10 @@ impl SoftQp {
     pub fn post_send(&self, wrs: &[RawSend]) -> Result<()> {
         let dev = self.dev();
         let core = &self.core;
+        // No RDMA FLUSH here (QueuePair::supports_flush is false): refused before anything goes.
+        if wrs.iter().any(|w| matches!(w.op, RawOp::Flush(..))) {
+            return Err(FabricError::FlushUnsupported { qpn: core.qpn });
+        }
         let mut st = core.st.lock();
         match st.state {
             QpState::ReadyToSend => {}
@@ -293,6 +298,10 @@ impl SoftQp {
                         rkey: a.rkey,
                         len: w.sge.len,
                     },
+                    // Refused above.
+                    RawOp::Flush(..) => {
+                        return Err(FabricError::FlushUnsupported { qpn: core.qpn })
+                    }
                 };
                 pkt = PacketBuf::with_capacity(HEADER_LEN + 16 + payload.len());
                 Packet {

@@ -230,6 +230,8 @@ pub struct VerbsDevice {
     port: u8,
     gid: Gid,
     gid_index: u8,
+    /// The device serves RDMA FLUSH to global visibility (probed once at open).
+    flush: bool,
     events: Arc<EventShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     // Dropped last: closes the context after the event thread has stopped.
@@ -341,6 +343,7 @@ impl VerbsDevice {
             source: io::Error::from_raw_os_error(libc::EINVAL),
         })?;
         let name = ctx.name.clone();
+        let flush = super::flush::device_supports_flush(ctx.ctx.ptr());
         let thread = std::thread::Builder::new()
             .name(format!("verbs-events-{name}"))
             .spawn(move || event_loop(ctx_ptr, fd, shared, name))
@@ -352,10 +355,20 @@ impl VerbsDevice {
             port,
             gid,
             gid_index,
+            flush,
             events,
             thread: Mutex::new(Some(thread)),
             ctx,
         }))
+    }
+
+    /// Whether the device reports RDMA FLUSH to global visibility
+    /// (`IB_UVERBS_DEVICE_FLUSH_GLOBAL`; rxe on Linux 6.2 and later). Posting one also needs a
+    /// libibverbs and provider of rdma-core 45 or later (see [`VerbsQp::supports_flush`]).
+    ///
+    /// [`VerbsQp::supports_flush`]: super::VerbsQp::supports_flush
+    pub fn supports_flush(&self) -> bool {
+        self.flush
     }
 
     /// The device name (e.g. `rxe_a0`, `mlx5_0`).

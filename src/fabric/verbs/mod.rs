@@ -18,6 +18,7 @@
 
 mod cq;
 mod device;
+mod flush;
 mod mr;
 mod nvram;
 mod qp;
@@ -291,7 +292,8 @@ impl<T> Handle<T> {
     }
 }
 
-/// libibverbs access flags for a region's rights (remote write implies local write).
+/// libibverbs access flags for a region's rights (remote write implies local write; remote
+/// flush is `IBV_ACCESS_FLUSH_GLOBAL`, which the caller asks for only on a device with FLUSH).
 pub(crate) fn access_flags(access: Access) -> u32 {
     let mut f = ibv_access_flags(0);
     if access.contains(Access::LOCAL_WRITE) {
@@ -304,6 +306,9 @@ pub(crate) fn access_flags(access: Access) -> u32 {
         f = f
             | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE
             | ibv_access_flags::IBV_ACCESS_LOCAL_WRITE;
+    }
+    if access.contains(Access::REMOTE_FLUSH) {
+        f.0 |= flush::ACCESS_FLUSH_GLOBAL;
     }
     f.0
 }
@@ -337,6 +342,7 @@ pub(crate) fn map_opcode(status: u32, opcode: u32) -> CompletionOp {
         IBV_WC_SEND => CompletionOp::Send,
         IBV_WC_RDMA_WRITE => CompletionOp::Write,
         IBV_WC_RDMA_READ => CompletionOp::Read,
+        flush::WC_FLUSH => CompletionOp::Flush,
         IBV_WC_RECV => CompletionOp::Recv,
         IBV_WC_RECV_RDMA_WITH_IMM => CompletionOp::RecvWithImm,
         _ => CompletionOp::Unknown,
@@ -440,8 +446,9 @@ mod tests {
             access_flags(Access::REMOTE_READ | Access::REMOTE_WRITE),
             (F::IBV_ACCESS_REMOTE_WRITE | F::IBV_ACCESS_LOCAL_WRITE | F::IBV_ACCESS_REMOTE_READ).0
         );
+        assert_eq!(access_flags(Access::REMOTE_FLUSH), 1 << 8);
         // Never atomics, MW binding, zero-based, on-demand paging...
-        assert_eq!(access_flags(Access::from_bits(0xff)) & !7, 0);
+        assert_eq!(access_flags(Access::from_bits(0xff)) & !0x107, 0);
     }
 
     #[test]

@@ -109,6 +109,13 @@ impl VerbsMr {
         // SAFETY: layout has a non-zero size.
         let mem = unsafe { std::alloc::alloc_zeroed(layout) };
         let mem = Handle::new(mem).ok_or(VerbsError::Alloc { len })?;
+        // FLUSH rights only where the device serves FLUSH (the kernel refuses them otherwise);
+        // the region's access then says what the partner may do.
+        let access = if pd.device().supports_flush() {
+            access
+        } else {
+            access.without(Access::REMOTE_FLUSH)
+        };
         let flags = access_flags(access);
         // SAFETY: mem points at `size` >= len bytes owned by this region until after
         // ibv_dereg_mr in Drop; flags only holds valid access bits; the PD is live.

@@ -1,5 +1,6 @@
 //! Reliable-connected queue pairs: creation, slam connect, state changes and posting.
 
+use super::flush::{self, FlushOps};
 use super::{map_qp_state, Handle, VerbsCq, VerbsError, VerbsPd};
 use crate::fabric::raw::{RawOp, RawRecv, RawSend, RawSge};
 use crate::fabric::types::{ConnectOptions, Endpoint, Mtu, QpCapacity, QpState};
@@ -28,6 +29,11 @@ pub struct VerbsQp {
     pd: Arc<VerbsPd>,
     send_cq: Arc<VerbsCq>,
     recv_cq: Arc<VerbsCq>,
+    /// The extended-API view used to post RDMA FLUSH, when the queue pair has it.
+    flush: Option<FlushOps>,
+    /// Serve the partner's FLUSHes (asked for, and the device has FLUSH: the responder side is
+    /// the kernel's, whatever the library).
+    accept_flush: bool,
 }
 
 impl std::fmt::Debug for VerbsQp {
@@ -87,6 +93,8 @@ fn fill_send(wr: &mut ibv_send_wr, r: &RawSend) {
             Some(ra),
         ),
         RawOp::Read(ra) => (ibv_wr_opcode::IBV_WR_RDMA_READ, None, Some(ra)),
+        // Posted through the extended API (post_send splits the list there); never filled.
+        RawOp::Flush(ra, _) => (ibv_wr_opcode::IBV_WR_RDMA_READ, None, Some(ra)),
     };
     wr.opcode = opcode;
     if let Some(imm) = imm {
@@ -97,6 +105,23 @@ fn fill_send(wr: &mut ibv_send_wr, r: &RawSend) {
             remote_addr: ra.addr,
             rkey: ra.rkey,
         };
+    }
+}
+
+/// A post error of a sub-list that started after `before` requests already posted.
+fn posted_after(e: FabricError, before: usize) -> FabricError {
+    match e {
+        FabricError::Verbs(VerbsError::IbvPostSend {
+            qpn,
+            posted,
+            source,
+        }) => VerbsError::IbvPostSend {
+            qpn,
+            posted: before + posted,
+            source,
+        }
+        .into(),
+        e => e,
     }
 }
 
@@ -136,14 +161,42 @@ impl VerbsQp {
         init.cap.max_inline_data = cap.max_inline_data;
         init.qp_type = ibv_qp_type::IBV_QPT_RC;
         init.sq_sig_all = 0;
-        // SAFETY: the PD and both CQs are live (we hold Arcs) and belong to one context; init
-        // is a valid attribute block.
-        let qp = unsafe { ibv_create_qp(pd.ptr(), &mut init) };
-        let qp = Handle::new(qp).ok_or_else(|| VerbsError::IbvCreateQp {
-            device: pd.device().name().to_string(),
-            cap,
-            source: io::Error::last_os_error(),
-        })?;
+        let mut flush = None;
+        let mut qp = None;
+        if cap.flush {
+            let device = pd.device().name();
+            if !pd.device().supports_flush() {
+                tracing::info!(
+                    device,
+                    "queue pair without RDMA FLUSH: the device does not report it"
+                );
+            } else {
+                match flush::create_qp(pd, &init) {
+                    Ok((q, ops)) => {
+                        qp = Some(q);
+                        flush = Some(ops);
+                    }
+                    Err(error) => tracing::warn!(
+                        device, %error,
+                        "queue pair without RDMA FLUSH: the verbs library or provider refused it \
+                         (rdma-core 45 or later is needed)"
+                    ),
+                }
+            }
+        }
+        let qp = match qp {
+            Some(q) => q,
+            None => {
+                // SAFETY: the PD and both CQs are live (we hold Arcs) and belong to one
+                // context; init is a valid attribute block.
+                let qp = unsafe { ibv_create_qp(pd.ptr(), &mut init) };
+                Handle::new(qp).ok_or_else(|| VerbsError::IbvCreateQp {
+                    device: pd.device().name().to_string(),
+                    cap,
+                    source: io::Error::last_os_error(),
+                })?
+            }
+        };
         // SAFETY: the QP was just created; qp_num is a plain field.
         let qpn = unsafe { (*qp.ptr()).qp_num };
         Ok(VerbsQp {
@@ -153,7 +206,15 @@ impl VerbsQp {
             pd: Arc::clone(pd),
             send_cq: Arc::clone(send_cq),
             recv_cq: Arc::clone(recv_cq),
+            flush,
+            accept_flush: cap.flush && pd.device().supports_flush(),
         })
+    }
+
+    /// Whether RDMA FLUSH can be posted ([`RawOp::Flush`]): asked for at creation, reported by
+    /// the device, and accepted by the verbs library and provider (rdma-core 45 or later).
+    pub fn supports_flush(&self) -> bool {
+        self.flush.is_some()
     }
 
     /// The completion queue of the send queue.
@@ -231,6 +292,10 @@ impl VerbsQp {
             | ibv_access_flags::IBV_ACCESS_REMOTE_READ
             | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
             .0;
+        if self.accept_flush {
+            // As a responder: the partner's FLUSHes need the right on the queue pair too.
+            a.qp_access_flags |= flush::ACCESS_FLUSH_GLOBAL;
+        }
         self.modify(
             &mut a,
             M::IBV_QP_STATE | M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | M::IBV_QP_ACCESS_FLAGS,
@@ -316,8 +381,42 @@ impl VerbsQp {
         Ok(map_qp_state(a.qp_state))
     }
 
-    /// Posts send-queue requests as one linked list (a single `ibv_post_send`).
+    /// Posts send-queue requests as one linked list (a single `ibv_post_send`); a FLUSH is
+    /// posted through the extended API between the lists before and after it, in order. On a
+    /// queue pair with FLUSH every post holds its lock (see `FlushOps::post`).
     pub fn post_send(&self, wrs: &[RawSend]) -> Result<()> {
+        let one = self.flush.as_ref().map(FlushOps::serialize);
+        let mut done = 0;
+        while let Some(at) = wrs[done..]
+            .iter()
+            .position(|w| matches!(w.op, RawOp::Flush(..)))
+        {
+            let at = done + at;
+            self.post_list(&wrs[done..at])
+                .map_err(|e| posted_after(e, done))?;
+            let w = &wrs[at];
+            let RawOp::Flush(remote, len) = w.op else {
+                break;
+            };
+            let (Some(ops), Some(one)) = (self.flush.as_ref(), one.as_ref()) else {
+                return Err(FabricError::FlushUnsupported { qpn: self.qpn });
+            };
+            ops.post(one, w.token, w.signaled, remote, len)
+                .map_err(|source| {
+                    FabricError::from(VerbsError::IbvPostSend {
+                        qpn: self.qpn,
+                        posted: at,
+                        source,
+                    })
+                })?;
+            done = at + 1;
+        }
+        self.post_list(&wrs[done..])
+            .map_err(|e| posted_after(e, done))
+    }
+
+    /// Posts requests without FLUSH as one linked list.
+    fn post_list(&self, wrs: &[RawSend]) -> Result<()> {
         if wrs.is_empty() {
             return Ok(());
         }

@@ -14,7 +14,9 @@ use crate::clients::mirror::log::ShadowLog;
 use crate::clients::mirror::log_format::LogImageError;
 use crate::clients::mirror::log_replay::{replay, LogPosition, Replay, ScanStop};
 use crate::clients::mirror::shadow::cursor::CursorStore;
-use crate::fabric::{Completion, MemoryRegion, RegionDescriptor, SendOp, SendRequest};
+use crate::fabric::{
+    Access, Completion, LocalBuf, MemoryRegion, RegionDescriptor, SendOp, SendRequest,
+};
 use crate::manager::{ClientEvent, ClientHandle, ClientQp, Connection, LinkId};
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
@@ -39,11 +41,31 @@ const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest unmirrored ranges kept for waiters (one range per partner absence).
 const UNMIRRORED_RANGES: usize = 1024;
 
-/// Work request ids of durability READs carry this bit (mirror write ids never do).
+/// Work request ids of durability READs and FLUSHes carry this bit (mirror write ids never
+/// do).
 const FLUSH_TAG: u64 = 1 << 63;
 /// Work request ids of the READs fetching the own log from the partner's copy (F5.6) carry
 /// this bit.
 pub(super) const FETCH_TAG: u64 = 1 << 62;
+
+/// What is posted behind a batch of mirror writes before they count as done.
+pub(super) enum Barrier {
+    /// [`Durability::Read`]: an RDMA READ of the partner's `shadow-flush` region into the
+    /// local landing region.
+    Read(RegionDescriptor, MemoryRegion),
+    /// [`Durability::Flush`]: an RDMA FLUSH of the range of the partner's mirror region the
+    /// batch wrote (the local buffer is an empty one, unused).
+    Flush(RegionDescriptor, LocalBuf),
+}
+
+impl Barrier {
+    fn name(&self) -> &'static str {
+        match self {
+            Barrier::Read(..) => "durability READ",
+            Barrier::Flush(..) => "durability FLUSH",
+        }
+    }
+}
 
 pub(super) struct Link {
     pub(super) id: LinkId,
@@ -54,10 +76,10 @@ pub(super) struct Link {
     pub(super) epoch: u64,
     pub(super) tx: MemoryRegion,
     pub(super) partner: RegionDescriptor,
-    /// With [`Durability::Read`]: the partner's `shadow-flush` region (read after the
-    /// writes) and the local landing region of those READs.
-    pub(super) flush: Option<(RegionDescriptor, MemoryRegion)>,
-    /// Durability READs in flight: (work request id, the last mirror write posted before it).
+    /// What follows each batch of writes (none with [`Durability::Delivered`]).
+    pub(super) flush: Option<Barrier>,
+    /// Durability READs / FLUSHes in flight: (work request id, the last mirror write posted
+    /// before it).
     pub(super) flushes: VecDeque<(u64, u64)>,
     pub(super) next_flush: u64,
     /// Where the READs fetching the own log from the partner's copy land (F5.6, see
@@ -98,6 +120,8 @@ pub(super) struct Counters {
     pub(super) write_errors: u64,
     /// Durability READs posted behind mirror writes.
     pub(super) durability_reads: u64,
+    /// Durability FLUSHes posted behind mirror writes.
+    pub(super) durability_flushes: u64,
     pub(super) replays: u64,
     pub(super) replayed_records: u64,
 }
@@ -129,6 +153,10 @@ pub(super) struct Inner {
     pub(super) counters: Counters,
     pub(super) latency: Histogram<u64>,
     pub(super) last_error: Option<String>,
+    /// The durability point of the current (or last) connection.
+    pub(super) durability_in_use: Option<Durability>,
+    /// Why [`Durability::Flush`] is not in use on it.
+    pub(super) flush_unavailable: Option<String>,
 }
 
 impl Inner {
@@ -306,10 +334,9 @@ impl Shared {
             let flush = c.wr_id & FLUSH_TAG != 0;
             if !c.status.is_ok() {
                 failure.get_or_insert_with(|| {
-                    let what = if flush {
-                        "durability READ"
-                    } else {
-                        "mirror write"
+                    let what = match (&l.flush, flush) {
+                        (Some(b), true) => b.name(),
+                        _ => "mirror write",
                     };
                     format!("{what} {}: {:?}", c.wr_id & !FLUSH_TAG, c.status)
                 });
@@ -318,8 +345,9 @@ impl Shared {
             if failure.is_some() {
                 continue;
             }
-            // With a durability READ, a write counts once a READ posted after it returned:
-            // the partner placed it in its memory (RC executes the READ after the WRITEs).
+            // With a durability READ (FLUSH), a write counts once a READ (FLUSH) posted after
+            // it completed: the partner placed it in its memory (RC executes the READ after the
+            // WRITEs; a FLUSH is acknowledged once the WRITEs before it are placed).
             let through = match (flush, l.flush.is_some()) {
                 (true, _) => {
                     let mut through = None;
@@ -389,9 +417,11 @@ impl Shared {
         };
         let mut failure = None;
         let mut bytes = 0u64;
-        // One slot stays free for the durability READ behind the writes.
+        // One slot stays free for the durability READ / FLUSH behind the writes.
         let room = if l.flush.is_some() { depth - 1 } else { depth };
         let mut last_write = None;
+        // The partner's range the batch writes (what a FLUSH behind it covers).
+        let mut span = None;
         while l.outstanding + posts.len() < room {
             let Some(w) = log.poll_mirror_write() else {
                 break;
@@ -410,6 +440,8 @@ impl Shared {
                 Ok(buf) => {
                     bytes += w.len as u64;
                     last_write = Some(w.id);
+                    let (lo, hi) = (w.offset as u64, (w.offset + w.len) as u64);
+                    span = Some(span.map_or((lo, hi), |(a, b): (u64, u64)| (a.min(lo), b.max(hi))));
                     posts.push(SendRequest::new(
                         w.id,
                         SendOp::Write(l.partner.at(w.offset as u64)),
@@ -422,16 +454,32 @@ impl Shared {
                 }
             }
         }
-        if let (Some(last), Some((remote, landing))) = (last_write, l.flush.as_ref()) {
+        if let (Some(last), Some(barrier)) = (last_write, l.flush.as_ref()) {
             let id = FLUSH_TAG | l.next_flush;
-            match landing.slice(0, FLUSH_LEN) {
-                Ok(buf) => {
-                    posts.push(SendRequest::new(id, SendOp::Read(remote.at(0)), buf));
+            let req = match barrier {
+                Barrier::Read(remote, landing) => landing
+                    .slice(0, FLUSH_LEN)
+                    .map(|buf| SendRequest::new(id, SendOp::Read(remote.at(0)), buf))
+                    .map_err(|e| format!("durability READ landing: {e}")),
+                Barrier::Flush(partner, none) => {
+                    // The batch's range (the whole region would do for global visibility too,
+                    // but a persistence FLUSH costs per byte).
+                    let (lo, hi) = span.unwrap_or((0, partner.len));
+                    Ok(SendRequest::new(
+                        id,
+                        SendOp::Flush(partner.at(lo), hi - lo),
+                        none.clone(),
+                    ))
+                }
+            };
+            match req {
+                Ok(req) => {
+                    posts.push(req);
                     l.flushes.push_back((id, last));
                     l.next_flush += 1;
                 }
                 Err(e) => {
-                    failure.get_or_insert(format!("durability READ landing: {e}"));
+                    failure.get_or_insert(e);
                 }
             }
         }
@@ -448,9 +496,12 @@ impl Shared {
                         l.progress_at = Instant::now();
                     }
                     l.outstanding += n;
-                    let reads = usize::from(l.flush.is_some() && last_write.is_some());
-                    counters.mirror_writes += (n - reads) as u64;
-                    counters.durability_reads += reads as u64;
+                    let barriers = u64::from(l.flush.is_some() && last_write.is_some());
+                    counters.mirror_writes += n as u64 - barriers;
+                    match l.flush {
+                        Some(Barrier::Flush(..)) => counters.durability_flushes += barriers,
+                        _ => counters.durability_reads += barriers,
+                    }
                     counters.mirror_bytes += bytes;
                 }
                 Err(e) => {
@@ -608,9 +659,35 @@ impl Shared {
                 partner.len, self.log_len
             ));
         }
-        let flush = match self.cfg.durability {
-            Durability::Delivered => None,
-            Durability::Read => {
+        let mut unavailable = None;
+        if self.cfg.durability == Durability::Flush {
+            let flushable = conn
+                .partner_region(MIRROR_REGION)
+                .is_some_and(|r| r.access.contains(Access::REMOTE_FLUSH));
+            unavailable = if !qp.queue_pair().supports_flush() {
+                Some(format!(
+                    "this node's queue pair on link {} has no RDMA FLUSH (soft provider, or a verbs \
+                     library / provider older than rdma-core 45, or a device without FLUSH)",
+                    conn.link
+                ))
+            } else if !flushable {
+                Some(format!(
+                    "the partner's {MIRROR_REGION} region does not grant FLUSH (its device or \
+                     provider has none)"
+                ))
+            } else {
+                None
+            };
+        }
+        let flush = match (self.cfg.durability, &unavailable) {
+            (Durability::Delivered, _) => None,
+            (Durability::Flush, None) => {
+                let none = tx
+                    .slice(0, 0)
+                    .map_err(|e| format!("empty buffer for FLUSH: {e}"))?;
+                Some(Barrier::Flush(partner, none))
+            }
+            (Durability::Read | Durability::Flush, _) => {
                 let remote = conn
                     .partner_region(FLUSH_REGION)
                     .map(|r| r.descriptor)
@@ -623,9 +700,23 @@ impl Shared {
                         remote.len
                     ));
                 }
-                Some((remote, region(FLUSH_LANDING)?))
+                Some(Barrier::Read(remote, region(FLUSH_LANDING)?))
             }
         };
+        let in_use = match flush {
+            None => Durability::Delivered,
+            Some(Barrier::Read(..)) => Durability::Read,
+            Some(Barrier::Flush(..)) => Durability::Flush,
+        };
+        if let Some(why) = &unavailable {
+            if st.flush_unavailable.as_ref() != Some(why) {
+                tracing::warn!(client = %self.cfg.name, link = %conn.link, reason = %why, "shadow mirror: RDMA FLUSH unavailable; durability READ behind the writes instead");
+            }
+        } else if in_use == Durability::Flush && st.durability_in_use != Some(Durability::Flush) {
+            tracing::info!(client = %self.cfg.name, link = %conn.link, "shadow mirror: durability point is an RDMA FLUSH behind the writes");
+        }
+        st.durability_in_use = Some(in_use);
+        st.flush_unavailable = unavailable;
         let qpn = qp.queue_pair().qpn();
         let epoch = qp.queue_pair().epoch();
         if let Some(l) = st.link.as_mut().filter(|l| {
