@@ -72,6 +72,10 @@ pub trait ServiceHooks: Send {
     }
 }
 
+/// The least time between two tries of a failed own-log recovery (a try may fetch the whole
+/// log from the partner).
+const OWN_RECOVERY_RETRY: Duration = Duration::from_secs(1);
+
 /// The driver's mailbox: every record written carries the replayed partner log of the last
 /// ask of the hooks ([`ServiceHooks::replayed_partner_log`]), the keepalive writes during a
 /// hook included.
@@ -587,7 +591,8 @@ impl Driver {
 
     /// Serves the own disk set once the own log is recovered: until the recovery succeeded,
     /// the set is withheld from the service (the start-serving hook is not called; the
-    /// status says why), and the recovery is tried again every interval.
+    /// status says why), and the recovery is tried again every interval (at least
+    /// [`OWN_RECOVERY_RETRY`]).
     fn serve_own_when_recovered(&mut self) {
         match self.recover_own_log() {
             Ok(()) => {
@@ -599,7 +604,8 @@ impl Driver {
             Err(e) => {
                 tracing::error!(error = %e, "own log not recovered: this node's disks are not served until it is (tried again every interval)");
                 self.shared.lock().own_recovery_error = Some(e);
-                self.own_start_pending = Some(Instant::now() + self.machine_cfg.interval);
+                let retry = self.machine_cfg.interval.max(OWN_RECOVERY_RETRY);
+                self.own_start_pending = Some(Instant::now() + retry);
             }
         }
     }
