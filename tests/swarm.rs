@@ -41,6 +41,10 @@ mod messaging_sim;
 #[path = "mirror_log_sim/mod.rs"]
 mod mirror_log_sim;
 
+#[path = "swarm/copy_sync.rs"]
+mod copy_sync;
+#[path = "swarm/ledger.rs"]
+mod ledger;
 #[path = "swarm/links.rs"]
 mod links;
 #[path = "swarm/log.rs"]
@@ -49,6 +53,8 @@ mod log;
 mod nvram;
 #[path = "swarm/plan.rs"]
 mod plan;
+#[path = "swarm/recovery.rs"]
+mod recovery;
 #[path = "swarm/world.rs"]
 mod world;
 #[path = "swarm/writeback.rs"]
@@ -233,6 +239,26 @@ fn swarm() {
             ("write-back blocks destaged", c.wb_blocks_destaged),
             ("write-back partner failures", c.wb_partner_failures),
             ("write-back resync blocks", c.wb_resync_blocks),
+            ("fast restarts", c.fast_restarts),
+            ("power losses, A first", c.power_losses_a_first),
+            ("power losses, B first", c.power_losses_b_first),
+            ("deaths inside replay or recovery", c.hook_crashes),
+            ("takeovers refused (outdated copy)", c.takeovers_refused),
+            ("forced takeovers", c.forced_takeovers),
+            ("records acknowledged unmirrored", c.log_acked_unmirrored),
+            ("outdated marks cleared", c.log_marks_cleared),
+            ("NVRAM losses", c.nvram_losses),
+            (
+                "recoveries from the partner's copy",
+                c.recoveries_from_partner_copy,
+            ),
+            ("replays after a stored cursor", c.replays_after_cursor),
+            ("records applied by the partner", c.applied_by_partner),
+            ("records applied by their writer", c.applied_by_own),
+            (
+                "recoveries replayed by the partner",
+                c.recoveries_replayed_by_partner,
+            ),
         ] {
             assert!(v > 0, "no {what} in {} seeds\n{}", c.seeds, line(&c));
         }
