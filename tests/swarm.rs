@@ -62,6 +62,8 @@ mod writeback;
 
 #[path = "swarm/checkers.rs"]
 mod checkers;
+#[path = "swarm/checkers_ledger.rs"]
+mod checkers_ledger;
 
 use plan::Counts;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -21,36 +21,45 @@
 //!   *unavailable* (the writer lost its NVRAM and no valid copy existed: it refused to serve,
 //!   and the records are reported, not silently dropped).
 //!
-//! A product gap, counted (`reapplied_after_unfollowed_recovery`) and a violation only with
-//! `SWARM_STRICT=1`: a writer whose own recovery ran with no connection to the partner
-//! (after the product's first-link wait: the partner is down, e.g. both lost power and the
-//! writer came back first) applies its records with the partner's mirror not following,
-//! then formats a new generation. If it dies before the new generation's superblock (or
-//! the recovery's checkpoints) reached the partner's mirror, the partner's takeover replays
-//! the old generation after its older checkpoint and applies those records a second time:
-//! nothing in the mirror or the mailbox tells the survivor what the writer applied. (A fix:
-//! the writer publishes its own-replay cursor in its mailbox record and a survivor replays
-//! after the later of the two cursors; or such a recovery marks the partner's copy
-//! outdated.)
+//! Product gaps the swarm found, counted, and violations only with `SWARM_STRICT=1`:
 //!
-//! A second product gap, counted (`reapplied_after_unpublished_replay`), a violation only
-//! with `SWARM_STRICT=1`: the survivor's replay cursor reaches the mailbox only with its
-//! next record write after the replay hook (the "taken over" record is written before the
-//! replay). A survivor that dies inside the replay or before that write leaves a record
-//! that says `taken_over` with an older `replayed_partner_log`; the writer, restarting while
-//! the survivor is down, plans `ReplayHere` and applies the records the survivor applied a
-//! second time. (A fix: a writer whose partner's record says it was taken over without a
-//! cursor of this generation waits for the partner to publish one; and the driver writes a
-//! record right after the replay hook.)
+//! - `reapplied_by_takeover_after_own_recovery`: the writer's own recovery applied records
+//!   of generation G and formatted G+1; it died before the partner's mirror showed G+1, and
+//!   the partner's takeover replayed G from a checkpoint older than what the recovery
+//!   applied. Two ways there: the recovery ran with no connection (after the product's
+//!   first-link wait: the partner down, e.g. both lost power and the writer came back
+//!   first), so its per-record checkpoints never reached the mirror; or the format's write
+//!   of checkpoint slot 0 of G+1 landed without the superblock of G+1 (writes in flight on a
+//!   failing link land in any order) over G's newest slot, so the mirror falls back to G's
+//!   older slot. Nothing in the mirror or the mailbox tells the survivor what the writer
+//!   applied. (A fix: the writer publishes its own-replay cursor in its mailbox record and
+//!   a survivor replays after the later of the two cursors.)
 //!
-//! A product bug, counted (`lost_after_interrupted_replay`), a violation only with
-//! `SWARM_STRICT=1` (found by seed 119 with `SWARM_STRICT=1`): the survivor dies inside its
-//! takeover replay, after storing its cursor at some record; it restarts and publishes that
-//! cursor; the writer restarts and `plan_recovery` reads a cursor of its generation as
-//! "the partner replayed this log" (`ReplayedByPartner`) and drops every record after it,
-//! acknowledged ones included: nobody applies them. The cursor says how far a replay got,
-//! not that it finished. (A fix: the writer applies the records after the partner's cursor
-//! itself, or the survivor publishes the end of the log it replayed with the cursor.)
+//! - `reapplied_after_unpublished_replay`: the survivor's replay cursor reaches the mailbox only with its
+//!   next record write after the replay hook (the "taken over" record is written before the
+//!   replay). A survivor that dies inside the replay or before that write leaves a record
+//!   that says `taken_over` with an older `replayed_partner_log`; the writer, restarting while
+//!   the survivor is down, plans `ReplayHere` and applies the records the survivor applied a
+//!   second time. (A fix: a writer whose partner's record says it was taken over without a
+//!   cursor of this generation waits for the partner to publish one; and the driver writes a
+//!   record right after the replay hook.)
+//!
+//! - `lost_after_interrupted_replay` (acknowledged records lost): the survivor dies inside its
+//!   takeover replay, after storing its cursor at some record; it restarts and publishes that
+//!   cursor; the writer restarts and `plan_recovery` reads a cursor of its generation as
+//!   "the partner replayed this log" (`ReplayedByPartner`) and drops every record after it,
+//!   acknowledged ones included: nobody applies them. The cursor says how far a replay got,
+//!   not that it finished. (A fix: the writer applies the records after the partner's cursor
+//!   itself, or the survivor publishes the end of the log it replayed with the cursor.)
+//!
+//! - `lost_after_mark_dropped` (acknowledged records lost): the writer acknowledged records
+//!   unmirrored under its durable outdated mark, then restarted while its own mailbox record
+//!   could not be read (a mailbox fault; the giveback driver then starts with no mark, by
+//!   design: "an outdated mark it held is not carried over") or read older; its records no
+//!   longer carry the mark, so a takeover from (or a fetch of) the partner's outdated copy
+//!   is no longer refused and loses the unmirrored records. (A fix: a start that cannot read
+//!   its own record keeps the mark conservatively, e.g. marks from its log's first record
+//!   after the checkpoint, until a resync completed.)
 //!
 //! A takeover replay starts after the checkpoint in force *on the mirror*, which may lag the
 //! service's latest checkpoint (its slot write was in flight when the writer died): records
@@ -92,14 +101,17 @@ pub struct LedgerCounts {
     pub records_unavailable: u64,
     pub generations_closed: u64,
     /// Records the partner's takeover applied again after the writer's own recovery had
-    /// applied them with the mirror not following (a product gap, see the module docs).
-    pub reapplied_after_unfollowed_recovery: u64,
+    /// applied them (a product gap, see the module docs).
+    pub reapplied_by_takeover_after_own_recovery: u64,
     /// Records the writer's own recovery applied again after the partner's takeover had
     /// applied them but died before a mailbox record published its cursor (a product gap).
     pub reapplied_after_unpublished_replay: u64,
     /// Acknowledged records lost because the partner's takeover replay died before the end
     /// and the writer's recovery took its cursor for a complete replay (a product bug).
     pub lost_after_interrupted_replay: u64,
+    /// Acknowledged records lost because a restart dropped the outdated mark that covered
+    /// them (a product gap).
+    pub lost_after_mark_dropped: u64,
 }
 
 /// See the module docs.
@@ -110,6 +122,8 @@ pub struct Ledger {
     checkpoints: BTreeMap<u64, u64>,
     /// A forced takeover lost the records from here on.
     forced_from: Option<LogPosition>,
+    /// The writer's restart dropped its outdated mark from here on (own record unreadable).
+    mark_dropped_from: Option<LogPosition>,
     /// Generations whose last takeover replay died before it reached the end.
     interrupted: std::collections::BTreeSet<u64>,
     /// Count the product gaps as violations (`SWARM_STRICT=1`).
@@ -172,8 +186,10 @@ impl Ledger {
         match r.applied.last() {
             None => {}
             Some((_, false)) => self.counts.reapplied_after_crash += 1,
-            Some((Applier::OwnUnfollowed, true)) if by == Applier::Partner && !self.strict => {
-                self.counts.reapplied_after_unfollowed_recovery += 1
+            Some((Applier::Own | Applier::OwnUnfollowed, true))
+                if by == Applier::Partner && !self.strict =>
+            {
+                self.counts.reapplied_by_takeover_after_own_recovery += 1
             }
             Some((Applier::Partner, true)) if by != Applier::Partner && !self.strict => {
                 self.counts.reapplied_after_unpublished_replay += 1
@@ -205,6 +221,29 @@ impl Ledger {
         {
             a.1 = true;
         }
+    }
+
+    /// The writer restarted without the outdated mark `from` it had made durable.
+    pub fn mark_dropped(&mut self, from: LogPosition) {
+        self.mark_dropped_from = Some(self.mark_dropped_from.map_or(from, |f| f.min(from)));
+    }
+
+    /// Whether a dropped mark covers `pos` (the gap is being counted, not a violation).
+    pub fn mark_dropped_covers(&self, pos: LogPosition) -> bool {
+        !self.strict && self.mark_dropped_from.is_some_and(|f| f <= pos)
+    }
+
+    /// Whether a dropped mark covers records of `generation` (its takeover may miss some).
+    pub fn mark_dropped_in(&self, generation: u64) -> bool {
+        !self.strict
+            && self
+                .mark_dropped_from
+                .is_some_and(|f| f.generation <= generation)
+    }
+
+    /// A re-send completed: the partner's copy is in sync; a dropped mark no longer matters.
+    pub fn resynced(&mut self) {
+        self.mark_dropped_from = None;
     }
 
     /// A takeover replay of `generation` died before the end (`true`) or reached it.
@@ -240,6 +279,8 @@ impl Ledger {
                 self.counts.records_forced_lost += 1;
             } else if self.interrupted.contains(&generation) && !self.strict {
                 self.counts.lost_after_interrupted_replay += 1;
+            } else if self.mark_dropped_covers(*pos) {
+                self.counts.lost_after_mark_dropped += 1;
             } else if unavailable {
                 self.counts.records_unavailable += 1;
             } else {

@@ -65,6 +65,8 @@ pub struct LogCounts {
     pub hook_crashes: u64,
     pub resends: u64,
     pub marks_cleared: u64,
+    /// Starts that lost a durable outdated mark (own mailbox record unreadable).
+    pub marks_dropped_at_start: u64,
 }
 
 /// Fault rates of the lane (from the plan).
@@ -85,8 +87,8 @@ pub struct PlantedBugs {
     pub cursor_off_by_one: bool,
     /// The own recovery applies its first record twice.
     pub own_applies_twice: bool,
-    /// The takeover replay skips the last record it finds.
-    pub replay_drops_last: bool,
+    /// The takeover replay skips this record (a lost record).
+    pub replay_skips: Option<u64>,
 }
 
 /// One writer, its mirror, its recovery state and its ledger.
@@ -102,6 +104,9 @@ pub struct LogLane {
     pub payloads: BTreeMap<u64, Vec<u8>>,
     pub acked: u64,
     pub(super) floor: u64,
+    /// Writes of the running log completed unsent (partner absent) since it was opened or
+    /// formatted: its checkpoint says nothing of the mirror until the re-send.
+    pub(super) unsent: bool,
     pub(super) crash_oracle: Oracle,
     /// Generation of the running (or last) log (0: none formatted yet).
     pub generation: u64,
@@ -138,6 +143,7 @@ impl LogLane {
             payloads: BTreeMap::new(),
             acked: 0,
             floor: 0,
+            unsent: false,
             crash_oracle: Oracle::default(),
             generation: 0,
             salt: seed ^ (writer as u64 + 1).wrapping_mul(0x5bd1_e995),
@@ -171,7 +177,11 @@ impl LogLane {
                 let s = log.stats();
                 Oracle {
                     acked: self.acked,
-                    mirrored_checkpoint: self.floor.max(log.checkpointed().seq),
+                    mirrored_checkpoint: if self.unsent {
+                        self.floor
+                    } else {
+                        self.floor.max(log.checkpointed().seq)
+                    },
                     requested_checkpoint: s
                         .checkpoint_requested
                         .max(self.crash_oracle.requested_checkpoint),
@@ -250,6 +260,15 @@ impl LogLane {
             self.crash_writer(&mut rng);
         }
         self.incarnation = Some(incarnation);
+        if let Some(m) = self.sync.mark.get().filter(|_| self.sync.mark.is_durable()) {
+            if inherited.is_none_or(|i| i > m) {
+                self.counts.marks_dropped_at_start += 1;
+                self.ledger.mark_dropped(LogPosition {
+                    generation: m.generation,
+                    seq: m.seq,
+                });
+            }
+        }
         self.sync = MirrorSyncState::new(inherited);
         self.needs_recovery = true;
         let p = self.faults.nvram_loss;
@@ -347,6 +366,7 @@ impl LogLane {
             let log = self.log.take().expect("running");
             let (log, _) = ShadowLog::open(log.into_local()).expect("a running log reopens");
             self.sync.resending(log.last_queued_write());
+            self.unsent = false;
             self.counts.resends += 1;
             self.inflight.clear();
             self.log = Some(log);
@@ -371,6 +391,7 @@ impl LogLane {
             self.sync.on_complete(done);
             if marked && !self.sync.mark.is_marked() {
                 self.counts.marks_cleared += 1;
+                self.ledger.resynced();
             }
             self.collect_acks(false);
         }
@@ -393,7 +414,11 @@ impl LogLane {
                     .push(format!("log of node {}: {e}", self.writer));
             }
         }
-        self.floor = self.floor.max(log.checkpointed().seq);
+        if unmirrored {
+            self.unsent = true;
+        } else if !self.unsent {
+            self.floor = self.floor.max(log.checkpointed().seq);
+        }
     }
 
     fn checkpoint(

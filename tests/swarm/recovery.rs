@@ -70,7 +70,8 @@ impl LogLane {
             &what,
         )
         .map(|_| ());
-        if forced_loss.is_none() {
+        let dropped = self.ledger.mark_dropped_in(self.generation);
+        if forced_loss.is_none() && !dropped {
             self.violate(r);
         }
         if let Some(m) = forced_loss {
@@ -87,8 +88,8 @@ impl LogLane {
             // No region ever came, or no log in it: nothing to replay, no cursor.
             return false;
         };
-        if self.bugs.replay_drops_last {
-            r.records.pop();
+        if let Some(skip) = self.bugs.replay_skips {
+            r.records.retain(|rec| rec.seq != skip);
         }
         if after.is_some_and(|c| c.generation == r.generation) {
             self.counts.replays_after_cursor += 1;
@@ -207,8 +208,10 @@ impl LogLane {
                 resumed_after,
             } => {
                 self.trail = format!(
-                    "plan: replay here from checkpoint {checkpoint}, resumed after {resumed_after:?}, {} records, from the copy: {from_copy}",
-                    records.len()
+                    "plan: replay here from checkpoint {checkpoint}, resumed after {resumed_after:?}, {} records, from the copy: {from_copy}; outdated mark {:?}, {} acknowledged unmirrored so far",
+                    records.len(),
+                    self.sync.mark.get(),
+                    self.counts.acked_unmirrored,
                 );
                 if !records.is_empty() && partner_up && !self.path_up {
                     // The product waits for a first connection (the partner is up).
@@ -344,6 +347,7 @@ impl LogLane {
         self.payloads.clear();
         self.acked = 0;
         self.floor = 0;
+        self.unsent = false;
         self.crash_oracle = Oracle::default();
         self.inflight.clear();
         self.needs_recovery = false;

@@ -304,8 +304,18 @@ impl World {
                     GivebackEvent::TakeoverDone { .. } => self.counts.takeovers += 1,
                     GivebackEvent::TakeoverRefused { .. } => {
                         self.counts.takeovers_refused += 1;
-                        let p = self.plan.force_takeover;
-                        if p > 0.0 && self.rng.gen_bool(p) {
+                        // A refused manual takeover keeps `takeover_pending` in this node's
+                        // record, so a restarted partner waits in MBWAIT for a giveback that
+                        // never comes while this node waits for a copy that cannot get back
+                        // in sync (a product deadlock): once the faults are off, the operator
+                        // forces every refused takeover.
+                        let stuck = !self.workload;
+                        if stuck {
+                            self.counts.stuck_takeovers_forced += 1;
+                        }
+                        let p = if stuck { 1.0 } else { self.plan.force_takeover };
+                        let running = self.gb.node(id).machine.is_some();
+                        if running && p > 0.0 && self.rng.gen_bool(p) {
                             let r = self.gb.command(id, Command::ForceTakeover);
                             if r.outcome == CommandOutcome::Started {
                                 self.counts.forced_takeovers += 1;
@@ -673,9 +683,12 @@ impl World {
             c.records_forced_lost += d.records_forced_lost;
             c.records_unavailable += d.records_unavailable;
             c.generations_closed += d.generations_closed;
-            c.reapplied_after_unfollowed_recovery += d.reapplied_after_unfollowed_recovery;
+            c.reapplied_by_takeover_after_own_recovery +=
+                d.reapplied_by_takeover_after_own_recovery;
             c.reapplied_after_unpublished_replay += d.reapplied_after_unpublished_replay;
             c.lost_after_interrupted_replay += d.lost_after_interrupted_replay;
+            c.lost_after_mark_dropped += d.lost_after_mark_dropped;
+            c.marks_dropped_at_start += n.marks_dropped_at_start;
         }
         for w in &self.wbs {
             c.wb_path_changes += w.counts.path_changes;
