@@ -16,7 +16,8 @@
 //! - **Lost NVRAM** (blank or corrupt image, modelled at the lane level while the product
 //!   grows it): the node fetches the partner's copy (its region; needs the partner up,
 //!   else the recovery waits) and plans on that copy with the same function, unless the
-//!   copy is marked outdated. No valid copy anywhere: the node refuses to serve; an operator
+//!   copy is marked outdated or holds a generation older than the own-replay cursor's (the
+//!   node formatted a newer one since, which the copy lacks). No valid copy anywhere: the node refuses to serve; an operator
 //!   accepts the loss and it formats a first generation; the ledger counts every
 //!   acknowledged record nobody applied as *unavailable* (never silently dropped).
 //!
@@ -162,7 +163,12 @@ impl LogLane {
                 }
                 match plan_recovery(&self.mirror, self.own_cursor, partner) {
                     Ok(p @ RecoveryPlan::ReplayedByPartner { .. }) => (p, true),
-                    Ok(p @ RecoveryPlan::ReplayHere { .. }) if !self.sync.mark.is_marked() => {
+                    // A copy of a generation older than the own cursor's is stale (this
+                    // node formatted a newer one since, whose records the copy lacks).
+                    Ok(p @ RecoveryPlan::ReplayHere { generation, .. })
+                        if !self.sync.mark.is_marked()
+                            && self.own_cursor.is_none_or(|c| c.generation <= generation) =>
+                    {
                         (p, true)
                     }
                     _ => {
