@@ -61,6 +61,14 @@
 //!   its own record keeps the mark conservatively, e.g. marks from its log's first record
 //!   after the checkpoint, until a resync completed.)
 //!
+//! - a takeover that goes ahead although the writer's outdated mark is durable in its
+//!   record (counted as `takeovers_past_durable_mark` by the lane; its loss is counted like
+//!   a forced one): the giveback machine checks the mark before it reserves the partner's
+//!   disks, on the newest record it had read; a mark written after that read (the writer
+//!   went absent and acknowledged unmirrored in that interval) is not seen, and the
+//!   mailbox read that reconfirms the failure after the reservation does not check it
+//!   again. (A fix: check the mark on the reconfirming read.)
+//!
 //! A takeover replay starts after the checkpoint in force *on the mirror*, which may lag the
 //! service's latest checkpoint (its slot write was in flight when the writer died): records
 //! the service covered may then be applied by the replay once more. That is the product's

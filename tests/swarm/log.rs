@@ -65,6 +65,8 @@ pub struct LogCounts {
     pub hook_crashes: u64,
     pub resends: u64,
     pub marks_cleared: u64,
+    /// Takeovers that went ahead although the writer's outdated mark was durable.
+    pub takeovers_past_durable_mark: u64,
     /// Starts that lost a durable outdated mark (own mailbox record unreadable).
     pub marks_dropped_at_start: u64,
 }

@@ -205,6 +205,7 @@ pub struct Counts {
     pub lost_after_interrupted_replay: u64,
     pub lost_after_mark_dropped: u64,
     pub marks_dropped_at_start: u64,
+    pub takeovers_past_durable_mark: u64,
     pub max_liveness_steps: u64,
 }
 
@@ -281,7 +282,8 @@ impl Counts {
             reapplied_after_unpublished_replay,
             lost_after_interrupted_replay,
             lost_after_mark_dropped,
-            marks_dropped_at_start
+            marks_dropped_at_start,
+            takeovers_past_durable_mark
         );
         self.max_liveness_steps = self.max_liveness_steps.max(o.max_liveness_steps);
     }

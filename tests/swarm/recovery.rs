@@ -72,7 +72,19 @@ impl LogLane {
         )
         .map(|_| ());
         let dropped = self.ledger.mark_dropped_in(self.generation);
-        if forced_loss.is_none() && !dropped {
+        // The writer's outdated mark was durable in its record, yet the takeover was not
+        // refused: the machine checked a record read before the mark was written (a product
+        // race, counted; a violation with `SWARM_STRICT=1`).
+        let past_mark = self
+            .sync
+            .mark
+            .get()
+            .filter(|_| self.sync.mark.is_durable() && forced_loss.is_none());
+        if let Some(m) = past_mark.filter(|_| !self.ledger.strict) {
+            self.counts.takeovers_past_durable_mark += 1;
+            self.ledger.forced(mark_pos(m));
+        }
+        if forced_loss.is_none() && !dropped && (past_mark.is_none() || self.ledger.strict) {
             self.violate(r);
         }
         if let Some(m) = forced_loss {

@@ -689,6 +689,7 @@ impl World {
             c.lost_after_interrupted_replay += d.lost_after_interrupted_replay;
             c.lost_after_mark_dropped += d.lost_after_mark_dropped;
             c.marks_dropped_at_start += n.marks_dropped_at_start;
+            c.takeovers_past_durable_mark += n.takeovers_past_durable_mark;
         }
         for w in &self.wbs {
             c.wb_path_changes += w.counts.path_changes;
