@@ -8,10 +8,37 @@
 //! corruption and delay distribution on the wire, mirror-path delays with a tail, link cuts
 //! and heals per link, one-way partitions, node crashes between steps, inside a giveback
 //! action sequence or inside an NVRAM write (torn), torn and lost mailbox copies, torn
-//! state-block READs, operator takeovers. After every step the checkers run:
+//! state-block READs, operator takeovers; and the restart orders of F5.6: a fast restart of
+//! a crashed node after a delay uniform in 0 to twice the failure-detection time (before,
+//! during or after the partner's takeover), both nodes losing power in the same step and
+//! coming back in either order, deaths inside a takeover replay or an own recovery (between
+//! an application and its cursor store, after it, inside the format of the new
+//! generation), a start that finds its log's NVRAM blank or corrupt, a partner absent long
+//! enough that the writer acknowledges unmirrored under its outdated mark, and operators
+//! forcing takeovers the machine refused.
 //!
-//! - no acknowledged log record lost or duplicated after a replay (writer restart, takeover),
-//!   no mirrored write-back write lost after a crash of either side or a takeover;
+//! The shadow logs (`swarm/log.rs`, `swarm/recovery.rs`) run the product's recovery: the
+//! survivor's takeover replay is `replay(region, after = its stored cursor)`, storing the
+//! cursor after each record; the simulated giveback drivers stamp that cursor on every
+//! mailbox record as `replayed_partner_log`, and the outdated mark
+//! (`swarm/copy_sync.rs`, the library's `PartnerCopyMark`) as `partner_copy_outdated`, so the
+//! real giveback machine refuses a takeover from an outdated copy; a writer recovers before
+//! serving its own set with the library's `plan_recovery` (its NVRAM image, its own-replay
+//! cursor, the cursor in the partner's record) and `next_generation`. A lost NVRAM is
+//! recovered from the partner's copy when it is valid (fetched while the partner is up, not
+//! marked outdated), else the writer refuses to serve: an operator accepts, it starts a
+//! first generation, and the ledger reports every acknowledged record nobody applied as
+//! *unavailable*.
+//!
+//! After every step the checkers run:
+//!
+//! - the applied ledger of each log (`swarm/ledger.rs`): every acknowledged record applied
+//!   exactly once (by the partner's takeover replay or the writer's own recovery) or covered
+//!   by a checkpoint the writer's service made, or accounted for as a forced loss (exactly
+//!   the records from the mark of a forced takeover on) or as unavailable; nothing applied
+//!   that was never appended; a takeover replay checks the image too (every acknowledged
+//!   record after the checkpoint there); no mirrored write-back write lost after a crash of
+//!   either side or a takeover;
 //! - at most one node serves a disk set; giveback only to a partner truly in MBWAIT;
 //! - messages delivered exactly once, in order (the messaging ledger checks every callback);
 //! - atomic writes never mixed: a write in progress at a crash shows on all of its blocks or
@@ -29,9 +56,15 @@
 //! - `SWARM_SEED=n cargo test --test swarm -- --nocapture`: replays seed `n` alone and prints
 //!   what it did (a failure prints this line).
 //! - Soak: `SWARM_SEEDS=1000000 cargo test --release --test swarm -- --nocapture`.
+//! - `SWARM_STRICT=1`: the product gaps the ledger counts (see `swarm/ledger.rs`: records
+//!   a takeover applies again after the writer's own recovery, or the own recovery applies
+//!   again after an unpublished takeover replay; acknowledged records lost after an
+//!   interrupted takeover replay, or after a restart dropped the outdated mark) become
+//!   violations.
 //!
 //! The checkers are proven able to fail by the `checker_*` tests, which inject a violation
-//! each.
+//! each (`swarm/checkers.rs`, `swarm/checkers_ledger.rs`: an off-by-one in the stored
+//! takeover cursor, a double application in the own recovery, a record the replay skips).
 
 #[allow(dead_code)]
 #[path = "giveback_sim/mod.rs"]
@@ -41,6 +74,10 @@ mod messaging_sim;
 #[path = "mirror_log_sim/mod.rs"]
 mod mirror_log_sim;
 
+#[path = "swarm/copy_sync.rs"]
+mod copy_sync;
+#[path = "swarm/ledger.rs"]
+mod ledger;
 #[path = "swarm/links.rs"]
 mod links;
 #[path = "swarm/log.rs"]
@@ -49,6 +86,8 @@ mod log;
 mod nvram;
 #[path = "swarm/plan.rs"]
 mod plan;
+#[path = "swarm/recovery.rs"]
+mod recovery;
 #[path = "swarm/world.rs"]
 mod world;
 #[path = "swarm/writeback.rs"]
@@ -56,6 +95,8 @@ mod writeback;
 
 #[path = "swarm/checkers.rs"]
 mod checkers;
+#[path = "swarm/checkers_ledger.rs"]
+mod checkers_ledger;
 
 use plan::Counts;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,7 +107,16 @@ use world::{World, LIVENESS_STEPS};
 /// Seeds every run includes: corner values and seeds that once failed (5090: a restarted
 /// writer's oracle; 1795268305411935809: a node that died inside a checkpoint write still
 /// posted it; 1795268363982287482: a reordering wire across a restart; 1795268165322406594: a
-/// late frame of a conversation the partner had left, delivered again).
+/// late frame of a conversation the partner had left, delivered again); and seeds that
+/// exercise each restart order and durability path (110: three fast restarts; 1 and 28: power
+/// losses, A back first, then B first twice; 53: a refused takeover and a writer that lost
+/// its NVRAM with no valid copy (refused, records unavailable); 92: four NVRAM losses
+/// recovered from the partner's copy; 61 and 119: repeated takeovers replaying after the
+/// stored cursor, deaths inside replays (119: the interrupted replay whose cursor the
+/// writer's recovery takes for a complete one); 50: records applied again after a death
+/// between an application and its cursor store; 213 and 307: forced takeovers with forced
+/// losses; 1796628694329224559: a manual takeover that went past a mark written after the
+/// survivor's last mailbox read).
 const FIXED_SEEDS: &[u64] = &[
     0,
     1,
@@ -80,6 +130,16 @@ const FIXED_SEEDS: &[u64] = &[
     1_795_268_305_411_935_809,
     1_795_268_363_982_287_482,
     1_795_268_165_322_406_594,
+    110,
+    28,
+    53,
+    92,
+    61,
+    119,
+    50,
+    213,
+    307,
+    1_796_628_694_329_224_559,
     u64::MAX,
 ];
 
@@ -233,6 +293,26 @@ fn swarm() {
             ("write-back blocks destaged", c.wb_blocks_destaged),
             ("write-back partner failures", c.wb_partner_failures),
             ("write-back resync blocks", c.wb_resync_blocks),
+            ("fast restarts", c.fast_restarts),
+            ("power losses, A first", c.power_losses_a_first),
+            ("power losses, B first", c.power_losses_b_first),
+            ("deaths inside replay or recovery", c.hook_crashes),
+            ("takeovers refused (outdated copy)", c.takeovers_refused),
+            ("forced takeovers", c.forced_takeovers),
+            ("records acknowledged unmirrored", c.log_acked_unmirrored),
+            ("outdated marks cleared", c.log_marks_cleared),
+            ("NVRAM losses", c.nvram_losses),
+            (
+                "recoveries from the partner's copy",
+                c.recoveries_from_partner_copy,
+            ),
+            ("replays after a stored cursor", c.replays_after_cursor),
+            ("records applied by the partner", c.applied_by_partner),
+            ("records applied by their writer", c.applied_by_own),
+            (
+                "recoveries replayed by the partner",
+                c.recoveries_replayed_by_partner,
+            ),
         ] {
             assert!(v > 0, "no {what} in {} seeds\n{}", c.seeds, line(&c));
         }

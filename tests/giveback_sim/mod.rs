@@ -15,8 +15,9 @@ pub mod sweep;
 
 use disks::{disks, Disks, SharedDisks, SimMailbox, SimReservations};
 use interlink::clients::giveback::{
-    Action, Command, CommandReply, GivebackConfig, GivebackEvent, GivebackMachine, Mailbox,
-    NodeState, PartnerRead, Reservations, StateBlock,
+    Action, Command, CommandReply, GivebackConfig, GivebackError, GivebackEvent, GivebackMachine,
+    LogMark, Mailbox, MailboxRecord, MailboxWrite, NodeState, PartnerRead, Reservations,
+    StateBlock,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -32,6 +33,30 @@ pub const K: u32 = 5;
 pub const A: u32 = 1;
 /// Node ids (and disk sets).
 pub const B: u32 = 2;
+
+/// The shadow-log side of the service hooks (the swarm's log lanes), called where the giveback
+/// driver calls its `ServiceHooks` and stamps its mailbox records (`StampingMailbox`): the
+/// replay hook at `ReplayPartnerLog`, the own-log recovery right before the own set is served
+/// (given the partner's record's `replayed_partner_log`; `None` when that record cannot be
+/// read), and on every mailbox write the replay cursor and the outdated mark of the partner's
+/// copy. Without one (the giveback tests) nothing is stamped and the hooks do nothing.
+pub trait LogService {
+    /// Node `me` replays its partner's log (takeover); `forced_loss` is what the machine
+    /// records a forced takeover lost. Returns whether the node died inside the hook.
+    fn replay_partner_log(&mut self, me: u32, forced_loss: Option<LogMark>) -> bool;
+    /// Node `me` recovers its own log before serving its own set. Returns whether the node
+    /// died inside the hook.
+    fn recover_own_log(&mut self, me: u32, partner_replayed: Option<Option<LogMark>>) -> bool;
+    /// The replay cursor `me`'s driver stamps (asked at its start and after each replay).
+    fn replayed_partner_log(&mut self, me: u32) -> Option<LogMark>;
+    /// The outdated mark a write of `me`'s record carries now.
+    fn copy_mark_stamp(&mut self, me: u32) -> Option<LogMark>;
+    /// A write of `me`'s record carrying `carried` succeeded.
+    fn copy_mark_written(&mut self, me: u32, carried: Option<LogMark>);
+    /// Node `me`'s driver started; its newest own record held `inherited` (None: unreadable
+    /// or none).
+    fn started(&mut self, me: u32, incarnation: u64, inherited: Option<LogMark>);
+}
 
 /// What fed the machine the input whose handling queued an action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +122,8 @@ pub struct Node {
     /// While blocked: the next interval (progress advance, keepalive).
     beat_at: Duration,
     pub events: Vec<(Duration, GivebackEvent)>,
+    /// The replay cursor the driver stamps on this node's records.
+    pub stamp_replayed: Option<LogMark>,
     mailbox: SimMailbox,
     reservations: SimReservations,
     tags: VecDeque<Cause>,
@@ -124,6 +151,8 @@ pub struct World {
     pub kills_delivered: u64,
     /// Takeover replays carried out: (time, node that replayed its partner's log).
     pub replays: Vec<(Duration, u32)>,
+    /// The shadow-log hooks (None: no log).
+    pub log_service: Option<Box<dyn LogService>>,
     kills: VecDeque<(usize, u64)>,
 }
 
@@ -159,6 +188,7 @@ impl World {
             busy_until: None,
             beat_at: Duration::ZERO,
             events: Vec::new(),
+            stamp_replayed: None,
             mailbox: SimMailbox {
                 disks: shared.clone(),
                 me: id,
@@ -187,6 +217,7 @@ impl World {
             torn_reads: 0,
             kills_delivered: 0,
             replays: Vec::new(),
+            log_service: None,
             kills: VecDeque::new(),
         }
     }
@@ -339,6 +370,17 @@ impl World {
             mbwait_reads_per_interval: n.mbwait_reads_per_interval,
         };
         n.machine = Some(GivebackMachine::new(cfg, n.incarnation, now));
+        if let Some(svc) = self.log_service.as_mut() {
+            let me = n.id;
+            let inherited = n
+                .mailbox
+                .read_own()
+                .ok()
+                .flatten()
+                .and_then(|r| r.partner_copy_outdated);
+            svc.started(me, n.incarnation, inherited);
+            n.stamp_replayed = svc.replayed_partner_log(me);
+        }
         let inc = n.incarnation;
         self.record(i, Cause::New, Step::Restart(inc));
         self.drain(i, Cause::New);
@@ -358,11 +400,13 @@ impl World {
             return;
         };
         self.record(i, Cause::Timeout, Step::Action(Action::WriteMailbox(rec)));
-        let n = &mut self.nodes[i];
-        if let Some(m) = n.machine.as_mut() {
-            match n.mailbox.write_own(&rec) {
-                Ok(w) => m.handle_mailbox_written(now, w),
-                Err(e) => m.handle_io_failed(now, &Action::WriteMailbox(rec), e.to_string()),
+        if self.nodes[i].machine.is_some() {
+            let r = self.write_record(i, &rec);
+            if let Some(m) = self.nodes[i].machine.as_mut() {
+                match r {
+                    Ok(w) => m.handle_mailbox_written(now, w),
+                    Err(e) => m.handle_io_failed(now, &Action::WriteMailbox(rec), e.to_string()),
+                }
             }
         }
         self.tag(i, Cause::Written);
@@ -376,6 +420,33 @@ impl World {
         n.machine = None;
         n.published = None;
         n.restart_at = Some(self.now + self.restart_delay);
+    }
+
+    /// Writes node `i`'s record, stamped as the driver's `StampingMailbox` does.
+    fn write_record(
+        &mut self,
+        i: usize,
+        rec: &MailboxRecord,
+    ) -> Result<MailboxWrite, GivebackError> {
+        let n = &mut self.nodes[i];
+        let Some(svc) = self.log_service.as_mut() else {
+            return n.mailbox.write_own(rec);
+        };
+        let outdated = svc.copy_mark_stamp(n.id);
+        let stamped = MailboxRecord {
+            replayed_partner_log: n.stamp_replayed,
+            partner_copy_outdated: outdated,
+            ..*rec
+        };
+        let w = n.mailbox.write_own(&stamped)?;
+        svc.copy_mark_written(n.id, outdated);
+        Ok(w)
+    }
+
+    /// Node `id`'s read of its partner's mailbox record (None: the read failed).
+    #[allow(dead_code)] // the swarm's
+    pub fn read_partner_record(&mut self, id: u32) -> Option<Option<MailboxRecord>> {
+        self.nodes[index(id)].mailbox.read_partner().ok()
     }
 
     /// Crashes node `id` now (between steps).
@@ -566,7 +637,9 @@ impl World {
                 Some(Cause::Mailbox)
             }
             Action::WriteMailbox(r) => {
-                match n.mailbox.write_own(r) {
+                let res = self.write_record(i, r);
+                let m = self.nodes[i].machine.as_mut()?;
+                match res {
                     Ok(w) => m.handle_mailbox_written(now, w),
                     Err(e) => m.handle_io_failed(now, action, e.to_string()),
                 }
@@ -600,7 +673,19 @@ impl World {
                 Some(Cause::Reservation)
             }
             Action::StartServing { set } => {
-                n.serving.insert(*set);
+                if *set == me {
+                    if let Some(svc) = self.log_service.as_mut() {
+                        // The driver reads the partner's record right before (a few tries).
+                        let n = &mut self.nodes[i];
+                        let read = (0..5).find_map(|_| n.mailbox.read_partner().ok());
+                        let replayed = read.map(|r| r.and_then(|r| r.replayed_partner_log));
+                        if svc.recover_own_log(me, replayed) {
+                            self.crash_index(i);
+                            return None;
+                        }
+                    }
+                }
+                self.nodes[i].serving.insert(*set);
                 None
             }
             Action::StopServing { set } => {
@@ -632,6 +717,14 @@ impl World {
                         .map_or(self.now, |t| t.saturating_duration_since(self.base));
                 }
                 self.replays.push((self.now, me));
+                let forced = m.status().forced_loss;
+                if let Some(svc) = self.log_service.as_mut() {
+                    if svc.replay_partner_log(me, forced) {
+                        self.crash_index(i);
+                        return None;
+                    }
+                    self.nodes[i].stamp_replayed = svc.replayed_partner_log(me);
+                }
                 None
             }
             Action::SendKill { target_incarnation } => {

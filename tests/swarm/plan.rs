@@ -40,6 +40,20 @@ pub struct Plan {
     /// A crashed or halted node comes back after this long.
     pub restart_delay: Duration,
     pub halt_linger: Duration,
+    /// A crash between steps comes back fast: after a delay uniform in 0 to twice the
+    /// failure-detection time (before, during or after the partner's takeover).
+    pub fast_restart: f64,
+    /// Both nodes lose power in the same step (per step) and come back in either order.
+    pub power_loss: f64,
+    /// A replay or recovery hook dies at a random point inside (per call).
+    pub hook_crash: f64,
+    /// A start finds its log's NVRAM blank or corrupt.
+    pub nvram_loss: f64,
+    /// Steps without a mirror path before a writer declares its partner absent and
+    /// acknowledges unmirrored (0: never).
+    pub partner_timeout: u32,
+    /// An operator forces a takeover the machine refused (outdated copy).
+    pub force_takeover: f64,
 }
 
 impl Plan {
@@ -74,7 +88,26 @@ impl Plan {
             fault_intervals: rng.gen_range(60..=150),
             restart_delay: interval * rng.gen_range(1..=20),
             halt_linger: interval * rng.gen_range(0..=3),
+            fast_restart: 0.0,
+            power_loss: 0.0,
+            hook_crash: 0.0,
+            nvram_loss: 0.0,
+            partner_timeout: 0,
+            force_takeover: 0.0,
         };
+        // The restart orders and durability faults (drawn from their own stream so the rest
+        // of a seed's plan stays as it was).
+        let mut d = SmallRng::seed_from_u64(seed ^ 0x6475_7261);
+        plan.fast_restart = some(&mut d, 0.6, 1.0);
+        plan.power_loss = some(&mut d, 0.4, 0.003);
+        plan.hook_crash = some(&mut d, 0.5, 0.5);
+        plan.nvram_loss = some(&mut d, 0.3, 0.3);
+        plan.partner_timeout = if d.gen_bool(0.6) {
+            d.gen_range(2..=40)
+        } else {
+            0
+        };
+        plan.force_takeover = some(&mut d, 0.5, 1.0);
         // Most seeds lose, duplicate, reorder and corrupt single writes of the window's wire,
         // across conversation changes too (restarts, declared partner failures); the others
         // keep the wire of a reliable connection (in order, delays only), which a one-way
@@ -132,7 +165,6 @@ pub struct Counts {
     pub messages_delivered: u64,
     pub log_records_acked: u64,
     pub log_replays_checked: u64,
-    pub log_restarts_checked: u64,
     pub wb_writes_mirrored: u64,
     pub wb_writes_rejected: u64,
     pub wb_reopens_checked: u64,
@@ -141,6 +173,39 @@ pub struct Counts {
     pub wb_resyncs: u64,
     pub wb_resync_blocks: u64,
     pub wb_held: u64,
+    // Restart orders and durability.
+    pub fast_restarts: u64,
+    pub power_losses: u64,
+    pub power_losses_a_first: u64,
+    pub power_losses_b_first: u64,
+    pub takeovers_refused: u64,
+    pub forced_takeovers: u64,
+    pub stuck_takeovers_forced: u64,
+    pub hook_crashes: u64,
+    pub nvram_losses: u64,
+    pub nvram_refusals: u64,
+    pub recoveries_fresh: u64,
+    pub recoveries_replayed_by_partner: u64,
+    pub recoveries_replay_here: u64,
+    pub recoveries_from_partner_copy: u64,
+    pub recoveries_deferred: u64,
+    pub log_acked_unmirrored: u64,
+    pub log_resends: u64,
+    pub log_marks_cleared: u64,
+    pub replays_after_cursor: u64,
+    pub applied_by_partner: u64,
+    pub applied_by_own: u64,
+    pub reapplied_after_crash: u64,
+    pub applied_under_service_checkpoint: u64,
+    pub records_forced_lost: u64,
+    pub records_unavailable: u64,
+    pub generations_closed: u64,
+    pub reapplied_by_takeover_after_own_recovery: u64,
+    pub reapplied_after_unpublished_replay: u64,
+    pub lost_after_interrupted_replay: u64,
+    pub lost_after_mark_dropped: u64,
+    pub marks_dropped_at_start: u64,
+    pub takeovers_past_durable_mark: u64,
     pub max_liveness_steps: u64,
 }
 
@@ -179,7 +244,6 @@ impl Counts {
             messages_delivered,
             log_records_acked,
             log_replays_checked,
-            log_restarts_checked,
             wb_writes_mirrored,
             wb_writes_rejected,
             wb_reopens_checked,
@@ -187,7 +251,39 @@ impl Counts {
             wb_partner_failures,
             wb_resyncs,
             wb_resync_blocks,
-            wb_held
+            wb_held,
+            fast_restarts,
+            power_losses,
+            power_losses_a_first,
+            power_losses_b_first,
+            takeovers_refused,
+            forced_takeovers,
+            stuck_takeovers_forced,
+            hook_crashes,
+            nvram_losses,
+            nvram_refusals,
+            recoveries_fresh,
+            recoveries_replayed_by_partner,
+            recoveries_replay_here,
+            recoveries_from_partner_copy,
+            recoveries_deferred,
+            log_acked_unmirrored,
+            log_resends,
+            log_marks_cleared,
+            replays_after_cursor,
+            applied_by_partner,
+            applied_by_own,
+            reapplied_after_crash,
+            applied_under_service_checkpoint,
+            records_forced_lost,
+            records_unavailable,
+            generations_closed,
+            reapplied_by_takeover_after_own_recovery,
+            reapplied_after_unpublished_replay,
+            lost_after_interrupted_replay,
+            lost_after_mark_dropped,
+            marks_dropped_at_start,
+            takeovers_past_durable_mark
         );
         self.max_liveness_steps = self.max_liveness_steps.max(o.max_liveness_steps);
     }
@@ -208,5 +304,10 @@ impl Counts {
             + self.wire_corrupted
             + self.wire_blocked
             + self.log_torn_landings
+            + self.fast_restarts
+            + self.power_losses
+            + self.hook_crashes
+            + self.nvram_losses
+            + self.forced_takeovers
     }
 }

@@ -16,19 +16,22 @@
 //! kill or a fence halts it, which ends its process like a crash.
 
 use super::links::{Links, MESSAGES, MIRROR};
-use super::log::LogLane;
+use super::log::{LaneFaults, LogLane};
 use super::plan::{Counts, Plan};
+use super::recovery::{Lanes, LogHooks};
 use super::writeback::WbLane;
 use crate::giveback_sim::disks::CopyFault;
 use crate::giveback_sim::sweep::{set_mailbox_fault, MailboxFault};
-use crate::giveback_sim::{World as GbWorld, A, B, I};
+use crate::giveback_sim::{World as GbWorld, A, B, I, K};
 use crate::messaging_sim::{Action as MsgAction, Mix, Sim, US};
-use interlink::clients::giveback::{Command, GivebackEvent, NodeState};
+use interlink::clients::giveback::{Command, CommandOutcome, GivebackEvent, NodeState};
 use interlink::manager::placement::MoveReason;
 use interlink::manager::LinkId;
 use interlink::messaging::WindowConfig;
 use rand::rngs::{SmallRng, StdRng};
 use rand::{Rng, SeedableRng};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// One step of virtual time.
@@ -49,7 +52,8 @@ pub struct World {
     pub gb: Box<GbWorld>,
     pub msg: Sim,
     pub links: Links,
-    pub logs: [LogLane; 2],
+    /// The shadow logs (shared with the giveback drivers' hooks).
+    pub logs: Lanes,
     pub wbs: [WbLane; 2],
     pub now: Duration,
     /// Incarnation each node's data layers run as (`None`: down).
@@ -93,13 +97,27 @@ impl World {
             l.handler_sends = rng.gen_range(0..=10);
             l.stash_prob = rng.gen_range(0.0..0.5);
         }
+        let mut lanes = [LogLane::new(0, seed), LogLane::new(1, seed)];
+        let strict = std::env::var("SWARM_STRICT").is_ok_and(|v| v == "1");
+        for l in &mut lanes {
+            l.ledger.strict = strict;
+            l.faults = LaneFaults {
+                hook_crash: plan.hook_crash,
+                nvram_loss: plan.nvram_loss,
+                partner_timeout: plan.partner_timeout,
+            };
+        }
+        let logs: Lanes = Rc::new(RefCell::new(lanes));
+        gb.log_service = Some(Box::new(LogHooks {
+            lanes: logs.clone(),
+        }));
         World {
             plan,
             rng,
             gb,
             msg,
             links: Links::new(),
-            logs: [LogLane::new(0, seed), LogLane::new(1, seed)],
+            logs,
             wbs: [WbLane::new(0), WbLane::new(1)],
             now: Duration::ZERO,
             alive: [None, None],
@@ -162,15 +180,16 @@ impl World {
         }
         for (_, node) in std::mem::take(&mut self.gb.replays) {
             let partner = usize::from(node == A);
-            let r = self.logs[partner].takeover_replay();
-            self.result(r);
             let r = self.wbs[partner].takeover_check();
             self.result(r);
         }
+        self.retry_recoveries();
         self.msg_step();
         self.mirror_step();
+        self.log_violations();
         for (i, &id) in IDS.iter().enumerate() {
-            let died = self.logs[i].died() || self.wbs[i].died(i) || self.wbs[1 - i].died(i);
+            let died =
+                self.logs.borrow()[i].died() || self.wbs[i].died(i) || self.wbs[1 - i].died(i);
             if died {
                 self.counts.crashes_in_nvram_writes += 1;
                 self.gb.crash(id);
@@ -179,6 +198,39 @@ impl World {
         }
         let r = self.check_serving();
         self.result(r);
+    }
+
+    fn log_violations(&mut self) {
+        for i in 0..2 {
+            let v = std::mem::take(&mut self.logs.borrow_mut()[i].violations);
+            for e in v {
+                self.violate(e);
+            }
+        }
+    }
+
+    /// A recovery that could not run (the partner's record unreadable, its copy out of
+    /// reach) runs again while its node serves its own set.
+    fn retry_recoveries(&mut self) {
+        for (i, &id) in IDS.iter().enumerate() {
+            let waiting = self.logs.borrow()[i].needs_recovery;
+            if !waiting || !self.serving_own(i) {
+                continue;
+            }
+            let read = self
+                .gb
+                .read_partner_record(id)
+                .map(|r| r.and_then(|r| r.replayed_partner_log));
+            let died = {
+                let mut lanes = self.logs.borrow_mut();
+                let partner_up = lanes[1 - i].incarnation.is_some();
+                lanes[i].recover(read, partner_up)
+            };
+            if died {
+                self.gb.crash(id);
+                self.sync_nodes();
+            }
+        }
     }
 
     /// At most one node serves each disk set (ground truth of the serving hooks).
@@ -209,22 +261,25 @@ impl World {
             if cur == self.alive[i] {
                 continue;
             }
-            if self.alive[i].is_some() {
-                self.crash_data(i);
+            if let Some(inc) = self.alive[i] {
+                self.crash_data(i, inc);
             }
             self.alive[i] = cur;
             if cur.is_some() {
-                let r = self.logs[i].start_writer();
-                self.result(r);
+                // The log started with the node's driver (its hooks) and recovers before
+                // the node serves its own set.
                 self.wbs[i].start(i);
                 self.wbs[1 - i].start(i);
             }
         }
     }
 
-    fn crash_data(&mut self, i: usize) {
-        self.logs[i].crash_writer(&mut self.rng);
-        self.logs[1 - i].fail_path(&mut self.rng);
+    fn crash_data(&mut self, i: usize, incarnation: u64) {
+        {
+            let mut lanes = self.logs.borrow_mut();
+            lanes[i].crash_incarnation(incarnation, &mut self.rng);
+            lanes[1 - i].fail_path(&mut self.rng);
+        }
         for lane in 0..2 {
             let r = self.wbs[lane].crash(i);
             self.result(r);
@@ -247,6 +302,26 @@ impl World {
             for e in new {
                 match e {
                     GivebackEvent::TakeoverDone { .. } => self.counts.takeovers += 1,
+                    GivebackEvent::TakeoverRefused { .. } => {
+                        self.counts.takeovers_refused += 1;
+                        // A refused manual takeover keeps `takeover_pending` in this node's
+                        // record, so a restarted partner waits in MBWAIT for a giveback that
+                        // never comes while this node waits for a copy that cannot get back
+                        // in sync (a product deadlock): once the faults are off, the operator
+                        // forces every refused takeover.
+                        let stuck = !self.workload;
+                        if stuck {
+                            self.counts.stuck_takeovers_forced += 1;
+                        }
+                        let p = if stuck { 1.0 } else { self.plan.force_takeover };
+                        let running = self.gb.node(id).machine.is_some();
+                        if running && p > 0.0 && self.rng.gen_bool(p) {
+                            let r = self.gb.command(id, Command::ForceTakeover);
+                            if r.outcome == CommandOutcome::Started {
+                                self.counts.forced_takeovers += 1;
+                            }
+                        }
+                    }
                     GivebackEvent::GivebackDone { .. } => self.counts.givebacks += 1,
                     GivebackEvent::Killed | GivebackEvent::Fenced => {
                         self.counts.kills_and_fences += 1
@@ -311,7 +386,7 @@ impl World {
         };
         if self.mirror_link.is_some() && path != self.mirror_link {
             for w in 0..2 {
-                self.logs[w].fail_path(&mut self.rng);
+                self.logs.borrow_mut()[w].fail_path(&mut self.rng);
                 self.wbs[w].fail_path();
             }
         }
@@ -319,7 +394,7 @@ impl World {
         let plan = self.plan.clone();
         for w in 0..2 {
             let serving = self.workload && self.serving_own(w);
-            self.logs[w].step(self.now, &mut self.rng, serving, path.is_some(), |r| {
+            self.logs.borrow_mut()[w].step(self.now, &mut self.rng, serving, path.is_some(), |r| {
                 plan.delay(r)
             });
             self.wbs[w].step(self.now, &mut self.rng, serving, path.is_some(), |r| {
@@ -361,6 +436,12 @@ impl World {
                 0 => {
                     self.counts.crashes_between_steps += 1;
                     self.gb.crash(id);
+                    if p.fast_restart > 0.0 && self.rng.gen_bool(p.fast_restart) {
+                        self.counts.fast_restarts += 1;
+                        let window = ns(I) * u64::from(K) * 2;
+                        let after = Duration::from_nanos(self.rng.gen_range(0..=window));
+                        self.gb.node_mut(id).restart_at = Some(now + after);
+                    }
                     self.sync_nodes();
                 }
                 1 => {
@@ -371,7 +452,7 @@ impl World {
                 _ => {
                     // Dies inside one of its NVRAM writes (counted when it happens).
                     let fuses: Vec<_> = [
-                        self.logs[i].fuse(),
+                        self.logs.borrow()[i].fuse(),
                         self.wbs[i].fuses().0,
                         self.wbs[1 - i].fuses().1,
                     ]
@@ -384,6 +465,30 @@ impl World {
                     }
                 }
             }
+        }
+        if p.power_loss > 0.0
+            && self.rng.gen_bool(p.power_loss)
+            && IDS.iter().all(|&id| self.gb.node(id).machine.is_some())
+        {
+            // Both nodes lose power in this step and come back in either order, each within
+            // twice the detection time.
+            self.counts.power_losses += 1;
+            self.gb.crash(A);
+            self.gb.crash(B);
+            let window = ns(I) * u64::from(K) * 2;
+            let mut at = [0, 0].map(|_| Duration::from_nanos(self.rng.gen_range(0..=window)));
+            if at[0] == at[1] {
+                at[1] += STEP;
+            }
+            if at[0] < at[1] {
+                self.counts.power_losses_a_first += 1;
+            } else {
+                self.counts.power_losses_b_first += 1;
+            }
+            for (k, &id) in IDS.iter().enumerate() {
+                self.gb.node_mut(id).restart_at = Some(now + at[k]);
+            }
+            self.sync_nodes();
         }
         self.mailbox_faults();
         if p.operator_takeover > 0.0 && self.rng.gen_bool(p.operator_takeover) {
@@ -447,13 +552,17 @@ impl World {
         }
         for i in 0..2 {
             let fuses = [
-                self.logs[i].fuse(),
+                self.logs.borrow()[i].fuse(),
                 self.wbs[i].fuses().0,
                 self.wbs[i].fuses().1,
             ];
             for f in fuses.into_iter().flatten() {
                 f.disarm();
             }
+        }
+        for l in self.logs.borrow_mut().iter_mut() {
+            l.faults.hook_crash = 0.0;
+            l.faults.nvram_loss = 0.0;
         }
         self.msg.faults = self.msg.faults.quiet();
         self.msg.blocked = [false, false];
@@ -466,7 +575,7 @@ impl World {
             && self.both_alive()
             && self.msg_link.is_some()
             && self.mirror_link.is_some()
-            && self.logs.iter().all(LogLane::idle)
+            && self.logs.borrow().iter().all(LogLane::idle)
             && self.wbs.iter().all(WbLane::idle)
     }
 
@@ -504,12 +613,12 @@ impl World {
                 self.alive,
                 self.msg_link,
                 self.mirror_link,
-                [self.logs[0].idle(), self.logs[1].idle()],
+                [self.logs.borrow()[0].idle(), self.logs.borrow()[1].idle()],
                 [self.wbs[0].idle(), self.wbs[1].idle()],
             ));
         };
         for w in 0..2 {
-            self.logs[w].check_agree()?;
+            self.logs.borrow()[w].check_agree()?;
             if !self.wbs[w].inflight.is_empty() {
                 return Err(format!(
                     "write-back of node {w}: requests {:?} never completed",
@@ -549,12 +658,38 @@ impl World {
         c.wire_corrupted = self.msg.corrupted;
         c.wire_blocked = self.msg.blocked_drops;
         c.messages_delivered = self.msg.ledger.borrow().delivered_total;
-        for l in &self.logs {
-            c.log_torn_landings += l.counts.torn_landings;
-            c.log_path_failures += l.counts.path_failures;
-            c.log_records_acked += l.counts.acked;
-            c.log_replays_checked += l.counts.replays_checked;
-            c.log_restarts_checked += l.counts.restarts_checked;
+        for l in self.logs.borrow().iter() {
+            let (n, d) = (&l.counts, &l.ledger.counts);
+            c.log_torn_landings += n.torn_landings;
+            c.log_path_failures += n.path_failures;
+            c.log_records_acked += n.acked;
+            c.log_replays_checked += n.replays_checked;
+            c.hook_crashes += n.hook_crashes;
+            c.nvram_losses += n.nvram_losses;
+            c.nvram_refusals += n.nvram_refusals;
+            c.recoveries_fresh += n.recoveries_fresh;
+            c.recoveries_replayed_by_partner += n.recoveries_replayed_by_partner;
+            c.recoveries_replay_here += n.recoveries_replay_here;
+            c.recoveries_from_partner_copy += n.recoveries_from_partner_copy;
+            c.recoveries_deferred += n.recoveries_deferred;
+            c.log_acked_unmirrored += n.acked_unmirrored;
+            c.log_resends += n.resends;
+            c.log_marks_cleared += n.marks_cleared;
+            c.replays_after_cursor += n.replays_after_cursor;
+            c.applied_by_partner += d.applied_by_partner;
+            c.applied_by_own += d.applied_by_own;
+            c.reapplied_after_crash += d.reapplied_after_crash;
+            c.applied_under_service_checkpoint += d.applied_under_service_checkpoint;
+            c.records_forced_lost += d.records_forced_lost;
+            c.records_unavailable += d.records_unavailable;
+            c.generations_closed += d.generations_closed;
+            c.reapplied_by_takeover_after_own_recovery +=
+                d.reapplied_by_takeover_after_own_recovery;
+            c.reapplied_after_unpublished_replay += d.reapplied_after_unpublished_replay;
+            c.lost_after_interrupted_replay += d.lost_after_interrupted_replay;
+            c.lost_after_mark_dropped += d.lost_after_mark_dropped;
+            c.marks_dropped_at_start += n.marks_dropped_at_start;
+            c.takeovers_past_durable_mark += n.takeovers_past_durable_mark;
         }
         for w in &self.wbs {
             c.wb_path_changes += w.counts.path_changes;

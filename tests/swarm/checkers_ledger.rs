@@ -1,0 +1,96 @@
+//! The applied ledger can fail: each test runs the pair without faults, then drives one log
+//! lane by hand through a takeover replay or an own recovery with one planted bug (an
+//! off-by-one in the stored takeover cursor, a double application in the own recovery, a
+//! record the replay skips) and asserts the ledger reports it; the same steps without the
+//! bug pass.
+
+use crate::checkers::warm;
+use crate::log::{LaneFaults, LogLane};
+use crate::world::World;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+/// A warm pair's lane 0, with its own fault rates off.
+fn lane(w: &World) -> std::cell::RefMut<'_, LogLane> {
+    let mut l = std::cell::RefMut::map(w.logs.borrow_mut(), |l| &mut l[0]);
+    l.faults = LaneFaults::default();
+    assert!(l.violations.is_empty(), "{:?}", l.violations);
+    l
+}
+
+/// A warm pair whose lane 0 holds acknowledged records after its last checkpoint (the
+/// first such seed from `seed` on).
+fn warm_with_records(seed: u64) -> World {
+    (seed..seed + 50)
+        .map(|s| warm(s, 120))
+        .find(|w| {
+            let l = &w.logs.borrow()[0];
+            l.acked > l.oracle().requested_checkpoint
+        })
+        .expect("a seed with records after the checkpoint")
+}
+
+/// Its writer crashes (the world is not told: the test drives the lane).
+fn crash(l: &mut LogLane) {
+    l.crash_writer(&mut SmallRng::seed_from_u64(1));
+}
+
+#[test]
+fn checker_ledger_catches_an_off_by_one_takeover_cursor() {
+    let w = warm_with_records(21);
+    let mut l = lane(&w);
+    crash(&mut l);
+    assert!(!l.takeover_replay(None));
+    let first = l.ledger.counts.applied_by_partner;
+    assert!(first > 0, "nothing to replay: {:?}", l.oracle());
+    // A second takeover (after a giveback and a new failure) replays after the cursor.
+    assert!(!l.takeover_replay(None));
+    assert_eq!(l.ledger.counts.applied_by_partner, first);
+    assert_eq!(l.counts.replays_after_cursor, 1);
+    assert!(l.violations.is_empty(), "{:?}", l.violations);
+    // `>=` for `>`: the record at the cursor once more.
+    l.bugs.cursor_off_by_one = true;
+    assert!(!l.takeover_replay(None));
+    assert!(
+        l.violations.iter().any(|v| v.contains("applied twice")),
+        "{:?}",
+        l.violations
+    );
+}
+
+#[test]
+fn checker_ledger_catches_a_double_application_in_own_recovery() {
+    for planted in [false, true] {
+        let w = warm_with_records(22);
+        let mut l = lane(&w);
+        crash(&mut l);
+        l.writer_started(9, None);
+        l.bugs.own_applies_twice = planted;
+        // Nobody replayed the log: the writer applies it itself.
+        assert!(!l.recover(Some(None), true));
+        assert!(l.counts.recoveries_replay_here == 1 && l.ledger.counts.applied_by_own > 0);
+        let caught = l.violations.iter().any(|v| v.contains("applied twice"));
+        assert_eq!(caught, planted, "{:?}", l.violations);
+    }
+}
+
+#[test]
+fn checker_ledger_catches_a_lost_record() {
+    for planted in [false, true] {
+        let w = warm_with_records(23);
+        let mut l = lane(&w);
+        crash(&mut l);
+        let acked = l.acked;
+        assert!(acked > l.oracle().mirrored_checkpoint, "{:?}", l.oracle());
+        // The survivor's replay skips the last acknowledged record; the restarted writer
+        // learns its log was replayed and formats a new generation.
+        l.bugs.replay_skips = planted.then_some(acked);
+        assert!(!l.takeover_replay(None));
+        l.writer_started(9, None);
+        let published = l.published_cursor();
+        assert!(!l.recover(Some(published), true));
+        assert_eq!(l.counts.recoveries_replayed_by_partner, 1);
+        let caught = l.violations.iter().any(|v| v.contains("never applied"));
+        assert_eq!(caught, planted, "{:?}", l.violations);
+    }
+}

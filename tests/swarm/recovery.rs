@@ -1,0 +1,419 @@
+//! What happens to a log when a node fails: the survivor's takeover replay and the writer's
+//! recovery at start (F5.2, F5.6), as the product carries them out (`ShadowMirror::replay_hook`
+//! and `shadow/recovery.rs`), with a death possible between any two of their steps.
+//!
+//! - **Takeover replay** (the partner's `ReplayPartnerLog` hook): `replay(region, after =
+//!   stored cursor)`; each record is applied (ledger), then the cursor is stored after it; at
+//!   the end an empty replay stores the checkpoint it started from. The cursor is what the
+//!   partner's mailbox records publish as `replayed_partner_log` (stamped by the simulated
+//!   driver, asked at its start and after each replay, as the real one does).
+//! - **Own recovery** (right before the node serves its own set; given the partner's
+//!   record's `replayed_partner_log`): the library's `plan_recovery(image, own cursor,
+//!   partner's cursor)`. `ReplayHere` re-opens the log, applies each record, stores the own
+//!   cursor after it and a checkpoint through it (with the path up the mirror follows at
+//!   once); then `next_generation` and a format of the new generation. `ReplayedByPartner`
+//!   formats a new generation at once. Either closes the old generation in the ledger.
+//! - **Lost NVRAM** (blank or corrupt image, modelled at the lane level while the product
+//!   grows it): the node fetches the partner's copy (its region; needs the partner up,
+//!   else the recovery waits) and plans on that copy with the same function, unless the
+//!   copy is marked outdated or holds a generation older than the own-replay cursor's (the
+//!   node formatted a newer one since, which the copy lacks). No valid copy anywhere: the node refuses to serve; an operator
+//!   accepts the loss and it formats a first generation; the ledger counts every
+//!   acknowledged record nobody applied as *unavailable* (never silently dropped).
+//!
+//! Deaths: after an application and before its cursor store (the one record the product may
+//! hand again), after the cursor store, and inside the format of the new generation (a
+//! torn superblock or slot).
+//!
+//! A recovery that cannot run (the partner's record unreadable, or its copy out of reach) is
+//! retried at every step while the node serves its own set; the log appends nothing until
+//! then (the product's shadow log refuses appends until it is recovered).
+
+use super::ledger::Applier;
+use super::log::{LogLane, LOG_LEN};
+use super::nvram::CrashNvram;
+use crate::giveback_sim::{LogService, A};
+use crate::mirror_log_sim::{check_image, Oracle};
+use interlink::clients::giveback::LogMark;
+use interlink::clients::mirror::{
+    next_generation, plan_recovery, replay, LogPosition, NvramBacking, RecoveryPlan,
+    ReplayedRecord, ShadowLog,
+};
+use rand::Rng;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+fn mark_pos(m: LogMark) -> LogPosition {
+    LogPosition {
+        generation: m.generation,
+        seq: m.seq,
+    }
+}
+
+/// The death point of one hook call: after this many steps (None: none).
+fn death_point(lane: &mut LogLane, steps: usize) -> Option<usize> {
+    let p = lane.faults.hook_crash;
+    (p > 0.0 && lane.rng.gen_bool(p)).then(|| lane.rng.gen_range(0..=steps))
+}
+
+impl LogLane {
+    /// The partner takes this writer over and replays its region after its stored cursor.
+    /// `forced_loss`: the takeover was forced past an outdated copy marked there. Returns
+    /// whether the partner died inside.
+    pub fn takeover_replay(&mut self, forced_loss: Option<LogMark>) -> bool {
+        self.counts.replays_checked += 1;
+        let what = format!("takeover replay of node {}'s log", self.writer);
+        let r = check_image(
+            &self.mirror,
+            &self.oracle(),
+            self.generation,
+            &self.payloads,
+            &what,
+        )
+        .map(|_| ());
+        let dropped = self.ledger.mark_dropped_in(self.generation);
+        // The writer's outdated mark was durable in its record, yet the takeover was not
+        // refused: the machine checked a record read before the mark was written (a product
+        // race, counted; a violation with `SWARM_STRICT=1`).
+        let past_mark = self
+            .sync
+            .mark
+            .get()
+            .filter(|_| self.sync.mark.is_durable() && forced_loss.is_none());
+        if let Some(m) = past_mark.filter(|_| !self.ledger.strict) {
+            self.counts.takeovers_past_durable_mark += 1;
+            self.ledger.forced(mark_pos(m));
+        }
+        if forced_loss.is_none() && !dropped && (past_mark.is_none() || self.ledger.strict) {
+            self.violate(r);
+        }
+        if let Some(m) = forced_loss {
+            self.ledger.forced(mark_pos(m));
+        }
+        let mut after = self.partner_cursor;
+        if self.bugs.cursor_off_by_one {
+            after = after.map(|c| LogPosition {
+                seq: c.seq.saturating_sub(1),
+                ..c
+            });
+        }
+        let Ok(mut r) = replay(&self.mirror, after) else {
+            // No region ever came, or no log in it: nothing to replay, no cursor.
+            return false;
+        };
+        if let Some(skip) = self.bugs.replay_skips {
+            r.records.retain(|rec| rec.seq != skip);
+        }
+        if after.is_some_and(|c| c.generation == r.generation) {
+            self.counts.replays_after_cursor += 1;
+        }
+        let dies = death_point(self, 2 * r.records.len());
+        for (k, rec) in r.records.iter().enumerate() {
+            let pos = LogPosition {
+                generation: r.generation,
+                seq: rec.seq,
+            };
+            let a = self.ledger.apply(pos, &rec.payload, Applier::Partner);
+            self.violate(a);
+            if dies == Some(2 * k) {
+                self.counts.hook_crashes += 1;
+                self.ledger.replay_interrupted(r.generation, true);
+                return true;
+            }
+            self.partner_cursor = Some(pos);
+            self.ledger.confirm(pos);
+            if dies == Some(2 * k + 1) {
+                self.counts.hook_crashes += 1;
+                self.ledger
+                    .replay_interrupted(r.generation, k + 1 < r.records.len());
+                return true;
+            }
+        }
+        self.ledger.replay_interrupted(r.generation, false);
+        if r.records.is_empty() && r.generation != 0 {
+            let at = LogPosition {
+                generation: r.generation,
+                seq: r.checkpoint,
+            };
+            if self.partner_cursor.is_none_or(|c| c < at) {
+                self.partner_cursor = Some(at);
+            }
+        }
+        false
+    }
+
+    /// The replay cursor the partner publishes.
+    pub fn published_cursor(&self) -> Option<LogMark> {
+        self.partner_cursor.map(|p| LogMark {
+            generation: p.generation,
+            seq: p.seq,
+        })
+    }
+
+    /// The writer recovers its log before serving its own set. `partner_replayed`: the
+    /// partner's record's cursor (None: the record could not be read; the recovery waits).
+    /// `partner_up`: the partner's copy can be fetched. Returns whether the writer died inside.
+    pub fn recover(&mut self, partner_replayed: Option<Option<LogMark>>, partner_up: bool) -> bool {
+        if !self.needs_recovery || self.log.is_some() {
+            return false;
+        }
+        let Some(partner_replayed) = partner_replayed else {
+            self.counts.recoveries_deferred += 1;
+            return false;
+        };
+        let partner = partner_replayed.map(mark_pos);
+        let image = self.local.take().unwrap_or_else(|| vec![0; LOG_LEN]);
+        let plan = plan_recovery(&image, self.own_cursor, partner);
+        let had_log = self.generation > 0;
+        let (plan, from_copy) = match plan {
+            Ok(RecoveryPlan::Fresh) | Err(_) if had_log => {
+                // The own NVRAM is lost: the partner's copy, if it can be had and is valid.
+                if !partner_up {
+                    self.counts.recoveries_deferred += 1;
+                    self.local = Some(image);
+                    return false;
+                }
+                match plan_recovery(&self.mirror, self.own_cursor, partner) {
+                    Ok(p @ RecoveryPlan::ReplayedByPartner { .. }) => (p, true),
+                    // A copy of a generation older than the own cursor's is stale (this
+                    // node formatted a newer one since, whose records the copy lacks).
+                    Ok(p @ RecoveryPlan::ReplayHere { generation, .. })
+                        if !self.sync.mark.is_marked()
+                            && self.own_cursor.is_none_or(|c| c.generation <= generation) =>
+                    {
+                        (p, true)
+                    }
+                    _ => {
+                        self.refuse();
+                        return false;
+                    }
+                }
+            }
+            Ok(p) => (p, false),
+            Err(e) => panic!("a first start's blank image is unreadable: {e}"),
+        };
+        let source = if from_copy {
+            self.mirror.clone()
+        } else {
+            image.clone()
+        };
+        match plan {
+            RecoveryPlan::Fresh => {
+                self.counts.recoveries_fresh += 1;
+                self.format_next(source, None, partner, usize::MAX)
+            }
+            RecoveryPlan::ReplayedByPartner { generation, .. } => {
+                self.counts.recoveries_replayed_by_partner += 1;
+                if from_copy {
+                    self.counts.recoveries_from_partner_copy += 1;
+                }
+                let r = self.ledger.close(generation, false).map_err(|e| {
+                    format!("{e}: the partner's record says it replayed through {partner:?} (own cursor {:?}, from its copy: {from_copy})", self.own_cursor)
+                });
+                self.violate(r);
+                let dies = death_point(self, 0).map(|_| 0);
+                self.format_next(
+                    source,
+                    Some(generation),
+                    partner,
+                    dies.unwrap_or(usize::MAX),
+                )
+            }
+            RecoveryPlan::ReplayHere {
+                generation,
+                records,
+                checkpoint,
+                resumed_after,
+            } => {
+                self.trail = format!(
+                    "plan: replay here from checkpoint {checkpoint}, resumed after {resumed_after:?}, {} records, from the copy: {from_copy}; outdated mark {:?}, {} acknowledged unmirrored so far",
+                    records.len(),
+                    self.sync.mark.get(),
+                    self.counts.acked_unmirrored,
+                );
+                if !records.is_empty() && partner_up && !self.path_up {
+                    // The product waits for a first connection (the partner is up).
+                    self.counts.recoveries_deferred += 1;
+                    self.local = Some(image);
+                    return false;
+                }
+                self.counts.recoveries_replay_here += 1;
+                if from_copy {
+                    self.counts.recoveries_from_partner_copy += 1;
+                }
+                self.replay_here(source, generation, records, partner)
+            }
+        }
+    }
+
+    /// Records on the blank image, a refusal: every acknowledged record nobody applied is
+    /// unavailable; the operator accepts and the node starts a first generation.
+    fn refuse(&mut self) {
+        self.counts.nvram_refusals += 1;
+        let r = self.ledger.close(self.generation, true);
+        self.violate(r);
+        self.format_next(vec![0; LOG_LEN], None, None, usize::MAX);
+    }
+
+    fn replay_here(
+        &mut self,
+        source: Vec<u8>,
+        generation: u64,
+        mut records: Vec<ReplayedRecord>,
+        partner: Option<LogPosition>,
+    ) -> bool {
+        let (mut log, _) = match ShadowLog::open(CrashNvram::new(source)) {
+            Ok(x) => x,
+            Err(e) => panic!("a log plan_recovery read does not open: {e}"),
+        };
+        if self.bugs.own_applies_twice && !records.is_empty() {
+            let first = records[0].clone();
+            records.insert(1, first);
+        }
+        let n = records.len();
+        let dies = death_point(self, 2 * n + 1);
+        for (k, rec) in records.into_iter().enumerate() {
+            let pos = LogPosition {
+                generation,
+                seq: rec.seq,
+            };
+            let by = if self.path_up {
+                Applier::Own
+            } else {
+                Applier::OwnUnfollowed
+            };
+            let a = self.ledger.apply(pos, &rec.payload, by);
+            self.violate(a);
+            if dies == Some(2 * k) {
+                return self.die_in_hook(log.into_local().crash_image());
+            }
+            self.own_cursor = Some(pos);
+            self.ledger.confirm(pos);
+            // The record's checkpoint is on the partner's mirror before the next one (with
+            // the path up).
+            let _ = log.checkpoint(pos);
+            let o = &mut self.crash_oracle;
+            o.requested_checkpoint = o.requested_checkpoint.max(pos.seq);
+            if self.path_up {
+                o.mirrored_checkpoint = o.mirrored_checkpoint.max(pos.seq);
+            }
+            self.land_all(&mut log);
+            if dies == Some(2 * k + 1) {
+                return self.die_in_hook(log.into_local().crash_image());
+            }
+        }
+        self.land_all(&mut log);
+        let r = self.ledger.close(generation, false).map_err(|e| {
+            format!(
+                "{e}: replayed here after the partner's {partner:?} ({})",
+                self.trail
+            )
+        });
+        self.violate(r);
+        let fuse_at = if dies == Some(2 * n) { 0 } else { usize::MAX };
+        self.format_next(
+            log.into_local().crash_image(),
+            Some(generation),
+            partner,
+            fuse_at,
+        )
+    }
+
+    /// With the path up, every queued write of `log` lands and completes now.
+    fn land_all(&mut self, log: &mut ShadowLog<CrashNvram>) {
+        if !self.path_up {
+            return;
+        }
+        while let Some(w) = log.poll_mirror_write() {
+            let r = w.offset..w.offset + w.len;
+            self.mirror[r.clone()].copy_from_slice(&log.local().bytes()[r]);
+            log.handle_mirror_complete(w.id);
+        }
+    }
+
+    fn die_in_hook(&mut self, image: Vec<u8>) -> bool {
+        self.counts.hook_crashes += 1;
+        self.local = Some(image);
+        self.incarnation = None;
+        true
+    }
+
+    /// Formats the generation after `previous` over `image` and runs it. `fuse_at` 0: the
+    /// node dies inside the format (a torn write). Returns whether it died.
+    fn format_next(
+        &mut self,
+        image: Vec<u8>,
+        previous: Option<u64>,
+        partner: Option<LogPosition>,
+        fuse_at: usize,
+    ) -> bool {
+        let candidate = self.generation + self.rng.gen_range(1..=3);
+        let gen = next_generation(candidate, previous.max(Some(self.generation)), partner);
+        let nvram = CrashNvram::new(image);
+        if fuse_at == 0 {
+            nvram.fuse().arm(self.rng.gen_range(0..2), self.rng.gen());
+        }
+        let fuse = nvram.fuse();
+        let log = match ShadowLog::format(nvram, gen) {
+            Ok(log) => log,
+            Err(e) => panic!("format of generation {gen}: {e}"),
+        };
+        if fuse.dead() {
+            return self.die_in_hook(log.into_local().crash_image());
+        }
+        self.generation = gen;
+        self.payloads.clear();
+        self.acked = 0;
+        self.floor = 0;
+        self.unsent = false;
+        self.crash_oracle = Oracle::default();
+        self.inflight.clear();
+        self.needs_recovery = false;
+        self.sync
+            .log_replaced(log.last_queued_write(), self.path_up);
+        self.log = Some(log);
+        false
+    }
+}
+
+/// Both log lanes, shared by the world and the simulated giveback drivers' hooks.
+pub type Lanes = Rc<RefCell<[LogLane; 2]>>;
+
+/// The shadow-log hooks of both simulated nodes (lane `i` is node `i`'s own log; node `i`
+/// replays lane `1 - i` at its takeovers and publishes that lane's partner cursor).
+pub struct LogHooks {
+    pub lanes: Lanes,
+}
+
+fn lane_of(id: u32) -> usize {
+    usize::from(id != A)
+}
+
+impl LogService for LogHooks {
+    fn replay_partner_log(&mut self, me: u32, forced_loss: Option<LogMark>) -> bool {
+        self.lanes.borrow_mut()[1 - lane_of(me)].takeover_replay(forced_loss)
+    }
+
+    fn recover_own_log(&mut self, me: u32, partner_replayed: Option<Option<LogMark>>) -> bool {
+        let i = lane_of(me);
+        let mut lanes = self.lanes.borrow_mut();
+        let partner_up = lanes[1 - i].incarnation.is_some();
+        lanes[i].recover(partner_replayed, partner_up)
+    }
+
+    fn replayed_partner_log(&mut self, me: u32) -> Option<LogMark> {
+        self.lanes.borrow()[1 - lane_of(me)].published_cursor()
+    }
+
+    fn copy_mark_stamp(&mut self, me: u32) -> Option<LogMark> {
+        self.lanes.borrow()[lane_of(me)].sync.mark.stamp()
+    }
+
+    fn copy_mark_written(&mut self, me: u32, carried: Option<LogMark>) {
+        self.lanes.borrow()[lane_of(me)].sync.mark.written(carried);
+    }
+
+    fn started(&mut self, me: u32, incarnation: u64, inherited: Option<LogMark>) {
+        self.lanes.borrow_mut()[lane_of(me)].writer_started(incarnation, inherited);
+    }
+}
