@@ -717,7 +717,12 @@ impl World {
                         .map_or(self.now, |t| t.saturating_duration_since(self.base));
                 }
                 self.replays.push((self.now, me));
-                let forced = m.status().forced_loss;
+                // What a forced takeover went past: an outdated copy is the loss the lane
+                // accounts for (the swarm's writers confirm no copy, so no other gap arises).
+                let forced = m.status().forced_loss.and_then(|g| match g {
+                    interlink::clients::giveback::CopyGap::Outdated { from } => Some(from),
+                    _ => None,
+                });
                 if let Some(svc) = self.log_service.as_mut() {
                     if svc.replay_partner_log(me, forced) {
                         self.crash_index(i);

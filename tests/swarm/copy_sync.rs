@@ -13,7 +13,7 @@
 //!   queued up to the end of that re-send completed on the partner;
 //! - a restarted writer inherits the mark its newest own record carried.
 
-use interlink::clients::giveback::{LogMark, PartnerCopyMark};
+use interlink::clients::giveback::{CopyStamp, LogMark, PartnerCopyMark};
 
 /// See the module docs.
 #[derive(Debug)]
@@ -30,7 +30,10 @@ impl MirrorSyncState {
     /// As a start finds it: `inherited` is the mark of the newest own record.
     pub fn new(inherited: Option<LogMark>) -> MirrorSyncState {
         MirrorSyncState {
-            mark: PartnerCopyMark::new(inherited),
+            mark: PartnerCopyMark::new(CopyStamp {
+                outdated: inherited,
+                ..CopyStamp::default()
+            }),
             absent: false,
             steps_down: 0,
             resend_until: None,
@@ -83,7 +86,9 @@ impl MirrorSyncState {
     pub fn on_complete(&mut self, completed: u64) {
         if self.resend_until.is_some_and(|t| completed >= t) {
             self.resend_until = None;
-            self.mark.clear();
+            // The partner incarnation is not modelled here: the stamp the simulated mailbox
+            // writes carries the outdated half only (see `LogHooks::copy_mark_stamp`).
+            self.mark.synced(0);
         }
     }
 

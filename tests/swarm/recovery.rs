@@ -198,6 +198,11 @@ impl LogLane {
             image.clone()
         };
         match plan {
+            RecoveryPlan::FetchFromPartner { .. } => {
+                // `plan_recovery` (the first step, without the mailbox's knowledge) never
+                // asks for a fetch: the lane decides a lost NVRAM above.
+                unreachable!("plan_recovery planned a fetch")
+            }
             RecoveryPlan::Fresh => {
                 self.counts.recoveries_fresh += 1;
                 self.format_next(source, None, partner, usize::MAX)
@@ -406,11 +411,15 @@ impl LogService for LogHooks {
     }
 
     fn copy_mark_stamp(&mut self, me: u32) -> Option<LogMark> {
-        self.lanes.borrow()[lane_of(me)].sync.mark.stamp()
+        self.lanes.borrow()[lane_of(me)].sync.mark.stamp().outdated
     }
 
     fn copy_mark_written(&mut self, me: u32, carried: Option<LogMark>) {
-        self.lanes.borrow()[lane_of(me)].sync.mark.written(carried);
+        let m = &self.lanes.borrow()[lane_of(me)].sync.mark;
+        m.written(interlink::clients::giveback::CopyStamp {
+            outdated: carried,
+            ..m.stamp()
+        });
     }
 
     fn started(&mut self, me: u32, incarnation: u64, inherited: Option<LogMark>) {
