@@ -112,6 +112,7 @@ impl MemMailbox {
     fn context(&self) -> OwnLogContext {
         OwnLogContext {
             partner_replayed: None,
+            partner_took_over: false,
             own_log: self.mark.clone(),
             copy_mark: self.copy_mark.clone(),
         }

@@ -56,11 +56,9 @@
 //! - `SWARM_SEED=n cargo test --test swarm -- --nocapture`: replays seed `n` alone and prints
 //!   what it did (a failure prints this line).
 //! - Soak: `SWARM_SEEDS=1000000 cargo test --release --test swarm -- --nocapture`.
-//! - `SWARM_STRICT=1`: the product gaps the ledger counts (see `swarm/ledger.rs`: records
-//!   a takeover applies again after the writer's own recovery, or the own recovery applies
-//!   again after an unpublished takeover replay; acknowledged records lost after an
-//!   interrupted takeover replay, or after a restart dropped the outdated mark) become
-//!   violations.
+//! - `SWARM_STRICT=1`: the one product gap the ledger counts (see `swarm/ledger.rs`: a
+//!   takeover an operator forced past an outdated copy of an older generation applies that
+//!   generation's records again) becomes a violation.
 //!
 //! The checkers are proven able to fail by the `checker_*` tests, which inject a violation
 //! each (`swarm/checkers.rs`, `swarm/checkers_ledger.rs`: an off-by-one in the stored

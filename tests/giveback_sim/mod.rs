@@ -15,9 +15,9 @@ pub mod sweep;
 
 use disks::{disks, Disks, SharedDisks, SimMailbox, SimReservations};
 use interlink::clients::giveback::{
-    Action, Command, CommandReply, GivebackConfig, GivebackError, GivebackEvent, GivebackMachine,
-    LogMark, Mailbox, MailboxRecord, MailboxWrite, NodeState, PartnerRead, Reservations,
-    StateBlock,
+    Action, Command, CommandReply, CopyStamp, GivebackConfig, GivebackError, GivebackEvent,
+    GivebackMachine, LogMark, Mailbox, MailboxRecord, MailboxWrite, NodeState, PartnerRead,
+    Reservations, StateBlock,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -46,16 +46,22 @@ pub trait LogService {
     fn replay_partner_log(&mut self, me: u32, forced_loss: Option<LogMark>) -> bool;
     /// Node `me` recovers its own log before serving its own set. Returns whether the node
     /// died inside the hook.
-    fn recover_own_log(&mut self, me: u32, partner_replayed: Option<Option<LogMark>>) -> bool;
+    /// `partner_took_over`: the partner's record says TAKEN_OVER.
+    fn recover_own_log(
+        &mut self,
+        me: u32,
+        partner_replayed: Option<Option<LogMark>>,
+        partner_took_over: bool,
+    ) -> bool;
     /// The replay cursor `me`'s driver stamps (asked at its start and after each replay).
     fn replayed_partner_log(&mut self, me: u32) -> Option<LogMark>;
     /// The outdated mark a write of `me`'s record carries now.
-    fn copy_mark_stamp(&mut self, me: u32) -> Option<LogMark>;
+    fn copy_mark_stamp(&mut self, me: u32) -> CopyStamp;
     /// A write of `me`'s record carrying `carried` succeeded.
-    fn copy_mark_written(&mut self, me: u32, carried: Option<LogMark>);
+    fn copy_mark_written(&mut self, me: u32, carried: CopyStamp);
     /// Node `me`'s driver started; its newest own record held `inherited` (None: unreadable
     /// or none).
-    fn started(&mut self, me: u32, incarnation: u64, inherited: Option<LogMark>);
+    fn started(&mut self, me: u32, incarnation: u64, inherited: Option<CopyStamp>);
 }
 
 /// What fed the machine the input whose handling queued an action.
@@ -357,6 +363,15 @@ impl World {
     fn restart(&mut self, i: usize) {
         let now = self.at(self.now);
         let n = &mut self.nodes[i];
+        // As the driver: a start that cannot read its own record (what it marked there) does
+        // not start; it is tried again.
+        let own = match n.mailbox.read_own() {
+            Ok(own) => own,
+            Err(_) => {
+                n.restart_at = Some(self.now + I);
+                return;
+            }
+        };
         n.restart_at = None;
         n.incarnation += 1;
         n.progress = 0;
@@ -372,12 +387,11 @@ impl World {
         n.machine = Some(GivebackMachine::new(cfg, n.incarnation, now));
         if let Some(svc) = self.log_service.as_mut() {
             let me = n.id;
-            let inherited = n
-                .mailbox
-                .read_own()
-                .ok()
-                .flatten()
-                .and_then(|r| r.partner_copy_outdated);
+            let inherited = own.map(|r| CopyStamp {
+                outdated: r.partner_copy_outdated,
+                complete_for: r.partner_copy_complete_for,
+                writeback_outdated: r.writeback_copy_outdated,
+            });
             svc.started(me, n.incarnation, inherited);
             n.stamp_replayed = svc.replayed_partner_log(me);
         }
@@ -432,14 +446,18 @@ impl World {
         let Some(svc) = self.log_service.as_mut() else {
             return n.mailbox.write_own(rec);
         };
-        let outdated = svc.copy_mark_stamp(n.id);
+        let stamp = svc.copy_mark_stamp(n.id);
         let stamped = MailboxRecord {
             replayed_partner_log: n.stamp_replayed,
-            partner_copy_outdated: outdated,
+            partner_copy_outdated: stamp.outdated,
+            partner_copy_complete_for: stamp.complete_for,
             ..*rec
         };
         let w = n.mailbox.write_own(&stamped)?;
-        svc.copy_mark_written(n.id, outdated);
+        // As the driver: a mark is durable once both copies hold it.
+        if w.primary && w.backup {
+            svc.copy_mark_written(n.id, stamp);
+        }
         Ok(w)
     }
 
@@ -678,8 +696,9 @@ impl World {
                         // The driver reads the partner's record right before (a few tries).
                         let n = &mut self.nodes[i];
                         let read = (0..5).find_map(|_| n.mailbox.read_partner().ok());
+                        let took_over = read.flatten().is_some_and(|r| r.taken_over);
                         let replayed = read.map(|r| r.and_then(|r| r.replayed_partner_log));
-                        if svc.recover_own_log(me, replayed) {
+                        if svc.recover_own_log(me, replayed, took_over) {
                             self.crash_index(i);
                             return None;
                         }

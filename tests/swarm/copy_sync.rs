@@ -27,13 +27,13 @@ pub struct MirrorSyncState {
 }
 
 impl MirrorSyncState {
-    /// As a start finds it: `inherited` is the mark of the newest own record.
-    pub fn new(inherited: Option<LogMark>) -> MirrorSyncState {
+    /// As a start finds it: `inherited` is what the newest own record says of the copy
+    /// (the shadow log attaches at once: the lane always runs one).
+    pub fn new(inherited: CopyStamp) -> MirrorSyncState {
+        let mark = PartnerCopyMark::new(inherited);
+        mark.attach();
         MirrorSyncState {
-            mark: PartnerCopyMark::new(CopyStamp {
-                outdated: inherited,
-                ..CopyStamp::default()
-            }),
+            mark,
             absent: false,
             steps_down: 0,
             resend_until: None,
@@ -68,10 +68,13 @@ impl MirrorSyncState {
         self.mark.mark(from);
     }
 
-    /// A connection came up: whether the live log must be re-sent whole (the partner was
-    /// absent, or the mark is set). `last_queued` names the last write of that re-send.
-    pub fn on_reconnect(&mut self) -> bool {
-        let resend = self.absent || self.mark.is_marked();
+    /// A connection to partner incarnation `partner` came up: whether the live log must be
+    /// re-sent whole (the partner was absent, the mark is set, or the copy is not confirmed
+    /// complete on that incarnation).
+    pub fn on_reconnect(&mut self, partner: Option<u64>) -> bool {
+        let resend = self.absent
+            || self.mark.is_marked()
+            || partner.is_none_or(|p| !self.mark.is_confirmed_for(p));
         self.absent = false;
         self.steps_down = 0;
         resend
@@ -82,21 +85,29 @@ impl MirrorSyncState {
         self.resend_until = Some(last_queued);
     }
 
-    /// Writes through `completed` of the running log completed on the partner.
-    pub fn on_complete(&mut self, completed: u64) {
+    /// Writes through `completed` of the running log completed on partner incarnation
+    /// `partner`: a full send complete there clears the mark and confirms the copy for it.
+    pub fn on_complete(&mut self, completed: u64, partner: Option<u64>) {
         if self.resend_until.is_some_and(|t| completed >= t) {
             self.resend_until = None;
-            // The partner incarnation is not modelled here: the stamp the simulated mailbox
-            // writes carries the outdated half only (see `LogHooks::copy_mark_stamp`).
-            self.mark.synced(0);
+            if let Some(p) = partner {
+                self.mark.synced(p);
+            }
         }
+    }
+
+    /// Appends may go: the mailbox says this node runs a shadow log.
+    pub fn may_append(&self) -> bool {
+        self.mark.is_attached_durably()
     }
 
     /// The writer's log changed (a new generation formatted): a re-send in progress names
     /// writes of the old one.
     pub fn log_replaced(&mut self, last_queued: u64, path_up: bool) {
         self.resend_until = None;
-        if self.mark.is_marked() && path_up && !self.absent {
+        // The new log is sent whole from its start: once that completed, the copy is
+        // confirmed (the driver's `install` sets its sync target the same way).
+        if path_up && !self.absent {
             self.resend_until = Some(last_queued);
         }
     }

@@ -21,59 +21,24 @@
 //!   *unavailable* (the writer lost its NVRAM and no valid copy existed: it refused to serve,
 //!   and the records are reported, not silently dropped).
 //!
-//! Product gaps the swarm found, counted, and violations only with `SWARM_STRICT=1`:
+//! The swarm found five product faults; all are fixed and are violations: a takeover replay
+//! that stopped midway was read as complete (its cursor now says `REPLAY_COMPLETE` only at
+//! the end, and the writer applies the rest); the writer applied records a takeover had
+//! applied before publishing its cursor (the writer now waits while the partner's record
+//! says TAKEN_OVER without a whole replay of its generation, `PartnerReplayUnknown`); a
+//! takeover re-applied what the writer's own recovery applied (the own recovery voids the
+//! copy's confirmation durably first, and the survivor refuses an unconfirmed copy); a
+//! takeover went past an outdated mark written after the survivor's last read (checked
+//! again on the read after the reservation, for manual takeovers too); a start whose own
+//! mailbox record could not be read dropped its marks (it no longer starts; marks are
+//! durable only once both mailbox copies hold them).
 //!
-//! - `reapplied_by_takeover_after_own_recovery`: the writer's own recovery applied records
-//!   of generation G and formatted G+1; it died before the partner's mirror showed G+1, and
-//!   the partner's takeover replayed G from a checkpoint older than what the recovery
-//!   applied. Two ways there: the recovery ran with no connection (after the product's
-//!   first-link wait: the partner down, e.g. both lost power and the writer came back
-//!   first), so its per-record checkpoints never reached the mirror; or the format's write
-//!   of checkpoint slot 0 of G+1 landed without the superblock of G+1 (writes in flight on a
-//!   failing link land in any order) over G's newest slot, so the mirror falls back to G's
-//!   older slot. Nothing in the mirror or the mailbox tells the survivor what the writer
-//!   applied. (A fix: the writer publishes its own-replay cursor in its mailbox record and
-//!   a survivor replays after the later of the two cursors.)
-//!
-//! - `reapplied_after_unpublished_replay`: the survivor's replay cursor reaches the mailbox only with its
-//!   next record write after the replay hook (the "taken over" record is written before the
-//!   replay). A survivor that dies inside the replay or before that write leaves a record
-//!   that says `taken_over` with an older `replayed_partner_log`; the writer, restarting while
-//!   the survivor is down, plans `ReplayHere` and applies the records the survivor applied a
-//!   second time. (A fix: a writer whose partner's record says it was taken over without a
-//!   cursor of this generation waits for the partner to publish one; and the driver writes a
-//!   record right after the replay hook.)
-//!
-//! - `lost_after_interrupted_replay` (acknowledged records lost): the survivor dies inside its
-//!   takeover replay, after storing its cursor at some record; it restarts and publishes that
-//!   cursor; the writer restarts and `plan_recovery` reads a cursor of its generation as
-//!   "the partner replayed this log" (`ReplayedByPartner`) and drops every record after it,
-//!   acknowledged ones included: nobody applies them. The cursor says how far a replay got,
-//!   not that it finished. (A fix: the writer applies the records after the partner's cursor
-//!   itself, or the survivor publishes the end of the log it replayed with the cursor.)
-//!
-//! - `lost_after_mark_dropped` (acknowledged records lost): the writer acknowledged records
-//!   unmirrored under its durable outdated mark, then restarted while its own mailbox record
-//!   could not be read (a mailbox fault; the giveback driver then starts with no mark, by
-//!   design: "an outdated mark it held is not carried over") or read older; its records no
-//!   longer carry the mark, so a takeover from (or a fetch of) the partner's outdated copy
-//!   is no longer refused and loses the unmirrored records. (A fix: a start that cannot read
-//!   its own record keeps the mark conservatively, e.g. marks from its log's first record
-//!   after the checkpoint, until a resync completed.)
-//!
-//! - a takeover that goes ahead although the writer's outdated mark is durable in its
-//!   record (counted as `takeovers_past_durable_mark` by the lane; its loss is counted like
-//!   a forced one): the giveback machine checks the mark before it reserves the partner's
-//!   disks, on the newest record it had read; a mark written after that read (the writer
-//!   went absent and acknowledged unmirrored in that interval) is not seen, and the
-//!   mailbox read that reconfirms the failure after the reservation does not check it
-//!   again. (A fix: check the mark on the reconfirming read.)
-//!
-//! A takeover replay starts after the checkpoint in force *on the mirror*, which may lag the
-//! service's latest checkpoint (its slot write was in flight when the writer died): records
-//! the service covered may then be applied by the replay once more. That is the product's
-//! rule (F5.2: the survivor replays after the last mirrored checkpoint); such applications
-//! are counted (`applied_under_service_checkpoint`) and allowed once.
+//! One product gap is counted, a violation only with `SWARM_STRICT=1`:
+//! `reapplied_by_forced_takeover`: an operator forces a takeover past an outdated copy
+//! whose generation is older than the writer's current one (the writer recovered that
+//! generation itself, then acknowledged records of a newer one without the mirror); the
+//! replay applies the older generation's records again. (A fix: the replay skips a copy of
+//! a generation older than the partner's recorded own log generation.)
 
 use interlink::clients::mirror::LogPosition;
 use std::collections::BTreeMap;
@@ -108,18 +73,10 @@ pub struct LedgerCounts {
     pub records_forced_lost: u64,
     pub records_unavailable: u64,
     pub generations_closed: u64,
-    /// Records the partner's takeover applied again after the writer's own recovery had
-    /// applied them (a product gap, see the module docs).
-    pub reapplied_by_takeover_after_own_recovery: u64,
-    /// Records the writer's own recovery applied again after the partner's takeover had
-    /// applied them but died before a mailbox record published its cursor (a product gap).
-    pub reapplied_after_unpublished_replay: u64,
-    /// Acknowledged records lost because the partner's takeover replay died before the end
-    /// and the writer's recovery took its cursor for a complete replay (a product bug).
-    pub lost_after_interrupted_replay: u64,
-    /// Acknowledged records lost because a restart dropped the outdated mark that covered
-    /// them (a product gap).
-    pub lost_after_mark_dropped: u64,
+    /// Records a takeover an operator forced past an outdated copy applied again after the
+    /// writer's own recovery had applied them (the copy held an older generation: a product
+    /// gap, see the module docs; a violation with `SWARM_STRICT=1`).
+    pub reapplied_by_forced_takeover: u64,
 }
 
 /// See the module docs.
@@ -130,8 +87,6 @@ pub struct Ledger {
     checkpoints: BTreeMap<u64, u64>,
     /// A forced takeover lost the records from here on.
     forced_from: Option<LogPosition>,
-    /// The writer's restart dropped its outdated mark from here on (own record unreadable).
-    mark_dropped_from: Option<LogPosition>,
     /// Generations whose last takeover replay died before it reached the end.
     interrupted: std::collections::BTreeSet<u64>,
     /// Count the product gaps as violations (`SWARM_STRICT=1`).
@@ -195,12 +150,9 @@ impl Ledger {
             None => {}
             Some((_, false)) => self.counts.reapplied_after_crash += 1,
             Some((Applier::Own | Applier::OwnUnfollowed, true))
-                if by == Applier::Partner && !self.strict =>
+                if by == Applier::Partner && self.forced_from.is_some() && !self.strict =>
             {
-                self.counts.reapplied_by_takeover_after_own_recovery += 1
-            }
-            Some((Applier::Partner, true)) if by != Applier::Partner && !self.strict => {
-                self.counts.reapplied_after_unpublished_replay += 1
+                self.counts.reapplied_by_forced_takeover += 1
             }
             Some(&(first, true)) => {
                 return Err(format!(
@@ -229,29 +181,6 @@ impl Ledger {
         {
             a.1 = true;
         }
-    }
-
-    /// The writer restarted without the outdated mark `from` it had made durable.
-    pub fn mark_dropped(&mut self, from: LogPosition) {
-        self.mark_dropped_from = Some(self.mark_dropped_from.map_or(from, |f| f.min(from)));
-    }
-
-    /// Whether a dropped mark covers `pos` (the gap is being counted, not a violation).
-    pub fn mark_dropped_covers(&self, pos: LogPosition) -> bool {
-        !self.strict && self.mark_dropped_from.is_some_and(|f| f <= pos)
-    }
-
-    /// Whether a dropped mark covers records of `generation` (its takeover may miss some).
-    pub fn mark_dropped_in(&self, generation: u64) -> bool {
-        !self.strict
-            && self
-                .mark_dropped_from
-                .is_some_and(|f| f.generation <= generation)
-    }
-
-    /// A re-send completed: the partner's copy is in sync; a dropped mark no longer matters.
-    pub fn resynced(&mut self) {
-        self.mark_dropped_from = None;
     }
 
     /// A takeover replay of `generation` died before the end (`true`) or reached it.
@@ -285,10 +214,6 @@ impl Ledger {
             }
             if self.forced_from.is_some_and(|f| f <= *pos) {
                 self.counts.records_forced_lost += 1;
-            } else if self.interrupted.contains(&generation) && !self.strict {
-                self.counts.lost_after_interrupted_replay += 1;
-            } else if self.mark_dropped_covers(*pos) {
-                self.counts.lost_after_mark_dropped += 1;
             } else if unavailable {
                 self.counts.records_unavailable += 1;
             } else {

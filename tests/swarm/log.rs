@@ -24,7 +24,7 @@ use super::copy_sync::MirrorSyncState;
 use super::ledger::Ledger;
 use super::nvram::{CrashNvram, Fuse};
 use crate::mirror_log_sim::{payload, Oracle};
-use interlink::clients::giveback::LogMark;
+use interlink::clients::giveback::{CopyStamp, LogMark};
 use interlink::clients::mirror::{
     replay, LogPosition, MirrorError, MirrorWrite, NvramBacking, ShadowLog,
 };
@@ -65,8 +65,6 @@ pub struct LogCounts {
     pub hook_crashes: u64,
     pub resends: u64,
     pub marks_cleared: u64,
-    /// Takeovers that went ahead although the writer's outdated mark was durable.
-    pub takeovers_past_durable_mark: u64,
     /// Starts that lost a durable outdated mark (own mailbox record unreadable).
     pub marks_dropped_at_start: u64,
 }
@@ -80,6 +78,9 @@ pub struct LaneFaults {
     pub nvram_loss: f64,
     /// Steps without a path before the partner is absent (0: never).
     pub partner_timeout: u32,
+    /// A takeover replay dies right after storing its cursor past this many records (a
+    /// checker test's deterministic interruption).
+    pub replay_dies_after: Option<usize>,
 }
 
 /// Bugs a checker test plants (all off in the swarm).
@@ -153,7 +154,7 @@ impl LogLane {
             ledger: Ledger::default(),
             own_cursor: None,
             partner_cursor: None,
-            sync: MirrorSyncState::new(None),
+            sync: MirrorSyncState::new(CopyStamp::default()),
             incarnation: None,
             needs_recovery: false,
             path_up: false,
@@ -256,22 +257,24 @@ impl LogLane {
     /// Incarnation `incarnation` of the writer's node started (its giveback driver: the
     /// outdated mark its newest own record carried is inherited). The log waits for the
     /// recovery; a start may find the NVRAM image lost.
-    pub fn writer_started(&mut self, incarnation: u64, inherited: Option<LogMark>) {
+    pub fn writer_started(&mut self, incarnation: u64, inherited: Option<CopyStamp>) {
         if self.incarnation.is_some() {
             let mut rng = SmallRng::seed_from_u64(self.rng.gen());
             self.crash_writer(&mut rng);
         }
         self.incarnation = Some(incarnation);
         if let Some(m) = self.sync.mark.get().filter(|_| self.sync.mark.is_durable()) {
-            if inherited.is_none_or(|i| i > m) {
+            if inherited.and_then(|s| s.outdated).is_none_or(|i| i > m) {
+                // The product starts only from its own record, and marks are durable once
+                // both copies hold them: a start never loses one.
                 self.counts.marks_dropped_at_start += 1;
-                self.ledger.mark_dropped(LogPosition {
-                    generation: m.generation,
-                    seq: m.seq,
-                });
+                self.violations.push(format!(
+                    "log of node {}: a start lost the durable outdated mark {m}",
+                    self.writer
+                ));
             }
         }
-        self.sync = MirrorSyncState::new(inherited);
+        self.sync = MirrorSyncState::new(inherited.unwrap_or_default());
         self.needs_recovery = true;
         let p = self.faults.nvram_loss;
         if self.generation > 0 && p > 0.0 && self.rng.gen_bool(p) {
@@ -293,13 +296,15 @@ impl LogLane {
 
     /// One step: appends while the writer serves, checkpoints, posts on the path, and lands
     /// and completes what is due; with the partner absent, completes unsent once the mark is
-    /// durable.
+    /// durable. `partner`: the partner's running incarnation (the mirror region's owner).
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         now: Duration,
         rng: &mut SmallRng,
         serving: bool,
         path_up: bool,
+        partner: Option<u64>,
         delay: impl Fn(&mut SmallRng) -> Duration,
     ) {
         let reconnected = path_up && !self.path_up;
@@ -307,7 +312,8 @@ impl LogLane {
         let generation = self.generation;
         let Some(log) = &mut self.log else { return };
         self.sync.on_step(path_up, self.faults.partner_timeout);
-        if serving {
+        // Nothing is appended before the mailbox says this node runs a shadow log.
+        if serving && self.sync.may_append() {
             for _ in 0..rng.gen_range(0..=2) {
                 let seq = log.stats().appended + 1;
                 let p = payload(seq, rng.gen_range(1..=300), self.salt ^ generation);
@@ -363,7 +369,7 @@ impl LogLane {
             }
             return;
         }
-        if reconnected && self.sync.on_reconnect() {
+        if reconnected && self.sync.on_reconnect(partner) {
             // The live log, whole, before anything newer.
             let log = self.log.take().expect("running");
             let (log, _) = ShadowLog::open(log.into_local()).expect("a running log reopens");
@@ -390,10 +396,9 @@ impl LogLane {
             }
             let done = log.completed_write();
             let marked = self.sync.mark.is_marked();
-            self.sync.on_complete(done);
+            self.sync.on_complete(done, partner);
             if marked && !self.sync.mark.is_marked() {
                 self.counts.marks_cleared += 1;
-                self.ledger.resynced();
             }
             self.collect_acks(false);
         }

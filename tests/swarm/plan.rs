@@ -180,7 +180,6 @@ pub struct Counts {
     pub power_losses_b_first: u64,
     pub takeovers_refused: u64,
     pub forced_takeovers: u64,
-    pub stuck_takeovers_forced: u64,
     pub hook_crashes: u64,
     pub nvram_losses: u64,
     pub nvram_refusals: u64,
@@ -200,12 +199,8 @@ pub struct Counts {
     pub records_forced_lost: u64,
     pub records_unavailable: u64,
     pub generations_closed: u64,
-    pub reapplied_by_takeover_after_own_recovery: u64,
-    pub reapplied_after_unpublished_replay: u64,
-    pub lost_after_interrupted_replay: u64,
-    pub lost_after_mark_dropped: u64,
+    pub reapplied_by_forced_takeover: u64,
     pub marks_dropped_at_start: u64,
-    pub takeovers_past_durable_mark: u64,
     pub max_liveness_steps: u64,
 }
 
@@ -258,7 +253,6 @@ impl Counts {
             power_losses_b_first,
             takeovers_refused,
             forced_takeovers,
-            stuck_takeovers_forced,
             hook_crashes,
             nvram_losses,
             nvram_refusals,
@@ -278,12 +272,8 @@ impl Counts {
             records_forced_lost,
             records_unavailable,
             generations_closed,
-            reapplied_by_takeover_after_own_recovery,
-            reapplied_after_unpublished_replay,
-            lost_after_interrupted_replay,
-            lost_after_mark_dropped,
-            marks_dropped_at_start,
-            takeovers_past_durable_mark
+            reapplied_by_forced_takeover,
+            marks_dropped_at_start
         );
         self.max_liveness_steps = self.max_liveness_steps.max(o.max_liveness_steps);
     }

@@ -34,10 +34,10 @@ use super::log::{LogLane, LOG_LEN};
 use super::nvram::CrashNvram;
 use crate::giveback_sim::{LogService, A};
 use crate::mirror_log_sim::{check_image, Oracle};
-use interlink::clients::giveback::LogMark;
+use interlink::clients::giveback::{CopyStamp, LogMark};
 use interlink::clients::mirror::{
     next_generation, plan_recovery, replay, LogPosition, NvramBacking, RecoveryPlan,
-    ReplayedRecord, ShadowLog,
+    ReplayedRecord, ShadowLog, REPLAY_COMPLETE,
 };
 use rand::Rng;
 use std::cell::RefCell;
@@ -71,20 +71,20 @@ impl LogLane {
             &what,
         )
         .map(|_| ());
-        let dropped = self.ledger.mark_dropped_in(self.generation);
         // The writer's outdated mark was durable in its record, yet the takeover was not
-        // refused: the machine checked a record read before the mark was written (a product
-        // race, counted; a violation with `SWARM_STRICT=1`).
+        // refused (the machine checks the record it reads right after the reservation too).
         let past_mark = self
             .sync
             .mark
             .get()
             .filter(|_| self.sync.mark.is_durable() && forced_loss.is_none());
-        if let Some(m) = past_mark.filter(|_| !self.ledger.strict) {
-            self.counts.takeovers_past_durable_mark += 1;
-            self.ledger.forced(mark_pos(m));
+        if let Some(m) = past_mark {
+            self.violate(Err(format!(
+                "takeover of node {}'s log past its durable outdated mark {m}",
+                self.writer
+            )));
         }
-        if forced_loss.is_none() && !dropped && (past_mark.is_none() || self.ledger.strict) {
+        if forced_loss.is_none() {
             self.violate(r);
         }
         if let Some(m) = forced_loss {
@@ -107,7 +107,10 @@ impl LogLane {
         if after.is_some_and(|c| c.generation == r.generation) {
             self.counts.replays_after_cursor += 1;
         }
-        let dies = death_point(self, 2 * r.records.len());
+        let dies = match self.faults.replay_dies_after.take() {
+            Some(n) => Some(2 * n.saturating_sub(1) + 1),
+            None => death_point(self, 2 * r.records.len()),
+        };
         for (k, rec) in r.records.iter().enumerate() {
             let pos = LogPosition {
                 generation: r.generation,
@@ -130,10 +133,12 @@ impl LogLane {
             }
         }
         self.ledger.replay_interrupted(r.generation, false);
-        if r.records.is_empty() && r.generation != 0 {
+        if r.generation != 0 {
+            // The replay went through every record: the cursor says so (the product's
+            // `commit_replay`).
             let at = LogPosition {
                 generation: r.generation,
-                seq: r.checkpoint,
+                seq: REPLAY_COMPLETE,
             };
             if self.partner_cursor.is_none_or(|c| c < at) {
                 self.partner_cursor = Some(at);
@@ -152,8 +157,16 @@ impl LogLane {
 
     /// The writer recovers its log before serving its own set. `partner_replayed`: the
     /// partner's record's cursor (None: the record could not be read; the recovery waits).
-    /// `partner_up`: the partner's copy can be fetched. Returns whether the writer died inside.
-    pub fn recover(&mut self, partner_replayed: Option<Option<LogMark>>, partner_up: bool) -> bool {
+    /// `partner_up`: the partner's copy can be fetched. `partner_took_over`: the partner's
+    /// record says it took this node over (a replay beyond its published cursor is possible:
+    /// the product waits for the cursor, `MirrorError::PartnerReplayUnknown`). Returns
+    /// whether the writer died inside.
+    pub fn recover(
+        &mut self,
+        partner_replayed: Option<Option<LogMark>>,
+        partner_up: bool,
+        partner_took_over: bool,
+    ) -> bool {
         if !self.needs_recovery || self.log.is_some() {
             return false;
         }
@@ -236,6 +249,22 @@ impl LogLane {
                     self.sync.mark.get(),
                     self.counts.acked_unmirrored,
                 );
+                if !records.is_empty() && partner_took_over {
+                    // The partner's replay may have gone beyond its published cursor.
+                    self.counts.recoveries_deferred += 1;
+                    self.local = Some(image);
+                    return false;
+                }
+                if !records.is_empty() {
+                    // F5.7: the copy stops being a takeover source before anything is applied
+                    // here (the product waits for a mailbox write that carries it).
+                    self.sync.mark.unconfirm();
+                    if !self.sync.mark.is_unconfirmed_durably() {
+                        self.counts.recoveries_deferred += 1;
+                        self.local = Some(image);
+                        return false;
+                    }
+                }
                 if !records.is_empty() && partner_up && !self.path_up {
                     // The product waits for a first connection (the partner is up).
                     self.counts.recoveries_deferred += 1;
@@ -399,30 +428,31 @@ impl LogService for LogHooks {
         self.lanes.borrow_mut()[1 - lane_of(me)].takeover_replay(forced_loss)
     }
 
-    fn recover_own_log(&mut self, me: u32, partner_replayed: Option<Option<LogMark>>) -> bool {
+    fn recover_own_log(
+        &mut self,
+        me: u32,
+        partner_replayed: Option<Option<LogMark>>,
+        partner_took_over: bool,
+    ) -> bool {
         let i = lane_of(me);
         let mut lanes = self.lanes.borrow_mut();
         let partner_up = lanes[1 - i].incarnation.is_some();
-        lanes[i].recover(partner_replayed, partner_up)
+        lanes[i].recover(partner_replayed, partner_up, partner_took_over)
     }
 
     fn replayed_partner_log(&mut self, me: u32) -> Option<LogMark> {
         self.lanes.borrow()[1 - lane_of(me)].published_cursor()
     }
 
-    fn copy_mark_stamp(&mut self, me: u32) -> Option<LogMark> {
-        self.lanes.borrow()[lane_of(me)].sync.mark.stamp().outdated
+    fn copy_mark_stamp(&mut self, me: u32) -> CopyStamp {
+        self.lanes.borrow()[lane_of(me)].sync.mark.stamp()
     }
 
-    fn copy_mark_written(&mut self, me: u32, carried: Option<LogMark>) {
-        let m = &self.lanes.borrow()[lane_of(me)].sync.mark;
-        m.written(interlink::clients::giveback::CopyStamp {
-            outdated: carried,
-            ..m.stamp()
-        });
+    fn copy_mark_written(&mut self, me: u32, carried: CopyStamp) {
+        self.lanes.borrow()[lane_of(me)].sync.mark.written(carried);
     }
 
-    fn started(&mut self, me: u32, incarnation: u64, inherited: Option<LogMark>) {
+    fn started(&mut self, me: u32, incarnation: u64, inherited: Option<CopyStamp>) {
         self.lanes.borrow_mut()[lane_of(me)].writer_started(incarnation, inherited);
     }
 }

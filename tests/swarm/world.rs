@@ -24,7 +24,7 @@ use crate::giveback_sim::disks::CopyFault;
 use crate::giveback_sim::sweep::{set_mailbox_fault, MailboxFault};
 use crate::giveback_sim::{World as GbWorld, A, B, I, K};
 use crate::messaging_sim::{Action as MsgAction, Mix, Sim, US};
-use interlink::clients::giveback::{Command, CommandOutcome, GivebackEvent, NodeState};
+use interlink::clients::giveback::{Command, CommandOutcome, CopyGap, GivebackEvent, NodeState};
 use interlink::manager::placement::MoveReason;
 use interlink::manager::LinkId;
 use interlink::messaging::WindowConfig;
@@ -105,6 +105,7 @@ impl World {
                 hook_crash: plan.hook_crash,
                 nvram_loss: plan.nvram_loss,
                 partner_timeout: plan.partner_timeout,
+                replay_dies_after: None,
             };
         }
         let logs: Lanes = Rc::new(RefCell::new(lanes));
@@ -217,14 +218,13 @@ impl World {
             if !waiting || !self.serving_own(i) {
                 continue;
             }
-            let read = self
-                .gb
-                .read_partner_record(id)
-                .map(|r| r.and_then(|r| r.replayed_partner_log));
+            let record = self.gb.read_partner_record(id);
+            let took_over = record.flatten().is_some_and(|r| r.taken_over);
+            let read = record.map(|r| r.and_then(|r| r.replayed_partner_log));
             let died = {
                 let mut lanes = self.logs.borrow_mut();
                 let partner_up = lanes[1 - i].incarnation.is_some();
-                lanes[i].recover(read, partner_up)
+                lanes[i].recover(read, partner_up, took_over)
             };
             if died {
                 self.gb.crash(id);
@@ -302,18 +302,18 @@ impl World {
             for e in new {
                 match e {
                     GivebackEvent::TakeoverDone { .. } => self.counts.takeovers += 1,
-                    GivebackEvent::TakeoverRefused { .. } => {
+                    GivebackEvent::TakeoverRefused { gap } => {
                         self.counts.takeovers_refused += 1;
-                        // A refused manual takeover keeps `takeover_pending` in this node's
-                        // record, so a restarted partner waits in MBWAIT for a giveback that
-                        // never comes while this node waits for a copy that cannot get back
-                        // in sync (a product deadlock): once the faults are off, the operator
-                        // forces every refused takeover.
-                        let stuck = !self.workload;
-                        if stuck {
-                            self.counts.stuck_takeovers_forced += 1;
-                        }
-                        let p = if stuck { 1.0 } else { self.plan.force_takeover };
+                        // Sometimes, with faults on, an operator accepts the loss of an
+                        // outdated copy (counted exactly). An unconfirmed copy is never
+                        // forced here: its loss is not a known range (the writer's own
+                        // recovery, once it restarts, applies its log instead).
+                        let outdated = matches!(gap, CopyGap::Outdated { .. });
+                        let p = if self.workload && outdated {
+                            self.plan.force_takeover
+                        } else {
+                            0.0
+                        };
                         let running = self.gb.node(id).machine.is_some();
                         if running && p > 0.0 && self.rng.gen_bool(p) {
                             let r = self.gb.command(id, Command::ForceTakeover);
@@ -394,9 +394,15 @@ impl World {
         let plan = self.plan.clone();
         for w in 0..2 {
             let serving = self.workload && self.serving_own(w);
-            self.logs.borrow_mut()[w].step(self.now, &mut self.rng, serving, path.is_some(), |r| {
-                plan.delay(r)
-            });
+            let partner = self.logs.borrow()[1 - w].incarnation;
+            self.logs.borrow_mut()[w].step(
+                self.now,
+                &mut self.rng,
+                serving,
+                path.is_some(),
+                partner,
+                |r| plan.delay(r),
+            );
             self.wbs[w].step(self.now, &mut self.rng, serving, path.is_some(), |r| {
                 plan.delay(r)
             });
@@ -683,13 +689,8 @@ impl World {
             c.records_forced_lost += d.records_forced_lost;
             c.records_unavailable += d.records_unavailable;
             c.generations_closed += d.generations_closed;
-            c.reapplied_by_takeover_after_own_recovery +=
-                d.reapplied_by_takeover_after_own_recovery;
-            c.reapplied_after_unpublished_replay += d.reapplied_after_unpublished_replay;
-            c.lost_after_interrupted_replay += d.lost_after_interrupted_replay;
-            c.lost_after_mark_dropped += d.lost_after_mark_dropped;
+            c.reapplied_by_forced_takeover += d.reapplied_by_forced_takeover;
             c.marks_dropped_at_start += n.marks_dropped_at_start;
-            c.takeovers_past_durable_mark += n.takeovers_past_durable_mark;
         }
         for w in &self.wbs {
             c.wb_path_changes += w.counts.path_changes;

@@ -101,8 +101,12 @@ impl Mailbox for StampingMailbox {
             ..*rec
         };
         let w = self.inner.write_own(&rec)?;
-        self.copy_mark.written(stamp);
-        self.own_log.written(own_log_generation);
+        // A mark is durable once both copies hold it: a later fault of one copy must not
+        // lose it (a write that reached one copy counts for the heartbeat, not for marks).
+        if w.primary && w.backup {
+            self.copy_mark.written(stamp);
+            self.own_log.written(own_log_generation);
+        }
         Ok(w)
     }
     fn read_partner(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
@@ -226,13 +230,19 @@ impl GivebackNode {
         let mut mailbox = mailbox;
         // The copy's sync state and the own log generation survive restarts: the newest own
         // record says what they were.
-        let own = match mailbox.read_own() {
-            Ok(own) => own,
-            Err(e) => {
-                tracing::warn!(error = %e, "own mailbox record unreadable at start: an outdated mark or own log generation it held is not carried over");
-                None
+        // The record holds what this node marked durably (outdated copies, its own log's
+        // generation): a start that cannot read it does not start (a few tries first).
+        let mut read = mailbox.read_own();
+        for attempt in 0..4 {
+            if read.is_ok() {
+                break;
             }
-        };
+            std::thread::sleep(Duration::from_millis(10 << attempt));
+            read = mailbox.read_own();
+        }
+        let own = read.inspect_err(|e| {
+            tracing::error!(error = %e, "own mailbox record unreadable at start: not starting (what it marked cannot be carried over)");
+        })?;
         let inherited = own.map_or(CopyStamp::default(), |r| CopyStamp {
             outdated: r.partner_copy_outdated,
             complete_for: r.partner_copy_complete_for,
@@ -620,7 +630,10 @@ impl Driver {
         for attempt in 0..5 {
             match self.mailbox.read_partner() {
                 Ok(rec) => {
-                    replayed = Some(rec.and_then(|r| r.replayed_partner_log));
+                    replayed = Some((
+                        rec.and_then(|r| r.replayed_partner_log),
+                        rec.is_some_and(|r| r.taken_over),
+                    ));
                     break;
                 }
                 Err(e) => last = e.to_string(),
@@ -628,9 +641,10 @@ impl Driver {
             std::thread::sleep(Duration::from_millis(10 << attempt));
         }
         match replayed {
-            Some(partner_replayed) => {
+            Some((partner_replayed, partner_took_over)) => {
                 let context = OwnLogContext {
                     partner_replayed,
+                    partner_took_over,
                     own_log: self.mailbox.own_log.clone(),
                     copy_mark: self.mailbox.copy_mark.clone(),
                 };

@@ -53,16 +53,33 @@ impl GivebackMachine {
             self.events
                 .push_back(GivebackEvent::TakeoverRefused { gap });
         }
-        // A manual (unforced) takeover stays waiting; a forced command may follow.
+        // A manual (unforced) takeover ends here (a forced command may start another): left
+        // waiting, its TAKEOVER_PENDING would hold the restarted partner in MBWAIT for good.
+        if self.takeover_manual && self.takeover == TakeoverPhase::Killing {
+            self.takeover = TakeoverPhase::Idle;
+            self.takeover_manual = false;
+        }
         true
     }
 
     /// [`TakeoverPhase::Reconfirming`]: the mailbox read after the preempt. The partner
-    /// still failed: the takeover goes on ("taken over" to the mailbox). It showed life (a
+    /// still failed (or a manual takeover killed it) and its record still allows it (no copy
+    /// gap, checked again on this read: a mark written after the last read): the takeover
+    /// goes on ("taken over" to the mailbox). It showed life (a
     /// newer record, written by a restart before it reserved its disks, which the preempt
     /// then took): the takeover is abandoned and the disks released.
     pub(super) fn reconfirm_takeover(&mut self) {
-        if self.partner_failed {
+        // A manual takeover killed a live partner: life shown is no reason to stop, but the
+        // copy's state is checked on this read as well.
+        let manual = self.takeover_manual;
+        if (self.partner_failed || manual) && self.refuse_outdated_takeover() {
+            // The record read now carries what the one the reservation followed did not yet
+            // (an outdated mark written in between): refused like before the reservation.
+            self.abort_unconfirmed_takeover(
+                "the partner's record, read after the preempt, says the copy may lack records",
+            );
+            self.takeover_manual = false;
+        } else if self.partner_failed || manual {
             self.takeover = TakeoverPhase::WritingMailbox;
             let rec = self.record();
             self.actions.push_back(Action::WriteMailbox(rec));

@@ -21,14 +21,9 @@ impl GivebackMachine {
                 );
                 self.halt(now, GivebackEvent::Fenced);
             }
-            TakeoverPhase::Reserving if granted && !self.takeover_manual => {
+            TakeoverPhase::Reserving if granted => {
                 self.takeover = TakeoverPhase::Reconfirming;
                 self.actions.push_back(Action::ReadMailbox);
-            }
-            TakeoverPhase::Reserving if granted => {
-                self.takeover = TakeoverPhase::WritingMailbox;
-                let rec = self.record();
-                self.actions.push_back(Action::WriteMailbox(rec));
             }
             TakeoverPhase::Reserving => {
                 self.takeover = if self.takeover_manual {

@@ -73,6 +73,8 @@ const FLAG_TAKEOVER_PENDING: u16 = 1 << 1;
 const FLAG_SHADOW_LOG: u16 = 1 << 2;
 const FLAG_WRITEBACK_OUTDATED: u16 = 1 << 3;
 const FLAGS_KNOWN: u16 = 0xf;
+/// The flags a version 1 record knows.
+const FLAGS_KNOWN_V1: u16 = 0x3;
 
 /// One node's mailbox record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,8 +222,9 @@ impl MailboxRecord {
         let reserved = if v1 { 40..60 } else { 88..92 };
         let state = NodeState::from_u16(be16(6))?;
         let flags = be16(12);
-        if flags & !FLAGS_KNOWN != 0 {
-            return Err(FormatError::Flags(u32::from(flags & !FLAGS_KNOWN)));
+        let known = if v1 { FLAGS_KNOWN_V1 } else { FLAGS_KNOWN };
+        if flags & !known != 0 {
+            return Err(FormatError::Flags(u32::from(flags & !known)));
         }
         for offset in (14..16).chain(reserved) {
             if b[offset] != 0 {

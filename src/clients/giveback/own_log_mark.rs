@@ -88,6 +88,9 @@ impl OwnLogMark {
 pub struct OwnLogContext {
     /// The partner's replay cursor of this node's log (None: it never replayed it).
     pub partner_replayed: Option<LogMark>,
+    /// The partner's record says it took this node over (TAKEN_OVER): its replay of this
+    /// node's log may have gone beyond the cursor it published.
+    pub partner_took_over: bool,
     /// The own log generation of this node's mailbox record.
     pub own_log: Arc<OwnLogMark>,
     /// The outdated mark of the partner's copy of this node's log (F5.7).

@@ -272,6 +272,15 @@ pub enum MirrorError {
         /// How long the append waited.
         waited: std::time::Duration,
     },
+    /// Recovery at start waits: the partner's mailbox record says it took this node over,
+    /// but not how far it replayed this log's generation (it failed before it published its
+    /// replay cursor). Applying the records here could apply some a second time; the partner
+    /// publishes its cursor from its NVRAM when it runs again.
+    #[error("recover shadow log: the partner took this node over but has not published how far it replayed generation {generation}; waiting for it to run again (its replay cursor is in its NVRAM)")]
+    PartnerReplayUnknown {
+        /// Generation of the local log.
+        generation: u64,
+    },
     /// Recovery at start refused: the local log is not empty, yet it cannot be read. Its
     /// records may exist only in the partner's mirror; it is not formatted over.
     #[error("recover shadow log: the local NVRAM holds a log that cannot be read ({reason}); it is not formatted over: its acknowledged records may exist only in the partner's mirror")]

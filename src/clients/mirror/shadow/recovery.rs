@@ -144,7 +144,7 @@ impl ShadowMirror {
         partner_replayed: Option<LogPosition>,
         sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
     ) -> Result<Recovered, MirrorError> {
-        self.recover_knowing(partner_replayed, OwnLogKnowledge::Unknown, sink)
+        self.recover_knowing(partner_replayed, false, OwnLogKnowledge::Unknown, sink)
     }
 
     /// Recovers this node's own log (see the [module docs](self)) with what the giveback
@@ -178,17 +178,18 @@ impl ShadowMirror {
             generation: m.generation,
             seq: m.seq,
         });
-        self.recover_knowing(partner, known, sink)
+        self.recover_knowing(partner, context.partner_took_over, known, sink)
     }
 
     /// Recovers, and keeps a refusal as the last error of the stats (`interlink status`).
     fn recover_knowing(
         &self,
         partner_replayed: Option<LogPosition>,
+        partner_took_over: bool,
         known: OwnLogKnowledge,
         sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
     ) -> Result<Recovered, MirrorError> {
-        let r = self.recover_inner(partner_replayed, known, sink);
+        let r = self.recover_inner(partner_replayed, partner_took_over, known, sink);
         if let Err(e) = &r {
             tracing::error!(client = %self.name(), error = %e, "shadow log recovery failed");
             self.shared.inner.lock().last_error = Some(e.to_string());
@@ -199,6 +200,7 @@ impl ShadowMirror {
     fn recover_inner(
         &self,
         partner_replayed: Option<LogPosition>,
+        partner_took_over: bool,
         known: OwnLogKnowledge,
         mut sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
     ) -> Result<Recovered, MirrorError> {
@@ -315,6 +317,18 @@ impl ShadowMirror {
                         tracing::info!(client = %shared.cfg.name, previous = g, generation = gen, "shadow log recovered: the partner replayed it at its takeover");
                         self.install(log, r.clone());
                         return Ok(r);
+                    }
+                    Ok(RecoveryPlan::ReplayHere {
+                        generation,
+                        records,
+                        ..
+                    }) if partner_took_over && !records.is_empty() => {
+                        // The partner took this node over and published no whole replay of
+                        // this generation: its replay may have gone beyond the cursor it
+                        // published (or none yet). Wait until it runs again and publishes
+                        // the cursor in its NVRAM.
+                        st.recovery = RecoveryState::Unrecovered(backing);
+                        return Err(MirrorError::PartnerReplayUnknown { generation });
                     }
                     Ok(RecoveryPlan::ReplayHere {
                         generation,
