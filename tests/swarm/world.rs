@@ -690,6 +690,7 @@ impl World {
             c.records_unavailable += d.records_unavailable;
             c.generations_closed += d.generations_closed;
             c.reapplied_by_forced_takeover += d.reapplied_by_forced_takeover;
+            c.lost_after_interrupted_replay += d.lost_after_interrupted_replay;
             c.marks_dropped_at_start += n.marks_dropped_at_start;
         }
         for w in &self.wbs {

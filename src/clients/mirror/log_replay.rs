@@ -311,12 +311,6 @@ pub enum ReplayCursorError {
     Checksum,
 }
 
-/// The sequence number of a partner cursor whose replay of the generation **completed**: every
-/// record of the copy was applied, and the survivor may have served the partner's disks
-/// since. A cursor below it tells how far an interrupted replay got: the records after it
-/// were applied by nobody, and the writer applies them itself at its recovery.
-pub const REPLAY_COMPLETE: u64 = u64::MAX;
-
 impl ReplayCursor {
     /// Encoded length.
     pub const ENCODED_LEN: usize = 32;

@@ -28,7 +28,6 @@ pub use log::{LogStats, MirrorWrite, ShadowLog};
 pub use log_format::LogImageError;
 pub use log_replay::{
     replay, LogPosition, Replay, ReplayCursor, ReplayCursorError, ReplayedRecord, ScanStop,
-    REPLAY_COMPLETE,
 };
 pub use nvram::{FileNvram, MemoryNvram, NvramBacking};
 pub use recovery_plan::{

@@ -7,13 +7,11 @@
 //! Exactly one of:
 //!
 //! - [`RecoveryPlan::Fresh`]: no log (no superblock magic): a first start.
-//! - [`RecoveryPlan::ReplayedByPartner`]: the partner's replay cursor says it replayed this
-//!   log's generation whole ([`REPLAY_COMPLETE`]) or a newer one: a takeover applied its
-//!   copy (and the survivor may have served since); records the copy lacked were never
-//!   applied by anyone and are dropped (counted when the cursor names a newer generation).
+//! - [`RecoveryPlan::ReplayedByPartner`]: the partner's replay cursor names this log's
+//!   generation or a newer one: a takeover applied the records; those after the cursor were
+//!   never applied by anyone and are dropped (counted).
 //! - [`RecoveryPlan::ReplayHere`]: nobody applied the records after the checkpoint: they are
-//!   applied here, after the own-replay cursor if an interrupted recovery left one, and
-//!   after the partner's cursor if a takeover replay of this generation stopped midway.
+//!   applied here, after the own-replay cursor if an interrupted recovery left one.
 //!
 //! A log that exists but cannot be read is an error, never a fresh start.
 //!
@@ -38,7 +36,7 @@
 
 use super::error::MirrorError;
 use super::log_format::{decode_superblock, LogImageError};
-use super::log_replay::{replay, LogPosition, ReplayedRecord, REPLAY_COMPLETE};
+use super::log_replay::{replay, LogPosition, ReplayedRecord};
 use std::fmt::Write as _;
 
 /// What a starting node does with the log the previous run left (see the module docs).
@@ -159,12 +157,9 @@ pub fn plan_start(
         Local::Corrupt(reason) => format!("holds a log that cannot be read ({reason})"),
     };
     if let Some(g) = recorded {
-        if let Some(p) = partner_replayed
-            .filter(|p| p.generation > g || (p.generation == g && p.seq == REPLAY_COMPLETE))
-        {
-            // A takeover applied that log whole: nothing of it is owed here. Records the copy
-            // lacked were never mirrored; the local NVRAM that held them is gone. (A replay
-            // that stopped midway asks for the copy: the rest is applied here.)
+        if let Some(p) = partner_replayed.filter(|p| p.generation >= g) {
+            // A takeover applied that log: nothing of it is owed here. Records after the
+            // partner's cursor were never mirrored; the local NVRAM that held them is gone.
             return Ok(RecoveryPlan::ReplayedByPartner {
                 generation: g,
                 checkpoint: 0,
@@ -269,11 +264,7 @@ pub fn plan_recovery(
     let found = replay(image, None).map_err(|e| MirrorError::RecoverUnreadable {
         reason: e.to_string(),
     })?;
-    // A replay of this generation that completed, or of a newer one: the partner applied
-    // its copy whole (and may have served since); what the copy lacked is dropped.
-    let whole =
-        |p: &LogPosition| p.generation > g || (p.generation == g && p.seq == REPLAY_COMPLETE);
-    if let Some(p) = partner_replayed.filter(whole) {
+    if let Some(p) = partner_replayed.filter(|p| p.generation >= g) {
         let through = (p.generation == g).then_some(p.seq);
         let dropped = found
             .records
@@ -287,15 +278,7 @@ pub fn plan_recovery(
             dropped,
         });
     }
-    // A replay of this generation that stopped (the survivor failed inside it, so it never
-    // served this node's disks from it): the records after its cursor were applied by nobody
-    // and are applied here, after the later of the two cursors.
-    let interrupted = partner_replayed.filter(|p| p.generation == g);
-    let resumed_after = own_cursor
-        .filter(|c| c.generation == g)
-        .into_iter()
-        .chain(interrupted)
-        .max();
+    let resumed_after = own_cursor.filter(|c| c.generation == g);
     let records = found
         .records
         .into_iter()
@@ -374,33 +357,14 @@ mod tests {
             seqs(&plan_recovery(&img, Some(at(3, 4)), None).unwrap()),
             vec![3, 4, 5, 6]
         );
-        // The partner's replay stopped after 5 (it failed inside it): record 6 was applied by
-        // nobody, and is applied here (after the later of the two cursors).
+        // The partner replayed through 5: record 6 was never applied by anyone.
         assert_eq!(
             plan_recovery(&img, Some(at(5, 4)), Some(at(5, 5))).unwrap(),
-            RecoveryPlan::ReplayHere {
-                generation: 5,
-                checkpoint: 2,
-                resumed_after: Some(5),
-                records: vec![ReplayedRecord {
-                    seq: 6,
-                    payload: vec![6; 10]
-                }],
-            }
-        );
-        assert_eq!(
-            seqs(&plan_recovery(&img, Some(at(5, 5)), Some(at(5, 3))).unwrap()),
-            vec![6]
-        );
-        // The partner replayed its copy of this generation whole: nothing is owed here, and
-        // records the copy lacked are dropped.
-        assert_eq!(
-            plan_recovery(&img, Some(at(5, 4)), Some(at(5, REPLAY_COMPLETE))).unwrap(),
             RecoveryPlan::ReplayedByPartner {
                 generation: 5,
                 checkpoint: 2,
-                through: Some(REPLAY_COMPLETE),
-                dropped: 0
+                through: Some(5),
+                dropped: 1
             }
         );
         // It replayed a newer generation: this log's records are all older than that.
@@ -498,18 +462,14 @@ mod tests {
             .0,
             Some(5)
         );
-        // The partner took the node over and replayed the recorded log whole (or a newer
-        // one): nothing is owed here. A replay that stopped asks for the copy.
+        // The partner took the node over and replayed the recorded log (or a newer one):
+        // nothing is owed here.
         assert_eq!(
-            fetch(plan_start(&blank, None, Some(at(5, 4)), recorded(5))).0,
-            Some(5)
-        );
-        assert_eq!(
-            plan_start(&blank, None, Some(at(5, REPLAY_COMPLETE)), recorded(5)).unwrap(),
+            plan_start(&blank, None, Some(at(5, 4)), recorded(5)).unwrap(),
             RecoveryPlan::ReplayedByPartner {
                 generation: 5,
                 checkpoint: 0,
-                through: Some(REPLAY_COMPLETE),
+                through: Some(4),
                 dropped: 0
             }
         );
@@ -561,15 +521,11 @@ mod tests {
             seqs(&plan(&copy, Some(at(5, 4)), None, recorded(5)).unwrap()),
             vec![5, 6]
         );
-        assert_eq!(
-            seqs(&plan(&copy, None, Some(at(5, 5)), recorded(5)).unwrap()),
-            vec![6]
-        );
         assert!(matches!(
-            plan(&copy, None, Some(at(5, REPLAY_COMPLETE)), recorded(5)).unwrap(),
+            plan(&copy, None, Some(at(5, 5)), recorded(5)).unwrap(),
             RecoveryPlan::ReplayedByPartner {
-                through: Some(REPLAY_COMPLETE),
-                dropped: 0,
+                through: Some(5),
+                dropped: 1,
                 ..
             }
         ));

@@ -94,7 +94,7 @@ pub use writer::{
 
 use super::error::MirrorError;
 use super::log_format::{max_payload, DATA_OFFSET, MIN_IMAGE_LEN, RECORD_ALIGN};
-use super::log_replay::{LogPosition, Replay, ReplayCursor, ReplayedRecord, REPLAY_COMPLETE};
+use super::log_replay::{LogPosition, Replay, ReplayCursor, ReplayedRecord};
 use super::nvram::{FileNvram, NvramBacking};
 use crate::clients::giveback::service::ReplayHook;
 use crate::fabric::Access;
@@ -773,7 +773,7 @@ impl ShadowMirror {
     pub fn replay_partner(&self) -> Result<Vec<ReplayedRecord>, MirrorError> {
         let r = self.read_partner()?;
         let last = r.last();
-        self.commit_replay(&r, last, r.records.len(), true)?;
+        self.commit_replay(&r, last, r.records.len())?;
         Ok(r.records)
     }
 
@@ -813,32 +813,26 @@ impl ShadowMirror {
                 generation,
                 seq: rec.seq,
             });
-            me.commit_replay(&r, done, count, failure.is_none())
+            me.commit_replay(&r, done, count)
                 .map_err(|e| e.to_string())?;
             tracing::info!(client = %me.name(), partner, generation, replayed = count, of = total, checkpoint = r.checkpoint, torn_tail = r.torn_tail, "partner shadow log replayed");
             failure.map_or(Ok(()), Err)
         })
     }
 
-    /// Stores the cursor of a replay that went through every record (`complete`): at
-    /// [`REPLAY_COMPLETE`] of the generation, so the partner learns that its log was taken
-    /// over whole (an empty one included); of one that stopped, after `last` (if any record
-    /// was replayed). Counts the replay.
+    /// Stores the cursor after `last` (if any record was replayed), or at the replayed
+    /// log's checkpoint when none was (the partner learns its log was taken over), and counts
+    /// the replay, an empty one included.
     fn commit_replay(
         &self,
         r: &Replay,
         last: Option<LogPosition>,
         count: usize,
-        complete: bool,
     ) -> Result<(), MirrorError> {
-        let position = if complete && r.generation != 0 {
-            Some(LogPosition {
-                generation: r.generation,
-                seq: REPLAY_COMPLETE,
-            })
-        } else {
-            last
-        };
+        let position = last.or((r.generation != 0).then_some(LogPosition {
+            generation: r.generation,
+            seq: r.checkpoint,
+        }));
         if let Some(position) = position {
             let mut cursor = self.shared.cursor.lock();
             if cursor.load().is_none_or(|c| c.position < position) {
