@@ -22,7 +22,7 @@ use interlink::clients::mirror::{
 use interlink::fabric::ProviderChoice;
 use interlink::manager::{Manager, NodeConfig};
 use manager_pair::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -543,23 +543,35 @@ fn own_record_generation(dir: &Path, cfg: &NodeConfig) -> u64 {
     own_record(dir, cfg).map_or(0, |r| r.own_log_generation)
 }
 
-#[test]
-fn with_the_giveback_client_the_mailbox_knows_the_lost_log_and_the_node_fetches_it() {
+/// A pair with the giveback client on files under a fresh `tag` directory, both recovered and
+/// connected, and `records` records acknowledged by B whose generation the mailbox holds
+/// with a confirmed copy. Returns the shared directory, both configs and nodes, and B's
+/// generation.
+fn giveback_pair_with_records(
+    tag: &str,
+    records: u64,
+) -> (
+    PathBuf,
+    NodeConfig,
+    NodeConfig,
+    GivebackPair,
+    GivebackPair,
+    u64,
+) {
     init_logs();
-    let dir = temp_dir("nvram-giveback");
+    let dir = temp_dir(tag);
     let (acfg, bcfg) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
-    let len = 64 * 1024;
     // One directory stands for the shared mailbox and reservation disks; each node's NVRAM
     // files (named by node id) are in its `nvram` folder.
     let shared = dir.join("shared");
     std::fs::create_dir_all(shared.join("nvram")).unwrap();
-    let a = start_with_giveback(&acfg, &shared, len);
-    let b = start_with_giveback(&bcfg, &shared, len);
+    let a = start_with_giveback(&acfg, &shared, LEN);
+    let b = start_with_giveback(&bcfg, &shared, LEN);
     for n in [&a, &b] {
         assert!(n.shadow.wait_recovered(WAIT), "{:#?}", n.giveback.status());
         assert!(n.shadow.wait_connected(WAIT));
     }
-    for seq in 1..=20 {
+    for seq in 1..=records {
         assert!(b.shadow.append(&writer_payload(seq, 100)).unwrap().mirrored);
     }
     let old = b.shadow.generation();
@@ -573,6 +585,16 @@ fn with_the_giveback_client_the_mailbox_knows_the_lost_log_and_the_node_fetches_
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    (shared, acfg, bcfg, a, b, old)
+}
+
+/// Bytes of the logs of the giveback tests.
+const LEN: usize = 64 * 1024;
+
+#[test]
+fn with_the_giveback_client_the_mailbox_knows_the_lost_log_and_the_node_fetches_it() {
+    let (shared, _acfg, bcfg, a, b, old) = giveback_pair_with_records("nvram-giveback", 20);
+    let len = LEN;
     // B is killed and its NVRAM replaced, before A declares it failed.
     b.giveback.stop();
     drop(b.shadow);
@@ -597,27 +619,8 @@ fn with_the_giveback_client_the_mailbox_knows_the_lost_log_and_the_node_fetches_
 #[test]
 fn with_the_giveback_client_a_node_without_any_valid_copy_withholds_its_disks() {
     use interlink::clients::giveback::service::{journal_path, read_journal};
-    init_logs();
-    let dir = temp_dir("nvram-giveback-none");
-    let (acfg, bcfg) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
-    let len = 64 * 1024;
-    let shared = dir.join("shared");
-    std::fs::create_dir_all(shared.join("nvram")).unwrap();
-    let a = start_with_giveback(&acfg, &shared, len);
-    let b = start_with_giveback(&bcfg, &shared, len);
-    for n in [&a, &b] {
-        assert!(n.shadow.wait_recovered(WAIT), "{:#?}", n.giveback.status());
-        assert!(n.shadow.wait_connected(WAIT));
-    }
-    for seq in 1..=10 {
-        assert!(b.shadow.append(&writer_payload(seq, 100)).unwrap().mirrored);
-    }
-    let old = b.shadow.generation();
-    let t0 = Instant::now();
-    while own_record(&shared, &bcfg).is_none_or(|r| r.own_log_generation != old) {
-        assert!(t0.elapsed() < WAIT, "the mailbox never recorded {old}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (shared, acfg, bcfg, a, b, _) = giveback_pair_with_records("nvram-giveback-none", 10);
+    let len = LEN;
     // Both nodes go down; B's NVRAM is lost, and A's copy went with A's process (its region
     // lives as long as A's manager): no valid copy of B's log anywhere.
     for n in [b, a] {
