@@ -69,6 +69,13 @@ pub enum MirrorError {
         /// Bytes free.
         free: u64,
     },
+    /// Appending refused: the log's sequence numbers are used up (a log opened at the last
+    /// one: a new generation starts them again).
+    #[error("append to shadow log: generation {generation} has used every sequence number")]
+    SequenceExhausted {
+        /// Generation of the log.
+        generation: u64,
+    },
     /// Appending refused: the record is larger than half the data area.
     #[error("append to shadow log: payload of {len} bytes, at most {max}")]
     RecordTooLarge {

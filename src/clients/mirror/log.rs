@@ -351,6 +351,11 @@ impl<B: NvramBacking> ShadowLog<B> {
     ///
     /// [`poll_acknowledged`]: ShadowLog::poll_acknowledged
     pub fn append(&mut self, payload: &[u8]) -> Result<LogPosition, MirrorError> {
+        if self.next_seq == u64::MAX {
+            return Err(MirrorError::SequenceExhausted {
+                generation: self.generation,
+            });
+        }
         self.write_requested_checkpoint()?;
         let max = max_payload(self.data_len);
         if payload.len() > max {
