@@ -312,7 +312,7 @@ impl<B: NvramBacking> ShadowLog<B> {
             });
         }
         if let Some(last) = found.records.last() {
-            log.next_seq = last.seq + 1;
+            log.next_seq = last.seq.saturating_add(1);
             log.reported = last.seq;
         }
         Ok((log, replayed))
@@ -324,7 +324,7 @@ impl<B: NvramBacking> ShadowLog<B> {
             data_offset: sb.data_offset,
             data_len: sb.data_len,
             generation: sb.generation,
-            next_seq: through + 1,
+            next_seq: through.saturating_add(1),
             head: mirrored.pos,
             records: VecDeque::new(),
             writes: VecDeque::new(),
