@@ -72,6 +72,22 @@ pub trait ServiceHooks: Send {
     }
 }
 
+/// A mailbox read tried up to five times, 10, 20, 40 and 80 ms apart: both copies of a record
+/// may be torn for a moment while its node writes them.
+fn read_with_retries<T>(
+    mut read: impl FnMut() -> Result<T, GivebackError>,
+) -> Result<T, GivebackError> {
+    let mut r = read();
+    for attempt in 0..4 {
+        if r.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10 << attempt));
+        r = read();
+    }
+    r
+}
+
 /// The least time between two tries of a failed own-log recovery (a try may fetch the whole
 /// log from the partner).
 const OWN_RECOVERY_RETRY: Duration = Duration::from_secs(1);
@@ -229,18 +245,9 @@ impl GivebackNode {
         let mut hooks = hooks;
         let mut mailbox = mailbox;
         // The copy's sync state and the own log generation survive restarts: the newest own
-        // record says what they were.
-        // The record holds what this node marked durably (outdated copies, its own log's
-        // generation): a start that cannot read it does not start (a few tries first).
-        let mut read = mailbox.read_own();
-        for attempt in 0..4 {
-            if read.is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10 << attempt));
-            read = mailbox.read_own();
-        }
-        let own = read.inspect_err(|e| {
+        // record holds what this node marked durably, and a start that cannot read it does
+        // not start.
+        let own = read_with_retries(|| mailbox.read_own()).inspect_err(|e| {
             tracing::error!(error = %e, "own mailbox record unreadable at start: not starting (what it marked cannot be carried over)");
         })?;
         let inherited = own.map_or(CopyStamp::default(), |r| CopyStamp {
@@ -625,23 +632,10 @@ impl Driver {
     /// runs the own-log recovery hook with it. Without a readable record the recovery is not
     /// run: the hook failure is counted and returned.
     fn recover_own_log(&mut self) -> Result<(), String> {
-        let mut last = String::new();
-        let mut replayed = None;
-        for attempt in 0..5 {
-            match self.mailbox.read_partner() {
-                Ok(rec) => {
-                    replayed = Some((
-                        rec.and_then(|r| r.replayed_partner_log),
-                        rec.is_some_and(|r| r.taken_over),
-                    ));
-                    break;
-                }
-                Err(e) => last = e.to_string(),
-            }
-            std::thread::sleep(Duration::from_millis(10 << attempt));
-        }
-        match replayed {
-            Some((partner_replayed, partner_took_over)) => {
+        match read_with_retries(|| self.mailbox.read_partner()) {
+            Ok(rec) => {
+                let partner_replayed = rec.and_then(|r| r.replayed_partner_log);
+                let partner_took_over = rec.is_some_and(|r| r.taken_over);
                 let context = OwnLogContext {
                     partner_replayed,
                     partner_took_over,
@@ -650,10 +644,10 @@ impl Driver {
                 };
                 self.run_hook("recover own log", |h| h.recover_own_log(&context))
             }
-            None => self.hook_result(
+            Err(e) => self.hook_result(
                 "recover own log",
                 Err(format!(
-                    "the partner's mailbox record cannot be read ({last}): whether a takeover replayed this node's log is unknown"
+                    "the partner's mailbox record cannot be read ({e}): whether a takeover replayed this node's log is unknown"
                 )),
             ),
         }
