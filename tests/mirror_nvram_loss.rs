@@ -537,6 +537,7 @@ fn own_record(dir: &Path, cfg: &NodeConfig) -> Option<interlink::clients::giveba
         .unwrap()
         .read_own()
         .unwrap()
+        .newest
 }
 
 fn own_record_generation(dir: &Path, cfg: &NodeConfig) -> u64 {

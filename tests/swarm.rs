@@ -159,7 +159,7 @@ fn run_seed(seed: u64) -> Result<Box<World>, String> {
         let steps = u64::from(w.plan.fault_intervals) * 4;
         w.fault_phase(steps);
         if !w.violations.is_empty() {
-            return Err((w.violations.join("\n"), w.gb.trace_tail(40)));
+            return Err((w.violations.join("\n"), w.gb.trace_tail(trace_len())));
         }
         match w.liveness(LIVENESS_STEPS) {
             Ok(took) => {
@@ -167,7 +167,7 @@ fn run_seed(seed: u64) -> Result<Box<World>, String> {
                 w.counts.max_liveness_steps = took;
                 Ok(w)
             }
-            Err(e) => Err((e, w.gb.trace_tail(40))),
+            Err(e) => Err((e, w.gb.trace_tail(trace_len()))),
         }
     });
     match result {
@@ -316,4 +316,9 @@ fn swarm() {
             assert!(v > 0, "no {what} in {} seeds\n{}", c.seeds, line(&c));
         }
     }
+}
+
+/// How many trace lines a failure prints (`SWARM_TRACE`, default 40).
+fn trace_len() -> usize {
+    env_u64("SWARM_TRACE").map_or(40, |n| n as usize)
 }

@@ -4,7 +4,8 @@
 
 use interlink::clients::giveback::mailbox::MAILBOX_RECORD_LEN;
 use interlink::clients::giveback::{
-    newest_record, DiskSet, GivebackError, Mailbox, MailboxRecord, MailboxWrite, Reservations,
+    newest_record, DiskSet, GivebackError, Mailbox, MailboxRecord, MailboxWrite, OwnRecord,
+    Reservations,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -50,6 +51,15 @@ pub struct Disks {
 }
 
 impl Disks {
+    /// Whether the two copies hold the same bytes in every slot. A copy that missed writes
+    /// (lost, silently dropped, torn) stays faulty after its fault is lifted, until each
+    /// owner's next write: the mailbox is a redundant pair, it survives one faulty copy at a
+    /// time, so a second fault starts only once both copies agree again (a node that is down
+    /// rewrites nothing, so its slot can stay degraded until it restarts).
+    pub fn copies_agree(&self) -> bool {
+        self.copies[0].slots == self.copies[1].slots
+    }
+
     pub fn new() -> Disks {
         let copy = MemCopy {
             slots: BTreeMap::new(),
@@ -85,22 +95,25 @@ pub struct SimMailbox {
 }
 
 impl SimMailbox {
-    fn read_node(&self, node: u32) -> Result<Option<MailboxRecord>, GivebackError> {
+    fn read_node(&self, node: u32) -> Result<OwnRecord, GivebackError> {
         let d = lock(&self.disks);
         let unreachable =
             d.no_mailbox_access.contains(&self.me) || d.mailbox_read_fails.contains(&self.me);
         let mut errors = Vec::new();
         let mut valid = [None, None];
+        let mut whole = true;
         for (i, c) in d.copies.iter().enumerate() {
             if unreachable || c.fault == CopyFault::Lost {
                 errors.push(eio("read"));
+                whole = false;
                 continue;
             }
-            valid[i] = c
-                .slots
-                .get(&node)
-                .and_then(|b| MailboxRecord::decode(b).ok())
-                .filter(|r| r.node == node);
+            // As the file mailbox: a slot never written is empty (whole), a torn or foreign
+            // one is not.
+            if let Some(b) = c.slots.get(&node) {
+                valid[i] = MailboxRecord::decode(b).ok().filter(|r| r.node == node);
+                whole &= valid[i].is_some();
+            }
         }
         if errors.len() == 2 {
             let backup_error = errors.pop().unwrap_or_else(|| eio("read"));
@@ -112,7 +125,10 @@ impl SimMailbox {
                 backup_error,
             });
         }
-        Ok(newest_record(valid[0], valid[1]))
+        Ok(OwnRecord {
+            newest: newest_record(valid[0], valid[1]),
+            whole,
+        })
     }
 }
 
@@ -159,10 +175,10 @@ impl Mailbox for SimMailbox {
     }
 
     fn read_partner(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
-        self.read_node(self.partner)
+        self.read_node(self.partner).map(|r| r.newest)
     }
 
-    fn read_own(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
+    fn read_own(&mut self) -> Result<OwnRecord, GivebackError> {
         self.read_node(self.me)
     }
 }

@@ -59,8 +59,8 @@ pub trait LogService {
     fn copy_mark_stamp(&mut self, me: u32) -> CopyStamp;
     /// A write of `me`'s record carrying `carried` succeeded.
     fn copy_mark_written(&mut self, me: u32, carried: CopyStamp);
-    /// Node `me`'s driver started; its newest own record held `inherited` (None: unreadable
-    /// or none).
+    /// Node `me`'s driver started and inherited `inherited` from its own record
+    /// (`OwnRecord::inherited_stamp`; None: no record).
     fn started(&mut self, me: u32, incarnation: u64, inherited: Option<CopyStamp>);
 }
 
@@ -365,12 +365,14 @@ impl World {
         let n = &mut self.nodes[i];
         // As the driver: a start that cannot read its own record (what it marked there) does
         // not start; it is tried again.
-        let own = match n.mailbox.read_own() {
-            Ok(own) => own,
-            Err(_) => {
-                n.restart_at = Some(self.now + I);
-                return;
-            }
+        let Some((inherited, own)) = n
+            .mailbox
+            .read_own()
+            .ok()
+            .and_then(|own| Some((own.inherited_stamp()?, own)))
+        else {
+            n.restart_at = Some(self.now + I);
+            return;
         };
         n.restart_at = None;
         n.incarnation += 1;
@@ -387,12 +389,7 @@ impl World {
         n.machine = Some(GivebackMachine::new(cfg, n.incarnation, now));
         if let Some(svc) = self.log_service.as_mut() {
             let me = n.id;
-            let inherited = own.map(|r| CopyStamp {
-                outdated: r.partner_copy_outdated,
-                complete_for: r.partner_copy_complete_for,
-                writeback_outdated: r.writeback_copy_outdated,
-            });
-            svc.started(me, n.incarnation, inherited);
+            svc.started(me, n.incarnation, own.newest.map(|_| inherited));
             n.stamp_replayed = svc.replayed_partner_log(me);
         }
         let inc = n.incarnation;

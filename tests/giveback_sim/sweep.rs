@@ -98,7 +98,7 @@ pub fn random_run(seed: u64, keep_trace: bool) -> (Box<World>, Result<u32, Strin
                     quiet_until = t + 3 * I;
                 }
             }
-            None if t >= quiet_until && rng.gen_bool(0.01) => {
+            None if t >= quiet_until && w.disks().copies_agree() && rng.gen_bool(0.01) => {
                 let node = if rng.gen_bool(0.5) { A } else { B };
                 let f = match rng.gen_range(0..5) {
                     0 => MailboxFault::Copy(rng.gen_range(0..2), CopyFault::Lost),

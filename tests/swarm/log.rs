@@ -264,9 +264,13 @@ impl LogLane {
         }
         self.incarnation = Some(incarnation);
         if let Some(m) = self.sync.mark.get().filter(|_| self.sync.mark.is_durable()) {
-            if inherited.and_then(|s| s.outdated).is_none_or(|i| i > m) {
+            let kept = inherited.and_then(|s| s.outdated).is_some_and(|i| i <= m);
+            let unconfirmed = inherited.is_some_and(|s| s.complete_for == Some(0));
+            if !kept && !unconfirmed {
                 // The product starts only from its own record, and marks are durable once
-                // both copies hold them: a start never loses one.
+                // both copies acknowledged them: a start keeps one, or (a record read from
+                // one copy, the other may have dropped the write) confirms the copy on no
+                // incarnation.
                 self.counts.marks_dropped_at_start += 1;
                 self.violations.push(format!(
                     "log of node {}: a start lost the durable outdated mark {m}",

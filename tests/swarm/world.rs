@@ -507,7 +507,8 @@ impl World {
     }
 
     /// One mailbox fault at a time (the mailbox is a redundant pair of disks), healed after a
-    /// while, with a quiet gap before the next.
+    /// while, with a quiet gap before the next, which waits until both copies agree again
+    /// (`Disks::copies_agree`: a copy that missed writes is still faulty).
     fn mailbox_faults(&mut self) {
         let now = self.now;
         match self.mailbox_fault {
@@ -521,6 +522,7 @@ impl World {
                 }
             }
             None if now >= self.mailbox_quiet_until
+                && self.gb.disks().copies_agree()
                 && self.plan.mailbox > 0.0
                 && self.rng.gen_bool(self.plan.mailbox) =>
             {

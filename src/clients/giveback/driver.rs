@@ -14,10 +14,10 @@ use crate::clients::giveback::actions::{
     Action, Command, CommandOutcome, CommandReply, CopyGap, GivebackConfig, GivebackEvent,
     GivebackStatus,
 };
-use crate::clients::giveback::copy_mark::{CopyStamp, PartnerCopyMark};
+use crate::clients::giveback::copy_mark::PartnerCopyMark;
 use crate::clients::giveback::error::GivebackError;
 use crate::clients::giveback::machine::GivebackMachine;
-use crate::clients::giveback::mailbox::{LogMark, Mailbox, MailboxRecord, MailboxWrite};
+use crate::clients::giveback::mailbox::{LogMark, Mailbox, MailboxRecord, MailboxWrite, OwnRecord};
 use crate::clients::giveback::own_log_mark::{OwnLogContext, OwnLogMark};
 use crate::clients::giveback::reservation::{DiskSet, Reservations};
 use crate::clients::giveback::state::{PartnerRead, StateBlock};
@@ -128,7 +128,7 @@ impl Mailbox for StampingMailbox {
     fn read_partner(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
         self.inner.read_partner()
     }
-    fn read_own(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
+    fn read_own(&mut self) -> Result<OwnRecord, GivebackError> {
         self.inner.read_own()
     }
 }
@@ -250,13 +250,16 @@ impl GivebackNode {
         let own = read_with_retries(|| mailbox.read_own()).inspect_err(|e| {
             tracing::error!(error = %e, "own mailbox record unreadable at start: not starting (what it marked cannot be carried over)");
         })?;
-        let inherited = own.map_or(CopyStamp::default(), |r| CopyStamp {
-            outdated: r.partner_copy_outdated,
-            complete_for: r.partner_copy_complete_for,
-            writeback_outdated: r.writeback_copy_outdated,
-        });
+        let inherited = own
+            .inherited_stamp()
+            .ok_or(GivebackError::OwnRecordUnknown)?;
+        if !own.whole {
+            tracing::warn!(?inherited, "own mailbox record read from one copy only: the partner's copy of this node's log counts as confirmed on no incarnation until re-sent");
+        }
         let copy_mark = Arc::new(PartnerCopyMark::new(inherited));
-        let own_log = Arc::new(OwnLogMark::new(own.map_or(0, |r| r.own_log_generation)));
+        let own_log = Arc::new(OwnLogMark::new(
+            own.newest.map_or(0, |r| r.own_log_generation),
+        ));
         let mailbox = Box::new(StampingMailbox {
             replayed: hooks.replayed_partner_log(),
             inner: mailbox,

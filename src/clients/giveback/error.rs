@@ -94,6 +94,12 @@ pub enum GivebackError {
         /// The backup copy's error.
         backup_error: std::io::Error,
     },
+    /// At start, no copy of the mailbox held a valid record of this node, and one copy
+    /// could not be read or held a torn record: what this node marked there is unknown.
+    #[error(
+        "own mailbox record unknown: no copy holds a valid one, and one copy is unreadable or torn"
+    )]
+    OwnRecordUnknown,
     /// Opening the reservation directory failed.
     #[error("open reservations in {dir:?}: {source}")]
     OpenReservations {

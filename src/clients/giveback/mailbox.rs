@@ -46,6 +46,7 @@
 //! NVRAM is lost or corrupt learns from it that a log existed and fetches it from the
 //! partner's copy instead of starting fresh (F5.6).
 
+use super::copy_mark::CopyStamp;
 use super::error::{FormatError, GivebackError};
 use super::state::NodeState;
 use std::fs::{File, OpenOptions};
@@ -284,6 +285,43 @@ pub fn newest_record(a: Option<MailboxRecord>, b: Option<MailboxRecord>) -> Opti
     }
 }
 
+/// This node's own record as a start reads it (F5.7): the newer valid copy, and whether the
+/// read saw both copies whole.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnRecord {
+    /// The newer valid copy (None: no copy holds a valid record of this node).
+    pub newest: Option<MailboxRecord>,
+    /// Both copies were read and each holds a valid record of this node or was never written
+    /// (missing, short or all zeros): `newest` is the last record a write left. Otherwise (a
+    /// copy unreadable, torn or foreign) the copy not seen may hold a newer record: a mark
+    /// counts as durable once both copies acknowledged its write, and a copy that dropped it
+    /// silently is then the only one left.
+    pub whole: bool,
+}
+
+impl OwnRecord {
+    /// What a starting node inherits of the partner's copy of its shadow log and write-back
+    /// mirror (what its newest record marked). A read that was not whole cannot tell that no
+    /// newer record marked the copy outdated: the copy is then confirmed on no incarnation (it
+    /// is re-sent whole before a survivor takes over from it automatically), and with no
+    /// valid record at all nothing can be inherited (None: the start does not go on).
+    pub fn inherited_stamp(&self) -> Option<CopyStamp> {
+        let stamp = self.newest.map_or(CopyStamp::default(), |r| CopyStamp {
+            outdated: r.partner_copy_outdated,
+            complete_for: r.partner_copy_complete_for,
+            writeback_outdated: r.writeback_copy_outdated,
+        });
+        if self.whole {
+            return Some(stamp);
+        }
+        self.newest?;
+        Some(CopyStamp {
+            complete_for: stamp.complete_for.map(|_| 0),
+            ..stamp
+        })
+    }
+}
+
 /// Which copies a write reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MailboxWrite {
@@ -304,8 +342,9 @@ pub trait Mailbox: Send {
     /// if neither copy holds a valid record of the partner. An error only when no copy could
     /// be read at all.
     fn read_partner(&mut self) -> Result<Option<MailboxRecord>, GivebackError>;
-    /// This node's own record, chosen like [`Mailbox::read_partner`] (status and tests).
-    fn read_own(&mut self) -> Result<Option<MailboxRecord>, GivebackError>;
+    /// This node's own record, chosen like [`Mailbox::read_partner`], and whether both
+    /// copies were read whole (a start inherits its marks from it: [`OwnRecord`]).
+    fn read_own(&mut self) -> Result<OwnRecord, GivebackError>;
 }
 
 /// The reference mailbox: two files in a directory both node processes see, the stand-in for
@@ -321,6 +360,9 @@ pub struct FileMailbox {
 
 enum CopyRead {
     Valid(MailboxRecord),
+    /// Never written: missing, too short for the slot, or all zeros.
+    Empty,
+    /// Torn, corrupt, or the record of another node.
     Invalid,
     Failed(std::io::Error),
 }
@@ -385,7 +427,7 @@ impl FileMailbox {
     fn read_copy(&self, path: &Path, node: u32) -> CopyRead {
         let file = match File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return CopyRead::Invalid,
+            Err(e) if e.kind() == ErrorKind::NotFound => return CopyRead::Empty,
             Err(e) => return CopyRead::Failed(e),
         };
         let mut rec = [0u8; MAILBOX_RECORD_LEN];
@@ -393,9 +435,12 @@ impl FileMailbox {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
                 tracing::debug!(?path, node, "mailbox copy too short for the slot");
-                return CopyRead::Invalid;
+                return CopyRead::Empty;
             }
             Err(e) => return CopyRead::Failed(e),
+        }
+        if rec.iter().all(|&b| b == 0) {
+            return CopyRead::Empty;
         }
         match MailboxRecord::decode(&rec) {
             Ok(r) if r.node == node => CopyRead::Valid(r),
@@ -410,7 +455,7 @@ impl FileMailbox {
         }
     }
 
-    fn read_node(&self, node: u32) -> Result<Option<MailboxRecord>, GivebackError> {
+    fn read_node(&self, node: u32) -> Result<OwnRecord, GivebackError> {
         let (primary, backup) = (self.primary_path(), self.backup_path());
         match (
             self.read_copy(&primary, node),
@@ -425,15 +470,20 @@ impl FileMailbox {
                 })
             }
             (a, b) => {
+                let whole = |c: &CopyRead| matches!(c, CopyRead::Valid(_) | CopyRead::Empty);
+                let whole = whole(&a) && whole(&b);
                 let valid = |c: CopyRead| match c {
                     CopyRead::Valid(r) => Some(r),
-                    CopyRead::Invalid => None,
+                    CopyRead::Empty | CopyRead::Invalid => None,
                     CopyRead::Failed(e) => {
                         tracing::debug!(node, error = %e, "mailbox copy unreadable");
                         None
                     }
                 };
-                Ok(newest_record(valid(a), valid(b)))
+                Ok(OwnRecord {
+                    newest: newest_record(valid(a), valid(b)),
+                    whole,
+                })
             }
         }
     }
@@ -466,10 +516,10 @@ impl Mailbox for FileMailbox {
     }
 
     fn read_partner(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
-        self.read_node(self.partner)
+        self.read_node(self.partner).map(|r| r.newest)
     }
 
-    fn read_own(&mut self) -> Result<Option<MailboxRecord>, GivebackError> {
+    fn read_own(&mut self) -> Result<OwnRecord, GivebackError> {
         self.read_node(self.me)
     }
 }
@@ -676,13 +726,86 @@ mod tests {
         two.write_own(&rec(2, 9, 1)).unwrap();
         assert_eq!(two.read_partner().unwrap(), Some(rec(1, 5, 1)));
         assert_eq!(one.read_partner().unwrap(), Some(rec(2, 9, 1)));
-        assert_eq!(one.read_own().unwrap(), Some(rec(1, 5, 1)));
+        assert_eq!(
+            one.read_own().unwrap(),
+            OwnRecord {
+                newest: Some(rec(1, 5, 1)),
+                whole: true
+            }
+        );
         assert_eq!(one.sector_offset(1), 0);
         assert_eq!(two.sector_offset(2), 512);
         let len = std::fs::metadata(one.primary_path()).unwrap().len();
         assert_eq!(len, 1024, "one sector per node");
         assert!(FileMailbox::open(&dir, 3, 3).is_err());
         assert!(FileMailbox::open(&dir.join("missing"), 1, 2).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn giveback_a_start_from_one_copy_confirms_the_partners_copy_on_no_incarnation() {
+        let dir = tempdir("mb-own-one-copy");
+        let mut one = FileMailbox::open(&dir, 1, 2).unwrap();
+        // Never written: whole, nothing inherited.
+        let fresh = one.read_own().unwrap();
+        assert_eq!(
+            fresh,
+            OwnRecord {
+                newest: None,
+                whole: true
+            }
+        );
+        assert_eq!(fresh.inherited_stamp(), Some(CopyStamp::default()));
+        let marked = MailboxRecord {
+            partner_copy_outdated: Some(LogMark {
+                generation: 3,
+                seq: 7,
+            }),
+            partner_copy_complete_for: Some(41),
+            ..rec(1, 5, 1)
+        };
+        let in_sync = MailboxRecord {
+            partner_copy_outdated: None,
+            ..marked
+        };
+        one.write_own(&in_sync).unwrap();
+        let both = one.read_own().unwrap();
+        assert!(both.whole);
+        assert_eq!(both.inherited_stamp().unwrap().complete_for, Some(41));
+        // The backup dropped the write that carried the mark, then the primary tore: the
+        // backup's older record alone is read, and nothing it says is believed whole.
+        one.write_own(&marked).unwrap();
+        std::fs::write(one.backup_path(), {
+            let mut sector = vec![0u8; 2 * MAILBOX_SECTOR_LEN];
+            sector[..MAILBOX_RECORD_LEN].copy_from_slice(&in_sync.encode());
+            sector
+        })
+        .unwrap();
+        let mut torn = std::fs::read(one.primary_path()).unwrap();
+        torn[MAILBOX_RECORD_LEN / 2..MAILBOX_RECORD_LEN].fill(0xa5);
+        std::fs::write(one.primary_path(), &torn).unwrap();
+        let partial = one.read_own().unwrap();
+        assert_eq!(partial.newest, Some(in_sync));
+        assert!(!partial.whole);
+        let s = partial.inherited_stamp().unwrap();
+        assert_eq!((s.outdated, s.complete_for), (None, Some(0)));
+        // A node that never attached a shadow log inherits no shadow log.
+        let plain = OwnRecord {
+            newest: Some(rec(1, 5, 1)),
+            whole: false,
+        };
+        assert_eq!(plain.inherited_stamp().unwrap().complete_for, None);
+        // The only valid record lost with the other copy torn: nothing can be inherited.
+        std::fs::remove_file(one.backup_path()).unwrap();
+        let none = one.read_own().unwrap();
+        assert_eq!(
+            none,
+            OwnRecord {
+                newest: None,
+                whole: false
+            }
+        );
+        assert_eq!(none.inherited_stamp(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -34,7 +34,9 @@ pub use copy_mark::{CopyStamp, PartnerCopyMark};
 pub use driver::{GivebackNode, GivebackOptions, ServiceHooks};
 pub use error::{FormatError, GivebackError};
 pub use machine::GivebackMachine;
-pub use mailbox::{newest_record, FileMailbox, LogMark, Mailbox, MailboxRecord, MailboxWrite};
+pub use mailbox::{
+    newest_record, FileMailbox, LogMark, Mailbox, MailboxRecord, MailboxWrite, OwnRecord,
+};
 pub use own_log_mark::{OwnLogContext, OwnLogMark};
 pub use reservation::{DiskSet, FileReservations, Reservations};
 pub use service::JournalHooks;
