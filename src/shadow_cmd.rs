@@ -10,8 +10,8 @@
 //! generation, and the position the view starts after).
 
 use anyhow::{bail, Context};
-use interlink::clients::giveback::service::{RecoverHook, ReplayHook, ReplayedMark};
-use interlink::clients::giveback::{GivebackNode, LogMark, OwnLogContext};
+use interlink::clients::giveback::service::{RecoverHook, ReplayHook, ReplayedHook};
+use interlink::clients::giveback::{GivebackNode, OwnLogContext};
 use interlink::clients::mirror::shadow::{
     check_payload, file_backings, ShadowConfig, ShadowMirror, ShadowWriter, WriterConfig,
 };
@@ -216,14 +216,9 @@ impl ShadowNode {
     }
 
     /// What this node replayed of its partner's log, for its mailbox record.
-    pub fn replayed_mark(&self) -> ReplayedMark {
+    pub fn replayed_mark(&self) -> ReplayedHook {
         let mirror = self.mirror.clone();
-        Box::new(move || {
-            mirror.partner_replayed().map(|p| LogMark {
-                generation: p.generation,
-                seq: p.seq,
-            })
-        })
+        Box::new(move || mirror.partner_replayed().map(Into::into))
     }
 
     /// The replay hook for the giveback client: the partner's records go to

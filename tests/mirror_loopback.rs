@@ -506,7 +506,14 @@ fn a_restart_after_the_partner_replayed_applies_nothing_again() {
     let replayed = a.replay_partner().unwrap();
     assert_eq!(replayed.len(), 12);
     let cursor = a.partner_replayed().expect("cursor stored");
-    assert_eq!((cursor.generation, cursor.seq), (old, 12));
+    assert_eq!(
+        (
+            cursor.position.generation,
+            cursor.position.seq,
+            cursor.complete
+        ),
+        (old, 12, true)
+    );
     let mb = Manager::start(bcfg.clone()).expect("restart B");
     let b = shadow_on_files(&mb, &dir, len, ShadowConfig::new());
     let r = b
@@ -538,7 +545,10 @@ fn an_empty_takeover_replay_still_tells_the_partner_it_was_taken_over() {
     wait_stats(&b, "checkpoint mirrored", |s| s.checkpoint_mirrored >= 5);
     assert!(a.replay_partner().unwrap().is_empty());
     let c = a.partner_replayed().expect("cursor at the checkpoint");
-    assert_eq!((c.generation, c.seq), (b.generation(), 5));
+    assert_eq!(
+        (c.position.generation, c.position.seq, c.complete),
+        (b.generation(), 5, true)
+    );
 }
 
 #[test]

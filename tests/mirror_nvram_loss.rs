@@ -479,7 +479,7 @@ struct GivebackPair {
 
 fn start_with_giveback(cfg: &NodeConfig, dir: &Path, len: usize) -> GivebackPair {
     use interlink::clients::giveback::{
-        FileMailbox, FileReservations, GivebackNode, GivebackOptions, JournalHooks, LogMark,
+        FileMailbox, FileReservations, GivebackNode, GivebackOptions, JournalHooks,
     };
     let manager = Arc::new(Manager::start(cfg.clone()).expect("start manager"));
     let shadow = Arc::new(on_files(
@@ -503,12 +503,7 @@ fn start_with_giveback(cfg: &NodeConfig, dir: &Path, len: usize) -> GivebackPair
         .map_err(|e| e.to_string())
     });
     let s = shadow.clone();
-    let replayed = Box::new(move || {
-        s.partner_replayed().map(|p| LogMark {
-            generation: p.generation,
-            seq: p.seq,
-        })
-    });
+    let replayed = Box::new(move || s.partner_replayed().map(Into::into));
     let me = cfg.node_id;
     // The partner is never declared failed here: the restarted node must recover by itself.
     let options = GivebackOptions {

@@ -111,8 +111,8 @@ use world::{World, LIVENESS_STEPS};
 /// losses, A back first, then B first twice; 53: a refused takeover and a writer that lost
 /// its NVRAM with no valid copy (refused, records unavailable); 92: four NVRAM losses
 /// recovered from the partner's copy; 61 and 119: repeated takeovers replaying after the
-/// stored cursor, deaths inside replays (119: the interrupted replay whose cursor the
-/// writer's recovery takes for a complete one); 50: records applied again after a death
+/// stored cursor, deaths inside replays (119: an interrupted replay whose rest the writer's
+/// recovery applies itself); 50: records applied again after a death
 /// between an application and its cursor store; 213 and 307: forced takeovers with forced
 /// losses; 1796628694329224559: a manual takeover that went past a mark written after the
 /// survivor's last mailbox read).

@@ -143,9 +143,12 @@ pub fn seeds() -> Vec<Vec<u8>> {
     out.push(tagged(2, &rec.encode()));
     out.push(tagged(3, &rec.encode()));
     let marked = MailboxRecord {
-        replayed_partner_log: Some(interlink::clients::giveback::LogMark {
-            generation: 7,
-            seq: 40,
+        replayed_partner_log: Some(interlink::clients::giveback::ReplayedMark {
+            at: interlink::clients::giveback::LogMark {
+                generation: 7,
+                seq: 40,
+            },
+            complete: true,
         }),
         partner_copy_outdated: Some(interlink::clients::giveback::LogMark {
             generation: 9,

@@ -240,6 +240,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
             generation: 3,
             seq: 9,
         },
+        complete: true,
     };
     out.push(tagged(0, &cursor.encode()));
     // Scripts: size 600, generation 5; append, append, mirror 3, checkpoint 1, append, mirror.

@@ -17,7 +17,7 @@ use disks::{disks, Disks, SharedDisks, SimMailbox, SimReservations};
 use interlink::clients::giveback::{
     Action, Command, CommandReply, CopyStamp, GivebackConfig, GivebackError, GivebackEvent,
     GivebackMachine, LogMark, Mailbox, MailboxRecord, MailboxWrite, NodeState, PartnerRead,
-    Reservations, StateBlock,
+    ReplayedMark, Reservations, StateBlock,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -50,11 +50,11 @@ pub trait LogService {
     fn recover_own_log(
         &mut self,
         me: u32,
-        partner_replayed: Option<Option<LogMark>>,
+        partner_replayed: Option<Option<ReplayedMark>>,
         partner_took_over: bool,
     ) -> bool;
     /// The replay cursor `me`'s driver stamps (asked at its start and after each replay).
-    fn replayed_partner_log(&mut self, me: u32) -> Option<LogMark>;
+    fn replayed_partner_log(&mut self, me: u32) -> Option<ReplayedMark>;
     /// The outdated mark a write of `me`'s record carries now.
     fn copy_mark_stamp(&mut self, me: u32) -> CopyStamp;
     /// A write of `me`'s record carrying `carried` succeeded.
@@ -129,7 +129,7 @@ pub struct Node {
     beat_at: Duration,
     pub events: Vec<(Duration, GivebackEvent)>,
     /// The replay cursor the driver stamps on this node's records.
-    pub stamp_replayed: Option<LogMark>,
+    pub stamp_replayed: Option<ReplayedMark>,
     mailbox: SimMailbox,
     reservations: SimReservations,
     tags: VecDeque<Cause>,

@@ -32,16 +32,13 @@
 //! mailbox record could not be read dropped its marks (it no longer starts; marks are
 //! durable only once both mailbox copies hold them).
 //!
-//! Two product gaps are counted, violations only with `SWARM_STRICT=1`:
+//! A survivor that died inside its takeover replay, restarted and published its cursor made
+//! the writer read that cursor as a replay of the log and drop the records after it (lost);
+//! the cursor now says whether the replay went through the whole copy (`complete`), and the
+//! writer applies the records after an incomplete one itself.
 //!
-//! - `lost_after_interrupted_replay` (acknowledged records lost): the survivor dies inside its
-//!   takeover replay after storing its cursor at some record, restarts and publishes that
-//!   cursor; the writer's recovery reads a cursor of its generation as a replay of the log
-//!   and drops the records after it. The cursor cannot say "complete" today: a writer that
-//!   outlived its takeover (stopped, then resumed without a restart) goes on in the same
-//!   generation, and a later takeover must replay what it added after the cursor (the chaos
-//!   `stopped_partner` scenario). (A fix: a completion flag next to the cursor in NVRAM and
-//!   the mailbox, and a writer that resumes after a halt starts a new generation.)
+//! One product gap is counted, a violation only with `SWARM_STRICT=1`:
+//!
 //! - `reapplied_by_forced_takeover`: an operator forces a takeover past an outdated copy
 //!   whose generation is older than the writer's current one (the writer recovered that
 //!   generation itself, then acknowledged records of a newer one without the mirror); the
@@ -85,10 +82,6 @@ pub struct LedgerCounts {
     /// writer's own recovery had applied them (the copy held an older generation: a product
     /// gap, see the module docs; a violation with `SWARM_STRICT=1`).
     pub reapplied_by_forced_takeover: u64,
-    /// Acknowledged records lost because the partner's takeover replay died before the end
-    /// and the writer's recovery took its cursor for a complete replay (a product gap, see
-    /// the module docs; a violation with `SWARM_STRICT=1`).
-    pub lost_after_interrupted_replay: u64,
 }
 
 /// See the module docs.
@@ -99,8 +92,6 @@ pub struct Ledger {
     checkpoints: BTreeMap<u64, u64>,
     /// A forced takeover lost the records from here on.
     forced_from: Option<LogPosition>,
-    /// Generations whose last takeover replay died before it reached the end.
-    interrupted: std::collections::BTreeSet<u64>,
     /// Count the product gaps as violations (`SWARM_STRICT=1`).
     pub strict: bool,
     pub counts: LedgerCounts,
@@ -195,15 +186,6 @@ impl Ledger {
         }
     }
 
-    /// A takeover replay of `generation` died before the end (`true`) or reached it.
-    pub fn replay_interrupted(&mut self, generation: u64, interrupted: bool) {
-        if interrupted {
-            self.interrupted.insert(generation);
-        } else {
-            self.interrupted.remove(&generation);
-        }
-    }
-
     /// A forced takeover from an outdated copy marked at `from`.
     pub fn forced(&mut self, from: LogPosition) {
         self.forced_from = Some(self.forced_from.map_or(from, |f| f.min(from)));
@@ -226,8 +208,6 @@ impl Ledger {
             }
             if self.forced_from.is_some_and(|f| f <= *pos) {
                 self.counts.records_forced_lost += 1;
-            } else if self.interrupted.contains(&generation) && !self.strict {
-                self.counts.lost_after_interrupted_replay += 1;
             } else if unavailable {
                 self.counts.records_unavailable += 1;
             } else {

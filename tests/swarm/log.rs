@@ -26,7 +26,7 @@ use super::nvram::{CrashNvram, Fuse};
 use crate::mirror_log_sim::{payload, Oracle};
 use interlink::clients::giveback::{CopyStamp, LogMark};
 use interlink::clients::mirror::{
-    replay, LogPosition, MirrorError, MirrorWrite, NvramBacking, ShadowLog,
+    replay, LogPosition, MirrorError, MirrorWrite, NvramBacking, ReplayCursor, ShadowLog,
 };
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -53,6 +53,8 @@ pub struct LogCounts {
     pub recoveries_fresh: u64,
     pub recoveries_replayed_by_partner: u64,
     pub recoveries_replay_here: u64,
+    /// Own recoveries that applied the rest of a partner's takeover replay that stopped.
+    pub recoveries_after_stopped_replay: u64,
     /// Own recoveries from the partner's copy (the own NVRAM lost).
     pub recoveries_from_partner_copy: u64,
     /// Recoveries deferred: the partner's record unreadable, or its copy out of reach.
@@ -119,7 +121,7 @@ pub struct LogLane {
     /// The writer's own-replay cursor (its cursor NVRAM).
     pub own_cursor: Option<LogPosition>,
     /// The partner's replay cursor of this log (the partner's cursor NVRAM).
-    pub partner_cursor: Option<LogPosition>,
+    pub partner_cursor: Option<ReplayCursor>,
     pub sync: MirrorSyncState,
     /// The incarnation of the writer's node that owns the lane (None: down).
     pub incarnation: Option<u64>,

@@ -186,6 +186,7 @@ pub struct Counts {
     pub recoveries_fresh: u64,
     pub recoveries_replayed_by_partner: u64,
     pub recoveries_replay_here: u64,
+    pub recoveries_after_stopped_replay: u64,
     pub recoveries_from_partner_copy: u64,
     pub recoveries_deferred: u64,
     pub log_acked_unmirrored: u64,
@@ -200,7 +201,6 @@ pub struct Counts {
     pub records_unavailable: u64,
     pub generations_closed: u64,
     pub reapplied_by_forced_takeover: u64,
-    pub lost_after_interrupted_replay: u64,
     pub marks_dropped_at_start: u64,
     pub max_liveness_steps: u64,
 }
@@ -260,6 +260,7 @@ impl Counts {
             recoveries_fresh,
             recoveries_replayed_by_partner,
             recoveries_replay_here,
+            recoveries_after_stopped_replay,
             recoveries_from_partner_copy,
             recoveries_deferred,
             log_acked_unmirrored,
@@ -274,7 +275,6 @@ impl Counts {
             records_unavailable,
             generations_closed,
             reapplied_by_forced_takeover,
-            lost_after_interrupted_replay,
             marks_dropped_at_start
         );
         self.max_liveness_steps = self.max_liveness_steps.max(o.max_liveness_steps);

@@ -34,9 +34,9 @@ use super::log::{LogLane, LOG_LEN};
 use super::nvram::CrashNvram;
 use crate::giveback_sim::{LogService, A};
 use crate::mirror_log_sim::{check_image, Oracle};
-use interlink::clients::giveback::{CopyStamp, LogMark};
+use interlink::clients::giveback::{CopyStamp, LogMark, ReplayedMark};
 use interlink::clients::mirror::{
-    next_generation, plan_recovery, replay, LogPosition, NvramBacking, RecoveryPlan,
+    next_generation, plan_recovery, replay, LogPosition, NvramBacking, RecoveryPlan, ReplayCursor,
     ReplayedRecord, ShadowLog,
 };
 use rand::Rng;
@@ -90,7 +90,7 @@ impl LogLane {
         if let Some(m) = forced_loss {
             self.ledger.forced(mark_pos(m));
         }
-        let mut after = self.partner_cursor;
+        let mut after = self.partner_cursor.map(|c| c.position);
         if self.bugs.cursor_off_by_one {
             after = after.map(|c| LogPosition {
                 seq: c.seq.saturating_sub(1),
@@ -120,24 +120,28 @@ impl LogLane {
             self.violate(a);
             if dies == Some(2 * k) {
                 self.counts.hook_crashes += 1;
-                self.ledger.replay_interrupted(r.generation, true);
                 return true;
             }
-            self.partner_cursor = Some(pos);
+            self.partner_cursor = Some(ReplayCursor {
+                position: pos,
+                complete: false,
+            });
             self.ledger.confirm(pos);
             if dies == Some(2 * k + 1) {
                 self.counts.hook_crashes += 1;
-                self.ledger
-                    .replay_interrupted(r.generation, k + 1 < r.records.len());
                 return true;
             }
         }
-        self.ledger.replay_interrupted(r.generation, false);
-        if r.records.is_empty() && r.generation != 0 {
-            // An empty replay stores its checkpoint (the product's `commit_replay`).
-            let at = LogPosition {
-                generation: r.generation,
-                seq: r.checkpoint,
+        // The end of the replay stores the cursor once more, complete (at the checkpoint
+        // when no record followed it: the product's `commit_replay`).
+        let last = r.records.last().map(|rec| rec.seq);
+        if r.generation != 0 {
+            let at = ReplayCursor {
+                position: LogPosition {
+                    generation: r.generation,
+                    seq: last.unwrap_or(r.checkpoint),
+                },
+                complete: true,
             };
             if self.partner_cursor.is_none_or(|c| c < at) {
                 self.partner_cursor = Some(at);
@@ -147,11 +151,8 @@ impl LogLane {
     }
 
     /// The replay cursor the partner publishes.
-    pub fn published_cursor(&self) -> Option<LogMark> {
-        self.partner_cursor.map(|p| LogMark {
-            generation: p.generation,
-            seq: p.seq,
-        })
+    pub fn published_cursor(&self) -> Option<ReplayedMark> {
+        self.partner_cursor.map(Into::into)
     }
 
     /// The writer recovers its log before serving its own set. `partner_replayed`: the
@@ -162,7 +163,7 @@ impl LogLane {
     /// whether the writer died inside.
     pub fn recover(
         &mut self,
-        partner_replayed: Option<Option<LogMark>>,
+        partner_replayed: Option<Option<ReplayedMark>>,
         partner_up: bool,
         partner_took_over: bool,
     ) -> bool {
@@ -173,7 +174,7 @@ impl LogLane {
             self.counts.recoveries_deferred += 1;
             return false;
         };
-        let partner = partner_replayed.map(mark_pos);
+        let partner = partner_replayed.map(ReplayCursor::from);
         let image = self.local.take().unwrap_or_else(|| vec![0; LOG_LEN]);
         let plan = plan_recovery(&image, self.own_cursor, partner);
         let had_log = self.generation > 0;
@@ -217,7 +218,7 @@ impl LogLane {
             }
             RecoveryPlan::Fresh => {
                 self.counts.recoveries_fresh += 1;
-                self.format_next(source, None, partner, usize::MAX)
+                self.format_next(source, None, partner.map(|p| p.position), usize::MAX)
             }
             RecoveryPlan::ReplayedByPartner { generation, .. } => {
                 self.counts.recoveries_replayed_by_partner += 1;
@@ -232,7 +233,7 @@ impl LogLane {
                 self.format_next(
                     source,
                     Some(generation),
-                    partner,
+                    partner.map(|p| p.position),
                     dies.unwrap_or(usize::MAX),
                 )
             }
@@ -274,7 +275,16 @@ impl LogLane {
                 if from_copy {
                     self.counts.recoveries_from_partner_copy += 1;
                 }
-                self.replay_here(source, generation, records, partner)
+                if let Some(seq) = resumed_after.filter(|&seq| {
+                    self.own_cursor
+                        .is_none_or(|c| c.generation != generation || c.seq < seq)
+                }) {
+                    // As the product: the own cursor covers what a stopped takeover replay
+                    // applied before anything is applied here.
+                    self.counts.recoveries_after_stopped_replay += 1;
+                    self.own_cursor = Some(LogPosition { generation, seq });
+                }
+                self.replay_here(source, generation, records, partner.map(|p| p.position))
             }
         }
     }
@@ -430,7 +440,7 @@ impl LogService for LogHooks {
     fn recover_own_log(
         &mut self,
         me: u32,
-        partner_replayed: Option<Option<LogMark>>,
+        partner_replayed: Option<Option<ReplayedMark>>,
         partner_took_over: bool,
     ) -> bool {
         let i = lane_of(me);
@@ -439,7 +449,7 @@ impl LogService for LogHooks {
         lanes[i].recover(partner_replayed, partner_up, partner_took_over)
     }
 
-    fn replayed_partner_log(&mut self, me: u32) -> Option<LogMark> {
+    fn replayed_partner_log(&mut self, me: u32) -> Option<ReplayedMark> {
         self.lanes.borrow()[1 - lane_of(me)].published_cursor()
     }
 

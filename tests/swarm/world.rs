@@ -678,6 +678,7 @@ impl World {
             c.recoveries_fresh += n.recoveries_fresh;
             c.recoveries_replayed_by_partner += n.recoveries_replayed_by_partner;
             c.recoveries_replay_here += n.recoveries_replay_here;
+            c.recoveries_after_stopped_replay += n.recoveries_after_stopped_replay;
             c.recoveries_from_partner_copy += n.recoveries_from_partner_copy;
             c.recoveries_deferred += n.recoveries_deferred;
             c.log_acked_unmirrored += n.acked_unmirrored;
@@ -692,7 +693,6 @@ impl World {
             c.records_unavailable += d.records_unavailable;
             c.generations_closed += d.generations_closed;
             c.reapplied_by_forced_takeover += d.reapplied_by_forced_takeover;
-            c.lost_after_interrupted_replay += d.lost_after_interrupted_replay;
             c.marks_dropped_at_start += n.marks_dropped_at_start;
         }
         for w in &self.wbs {

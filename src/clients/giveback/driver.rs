@@ -17,7 +17,9 @@ use crate::clients::giveback::actions::{
 use crate::clients::giveback::copy_mark::PartnerCopyMark;
 use crate::clients::giveback::error::GivebackError;
 use crate::clients::giveback::machine::GivebackMachine;
-use crate::clients::giveback::mailbox::{LogMark, Mailbox, MailboxRecord, MailboxWrite, OwnRecord};
+use crate::clients::giveback::mailbox::{
+    LogMark, Mailbox, MailboxRecord, MailboxWrite, OwnRecord, ReplayedMark,
+};
 use crate::clients::giveback::own_log_mark::{OwnLogContext, OwnLogMark};
 use crate::clients::giveback::reservation::{DiskSet, Reservations};
 use crate::clients::giveback::state::{PartnerRead, StateBlock};
@@ -64,10 +66,11 @@ pub trait ServiceHooks: Send {
         let _ = context;
         Ok(())
     }
-    /// What this node replayed of the partner's shadow log at takeovers (its replay cursor),
-    /// written into every mailbox record of this node so a restarted partner learns it. The
-    /// default replays no log.
-    fn replayed_partner_log(&mut self) -> Option<LogMark> {
+    /// What this node replayed of the partner's shadow log at takeovers (its replay cursor:
+    /// the last position, and whether the replay went through the whole copy), written into
+    /// every mailbox record of this node so a restarted partner learns it. The default
+    /// replays no log.
+    fn replayed_partner_log(&mut self) -> Option<ReplayedMark> {
         None
     }
 }
@@ -97,7 +100,7 @@ const OWN_RECOVERY_RETRY: Duration = Duration::from_secs(1);
 /// hook included.
 struct StampingMailbox {
     inner: Box<dyn Mailbox>,
-    replayed: Option<LogMark>,
+    replayed: Option<ReplayedMark>,
     /// The outdated mark of the partner's copy of this node's log (F5.7).
     copy_mark: Arc<PartnerCopyMark>,
     /// The generation of this node's own log (F5.6).

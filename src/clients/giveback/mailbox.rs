@@ -13,7 +13,7 @@
 //! | 4 | 2 | layout version (2) |
 //! | 6 | 2 | writer's state ([`NodeState`] word) |
 //! | 8 | 4 | writer's node id |
-//! | 12 | 2 | flags: bit 0 TAKEN_OVER (the writer serves its partner's disks), bit 1 TAKEOVER_PENDING (the writer is killing its partner to take over), bit 2 SHADOW_LOG (the writer runs a shadow log mirrored to the partner: bytes 72..80 say for which partner incarnation that copy is complete), bit 3 WRITEBACK_OUTDATED (the partner's mirror of the writer's write-back blocks lacks writes completed without it); other bits zero |
+//! | 12 | 2 | flags: bit 0 TAKEN_OVER (the writer serves its partner's disks), bit 1 TAKEOVER_PENDING (the writer is killing its partner to take over), bit 2 SHADOW_LOG (the writer runs a shadow log mirrored to the partner: bytes 72..80 say for which partner incarnation that copy is complete), bit 3 WRITEBACK_OUTDATED (the partner's mirror of the writer's write-back blocks lacks writes completed without it), bit 4 REPLAY_COMPLETE (the replay named at 40..56 went through the partner's whole copy; zero without that field); other bits zero |
 //! | 14 | 2 | reserved, zero |
 //! | 16 | 8 | writer's incarnation |
 //! | 24 | 8 | heartbeat: incremented by every write of this incarnation |
@@ -73,7 +73,8 @@ const FLAG_TAKEN_OVER: u16 = 1 << 0;
 const FLAG_TAKEOVER_PENDING: u16 = 1 << 1;
 const FLAG_SHADOW_LOG: u16 = 1 << 2;
 const FLAG_WRITEBACK_OUTDATED: u16 = 1 << 3;
-const FLAGS_KNOWN: u16 = 0xf;
+const FLAG_REPLAY_COMPLETE: u16 = 1 << 4;
+const FLAGS_KNOWN: u16 = 0x1f;
 /// The flags a version 1 record knows.
 const FLAGS_KNOWN_V1: u16 = 0x3;
 
@@ -95,9 +96,9 @@ pub struct MailboxRecord {
     pub heartbeat: u64,
     /// The partner incarnation the writer last saw (0 = none).
     pub partner_incarnation: u64,
-    /// The last position of the partner's shadow log the writer replayed at a takeover
-    /// (from its replay cursor; None: it never replayed one).
-    pub replayed_partner_log: Option<LogMark>,
+    /// The last position of the partner's shadow log the writer replayed at a takeover, and
+    /// whether that replay completed (from its replay cursor; None: it never replayed one).
+    pub replayed_partner_log: Option<ReplayedMark>,
     /// The partner's copy of the writer's shadow log is outdated from this position on
     /// (records from it were acknowledged without it); None: in sync.
     pub partner_copy_outdated: Option<LogMark>,
@@ -122,6 +123,31 @@ pub struct LogMark {
     pub generation: u64,
     /// A sequence number in it.
     pub seq: u64,
+}
+
+/// What a survivor replayed of its partner's log at a takeover (its replay cursor): the last
+/// position applied, and whether the replay went through the whole copy (a survivor that
+/// failed inside its replay leaves `complete` false: the records after `at` were applied by
+/// nobody, and the partner applies them itself).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct ReplayedMark {
+    /// The last position replayed (or the copy's checkpoint, if no record followed it).
+    pub at: LogMark,
+    /// The replay went through the whole copy.
+    pub complete: bool,
+}
+
+impl std::fmt::Display for ReplayedMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.complete {
+            "complete"
+        } else {
+            "interrupted"
+        };
+        write!(f, "{} ({how})", self.at)
+    }
 }
 
 impl std::fmt::Display for LogMark {
@@ -162,12 +188,18 @@ impl MailboxRecord {
             flags |= FLAG_SHADOW_LOG;
             b[72..80].copy_from_slice(&inc.to_be_bytes());
         }
-        b[12..14].copy_from_slice(&flags.to_be_bytes());
         b[16..24].copy_from_slice(&self.incarnation.to_be_bytes());
         b[24..32].copy_from_slice(&self.heartbeat.to_be_bytes());
         b[32..40].copy_from_slice(&self.partner_incarnation.to_be_bytes());
+        if self
+            .replayed_partner_log
+            .is_some_and(|r| r.complete && r.at.generation != 0)
+        {
+            flags |= FLAG_REPLAY_COMPLETE;
+        }
+        b[12..14].copy_from_slice(&flags.to_be_bytes());
         for (at, mark) in [
-            (40, self.replayed_partner_log),
+            (40, self.replayed_partner_log.map(|r| r.at)),
             (56, self.partner_copy_outdated),
         ] {
             if let Some(m) = mark.filter(|m| m.generation != 0) {
@@ -245,6 +277,10 @@ impl MailboxRecord {
                 value: b[offset],
             });
         }
+        if !v1 && flags & FLAG_REPLAY_COMPLETE != 0 && be64(40) == 0 {
+            // A complete replay names what it replayed (one encoding per record).
+            return Err(FormatError::Flags(u32::from(FLAG_REPLAY_COMPLETE)));
+        }
         for at in [40usize, 56] {
             if !v1 && be64(at) == 0 && be64(at + 8) != 0 {
                 let offset = (at + 8..at + 16).find(|&o| b[o] != 0).unwrap_or(at + 8);
@@ -268,7 +304,10 @@ impl MailboxRecord {
             takeover_pending: flags & FLAG_TAKEOVER_PENDING != 0,
             heartbeat: be64(24),
             partner_incarnation: be64(32),
-            replayed_partner_log: mark(40),
+            replayed_partner_log: mark(40).map(|at| ReplayedMark {
+                at,
+                complete: flags & FLAG_REPLAY_COMPLETE != 0,
+            }),
             partner_copy_outdated: mark(56),
             partner_copy_complete_for: (flags & FLAG_SHADOW_LOG != 0).then(|| be64(72)),
             writeback_copy_outdated: flags & FLAG_WRITEBACK_OUTDATED != 0,
@@ -661,9 +700,12 @@ mod tests {
     #[test]
     fn giveback_mailbox_record_carries_the_replayed_log_and_the_outdated_mark() {
         let r = MailboxRecord {
-            replayed_partner_log: Some(LogMark {
-                generation: 1_765_000_000_000_000_000,
-                seq: 4711,
+            replayed_partner_log: Some(ReplayedMark {
+                at: LogMark {
+                    generation: 1_765_000_000_000_000_000,
+                    seq: 4711,
+                },
+                complete: true,
             }),
             partner_copy_outdated: Some(LogMark {
                 generation: 1_765_000_000_000_000_009,
@@ -677,6 +719,22 @@ mod tests {
         let b = r.encode();
         assert_eq!(b[80..88], 1_765_000_000_000_000_011u64.to_be_bytes());
         assert_eq!(MailboxRecord::decode(&b).unwrap(), r);
+        // A replay that stopped midway is another record; a complete flag without the
+        // replayed position is a format error.
+        let stopped = MailboxRecord {
+            replayed_partner_log: r.replayed_partner_log.map(|m| ReplayedMark {
+                complete: false,
+                ..m
+            }),
+            ..r
+        };
+        assert_eq!(MailboxRecord::decode(&stopped.encode()).unwrap(), stopped);
+        assert_ne!(stopped.encode()[12..14], b[12..14]);
+        let mut bad = rec(2, 7, 1234).encode();
+        bad[13] |= 1 << 4;
+        let crc = crc32c::crc32c(&bad[0..92]);
+        bad[92..96].copy_from_slice(&crc.to_be_bytes());
+        assert!(MailboxRecord::decode(&bad).is_err());
         // A shadow log whose copy is complete on no partner incarnation yet is not the same
         // record as one without a shadow log.
         let unconfirmed = MailboxRecord {

@@ -36,6 +36,7 @@ pub use error::{FormatError, GivebackError};
 pub use machine::GivebackMachine;
 pub use mailbox::{
     newest_record, FileMailbox, LogMark, Mailbox, MailboxRecord, MailboxWrite, OwnRecord,
+    ReplayedMark,
 };
 pub use own_log_mark::{OwnLogContext, OwnLogMark};
 pub use reservation::{DiskSet, FileReservations, Reservations};

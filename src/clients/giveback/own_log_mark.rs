@@ -10,7 +10,7 @@
 //! [`PartnerCopyMark`](super::PartnerCopyMark)).
 
 use super::copy_mark::PartnerCopyMark;
-use super::mailbox::LogMark;
+use super::mailbox::ReplayedMark;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -87,7 +87,7 @@ impl OwnLogMark {
 #[derive(Clone, Debug)]
 pub struct OwnLogContext {
     /// The partner's replay cursor of this node's log (None: it never replayed it).
-    pub partner_replayed: Option<LogMark>,
+    pub partner_replayed: Option<ReplayedMark>,
     /// The partner's record says it took this node over (TAKEN_OVER): its replay of this
     /// node's log may have gone beyond the cursor it published.
     pub partner_took_over: bool,

@@ -9,7 +9,7 @@
 //! measure the outage window from outside.
 
 use crate::clients::giveback::driver::ServiceHooks;
-use crate::clients::giveback::mailbox::LogMark;
+use crate::clients::giveback::mailbox::ReplayedMark;
 use crate::clients::giveback::own_log_mark::OwnLogContext;
 use crate::clients::giveback::reservation::DiskSet;
 use std::fs::OpenOptions;
@@ -28,7 +28,7 @@ pub type ReplayHook = Box<dyn FnMut(u32) -> Result<(), String> + Send>;
 pub type RecoverHook = Box<dyn FnMut(&OwnLogContext) -> Result<(), String> + Send>;
 
 /// What this node replayed of its partner's log (its replay cursor), for the mailbox.
-pub type ReplayedMark = Box<dyn FnMut() -> Option<LogMark> + Send>;
+pub type ReplayedHook = Box<dyn FnMut() -> Option<ReplayedMark> + Send>;
 
 /// Journal-writing service hooks with optional identity commands.
 pub struct JournalHooks {
@@ -38,7 +38,7 @@ pub struct JournalHooks {
     on_release: Option<String>,
     replay: Option<ReplayHook>,
     recover: Option<RecoverHook>,
-    replayed: Option<ReplayedMark>,
+    replayed: Option<ReplayedHook>,
 }
 
 impl std::fmt::Debug for JournalHooks {
@@ -84,7 +84,7 @@ impl JournalHooks {
 
     /// The own shadow log's recovery before this node serves, and its replay cursor of the
     /// partner's log for the mailbox.
-    pub fn with_recovery(mut self, recover: RecoverHook, replayed: ReplayedMark) -> JournalHooks {
+    pub fn with_recovery(mut self, recover: RecoverHook, replayed: ReplayedHook) -> JournalHooks {
         self.recover = Some(recover);
         self.replayed = Some(replayed);
         self
@@ -153,7 +153,7 @@ impl ServiceHooks for JournalHooks {
             None => Ok(()),
         }
     }
-    fn replayed_partner_log(&mut self) -> Option<LogMark> {
+    fn replayed_partner_log(&mut self) -> Option<ReplayedMark> {
         self.replayed.as_mut().and_then(|f| f())
     }
 }

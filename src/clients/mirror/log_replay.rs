@@ -286,12 +286,19 @@ pub(crate) fn replay_from_scan(image: &[u8], found: &Scan, after: Option<LogPosi
 /// [`ReplayCursor::ENCODED_LEN`] bytes; [`ReplayCursor::latest`] picks the newer valid slot,
 /// so a torn cursor write leaves the previous one in force.
 ///
-/// Encoding (32 bytes, little-endian): magic `ILRP` (4), reserved 0 (4), generation (8),
-/// seq (8), reserved 0 (4), CRC32C of bytes 0..28 (4).
+/// A takeover replay stores the cursor after each record it applied, and once more with
+/// `complete` when it went through the whole copy: a survivor that failed inside its replay
+/// leaves an incomplete cursor, and its partner applies the records after it itself.
+///
+/// Encoding (32 bytes, little-endian): magic `ILRP` (4), flags (1: bit 0 complete, other bits
+/// zero), reserved 0 (3), generation (8), seq (8), reserved 0 (4), CRC32C of bytes 0..28 (4).
+/// Cursors order by position, then an incomplete one before a complete one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReplayCursor {
-    /// The last position replayed.
+    /// The last position replayed (or the copy's checkpoint, if no record followed it).
     pub position: LogPosition,
+    /// The replay went through the whole copy (only a takeover's partner cursor says so).
+    pub complete: bool,
 }
 
 /// Why bytes are not a replay cursor.
@@ -316,15 +323,20 @@ impl ReplayCursor {
     pub const ENCODED_LEN: usize = 32;
     const MAGIC: [u8; 4] = *b"ILRP";
 
-    /// The cursor after everything `replay` returned, or `None` if it returned nothing.
+    /// The cursor after everything `replay` returned (incomplete: the caller says when the
+    /// whole replay is done), or `None` if it returned nothing.
     pub fn after(replay: &Replay) -> Option<ReplayCursor> {
-        replay.last().map(|position| ReplayCursor { position })
+        replay.last().map(|position| ReplayCursor {
+            position,
+            complete: false,
+        })
     }
 
     /// Encodes the cursor.
     pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut b = [0u8; Self::ENCODED_LEN];
         b[..4].copy_from_slice(&Self::MAGIC);
+        b[4] = u8::from(self.complete);
         b[8..16].copy_from_slice(&self.position.generation.to_le_bytes());
         b[16..24].copy_from_slice(&self.position.seq.to_le_bytes());
         let crc = crc32c::crc32c(&b[..28]);
@@ -349,7 +361,7 @@ impl ReplayCursor {
         };
         let mut crc = [0u8; 4];
         crc.copy_from_slice(&b[28..]);
-        let reserved_zero = b[4..8].iter().chain(&b[24..28]).all(|&x| x == 0);
+        let reserved_zero = b[4] & !1 == 0 && b[5..8].iter().chain(&b[24..28]).all(|&x| x == 0);
         if crc32c::crc32c(&b[..28]) != u32::from_le_bytes(crc) || !reserved_zero {
             return Err(err(ReplayCursorError::Checksum));
         }
@@ -358,6 +370,7 @@ impl ReplayCursor {
                 generation: word(8),
                 seq: word(16),
             },
+            complete: b[4] & 1 != 0,
         })
     }
 
@@ -692,6 +705,7 @@ mod tests {
                 generation: 5,
                 seq: 3,
             },
+            complete: false,
         };
         let r = replay(&mirror, Some(cursor.position)).unwrap();
         assert_eq!(seqs(&r), vec![4, 5]);
@@ -714,6 +728,12 @@ mod tests {
 
         let enc = cursor.encode();
         assert_eq!(ReplayCursor::decode(&enc).unwrap(), cursor);
+        let whole = ReplayCursor {
+            complete: true,
+            ..cursor
+        };
+        assert_eq!(ReplayCursor::decode(&whole.encode()).unwrap(), whole);
+        assert!(whole > cursor && whole < ReplayCursor::after(&first).unwrap());
         for bit in 0..ReplayCursor::ENCODED_LEN * 8 {
             let mut bad = enc;
             bad[bit / 8] ^= 1 << (bit % 8);

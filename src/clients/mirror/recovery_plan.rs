@@ -7,11 +7,13 @@
 //! Exactly one of:
 //!
 //! - [`RecoveryPlan::Fresh`]: no log (no superblock magic): a first start.
-//! - [`RecoveryPlan::ReplayedByPartner`]: the partner's replay cursor names this log's
-//!   generation or a newer one: a takeover applied the records; those after the cursor were
-//!   never applied by anyone and are dropped (counted).
+//! - [`RecoveryPlan::ReplayedByPartner`]: the partner's replay cursor says a takeover
+//!   replayed this log's generation whole (`complete`: only then may the survivor have served
+//!   this node's disks) or a newer one: the records after the cursor were not in the copy,
+//!   never applied by anyone, and are dropped (counted).
 //! - [`RecoveryPlan::ReplayHere`]: nobody applied the records after the checkpoint: they are
-//!   applied here, after the own-replay cursor if an interrupted recovery left one.
+//!   applied here, after the own-replay cursor if an interrupted recovery left one, and after
+//!   the partner's cursor if its takeover replay of this generation stopped midway.
 //!
 //! A log that exists but cannot be read is an error, never a fresh start.
 //!
@@ -36,7 +38,7 @@
 
 use super::error::MirrorError;
 use super::log_format::{decode_superblock, LogImageError};
-use super::log_replay::{replay, LogPosition, ReplayedRecord};
+use super::log_replay::{replay, LogPosition, ReplayCursor, ReplayedRecord};
 use std::fmt::Write as _;
 
 /// What a starting node does with the log the previous run left (see the module docs).
@@ -136,7 +138,7 @@ fn classify(image: &[u8]) -> Local {
 pub fn plan_start(
     image: &[u8],
     own_cursor: Option<LogPosition>,
-    partner_replayed: Option<LogPosition>,
+    partner_replayed: Option<ReplayCursor>,
     known: OwnLogKnowledge,
 ) -> Result<RecoveryPlan, MirrorError> {
     let recorded = known.generation();
@@ -157,9 +159,11 @@ pub fn plan_start(
         Local::Corrupt(reason) => format!("holds a log that cannot be read ({reason})"),
     };
     if let Some(g) = recorded {
-        if let Some(p) = partner_replayed.filter(|p| p.generation >= g) {
+        if let Some(p) = partner_replayed.filter(|p| replayed_whole(p, g)) {
             // A takeover applied that log: nothing of it is owed here. Records after the
             // partner's cursor were never mirrored; the local NVRAM that held them is gone.
+            // (A replay that stopped midway asks for the copy: the rest is applied here.)
+            let p = p.position;
             return Ok(RecoveryPlan::ReplayedByPartner {
                 generation: g,
                 checkpoint: 0,
@@ -179,7 +183,7 @@ pub fn plan_fetched(
     copy: &[u8],
     fetched_from: u64,
     own_cursor: Option<LogPosition>,
-    partner_replayed: Option<LogPosition>,
+    partner_replayed: Option<ReplayCursor>,
     known: OwnLogKnowledge,
     local: &str,
 ) -> Result<RecoveryPlan, MirrorError> {
@@ -249,7 +253,7 @@ pub fn plan_fetched(
 pub fn plan_recovery(
     image: &[u8],
     own_cursor: Option<LogPosition>,
-    partner_replayed: Option<LogPosition>,
+    partner_replayed: Option<ReplayCursor>,
 ) -> Result<RecoveryPlan, MirrorError> {
     let sb = match decode_superblock(image) {
         Err(LogImageError::SuperblockMagic) => return Ok(RecoveryPlan::Fresh),
@@ -264,7 +268,8 @@ pub fn plan_recovery(
     let found = replay(image, None).map_err(|e| MirrorError::RecoverUnreadable {
         reason: e.to_string(),
     })?;
-    if let Some(p) = partner_replayed.filter(|p| p.generation >= g) {
+    if let Some(p) = partner_replayed.filter(|p| replayed_whole(p, g)) {
+        let p = p.position;
         let through = (p.generation == g).then_some(p.seq);
         let dropped = found
             .records
@@ -278,7 +283,17 @@ pub fn plan_recovery(
             dropped,
         });
     }
-    let resumed_after = own_cursor.filter(|c| c.generation == g);
+    // A takeover replay of this generation that stopped midway (the survivor failed inside
+    // it, so it never served this node's disks from it): the records after its cursor were
+    // applied by nobody and are applied here, after the later of the two cursors.
+    let interrupted = partner_replayed
+        .map(|p| p.position)
+        .filter(|p| p.generation == g);
+    let resumed_after = own_cursor
+        .filter(|c| c.generation == g)
+        .into_iter()
+        .chain(interrupted)
+        .max();
     let records = found
         .records
         .into_iter()
@@ -290,6 +305,12 @@ pub fn plan_recovery(
         resumed_after: resumed_after.map(|c| c.seq),
         records,
     })
+}
+
+/// Whether the partner's cursor says a takeover applied log generation `g` (the survivor may
+/// have served this node's disks since): a complete replay of it, or any of a newer one.
+fn replayed_whole(p: &ReplayCursor, g: u64) -> bool {
+    p.position.generation > g || (p.position.generation == g && p.complete)
 }
 
 /// The generation of the log formatted after a recovery: `candidate` (the clock, or a
@@ -314,6 +335,22 @@ mod tests {
 
     fn at(generation: u64, seq: u64) -> LogPosition {
         LogPosition { generation, seq }
+    }
+
+    /// The partner's cursor of a takeover replay that went through the whole copy.
+    fn whole(generation: u64, seq: u64) -> ReplayCursor {
+        ReplayCursor {
+            position: at(generation, seq),
+            complete: true,
+        }
+    }
+
+    /// The partner's cursor of a takeover replay that stopped midway.
+    fn stopped(generation: u64, seq: u64) -> ReplayCursor {
+        ReplayCursor {
+            position: at(generation, seq),
+            complete: false,
+        }
     }
 
     /// A log of generation 5 with records 1..=6 and a checkpoint through 2.
@@ -345,7 +382,7 @@ mod tests {
         assert_eq!(seqs(&p), vec![3, 4, 5, 6]);
         // An older generation of the partner's cursor is no replay of this log.
         assert_eq!(
-            seqs(&plan_recovery(&img, None, Some(at(4, 99))).unwrap()),
+            seqs(&plan_recovery(&img, None, Some(whole(4, 99))).unwrap()),
             vec![3, 4, 5, 6]
         );
         // An interrupted recovery resumes after its cursor (one of another generation is void).
@@ -357,9 +394,28 @@ mod tests {
             seqs(&plan_recovery(&img, Some(at(3, 4)), None).unwrap()),
             vec![3, 4, 5, 6]
         );
-        // The partner replayed through 5: record 6 was never applied by anyone.
+        // The partner's replay stopped after 5 (it failed inside it): record 6 was applied by
+        // nobody, and is applied here (after the later of the two cursors).
         assert_eq!(
-            plan_recovery(&img, Some(at(5, 4)), Some(at(5, 5))).unwrap(),
+            plan_recovery(&img, Some(at(5, 4)), Some(stopped(5, 5))).unwrap(),
+            RecoveryPlan::ReplayHere {
+                generation: 5,
+                checkpoint: 2,
+                resumed_after: Some(5),
+                records: vec![ReplayedRecord {
+                    seq: 6,
+                    payload: vec![6; 10]
+                }],
+            }
+        );
+        assert_eq!(
+            seqs(&plan_recovery(&img, Some(at(5, 5)), Some(stopped(5, 3))).unwrap()),
+            vec![6]
+        );
+        // The partner replayed its whole copy, through 5: record 6 was not in the copy,
+        // never applied by anyone.
+        assert_eq!(
+            plan_recovery(&img, Some(at(5, 4)), Some(whole(5, 5))).unwrap(),
             RecoveryPlan::ReplayedByPartner {
                 generation: 5,
                 checkpoint: 2,
@@ -368,14 +424,16 @@ mod tests {
             }
         );
         // It replayed a newer generation: this log's records are all older than that.
-        assert!(matches!(
-            plan_recovery(&img, None, Some(at(6, 1))).unwrap(),
-            RecoveryPlan::ReplayedByPartner {
-                through: None,
-                dropped: 4,
-                ..
-            }
-        ));
+        for newer in [whole(6, 1), stopped(6, 1)] {
+            assert!(matches!(
+                plan_recovery(&img, None, Some(newer)).unwrap(),
+                RecoveryPlan::ReplayedByPartner {
+                    through: None,
+                    dropped: 4,
+                    ..
+                }
+            ));
+        }
     }
 
     #[test]
@@ -423,8 +481,12 @@ mod tests {
             recorded(3),
             recorded(5),
         ] {
-            for (cursor, partner) in [(None, None), (Some(at(5, 4)), None), (None, Some(at(5, 5)))]
-            {
+            for (cursor, partner) in [
+                (None, None),
+                (Some(at(5, 4)), None),
+                (None, Some(whole(5, 5))),
+                (None, Some(stopped(5, 5))),
+            ] {
                 assert_eq!(
                     plan_start(&img, cursor, partner, known).unwrap(),
                     plan_recovery(&img, cursor, partner).unwrap(),
@@ -456,7 +518,7 @@ mod tests {
             fetch(plan_start(
                 &blank,
                 Some(at(5, 3)),
-                Some(at(4, 9)),
+                Some(whole(4, 9)),
                 recorded(5)
             ))
             .0,
@@ -464,8 +526,13 @@ mod tests {
         );
         // The partner took the node over and replayed the recorded log (or a newer one):
         // nothing is owed here.
+        // A replay of it that stopped midway: the rest is in the copy only.
         assert_eq!(
-            plan_start(&blank, None, Some(at(5, 4)), recorded(5)).unwrap(),
+            fetch(plan_start(&blank, None, Some(stopped(5, 4)), recorded(5))).0,
+            Some(5)
+        );
+        assert_eq!(
+            plan_start(&blank, None, Some(whole(5, 4)), recorded(5)).unwrap(),
             RecoveryPlan::ReplayedByPartner {
                 generation: 5,
                 checkpoint: 0,
@@ -474,7 +541,7 @@ mod tests {
             }
         );
         assert!(matches!(
-            plan_start(&blank, None, Some(at(6, 1)), recorded(5)).unwrap(),
+            plan_start(&blank, None, Some(stopped(6, 1)), recorded(5)).unwrap(),
             RecoveryPlan::ReplayedByPartner { through: None, .. }
         ));
     }
@@ -521,8 +588,12 @@ mod tests {
             seqs(&plan(&copy, Some(at(5, 4)), None, recorded(5)).unwrap()),
             vec![5, 6]
         );
+        assert_eq!(
+            seqs(&plan(&copy, Some(at(5, 3)), Some(stopped(5, 4)), recorded(5)).unwrap()),
+            vec![5, 6]
+        );
         assert!(matches!(
-            plan(&copy, None, Some(at(5, 5)), recorded(5)).unwrap(),
+            plan(&copy, None, Some(whole(5, 5)), recorded(5)).unwrap(),
             RecoveryPlan::ReplayedByPartner {
                 through: Some(5),
                 dropped: 1,

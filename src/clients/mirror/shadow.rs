@@ -773,7 +773,7 @@ impl ShadowMirror {
     pub fn replay_partner(&self) -> Result<Vec<ReplayedRecord>, MirrorError> {
         let r = self.read_partner()?;
         let last = r.last();
-        self.commit_replay(&r, last, r.records.len())?;
+        self.commit_replay(&r, last, r.records.len(), true)?;
         Ok(r.records)
     }
 
@@ -806,14 +806,17 @@ impl ShadowMirror {
                 me.shared
                     .cursor
                     .lock()
-                    .store(ReplayCursor { position })
+                    .store(ReplayCursor {
+                        position,
+                        complete: false,
+                    })
                     .map_err(|e| e.to_string())?;
             }
             let done = r.records.get(count.wrapping_sub(1)).map(|rec| LogPosition {
                 generation,
                 seq: rec.seq,
             });
-            me.commit_replay(&r, done, count)
+            me.commit_replay(&r, done, count, failure.is_none())
                 .map_err(|e| e.to_string())?;
             tracing::info!(client = %me.name(), partner, generation, replayed = count, of = total, checkpoint = r.checkpoint, torn_tail = r.torn_tail, "partner shadow log replayed");
             failure.map_or(Ok(()), Err)
@@ -821,22 +824,27 @@ impl ShadowMirror {
     }
 
     /// Stores the cursor after `last` (if any record was replayed), or at the replayed
-    /// log's checkpoint when none was (the partner learns its log was taken over), and counts
-    /// the replay, an empty one included.
+    /// log's checkpoint when none was (the partner learns its log was taken over), `complete`
+    /// when the replay went through the whole copy, and counts the replay, an empty one
+    /// included.
     fn commit_replay(
         &self,
         r: &Replay,
         last: Option<LogPosition>,
         count: usize,
+        complete: bool,
     ) -> Result<(), MirrorError> {
-        let position = last.or((r.generation != 0).then_some(LogPosition {
-            generation: r.generation,
-            seq: r.checkpoint,
-        }));
+        let position = last
+            .or((r.generation != 0).then_some(LogPosition {
+                generation: r.generation,
+                seq: r.checkpoint,
+            }))
+            .map(|position| ReplayCursor { position, complete });
         if let Some(position) = position {
             let mut cursor = self.shared.cursor.lock();
-            if cursor.load().is_none_or(|c| c.position < position) {
-                cursor.store(ReplayCursor { position })?;
+            let stored = cursor.load();
+            if stored.is_none_or(|c| c < position) {
+                cursor.store(position)?;
             }
         }
         let mut st = self.shared.inner.lock();

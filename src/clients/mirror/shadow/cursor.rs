@@ -11,8 +11,35 @@
 //! A 64-byte file of an older release reads as holding no own cursor.
 
 use super::Nvram;
+use crate::clients::giveback::{LogMark, ReplayedMark};
 use crate::clients::mirror::error::MirrorError;
-use crate::clients::mirror::log_replay::ReplayCursor;
+use crate::clients::mirror::log_replay::{LogPosition, ReplayCursor};
+
+/// The partner cursor as the giveback client's mailbox record carries it.
+impl From<ReplayCursor> for ReplayedMark {
+    fn from(c: ReplayCursor) -> ReplayedMark {
+        ReplayedMark {
+            at: LogMark {
+                generation: c.position.generation,
+                seq: c.position.seq,
+            },
+            complete: c.complete,
+        }
+    }
+}
+
+/// The partner's replay cursor as its mailbox record carries it.
+impl From<ReplayedMark> for ReplayCursor {
+    fn from(m: ReplayedMark) -> ReplayCursor {
+        ReplayCursor {
+            position: LogPosition {
+                generation: m.at.generation,
+                seq: m.at.seq,
+            },
+            complete: m.complete,
+        }
+    }
+}
 
 /// Which cursor of a [`CursorStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,12 +134,12 @@ impl CursorStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clients::mirror::log_replay::LogPosition;
     use crate::clients::mirror::nvram::MemoryNvram;
 
     fn at(generation: u64, seq: u64) -> ReplayCursor {
         ReplayCursor {
             position: LogPosition { generation, seq },
+            complete: false,
         }
     }
 

@@ -141,7 +141,7 @@ impl ShadowMirror {
     /// may be called again.
     pub fn recover(
         &self,
-        partner_replayed: Option<LogPosition>,
+        partner_replayed: Option<ReplayCursor>,
         sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
     ) -> Result<Recovered, MirrorError> {
         self.recover_knowing(partner_replayed, false, OwnLogKnowledge::Unknown, sink)
@@ -174,17 +174,14 @@ impl ShadowMirror {
             }),
             copy_complete_for: context.copy_mark.stamp().complete_for,
         };
-        let partner = context.partner_replayed.map(|m| LogPosition {
-            generation: m.generation,
-            seq: m.seq,
-        });
+        let partner = context.partner_replayed.map(ReplayCursor::from);
         self.recover_knowing(partner, context.partner_took_over, known, sink)
     }
 
     /// Recovers, and keeps a refusal as the last error of the stats (`interlink status`).
     fn recover_knowing(
         &self,
-        partner_replayed: Option<LogPosition>,
+        partner_replayed: Option<ReplayCursor>,
         partner_took_over: bool,
         known: OwnLogKnowledge,
         sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
@@ -199,7 +196,7 @@ impl ShadowMirror {
 
     fn recover_inner(
         &self,
-        partner_replayed: Option<LogPosition>,
+        partner_replayed: Option<ReplayCursor>,
         partner_took_over: bool,
         known: OwnLogKnowledge,
         mut sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
@@ -275,7 +272,7 @@ impl ShadowMirror {
                     }
                     Ok(RecoveryPlan::Fresh) => {
                         drop(st);
-                        let gen = self.new_generation(None, partner_replayed);
+                        let gen = self.new_generation(None, partner_replayed.map(|p| p.position));
                         let log = ShadowLog::format(backing, gen)?;
                         let r = Recovered {
                             outcome: RecoveryOutcome::Fresh,
@@ -301,7 +298,8 @@ impl ShadowMirror {
                         if dropped > 0 {
                             tracing::warn!(client = %shared.cfg.name, generation = g, dropped, partner_replayed = ?through, "shadow log recovery: records after the partner's replay were never applied and are dropped");
                         }
-                        let gen = self.new_generation(Some(g), partner_replayed);
+                        let gen =
+                            self.new_generation(Some(g), partner_replayed.map(|p| p.position));
                         let log = ShadowLog::format(backing, gen)?;
                         let r = Recovered {
                             outcome: RecoveryOutcome::ReplayedByPartner,
@@ -336,6 +334,21 @@ impl ShadowMirror {
                         resumed_after,
                         records,
                     }) => {
+                        if let Some(seq) = resumed_after.filter(|&seq| {
+                            own_cursor.is_none_or(|c| c.generation != generation || c.seq < seq)
+                        }) {
+                            // The partner's takeover replay stopped after `seq`: the own
+                            // cursor covers what it applied, so a later call (this one's sink
+                            // refused) does not apply those records again.
+                            let position = LogPosition { generation, seq };
+                            shared.cursor.lock().store_kind(
+                                CursorKind::Own,
+                                ReplayCursor {
+                                    position,
+                                    complete: false,
+                                },
+                            )?;
+                        }
                         let (log, _) = ShadowLog::open(backing)?;
                         st.acked = log.stats().appended;
                         st.checkpointed = 0;
@@ -363,7 +376,7 @@ impl ShadowMirror {
             _ => (0, None),
         };
         let replayed = self.apply_own(generation, records, &mut sink)?;
-        let gen = self.new_generation(Some(generation), partner_replayed);
+        let gen = self.new_generation(Some(generation), partner_replayed.map(|p| p.position));
         let r = Recovered {
             outcome: RecoveryOutcome::ReplayedHere,
             previous_generation: Some(generation),
@@ -371,6 +384,7 @@ impl ShadowMirror {
             resumed_after,
             replayed,
             partner_replayed_through: partner_replayed
+                .map(|p| p.position)
                 .filter(|p| p.generation == generation)
                 .map(|p| p.seq),
             dropped: 0,
@@ -398,7 +412,7 @@ impl ShadowMirror {
         &self,
         backing: &mut Nvram,
         own_cursor: Option<LogPosition>,
-        partner_replayed: Option<LogPosition>,
+        partner_replayed: Option<ReplayCursor>,
         known: OwnLogKnowledge,
         local: &str,
     ) -> Result<RecoveryPlan, MirrorError> {
@@ -450,10 +464,11 @@ impl ShadowMirror {
         self.shared.inner.lock().recovery.report()
     }
 
-    /// The partner cursor: what this node replayed of its partner's log at takeovers (the
-    /// partner's [`recover`](ShadowMirror::recover) takes it as `partner_replayed`).
-    pub fn partner_replayed(&self) -> Option<LogPosition> {
-        self.shared.cursor.lock().load().map(|c| c.position)
+    /// The partner cursor: what this node replayed of its partner's log at takeovers, and
+    /// whether the last replay went through the whole copy (the partner's
+    /// [`recover`](ShadowMirror::recover) takes it as `partner_replayed`).
+    pub fn partner_replayed(&self) -> Option<ReplayCursor> {
+        self.shared.cursor.lock().load()
     }
 
     /// Applies `records` of the installed log `generation` in order; after each, stores the
@@ -489,10 +504,13 @@ impl ShadowMirror {
                 });
             }
             applied += 1;
-            shared
-                .cursor
-                .lock()
-                .store_kind(CursorKind::Own, ReplayCursor { position })?;
+            shared.cursor.lock().store_kind(
+                CursorKind::Own,
+                ReplayCursor {
+                    position,
+                    complete: false,
+                },
+            )?;
             let mut st = shared.inner.lock();
             st.last_checkpoint = Some(position);
             st.log()?.checkpoint(position)?;
