@@ -259,9 +259,9 @@ fn start_giveback(
         shadow.map(ShadowNode::replay_hook),
         writeback.map(WriteBackNode::takeover_hook),
     ) {
-        (Some(mut log), Some(mut blocks)) => Some(Box::new(move |partner| {
-            let replayed = log(partner);
-            let destaged = blocks(partner);
+        (Some(mut log), Some(mut blocks)) => Some(Box::new(move |context| {
+            let replayed = log(context);
+            let destaged = blocks(context);
             replayed.and(destaged)
         })),
         (log, blocks) => log.or(blocks),

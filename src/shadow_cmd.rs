@@ -231,7 +231,7 @@ impl ShadowNode {
         let mut replay = self
             .mirror
             .replay_hook(move |rec| append_line(&path, &record_line(&rec)));
-        Box::new(move |partner| {
+        Box::new(move |context| {
             // The partner is down or fenced: its image does not change between this read
             // and the replay's own.
             let r = mirror.read_partner().map_err(|e| e.to_string())?;
@@ -239,7 +239,7 @@ impl ShadowNode {
                 &head,
                 &format!("replay {} {}\n", r.generation, r.checkpoint),
             )?;
-            replay(partner)
+            replay(context)
         })
     }
 

@@ -327,7 +327,8 @@ impl WriteBackNode {
     pub fn takeover_hook(&self) -> ReplayHook {
         let wb = self.wb.clone();
         let path = destaged_path(&self.dir, self.node);
-        Box::new(move |partner| {
+        Box::new(move |context| {
+            let partner = context.partner;
             let mut ledger = Ledger::open(path.clone())?;
             let report = wb
                 .take_over_partner(|at, data| ledger.record(at, data))

@@ -75,6 +75,7 @@ fn milestones(w: &World, from: Duration) -> Vec<String> {
                     )),
                     Action::StartServing { set } => Some(format!("StartServing {set}")),
                     Action::StopServing { set } => Some(format!("StopServing {set}")),
+                    Action::ReplayPartnerLog { .. } => Some("ReplayPartnerLog".into()),
                     other => Some(format!("{other:?}")),
                 }
             }
@@ -797,8 +798,9 @@ fn slow_replay_after_a_crash(
     faults(&mut w);
     w.crash(A);
     let t = w.now;
-    let replay =
-        |t: &sim::TraceItem| t.node == B && t.step == Step::Action(Action::ReplayPartnerLog);
+    let replay = |t: &sim::TraceItem| {
+        t.node == B && matches!(t.step, Step::Action(Action::ReplayPartnerLog { .. }))
+    };
     assert!(w.run_until_trace(I * 20, replay), "B took A over");
     let blocked_at = w.now;
     let resumes_at = w.node(B).busy_until.expect("B blocked in the replay hook");

@@ -8,7 +8,7 @@
 
 mod manager_pair;
 
-use interlink::clients::giveback::CopyStamp;
+use interlink::clients::giveback::{CopyStamp, PartnerLogContext};
 use interlink::clients::mirror::shadow::{
     check_payload, file_backings, writer_payload, CursorStore, RecoveryOutcome, ShadowWriter,
     WriterConfig,
@@ -549,6 +549,57 @@ fn an_empty_takeover_replay_still_tells_the_partner_it_was_taken_over() {
         (c.position.generation, c.position.seq, c.complete),
         (b.generation(), 5, true)
     );
+}
+
+#[test]
+fn a_takeover_replay_hook_marks_its_end_and_skips_a_copy_the_partner_recovered_itself() {
+    let (_, _, ma, mb) = managers();
+    let len = 64 * 1024;
+    let a = shadow(&ma, len, ShadowConfig::new());
+    let b = shadow(&mb, len, ShadowConfig::new());
+    connected(&a);
+    connected(&b);
+    for seq in 1..=4 {
+        assert!(b.append(&writer_payload(seq, 64)).unwrap().mirrored);
+    }
+    let g = b.generation();
+    let partner = mb.config().node_id;
+    let context = |recorded| PartnerLogContext {
+        partner,
+        partner_log_generation: recorded,
+        forced_loss: None,
+    };
+    let cursor = || {
+        let c = a.partner_replayed().expect("cursor");
+        (c.position.generation, c.position.seq, c.complete)
+    };
+    // The sink refuses record 3: the cursor covers 1 and 2 and says the replay stopped.
+    let applied = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (sink, no) = (applied.clone(), refuse.clone());
+    let mut hook = a.replay_hook(move |rec| {
+        if rec.seq == 3 && no.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("refused".into());
+        }
+        sink.lock().push(rec.seq);
+        Ok(())
+    });
+    assert!(hook(&context(g)).is_err());
+    assert_eq!(cursor(), (g, 2, false));
+    // Again: the rest, and the cursor says the replay went through the whole copy.
+    refuse.store(false, std::sync::atomic::Ordering::Relaxed);
+    hook(&context(g)).expect("replay");
+    assert_eq!(*applied.lock(), vec![1, 2, 3, 4]);
+    assert_eq!(cursor(), (g, 4, true));
+    // B's mailbox record names a newer generation than the copy: B recovered this one
+    // itself (only a forced takeover reaches here), so nothing of it is applied again, and
+    // the cursor says that newer generation was taken over with nothing of it replayed.
+    for seq in 5..=6 {
+        assert!(b.append(&writer_payload(seq, 64)).unwrap().mirrored);
+    }
+    hook(&context(g + 1)).expect("stale copy skipped");
+    assert_eq!(*applied.lock(), vec![1, 2, 3, 4]);
+    assert_eq!(cursor(), (g + 1, 0, true));
 }
 
 #[test]

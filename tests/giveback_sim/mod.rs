@@ -42,8 +42,14 @@ pub const B: u32 = 2;
 /// copy. Without one (the giveback tests) nothing is stamped and the hooks do nothing.
 pub trait LogService {
     /// Node `me` replays its partner's log (takeover); `forced_loss` is what the machine
-    /// records a forced takeover lost. Returns whether the node died inside the hook.
-    fn replay_partner_log(&mut self, me: u32, forced_loss: Option<LogMark>) -> bool;
+    /// records a forced takeover lost, `partner_log_generation` what the partner's record
+    /// says of its own log (the action's). Returns whether the node died inside the hook.
+    fn replay_partner_log(
+        &mut self,
+        me: u32,
+        forced_loss: Option<LogMark>,
+        partner_log_generation: u64,
+    ) -> bool;
     /// Node `me` recovers its own log before serving its own set. Returns whether the node
     /// died inside the hook.
     /// `partner_took_over`: the partner's record says TAKEN_OVER.
@@ -59,9 +65,20 @@ pub trait LogService {
     fn copy_mark_stamp(&mut self, me: u32) -> CopyStamp;
     /// A write of `me`'s record carrying `carried` succeeded.
     fn copy_mark_written(&mut self, me: u32, carried: CopyStamp);
+    /// The own log generation a write of `me`'s record carries now.
+    fn own_log_stamp(&mut self, me: u32) -> u64;
+    /// A write of `me`'s record carrying own log generation `carried` reached both copies.
+    fn own_log_written(&mut self, me: u32, carried: u64);
     /// Node `me`'s driver started and inherited `inherited` from its own record
-    /// (`OwnRecord::inherited_stamp`; None: no record).
-    fn started(&mut self, me: u32, incarnation: u64, inherited: Option<CopyStamp>);
+    /// (`OwnRecord::inherited_stamp`; None: no record) and the own log generation
+    /// `own_log_generation` it names.
+    fn started(
+        &mut self,
+        me: u32,
+        incarnation: u64,
+        inherited: Option<CopyStamp>,
+        own_log_generation: u64,
+    );
 }
 
 /// What fed the machine the input whose handling queued an action.
@@ -389,7 +406,8 @@ impl World {
         n.machine = Some(GivebackMachine::new(cfg, n.incarnation, now));
         if let Some(svc) = self.log_service.as_mut() {
             let me = n.id;
-            svc.started(me, n.incarnation, own.newest.map(|_| inherited));
+            let recorded = own.newest.map_or(0, |r| r.own_log_generation);
+            svc.started(me, n.incarnation, own.newest.map(|_| inherited), recorded);
             n.stamp_replayed = svc.replayed_partner_log(me);
         }
         let inc = n.incarnation;
@@ -444,16 +462,19 @@ impl World {
             return n.mailbox.write_own(rec);
         };
         let stamp = svc.copy_mark_stamp(n.id);
+        let own_log_generation = svc.own_log_stamp(n.id);
         let stamped = MailboxRecord {
             replayed_partner_log: n.stamp_replayed,
             partner_copy_outdated: stamp.outdated,
             partner_copy_complete_for: stamp.complete_for,
+            own_log_generation,
             ..*rec
         };
         let w = n.mailbox.write_own(&stamped)?;
         // As the driver: a mark is durable once both copies hold it.
         if w.primary && w.backup {
             svc.copy_mark_written(n.id, stamp);
+            svc.own_log_written(n.id, own_log_generation);
         }
         Ok(w)
     }
@@ -725,7 +746,9 @@ impl World {
                 }
                 None
             }
-            Action::ReplayPartnerLog => {
+            Action::ReplayPartnerLog {
+                partner_log_generation,
+            } => {
                 if let Some(d) = n.slow_replay.take() {
                     n.busy_until = Some(self.now + d);
                     n.beat_at = m
@@ -740,7 +763,7 @@ impl World {
                     _ => None,
                 });
                 if let Some(svc) = self.log_service.as_mut() {
-                    if svc.replay_partner_log(me, forced) {
+                    if svc.replay_partner_log(me, forced, *partner_log_generation) {
                         self.crash_index(i);
                         return None;
                     }

@@ -43,14 +43,14 @@ fn checker_ledger_catches_an_off_by_one_takeover_cursor() {
         let mut l = lane(w);
         crash(&mut l);
         l.faults.replay_dies_after = Some(1);
-        assert!(l.takeover_replay(None));
+        assert!(l.takeover_replay(None, 0));
         assert_eq!(l.ledger.counts.applied_by_partner, 1, "{:?}", l.oracle());
         l
     }
     let w = warm_with_records(21);
     {
         let mut l = interrupted(&w);
-        assert!(!l.takeover_replay(None));
+        assert!(!l.takeover_replay(None, 0));
         assert!(l.ledger.counts.applied_by_partner > 1);
         assert_eq!(l.counts.replays_after_cursor, 1);
         assert!(l.violations.is_empty(), "{:?}", l.violations);
@@ -58,7 +58,7 @@ fn checker_ledger_catches_an_off_by_one_takeover_cursor() {
     let w = warm_with_records(21);
     let mut l = interrupted(&w);
     l.bugs.cursor_off_by_one = true;
-    assert!(!l.takeover_replay(None));
+    assert!(!l.takeover_replay(None, 0));
     assert!(
         l.violations.iter().any(|v| v.contains("applied twice")),
         "{:?}",
@@ -72,7 +72,7 @@ fn checker_ledger_catches_a_double_application_in_own_recovery() {
         let w = warm_with_records(22);
         let mut l = lane(&w);
         crash(&mut l);
-        l.writer_started(9, None);
+        l.writer_started(9, None, 0);
         l.bugs.own_applies_twice = planted;
         // Nobody replayed the log: the writer applies it itself.
         assert!(!l.recover(Some(None), true, false));
@@ -93,8 +93,8 @@ fn checker_ledger_catches_a_lost_record() {
         // The survivor's replay skips the last acknowledged record; the restarted writer
         // learns its log was replayed and formats a new generation.
         l.bugs.replay_skips = planted.then_some(acked);
-        assert!(!l.takeover_replay(None));
-        l.writer_started(9, None);
+        assert!(!l.takeover_replay(None, 0));
+        l.writer_started(9, None, 0);
         let published = l.published_cursor();
         assert!(!l.recover(Some(published), true, false));
         assert_eq!(l.counts.recoveries_replayed_by_partner, 1);

@@ -39,11 +39,15 @@
 //!
 //! One product gap is counted, a violation only with `SWARM_STRICT=1`:
 //!
-//! - `reapplied_by_forced_takeover`: an operator forces a takeover past an outdated copy
-//!   whose generation is older than the writer's current one (the writer recovered that
-//!   generation itself, then acknowledged records of a newer one without the mirror); the
-//!   replay applies the older generation's records again. (A fix: the replay skips a copy of
-//!   a generation older than the partner's recorded own log generation.)
+//! - `reapplied_by_forced_takeover`: an operator forces a takeover past the gap the writer's
+//!   own recovery left: the writer applied records of its log itself with no connection (its
+//!   checkpoints never reached the copy; it voided the copy's confirmation first, so no
+//!   automatic takeover starts from it) and died before its mailbox record named its next
+//!   generation; the forced replay of that same generation applies them again. (A copy of a
+//!   generation older than the one the writer's record names is skipped:
+//!   `PartnerLogContext::partner_log_generation`, counted as `stale_copies_skipped`, its
+//!   newer generation's records a forced loss. The rest needs the writer's own-replay
+//!   progress where the survivor can read it.)
 
 use interlink::clients::mirror::LogPosition;
 use std::collections::BTreeMap;
@@ -79,8 +83,8 @@ pub struct LedgerCounts {
     pub records_unavailable: u64,
     pub generations_closed: u64,
     /// Records a takeover an operator forced past an outdated copy applied again after the
-    /// writer's own recovery had applied them (the copy held an older generation: a product
-    /// gap, see the module docs; a violation with `SWARM_STRICT=1`).
+    /// writer's own recovery had applied them unfollowed (a product gap of forced
+    /// takeovers, see the module docs; a violation with `SWARM_STRICT=1`).
     pub reapplied_by_forced_takeover: u64,
 }
 

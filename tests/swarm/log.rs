@@ -24,7 +24,7 @@ use super::copy_sync::MirrorSyncState;
 use super::ledger::Ledger;
 use super::nvram::{CrashNvram, Fuse};
 use crate::mirror_log_sim::{payload, Oracle};
-use interlink::clients::giveback::{CopyStamp, LogMark};
+use interlink::clients::giveback::{CopyStamp, LogMark, OwnLogMark};
 use interlink::clients::mirror::{
     replay, LogPosition, MirrorError, MirrorWrite, NvramBacking, ReplayCursor, ShadowLog,
 };
@@ -50,6 +50,8 @@ pub struct LogCounts {
     pub replays_checked: u64,
     /// Takeover replays that started after a stored cursor of the same generation.
     pub replays_after_cursor: u64,
+    /// Takeover replays that skipped a copy of a generation the writer recovered itself.
+    pub stale_copies_skipped: u64,
     pub recoveries_fresh: u64,
     pub recoveries_replayed_by_partner: u64,
     pub recoveries_replay_here: u64,
@@ -123,6 +125,8 @@ pub struct LogLane {
     /// The partner's replay cursor of this log (the partner's cursor NVRAM).
     pub partner_cursor: Option<ReplayCursor>,
     pub sync: MirrorSyncState,
+    /// The own log generation of the writer's mailbox record (the library's type).
+    pub own_log: Arc<OwnLogMark>,
     /// The incarnation of the writer's node that owns the lane (None: down).
     pub incarnation: Option<u64>,
     /// The writer started and has not recovered its log yet.
@@ -157,6 +161,7 @@ impl LogLane {
             own_cursor: None,
             partner_cursor: None,
             sync: MirrorSyncState::new(CopyStamp::default()),
+            own_log: Arc::new(OwnLogMark::new(0)),
             incarnation: None,
             needs_recovery: false,
             path_up: false,
@@ -259,7 +264,12 @@ impl LogLane {
     /// Incarnation `incarnation` of the writer's node started (its giveback driver: the
     /// outdated mark its newest own record carried is inherited). The log waits for the
     /// recovery; a start may find the NVRAM image lost.
-    pub fn writer_started(&mut self, incarnation: u64, inherited: Option<CopyStamp>) {
+    pub fn writer_started(
+        &mut self,
+        incarnation: u64,
+        inherited: Option<CopyStamp>,
+        own_log_generation: u64,
+    ) {
         if self.incarnation.is_some() {
             let mut rng = SmallRng::seed_from_u64(self.rng.gen());
             self.crash_writer(&mut rng);
@@ -281,6 +291,7 @@ impl LogLane {
             }
         }
         self.sync = MirrorSyncState::new(inherited.unwrap_or_default());
+        self.own_log = Arc::new(OwnLogMark::new(own_log_generation));
         self.needs_recovery = true;
         let p = self.faults.nvram_loss;
         if self.generation > 0 && p > 0.0 && self.rng.gen_bool(p) {
@@ -319,7 +330,8 @@ impl LogLane {
         let Some(log) = &mut self.log else { return };
         self.sync.on_step(path_up, self.faults.partner_timeout);
         // Nothing is appended before the mailbox says this node runs a shadow log.
-        if serving && self.sync.may_append() {
+        // Nor to a new generation before the mailbox names it.
+        if serving && self.sync.may_append() && self.own_log.is_durable() {
             for _ in 0..rng.gen_range(0..=2) {
                 let seq = log.stats().appended + 1;
                 let p = payload(seq, rng.gen_range(1..=300), self.salt ^ generation);

@@ -60,7 +60,11 @@ impl LogLane {
     /// The partner takes this writer over and replays its region after its stored cursor.
     /// `forced_loss`: the takeover was forced past an outdated copy marked there. Returns
     /// whether the partner died inside.
-    pub fn takeover_replay(&mut self, forced_loss: Option<LogMark>) -> bool {
+    pub fn takeover_replay(
+        &mut self,
+        forced_loss: Option<LogMark>,
+        partner_log_generation: u64,
+    ) -> bool {
         self.counts.replays_checked += 1;
         let what = format!("takeover replay of node {}'s log", self.writer);
         let r = check_image(
@@ -101,6 +105,27 @@ impl LogLane {
             // No region ever came, or no log in it: nothing to replay, no cursor.
             return false;
         };
+        if r.generation != 0 && r.generation < partner_log_generation {
+            // As the product: a copy of a generation the writer recovered itself is not
+            // replayed; the cursor says the newer one was taken over with nothing of it
+            // replayed, and the forced takeover lost all of that generation's records.
+            self.counts.stale_copies_skipped += 1;
+            self.ledger.forced(LogPosition {
+                generation: partner_log_generation,
+                seq: 0,
+            });
+            let at = ReplayCursor {
+                position: LogPosition {
+                    generation: partner_log_generation,
+                    seq: 0,
+                },
+                complete: true,
+            };
+            if self.partner_cursor.is_none_or(|c| c < at) {
+                self.partner_cursor = Some(at);
+            }
+            return false;
+        }
         if let Some(skip) = self.bugs.replay_skips {
             r.records.retain(|rec| rec.seq != skip);
         }
@@ -414,6 +439,9 @@ impl LogLane {
         self.needs_recovery = false;
         self.sync
             .log_replaced(log.last_queued_write(), self.path_up);
+        // As the product: the new generation goes into the mailbox record before anything
+        // is appended to it.
+        self.own_log.record(gen);
         self.log = Some(log);
         false
     }
@@ -433,8 +461,14 @@ fn lane_of(id: u32) -> usize {
 }
 
 impl LogService for LogHooks {
-    fn replay_partner_log(&mut self, me: u32, forced_loss: Option<LogMark>) -> bool {
-        self.lanes.borrow_mut()[1 - lane_of(me)].takeover_replay(forced_loss)
+    fn replay_partner_log(
+        &mut self,
+        me: u32,
+        forced_loss: Option<LogMark>,
+        partner_log_generation: u64,
+    ) -> bool {
+        self.lanes.borrow_mut()[1 - lane_of(me)]
+            .takeover_replay(forced_loss, partner_log_generation)
     }
 
     fn recover_own_log(
@@ -461,7 +495,25 @@ impl LogService for LogHooks {
         self.lanes.borrow()[lane_of(me)].sync.mark.written(carried);
     }
 
-    fn started(&mut self, me: u32, incarnation: u64, inherited: Option<CopyStamp>) {
-        self.lanes.borrow_mut()[lane_of(me)].writer_started(incarnation, inherited);
+    fn own_log_stamp(&mut self, me: u32) -> u64 {
+        self.lanes.borrow()[lane_of(me)].own_log.stamp()
+    }
+
+    fn own_log_written(&mut self, me: u32, carried: u64) {
+        self.lanes.borrow()[lane_of(me)].own_log.written(carried);
+    }
+
+    fn started(
+        &mut self,
+        me: u32,
+        incarnation: u64,
+        inherited: Option<CopyStamp>,
+        own_log_generation: u64,
+    ) {
+        self.lanes.borrow_mut()[lane_of(me)].writer_started(
+            incarnation,
+            inherited,
+            own_log_generation,
+        );
     }
 }

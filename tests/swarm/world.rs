@@ -685,6 +685,7 @@ impl World {
             c.log_resends += n.resends;
             c.log_marks_cleared += n.marks_cleared;
             c.replays_after_cursor += n.replays_after_cursor;
+            c.stale_copies_skipped += n.stale_copies_skipped;
             c.applied_by_partner += d.applied_by_partner;
             c.applied_by_own += d.applied_by_own;
             c.reapplied_after_crash += d.reapplied_after_crash;

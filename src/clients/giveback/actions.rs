@@ -89,7 +89,13 @@ pub enum Action {
     ReleaseIdentity,
     /// Replay the partner's shadow log since its last consistency point (the mirror client's
     /// hook, F5.2).
-    ReplayPartnerLog,
+    ReplayPartnerLog {
+        /// The newest generation of the partner's own log that may hold an acknowledged
+        /// record, as its mailbox record (read after the reservation) says (0: none
+        /// recorded): a copy of an older generation was recovered by the partner itself,
+        /// and is not replayed again.
+        partner_log_generation: u64,
+    },
     /// Send a kill message to the partner incarnation (over any link).
     SendKill {
         /// The incarnation to kill; other incarnations ignore it.

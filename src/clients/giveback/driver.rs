@@ -20,7 +20,7 @@ use crate::clients::giveback::machine::GivebackMachine;
 use crate::clients::giveback::mailbox::{
     LogMark, Mailbox, MailboxRecord, MailboxWrite, OwnRecord, ReplayedMark,
 };
-use crate::clients::giveback::own_log_mark::{OwnLogContext, OwnLogMark};
+use crate::clients::giveback::own_log_mark::{OwnLogContext, OwnLogMark, PartnerLogContext};
 use crate::clients::giveback::reservation::{DiskSet, Reservations};
 use crate::clients::giveback::state::{PartnerRead, StateBlock};
 use crate::manager::{BandwidthClass, LinkId, Manager};
@@ -54,8 +54,9 @@ pub trait ServiceHooks: Send {
     fn assume_identity(&mut self, partner: u32) -> Result<(), String>;
     /// Release the partner's service identity.
     fn release_identity(&mut self, partner: u32) -> Result<(), String>;
-    /// Replay the partner's shadow log since its last consistency point (the mirror client).
-    fn replay_partner_log(&mut self, partner: u32) -> Result<(), String>;
+    /// Replay the partner's shadow log since its last consistency point (the mirror client),
+    /// given what the partner's mailbox record says of it ([`PartnerLogContext`]).
+    fn replay_partner_log(&mut self, context: &PartnerLogContext) -> Result<(), String>;
     /// Recover this node's own shadow log before it serves its own disks (F5.6), given what
     /// the partner's mailbox record says it replayed of that log at a takeover and the marks
     /// of this node's own mailbox record (the generation of its own log, whether the
@@ -562,8 +563,15 @@ impl Driver {
                 Action::ReleaseIdentity => {
                     let _ = self.run_hook("release identity", |h| h.release_identity(partner));
                 }
-                Action::ReplayPartnerLog => {
-                    let _ = self.run_hook("replay partner log", |h| h.replay_partner_log(partner));
+                Action::ReplayPartnerLog {
+                    partner_log_generation,
+                } => {
+                    let context = PartnerLogContext {
+                        partner,
+                        partner_log_generation: *partner_log_generation,
+                        forced_loss: self.machine.status().forced_loss,
+                    };
+                    let _ = self.run_hook("replay partner log", |h| h.replay_partner_log(&context));
                     self.mailbox.replayed = self.hooks.replayed_partner_log();
                 }
                 Action::SendKill { target_incarnation } => {

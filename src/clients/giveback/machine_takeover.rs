@@ -67,7 +67,10 @@ impl GivebackMachine {
         self.takeover = TakeoverPhase::Confirming;
         self.identity = true;
         self.actions.push_back(Action::AssumeIdentity);
-        self.actions.push_back(Action::ReplayPartnerLog);
+        let partner_log_generation = self.view.record().map_or(0, |r| r.own_log_generation);
+        self.actions.push_back(Action::ReplayPartnerLog {
+            partner_log_generation,
+        });
         self.actions
             .push_back(Action::CheckReservation { set: partner });
     }

@@ -380,8 +380,11 @@ fn takeover_blocked_in_replay(m: &mut GivebackMachine, w: &mut World, t0: Instan
     loop {
         let now = t0 + I * i;
         m.handle_timeout(now);
-        w.drain_through(m, now, |a| *a == Action::ReplayPartnerLog);
-        if w.done.contains(&Action::ReplayPartnerLog) {
+        w.drain_through(m, now, |a| matches!(a, Action::ReplayPartnerLog { .. }));
+        if w.done
+            .iter()
+            .any(|a| matches!(a, Action::ReplayPartnerLog { .. }))
+        {
             return now;
         }
         i += 1;
@@ -670,7 +673,7 @@ fn giveback_machine_abandons_a_takeover_when_the_partner_shows_life_right_after_
         !done.iter().any(|a| matches!(
             a,
             Action::WriteMailbox(r) if r.taken_over
-        ) || matches!(a, Action::ReplayPartnerLog)),
+        ) || matches!(a, Action::ReplayPartnerLog { .. })),
         "{done:?}"
     );
     assert_eq!(m.state(), NodeState::Up);

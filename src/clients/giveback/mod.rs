@@ -38,7 +38,7 @@ pub use mailbox::{
     newest_record, FileMailbox, LogMark, Mailbox, MailboxRecord, MailboxWrite, OwnRecord,
     ReplayedMark,
 };
-pub use own_log_mark::{OwnLogContext, OwnLogMark};
+pub use own_log_mark::{OwnLogContext, OwnLogMark, PartnerLogContext};
 pub use reservation::{DiskSet, FileReservations, Reservations};
 pub use service::JournalHooks;
 pub use state::{NodeState, PartnerRead, StateBlock};

@@ -9,6 +9,7 @@
 //! node and reports back which writes carried what (as for the
 //! [`PartnerCopyMark`](super::PartnerCopyMark)).
 
+use super::actions::CopyGap;
 use super::copy_mark::PartnerCopyMark;
 use super::mailbox::ReplayedMark;
 use parking_lot::Mutex;
@@ -77,6 +78,21 @@ impl OwnLogMark {
         s.written = carried;
         self.durable.store(s.written == s.wanted, Ordering::Release);
     }
+}
+
+/// What the giveback driver hands the replay hook at a takeover (F5.2): whose log, and what the
+/// partner's mailbox record (read after the reservation) says of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartnerLogContext {
+    /// The partner taken over.
+    pub partner: u32,
+    /// The newest generation of the partner's own log that may hold an acknowledged record
+    /// (0: none recorded). A copy of an older generation is stale: the partner recovered
+    /// that generation itself before it formatted this one (only a forced takeover starts
+    /// from such a copy), so replaying it would apply its records a second time.
+    pub partner_log_generation: u64,
+    /// A forced takeover went past this gap of the copy (its records from there are lost).
+    pub forced_loss: Option<CopyGap>,
 }
 
 /// What the giveback driver hands the own-log recovery hook before this node serves its own

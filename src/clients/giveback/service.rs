@@ -10,7 +10,7 @@
 
 use crate::clients::giveback::driver::ServiceHooks;
 use crate::clients::giveback::mailbox::ReplayedMark;
-use crate::clients::giveback::own_log_mark::OwnLogContext;
+use crate::clients::giveback::own_log_mark::{OwnLogContext, PartnerLogContext};
 use crate::clients::giveback::reservation::DiskSet;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A replay hook: given the partner's node id, replays its shadow log.
-pub type ReplayHook = Box<dyn FnMut(u32) -> Result<(), String> + Send>;
+/// A replay hook: given the partner taken over and what its mailbox record says of its log,
+/// replays its shadow log.
+pub type ReplayHook = Box<dyn FnMut(&PartnerLogContext) -> Result<(), String> + Send>;
 
 /// An own-log recovery hook: given what the partner replayed of this node's log at a
 /// takeover and the marks of this node's mailbox record, recovers the log before this node
@@ -139,12 +140,12 @@ impl ServiceHooks for JournalHooks {
         self.note("release-identity", partner)?;
         r
     }
-    fn replay_partner_log(&mut self, partner: u32) -> Result<(), String> {
+    fn replay_partner_log(&mut self, context: &PartnerLogContext) -> Result<(), String> {
         let r = match self.replay.as_mut() {
-            Some(replay) => replay(partner),
+            Some(replay) => replay(context),
             None => Ok(()),
         };
-        self.note("replay-log", partner)?;
+        self.note("replay-log", context.partner)?;
         r
     }
     fn recover_own_log(&mut self, context: &OwnLogContext) -> Result<(), String> {
@@ -217,7 +218,12 @@ mod tests {
         h.start_serving(2).unwrap();
         h.assume_identity(1).unwrap();
         assert!(h.release_identity(1).unwrap_err().contains("exit"));
-        h.replay_partner_log(1).unwrap();
+        h.replay_partner_log(&PartnerLogContext {
+            partner: 1,
+            partner_log_generation: 0,
+            forced_loss: None,
+        })
+        .unwrap();
         let j = read_journal(&journal_path(&dir, 2)).unwrap();
         let events: Vec<_> = j.iter().map(|e| (e.event.as_str(), e.what)).collect();
         assert_eq!(

@@ -97,6 +97,7 @@ use super::log_format::{max_payload, DATA_OFFSET, MIN_IMAGE_LEN, RECORD_ALIGN};
 use super::log_replay::{LogPosition, Replay, ReplayCursor, ReplayedRecord};
 use super::nvram::{FileNvram, NvramBacking};
 use crate::clients::giveback::service::ReplayHook;
+use crate::clients::giveback::PartnerLogContext;
 use crate::fabric::Access;
 use crate::manager::{BandwidthClass, ClientSpec, LinkId, Manager};
 use driver::{drive, spin_wait, Counters, Inner, Shared, Sleeper, POLL_BATCH};
@@ -784,14 +785,37 @@ impl ShadowMirror {
     /// the cursor covers the records it consumed, and the hook reports the failure. The
     /// cursor is stored even when no record follows the partner's checkpoint: it tells the
     /// restarted partner that its log was taken over ([`ShadowMirror::recover`]).
+    ///
+    /// A copy of a generation older than the one the partner's mailbox record names
+    /// ([`PartnerLogContext::partner_log_generation`]; only a forced takeover starts from
+    /// one) is not replayed: the partner recovered that generation itself before it formatted
+    /// the newer one, whose records the copy lacks. The cursor then says the newer generation
+    /// was taken over with nothing of it replayed, so the restarted partner drops its records
+    /// (the loss the forced takeover accepted) instead of applying them after the survivor
+    /// served its disks.
     pub fn replay_hook(
         self: &Arc<Self>,
         mut sink: impl FnMut(ReplayedRecord) -> Result<(), String> + Send + 'static,
     ) -> ReplayHook {
         let me = self.clone();
-        Box::new(move |partner| {
+        Box::new(move |context: &PartnerLogContext| {
+            let partner = context.partner;
             let r = me.read_partner().map_err(|e| e.to_string())?;
             let generation = r.generation;
+            let recorded = context.partner_log_generation;
+            if generation != 0 && generation < recorded {
+                tracing::error!(client = %me.name(), partner, copy_generation = generation, recorded, forced_loss = ?context.forced_loss, "the copy of the partner's log is of a generation it recovered itself: nothing replayed (the records of its newer generation are lost to this takeover)");
+                let newer = Replay {
+                    generation: recorded,
+                    checkpoint: 0,
+                    records: Vec::new(),
+                    torn_tail: false,
+                    stop: r.stop,
+                };
+                return me
+                    .commit_replay(&newer, None, 0, true)
+                    .map_err(|e| e.to_string());
+            }
             let total = r.records.len();
             let mut count: usize = 0;
             let mut failure = None;
