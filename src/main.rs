@@ -3,6 +3,7 @@
 
 mod demo;
 mod node_cmd;
+mod node_lock;
 mod shadow_cmd;
 mod writeback_cmd;
 
@@ -199,8 +200,7 @@ impl NodeTarget {
 /// The control socket named by a node configuration file: its `control_socket` key, relative
 /// paths taken from the file's directory. Reads only that key, so it works with any valid config.
 fn control_socket_from_config(config: &Path) -> anyhow::Result<PathBuf> {
-    let text = std::fs::read_to_string(config)
-        .with_context(|| format!("cannot read config {}", config.display()))?;
+    let text = interlink::manager::config::read_config_text(config)?;
     let value: toml::Value = toml::from_str(&text)
         .with_context(|| format!("config {} is not valid TOML", config.display()))?;
     let socket = match value.get("control_socket") {

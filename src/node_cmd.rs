@@ -2,6 +2,7 @@
 //! `shutdown` request on the control socket, with optional probe clients, the giveback
 //! client, the shadow log and the mirrored write-back.
 
+use crate::node_lock;
 use crate::shadow_cmd::{self, ShadowNode};
 use crate::writeback_cmd::{self, WriteBackNode};
 use anyhow::{bail, Context};
@@ -294,6 +295,23 @@ pub fn run(
     let shadow_spec = shadow.map(shadow_cmd::parse_spec).transpose()?;
     let writeback_spec = writeback.map(writeback_cmd::parse_spec).transpose()?;
     let cfg = NodeConfig::load(config).with_context(|| format!("load {}", config.display()))?;
+    // Identity before any side effect: nothing is opened, formatted, journaled or connected
+    // while another instance holds this node's state.
+    let mut locks: Vec<PathBuf> = [
+        giveback.dir.as_deref(),
+        shadow_spec.as_ref().map(|s| s.dir.as_path()),
+        writeback_spec.as_ref().map(|w| w.dir.as_path()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|dir| node_lock::lock_path(dir, cfg.node_id))
+    .collect();
+    locks.extend(
+        cfg.control_socket
+            .as_deref()
+            .map(node_lock::socket_lock_path),
+    );
+    let _locks = node_lock::acquire(&locks)?;
     let probe_cfgs = probes
         .iter()
         .map(|p| parse_probe(p))

@@ -319,3 +319,83 @@ fn a_slow_replay_keeps_the_mailbox_heartbeat_going() {
     assert_never_served_twice(&dir);
     stop(na);
 }
+
+#[test]
+fn a_start_refuses_a_node_id_another_live_process_writes_in_the_mailbox() {
+    let dir = temp_dir("gb-twin");
+    let (a, _) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    // The twin: the same node id running elsewhere, writing its mailbox record every 20 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let twin = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut mb = FileMailbox::open(&dir, 1, 2).expect("mailbox");
+            let mut heartbeat = 0;
+            while !stop.load(Ordering::SeqCst) {
+                heartbeat += 1;
+                let rec = interlink::clients::giveback::MailboxRecord {
+                    node: 1,
+                    incarnation: 5,
+                    state: NodeState::Up,
+                    taken_over: false,
+                    takeover_pending: false,
+                    heartbeat,
+                    partner_incarnation: 0,
+                    replayed_partner_log: None,
+                    partner_copy_outdated: None,
+                    partner_copy_complete_for: None,
+                    writeback_copy_outdated: false,
+                    own_log_generation: 0,
+                };
+                mb.write_own(&rec).expect("twin write");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let deadline = Instant::now() + WAIT;
+    while FileMailbox::open(&dir, 1, 2)
+        .unwrap()
+        .read_own()
+        .unwrap()
+        .newest
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the twin never wrote");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let manager = Arc::new(Manager::start(a.clone()).expect("start manager"));
+    let start = || {
+        GivebackNode::start(
+            manager.clone(),
+            GivebackOptions::default(),
+            Box::new(FileMailbox::open(&dir, 1, 2).expect("mailbox")),
+            Box::new(FileReservations::open(&dir, 1).expect("reservations")),
+            Box::new(JournalHooks::new(&dir, 1)),
+        )
+    };
+    let r = start();
+    match r {
+        Err(e @ interlink::clients::giveback::GivebackError::IdentityInUse { .. }) => {
+            assert!(e.to_string().contains("node id 1 is in use"), "{e}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("started beside a live twin"),
+    }
+    // Nothing was journaled, nothing reserved.
+    assert!(!giveback_journal_path(&dir, 1).exists());
+    assert!(FileReservations::open(&dir, 1)
+        .unwrap()
+        .check(1)
+        .unwrap()
+        .is_none());
+    // The twin stops (a crashed predecessor): the same start goes ahead.
+    stop.store(true, Ordering::SeqCst);
+    twin.join().unwrap();
+    let n = start().expect("start after the twin stopped");
+    drop(n);
+    manager.shutdown();
+}
+
+fn giveback_journal_path(dir: &Path, node: u32) -> std::path::PathBuf {
+    interlink::clients::giveback::service::journal_path(dir, node)
+}

@@ -871,3 +871,82 @@ fn documented_example_matches_example_file() {
     let file = NodeConfig::load(&examples_dir().join("node-a.toml")).unwrap();
     assert_eq!(documented, file);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Input limits: files are read bounded, never block, and paths are checked at start
+
+/// Runs `f` on another thread and fails if it does not return within a generous bound (a
+/// read that blocks on a FIFO would hang the test instead of failing it).
+fn returns_promptly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{what} blocked"))
+}
+
+fn read_error_text(result: Result<impl std::fmt::Debug, ConfigError>) -> String {
+    match result {
+        Err(e @ (ConfigError::Read { .. } | ConfigError::ReadSecret { .. })) => e.to_string(),
+        other => panic!("expected a read error, got {other:?}"),
+    }
+}
+
+#[test]
+fn config_and_secret_files_are_read_bounded_and_only_when_regular() {
+    let dir = temp_dir("limits");
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(
+        &fifo,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .expect("mkfifo");
+    let big_config = dir.join("big.toml");
+    std::fs::write(&big_config, vec![b'#'; 2 << 20]).unwrap();
+    for (path, needle) in [
+        (PathBuf::from("/dev/zero"), "not a regular file"),
+        (fifo.clone(), "not a regular file"),
+        (dir.clone(), "not a regular file"),
+        (big_config, "larger than"),
+    ] {
+        let p = path.clone();
+        let text = read_error_text(returns_promptly("config load", move || {
+            NodeConfig::load(&p)
+        }));
+        assert!(text.contains(needle), "{}: {text}", path.display());
+    }
+    let big_secret = write_private(&dir, "big-secret", &vec![b'k'; 100 << 10]);
+    for (path, needle) in [
+        (PathBuf::from("/dev/zero"), "not a regular file"),
+        (fifo, "not a regular file"),
+        (big_secret, "larger than"),
+    ] {
+        let cfg = NodeConfig::new(7, 1, 2, &path).with_link(link_a(0));
+        let text = read_error_text(returns_promptly("secret read", move || cfg.read_secret()));
+        assert!(text.contains(needle), "{}: {text}", path.display());
+    }
+    // At the limits both still read.
+    let secret = write_private(&dir, "secret", &vec![b's'; 64 << 10]);
+    let cfg = NodeConfig::new(7, 1, 2, &secret).with_link(link_a(0));
+    assert_eq!(cfg.read_secret().unwrap().len(), 64 << 10);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_control_socket_path_longer_than_a_socket_address_holds_is_refused_at_load() {
+    let fits = format!("/tmp/{}", "s".repeat(107 - 5));
+    assert_eq!(fits.len(), 107);
+    let cfg = valid().with_control_socket(&fits);
+    cfg.validate().expect("107 bytes fit");
+    let long = format!("{fits}x");
+    assert_rejected(valid().with_control_socket(&long), "control_socket");
+    let text = MINIMAL.replace(
+        "secret_file = \"/etc/interlink/secret\"",
+        &format!("secret_file = \"/etc/interlink/secret\"\ncontrol_socket = \"{long}\""),
+    );
+    match NodeConfig::from_toml_str(&text, None) {
+        Err(e) => assert!(e.to_string().contains("at most 107"), "{e}"),
+        Ok(_) => panic!("a 108-byte socket path was accepted"),
+    }
+}

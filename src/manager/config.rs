@@ -400,10 +400,7 @@ impl NodeConfig {
     /// Reads, parses and validates the TOML file at `path`. A relative `secret_file` or
     /// `control_socket` is resolved against the file's directory.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_config_text(path)?;
         // An absolute base keeps the resolved paths valid if the process changes directory.
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base = absolute.parent().unwrap_or_else(|| Path::new(""));
@@ -502,6 +499,16 @@ impl NodeConfig {
         if let Some(sock) = &self.control_socket {
             if sock.as_os_str().is_empty() {
                 return Err(invalid("control_socket", "must not be empty"));
+            }
+            let len = sock.as_os_str().len();
+            if len > MAX_SOCKET_PATH_LEN {
+                return Err(invalid(
+                    "control_socket",
+                    format!(
+                        "{} is {len} bytes; a Unix socket path holds at most {MAX_SOCKET_PATH_LEN}",
+                        sock.display()
+                    ),
+                ));
             }
         }
         self.validate_links()?;
@@ -663,11 +670,14 @@ impl NodeConfig {
             path: path.clone(),
             source,
         };
-        let mut file = std::fs::File::open(path).map_err(read_err)?;
+        let mut secret = read_bounded(path, MAX_SECRET_FILE_LEN).map_err(read_err)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = file.metadata().map_err(read_err)?.permissions().mode();
+            let mode = std::fs::metadata(path)
+                .map_err(read_err)?
+                .permissions()
+                .mode();
             if mode & 0o044 != 0 {
                 tracing::warn!(
                     path = %path.display(),
@@ -676,8 +686,6 @@ impl NodeConfig {
                 );
             }
         }
-        let mut secret = Vec::new();
-        file.read_to_end(&mut secret).map_err(read_err)?;
         if secret.ends_with(b"\r\n") {
             secret.truncate(secret.len() - 2);
         } else if secret.ends_with(b"\n") {
@@ -691,6 +699,58 @@ impl NodeConfig {
         }
         Ok(secret)
     }
+}
+
+/// The most bytes a configuration file may hold.
+pub const MAX_CONFIG_LEN: u64 = 1 << 20;
+/// The most bytes a secret file may hold.
+pub const MAX_SECRET_FILE_LEN: u64 = 64 << 10;
+/// The longest control socket path: a Unix socket address holds 108 bytes with the
+/// terminating NUL.
+pub const MAX_SOCKET_PATH_LEN: usize = 107;
+
+/// The text of configuration file `path`: a regular file of at most [`MAX_CONFIG_LEN`]
+/// bytes of UTF-8 (a FIFO, a device or a larger file is refused, without blocking).
+pub fn read_config_text(path: &Path) -> Result<String, ConfigError> {
+    let read_err = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = read_bounded(path, MAX_CONFIG_LEN).map_err(read_err)?;
+    String::from_utf8(bytes).map_err(|e| read_err(io::Error::new(io::ErrorKind::InvalidData, e)))
+}
+
+/// Reads a regular file of at most `limit` bytes. Anything else (a directory, a FIFO, a
+/// device such as `/dev/zero`) is refused without blocking, and so is a larger file, before
+/// more than `limit + 1` bytes are read.
+fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let too_long = |len: u64| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{len} bytes or more, larger than the {limit} allowed"),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_long(meta.len()));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_long(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 fn check_toml_int(field: &str, value: u64) -> Result<(), ConfigError> {

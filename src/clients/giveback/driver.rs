@@ -92,6 +92,34 @@ fn read_with_retries<T>(
     r
 }
 
+/// Identity before any side effect (F4.1): another live process writing this node's mailbox
+/// slot (the same node id on the other controller, or a second instance) makes its record
+/// advance. The start reads the slot again after two intervals (the other writer's period)
+/// and refuses if it moved, before it registers anything with the partner.
+fn refuse_a_live_twin(
+    mailbox: &mut dyn Mailbox,
+    node: u32,
+    first: OwnRecord,
+    interval: Duration,
+) -> Result<(), GivebackError> {
+    let Some(seen) = first.newest else {
+        return Ok(());
+    };
+    std::thread::sleep(2 * interval);
+    let again = read_with_retries(|| mailbox.read_own())?;
+    match again.newest.filter(|r| r.key() > seen.key()) {
+        None => Ok(()),
+        Some(r) => {
+            tracing::error!(node, incarnation = r.incarnation, heartbeat = r.heartbeat, "another live process writes this node's mailbox record: the same node id runs elsewhere; not starting");
+            Err(GivebackError::IdentityInUse {
+                node,
+                incarnation: r.incarnation,
+                heartbeat: r.heartbeat,
+            })
+        }
+    }
+}
+
 /// The least time between two tries of a failed own-log recovery (a try may fetch the whole
 /// log from the partner).
 const OWN_RECOVERY_RETRY: Duration = Duration::from_secs(1);
@@ -216,6 +244,14 @@ impl GivebackNode {
             auto_giveback: options.auto_giveback,
             ..GivebackConfig::new(cfg.node_id, cfg.partner_id)
         };
+        let mut mailbox = mailbox;
+        // The copy's sync state and the own log generation survive restarts: the newest own
+        // record holds what this node marked durably, and a start that cannot read it does
+        // not start.
+        let own = read_with_retries(|| mailbox.read_own()).inspect_err(|e| {
+            tracing::error!(error = %e, "own mailbox record unreadable at start: not starting (what it marked cannot be carried over)");
+        })?;
+        refuse_a_live_twin(&mut *mailbox, cfg.node_id, own, interval)?;
         let messenger = Arc::new(
             Messenger::start(
                 &manager,
@@ -247,13 +283,6 @@ impl GivebackNode {
         }));
         let (requests, request_rx) = unbounded();
         let mut hooks = hooks;
-        let mut mailbox = mailbox;
-        // The copy's sync state and the own log generation survive restarts: the newest own
-        // record holds what this node marked durably, and a start that cannot read it does
-        // not start.
-        let own = read_with_retries(|| mailbox.read_own()).inspect_err(|e| {
-            tracing::error!(error = %e, "own mailbox record unreadable at start: not starting (what it marked cannot be carried over)");
-        })?;
         let inherited = own
             .inherited_stamp()
             .ok_or(GivebackError::OwnRecordUnknown)?;

@@ -94,6 +94,18 @@ pub enum GivebackError {
         /// The backup copy's error.
         backup_error: std::io::Error,
     },
+    /// At start, this node's mailbox record advanced while the node was not running: another
+    /// live process writes it (the same node id on the other controller, or a second
+    /// instance).
+    #[error("node id {node} is in use: its mailbox record advanced to incarnation {incarnation} heartbeat {heartbeat} while this node was starting; another process runs as node {node}")]
+    IdentityInUse {
+        /// The node id.
+        node: u32,
+        /// The other writer's incarnation.
+        incarnation: u64,
+        /// Its heartbeat as read.
+        heartbeat: u64,
+    },
     /// At start, no copy of the mailbox held a valid record of this node, and one copy
     /// could not be read or held a torn record: what this node marked there is unknown.
     #[error(

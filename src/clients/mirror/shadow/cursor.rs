@@ -104,6 +104,17 @@ impl CursorStore {
         self.store_kind(CursorKind::Partner, cursor)
     }
 
+    /// Stores the own-replay cursor at `position` (what this node's recovery applied).
+    pub fn store_own(&mut self, position: LogPosition) -> Result<(), MirrorError> {
+        self.store_kind(
+            CursorKind::Own,
+            ReplayCursor {
+                position,
+                complete: false,
+            },
+        )
+    }
+
     /// The newest valid cursor of `kind`, if any.
     pub fn load_kind(&self, kind: CursorKind) -> Option<ReplayCursor> {
         ReplayCursor::latest(self.slot(kind, 0), self.slot(kind, 1))

@@ -340,14 +340,10 @@ impl ShadowMirror {
                             // The partner's takeover replay stopped after `seq`: the own
                             // cursor covers what it applied, so a later call (this one's sink
                             // refused) does not apply those records again.
-                            let position = LogPosition { generation, seq };
-                            shared.cursor.lock().store_kind(
-                                CursorKind::Own,
-                                ReplayCursor {
-                                    position,
-                                    complete: false,
-                                },
-                            )?;
+                            shared
+                                .cursor
+                                .lock()
+                                .store_own(LogPosition { generation, seq })?;
                         }
                         let (log, _) = ShadowLog::open(backing)?;
                         st.acked = log.stats().appended;
@@ -504,13 +500,7 @@ impl ShadowMirror {
                 });
             }
             applied += 1;
-            shared.cursor.lock().store_kind(
-                CursorKind::Own,
-                ReplayCursor {
-                    position,
-                    complete: false,
-                },
-            )?;
+            shared.cursor.lock().store_own(position)?;
             let mut st = shared.inner.lock();
             st.last_checkpoint = Some(position);
             st.log()?.checkpoint(position)?;
