@@ -52,6 +52,8 @@ pub struct LogCounts {
     pub replays_after_cursor: u64,
     /// Takeover replays that skipped a copy of a generation the writer recovered itself.
     pub stale_copies_skipped: u64,
+    /// Copies lost with the partner's process.
+    pub mirrors_lost: u64,
     pub recoveries_fresh: u64,
     pub recoveries_replayed_by_partner: u64,
     pub recoveries_replay_here: u64,
@@ -238,6 +240,13 @@ impl LogLane {
         if let Some(log) = &mut self.log {
             log.rewind_unacknowledged();
         }
+    }
+
+    /// The partner's process ended: its region holding this writer's copy is gone (the
+    /// next incarnation's region is blank until the writer re-sends its log).
+    pub fn mirror_lost(&mut self) {
+        self.counts.mirrors_lost += 1;
+        self.mirror.fill(0);
     }
 
     /// The writer's process ended (crash, halt, or death inside a hook): its NVRAM is what

@@ -279,6 +279,9 @@ impl World {
             let mut lanes = self.logs.borrow_mut();
             lanes[i].crash_incarnation(incarnation, &mut self.rng);
             lanes[1 - i].fail_path(&mut self.rng);
+            // The copy of the partner's log lived in this node's memory (a region of its
+            // process): gone with it, blank in the next incarnation's region.
+            lanes[1 - i].mirror_lost();
         }
         for lane in 0..2 {
             let r = self.wbs[lane].crash(i);
@@ -686,6 +689,7 @@ impl World {
             c.log_marks_cleared += n.marks_cleared;
             c.replays_after_cursor += n.replays_after_cursor;
             c.stale_copies_skipped += n.stale_copies_skipped;
+            c.mirrors_lost += n.mirrors_lost;
             c.applied_by_partner += d.applied_by_partner;
             c.applied_by_own += d.applied_by_own;
             c.reapplied_after_crash += d.reapplied_after_crash;
