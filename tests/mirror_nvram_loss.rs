@@ -655,3 +655,57 @@ fn with_the_giveback_client_a_node_without_any_valid_copy_withholds_its_disks() 
     assert!(a.shadow.wait_recovered(WAIT));
     drop(a);
 }
+
+/// A crash inside the format of a new generation (after a takeover the partner replayed)
+/// leaves a superblock of that generation over an unreadable log; the next start formats
+/// above it instead of failing for good (`FormatLogStaleGeneration` lost the backing: the
+/// swarm found it once the lanes ran the library's `plan_start`).
+#[test]
+fn a_log_torn_inside_its_format_is_formatted_over_above_its_generation() {
+    use interlink::clients::giveback::{LogMark, ReplayedMark};
+    use interlink::clients::mirror::log_format::CHECKPOINT_SLOT_OFFSETS;
+    use interlink::clients::mirror::{NvramBacking, ShadowLog};
+    let (_, _, _ma, mb) = managers();
+    let dir = temp_dir("nvram-torn-format");
+    let len = 64 * 1024;
+    let node = mb.config().node_id;
+    // The superblock of generation u64::MAX - 5 is written, its checkpoint slots are not.
+    let torn_generation = u64::MAX - 5;
+    let log = ShadowLog::format(MemoryNvram::new(len), torn_generation).unwrap();
+    let mut image = log.into_local().bytes().to_vec();
+    for at in CHECKPOINT_SLOT_OFFSETS {
+        image[at..at + 64].fill(0xee);
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(log_path(&dir, node), &image).unwrap();
+    // The mailbox records generation 7, which the partner replayed whole.
+    let disk = Arc::new(Disk(parking_lot::Mutex::new((
+        7,
+        CopyStamp {
+            outdated: None,
+            complete_for: Some(0),
+            writeback_outdated: false,
+        },
+    ))));
+    let mailbox = MemMailbox::boot(&disk);
+    let context = OwnLogContext {
+        partner_replayed: Some(ReplayedMark {
+            at: LogMark {
+                generation: 7,
+                seq: 40,
+            },
+            complete: true,
+        }),
+        partner_took_over: false,
+        ..mailbox.context()
+    };
+    let mut cfg = ShadowConfig::new();
+    cfg.partner_timeout = Duration::from_millis(200);
+    let b = on_files(&mb, &dir, len, cfg);
+    let r = b
+        .recover_from_mailbox(&context, |_| panic!("nothing to apply"))
+        .expect("recovered");
+    assert_eq!(r.outcome, RecoveryOutcome::ReplayedByPartner);
+    assert!(r.generation > torn_generation, "{r:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -408,7 +408,10 @@ impl World {
             let me = n.id;
             let recorded = own.newest.map_or(0, |r| r.own_log_generation);
             svc.started(me, n.incarnation, own.newest.map(|_| inherited), recorded);
-            n.stamp_replayed = svc.replayed_partner_log(me);
+            // As the driver: what the own record published stays published.
+            n.stamp_replayed = svc
+                .replayed_partner_log(me)
+                .max(own.newest.and_then(|r| r.replayed_partner_log));
         }
         let inc = n.incarnation;
         self.record(i, Cause::New, Step::Restart(inc));
@@ -767,7 +770,9 @@ impl World {
                         self.crash_index(i);
                         return None;
                     }
-                    self.nodes[i].stamp_replayed = svc.replayed_partner_log(me);
+                    let now = svc.replayed_partner_log(me);
+                    let n = &mut self.nodes[i];
+                    n.stamp_replayed = n.stamp_replayed.max(now);
                 }
                 None
             }

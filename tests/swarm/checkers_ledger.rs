@@ -75,7 +75,7 @@ fn checker_ledger_catches_a_double_application_in_own_recovery() {
         l.writer_started(9, None, 0);
         l.bugs.own_applies_twice = planted;
         // Nobody replayed the log: the writer applies it itself.
-        assert!(!l.recover(Some(None), true, false));
+        assert!(!l.recover(Some(None), Some(1), false));
         assert!(l.counts.recoveries_replay_here == 1 && l.ledger.counts.applied_by_own > 0);
         let caught = l.violations.iter().any(|v| v.contains("applied twice"));
         assert_eq!(caught, planted, "{:?}", l.violations);
@@ -96,7 +96,7 @@ fn checker_ledger_catches_a_lost_record() {
         assert!(!l.takeover_replay(None, 0));
         l.writer_started(9, None, 0);
         let published = l.published_cursor();
-        assert!(!l.recover(Some(published), true, false));
+        assert!(!l.recover(Some(published), Some(1), false));
         assert_eq!(l.counts.recoveries_replayed_by_partner, 1);
         let caught = l.violations.iter().any(|v| v.contains("never applied"));
         assert_eq!(caught, planted, "{:?}", l.violations);

@@ -13,11 +13,11 @@
 //!   cursor after it and a checkpoint through it (with the path up the mirror follows at
 //!   once); then `next_generation` and a format of the new generation. `ReplayedByPartner`
 //!   formats a new generation at once. Either closes the old generation in the ledger.
-//! - **Lost NVRAM** (blank or corrupt image, modelled at the lane level while the product
-//!   grows it): the node fetches the partner's copy (its region; needs the partner up,
-//!   else the recovery waits) and plans on that copy with the same function, unless the
-//!   copy is marked outdated or holds a generation older than the own-replay cursor's (the
-//!   node formatted a newer one since, which the copy lacks). No valid copy anywhere: the node refuses to serve; an operator
+//! - **Start** with what the writer's mailbox record says of its log (own log generation,
+//!   outdated mark, copy confirmation): the library's `plan_start`, and on a lost NVRAM
+//!   (blank or corrupt image) `plan_fetched` on the partner's copy (its region, read from
+//!   its running incarnation; the recovery waits while the partner is down). No valid copy
+//!   anywhere: the node refuses to serve; an operator
 //!   accepts the loss and it formats a first generation; the ledger counts every
 //!   acknowledged record nobody applied as *unavailable* (never silently dropped).
 //!
@@ -36,8 +36,8 @@ use crate::giveback_sim::{LogService, A};
 use crate::mirror_log_sim::{check_image, Oracle};
 use interlink::clients::giveback::{CopyStamp, LogMark, ReplayedMark};
 use interlink::clients::mirror::{
-    next_generation, plan_recovery, replay, LogPosition, NvramBacking, RecoveryPlan, ReplayCursor,
-    ReplayedRecord, ShadowLog,
+    next_generation, plan_fetched, plan_start, replay, LogPosition, NvramBacking, OwnLogKnowledge,
+    RecoveryPlan, ReplayCursor, ReplayedRecord, ShadowLog,
 };
 use rand::Rng;
 use std::cell::RefCell;
@@ -182,16 +182,17 @@ impl LogLane {
 
     /// The writer recovers its log before serving its own set. `partner_replayed`: the
     /// partner's record's cursor (None: the record could not be read; the recovery waits).
-    /// `partner_up`: the partner's copy can be fetched. `partner_took_over`: the partner's
+    /// `partner_incarnation`: the partner's running incarnation (its copy can be fetched). `partner_took_over`: the partner's
     /// record says it took this node over (a replay beyond its published cursor is possible:
     /// the product waits for the cursor, `MirrorError::PartnerReplayUnknown`). Returns
     /// whether the writer died inside.
     pub fn recover(
         &mut self,
         partner_replayed: Option<Option<ReplayedMark>>,
-        partner_up: bool,
+        partner_incarnation: Option<u64>,
         partner_took_over: bool,
     ) -> bool {
+        let partner_up = partner_incarnation.is_some();
         if !self.needs_recovery || self.log.is_some() {
             return false;
         }
@@ -201,34 +202,45 @@ impl LogLane {
         };
         let partner = partner_replayed.map(ReplayCursor::from);
         let image = self.local.take().unwrap_or_else(|| vec![0; LOG_LEN]);
-        let plan = plan_recovery(&image, self.own_cursor, partner);
-        let had_log = self.generation > 0;
-        let (plan, from_copy) = match plan {
-            Ok(RecoveryPlan::Fresh) | Err(_) if had_log => {
-                // The own NVRAM is lost: the partner's copy, if it can be had and is valid.
-                if !partner_up {
+        // The product's decision (`plan_start`, then `plan_fetched` on the partner's copy),
+        // with what this writer's mailbox record says of its log.
+        let known = OwnLogKnowledge::Recorded {
+            generation: self.own_log.recorded(),
+            copy_outdated: self.sync.mark.get().map(mark_pos),
+            copy_complete_for: self.sync.mark.stamp().complete_for,
+        };
+        let (plan, from_copy) = match plan_start(&image, self.own_cursor, partner, known) {
+            Ok(RecoveryPlan::FetchFromPartner { local, .. }) => {
+                // The own NVRAM cannot stand for the log: the partner's copy, read from its
+                // running incarnation, if the mailbox says it stands for it.
+                let Some(fetched_from) = partner_incarnation else {
                     self.counts.recoveries_deferred += 1;
                     self.local = Some(image);
                     return false;
-                }
-                match plan_recovery(&self.mirror, self.own_cursor, partner) {
-                    Ok(p @ RecoveryPlan::ReplayedByPartner { .. }) => (p, true),
-                    // A copy of a generation older than the own cursor's is stale (this
-                    // node formatted a newer one since, whose records the copy lacks).
-                    Ok(p @ RecoveryPlan::ReplayHere { generation, .. })
-                        if !self.sync.mark.is_marked()
-                            && self.own_cursor.is_none_or(|c| c.generation <= generation) =>
-                    {
-                        (p, true)
-                    }
-                    _ => {
+                };
+                match plan_fetched(
+                    &self.mirror,
+                    fetched_from,
+                    self.own_cursor,
+                    partner,
+                    known,
+                    &local,
+                ) {
+                    Ok(p) => (p, true),
+                    Err(e) => {
+                        self.trail = format!("refused: {e}");
                         self.refuse();
                         return false;
                     }
                 }
             }
             Ok(p) => (p, false),
-            Err(e) => panic!("a first start's blank image is unreadable: {e}"),
+            Err(_) => {
+                // A corrupt image the mailbox says held nothing acknowledged: the product
+                // withholds the disks for an operator, who starts a first generation.
+                self.refuse();
+                return false;
+            }
         };
         let source = if from_copy {
             self.mirror.clone()
@@ -237,9 +249,7 @@ impl LogLane {
         };
         match plan {
             RecoveryPlan::FetchFromPartner { .. } => {
-                // `plan_recovery` (the first step, without the mailbox's knowledge) never
-                // asks for a fetch: the lane decides a lost NVRAM above.
-                unreachable!("plan_recovery planned a fetch")
+                unreachable!("plan_fetched decides on the copy, it never asks for another")
             }
             RecoveryPlan::Fresh => {
                 self.counts.recoveries_fresh += 1;
@@ -255,9 +265,11 @@ impl LogLane {
                 });
                 self.violate(r);
                 let dies = death_point(self, 0).map(|_| 0);
+                // As the product: above what a corrupt image's superblock still names.
+                let previous = Some(generation).max(superblock_generation(&source));
                 self.format_next(
                     source,
-                    Some(generation),
+                    previous,
                     partner.map(|p| p.position),
                     dies.unwrap_or(usize::MAX),
                 )
@@ -424,7 +436,10 @@ impl LogLane {
         let fuse = nvram.fuse();
         let log = match ShadowLog::format(nvram, gen) {
             Ok(log) => log,
-            Err(e) => panic!("format of generation {gen}: {e}"),
+            Err(e) => panic!(
+                "format of generation {gen} (lane at {}, previous {previous:?}, partner {partner:?}): {e}",
+                self.generation
+            ),
         };
         if fuse.dead() {
             return self.die_in_hook(log.into_local().crash_image());
@@ -456,6 +471,14 @@ pub struct LogHooks {
     pub lanes: Lanes,
 }
 
+/// The generation a (possibly corrupt) image's superblock names, as the product reads it
+/// before it formats over a lost log.
+fn superblock_generation(image: &[u8]) -> Option<u64> {
+    interlink::clients::mirror::log_format::decode_superblock(image)
+        .ok()
+        .map(|sb| sb.generation)
+}
+
 fn lane_of(id: u32) -> usize {
     usize::from(id != A)
 }
@@ -479,8 +502,8 @@ impl LogService for LogHooks {
     ) -> bool {
         let i = lane_of(me);
         let mut lanes = self.lanes.borrow_mut();
-        let partner_up = lanes[1 - i].incarnation.is_some();
-        lanes[i].recover(partner_replayed, partner_up, partner_took_over)
+        let partner = lanes[1 - i].incarnation;
+        lanes[i].recover(partner_replayed, partner, partner_took_over)
     }
 
     fn replayed_partner_log(&mut self, me: u32) -> Option<ReplayedMark> {

@@ -223,8 +223,8 @@ impl World {
             let read = record.map(|r| r.and_then(|r| r.replayed_partner_log));
             let died = {
                 let mut lanes = self.logs.borrow_mut();
-                let partner_up = lanes[1 - i].incarnation.is_some();
-                lanes[i].recover(read, partner_up, took_over)
+                let partner = lanes[1 - i].incarnation;
+                lanes[i].recover(read, partner, took_over)
             };
             if died {
                 self.gb.crash(id);

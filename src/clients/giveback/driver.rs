@@ -294,7 +294,12 @@ impl GivebackNode {
             own.newest.map_or(0, |r| r.own_log_generation),
         ));
         let mailbox = Box::new(StampingMailbox {
-            replayed: hooks.replayed_partner_log(),
+            // What the own record published stays published if the replay cursor in NVRAM
+            // was lost (a replaced controller): the partner must not apply those records
+            // again.
+            replayed: hooks
+                .replayed_partner_log()
+                .max(own.newest.and_then(|r| r.replayed_partner_log)),
             inner: mailbox,
             copy_mark: copy_mark.clone(),
             own_log: own_log.clone(),
@@ -601,7 +606,8 @@ impl Driver {
                         forced_loss: self.machine.status().forced_loss,
                     };
                     let _ = self.run_hook("replay partner log", |h| h.replay_partner_log(&context));
-                    self.mailbox.replayed = self.hooks.replayed_partner_log();
+                    let now_replayed = self.hooks.replayed_partner_log();
+                    self.mailbox.replayed = self.mailbox.replayed.max(now_replayed);
                 }
                 Action::SendKill { target_incarnation } => {
                     let msg = encode_kill(*target_incarnation, self.incarnation);

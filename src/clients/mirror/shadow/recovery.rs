@@ -39,6 +39,7 @@ use super::{now_ns, Nvram, ShadowMirror};
 use crate::clients::giveback::OwnLogContext;
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::log::ShadowLog;
+use crate::clients::mirror::log_format::decode_superblock;
 use crate::clients::mirror::log_replay::{LogPosition, ReplayCursor, ReplayedRecord};
 use crate::clients::mirror::nvram::NvramBacking as _;
 use crate::clients::mirror::recovery_plan::{
@@ -298,8 +299,16 @@ impl ShadowMirror {
                         if dropped > 0 {
                             tracing::warn!(client = %shared.cfg.name, generation = g, dropped, partner_replayed = ?through, "shadow log recovery: records after the partner's replay were never applied and are dropped");
                         }
-                        let gen =
-                            self.new_generation(Some(g), partner_replayed.map(|p| p.position));
+                        // A corrupt image may still name a newer generation in its
+                        // superblock: the new log goes above that too (format refuses a
+                        // generation that is not, and the backing would be lost).
+                        let existing = decode_superblock(backing.bytes())
+                            .ok()
+                            .map(|sb| sb.generation);
+                        let gen = self.new_generation(
+                            Some(g).max(existing),
+                            partner_replayed.map(|p| p.position),
+                        );
                         let log = ShadowLog::format(backing, gen)?;
                         let r = Recovered {
                             outcome: RecoveryOutcome::ReplayedByPartner,
