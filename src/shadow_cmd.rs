@@ -203,6 +203,7 @@ impl ShadowNode {
     pub fn attach_giveback(&self, giveback: &GivebackNode) {
         self.mirror
             .set_partner_copy_mark(giveback.partner_copy_mark());
+        self.mirror.set_serving_lease(giveback.serving_lease());
         let mirror = Arc::downgrade(&self.mirror);
         let follow = giveback.on_partner_failed(move |why| {
             mirror

@@ -43,6 +43,9 @@ fn name(id: u32) -> &'static str {
 /// state changes, every other action and the main events are kept.
 fn milestones(w: &World, from: Duration) -> Vec<String> {
     let mut taken_over: HashMap<u32, bool> = HashMap::new();
+    // The kills shown per node since its kills last stopped or resumed: repeats are routine
+    // (in TAKEOVER they follow the interval's reservation check).
+    let mut kills_shown: HashMap<u32, u64> = HashMap::new();
     let mut out = Vec::new();
     for t in w.trace.iter().filter(|t| t.at >= from) {
         let label = match &t.step {
@@ -61,7 +64,11 @@ fn milestones(w: &World, from: Duration) -> Vec<String> {
                     Action::CheckReservation { set } if !routine => {
                         Some(format!("CheckReservation {set}"))
                     }
-                    Action::SendKill { target_incarnation } if !routine => {
+                    Action::SendKill { target_incarnation }
+                        if !routine
+                            && kills_shown.insert(t.node, *target_incarnation)
+                                != Some(*target_incarnation) =>
+                    {
                         Some(format!("SendKill {target_incarnation}"))
                     }
                     Action::Release { set } if !routine => Some(format!("Release {set}")),
@@ -85,8 +92,14 @@ fn milestones(w: &World, from: Duration) -> Vec<String> {
             Step::Event(e) => match e {
                 GivebackEvent::PartnerFailed { .. } => Some("PartnerFailed".into()),
                 GivebackEvent::TakeoverDone { .. } => Some("TakeoverDone".into()),
-                GivebackEvent::KillsStopped => Some("KillsStopped".into()),
-                GivebackEvent::KillsResumed => Some("KillsResumed".into()),
+                GivebackEvent::KillsStopped => {
+                    kills_shown.remove(&t.node);
+                    Some("KillsStopped".into())
+                }
+                GivebackEvent::KillsResumed => {
+                    kills_shown.remove(&t.node);
+                    Some("KillsResumed".into())
+                }
                 GivebackEvent::GivebackStarted => Some("GivebackStarted".into()),
                 GivebackEvent::GivebackDone { .. } => Some("GivebackDone".into()),
                 GivebackEvent::Killed => Some("Killed".into()),

@@ -726,6 +726,38 @@ fn nothing_is_acknowledged_unmirrored_before_the_partner_copy_is_marked_outdated
     assert_eq!(seqs(&rp), (1..=7).collect::<Vec<_>>());
 }
 
+#[test]
+fn nothing_is_acknowledged_while_the_serving_lease_does_not_run() {
+    use interlink::clients::giveback::ServingLease;
+    let (_, _, ma, mb) = managers();
+    let len = 64 * 1024;
+    let cfg = ShadowConfig::new();
+    let a = shadow(&ma, len, cfg.clone());
+    let b = shadow(&mb, len, cfg.clone());
+    let lease = Arc::new(ServingLease::new());
+    lease.set(Some(Instant::now() + Duration::from_secs(600)));
+    a.set_serving_lease(lease.clone());
+    connected(&a);
+    connected(&b);
+    assert!(a.append(&writer_payload(1, 50)).unwrap().mirrored);
+    // The lease ran out (a stall: the partner may be taking this node over): the record is
+    // mirrored, and not acknowledged.
+    lease.set(Some(Instant::now()));
+    let t = a.append_start(&writer_payload(2, 50)).unwrap();
+    let err = a.wait_timeout(&t, Duration::from_millis(500)).unwrap_err();
+    assert!(matches!(err, MirrorError::AppendTimeout { .. }), "{err}");
+    let st = a.stats();
+    assert!(st.lease_held && st.lease_holds == 1, "{st:#?}");
+    assert_eq!(st.acknowledged_seq, 1);
+    wait_stats(&b, "record 2 in B's region", |_| {
+        b.read_partner().is_ok_and(|r| seqs(&r) == [1, 2])
+    });
+    // Renewed: acknowledged.
+    lease.set(Some(Instant::now() + Duration::from_secs(600)));
+    assert!(a.wait_timeout(&t, WAIT).unwrap().mirrored);
+    assert!(!a.stats().lease_held);
+}
+
 /// Waits until `mark` names `partner` as holding a complete copy.
 fn wait_confirmed(mark: &interlink::clients::giveback::PartnerCopyMark, partner: u64) {
     let t0 = Instant::now();

@@ -11,7 +11,9 @@
 
 mod manager_pair;
 
-use interlink::clients::giveback::{CopyStamp, OwnLogContext, OwnLogMark, PartnerCopyMark};
+use interlink::clients::giveback::{
+    CopyStamp, OwnLogContext, OwnLogMark, PartnerCopyMark, ServingLease,
+};
 use interlink::clients::mirror::shadow::{
     check_payload, cursor_path, file_backings, log_path, writer_payload, CursorStore,
     RecoveryOutcome,
@@ -80,6 +82,9 @@ impl Disk {
 struct MemMailbox {
     mark: Arc<OwnLogMark>,
     copy_mark: Arc<PartnerCopyMark>,
+    /// Renewed by every write, as the giveback machine's lease is (nobody takes this node
+    /// over here).
+    lease: Arc<ServingLease>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -91,9 +96,12 @@ impl MemMailbox {
         let mark = Arc::new(OwnLogMark::new(generation));
         let copy_mark = Arc::new(PartnerCopyMark::new(stamp));
         let stop = Arc::new(AtomicBool::new(false));
+        let lease = Arc::new(ServingLease::new());
         let (m, c, s, d) = (mark.clone(), copy_mark.clone(), stop.clone(), disk.clone());
+        let l = lease.clone();
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
+                l.set(Some(Instant::now() + Duration::from_secs(5)));
                 let carried = (m.stamp(), c.stamp());
                 *d.0.lock() = carried;
                 m.written(carried.0);
@@ -104,6 +112,7 @@ impl MemMailbox {
         MemMailbox {
             mark,
             copy_mark,
+            lease,
             stop,
             thread: Some(thread),
         }
@@ -115,6 +124,7 @@ impl MemMailbox {
             partner_took_over: false,
             own_log: self.mark.clone(),
             copy_mark: self.copy_mark.clone(),
+            serving_lease: self.lease.clone(),
         }
     }
 }

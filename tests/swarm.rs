@@ -298,6 +298,8 @@ fn swarm() {
             ("deaths inside replay or recovery", c.hook_crashes),
             ("takeovers refused (outdated copy)", c.takeovers_refused),
             ("forced takeovers", c.forced_takeovers),
+            ("stalls past the detection window", c.stalls_past_detection),
+            ("acknowledgements held for the lease", c.lease_holds),
             ("records acknowledged unmirrored", c.log_acked_unmirrored),
             ("outdated marks cleared", c.log_marks_cleared),
             ("NVRAM losses", c.nvram_losses),

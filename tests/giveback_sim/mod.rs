@@ -15,8 +15,8 @@ pub mod sweep;
 
 use disks::{disks, Disks, SharedDisks, SimMailbox, SimReservations};
 use interlink::clients::giveback::{
-    Action, Command, CommandReply, CopyStamp, GivebackConfig, GivebackError, GivebackEvent,
-    GivebackMachine, LogMark, Mailbox, MailboxRecord, MailboxWrite, NodeState, PartnerRead,
+    Action, Command, CommandReply, CopyGap, CopyStamp, GivebackConfig, GivebackError,
+    GivebackEvent, GivebackMachine, Mailbox, MailboxRecord, MailboxWrite, NodeState, PartnerRead,
     ReplayedMark, Reservations, StateBlock,
 };
 use rand::rngs::SmallRng;
@@ -47,7 +47,7 @@ pub trait LogService {
     fn replay_partner_log(
         &mut self,
         me: u32,
-        forced_loss: Option<LogMark>,
+        forced_loss: Option<CopyGap>,
         partner_log_generation: u64,
     ) -> bool;
     /// Node `me` recovers its own log before serving its own set. Returns whether the node
@@ -142,6 +142,20 @@ pub struct Node {
     pub keepalive_in_hooks: bool,
     /// Blocked in a hook until then.
     pub busy_until: Option<Duration>,
+    /// The whole process stopped (SIGSTOP, a long pause) until then: no input reaches its
+    /// machine, its progress counter stands still, its driver writes nothing.
+    pub stalled_until: Option<Duration>,
+    /// Stalled and not yet through an own reservation check since: what it serves is what
+    /// it believed before the stall (its disk I/O is fenced by the reservation), so the
+    /// serving checks leave it out.
+    pub resuming: bool,
+    /// Resuming, and its own reservation check done: it stops resuming once the actions that
+    /// check queued are carried out.
+    resume_checked: bool,
+    /// When its last stall ended.
+    resumed_at: Option<Duration>,
+    /// The machine's giveback count at its last ReleaseIdentity.
+    givebacks_seen: u32,
     /// While blocked: the next interval (progress advance, keepalive).
     beat_at: Duration,
     pub events: Vec<(Duration, GivebackEvent)>,
@@ -209,6 +223,11 @@ impl World {
             slow_replay: None,
             keepalive_in_hooks: true,
             busy_until: None,
+            stalled_until: None,
+            resuming: false,
+            resume_checked: false,
+            givebacks_seen: 0,
+            resumed_at: None,
             beat_at: Duration::ZERO,
             events: Vec::new(),
             stamp_replayed: None,
@@ -334,6 +353,10 @@ impl World {
         self.nodes
             .iter()
             .flat_map(|n| {
+                if n.stalled_until.is_some() {
+                    // Nothing of a stopped process is due before it resumes.
+                    return [n.stalled_until, None, None, None, None];
+                }
                 let tick = match n.busy_until {
                     Some(_) => Some(n.beat_at),
                     None => n
@@ -342,7 +365,7 @@ impl World {
                         .and_then(|m| m.poll_timeout())
                         .map(|t| t.saturating_duration_since(self.base)),
                 };
-                [tick, n.restart_at, n.rebooting_until, n.busy_until]
+                [tick, n.restart_at, n.rebooting_until, n.busy_until, None]
             })
             .flatten()
             .min()
@@ -350,6 +373,13 @@ impl World {
 
     fn process_due(&mut self) {
         for i in 0..2 {
+            if let Some(until) = self.nodes[i].stalled_until {
+                if until > self.now {
+                    continue;
+                }
+                self.nodes[i].stalled_until = None;
+                self.nodes[i].resumed_at = Some(self.now);
+            }
             if self.nodes[i].rebooting_until.is_some_and(|t| t <= self.now) {
                 self.go_dark(i);
             }
@@ -393,6 +423,7 @@ impl World {
         };
         n.restart_at = None;
         n.incarnation += 1;
+        n.givebacks_seen = 0;
         n.progress = 0;
         n.published = None;
         let cfg = GivebackConfig {
@@ -449,6 +480,9 @@ impl World {
         let n = &mut self.nodes[i];
         n.rebooting_until = None;
         n.busy_until = None;
+        n.stalled_until = None;
+        n.resuming = false;
+        n.resume_checked = false;
         n.machine = None;
         n.published = None;
         n.restart_at = Some(self.now + self.restart_delay);
@@ -488,6 +522,41 @@ impl World {
         self.nodes[index(id)].mailbox.read_partner().ok()
     }
 
+    /// Whether node `i` serves `set` for the serving checks: a node that stalled serves
+    /// what it believed before until its first reservation check after, and then, while
+    /// within a detection window of the stall, only under a running serving lease (its
+    /// partner may have declared it failed meanwhile; the lease is what keeps the two apart,
+    /// and its disk I/O is fenced by the reservation).
+    pub fn serves(&self, i: usize, set: u32) -> bool {
+        let n = &self.nodes[i];
+        if n.resuming || !n.serving.contains(&set) {
+            return false;
+        }
+        let recently = n
+            .resumed_at
+            .is_some_and(|t| self.now.saturating_sub(t) <= I * K);
+        let lease = n
+            .machine
+            .as_ref()
+            .and_then(|m| m.poll_lease())
+            .is_some_and(|u| self.at(self.now) < u);
+        !recently || lease
+    }
+
+    /// Stops node `id`'s whole process for `d` (between steps; not while its driver is
+    /// blocked in a hook). Returns whether it stalled.
+    #[allow(dead_code)] // the swarm's
+    pub fn stall(&mut self, id: u32, d: Duration) -> bool {
+        let now = self.now;
+        let n = &mut self.nodes[index(id)];
+        if n.machine.is_none() || n.busy_until.is_some() || n.stalled_until.is_some() {
+            return false;
+        }
+        n.stalled_until = Some(now + d);
+        n.resuming = true;
+        true
+    }
+
     /// Crashes node `id` now (between steps).
     pub fn crash(&mut self, id: u32) {
         self.crash_index(index(id));
@@ -506,6 +575,9 @@ impl World {
         n.crash_at_action = None;
         n.rebooting_until = None;
         n.busy_until = None;
+        n.stalled_until = None;
+        n.resuming = false;
+        n.resume_checked = false;
         n.tags.clear();
         n.restart_at = Some(self.now + self.restart_delay);
     }
@@ -598,6 +670,12 @@ impl World {
                 return;
             };
             let Some(action) = m.poll_action() else {
+                let n = &mut self.nodes[i];
+                if n.resume_checked {
+                    n.resume_checked = false;
+                    n.resuming = false;
+                    self.check_serving();
+                }
                 self.collect_events(i);
                 break;
             };
@@ -641,7 +719,8 @@ impl World {
         let mut held = VecDeque::new();
         while let Some((target, inc)) = self.kills.pop_front() {
             let now = self.at(self.now);
-            if self.nodes[target].busy_until.is_some() {
+            let t = &self.nodes[target];
+            if t.busy_until.is_some() || t.stalled_until.is_some() {
                 held.push_back((target, inc));
                 continue;
             }
@@ -706,7 +785,12 @@ impl World {
             }
             Action::CheckReservation { set } => {
                 match n.reservations.check(*set) {
-                    Ok(h) => m.handle_reservation(now, *set, h),
+                    Ok(h) => {
+                        m.handle_reservation(now, *set, h);
+                        if *set == me && n.resuming {
+                            n.resume_checked = true;
+                        }
+                    }
                     Err(e) => m.handle_io_failed(now, action, e.to_string()),
                 }
                 Some(Cause::Reservation)
@@ -738,12 +822,24 @@ impl World {
             }
             Action::ReleaseIdentity => {
                 n.identity = false;
-                if m.state() == NodeState::Up {
+                let givebacks = m.status().givebacks;
+                let giveback = givebacks != n.givebacks_seen;
+                n.givebacks_seen = givebacks;
+                if m.state() == NodeState::Up && giveback {
                     // A giveback: the partner must truly be waiting in MBWAIT right now.
                     let truth = self.state(partner);
                     if truth != Some(NodeState::MbWait) {
                         self.violate(format!(
                             "node {me} gave back while node {partner} is {truth:?}"
+                        ));
+                    }
+                } else if m.state() == NodeState::Up {
+                    // The partner took its disks back (it declared this node failed): they
+                    // are reserved by it, not by this node.
+                    let holder = self.nodes[p].reservations.check(partner).ok().flatten();
+                    if holder == Some(me) {
+                        self.violate(format!(
+                            "node {me} stopped serving node {partner}'s disks it still holds"
                         ));
                     }
                 }
@@ -759,12 +855,8 @@ impl World {
                         .map_or(self.now, |t| t.saturating_duration_since(self.base));
                 }
                 self.replays.push((self.now, me));
-                // What a forced takeover went past: an outdated copy is the loss the lane
-                // accounts for (the swarm's writers confirm no copy, so no other gap arises).
-                let forced = m.status().forced_loss.and_then(|g| match g {
-                    interlink::clients::giveback::CopyGap::Outdated { from } => Some(from),
-                    _ => None,
-                });
+                // What a forced takeover went past (the lane accounts for the loss).
+                let forced = m.status().forced_loss;
                 if let Some(svc) = self.log_service.as_mut() {
                     if svc.replay_partner_log(me, forced, *partner_log_generation) {
                         self.crash_index(i);
@@ -798,10 +890,9 @@ impl World {
     /// At most one node serves each disk set.
     fn check_serving(&mut self) {
         for set in [A, B] {
-            let servers: Vec<u32> = self
-                .nodes
-                .iter()
-                .filter(|n| n.serving.contains(&set))
+            let servers: Vec<u32> = (0..2)
+                .filter(|&i| self.serves(i, set))
+                .map(|i| &self.nodes[i])
                 .map(|n| n.id)
                 .collect();
             if servers.len() > 1 {
@@ -815,7 +906,16 @@ impl World {
     fn check_preempt(&mut self, i: usize, set: u32) {
         let me = self.nodes[i].id;
         let other = &self.nodes[1 - i];
-        if other.serving.contains(&set) {
+        let silent_stall = other
+            .resumed_at
+            .is_some_and(|t| self.now.saturating_sub(t) <= I * K);
+        if other.resuming || silent_stall {
+            // Stopped, or resumed and not yet through its reservation check: the preempt
+            // fences its disk I/O. Or it resumed within the last detection window from a
+            // stall as long as one: the partner's evidence of its failure was real, and the
+            // takeover's reconfirming mailbox read (or its own next reservation check)
+            // settles the race.
+        } else if other.serving.contains(&set) {
             self.violate(format!(
                 "node {me} preempts set {set} while node {} serves it",
                 other.id

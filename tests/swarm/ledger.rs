@@ -68,6 +68,8 @@ pub enum Applier {
 struct Appended {
     hash: u64,
     acked: bool,
+    /// Acknowledged and not applied when a takeover an operator forced went past it.
+    forced_lost: bool,
     /// Applications so far; `confirmed`: the cursor covering it was stored.
     applied: Vec<(Applier, bool)>,
 }
@@ -94,7 +96,9 @@ pub struct Ledger {
     records: BTreeMap<LogPosition, Appended>,
     /// Highest service checkpoint per generation.
     checkpoints: BTreeMap<u64, u64>,
-    /// A forced takeover lost the records from here on.
+    /// A forced takeover happened (what it lost is marked on the records).
+    forced_any: bool,
+    /// The first position a forced takeover lost (for messages).
     forced_from: Option<LogPosition>,
     /// Count the product gaps as violations (`SWARM_STRICT=1`).
     pub strict: bool,
@@ -116,6 +120,7 @@ impl Ledger {
             Appended {
                 hash: hash(payload),
                 acked: false,
+                forced_lost: false,
                 applied: Vec::new(),
             },
         );
@@ -157,7 +162,7 @@ impl Ledger {
             None => {}
             Some((_, false)) => self.counts.reapplied_after_crash += 1,
             Some((Applier::Own | Applier::OwnUnfollowed, true))
-                if by == Applier::Partner && self.forced_from.is_some() && !self.strict =>
+                if by == Applier::Partner && self.forced_any && !self.strict =>
             {
                 self.counts.reapplied_by_forced_takeover += 1
             }
@@ -190,9 +195,23 @@ impl Ledger {
         }
     }
 
-    /// A forced takeover from an outdated copy marked at `from`.
+    /// A forced takeover from an outdated copy marked at `from`: the records acknowledged
+    /// from there on and not applied yet are lost to it (unless it finds them after all).
     pub fn forced(&mut self, from: LogPosition) {
-        self.forced_from = Some(self.forced_from.map_or(from, |f| f.min(from)));
+        self.forced_unless(|pos| pos < from);
+    }
+
+    /// A forced takeover from a copy that holds what `in_copy` says: every record
+    /// acknowledged and not applied yet that is not in it is lost to it. Records acknowledged
+    /// later are not: a writer acknowledges nothing after its partner took it over.
+    pub fn forced_unless(&mut self, in_copy: impl Fn(LogPosition) -> bool) {
+        self.forced_any = true;
+        for (pos, r) in self.records.iter_mut() {
+            if r.acked && r.applied.is_empty() && !in_copy(*pos) {
+                r.forced_lost = true;
+                self.forced_from = Some(self.forced_from.map_or(*pos, |f| f.min(*pos)));
+            }
+        }
     }
 
     /// Generation `generation` is closed (a new one was formatted after a recovery, or the
@@ -210,7 +229,7 @@ impl Ledger {
             if !r.acked || !r.applied.is_empty() || self.covered(*pos) {
                 continue;
             }
-            if self.forced_from.is_some_and(|f| f <= *pos) {
+            if r.forced_lost {
                 self.counts.records_forced_lost += 1;
             } else if unavailable {
                 self.counts.records_unavailable += 1;

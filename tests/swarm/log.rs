@@ -54,6 +54,8 @@ pub struct LogCounts {
     pub stale_copies_skipped: u64,
     /// Copies lost with the partner's process.
     pub mirrors_lost: u64,
+    /// Steps in which completed records waited for the writer's serving lease.
+    pub lease_holds: u64,
     pub recoveries_fresh: u64,
     pub recoveries_replayed_by_partner: u64,
     pub recoveries_replay_here: u64,
@@ -134,6 +136,8 @@ pub struct LogLane {
     /// The writer started and has not recovered its log yet.
     pub needs_recovery: bool,
     pub(super) path_up: bool,
+    /// The writer's serving lease ran at the last step.
+    pub(super) may_ack: bool,
     pub faults: LaneFaults,
     pub bugs: PlantedBugs,
     pub(super) rng: SmallRng,
@@ -167,6 +171,7 @@ impl LogLane {
             incarnation: None,
             needs_recovery: false,
             path_up: false,
+            may_ack: true,
             faults: LaneFaults::default(),
             bugs: PlantedBugs::default(),
             rng: SmallRng::seed_from_u64(seed ^ 0x6c61_6e65 ^ writer as u64),
@@ -323,6 +328,8 @@ impl LogLane {
     /// One step: appends while the writer serves, checkpoints, posts on the path, and lands
     /// and completes what is due; with the partner absent, completes unsent once the mark is
     /// durable. `partner`: the partner's running incarnation (the mirror region's owner).
+    /// `may_ack`: the writer's serving lease runs (the giveback machine's `poll_lease`):
+    /// completed records are acknowledged only then, as the shadow log does.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
@@ -331,8 +338,13 @@ impl LogLane {
         serving: bool,
         path_up: bool,
         partner: Option<u64>,
+        may_ack: bool,
         delay: impl Fn(&mut SmallRng) -> Duration,
     ) {
+        self.may_ack = may_ack;
+        if may_ack {
+            self.take_acks(false);
+        }
         let reconnected = path_up && !self.path_up;
         self.path_up = path_up;
         let generation = self.generation;
@@ -432,6 +444,25 @@ impl LogLane {
     }
 
     fn collect_acks(&mut self, unmirrored: bool) {
+        if self.may_ack {
+            self.take_acks(unmirrored);
+        } else if self
+            .log
+            .as_ref()
+            .is_some_and(|l| l.acknowledged().is_some_and(|p| p.seq > self.acked))
+        {
+            self.counts.lease_holds += 1;
+        }
+        let Some(log) = &mut self.log else { return };
+        if unmirrored {
+            self.unsent = true;
+        } else if !self.unsent {
+            self.floor = self.floor.max(log.checkpointed().seq);
+        }
+    }
+
+    /// Acknowledges what the log completed.
+    fn take_acks(&mut self, unmirrored: bool) {
         let Some(log) = &mut self.log else { return };
         while let Some(pos) = log.poll_acknowledged() {
             if pos.seq <= self.acked {
@@ -447,11 +478,6 @@ impl LogLane {
                 self.violations
                     .push(format!("log of node {}: {e}", self.writer));
             }
-        }
-        if unmirrored {
-            self.unsent = true;
-        } else if !self.unsent {
-            self.floor = self.floor.max(log.checkpointed().seq);
         }
     }
 

@@ -54,6 +54,9 @@ pub struct Plan {
     pub partner_timeout: u32,
     /// An operator forces a takeover the machine refused (outdated copy).
     pub force_takeover: f64,
+    /// A node's whole process stops (per node and step) for 1 to 3 detection windows, and
+    /// resumes.
+    pub stall: f64,
 }
 
 impl Plan {
@@ -94,6 +97,7 @@ impl Plan {
             nvram_loss: 0.0,
             partner_timeout: 0,
             force_takeover: 0.0,
+            stall: 0.0,
         };
         // The restart orders and durability faults (drawn from their own stream so the rest
         // of a seed's plan stays as it was).
@@ -108,6 +112,8 @@ impl Plan {
             0
         };
         plan.force_takeover = some(&mut d, 0.5, 1.0);
+        let mut s = SmallRng::seed_from_u64(seed ^ 0x7374_616c);
+        plan.stall = some(&mut s, 0.5, 0.004);
         // Most seeds lose, duplicate, reorder and corrupt single writes of the window's wire,
         // across conversation changes too (restarts, declared partner failures); the others
         // keep the wire of a reliable connection (in order, delays only), which a one-way
@@ -195,6 +201,9 @@ pub struct Counts {
     pub replays_after_cursor: u64,
     pub stale_copies_skipped: u64,
     pub mirrors_lost: u64,
+    pub stalls: u64,
+    pub stalls_past_detection: u64,
+    pub lease_holds: u64,
     pub applied_by_partner: u64,
     pub applied_by_own: u64,
     pub reapplied_after_crash: u64,
@@ -271,6 +280,9 @@ impl Counts {
             replays_after_cursor,
             stale_copies_skipped,
             mirrors_lost,
+            stalls,
+            stalls_past_detection,
+            lease_holds,
             applied_by_partner,
             applied_by_own,
             reapplied_after_crash,
@@ -305,5 +317,6 @@ impl Counts {
             + self.hook_crashes
             + self.nvram_losses
             + self.forced_takeovers
+            + self.stalls
     }
 }

@@ -34,7 +34,7 @@ use super::log::{LogLane, LOG_LEN};
 use super::nvram::CrashNvram;
 use crate::giveback_sim::{LogService, A};
 use crate::mirror_log_sim::{check_image, Oracle};
-use interlink::clients::giveback::{CopyStamp, LogMark, ReplayedMark};
+use interlink::clients::giveback::{CopyGap, CopyStamp, LogMark, ReplayedMark};
 use interlink::clients::mirror::{
     next_generation, plan_fetched, plan_start, replay, LogPosition, NvramBacking, OwnLogKnowledge,
     RecoveryPlan, ReplayCursor, ReplayedRecord, ShadowLog,
@@ -58,13 +58,19 @@ fn death_point(lane: &mut LogLane, steps: usize) -> Option<usize> {
 
 impl LogLane {
     /// The partner takes this writer over and replays its region after its stored cursor.
-    /// `forced_loss`: the takeover was forced past an outdated copy marked there. Returns
-    /// whether the partner died inside.
+    /// `forced`: what the machine says the takeover an operator forced went past (an
+    /// outdated copy marked at a position, or a copy not confirmed complete on the partner's
+    /// incarnation: whatever is not in it). Returns whether the partner died inside.
     pub fn takeover_replay(
         &mut self,
-        forced_loss: Option<LogMark>,
+        forced: Option<CopyGap>,
         partner_log_generation: u64,
     ) -> bool {
+        let forced_loss = match forced {
+            Some(CopyGap::Outdated { from }) => Some(from),
+            _ => None,
+        };
+        let unconfirmed = matches!(forced, Some(CopyGap::Unconfirmed { .. }));
         self.counts.replays_checked += 1;
         let what = format!("takeover replay of node {}'s log", self.writer);
         let r = check_image(
@@ -81,14 +87,14 @@ impl LogLane {
             .sync
             .mark
             .get()
-            .filter(|_| self.sync.mark.is_durable() && forced_loss.is_none());
+            .filter(|_| self.sync.mark.is_durable() && forced.is_none());
         if let Some(m) = past_mark {
             self.violate(Err(format!(
                 "takeover of node {}'s log past its durable outdated mark {m}",
                 self.writer
             )));
         }
-        if forced_loss.is_none() {
+        if forced.is_none() {
             self.violate(r);
         }
         if let Some(m) = forced_loss {
@@ -103,8 +109,21 @@ impl LogLane {
         }
         let Ok(mut r) = replay(&self.mirror, after) else {
             // No region ever came, or no log in it: nothing to replay, no cursor.
+            if unconfirmed {
+                self.ledger.forced_unless(|_| false);
+            }
             return false;
         };
+        if unconfirmed {
+            let gen = r.generation;
+            let in_copy: std::collections::BTreeSet<u64> =
+                r.records.iter().map(|rec| rec.seq).collect();
+            let done = after;
+            self.ledger.forced_unless(|pos| {
+                done.is_some_and(|c| pos <= c)
+                    || (pos.generation == gen && in_copy.contains(&pos.seq))
+            });
+        }
         if r.generation != 0 && r.generation < partner_log_generation {
             // As the product: a copy of a generation the writer recovered itself is not
             // replayed; the cursor says the newer one was taken over with nothing of it
@@ -487,11 +506,10 @@ impl LogService for LogHooks {
     fn replay_partner_log(
         &mut self,
         me: u32,
-        forced_loss: Option<LogMark>,
+        forced: Option<CopyGap>,
         partner_log_generation: u64,
     ) -> bool {
-        self.lanes.borrow_mut()[1 - lane_of(me)]
-            .takeover_replay(forced_loss, partner_log_generation)
+        self.lanes.borrow_mut()[1 - lane_of(me)].takeover_replay(forced, partner_log_generation)
     }
 
     fn recover_own_log(

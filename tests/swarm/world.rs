@@ -143,6 +143,22 @@ impl World {
         }
     }
 
+    /// Node `i`'s process is stopped now.
+    fn stalled(&self, i: usize) -> bool {
+        self.gb.node(IDS[i]).stalled_until.is_some()
+    }
+
+    /// Node `i`'s serving lease runs now (its machine's `poll_lease`).
+    fn lease_runs(&self, i: usize) -> bool {
+        let now = self.gb.at(self.now);
+        self.gb
+            .node(IDS[i])
+            .machine
+            .as_ref()
+            .and_then(|m| m.poll_lease())
+            .is_some_and(|until| now < until)
+    }
+
     /// Node `i` serves its own disk set.
     pub fn serving_own(&self, i: usize) -> bool {
         self.alive[i].is_some() && self.gb.node(IDS[i]).serving.contains(&IDS[i])
@@ -163,6 +179,7 @@ impl World {
             self.inject();
         }
         self.gb.links = [self.links.usable(0), self.links.usable(1)];
+        self.resume_data_first();
         self.gb.run_until(self.now);
         for v in std::mem::take(&mut self.gb.violations) {
             self.violate(format!("giveback: {v}"));
@@ -215,7 +232,7 @@ impl World {
     fn retry_recoveries(&mut self) {
         for (i, &id) in IDS.iter().enumerate() {
             let waiting = self.logs.borrow()[i].needs_recovery;
-            if !waiting || !self.serving_own(i) {
+            if !waiting || !self.serving_own(i) || self.stalled(i) {
                 continue;
             }
             let record = self.gb.read_partner_record(id);
@@ -239,7 +256,7 @@ impl World {
             let servers: Vec<u32> = IDS
                 .iter()
                 .copied()
-                .filter(|id| self.gb.node(*id).serving.contains(&set))
+                .filter(|&id| self.gb.serves(usize::from(id != A), set))
                 .collect();
             if servers.len() > 1 {
                 return Err(format!("disk set {set} served by nodes {servers:?}"));
@@ -394,21 +411,53 @@ impl World {
             }
         }
         self.mirror_link = path;
-        let plan = self.plan.clone();
         for w in 0..2 {
-            let serving = self.workload && self.serving_own(w);
-            let partner = self.logs.borrow()[1 - w].incarnation;
-            self.logs.borrow_mut()[w].step(
-                self.now,
-                &mut self.rng,
-                serving,
-                path.is_some(),
-                partner,
-                |r| plan.delay(r),
-            );
-            self.wbs[w].step(self.now, &mut self.rng, serving, path.is_some(), |r| {
-                plan.delay(r)
-            });
+            if self.stalled(w) {
+                // Its process does nothing (what it had in flight lands once it resumes);
+                // a connection that failed meanwhile is found failed when it resumes.
+                if path.is_none() {
+                    self.logs.borrow_mut()[w].path_up = false;
+                }
+                continue;
+            }
+            self.lane_step(w);
+        }
+    }
+
+    /// One step of node `w`'s data lanes on the current mirror path.
+    fn lane_step(&mut self, w: usize) {
+        let plan = self.plan.clone();
+        let path = self.mirror_link;
+        let serving = self.workload && self.serving_own(w);
+        let partner = self.logs.borrow()[1 - w].incarnation;
+        let may_ack = self.lease_runs(w);
+        self.logs.borrow_mut()[w].step(
+            self.now,
+            &mut self.rng,
+            serving,
+            path.is_some(),
+            partner,
+            may_ack,
+            |r| plan.delay(r),
+        );
+        self.wbs[w].step(self.now, &mut self.rng, serving, path.is_some(), |r| {
+            plan.delay(r)
+        });
+    }
+
+    /// A process resuming from a stall runs all its threads at once: its data path may
+    /// complete and acknowledge what was in flight before its giveback driver has read the
+    /// mailbox, so the lanes of a node resuming in this step go first.
+    fn resume_data_first(&mut self) {
+        for (w, &id) in IDS.iter().enumerate() {
+            let resumes = self
+                .gb
+                .node(id)
+                .stalled_until
+                .is_some_and(|t| t <= self.now);
+            if resumes && self.mirror_link.is_some() {
+                self.lane_step(w);
+            }
         }
     }
 
@@ -499,10 +548,24 @@ impl World {
             }
             self.sync_nodes();
         }
+        for (i, &id) in IDS.iter().enumerate() {
+            if p.stall == 0.0 || self.stalled(i) || !self.rng.gen_bool(p.stall) {
+                continue;
+            }
+            // Shorter or longer than the failure detection (a takeover may happen meanwhile).
+            let k = self.rng.gen_range(1..=3 * K);
+            if self.gb.stall(id, I * k) {
+                self.counts.stalls += 1;
+                if k > K {
+                    self.counts.stalls_past_detection += 1;
+                }
+            }
+        }
         self.mailbox_faults();
         if p.operator_takeover > 0.0 && self.rng.gen_bool(p.operator_takeover) {
-            let id = IDS[self.rng.gen_range(0..2)];
-            if self.gb.state(id) == Some(NodeState::Up) {
+            let i = self.rng.gen_range(0..2);
+            let id = IDS[i];
+            if self.gb.state(id) == Some(NodeState::Up) && !self.stalled(i) {
                 self.counts.operator_takeovers += 1;
                 self.gb.command(id, Command::Takeover { check_only: false });
             }
@@ -690,6 +753,7 @@ impl World {
             c.replays_after_cursor += n.replays_after_cursor;
             c.stale_copies_skipped += n.stale_copies_skipped;
             c.mirrors_lost += n.mirrors_lost;
+            c.lease_holds += n.lease_holds;
             c.applied_by_partner += d.applied_by_partner;
             c.applied_by_own += d.applied_by_own;
             c.reapplied_after_crash += d.reapplied_after_crash;

@@ -16,6 +16,7 @@ use crate::clients::giveback::actions::{
 };
 use crate::clients::giveback::copy_mark::PartnerCopyMark;
 use crate::clients::giveback::error::GivebackError;
+use crate::clients::giveback::lease::ServingLease;
 use crate::clients::giveback::machine::GivebackMachine;
 use crate::clients::giveback::mailbox::{
     LogMark, Mailbox, MailboxRecord, MailboxWrite, OwnRecord, ReplayedMark,
@@ -215,6 +216,7 @@ pub struct GivebackNode {
     messenger: Arc<Messenger>,
     copy_mark: Arc<PartnerCopyMark>,
     own_log: Arc<OwnLogMark>,
+    serving_lease: Arc<ServingLease>,
 }
 
 impl std::fmt::Debug for GivebackNode {
@@ -304,6 +306,7 @@ impl GivebackNode {
             copy_mark: copy_mark.clone(),
             own_log: own_log.clone(),
         });
+        let serving_lease = Arc::new(ServingLease::new());
         let mut driver = Driver {
             manager,
             machine,
@@ -320,6 +323,7 @@ impl GivebackNode {
             awaiting_partner_up: false,
             last_fast_read: Instant::now(),
             own_start_pending: None,
+            serving_lease: serving_lease.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("il-giveback".into())
@@ -332,7 +336,16 @@ impl GivebackNode {
             messenger,
             copy_mark,
             own_log,
+            serving_lease,
         })
+    }
+
+    /// The serving lease (see `lease.rs` in the giveback module): give it to the shadow log
+    /// ([`ShadowMirror::set_serving_lease`](crate::clients::mirror::ShadowMirror::set_serving_lease)),
+    /// which acknowledges a record only while it runs. The own-log recovery hook's
+    /// [`OwnLogContext`] carries it as well.
+    pub fn serving_lease(&self) -> Arc<ServingLease> {
+        self.serving_lease.clone()
     }
 
     /// The outdated mark of the partner's copy of this node's shadow log, which this node's
@@ -462,6 +475,8 @@ struct Driver {
     last_fast_read: Instant,
     /// The own disk set is to be served but its log is not recovered: the next try.
     own_start_pending: Option<Instant>,
+    /// The machine's serving lease as last published.
+    serving_lease: Arc<ServingLease>,
 }
 
 impl Driver {
@@ -690,6 +705,7 @@ impl Driver {
                     partner_took_over,
                     own_log: self.mailbox.own_log.clone(),
                     copy_mark: self.mailbox.copy_mark.clone(),
+                    serving_lease: self.serving_lease.clone(),
                 };
                 self.run_hook("recover own log", |h| h.recover_own_log(&context))
             }
@@ -714,13 +730,17 @@ impl Driver {
             machine,
             mailbox,
             hooks,
+            serving_lease,
             ..
         } = self;
+        let lease = &**serving_lease;
         let (done, done_rx) = crossbeam_channel::bounded::<()>(0);
         let r = std::thread::scope(|s| {
             let keeper = std::thread::Builder::new()
                 .name("il-giveback-keepalive".into())
-                .spawn_scoped(s, move || keep_alive(machine, mailbox.as_mut(), &done_rx));
+                .spawn_scoped(s, move || {
+                    keep_alive(machine, mailbox.as_mut(), lease, &done_rx)
+                });
             let r = hook(hooks.as_mut());
             drop(done);
             match keeper {
@@ -767,13 +787,19 @@ impl Driver {
     }
 
     fn publish_status(&mut self) {
+        self.serving_lease.set(self.machine.poll_lease());
         self.shared.lock().status = self.machine.status();
     }
 }
 
 /// The mailbox heartbeat while the driver thread is in a service hook: at every due interval,
 /// the machine's keepalive record is written and its result fed back, until `done` is dropped.
-fn keep_alive(machine: &mut GivebackMachine, mailbox: &mut dyn Mailbox, done: &Receiver<()>) {
+fn keep_alive(
+    machine: &mut GivebackMachine,
+    mailbox: &mut dyn Mailbox,
+    lease: &ServingLease,
+    done: &Receiver<()>,
+) {
     loop {
         let woke = match machine.poll_timeout() {
             Some(t) => done.recv_timeout(t.saturating_duration_since(Instant::now())),
@@ -792,6 +818,7 @@ fn keep_alive(machine: &mut GivebackMachine, mailbox: &mut dyn Mailbox, done: &R
                 Ok(w) => machine.handle_mailbox_written(now, w),
                 Err(e) => machine.handle_io_failed(now, &Action::WriteMailbox(rec), e.to_string()),
             }
+            lease.set(machine.poll_lease());
         }
     }
 }

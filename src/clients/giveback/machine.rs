@@ -67,6 +67,7 @@ use super::actions::{
     GivebackStatus,
 };
 use super::detector::{ObservedRead, PartnerView};
+use super::lease::LeaseClock;
 use super::mailbox::{MailboxRecord, MailboxWrite};
 use super::reservation::DiskSet;
 use super::state::{
@@ -166,6 +167,8 @@ pub struct GivebackMachine {
     kills_sent: u64,
     io_failures: u64,
     last_error: Option<String>,
+    /// The serving lease (`lease.rs`).
+    lease: LeaseClock,
 }
 
 impl GivebackMachine {
@@ -174,6 +177,7 @@ impl GivebackMachine {
     pub fn new(cfg: GivebackConfig, incarnation: u64, now: Instant) -> GivebackMachine {
         let mut m = GivebackMachine {
             view: PartnerView::new(cfg.interval, cfg.detection_window(), now),
+            lease: LeaseClock::new(cfg.detection_window()),
             auto_giveback: cfg.auto_giveback,
             cfg,
             incarnation,
@@ -277,6 +281,18 @@ impl GivebackMachine {
                         self.give_back(now);
                     }
                 }
+                // After step 540 the partner comes up only by this node's giveback, or by
+                // declaring this node failed (then it serves its disks already).
+                NodeState::Up | NodeState::Takeover
+                    if self.partner_released
+                        && self.serving_partner
+                        && self.takeover == TakeoverPhase::Idle =>
+                {
+                    self.stop_serving_partner(
+                        now,
+                        "the partner's block says it serves its own disks again (it declared this node failed)",
+                    );
+                }
                 _ => {}
             },
             _ => {}
@@ -307,6 +323,7 @@ impl GivebackMachine {
         }
         self.evaluate_partner(now);
         self.bring_up_after_mailbox(now);
+        self.partner_took_its_disks_back(now);
         if self.takeover == TakeoverPhase::Reconfirming {
             self.reconfirm_takeover();
         } else if self.partner_failed {
@@ -318,6 +335,7 @@ impl GivebackMachine {
     /// The result of [`Action::WriteMailbox`]: at least one copy was written.
     pub fn handle_mailbox_written(&mut self, now: Instant, write: MailboxWrite) {
         self.enter(now);
+        self.lease.written();
         if self.state == NodeState::Halted {
             return;
         }
@@ -345,6 +363,17 @@ impl GivebackMachine {
         }
         if set == me {
             self.own_reservation(now, holder);
+            match holder {
+                Some(h) if h == me => {
+                    if self.serving_own {
+                        self.lease.own_reservation_held();
+                    }
+                }
+                // Unheld while booting is the usual case (a reserve follows); anything else
+                // ends the lease.
+                None if !self.serving_own => {}
+                _ => self.lease.end(),
+            }
         } else if set == self.cfg.partner {
             self.partner_reservation(now, holder);
         }
@@ -362,6 +391,7 @@ impl GivebackMachine {
         }
         match action {
             Action::WriteMailbox(_) => {
+                self.lease.write_failed();
                 self.write_failures = self.write_failures.saturating_add(1);
                 self.fence_if_isolated(now);
             }
@@ -478,6 +508,12 @@ impl GivebackMachine {
     }
 
     // ------------------------------------------------------------------ outputs
+
+    /// Until when this node may acknowledge writes to its own disk set (the serving lease,
+    /// `lease.rs`); None: it may not.
+    pub fn poll_lease(&self) -> Option<Instant> {
+        self.lease.until().filter(|_| self.serving_own)
+    }
 
     /// The next action for the driver.
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -647,6 +683,7 @@ impl GivebackMachine {
     /// My mailbox record for the next write (heartbeat already advanced).
     fn record(&mut self) -> MailboxRecord {
         self.heartbeat += 1;
+        self.lease.handed_out(self.now);
         MailboxRecord {
             node: self.cfg.me,
             incarnation: self.incarnation,
@@ -689,6 +726,21 @@ impl GivebackMachine {
         if self.state == NodeState::Halted {
             return;
         }
+        // After step 540 this node serves disks it no longer holds, on the strength of being
+        // alive: once its lease ran out (a stall) the partner may have declared it failed
+        // and taken them back. It stops serving them; its next record says so, which is
+        // what a partner still in MBWAIT waits for.
+        if self.state == NodeState::Takeover
+            && self.serving_partner
+            && self.partner_released
+            && self.takeover == TakeoverPhase::Idle
+            && self.lease.until().is_none_or(|u| u <= now)
+        {
+            self.stop_serving_partner(
+                now,
+                "serving lease ran out while serving the partner's released disks",
+            );
+        }
         let rec = self.record();
         self.actions.push_back(Action::WriteMailbox(rec));
         self.actions.push_back(Action::ReadMailbox);
@@ -698,8 +750,20 @@ impl GivebackMachine {
                 self.actions.push_back(Action::CheckReservation { set: me });
             }
             NodeState::Up | NodeState::Takeover => {
+                // In TAKEOVER, the partner's disks are still this node's (a partner that
+                // declared this node failed, say after a stall, preempts them back); the
+                // interval's kill waits for the answer.
+                let confirm_partner = self.state == NodeState::Takeover
+                    && self.serving_partner
+                    && !self.partner_released
+                    && self.takeover == TakeoverPhase::Idle;
+                if confirm_partner {
+                    self.actions.push_back(Action::CheckReservation {
+                        set: self.cfg.partner,
+                    });
+                }
                 self.actions.push_back(Action::CheckReservation { set: me });
-                if self.killing || self.takeover == TakeoverPhase::Killing {
+                if !confirm_partner && (self.killing || self.takeover == TakeoverPhase::Killing) {
                     self.send_kill();
                 }
             }
@@ -919,7 +983,10 @@ impl GivebackMachine {
 
     /// Killed or fenced: stop serving everything, halt, reboot.
     fn halt(&mut self, now: Instant, why: GivebackEvent) {
-        self.actions.clear();
+        // What is queued is dropped, except stopping what this node serves (a stop already
+        // decided has cleared its serving flag: it must still reach the service).
+        self.actions
+            .retain(|a| matches!(a, Action::StopServing { .. } | Action::ReleaseIdentity));
         for (serving, set) in [
             (self.serving_partner, self.cfg.partner),
             (self.serving_own, self.cfg.me),
@@ -931,6 +998,7 @@ impl GivebackMachine {
         }
         self.serving_partner = false;
         self.serving_own = false;
+        self.lease.end();
         if self.identity {
             self.identity = false;
             self.actions.push_back(Action::ReleaseIdentity);

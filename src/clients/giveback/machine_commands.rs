@@ -16,18 +16,22 @@ impl GivebackMachine {
     /// What the partner's newest mailbox record says this node's copy of its shadow log may
     /// lack: outdated from a position on, or (positive confirmation) not confirmed complete
     /// on this incarnation of this node. None: in sync and complete, or no shadow log.
+    /// A copy both outdated and not confirmed on this incarnation is unconfirmed: this
+    /// node's region was not the one the copy was complete in (it restarted since), so it
+    /// may lack records before the outdated mark as well.
     pub(super) fn partner_copy_gap(&self) -> Option<CopyGap> {
         let r = self.view.record()?;
+        let unconfirmed = match r.partner_copy_complete_for {
+            Some(c) if c != self.incarnation => Some(CopyGap::Unconfirmed { complete_for: c }),
+            _ => None,
+        };
         if let Some(from) = r.partner_copy_outdated {
-            return Some(CopyGap::Outdated { from });
+            return Some(unconfirmed.unwrap_or(CopyGap::Outdated { from }));
         }
         if r.writeback_copy_outdated {
             return Some(CopyGap::WriteBackOutdated);
         }
-        match r.partner_copy_complete_for {
-            Some(c) if c != self.incarnation => Some(CopyGap::Unconfirmed { complete_for: c }),
-            _ => None,
-        }
+        unconfirmed
     }
 
     /// F5.7 (DRBD: an outdated peer is never promoted; ONTAP: no takeover while NVRAM is not

@@ -38,6 +38,20 @@ impl GivebackMachine {
                     self.partner_released = false;
                 }
             }
+            // The interval's check in TAKEOVER (see `tick`).
+            TakeoverPhase::Idle
+                if self.state == NodeState::Takeover
+                    && self.serving_partner
+                    && !self.partner_released =>
+            {
+                if granted {
+                    if self.killing {
+                        self.send_kill();
+                    }
+                } else {
+                    self.stop_serving_partner(now, "the partner's disks are reserved by another node again (the partner declared this node failed)");
+                }
+            }
             _ => {}
         }
     }
@@ -134,6 +148,57 @@ impl GivebackMachine {
             self.killing = false;
             self.events.push_back(GivebackEvent::KillsStopped);
         }
+    }
+
+    /// In TAKEOVER after step 540 (the partner's disks released, still served), the
+    /// partner's record of its running incarnation says it serves its own disks: it came up
+    /// without this node's giveback, which happens only when it declared this node failed
+    /// (a stall of this node; it preempts its own disks from MBWAIT). This node stops
+    /// serving them at once: no giveback, the partner is not waiting for one.
+    pub(super) fn partner_took_its_disks_back(&mut self, now: Instant) {
+        if self.state != NodeState::Takeover
+            || !self.serving_partner
+            || !self.partner_released
+            || self.takeover != TakeoverPhase::Idle
+        {
+            return;
+        }
+        let Some(rec) = self.view.record() else {
+            return;
+        };
+        let serves_own = matches!(rec.state, NodeState::Up | NodeState::Takeover);
+        if !serves_own || Some(rec.incarnation) != self.view.partner_incarnation() {
+            return;
+        }
+        let why = format!(
+            "the partner serves its own disks again ({}; it declared this node failed)",
+            rec.state
+        );
+        self.stop_serving_partner(now, &why);
+    }
+
+    /// The partner took its disks back without a giveback: stop serving them at once,
+    /// release its identity, back to UP (no mailbox handshake: the partner waits for none).
+    pub(super) fn stop_serving_partner(&mut self, now: Instant, why: &str) {
+        let partner = self.cfg.partner;
+        tracing::warn!(
+            me = self.cfg.me,
+            partner,
+            reason = why,
+            "no longer serving the partner's disks"
+        );
+        self.serving_partner = false;
+        self.holding.remove(&partner);
+        self.actions.push_back(Action::StopServing { set: partner });
+        self.events
+            .push_back(GivebackEvent::StoppedServing { set: partner });
+        if self.identity {
+            self.identity = false;
+            self.actions.push_back(Action::ReleaseIdentity);
+        }
+        self.partner_released = false;
+        self.stop_kills();
+        self.set_state(now, NodeState::Up);
     }
 
     /// Step 540 (in TAKEOVER): release the partner's disks, keep serving them.

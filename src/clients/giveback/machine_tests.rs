@@ -691,3 +691,228 @@ fn giveback_machine_refuses_to_take_over_an_outdated_write_back_mirror() {
         "{events:?}"
     );
 }
+
+/// Half the detection window of `cfg()`.
+const LEASE: Duration = Duration::from_millis(250);
+
+#[test]
+fn the_serving_lease_runs_half_a_window_from_each_record_and_comes_back_after_a_gap_only_by_a_reservation_check(
+) {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    assert_eq!(m.poll_lease(), None, "no lease before serving");
+    tick(&mut m, &mut w, t0);
+    assert_eq!(m.state(), NodeState::Up);
+    assert_eq!(m.poll_lease(), Some(t0 + LEASE));
+    // Each interval's record renews it, from when the record was handed out.
+    tick(&mut m, &mut w, t0 + I);
+    assert_eq!(m.poll_lease(), Some(t0 + I + LEASE));
+    // A record handed out, then carried out late (the driver stalled in between): the lease
+    // counts from when it was handed out, so it has run out meanwhile.
+    let stalled = t0 + 2 * I;
+    m.handle_timeout(stalled);
+    let resumed = stalled + 10 * I;
+    w.drain_through(&mut m, resumed, |a| matches!(a, Action::WriteMailbox(_)));
+    assert_eq!(m.poll_lease(), Some(stalled + LEASE));
+    assert!(m.poll_lease().is_some_and(|u| u <= resumed));
+    // The check of the own reservation after that write renews it from that record, which
+    // was handed out long ago: still run out.
+    w.drain(&mut m, resumed);
+    assert_eq!(m.poll_lease(), Some(stalled + LEASE));
+    // The next interval's record, written after the lease ran out, and its check: back.
+    tick(&mut m, &mut w, resumed + I);
+    assert_eq!(m.poll_lease(), Some(resumed + I + LEASE));
+}
+
+#[test]
+fn a_node_that_stalled_past_its_lease_and_finds_its_disks_preempted_gets_no_lease_again() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    tick(&mut m, &mut w, t0);
+    assert_eq!(m.poll_lease(), Some(t0 + LEASE));
+    // Stalled for ten intervals; the partner took this node over meanwhile.
+    w.holder_me = Some(PARTNER);
+    w.partner_record = partner_rec(9, true);
+    let resumed = t0 + 10 * I;
+    m.handle_timeout(resumed);
+    w.drain_through(&mut m, resumed, |a| matches!(a, Action::WriteMailbox(_)));
+    assert!(
+        m.poll_lease().is_none_or(|u| u <= resumed),
+        "the write after the gap renews nothing by itself: {:?}",
+        m.poll_lease()
+    );
+    w.drain(&mut m, resumed);
+    assert_eq!(m.state(), NodeState::Halted);
+    assert_eq!(m.poll_lease(), None);
+}
+
+#[test]
+fn failed_mailbox_writes_let_the_lease_run_out_and_keepalive_records_renew_it() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    tick(&mut m, &mut w, t0);
+    // Writes fail for two intervals: the lease runs out (the fence comes later).
+    w.write_fails = true;
+    tick(&mut m, &mut w, t0 + I);
+    tick(&mut m, &mut w, t0 + 2 * I);
+    assert_eq!(m.poll_lease(), Some(t0 + LEASE));
+    assert_eq!(m.state(), NodeState::Up);
+    w.write_fails = false;
+    // The driver is in a hook: keepalive records only, no reservation check. The first one
+    // after the gap renews nothing ...
+    let at = t0 + 3 * I;
+    let rec = m.keepalive(at).expect("a keepalive record is due");
+    assert_eq!(rec.node, ME);
+    m.handle_mailbox_written(
+        at,
+        MailboxWrite {
+            primary: true,
+            backup: true,
+            failure: None,
+        },
+    );
+    assert_eq!(m.poll_lease(), Some(t0 + LEASE));
+    // ... until the driver is back and the interval's check finds the reservation held.
+    tick(&mut m, &mut w, t0 + 4 * I);
+    assert_eq!(m.poll_lease(), Some(t0 + 4 * I + LEASE));
+    // Without a gap, keepalive records renew it.
+    let at = t0 + 5 * I;
+    m.keepalive(at).expect("a keepalive record is due");
+    m.handle_mailbox_written(
+        at,
+        MailboxWrite {
+            primary: true,
+            backup: true,
+            failure: None,
+        },
+    );
+    assert_eq!(m.poll_lease(), Some(at + LEASE));
+}
+
+/// A node that took over its silent partner (at `t0 + 5 I`); returns the time after.
+fn taken_over(m: &mut GivebackMachine, w: &mut World, t0: Instant) -> Instant {
+    w.partner_record = partner_rec(1, false);
+    let mut at = t0;
+    for i in 0..10u32 {
+        at = t0 + I * i;
+        tick(m, w, at);
+    }
+    assert_eq!(m.state(), NodeState::Takeover);
+    assert_eq!(m.status().serving, vec![ME, PARTNER]);
+    while m.poll_event().is_some() {}
+    w.take();
+    at
+}
+
+#[test]
+fn a_takeover_node_whose_partner_preempted_its_disks_back_stops_serving_them_and_kills_nobody() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    let at = taken_over(&mut m, &mut w, t0);
+    // Each interval in TAKEOVER confirms the partner's disks are still held before the kill.
+    tick(&mut m, &mut w, at + I);
+    let acts = significant(&w.take());
+    assert_eq!(
+        acts.iter()
+            .filter(|a| matches!(a, Action::CheckReservation { set: PARTNER }))
+            .count(),
+        1,
+        "{acts:?}"
+    );
+    assert!(acts.iter().any(|a| matches!(a, Action::SendKill { .. })));
+    // This node stalled; the partner restarted, declared it failed and preempted its own
+    // disks back.
+    w.holder_partner = Some(PARTNER);
+    tick(&mut m, &mut w, at + 20 * I);
+    let acts = significant(&w.take());
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::SendKill { .. })),
+        "{acts:?}"
+    );
+    assert!(
+        acts.contains(&Action::StopServing { set: PARTNER }),
+        "{acts:?}"
+    );
+    assert!(acts.contains(&Action::ReleaseIdentity), "{acts:?}");
+    assert_eq!(m.state(), NodeState::Up);
+    assert_eq!(m.status().serving, vec![ME]);
+}
+
+#[test]
+fn a_takeover_node_stops_serving_released_disks_once_its_lease_ran_out_or_the_partner_serves_them()
+{
+    for partner_up_first in [false, true] {
+        let t0 = Instant::now();
+        let mut w = World::new();
+        let mut m = GivebackMachine::new(cfg(), 1, t0);
+        let at = taken_over(&mut m, &mut w, t0);
+        // The partner restarts into GIVEWAIT: step 540 releases its disks, still served.
+        let read = |state, progress| PartnerRead {
+            incarnation: 2,
+            progress,
+            block: StateBlock::new(state),
+        };
+        m.handle_partner_read(at + I / 2, 0, read(NodeState::GiveWait, 1));
+        w.drain(&mut m, at + I / 2);
+        assert!(w.take().contains(&Action::Release { set: PARTNER }));
+        assert_eq!(m.status().serving, vec![ME, PARTNER]);
+        tick(&mut m, &mut w, at + I);
+        assert_eq!(m.status().serving, vec![ME, PARTNER], "lease running");
+        let record = |state, heartbeat| {
+            partner_rec(heartbeat, false).map(|r| MailboxRecord {
+                incarnation: 2,
+                state,
+                ..r
+            })
+        };
+        if partner_up_first {
+            // Its block says it serves its own disks (it declared this node failed).
+            w.partner_record = record(NodeState::Up, 3);
+            m.handle_partner_read(at + I + I / 2, 0, read(NodeState::Up, 2));
+            w.drain(&mut m, at + I + I / 2);
+        } else {
+            // Stalled past the lease (the partner waits in MBWAIT): the first interval after
+            // stops serving them.
+            w.partner_record = record(NodeState::MbWait, 3);
+            tick(&mut m, &mut w, at + 6 * I);
+        }
+        let acts = significant(&w.take());
+        assert!(
+            acts.contains(&Action::StopServing { set: PARTNER }),
+            "{acts:?}"
+        );
+        assert_eq!(m.state(), NodeState::Up);
+        assert_eq!(m.status().serving, vec![ME]);
+        // Its records say it no longer holds the partner: what an MBWAIT partner waits for.
+        tick(&mut m, &mut w, at + 7 * I);
+        let rec = w.done.iter().find_map(|a| match a {
+            Action::WriteMailbox(r) => Some(*r),
+            _ => None,
+        });
+        assert!(rec.is_some_and(|r| !r.claims_partner()), "{rec:?}");
+    }
+}
+
+#[test]
+fn a_halt_keeps_a_stop_of_serving_already_decided() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    let mut m = GivebackMachine::new(cfg(), 1, t0);
+    let at = taken_over(&mut m, &mut w, t0);
+    // Stalled; meanwhile the partner preempted both disk sets back. The interval's checks
+    // find both gone: the partner's first (stop serving it), then this node's own (halt).
+    w.holder_partner = Some(PARTNER);
+    w.holder_me = Some(PARTNER);
+    tick(&mut m, &mut w, at + 20 * I);
+    assert_eq!(m.state(), NodeState::Halted);
+    let acts = significant(&w.take());
+    assert!(
+        acts.contains(&Action::StopServing { set: PARTNER }),
+        "{acts:?}"
+    );
+    assert!(acts.contains(&Action::StopServing { set: ME }), "{acts:?}");
+}

@@ -9,6 +9,8 @@
 //! - [`driver`] binds a machine to the manager (state block published in the health block,
 //!   the partner's read by the heartbeat), the mailbox, the reservations, the service hooks
 //!   and kill messages: [`GivebackNode`]. [`service`] holds the reference hooks.
+//! - `lease.rs` is the serving lease ([`ServingLease`]): how long a node may acknowledge
+//!   writes without having been taken over.
 //! - [`error`] is [`GivebackError`].
 //!
 //! The failure-detection rule (F4.2), including what an unreadable mailbox means, is
@@ -19,6 +21,7 @@ mod copy_mark;
 mod detector;
 pub mod driver;
 pub mod error;
+mod lease;
 pub mod machine;
 pub mod mailbox;
 mod own_log_mark;
@@ -33,6 +36,7 @@ pub use actions::{
 pub use copy_mark::{CopyStamp, PartnerCopyMark};
 pub use driver::{GivebackNode, GivebackOptions, ServiceHooks};
 pub use error::{FormatError, GivebackError};
+pub use lease::ServingLease;
 pub use machine::GivebackMachine;
 pub use mailbox::{
     newest_record, FileMailbox, LogMark, Mailbox, MailboxRecord, MailboxWrite, OwnRecord,

@@ -11,6 +11,7 @@
 
 use super::actions::CopyGap;
 use super::copy_mark::PartnerCopyMark;
+use super::lease::ServingLease;
 use super::mailbox::ReplayedMark;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,6 +112,8 @@ pub struct OwnLogContext {
     pub own_log: Arc<OwnLogMark>,
     /// The outdated mark of the partner's copy of this node's log (F5.7).
     pub copy_mark: Arc<PartnerCopyMark>,
+    /// The serving lease: the log acknowledges a record only while it runs (`lease.rs`).
+    pub serving_lease: Arc<ServingLease>,
 }
 
 #[cfg(test)]

@@ -76,6 +76,13 @@ pub enum MirrorError {
         /// Generation of the log.
         generation: u64,
     },
+    /// Checkpoint refused: the checkpoint slots' numbers are used up (an image opened with a
+    /// slot at the last number: a new generation starts them again).
+    #[error("checkpoint of shadow log: generation {generation} has used every checkpoint number")]
+    CheckpointsExhausted {
+        /// Generation of the log.
+        generation: u64,
+    },
     /// Appending refused: the record is larger than half the data area.
     #[error("append to shadow log: payload of {len} bytes, at most {max}")]
     RecordTooLarge {

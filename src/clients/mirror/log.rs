@@ -432,7 +432,7 @@ impl<B: NvramBacking> ShadowLog<B> {
             return Ok(());
         }
         let through = self.requested;
-        let next = through + 1;
+        let next = through.saturating_add(1);
         // Records after the latest checkpoint written are all live, so `next` is found.
         let pos = match self.records.front() {
             Some(front) if next < self.next_seq => next
@@ -449,7 +449,11 @@ impl<B: NvramBacking> ShadowLog<B> {
         let (slot, number) = if queued {
             (self.latest_slot, self.slots[self.latest_slot].number)
         } else {
-            let number = self.slots[self.latest_slot].number + 1;
+            let number = self.slots[self.latest_slot].number.checked_add(1).ok_or(
+                MirrorError::CheckpointsExhausted {
+                    generation: self.generation(),
+                },
+            )?;
             ((number % 2) as usize, number)
         };
         self.write_slot(

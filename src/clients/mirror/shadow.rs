@@ -323,6 +323,13 @@ pub struct ShadowStats {
     pub replays: u64,
     /// Partner records replayed.
     pub replayed_records: u64,
+    /// Times acknowledgements were held because the giveback client's serving lease did not
+    /// run ([`set_serving_lease`](ShadowMirror::set_serving_lease)).
+    #[serde(default)]
+    pub lease_holds: u64,
+    /// Whether they are held now.
+    #[serde(default)]
+    pub lease_held: bool,
     /// The last error seen (connection failure, unusable connection).
     pub last_error: Option<String>,
 }
@@ -442,6 +449,7 @@ impl ShadowMirror {
             last_error: None,
             durability_in_use: None,
             flush_unavailable: None,
+            lease_held: false,
         };
         let name = cfg.name.clone();
         let shared = Arc::new(Shared {
@@ -457,6 +465,7 @@ impl ShadowMirror {
             recovering: Mutex::new(()),
             copy_mark: std::sync::OnceLock::new(),
             own_log: std::sync::OnceLock::new(),
+            serving_lease: std::sync::OnceLock::new(),
             sleepers: AtomicUsize::new(0),
             kick: crossbeam_channel::bounded(1),
         });
@@ -700,6 +709,30 @@ impl ShadowMirror {
     /// completed on a connection the mark is cleared and the mailbox names the partner
     /// incarnation the copy is complete for. Only the first call counts.
     pub fn set_partner_copy_mark(&self, mark: Arc<crate::clients::giveback::PartnerCopyMark>) {
+        self.attach_copy_mark(mark);
+    }
+
+    /// Binds acknowledgements to the giveback client's serving lease
+    /// ([`GivebackNode::serving_lease`](crate::clients::giveback::GivebackNode::serving_lease);
+    /// [`recover_from_mailbox`](Self::recover_from_mailbox) takes it from its context): a
+    /// record durable where it must be is acknowledged only while the lease runs, so a node
+    /// that stalled and was taken over meanwhile acknowledges nothing its partner's replay
+    /// missed. Without a lease (no giveback client) nothing is held.
+    pub fn set_serving_lease(&self, lease: Arc<crate::clients::giveback::ServingLease>) {
+        if let Err(lease) = self.shared.serving_lease.set(lease) {
+            if !self
+                .shared
+                .serving_lease
+                .get()
+                .is_some_and(|l| Arc::ptr_eq(l, &lease))
+            {
+                tracing::warn!(client = %self.name(), "a serving lease was given already; keeping it");
+            }
+        }
+        let _ = self.shared.kick.0.try_send(());
+    }
+
+    fn attach_copy_mark(&self, mark: Arc<crate::clients::giveback::PartnerCopyMark>) {
         mark.attach();
         if let Err(mark) = self.shared.copy_mark.set(mark) {
             if self
@@ -916,6 +949,8 @@ impl ShadowMirror {
             latency_max_us: lat.max_us,
             replays: c.replays,
             replayed_records: c.replayed_records,
+            lease_holds: c.lease_holds,
+            lease_held: st.lease_held,
             last_error: st.last_error.clone(),
         }
     }

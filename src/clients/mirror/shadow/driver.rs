@@ -8,7 +8,7 @@ use super::{
     Durability, Nvram, ShadowConfig, FETCH_LANDING, FLUSH_LANDING, FLUSH_LEN, FLUSH_REGION,
     MIRROR_REGION, TX_REGION,
 };
-use crate::clients::giveback::{LogMark, OwnLogMark, PartnerCopyMark};
+use crate::clients::giveback::{LogMark, OwnLogMark, PartnerCopyMark, ServingLease};
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::log::ShadowLog;
 use crate::clients::mirror::log_format::LogImageError;
@@ -124,6 +124,8 @@ pub(super) struct Counters {
     pub(super) durability_flushes: u64,
     pub(super) replays: u64,
     pub(super) replayed_records: u64,
+    /// Times acknowledgements were held because the serving lease had run out.
+    pub(super) lease_holds: u64,
 }
 
 pub(super) struct Inner {
@@ -157,6 +159,8 @@ pub(super) struct Inner {
     pub(super) durability_in_use: Option<Durability>,
     /// Why [`Durability::Flush`] is not in use on it.
     pub(super) flush_unavailable: Option<String>,
+    /// Acknowledgements are held: the serving lease does not run.
+    pub(super) lease_held: bool,
 }
 
 impl Inner {
@@ -198,6 +202,9 @@ pub(super) struct Shared {
     /// The own log generation of this node's mailbox record (F5.6), once given: a new
     /// generation is recorded there before anything is appended to it.
     pub(super) own_log: std::sync::OnceLock<Arc<OwnLogMark>>,
+    /// The giveback client's serving lease, once given: nothing is acknowledged while it
+    /// does not run.
+    pub(super) serving_lease: std::sync::OnceLock<Arc<ServingLease>>,
     /// Waiters asleep on [`Shared::changed`] (they stopped spinning): while there are any
     /// and writes are in flight, the driver blocks on the completion queue (see [`drive`]).
     pub(super) sleepers: AtomicUsize,
@@ -526,6 +533,24 @@ impl Shared {
         st.checkpointed = st.checkpointed.max(log.checkpointed().seq);
         if now <= st.acked {
             return false;
+        }
+        // Durable where it has to be; acknowledged only while this node may still serve its
+        // disks (a node that stalled may have been taken over meanwhile: see the giveback
+        // client's serving lease).
+        if let Some(lease) = self.serving_lease.get() {
+            let valid = lease.is_valid(Instant::now());
+            if valid == st.lease_held {
+                st.lease_held = !valid;
+                if valid {
+                    tracing::info!(client = %self.cfg.name, "shadow log: serving lease back; acknowledging again");
+                } else {
+                    st.counters.lease_holds += 1;
+                    tracing::warn!(client = %self.cfg.name, durable_unacknowledged = now - st.acked, "shadow log: serving lease not running; acknowledgements held until the giveback client renews it");
+                }
+            }
+            if !valid {
+                return false;
+            }
         }
         let from = st.acked + 1;
         if st.absent {

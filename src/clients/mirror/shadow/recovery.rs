@@ -163,6 +163,7 @@ impl ShadowMirror {
         sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
     ) -> Result<Recovered, MirrorError> {
         self.set_partner_copy_mark(context.copy_mark.clone());
+        self.set_serving_lease(context.serving_lease.clone());
         let mark = self.shared.own_log.get_or_init(|| context.own_log.clone());
         if !Arc::ptr_eq(mark, &context.own_log) {
             tracing::warn!(client = %self.name(), "another own log mark was given already; keeping it");
