@@ -187,7 +187,9 @@ impl ShadowNode {
         let mirror = self.mirror.clone();
         let path = replayed_path(&self.dir, self.node);
         Box::new(move |context| {
-            if mirror.recovered().is_some() {
+            // Recovered already in this run of the giveback protocol: nothing to do (a log
+            // recovered in an earlier run, before a halt, is recovered again).
+            if mirror.recovered().is_some() && mirror.recovered_for() == Some(context.incarnation) {
                 return Ok(());
             }
             recover(&mirror, &path, Some(context))

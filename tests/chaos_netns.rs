@@ -10,9 +10,11 @@
 //!   followed by a restart;
 //! - `restart_loops`: the killed node restarted and killed again several times in a row, at
 //!   random points of its bring-up (sometimes after it served and wrote again);
-//! - `stopped_partner`: a node SIGSTOPped past the detection window: it is taken over, and
-//!   once resumed it stops serving (the journals show it never served its set beside the
-//!   survivor except until its fence is seen) and rejoins through giveback;
+//! - `stopped_partner`: a node SIGSTOPped inside the detection window, then one SIGSTOPped
+//!   past it: that one is taken over, and once resumed it acknowledges nothing (its serving
+//!   lease ran out; the ledger judges what it acknowledged after resuming like anything
+//!   else), stops serving (the journals show it never served its set beside the survivor
+//!   except until its fence is seen) and rejoins through giveback;
 //! - `fast_restart`: kill -9 of either node and a restart 0-1 s later, as a supervisor does:
 //!   inside the failure-detection window the node applies its own log's records itself, past
 //!   it the survivor took it over and replayed them, and in the race between the two nobody
@@ -203,10 +205,22 @@ fn restart_loops() {
 #[ignore = "root: needs the ilA/ilB namespaces (soft-roce/test-all)"]
 fn stopped_partner() {
     run_scenario("stopped-partner", |p: &mut ChaosPair, c: &mut Counts| {
-        for _ in 0..env_count("CHAOS_STOPS", 1) {
+        for k in 0..env_count("CHAOS_STOPS", 2) {
             let v = p.rng.gen_range(0..2usize);
             let s = 1 - v;
             p.pause(300, 1500);
+            if k % 2 == 0 {
+                // A stall inside the detection window (0.5 s): the node resumes serving,
+                // acknowledging again once its serving lease is renewed (or, if the stall
+                // outlasted the detection after all, it was taken over).
+                p.freeze(v);
+                c.fault("SIGSTOP inside the detection window");
+                p.pause(50, 300);
+                p.thaw(v);
+                p.wait_pair_up();
+                p.ensure_writers();
+                continue;
+            }
             let before = p.assumed(s);
             let reboots = p.nodes[v].giveback().driver.reboots;
             p.freeze(v);

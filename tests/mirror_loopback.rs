@@ -735,14 +735,14 @@ fn nothing_is_acknowledged_while_the_serving_lease_does_not_run() {
     let a = shadow(&ma, len, cfg.clone());
     let b = shadow(&mb, len, cfg.clone());
     let lease = Arc::new(ServingLease::new());
-    lease.set(Some(Instant::now() + Duration::from_secs(600)));
+    lease.set(Some(Instant::now() + Duration::from_secs(600)), true);
     a.set_serving_lease(lease.clone());
     connected(&a);
     connected(&b);
     assert!(a.append(&writer_payload(1, 50)).unwrap().mirrored);
     // The lease ran out (a stall: the partner may be taking this node over): the record is
     // mirrored, and not acknowledged.
-    lease.set(Some(Instant::now()));
+    lease.set(Some(Instant::now()), true);
     let t = a.append_start(&writer_payload(2, 50)).unwrap();
     let err = a.wait_timeout(&t, Duration::from_millis(500)).unwrap_err();
     assert!(matches!(err, MirrorError::AppendTimeout { .. }), "{err}");
@@ -753,7 +753,7 @@ fn nothing_is_acknowledged_while_the_serving_lease_does_not_run() {
         b.read_partner().is_ok_and(|r| seqs(&r) == [1, 2])
     });
     // Renewed: acknowledged.
-    lease.set(Some(Instant::now() + Duration::from_secs(600)));
+    lease.set(Some(Instant::now() + Duration::from_secs(600)), true);
     assert!(a.wait_timeout(&t, WAIT).unwrap().mirrored);
     assert!(!a.stats().lease_held);
 }

@@ -101,7 +101,7 @@ impl MemMailbox {
         let l = lease.clone();
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                l.set(Some(Instant::now() + Duration::from_secs(5)));
+                l.set(Some(Instant::now() + Duration::from_secs(5)), true);
                 let carried = (m.stamp(), c.stamp());
                 *d.0.lock() = carried;
                 m.written(carried.0);
@@ -125,6 +125,7 @@ impl MemMailbox {
             own_log: self.mark.clone(),
             copy_mark: self.copy_mark.clone(),
             serving_lease: self.lease.clone(),
+            incarnation: 1,
         }
     }
 }
@@ -717,5 +718,73 @@ fn a_log_torn_inside_its_format_is_formatted_over_above_its_generation() {
         .expect("recovered");
     assert_eq!(r.outcome, RecoveryOutcome::ReplayedByPartner);
     assert!(r.generation > torn_generation, "{r:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A halt of the giveback protocol (the node stops serving its disks: it may have been taken
+/// over) gives the log up: a record durable and held for the lease is never acknowledged,
+/// appends are refused, and the recovery of the restarted protocol (a new incarnation)
+/// decides again from the NVRAM; the same incarnation does not recover twice.
+#[test]
+fn a_halt_gives_the_log_up_and_the_restarted_protocol_recovers_it_again() {
+    use interlink::clients::giveback::ServingLease;
+    let (_, _, _ma, mb) = managers();
+    let dir = temp_dir("nvram-halt");
+    let len = 64 * 1024;
+    let disk = Arc::new(Disk::default());
+    let mailbox = MemMailbox::boot(&disk);
+    let lease = Arc::new(ServingLease::new());
+    lease.set(Some(Instant::now() + Duration::from_secs(600)), true);
+    let context = |incarnation| OwnLogContext {
+        serving_lease: lease.clone(),
+        incarnation,
+        ..mailbox.context()
+    };
+    let mut cfg = ShadowConfig::new();
+    cfg.partner_timeout = Duration::from_millis(200);
+    let b = on_files(&mb, &dir, len, cfg);
+    let first = b
+        .recover_from_mailbox(&context(1), |_| panic!("a first start applies nothing"))
+        .expect("recovered");
+    for seq in 1..=3 {
+        let a = b.append(&writer_payload(seq, 40)).expect("acknowledged");
+        assert_eq!(a.position.seq, seq);
+    }
+    // The lease runs out (a stall): record 4 is durable here, not acknowledged.
+    lease.set(Some(Instant::now()), true);
+    let t = b.append_start(&writer_payload(4, 40)).unwrap();
+    let err = b.wait_timeout(&t, Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(err, MirrorError::AppendTimeout { .. }), "{err}");
+    // The protocol halts: the log is given up.
+    lease.set(None, false);
+    let err = b.wait_timeout(&t, WAIT).unwrap_err();
+    assert!(matches!(err, MirrorError::Relinquished { .. }), "{err}");
+    let err = b.append_start(&writer_payload(5, 40)).unwrap_err();
+    assert!(matches!(err, MirrorError::Relinquished { .. }), "{err}");
+    assert!(b.recovered().is_none());
+    // The restarted protocol (a new incarnation) recovers it: nobody replayed it, so every
+    // record after the checkpoint is applied here, the unacknowledged 4 included.
+    let mut applied = Vec::new();
+    let again = b
+        .recover_from_mailbox(&context(2), |r| {
+            applied.push(r.seq);
+            Ok(())
+        })
+        .expect("recovered again");
+    assert_eq!(again.outcome, RecoveryOutcome::ReplayedHere, "{again:?}");
+    assert_eq!(applied, vec![1, 2, 3, 4]);
+    assert!(again.generation > first.generation);
+    lease.set(Some(Instant::now() + Duration::from_secs(600)), true);
+    assert_eq!(
+        b.append(&writer_payload(1, 40))
+            .unwrap()
+            .position
+            .generation,
+        again.generation
+    );
+    // The same run does not recover twice.
+    let err = b.recover_from_mailbox(&context(2), |_| Ok(())).unwrap_err();
+    assert!(matches!(err, MirrorError::AlreadyRecovered { .. }), "{err}");
+    drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,7 +13,7 @@ use crate::manager_pair::*;
 use crate::netns_node::*;
 use interlink::clients::giveback::driver::GivebackReport;
 use interlink::clients::mirror::shadow::writer_payload;
-use ledger::{check_writer, view_count, Freeze, Tally, View};
+use ledger::{check_writer, view_count, Tally, View};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -142,8 +142,6 @@ pub struct ChaosPair {
     pub shared: PathBuf,
     pub rng: StdRng,
     pub seed: u64,
-    /// Per writer node: its freezes (views of its log taken while it was stopped).
-    freezes: [Vec<Freeze>; 2],
 }
 
 impl ChaosPair {
@@ -178,7 +176,6 @@ impl ChaosPair {
             shared,
             rng: StdRng::seed_from_u64(seed),
             seed,
-            freezes: [Vec::new(), Vec::new()],
         };
         p.wait_pair_up();
         for i in 0..2 {
@@ -348,24 +345,14 @@ impl ChaosPair {
         })
     }
 
-    /// SIGSTOP of node `i`: notes the freeze in the journals and the views of its log.
+    /// SIGSTOP of node `i` (noted in the journals).
     pub fn freeze(&mut self, i: usize) {
         self.nodes[i].signal("STOP");
         note(&self.shared, id(i), "frozen");
-        let acked_bytes = file_len(&self.shared.join(format!("acked-{}.log", id(i))));
-        let views = self.view_count(1 - i);
-        self.freezes[i].push(Freeze {
-            acked_bytes,
-            views: views..usize::MAX,
-        });
     }
 
     /// SIGCONT of node `i`.
     pub fn thaw(&mut self, i: usize) {
-        let views = self.view_count(1 - i);
-        if let Some(f) = self.freezes[i].last_mut() {
-            f.views.end = views;
-        }
         note(&self.shared, id(i), "thawed");
         self.nodes[i].signal("CONT");
     }
@@ -408,14 +395,14 @@ impl ChaosPair {
                     .unwrap_or_default();
                 ledger::parse_replayed(&text, |s| writer_payload(s, SIZE as usize))
             };
-            // The partner's takeover replays (indices as the freezes count them), then this
-            // writer's own recoveries, then the final read.
+            // The partner's takeover replays, then this writer's own recoveries, then the
+            // final read.
             let mut views: Vec<View> = read(id(1 - i)).into_iter().filter(|v| !v.own).collect();
             views.extend(read(id(i)).into_iter().filter(|v| v.own));
             views.push(fin);
             let acked = std::fs::read_to_string(self.shared.join(format!("acked-{}.log", id(i))))
                 .unwrap_or_default();
-            tally.add(&check_writer(&acked, &views, &self.freezes[i], WINDOW));
+            tally.add(&check_writer(&acked, &views, WINDOW));
         }
         let (_, fenced) = never_served_twice(&self.shared);
         counts.fenced_max_us = fenced.iter().copied().fold(counts.fenced_max_us, u128::max);

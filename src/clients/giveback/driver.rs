@@ -706,6 +706,7 @@ impl Driver {
                     own_log: self.mailbox.own_log.clone(),
                     copy_mark: self.mailbox.copy_mark.clone(),
                     serving_lease: self.serving_lease.clone(),
+                    incarnation: self.incarnation,
                 };
                 self.run_hook("recover own log", |h| h.recover_own_log(&context))
             }
@@ -787,7 +788,8 @@ impl Driver {
     }
 
     fn publish_status(&mut self) {
-        self.serving_lease.set(self.machine.poll_lease());
+        self.serving_lease
+            .set(self.machine.poll_lease(), self.machine.serves_own());
         self.shared.lock().status = self.machine.status();
     }
 }
@@ -818,7 +820,7 @@ fn keep_alive(
                 Ok(w) => machine.handle_mailbox_written(now, w),
                 Err(e) => machine.handle_io_failed(now, &Action::WriteMailbox(rec), e.to_string()),
             }
-            lease.set(machine.poll_lease());
+            lease.set(machine.poll_lease(), machine.serves_own());
         }
     }
 }

@@ -107,10 +107,13 @@ impl LeaseClock {
     }
 }
 
-/// The lease as the driver last published it, shared with the data path (the shadow log).
+/// The lease as the driver last published it, shared with the data path (the shadow log),
+/// and whether the node serves its own disks (a halt ends that: the shadow log then gives up
+/// its log until the next recovery, which the restarted protocol runs before serving again).
 #[derive(Debug, Default)]
 pub struct ServingLease {
     until: Mutex<Option<Instant>>,
+    serving: std::sync::atomic::AtomicBool,
 }
 
 impl ServingLease {
@@ -119,9 +122,17 @@ impl ServingLease {
         ServingLease::default()
     }
 
-    /// What the machine says now (for the driver).
-    pub fn set(&self, until: Option<Instant>) {
+    /// What the machine says now (for the driver): the lease, and whether this node serves
+    /// its own disks.
+    pub fn set(&self, until: Option<Instant>, serving: bool) {
         *self.until.lock() = until;
+        self.serving
+            .store(serving, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether this node serves its own disks (as last published).
+    pub fn serving(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Until when the lease runs (None: it does not).

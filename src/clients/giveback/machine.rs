@@ -515,6 +515,11 @@ impl GivebackMachine {
         self.lease.until().filter(|_| self.serving_own)
     }
 
+    /// Whether this node serves its own disk set now.
+    pub fn serves_own(&self) -> bool {
+        self.serving_own
+    }
+
     /// The next action for the driver.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
@@ -726,21 +731,7 @@ impl GivebackMachine {
         if self.state == NodeState::Halted {
             return;
         }
-        // After step 540 this node serves disks it no longer holds, on the strength of being
-        // alive: once its lease ran out (a stall) the partner may have declared it failed
-        // and taken them back. It stops serving them; its next record says so, which is
-        // what a partner still in MBWAIT waits for.
-        if self.state == NodeState::Takeover
-            && self.serving_partner
-            && self.partner_released
-            && self.takeover == TakeoverPhase::Idle
-            && self.lease.until().is_none_or(|u| u <= now)
-        {
-            self.stop_serving_partner(
-                now,
-                "serving lease ran out while serving the partner's released disks",
-            );
-        }
+        self.released_disks_past_the_lease(now);
         let rec = self.record();
         self.actions.push_back(Action::WriteMailbox(rec));
         self.actions.push_back(Action::ReadMailbox);

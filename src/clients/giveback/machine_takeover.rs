@@ -201,6 +201,24 @@ impl GivebackMachine {
         self.set_state(now, NodeState::Up);
     }
 
+    /// After step 540 this node serves disks it no longer holds, on the strength of being
+    /// alive: once its lease ran out (a stall) the partner may have declared it failed and
+    /// taken them back. It stops serving them; its next record says so, which is what a
+    /// partner still in MBWAIT waits for.
+    pub(super) fn released_disks_past_the_lease(&mut self, now: Instant) {
+        if self.state == NodeState::Takeover
+            && self.serving_partner
+            && self.partner_released
+            && self.takeover == TakeoverPhase::Idle
+            && self.lease.until().is_none_or(|u| u <= now)
+        {
+            self.stop_serving_partner(
+                now,
+                "serving lease ran out while serving the partner's released disks",
+            );
+        }
+    }
+
     /// Step 540 (in TAKEOVER): release the partner's disks, keep serving them.
     pub(super) fn release_partner_disks(&mut self) {
         if self.partner_released {

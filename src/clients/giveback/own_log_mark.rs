@@ -114,6 +114,10 @@ pub struct OwnLogContext {
     pub copy_mark: Arc<PartnerCopyMark>,
     /// The serving lease: the log acknowledges a record only while it runs (`lease.rs`).
     pub serving_lease: Arc<ServingLease>,
+    /// The giveback protocol's incarnation this recovery runs in: a halt restarts the protocol
+    /// as a new one, and a log recovered in an earlier one is recovered again (the node may
+    /// have been taken over meanwhile).
+    pub incarnation: u64,
 }
 
 #[cfg(test)]

@@ -76,6 +76,19 @@ pub enum MirrorError {
         /// Generation of the log.
         generation: u64,
     },
+    /// The log was given up at a halt of this node (it stopped serving its disks: it may have
+    /// been taken over): the record was not acknowledged, and the recovery the restarted
+    /// protocol runs before serving again decides whether it is applied (here, or by the
+    /// partner's replay) or dropped. Appends are refused with it until that recovery.
+    #[error("shadow log {name}: given up at a halt (this node stopped serving its disks); record {generation}:{seq} not acknowledged, the next recovery decides its fate")]
+    Relinquished {
+        /// Client name.
+        name: String,
+        /// Generation of the record.
+        generation: u64,
+        /// Its sequence number (0: an append).
+        seq: u64,
+    },
     /// Checkpoint refused: the checkpoint slots' numbers are used up (an image opened with a
     /// slot at the last number: a new generation starts them again).
     #[error("checkpoint of shadow log: generation {generation} has used every checkpoint number")]

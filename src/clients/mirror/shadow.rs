@@ -450,6 +450,9 @@ impl ShadowMirror {
             durability_in_use: None,
             flush_unavailable: None,
             lease_held: false,
+            served: false,
+            relinquished: false,
+            recovered_for: None,
         };
         let name = cfg.name.clone();
         let shared = Arc::new(Shared {
@@ -573,6 +576,13 @@ impl ShadowMirror {
         let mut st = shared.lock_live()?;
         loop {
             shared.pump(&mut st);
+            if st.relinquished {
+                return Err(MirrorError::Relinquished {
+                    name: shared.cfg.name.clone(),
+                    generation: 0,
+                    seq: 0,
+                });
+            }
             let recovered = st.recovery.is_recovered();
             let in_mailbox = shared
                 .copy_mark
@@ -667,7 +677,15 @@ impl ShadowMirror {
         let mut st = shared.inner.lock();
         let mut asleep = None;
         loop {
-            if st.acked >= seq && self.generation() == ticket.position.generation {
+            if self.generation() != ticket.position.generation {
+                // Given up at a halt (and maybe recovered again since).
+                return Err(MirrorError::Relinquished {
+                    name: shared.cfg.name.clone(),
+                    generation: ticket.position.generation,
+                    seq,
+                });
+            }
+            if st.acked >= seq {
                 let mirrored = !st.is_unmirrored(seq);
                 crate::manager::client::record_us(&mut st.latency, ticket.started.elapsed());
                 return Ok(Appended {
@@ -774,6 +792,13 @@ impl ShadowMirror {
     pub fn checkpoint(&self, through: LogPosition) -> Result<(), MirrorError> {
         let shared = &*self.shared;
         let mut st = shared.lock_live()?;
+        if st.relinquished || through.generation != shared.generation.load(Ordering::Acquire) {
+            return Err(MirrorError::Relinquished {
+                name: shared.cfg.name.clone(),
+                generation: through.generation,
+                seq: through.seq,
+            });
+        }
         st.log()?.checkpoint(through)?;
         if st.last_checkpoint.is_none_or(|p| p < through) {
             st.last_checkpoint = Some(through);

@@ -161,6 +161,13 @@ pub(super) struct Inner {
     pub(super) flush_unavailable: Option<String>,
     /// Acknowledgements are held: the serving lease does not run.
     pub(super) lease_held: bool,
+    /// The giveback client said this node serves its disks while this log was installed.
+    pub(super) served: bool,
+    /// The log was given up at a halt and not recovered since.
+    pub(super) relinquished: bool,
+    /// The giveback incarnation the log was last recovered for
+    /// ([`OwnLogContext::incarnation`](crate::clients::giveback::OwnLogContext::incarnation)).
+    pub(super) recovered_for: Option<u64>,
 }
 
 impl Inner {
@@ -259,7 +266,48 @@ impl Shared {
         progress |= self.post(st);
         progress |= self.note_acks(st);
         self.sync_copy_mark(st);
+        progress |= self.follow_serving(st);
         progress
+    }
+
+    /// A node that stops serving its own disks (a halt of the giveback protocol: it may have
+    /// been taken over) gives its log up: nothing more is acknowledged or appended, waiters
+    /// get [`MirrorError::Relinquished`], and the recovery the restarted protocol runs
+    /// before serving again decides from the NVRAM what is applied (as after a restart of
+    /// the process, without losing the process). Returns whether it gave the log up.
+    pub(super) fn follow_serving(&self, st: &mut Inner) -> bool {
+        let Some(lease) = self.serving_lease.get() else {
+            return false;
+        };
+        if !st.recovery.is_recovered() {
+            return false;
+        }
+        if lease.serving() {
+            st.served = true;
+            return false;
+        }
+        if !st.served {
+            return false;
+        }
+        self.give_up(st, "this node stopped serving its disks (a halt)")
+    }
+
+    /// Gives the installed log up (see [`follow_serving`](Self::follow_serving)).
+    pub(super) fn give_up(&self, st: &mut Inner, why: &str) -> bool {
+        let Some(log) = st.log.take() else {
+            return false;
+        };
+        let generation = self.generation.swap(0, Ordering::AcqRel);
+        tracing::warn!(client = %self.cfg.name, generation, acknowledged = st.acked, reason = why, "shadow log given up; the next recovery decides what is applied");
+        // Completions of the old log's writes must not count for the next one's.
+        self.link_failed(st, "the shadow log was given up at a halt");
+        st.link = None;
+        st.sync_target = None;
+        st.served = false;
+        st.relinquished = true;
+        st.recovery = RecoveryState::Unrecovered(log.into_local());
+        self.changed.notify_all();
+        true
     }
 
     /// F5.7: the partner's copy is in sync and complete (connected, the own log recovered,
@@ -530,13 +578,13 @@ impl Shared {
         };
         while log.poll_acknowledged().is_some() {}
         let now = log.acknowledged().map_or(0, |p| p.seq);
-        st.checkpointed = st.checkpointed.max(log.checkpointed().seq);
-        if now <= st.acked {
+        let checkpointed = log.checkpointed().seq;
+        if now <= st.acked && checkpointed <= st.checkpointed {
             return false;
         }
-        // Durable where it has to be; acknowledged only while this node may still serve its
-        // disks (a node that stalled may have been taken over meanwhile: see the giveback
-        // client's serving lease).
+        // Durable where it has to be; acknowledged (records, and checkpoints as mirrored)
+        // only while this node may still serve its disks (a node that stalled may have been
+        // taken over meanwhile: see the giveback client's serving lease).
         if let Some(lease) = self.serving_lease.get() {
             let valid = lease.is_valid(Instant::now());
             if valid == st.lease_held {
@@ -545,12 +593,16 @@ impl Shared {
                     tracing::info!(client = %self.cfg.name, "shadow log: serving lease back; acknowledging again");
                 } else {
                     st.counters.lease_holds += 1;
-                    tracing::warn!(client = %self.cfg.name, durable_unacknowledged = now - st.acked, "shadow log: serving lease not running; acknowledgements held until the giveback client renews it");
+                    tracing::warn!(client = %self.cfg.name, durable_unacknowledged = now.saturating_sub(st.acked), "shadow log: serving lease not running; acknowledgements held until the giveback client renews it");
                 }
             }
             if !valid {
                 return false;
             }
+        }
+        st.checkpointed = st.checkpointed.max(checkpointed);
+        if now <= st.acked {
+            return false;
         }
         let from = st.acked + 1;
         if st.absent {

@@ -164,6 +164,18 @@ impl ShadowMirror {
     ) -> Result<Recovered, MirrorError> {
         self.set_partner_copy_mark(context.copy_mark.clone());
         self.set_serving_lease(context.serving_lease.clone());
+        {
+            // A log recovered in an earlier run of the protocol (a halt since: the node may
+            // have been taken over) is recovered again, from the NVRAM.
+            let mut st = self.shared.inner.lock();
+            let earlier = st.recovered_for.is_some_and(|i| i != context.incarnation);
+            if st.recovery.is_recovered() && earlier {
+                self.shared.give_up(
+                    &mut st,
+                    "the giveback protocol restarted since its recovery",
+                );
+            }
+        }
         let mark = self.shared.own_log.get_or_init(|| context.own_log.clone());
         if !Arc::ptr_eq(mark, &context.own_log) {
             tracing::warn!(client = %self.name(), "another own log mark was given already; keeping it");
@@ -177,7 +189,11 @@ impl ShadowMirror {
             copy_complete_for: context.copy_mark.stamp().complete_for,
         };
         let partner = context.partner_replayed.map(ReplayCursor::from);
-        self.recover_knowing(partner, context.partner_took_over, known, sink)
+        let r = self.recover_knowing(partner, context.partner_took_over, known, sink);
+        if r.is_ok() {
+            self.shared.inner.lock().recovered_for = Some(context.incarnation);
+        }
+        r
     }
 
     /// Recovers, and keeps a refusal as the last error of the stats (`interlink status`).
@@ -447,6 +463,12 @@ impl ShadowMirror {
         Ok(plan)
     }
 
+    /// The giveback incarnation the log was last recovered for by
+    /// [`recover_from_mailbox`](Self::recover_from_mailbox) (None: never, or another way).
+    pub fn recovered_for(&self) -> Option<u64> {
+        self.shared.inner.lock().recovered_for
+    }
+
     /// Waits up to `timeout` until the own log is recovered; returns whether it is.
     pub fn wait_recovered(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -614,6 +636,8 @@ impl ShadowMirror {
             mark.record(r.generation);
         }
         st.recovery = RecoveryState::Recovered(r);
+        st.relinquished = false;
+        st.served = false;
         shared.post(&mut st);
         shared.changed.notify_all();
     }

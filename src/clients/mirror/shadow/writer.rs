@@ -267,8 +267,13 @@ impl Run {
         let mut logged_checkpoint = 0u64;
         let mut asked = 0u64;
         let mut failure = None;
+        // The log was given up at a halt of this node: the writer stops (what it logged
+        // stands; the records in flight are the recovery's to decide).
+        let given_up = |e: &MirrorError| matches!(e, MirrorError::Relinquished { .. });
+        let mut stopped = false;
         loop {
             while failure.is_none()
+                && !stopped
                 && !self.shared.stop.load(Ordering::Relaxed)
                 && in_flight.len() < window
                 && next - first < self.cfg.count
@@ -289,8 +294,16 @@ impl Run {
                             *d = (*d + i).max(now.checked_sub(i).unwrap_or(now));
                         }
                     }
+                    Err(e) if given_up(&e) => stopped = true,
                     Err(e) => failure = Some(err(e)),
                 }
+            }
+            if stopped {
+                tracing::warn!(
+                    in_flight = in_flight.len(),
+                    "shadow writer stopped: the log was given up at a halt"
+                );
+                break;
             }
             let Some((front, t0)) = in_flight.pop_front() else {
                 let more = failure.is_none()
@@ -308,14 +321,28 @@ impl Run {
                 continue;
             };
             // The oldest, then every later one already acknowledged: one batch.
-            let mut batch = vec![self.mirror.wait(&front).map_err(err)?];
+            let mut batch = match self.mirror.wait(&front) {
+                Ok(a) => vec![a],
+                Err(e) if given_up(&e) => {
+                    stopped = true;
+                    continue;
+                }
+                Err(e) => return Err(err(e)),
+            };
             let mut latencies = vec![t0.elapsed()];
             while let Some((t, t0)) = in_flight.front().copied() {
                 if !self.mirror.is_acknowledged(&t) {
                     break;
                 }
                 in_flight.pop_front();
-                batch.push(self.mirror.wait(&t).map_err(err)?);
+                match self.mirror.wait(&t) {
+                    Ok(a) => batch.push(a),
+                    Err(e) if given_up(&e) => {
+                        stopped = true;
+                        break;
+                    }
+                    Err(e) => return Err(err(e)),
+                }
                 latencies.push(t0.elapsed());
             }
             {
@@ -346,7 +373,14 @@ impl Run {
                 if let Some(pos) = last {
                     self.line(format_args!("checkpoint-asked {}\n", pos.seq))?;
                     self.flush()?;
-                    self.mirror.checkpoint(pos).map_err(err)?;
+                    match self.mirror.checkpoint(pos) {
+                        Ok(()) => {}
+                        Err(e) if given_up(&e) => {
+                            stopped = true;
+                            continue;
+                        }
+                        Err(e) => return Err(err(e)),
+                    }
                     asked = pos.seq;
                     self.shared.stats.lock().checkpoint_asked = asked;
                     since_checkpoint = 0;
@@ -356,7 +390,7 @@ impl Run {
         }
         // Let the last checkpoint asked for reach the mirror (bounded), and log it.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while logged_checkpoint < asked && Instant::now() < deadline {
+        while !stopped && logged_checkpoint < asked && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
             logged_checkpoint = self.log_checkpoint(logged_checkpoint)?;
         }
