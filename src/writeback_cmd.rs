@@ -311,6 +311,7 @@ impl WriteBackNode {
     /// reach the write-back at once.
     pub fn attach_giveback(&self, giveback: &GivebackNode) {
         self.wb.set_partner_copy_mark(giveback.partner_copy_mark());
+        self.wb.set_serving_lease(giveback.serving_lease());
         let wb = Arc::downgrade(&self.wb);
         let follow = giveback.on_partner_failed(move |why| {
             wb.upgrade()

@@ -509,6 +509,35 @@ fn resync_after_mirror_lost_then_destage_and_takeover() {
     assert_eq!(b.stats().taken_over, want.len() as u64);
 }
 
+/// A completed write is returned only while the giveback client's serving lease runs (a node
+/// that stalled may have been taken over, its mirrored blocks destaged by the partner).
+#[test]
+fn a_write_is_returned_only_while_the_serving_lease_runs() {
+    use interlink::clients::giveback::ServingLease;
+    let (_, _, ma, mb) = managers();
+    let mut cfg = config();
+    cfg.write_timeout = Duration::from_millis(500);
+    let a = in_memory(&ma, cfg.clone());
+    let b = in_memory(&mb, cfg);
+    let lease = Arc::new(ServingLease::new());
+    lease.set(Some(Instant::now() + Duration::from_secs(600)), true);
+    a.set_serving_lease(lease.clone());
+    connected(&a);
+    connected(&b);
+    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert_eq!(
+        a.write(1, 0, &data(1, 0, 2)).unwrap(),
+        CompletionStatus::Mirrored
+    );
+    lease.set(Some(Instant::now()), true);
+    let t = a.write_start(1, 8, &data(2, 8, 2)).unwrap();
+    let err = a.wait(&t).unwrap_err();
+    assert!(matches!(err, MirrorError::WriteTimeout { .. }), "{err}");
+    assert!(a.is_complete(&t), "mirrored, not returned");
+    lease.set(Some(Instant::now() + Duration::from_secs(600)), true);
+    assert_eq!(a.wait(&t).unwrap(), CompletionStatus::Mirrored);
+}
+
 /// F5.7 for write-back: a write completed without the partner's mirror is returned only once
 /// the mailbox marks that mirror outdated; the mark goes once a resync completed.
 #[test]

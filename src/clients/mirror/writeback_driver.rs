@@ -248,6 +248,9 @@ struct Shared {
     core: Mutex<Core>,
     /// The sync state of the partner's mirror of this node (F5.7), once given.
     copy_mark: std::sync::OnceLock<Arc<PartnerCopyMark>>,
+    /// The giveback client's serving lease, once given: nothing is returned while it does
+    /// not run.
+    serving_lease: std::sync::OnceLock<Arc<crate::clients::giveback::ServingLease>>,
     /// Signalled when writes complete or the driver stops.
     changed: Condvar,
     stop: AtomicBool,
@@ -370,6 +373,7 @@ impl MirroredWriteBack {
             handle,
             core: Mutex::new(core),
             copy_mark: std::sync::OnceLock::new(),
+            serving_lease: std::sync::OnceLock::new(),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             kick,
@@ -506,7 +510,14 @@ impl MirroredWriteBack {
                         m.mark_writeback();
                         m.is_writeback_durable()
                     });
-                if marked {
+                // And only while this node may still serve its disks (a node that stalled
+                // may have been taken over meanwhile, its mirrored blocks destaged by the
+                // partner: the giveback client's serving lease).
+                let leased = shared
+                    .serving_lease
+                    .get()
+                    .is_none_or(|l| l.is_valid(Instant::now()));
+                if marked && leased {
                     c.done.remove(&ticket.request);
                     return Ok(status);
                 }
@@ -592,6 +603,17 @@ impl MirroredWriteBack {
     pub fn set_partner_copy_mark(&self, mark: Arc<PartnerCopyMark>) {
         if self.shared.copy_mark.set(mark).is_err() {
             tracing::warn!(name = %self.shared.cfg.name, "a partner copy mark was given already");
+        }
+    }
+
+    /// Binds returned writes to the giveback client's serving lease
+    /// ([`GivebackNode::serving_lease`](crate::clients::giveback::GivebackNode::serving_lease)):
+    /// a completed write is returned only while it runs ([`MirrorError::WriteTimeout`]
+    /// otherwise; waiting again returns it once the lease is renewed). Only the first call
+    /// counts.
+    pub fn set_serving_lease(&self, lease: Arc<crate::clients::giveback::ServingLease>) {
+        if self.shared.serving_lease.set(lease).is_err() {
+            tracing::warn!(name = %self.shared.cfg.name, "a serving lease was given already");
         }
     }
 
