@@ -106,16 +106,19 @@ use world::{World, LIVENESS_STEPS};
 /// Seeds every run includes: corner values and seeds that once failed (5090: a restarted
 /// writer's oracle; 1795268305411935809: a node that died inside a checkpoint write still
 /// posted it; 1795268363982287482: a reordering wire across a restart; 1795268165322406594: a
-/// late frame of a conversation the partner had left, delivered again); and seeds that
-/// exercise each restart order and durability path (110: three fast restarts; 1 and 28: power
-/// losses, A back first, then B first twice; 53: a refused takeover and a writer that lost
-/// its NVRAM with no valid copy (refused, records unavailable); 92: four NVRAM losses
-/// recovered from the partner's copy; 61 and 119: repeated takeovers replaying after the
-/// stored cursor, deaths inside replays (119: an interrupted replay whose rest the writer's
-/// recovery applies itself); 50: records applied again after a death
-/// between an application and its cursor store; 213 and 307: forced takeovers with forced
-/// losses; 1796628694329224559: a manual takeover that went past a mark written after the
-/// survivor's last mailbox read).
+/// late frame of a conversation the partner had left, delivered again; 1796628694329224559: a
+/// manual takeover that went past a mark written after the survivor's last mailbox read;
+/// 1796640886823390812: a forced takeover from a copy both outdated and unconfirmed, which
+/// lacked records before the mark; 1796641095928282693: a node resumed from a stall whose
+/// mailbox write its partner could not see); and seeds that exercise each restart order and
+/// durability path (202: five fast restarts; 64: power losses, A back first three times, B
+/// first twice; 2882: a refused takeover and a writer that lost its NVRAM with no valid copy
+/// (refused, records unavailable); 2132 and 4234: NVRAM losses recovered from the partner's
+/// copy; 1985: repeated takeovers replaying after the stored cursor, deaths inside replays;
+/// 927: interrupted replays whose rest the writer's recovery applies itself, and records
+/// applied again after a death between an application and its cursor store; 335: a forced
+/// takeover with forced losses; 2604: five stalls past the detection window). The counters
+/// of one seed: `SWARM_SEED=n`.
 const FIXED_SEEDS: &[u64] = &[
     0,
     1,
@@ -129,16 +132,18 @@ const FIXED_SEEDS: &[u64] = &[
     1_795_268_305_411_935_809,
     1_795_268_363_982_287_482,
     1_795_268_165_322_406_594,
-    110,
-    28,
-    53,
-    92,
-    61,
-    119,
-    50,
-    213,
-    307,
     1_796_628_694_329_224_559,
+    1_796_640_886_823_390_812,
+    1_796_641_095_928_282_693,
+    202,
+    64,
+    2882,
+    2132,
+    4234,
+    1985,
+    927,
+    335,
+    2604,
     u64::MAX,
 ];
 
