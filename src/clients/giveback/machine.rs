@@ -284,9 +284,7 @@ impl GivebackMachine {
                 // After step 540 the partner comes up only by this node's giveback, or by
                 // declaring this node failed (then it serves its disks already).
                 NodeState::Up | NodeState::Takeover
-                    if self.partner_released
-                        && self.serving_partner
-                        && self.takeover == TakeoverPhase::Idle =>
+                    if self.serving_partner_in_takeover() && self.partner_released =>
                 {
                     self.stop_serving_partner(
                         now,
@@ -744,10 +742,7 @@ impl GivebackMachine {
                 // In TAKEOVER, the partner's disks are still this node's (a partner that
                 // declared this node failed, say after a stall, preempts them back); the
                 // interval's kill waits for the answer.
-                let confirm_partner = self.state == NodeState::Takeover
-                    && self.serving_partner
-                    && !self.partner_released
-                    && self.takeover == TakeoverPhase::Idle;
+                let confirm_partner = self.serving_partner_in_takeover() && !self.partner_released;
                 if confirm_partner {
                     self.actions.push_back(Action::CheckReservation {
                         set: self.cfg.partner,

@@ -39,11 +39,7 @@ impl GivebackMachine {
                 }
             }
             // The interval's check in TAKEOVER (see `tick`).
-            TakeoverPhase::Idle
-                if self.state == NodeState::Takeover
-                    && self.serving_partner
-                    && !self.partner_released =>
-            {
+            TakeoverPhase::Idle if self.serving_partner_in_takeover() && !self.partner_released => {
                 if granted {
                     if self.killing {
                         self.send_kill();
@@ -156,11 +152,7 @@ impl GivebackMachine {
     /// (a stall of this node; it preempts its own disks from MBWAIT). This node stops
     /// serving them at once: no giveback, the partner is not waiting for one.
     pub(super) fn partner_took_its_disks_back(&mut self, now: Instant) {
-        if self.state != NodeState::Takeover
-            || !self.serving_partner
-            || !self.partner_released
-            || self.takeover != TakeoverPhase::Idle
-        {
+        if !self.serving_partner_in_takeover() || !self.partner_released {
             return;
         }
         let Some(rec) = self.view.record() else {
@@ -175,6 +167,15 @@ impl GivebackMachine {
             rec.state
         );
         self.stop_serving_partner(now, &why);
+    }
+
+    /// In TAKEOVER, serving the partner's disks, with no takeover step under way: the state
+    /// in which the partner may take its disks back behind this node's back (whether step
+    /// 540 released them decides how this node learns it).
+    pub(super) fn serving_partner_in_takeover(&self) -> bool {
+        self.state == NodeState::Takeover
+            && self.serving_partner
+            && self.takeover == TakeoverPhase::Idle
     }
 
     /// The partner took its disks back without a giveback: stop serving them at once,
@@ -206,10 +207,8 @@ impl GivebackMachine {
     /// taken them back. It stops serving them; its next record says so, which is what a
     /// partner still in MBWAIT waits for.
     pub(super) fn released_disks_past_the_lease(&mut self, now: Instant) {
-        if self.state == NodeState::Takeover
-            && self.serving_partner
+        if self.serving_partner_in_takeover()
             && self.partner_released
-            && self.takeover == TakeoverPhase::Idle
             && self.lease.until().is_none_or(|u| u <= now)
         {
             self.stop_serving_partner(
