@@ -110,7 +110,9 @@ use world::{World, LIVENESS_STEPS};
 /// manual takeover that went past a mark written after the survivor's last mailbox read;
 /// 1796640886823390812: a forced takeover from a copy both outdated and unconfirmed, which
 /// lacked records before the mark; 1796641095928282693: a node resumed from a stall whose
-/// mailbox write its partner could not see); and seeds that exercise each restart order and
+/// mailbox write its partner could not see; 1796645991892536893: a writer refused for want
+/// of a valid copy, whose next start still found the refused generation in its mailbox record
+/// (the checker counted the accepted loss as lost at that second close); and seeds that exercise each restart order and
 /// durability path (202: five fast restarts; 64: power losses, A back first three times, B
 /// first twice; 2882: a refused takeover and a writer that lost its NVRAM with no valid copy
 /// (refused, records unavailable); 2132 and 4234: NVRAM losses recovered from the partner's
@@ -135,6 +137,7 @@ const FIXED_SEEDS: &[u64] = &[
     1_796_628_694_329_224_559,
     1_796_640_886_823_390_812,
     1_796_641_095_928_282_693,
+    1_796_645_991_892_536_893,
     202,
     64,
     2882,

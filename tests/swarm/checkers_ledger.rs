@@ -102,3 +102,24 @@ fn checker_ledger_catches_a_lost_record() {
         assert_eq!(caught, planted, "{:?}", l.violations);
     }
 }
+
+#[test]
+fn checker_ledger_counts_an_accepted_loss_once_and_still_catches_a_lost_record() {
+    use interlink::clients::mirror::LogPosition;
+    let at = |seq| LogPosition { generation: 4, seq };
+    let mut l = crate::ledger::Ledger::default();
+    for seq in 1..=3 {
+        l.append(at(seq), &[seq as u8]);
+        l.ack(at(seq)).unwrap();
+    }
+    // A refusal (no valid copy, the operator accepted the loss), then a later start whose
+    // mailbox record still names the generation closes it again.
+    assert!(l.close(4, true).is_ok());
+    assert!(l.close(4, false).is_ok());
+    assert_eq!(l.counts.records_unavailable, 3);
+    // A record acknowledged after the refusal is not covered by it.
+    l.append(at(4), &[4]);
+    l.ack(at(4)).unwrap();
+    let e = l.close(4, false).unwrap_err();
+    assert!(e.contains("[4]"), "{e}");
+}

@@ -70,6 +70,9 @@ struct Appended {
     acked: bool,
     /// Acknowledged and not applied when a takeover an operator forced went past it.
     forced_lost: bool,
+    /// Acknowledged and not applied when the writer refused for want of a valid copy (the
+    /// operator accepted the loss): accounted once, at that close.
+    unavailable: bool,
     /// Applications so far; `confirmed`: the cursor covering it was stored.
     applied: Vec<(Applier, bool)>,
 }
@@ -121,6 +124,7 @@ impl Ledger {
                 hash: hash(payload),
                 acked: false,
                 forced_lost: false,
+                unavailable: false,
                 applied: Vec::new(),
             },
         );
@@ -225,13 +229,23 @@ impl Ledger {
             seq: u64::MAX,
         };
         let mut lost = Vec::new();
-        for (pos, r) in self.records.range(from..=to) {
-            if !r.acked || !r.applied.is_empty() || self.covered(*pos) {
+        let checkpoints = &self.checkpoints;
+        let covered = |pos: &LogPosition| {
+            checkpoints
+                .get(&pos.generation)
+                .is_some_and(|&t| pos.seq <= t)
+        };
+        for (pos, r) in self.records.range_mut(from..=to) {
+            if !r.acked || !r.applied.is_empty() || covered(pos) || r.unavailable {
                 continue;
             }
             if r.forced_lost {
                 self.counts.records_forced_lost += 1;
             } else if unavailable {
+                // The generation may close again: a later start whose mailbox record still
+                // names it (the refusal's new generation never reached the record) finds
+                // nothing owed of it; the loss was accepted here.
+                r.unavailable = true;
                 self.counts.records_unavailable += 1;
             } else {
                 lost.push(pos.seq);
