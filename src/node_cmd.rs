@@ -6,7 +6,7 @@ use crate::node_lock;
 use crate::shadow_cmd::{self, ShadowNode};
 use crate::writeback_cmd::{self, WriteBackNode};
 use anyhow::{bail, Context};
-use interlink::clients::giveback::service::ReplayHook;
+use interlink::clients::giveback::service::{RecoverHook, ReplayHook};
 use interlink::clients::giveback::{
     Command as GivebackCommand, FileMailbox, FileReservations, GivebackNode, GivebackOptions,
     JournalHooks,
@@ -270,8 +270,20 @@ fn start_giveback(
     if let Some(replay) = replay {
         hooks = hooks.with_replay(replay);
     }
-    if let Some(shadow) = shadow {
-        hooks = hooks.with_recovery(shadow.recover_hook(), shadow.replayed_mark());
+    // Before this node serves its own disks the shadow log is recovered, then the
+    // write-back (both must succeed).
+    let recover: Option<RecoverHook> = match (
+        shadow.map(ShadowNode::recover_hook),
+        writeback.map(WriteBackNode::recover_hook),
+    ) {
+        (Some(mut log), Some(mut blocks)) => Some(Box::new(move |context| {
+            log(context)?;
+            blocks(context)
+        })),
+        (log, blocks) => log.or(blocks),
+    };
+    if let Some(recover) = recover {
+        hooks = hooks.with_recovery(recover, shadow.map(ShadowNode::replayed_mark));
     }
     let node = GivebackNode::start(
         manager.clone(),

@@ -21,7 +21,7 @@
 //! block writes that line again at the next destage or takeover.
 
 use anyhow::{bail, Context};
-use interlink::clients::giveback::service::ReplayHook;
+use interlink::clients::giveback::service::{RecoverHook, ReplayHook};
 use interlink::clients::giveback::GivebackNode;
 use interlink::clients::mirror::{
     BlockRef, CompletionStatus, DirtyRef, MirroredWriteBack, WriteBackConfig,
@@ -312,6 +312,7 @@ impl WriteBackNode {
     pub fn attach_giveback(&self, giveback: &GivebackNode) {
         self.wb.set_partner_copy_mark(giveback.partner_copy_mark());
         self.wb.set_serving_lease(giveback.serving_lease());
+        self.wb.set_writeback_epochs(giveback.writeback_epochs());
         let wb = Arc::downgrade(&self.wb);
         let follow = giveback.on_partner_failed(move |why| {
             wb.upgrade()
@@ -324,7 +325,8 @@ impl WriteBackNode {
     }
 
     /// The takeover hook for the giveback client: the partner's mirrored dirty blocks go to
-    /// the destage ledger (see the module docs) and are freed in the mirror image.
+    /// the destage ledger (see the module docs) and are freed in the mirror image; the
+    /// partner's epoch is recorded as taken over.
     pub fn takeover_hook(&self) -> ReplayHook {
         let wb = self.wb.clone();
         let path = destaged_path(&self.dir, self.node);
@@ -332,11 +334,18 @@ impl WriteBackNode {
             let partner = context.partner;
             let mut ledger = Ledger::open(path.clone())?;
             let report = wb
-                .take_over_partner(|at, data| ledger.record(at, data))
+                .take_over_partner_for(context, |at, data| ledger.record(at, data))
                 .map_err(|e| e.to_string())?;
             tracing::info!(partner, blocks = report.blocks, aborted = report.aborted, ledger = %path.display(), "partner's write-back blocks destaged");
             Ok(())
         })
+    }
+
+    /// The recovery hook for the giveback client: before this node serves its disks, a
+    /// table the partner took over is discarded ([`MirroredWriteBack::recover`]).
+    pub fn recover_hook(&self) -> RecoverHook {
+        let wb = self.wb.clone();
+        Box::new(move |context| wb.recover(context).map(|_| ()).map_err(|e| e.to_string()))
     }
 
     /// Destages this node's dirty blocks into the ledger; returns how many were freed.

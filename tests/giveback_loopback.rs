@@ -346,6 +346,8 @@ fn a_start_refuses_a_node_id_another_live_process_writes_in_the_mailbox() {
                     partner_copy_complete_for: None,
                     writeback_copy_outdated: false,
                     own_log_generation: 0,
+                    own_writeback_epoch: 0,
+                    took_over_writeback: 0,
                 };
                 mb.write_own(&rec).expect("twin write");
                 std::thread::sleep(Duration::from_millis(20));

@@ -568,6 +568,7 @@ fn a_takeover_replay_hook_marks_its_end_and_skips_a_copy_the_partner_recovered_i
         partner,
         partner_log_generation: recorded,
         forced_loss: None,
+        partner_writeback_epoch: 0,
     };
     let cursor = || {
         let c = a.partner_replayed().expect("cursor");

@@ -126,6 +126,8 @@ impl MemMailbox {
             copy_mark: self.copy_mark.clone(),
             serving_lease: self.lease.clone(),
             incarnation: 1,
+            partner_took_over_writeback: 0,
+            writeback: Arc::new(interlink::clients::giveback::WriteBackEpochs::new(0, 0)),
         }
     }
 }
@@ -526,7 +528,7 @@ fn start_with_giveback(cfg: &NodeConfig, dir: &Path, len: usize) -> GivebackPair
         options,
         Box::new(FileMailbox::open(dir, me, cfg.partner_id).expect("mailbox")),
         Box::new(FileReservations::open(dir, me).expect("reservations")),
-        Box::new(JournalHooks::new(dir, me).with_recovery(recover, replayed)),
+        Box::new(JournalHooks::new(dir, me).with_recovery(recover, Some(replayed))),
     )
     .expect("start giveback");
     GivebackPair {

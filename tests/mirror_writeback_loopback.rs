@@ -9,6 +9,10 @@
 
 mod manager_pair;
 
+use interlink::clients::giveback::{
+    CopyStamp, OwnLogContext, OwnLogMark, PartnerCopyMark, PartnerLogContext, ServingLease,
+    WriteBackEpochs,
+};
 use interlink::clients::mirror::{
     AtomicGeometry, CompletionStatus, MemoryNvram, MirrorError, MirroredWriteBack, WriteBackConfig,
     WriteBackStats,
@@ -513,7 +517,6 @@ fn resync_after_mirror_lost_then_destage_and_takeover() {
 /// that stalled may have been taken over, its mirrored blocks destaged by the partner).
 #[test]
 fn a_write_is_returned_only_while_the_serving_lease_runs() {
-    use interlink::clients::giveback::ServingLease;
     let (_, _, ma, mb) = managers();
     let mut cfg = config();
     cfg.write_timeout = Duration::from_millis(500);
@@ -542,7 +545,6 @@ fn a_write_is_returned_only_while_the_serving_lease_runs() {
 /// the mailbox marks that mirror outdated; the mark goes once a resync completed.
 #[test]
 fn mirror_lost_is_returned_only_once_the_mirror_is_marked_outdated() {
-    use interlink::clients::giveback::{CopyStamp, PartnerCopyMark};
     let (_, bcfg, ma, mb) = managers();
     let dir = temp_dir("wb-mark");
     let mut cfg = config();
@@ -591,4 +593,148 @@ fn mirror_lost_is_returned_only_once_the_mirror_is_marked_outdated() {
     }
     assert_mirrored(&a, &b, 1, 8, &data(2, 8, 2));
     assert_mirrored(&a, &b, 1, 16, &data(3, 16, 1));
+}
+
+/// The mailbox as the giveback drivers keep it, for two write-backs: every few milliseconds
+/// each node's record carries what its marks ask for, and each node reads the other's epoch.
+struct MailboxSim {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MailboxSim {
+    fn start(a: Arc<WriteBackEpochs>, b: Arc<WriteBackEpochs>) -> MailboxSim {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                for e in [&a, &b] {
+                    e.own().written(e.own().stamp());
+                    e.took_over().written(e.took_over().stamp());
+                }
+                b.saw_partner(a.own().recorded());
+                a.saw_partner(b.own().recorded());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        MailboxSim {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for MailboxSim {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The recovery context of node A in giveback incarnation `incarnation`, its partner's record
+/// naming `taken` as the epoch of A's table it took over.
+fn own_context(epochs: &Arc<WriteBackEpochs>, incarnation: u64, taken: u64) -> OwnLogContext {
+    OwnLogContext {
+        partner_replayed: None,
+        partner_took_over: false,
+        own_log: Arc::new(OwnLogMark::new(0)),
+        copy_mark: Arc::new(PartnerCopyMark::new(CopyStamp::default())),
+        serving_lease: Arc::new(ServingLease::new()),
+        incarnation,
+        partner_took_over_writeback: taken,
+        writeback: epochs.clone(),
+    }
+}
+
+/// A table the partner took over is never destaged or mirrored again (the partner may have
+/// written newer data over its blocks on disk): the partner's image takes no late write of
+/// it, the node's recovery discards its blocks and every write whose status it had not
+/// returned, and moves to a new epoch the partner mirrors again.
+#[test]
+fn a_table_taken_over_is_discarded_and_its_late_writes_never_mirrored() {
+    let (_, _, ma, mb) = managers();
+    let mut cfg = config();
+    cfg.redo_after = Duration::from_millis(100);
+    let a = in_memory(&ma, cfg.clone());
+    let b = in_memory(&mb, cfg);
+    let (ea, eb) = (
+        Arc::new(WriteBackEpochs::new(0, 0)),
+        Arc::new(WriteBackEpochs::new(0, 0)),
+    );
+    a.set_writeback_epochs(ea.clone());
+    b.set_writeback_epochs(eb.clone());
+    let _mailbox = MailboxSim::start(ea.clone(), eb.clone());
+    connected(&a);
+    connected(&b);
+    let err = a.write_start(1, 0, &data(1, 0, 1)).unwrap_err();
+    assert!(
+        matches!(err, MirrorError::WriteBackNotRecovered { .. }),
+        "{err}"
+    );
+    let first = a.recover(&own_context(&ea, 1, 0)).unwrap();
+    assert_eq!((first.epoch, first.discarded_blocks), (1, 0));
+    b.recover(&own_context(&eb, 1, 0)).unwrap();
+    for i in 0..4u64 {
+        assert_eq!(
+            a.write(1, i * 2, &data(10 + i, i * 2, 2)).unwrap(),
+            CompletionStatus::Mirrored
+        );
+    }
+    // Completed, its status not collected yet when the partner takes the table over.
+    let uncollected = a.write_start(1, 20, &data(20, 20, 1)).unwrap();
+    wait_stats(&a, "the write mirrored", |s| s.mirrored == 5);
+    assert!(a.is_complete(&uncollected));
+    // B takes A over (A stalled): every block once, the epoch recorded before it returns.
+    let takeover = PartnerLogContext {
+        partner: 1,
+        partner_log_generation: 0,
+        forced_loss: None,
+        partner_writeback_epoch: ea.own().recorded(),
+    };
+    let mut taken = std::collections::BTreeMap::new();
+    let report = b
+        .take_over_partner_for(&takeover, |at, d| {
+            assert!(taken.insert(at.block, d.to_vec()).is_none());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(report.blocks, 9);
+    assert_eq!(eb.took_over().recorded(), 1);
+    assert!(eb.partner_table_taken());
+    // A resumes and writes on: B's image takes none of it.
+    let late = a.write_start(1, 30, &data(30, 30, 2)).unwrap();
+    wait_stats(&b, "the late write refused", |s| s.refused_taken_over >= 1);
+    assert_eq!(b.stats().mirror_blocks, 0, "{:#?}", b.stats());
+    assert!(!a.is_complete(&late));
+    // A's protocol restarts (a halt); its recovery learns the takeover from B's record.
+    let second = a
+        .recover(&own_context(&ea, 2, eb.took_over().recorded()))
+        .unwrap();
+    assert_eq!(second.epoch, 2);
+    assert_eq!(second.discarded_blocks, 11, "{second:?}");
+    assert_eq!(second.discarded_writes, 2, "{second:?}");
+    for t in [&uncollected, &late] {
+        let err = a.wait(t).unwrap_err();
+        assert!(
+            matches!(err, MirrorError::WriteDiscarded { epoch: 1, .. }),
+            "{err}"
+        );
+    }
+    assert!(a.dirty_blocks().is_empty());
+    assert_eq!(a.stats().epoch, 2);
+    // B reads A's new epoch and mirrors again: exactly the new write.
+    wait_stats(&a, "in sync", |s| s.in_sync);
+    assert_eq!(
+        a.write(1, 40, &data(40, 40, 1)).unwrap(),
+        CompletionStatus::Mirrored
+    );
+    assert!(!eb.partner_table_taken());
+    assert_mirrored(&a, &b, 1, 40, &data(40, 40, 1));
+    assert_eq!(b.stats().mirror_blocks, 1, "{:#?}", b.stats());
+    assert_eq!(a.stats().dirty_blocks, 1);
+    // Recovering again in the same incarnation changes nothing.
+    let again = a.recover(&own_context(&ea, 2, 1)).unwrap();
+    assert_eq!((again.epoch, again.discarded_blocks), (2, 0));
 }

@@ -88,6 +88,8 @@ fn mailbox_copies_are_owner_only() {
         partner_copy_complete_for: None,
         writeback_copy_outdated: false,
         own_log_generation: 0,
+        own_writeback_epoch: 0,
+        took_over_writeback: 0,
     })
     .unwrap();
     assert_owner_only(&d, 2);

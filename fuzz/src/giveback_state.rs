@@ -7,7 +7,8 @@
 //! partner read of it), 1 the same with its CRC fixed, 2 mailbox record, 3 the same with its
 //! CRC fixed (where its layout version puts it), 4 reservation record, 5 the same with its CRC
 //! fixed. Every accepted record must re-encode to the bytes it came from; a mailbox record of
-//! layout 1 (an earlier release's) re-encodes in the current layout with the same meaning.
+//! layout 1 or 2 (an earlier release's) re-encodes in the current layout with the same
+//! meaning.
 
 use crate::{rejected, tagged};
 use interlink::clients::giveback::reservation::{decode_reservation, encode_reservation};
@@ -25,8 +26,12 @@ pub fn run(data: &[u8]) {
         1 => health(&fix_crc_be(rest, 60)),
         2 => mailbox(rest),
         3 => {
-            let v1 = rest.get(4..6) == Some(&[0, 1][..]);
-            mailbox(&fix_crc_be(rest, if v1 { 60 } else { 92 }))
+            let at = match rest.get(4..6) {
+                Some([0, 1]) => 60,
+                Some([0, 2]) => 92,
+                _ => 108,
+            };
+            mailbox(&fix_crc_be(rest, at))
         }
         4 => reservation(rest),
         _ => reservation(&fix_crc_be(rest, 12)),
@@ -96,6 +101,11 @@ fn mailbox(b: &[u8]) {
                     ),
                     (None, None, None, false, 0)
                 );
+            } else if b.get(4..6) == Some(&[0, 2][..]) {
+                let again = MailboxRecord::decode(&e).expect("a re-encoded layout 2 record");
+                assert_eq!(again, r);
+                assert_eq!((r.own_writeback_epoch, r.took_over_writeback), (0, 0));
+                assert_eq!(&e[6..88], &b[6..88]);
             } else {
                 assert_eq!(&e[..], &b[..e.len()]);
             }
@@ -139,6 +149,8 @@ pub fn seeds() -> Vec<Vec<u8>> {
         partner_copy_complete_for: None,
         writeback_copy_outdated: false,
         own_log_generation: 0,
+        own_writeback_epoch: 0,
+        took_over_writeback: 0,
     };
     out.push(tagged(2, &rec.encode()));
     out.push(tagged(3, &rec.encode()));
@@ -157,6 +169,8 @@ pub fn seeds() -> Vec<Vec<u8>> {
         partner_copy_complete_for: Some(1002),
         writeback_copy_outdated: true,
         own_log_generation: 9,
+        own_writeback_epoch: 4,
+        took_over_writeback: 3,
         ..rec
     };
     out.push(tagged(2, &marked.encode()));

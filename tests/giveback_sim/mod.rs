@@ -847,6 +847,7 @@ impl World {
             }
             Action::ReplayPartnerLog {
                 partner_log_generation,
+                ..
             } => {
                 if let Some(d) = n.slow_replay.take() {
                     n.busy_until = Some(self.now + d);

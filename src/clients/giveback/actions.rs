@@ -95,6 +95,10 @@ pub enum Action {
         /// recorded): a copy of an older generation was recovered by the partner itself,
         /// and is not replayed again.
         partner_log_generation: u64,
+        /// The epoch of the partner's write-back table, as the same record says (0: none
+        /// recorded): named in this node's record once the partner's mirrored blocks were
+        /// taken over whole.
+        partner_writeback_epoch: u64,
     },
     /// Send a kill message to the partner incarnation (over any link).
     SendKill {

@@ -201,6 +201,8 @@ mod tests {
             partner_copy_complete_for: None,
             writeback_copy_outdated: false,
             own_log_generation: 0,
+            own_writeback_epoch: 0,
+            took_over_writeback: 0,
         })
     }
 

@@ -24,6 +24,7 @@ use crate::clients::giveback::mailbox::{
 use crate::clients::giveback::own_log_mark::{OwnLogContext, OwnLogMark, PartnerLogContext};
 use crate::clients::giveback::reservation::{DiskSet, Reservations};
 use crate::clients::giveback::state::{PartnerRead, StateBlock};
+use crate::clients::giveback::writeback_epochs::WriteBackEpochs;
 use crate::manager::{BandwidthClass, LinkId, Manager};
 use crate::messaging::{Head, Messenger, MessengerConfig};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
@@ -135,18 +136,25 @@ struct StampingMailbox {
     copy_mark: Arc<PartnerCopyMark>,
     /// The generation of this node's own log (F5.6).
     own_log: Arc<OwnLogMark>,
+    /// The write-back epochs of this node's record (kept across restarts from the own
+    /// record) and the partner's as last read.
+    writeback: Arc<WriteBackEpochs>,
 }
 
 impl Mailbox for StampingMailbox {
     fn write_own(&mut self, rec: &MailboxRecord) -> Result<MailboxWrite, GivebackError> {
         let stamp = self.copy_mark.stamp();
         let own_log_generation = self.own_log.stamp();
+        let own_writeback_epoch = self.writeback.own().stamp();
+        let took_over_writeback = self.writeback.took_over().stamp();
         let rec = MailboxRecord {
             replayed_partner_log: self.replayed,
             partner_copy_outdated: stamp.outdated,
             partner_copy_complete_for: stamp.complete_for,
             writeback_copy_outdated: stamp.writeback_outdated,
             own_log_generation,
+            own_writeback_epoch,
+            took_over_writeback,
             ..*rec
         };
         let w = self.inner.write_own(&rec)?;
@@ -155,6 +163,8 @@ impl Mailbox for StampingMailbox {
         if w.primary && w.backup {
             self.copy_mark.written(stamp);
             self.own_log.written(own_log_generation);
+            self.writeback.own().written(own_writeback_epoch);
+            self.writeback.took_over().written(took_over_writeback);
         }
         Ok(w)
     }
@@ -217,6 +227,7 @@ pub struct GivebackNode {
     copy_mark: Arc<PartnerCopyMark>,
     own_log: Arc<OwnLogMark>,
     serving_lease: Arc<ServingLease>,
+    writeback: Arc<WriteBackEpochs>,
 }
 
 impl std::fmt::Debug for GivebackNode {
@@ -295,6 +306,10 @@ impl GivebackNode {
         let own_log = Arc::new(OwnLogMark::new(
             own.newest.map_or(0, |r| r.own_log_generation),
         ));
+        let writeback = Arc::new(WriteBackEpochs::new(
+            own.newest.map_or(0, |r| r.own_writeback_epoch),
+            own.newest.map_or(0, |r| r.took_over_writeback),
+        ));
         let mailbox = Box::new(StampingMailbox {
             // What the own record published stays published if the replay cursor in NVRAM
             // was lost (a replaced controller): the partner must not apply those records
@@ -305,6 +320,7 @@ impl GivebackNode {
             inner: mailbox,
             copy_mark: copy_mark.clone(),
             own_log: own_log.clone(),
+            writeback: writeback.clone(),
         });
         let serving_lease = Arc::new(ServingLease::new());
         let mut driver = Driver {
@@ -337,7 +353,17 @@ impl GivebackNode {
             copy_mark,
             own_log,
             serving_lease,
+            writeback,
         })
+    }
+
+    /// The write-back epochs of this node's mailbox record and the partner's as last read
+    /// (see `writeback_epochs.rs` in the giveback module): give them to the mirrored
+    /// write-back
+    /// ([`MirroredWriteBack::set_writeback_epochs`](crate::clients::mirror::MirroredWriteBack::set_writeback_epochs)).
+    /// The own-log recovery hook's [`OwnLogContext`] carries them as well.
+    pub fn writeback_epochs(&self) -> Arc<WriteBackEpochs> {
+        self.writeback.clone()
     }
 
     /// The serving lease (see `lease.rs` in the giveback module): give it to the shadow log
@@ -570,7 +596,12 @@ impl Driver {
                     self.manager.publish_state(state, ext);
                 }
                 Action::ReadMailbox => match self.mailbox.read_partner() {
-                    Ok(rec) => self.machine.handle_mailbox(now, rec),
+                    Ok(rec) => {
+                        if let Some(r) = rec {
+                            self.mailbox.writeback.saw_partner(r.own_writeback_epoch);
+                        }
+                        self.machine.handle_mailbox(now, rec)
+                    }
                     Err(e) => self.machine.handle_io_failed(now, &action, e.to_string()),
                 },
                 Action::WriteMailbox(rec) => match self.mailbox.write_own(rec) {
@@ -614,11 +645,13 @@ impl Driver {
                 }
                 Action::ReplayPartnerLog {
                     partner_log_generation,
+                    partner_writeback_epoch,
                 } => {
                     let context = PartnerLogContext {
                         partner,
                         partner_log_generation: *partner_log_generation,
                         forced_loss: self.machine.status().forced_loss,
+                        partner_writeback_epoch: *partner_writeback_epoch,
                     };
                     let _ = self.run_hook("replay partner log", |h| h.replay_partner_log(&context));
                     let now_replayed = self.hooks.replayed_partner_log();
@@ -701,6 +734,8 @@ impl Driver {
                 let partner_replayed = rec.and_then(|r| r.replayed_partner_log);
                 let partner_took_over = rec.is_some_and(|r| r.taken_over);
                 let context = OwnLogContext {
+                    partner_took_over_writeback: rec.map_or(0, |r| r.took_over_writeback),
+                    writeback: self.mailbox.writeback.clone(),
                     partner_replayed,
                     partner_took_over,
                     own_log: self.mailbox.own_log.clone(),
@@ -925,6 +960,12 @@ pub struct GivebackReport {
     /// that may hold an acknowledged record (0: none; F5.6).
     #[serde(default)]
     pub own_log_generation: u64,
+    /// The epoch of this node's write-back table its mailbox record names (0: none).
+    #[serde(default)]
+    pub own_writeback_epoch: u64,
+    /// The partner's write-back epoch this node took over whole (0: none).
+    #[serde(default)]
+    pub took_over_writeback: u64,
     /// Driver counters.
     pub driver: DriverCounters,
 }
@@ -989,6 +1030,8 @@ impl GivebackNode {
             own_writeback_outdated: self.copy_mark.stamp().writeback_outdated,
             own_recovery_error,
             own_log_generation: self.own_log.recorded(),
+            own_writeback_epoch: self.writeback.own().recorded(),
+            took_over_writeback: self.writeback.took_over().recorded(),
             driver,
         }
     }

@@ -77,9 +77,10 @@ impl GivebackMachine {
         self.takeover = TakeoverPhase::Confirming;
         self.identity = true;
         self.actions.push_back(Action::AssumeIdentity);
-        let partner_log_generation = self.view.record().map_or(0, |r| r.own_log_generation);
+        let record = self.view.record();
         self.actions.push_back(Action::ReplayPartnerLog {
-            partner_log_generation,
+            partner_log_generation: record.map_or(0, |r| r.own_log_generation),
+            partner_writeback_epoch: record.map_or(0, |r| r.own_writeback_epoch),
         });
         self.actions
             .push_back(Action::CheckReservation { set: partner });

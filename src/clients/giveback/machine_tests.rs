@@ -139,6 +139,8 @@ fn partner_rec(heartbeat: u64, taken_over: bool) -> Option<MailboxRecord> {
         partner_copy_complete_for: None,
         writeback_copy_outdated: false,
         own_log_generation: 0,
+        own_writeback_epoch: 0,
+        took_over_writeback: 0,
     })
 }
 

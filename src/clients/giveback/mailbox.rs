@@ -4,13 +4,13 @@
 //! Each node writes its [`MailboxRecord`] to its own sector of both copies every interval and
 //! reads its partner's sector; a record that stops changing is one half of the failure
 //! evidence (F4.2), and the record's `taken_over` bit is what a repaired node checks before
-//! it serves (steps 545-565). The record is 96 bytes at the start of the node's 512-byte
+//! it serves (steps 545-565). The record is 112 bytes at the start of the node's 512-byte
 //! sector (the rest of the sector is zero):
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `ILMB` |
-//! | 4 | 2 | layout version (2) |
+//! | 4 | 2 | layout version (3) |
 //! | 6 | 2 | writer's state ([`NodeState`] word) |
 //! | 8 | 4 | writer's node id |
 //! | 12 | 2 | flags: bit 0 TAKEN_OVER (the writer serves its partner's disks), bit 1 TAKEOVER_PENDING (the writer is killing its partner to take over), bit 2 SHADOW_LOG (the writer runs a shadow log mirrored to the partner: bytes 72..80 say for which partner incarnation that copy is complete), bit 3 WRITEBACK_OUTDATED (the partner's mirror of the writer's write-back blocks lacks writes completed without it), bit 4 REPLAY_COMPLETE (the replay named at 40..56 went through the partner's whole copy; zero without that field); other bits zero |
@@ -24,13 +24,16 @@
 //! | 64 | 8 | partner copy outdated: the first sequence number acknowledged without the partner's copy |
 //! | 72 | 8 | partner copy complete for: the partner incarnation whose copy of the writer's shadow log a full send completed on (0 = none yet; zero without SHADOW_LOG) |
 //! | 80 | 8 | own log generation: the newest generation of the writer's own shadow log that may hold an acknowledged record (0 = the writer never acknowledged one) |
-//! | 88 | 4 | reserved, zero |
-//! | 92 | 4 | CRC32C of bytes 0..92 |
+//! | 88 | 8 | own write-back epoch: the epoch of the writer's own write-back table (0 = the writer runs no mirrored write-back, or has not recorded one yet) |
+//! | 96 | 8 | took over partner write-back: the partner's write-back epoch whose mirrored blocks the writer took over whole at a takeover (0 = none) |
+//! | 104 | 4 | reserved, zero |
+//! | 108 | 4 | CRC32C of bytes 0..108 |
 //!
 //! All integers big-endian. A write that tears (half a record written) fails the checksum
 //! and that copy is simply invalid until the next write; a reader never believes it. A
 //! version 1 record (64 bytes, CRC32C of bytes 0..60 at 60, bytes 40..60 reserved) reads as
-//! having replayed nothing and with the partner's copy in sync.
+//! having replayed nothing and with the partner's copy in sync; a version 2 record (96 bytes,
+//! CRC32C of bytes 0..92 at 92, bytes 88..92 reserved) reads with both write-back epochs 0.
 //!
 //! The replayed-log fields persist across the writer's restarts (they come from its replay
 //! cursor in NVRAM): a restarted partner reads them before it serves to learn whether its
@@ -45,6 +48,13 @@
 //! acknowledges the first record of a new generation, and kept across restarts: a node whose
 //! NVRAM is lost or corrupt learns from it that a log existed and fetches it from the
 //! partner's copy instead of starting fresh (F5.6).
+//!
+//! The write-back epochs are the same rule for mirrored write-back: the own epoch is
+//! written before the writer returns a write of that epoch, a survivor names it once it
+//! took the partner's mirrored blocks over whole (it may write newer data to the partner's
+//! disks from then on), and a restarted partner whose own epoch is named there discards its
+//! table's dirty blocks (they are on disk, possibly overwritten since) before it serves, in
+//! a new epoch (`MirroredWriteBack::recover`).
 
 use super::copy_mark::CopyStamp;
 use super::error::{FormatError, GivebackError};
@@ -55,9 +65,11 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Size of a mailbox record.
-pub const MAILBOX_RECORD_LEN: usize = 96;
+pub const MAILBOX_RECORD_LEN: usize = 112;
 /// Size of a layout version 1 record.
 const RECORD_V1_LEN: usize = 64;
+/// Size of a layout version 2 record.
+const RECORD_V2_LEN: usize = 96;
 /// Size of a node's sector in each mailbox copy.
 pub const MAILBOX_SECTOR_LEN: usize = 512;
 /// File name of the primary copy in the mailbox directory.
@@ -66,7 +78,9 @@ pub const MAILBOX_PRIMARY_FILE: &str = "mailbox-primary";
 pub const MAILBOX_BACKUP_FILE: &str = "mailbox-backup";
 
 const MAGIC: [u8; 4] = *b"ILMB";
-const LAYOUT_VERSION: u16 = 2;
+const LAYOUT_VERSION: u16 = 3;
+/// The layout before the write-back epochs (bytes 88..92 zero).
+const LAYOUT_VERSION_2: u16 = 2;
 /// The layout before the replayed-log fields (bytes 40..60 zero).
 const LAYOUT_VERSION_1: u16 = 1;
 const FLAG_TAKEN_OVER: u16 = 1 << 0;
@@ -111,6 +125,12 @@ pub struct MailboxRecord {
     /// The newest generation of the writer's own shadow log that may hold an acknowledged
     /// record (0: it never acknowledged one; a version 1 record reads as 0).
     pub own_log_generation: u64,
+    /// The epoch of the writer's own write-back table (0: none recorded; older layouts read
+    /// as 0).
+    pub own_writeback_epoch: u64,
+    /// The partner's write-back epoch whose mirrored blocks the writer took over whole at a
+    /// takeover (0: none).
+    pub took_over_writeback: u64,
 }
 
 /// A position in a node's shadow log: generation and sequence number (the `LogPosition` of
@@ -208,8 +228,10 @@ impl MailboxRecord {
             }
         }
         b[80..88].copy_from_slice(&self.own_log_generation.to_be_bytes());
-        let crc = crc32c::crc32c(&b[0..92]);
-        b[92..96].copy_from_slice(&crc.to_be_bytes());
+        b[88..96].copy_from_slice(&self.own_writeback_epoch.to_be_bytes());
+        b[96..104].copy_from_slice(&self.took_over_writeback.to_be_bytes());
+        let crc = crc32c::crc32c(&b[0..108]);
+        b[108..112].copy_from_slice(&crc.to_be_bytes());
         b
     }
 
@@ -219,11 +241,14 @@ impl MailboxRecord {
     }
 
     fn decode_fields(b: &[u8]) -> Result<MailboxRecord, FormatError> {
-        // The layout's length follows from its version (any version but 1 is checked as the
-        // current layout, so a flipped version bit is a checksum error like any other).
+        // The layout's length follows from its version (any version but 1 and 2 is checked
+        // as the current layout, so a flipped version bit is a checksum error like any other).
         let v1 = b.len() >= 6 && b[4..6] == LAYOUT_VERSION_1.to_be_bytes();
+        let v2 = b.len() >= 6 && b[4..6] == LAYOUT_VERSION_2.to_be_bytes();
         let len = if v1 {
             RECORD_V1_LEN
+        } else if v2 {
+            RECORD_V2_LEN
         } else {
             MAILBOX_RECORD_LEN
         };
@@ -249,10 +274,16 @@ impl MailboxRecord {
             return Err(FormatError::Checksum);
         }
         let version = be16(4);
-        if version != LAYOUT_VERSION && version != LAYOUT_VERSION_1 {
+        if version != LAYOUT_VERSION && !v1 && !v2 {
             return Err(FormatError::Version(version));
         }
-        let reserved = if v1 { 40..60 } else { 88..92 };
+        let reserved = if v1 {
+            40..60
+        } else if v2 {
+            88..92
+        } else {
+            104..108
+        };
         let state = NodeState::from_u16(be16(6))?;
         let flags = be16(12);
         let known = if v1 { FLAGS_KNOWN_V1 } else { FLAGS_KNOWN };
@@ -312,6 +343,8 @@ impl MailboxRecord {
             partner_copy_complete_for: (flags & FLAG_SHADOW_LOG != 0).then(|| be64(72)),
             writeback_copy_outdated: flags & FLAG_WRITEBACK_OUTDATED != 0,
             own_log_generation: if v1 { 0 } else { be64(80) },
+            own_writeback_epoch: if v1 || v2 { 0 } else { be64(88) },
+            took_over_writeback: if v1 || v2 { 0 } else { be64(96) },
         })
     }
 }
@@ -581,6 +614,8 @@ mod tests {
             partner_copy_complete_for: None,
             writeback_copy_outdated: false,
             own_log_generation: 0,
+            own_writeback_epoch: 0,
+            took_over_writeback: 0,
         }
     }
 
@@ -641,15 +676,15 @@ mod tests {
         }
         // Well-formed checksums over bad fields: version, state, flags, reserved bytes.
         let reseal = |mut t: [u8; MAILBOX_RECORD_LEN]| {
-            let crc = crc32c::crc32c(&t[0..92]);
-            t[92..96].copy_from_slice(&crc.to_be_bytes());
+            let crc = crc32c::crc32c(&t[0..108]);
+            t[108..112].copy_from_slice(&crc.to_be_bytes());
             t
         };
         let mut t = b;
-        t[5] = 3;
+        t[5] = 4;
         assert_eq!(
             format_error(MailboxRecord::decode(&reseal(t))),
-            FormatError::Version(3)
+            FormatError::Version(4)
         );
         let mut t = b;
         t[7] = 9;
@@ -663,7 +698,7 @@ mod tests {
             format_error(MailboxRecord::decode(&reseal(t))),
             FormatError::Flags(0x80)
         );
-        for offset in [72, 79, 88, 91] {
+        for offset in [72, 79, 104, 107] {
             let mut t = b;
             t[offset] = 1;
             assert_eq!(
@@ -732,8 +767,8 @@ mod tests {
         assert_ne!(stopped.encode()[12..14], b[12..14]);
         let mut bad = rec(2, 7, 1234).encode();
         bad[13] |= 1 << 4;
-        let crc = crc32c::crc32c(&bad[0..92]);
-        bad[92..96].copy_from_slice(&crc.to_be_bytes());
+        let crc = crc32c::crc32c(&bad[0..108]);
+        bad[108..112].copy_from_slice(&crc.to_be_bytes());
         assert!(MailboxRecord::decode(&bad).is_err());
         // A shadow log whose copy is complete on no partner incarnation yet is not the same
         // record as one without a shadow log.
@@ -749,8 +784,8 @@ mod tests {
         // The field without the flag is a format error, not a value.
         let mut bad = rec(2, 7, 1234).encode();
         bad[79] = 1;
-        let crc = crc32c::crc32c(&bad[0..92]);
-        bad[92..96].copy_from_slice(&crc.to_be_bytes());
+        let crc = crc32c::crc32c(&bad[0..108]);
+        bad[108..112].copy_from_slice(&crc.to_be_bytes());
         assert!(MailboxRecord::decode(&bad).is_err());
         // A version 1 record (as an older release wrote it) reads as having replayed
         // nothing, with the partner's copy in sync.
@@ -762,6 +797,29 @@ mod tests {
         let crc = crc32c::crc32c(&v1[0..60]);
         v1[60..64].copy_from_slice(&crc.to_be_bytes());
         assert_eq!(MailboxRecord::decode(&v1).unwrap(), plain);
+        // A version 2 record reads with both write-back epochs 0; in version 3 they are
+        // fields of their own.
+        let epochs = MailboxRecord {
+            own_writeback_epoch: 5,
+            took_over_writeback: 3,
+            ..r
+        };
+        let b3 = epochs.encode();
+        assert_eq!(b3[88..96], 5u64.to_be_bytes());
+        assert_eq!(b3[96..104], 3u64.to_be_bytes());
+        assert_eq!(MailboxRecord::decode(&b3).unwrap(), epochs);
+        let mut v2 = [0u8; 96];
+        v2.copy_from_slice(&b3[..96]);
+        v2[5] = 2;
+        v2[88..92].fill(0);
+        let crc = crc32c::crc32c(&v2[0..92]);
+        v2[92..96].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(MailboxRecord::decode(&v2).unwrap(), r);
+        let mut bad = b3;
+        bad[104] = 1;
+        let crc = crc32c::crc32c(&bad[0..108]);
+        bad[108..112].copy_from_slice(&crc.to_be_bytes());
+        assert!(MailboxRecord::decode(&bad).is_err());
     }
 
     #[test]

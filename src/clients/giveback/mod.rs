@@ -11,6 +11,8 @@
 //!   and kill messages: [`GivebackNode`]. [`service`] holds the reference hooks.
 //! - `lease.rs` is the serving lease ([`ServingLease`]): how long a node may acknowledge
 //!   writes without having been taken over.
+//! - `writeback_epochs.rs` is [`WriteBackEpochs`]: the mailbox fields that tell a restarted
+//!   node its write-back blocks were taken over (and destaged) by its partner.
 //! - [`error`] is [`GivebackError`].
 //!
 //! The failure-detection rule (F4.2), including what an unreadable mailbox means, is
@@ -28,6 +30,7 @@ mod own_log_mark;
 pub mod reservation;
 pub mod service;
 pub mod state;
+mod writeback_epochs;
 
 pub use actions::{
     Action, Command, CommandOutcome, CommandReply, CopyGap, GivebackConfig, GivebackEvent,
@@ -46,3 +49,4 @@ pub use own_log_mark::{OwnLogContext, OwnLogMark, PartnerLogContext};
 pub use reservation::{DiskSet, FileReservations, Reservations};
 pub use service::JournalHooks;
 pub use state::{NodeState, PartnerRead, StateBlock};
+pub use writeback_epochs::WriteBackEpochs;

@@ -13,6 +13,7 @@ use super::actions::CopyGap;
 use super::copy_mark::PartnerCopyMark;
 use super::lease::ServingLease;
 use super::mailbox::ReplayedMark;
+use super::writeback_epochs::WriteBackEpochs;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -94,6 +95,10 @@ pub struct PartnerLogContext {
     pub partner_log_generation: u64,
     /// A forced takeover went past this gap of the copy (its records from there are lost).
     pub forced_loss: Option<CopyGap>,
+    /// The epoch of the partner's write-back table its record names (0: none recorded):
+    /// what a whole takeover of its mirrored blocks records
+    /// ([`WriteBackEpochs::took_over`]).
+    pub partner_writeback_epoch: u64,
 }
 
 /// What the giveback driver hands the own-log recovery hook before this node serves its own
@@ -118,6 +123,13 @@ pub struct OwnLogContext {
     /// as a new one, and a log recovered in an earlier one is recovered again (the node may
     /// have been taken over meanwhile).
     pub incarnation: u64,
+    /// The epoch of this node's write-back table whose mirrored blocks the partner's record
+    /// says it took over whole (0: none): a table still in that epoch holds blocks the
+    /// partner destaged and may have overwritten on disk since.
+    pub partner_took_over_writeback: u64,
+    /// The write-back epochs of this node's mailbox record (the write-back keeps its own
+    /// epoch up to date from then on, like `own_log`).
+    pub writeback: Arc<WriteBackEpochs>,
 }
 
 #[cfg(test)]

@@ -83,11 +83,16 @@ impl JournalHooks {
         self
     }
 
-    /// The own shadow log's recovery before this node serves, and its replay cursor of the
-    /// partner's log for the mailbox.
-    pub fn with_recovery(mut self, recover: RecoverHook, replayed: ReplayedHook) -> JournalHooks {
+    /// The recovery before this node serves (its own shadow log, its write-back table), and
+    /// the shadow log's replay cursor of the partner's log for the mailbox (None: no shadow
+    /// log).
+    pub fn with_recovery(
+        mut self,
+        recover: RecoverHook,
+        replayed: Option<ReplayedHook>,
+    ) -> JournalHooks {
         self.recover = Some(recover);
-        self.replayed = Some(replayed);
+        self.replayed = replayed;
         self
     }
 
@@ -222,6 +227,7 @@ mod tests {
             partner: 1,
             partner_log_generation: 0,
             forced_loss: None,
+            partner_writeback_epoch: 0,
         })
         .unwrap();
         let j = read_journal(&journal_path(&dir, 2)).unwrap();

@@ -419,6 +419,34 @@ pub enum MirrorError {
         /// Messenger name.
         name: String,
     },
+    /// A write was started before the write-back's recovery decided whether the partner
+    /// took its blocks over
+    /// ([`MirroredWriteBack::recover`](crate::clients::mirror::MirroredWriteBack::recover)):
+    /// nothing was written.
+    #[error("write: the write-back {name:?} is not recovered yet (it follows takeovers: its recovery, right before the node serves its disks, decides whether the partner took its blocks over); nothing written")]
+    WriteBackNotRecovered {
+        /// Messenger name.
+        name: String,
+    },
+    /// The partner took this node's write-back blocks over before the write's status was
+    /// returned: its recovery discarded the write with the table (it is not acknowledged).
+    #[error("write request {request}: discarded, not acknowledged: the partner took this node's write-back table (epoch {epoch}) over before its status was returned")]
+    WriteDiscarded {
+        /// The request.
+        request: u64,
+        /// The epoch of the table taken over.
+        epoch: u64,
+    },
+    /// A write-back epoch was asked of the mailbox and no mailbox write carried it in time.
+    #[error("write-back: the mailbox has not recorded {what} {epoch} after {waited:?} (check the mailbox disks; is the giveback client writing its mailbox?)")]
+    WriteBackEpochUnrecorded {
+        /// Which epoch (`"this node's epoch"`, `"the partner's epoch taken over"`).
+        what: &'static str,
+        /// The epoch.
+        epoch: u64,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
     /// A takeover's sink refused a block of the partner's image (that block and the ones
     /// after it stay in the image for the next takeover).
     #[error("takeover of the partner's block {block} of unit {unit}: {reason}")]

@@ -41,4 +41,6 @@ pub use writeback::{
     PrimaryAction, PrimaryStats, RejectReason, RequestId, RequestRef, Rqr, TakeoverReport,
     WriteBackMirror, WriteBackPrimary,
 };
-pub use writeback_driver::{MirroredWriteBack, WriteBackConfig, WriteBackStats, WriteTicket};
+pub use writeback_driver::{
+    MirroredWriteBack, WriteBackConfig, WriteBackRecovery, WriteBackStats, WriteTicket,
+};

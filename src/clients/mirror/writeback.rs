@@ -190,6 +190,9 @@ pub struct PrimaryStats {
     pub resync_blocks: u64,
     /// RQRs the mirror answered with [`Message::Held`] (it keeps a copy in a new buffer).
     pub held: u64,
+    /// Blocks discarded because the partner took them over
+    /// ([`WriteBackPrimary::discard_taken_over`]).
+    pub discarded: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -104,7 +104,9 @@ use super::writeback::{
     BlockRef, CompletionStatus, DirtyBlock, DirtyRef, Message, RequestId, TakeoverReport,
     WriteBackMirror, WriteBackPrimary,
 };
-use crate::clients::giveback::PartnerCopyMark;
+use crate::clients::giveback::{
+    OwnLogContext, OwnLogMark, PartnerCopyMark, PartnerLogContext, WriteBackEpochs,
+};
 use crate::fabric::Access;
 use crate::manager::{BandwidthClass, ClientHandle, ClientSpec, Manager};
 use crate::messaging::{Head, Messenger, MessengerConfig, Outbox};
@@ -475,6 +477,11 @@ impl MirroredWriteBack {
         }
         let started = Instant::now();
         let mut c = shared.core.lock();
+        if c.epochs.is_some() && c.recovered_for.is_none() {
+            return Err(MirrorError::WriteBackNotRecovered {
+                name: shared.cfg.name.clone(),
+            });
+        }
         let request = c
             .primary
             .handle_host_write(started, unit, first_block, data)?;
@@ -501,6 +508,12 @@ impl MirroredWriteBack {
         let mut waited = Vec::with_capacity(POLL_BATCH);
         let mut c = shared.core.lock();
         loop {
+            if let Some(epoch) = c.discarded.remove(&ticket.request) {
+                return Err(MirrorError::WriteDiscarded {
+                    request: ticket.request,
+                    epoch,
+                });
+            }
             if let Some(&status) = c.done.get(&ticket.request) {
                 // F5.7: a write completed without the partner's mirror (the partner failed,
                 // or the mirror refused it: it is re-mirrored by a resync) is acknowledged only
@@ -517,7 +530,10 @@ impl MirroredWriteBack {
                     .serving_lease
                     .get()
                     .is_none_or(|l| l.is_valid(Instant::now()));
-                if marked && leased {
+                // And only once the mailbox records the table's epoch (a takeover names
+                // it; the recovery waits for it, so this holds from then on).
+                let recorded = c.epochs.as_ref().is_none_or(|e| e.own().is_durable());
+                if marked && leased && recorded {
                     c.done.remove(&ticket.request);
                     return Ok(status);
                 }
@@ -615,6 +631,111 @@ impl MirroredWriteBack {
         if self.shared.serving_lease.set(lease).is_err() {
             tracing::warn!(name = %self.shared.cfg.name, "a serving lease was given already");
         }
+    }
+
+    /// Makes the write-back follow takeovers through the mailbox's write-back epochs
+    /// ([`GivebackNode::writeback_epochs`](crate::clients::giveback::GivebackNode::writeback_epochs),
+    /// see `giveback/writeback_epochs.rs`): from then on host writes wait for
+    /// [`recover`](Self::recover) ([`MirrorError::WriteBackNotRecovered`] before it), the
+    /// partner's image here takes no write of a table this node took over, and
+    /// [`take_over_partner_for`](Self::take_over_partner_for) records what it took over.
+    /// Only the first call counts.
+    pub fn set_writeback_epochs(&self, epochs: Arc<WriteBackEpochs>) {
+        let mut c = self.shared.core.lock();
+        if c.epochs.is_some() {
+            tracing::warn!(name = %self.shared.cfg.name, "write-back epochs were given already");
+            return;
+        }
+        c.epochs = Some(epochs);
+    }
+
+    /// The write-back's recovery before this node serves its disks (from the giveback
+    /// client's own-log recovery hook, once per serving: again after a halt): if the
+    /// partner's record says it took this node's table over in its current epoch, every
+    /// block of the table is discarded (it is on disk, possibly overwritten since), and so is
+    /// every host write whose status was not returned yet (its caller gets
+    /// [`MirrorError::WriteDiscarded`]); the table then moves to a new epoch. Returns once a
+    /// mailbox write carried the epoch (at most the write timeout:
+    /// [`MirrorError::WriteBackEpochUnrecorded`], and the recovery runs again). Without
+    /// [`set_writeback_epochs`](Self::set_writeback_epochs) it takes them from the context.
+    pub fn recover(&self, context: &OwnLogContext) -> Result<WriteBackRecovery, MirrorError> {
+        let shared = &*self.shared;
+        let (epochs, outcome) = {
+            let mut c = shared.core.lock();
+            let epochs = c
+                .epochs
+                .get_or_insert_with(|| context.writeback.clone())
+                .clone();
+            if c.recovered_for == Some(context.incarnation) {
+                return Ok(WriteBackRecovery {
+                    epoch: epochs.own().recorded(),
+                    ..WriteBackRecovery::default()
+                });
+            }
+            let epoch = epochs.own().recorded();
+            let taken = context.partner_took_over_writeback;
+            let mut outcome = WriteBackRecovery::default();
+            let next = if epoch != 0 && taken >= epoch {
+                let (unreturned, freed) = c.primary.discard_taken_over()?;
+                let done: Vec<RequestId> = c.done.drain().map(|(r, _)| r).collect();
+                for r in unreturned.into_iter().chain(done) {
+                    c.discarded.insert(r, epoch);
+                    outcome.discarded_writes += 1;
+                }
+                c.counters.discarded_writes += outcome.discarded_writes;
+                outcome.discarded_blocks = freed as u64;
+                c.run_primary(&shared.cfg);
+                taken + 1
+            } else {
+                epoch.max(1)
+            };
+            epochs.own().record(next);
+            outcome.epoch = next;
+            (epochs, outcome)
+        };
+        shared.changed.notify_all();
+        wait_recorded(epochs.own(), shared.cfg.write_timeout, "this node's epoch")?;
+        shared.core.lock().recovered_for = Some(context.incarnation);
+        if outcome.discarded_blocks > 0 || outcome.discarded_writes > 0 {
+            tracing::warn!(name = %shared.cfg.name, epoch = outcome.epoch, blocks = outcome.discarded_blocks, writes = outcome.discarded_writes, "write-back table taken over by the partner: its blocks are discarded");
+        } else {
+            tracing::info!(name = %shared.cfg.name, epoch = outcome.epoch, "write-back recovered");
+        }
+        Ok(outcome)
+    }
+
+    /// [`take_over_partner`](Self::take_over_partner) at a takeover the giveback client runs
+    /// (`context` from its replay hook): once every block went to the sink, the partner's
+    /// epoch the context names is recorded as taken over (the image here takes no write of
+    /// that table from then on), and this returns once a mailbox write carried it, so the
+    /// node never serves the partner's disks before its record says so (at most the write
+    /// timeout: [`MirrorError::WriteBackEpochUnrecorded`]).
+    pub fn take_over_partner_for(
+        &self,
+        context: &PartnerLogContext,
+        sink: impl FnMut(BlockRef, &[u8]) -> Result<(), String>,
+    ) -> Result<TakeoverReport, MirrorError> {
+        let (report, epochs) = {
+            let mut c = self.shared.core.lock();
+            let report = c.mirror.take_over(sink)?;
+            let epochs = c
+                .epochs
+                .clone()
+                .filter(|_| context.partner_writeback_epoch != 0);
+            if let Some(e) = &epochs {
+                e.took_over().record(context.partner_writeback_epoch);
+            }
+            (report, epochs)
+        };
+        tracing::info!(name = %self.shared.cfg.name, blocks = report.blocks, aborted = report.aborted, epoch = context.partner_writeback_epoch, "partner's write-back blocks taken over");
+        if let Some(e) = epochs {
+            wait_recorded(
+                e.took_over(),
+                self.shared.cfg.write_timeout,
+                "the partner's epoch taken over",
+            )?;
+        }
+        Ok(report)
     }
 
     /// Follows the failure detector (the giveback client): the partner failed or is taken
@@ -804,6 +925,37 @@ fn drive(shared: &Arc<Shared>, messenger: &Messenger, kicked: &crossbeam_channel
         }
     }
     shared.changed.notify_all();
+}
+
+/// Waits until a mailbox write carried what `mark` was last asked for.
+fn wait_recorded(
+    mark: &OwnLogMark,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), MirrorError> {
+    let begin = Instant::now();
+    while !mark.is_durable() {
+        if begin.elapsed() >= timeout {
+            return Err(MirrorError::WriteBackEpochUnrecorded {
+                what,
+                epoch: mark.stamp(),
+                waited: begin.elapsed(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// What [`MirroredWriteBack::recover`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteBackRecovery {
+    /// The table's epoch from now on.
+    pub epoch: u64,
+    /// Blocks discarded (the partner took them over).
+    pub discarded_blocks: u64,
+    /// Host writes discarded whose status had not been returned.
+    pub discarded_writes: u64,
 }
 
 /// One round of busy polling that began at `since` (see the messenger's).

@@ -58,11 +58,20 @@
 //! after the sink returns. The freed buffers are the persistent marker: a second takeover or a
 //! restart hands only what is left. A crash between the sink's return and the free hands that
 //! one block again (the sink must take a block twice).
+//!
+//! # After a takeover (primary)
+//! The blocks a takeover handed to the partner's sink are on disk, and the partner served
+//! the disks since: it may have written newer data over them. A primary whose table was taken
+//! over must never destage or re-mirror those blocks again:
+//! [`WriteBackPrimary::discard_taken_over`] frees every block of the table (writes in progress
+//! resolved as a crash would, then dropped) before the node serves again. The partner's image
+//! freed them at the takeover and takes no write of the taken table from then on (the
+//! mailbox's write-back epochs, `giveback/writeback_epochs.rs`).
 
 use super::message::BlockRef;
 use super::{
-    CompletionStatus, Disposition, Message, Notice, PendingWrite, Phase, RequestId, RequestRef,
-    WriteBackMirror, WriteBackPrimary,
+    CompletionStatus, Disposition, Message, Notice, PendingWrite, Phase, PrimaryAction, RequestId,
+    RequestRef, WriteBackMirror, WriteBackPrimary,
 };
 use crate::clients::mirror::atomic::{BufferIndex, UnitId, MAX_REQUEST_TAG};
 use crate::clients::mirror::error::MirrorError;
@@ -103,6 +112,46 @@ pub struct TakeoverReport {
 }
 
 impl<B: NvramBacking> WriteBackPrimary<B> {
+    /// The partner took this table's blocks over (see the [module docs](self)): every write
+    /// in progress is resolved as a crash would resolve it and dropped, every block is freed,
+    /// and the notices, holds and resync state go with them. Returns the host writes that
+    /// never got their status (queued or in progress: their callers learn they were
+    /// discarded) and how many blocks were freed.
+    pub fn discard_taken_over(&mut self) -> Result<(Vec<RequestId>, usize), MirrorError> {
+        let mut unreturned: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, w)| !w.resync)
+            .map(|(r, _)| *r)
+            .collect();
+        for a in self.actions.drain(..) {
+            if let PrimaryAction::Complete { request, .. } = a {
+                unreturned.push(request);
+            }
+        }
+        self.table.recover()?;
+        self.pending.clear();
+        let mut freed = 0;
+        for (unit, block, _) in self.table.valid_blocks() {
+            if self.table.free_block(unit, block)?.is_some() {
+                freed += 1;
+            }
+        }
+        for (_, buffers) in self.holds.drain() {
+            for buffer in buffers {
+                self.table.release_buffer(buffer);
+            }
+        }
+        self.gens.clear();
+        self.notices.clear();
+        self.notice_of.clear();
+        self.resync_queue = None;
+        self.resyncing.clear();
+        self.resync_needed = true;
+        self.stats.discarded += freed as u64;
+        Ok((unreturned, freed))
+    }
+
     /// The settled dirty blocks, in block order, with their write sequences and data (blocks
     /// of writes in progress come in a later snapshot).
     pub fn dirty_blocks(&self) -> Vec<DirtyBlock> {

@@ -5,6 +5,7 @@
 //! outbox and this lock drains (in that lock order, see the parent module).
 
 use super::{WriteBackConfig, MIRROR_REGION, TX_REGION};
+use crate::clients::giveback::WriteBackEpochs;
 use crate::clients::mirror::shadow::Nvram;
 use crate::clients::mirror::writeback::{
     CompletionStatus, Message, PrimaryAction, RequestId, RequestRef, WriteBackMirror,
@@ -14,6 +15,7 @@ use crate::fabric::{Completion, MemoryRegion, RegionDescriptor, SendOp, SendRequ
 use crate::manager::{ClientEvent, ClientQp, Connection, LinkId, SuspendReason};
 use hdrhistogram::Histogram;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Completions polled at a time.
@@ -75,6 +77,10 @@ pub(super) struct Counters {
     pub(super) messages_out: u64,
     pub(super) bad_messages: u64,
     pub(super) nvram_errors: u64,
+    /// RQRs dropped: they wrote a table of the partner's this node took over.
+    pub(super) refused_taken_over: u64,
+    /// Host writes discarded with a table the partner took over.
+    pub(super) discarded_writes: u64,
 }
 
 /// Everything behind the driver's lock.
@@ -94,6 +100,14 @@ pub(super) struct Core {
     /// Messenger counters already acted on.
     pub(super) seen_connections: u64,
     pub(super) seen_failures: u64,
+    /// The mailbox's write-back epochs, once the write-back follows takeovers
+    /// (`MirroredWriteBack::set_writeback_epochs`).
+    pub(super) epochs: Option<Arc<WriteBackEpochs>>,
+    /// The giveback incarnation the table was last recovered for (None: not yet; host
+    /// writes wait for it while `epochs` is set).
+    pub(super) recovered_for: Option<u64>,
+    /// Host writes discarded with a table the partner took over, by request: the epoch.
+    pub(super) discarded: HashMap<RequestId, u64>,
     /// Mirror-side messages waiting for a data connection.
     held: VecDeque<Message>,
     transfers: HashMap<u64, Transfer>,
@@ -124,6 +138,9 @@ impl Core {
             report: None,
             seen_connections: 0,
             seen_failures: 0,
+            epochs: None,
+            recovered_for: None,
+            discarded: HashMap::new(),
             held: VecDeque::new(),
             transfers: HashMap::new(),
             next_transfer: 1,
@@ -364,6 +381,19 @@ impl Core {
     }
 
     fn mirror_message(&mut self, cfg: &WriteBackConfig, m: Message) {
+        if matches!(m, Message::Rqr(_))
+            && self
+                .epochs
+                .as_ref()
+                .is_some_and(|e| e.partner_table_taken())
+        {
+            // This node took the partner's table over: a write of it is late (the partner
+            // resumed after its takeover, or has not recovered yet) and must not come back at
+            // the next takeover. The primary redoes it once the partner's record names a new
+            // epoch, or its recovery discards it.
+            self.counters.refused_taken_over += 1;
+            return;
+        }
         if let Message::DataSent(at) = &m {
             if !self.absorb_data(cfg, at) {
                 return;

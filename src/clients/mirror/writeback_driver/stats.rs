@@ -99,6 +99,19 @@ pub struct WriteBackStats {
     pub held_buffers: u64,
     /// Partner blocks handed over at takeovers.
     pub taken_over: u64,
+    /// The epoch of this node's table (0: the write-back does not follow takeovers, or is
+    /// not recovered yet).
+    #[serde(default)]
+    pub epoch: u64,
+    /// Blocks of this node discarded because the partner took them over.
+    #[serde(default)]
+    pub discarded_blocks: u64,
+    /// Host writes discarded with them (their callers got `WriteDiscarded`).
+    #[serde(default)]
+    pub discarded_writes: u64,
+    /// Partner RQRs dropped: they wrote a table this node took over.
+    #[serde(default)]
+    pub refused_taken_over: u64,
     /// Write latency (start to status), median, in µs.
     pub latency_p50_us: f64,
     /// 99th percentile, in µs.
@@ -162,6 +175,13 @@ impl WriteBackStats {
             mirror_held: m.held,
             held_buffers: c.primary.held_buffers() as u64,
             taken_over: m.taken_over,
+            epoch: c
+                .recovered_for
+                .and(c.epochs.as_ref())
+                .map_or(0, |e| e.own().recorded()),
+            discarded_blocks: p.discarded,
+            discarded_writes: k.discarded_writes,
+            refused_taken_over: k.refused_taken_over,
             latency_p50_us: lat.p50_us,
             latency_p99_us: lat.p99_us,
             latency_max_us: lat.max_us,
