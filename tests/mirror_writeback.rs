@@ -740,31 +740,37 @@ fn hostile_rqrs_are_rejected_and_complete_the_write() {
         }
     }
     assert_eq!(
-        m.handle_message(&rqr(1, 0, vec![0, 1], 5)).unwrap(),
+        m.handle_message(&rqr(2, 0, vec![0, 1], 5)).unwrap(),
         Disposition::Accepted
     );
     assert!(matches!(m.poll_send(), Some(Message::Rtr(_))));
+    // An older request on a block the newer one holds: busy.
     assert_eq!(
-        m.handle_message(&rqr(2, 1, vec![2], 6)).unwrap(),
+        m.handle_message(&rqr(1, 1, vec![2], 6)).unwrap(),
         Disposition::Accepted
     );
     assert!(matches!(
         m.poll_send(),
         Some(Message::Reject(_, RejectReason::RangeBusy))
     ));
-    // Stale: an RQR older than the request in the RIE; unexpected: an MDA at the mirror.
+    // A newer one overtook it: the primary abandoned request 2 (it never has two writes of
+    // one block in progress), which is aborted here instead of holding its blocks forever.
+    let aborted = m.stats().aborted;
     assert_eq!(
-        m.handle_message(&rqr(2, 1, vec![2], 60)).unwrap(),
+        m.handle_message(&rqr(3, 1, vec![2], 6)).unwrap(),
         Disposition::Accepted
     );
-    let _ = m.poll_send();
+    assert!(matches!(m.poll_send(), Some(Message::Rtr(_))));
+    assert_eq!(m.stats().aborted, aborted + 1);
+    assert!(m.table().request(0).is_none());
+    // Stale: an RQR older than the request in the RIE; unexpected: an MDA at the mirror.
     assert_eq!(
         m.handle_message(&rqr(1, 1, vec![3], 70)).unwrap(),
         Disposition::Stale
     );
     let mda = Message::Mda(RequestRef {
-        request: 1,
-        rie: 0,
+        request: 3,
+        rie: 1,
         incarnation: inc,
     });
     assert_eq!(m.handle_message(&mda).unwrap(), Disposition::Unexpected);

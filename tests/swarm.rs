@@ -112,7 +112,11 @@ use world::{World, LIVENESS_STEPS};
 /// lacked records before the mark; 1796641095928282693: a node resumed from a stall whose
 /// mailbox write its partner could not see; 1796645991892536893: a writer refused for want
 /// of a valid copy, whose next start still found the refused generation in its mailbox record
-/// (the checker counted the accepted loss as lost at that second close); and seeds that exercise each restart order and
+/// (the checker counted the accepted loss as lost at that second close); 1796650256419276260:
+/// a write-back resync RQR sent before the primary discarded its taken-over table, delivered
+/// after its new epoch, left a set-up at the mirror that held a block forever (the mirror now
+/// aborts writes an RQR overtook); 1796650227261449680 and 1796650192164201512: deaths inside
+/// the primary's discard and inside the survivor's takeover of a write-back table; and seeds that exercise each restart order and
 /// durability path (202: five fast restarts; 64: power losses, A back first three times, B
 /// first twice; 2882: a refused takeover and a writer that lost its NVRAM with no valid copy
 /// (refused, records unavailable); 2132 and 4234: NVRAM losses recovered from the partner's
@@ -138,6 +142,9 @@ const FIXED_SEEDS: &[u64] = &[
     1_796_640_886_823_390_812,
     1_796_641_095_928_282_693,
     1_796_645_991_892_536_893,
+    1_796_650_256_419_276_260,
+    1_796_650_227_261_449_680,
+    1_796_650_192_164_201_512,
     202,
     64,
     2882,

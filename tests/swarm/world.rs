@@ -198,7 +198,7 @@ impl World {
         }
         for (_, node) in std::mem::take(&mut self.gb.replays) {
             let partner = usize::from(node == A);
-            let r = self.wbs[partner].takeover_check();
+            let r = self.wbs[partner].take_over(&mut self.rng);
             self.result(r);
         }
         self.retry_recoveries();
@@ -440,9 +440,17 @@ impl World {
             may_ack,
             |r| plan.delay(r),
         );
-        self.wbs[w].step(self.now, &mut self.rng, serving, path.is_some(), |r| {
-            plan.delay(r)
-        });
+        let serves = self.serving_own(w);
+        let r = self.wbs[w].step(
+            self.now,
+            &mut self.rng,
+            serves,
+            self.workload,
+            may_ack,
+            path.is_some(),
+            |r| plan.delay(r),
+        );
+        self.result(r);
     }
 
     /// A process resuming from a stall runs all its threads at once: its data path may
@@ -775,6 +783,13 @@ impl World {
             c.wb_resyncs += w.counts.resyncs + resyncs;
             c.wb_resync_blocks += w.counts.resync_blocks + blocks;
             c.wb_held += w.counts.held + held;
+            c.wb_taken_over_blocks += w.counts.taken_over_blocks;
+            c.wb_survivor_writes += w.counts.survivor_writes;
+            c.wb_discarded_blocks += w.counts.discarded_blocks;
+            c.wb_refused_taken_over += w.counts.refused_taken_over
+                + w.mirror
+                    .as_ref()
+                    .map_or(0, |m| m.stats().refused_taken_over);
         }
     }
 }

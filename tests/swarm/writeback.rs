@@ -13,14 +13,24 @@
 //! of a snapshot of its dirty blocks to a modelled disk (the product's rules: a block written
 //! again since the snapshot stays dirty; a freed one is freed at the mirror by a notice).
 //!
+//! Takeovers run as the product's (`MirroredWriteBack::take_over_partner_for` and
+//! `recover`, the mailbox's write-back epochs): the survivor hands every block of its image to
+//! the disk, records the primary's epoch as taken over, and serves: it writes newer versions
+//! of some blocks to the disk. From then on its image drops the primary's RQRs until the
+//! primary's epoch moves on. The primary's recovery, right before it serves again, discards
+//! its table when the epoch it runs was taken over (`discard_taken_over`) and moves to the
+//! next epoch.
+//!
 //! Checks: each write completes once; after a crash of either side the reopened table holds,
 //! for every block, a version no newer than the last one issued, whole, and, with the disk, at
 //! least as new as the last one acknowledged as mirrored (a destaged block may be gone from
 //! NVRAM: its version is on disk); a write in progress at the crash shows on all of its blocks
 //! or on none (never mixed); a takeover finds every mirrored write in the partner's copy or on
-//! disk.
+//! disk; the disk is written last-writer-wins, and no destage or takeover writes a version
+//! older than the newest acknowledged one (the survivor's writes included).
 
 use super::nvram::{CrashNvram, Fuse};
+use interlink::clients::giveback::WriteBackEpochs;
 use interlink::clients::mirror::{
     AtomicGeometry, AtomicWriteTable, CompletionStatus, DataRange, Message, MirrorError,
     NvramBacking, PrimaryAction, RequestId, WriteBackMirror, WriteBackPrimary,
@@ -87,6 +97,13 @@ pub struct WbCounts {
     pub resync_blocks: u64,
     /// Held answers seen by primaries that crashed since.
     pub held: u64,
+    /// Blocks taken over by survivors, and blocks the survivors wrote after.
+    pub taken_over_blocks: u64,
+    pub survivor_writes: u64,
+    /// Blocks primaries discarded at their recovery (taken over), and RQRs survivors
+    /// dropped (they wrote a table taken over).
+    pub discarded_blocks: u64,
+    pub refused_taken_over: u64,
 }
 
 /// One primary and its mirror.
@@ -106,8 +123,17 @@ pub struct WbLane {
     pub acked: HashMap<u64, u64>,
     /// Last version of each block issued.
     pub issued: HashMap<u64, u64>,
-    /// Version of each block written to disk by destages.
+    /// Version of each block on disk: the last destage or takeover write (or the
+    /// survivor's own write) wins.
     pub disk: HashMap<u64, u64>,
+    /// The primary's write-back epoch (its mailbox record; 0 before its first recovery).
+    pub epoch: u64,
+    /// The primary's epoch the survivor took over (the survivor's record; 0: none).
+    pub taken: u64,
+    /// The primary recovered since its start (it serves only then).
+    recovered: bool,
+    /// The mirror node's write-back epochs (what it took over, the primary's epoch as read).
+    survivor: WriteBackEpochs,
     /// The primary was told its partner failed (the mirror crashed); restored at its start.
     partner_failed: bool,
     /// Time of the last step.
@@ -148,6 +174,10 @@ impl WbLane {
             acked: HashMap::new(),
             issued: HashMap::new(),
             disk: HashMap::new(),
+            epoch: 0,
+            taken: 0,
+            recovered: false,
+            survivor: WriteBackEpochs::new(0, 0),
             partner_failed: false,
             last: Instant::now(),
             versions: 0,
@@ -230,6 +260,7 @@ impl WbLane {
                 self.inflight.clear();
             }
         } else if let Some(m) = self.mirror.take() {
+            self.counts.refused_taken_over += m.stats().refused_taken_over;
             self.m_image = Some(m.into_table().into_backing().crash_image());
             let t = table(self.m_image.clone());
             self.check_table(&t, "mirror after its crash", false)?;
@@ -250,6 +281,7 @@ impl WbLane {
             if self.primary.is_none() {
                 let first = self.p_image.is_none();
                 self.primary = Some(WriteBackPrimary::new(table(self.p_image.take())));
+                self.recovered = false;
                 if self.partner_failed {
                     // The new primary knows nothing of the failure: the mirror is down, so
                     // the link is, and it resyncs when the mirror is back.
@@ -319,6 +351,87 @@ impl WbLane {
         }
     }
 
+    /// The mirror node takes the primary over (its giveback replay hook): the copy is
+    /// checked, every block goes to the disk, the primary's epoch is recorded as taken over,
+    /// and the survivor, serving the primary's disks, writes newer versions of a few blocks.
+    pub fn take_over(&mut self, rng: &mut SmallRng) -> Result<(), String> {
+        self.takeover_check()?;
+        let Some(m) = &mut self.mirror else {
+            return Ok(());
+        };
+        let mut handed = Vec::new();
+        m.take_over(|at, data| {
+            handed.push((
+                at.block,
+                u64::from_le_bytes(data[..8].try_into().expect("8")),
+            ));
+            Ok(())
+        })
+        .map_err(|e| format!("takeover of node {}: {e}", self.primary_node))?;
+        self.counts.taken_over_blocks += handed.len() as u64;
+        for (block, v) in handed {
+            self.write_disk(block, v, "a takeover")?;
+        }
+        if self.died(1 - self.primary_node) {
+            // The survivor died inside the takeover (a free's NVRAM write): nothing is
+            // recorded and it never serves; the world crashes it.
+            return Ok(());
+        }
+        if self.epoch != 0 {
+            self.taken = self.taken.max(self.epoch);
+            // As the product: recorded before the survivor serves.
+            let t = self.survivor.took_over();
+            t.record(self.taken);
+            t.written(t.stamp());
+        }
+        for _ in 0..rng.gen_range(0..=3) {
+            let block = rng.gen_range(0..SPACE);
+            self.versions += 1;
+            let v = self.versions;
+            self.disk.insert(block, v);
+            self.acked.insert(block, v);
+            self.issued.insert(block, v);
+            self.counts.survivor_writes += 1;
+        }
+        Ok(())
+    }
+
+    /// The disk takes version `v` of `block` from `who`: never older than the newest
+    /// acknowledged one.
+    fn write_disk(&mut self, block: u64, v: u64, who: &str) -> Result<(), String> {
+        let acked = self.acked.get(&block).copied().unwrap_or(0);
+        if v < acked {
+            return Err(format!(
+                "write-back of node {}: {who} wrote version {v} of block {block} over the acknowledged version {acked}",
+                self.primary_node
+            ));
+        }
+        self.disk.insert(block, v);
+        Ok(())
+    }
+
+    /// The primary's recovery right before it serves (its own-log recovery hook): a table
+    /// whose epoch the survivor took over is discarded, and the epoch moves on.
+    fn recover(&mut self) {
+        let p = self.primary.as_mut().expect("primary");
+        if self.epoch != 0 && self.taken >= self.epoch {
+            let (unreturned, freed) = p.discard_taken_over().expect("discard");
+            self.counts.discarded_blocks += freed as u64;
+            for r in unreturned {
+                self.inflight.remove(&r);
+            }
+            if self.died(self.primary_node) {
+                // Died inside the discard: the mailbox still names the taken epoch, and the
+                // next start discards what is left (the world crashes the node).
+                return;
+            }
+            self.epoch = self.taken + 1;
+        } else {
+            self.epoch = self.epoch.max(1);
+        }
+        self.recovered = true;
+    }
+
     fn pump(
         &mut self,
         now: Duration,
@@ -358,8 +471,11 @@ impl WbLane {
                         CompletionStatus::Mirrored => {
                             self.counts.mirrored += 1;
                             if let Some(w) = w {
+                                // The newest acknowledged version (a survivor's write may
+                                // be newer than a late completion).
                                 for b in w.first..w.first + w.blocks {
-                                    self.acked.insert(b, w.version);
+                                    let a = self.acked.entry(b).or_insert(0);
+                                    *a = (*a).max(w.version);
                                 }
                             }
                         }
@@ -377,16 +493,21 @@ impl WbLane {
         }
     }
 
-    /// One step: a host write now and then while the primary serves, then what is due on the
-    /// path.
+    /// One step: the primary's recovery once it serves its disks; with the workload on, a
+    /// host write now and then while it serves and a destage now and then while it also
+    /// holds its serving lease (a node that may have been taken over writes nothing to the
+    /// disks); then what is due on the path.
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         now: Duration,
         rng: &mut SmallRng,
-        serving: bool,
+        serves: bool,
+        workload: bool,
+        leased: bool,
         path_up: bool,
         delay: impl Fn(&mut SmallRng) -> Duration,
-    ) {
+    ) -> Result<(), String> {
         let both = self.primary.is_some() && self.mirror.is_some();
         if self.path_up && !(path_up && both) {
             self.fail_path();
@@ -396,10 +517,14 @@ impl WbLane {
             self.primary.as_mut().expect("primary").handle_link_up();
         }
         if self.primary.is_none() {
-            return;
+            return Ok(());
         }
         let t = self.base + now;
         self.last = t;
+        if serves && !self.recovered {
+            self.recover();
+        }
+        let serving = serves && workload;
         if serving && rng.gen_bool(0.3) {
             let blocks = rng.gen_range(1..=4u64);
             let first = rng.gen_range(0..=SPACE - blocks);
@@ -434,29 +559,32 @@ impl WbLane {
         }
         // A node that died inside a write sends nothing more.
         if self.died(0) || self.died(1) {
-            return;
+            return Ok(());
         }
-        if rng.gen_bool(0.03) {
-            self.destage(rng);
+        if serving && leased && self.recovered && rng.gen_bool(0.03) {
+            self.destage(rng)?;
         }
         if self.died(0) || self.died(1) {
-            return;
+            return Ok(());
         }
         let p = self.primary.as_mut().expect("primary");
         p.handle_resync(t).expect("resync");
         if self.died(0) || self.died(1) {
-            return;
+            return Ok(());
         }
         self.pump(now, rng, &delay);
         if !self.path_up {
-            return;
+            return Ok(());
         }
         loop {
             let due = |q: Option<Duration>| q.is_some_and(|at| at <= now);
             if due(self.to_mirror.front().map(|x| x.0)) {
                 let (_, bytes) = self.to_mirror.pop_front().expect("due");
                 let m = Message::decode(&bytes).expect("decode");
+                self.survivor.saw_partner(self.epoch);
+                let taken = self.survivor.partner_table_taken();
                 let mirror = self.mirror.as_mut().expect("mirror");
+                mirror.set_partner_table_taken(taken);
                 mirror.handle_message(&m).expect("mirror handles");
             } else if due(self.transfers.front().map(|x| x.0)) {
                 let (_, request, inc, ranges) = self.transfers.pop_front().expect("due");
@@ -474,18 +602,20 @@ impl WbLane {
                 break;
             }
             if self.died(0) || self.died(1) {
-                return;
+                return Ok(());
             }
             self.pump(now, rng, &delay);
         }
+        Ok(())
     }
 
     /// The storage service destages part of a snapshot of the primary's dirty blocks: each
     /// chosen block goes to disk, then the primary is told (it frees those not written again).
-    fn destage(&mut self, rng: &mut SmallRng) {
+    fn destage(&mut self, rng: &mut SmallRng) -> Result<(), String> {
         let p = self.primary.as_mut().expect("primary");
         let snapshot = p.dirty_blocks();
         let mut chosen = Vec::new();
+        let mut writes = Vec::new();
         for d in snapshot {
             if !rng.gen_bool(0.5) {
                 continue;
@@ -498,12 +628,16 @@ impl WbLane {
                 self.primary_node,
                 d.at.block
             );
-            let on_disk = self.disk.entry(d.at.block).or_insert(0);
-            *on_disk = (*on_disk).max(v);
+            writes.push((d.at.block, v));
             chosen.push(d.at);
         }
+        for (block, v) in writes {
+            self.write_disk(block, v, "a destage")?;
+        }
+        let p = self.primary.as_mut().expect("primary");
         let freed = p.handle_destaged(&chosen).expect("destaged");
         self.counts.destaged += freed as u64;
+        Ok(())
     }
 
     /// Resyncs, resync blocks and Held answers of the running primary (those of crashed ones

@@ -697,6 +697,9 @@ pub struct MirrorStats {
     pub held: u64,
     /// Partner blocks handed over at takeovers.
     pub taken_over: u64,
+    /// RQRs dropped: they wrote a table of the partner's this node took over
+    /// ([`WriteBackMirror::set_partner_table_taken`]).
+    pub refused_taken_over: u64,
     /// Stale inputs ignored.
     pub stale: u64,
     /// Inputs naming no request.
@@ -713,6 +716,8 @@ pub struct WriteBackMirror<B: NvramBacking> {
     setups: HashMap<RieIndex, u64>,
     outbox: VecDeque<Message>,
     stats: MirrorStats,
+    /// The partner runs a table this node took over: its RQRs are dropped.
+    taken: bool,
 }
 
 impl<B: NvramBacking> WriteBackMirror<B> {
@@ -724,13 +729,27 @@ impl<B: NvramBacking> WriteBackMirror<B> {
             setups: HashMap::new(),
             outbox: VecDeque::new(),
             stats: MirrorStats::default(),
+            taken: false,
         })
+    }
+
+    /// Whether the partner runs a table this node took over (the mailbox's write-back
+    /// epochs: `giveback/writeback_epochs.rs`; the driver sets it before each message). While
+    /// it does, every RQR is dropped (counted): a write of that table is late (its node
+    /// resumed after the takeover, or has not recovered yet), and a copy of it here would
+    /// come back at the next takeover, older than what this node wrote to the disks since.
+    pub fn set_partner_table_taken(&mut self, taken: bool) {
+        self.taken = taken;
     }
 
     /// A message from the primary. Errors are NVRAM failures only; a message that does not
     /// fit is ignored (counted) or rejected.
     pub fn handle_message(&mut self, message: &Message) -> Result<Disposition, MirrorError> {
         match message {
+            Message::Rqr(_) if self.taken => {
+                self.stats.refused_taken_over += 1;
+                Ok(Disposition::Stale)
+            }
             Message::Rqr(q) => self.on_rqr(q),
             Message::DataSent(at) => self.on_data_sent(*at),
             Message::Destaged(at, block) => self.on_destaged(*at, *block),
@@ -752,6 +771,38 @@ impl<B: NvramBacking> WriteBackMirror<B> {
         self.setups.clear();
         self.outbox.clear();
         Ok(resolved.len())
+    }
+
+    /// Aborts every write in progress here, in another RIE, that an RQR overtook: older than
+    /// it and holding one of its blocks or new buffers. The primary has at most one write in
+    /// progress per block and numbers its requests in order, so such a write was abandoned
+    /// (its RQR arrived after the primary discarded it: a table taken over) and would hold
+    /// the blocks and buffers forever.
+    fn abort_overtaken(&mut self, q: &Rqr) -> Result<(), MirrorError> {
+        let end = q.first_block + q.new_buffers.len() as u64;
+        let overtaken: Vec<RieIndex> = self
+            .table
+            .requests()
+            .filter(|r| {
+                let blocks = r.unit == q.unit
+                    && r.first_block < end
+                    && q.first_block < r.first_block + u64::from(r.blocks);
+                let buffers = r
+                    .new_buffers
+                    .iter()
+                    .flatten()
+                    .any(|b| q.new_buffers.contains(b));
+                r.rie != q.at.rie && r.tag < q.at.request && (blocks || buffers)
+            })
+            .map(|r| r.rie)
+            .collect();
+        for rie in overtaken {
+            tracing::info!(rie, new = q.at.request, "overtaken write aborted");
+            self.table.finish(rie)?;
+            self.setups.remove(&rie);
+            self.stats.aborted += 1;
+        }
+        Ok(())
     }
 
     /// The next message for the primary.
@@ -820,6 +871,7 @@ impl<B: NvramBacking> WriteBackMirror<B> {
             self.setups.remove(&at.rie);
             self.stats.aborted += 1;
         }
+        self.abort_overtaken(q)?;
         if let Some((buffer, block)) = self.held_copy(&q.new_buffers) {
             // A copy the primary no longer has there: it may be the only mirrored copy of a
             // block the primary wrote again without the mirror, so it stays.

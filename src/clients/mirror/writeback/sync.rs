@@ -66,7 +66,11 @@
 //! [`WriteBackPrimary::discard_taken_over`] frees every block of the table (writes in progress
 //! resolved as a crash would, then dropped) before the node serves again. The partner's image
 //! freed them at the takeover and takes no write of the taken table from then on (the
-//! mailbox's write-back epochs, `giveback/writeback_epochs.rs`).
+//! mailbox's write-back epochs, `giveback/writeback_epochs.rs`). An RQR the primary sent
+//! before it discarded may still reach the mirror after its new epoch: the mirror sets it up,
+//! and the primary never finishes it. A later RQR that holds one of its blocks or new
+//! buffers and is newer aborts it (the primary never has two writes of one block in
+//! progress, and numbers its requests in order).
 
 use super::message::BlockRef;
 use super::{

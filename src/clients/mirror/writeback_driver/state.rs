@@ -77,8 +77,6 @@ pub(super) struct Counters {
     pub(super) messages_out: u64,
     pub(super) bad_messages: u64,
     pub(super) nvram_errors: u64,
-    /// RQRs dropped: they wrote a table of the partner's this node took over.
-    pub(super) refused_taken_over: u64,
     /// Host writes discarded with a table the partner took over.
     pub(super) discarded_writes: u64,
 }
@@ -381,19 +379,13 @@ impl Core {
     }
 
     fn mirror_message(&mut self, cfg: &WriteBackConfig, m: Message) {
-        if matches!(m, Message::Rqr(_))
-            && self
-                .epochs
-                .as_ref()
-                .is_some_and(|e| e.partner_table_taken())
-        {
-            // This node took the partner's table over: a write of it is late (the partner
-            // resumed after its takeover, or has not recovered yet) and must not come back at
-            // the next takeover. The primary redoes it once the partner's record names a new
-            // epoch, or its recovery discards it.
-            self.counters.refused_taken_over += 1;
-            return;
-        }
+        // A table this node took over takes no write (the primary redoes it once the
+        // partner's record names a new epoch, or its recovery discards it).
+        let taken = self
+            .epochs
+            .as_ref()
+            .is_some_and(|e| e.partner_table_taken());
+        self.mirror.set_partner_table_taken(taken);
         if let Message::DataSent(at) = &m {
             if !self.absorb_data(cfg, at) {
                 return;

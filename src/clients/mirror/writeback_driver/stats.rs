@@ -181,7 +181,7 @@ impl WriteBackStats {
                 .map_or(0, |e| e.own().recorded()),
             discarded_blocks: p.discarded,
             discarded_writes: k.discarded_writes,
-            refused_taken_over: k.refused_taken_over,
+            refused_taken_over: m.refused_taken_over,
             latency_p50_us: lat.p50_us,
             latency_p99_us: lat.p99_us,
             latency_max_us: lat.max_us,
