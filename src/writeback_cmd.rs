@@ -353,7 +353,7 @@ impl WriteBackNode {
         let mut ledger =
             Ledger::open(destaged_path(&self.dir, self.node)).map_err(anyhow::Error::msg)?;
         let mut done: Vec<DirtyRef> = Vec::new();
-        for d in self.wb.dirty_blocks() {
+        for d in self.wb.dirty_blocks()? {
             let at = BlockRef {
                 unit: d.at.unit,
                 block: d.at.block,

@@ -459,7 +459,7 @@ fn resync_after_mirror_lost_then_destage_and_takeover() {
     let st = a.stats();
     assert!(st.resyncs >= 2 && st.resync_blocks >= 130, "{st:#?}");
     assert_eq!(st.resync_pending_blocks, 0);
-    let dirty = a.dirty_blocks();
+    let dirty = a.dirty_blocks().unwrap();
     assert_eq!(dirty.len() as u64, st.dirty_blocks);
     for d in &dirty {
         assert_eq!(
@@ -533,6 +533,9 @@ fn a_write_is_returned_only_while_the_serving_lease_runs() {
         CompletionStatus::Mirrored
     );
     lease.set(Some(Instant::now()), true);
+    // Nothing is destaged while the lease does not run either.
+    let err = a.dirty_blocks().unwrap_err();
+    assert!(matches!(err, MirrorError::DestageWithheld { .. }), "{err}");
     let t = a.write_start(1, 8, &data(2, 8, 2)).unwrap();
     let err = a.wait(&t).unwrap_err();
     assert!(matches!(err, MirrorError::WriteTimeout { .. }), "{err}");
@@ -673,6 +676,9 @@ fn a_table_taken_over_is_discarded_and_its_late_writes_never_mirrored() {
         matches!(err, MirrorError::WriteBackNotRecovered { .. }),
         "{err}"
     );
+    // Nor is anything destaged before the recovery.
+    let err = a.dirty_blocks().unwrap_err();
+    assert!(matches!(err, MirrorError::DestageWithheld { .. }), "{err}");
     let first = a.recover(&own_context(&ea, 1, 0)).unwrap();
     assert_eq!((first.epoch, first.discarded_blocks), (1, 0));
     b.recover(&own_context(&eb, 1, 0)).unwrap();
@@ -722,7 +728,7 @@ fn a_table_taken_over_is_discarded_and_its_late_writes_never_mirrored() {
             "{err}"
         );
     }
-    assert!(a.dirty_blocks().is_empty());
+    assert!(a.dirty_blocks().unwrap().is_empty());
     assert_eq!(a.stats().epoch, 2);
     // B reads A's new epoch and mirrors again: exactly the new write.
     wait_stats(&a, "in sync", |s| s.in_sync);

@@ -437,6 +437,14 @@ pub enum MirrorError {
         /// The epoch of the table taken over.
         epoch: u64,
     },
+    /// A destage snapshot was asked while this node may not write its disks.
+    #[error("destage from write-back {name:?} withheld: {why}")]
+    DestageWithheld {
+        /// Messenger name.
+        name: String,
+        /// Why.
+        why: &'static str,
+    },
     /// A write-back epoch was asked of the mailbox and no mailbox write carried it in time.
     #[error("write-back: the mailbox has not recorded {what} {epoch} after {waited:?} (check the mailbox disks; is the giveback client writing its mailbox?)")]
     WriteBackEpochUnrecorded {

@@ -587,9 +587,31 @@ impl MirroredWriteBack {
 
     /// A snapshot of this node's dirty blocks, with their write sequences and data, for the
     /// storage service to destage (see [`destaged`](Self::destaged)). Blocks of writes in
-    /// progress come in a later snapshot.
-    pub fn dirty_blocks(&self) -> Vec<DirtyBlock> {
-        self.shared.core.lock().primary.dirty_blocks()
+    /// progress come in a later snapshot. Refused ([`MirrorError::DestageWithheld`]) while
+    /// the node may not write its disks: before [`recover`](Self::recover) (the partner may
+    /// have taken these blocks over and written newer data since), and while the serving
+    /// lease does not run (the partner may be taking this node over).
+    pub fn dirty_blocks(&self) -> Result<Vec<DirtyBlock>, MirrorError> {
+        let c = self.shared.core.lock();
+        let why = if c.epochs.is_some() && c.recovered_for.is_none() {
+            Some("the write-back is not recovered yet (the partner may have taken these blocks over)")
+        } else if self
+            .shared
+            .serving_lease
+            .get()
+            .is_some_and(|l| !l.is_valid(Instant::now()))
+        {
+            Some("the serving lease does not run (the partner may be taking this node over)")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(MirrorError::DestageWithheld {
+                name: self.shared.cfg.name.clone(),
+                why,
+            });
+        }
+        Ok(c.primary.dirty_blocks())
     }
 
     /// The storage service wrote these blocks (from [`dirty_blocks`](Self::dirty_blocks)) to
