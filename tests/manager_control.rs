@@ -65,6 +65,7 @@ fn fixed_status() -> NodeStatus {
                 p99_us: 21.25,
                 max_us: 80.0,
             },
+            pending_dropped: 0,
         },
     };
     let client = |name: &str, class, state, link: Option<LinkId>, ops: u64| ClientStatus {

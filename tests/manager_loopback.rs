@@ -426,3 +426,110 @@ fn published_state_reaches_the_partner_on_every_link_and_reads_can_be_timed() {
         Err(interlink::manager::ManagerError::ReadPartnerState { link: 9, .. })
     ));
 }
+
+/// A bootstrap connection from the partner's address that does not authenticate never
+/// disturbs the established link: it closes at once, sends junk, or completes a handshake
+/// with the wrong secret; each one is dropped and counted, and the link stays Ready with no
+/// failure. (Before, every such connection tore the link down: link flapping on demand.) A
+/// partner that restarts does authenticate, and the link moves to its new connection.
+#[test]
+fn connections_that_do_not_authenticate_leave_the_link_alone() {
+    use interlink::manager::session::{fresh_nonce, Role, Session, SessionParams};
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+
+    init_logs();
+    let dir = temp_dir("pending");
+    let port = port_base();
+    let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port);
+    let ma = Manager::start(a.clone()).expect("start A");
+    let mb = Manager::start(b).expect("start B");
+    let ready = |m: &Manager| {
+        m.status()
+            .unwrap()
+            .links
+            .iter()
+            .all(|l| l.state == LinkState::Ready)
+    };
+    let t0 = std::time::Instant::now();
+    while !(ready(&ma) && ready(&mb)) {
+        assert!(
+            t0.elapsed() < WAIT,
+            "links not ready: {:#?}",
+            mb.status().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let counters = |m: &Manager| m.status().unwrap().links[0].counters;
+    let (before_a, before_b) = (counters(&ma), counters(&mb));
+    let (local, peer) = loopback(0);
+    let connect = || -> TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.bind(&SocketAddr::new(local, 0).into()).expect("bind");
+        s.connect(&SocketAddr::new(peer, port).into())
+            .expect("connect");
+        let t: TcpStream = s.into();
+        t.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        t
+    };
+    let wrong_secret = || SessionParams {
+        role: Role::Initiator,
+        cluster_id: 7,
+        node_id: 1,
+        partner_id: 2,
+        link_id: 0,
+        incarnation: 99,
+        capabilities: 0,
+        version_min: 1,
+        version_max: 1,
+        secret: vec![0x5a; 32],
+        nonce: fresh_nonce(),
+    };
+    const TRIES: u64 = 15;
+    for k in 0..TRIES {
+        let mut s = connect();
+        match k % 3 {
+            0 => {}
+            1 => s.write_all(&[0xff; 300]).expect("junk"),
+            _ => {
+                // A Hello, B's Hello back, our Confirm under the wrong key: refused.
+                let mut sess = Session::new(wrong_secret());
+                let mut buf = [0u8; 4096];
+                while let Some(f) = sess.poll_transmit() {
+                    s.write_all(&f).expect("hello");
+                }
+                let n = s.read(&mut buf).expect("B's hello");
+                let _ = sess.handle_bytes(&buf[..n]);
+                while let Some(f) = sess.poll_transmit() {
+                    let _ = s.write_all(&f);
+                }
+                // B refuses and closes.
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            }
+        }
+        drop(s);
+        assert!(ready(&mb), "try {k}: {:#?}", mb.status().unwrap().links);
+    }
+    let t0 = std::time::Instant::now();
+    while counters(&mb).pending_dropped < TRIES {
+        assert!(t0.elapsed() < WAIT, "{:#?}", counters(&mb));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (after_a, after_b) = (counters(&ma), counters(&mb));
+    assert_eq!(
+        (after_a.failures, after_b.failures),
+        (before_a.failures, before_b.failures)
+    );
+    assert_eq!(after_b.reconnects, before_b.reconnects);
+    assert!(ready(&ma) && ready(&mb));
+    // The real partner restarts: its new connection authenticates and replaces the link's.
+    drop(ma);
+    let ma = Manager::start(a).expect("restart A");
+    let t0 = std::time::Instant::now();
+    while !(ready(&ma) && ready(&mb) && counters(&mb).reconnects > before_b.reconnects) {
+        assert!(t0.elapsed() < WAIT, "{:#?}", mb.status().unwrap().links);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

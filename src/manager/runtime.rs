@@ -75,6 +75,10 @@ struct Link {
     fabric: Option<LinkFabric>,
     acceptor: Option<Acceptor>,
     conn: Option<Conn>,
+    /// A newer bootstrap connection from the partner's address while `conn` exists: it
+    /// replaces `conn` only once its session authenticated (a connection that does not
+    /// never disturbs the link).
+    pending: Option<Conn>,
     connecting: Option<u64>,
     attempt: u32,
     next_attempt: Instant,
@@ -195,6 +199,7 @@ impl Runtime {
                 fabric: None,
                 acceptor: None,
                 conn: None,
+                pending: None,
                 connecting: None,
                 attempt: 0,
                 next_attempt: now,
@@ -630,16 +635,44 @@ impl Runtime {
                     let _ = stream.shutdown(Shutdown::Both);
                     return;
                 }
+                let conn = self.next_conn;
+                self.next_conn += 1;
                 if self.links[i].conn.is_some() {
-                    self.fail_link(i, "the partner opened a new bootstrap connection", false);
+                    // The link stays as it is until the new connection proves it knows the
+                    // cluster secret (a restarted partner does; anyone else who can open a
+                    // connection from its address does not).
+                    match self.new_conn(i, conn, stream, Role::Responder) {
+                        Ok(c) => {
+                            if let Some(old) = self.links[i].pending.replace(c) {
+                                let _ = old.stream.shutdown(Shutdown::Both);
+                                self.links[i].counters.pending_dropped += 1;
+                            }
+                            self.flush_pending(i);
+                        }
+                        Err(e) => {
+                            tracing::warn!(link = msg.link, error = %e, "new bootstrap connection dropped")
+                        }
+                    }
+                    return;
                 }
                 if !self.ensure_fabric(i) {
                     let _ = stream.shutdown(Shutdown::Both);
                     return;
                 }
-                let conn = self.next_conn;
-                self.next_conn += 1;
                 self.begin_session(i, conn, stream, Role::Responder);
+            }
+            IoEvent::Bytes(bytes)
+                if self.links[i].pending.as_ref().map(|c| c.id) == Some(msg.conn) =>
+            {
+                self.pending_bytes(i, &bytes);
+            }
+            IoEvent::Closed(_)
+                if self.links[i].pending.as_ref().map(|c| c.id) == Some(msg.conn) =>
+            {
+                if let Some(p) = self.links[i].pending.take() {
+                    let _ = p.stream.shutdown(Shutdown::Both);
+                }
+                self.links[i].counters.pending_dropped += 1;
             }
             IoEvent::Bytes(bytes) => {
                 if self.links[i].conn.as_ref().map(|c| c.id) != Some(msg.conn) {
@@ -669,16 +702,86 @@ impl Runtime {
     }
 
     fn begin_session(&mut self, i: usize, id: u64, stream: TcpStream, role: Role) {
+        match self.new_conn(i, id, stream, role) {
+            Ok(c) => {
+                self.links[i].conn = Some(c);
+                self.set_state(i, LinkState::Handshaking);
+                self.flush(i);
+            }
+            Err(e) => self.backoff(i, &e, LinkState::Down),
+        }
+    }
+
+    /// Bytes of the pending connection: its handshake goes on; once its session
+    /// authenticated, it replaces the link's connection (the link is re-established on it);
+    /// a session that fails is dropped and the link never notices.
+    fn pending_bytes(&mut self, i: usize, bytes: &[u8]) {
+        let Some(p) = self.links[i].pending.as_mut() else {
+            return;
+        };
+        let result = p.session.handle_bytes(bytes);
+        self.flush_pending(i);
+        let Some(p) = self.links[i].pending.as_ref() else {
+            return;
+        };
+        if result.is_err() || p.session.is_failed() {
+            tracing::warn!(link = self.links[i].id, error = ?p.session.error(), "a new bootstrap connection failed its handshake; the link is kept");
+            if let Some(p) = self.links[i].pending.take() {
+                let _ = p.stream.shutdown(Shutdown::Both);
+            }
+            self.links[i].counters.pending_dropped += 1;
+            return;
+        }
+        if !p.session.is_established() {
+            return;
+        }
+        let Some(p) = self.links[i].pending.take() else {
+            return;
+        };
+        self.fail_link(
+            i,
+            "the partner authenticated a new bootstrap connection",
+            false,
+        );
+        if !self.ensure_fabric(i) {
+            let _ = p.stream.shutdown(Shutdown::Both);
+            return;
+        }
+        self.links[i].conn = Some(p);
+        self.set_state(i, LinkState::Handshaking);
+        self.flush(i);
+        self.drain_session(i);
+    }
+
+    /// Writes every queued frame of the pending connection (dropped if it fails).
+    fn flush_pending(&mut self, i: usize) {
+        let Some(p) = self.links[i].pending.as_mut() else {
+            return;
+        };
+        while let Some(frame) = p.session.poll_transmit() {
+            if p.stream.write_all(&frame).is_err() {
+                if let Some(p) = self.links[i].pending.take() {
+                    let _ = p.stream.shutdown(Shutdown::Both);
+                }
+                return;
+            }
+        }
+    }
+
+    /// A bootstrap connection with its session and reader thread.
+    fn new_conn(
+        &mut self,
+        i: usize,
+        id: u64,
+        stream: TcpStream,
+        role: Role,
+    ) -> Result<Conn, String> {
         let link_id = self.links[i].id;
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-        let reader = match stream.try_clone() {
-            Ok(r) => r,
-            Err(e) => {
-                self.backoff(i, &format!("clone bootstrap socket: {e}"), LinkState::Down);
-                return;
-            }
-        };
+        let reader = stream
+            .try_clone()
+            .map_err(|e| format!("clone bootstrap socket: {e}"))?;
         let session = Session::new(SessionParams {
             role,
             cluster_id: self.cfg.cluster_id,
@@ -698,20 +801,15 @@ impl Runtime {
             secret: self.secret.clone(),
             nonce: fresh_nonce(),
         });
-        if let Err(e) = spawn_reader(link_id, id, reader, self.tx.clone()) {
-            self.backoff(i, &e.to_string(), LinkState::Down);
-            return;
-        }
-        self.links[i].conn = Some(Conn {
+        spawn_reader(link_id, id, reader, self.tx.clone()).map_err(|e| e.to_string())?;
+        Ok(Conn {
             id,
             stream,
             session,
             established: false,
             sent_peer_info: false,
             offered: Vec::new(),
-        });
-        self.set_state(i, LinkState::Handshaking);
-        self.flush(i);
+        })
     }
 
     /// Writes every queued frame.

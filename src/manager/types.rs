@@ -231,6 +231,10 @@ pub struct LinkCounters {
     pub heartbeat_misses: u64,
     /// Heartbeat READ round trip.
     pub heartbeat_rtt: LatencySummary,
+    /// New bootstrap connections from the partner's address dropped without touching the
+    /// link: their handshake failed or they closed before authenticating.
+    #[serde(default)]
+    pub pending_dropped: u64,
 }
 
 /// Per-client counters.

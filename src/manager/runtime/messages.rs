@@ -424,6 +424,9 @@ impl Runtime {
                 );
             }
             self.teardown_link(i, "shutdown", SuspendReason::Shutdown);
+            if let Some(p) = self.links[i].pending.take() {
+                let _ = p.stream.shutdown(Shutdown::Both);
+            }
             self.links[i].acceptor = None;
         }
         for c in self.clients.values_mut() {
