@@ -330,7 +330,11 @@ impl WbLane {
         for (r, w) in &self.inflight {
             let mut with = 0;
             for b in w.first..w.first + w.blocks {
-                with += u64::from(version_in(t, b)? == w.version);
+                // A block of it destaged since (the write ended locally; its status had not
+                // been collected) is new on disk.
+                let v = version_in(t, b)?;
+                let on_disk = self.disk.get(&b) == Some(&w.version);
+                with += u64::from(v == w.version || (v == 0 && on_disk));
             }
             if with != 0 && with != w.blocks {
                 return Err(format!(
@@ -523,6 +527,9 @@ impl WbLane {
         self.last = t;
         if serves && !self.recovered {
             self.recover();
+            if self.died(self.primary_node) {
+                return Ok(());
+            }
         }
         let serving = serves && workload;
         if serving && rng.gen_bool(0.3) {
