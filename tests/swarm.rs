@@ -118,7 +118,8 @@ use world::{World, LIVENESS_STEPS};
 /// aborts writes an RQR overtook); 1796650227261449680 and 1796650192164201512: deaths inside
 /// the primary's discard and inside the survivor's takeover of a write-back table;
 /// 1796650628504364536: blocks of a write destaged before its status was collected, then a
-/// crash (the checker now reads them from the disk); and seeds that exercise each restart order and
+/// crash (the checker now reads them from the disk), and 1796651604547232227, where a block a
+/// notice freed at the mirror must not count as absorbed; and seeds that exercise each restart order and
 /// durability path (202: five fast restarts; 64: power losses, A back first three times, B
 /// first twice; 2882: a refused takeover and a writer that lost its NVRAM with no valid copy
 /// (refused, records unavailable); 2132 and 4234: NVRAM losses recovered from the partner's
@@ -148,6 +149,7 @@ const FIXED_SEEDS: &[u64] = &[
     1_796_650_227_261_449_680,
     1_796_650_192_164_201_512,
     1_796_650_628_504_364_536,
+    1_796_651_604_547_232_227,
     202,
     64,
     2882,

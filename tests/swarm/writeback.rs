@@ -328,15 +328,20 @@ impl WbLane {
             }
         }
         for (r, w) in &self.inflight {
-            let mut with = 0;
+            let (mut with, mut without) = (0, 0);
             for b in w.first..w.first + w.blocks {
-                // A block of it destaged since (the write ended locally; its status had not
-                // been collected) is new on disk.
+                // A block of it gone from the table and on disk in its version was destaged
+                // (the write ended locally, its status not collected yet; at the mirror, freed
+                // by the notice): it tells nothing.
                 let v = version_in(t, b)?;
-                let on_disk = self.disk.get(&b) == Some(&w.version);
-                with += u64::from(v == w.version || (v == 0 && on_disk));
+                let destaged = v == 0 && self.disk.get(&b) == Some(&w.version);
+                if v == w.version {
+                    with += 1;
+                } else if !destaged {
+                    without += 1;
+                }
             }
-            if with != 0 && with != w.blocks {
+            if with != 0 && without != 0 {
                 return Err(format!(
                     "write-back of node {p}, {what}: request {r} (version {}) mixed: {with} of {} blocks new",
                     w.version, w.blocks
