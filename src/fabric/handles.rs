@@ -115,6 +115,15 @@ impl Device {
         dispatch!(&*self.inner, d => d.gid())
     }
 
+    /// The soft provider's inbound TCP connections (None on verbs and on the in-process
+    /// network).
+    pub fn soft_inbound(&self) -> Option<soft::InboundCounters> {
+        match &*self.inner {
+            Provider::Soft(d) => d.inbound(),
+            Provider::Verbs(_) => None,
+        }
+    }
+
     /// Whether the port is active.
     pub fn port_active(&self) -> Result<bool> {
         dispatch!(&*self.inner, d => d.port_active())

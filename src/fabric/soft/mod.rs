@@ -14,6 +14,7 @@ mod packet_buf;
 mod rc;
 mod sim;
 mod tcp;
+pub use tcp::{IDLE as INBOUND_IDLE, MAX_FRAME, MAX_INBOUND};
 pub mod wire;
 
 pub use cut::{is_cut, set_cut};
@@ -408,6 +409,39 @@ impl SoftDevice {
     pub fn access_violations(&self) -> u64 {
         self.shared.violations.load(Ordering::Relaxed)
     }
+
+    /// The inbound connections of the TCP transport (None on the in-process network).
+    pub fn inbound(&self) -> Option<InboundCounters> {
+        match &self.shared.transport {
+            Transport::Tcp(t) => {
+                let s = t.inbound();
+                Some(InboundCounters {
+                    open: s.open.load(Ordering::Relaxed),
+                    accepted: s.accepted.load(Ordering::Relaxed),
+                    evicted: s.evicted.load(Ordering::Relaxed),
+                    idle_closed: s.idle_closed.load(Ordering::Relaxed),
+                    oversized: s.oversized.load(Ordering::Relaxed),
+                })
+            }
+            Transport::Sim(..) => None,
+        }
+    }
+}
+
+/// The inbound connections of a soft device's TCP transport (see `tcp.rs`: at most
+/// [`MAX_INBOUND`] at once, idle ones closed after [`INBOUND_IDLE`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboundCounters {
+    /// Open now.
+    pub open: usize,
+    /// Accepted in total.
+    pub accepted: u64,
+    /// Closed to make room for a newer one.
+    pub evicted: u64,
+    /// Closed after a silence of [`INBOUND_IDLE`].
+    pub idle_closed: u64,
+    /// Closed for announcing a frame beyond [`MAX_FRAME`].
+    pub oversized: u64,
 }
 
 fn engine_loop(dev: &Arc<DeviceShared>, inbox: &Inbox) {
