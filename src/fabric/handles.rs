@@ -124,6 +124,15 @@ impl Device {
         }
     }
 
+    /// Acknowledgements and READ responses the soft provider dropped for naming no
+    /// outstanding request (None on verbs).
+    pub fn soft_stale_responses(&self) -> Option<u64> {
+        match &*self.inner {
+            Provider::Soft(d) => Some(d.stale_responses()),
+            Provider::Verbs(_) => None,
+        }
+    }
+
     /// Whether the port is active.
     pub fn port_active(&self) -> Result<bool> {
         dispatch!(&*self.inner, d => d.port_active())
@@ -240,12 +249,10 @@ impl ProtectionDomain {
 }
 
 /// A pseudo-random 24-bit initial packet sequence number.
+/// A random first PSN (a blind forger must guess the outstanding window in 2^24).
 fn initial_psn(qpn: u32) -> u32 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    (t ^ qpn.wrapping_mul(0x9e37_79b9)) & 0x00ff_ffff
+    let _ = qpn;
+    rand::random::<u32>() & 0x00ff_ffff
 }
 
 struct MrShared {
@@ -682,7 +689,9 @@ impl QueuePair {
         self.tracker.clear();
         self.epoch.fetch_add(1, Ordering::AcqRel);
         let mut psn = self.local_psn.lock();
-        *psn = (*psn).wrapping_add(0x1000) & 0x00ff_ffff;
+        // At least 0x1000 from the last one (its stale packets never match), otherwise random.
+        let jump = 0x1000 + rand::random::<u32>() % (0x0100_0000 - 0x2000);
+        *psn = (*psn).wrapping_add(jump) & 0x00ff_ffff;
         Ok(())
     }
 

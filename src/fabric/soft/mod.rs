@@ -158,6 +158,8 @@ pub(crate) struct DeviceShared {
     pub(crate) lid: u16,
     pub(crate) transport: Transport,
     pub(crate) qps: RwLock<HashMap<u32, Arc<rc::QpCore>>>,
+    /// Acknowledgements and READ responses dropped for naming no outstanding request.
+    pub(crate) stale_responses: AtomicU64,
     pub(crate) regions: RwLock<HashMap<u32, Weak<RegionMem>>>,
     next_qpn: AtomicU32,
     next_key: AtomicU32,
@@ -287,7 +289,10 @@ impl SoftDevice {
             transport,
             qps: RwLock::new(HashMap::new()),
             regions: RwLock::new(HashMap::new()),
-            next_qpn: AtomicU32::new(0x11),
+            // A random first QPN (above the 0x10 reserved ones): a stale or forged packet
+            // must guess it.
+            next_qpn: AtomicU32::new(0x11 + (rand::random::<u32>() >> 9)),
+            stale_responses: AtomicU64::new(0),
             // A random first index: a restarted process (a new device) does not hand out the
             // keys of its previous run again, so a stale peer's old descriptors do not address
             // the new run's regions.
@@ -408,6 +413,12 @@ impl SoftDevice {
     /// Remote accesses refused on this device (bad rkey, bounds, rights).
     pub fn access_violations(&self) -> u64 {
         self.shared.violations.load(Ordering::Relaxed)
+    }
+
+    /// Acknowledgements and READ responses dropped because they named no outstanding
+    /// request (stale, duplicated, or forged).
+    pub fn stale_responses(&self) -> u64 {
+        self.shared.stale_responses.load(Ordering::Relaxed)
     }
 
     /// The inbound connections of the TCP transport (None on the in-process network).

@@ -483,6 +483,18 @@ impl QpCore {
                 return;
             }
         }
+        let response = matches!(p.body, Body::Ack { .. } | Body::ReadResponse { .. });
+        if response && !Self::outstanding(&st, p.psn) {
+            // As rxe: an acknowledgement or response is taken only for a request sent and
+            // not yet acknowledged (a forged one must name that PSN, not any PSN ahead).
+            dev.stale_responses.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(
+                qpn = self.qpn,
+                psn = p.psn,
+                "response outside the outstanding window dropped"
+            );
+            return;
+        }
         match &p.body {
             Body::Ack { syndrome } => self.on_ack(dev, &mut st, p.psn, *syndrome, now),
             Body::ReadResponse { payload } => {
@@ -490,6 +502,16 @@ impl QpCore {
             }
             _ => self.on_request(dev, &mut st, p),
         }
+    }
+
+    /// Whether `psn` names a request sent and not yet acknowledged (from the oldest one
+    /// outstanding to the last one sent; a NAK sequence error names the one after the last
+    /// the responder took, which is outstanding too).
+    fn outstanding(st: &CoreState, psn: u32) -> bool {
+        let Some(oldest) = st.sq.front() else {
+            return false;
+        };
+        psn_diff(psn, oldest.psn) >= 0 && psn_diff(psn, st.next_psn) < 0
     }
 
     fn on_ack(
