@@ -278,6 +278,11 @@ fn serve(listener: &TcpListener, inbox: &Inbox, stop: &AtomicBool, stats: &Inbou
                             close[k] = true;
                             break;
                         }
+                        if n < chunk.len() {
+                            // Drained (poll reports the connection again if more came): no
+                            // extra read that only returns WouldBlock.
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
