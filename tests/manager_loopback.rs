@@ -250,10 +250,10 @@ fn partner_restart_reinitialises_and_clients_come_back() {
 #[test]
 fn replayed_bootstrap_message_is_refused() {
     use interlink::fabric::{Endpoint, Gid, Mtu, RegionDescriptor};
-    use interlink::manager::session::{fresh_nonce, Role, Session, SessionEvent, SessionParams};
+    use interlink::manager::session::{Session, SessionEvent};
     use interlink::manager::wire::{self, Message, PeerInfo, RefuseReason};
     use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
+    use std::net::TcpStream;
 
     init_logs();
     let dir = temp_dir("replay");
@@ -261,41 +261,9 @@ fn replayed_bootstrap_message_is_refused() {
     let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port);
     let secret = a.read_secret().expect("secret");
     let mb = Manager::start(b).expect("start B");
-    let (local, peer) = loopback(0);
-    let connect = || -> TcpStream {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                .expect("socket");
-            s.bind(&SocketAddr::new(local, 0).into()).expect("bind");
-            match s.connect(&SocketAddr::new(peer, port).into()) {
-                Ok(()) => {
-                    let t: TcpStream = s.into();
-                    t.set_read_timeout(Some(Duration::from_secs(10)))
-                        .expect("timeout");
-                    return t;
-                }
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("connect: {e}"),
-            }
-        }
-    };
-    let params = || SessionParams {
-        role: Role::Initiator,
-        cluster_id: 7,
-        node_id: 1,
-        partner_id: 2,
-        link_id: 0,
-        incarnation: 99,
-        capabilities: 0,
-        version_min: 1,
-        version_max: 1,
-        secret: secret.clone(),
-        nonce: fresh_nonce(),
-    };
+    let (local, _) = loopback(0);
+    let connect = || connect_as_partner(port);
+    let params = || initiator_params(secret.clone());
     // Pumps frames both ways until `done` says stop; returns what was written.
     fn pump(
         s: &mut TcpStream,
@@ -434,9 +402,8 @@ fn published_state_reaches_the_partner_on_every_link_and_reads_can_be_timed() {
 /// partner that restarts does authenticate, and the link moves to its new connection.
 #[test]
 fn connections_that_do_not_authenticate_leave_the_link_alone() {
-    use interlink::manager::session::{fresh_nonce, Role, Session, SessionParams};
+    use interlink::manager::session::Session;
     use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
 
     init_logs();
     let dir = temp_dir("pending");
@@ -462,31 +429,8 @@ fn connections_that_do_not_authenticate_leave_the_link_alone() {
     }
     let counters = |m: &Manager| m.status().unwrap().links[0].counters;
     let (before_a, before_b) = (counters(&ma), counters(&mb));
-    let (local, peer) = loopback(0);
-    let connect = || -> TcpStream {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        s.bind(&SocketAddr::new(local, 0).into()).expect("bind");
-        s.connect(&SocketAddr::new(peer, port).into())
-            .expect("connect");
-        let t: TcpStream = s.into();
-        t.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        t
-    };
-    let wrong_secret = || SessionParams {
-        role: Role::Initiator,
-        cluster_id: 7,
-        node_id: 1,
-        partner_id: 2,
-        link_id: 0,
-        incarnation: 99,
-        capabilities: 0,
-        version_min: 1,
-        version_max: 1,
-        secret: vec![0x5a; 32],
-        nonce: fresh_nonce(),
-    };
+    let connect = || connect_as_partner(port);
+    let wrong_secret = || initiator_params(vec![0x5a; 32]);
     const TRIES: u64 = 15;
     for k in 0..TRIES {
         let mut s = connect();
@@ -531,5 +475,48 @@ fn connections_that_do_not_authenticate_leave_the_link_alone() {
     while !(ready(&ma) && ready(&mb) && counters(&mb).reconnects > before_b.reconnects) {
         assert!(t0.elapsed() < WAIT, "{:#?}", mb.status().unwrap().links);
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A TCP connection to B's bootstrap port from A's address (what only the partner, or a
+/// process on its address, can open); retried while B is not listening yet.
+fn connect_as_partner(port: u16) -> std::net::TcpStream {
+    use std::net::SocketAddr;
+    let (local, peer) = loopback(0);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.bind(&SocketAddr::new(local, 0).into()).expect("bind");
+        match s.connect(&SocketAddr::new(peer, port).into()) {
+            Ok(()) => {
+                let t: std::net::TcpStream = s.into();
+                t.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                return t;
+            }
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "connect: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// The session parameters of a node 1 of cluster 7 (the initiator) holding `secret`.
+fn initiator_params(secret: Vec<u8>) -> interlink::manager::session::SessionParams {
+    use interlink::manager::session::{fresh_nonce, Role, SessionParams};
+    SessionParams {
+        role: Role::Initiator,
+        cluster_id: 7,
+        node_id: 1,
+        partner_id: 2,
+        link_id: 0,
+        incarnation: 99,
+        capabilities: 0,
+        version_min: 1,
+        version_max: 1,
+        secret,
+        nonce: fresh_nonce(),
     }
 }
