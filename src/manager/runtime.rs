@@ -643,10 +643,8 @@ impl Runtime {
                     // connection from its address does not).
                     match self.new_conn(i, conn, stream, Role::Responder) {
                         Ok(c) => {
-                            if let Some(old) = self.links[i].pending.replace(c) {
-                                let _ = old.stream.shutdown(Shutdown::Both);
-                                self.links[i].counters.pending_dropped += 1;
-                            }
+                            self.drop_pending(i);
+                            self.links[i].pending = Some(c);
                             self.flush_pending(i);
                         }
                         Err(e) => {
@@ -669,10 +667,7 @@ impl Runtime {
             IoEvent::Closed(_)
                 if self.links[i].pending.as_ref().map(|c| c.id) == Some(msg.conn) =>
             {
-                if let Some(p) = self.links[i].pending.take() {
-                    let _ = p.stream.shutdown(Shutdown::Both);
-                }
-                self.links[i].counters.pending_dropped += 1;
+                self.drop_pending(i);
             }
             IoEvent::Bytes(bytes) => {
                 if self.links[i].conn.as_ref().map(|c| c.id) != Some(msg.conn) {
@@ -726,10 +721,7 @@ impl Runtime {
         };
         if result.is_err() || p.session.is_failed() {
             tracing::warn!(link = self.links[i].id, error = ?p.session.error(), "a new bootstrap connection failed its handshake; the link is kept");
-            if let Some(p) = self.links[i].pending.take() {
-                let _ = p.stream.shutdown(Shutdown::Both);
-            }
-            self.links[i].counters.pending_dropped += 1;
+            self.drop_pending(i);
             return;
         }
         if !p.session.is_established() {
@@ -751,6 +743,14 @@ impl Runtime {
         self.set_state(i, LinkState::Handshaking);
         self.flush(i);
         self.drain_session(i);
+    }
+
+    /// Closes the pending connection, if any, and counts it (`pending_dropped`).
+    fn drop_pending(&mut self, i: usize) {
+        if let Some(p) = self.links[i].pending.take() {
+            let _ = p.stream.shutdown(Shutdown::Both);
+            self.links[i].counters.pending_dropped += 1;
+        }
     }
 
     /// Writes every queued frame of the pending connection (dropped if it fails).

@@ -128,8 +128,6 @@ pub struct WbLane {
     pub disk: HashMap<u64, u64>,
     /// The primary's write-back epoch (its mailbox record; 0 before its first recovery).
     pub epoch: u64,
-    /// The primary's epoch the survivor took over (the survivor's record; 0: none).
-    pub taken: u64,
     /// The primary recovered since its start (it serves only then).
     recovered: bool,
     /// The mirror node's write-back epochs (what it took over, the primary's epoch as read).
@@ -175,7 +173,6 @@ impl WbLane {
             issued: HashMap::new(),
             disk: HashMap::new(),
             epoch: 0,
-            taken: 0,
             recovered: false,
             survivor: WriteBackEpochs::new(0, 0),
             partner_failed: false,
@@ -387,10 +384,9 @@ impl WbLane {
             return Ok(());
         }
         if self.epoch != 0 {
-            self.taken = self.taken.max(self.epoch);
             // As the product: recorded before the survivor serves.
             let t = self.survivor.took_over();
-            t.record(self.taken);
+            t.record(self.epoch);
             t.written(t.stamp());
         }
         for _ in 0..rng.gen_range(0..=3) {
@@ -423,7 +419,9 @@ impl WbLane {
     /// whose epoch the survivor took over is discarded, and the epoch moves on.
     fn recover(&mut self) {
         let p = self.primary.as_mut().expect("primary");
-        if self.epoch != 0 && self.taken >= self.epoch {
+        // What the survivor's record names as taken over.
+        let taken = self.survivor.took_over().recorded();
+        if self.epoch != 0 && taken >= self.epoch {
             let (unreturned, freed) = p.discard_taken_over().expect("discard");
             self.counts.discarded_blocks += freed as u64;
             for r in unreturned {
@@ -434,7 +432,7 @@ impl WbLane {
                 // next start discards what is left (the world crashes the node).
                 return;
             }
-            self.epoch = self.taken + 1;
+            self.epoch = taken + 1;
         } else {
             self.epoch = self.epoch.max(1);
         }

@@ -290,6 +290,14 @@ impl Shared {
         }
     }
 
+    /// Whether this node may return writes and write its disks: the giveback client's serving
+    /// lease runs (or none was given).
+    fn lease_runs(&self) -> bool {
+        self.serving_lease
+            .get()
+            .is_none_or(|l| l.is_valid(Instant::now()))
+    }
+
     fn stopped(&self) -> MirrorError {
         MirrorError::WriteStopped {
             name: self.cfg.name.clone(),
@@ -477,7 +485,7 @@ impl MirroredWriteBack {
         }
         let started = Instant::now();
         let mut c = shared.core.lock();
-        if c.epochs.is_some() && c.recovered_for.is_none() {
+        if c.awaits_recovery() {
             return Err(MirrorError::WriteBackNotRecovered {
                 name: shared.cfg.name.clone(),
             });
@@ -526,10 +534,7 @@ impl MirroredWriteBack {
                 // And only while this node may still serve its disks (a node that stalled
                 // may have been taken over meanwhile, its mirrored blocks destaged by the
                 // partner: the giveback client's serving lease).
-                let leased = shared
-                    .serving_lease
-                    .get()
-                    .is_none_or(|l| l.is_valid(Instant::now()));
+                let leased = shared.lease_runs();
                 // And only once the mailbox records the table's epoch (a takeover names
                 // it; the recovery waits for it, so this holds from then on).
                 let recorded = c.epochs.as_ref().is_none_or(|e| e.own().is_durable());
@@ -593,14 +598,9 @@ impl MirroredWriteBack {
     /// lease does not run (the partner may be taking this node over).
     pub fn dirty_blocks(&self) -> Result<Vec<DirtyBlock>, MirrorError> {
         let c = self.shared.core.lock();
-        let why = if c.epochs.is_some() && c.recovered_for.is_none() {
+        let why = if c.awaits_recovery() {
             Some("the write-back is not recovered yet (the partner may have taken these blocks over)")
-        } else if self
-            .shared
-            .serving_lease
-            .get()
-            .is_some_and(|l| !l.is_valid(Instant::now()))
-        {
+        } else if !self.shared.lease_runs() {
             Some("the serving lease does not run (the partner may be taking this node over)")
         } else {
             None

@@ -152,6 +152,12 @@ impl Core {
         }
     }
 
+    /// Whether host writes and destages wait for the recovery: the write-back follows
+    /// takeovers and has not been recovered yet.
+    pub(super) fn awaits_recovery(&self) -> bool {
+        self.epochs.is_some() && self.recovered_for.is_none()
+    }
+
     /// Whether the data connection is usable.
     pub(super) fn link_up(&self) -> bool {
         self.link.as_ref().is_some_and(|l| !l.broken)
