@@ -457,7 +457,9 @@ fn resync_after_mirror_lost_then_destage_and_takeover() {
     assert_eq!(a.write(1, 41, &mid).unwrap(), CompletionStatus::Mirrored);
     assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
     let st = a.stats();
-    assert!(st.resyncs >= 2 && st.resync_blocks >= 130, "{st:#?}");
+    // The resync skips a block a host write is mirroring: the write to 41..43 may have
+    // mirrored those two before the resync reached them.
+    assert!(st.resyncs >= 2 && st.resync_blocks >= 128, "{st:#?}");
     assert_eq!(st.resync_pending_blocks, 0);
     let dirty = a.dirty_blocks().unwrap();
     assert_eq!(dirty.len() as u64, st.dirty_blocks);
