@@ -10,6 +10,7 @@ mod giveback_journal;
 mod manager_pair;
 
 use giveback_journal::{assert_never_served_twice, note_crash};
+use interlink::clients::giveback::service::read_journal;
 use interlink::clients::giveback::{
     Command, CommandOutcome, FileMailbox, FileReservations, GivebackEvent, GivebackNode,
     GivebackOptions, JournalHooks, Mailbox, NodeState, Reservations,
@@ -42,16 +43,28 @@ fn start_with_replay(
     replay_time: Duration,
     in_replay: Arc<AtomicBool>,
 ) -> Node {
+    start_with_hook(cfg, dir, options, move || {
+        in_replay.store(true, Ordering::SeqCst);
+        std::thread::sleep(replay_time);
+        in_replay.store(false, Ordering::SeqCst);
+        Ok(())
+    })
+}
+
+/// A node whose replay hook is `replay` (counted in `replays`).
+fn start_with_hook(
+    cfg: &NodeConfig,
+    dir: &Path,
+    options: GivebackOptions,
+    mut replay: impl FnMut() -> Result<(), String> + Send + 'static,
+) -> Node {
     let manager = Arc::new(Manager::start(cfg.clone()).expect("start manager"));
     let me = cfg.node_id;
     let replays = Arc::new(AtomicU32::new(0));
     let r = replays.clone();
     let hooks = JournalHooks::new(dir, me).with_replay(Box::new(move |_| {
-        in_replay.store(true, Ordering::SeqCst);
-        std::thread::sleep(replay_time);
         r.fetch_add(1, Ordering::SeqCst);
-        in_replay.store(false, Ordering::SeqCst);
-        Ok(())
+        replay()
     }));
     let giveback = GivebackNode::start(
         manager.clone(),
@@ -318,6 +331,90 @@ fn a_slow_replay_keeps_the_mailbox_heartbeat_going() {
     assert_eq!(na.replays.load(Ordering::SeqCst), 1);
     assert_never_served_twice(&dir);
     stop(na);
+}
+
+/// A takeover whose replay hook fails (the partner's log or write-back blocks not applied)
+/// reserves the partner's disks but does not serve them: the start-serving hook waits until a
+/// retry of the replay succeeds; the status says why meanwhile. The giveback then works as
+/// usual.
+#[test]
+fn a_failed_replay_withholds_the_partners_disks_until_a_retry_succeeds() {
+    init_logs();
+    let dir = temp_dir("giveback-replay-fails");
+    let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    let options = GivebackOptions::default();
+    let allow = Arc::new(AtomicBool::new(false));
+    let na = {
+        let allow = allow.clone();
+        start_with_hook(&a, &dir, options.clone(), move || {
+            if allow.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("the disk refused the destage".into())
+            }
+        })
+    };
+    let nb = start(&b, &dir, options.clone());
+    for n in [&na, &nb] {
+        wait_state(n, "both nodes up", |s| {
+            s.state == NodeState::Up && s.partner_state == Some(NodeState::Up)
+        });
+    }
+    crash(nb, &dir);
+    // Taken over (reserved, the machine in TAKEOVER), the replay tried again at least once.
+    wait_state(&na, "takeover", |s| {
+        s.state == NodeState::Takeover && s.serving.contains(&2)
+    });
+    let t0 = Instant::now();
+    while na.replays.load(Ordering::SeqCst) < 2 {
+        assert!(t0.elapsed() < WAIT, "the failed replay is not tried again");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let report = na.giveback.report();
+    assert!(
+        report
+            .partner_replay_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused the destage")),
+        "{report:#?}"
+    );
+    let journal = |event: &str| {
+        read_journal(&giveback_journal_path(&dir, 1))
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.event == event && e.what == 2)
+            .count()
+    };
+    assert_eq!(journal("start-serving"), 0, "served before the replay");
+    let mut check = FileReservations::open(&dir, 9).unwrap();
+    assert_eq!(check.check(2).unwrap(), Some(1), "A holds B's disks");
+    // The replay succeeds at its next try: B's disks are served, once.
+    allow.store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    while journal("start-serving") == 0 {
+        assert!(t0.elapsed() < WAIT, "not served after the replay succeeded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let tries = na.replays.load(Ordering::SeqCst);
+    assert_eq!(journal("replay-log"), tries as usize);
+    assert!(na.giveback.report().partner_replay_error.is_none());
+    // B comes back: the coordinated giveback as usual.
+    let nb = start(&b, &dir, options.clone());
+    wait_state(&nb, "B up again", |s| {
+        s.state == NodeState::Up && s.serving == vec![2]
+    });
+    wait_state(&na, "giveback done", |s| {
+        s.state == NodeState::Up && s.serving == vec![1]
+    });
+    assert_eq!(journal("start-serving"), 1);
+    assert_eq!(
+        na.replays.load(Ordering::SeqCst),
+        tries,
+        "no replay after success"
+    );
+    assert_never_served_twice(&dir);
+    stop(na);
+    stop(nb);
 }
 
 #[test]

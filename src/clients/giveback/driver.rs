@@ -11,15 +11,14 @@
 //! see this node as failed meanwhile.
 
 use crate::clients::giveback::actions::{
-    Action, Command, CommandOutcome, CommandReply, CopyGap, GivebackConfig, GivebackEvent,
-    GivebackStatus,
+    Action, Command, CommandReply, GivebackConfig, GivebackEvent, GivebackStatus,
 };
 use crate::clients::giveback::copy_mark::PartnerCopyMark;
 use crate::clients::giveback::error::GivebackError;
 use crate::clients::giveback::lease::ServingLease;
 use crate::clients::giveback::machine::GivebackMachine;
 use crate::clients::giveback::mailbox::{
-    LogMark, Mailbox, MailboxRecord, MailboxWrite, OwnRecord, ReplayedMark,
+    Mailbox, MailboxRecord, MailboxWrite, OwnRecord, ReplayedMark,
 };
 use crate::clients::giveback::own_log_mark::{OwnLogContext, OwnLogMark, PartnerLogContext};
 use crate::clients::giveback::reservation::{DiskSet, Reservations};
@@ -34,6 +33,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod report;
+
+pub use report::{render_report, CommandReport, GivebackReport};
+
 /// Period of the extra partner-state READs while waiting on a partner transition.
 const FAST_READ_PERIOD: Duration = Duration::from_millis(2);
 
@@ -46,7 +49,10 @@ pub const KILL_LEN: usize = 16;
 
 /// What the storage service does when the protocol says so. Each call is made from the
 /// driver's thread, in protocol order; an error is logged and counted (the protocol goes on:
-/// the service must make its own operations safe to retry).
+/// the service must make its own operations safe to retry). Two failures also withhold a
+/// disk set from the service until a retry succeeds: the own log's recovery (the own set)
+/// and the replay of the partner's log at a takeover (the partner's set, see
+/// [`ServiceHooks::replay_partner_log`]).
 pub trait ServiceHooks: Send {
     /// Start serving a disk set (own set at the end of bring-up; the partner's at takeover).
     fn start_serving(&mut self, set: DiskSet) -> Result<(), String>;
@@ -56,8 +62,13 @@ pub trait ServiceHooks: Send {
     fn assume_identity(&mut self, partner: u32) -> Result<(), String>;
     /// Release the partner's service identity.
     fn release_identity(&mut self, partner: u32) -> Result<(), String>;
-    /// Replay the partner's shadow log since its last consistency point (the mirror client),
-    /// given what the partner's mailbox record says of it ([`PartnerLogContext`]).
+    /// Replay the partner's shadow log since its last consistency point (the mirror client)
+    /// and destage its mirrored write-back blocks, given what the partner's mailbox record
+    /// says of it ([`PartnerLogContext`]). On an error the partner's disk set is taken over
+    /// (reserved, the partner fenced) but not served: [`ServiceHooks::start_serving`] is
+    /// withheld and this hook called again every interval (at least every second) until it
+    /// succeeds or the set is given back, so it must resume where it stopped (the shadow
+    /// log's replay cursor and the write-back's takeover do).
     fn replay_partner_log(&mut self, context: &PartnerLogContext) -> Result<(), String>;
     /// Recover this node's own shadow log before it serves its own disks (F5.6), given what
     /// the partner's mailbox record says it replayed of that log at a takeover and the marks
@@ -122,9 +133,20 @@ fn refuse_a_live_twin(
     }
 }
 
-/// The least time between two tries of a failed own-log recovery (a try may fetch the whole
-/// log from the partner).
-const OWN_RECOVERY_RETRY: Duration = Duration::from_secs(1);
+/// The least time between two tries of a failed own-log recovery or partner-log replay (a
+/// try may fetch the whole log from the partner).
+const RECOVERY_RETRY: Duration = Duration::from_secs(1);
+
+/// The partner's disk set is taken over but its log replay (or write-back destage) failed:
+/// the service does not serve the set until a retry succeeds.
+struct PartnerReplayPending {
+    /// What the failed try was given.
+    context: PartnerLogContext,
+    /// The next try.
+    retry_at: Instant,
+    /// The machine started serving the set; the start-serving hook was withheld.
+    start_withheld: bool,
+}
 
 /// The driver's mailbox: every record written carries the replayed partner log of the last
 /// ask of the hooks ([`ServiceHooks::replayed_partner_log`]), the keepalive writes during a
@@ -215,6 +237,9 @@ struct Shared {
     /// Why the own disk set is withheld: the own log's recovery failed (None: recovered, or
     /// not due yet).
     own_recovery_error: Option<String>,
+    /// Why the partner's disk set is withheld after a takeover: the replay of its log (or
+    /// the destage of its write-back blocks) failed (tried again every interval).
+    partner_replay_error: Option<String>,
 }
 
 /// A running giveback client: partner state, failure detection, takeover and coordinated
@@ -293,6 +318,7 @@ impl GivebackNode {
             kills_received: 0,
             reboots: 0,
             own_recovery_error: None,
+            partner_replay_error: None,
         }));
         let (requests, request_rx) = unbounded();
         let mut hooks = hooks;
@@ -339,6 +365,7 @@ impl GivebackNode {
             awaiting_partner_up: false,
             last_fast_read: Instant::now(),
             own_start_pending: None,
+            partner_replay: None,
             serving_lease: serving_lease.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -501,6 +528,8 @@ struct Driver {
     last_fast_read: Instant,
     /// The own disk set is to be served but its log is not recovered: the next try.
     own_start_pending: Option<Instant>,
+    /// The partner's log replay at the last takeover failed: its set is not served yet.
+    partner_replay: Option<PartnerReplayPending>,
     /// The machine's serving lease as last published.
     serving_lease: Arc<ServingLease>,
 }
@@ -520,6 +549,13 @@ impl Driver {
             self.execute_actions();
             if self.own_start_pending.is_some_and(|t| t <= Instant::now()) {
                 self.serve_own_when_recovered();
+            }
+            if self
+                .partner_replay
+                .as_ref()
+                .is_some_and(|p| p.start_withheld && p.retry_at <= Instant::now())
+            {
+                self.replay_partner_log(None);
             }
             self.publish_status();
             self.fast_partner_reads();
@@ -626,6 +662,9 @@ impl Driver {
                 Action::StartServing { set } => {
                     if *set == self.machine_cfg.me {
                         self.serve_own_when_recovered();
+                    } else if let Some(p) = &mut self.partner_replay {
+                        tracing::error!(set, "the partner's disks are taken over but not served: its log is not replayed (tried again every interval)");
+                        p.start_withheld = true;
                     } else {
                         let _ = self.run_hook("start serving", |h| h.start_serving(*set));
                     }
@@ -634,6 +673,15 @@ impl Driver {
                     if *set == self.machine_cfg.me && self.own_start_pending.take().is_some() {
                         // Never started: nothing to stop.
                         continue;
+                    }
+                    if *set != self.machine_cfg.me {
+                        // A replay still pending is given up with the set (the partner
+                        // applies what the replay cursor does not cover itself).
+                        let pending = self.partner_replay.take();
+                        self.shared.lock().partner_replay_error = None;
+                        if pending.is_some_and(|p| p.start_withheld) {
+                            continue; // never started
+                        }
                     }
                     let _ = self.run_hook("stop serving", |h| h.stop_serving(*set));
                 }
@@ -653,9 +701,7 @@ impl Driver {
                         forced_loss: self.machine.status().forced_loss,
                         partner_writeback_epoch: *partner_writeback_epoch,
                     };
-                    let _ = self.run_hook("replay partner log", |h| h.replay_partner_log(&context));
-                    let now_replayed = self.hooks.replayed_partner_log();
-                    self.mailbox.replayed = self.mailbox.replayed.max(now_replayed);
+                    self.replay_partner_log(Some(context));
                 }
                 Action::SendKill { target_incarnation } => {
                     let msg = encode_kill(*target_incarnation, self.incarnation);
@@ -674,6 +720,9 @@ impl Driver {
                         "giveback: restarting the protocol (reboot)"
                     );
                     self.shared.lock().reboots += 1;
+                    if self.partner_replay.take().is_some() {
+                        self.shared.lock().partner_replay_error = None;
+                    }
                     self.machine =
                         GivebackMachine::new(self.machine_cfg.clone(), self.incarnation, now);
                 }
@@ -703,10 +752,43 @@ impl Driver {
         }
     }
 
+    /// Runs the partner-log replay hook: with `context` at a takeover, without it to retry a
+    /// failed one (then the partner's set, withheld until now, is served once it succeeds).
+    fn replay_partner_log(&mut self, context: Option<PartnerLogContext>) {
+        let (context, withheld) = match (context, &self.partner_replay) {
+            (Some(c), _) => (c, false),
+            (None, Some(p)) => (p.context.clone(), p.start_withheld),
+            (None, None) => return,
+        };
+        let r = self.run_hook("replay partner log", |h| h.replay_partner_log(&context));
+        let now_replayed = self.hooks.replayed_partner_log();
+        self.mailbox.replayed = self.mailbox.replayed.max(now_replayed);
+        match r {
+            Ok(()) => {
+                self.partner_replay = None;
+                self.shared.lock().partner_replay_error = None;
+                if withheld {
+                    let partner = self.machine_cfg.partner;
+                    tracing::info!(partner, "the partner's log is replayed: serving its disks");
+                    let _ = self.run_hook("start serving", |h| h.start_serving(partner));
+                }
+            }
+            Err(e) => {
+                let retry = self.machine_cfg.interval.max(RECOVERY_RETRY);
+                self.shared.lock().partner_replay_error = Some(e);
+                self.partner_replay = Some(PartnerReplayPending {
+                    context,
+                    retry_at: Instant::now() + retry,
+                    start_withheld: withheld,
+                });
+            }
+        }
+    }
+
     /// Serves the own disk set once the own log is recovered: until the recovery succeeded,
     /// the set is withheld from the service (the start-serving hook is not called; the
     /// status says why), and the recovery is tried again every interval (at least
-    /// [`OWN_RECOVERY_RETRY`]).
+    /// [`RECOVERY_RETRY`]).
     fn serve_own_when_recovered(&mut self) {
         match self.recover_own_log() {
             Ok(()) => {
@@ -718,7 +800,7 @@ impl Driver {
             Err(e) => {
                 tracing::error!(error = %e, "own log not recovered: this node's disks are not served until it is (tried again every interval)");
                 self.shared.lock().own_recovery_error = Some(e);
-                let retry = self.machine_cfg.interval.max(OWN_RECOVERY_RETRY);
+                let retry = self.machine_cfg.interval.max(RECOVERY_RETRY);
                 self.own_start_pending = Some(Instant::now() + retry);
             }
         }
@@ -876,283 +958,4 @@ pub fn decode_kill(b: &[u8]) -> Option<u64> {
     let mut t = [0u8; 8];
     t.copy_from_slice(&b[0..8]);
     Some(u64::from_be_bytes(t))
-}
-
-/// A serialisable view of a node's giveback state (control socket, `interlink status`).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GivebackReport {
-    /// This node.
-    pub me: u32,
-    /// The partner.
-    pub partner: u32,
-    /// This node's protocol incarnation.
-    pub incarnation: u64,
-    /// This node's state (BOOTING, GIVEWAIT, MBWAIT, UP, TAKEOVER, HALTED).
-    pub state: String,
-    /// Milliseconds in that state.
-    pub in_state_ms: u64,
-    /// The partner's state in the last believed read.
-    pub partner_state: Option<String>,
-    /// Age of that read, milliseconds.
-    pub partner_read_age_ms: Option<u64>,
-    /// Milliseconds since the partner's last sign of life (link or mailbox).
-    pub partner_silent_ms: u64,
-    /// The partner is considered failed.
-    pub partner_failed: bool,
-    /// Disk sets served here.
-    pub serving: Vec<u32>,
-    /// Disk sets this node holds reserved.
-    pub reservations_held: Vec<u32>,
-    /// The partner's service identity is assumed here.
-    pub identity_assumed: bool,
-    /// Every link silent while the partner's mailbox is alive (no takeover: alert).
-    pub interconnect_down: bool,
-    /// Automatic giveback.
-    pub auto_giveback: bool,
-    /// Kill messages are being sent.
-    pub killing: bool,
-    /// Takeovers completed by this incarnation.
-    pub takeovers: u32,
-    /// Givebacks started by this incarnation.
-    pub givebacks: u32,
-    /// Last failure detection time, milliseconds (partner's last sign of life to decision).
-    pub last_detection_ms: Option<f64>,
-    /// Last giveback outage window, milliseconds (giveback to the first read showing the
-    /// partner UP).
-    pub last_outage_ms: Option<f64>,
-    /// The poll interval, milliseconds.
-    pub interval_ms: f64,
-    /// Torn or corrupt partner reads (never believed).
-    pub torn_reads: u64,
-    /// Mailbox reads that failed.
-    pub mailbox_read_failures: u64,
-    /// Driver actions that failed.
-    pub io_failures: u64,
-    /// The last driver failure.
-    pub last_error: Option<String>,
-    /// What the partner's mailbox record says this node's copy of its shadow log may lack
-    /// (F5.7; None: in sync and complete, or no shadow log).
-    #[serde(default)]
-    pub partner_copy_gap: Option<CopyGap>,
-    /// An automatic takeover was refused for that.
-    #[serde(default)]
-    pub takeover_refused: bool,
-    /// What the last forced takeover went past: the partner's records this copy lacked.
-    #[serde(default)]
-    pub forced_loss: Option<CopyGap>,
-    /// This node's mailbox record says the partner's copy of this node's log is outdated
-    /// from this position on.
-    #[serde(default)]
-    pub own_copy_outdated: Option<LogMark>,
-    /// The partner incarnation this node's mailbox record names as holding a complete copy
-    /// of this node's log (Some(0): none yet; None: no shadow log attached).
-    #[serde(default)]
-    pub own_copy_complete_for: Option<u64>,
-    /// This node's mailbox record says the partner's write-back mirror of this node is
-    /// outdated (until a resync completes).
-    #[serde(default)]
-    pub own_writeback_outdated: bool,
-    /// Why this node's own disk set is withheld from the service: its log's recovery at
-    /// start failed (tried again every interval).
-    #[serde(default)]
-    pub own_recovery_error: Option<String>,
-    /// This node's mailbox record names this generation of its own shadow log as the newest
-    /// that may hold an acknowledged record (0: none; F5.6).
-    #[serde(default)]
-    pub own_log_generation: u64,
-    /// The epoch of this node's write-back table its mailbox record names (0: none).
-    #[serde(default)]
-    pub own_writeback_epoch: u64,
-    /// The partner's write-back epoch this node took over whole (0: none).
-    #[serde(default)]
-    pub took_over_writeback: u64,
-    /// Driver counters.
-    pub driver: DriverCounters,
-}
-
-/// A serialisable command reply.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CommandReport {
-    /// `done`, `started`, `allowed` or `refused`.
-    pub outcome: String,
-    /// Why.
-    pub reason: String,
-}
-
-impl GivebackNode {
-    /// The status as a [`GivebackReport`].
-    pub fn report(&self) -> GivebackReport {
-        let (status, driver, interval, own_recovery_error) = {
-            let s = self.shared.lock();
-            (
-                s.status.clone(),
-                DriverCounters {
-                    hook_failures: s.hook_failures,
-                    kills_sent: s.kills_sent,
-                    kills_received: s.kills_received,
-                    reboots: s.reboots,
-                },
-                s.interval,
-                s.own_recovery_error.clone(),
-            )
-        };
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        GivebackReport {
-            me: status.me,
-            partner: status.partner,
-            incarnation: status.incarnation,
-            state: status.state.name().into(),
-            in_state_ms: status.in_state_for.as_millis() as u64,
-            partner_state: status.partner_state.map(|s| s.name().into()),
-            partner_read_age_ms: status.partner_read_age.map(|d| d.as_millis() as u64),
-            partner_silent_ms: status.partner_silent_for.as_millis() as u64,
-            partner_failed: status.partner_failed,
-            serving: status.serving.clone(),
-            reservations_held: status.reservations_held.clone(),
-            identity_assumed: status.identity_assumed,
-            interconnect_down: status.interconnect_down,
-            auto_giveback: status.auto_giveback,
-            killing: status.killing,
-            takeovers: status.takeovers,
-            givebacks: status.givebacks,
-            last_detection_ms: status.last_detection.map(ms),
-            last_outage_ms: status.last_outage().map(ms),
-            interval_ms: ms(interval),
-            torn_reads: status.torn_reads,
-            mailbox_read_failures: status.mailbox_read_failures,
-            io_failures: status.io_failures,
-            last_error: status.last_error.clone(),
-            partner_copy_gap: status.partner_copy_gap,
-            takeover_refused: status.takeover_refused,
-            forced_loss: status.forced_loss,
-            own_copy_outdated: self.copy_mark.get(),
-            own_copy_complete_for: self.copy_mark.stamp().complete_for,
-            own_writeback_outdated: self.copy_mark.stamp().writeback_outdated,
-            own_recovery_error,
-            own_log_generation: self.own_log.recorded(),
-            own_writeback_epoch: self.writeback.own().recorded(),
-            took_over_writeback: self.writeback.took_over().recorded(),
-            driver,
-        }
-    }
-
-    /// Runs a command and returns a serialisable reply.
-    pub fn command_report(&self, cmd: Command) -> Result<CommandReport, GivebackError> {
-        let r = self.command(cmd)?;
-        Ok(CommandReport {
-            outcome: match r.outcome {
-                CommandOutcome::Done => "done",
-                CommandOutcome::Started => "started",
-                CommandOutcome::Allowed => "allowed",
-                CommandOutcome::Refused => "refused",
-            }
-            .into(),
-            reason: r.reason,
-        })
-    }
-}
-
-/// Renders a report as the `giveback` section of `interlink status`.
-pub fn render_report(r: &GivebackReport) -> String {
-    let sets = |v: &[u32]| {
-        if v.is_empty() {
-            "none".to_string()
-        } else {
-            v.iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        }
-    };
-    let opt_ms = |v: Option<f64>| {
-        v.map(|x| format!("{x:.1} ms"))
-            .unwrap_or_else(|| "-".into())
-    };
-    let mut out = String::new();
-    out.push_str(&format!(
-        "giveback: node {} {} for {} ms, serving {}, reserved {}{}{}\n",
-        r.me,
-        r.state,
-        r.in_state_ms,
-        sets(&r.serving),
-        sets(&r.reservations_held),
-        if r.identity_assumed {
-            ", partner's identity assumed"
-        } else {
-            ""
-        },
-        if r.auto_giveback {
-            ""
-        } else {
-            ", auto-giveback off"
-        },
-    ));
-    out.push_str(&format!(
-        "  partner: node {} {}{}, last read {} ago, silent {} ms{}{}\n",
-        r.partner,
-        r.partner_state.as_deref().unwrap_or("unknown"),
-        if r.partner_failed { " (failed)" } else { "" },
-        r.partner_read_age_ms
-            .map(|m| format!("{m} ms"))
-            .unwrap_or_else(|| "never".into()),
-        r.partner_silent_ms,
-        if r.killing {
-            ", sending kill messages"
-        } else {
-            ""
-        },
-        if r.interconnect_down {
-            ", ALERT: interconnect down (partner alive by mailbox)"
-        } else {
-            ""
-        },
-    ));
-    out.push_str(&format!(
-        "  takeovers {}, givebacks {}, last detection {}, last outage window {} (poll interval {:.0} ms); torn reads {}, mailbox read failures {}, I/O failures {}, kills sent {} received {}, reboots {}\n",
-        r.takeovers,
-        r.givebacks,
-        opt_ms(r.last_detection_ms),
-        opt_ms(r.last_outage_ms),
-        r.interval_ms,
-        r.torn_reads,
-        r.mailbox_read_failures,
-        r.io_failures,
-        r.driver.kills_sent,
-        r.driver.kills_received,
-        r.driver.reboots,
-    ));
-    if let Some(g) = &r.partner_copy_gap {
-        out.push_str(&format!(
-            "  ALERT: this node's copy of the partner's data may lack acknowledged writes: {g}{}\n",
-            if r.takeover_refused {
-                ": automatic takeover refused (interlink takeover --force accepts the loss)"
-            } else {
-                ""
-            }
-        ));
-    }
-    if let Some(m) = &r.own_copy_outdated {
-        out.push_str(&format!(
-            "  the partner's copy of this node's log is outdated from {m} (until a resync completes)\n"
-        ));
-    }
-    if let Some(e) = &r.own_recovery_error {
-        out.push_str(&format!(
-            "  ALERT: this node's disks are not served: its own log is not recovered ({e})\n"
-        ));
-    }
-    if r.own_writeback_outdated {
-        out.push_str(
-            "  the partner's write-back mirror of this node is outdated (until a resync completes)\n",
-        );
-    }
-    if let Some(g) = &r.forced_loss {
-        out.push_str(&format!(
-            "  the last forced takeover went past a copy {g}: the partner's records it lacked are lost\n"
-        ));
-    }
-    if let Some(e) = &r.last_error {
-        out.push_str(&format!("  last error: {e}\n"));
-    }
-    out
 }
