@@ -270,3 +270,129 @@ fn a_tampered_frame_with_a_fixed_checksum_is_refused() {
             .any(|e| matches!(e, SessionEvent::Message(_))));
     }
 }
+
+/// Session parameters as the manager builds them for each bootstrap connection
+/// (`runtime.rs`): the fixture's identities with `nonce: fresh_nonce()`.
+fn params_with_fresh_nonce(role: Role) -> SessionParams {
+    SessionParams {
+        nonce: fresh_nonce(),
+        ..params(role)
+    }
+}
+
+/// The Hello frame `p` sends (the bytes the session key is derived over).
+fn hello_frame(p: &SessionParams) -> Vec<u8> {
+    encode_frame(&Message::Hello(p.hello()), 0, None).unwrap()
+}
+
+/// `fresh_nonce` gives 32 bytes from the OS generator: 1,000 of them are all different, and
+/// every one of the 32 positions varies (a constant, a counter or a partly filled nonce
+/// fails). Each position should take about 250 of its 256 values; fewer than 100 has a
+/// probability below 10^-100.
+#[test]
+fn fresh_nonces_are_32_random_bytes_never_repeated() {
+    let nonces: Vec<[u8; 32]> = (0..1000).map(|_| fresh_nonce()).collect();
+    let distinct: std::collections::HashSet<_> = nonces.iter().collect();
+    assert_eq!(distinct.len(), nonces.len(), "a nonce repeated");
+    for pos in 0..32 {
+        let values: std::collections::HashSet<u8> = nonces.iter().map(|n| n[pos]).collect();
+        assert!(
+            values.len() >= 100,
+            "byte {pos} of the nonce took only {} values",
+            values.len()
+        );
+    }
+}
+
+/// Two connections between the same nodes, parameters built the way the manager builds them:
+/// the Hellos carry different nonces, so the two sessions derive different keys and their
+/// Confirms differ (a recording of one is worthless in the other).
+#[test]
+fn two_sessions_built_the_normal_way_get_different_nonces_and_keys() {
+    let mut seen_keys = Vec::new();
+    let mut seen_confirms = Vec::new();
+    for _ in 0..2 {
+        let (pi, pr) = (
+            params_with_fresh_nonce(Role::Initiator),
+            params_with_fresh_nonce(Role::Responder),
+        );
+        let mut i = Session::new(pi.clone());
+        let mut r = Session::new(pr.clone());
+        r.handle_bytes(&i.poll_transmit().unwrap()).unwrap();
+        let from_r = frames(&mut r);
+        for f in &from_r {
+            i.handle_bytes(f).unwrap();
+        }
+        assert!(i.is_established());
+        assert_eq!(i.peer_hello().unwrap().nonce, pr.nonce);
+        seen_keys
+            .push(*SessionKey::derive(SECRET, &hello_frame(&pi), &hello_frame(&pr)).as_bytes());
+        seen_confirms.push(from_r[1].clone());
+    }
+    assert_ne!(
+        seen_keys[0], seen_keys[1],
+        "two sessions derived the same key"
+    );
+    assert_ne!(seen_confirms[0], seen_confirms[1]);
+}
+
+/// The session key depends on each side's nonce on its own: a fresh nonce on either side
+/// alone (the other side replaying its old one) gives a different key.
+#[test]
+fn each_sides_nonce_alone_changes_the_session_key() {
+    let pi = params_with_fresh_nonce(Role::Initiator);
+    let pr = params_with_fresh_nonce(Role::Responder);
+    let key = |i: &SessionParams, r: &SessionParams| {
+        *SessionKey::derive(SECRET, &hello_frame(i), &hello_frame(r)).as_bytes()
+    };
+    let base = key(&pi, &pr);
+    assert_eq!(base, key(&pi, &pr));
+    let pi2 = params_with_fresh_nonce(Role::Initiator);
+    let pr2 = params_with_fresh_nonce(Role::Responder);
+    assert_ne!(
+        base,
+        key(&pi2, &pr),
+        "the initiator's nonce is not in the key"
+    );
+    assert_ne!(
+        base,
+        key(&pi, &pr2),
+        "the responder's nonce is not in the key"
+    );
+}
+
+/// The mirror of `a_replayed_handshake_is_refused`: a recorded responder Hello and Confirm
+/// replayed to an initiator that connects again with a fresh nonce (an impostor in the
+/// responder's place, without the secret) fails the Confirm's MAC: `AuthFailed`, no
+/// `Established`, and the initiator sends nothing but Hello, Confirm and the Refuse.
+#[test]
+fn a_replayed_handshake_is_refused_by_the_initiator() {
+    let pi = params_with_fresh_nonce(Role::Initiator);
+    let pr = params_with_fresh_nonce(Role::Responder);
+    // Session 1, recorded from the wire.
+    let mut i1 = Session::new(pi);
+    let mut r1 = Session::new(pr);
+    r1.handle_bytes(&i1.poll_transmit().unwrap()).unwrap();
+    let recorded = frames(&mut r1);
+    assert_eq!(
+        types(&recorded),
+        vec![MessageType::Hello, MessageType::Confirm]
+    );
+    for f in &recorded {
+        i1.handle_bytes(f).unwrap();
+    }
+    assert!(i1.is_established(), "the recording is of a good session");
+    // Session 2: the same initiator node, a fresh nonce; the recording answers it.
+    let mut i2 = Session::new(params_with_fresh_nonce(Role::Initiator));
+    let sent = feed(&mut i2, &recorded);
+    assert_eq!(i2.error(), Some(&SessionError::AuthFailed));
+    assert_eq!(
+        types(&sent),
+        vec![
+            MessageType::Hello,
+            MessageType::Confirm,
+            MessageType::Refuse
+        ]
+    );
+    assert_nothing_acted_on(&mut i2);
+}

@@ -767,3 +767,7 @@ impl QpCore {
         self.restart_timer(&mut st, now);
     }
 }
+
+#[cfg(test)]
+#[path = "rc_tests.rs"]
+mod rc_tests;
