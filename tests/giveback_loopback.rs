@@ -431,6 +431,7 @@ fn a_start_refuses_a_node_id_another_live_process_writes_in_the_mailbox() {
             while !stop.load(Ordering::SeqCst) {
                 heartbeat += 1;
                 let rec = interlink::clients::giveback::MailboxRecord {
+                    own_log_applied_here: false,
                     node: 1,
                     incarnation: 5,
                     state: NodeState::Up,

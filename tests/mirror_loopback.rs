@@ -8,7 +8,7 @@
 
 mod manager_pair;
 
-use interlink::clients::giveback::{CopyStamp, PartnerLogContext};
+use interlink::clients::giveback::{CopyGap, CopyStamp, PartnerLogContext};
 use interlink::clients::mirror::shadow::{
     check_payload, file_backings, writer_payload, CursorStore, RecoveryOutcome, ShadowWriter,
     WriterConfig,
@@ -565,6 +565,7 @@ fn a_takeover_replay_hook_marks_its_end_and_skips_a_copy_the_partner_recovered_i
     let g = b.generation();
     let partner = mb.config().node_id;
     let context = |recorded| PartnerLogContext {
+        partner_log_applied_here: false,
         partner,
         partner_log_generation: recorded,
         forced_loss: None,
@@ -601,6 +602,56 @@ fn a_takeover_replay_hook_marks_its_end_and_skips_a_copy_the_partner_recovered_i
     hook(&context(g + 1)).expect("stale copy skipped");
     assert_eq!(*applied.lock(), vec![1, 2, 3, 4]);
     assert_eq!(cursor(), (g + 1, 0, true));
+}
+
+/// The partner's record says its own recovery applied records of its recorded generation
+/// itself with this copy not following (only a forced takeover gets here): the copy's
+/// checkpoint lags what it applied, so nothing of that generation is replayed; the cursor
+/// stands at the copy's checkpoint, complete, and the records after it are counted.
+#[test]
+fn a_takeover_replay_hook_skips_a_generation_the_partner_applied_itself() {
+    let (_, _, ma, mb) = managers();
+    let len = 64 * 1024;
+    let a = shadow(&ma, len, ShadowConfig::new());
+    let b = shadow(&mb, len, ShadowConfig::new());
+    connected(&a);
+    connected(&b);
+    let mut at = None;
+    for seq in 1..=5 {
+        let r = b.append(&writer_payload(seq, 64)).unwrap();
+        assert!(r.mirrored);
+        if seq == 2 {
+            at = Some(r.position);
+        }
+    }
+    b.checkpoint(at.unwrap()).unwrap();
+    wait_stats(&b, "checkpoint mirrored", |s| s.checkpoint_mirrored >= 2);
+    let g = b.generation();
+    let applied = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink = applied.clone();
+    let mut hook = a.replay_hook(move |rec| {
+        sink.lock().push(rec.seq);
+        Ok(())
+    });
+    hook(&PartnerLogContext {
+        partner: mb.config().node_id,
+        partner_log_generation: g,
+        forced_loss: Some(CopyGap::Unconfirmed { complete_for: 0 }),
+        partner_writeback_epoch: 0,
+        partner_log_applied_here: true,
+    })
+    .expect("replay hook");
+    assert!(
+        applied.lock().is_empty(),
+        "applied again: {:?}",
+        applied.lock()
+    );
+    let c = a.partner_replayed().expect("cursor");
+    assert_eq!(
+        (c.position.generation, c.position.seq, c.complete),
+        (g, 2, true)
+    );
+    assert_eq!(a.stats().not_replayed_applied_here, 3);
 }
 
 #[test]

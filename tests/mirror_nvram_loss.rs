@@ -12,7 +12,7 @@
 mod manager_pair;
 
 use interlink::clients::giveback::{
-    CopyStamp, OwnLogContext, OwnLogMark, PartnerCopyMark, ServingLease,
+    CopyStamp, OwnLogContext, OwnLogMark, OwnLogStamp, PartnerCopyMark, ServingLease,
 };
 use interlink::clients::mirror::shadow::{
     check_payload, cursor_path, file_backings, log_path, writer_payload, CursorStore,
@@ -65,11 +65,11 @@ fn on_files(m: &Manager, dir: &Path, len: usize, cfg: ShadowConfig) -> ShadowMir
 /// What the in-memory "mailbox disks" hold of one node's own record: its own log generation
 /// and the state of the partner's copy of its log.
 #[derive(Default)]
-struct Disk(parking_lot::Mutex<(u64, CopyStamp)>);
+struct Disk(parking_lot::Mutex<(OwnLogStamp, CopyStamp)>);
 
 impl Disk {
     fn generation(&self) -> u64 {
-        self.0.lock().0
+        self.0.lock().0.generation
     }
 
     /// Whether the record confirms the partner's copy complete for some partner incarnation.
@@ -92,8 +92,8 @@ struct MemMailbox {
 impl MemMailbox {
     /// A node boots: it reads its own record from `disk`, then writes it periodically.
     fn boot(disk: &Arc<Disk>) -> MemMailbox {
-        let (generation, stamp) = *disk.0.lock();
-        let mark = Arc::new(OwnLogMark::new(generation));
+        let (own_log, stamp) = *disk.0.lock();
+        let mark = Arc::new(OwnLogMark::inherit(own_log));
         let copy_mark = Arc::new(PartnerCopyMark::new(stamp));
         let stop = Arc::new(AtomicBool::new(false));
         let lease = Arc::new(ServingLease::new());
@@ -102,9 +102,9 @@ impl MemMailbox {
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 l.set(Some(Instant::now() + Duration::from_secs(5)), true);
-                let carried = (m.stamp(), c.stamp());
+                let carried = (m.stamp_log(), c.stamp());
                 *d.0.lock() = carried;
-                m.written(carried.0);
+                m.written_stamp(carried.0);
                 c.written(carried.1);
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -304,6 +304,51 @@ fn a_corrupt_nvram_is_fetched_and_a_crash_in_the_middle_resumes_without_applying
     );
     assert!(b.wait_connected(WAIT));
     assert!(b.append(&writer_payload(1, 100)).unwrap().mirrored);
+}
+
+/// B restarts while A is down: it applies its own records with A's copy not following, and
+/// before the first one its mailbox record says so (a forced takeover from A's copy then
+/// replays nothing of that generation); the next generation clears it in the write that
+/// names it.
+#[test]
+fn an_own_recovery_without_the_partner_says_so_in_the_mailbox_before_it_applies() {
+    let (_, bcfg, ma, mb) = managers();
+    let dir = temp_dir("nvram-applied-here");
+    let len = 64 * 1024;
+    let disk = Arc::new(Disk::default());
+    let a = plain(&ma, len);
+    let old = run_and_kill_b(mb, &dir, len, &disk);
+    drop(a);
+    ma.shutdown();
+    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mailbox = MemMailbox::boot(&disk);
+    let b = on_files(&mb, &dir, len, ShadowConfig::new());
+    let mut applied = Vec::new();
+    let (d, mark) = (disk.clone(), mailbox.mark.clone());
+    let r = b
+        .recover_from_mailbox(&mailbox.context(), |rec| {
+            let on_disk = d.0.lock().0;
+            assert!(
+                on_disk.applied_here && on_disk.generation == old && mark.is_durable(),
+                "record {} applied before the mailbox said so: {on_disk:?}",
+                rec.seq
+            );
+            applied.push(rec.seq);
+            Ok(())
+        })
+        .expect("recover");
+    assert_eq!(applied, (16..=40).collect::<Vec<_>>());
+    assert_eq!(r.outcome, RecoveryOutcome::ReplayedHere);
+    let t0 = Instant::now();
+    while d.0.lock().0
+        != (OwnLogStamp {
+            generation: r.generation,
+            applied_here: false,
+        })
+    {
+        assert!(t0.elapsed() < WAIT, "{:?}", disk.0.lock());
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 #[test]
@@ -693,7 +738,10 @@ fn a_log_torn_inside_its_format_is_formatted_over_above_its_generation() {
     std::fs::write(log_path(&dir, node), &image).unwrap();
     // The mailbox records generation 7, which the partner replayed whole.
     let disk = Arc::new(Disk(parking_lot::Mutex::new((
-        7,
+        OwnLogStamp {
+            generation: 7,
+            applied_here: false,
+        },
         CopyStamp {
             outdated: None,
             complete_for: Some(0),

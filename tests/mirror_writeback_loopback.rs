@@ -696,6 +696,7 @@ fn a_table_taken_over_is_discarded_and_its_late_writes_never_mirrored() {
     assert!(a.is_complete(&uncollected));
     // B takes A over (A stalled): every block once, the epoch recorded before it returns.
     let takeover = PartnerLogContext {
+        partner_log_applied_here: false,
         partner: 1,
         partner_log_generation: 0,
         forced_loss: None,

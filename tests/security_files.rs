@@ -76,6 +76,7 @@ fn mailbox_copies_are_owner_only() {
     let d = dir("mailbox");
     let mut mb = FileMailbox::open(&d, 1, 2).unwrap();
     mb.write_own(&MailboxRecord {
+        own_log_applied_here: false,
         node: 1,
         incarnation: 5,
         state: NodeState::Up,

@@ -56,10 +56,6 @@
 //! - `SWARM_SEED=n cargo test --test swarm -- --nocapture`: replays seed `n` alone and prints
 //!   what it did (a failure prints this line).
 //! - Soak: `SWARM_SEEDS=1000000 cargo test --release --test swarm -- --nocapture`.
-//! - `SWARM_STRICT=1`: the two product gaps the ledger counts (see `swarm/ledger.rs`:
-//!   acknowledged records lost after a takeover replay that stopped midway; a takeover an
-//!   operator forced past an outdated copy of an older generation applies that
-//!   generation's records again) become violations.
 //!
 //! The checkers are proven able to fail by the `checker_*` tests, which inject a violation
 //! each (`swarm/checkers.rs`, `swarm/checkers_ledger.rs`: an off-by-one in the stored

@@ -149,6 +149,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         partner_copy_complete_for: None,
         writeback_copy_outdated: false,
         own_log_generation: 0,
+        own_log_applied_here: false,
         own_writeback_epoch: 0,
         took_over_writeback: 0,
     };
@@ -169,6 +170,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         partner_copy_complete_for: Some(1002),
         writeback_copy_outdated: true,
         own_log_generation: 9,
+        own_log_applied_here: true,
         own_writeback_epoch: 4,
         took_over_writeback: 3,
         ..rec

@@ -16,8 +16,8 @@ pub mod sweep;
 use disks::{disks, Disks, SharedDisks, SimMailbox, SimReservations};
 use interlink::clients::giveback::{
     Action, Command, CommandReply, CopyGap, CopyStamp, GivebackConfig, GivebackError,
-    GivebackEvent, GivebackMachine, Mailbox, MailboxRecord, MailboxWrite, NodeState, PartnerRead,
-    ReplayedMark, Reservations, StateBlock,
+    GivebackEvent, GivebackMachine, Mailbox, MailboxRecord, MailboxWrite, NodeState, OwnLogStamp,
+    PartnerRead, ReplayedMark, Reservations, StateBlock,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -43,12 +43,15 @@ pub const B: u32 = 2;
 pub trait LogService {
     /// Node `me` replays its partner's log (takeover); `forced_loss` is what the machine
     /// records a forced takeover lost, `partner_log_generation` what the partner's record
-    /// says of its own log (the action's). Returns whether the node died inside the hook.
+    /// says of its own log (the action's), and `applied_here` whether that record says the
+    /// partner applied records of it itself with the copy not following. Returns whether
+    /// the node died inside the hook.
     fn replay_partner_log(
         &mut self,
         me: u32,
         forced_loss: Option<CopyGap>,
         partner_log_generation: u64,
+        applied_here: bool,
     ) -> bool;
     /// Node `me` recovers its own log before serving its own set. Returns whether the node
     /// died inside the hook.
@@ -65,19 +68,19 @@ pub trait LogService {
     fn copy_mark_stamp(&mut self, me: u32) -> CopyStamp;
     /// A write of `me`'s record carrying `carried` succeeded.
     fn copy_mark_written(&mut self, me: u32, carried: CopyStamp);
-    /// The own log generation a write of `me`'s record carries now.
-    fn own_log_stamp(&mut self, me: u32) -> u64;
-    /// A write of `me`'s record carrying own log generation `carried` reached both copies.
-    fn own_log_written(&mut self, me: u32, carried: u64);
+    /// The own log generation (and applied-here flag) a write of `me`'s record carries now.
+    fn own_log_stamp(&mut self, me: u32) -> OwnLogStamp;
+    /// A write of `me`'s record carrying own log `carried` reached both copies.
+    fn own_log_written(&mut self, me: u32, carried: OwnLogStamp);
     /// Node `me`'s driver started and inherited `inherited` from its own record
-    /// (`OwnRecord::inherited_stamp`; None: no record) and the own log generation
-    /// `own_log_generation` it names.
+    /// (`OwnRecord::inherited_stamp`; None: no record) and the own log generation and
+    /// applied-here flag `own_log` it names.
     fn started(
         &mut self,
         me: u32,
         incarnation: u64,
         inherited: Option<CopyStamp>,
-        own_log_generation: u64,
+        own_log: OwnLogStamp,
     );
 }
 
@@ -437,7 +440,10 @@ impl World {
         n.machine = Some(GivebackMachine::new(cfg, n.incarnation, now));
         if let Some(svc) = self.log_service.as_mut() {
             let me = n.id;
-            let recorded = own.newest.map_or(0, |r| r.own_log_generation);
+            let recorded = own.newest.map_or(OwnLogStamp::default(), |r| OwnLogStamp {
+                generation: r.own_log_generation,
+                applied_here: r.own_log_applied_here,
+            });
             svc.started(me, n.incarnation, own.newest.map(|_| inherited), recorded);
             // As the driver: what the own record published stays published.
             n.stamp_replayed = svc
@@ -499,19 +505,20 @@ impl World {
             return n.mailbox.write_own(rec);
         };
         let stamp = svc.copy_mark_stamp(n.id);
-        let own_log_generation = svc.own_log_stamp(n.id);
+        let own_log = svc.own_log_stamp(n.id);
         let stamped = MailboxRecord {
             replayed_partner_log: n.stamp_replayed,
             partner_copy_outdated: stamp.outdated,
             partner_copy_complete_for: stamp.complete_for,
-            own_log_generation,
+            own_log_generation: own_log.generation,
+            own_log_applied_here: own_log.applied_here,
             ..*rec
         };
         let w = n.mailbox.write_own(&stamped)?;
         // As the driver: a mark is durable once both copies hold it.
         if w.primary && w.backup {
             svc.copy_mark_written(n.id, stamp);
-            svc.own_log_written(n.id, own_log_generation);
+            svc.own_log_written(n.id, own_log);
         }
         Ok(w)
     }
@@ -847,6 +854,7 @@ impl World {
             }
             Action::ReplayPartnerLog {
                 partner_log_generation,
+                partner_log_applied_here,
                 ..
             } => {
                 if let Some(d) = n.slow_replay.take() {
@@ -859,7 +867,12 @@ impl World {
                 // What a forced takeover went past (the lane accounts for the loss).
                 let forced = m.status().forced_loss;
                 if let Some(svc) = self.log_service.as_mut() {
-                    if svc.replay_partner_log(me, forced, *partner_log_generation) {
+                    if svc.replay_partner_log(
+                        me,
+                        forced,
+                        *partner_log_generation,
+                        *partner_log_applied_here,
+                    ) {
                         self.crash_index(i);
                         return None;
                     }

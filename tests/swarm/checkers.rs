@@ -64,7 +64,7 @@ fn checker_log_replay_catches_lost_and_duplicated_records() {
         .position(|x| x == p.as_slice())
         .expect("record in the mirror");
     lane.mirror[at] ^= 0xff;
-    lane.takeover_replay(None, 0);
+    lane.takeover_replay(None, 0, false);
     assert!(
         lane.violations.iter().any(|v| v.contains("lost")),
         "{:?}",

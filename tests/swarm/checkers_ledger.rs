@@ -7,6 +7,7 @@
 use crate::checkers::warm;
 use crate::log::{LaneFaults, LogLane};
 use crate::world::World;
+use interlink::clients::giveback::OwnLogStamp;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
@@ -43,14 +44,14 @@ fn checker_ledger_catches_an_off_by_one_takeover_cursor() {
         let mut l = lane(w);
         crash(&mut l);
         l.faults.replay_dies_after = Some(1);
-        assert!(l.takeover_replay(None, 0));
+        assert!(l.takeover_replay(None, 0, false));
         assert_eq!(l.ledger.counts.applied_by_partner, 1, "{:?}", l.oracle());
         l
     }
     let w = warm_with_records(21);
     {
         let mut l = interrupted(&w);
-        assert!(!l.takeover_replay(None, 0));
+        assert!(!l.takeover_replay(None, 0, false));
         assert!(l.ledger.counts.applied_by_partner > 1);
         assert_eq!(l.counts.replays_after_cursor, 1);
         assert!(l.violations.is_empty(), "{:?}", l.violations);
@@ -58,7 +59,7 @@ fn checker_ledger_catches_an_off_by_one_takeover_cursor() {
     let w = warm_with_records(21);
     let mut l = interrupted(&w);
     l.bugs.cursor_off_by_one = true;
-    assert!(!l.takeover_replay(None, 0));
+    assert!(!l.takeover_replay(None, 0, false));
     assert!(
         l.violations.iter().any(|v| v.contains("applied twice")),
         "{:?}",
@@ -72,7 +73,7 @@ fn checker_ledger_catches_a_double_application_in_own_recovery() {
         let w = warm_with_records(22);
         let mut l = lane(&w);
         crash(&mut l);
-        l.writer_started(9, None, 0);
+        l.writer_started(9, None, OwnLogStamp::default());
         l.bugs.own_applies_twice = planted;
         // Nobody replayed the log: the writer applies it itself.
         assert!(!l.recover(Some(None), Some(1), false));
@@ -93,8 +94,8 @@ fn checker_ledger_catches_a_lost_record() {
         // The survivor's replay skips the last acknowledged record; the restarted writer
         // learns its log was replayed and formats a new generation.
         l.bugs.replay_skips = planted.then_some(acked);
-        assert!(!l.takeover_replay(None, 0));
-        l.writer_started(9, None, 0);
+        assert!(!l.takeover_replay(None, 0, false));
+        l.writer_started(9, None, OwnLogStamp::default());
         let published = l.published_cursor();
         assert!(!l.recover(Some(published), Some(1), false));
         assert_eq!(l.counts.recoveries_replayed_by_partner, 1);
@@ -122,4 +123,58 @@ fn checker_ledger_counts_an_accepted_loss_once_and_still_catches_a_lost_record()
     l.ack(at(4)).unwrap();
     let e = l.close(4, false).unwrap_err();
     assert!(e.contains("[4]"), "{e}");
+}
+
+#[test]
+fn checker_ledger_catches_a_forced_replay_of_records_the_writer_applied_itself() {
+    use interlink::clients::giveback::CopyGap;
+    // The writer restarts with no connection, applies its records itself (its record says
+    // so, durably, before the first), formats its next generation and dies before a
+    // mailbox write named it; an operator forces the partner's takeover from the copy,
+    // which still holds those records after its checkpoint. Planted: the survivor ignores
+    // what the writer's record says.
+    for planted in [false, true] {
+        let w = warm_with_records(24);
+        let mut l = lane(&w);
+        crash(&mut l);
+        // The path is down (the crashed writer has no log: the step only records that).
+        let mut rng = SmallRng::seed_from_u64(2);
+        l.step(
+            std::time::Duration::ZERO,
+            &mut rng,
+            false,
+            false,
+            None,
+            false,
+            |_| std::time::Duration::ZERO,
+        );
+        let generation = l.own_log.recorded();
+        l.writer_started(
+            9,
+            None,
+            OwnLogStamp {
+                generation,
+                applied_here: false,
+            },
+        );
+        // Deferred until a mailbox write carries the applied-here flag.
+        assert!(!l.recover(Some(None), None, false));
+        assert_eq!(l.counts.recoveries_replay_here, 0);
+        let carried = l.own_log.stamp_log();
+        assert!(carried.applied_here && carried.generation == generation);
+        l.own_log.written_stamp(carried);
+        assert!(!l.recover(Some(None), None, false));
+        assert!(l.counts.recoveries_replay_here == 1 && l.ledger.counts.applied_by_own > 0);
+        crash(&mut l);
+        let record = l.own_log.recorded();
+        assert_eq!(
+            record, generation,
+            "no mailbox write named the next generation"
+        );
+        let forced = Some(CopyGap::Unconfirmed { complete_for: 0 });
+        assert!(!l.takeover_replay(forced, record, !planted));
+        let caught = l.violations.iter().any(|v| v.contains("applied twice"));
+        assert_eq!(caught, planted, "{:?}", l.violations);
+        assert_eq!(l.counts.applied_here_copies_skipped, u64::from(!planted));
+    }
 }

@@ -37,17 +37,17 @@
 //! the cursor now says whether the replay went through the whole copy (`complete`), and the
 //! writer applies the records after an incomplete one itself.
 //!
-//! One product gap is counted, a violation only with `SWARM_STRICT=1`:
-//!
-//! - `reapplied_by_forced_takeover`: an operator forces a takeover past the gap the writer's
-//!   own recovery left: the writer applied records of its log itself with no connection (its
-//!   checkpoints never reached the copy; it voided the copy's confirmation first, so no
-//!   automatic takeover starts from it) and died before its mailbox record named its next
-//!   generation; the forced replay of that same generation applies them again. (A copy of a
-//!   generation older than the one the writer's record names is skipped:
-//!   `PartnerLogContext::partner_log_generation`, counted as `stale_copies_skipped`, its
-//!   newer generation's records a forced loss. The rest needs the writer's own-replay
-//!   progress where the survivor can read it.)
+//! An operator forcing a takeover past the gap the writer's own recovery left applied
+//! records twice (counted as a product gap until it was fixed): the writer applied records
+//! of its log itself with no connection (its checkpoints never reached the copy; it voided
+//! the copy's confirmation first, so no automatic takeover starts from it) and died before
+//! its mailbox record named its next generation; the forced replay of that same generation
+//! applied them again. The writer's record now says, durably before the first such record,
+//! that it applies records of its recorded generation itself (`OwnLogStamp::applied_here`),
+//! and the survivor replays nothing of that generation (`applied_here_copies_skipped`; its
+//! records the writer did not apply are a forced loss). A copy of a generation older than
+//! the one the writer's record names is skipped likewise
+//! (`PartnerLogContext::partner_log_generation`, `stale_copies_skipped`).
 
 use interlink::clients::mirror::LogPosition;
 use std::collections::BTreeMap;
@@ -87,10 +87,6 @@ pub struct LedgerCounts {
     pub records_forced_lost: u64,
     pub records_unavailable: u64,
     pub generations_closed: u64,
-    /// Records a takeover an operator forced past an outdated copy applied again after the
-    /// writer's own recovery had applied them unfollowed (a product gap of forced
-    /// takeovers, see the module docs; a violation with `SWARM_STRICT=1`).
-    pub reapplied_by_forced_takeover: u64,
 }
 
 /// See the module docs.
@@ -99,12 +95,8 @@ pub struct Ledger {
     records: BTreeMap<LogPosition, Appended>,
     /// Highest service checkpoint per generation.
     checkpoints: BTreeMap<u64, u64>,
-    /// A forced takeover happened (what it lost is marked on the records).
-    forced_any: bool,
     /// The first position a forced takeover lost (for messages).
     forced_from: Option<LogPosition>,
-    /// Count the product gaps as violations (`SWARM_STRICT=1`).
-    pub strict: bool,
     pub counts: LedgerCounts,
 }
 
@@ -165,11 +157,6 @@ impl Ledger {
         match r.applied.last() {
             None => {}
             Some((_, false)) => self.counts.reapplied_after_crash += 1,
-            Some((Applier::Own | Applier::OwnUnfollowed, true))
-                if by == Applier::Partner && self.forced_any && !self.strict =>
-            {
-                self.counts.reapplied_by_forced_takeover += 1
-            }
             Some(&(first, true)) => {
                 return Err(format!(
                     "{pos:?} applied twice: by {first:?}, then by {by:?} (acknowledged: {})",
@@ -209,7 +196,6 @@ impl Ledger {
     /// acknowledged and not applied yet that is not in it is lost to it. Records acknowledged
     /// later are not: a writer acknowledges nothing after its partner took it over.
     pub fn forced_unless(&mut self, in_copy: impl Fn(LogPosition) -> bool) {
-        self.forced_any = true;
         for (pos, r) in self.records.iter_mut() {
             if r.acked && r.applied.is_empty() && !in_copy(*pos) {
                 r.forced_lost = true;

@@ -24,7 +24,7 @@ use super::copy_sync::MirrorSyncState;
 use super::ledger::Ledger;
 use super::nvram::{CrashNvram, Fuse};
 use crate::mirror_log_sim::{payload, Oracle};
-use interlink::clients::giveback::{CopyStamp, LogMark, OwnLogMark};
+use interlink::clients::giveback::{CopyStamp, LogMark, OwnLogMark, OwnLogStamp};
 use interlink::clients::mirror::{
     replay, LogPosition, MirrorError, MirrorWrite, NvramBacking, ReplayCursor, ShadowLog,
 };
@@ -52,6 +52,9 @@ pub struct LogCounts {
     pub replays_after_cursor: u64,
     /// Takeover replays that skipped a copy of a generation the writer recovered itself.
     pub stale_copies_skipped: u64,
+    /// Forced takeover replays that skipped a copy of the generation the writer's record
+    /// says its own recovery applied records of itself with the copy not following.
+    pub applied_here_copies_skipped: u64,
     /// Copies lost with the partner's process.
     pub mirrors_lost: u64,
     /// Steps in which completed records waited for the writer's serving lease.
@@ -282,7 +285,7 @@ impl LogLane {
         &mut self,
         incarnation: u64,
         inherited: Option<CopyStamp>,
-        own_log_generation: u64,
+        own_log: OwnLogStamp,
     ) {
         if self.incarnation.is_some() {
             let mut rng = SmallRng::seed_from_u64(self.rng.gen());
@@ -305,7 +308,7 @@ impl LogLane {
             }
         }
         self.sync = MirrorSyncState::new(inherited.unwrap_or_default());
-        self.own_log = Arc::new(OwnLogMark::new(own_log_generation));
+        self.own_log = Arc::new(OwnLogMark::inherit(own_log));
         self.needs_recovery = true;
         let p = self.faults.nvram_loss;
         if self.generation > 0 && p > 0.0 && self.rng.gen_bool(p) {

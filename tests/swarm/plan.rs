@@ -204,6 +204,7 @@ pub struct Counts {
     pub log_marks_cleared: u64,
     pub replays_after_cursor: u64,
     pub stale_copies_skipped: u64,
+    pub applied_here_copies_skipped: u64,
     pub mirrors_lost: u64,
     pub stalls: u64,
     pub stalls_past_detection: u64,
@@ -215,7 +216,6 @@ pub struct Counts {
     pub records_forced_lost: u64,
     pub records_unavailable: u64,
     pub generations_closed: u64,
-    pub reapplied_by_forced_takeover: u64,
     pub marks_dropped_at_start: u64,
     pub max_liveness_steps: u64,
 }
@@ -287,6 +287,7 @@ impl Counts {
             log_marks_cleared,
             replays_after_cursor,
             stale_copies_skipped,
+            applied_here_copies_skipped,
             mirrors_lost,
             stalls,
             stalls_past_detection,
@@ -298,7 +299,6 @@ impl Counts {
             records_forced_lost,
             records_unavailable,
             generations_closed,
-            reapplied_by_forced_takeover,
             marks_dropped_at_start
         );
         self.max_liveness_steps = self.max_liveness_steps.max(o.max_liveness_steps);

@@ -34,7 +34,7 @@ use super::log::{LogLane, LOG_LEN};
 use super::nvram::CrashNvram;
 use crate::giveback_sim::{LogService, A};
 use crate::mirror_log_sim::{check_image, Oracle};
-use interlink::clients::giveback::{CopyGap, CopyStamp, LogMark, ReplayedMark};
+use interlink::clients::giveback::{CopyGap, CopyStamp, LogMark, OwnLogStamp, ReplayedMark};
 use interlink::clients::mirror::{
     next_generation, plan_fetched, plan_start, replay, LogPosition, NvramBacking, OwnLogKnowledge,
     RecoveryPlan, ReplayCursor, ReplayedRecord, ShadowLog,
@@ -65,6 +65,7 @@ impl LogLane {
         &mut self,
         forced: Option<CopyGap>,
         partner_log_generation: u64,
+        applied_here: bool,
     ) -> bool {
         let forced_loss = match forced {
             Some(CopyGap::Outdated { from }) => Some(from),
@@ -137,6 +138,28 @@ impl LogLane {
                 position: LogPosition {
                     generation: partner_log_generation,
                     seq: 0,
+                },
+                complete: true,
+            };
+            if self.partner_cursor.is_none_or(|c| c < at) {
+                self.partner_cursor = Some(at);
+            }
+            return false;
+        }
+        if applied_here && r.generation != 0 && r.generation == partner_log_generation {
+            // As the product: the writer's record says its own recovery applied records of
+            // this generation itself with the copy not following: nothing of it is replayed;
+            // the cursor says it was taken over at the copy's checkpoint, and whatever the
+            // writer did not apply is the forced takeover's loss.
+            self.counts.applied_here_copies_skipped += 1;
+            self.ledger.forced(LogPosition {
+                generation: r.generation,
+                seq: 0,
+            });
+            let at = ReplayCursor {
+                position: LogPosition {
+                    generation: r.generation,
+                    seq: r.checkpoint,
                 },
                 complete: true,
             };
@@ -327,6 +350,16 @@ impl LogLane {
                     self.local = Some(image);
                     return false;
                 }
+                if !records.is_empty() && !self.path_up {
+                    // The product's mailbox record says it applies records here with the
+                    // copy not following before the first one (a mailbox write carries it).
+                    self.own_log.applying_here();
+                    if !self.own_log.is_durable() {
+                        self.counts.recoveries_deferred += 1;
+                        self.local = Some(image);
+                        return false;
+                    }
+                }
                 self.counts.recoveries_replay_here += 1;
                 if from_copy {
                     self.counts.recoveries_from_partner_copy += 1;
@@ -508,8 +541,13 @@ impl LogService for LogHooks {
         me: u32,
         forced: Option<CopyGap>,
         partner_log_generation: u64,
+        applied_here: bool,
     ) -> bool {
-        self.lanes.borrow_mut()[1 - lane_of(me)].takeover_replay(forced, partner_log_generation)
+        self.lanes.borrow_mut()[1 - lane_of(me)].takeover_replay(
+            forced,
+            partner_log_generation,
+            applied_here,
+        )
     }
 
     fn recover_own_log(
@@ -536,12 +574,14 @@ impl LogService for LogHooks {
         self.lanes.borrow()[lane_of(me)].sync.mark.written(carried);
     }
 
-    fn own_log_stamp(&mut self, me: u32) -> u64 {
-        self.lanes.borrow()[lane_of(me)].own_log.stamp()
+    fn own_log_stamp(&mut self, me: u32) -> OwnLogStamp {
+        self.lanes.borrow()[lane_of(me)].own_log.stamp_log()
     }
 
-    fn own_log_written(&mut self, me: u32, carried: u64) {
-        self.lanes.borrow()[lane_of(me)].own_log.written(carried);
+    fn own_log_written(&mut self, me: u32, carried: OwnLogStamp) {
+        self.lanes.borrow()[lane_of(me)]
+            .own_log
+            .written_stamp(carried);
     }
 
     fn started(
@@ -549,12 +589,8 @@ impl LogService for LogHooks {
         me: u32,
         incarnation: u64,
         inherited: Option<CopyStamp>,
-        own_log_generation: u64,
+        own_log: OwnLogStamp,
     ) {
-        self.lanes.borrow_mut()[lane_of(me)].writer_started(
-            incarnation,
-            inherited,
-            own_log_generation,
-        );
+        self.lanes.borrow_mut()[lane_of(me)].writer_started(incarnation, inherited, own_log);
     }
 }

@@ -98,9 +98,7 @@ impl World {
             l.stash_prob = rng.gen_range(0.0..0.5);
         }
         let mut lanes = [LogLane::new(0, seed), LogLane::new(1, seed)];
-        let strict = std::env::var("SWARM_STRICT").is_ok_and(|v| v == "1");
         for l in &mut lanes {
-            l.ledger.strict = strict;
             l.faults = LaneFaults {
                 hook_crash: plan.hook_crash,
                 nvram_loss: plan.nvram_loss,
@@ -760,6 +758,7 @@ impl World {
             c.log_marks_cleared += n.marks_cleared;
             c.replays_after_cursor += n.replays_after_cursor;
             c.stale_copies_skipped += n.stale_copies_skipped;
+            c.applied_here_copies_skipped += n.applied_here_copies_skipped;
             c.mirrors_lost += n.mirrors_lost;
             c.lease_holds += n.lease_holds;
             c.applied_by_partner += d.applied_by_partner;
@@ -769,7 +768,6 @@ impl World {
             c.records_forced_lost += d.records_forced_lost;
             c.records_unavailable += d.records_unavailable;
             c.generations_closed += d.generations_closed;
-            c.reapplied_by_forced_takeover += d.reapplied_by_forced_takeover;
             c.marks_dropped_at_start += n.marks_dropped_at_start;
         }
         for w in &self.wbs {

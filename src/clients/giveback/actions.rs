@@ -99,6 +99,9 @@ pub enum Action {
         /// recorded): named in this node's record once the partner's mirrored blocks were
         /// taken over whole.
         partner_writeback_epoch: u64,
+        /// The same record says the partner applied records of that generation itself with
+        /// this node's copy not following: nothing of it is replayed from the copy.
+        partner_log_applied_here: bool,
     },
     /// Send a kill message to the partner incarnation (over any link).
     SendKill {

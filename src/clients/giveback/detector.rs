@@ -189,6 +189,7 @@ mod tests {
 
     fn rec(inc: u64, hb: u64) -> Option<MailboxRecord> {
         Some(MailboxRecord {
+            own_log_applied_here: false,
             node: 2,
             incarnation: inc,
             state: NodeState::Up,

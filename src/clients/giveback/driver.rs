@@ -20,7 +20,9 @@ use crate::clients::giveback::machine::GivebackMachine;
 use crate::clients::giveback::mailbox::{
     Mailbox, MailboxRecord, MailboxWrite, OwnRecord, ReplayedMark,
 };
-use crate::clients::giveback::own_log_mark::{OwnLogContext, OwnLogMark, PartnerLogContext};
+use crate::clients::giveback::own_log_mark::{
+    OwnLogContext, OwnLogMark, OwnLogStamp, PartnerLogContext,
+};
 use crate::clients::giveback::reservation::{DiskSet, Reservations};
 use crate::clients::giveback::state::{PartnerRead, StateBlock};
 use crate::clients::giveback::writeback_epochs::WriteBackEpochs;
@@ -166,7 +168,7 @@ struct StampingMailbox {
 impl Mailbox for StampingMailbox {
     fn write_own(&mut self, rec: &MailboxRecord) -> Result<MailboxWrite, GivebackError> {
         let stamp = self.copy_mark.stamp();
-        let own_log_generation = self.own_log.stamp();
+        let own_log = self.own_log.stamp_log();
         let own_writeback_epoch = self.writeback.own().stamp();
         let took_over_writeback = self.writeback.took_over().stamp();
         let rec = MailboxRecord {
@@ -174,7 +176,8 @@ impl Mailbox for StampingMailbox {
             partner_copy_outdated: stamp.outdated,
             partner_copy_complete_for: stamp.complete_for,
             writeback_copy_outdated: stamp.writeback_outdated,
-            own_log_generation,
+            own_log_generation: own_log.generation,
+            own_log_applied_here: own_log.applied_here,
             own_writeback_epoch,
             took_over_writeback,
             ..*rec
@@ -184,7 +187,7 @@ impl Mailbox for StampingMailbox {
         // lose it (a write that reached one copy counts for the heartbeat, not for marks).
         if w.primary && w.backup {
             self.copy_mark.written(stamp);
-            self.own_log.written(own_log_generation);
+            self.own_log.written_stamp(own_log);
             self.writeback.own().written(own_writeback_epoch);
             self.writeback.took_over().written(took_over_writeback);
         }
@@ -329,9 +332,13 @@ impl GivebackNode {
             tracing::warn!(?inherited, "own mailbox record read from one copy only: the partner's copy of this node's log counts as confirmed on no incarnation until re-sent");
         }
         let copy_mark = Arc::new(PartnerCopyMark::new(inherited));
-        let own_log = Arc::new(OwnLogMark::new(
-            own.newest.map_or(0, |r| r.own_log_generation),
-        ));
+        let own_log = Arc::new(OwnLogMark::inherit(own.newest.map_or(
+            OwnLogStamp::default(),
+            |r| OwnLogStamp {
+                generation: r.own_log_generation,
+                applied_here: r.own_log_applied_here,
+            },
+        )));
         let writeback = Arc::new(WriteBackEpochs::new(
             own.newest.map_or(0, |r| r.own_writeback_epoch),
             own.newest.map_or(0, |r| r.took_over_writeback),
@@ -694,12 +701,14 @@ impl Driver {
                 Action::ReplayPartnerLog {
                     partner_log_generation,
                     partner_writeback_epoch,
+                    partner_log_applied_here,
                 } => {
                     let context = PartnerLogContext {
                         partner,
                         partner_log_generation: *partner_log_generation,
                         forced_loss: self.machine.status().forced_loss,
                         partner_writeback_epoch: *partner_writeback_epoch,
+                        partner_log_applied_here: *partner_log_applied_here,
                     };
                     self.replay_partner_log(Some(context));
                 }

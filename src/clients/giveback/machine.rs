@@ -688,6 +688,7 @@ impl GivebackMachine {
         self.heartbeat += 1;
         self.lease.handed_out(self.now);
         MailboxRecord {
+            own_log_applied_here: false,
             node: self.cfg.me,
             incarnation: self.incarnation,
             state: self.state,

@@ -81,6 +81,7 @@ impl GivebackMachine {
         self.actions.push_back(Action::ReplayPartnerLog {
             partner_log_generation: record.map_or(0, |r| r.own_log_generation),
             partner_writeback_epoch: record.map_or(0, |r| r.own_writeback_epoch),
+            partner_log_applied_here: record.is_some_and(|r| r.own_log_applied_here),
         });
         self.actions
             .push_back(Action::CheckReservation { set: partner });

@@ -123,6 +123,7 @@ impl World {
 
 fn partner_rec(heartbeat: u64, taken_over: bool) -> Option<MailboxRecord> {
     Some(MailboxRecord {
+        own_log_applied_here: false,
         node: PARTNER,
         incarnation: 1,
         state: if taken_over {

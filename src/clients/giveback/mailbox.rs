@@ -88,7 +88,10 @@ const FLAG_TAKEOVER_PENDING: u16 = 1 << 1;
 const FLAG_SHADOW_LOG: u16 = 1 << 2;
 const FLAG_WRITEBACK_OUTDATED: u16 = 1 << 3;
 const FLAG_REPLAY_COMPLETE: u16 = 1 << 4;
-const FLAGS_KNOWN: u16 = 0x1f;
+const FLAG_OWN_LOG_APPLIED_HERE: u16 = 1 << 5;
+const FLAGS_KNOWN: u16 = 0x3f;
+/// The flags a version 2 record knows.
+const FLAGS_KNOWN_V2: u16 = 0x1f;
 /// The flags a version 1 record knows.
 const FLAGS_KNOWN_V1: u16 = 0x3;
 
@@ -125,6 +128,10 @@ pub struct MailboxRecord {
     /// The newest generation of the writer's own shadow log that may hold an acknowledged
     /// record (0: it never acknowledged one; a version 1 record reads as 0).
     pub own_log_generation: u64,
+    /// The writer's own recovery applies (or applied) records of `own_log_generation` itself
+    /// while its partner's copy did not follow: the copy is no replay source for that
+    /// generation (layouts 1 and 2 read as false).
+    pub own_log_applied_here: bool,
     /// The epoch of the writer's own write-back table (0: none recorded; older layouts read
     /// as 0).
     pub own_writeback_epoch: u64,
@@ -203,6 +210,9 @@ impl MailboxRecord {
         }
         if self.writeback_copy_outdated {
             flags |= FLAG_WRITEBACK_OUTDATED;
+        }
+        if self.own_log_applied_here {
+            flags |= FLAG_OWN_LOG_APPLIED_HERE;
         }
         if let Some(inc) = self.partner_copy_complete_for {
             flags |= FLAG_SHADOW_LOG;
@@ -286,7 +296,13 @@ impl MailboxRecord {
         };
         let state = NodeState::from_u16(be16(6))?;
         let flags = be16(12);
-        let known = if v1 { FLAGS_KNOWN_V1 } else { FLAGS_KNOWN };
+        let known = if v1 {
+            FLAGS_KNOWN_V1
+        } else if v2 {
+            FLAGS_KNOWN_V2
+        } else {
+            FLAGS_KNOWN
+        };
         if flags & !known != 0 {
             return Err(FormatError::Flags(u32::from(flags & !known)));
         }
@@ -343,6 +359,7 @@ impl MailboxRecord {
             partner_copy_complete_for: (flags & FLAG_SHADOW_LOG != 0).then(|| be64(72)),
             writeback_copy_outdated: flags & FLAG_WRITEBACK_OUTDATED != 0,
             own_log_generation: if v1 { 0 } else { be64(80) },
+            own_log_applied_here: flags & FLAG_OWN_LOG_APPLIED_HERE != 0,
             own_writeback_epoch: if v1 || v2 { 0 } else { be64(88) },
             took_over_writeback: if v1 || v2 { 0 } else { be64(96) },
         })
@@ -602,6 +619,7 @@ mod tests {
 
     fn rec(node: u32, incarnation: u64, heartbeat: u64) -> MailboxRecord {
         MailboxRecord {
+            own_log_applied_here: false,
             node,
             incarnation,
             state: NodeState::Takeover,
@@ -999,6 +1017,35 @@ mod tests {
         std::fs::remove_file(two.backup_path()).unwrap();
         assert_eq!(one.read_partner().unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_own_log_applied_here_flag_round_trips_and_is_refused_in_layout_2() {
+        let r = MailboxRecord {
+            own_log_generation: 9,
+            own_log_applied_here: true,
+            ..rec(2, 7, 1234)
+        };
+        let b = r.encode();
+        assert_eq!(b[13] & (1 << 5), 1 << 5);
+        assert_eq!(MailboxRecord::decode(&b).unwrap(), r);
+        assert_ne!(rec(2, 7, 1234).encode()[12..14], b[12..14]);
+        // Layout 2 (96 bytes) knows no bit 5.
+        let v2 = |flags: u8| {
+            let mut v = b[0..RECORD_V2_LEN].to_vec();
+            v[4..6].copy_from_slice(&LAYOUT_VERSION_2.to_be_bytes());
+            v[13] = flags;
+            v[88..92].fill(0);
+            let crc = crc32c::crc32c(&v[0..92]);
+            v[92..96].copy_from_slice(&crc.to_be_bytes());
+            v
+        };
+        let plain = MailboxRecord::decode(&v2(0)).unwrap();
+        assert!(!plain.own_log_applied_here && plain.own_log_generation == 9);
+        assert!(matches!(
+            MailboxRecord::decode(&v2(1 << 5)),
+            Err(GivebackError::DecodeMailboxRecord(FormatError::Flags(32)))
+        ));
     }
 
     #[test]

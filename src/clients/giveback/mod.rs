@@ -45,7 +45,7 @@ pub use mailbox::{
     newest_record, FileMailbox, LogMark, Mailbox, MailboxRecord, MailboxWrite, OwnRecord,
     ReplayedMark,
 };
-pub use own_log_mark::{OwnLogContext, OwnLogMark, PartnerLogContext};
+pub use own_log_mark::{OwnLogContext, OwnLogMark, OwnLogStamp, PartnerLogContext};
 pub use reservation::{DiskSet, FileReservations, Reservations};
 pub use service::JournalHooks;
 pub use state::{NodeState, PartnerRead, StateBlock};

@@ -8,6 +8,13 @@
 //! a mailbox write carried it; the giveback driver stamps it on every mailbox write of this
 //! node and reports back which writes carried what (as for the
 //! [`PartnerCopyMark`](super::PartnerCopyMark)).
+//!
+//! The mark also says whether this node's own recovery applies records of the recorded
+//! generation itself while the partner's copy does not follow ([`OwnLogStamp::applied_here`]):
+//! the copy's checkpoints then lag what was applied, and a forced takeover must not replay
+//! that generation from it. Set ([`OwnLogMark::applying_here`]) and durable before the first
+//! such record is applied, it goes with the generation: recording a newer one clears it in
+//! the same mailbox write.
 
 use super::actions::CopyGap;
 use super::copy_mark::PartnerCopyMark;
@@ -18,12 +25,23 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// What a mailbox write carries of the own log: the generation, and whether this node's
+/// recovery applies records of it itself with the partner's copy not following.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnLogStamp {
+    /// The newest generation that may hold an acknowledged record (0: none).
+    pub generation: u64,
+    /// This node's own recovery applies (or applied) records of `generation` itself while
+    /// the partner's copy did not follow: no replay source for that generation.
+    pub applied_here: bool,
+}
+
 #[derive(Debug)]
 struct MarkState {
     /// What the next mailbox write must carry.
-    wanted: u64,
+    wanted: OwnLogStamp,
     /// What the last successful mailbox write carried (the inherited value at start).
-    written: u64,
+    written: OwnLogStamp,
 }
 
 /// The own log generation of this node's mailbox record, shared by the shadow log (which
@@ -38,6 +56,14 @@ impl OwnLogMark {
     /// A mark as the newest own mailbox record left it (`inherited`, durable already; 0: no
     /// log was ever acknowledged).
     pub fn new(inherited: u64) -> OwnLogMark {
+        OwnLogMark::inherit(OwnLogStamp {
+            generation: inherited,
+            applied_here: false,
+        })
+    }
+
+    /// A mark as the newest own mailbox record left it, the applied-here flag included.
+    pub fn inherit(inherited: OwnLogStamp) -> OwnLogMark {
         OwnLogMark {
             state: Mutex::new(MarkState {
                 wanted: inherited,
@@ -50,15 +76,33 @@ impl OwnLogMark {
     /// The generation the mailbox holds (what the last mailbox write carried, or the
     /// inherited value): the newest log that may hold an acknowledged record.
     pub fn recorded(&self) -> u64 {
-        self.state.lock().written
+        self.state.lock().written.generation
     }
 
-    /// A log of `generation` is installed: the next mailbox writes carry it (a lower one than
-    /// asked already is ignored: generations only grow).
+    /// A log of `generation` is installed: the next mailbox writes carry it, without the
+    /// applied-here flag (a lower one than asked already is ignored: generations only grow).
     pub fn record(&self, generation: u64) {
         let mut s = self.state.lock();
-        if generation > s.wanted {
-            s.wanted = generation;
+        if generation > s.wanted.generation {
+            s.wanted = OwnLogStamp {
+                generation,
+                applied_here: false,
+            };
+            self.durable.store(s.written == s.wanted, Ordering::Release);
+        }
+    }
+
+    /// This node's recovery is about to apply records of the recorded generation itself with
+    /// the partner's copy not following: the next mailbox writes say so (see the module
+    /// docs). Wait for [`is_durable`](Self::is_durable) before applying.
+    pub fn applying_here(&self) {
+        let mut s = self.state.lock();
+        if !s.wanted.applied_here {
+            tracing::warn!(
+                generation = s.wanted.generation,
+                "the mailbox records that this node applies its own log's records itself"
+            );
+            s.wanted.applied_here = true;
             self.durable.store(s.written == s.wanted, Ordering::Release);
         }
     }
@@ -69,13 +113,27 @@ impl OwnLogMark {
         self.durable.load(Ordering::Acquire)
     }
 
-    /// What a mailbox write about to happen carries (for the mailbox writer).
+    /// The generation a mailbox write about to happen carries (for a mailbox writer of a
+    /// mark that never applies here: the write-back epochs).
     pub fn stamp(&self) -> u64 {
+        self.state.lock().wanted.generation
+    }
+
+    /// A mailbox write carrying generation `carried` succeeded (see [`stamp`](Self::stamp)).
+    pub fn written(&self, carried: u64) {
+        self.written_stamp(OwnLogStamp {
+            generation: carried,
+            applied_here: false,
+        });
+    }
+
+    /// What a mailbox write about to happen carries (for the mailbox writer).
+    pub fn stamp_log(&self) -> OwnLogStamp {
         self.state.lock().wanted
     }
 
     /// A mailbox write carrying `carried` succeeded (for the mailbox writer).
-    pub fn written(&self, carried: u64) {
+    pub fn written_stamp(&self, carried: OwnLogStamp) {
         let mut s = self.state.lock();
         s.written = carried;
         self.durable.store(s.written == s.wanted, Ordering::Release);
@@ -99,6 +157,12 @@ pub struct PartnerLogContext {
     /// what a whole takeover of its mirrored blocks records
     /// ([`WriteBackEpochs::took_over`]).
     pub partner_writeback_epoch: u64,
+    /// The partner's record says its own recovery applied records of generation
+    /// `partner_log_generation` itself while this node's copy did not follow
+    /// ([`OwnLogStamp::applied_here`]): the copy's checkpoint lags what was applied, so no
+    /// record of that generation is replayed from it (only a forced takeover gets here: the
+    /// recovery voided the copy's confirmation first).
+    pub partner_log_applied_here: bool,
 }
 
 /// What the giveback driver hands the own-log recovery hook before this node serves its own
@@ -154,5 +218,33 @@ mod tests {
         assert!(m.is_durable());
         let fresh = OwnLogMark::new(0);
         assert_eq!(fresh.recorded(), 0);
+    }
+
+    #[test]
+    fn applied_here_is_durable_once_carried_and_goes_with_the_next_generation() {
+        let here = |generation, applied_here| OwnLogStamp {
+            generation,
+            applied_here,
+        };
+        let m = OwnLogMark::new(7);
+        m.applying_here();
+        assert!(!m.is_durable());
+        assert_eq!(m.stamp_log(), here(7, true));
+        // A write taken before the ask carried the generation alone: not durable.
+        m.written_stamp(here(7, false));
+        assert!(!m.is_durable());
+        m.written_stamp(m.stamp_log());
+        assert!(m.is_durable());
+        // A restart keeps it (inherited from the own record).
+        let restarted = OwnLogMark::inherit(here(7, true));
+        assert_eq!(restarted.stamp_log(), here(7, true));
+        // The next generation clears it in the same write that names the generation.
+        m.record(8);
+        assert_eq!(m.stamp_log(), here(8, false));
+        assert!(!m.is_durable());
+        m.written_stamp(here(8, true));
+        assert!(!m.is_durable(), "the flag must go with the new generation");
+        m.written_stamp(m.stamp_log());
+        assert!(m.is_durable());
     }
 }

@@ -224,6 +224,7 @@ mod tests {
         h.assume_identity(1).unwrap();
         assert!(h.release_identity(1).unwrap_err().contains("exit"));
         h.replay_partner_log(&PartnerLogContext {
+            partner_log_applied_here: false,
             partner: 1,
             partner_log_generation: 0,
             forced_loss: None,

@@ -323,6 +323,11 @@ pub struct ShadowStats {
     pub replays: u64,
     /// Partner records replayed.
     pub replayed_records: u64,
+    /// Partner records a forced takeover did not replay because the partner's record says
+    /// its own recovery applied records of that generation itself with this copy not
+    /// following (see [`replay_hook`](ShadowMirror::replay_hook)).
+    #[serde(default)]
+    pub not_replayed_applied_here: u64,
     /// Times acknowledgements were held because the giveback client's serving lease did not
     /// run ([`set_serving_lease`](ShadowMirror::set_serving_lease)).
     #[serde(default)]
@@ -844,6 +849,14 @@ impl ShadowMirror {
     /// cursor is stored even when no record follows the partner's checkpoint: it tells the
     /// restarted partner that its log was taken over ([`ShadowMirror::recover`]).
     ///
+    /// A copy of the generation the partner's record names, while that record says the
+    /// partner's own recovery applied records of it itself with this copy not following
+    /// ([`PartnerLogContext::partner_log_applied_here`]), is not replayed either: its
+    /// checkpoint lags what the partner applied. The cursor says the generation was taken
+    /// over at the copy's checkpoint, so the restarted partner drops what it did not apply
+    /// (the loss the forced takeover accepted); the records not replayed are counted
+    /// (`not_replayed_applied_here`).
+    ///
     /// A copy of a generation older than the one the partner's mailbox record names
     /// ([`PartnerLogContext::partner_log_generation`]; only a forced takeover starts from
     /// one) is not replayed: the partner recovered that generation itself before it formatted
@@ -872,6 +885,20 @@ impl ShadowMirror {
                 };
                 return me
                     .commit_replay(&newer, None, 0, true)
+                    .map_err(|e| e.to_string());
+            }
+            if context.partner_log_applied_here && generation != 0 && generation == recorded {
+                let not_replayed = r.records.len();
+                tracing::error!(client = %me.name(), partner, generation, checkpoint = r.checkpoint, not_replayed, forced_loss = ?context.forced_loss, "the partner's own recovery applied records of this generation itself while this copy did not follow: nothing replayed (its records after the copy's checkpoint were applied by the partner or are lost to this takeover)");
+                let none = Replay {
+                    records: Vec::new(),
+                    ..r
+                };
+                let mut st = me.shared.inner.lock();
+                st.counters.not_replayed_applied_here += not_replayed as u64;
+                drop(st);
+                return me
+                    .commit_replay(&none, None, 0, true)
                     .map_err(|e| e.to_string());
             }
             let total = r.records.len();
@@ -974,6 +1001,7 @@ impl ShadowMirror {
             latency_max_us: lat.max_us,
             replays: c.replays,
             replayed_records: c.replayed_records,
+            not_replayed_applied_here: c.not_replayed_applied_here,
             lease_holds: c.lease_holds,
             lease_held: st.lease_held,
             last_error: st.last_error.clone(),

@@ -124,6 +124,7 @@ pub(super) struct Counters {
     pub(super) durability_flushes: u64,
     pub(super) replays: u64,
     pub(super) replayed_records: u64,
+    pub(super) not_replayed_applied_here: u64,
     /// Times acknowledgements were held because the serving lease had run out.
     pub(super) lease_holds: u64,
 }

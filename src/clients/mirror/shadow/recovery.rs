@@ -524,6 +524,9 @@ impl ShadowMirror {
                 generation,
                 seq: rec.seq,
             };
+            if !follow {
+                self.record_applying_here()?;
+            }
             if let Err(reason) = sink(rec) {
                 return Err(MirrorError::RecoverSink {
                     generation,
@@ -571,6 +574,33 @@ impl ShadowMirror {
         let t0 = Instant::now();
         let mut st = shared.inner.lock();
         while !mark.is_unconfirmed_durably() {
+            if t0.elapsed() >= UNCONFIRM_WAIT || shared.stop.load(Ordering::Relaxed) {
+                return Err(MirrorError::NotInMailbox {
+                    name: shared.cfg.name.clone(),
+                    waited: t0.elapsed(),
+                });
+            }
+            shared.changed.wait_for(&mut st, Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Before this node applies a record of its own log with the partner's copy not
+    /// following (no connection, or a checkpoint the mirror did not confirm), its mailbox
+    /// record says so for the recorded generation
+    /// ([`OwnLogMark::applying_here`](crate::clients::giveback::OwnLogMark::applying_here)): the copy's
+    /// checkpoint lags from then on, and a forced takeover must not replay the generation from
+    /// it. Waits until a mailbox write carried it, at most [`UNCONFIRM_WAIT`]; past it,
+    /// nothing more is applied.
+    fn record_applying_here(&self) -> Result<(), MirrorError> {
+        let shared = &*self.shared;
+        let Some(mark) = shared.own_log.get() else {
+            return Ok(());
+        };
+        mark.applying_here();
+        let t0 = Instant::now();
+        let mut st = shared.inner.lock();
+        while !mark.is_durable() {
             if t0.elapsed() >= UNCONFIRM_WAIT || shared.stop.load(Ordering::Relaxed) {
                 return Err(MirrorError::NotInMailbox {
                     name: shared.cfg.name.clone(),
