@@ -760,9 +760,7 @@ impl Runtime {
         };
         while let Some(frame) = p.session.poll_transmit() {
             if p.stream.write_all(&frame).is_err() {
-                if let Some(p) = self.links[i].pending.take() {
-                    let _ = p.stream.shutdown(Shutdown::Both);
-                }
+                self.drop_pending(i);
                 return;
             }
         }
