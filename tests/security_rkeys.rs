@@ -6,20 +6,23 @@
 //! revoked: every client of a link shares the link's protection domain, which outlives
 //! reconnects). The local client keeps its old `Connection` (and so its region handles)
 //! across the teardown, as a real client does until it has handled `Suspended`: what kills the
-//! key is the manager's revoke, not the memory being freed. Two managers in one process on the soft provider over loopback; link cuts
-//! (failover) run across namespaces in tests/manager_netns.rs, on soft and on verbs.
+//! key is the manager's revoke, not the memory being freed. Two managers in one process on the
+//! soft provider over loopback. A link cut (a failover, then the move back once the link is
+//! restored) is the soft provider's simulated cable pull, on two links of the test's own; the
+//! same case across namespaces, on soft and on verbs, is in tests/manager_netns.rs.
 
 mod manager_pair;
 mod suite;
 
 use interlink::fabric::{
-    Access, CompletionStatus, ProviderChoice, RegionDescriptor, SendOp, SendRequest,
+    soft, Access, CompletionStatus, ProviderChoice, RegionDescriptor, SendOp, SendRequest,
 };
 use interlink::manager::{
     BandwidthClass, ClientEvent, ClientHandle, ClientSpec, Connection, Manager, NodeConfig,
     SuspendReason,
 };
 use manager_pair::*;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -209,4 +212,142 @@ fn a_new_soft_device_does_not_reuse_the_keys_of_the_last_run() {
             assert!(a.iter().all(|k| !b.contains(k)), "{a:x?} / {b:x?}");
         }
     }
+}
+
+/// The two links of the cut test: loopback addresses no other test of this file uses, since
+/// a simulated cut holds for every soft device of the process bound to the address.
+fn cut_test_addrs(l: u8) -> (IpAddr, IpAddr) {
+    (
+        format!("127.78.{l}.1").parse().expect("ip"),
+        format!("127.78.{l}.2").parse().expect("ip"),
+    )
+}
+
+/// A simulated cable pull at both ends of a link; dropping it (also on a panic) restores
+/// the link.
+struct Cut(Vec<IpAddr>);
+
+impl Cut {
+    fn new(ends: (IpAddr, IpAddr)) -> Cut {
+        let ends = vec![ends.0, ends.1];
+        for a in &ends {
+            soft::set_cut(*a, true);
+        }
+        Cut(ends)
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        for a in &self.0 {
+            soft::set_cut(*a, false);
+        }
+    }
+}
+
+/// Waits for a `Ready` on `link`, skipping other events (earlier links included).
+fn ready_on(h: &ClientHandle, link: u8) -> Connection {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match h.next_event(left) {
+            Some(ClientEvent::Ready(c)) if c.link == link => return c,
+            Some(ClientEvent::Ready(c)) => seen.push(format!("Ready on link {}", c.link)),
+            Some(ClientEvent::Suspended { link, reason }) => {
+                seen.push(format!("Suspended on link {link}: {reason:?}"))
+            }
+            Some(ClientEvent::Updated(c)) => seen.push(format!("Updated on link {}", c.link)),
+            None => panic!("{}: not ready on link {link}; saw {seen:?}", h.name()),
+        }
+    }
+}
+
+/// A failover and the move back kill the keys of the link left. "victim" (low class) is homed
+/// on link 0 and "carrier" (high class) has link 1 to itself. Link 0 is cut at both ends: the
+/// victim fails over to link 1, then, once link 0 is restored and the hysteresis has passed,
+/// moves back home. A keeps every victim connection (and so its regions registered) to the
+/// end; B writes.
+///
+/// A key of one link names nothing on another link's device, so the checks that can fail
+/// without the revoke are those over the link the key was issued on, whose protection domain
+/// outlives the cut and the move: after the move back, the victim's new queue pair on link 0
+/// is refused A's link 0 region from before the failover, and the carrier, still on link 1,
+/// is refused the victim's link 1 region from before the move back (which it could write
+/// while the victim was there).
+#[test]
+fn failover_and_move_back_kill_the_old_rkeys() {
+    init_logs();
+    let (ca, cb) = pair(
+        &temp_dir("rk-cut"),
+        2,
+        cut_test_addrs,
+        ProviderChoice::Soft,
+        port_base(),
+    );
+    let a = Manager::start(ca).expect("start A");
+    let b = Manager::start(cb).expect("start B");
+    let carrier_spec = || {
+        ClientSpec::new("carrier", BandwidthClass::High, 1).region(MEM, 4096, Access::REMOTE_WRITE)
+    };
+    let (victim_a, victim_b) = (client(&a, "victim"), client(&b, "victim"));
+    let carrier_a = a.register(carrier_spec()).expect("register carrier");
+    let carrier_b = b.register(carrier_spec()).expect("register carrier");
+    let mut held = vec![ready_on(&victim_a, 0), ready_on(&carrier_a, 1)];
+    let carrier = ready_on(&carrier_b, 1);
+    let home = ready_on(&victim_b, 0);
+    let key0 = partner_mem(&home);
+    assert_eq!(
+        write(&home, key0),
+        CompletionStatus::Success,
+        "before the cut"
+    );
+
+    // Cable pull on link 0: the victim fails over to link 1, with new keys there.
+    let started = Instant::now();
+    let cut = Cut::new(cut_test_addrs(0));
+    held.push(ready_on(&victim_a, 1));
+    let away = ready_on(&victim_b, 1);
+    let failover = started.elapsed();
+    let key1 = partner_mem(&away);
+    // The carrier shares link 1's protection domain: it reaches the victim's new region.
+    assert_eq!(write(&carrier, key1), CompletionStatus::Success);
+    // Through the new connection the new key works and the link 0 key is refused (by the
+    // other device already; the revoke shows after the move back, on link 0 itself).
+    new_key_works_old_key_refused(&away, key0);
+
+    // Link 0 restored: the victim goes home after the hysteresis.
+    let restored = Instant::now();
+    drop(cut);
+    held.push(ready_on(&victim_a, 0));
+    let back = ready_on(&victim_b, 0);
+    let move_back = restored.elapsed();
+    eprintln!("failover after {failover:?}, back on link 0 {move_back:?} after the restore");
+    let key2 = partner_mem(&back);
+    assert_ne!(key2.rkey, key0.rkey, "a new registration, a new key");
+    assert_eq!(write(&back, key2), CompletionStatus::Success);
+    let stale = [
+        (
+            "link 0 key from before the failover, over link 0",
+            write(&back, key0),
+        ),
+        (
+            "link 1 key from before the move back, over link 1",
+            write(&carrier, key1),
+        ),
+    ];
+    assert!(
+        stale
+            .iter()
+            .all(|(_, s)| *s == CompletionStatus::RemoteAccessError),
+        "old keys still reach memory: {stale:?}"
+    );
+    let s = a.status().expect("status");
+    let victim = s
+        .clients
+        .iter()
+        .find(|c| c.name == "victim")
+        .expect("victim");
+    assert!(victim.counters.failovers >= 1, "{victim:#?}");
+    drop(held);
 }
