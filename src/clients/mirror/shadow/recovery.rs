@@ -571,18 +571,7 @@ impl ShadowMirror {
             return Ok(());
         };
         mark.unconfirm();
-        let t0 = Instant::now();
-        let mut st = shared.inner.lock();
-        while !mark.is_unconfirmed_durably() {
-            if t0.elapsed() >= UNCONFIRM_WAIT || shared.stop.load(Ordering::Relaxed) {
-                return Err(MirrorError::NotInMailbox {
-                    name: shared.cfg.name.clone(),
-                    waited: t0.elapsed(),
-                });
-            }
-            shared.changed.wait_for(&mut st, Duration::from_millis(5));
-        }
-        Ok(())
+        self.wait_in_mailbox(|| mark.is_unconfirmed_durably())
     }
 
     /// Before this node applies a record of its own log with the partner's copy not
@@ -598,9 +587,16 @@ impl ShadowMirror {
             return Ok(());
         };
         mark.applying_here();
+        self.wait_in_mailbox(|| mark.is_durable())
+    }
+
+    /// Waits until `durable` says a mailbox write carried what was asked, at most
+    /// [`UNCONFIRM_WAIT`] (`NotInMailbox` past it, or when the mirror stops).
+    fn wait_in_mailbox(&self, durable: impl Fn() -> bool) -> Result<(), MirrorError> {
+        let shared = &*self.shared;
         let t0 = Instant::now();
         let mut st = shared.inner.lock();
-        while !mark.is_durable() {
+        while !durable() {
             if t0.elapsed() >= UNCONFIRM_WAIT || shared.stop.load(Ordering::Relaxed) {
                 return Err(MirrorError::NotInMailbox {
                     name: shared.cfg.name.clone(),
