@@ -162,7 +162,8 @@ pub struct LinkConfig {
     /// Verbs device name (default: the device whose GID is `local`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    /// TCP port of the bootstrap exchange; both nodes listen on / connect to it.
+    /// TCP port of the bootstrap exchange: the higher node listens on it, the lower one
+    /// connects to it.
     #[serde(default = "default_bootstrap_port")]
     pub bootstrap_port: u16,
     /// TCP port of the soft provider's data connections on this link (0: any).
