@@ -14,7 +14,10 @@
 //!   echo ping-pong with node B in its own thread sending every message back and both sides
 //!   waiting the ordinary blocking way, on the soft provider (SEND/RECV, blocking
 //!   [`CompletionQueue::next`]) and over a plain std TCP connection (TCP_NODELAY, blocking
-//!   reads) on 127.77.0.1 / 127.77.0.2: the soft provider next to the transport it runs on.
+//!   reads) on 127.77.0.1 / 127.77.0.2: the soft provider next to the transport it runs on;
+//!   `soft_echo_sealed_<size>` is the soft echo with every packet sealed and checked under a
+//!   packet key (`ConnectOptions::packet_key`, as the cluster manager connects its queue
+//!   pairs): the cost of the packet authentication.
 //!
 //! Criterion measures each; then a summary run records every operation into a histogram and
 //! prints `fabric-bench: key=<net>/<figure> n= p50_us= p99_us= mean_us= ...` lines, which
@@ -77,12 +80,15 @@ fn open(net: &Net, side: u8) -> Device {
 }
 
 impl Setup {
-    fn new(a: Device, b: Device) -> Setup {
+    fn new(a: Device, b: Device, packet_key: Option<PacketKey>) -> Setup {
         let (pa, pb) = (a.alloc_pd().unwrap(), b.alloc_pd().unwrap());
         let (ca, cb) = (a.create_cq(256).unwrap(), b.create_cq(256).unwrap());
         let qa = pa.create_qp(&ca, &ca, QpCapacity::default()).unwrap();
         let qb = pb.create_qp(&cb, &cb, QpCapacity::default()).unwrap();
-        let opts = ConnectOptions::default();
+        let opts = ConnectOptions {
+            packet_key,
+            ..ConnectOptions::default()
+        };
         qa.connect(&qb.endpoint().unwrap(), &opts).unwrap();
         qb.connect(&qa.endpoint().unwrap(), &opts).unwrap();
         let a_buf = pa.register(REGION, Access::LOCAL_WRITE).unwrap();
@@ -105,15 +111,17 @@ impl Setup {
         }
     }
 
-    fn for_net(net: &Net) -> Setup {
+    /// A fresh pair on `net`; its queue pairs seal their packets under `key` when given.
+    fn for_net(net: &Net, key: Option<PacketKey>) -> Setup {
         if net.label == SOFT_SIM.label {
             let sim = SimNet::new(1);
             return Setup::new(
                 Device::open_sim(&sim, "a").unwrap(),
                 Device::open_sim(&sim, "b").unwrap(),
+                key,
             );
         }
-        Setup::new(open(net, 1), open(net, 2))
+        Setup::new(open(net, 1), open(net, 2), key)
     }
 
     /// Busy-polls `cq` (A's when `a`) for one successful completion.
@@ -213,8 +221,9 @@ fn post_recv_slot(qp: &QueuePair, buf: &MemoryRegion, slot: u64, size: usize) {
     qp.post_recv(RecvRequest { wr_id: slot, local }).unwrap();
 }
 
-/// The soft provider's echo ping-pong of `size` bytes on a fresh pair.
-fn soft_echo(net: &Net, size: usize, n: usize) -> Histogram<u64> {
+/// The soft provider's echo ping-pong of `size` bytes on a fresh pair (its packets sealed
+/// under `key` when given).
+fn soft_echo(net: &Net, size: usize, n: usize, key: Option<PacketKey>) -> Histogram<u64> {
     let Setup {
         qa,
         qb,
@@ -223,7 +232,7 @@ fn soft_echo(net: &Net, size: usize, n: usize) -> Histogram<u64> {
         a_buf,
         b_buf,
         ..
-    } = Setup::for_net(net);
+    } = Setup::for_net(net, key);
     let total = WARMUP + n;
     for slot in 0..RECV_DEPTH as u64 {
         post_recv_slot(&qa, &a_buf, slot, size);
@@ -346,7 +355,7 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
     if !selected(net) {
         return;
     }
-    let mut s = Setup::for_net(net);
+    let mut s = Setup::for_net(net, None);
     let n = iters(quick);
     {
         let mut g = c.benchmark_group(net.label);
@@ -383,7 +392,17 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
     if net.label == SOFT_LOOPBACK.label {
         for size in SIZES {
             eprintln!("fabric bench: echo ping-pong, soft provider and TCP, {n} at {size} bytes");
-            rec.latency(net, &format!("soft_echo_{size}"), &soft_echo(net, size, n));
+            rec.latency(
+                net,
+                &format!("soft_echo_{size}"),
+                &soft_echo(net, size, n, None),
+            );
+            let key = Some(PacketKey::from_bytes([7; 32]));
+            rec.latency(
+                net,
+                &format!("soft_echo_sealed_{size}"),
+                &soft_echo(net, size, n, key),
+            );
             rec.latency(net, &format!("tcp_echo_{size}"), &tcp_echo(net, size, n));
         }
     }

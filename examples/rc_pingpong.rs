@@ -485,6 +485,7 @@ fn run(args: &Args) -> Result<()> {
         events: args.events,
     };
     let opts = ConnectOptions {
+        packet_key: None,
         ack_timeout: if dev.provider() == interlink::fabric::ProviderKind::Soft {
             18
         } else {

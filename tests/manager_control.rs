@@ -52,6 +52,7 @@ fn fixed_status() -> NodeStatus {
         clients: clients.iter().map(|s| s.to_string()).collect(),
         rate_bps: rate,
         counters: LinkCounters {
+            unauthenticated_packets: 0,
             ops: 1000 * u64::from(id + 1),
             bytes: 5 << 20,
             errors: u64::from(id),

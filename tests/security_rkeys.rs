@@ -351,3 +351,65 @@ fn failover_and_move_back_kill_the_old_rkeys() {
     assert!(victim.counters.failovers >= 1, "{victim:#?}");
     drop(held);
 }
+
+/// The soft provider seals the manager's queue pairs' packets under the link session's key
+/// (docs/security.md P16): a forger who knows a client queue pair's QPNs, its next PSN and
+/// the partner region's rkey (all visible on the wire) writes nothing; the packet is dropped
+/// and counted in the link's `unauthenticated_packets`, and the genuine WRITE at that PSN is
+/// taken afterwards.
+#[test]
+fn a_forged_write_into_a_managed_queue_pair_is_dropped() {
+    use interlink::fabric::soft::wire::{psn_add, Body, Packet};
+    use std::io::Write as _;
+    let (a, b) = started("rk-sealed");
+    let (ha, hb) = (client(&a, "c"), client(&b, "c"));
+    let (ca, cb) = (ready(&ha), ready(&hb));
+    let target = partner_mem(&ca);
+    let src = ca.region(MEM).expect("mem");
+    let dst = cb.region(MEM).expect("mem");
+    src.write(0, &[0x11; 8]).unwrap();
+    assert_eq!(write(&ca, target), CompletionStatus::Success);
+    let mut got = [0u8; 8];
+    dst.read(0, &mut got).unwrap();
+    assert_eq!(got, [0x11; 8]);
+    // The next WRITE of A's queue pair 0 carries its first PSN + 1: forge it.
+    let ea = ca.qp(0).unwrap().queue_pair().endpoint().unwrap();
+    let eb = cb.qp(0).unwrap().queue_pair().endpoint().unwrap();
+    let mut frame = Vec::new();
+    Packet {
+        dst_qpn: eb.qpn,
+        src_qpn: ea.qpn,
+        psn: psn_add(ea.psn, 1),
+        body: Body::Write {
+            addr: target.addr,
+            rkey: target.rkey,
+            imm: None,
+            payload: b"forged!!",
+        },
+    }
+    .encode(&mut frame);
+    let dropped = || {
+        b.status().unwrap().links[0]
+            .counters
+            .unauthenticated_packets
+    };
+    let before = dropped();
+    let mut forger =
+        std::net::TcpStream::connect(std::net::SocketAddr::new(eb.gid.to_ip(), eb.lid)).unwrap();
+    forger
+        .write_all(&(frame.len() as u32).to_be_bytes())
+        .unwrap();
+    forger.write_all(&frame).unwrap();
+    forger.flush().unwrap();
+    let t0 = Instant::now();
+    while dropped() < before + 1 {
+        dst.read(0, &mut got).unwrap();
+        assert_ne!(&got, b"forged!!", "the forged WRITE reached the region");
+        assert!(t0.elapsed() < WAIT, "the forged WRITE was never counted");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    src.write(0, &[0x22; 8]).unwrap();
+    assert_eq!(write(&ca, target), CompletionStatus::Success);
+    dst.read(0, &mut got).unwrap();
+    assert_eq!(got, [0x22; 8], "the genuine WRITE at that PSN");
+}

@@ -133,6 +133,15 @@ impl Device {
         }
     }
 
+    /// Packets the soft provider dropped for want of a valid tag for their connection
+    /// (`ConnectOptions::packet_key`; None on verbs).
+    pub fn soft_unauthenticated(&self) -> Option<u64> {
+        match &*self.inner {
+            Provider::Soft(d) => Some(d.unauthenticated()),
+            Provider::Verbs(_) => None,
+        }
+    }
+
     /// Whether the port is active.
     pub fn port_active(&self) -> Result<bool> {
         dispatch!(&*self.inner, d => d.port_active())

@@ -303,6 +303,28 @@ pub struct RemoteAddr {
     pub rkey: u32,
 }
 
+/// A 32-byte key under which the soft provider seals and checks every packet of a connection
+/// ([`ConnectOptions::packet_key`]). `Debug` never prints it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PacketKey([u8; 32]);
+
+impl PacketKey {
+    /// A key from raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> PacketKey {
+        PacketKey(bytes)
+    }
+    /// The raw key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PacketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PacketKey(<redacted>)")
+    }
+}
+
 /// Per-connection reliability settings applied by `connect`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectOptions {
@@ -319,6 +341,12 @@ pub struct ConnectOptions {
     pub max_rd_atomic: u8,
     /// Path MTU cap; the connection uses the smallest of this, ours and the peer's.
     pub mtu: Mtu,
+    /// The soft provider seals every packet of the connection under this key and accepts only
+    /// packets sealed for it (docs/security.md P16); both ends give the same key (the cluster
+    /// manager derives it from the link's authenticated bootstrap session). None: packets are
+    /// neither sealed nor checked. The verbs provider ignores it (RoCE carries no such MAC).
+    #[serde(skip)]
+    pub packet_key: Option<PacketKey>,
 }
 
 impl Default for ConnectOptions {
@@ -330,6 +358,7 @@ impl Default for ConnectOptions {
             min_rnr_timer: 12,
             max_rd_atomic: 1,
             mtu: Mtu::M1024,
+            packet_key: None,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! all driven from here; the protocol logic lives in the sans-IO [`Session`] and
 //! [`Planner`].
 
-use crate::fabric::ConnectOptions;
+use crate::fabric::{ConnectOptions, PacketKey};
 use crate::manager::client::{ClientCells, ClientEvent, ClientHandle, ClientRequest};
 use crate::manager::config::NodeConfig;
 use crate::manager::error::{ManagerError, Result};
@@ -202,9 +202,13 @@ impl Drop for Manager {
     }
 }
 
-/// The connect options used for every queue pair the manager connects.
-pub(crate) fn connect_options() -> ConnectOptions {
-    ConnectOptions::default()
+/// The connect options used for every queue pair the manager connects: the soft provider
+/// seals their packets under the link session's `packet_key`.
+pub(crate) fn connect_options(packet_key: Option<PacketKey>) -> ConnectOptions {
+    ConnectOptions {
+        packet_key,
+        ..ConnectOptions::default()
+    }
 }
 
 /// Opens a link's device (helper so the runtime can retry it).

@@ -606,6 +606,14 @@ impl Runtime {
 
     // ---------------------------------------------------------------- I/O
 
+    /// The packet key of link `i`'s established session (None before it is established).
+    fn packet_key(&self, i: usize) -> Option<crate::fabric::PacketKey> {
+        self.links[i]
+            .conn
+            .as_ref()
+            .and_then(|c| c.session.packet_key())
+    }
+
     fn link_index(&self, id: LinkId) -> Option<usize> {
         self.links.iter().position(|l| l.id == id)
     }

@@ -22,11 +22,12 @@
 //! it receives (a violation fails the session) and what it is asked to send (the call fails,
 //! the session does not).
 
+use crate::fabric::PacketKey;
 use crate::manager::types::{LinkId, NodeId};
 use crate::manager::wire::{
     decode_body, encode_frame, frame_len, open_frame, truncate_detail, Hello, Message, MessageType,
     PeerInfo, Refuse, RefuseReason, SessionKey, WireError, FROM_INITIATOR_LABEL,
-    FROM_RESPONDER_LABEL,
+    FROM_RESPONDER_LABEL, PACKET_KEY_LABEL,
 };
 use rand::RngCore;
 use std::collections::VecDeque;
@@ -318,6 +319,8 @@ pub struct Session {
     send_key: Option<SessionKey>,
     /// Verifies what we receive (the peer's direction's key).
     recv_key: Option<SessionKey>,
+    /// The key the soft provider seals this link's packets under (both sides derive it).
+    packet_key: Option<PacketKey>,
     /// Last sequence number sent (0: none yet).
     sent_seq: u32,
     /// Last sequence number received (0: none yet).
@@ -342,6 +345,7 @@ impl Session {
             version: None,
             send_key: None,
             recv_key: None,
+            packet_key: None,
             sent_seq: 0,
             recv_seq: 0,
             send_phase: Phase::PeerInfo,
@@ -494,6 +498,13 @@ impl Session {
         self.version
     }
 
+    /// The key the soft provider seals this link's queue pairs' packets under, once
+    /// established: HMAC-SHA256 under the session key over [`PACKET_KEY_LABEL`], the same on
+    /// both sides and new with every session (docs/security.md P16).
+    pub fn packet_key(&self) -> Option<PacketKey> {
+        self.packet_key.filter(|_| self.is_established())
+    }
+
     fn queue(&mut self, frame: Vec<u8>, ty: MessageType, seq: u32) {
         debug!(
             link = self.params.link_id,
@@ -637,6 +648,9 @@ impl Session {
         self.queue(frame, MessageType::Confirm, 1);
         self.send_key = Some(send_key);
         self.recv_key = Some(key.for_sender(theirs));
+        self.packet_key = Some(PacketKey::from_bytes(
+            *key.for_sender(PACKET_KEY_LABEL).as_bytes(),
+        ));
         self.version = Some(version);
         self.state = State::AwaitConfirm;
         self.peer_hello = Some(peer);

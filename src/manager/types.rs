@@ -235,6 +235,10 @@ pub struct LinkCounters {
     /// link: their handshake failed or they closed before authenticating.
     #[serde(default)]
     pub pending_dropped: u64,
+    /// Soft provider: packets the link's device dropped for want of a valid tag under their
+    /// connection's packet key (forged, or sealed under another session's key; 0 on verbs).
+    #[serde(default)]
+    pub unauthenticated_packets: u64,
 }
 
 /// Per-client counters.

@@ -44,6 +44,9 @@ pub const KEY_LABEL: &[u8] = b"interlink-session-v1";
 pub const FROM_INITIATOR_LABEL: &[u8] = b"interlink-from-initiator-v1";
 /// Label of the key that MACs the frames the Responder sends ([`SessionKey::for_sender`]).
 pub const FROM_RESPONDER_LABEL: &[u8] = b"interlink-from-responder-v1";
+/// Label of the key the soft provider seals the link's packets under
+/// ([`SessionKey::for_sender`] of the session key; `Session::packet_key`).
+pub const PACKET_KEY_LABEL: &[u8] = b"interlink-soft-packets-v1";
 
 /// A malformed frame or body, or a message that cannot be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,6 +10,7 @@
 //! rxe does) and is counted in [`SoftDevice::access_violations`].
 
 mod cut;
+mod packet_auth;
 mod packet_buf;
 mod rc;
 mod sim;
@@ -160,6 +161,8 @@ pub(crate) struct DeviceShared {
     pub(crate) qps: RwLock<HashMap<u32, Arc<rc::QpCore>>>,
     /// Acknowledgements and READ responses dropped for naming no outstanding request.
     pub(crate) stale_responses: AtomicU64,
+    /// Packets dropped for want of a valid tag for their queue pair's connection.
+    pub(crate) unauthenticated: AtomicU64,
     pub(crate) regions: RwLock<HashMap<u32, Weak<RegionMem>>>,
     next_qpn: AtomicU32,
     next_key: AtomicU32,
@@ -293,6 +296,7 @@ impl SoftDevice {
             // must guess it.
             next_qpn: AtomicU32::new(0x11 + (rand::random::<u32>() >> 9)),
             stale_responses: AtomicU64::new(0),
+            unauthenticated: AtomicU64::new(0),
             // A random first index: a restarted process (a new device) does not hand out the
             // keys of its previous run again, so a stale peer's old descriptors do not address
             // the new run's regions.
@@ -421,6 +425,12 @@ impl SoftDevice {
         self.shared.stale_responses.load(Ordering::Relaxed)
     }
 
+    /// Packets dropped because their queue pair's connection is keyed and their tag is
+    /// missing or wrong, or it is not keyed and they carry one (docs/security.md P16).
+    pub fn unauthenticated(&self) -> u64 {
+        self.shared.unauthenticated.load(Ordering::Relaxed)
+    }
+
     /// The inbound connections of the TCP transport (None on the in-process network).
     pub fn inbound(&self) -> Option<InboundCounters> {
         match &self.shared.transport {
@@ -463,17 +473,15 @@ fn engine_loop(dev: &Arc<DeviceShared>, inbox: &Inbox) {
     while !dev.stop.load(Ordering::SeqCst) {
         // A cut device drops everything it receives.
         if let Some(pkt) = inbox.pop_timeout(TICK).filter(|_| !dev.is_cut()) {
-            match wire::Packet::decode(&pkt) {
-                Ok(p) => {
-                    let qp = dev.qps.read().get(&p.dst_qpn).cloned();
+            match wire::dst_qpn(&pkt) {
+                Some(dst) => {
+                    let qp = dev.qps.read().get(&dst).cloned();
                     match qp {
-                        Some(qp) => qp.handle_packet(dev, &p, Instant::now()),
-                        None => tracing::trace!(qpn = p.dst_qpn, "packet for unknown queue pair"),
+                        Some(qp) => qp.receive(dev, &pkt, Instant::now()),
+                        None => tracing::trace!(qpn = dst, "packet for unknown queue pair"),
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(device = %dev.name, error = %e, "malformed packet dropped")
-                }
+                None => tracing::debug!(device = %dev.name, "truncated packet dropped"),
             }
         }
         let now = Instant::now();

@@ -11,6 +11,7 @@
 //! Responder: executes the packet with the expected PSN, acknowledges duplicates without
 //! executing them again (READs are re-read), and answers a gap with one sequence NAK.
 
+use super::packet_auth::{is_sealed, PacketAuth, TAG_LEN};
 use super::packet_buf::PacketBuf;
 use super::wire::{psn_add, psn_diff, Body, Packet, Syndrome, HEADER_LEN};
 use super::{DeviceShared, PeerAddr, RegionMem, SoftCq, SoftError, SoftPd};
@@ -41,6 +42,7 @@ impl CoreState {
         self.timer = None;
         self.rnr_until = None;
         self.nak_seq_sent = false;
+        self.auth = None;
         self.state = QpState::Reset;
     }
 }
@@ -58,6 +60,9 @@ struct CoreState {
     epsn: u32,
     rq: VecDeque<RawRecv>,
     nak_seq_sent: bool,
+    /// The connection's packet keys (`ConnectOptions::packet_key`): every packet sent is
+    /// sealed, every packet received must be (packet_auth.rs).
+    auth: Option<PacketAuth>,
 }
 
 /// Protocol state of one queue pair, shared between its handle and the device engine.
@@ -156,6 +161,7 @@ impl SoftQp {
                 epsn: 0,
                 rq: VecDeque::with_capacity(cap.max_recv_wr as usize),
                 nak_seq_sent: false,
+                auth: None,
             }),
         });
         dev.qps.write().insert(qpn, core.clone());
@@ -200,6 +206,9 @@ impl SoftQp {
         st.discard();
         st.remote = Some((*remote, addr));
         st.opts = *opts;
+        st.auth = opts
+            .packet_key
+            .map(|k| PacketAuth::derive(&k, (dev.gid, self.core.qpn), (remote.gid, remote.qpn)));
         st.next_psn = local_psn & 0x00ff_ffff;
         st.epsn = remote.psn;
         st.retries_left = opts.retry_count.min(7);
@@ -303,7 +312,7 @@ impl SoftQp {
                         return Err(FabricError::FlushUnsupported { qpn: core.qpn })
                     }
                 };
-                pkt = PacketBuf::with_capacity(HEADER_LEN + 16 + payload.len());
+                pkt = PacketBuf::with_capacity(HEADER_LEN + 16 + payload.len() + TAG_LEN);
                 Packet {
                     dst_qpn,
                     src_qpn: core.qpn,
@@ -311,6 +320,9 @@ impl SoftQp {
                     body,
                 }
                 .encode(pkt.vec_mut());
+                if let Some(auth) = &st.auth {
+                    auth.seal(pkt.vec_mut());
+                }
             }
             st.next_psn = psn_add(psn, 1);
             if st.rnr_until.is_none() {
@@ -450,7 +462,7 @@ impl QpCore {
                 Body::ReadResponse { payload } => payload.len(),
                 _ => 0,
             };
-            let mut pkt = PacketBuf::with_capacity(HEADER_LEN + 16 + payload);
+            let mut pkt = PacketBuf::with_capacity(HEADER_LEN + 16 + payload + TAG_LEN);
             Packet {
                 dst_qpn: ep.qpn,
                 src_qpn: self.qpn,
@@ -458,12 +470,38 @@ impl QpCore {
                 body,
             }
             .encode(pkt.vec_mut());
+            if let Some(auth) = &st.auth {
+                auth.seal(pkt.vec_mut());
+            }
             dev.transport.send(peer, pkt);
         }
     }
 
     fn ack(&self, dev: &DeviceShared, st: &CoreState, psn: u32, syndrome: Syndrome) {
         self.reply(dev, st, psn, Body::Ack { syndrome });
+    }
+
+    /// Takes one inbound packet addressed to this queue pair: checks its tag against the
+    /// connection's packet keys (a keyed connection takes only packets sealed for it, one
+    /// without keys only unsealed ones; others are dropped and counted), decodes it and
+    /// handles it.
+    pub(crate) fn receive(&self, dev: &DeviceShared, bytes: &[u8], now: Instant) {
+        let opened = match &self.st.lock().auth {
+            Some(auth) => auth.open(bytes),
+            None => (!is_sealed(bytes)).then_some(bytes),
+        };
+        let Some(bytes) = opened else {
+            dev.unauthenticated.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(
+                qpn = self.qpn,
+                "packet without a valid tag for this connection dropped"
+            );
+            return;
+        };
+        match Packet::decode(bytes) {
+            Ok(p) => self.handle_packet(dev, &p, now),
+            Err(e) => tracing::debug!(device = %dev.name, error = %e, "malformed packet dropped"),
+        }
     }
 
     /// Handles one inbound packet.

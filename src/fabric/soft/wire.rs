@@ -18,6 +18,12 @@
 //!                4 NAK remote access error, 5 NAK remote operation error), 3 reserved bytes
 //! ```
 
+/// The destination queue pair of an encoded packet (None: shorter than a header, or another
+/// version), read before the packet is authenticated and decoded.
+pub fn dst_qpn(b: &[u8]) -> Option<u32> {
+    (b.len() >= HEADER_LEN && b[0] == VERSION).then(|| be32(b, 4))
+}
+
 /// Protocol version carried in byte 0.
 pub const VERSION: u8 = 1;
 /// Size of the common header.

@@ -328,6 +328,7 @@ impl Runtime {
                 what: format!("unknown link {link}"),
             })?;
         let pd = self.links[i].fabric.as_ref().map(|f| f.pd.clone());
+        let opts = connect_options(self.packet_key(i));
         let c = self
             .clients
             .get_mut(name)
@@ -346,7 +347,7 @@ impl Runtime {
                 c.next_qp_index = c.next_qp_index.max(idx + 1);
             }
         }
-        att.apply_partner(name, info, &connect_options())?;
+        att.apply_partner(name, info, &opts)?;
         c.generation = c.generation.max(att.generation);
         Ok(!created && att.complete())
     }

@@ -112,7 +112,7 @@ impl Runtime {
 
     fn on_peer_info(&mut self, i: usize, info: PeerInfo) -> Result<()> {
         let id = self.links[i].id;
-        let opts = connect_options();
+        let opts = connect_options(self.packet_key(i));
         if let Some(hb) = self.links[i].heartbeat.as_mut() {
             hb.connect(&info.heartbeat, info.health, &opts)?;
         }

@@ -41,6 +41,11 @@ impl Runtime {
                             .as_ref()
                             .map(|hb| summarize(&hb.rtt))
                             .unwrap_or(l.counters.heartbeat_rtt),
+                        unauthenticated_packets: l
+                            .fabric
+                            .as_ref()
+                            .and_then(|f| f.device.soft_unauthenticated())
+                            .unwrap_or(0),
                         ..l.counters
                     },
                 }
