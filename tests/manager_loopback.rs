@@ -6,7 +6,9 @@ mod manager_pair;
 
 use interlink::clients::probe::{Probe, ProbeConfig};
 use interlink::fabric::{Access, ProviderChoice};
-use interlink::manager::{BandwidthClass, ClientEvent, ClientSpec, LinkState, Manager, RegionSpec};
+use interlink::manager::{
+    BandwidthClass, ClientEvent, ClientSpec, LinkState, Manager, ReadGrant, RegionSpec,
+};
 use manager_pair::*;
 use std::time::Duration;
 
@@ -111,10 +113,17 @@ fn client_added_live_does_not_disturb_others() {
     let ub = upd(&cb);
     assert_eq!(ua.qps.len(), 2);
     assert_eq!(ub.qps.len(), 2, "partner mirrored the queue pair");
-    ca.add_region(RegionSpec {
+    let readable = RegionSpec {
+        read_grant: None,
         purpose: "r1".into(),
         len: 8192,
         access: Access::REMOTE_READ,
+    };
+    // Remote READ needs a reason (docs/security.md P4).
+    assert!(ca.add_region(readable.clone()).is_err());
+    ca.add_region(RegionSpec {
+        read_grant: Some(ReadGrant::Service("the test reads it back".into())),
+        ..readable
     })
     .expect("add region");
     let ua = upd(&ca);

@@ -2,14 +2,19 @@
 //! partner is registered with the rights its use needs and no more, and the soft provider
 //! refuses the other operation on it: a WRITE of the read-only health (state) block, a READ of
 //! a write-only mirror region or receive ring.
+mod manager_pair;
 mod suite;
 
-use interlink::clients::mirror::shadow::{FLUSH_REGION_ACCESS, SHADOW_MIRROR_ACCESS};
+use interlink::clients::mirror::shadow::{
+    Durability, ShadowConfig, ShadowMirror, FLUSH_REGION, FLUSH_REGION_ACCESS, MIRROR_REGION,
+    SHADOW_MIRROR_ACCESS,
+};
 use interlink::clients::mirror::MIRROR_REGION_ACCESS;
-use interlink::fabric::{Access, SendOp, SendRequest};
+use interlink::fabric::{Access, ProviderChoice, SendOp, SendRequest};
 use interlink::manager::health::{HEALTH_BLOCK_ACCESS, HEALTH_BLOCK_LEN, HEALTH_LANDING_ACCESS};
+use interlink::manager::{BandwidthClass, ClientSpec, Manager, ReadGrant, RegionSpec};
 use interlink::messaging::messenger::RX_REGION_ACCESS;
-use std::path::Path;
+use manager_pair::*;
 use suite::{expect_remote_access_error, next, Pair};
 
 #[test]
@@ -82,35 +87,86 @@ fn soft_provider_refuses_the_other_operation() {
     assert_eq!(&block, b"state", "the refused WRITE changed nothing");
 }
 
-/// Remote read is granted in three places of the product: the health block, the shadow log's
-/// flush region (zeros, READ behind mirror writes as the durability point) and the shadow
-/// mirror region (the partner's own log, READ back when its NVRAM lost it). A new region the
-/// partner could read must be added here on purpose (and to docs/security.md).
+/// Remote READ of a client region takes a reason the type names (`ReadGrant`): the manager
+/// refuses a region with `Access::REMOTE_READ` and no grant, at registration and when a
+/// region is added live, so no client (the product's or a service's) grants it by accident.
 #[test]
-fn remote_read_is_granted_only_to_the_health_block() {
-    let allowed = [
-        "src/fabric/",                  // the rights themselves and the providers' checks
-        "src/manager/health.rs",        // HEALTH_BLOCK_ACCESS
-        "src/clients/mirror/shadow.rs", // FLUSH_REGION_ACCESS, SHADOW_MIRROR_ACCESS
-        "src/demo.rs",                  // the raw-fabric demo READs back what it wrote
-    ];
-    let mut found = Vec::new();
-    scan(Path::new("src"), &mut |path, text| {
-        let p = path.to_string_lossy().replace('\\', "/");
-        if text.contains("REMOTE_READ") && !allowed.iter().any(|a| p.starts_with(a)) {
-            found.push(p);
-        }
-    });
-    assert!(found.is_empty(), "REMOTE_READ granted in {found:?}");
+fn a_client_region_grants_remote_read_only_with_a_reason() {
+    init_logs();
+    let (ca, _) = pair(
+        &temp_dir("rights"),
+        1,
+        loopback,
+        ProviderChoice::Soft,
+        port_base(),
+    );
+    let m = Manager::start(ca).expect("start");
+    let err = m
+        .register(ClientSpec::new("c", BandwidthClass::Low, 1).region(
+            "r",
+            4096,
+            Access::REMOTE_WRITE | Access::REMOTE_READ,
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("remote READ"), "{err}");
+    let h = m
+        .register(
+            ClientSpec::new("c", BandwidthClass::Low, 1)
+                .region("w", 4096, Access::REMOTE_WRITE)
+                .readable_region(
+                    "r",
+                    4096,
+                    Access::REMOTE_READ,
+                    ReadGrant::Service("the test".into()),
+                ),
+        )
+        .expect("a granted remote READ is registered");
+    let live = RegionSpec {
+        purpose: "late".into(),
+        len: 4096,
+        access: Access::REMOTE_READ,
+        read_grant: None,
+    };
+    assert!(h.add_region(live).is_err(), "added live without a reason");
 }
 
-fn scan(dir: &Path, f: &mut dyn FnMut(&Path, &str)) {
-    for e in std::fs::read_dir(dir).expect("read src") {
-        let path = e.expect("entry").path();
-        if path.is_dir() {
-            scan(&path, f);
-        } else if path.extension().is_some_and(|x| x == "rs") {
-            f(&path, &std::fs::read_to_string(&path).expect("read"));
+/// The product grants remote READ of a client region in two places, both the shadow log's,
+/// each for the reason `ReadGrant` names: the mirror region (the partner's own log, READ back
+/// when its NVRAM lost it) and the flush region (zeros, READ behind mirror writes as the
+/// durability point). The health block, READ by the heartbeat, is the manager's own
+/// (`HEALTH_BLOCK_ACCESS`, above). A new reason is a new variant: this match stops compiling
+/// until it is placed here on purpose (and in docs/security.md).
+#[test]
+fn the_product_grants_remote_read_only_for_the_shadow_logs_two_reasons() {
+    fn products(g: &ReadGrant) -> Option<&'static str> {
+        match g {
+            ReadGrant::ShadowLogFetch => Some(MIRROR_REGION),
+            ReadGrant::ShadowLogFlush => Some(FLUSH_REGION),
+            ReadGrant::Service(_) => None,
         }
+    }
+    for durability in [Durability::Delivered, Durability::Read, Durability::Flush] {
+        let cfg = ShadowConfig {
+            durability,
+            ..ShadowConfig::new()
+        };
+        let spec = ShadowMirror::client_spec(&cfg, 1 << 20);
+        let mut readable: Vec<(&str, &'static str)> = Vec::new();
+        for r in &spec.regions {
+            r.check_rights()
+                .expect("the product's regions pass the manager's check");
+            if r.access.contains(Access::REMOTE_READ) {
+                let g = r.read_grant.as_ref().expect("a reason");
+                let purpose = products(g).expect("a product reason, not a service's");
+                assert_eq!(r.purpose, purpose, "{g:?}");
+                readable.push((r.purpose.as_str(), purpose));
+            }
+        }
+        let want = if durability == Durability::Delivered {
+            1
+        } else {
+            2
+        };
+        assert_eq!(readable.len(), want, "{durability:?}: {readable:?}");
     }
 }

@@ -332,6 +332,12 @@ impl ClientHandle {
     /// Registers one more region; the partner learns its descriptor. An `Updated` event
     /// follows (at both nodes).
     pub fn add_region(&self, spec: RegionSpec) -> Result<()> {
+        // Refused here, by the call: remote READ only with a reason (`ReadGrant`).
+        spec.check_rights()
+            .map_err(|what| ManagerError::ClientRequest {
+                name: self.name.clone(),
+                what,
+            })?;
         self.send(ClientRequest::AddRegion {
             name: self.name.clone(),
             spec,

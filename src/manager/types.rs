@@ -82,6 +82,23 @@ impl std::str::FromStr for BandwidthClass {
     }
 }
 
+/// Why a client region lets the partner READ it: a region with `Access::REMOTE_READ` is
+/// registered only with one ([`ClientSpec::readable_region`]; the manager refuses it
+/// otherwise), so every remote READ right a client grants is named by this type
+/// (docs/security.md P4). The partner's WRITE rights need no reason: they are what a
+/// mirror is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadGrant {
+    /// The shadow log's flush region: 64 zero bytes the partner READs behind its mirror
+    /// writes (its remote durability point).
+    ShadowLogFlush,
+    /// The shadow log's mirror region: the partner READs its own log back from it after its
+    /// NVRAM lost it (F5.6), and nothing else lives there.
+    ShadowLogFetch,
+    /// A service's own client, with the reason (not used by interlink's clients).
+    Service(String),
+}
+
 /// A memory region a client wants on every link it is placed on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionSpec {
@@ -91,6 +108,22 @@ pub struct RegionSpec {
     pub len: usize,
     /// Access rights (local write plus the remote rights the partner needs).
     pub access: Access,
+    /// Why the partner may READ it: required with `Access::REMOTE_READ` (see [`ReadGrant`]).
+    #[serde(default)]
+    pub read_grant: Option<ReadGrant>,
+}
+
+impl RegionSpec {
+    /// A region's rights as the manager accepts them: remote READ only with a [`ReadGrant`].
+    pub fn check_rights(&self) -> Result<(), String> {
+        if self.access.contains(Access::REMOTE_READ) && self.read_grant.is_none() {
+            return Err(format!(
+                "region {:?} grants the partner remote READ without a reason (ClientSpec::readable_region)",
+                self.purpose
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a client asks the manager for when it registers.
@@ -119,12 +152,32 @@ impl ClientSpec {
             regions: Vec::new(),
         }
     }
-    /// Adds a region.
+    /// Adds a region. With `Access::REMOTE_READ` the registration is refused: use
+    /// [`readable_region`](Self::readable_region).
     pub fn region(mut self, purpose: impl Into<String>, len: usize, access: Access) -> ClientSpec {
         self.regions.push(RegionSpec {
             purpose: purpose.into(),
             len,
             access,
+            read_grant: None,
+        });
+        self
+    }
+
+    /// Adds a region the partner may READ (`access` includes `Access::REMOTE_READ`), for the
+    /// reason `grant`.
+    pub fn readable_region(
+        mut self,
+        purpose: impl Into<String>,
+        len: usize,
+        access: Access,
+        grant: ReadGrant,
+    ) -> ClientSpec {
+        self.regions.push(RegionSpec {
+            purpose: purpose.into(),
+            len,
+            access,
+            read_grant: Some(grant),
         });
         self
     }

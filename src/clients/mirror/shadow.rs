@@ -99,7 +99,7 @@ use super::nvram::{FileNvram, NvramBacking};
 use crate::clients::giveback::service::ReplayHook;
 use crate::clients::giveback::PartnerLogContext;
 use crate::fabric::Access;
-use crate::manager::{BandwidthClass, ClientSpec, LinkId, Manager};
+use crate::manager::{BandwidthClass, ClientSpec, LinkId, Manager, ReadGrant};
 use driver::{drive, spin_wait, Counters, Inner, Shared, Sleeper, POLL_BATCH};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use recovery::RecoveryState;
@@ -385,6 +385,43 @@ fn now_ns() -> u64 {
 }
 
 impl ShadowMirror {
+    /// What the shadow log registers with the manager for a log of `log_len` bytes: the
+    /// mirror region the partner WRITEs (and READs back only after its NVRAM lost its log:
+    /// [`ReadGrant::ShadowLogFetch`]), the staging and fetch landing regions, and for the READ
+    /// and FLUSH durability points the flush region the partner READs
+    /// ([`ReadGrant::ShadowLogFlush`]) with its landing.
+    pub fn client_spec(cfg: &ShadowConfig, log_len: usize) -> ClientSpec {
+        let mirror_access = match cfg.durability {
+            // Granted only where this node's device has FLUSH (the partner sees the rights).
+            Durability::Flush => SHADOW_MIRROR_ACCESS | Access::REMOTE_FLUSH,
+            Durability::Read | Durability::Delivered => SHADOW_MIRROR_ACCESS,
+        };
+        let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
+            .readable_region(
+                MIRROR_REGION,
+                log_len,
+                mirror_access,
+                ReadGrant::ShadowLogFetch,
+            )
+            .region(TX_REGION, log_len, Access::NONE)
+            .region(FETCH_LANDING, log_len.min(FETCH_CHUNK), Access::LOCAL_WRITE);
+        // Flush falls back to Read where FLUSH is unavailable: both register the READ target.
+        if cfg.durability != Durability::Delivered {
+            spec = spec
+                .readable_region(
+                    FLUSH_REGION,
+                    64,
+                    FLUSH_REGION_ACCESS,
+                    ReadGrant::ShadowLogFlush,
+                )
+                .region(FLUSH_LANDING, 64, Access::LOCAL_WRITE);
+        }
+        spec.qp_capacity.max_send_wr = cfg.send_depth.max(4);
+        spec.qp_capacity.flush = cfg.durability == Durability::Flush;
+        spec.qp_capacity.max_recv_wr = 1;
+        spec
+    }
+
     /// Registers the client with the manager and starts the driver thread, with this node's
     /// own log **not recovered**: `log` (its whole length; the partner must use the same) is
     /// neither formatted nor read yet, and appends wait for [`recover`](ShadowMirror::recover),
@@ -408,26 +445,7 @@ impl ShadowMirror {
         let max_payload = max_payload((log_len - DATA_OFFSET) & !(RECORD_ALIGN - 1));
         let cursor = CursorStore::open(cursor)?;
         let depth = cfg.send_depth.max(4);
-        let mirror_access = match cfg.durability {
-            // Granted only where this node's device has FLUSH (the partner sees the rights).
-            Durability::Flush => SHADOW_MIRROR_ACCESS | Access::REMOTE_FLUSH,
-            Durability::Read | Durability::Delivered => SHADOW_MIRROR_ACCESS,
-        };
-        let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
-            .region(MIRROR_REGION, log_len, mirror_access)
-            .region(TX_REGION, log_len, Access::NONE)
-            .region(FETCH_LANDING, log_len.min(FETCH_CHUNK), Access::LOCAL_WRITE);
-        // Flush falls back to Read where FLUSH is unavailable: both register the READ target.
-        if cfg.durability != Durability::Delivered {
-            spec = spec.region(FLUSH_REGION, 64, FLUSH_REGION_ACCESS).region(
-                FLUSH_LANDING,
-                64,
-                Access::LOCAL_WRITE,
-            );
-        }
-        spec.qp_capacity.max_send_wr = depth;
-        spec.qp_capacity.flush = cfg.durability == Durability::Flush;
-        spec.qp_capacity.max_recv_wr = 1;
+        let spec = ShadowMirror::client_spec(&cfg, log_len);
         let handle = manager
             .register(spec)
             .map_err(|source| MirrorError::RegisterShadow {

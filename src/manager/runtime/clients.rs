@@ -31,6 +31,7 @@ impl Runtime {
             if r.len == 0 {
                 return Err(bad("regions must not be empty"));
             }
+            r.check_rights().map_err(|e| bad(&e))?;
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let cells = Arc::new(ClientCells::new());
@@ -145,6 +146,12 @@ impl Runtime {
                     tracing::info!(client = %name, index, "queue pair added");
                 }
                 ClientRequest::AddRegion { spec, .. } => {
+                    if let Err(what) = spec.check_rights() {
+                        return Err(ManagerError::ClientRequest {
+                            name: name.clone(),
+                            what,
+                        });
+                    }
                     if c.regions.iter().any(|(_, r)| r.purpose == spec.purpose) {
                         return Err(ManagerError::ClientRequest {
                             name: name.clone(),
