@@ -684,9 +684,7 @@ impl Driver {
                     if *set != self.machine_cfg.me {
                         // A replay still pending is given up with the set (the partner
                         // applies what the replay cursor does not cover itself).
-                        let pending = self.partner_replay.take();
-                        self.shared.lock().partner_replay_error = None;
-                        if pending.is_some_and(|p| p.start_withheld) {
+                        if self.end_partner_replay().is_some_and(|p| p.start_withheld) {
                             continue; // never started
                         }
                     }
@@ -729,9 +727,7 @@ impl Driver {
                         "giveback: restarting the protocol (reboot)"
                     );
                     self.shared.lock().reboots += 1;
-                    if self.partner_replay.take().is_some() {
-                        self.shared.lock().partner_replay_error = None;
-                    }
+                    self.end_partner_replay();
                     self.machine =
                         GivebackMachine::new(self.machine_cfg.clone(), self.incarnation, now);
                 }
@@ -774,8 +770,7 @@ impl Driver {
         self.mailbox.replayed = self.mailbox.replayed.max(now_replayed);
         match r {
             Ok(()) => {
-                self.partner_replay = None;
-                self.shared.lock().partner_replay_error = None;
+                self.end_partner_replay();
                 if withheld {
                     let partner = self.machine_cfg.partner;
                     tracing::info!(partner, "the partner's log is replayed: serving its disks");
@@ -783,15 +778,26 @@ impl Driver {
                 }
             }
             Err(e) => {
-                let retry = self.machine_cfg.interval.max(RECOVERY_RETRY);
                 self.shared.lock().partner_replay_error = Some(e);
                 self.partner_replay = Some(PartnerReplayPending {
                     context,
-                    retry_at: Instant::now() + retry,
+                    retry_at: self.next_recovery_try(),
                     start_withheld: withheld,
                 });
             }
         }
+    }
+
+    /// No replay of the partner's log is pending any more (it succeeded, or the set or the
+    /// protocol run it was for is gone): the pending one, if any.
+    fn end_partner_replay(&mut self) -> Option<PartnerReplayPending> {
+        self.shared.lock().partner_replay_error = None;
+        self.partner_replay.take()
+    }
+
+    /// When a failed own-log recovery or partner-log replay is tried again.
+    fn next_recovery_try(&self) -> Instant {
+        Instant::now() + self.machine_cfg.interval.max(RECOVERY_RETRY)
     }
 
     /// Serves the own disk set once the own log is recovered: until the recovery succeeded,
@@ -809,8 +815,7 @@ impl Driver {
             Err(e) => {
                 tracing::error!(error = %e, "own log not recovered: this node's disks are not served until it is (tried again every interval)");
                 self.shared.lock().own_recovery_error = Some(e);
-                let retry = self.machine_cfg.interval.max(RECOVERY_RETRY);
-                self.own_start_pending = Some(Instant::now() + retry);
+                self.own_start_pending = Some(self.next_recovery_try());
             }
         }
     }

@@ -486,7 +486,9 @@ impl QpCore {
     /// without keys only unsealed ones; others are dropped and counted), decodes it and
     /// handles it.
     pub(crate) fn receive(&self, dev: &DeviceShared, bytes: &[u8], now: Instant) {
-        let opened = match &self.st.lock().auth {
+        // One lock for the tag check and the handling.
+        let mut st = self.st.lock();
+        let opened = match &st.auth {
             Some(auth) => auth.open(bytes),
             None => (!is_sealed(bytes)).then_some(bytes),
         };
@@ -499,14 +501,19 @@ impl QpCore {
             return;
         };
         match Packet::decode(bytes) {
-            Ok(p) => self.handle_packet(dev, &p, now),
+            Ok(p) => self.handle_locked(dev, &mut st, &p, now),
             Err(e) => tracing::debug!(device = %dev.name, error = %e, "malformed packet dropped"),
         }
     }
 
-    /// Handles one inbound packet.
+    /// Handles one inbound packet (decoded and, where the connection is keyed, its tag
+    /// already checked).
+    #[cfg(test)]
     pub(crate) fn handle_packet(&self, dev: &DeviceShared, p: &Packet<'_>, now: Instant) {
-        let mut st = self.st.lock();
+        self.handle_locked(dev, &mut self.st.lock(), p, now)
+    }
+
+    fn handle_locked(&self, dev: &DeviceShared, st: &mut CoreState, p: &Packet<'_>, now: Instant) {
         if st.state != QpState::ReadyToSend {
             return;
         }
@@ -522,7 +529,7 @@ impl QpCore {
             }
         }
         let response = matches!(p.body, Body::Ack { .. } | Body::ReadResponse { .. });
-        if response && !Self::outstanding(&st, p.psn) {
+        if response && !Self::outstanding(st, p.psn) {
             // As rxe: an acknowledgement or response is taken only for a request sent and
             // not yet acknowledged (a forged one must name that PSN, not any PSN ahead).
             dev.stale_responses.fetch_add(1, Ordering::Relaxed);
@@ -534,11 +541,9 @@ impl QpCore {
             return;
         }
         match &p.body {
-            Body::Ack { syndrome } => self.on_ack(dev, &mut st, p.psn, *syndrome, now),
-            Body::ReadResponse { payload } => {
-                self.on_read_response(dev, &mut st, p.psn, payload, now)
-            }
-            _ => self.on_request(dev, &mut st, p),
+            Body::Ack { syndrome } => self.on_ack(dev, st, p.psn, *syndrome, now),
+            Body::ReadResponse { payload } => self.on_read_response(dev, st, p.psn, payload, now),
+            _ => self.on_request(dev, st, p),
         }
     }
 
