@@ -24,8 +24,6 @@ mod forged_ack {
     use super::suite::Pair;
     use interlink::fabric::soft::wire::{psn_add, Body, Packet, Syndrome};
     use interlink::fabric::{Access, CompletionStatus, SendOp, SendRequest};
-    use std::io::Write;
-    use std::net::{SocketAddr, TcpStream};
     use std::time::Duration;
 
     #[test]
@@ -51,27 +49,25 @@ mod forged_ack {
             src.slice(0, 4096).unwrap(),
         ))
         .unwrap();
-        let mut forger = TcpStream::connect(SocketAddr::new(ea.gid.to_ip(), ea.lid)).unwrap();
         let before = p.a.dev.soft_stale_responses().unwrap();
         // ACKs for every 4096th PSN ahead of A's first PSN: 2,048 guesses over the space, none
         // naming the one PSN outstanding (A's first).
-        let mut frame = Vec::new();
-        for k in 1..2049u32 {
-            let pkt = Packet {
-                dst_qpn: ea.qpn,
-                src_qpn: eb.qpn,
-                psn: psn_add(ea.psn, k * 4096),
-                body: Body::Ack {
-                    syndrome: Syndrome::Ack,
-                },
-            };
-            pkt.encode(&mut frame);
-            forger
-                .write_all(&(frame.len() as u32).to_be_bytes())
-                .unwrap();
-            forger.write_all(&frame).unwrap();
-        }
-        forger.flush().unwrap();
+        let frames: Vec<Vec<u8>> = (1..2049u32)
+            .map(|k| {
+                let mut frame = Vec::new();
+                Packet {
+                    dst_qpn: ea.qpn,
+                    src_qpn: eb.qpn,
+                    psn: psn_add(ea.psn, k * 4096),
+                    body: Body::Ack {
+                        syndrome: Syndrome::Ack,
+                    },
+                }
+                .encode(&mut frame);
+                frame
+            })
+            .collect();
+        super::suite::send_soft_frames(&ea, frames.iter().map(Vec::as_slice));
         let t0 = std::time::Instant::now();
         while p.a.dev.soft_stale_responses().unwrap() < before + 2048 {
             assert!(
@@ -106,8 +102,6 @@ mod packet_auth {
     use interlink::fabric::{
         Access, CompletionStatus, ConnectOptions, PacketKey, QueuePair, SendOp, SendRequest,
     };
-    use std::io::Write;
-    use std::net::{SocketAddr, TcpStream};
     use std::time::{Duration, Instant};
 
     const WAIT: Duration = Duration::from_secs(60);
@@ -132,10 +126,7 @@ mod packet_auth {
             frame[3] |= 1;
             frame.extend_from_slice(&tag);
         }
-        let mut s = TcpStream::connect(SocketAddr::new(ep.gid.to_ip(), ep.lid)).unwrap();
-        s.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
-        s.write_all(&frame).unwrap();
-        s.flush().unwrap();
+        super::suite::send_soft_frames(&ep, [frame.as_slice()]);
     }
 
     fn wait_for(what: &str, mut f: impl FnMut() -> bool) {

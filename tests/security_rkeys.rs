@@ -360,7 +360,6 @@ fn failover_and_move_back_kill_the_old_rkeys() {
 #[test]
 fn a_forged_write_into_a_managed_queue_pair_is_dropped() {
     use interlink::fabric::soft::wire::{psn_add, Body, Packet};
-    use std::io::Write as _;
     let (a, b) = started("rk-sealed");
     let (ha, hb) = (client(&a, "c"), client(&b, "c"));
     let (ca, cb) = (ready(&ha), ready(&hb));
@@ -394,13 +393,7 @@ fn a_forged_write_into_a_managed_queue_pair_is_dropped() {
             .unauthenticated_packets
     };
     let before = dropped();
-    let mut forger =
-        std::net::TcpStream::connect(std::net::SocketAddr::new(eb.gid.to_ip(), eb.lid)).unwrap();
-    forger
-        .write_all(&(frame.len() as u32).to_be_bytes())
-        .unwrap();
-    forger.write_all(&frame).unwrap();
-    forger.flush().unwrap();
+    suite::send_soft_frames(&eb, [frame.as_slice()]);
     let t0 = Instant::now();
     while dropped() < before + 1 {
         dst.read(0, &mut got).unwrap();

@@ -12,6 +12,19 @@ use std::time::{Duration, Instant};
 /// Upper bound for anything that should happen "at once" (generous: the VM is slow).
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Sends `frames` (encoded soft-provider packets) to the soft listener of the device that
+/// `to` names, as a forger would: one new TCP connection, each frame length-prefixed.
+pub fn send_soft_frames<'a>(to: &Endpoint, frames: impl IntoIterator<Item = &'a [u8]>) {
+    use std::io::Write;
+    let mut s =
+        std::net::TcpStream::connect(std::net::SocketAddr::new(to.gid.to_ip(), to.lid)).unwrap();
+    for f in frames {
+        s.write_all(&(f.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(f).unwrap();
+    }
+    s.flush().unwrap();
+}
+
 /// One node of a test pair.
 pub struct Side {
     pub dev: Device,
