@@ -302,6 +302,26 @@ impl ClientHandle {
     pub fn events(&self) -> &Receiver<ClientEvent> {
         &self.events
     }
+    /// Waits up to `timeout` until an event is queued (returns true) or `wake` has a message
+    /// (taken; returns whether an event is queued too), without taking the event. A client
+    /// that follows its events from more than one thread takes them with
+    /// `events().try_recv()` under its own lock, so they are applied in the order sent: an
+    /// event taken before the lock could be applied after a later one that another thread
+    /// took meanwhile (a `Suspended` after the `Ready` that followed it leaves the client
+    /// suspended on a live connection).
+    pub fn wait_event_or(&self, wake: &Receiver<()>, timeout: Duration) -> bool {
+        let mut select = crossbeam_channel::Select::new();
+        let event = select.recv(&self.events);
+        select.recv(wake);
+        match select.ready_timeout(timeout) {
+            Ok(i) if i == event => true,
+            Ok(_) => {
+                while wake.try_recv().is_ok() {}
+                !self.events.is_empty()
+            }
+            Err(_) => false,
+        }
+    }
     /// Waits up to `timeout` for the next event.
     pub fn next_event(&self, timeout: Duration) -> Option<ClientEvent> {
         self.events.recv_timeout(timeout).ok()
@@ -403,5 +423,47 @@ impl ClientHandle {
 impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.do_close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> (ClientHandle, Sender<ClientEvent>) {
+        let (tx, events) = crossbeam_channel::unbounded();
+        let (requests, _) = crossbeam_channel::unbounded();
+        let handle = ClientHandle {
+            name: "c".into(),
+            events,
+            requests,
+            cells: Arc::new(ClientCells::new()),
+            closed: true,
+        };
+        (handle, tx)
+    }
+
+    fn suspended() -> ClientEvent {
+        ClientEvent::Suspended {
+            link: 0,
+            reason: SuspendReason::LinkDown,
+        }
+    }
+
+    #[test]
+    fn waiting_for_an_event_leaves_it_queued_in_order() {
+        let (h, tx) = handle();
+        let (kick, wake) = crossbeam_channel::bounded(1);
+        assert!(!h.wait_event_or(&wake, Duration::from_millis(1)));
+        kick.send(()).unwrap();
+        assert!(!h.wait_event_or(&wake, Duration::from_millis(1)));
+        assert!(wake.is_empty(), "the wake-up was taken");
+        tx.send(suspended()).unwrap();
+        tx.send(suspended()).unwrap();
+        kick.send(()).unwrap();
+        assert!(h.wait_event_or(&wake, Duration::from_millis(1)));
+        assert!(h.wait_event_or(&wake, Duration::from_millis(1)));
+        assert_eq!(h.events().len(), 2, "nothing taken while waiting");
+        assert!(wake.is_empty());
     }
 }

@@ -934,15 +934,11 @@ fn drive(shared: &Arc<Shared>, messenger: &Messenger, kicked: &crossbeam_channel
                 }
             }
             None => {
-                crossbeam_channel::select! {
-                    recv(shared.handle.events()) -> ev => {
-                        if let Ok(ev) = ev {
-                            shared.core.lock().on_event(&shared.cfg, ev);
-                        }
-                    }
-                    recv(kicked) -> _ => {}
-                    default(Duration::from_millis(2)) => {}
-                }
+                // Events are taken by the next round's pump, under the lock (a host write's
+                // pump takes them too: taken here, one could be applied after a later one).
+                shared
+                    .handle
+                    .wait_event_or(kicked, Duration::from_millis(2));
             }
         }
     }

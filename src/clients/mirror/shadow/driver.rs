@@ -939,18 +939,10 @@ pub(super) fn drive(shared: &Arc<Shared>) {
                 }
             }
             None => {
+                // Events are taken by the next round's pump, under the lock (an appender's
+                // pump takes them too: taken here, one could be applied after a later one).
                 let timeout = if in_flight { BUSY_WAIT } else { IDLE_WAIT };
-                crossbeam_channel::select! {
-                    recv(shared.handle.events()) -> ev => {
-                        if let Ok(ev) = ev {
-                            let mut st = shared.inner.lock();
-                            shared.on_event(&mut st, ev);
-                            shared.pump(&mut st);
-                        }
-                    }
-                    recv(shared.kick.1) -> _ => {}
-                    default(timeout) => {}
-                }
+                shared.handle.wait_event_or(&shared.kick.1, timeout);
             }
         }
     }
