@@ -275,6 +275,42 @@ pub(crate) enum ClientRequest {
     },
 }
 
+/// Waits until a client's event is queued or a wake-up arrives, without taking the event
+/// ([`ClientHandle::event_wait`]). A client that follows its events from more than one thread
+/// takes them with `events().try_recv()` under its own lock, so they are applied in the
+/// order sent: an event taken before the lock could be applied after a later one that
+/// another thread took meanwhile (a `Suspended` after the `Ready` that followed it leaves the
+/// client suspended on a live connection).
+pub struct EventWait<'a> {
+    select: crossbeam_channel::Select<'a>,
+    events: &'a Receiver<ClientEvent>,
+    wake: &'a Receiver<()>,
+    event: usize,
+}
+
+impl EventWait<'_> {
+    /// Waits up to `timeout`: true when an event is queued (still queued), false on a
+    /// wake-up (taken) with no event queued or when the time passed.
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        match self.select.ready_timeout(timeout) {
+            Ok(i) if i == self.event => true,
+            Ok(_) => {
+                while self.wake.try_recv().is_ok() {}
+                !self.events.is_empty()
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for EventWait<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventWait")
+            .field("queued", &self.events.len())
+            .finish()
+    }
+}
+
 /// A registered client: its events and its requests to the manager. Dropping it closes the
 /// client (its resources are torn down at both nodes).
 pub struct ClientHandle {
@@ -302,24 +338,17 @@ impl ClientHandle {
     pub fn events(&self) -> &Receiver<ClientEvent> {
         &self.events
     }
-    /// Waits up to `timeout` until an event is queued (returns true) or `wake` has a message
-    /// (taken; returns whether an event is queued too), without taking the event. A client
-    /// that follows its events from more than one thread takes them with
-    /// `events().try_recv()` under its own lock, so they are applied in the order sent: an
-    /// event taken before the lock could be applied after a later one that another thread
-    /// took meanwhile (a `Suspended` after the `Ready` that followed it leaves the client
-    /// suspended on a live connection).
-    pub fn wait_event_or(&self, wake: &Receiver<()>, timeout: Duration) -> bool {
+    /// A waiter for this client's events and `wake` that takes no event (see [`EventWait`]).
+    /// Made once per thread: waiting through it does not allocate.
+    pub fn event_wait<'a>(&'a self, wake: &'a Receiver<()>) -> EventWait<'a> {
         let mut select = crossbeam_channel::Select::new();
         let event = select.recv(&self.events);
         select.recv(wake);
-        match select.ready_timeout(timeout) {
-            Ok(i) if i == event => true,
-            Ok(_) => {
-                while wake.try_recv().is_ok() {}
-                !self.events.is_empty()
-            }
-            Err(_) => false,
+        EventWait {
+            select,
+            events: &self.events,
+            wake,
+            event,
         }
     }
     /// Waits up to `timeout` for the next event.
@@ -454,15 +483,16 @@ mod tests {
     fn waiting_for_an_event_leaves_it_queued_in_order() {
         let (h, tx) = handle();
         let (kick, wake) = crossbeam_channel::bounded(1);
-        assert!(!h.wait_event_or(&wake, Duration::from_millis(1)));
+        let mut waiter = h.event_wait(&wake);
+        assert!(!waiter.wait(Duration::from_millis(1)));
         kick.send(()).unwrap();
-        assert!(!h.wait_event_or(&wake, Duration::from_millis(1)));
+        assert!(!waiter.wait(Duration::from_millis(1)));
         assert!(wake.is_empty(), "the wake-up was taken");
         tx.send(suspended()).unwrap();
         tx.send(suspended()).unwrap();
         kick.send(()).unwrap();
-        assert!(h.wait_event_or(&wake, Duration::from_millis(1)));
-        assert!(h.wait_event_or(&wake, Duration::from_millis(1)));
+        assert!(waiter.wait(Duration::from_millis(1)));
+        assert!(waiter.wait(Duration::from_millis(1)));
         assert_eq!(h.events().len(), 2, "nothing taken while waiting");
         assert!(wake.is_empty());
     }

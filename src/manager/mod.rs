@@ -50,7 +50,9 @@ pub mod wire;
 /// ready, nothing is placed: a link that fails this early delays the failover to this point.
 pub const STARTUP_GATHER: std::time::Duration = std::time::Duration::from_millis(1500);
 
-pub use client::{ClientEvent, ClientHandle, ClientQp, ClientRegion, Connection, SuspendReason};
+pub use client::{
+    ClientEvent, ClientHandle, ClientQp, ClientRegion, Connection, EventWait, SuspendReason,
+};
 pub use config::*;
 pub use error::ManagerError;
 pub use node::Manager;

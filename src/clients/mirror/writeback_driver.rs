@@ -901,6 +901,7 @@ fn on_message(shared: &Shared, payload: &[u8], out: &mut Outbox) {
 fn drive(shared: &Arc<Shared>, messenger: &Messenger, kicked: &crossbeam_channel::Receiver<()>) {
     let mut waited = Vec::with_capacity(POLL_BATCH);
     let mut checked = Instant::now() - MESSENGER_CHECK;
+    let mut events = shared.handle.event_wait(kicked);
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let counters = (now.duration_since(checked) >= MESSENGER_CHECK).then(|| {
@@ -936,9 +937,7 @@ fn drive(shared: &Arc<Shared>, messenger: &Messenger, kicked: &crossbeam_channel
             None => {
                 // Events are taken by the next round's pump, under the lock (a host write's
                 // pump takes them too: taken here, one could be applied after a later one).
-                shared
-                    .handle
-                    .wait_event_or(kicked, Duration::from_millis(2));
+                events.wait(Duration::from_millis(2));
             }
         }
     }

@@ -919,6 +919,7 @@ impl Shared {
 pub(super) fn drive(shared: &Arc<Shared>) {
     let mut waited = Vec::with_capacity(POLL_BATCH);
     let mut waited_on = None;
+    let mut events = shared.handle.event_wait(&shared.kick.1);
     while !shared.stop.load(Ordering::Relaxed) {
         let (cq, in_flight) = {
             let mut st = shared.inner.lock();
@@ -942,7 +943,7 @@ pub(super) fn drive(shared: &Arc<Shared>) {
                 // Events are taken by the next round's pump, under the lock (an appender's
                 // pump takes them too: taken here, one could be applied after a later one).
                 let timeout = if in_flight { BUSY_WAIT } else { IDLE_WAIT };
-                shared.handle.wait_event_or(&shared.kick.1, timeout);
+                events.wait(timeout);
             }
         }
     }
