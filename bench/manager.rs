@@ -182,14 +182,8 @@ fn run_node(cfg: NodeConfig, shape: Shape, go: Arc<Barrier>) -> Result<NodeRun, 
     let mut qps = 0;
     for h in &handles {
         match h.wait_ready(WAIT) {
-            Some(conn) => qps += conn.qps.len(),
-            None => {
-                return Err(format!(
-                    "node {node}: client {} not ready within {WAIT:?}: {:#?}",
-                    h.name(),
-                    m.status()
-                ))
-            }
+            Ok(conn) => qps += conn.qps.len(),
+            Err(e) => return Err(format!("node {node}: {e}")),
         }
     }
     let ready = Instant::now();

@@ -7,7 +7,8 @@ mod manager_pair;
 use interlink::clients::probe::{Probe, ProbeConfig};
 use interlink::fabric::{Access, ProviderChoice};
 use interlink::manager::{
-    BandwidthClass, ClientEvent, ClientSpec, LinkState, Manager, ReadGrant, RegionSpec,
+    BandwidthClass, ClientEvent, ClientSpec, LinkState, Manager, ManagerError, ReadGrant,
+    RegionSpec,
 };
 use manager_pair::*;
 use std::time::Duration;
@@ -196,6 +197,49 @@ fn refused(cfg_b: impl FnOnce(&mut interlink::manager::NodeConfig), cause: &str)
             "{s:#?}"
         );
         assert_eq!(s.links[0].counters.reconnects, 0);
+    }
+    // A client waiting for the partner is told why it is not coming.
+    let h = mb
+        .register(ClientSpec::new("waiter", BandwidthClass::Low, 1))
+        .expect("register");
+    match h.wait_ready(Duration::from_millis(300)).map(|_| ()) {
+        Err(ManagerError::NotReady { why, .. }) => {
+            assert!(
+                why.to_lowercase().contains(cause),
+                "{cause:?} not in {why:?}"
+            )
+        }
+        other => panic!("wait_ready with the partner refused: {other:?}"),
+    }
+}
+
+/// What the start can know is the start's error: a bootstrap port in use (a second
+/// instance of the node) and an absent verbs device fail `Manager::start`, naming the link,
+/// instead of an Ok manager whose link retries in the background.
+#[test]
+fn start_fails_on_a_port_in_use_and_on_an_absent_device() {
+    init_logs();
+    let dir = temp_dir("start-errors");
+    let port = port_base();
+    let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port);
+    let first = Manager::start(b.clone()).expect("first instance");
+    match Manager::start(b).map(|_| ()) {
+        Err(ManagerError::Listen {
+            link: 0, source, ..
+        }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse, "{source}")
+        }
+        other => panic!("second instance on the same bootstrap port: {other:?}"),
+    }
+    drop(first);
+    // No verbs device serves a loopback address (and a build without the verbs feature has
+    // none at all).
+    let a = a.with_fabric(ProviderChoice::Verbs);
+    match Manager::start(a).map(|_| ()) {
+        Err(e @ ManagerError::OpenDevice { link: 0, .. }) => {
+            assert!(e.to_string().contains("open device"), "{e}")
+        }
+        other => panic!("verbs on a loopback address: {other:?}"),
     }
 }
 

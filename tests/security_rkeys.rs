@@ -66,7 +66,7 @@ fn client(m: &Manager, name: &str) -> ClientHandle {
 
 fn ready(h: &ClientHandle) -> Connection {
     h.wait_ready(WAIT)
-        .unwrap_or_else(|| panic!("{} not ready", h.name()))
+        .unwrap_or_else(|e| panic!("{} not ready: {e}", h.name()))
 }
 
 fn partner_mem(c: &Connection) -> RegionDescriptor {

@@ -6,8 +6,16 @@ use super::types::{Access, EndpointError, ProviderKind};
 #[derive(Debug, thiserror::Error)]
 pub enum FabricError {
     /// The libibverbs provider failed (the verb, errno and context are inside).
+    #[cfg(feature = "verbs")]
     #[error(transparent)]
     Verbs(#[from] super::verbs::VerbsError),
+    /// The verbs provider was asked for, and this build has none (the crate's `verbs` feature
+    /// is off: soft provider only).
+    #[error(
+        "open device: this build has no verbs provider (the interlink crate's `verbs` feature \
+         is off); use the soft provider or build with `--features verbs`"
+    )]
+    VerbsNotBuilt,
     /// The soft provider failed.
     #[error(transparent)]
     Soft(#[from] super::soft::SoftError),

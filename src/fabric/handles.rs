@@ -5,6 +5,7 @@ use super::raw::{RawCompletion, RawOp, RawRecv, RawSend, RawSge};
 use super::soft::{self, SimNet};
 use super::tracker::{Queue, Tracker};
 use super::types::*;
+#[cfg(feature = "verbs")]
 use super::verbs;
 use super::{DeviceConfig, FabricError, ProviderChoice, Result};
 use parking_lot::Mutex;
@@ -16,14 +17,44 @@ use std::time::{Duration, Instant};
 
 /// One object of either provider.
 enum Provider<V, S> {
+    #[cfg(feature = "verbs")]
     Verbs(V),
+    /// Without the `verbs` feature no verbs object can exist: [`Absent`] has no values.
+    #[cfg(not(feature = "verbs"))]
+    #[allow(dead_code)]
+    Verbs(Absent<V>),
     Soft(S),
+}
+
+/// The payload of a verbs object in a build without the `verbs` feature: it has no values,
+/// so the code that would use one is statically unreachable.
+#[cfg(not(feature = "verbs"))]
+struct Absent<V>(std::convert::Infallible, std::marker::PhantomData<V>);
+
+#[cfg(not(feature = "verbs"))]
+impl<V> Absent<V> {
+    fn absurd<T>(&self) -> T {
+        match self.0 {}
+    }
+}
+
+/// The verbs objects' names in a build without the `verbs` feature (none can exist).
+#[cfg(not(feature = "verbs"))]
+mod verbs {
+    pub enum VerbsDevice {}
+    pub enum VerbsPd {}
+    pub enum VerbsCq {}
+    pub enum VerbsMr {}
+    pub enum VerbsQp {}
 }
 
 macro_rules! dispatch {
     ($value:expr, $bind:ident => $body:expr) => {
         match $value {
+            #[cfg(feature = "verbs")]
             Provider::Verbs($bind) => $body,
+            #[cfg(not(feature = "verbs"))]
+            Provider::Verbs(absent) => absent.absurd(),
             Provider::Soft($bind) => $body,
         }
     };
@@ -61,6 +92,12 @@ impl Device {
         }
     }
 
+    #[cfg(not(feature = "verbs"))]
+    fn open_verbs(_: &DeviceConfig) -> Result<Device> {
+        Err(FabricError::VerbsNotBuilt)
+    }
+
+    #[cfg(feature = "verbs")]
     fn open_verbs(cfg: &DeviceConfig) -> Result<Device> {
         let dev = match (&cfg.name, cfg.addr) {
             (Some(name), _) => verbs::VerbsDevice::open_by_name(name, cfg.port)?,
@@ -155,7 +192,10 @@ impl Device {
     /// Allocates a protection domain.
     pub fn alloc_pd(&self) -> Result<ProtectionDomain> {
         let inner = match &*self.inner {
+            #[cfg(feature = "verbs")]
             Provider::Verbs(d) => Provider::Verbs(verbs::VerbsPd::new(d)?),
+            #[cfg(not(feature = "verbs"))]
+            Provider::Verbs(d) => d.absurd(),
             Provider::Soft(d) => Provider::Soft(soft::SoftPd::new(d)),
         };
         Ok(ProtectionDomain {
@@ -167,7 +207,10 @@ impl Device {
     /// Creates a completion queue with room for `depth` completions.
     pub fn create_cq(&self, depth: u32) -> Result<CompletionQueue> {
         let inner = match &*self.inner {
+            #[cfg(feature = "verbs")]
             Provider::Verbs(d) => Provider::Verbs(verbs::VerbsCq::new(d, depth)?),
+            #[cfg(not(feature = "verbs"))]
+            Provider::Verbs(d) => d.absurd(),
             Provider::Soft(d) => Provider::Soft(soft::SoftCq::new(d, depth)),
         };
         Ok(CompletionQueue {
@@ -197,12 +240,18 @@ impl ProtectionDomain {
     /// Allocates `len` zeroed bytes and registers them with exactly `access`.
     pub fn register(&self, len: usize, access: Access) -> Result<MemoryRegion> {
         let inner = match &*self.inner {
+            #[cfg(feature = "verbs")]
             Provider::Verbs(pd) => Provider::Verbs(verbs::VerbsMr::register(pd, len, access)?),
+            #[cfg(not(feature = "verbs"))]
+            Provider::Verbs(pd) => pd.absurd(),
             Provider::Soft(pd) => Provider::Soft(soft::SoftMr::register(pd, len, access)?),
         };
         // As granted: providers drop REMOTE_FLUSH where the device cannot serve a FLUSH.
         let access = match &inner {
+            #[cfg(feature = "verbs")]
             Provider::Verbs(m) => m.access(),
+            #[cfg(not(feature = "verbs"))]
+            Provider::Verbs(m) => m.absurd(),
             Provider::Soft(m) => m.access(),
         };
         Ok(MemoryRegion {
@@ -222,9 +271,12 @@ impl ProtectionDomain {
         cap: QpCapacity,
     ) -> Result<QueuePair> {
         let inner = match (&*self.inner, &send_cq.shared.inner, &recv_cq.shared.inner) {
+            #[cfg(feature = "verbs")]
             (Provider::Verbs(pd), Provider::Verbs(s), Provider::Verbs(r)) => {
                 Provider::Verbs(verbs::VerbsQp::new(pd, s, r, cap)?)
             }
+            #[cfg(not(feature = "verbs"))]
+            (Provider::Verbs(absent), ..) => absent.absurd(),
             (Provider::Soft(pd), Provider::Soft(s), Provider::Soft(r)) => {
                 Provider::Soft(soft::SoftQp::new(pd, s, r, cap)?)
             }
@@ -343,7 +395,10 @@ impl MemoryRegion {
     /// registered and usable.
     pub fn revoke(&self) -> Result<()> {
         match &self.inner.inner {
+            #[cfg(feature = "verbs")]
             Provider::Verbs(m) => m.revoke()?,
+            #[cfg(not(feature = "verbs"))]
+            Provider::Verbs(m) => m.absurd(),
             Provider::Soft(m) => m.revoke(),
         }
         tracing::debug!(
@@ -739,7 +794,10 @@ impl QueuePair {
     /// WRITEs, which the soft responder also executes in order).
     pub fn supports_flush(&self) -> bool {
         match &self.inner {
+            #[cfg(feature = "verbs")]
             Provider::Verbs(q) => q.supports_flush(),
+            #[cfg(not(feature = "verbs"))]
+            Provider::Verbs(q) => q.absurd(),
             Provider::Soft(_) => false,
         }
     }

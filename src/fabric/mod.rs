@@ -97,10 +97,17 @@ impl DeviceConfig {
     }
 }
 
-/// Names of the verbs devices on this machine (empty when libibverbs finds none).
+/// Names of the verbs devices on this machine (empty when libibverbs finds none, or when the
+/// crate is built without its `verbs` feature: see [`VERBS_BUILT`]).
 pub fn verbs_devices() -> Vec<String> {
-    verbs::VerbsDevice::list().unwrap_or_default()
+    #[cfg(feature = "verbs")]
+    return verbs::VerbsDevice::list().unwrap_or_default();
+    #[cfg(not(feature = "verbs"))]
+    Vec::new()
 }
+
+/// Whether this build has the libibverbs provider (the crate's `verbs` feature).
+pub const VERBS_BUILT: bool = cfg!(feature = "verbs");
 
 /// Makes `parking_lot`'s per-thread parking record for the calling thread now. The library
 /// allocates it (and may grow its global table) the first time a thread blocks on one of its

@@ -356,15 +356,56 @@ impl ClientHandle {
         self.events.recv_timeout(timeout).ok()
     }
     /// Waits up to `timeout` for a `Ready` event, skipping others; returns its connection.
-    pub fn wait_ready(&self, timeout: Duration) -> Option<Connection> {
+    /// When none came, the error says why from the manager's view
+    /// ([`ManagerError::NotReady`]: each link's state and last error, such as a partner
+    /// refused for its cluster id or secret, and this client's state).
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Connection> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.events.recv_timeout(left).ok()? {
-                ClientEvent::Ready(c) => return Some(c),
-                _ => continue,
+            match self.events.recv_timeout(left) {
+                Ok(ClientEvent::Ready(c)) => return Ok(c),
+                Ok(_) => continue,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    return Err(ManagerError::NotReady {
+                        client: self.name.clone(),
+                        waited: timeout,
+                        why: self.why_not_ready(),
+                    })
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(ManagerError::Stopped)
+                }
             }
         }
+    }
+
+    /// The links' and this client's states and last errors, from a status snapshot.
+    fn why_not_ready(&self) -> String {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        if self
+            .requests
+            .send(crate::manager::node::Command::Status(reply))
+            .is_err()
+        {
+            return "the manager has stopped".into();
+        }
+        let Ok(status) = rx.recv_timeout(Duration::from_secs(5)) else {
+            return "the manager did not answer a status request within 5 s".into();
+        };
+        let mut parts: Vec<String> = status
+            .links
+            .iter()
+            .map(|l| match &l.last_error {
+                Some(e) => format!("link {} {:?} ({e})", l.id, l.state),
+                None => format!("link {} {:?}", l.id, l.state),
+            })
+            .collect();
+        match status.clients.iter().find(|c| c.name == self.name) {
+            Some(c) => parts.push(format!("client {:?}", c.state)),
+            None => parts.push("client not registered".into()),
+        }
+        parts.join("; ")
     }
     fn send(&self, req: ClientRequest) -> Result<()> {
         self.requests

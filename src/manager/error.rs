@@ -95,6 +95,18 @@ pub enum ManagerError {
     /// The manager has stopped.
     #[error("the manager has stopped")]
     Stopped,
+    /// A client did not become ready in time. `why` is the manager's view at the deadline:
+    /// each link's state and last error (a refused partner names the cluster id, secret or
+    /// version mismatch with both values) and the client's state.
+    #[error("client {client}: not ready after {waited:?}: {why}")]
+    NotReady {
+        /// Client name.
+        client: String,
+        /// How long it was waited for.
+        waited: std::time::Duration,
+        /// The links' and the client's states and last errors.
+        why: String,
+    },
     /// Starting a manager thread failed.
     #[error("spawn thread {name}: {source}")]
     Spawn {

@@ -97,14 +97,20 @@ fn connect_from(
     Ok(socket.into())
 }
 
-/// A running acceptor; dropping it stops the thread.
+/// A running acceptor; dropping it stops the thread and waits for it (at most one poll
+/// period), so the port is free again when the drop returns (a manager started again at
+/// once binds it).
 pub(crate) struct Acceptor {
     stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Drop for Acceptor {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -121,7 +127,8 @@ pub(crate) fn spawn_acceptor(
         .map_err(|source| ManagerError::Listen { link, addr, source })?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    spawn(format!("il-accept-{link}"), move || {
+    let name = format!("il-accept-{link}");
+    let thread = thread::Builder::new().name(name.clone()).spawn(move || {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         while !flag.load(Ordering::Relaxed) {
@@ -155,8 +162,12 @@ pub(crate) fn spawn_acceptor(
                 }
             }
         }
-    })?;
-    Ok(Acceptor { stop })
+    });
+    let thread = thread.map_err(|source| ManagerError::Spawn { name, source })?;
+    Ok(Acceptor {
+        stop,
+        thread: Some(thread),
+    })
 }
 
 /// Reads the connection on a thread until it closes; reports `Bytes` and one `Closed`.

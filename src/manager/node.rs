@@ -64,9 +64,13 @@ impl std::fmt::Debug for Manager {
 }
 
 impl Manager {
-    /// Validates the configuration, reads the secret and starts the event loop. Links are
-    /// brought up in the background (and re-initialised with backoff whenever they fail), so
-    /// this returns before the partner is reachable; clients may register at once.
+    /// Validates the configuration, reads the secret, opens every link's device, binds the
+    /// bootstrap listeners (at the node that listens: the higher id) and starts the event
+    /// loop. What fails here is this call's error: an absent device or a verbs provider this
+    /// build lacks ([`ManagerError::OpenDevice`]), a bootstrap port in use, for instance by a
+    /// second instance of this node ([`ManagerError::Listen`]). The partner is reached in
+    /// the background (links re-initialised with backoff whenever they fail), so this returns
+    /// before it is; clients may register at once.
     pub fn start(config: NodeConfig) -> Result<Manager> {
         config.validate()?;
         let secret = config.read_secret()?;
@@ -74,6 +78,7 @@ impl Manager {
         let ids: Vec<LinkId> = config.links.iter().map(|l| l.id).collect();
         let cells = Arc::new(StateCells::new(&ids));
         let mut rt = Runtime::new(config.clone(), secret, tx.clone(), cells.clone());
+        rt.open_links()?;
         let incarnation = rt.incarnation();
         let thread = std::thread::Builder::new()
             .name(format!("il-manager-{}", config.node_id))

@@ -502,6 +502,28 @@ impl Runtime {
         }
     }
 
+    /// The local half of every link's first attempt, done by `Manager::start` before the
+    /// runtime thread runs so that its failures are the call's: each link's device opened
+    /// and, at the node that listens, its bootstrap port bound (a port in use, a device that
+    /// is absent or a verbs provider this build lacks fail the start, naming the link). Later
+    /// failures (a device lost while running) are retried with the backoff.
+    pub(crate) fn open_links(&mut self) -> Result<()> {
+        let _g = tracing::info_span!("manager", node = self.cfg.node_id).entered();
+        for i in 0..self.links.len() {
+            let link_cfg = self.cfg.links[i].clone();
+            if !initiator(&self.cfg) {
+                let addr = SocketAddr::new(link_cfg.local, link_cfg.bootstrap_port);
+                self.links[i].acceptor = Some(spawn_acceptor(link_cfg.id, addr, self.tx.clone())?);
+                tracing::info!(link = link_cfg.id, %addr, "listening for the partner's bootstrap");
+                self.set_state(i, LinkState::Connecting);
+            }
+            let f = open_fabric(&self.cfg, i)?;
+            tracing::info!(link = link_cfg.id, device = %f.device.name(), provider = %f.device.provider(), "link device open");
+            self.links[i].fabric = Some(f);
+        }
+        Ok(())
+    }
+
     fn start_attempt(&mut self, i: usize) {
         let link_cfg = self.cfg.links[i].clone();
         // The responder listens first, so the partner's first connect is not refused while

@@ -157,6 +157,12 @@ fn main() {
         Cmd::Takeover { node, check, force } => giveback_command(&node, "takeover", check, force),
         Cmd::Giveback { node, check } => giveback_command(&node, "giveback", check, false),
         Cmd::Devices => {
+            if !interlink::fabric::VERBS_BUILT {
+                eprintln!(
+                    "interlink: built without the verbs provider (cargo feature `verbs`): \
+                     soft provider only"
+                );
+            }
             for d in interlink::fabric::verbs_devices() {
                 println!("{d}");
             }
