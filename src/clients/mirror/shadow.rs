@@ -1,4 +1,4 @@
-//! The shadow log driver (F5.1, F5.2, F5.5): binds a [`ShadowLog`] to a manager client so
+//! The shadow log driver (F5.1, F5.2, F5.5): binds a [`ShadowLog`](crate::clients::mirror::ShadowLog) to a manager client so
 //! every append is durable in local NVRAM **and** complete in the partner's memory before it
 //! returns. Both nodes run one: each is the writer of its own log and the mirror of the
 //! partner's.
@@ -37,7 +37,7 @@
 //! On `Suspended` the log rewinds its unacknowledged writes; appends wait (up to
 //! [`ShadowConfig::link_timeout`] before anything is appended, see
 //! [`MirrorError::AppendNoLink`]). On every `Ready` with a new queue pair the driver
-//! **re-sends the live log**: it re-opens the local log ([`ShadowLog::open`]), which queues
+//! **re-sends the live log**: it re-opens the local log ([`ShadowLog::open`](crate::clients::mirror::ShadowLog::open)), which queues
 //! the superblock, the checkpoint slots and every record after the checkpoint in force, in
 //! order; every write that was in flight is among them. Re-posting only the pending writes
 //! would be enough when the partner's region was carried over intact, but the driver cannot

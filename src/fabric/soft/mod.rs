@@ -2,7 +2,7 @@
 //! in-process simulated network ([`SimNet`]).
 //!
 //! Each device runs one engine thread that takes inbound packets and drives retransmission
-//! timers. Queue pairs implement the reliable-connected protocol in [`rc`]: PSNs, cumulative
+//! timers. Queue pairs implement the reliable-connected protocol in `rc.rs`: PSNs, cumulative
 //! ACKs, go-back-N retransmission after the ACK timeout, RNR NAKs, and NAKs for remote access
 //! violations. Every remote READ/WRITE is checked on the target against its regions (rkey,
 //! protection domain, bounds, access right); a violation NAKs the initiator (remote-access error

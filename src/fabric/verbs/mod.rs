@@ -3,15 +3,15 @@
 //! Object graph (each child holds an `Arc` of its parent, so the parent outlives it and the
 //! destroy order libibverbs requires falls out of `Drop`):
 //!
-//! [`VerbsDevice`] (context, port, GID, async-event thread) → [`VerbsPd`] → [`VerbsMr`]
-//! (owns its page-aligned memory); [`VerbsDevice`] → [`VerbsCq`] (with its completion channel);
-//! [`VerbsPd`] + 2 × [`VerbsCq`] → [`VerbsQp`] (RC).
+//! `VerbsDevice` (context, port, GID, async-event thread) → `VerbsPd` → `VerbsMr`
+//! (owns its page-aligned memory); `VerbsDevice` → `VerbsCq` (with its completion channel);
+//! `VerbsPd` + 2 × `VerbsCq` → `VerbsQp` (RC).
 //!
 //! Thread safety: libibverbs documents every verb as thread safe, so the raw handles are shared
-//! between threads behind [`Handle`]; the few multi-step sequences (QP state changes, waiting
+//! between threads behind `Handle`; the few multi-step sequences (QP state changes, waiting
 //! on a completion channel) are serialised with a mutex here.
 //!
-//! Errors: every failed verb has its own [`VerbsError`] variant carrying the errno and the
+//! Errors: every failed verb has its own `VerbsError` variant carrying the errno and the
 //! context needed to act on it.
 //!
 //! Only with the crate's `verbs` feature (the default): without it nothing here links

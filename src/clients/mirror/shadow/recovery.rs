@@ -126,7 +126,7 @@ pub struct Recovered {
 }
 
 impl ShadowMirror {
-    /// Recovers this node's own log (see the [module docs](self)) without a mailbox (no
+    /// Recovers this node's own log (see `shadow/recovery.rs`) without a mailbox (no
     /// giveback client): `partner_replayed` is the partner's replay cursor of this node's log
     /// (`None` if the partner never replayed it, or with no partner able to take over);
     /// `sink` applies a record of the previous run that nobody applied, in order. Returns
@@ -148,7 +148,7 @@ impl ShadowMirror {
         self.recover_knowing(partner_replayed, false, OwnLogKnowledge::Unknown, sink)
     }
 
-    /// Recovers this node's own log (see the [module docs](self)) with what the giveback
+    /// Recovers this node's own log (see `shadow/recovery.rs`) with what the giveback
     /// client hands the own-log recovery hook: the partner's replay cursor, and the marks of
     /// this node's mailbox record, which the shadow log keeps from then on (the generation of
     /// each new log is recorded there before anything is appended to it; the outdated mark

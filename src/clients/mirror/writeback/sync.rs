@@ -86,7 +86,7 @@ use std::time::Instant;
 /// Resync copies in progress at most.
 pub const RESYNC_WINDOW: usize = 16;
 
-/// A dirty block and its write sequence (see the [module docs](self)).
+/// A dirty block and its write sequence (see `writeback/sync.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DirtyRef {
     /// The unit.
@@ -116,7 +116,7 @@ pub struct TakeoverReport {
 }
 
 impl<B: NvramBacking> WriteBackPrimary<B> {
-    /// The partner took this table's blocks over (see the [module docs](self)): every write
+    /// The partner took this table's blocks over (see `writeback/sync.rs`): every write
     /// in progress is resolved as a crash would resolve it and dropped, every block is freed,
     /// and the notices, holds and resync state go with them. Returns the host writes that
     /// never got their status (queued or in progress: their callers learn they were
@@ -465,7 +465,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
 impl<B: NvramBacking> WriteBackMirror<B> {
     /// The partner is gone for good: its writes in progress are aborted, then every settled
     /// block of its image goes to `sink` (in block order) and is freed once the sink
-    /// returns (see the [module docs](self)). The first sink error stops the takeover: that
+    /// returns (see `writeback/sync.rs`). The first sink error stops the takeover: that
     /// block and the ones after it stay for the next one.
     pub fn take_over(
         &mut self,
