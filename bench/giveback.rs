@@ -245,7 +245,7 @@ impl Node {
         let reservations =
             FileReservations::open(dir, me).map_err(|e| format!("node {me}: reservations: {e}"))?;
         let giveback = GivebackNode::start(
-            manager.clone(),
+            &manager,
             GivebackOptions {
                 interval: None, // the heartbeat interval
                 miss_intervals: MISS,

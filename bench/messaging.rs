@@ -128,7 +128,7 @@ struct Node {
     call: Messenger,
     /// Flood messages B's handler counted.
     flood: Arc<AtomicU64>,
-    manager: Manager,
+    manager: Arc<Manager>,
 }
 
 impl Node {
@@ -150,7 +150,7 @@ struct Streams {
 
 const STREAM_NAMES: [&str; 2] = ["aggregated", "unaggregated"];
 
-fn start_streams(m: &Manager) -> Result<([Messenger; 2], [Arc<StreamCount>; 2]), String> {
+fn start_streams(m: &Arc<Manager>) -> Result<([Messenger; 2], [Arc<StreamCount>; 2]), String> {
     let start = |name: &str, aggregate| {
         Messenger::start(m, messenger_config(name, BandwidthClass::Medium, aggregate))
             .map_err(|e| format!("messenger {name}: {e}"))
@@ -245,7 +245,7 @@ fn stream_handler(m: &Messenger, count: Arc<StreamCount>) {
 
 fn start_node(cfg: NodeConfig) -> Result<Node, String> {
     let id = cfg.node_id;
-    let manager = Manager::start(cfg).map_err(|e| format!("node {id}: start: {e}"))?;
+    let manager = Arc::new(Manager::start(cfg).map_err(|e| format!("node {id}: start: {e}"))?);
     let start = |name: &str, class, aggregate| {
         Messenger::start(&manager, messenger_config(name, class, aggregate))
             .map_err(|e| format!("node {id}: messenger {name}: {e}"))
@@ -372,7 +372,7 @@ impl Raw {
             4096,
             Access::LOCAL_WRITE | Access::REMOTE_WRITE,
         );
-        let register = |m: &Manager| m.register(spec.clone()).expect("register bench-raw");
+        let register = |m: &Arc<Manager>| m.register(spec.clone()).expect("register bench-raw");
         let handles = [register(&pair.a.manager), register(&pair.b.manager)];
         let conns = [0, 1].map(|i| {
             handles[i]

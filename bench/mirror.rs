@@ -59,6 +59,7 @@ use pair::*;
 use std::cell::{OnceCell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Payload sizes of the latency benchmarks.
@@ -182,7 +183,7 @@ fn backings(dir: &Path, node: u32) -> Result<(Nvram, Nvram), String> {
 
 /// One node: its manager and shadow mirror.
 struct Node {
-    manager: Manager,
+    manager: Arc<Manager>,
     shadow: ShadowMirror,
 }
 
@@ -193,7 +194,8 @@ impl Node {
         let name = format!("bench-node-{}", cfg.node_id);
         join(spawn_in(ns, &name, move || {
             let me = cfg.node_id;
-            let manager = Manager::start(cfg).map_err(|e| format!("node {me}: start: {e}"))?;
+            let manager =
+                Arc::new(Manager::start(cfg).map_err(|e| format!("node {me}: start: {e}"))?);
             let (log, cursor) = backings(&dir, me)?;
             let shadow = ShadowMirror::start(&manager, shadow_config(), log, cursor)
                 .map_err(|e| format!("node {me}: shadow mirror: {e}"))?;

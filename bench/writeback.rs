@@ -38,6 +38,7 @@ use interlink::manager::{LinkConfig, Manager, NodeConfig};
 use pair::*;
 use std::cell::OnceCell;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BLOCK: usize = 4096;
@@ -47,7 +48,7 @@ const WAIT: Duration = Duration::from_secs(120);
 
 struct Node {
     wb: MirroredWriteBack,
-    manager: Manager,
+    manager: Arc<Manager>,
 }
 
 struct Pair {
@@ -90,7 +91,7 @@ fn configs(net: &Net, secret: &Path) -> (NodeConfig, NodeConfig) {
 
 fn start_node(cfg: NodeConfig) -> Result<Node, String> {
     let id = cfg.node_id;
-    let manager = Manager::start(cfg).map_err(|e| format!("node {id}: start: {e}"))?;
+    let manager = Arc::new(Manager::start(cfg).map_err(|e| format!("node {id}: start: {e}"))?);
     let c = config();
     let len = c.geometry.required_len();
     let wb = MirroredWriteBack::start(

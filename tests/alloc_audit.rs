@@ -365,7 +365,7 @@ fn fabric_tcp_loopback_post_and_poll_do_not_allocate() {
 
 // ------------------------------------------------------------------ shadow log
 
-fn managers(tag: &str) -> (Manager, Manager) {
+fn managers(tag: &str) -> (Arc<Manager>, Arc<Manager>) {
     init_logs();
     let dir = temp_dir(tag);
     let (a, b) = pair(
@@ -376,8 +376,8 @@ fn managers(tag: &str) -> (Manager, Manager) {
         port_base(),
     );
     (
-        Manager::start(a).expect("start A"),
-        Manager::start(b).expect("start B"),
+        Arc::new(Manager::start(a).expect("start A")),
+        Arc::new(Manager::start(b).expect("start B")),
     )
 }
 
@@ -385,7 +385,7 @@ fn managers(tag: &str) -> (Manager, Manager) {
 fn shadow_append_does_not_allocate() {
     let _g = serial();
     let (ma, mb) = managers("alloc-shadow");
-    let start = |m: &Manager| {
+    let start = |m: &Arc<Manager>| {
         let s = ShadowMirror::start(
             m,
             ShadowConfig::new(),
@@ -421,7 +421,7 @@ const PONG: u8 = 2;
 fn messenger_ping_pong_does_not_allocate() {
     let _g = serial();
     let (ma, mb) = managers("alloc-msg");
-    let start = |m: &Manager| {
+    let start = |m: &Arc<Manager>| {
         Messenger::start(m, MessengerConfig::new("msg", BandwidthClass::Low)).expect("messenger")
     };
     let a = start(&ma);

@@ -67,7 +67,7 @@ fn start_with_hook(
         replay()
     }));
     let giveback = GivebackNode::start(
-        manager.clone(),
+        &manager,
         options,
         Box::new(FileMailbox::open(dir, me, cfg.partner_id).expect("mailbox")),
         Box::new(FileReservations::open(dir, me).expect("reservations")),
@@ -466,7 +466,7 @@ fn a_start_refuses_a_node_id_another_live_process_writes_in_the_mailbox() {
     let manager = Arc::new(Manager::start(a.clone()).expect("start manager"));
     let start = || {
         GivebackNode::start(
-            manager.clone(),
+            &manager,
             GivebackOptions::default(),
             Box::new(FileMailbox::open(&dir, 1, 2).expect("mailbox")),
             Box::new(FileReservations::open(&dir, 1).expect("reservations")),

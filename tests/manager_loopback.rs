@@ -11,20 +11,21 @@ use interlink::manager::{
     RegionSpec,
 };
 use manager_pair::*;
+use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn start_pair(links: u8) -> (Manager, Manager, std::path::PathBuf) {
+fn start_pair(links: u8) -> (Arc<Manager>, Arc<Manager>, std::path::PathBuf) {
     init_logs();
     let dir = temp_dir("mgr");
     let (a, b) = pair(&dir, links, loopback, ProviderChoice::Soft, port_base());
-    let ma = Manager::start(a).expect("start A");
-    let mb = Manager::start(b).expect("start B");
+    let ma = Arc::new(Manager::start(a).expect("start A"));
+    let mb = Arc::new(Manager::start(b).expect("start B"));
     (ma, mb, dir)
 }
 
-fn probes(m: &Manager) -> Vec<Probe> {
+fn probes(m: &Arc<Manager>) -> Vec<Probe> {
     vec![
         Probe::start(m, ProbeConfig::new("mirror", BandwidthClass::High)).expect("probe"),
         Probe::start(m, ProbeConfig::new("cfo", BandwidthClass::Low)).expect("probe"),
@@ -171,8 +172,8 @@ fn refused(cfg_b: impl FnOnce(&mut interlink::manager::NodeConfig), cause: &str)
     let dir = temp_dir("refuse");
     let (a, mut b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
     cfg_b(&mut b);
-    let ma = Manager::start(a).expect("start A");
-    let mb = Manager::start(b).expect("start B");
+    let ma = Arc::new(Manager::start(a).expect("start A"));
+    let mb = Arc::new(Manager::start(b).expect("start B"));
     let _pa = Probe::start(&ma, ProbeConfig::new("p", BandwidthClass::Low)).expect("probe");
     let _pb = Probe::start(&mb, ProbeConfig::new("p", BandwidthClass::Low)).expect("probe");
     for m in [&ma, &mb] {
@@ -222,7 +223,7 @@ fn start_fails_on_a_port_in_use_and_on_an_absent_device() {
     let dir = temp_dir("start-errors");
     let port = port_base();
     let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port);
-    let first = Manager::start(b.clone()).expect("first instance");
+    let first = Arc::new(Manager::start(b.clone()).expect("first instance"));
     match Manager::start(b).map(|_| ()) {
         Err(ManagerError::Listen {
             link: 0, source, ..
@@ -231,6 +232,7 @@ fn start_fails_on_a_port_in_use_and_on_an_absent_device() {
         }
         other => panic!("second instance on the same bootstrap port: {other:?}"),
     }
+    first.shutdown();
     drop(first);
     // No verbs device serves a loopback address (and a build without the verbs feature has
     // none at all).
@@ -264,8 +266,8 @@ fn version_range_mismatch_refused_on_both_sides() {
 fn partner_restart_reinitialises_and_clients_come_back() {
     let dir = temp_dir("restart");
     let (a, b) = pair(&dir, 2, loopback, ProviderChoice::Soft, port_base());
-    let ma = Manager::start(a).expect("start A");
-    let mb = Manager::start(b.clone()).expect("start B");
+    let ma = Arc::new(Manager::start(a).expect("start A"));
+    let mb = Arc::new(Manager::start(b.clone()).expect("start B"));
     let pa = Probe::start(&ma, ProbeConfig::new("p", BandwidthClass::Low)).expect("probe");
     let pb = Probe::start(&mb, ProbeConfig::new("p", BandwidthClass::Low)).expect("probe");
     assert!(
@@ -275,13 +277,14 @@ fn partner_restart_reinitialises_and_clients_come_back() {
     );
     let first = ma.status().expect("status").partner_incarnation;
     drop(pb);
+    mb.shutdown();
     drop(mb);
     assert!(
         ma.wait_status(WAIT, |s| !clients_ready(s, &["p"]))
             .expect("status")
             .0
     );
-    let mb = Manager::start(b).expect("restart B");
+    let mb = Arc::new(Manager::start(b).expect("restart B"));
     let _pb = Probe::start(&mb, ProbeConfig::new("p", BandwidthClass::Low)).expect("probe");
     let (ok, s) = ma
         .wait_status(WAIT, |s| {
@@ -313,7 +316,7 @@ fn replayed_bootstrap_message_is_refused() {
     let port = port_base();
     let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port);
     let secret = a.read_secret().expect("secret");
-    let mb = Manager::start(b).expect("start B");
+    let mb = Arc::new(Manager::start(b).expect("start B"));
     let (local, _) = loopback(0);
     let connect = || connect_as_partner(port);
     let params = || initiator_params(secret.clone());
@@ -462,9 +465,9 @@ fn connections_that_do_not_authenticate_leave_the_link_alone() {
     let dir = temp_dir("pending");
     let port = port_base();
     let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port);
-    let ma = Manager::start(a.clone()).expect("start A");
-    let mb = Manager::start(b).expect("start B");
-    let ready = |m: &Manager| {
+    let ma = Arc::new(Manager::start(a.clone()).expect("start A"));
+    let mb = Arc::new(Manager::start(b).expect("start B"));
+    let ready = |m: &Arc<Manager>| {
         m.status()
             .unwrap()
             .links
@@ -480,7 +483,7 @@ fn connections_that_do_not_authenticate_leave_the_link_alone() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let counters = |m: &Manager| m.status().unwrap().links[0].counters;
+    let counters = |m: &Arc<Manager>| m.status().unwrap().links[0].counters;
     let (before_a, before_b) = (counters(&ma), counters(&mb));
     let connect = || connect_as_partner(port);
     let wrong_secret = || initiator_params(vec![0x5a; 32]);
@@ -522,8 +525,9 @@ fn connections_that_do_not_authenticate_leave_the_link_alone() {
     assert_eq!(after_b.reconnects, before_b.reconnects);
     assert!(ready(&ma) && ready(&mb));
     // The real partner restarts: its new connection authenticates and replaces the link's.
+    ma.shutdown();
     drop(ma);
-    let ma = Manager::start(a).expect("restart A");
+    let ma = Arc::new(Manager::start(a).expect("restart A"));
     let t0 = std::time::Instant::now();
     while !(ready(&ma) && ready(&mb) && counters(&mb).reconnects > before_b.reconnects) {
         assert!(t0.elapsed() < WAIT, "{:#?}", mb.status().unwrap().links);

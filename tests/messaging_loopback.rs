@@ -16,16 +16,16 @@ const WAIT: Duration = Duration::from_secs(30);
 const ECHO: u8 = 1;
 const STREAM: u8 = 2;
 
-fn start_pair(links: u8) -> (Manager, Manager, std::path::PathBuf) {
+fn start_pair(links: u8) -> (Arc<Manager>, Arc<Manager>, std::path::PathBuf) {
     init_logs();
     let dir = temp_dir("msg");
     let (a, b) = pair(&dir, links, loopback, ProviderChoice::Soft, port_base());
-    let ma = Manager::start(a).expect("start A");
-    let mb = Manager::start(b).expect("start B");
+    let ma = Arc::new(Manager::start(a).expect("start A"));
+    let mb = Arc::new(Manager::start(b).expect("start B"));
     (ma, mb, dir)
 }
 
-fn messenger(m: &Manager, timeout: Duration) -> Messenger {
+fn messenger(m: &Arc<Manager>, timeout: Duration) -> Messenger {
     let mut cfg = MessengerConfig::new("msg", BandwidthClass::Low);
     cfg.partner_timeout = timeout;
     let ms = Messenger::start(m, cfg).expect("messenger");
@@ -139,6 +139,7 @@ fn partner_lost_with_calls_pending_fails_them_all_once() {
     }
     wait_for("calls held at B", || held.lock().len() == 50);
     drop(mb);
+    b.shutdown();
     drop(b);
     wait_for("callbacks", || outcomes.lock().len() == 50);
     std::thread::sleep(Duration::from_millis(300));
@@ -148,4 +149,27 @@ fn partner_lost_with_calls_pending_fails_them_all_once() {
         .iter()
         .all(|(_, r)| *r == Err(CallFailure::PartnerInoperative)));
     assert_eq!(ma.stats().partner_failures, 1);
+}
+
+/// Every client keeps its manager alive: messengers started on handles nobody else keeps
+/// connect and answer calls (with the manager borrowed, `Messenger::start(&Manager::start(..)?)`
+/// compiled, the manager shut down at the end of the statement and nothing ever connected).
+#[test]
+fn a_client_keeps_its_manager_alive() {
+    init_logs();
+    let dir = temp_dir("msg-keep");
+    let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    let ma = messenger(
+        &Arc::new(Manager::start(a).expect("start A")),
+        Duration::from_secs(5),
+    );
+    let mb = messenger(
+        &Arc::new(Manager::start(b).expect("start B")),
+        Duration::from_secs(5),
+    );
+    assert!(ma.wait_connected(WAIT) && mb.wait_connected(WAIT));
+    let reply = ma
+        .call(Head::control(ECHO), b"alive", Duration::from_secs(10))
+        .expect("call");
+    assert_eq!(reply, b"alive");
 }

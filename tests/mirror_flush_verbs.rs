@@ -22,6 +22,7 @@ use interlink::clients::mirror::{MemoryNvram, ShadowConfig, ShadowMirror};
 use interlink::fabric::*;
 use interlink::manager::{Manager, NodeConfig};
 use manager_pair::*;
+use std::sync::Arc;
 use suite::{in_netns, next, pattern, Pair, PATIENCE};
 
 /// The queue pairs of `p` with FLUSH asked for, connected.
@@ -137,9 +138,13 @@ fn a_queue_pair_without_flush_refuses_to_post_one() {
     ));
 }
 
-fn start_in(ns: &'static str, cfg: NodeConfig, durability: Durability) -> (Manager, ShadowMirror) {
+fn start_in(
+    ns: &'static str,
+    cfg: NodeConfig,
+    durability: Durability,
+) -> (Arc<Manager>, ShadowMirror) {
     in_netns(ns, || {
-        let m = Manager::start(cfg).expect("start manager");
+        let m = Arc::new(Manager::start(cfg).expect("start manager"));
         let mut sc = ShadowConfig::new();
         sc.durability = durability;
         let s = ShadowMirror::start(

@@ -25,16 +25,16 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn managers() -> (NodeConfig, NodeConfig, Manager, Manager) {
+fn managers() -> (NodeConfig, NodeConfig, Arc<Manager>, Arc<Manager>) {
     init_logs();
     let dir = temp_dir("shadow");
     let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
-    let ma = Manager::start(a.clone()).expect("start A");
-    let mb = Manager::start(b.clone()).expect("start B");
+    let ma = Arc::new(Manager::start(a.clone()).expect("start A"));
+    let mb = Arc::new(Manager::start(b.clone()).expect("start B"));
     (a, b, ma, mb)
 }
 
-fn shadow(m: &Manager, log_len: usize, cfg: ShadowConfig) -> Arc<ShadowMirror> {
+fn shadow(m: &Arc<Manager>, log_len: usize, cfg: ShadowConfig) -> Arc<ShadowMirror> {
     let s = ShadowMirror::start(
         m,
         cfg,
@@ -312,9 +312,10 @@ fn partner_restart_mid_stream_loses_nothing_acknowledged() {
     // B restarts (a new process: a fresh, empty mirror region) while A keeps writing.
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
     let at_stop = writer.stats().acknowledged;
-    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B"));
     let b = shadow(&mb, len, cfg.clone());
     connected(&b);
     let t0 = Instant::now();
@@ -350,6 +351,7 @@ fn partner_absent_appends_complete_unmirrored_then_are_mirrored_when_it_returns(
     }
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
     // Blocks until the partner is declared absent, then completes unmirrored.
     let r = a.append(&writer_payload(11, 50)).unwrap();
@@ -360,7 +362,7 @@ fn partner_absent_appends_complete_unmirrored_then_are_mirrored_when_it_returns(
     let st = a.stats();
     assert!(st.partner_absent && st.unmirrored == 10, "{st:#?}");
     // B returns: the live log (records 1..=20) is re-sent; appends are mirrored again.
-    let mb = Manager::start(bcfg).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg).expect("restart B"));
     let b = shadow(&mb, len, cfg);
     connected(&a);
     let r = a.append(&writer_payload(21, 50)).unwrap();
@@ -375,7 +377,7 @@ fn partner_absent_appends_complete_unmirrored_then_are_mirrored_when_it_returns(
 /// A shadow mirror on NVRAM files in `dir` (they outlive the mirror: a restart re-opens them),
 /// not recovered yet.
 fn shadow_on_files(
-    m: &Manager,
+    m: &Arc<Manager>,
     dir: &std::path::Path,
     len: usize,
     cfg: ShadowConfig,
@@ -429,8 +431,9 @@ fn a_restart_before_any_takeover_applies_its_own_log_exactly_once() {
     // anyone took it over: its records after the checkpoint are applied by B itself.
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
-    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B"));
     let b = shadow_on_files(&mb, &dir, len, ShadowConfig::new());
     let err = b
         .append_timeout(&writer_payload(1, 100), Duration::from_millis(50))
@@ -456,8 +459,9 @@ fn a_restart_before_any_takeover_applies_its_own_log_exactly_once() {
     // (its checkpoint moved with the records it applied).
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
-    let mb = Manager::start(bcfg.clone()).expect("restart B again");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B again"));
     let b = shadow_on_files(&mb, &dir, len, ShadowConfig::new());
     let mut again = Vec::new();
     let r = b.recover(None, collect(&mut again)).expect("recover");
@@ -501,6 +505,7 @@ fn a_restart_after_the_partner_replayed_applies_nothing_again() {
     }
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
     // A takes B over and replays its log; its cursor is what its mailbox record publishes.
     let replayed = a.replay_partner().unwrap();
@@ -514,7 +519,7 @@ fn a_restart_after_the_partner_replayed_applies_nothing_again() {
         ),
         (old, 12, true)
     );
-    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B"));
     let b = shadow_on_files(&mb, &dir, len, ShadowConfig::new());
     let r = b
         .recover(Some(cursor), |rec| {
@@ -697,6 +702,7 @@ fn a_partner_declared_failed_stops_appends_waiting_at_once() {
     assert!(a.append(&writer_payload(1, 50)).unwrap().mirrored);
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
     // A deadline bounds an append while nobody has declared the partner failed yet.
     let t0 = Instant::now();
@@ -747,6 +753,7 @@ fn nothing_is_acknowledged_unmirrored_before_the_partner_copy_is_marked_outdated
     wait_confirmed(&mark, mb.incarnation());
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
     // The partner is absent: the next append asks for the mark, and waits while no mailbox
     // write carried it.
@@ -764,7 +771,7 @@ fn nothing_is_acknowledged_unmirrored_before_the_partner_copy_is_marked_outdated
     assert!(!r.mirrored);
     assert!(!a.append(&writer_payload(7, 50)).unwrap().mirrored);
     // The partner returns: the live log is re-sent, and the mark goes once it is complete.
-    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B"));
     let b = shadow(&mb, len, cfg.clone());
     connected(&a);
     let t0 = Instant::now();
@@ -846,8 +853,9 @@ fn a_restarted_partner_holds_a_confirmed_copy_only_after_the_re_send_completed_o
     // names the old one: a survivor B would refuse an automatic takeover.
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
-    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B"));
     assert_ne!(mb.incarnation(), first);
     assert!(!mark.is_confirmed_for(mb.incarnation()));
     let b = shadow(&mb, len, cfg.clone());
@@ -905,6 +913,7 @@ fn the_durability_point_is_a_read_behind_the_writes_unless_delivery_is_enough() 
 fn a_log_started_while_the_partner_is_absent_is_sent_whole_when_it_comes() {
     let (_, bcfg, ma, mb) = managers();
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
     let len = 64 * 1024;
     let mut cfg = ShadowConfig::new();
@@ -915,7 +924,7 @@ fn a_log_started_while_the_partner_is_absent_is_sent_whole_when_it_comes() {
     for seq in 1..=5 {
         assert!(!a.append(&writer_payload(seq, 40)).unwrap().mirrored);
     }
-    let mb = Manager::start(bcfg.clone()).expect("start B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("start B"));
     let b = shadow(&mb, len, cfg.clone());
     connected(&a);
     assert!(a.append(&writer_payload(6, 40)).unwrap().mirrored);

@@ -32,17 +32,17 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn managers() -> (NodeConfig, NodeConfig, Manager, Manager) {
+fn managers() -> (NodeConfig, NodeConfig, Arc<Manager>, Arc<Manager>) {
     init_logs();
     let dir = temp_dir("nvram-loss");
     let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
-    let ma = Manager::start(a.clone()).expect("start A");
-    let mb = Manager::start(b.clone()).expect("start B");
+    let ma = Arc::new(Manager::start(a.clone()).expect("start A"));
+    let mb = Arc::new(Manager::start(b.clone()).expect("start B"));
     (a, b, ma, mb)
 }
 
 /// A shadow mirror without a mailbox on memory NVRAM, recovered fresh.
-fn plain(m: &Manager, len: usize) -> Arc<ShadowMirror> {
+fn plain(m: &Arc<Manager>, len: usize) -> Arc<ShadowMirror> {
     let s = ShadowMirror::start(
         m,
         ShadowConfig::new(),
@@ -56,7 +56,7 @@ fn plain(m: &Manager, len: usize) -> Arc<ShadowMirror> {
 }
 
 /// A shadow mirror on NVRAM files in `dir` (they outlive it), not recovered yet.
-fn on_files(m: &Manager, dir: &Path, len: usize, cfg: ShadowConfig) -> ShadowMirror {
+fn on_files(m: &Arc<Manager>, dir: &Path, len: usize, cfg: ShadowConfig) -> ShadowMirror {
     let node = m.config().node_id;
     let (log, cursor) = file_backings(dir, node, len).expect("NVRAM files");
     ShadowMirror::start(m, cfg, log, cursor).expect("start shadow mirror")
@@ -169,7 +169,7 @@ fn wait_stats(s: &ShadowMirror, what: &str, mut pred: impl FnMut(&ShadowStats) -
 
 /// B (on files in `dir`, with the mailbox on `disk`) starts fresh, appends 1..=40 mirrored
 /// with a checkpoint through 15 mirrored, and is killed. Returns its log generation.
-fn run_and_kill_b(mb: Manager, dir: &Path, len: usize, disk: &Arc<Disk>) -> u64 {
+fn run_and_kill_b(mb: Arc<Manager>, dir: &Path, len: usize, disk: &Arc<Disk>) -> u64 {
     let mailbox = MemMailbox::boot(disk);
     let b = on_files(&mb, dir, len, ShadowConfig::new());
     let r = b
@@ -220,7 +220,7 @@ fn a_node_that_lost_its_nvram_fetches_its_log_from_the_partner_and_applies_it_on
     let node = bcfg.node_id;
     std::fs::remove_file(log_path(&dir, node)).unwrap();
     std::fs::remove_file(cursor_path(&dir, node)).unwrap();
-    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B"));
     let mailbox = MemMailbox::boot(&disk);
     let b = on_files(&mb, &dir, len, ShadowConfig::new());
     let mut applied = Vec::new();
@@ -265,7 +265,7 @@ fn a_corrupt_nvram_is_fetched_and_a_crash_in_the_middle_resumes_without_applying
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[12] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
-    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B"));
     let mailbox = MemMailbox::boot(&disk);
     let b = on_files(&mb, &dir, len, ShadowConfig::new());
     // The sink refuses record 30: everything before it is applied and stays applied.
@@ -289,8 +289,9 @@ fn a_corrupt_nvram_is_fetched_and_a_crash_in_the_middle_resumes_without_applying
     drop(b);
     drop(mailbox);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
-    let mb = Manager::start(bcfg.clone()).expect("restart B again");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B again"));
     let mailbox = MemMailbox::boot(&disk);
     let b = on_files(&mb, &dir, len, ShadowConfig::new());
     let mut again = Vec::new();
@@ -320,7 +321,7 @@ fn an_own_recovery_without_the_partner_says_so_in_the_mailbox_before_it_applies(
     let old = run_and_kill_b(mb, &dir, len, &disk);
     drop(a);
     ma.shutdown();
-    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B"));
     let mailbox = MemMailbox::boot(&disk);
     let b = on_files(&mb, &dir, len, ShadowConfig::new());
     let mut applied = Vec::new();
@@ -362,12 +363,13 @@ fn no_valid_copy_anywhere_refuses_to_serve_and_formats_nothing() {
     // Both nodes restart together: A's copy of B's log went with A's memory.
     drop(a);
     ma.shutdown();
+    ma.shutdown();
     drop(ma);
     let path = log_path(&dir, bcfg.node_id);
     std::fs::write(&path, vec![0u8; len]).unwrap();
-    let ma = Manager::start(acfg.clone()).expect("restart A");
+    let ma = Arc::new(Manager::start(acfg.clone()).expect("restart A"));
     let a = plain(&ma, len);
-    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B"));
     let mailbox = MemMailbox::boot(&disk);
     let b = on_files(&mb, &dir, len, ShadowConfig::new());
     let err = b
@@ -431,7 +433,7 @@ fn a_lost_log_without_the_partner_is_refused_after_the_fetch_deadline() {
     drop(a);
     ma.shutdown();
     std::fs::remove_file(log_path(&dir, bcfg.node_id)).unwrap();
-    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B"));
     let mailbox = MemMailbox::boot(&disk);
     let mut cfg = ShadowConfig::new();
     cfg.fetch_timeout = Duration::from_millis(300);
@@ -491,12 +493,13 @@ fn without_a_mailbox_a_corrupt_log_is_fetched_but_a_blank_one_starts_fresh() {
     let old = b.generation();
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
     let path = log_path(&dir, bcfg.node_id);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[12] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
-    let mb = Manager::start(bcfg.clone()).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B"));
     let b = on_files(&mb, &dir, len, ShadowConfig::new());
     let mut applied = Vec::new();
     let r = b.recover(None, collect(&mut applied)).expect("fetched");
@@ -509,9 +512,10 @@ fn without_a_mailbox_a_corrupt_log_is_fetched_but_a_blank_one_starts_fresh() {
     // documented, and the partner's copy of the new generation replaces the old one.
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
     std::fs::write(&path, vec![0u8; len]).unwrap();
-    let mb = Manager::start(bcfg.clone()).expect("restart B again");
+    let mb = Arc::new(Manager::start(bcfg.clone()).expect("restart B again"));
     let b = on_files(&mb, &dir, len, ShadowConfig::new());
     let r = b
         .recover(None, |_| panic!("nothing to apply"))
@@ -569,7 +573,7 @@ fn start_with_giveback(cfg: &NodeConfig, dir: &Path, len: usize) -> GivebackPair
         ..GivebackOptions::default()
     };
     let giveback = GivebackNode::start(
-        manager.clone(),
+        &manager,
         options,
         Box::new(FileMailbox::open(dir, me, cfg.partner_id).expect("mailbox")),
         Box::new(FileReservations::open(dir, me).expect("reservations")),

@@ -43,16 +43,16 @@ fn config() -> WriteBackConfig {
     }
 }
 
-fn managers() -> (NodeConfig, NodeConfig, Manager, Manager) {
+fn managers() -> (NodeConfig, NodeConfig, Arc<Manager>, Arc<Manager>) {
     init_logs();
     let dir = temp_dir("wb");
     let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
-    let ma = Manager::start(a.clone()).expect("start A");
-    let mb = Manager::start(b.clone()).expect("start B");
+    let ma = Arc::new(Manager::start(a.clone()).expect("start A"));
+    let mb = Arc::new(Manager::start(b.clone()).expect("start B"));
     (a, b, ma, mb)
 }
 
-fn in_memory(m: &Manager, cfg: WriteBackConfig) -> Arc<MirroredWriteBack> {
+fn in_memory(m: &Arc<Manager>, cfg: WriteBackConfig) -> Arc<MirroredWriteBack> {
     let len = cfg.geometry.required_len();
     let wb = MirroredWriteBack::start(
         m,
@@ -64,7 +64,12 @@ fn in_memory(m: &Manager, cfg: WriteBackConfig) -> Arc<MirroredWriteBack> {
     Arc::new(wb)
 }
 
-fn in_files(m: &Manager, cfg: WriteBackConfig, dir: &Path, node: u32) -> Arc<MirroredWriteBack> {
+fn in_files(
+    m: &Arc<Manager>,
+    cfg: WriteBackConfig,
+    dir: &Path,
+    node: u32,
+) -> Arc<MirroredWriteBack> {
     Arc::new(MirroredWriteBack::open(m, cfg, dir, node).expect("open write-back"))
 }
 
@@ -298,9 +303,10 @@ fn partner_restart_mid_stream_keeps_every_mirrored_write() {
     // B restarts (a new process over its NVRAM files) while A keeps writing.
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
     let at_stop = a.stats().mirrored;
-    let mb = Manager::start(bcfg).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg).expect("restart B"));
     let b = in_files(&mb, config(), &dir, 2);
     connected(&b);
     wait_stats(&a, "writes after the restart", |s| {
@@ -437,6 +443,7 @@ fn resync_after_mirror_lost_then_destage_and_takeover() {
     }
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
     wait_stats(&a, "partner failed", |s| s.partner_failed);
     let mut lost = Vec::new();
@@ -449,7 +456,7 @@ fn resync_after_mirror_lost_then_destage_and_takeover() {
     }
     let st = a.stats();
     assert!(!st.in_sync && st.resync_pending_blocks >= 130, "{st:#?}");
-    let mb = Manager::start(bcfg).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg).expect("restart B"));
     let b = in_files(&mb, config(), &dir, 2);
     connected(&b);
     // Writes during the resync stay correct.
@@ -569,6 +576,7 @@ fn mirror_lost_is_returned_only_once_the_mirror_is_marked_outdated() {
     // returned only once the mailbox marks B's mirror outdated.
     drop(b);
     mb.shutdown();
+    mb.shutdown();
     drop(mb);
     wait_stats(&a, "partner failed", |s| s.partner_failed);
     let t = a.write_start(1, 8, &data(2, 8, 2)).unwrap();
@@ -587,7 +595,7 @@ fn mirror_lost_is_returned_only_once_the_mirror_is_marked_outdated() {
         CompletionStatus::MirrorLost
     );
     // B restarts; the resync re-mirrors every dirty block and the mark goes.
-    let mb = Manager::start(bcfg).expect("restart B");
+    let mb = Arc::new(Manager::start(bcfg).expect("restart B"));
     let b = in_files(&mb, cfg, &dir, 2);
     connected(&b);
     assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());

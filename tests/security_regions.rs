@@ -15,6 +15,7 @@ use interlink::manager::health::{HEALTH_BLOCK_ACCESS, HEALTH_BLOCK_LEN, HEALTH_L
 use interlink::manager::{BandwidthClass, ClientSpec, Manager, ReadGrant, RegionSpec};
 use interlink::messaging::messenger::RX_REGION_ACCESS;
 use manager_pair::*;
+use std::sync::Arc;
 use suite::{expect_remote_access_error, next, Pair};
 
 #[test]
@@ -100,7 +101,7 @@ fn a_client_region_grants_remote_read_only_with_a_reason() {
         ProviderChoice::Soft,
         port_base(),
     );
-    let m = Manager::start(ca).expect("start");
+    let m = Arc::new(Manager::start(ca).expect("start"));
     let err = m
         .register(ClientSpec::new("c", BandwidthClass::Low, 1).region(
             "r",

@@ -23,6 +23,7 @@ use interlink::manager::{
 };
 use manager_pair::*;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -39,11 +40,11 @@ fn configs(tag: &str) -> (NodeConfig, NodeConfig) {
     )
 }
 
-fn started(tag: &str) -> (Manager, Manager) {
+fn started(tag: &str) -> (Arc<Manager>, Arc<Manager>) {
     let (ca, cb) = configs(tag);
     (
-        Manager::start(ca).expect("start A"),
-        Manager::start(cb).expect("start B"),
+        Arc::new(Manager::start(ca).expect("start A")),
+        Arc::new(Manager::start(cb).expect("start B")),
     )
 }
 
@@ -55,7 +56,7 @@ fn new_key_works_old_key_refused(conn: &Connection, old: RegionDescriptor) {
     assert_eq!(write(conn, old), CompletionStatus::RemoteAccessError);
 }
 
-fn client(m: &Manager, name: &str) -> ClientHandle {
+fn client(m: &Arc<Manager>, name: &str) -> ClientHandle {
     m.register(ClientSpec::new(name, BandwidthClass::Low, 1).region(
         MEM,
         4096,
@@ -112,8 +113,8 @@ fn wait_suspended(h: &ClientHandle, want: Option<SuspendReason>) {
 #[test]
 fn partner_restart_kills_the_old_rkeys() {
     let (ca, cb) = configs("rk-restart");
-    let a = Manager::start(ca).expect("start A");
-    let b1 = Manager::start(cb.clone()).expect("start B");
+    let a = Arc::new(Manager::start(ca).expect("start A"));
+    let b1 = Arc::new(Manager::start(cb.clone()).expect("start B"));
     let ha = client(&a, "c");
     let hb = client(&b1, "c");
     let _held = ready(&ha);
@@ -121,9 +122,10 @@ fn partner_restart_kills_the_old_rkeys() {
     // B restarts: A tears the client down (revokes) and re-creates it on the same link and
     // protection domain for the new B.
     drop(hb);
+    b1.shutdown();
     drop(b1);
     wait_suspended(&ha, None);
-    let b2 = Manager::start(cb).expect("restart B");
+    let b2 = Arc::new(Manager::start(cb).expect("restart B"));
     let hb = client(&b2, "c");
     let conn = ready(&hb);
     // A stale peer (anything that kept the old descriptor) is refused.
@@ -285,8 +287,8 @@ fn failover_and_move_back_kill_the_old_rkeys() {
         ProviderChoice::Soft,
         port_base(),
     );
-    let a = Manager::start(ca).expect("start A");
-    let b = Manager::start(cb).expect("start B");
+    let a = Arc::new(Manager::start(ca).expect("start A"));
+    let b = Arc::new(Manager::start(cb).expect("start B"));
     let carrier_spec = || {
         ClientSpec::new("carrier", BandwidthClass::High, 1).region(MEM, 4096, Access::REMOTE_WRITE)
     };

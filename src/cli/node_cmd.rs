@@ -286,7 +286,7 @@ fn start_giveback(
         hooks = hooks.with_recovery(recover, shadow.map(ShadowNode::replayed_mark));
     }
     let node = GivebackNode::start(
-        manager.clone(),
+        manager,
         options,
         Box::new(FileMailbox::open(dir, me, partner)?),
         Box::new(FileReservations::open(dir, me)?),

@@ -155,7 +155,7 @@ impl ShadowNode {
     /// Starts the shadow log of this node: its NVRAM file is opened, not formatted; the log
     /// is recovered by [`ShadowNode::recover_hook`] (with `--giveback`, before the node
     /// serves) or [`ShadowNode::recover`].
-    pub fn start(manager: &Manager, spec: &ShadowSpec) -> anyhow::Result<ShadowNode> {
+    pub fn start(manager: &Arc<Manager>, spec: &ShadowSpec) -> anyhow::Result<ShadowNode> {
         let dir = &spec.dir;
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let node = manager.config().node_id;

@@ -284,7 +284,7 @@ pub struct WriteBackNode {
 
 impl WriteBackNode {
     /// Starts the mirrored write-back of this node over its NVRAM files.
-    pub fn start(manager: &Manager, spec: &WriteBackSpec) -> anyhow::Result<WriteBackNode> {
+    pub fn start(manager: &Arc<Manager>, spec: &WriteBackSpec) -> anyhow::Result<WriteBackNode> {
         let dir = &spec.dir;
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let (node, partner) = (manager.config().node_id, manager.config().partner_id);

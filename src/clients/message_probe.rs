@@ -116,7 +116,10 @@ pub fn parse_spec(s: &str) -> Result<MessengerConfig, String> {
 
 impl MessageProbe {
     /// Starts the messenger and installs the probe's handlers.
-    pub fn start(manager: &Manager, cfg: MessengerConfig) -> Result<MessageProbe, MessagingError> {
+    pub fn start(
+        manager: &Arc<Manager>,
+        cfg: MessengerConfig,
+    ) -> Result<MessageProbe, MessagingError> {
         let messenger = Arc::new(Messenger::start(manager, cfg)?);
         let shared = Arc::new(Shared {
             stats: Mutex::new(MessageProbeStats::default()),

@@ -104,6 +104,9 @@ pub struct Probe {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     name: String,
+    /// The manager this client runs on: kept alive while the client lives (every client
+    /// holds what it needs; dropped last).
+    _manager: Arc<Manager>,
 }
 
 impl std::fmt::Debug for Probe {
@@ -114,7 +117,7 @@ impl std::fmt::Debug for Probe {
 
 impl Probe {
     /// Registers the probe's client with the manager and starts its thread.
-    pub fn start(manager: &Manager, cfg: ProbeConfig) -> Result<Probe, ManagerError> {
+    pub fn start(manager: &Arc<Manager>, cfg: ProbeConfig) -> Result<Probe, ManagerError> {
         let msg = cfg.msg_size.max(16);
         let window = cfg.window.clamp(1, 64);
         let spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
@@ -146,6 +149,7 @@ impl Probe {
             shared,
             thread: Some(thread),
             name,
+            _manager: manager.clone(),
         })
     }
 

@@ -45,8 +45,9 @@ pub(crate) enum Command {
     Io(IoMsg),
 }
 
-/// A running cluster connection manager. Cheap to share behind an `Arc`; dropping the last
-/// handle shuts it down (clients are told `Suspended { reason: Shutdown }`).
+/// A running cluster connection manager, shared behind an `Arc`: every client of this crate
+/// takes `&Arc<Manager>` and keeps a clone, so the manager runs while any of them does;
+/// dropping the last clone shuts it down (clients are told `Suspended { reason: Shutdown }`).
 pub struct Manager {
     tx: Sender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,

@@ -300,6 +300,9 @@ impl Shared {
 pub struct Messenger {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The manager this client runs on: kept alive while the client lives (every client
+    /// holds what it needs; dropped last).
+    _manager: Arc<Manager>,
 }
 
 impl std::fmt::Debug for Messenger {
@@ -314,7 +317,10 @@ impl Messenger {
     /// Registers the messaging client with the manager and starts its driver. Handlers may be
     /// added before traffic arrives with [`Messenger::on`]; messages for a code without one
     /// are counted and dropped (calls get [`CallFailure::NoHandler`]).
-    pub fn start(manager: &Manager, cfg: MessengerConfig) -> Result<Messenger> {
+    ///
+    /// Like every client of this crate it takes the manager as `&Arc<Manager>` and keeps a
+    /// clone: the manager runs at least as long as the client.
+    pub fn start(manager: &Arc<Manager>, cfg: MessengerConfig) -> Result<Messenger> {
         let session = loop {
             let s: u32 = rand::random();
             if s != 0 {
@@ -384,6 +390,7 @@ impl Messenger {
         Ok(Messenger {
             shared,
             thread: Some(thread),
+            _manager: manager.clone(),
         })
     }
 

@@ -265,11 +265,11 @@ impl std::fmt::Debug for GivebackNode {
 }
 
 impl GivebackNode {
-    /// Starts the client on `manager` (which must stay up while it runs): registers the
-    /// `giveback` messenger for kill messages and starts the driver thread, whose machine
-    /// begins in BOOTING.
+    /// Starts the client on `manager` (it keeps a clone: the manager runs while the client
+    /// does): registers the `giveback` messenger for kill messages and starts the driver
+    /// thread, whose machine begins in BOOTING.
     pub fn start(
-        manager: Arc<Manager>,
+        manager: &Arc<Manager>,
         options: GivebackOptions,
         mailbox: Box<dyn Mailbox>,
         reservations: Box<dyn Reservations>,
@@ -295,7 +295,7 @@ impl GivebackNode {
         refuse_a_live_twin(&mut *mailbox, cfg.node_id, own, interval)?;
         let messenger = Arc::new(
             Messenger::start(
-                &manager,
+                manager,
                 MessengerConfig::new(GIVEBACK_CLIENT, BandwidthClass::Low),
             )
             .map_err(GivebackError::StartMessenger)?,
@@ -357,7 +357,7 @@ impl GivebackNode {
         });
         let serving_lease = Arc::new(ServingLease::new());
         let mut driver = Driver {
-            manager,
+            manager: manager.clone(),
             machine,
             machine_cfg,
             incarnation,

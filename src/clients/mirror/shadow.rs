@@ -345,6 +345,9 @@ pub struct ShadowStats {
 pub struct ShadowMirror {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The manager this client runs on: kept alive while the client lives (every client
+    /// holds what it needs; dropped last).
+    _manager: Arc<Manager>,
 }
 
 impl std::fmt::Debug for ShadowMirror {
@@ -430,7 +433,7 @@ impl ShadowMirror {
     /// connection on, so a takeover can replay it before this node's own log is recovered.
     /// `cursor` (at least [`CursorStore::LEN`] bytes) holds the replay cursors.
     pub fn start(
-        manager: &Manager,
+        manager: &Arc<Manager>,
         cfg: ShadowConfig,
         log: Nvram,
         cursor: Nvram,
@@ -510,6 +513,7 @@ impl ShadowMirror {
         Ok(ShadowMirror {
             shared,
             thread: Mutex::new(Some(thread)),
+            _manager: manager.clone(),
         })
     }
 

@@ -330,6 +330,9 @@ pub struct MirroredWriteBack {
     shared: Arc<Shared>,
     messenger: Option<Arc<Messenger>>,
     thread: Option<JoinHandle<()>>,
+    /// The manager this client runs on: kept alive while the client lives (every client
+    /// holds what it needs; dropped last).
+    _manager: Arc<Manager>,
 }
 
 impl std::fmt::Debug for MirroredWriteBack {
@@ -345,7 +348,7 @@ impl MirroredWriteBack {
     /// (both of the configured geometry), registers the data client, starts the messenger
     /// and the driver thread.
     pub fn start(
-        manager: &Manager,
+        manager: &Arc<Manager>,
         cfg: WriteBackConfig,
         own: Nvram,
         partner: Nvram,
@@ -407,12 +410,13 @@ impl MirroredWriteBack {
             shared,
             messenger: Some(messenger),
             thread: Some(thread),
+            _manager: manager.clone(),
         })
     }
 
     /// [`start`](Self::start) over the node's NVRAM files in `dir` ([`file_backings`]).
     pub fn open(
-        manager: &Manager,
+        manager: &Arc<Manager>,
         cfg: WriteBackConfig,
         dir: &Path,
         node: u32,
