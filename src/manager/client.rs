@@ -334,7 +334,8 @@ impl ClientHandle {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// The event receiver (for `crossbeam_channel::select!`).
+    /// The event receiver. A client that follows its events from several threads takes them
+    /// under its own lock (`try_recv`) and waits with [`ClientHandle::event_wait`].
     pub fn events(&self) -> &Receiver<ClientEvent> {
         &self.events
     }
@@ -382,16 +383,8 @@ impl ClientHandle {
 
     /// The links' and this client's states and last errors, from a status snapshot.
     fn why_not_ready(&self) -> String {
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        if self
-            .requests
-            .send(crate::manager::node::Command::Status(reply))
-            .is_err()
-        {
-            return "the manager has stopped".into();
-        }
-        let Ok(status) = rx.recv_timeout(Duration::from_secs(5)) else {
-            return "the manager did not answer a status request within 5 s".into();
+        let Ok(status) = crate::manager::node::request_status(&self.requests) else {
+            return "the manager has stopped (no status within 10 s)".into();
         };
         let mut parts: Vec<String> = status
             .links

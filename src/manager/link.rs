@@ -57,11 +57,10 @@ pub(crate) struct IoMsg {
     pub(crate) event: IoEvent,
 }
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<()> {
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name(name.clone())
         .spawn(f)
-        .map(|_| ())
         .map_err(|source| ManagerError::Spawn { name, source })
 }
 
@@ -81,6 +80,7 @@ pub(crate) fn spawn_connector(
         };
         let _ = tx.send(Command::Io(IoMsg { link, conn, event }));
     })
+    .map(drop)
 }
 
 /// Connects from the link's local address (so the partner sees the address it expects and
@@ -127,8 +127,7 @@ pub(crate) fn spawn_acceptor(
         .map_err(|source| ManagerError::Listen { link, addr, source })?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let name = format!("il-accept-{link}");
-    let thread = thread::Builder::new().name(name.clone()).spawn(move || {
+    let thread = spawn(format!("il-accept-{link}"), move || {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         while !flag.load(Ordering::Relaxed) {
@@ -162,8 +161,7 @@ pub(crate) fn spawn_acceptor(
                 }
             }
         }
-    });
-    let thread = thread.map_err(|source| ManagerError::Spawn { name, source })?;
+    })?;
     Ok(Acceptor {
         stop,
         thread: Some(thread),
@@ -214,6 +212,7 @@ pub(crate) fn spawn_reader(
             }
         }
     })
+    .map(drop)
 }
 
 /// A link's device and protection domain, opened once and kept across re-initialisations.

@@ -123,12 +123,7 @@ impl Manager {
 
     /// A snapshot of links, clients, placement and counters.
     pub fn status(&self) -> Result<NodeStatus> {
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        self.tx
-            .send(Command::Status(reply))
-            .map_err(|_| ManagerError::Stopped)?;
-        rx.recv_timeout(Duration::from_secs(10))
-            .map_err(|_| ManagerError::Stopped)
+        request_status(&self.tx)
     }
 
     /// This manager's incarnation: chosen at start, carried in the health block and the
@@ -206,6 +201,15 @@ impl Drop for Manager {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Asks the event loop behind `tx` for a status snapshot (waits up to 10 s).
+pub(crate) fn request_status(tx: &Sender<Command>) -> Result<NodeStatus> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    tx.send(Command::Status(reply))
+        .map_err(|_| ManagerError::Stopped)?;
+    rx.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| ManagerError::Stopped)
 }
 
 /// The connect options used for every queue pair the manager connects: the soft provider

@@ -510,17 +510,32 @@ impl Runtime {
     pub(crate) fn open_links(&mut self) -> Result<()> {
         let _g = tracing::info_span!("manager", node = self.cfg.node_id).entered();
         for i in 0..self.links.len() {
-            let link_cfg = self.cfg.links[i].clone();
             if !initiator(&self.cfg) {
-                let addr = SocketAddr::new(link_cfg.local, link_cfg.bootstrap_port);
-                self.links[i].acceptor = Some(spawn_acceptor(link_cfg.id, addr, self.tx.clone())?);
-                tracing::info!(link = link_cfg.id, %addr, "listening for the partner's bootstrap");
-                self.set_state(i, LinkState::Connecting);
+                self.listen(i)?;
             }
-            let f = open_fabric(&self.cfg, i)?;
-            tracing::info!(link = link_cfg.id, device = %f.device.name(), provider = %f.device.provider(), "link device open");
-            self.links[i].fabric = Some(f);
+            self.open_device(i)?;
         }
+        Ok(())
+    }
+
+    /// Binds link `i`'s bootstrap listener (the responder's).
+    fn listen(&mut self, i: usize) -> Result<()> {
+        let link_cfg = &self.cfg.links[i];
+        let (id, addr) = (
+            link_cfg.id,
+            SocketAddr::new(link_cfg.local, link_cfg.bootstrap_port),
+        );
+        self.links[i].acceptor = Some(spawn_acceptor(id, addr, self.tx.clone())?);
+        tracing::info!(link = id, %addr, "listening for the partner's bootstrap");
+        self.set_state(i, LinkState::Connecting);
+        Ok(())
+    }
+
+    /// Opens link `i`'s device and protection domain.
+    fn open_device(&mut self, i: usize) -> Result<()> {
+        let f = open_fabric(&self.cfg, i)?;
+        tracing::info!(link = self.links[i].id, device = %f.device.name(), provider = %f.device.provider(), "link device open");
+        self.links[i].fabric = Some(f);
         Ok(())
     }
 
@@ -529,17 +544,9 @@ impl Runtime {
         // The responder listens first, so the partner's first connect is not refused while
         // the device opens.
         if !initiator(&self.cfg) && self.links[i].acceptor.is_none() {
-            let addr = SocketAddr::new(link_cfg.local, link_cfg.bootstrap_port);
-            match spawn_acceptor(link_cfg.id, addr, self.tx.clone()) {
-                Ok(a) => {
-                    tracing::info!(link = link_cfg.id, %addr, "listening for the partner's bootstrap");
-                    self.links[i].acceptor = Some(a);
-                    self.set_state(i, LinkState::Connecting);
-                }
-                Err(e) => {
-                    self.backoff(i, &e.to_string(), LinkState::Down);
-                    return;
-                }
+            if let Err(e) = self.listen(i) {
+                self.backoff(i, &e.to_string(), LinkState::Down);
+                return;
             }
         }
         if !self.ensure_fabric(i) {
@@ -589,12 +596,8 @@ impl Runtime {
         if self.links[i].fabric.is_some() {
             return true;
         }
-        match open_fabric(&self.cfg, i) {
-            Ok(f) => {
-                tracing::info!(link = self.links[i].id, device = %f.device.name(), provider = %f.device.provider(), "link device open");
-                self.links[i].fabric = Some(f);
-                true
-            }
+        match self.open_device(i) {
+            Ok(()) => true,
             Err(e) => {
                 self.backoff(i, &e.to_string(), LinkState::Down);
                 false
