@@ -79,6 +79,7 @@ fn fixed_status() -> NodeStatus {
         qps: 2,
         regions: 1,
         rate_bps: 1536.0,
+        refused: None,
         counters: ClientCounters {
             ops,
             bytes: ops * 4096,
@@ -590,4 +591,25 @@ fn cli_status_needs_exactly_one_target() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+#[test]
+fn render_status_names_a_refused_client_with_both_values() {
+    let mut status = fixed_status();
+    status.clients[2].state = ClientState::Refused;
+    status.clients[2].refused = Some(interlink::manager::TermMismatch {
+        term: "window slots".into(),
+        ours: Some(64),
+        theirs: Some(32),
+    });
+    let text = render_status(&status);
+    assert!(
+        text.contains("stats refused: window slots: ours 64, partner's 32"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("stats"))
+        .unwrap();
+    assert!(row.contains("refused"), "{row}");
 }

@@ -7,8 +7,8 @@ mod manager_pair;
 use interlink::clients::probe::{Probe, ProbeConfig};
 use interlink::fabric::{Access, ProviderChoice};
 use interlink::manager::{
-    BandwidthClass, ClientEvent, ClientSpec, LinkState, Manager, ManagerError, ReadGrant,
-    RegionSpec,
+    BandwidthClass, ClientEvent, ClientSpec, ClientState, LinkState, Manager, ManagerError,
+    ReadGrant, RegionSpec, TermMismatch,
 };
 use manager_pair::*;
 use std::sync::Arc;
@@ -242,6 +242,77 @@ fn start_fails_on_a_port_in_use_and_on_an_absent_device() {
             assert!(e.to_string().contains("open device"), "{e}")
         }
         other => panic!("verbs on a loopback address: {other:?}"),
+    }
+}
+
+#[test]
+fn clients_that_disagree_on_a_term_are_refused_at_connect_on_both_sides() {
+    let (a, b, _dir) = start_pair(1);
+    let spec = |slots: u64| {
+        ClientSpec::new("terms", BandwidthClass::Low, 1)
+            .region("ring", 4096, Access::LOCAL_WRITE | Access::REMOTE_WRITE)
+            .term("frame size", 1024)
+            .term("window slots", slots)
+    };
+    let ha = a.register(spec(64)).expect("register A");
+    let hb = b.register(spec(32)).expect("register B");
+    // Told at once by the call (not after the timeout), with the term and both values.
+    let refusal = |h: &interlink::manager::ClientHandle| match h.wait_ready(WAIT) {
+        Err(ManagerError::Refused { client, mismatch }) => {
+            assert_eq!(client, "terms");
+            mismatch
+        }
+        other => panic!("disagreeing client: {other:?}"),
+    };
+    let want = |ours, theirs| TermMismatch {
+        term: "window slots".into(),
+        ours: Some(ours),
+        theirs: Some(theirs),
+    };
+    assert_eq!(refusal(&ha), want(64, 32));
+    assert_eq!(refusal(&hb), want(32, 64));
+    let e = ManagerError::Refused {
+        client: "terms".into(),
+        mismatch: want(64, 32),
+    };
+    assert!(
+        e.to_string()
+            .contains("window slots: ours 64, partner's 32"),
+        "{e}"
+    );
+    for m in [&a, &b] {
+        let st = m.status().expect("status");
+        let c = st
+            .clients
+            .iter()
+            .find(|c| c.name == "terms")
+            .expect("listed");
+        assert_eq!(c.state, ClientState::Refused, "{c:?}");
+        assert_eq!(
+            c.refused.as_ref().map(|r| r.term.as_str()),
+            Some("window slots")
+        );
+    }
+    // B registers again with A's terms: both become ready.
+    hb.close();
+    let hb = b.register(spec(64)).expect("register B again");
+    hb.wait_ready(WAIT).expect("B ready with matching terms");
+    ha.wait_ready(WAIT).expect("A ready with matching terms");
+    // A term only one side states is a disagreement too.
+    hb.close();
+    let hb = b
+        .register(spec(64).term("version", 2))
+        .expect("register B with one more term");
+    match hb.wait_ready(WAIT) {
+        Err(ManagerError::Refused { mismatch, .. }) => assert_eq!(
+            mismatch,
+            TermMismatch {
+                term: "version".into(),
+                ours: Some(2),
+                theirs: None
+            }
+        ),
+        other => panic!("a term the partner does not state: {other:?}"),
     }
 }
 

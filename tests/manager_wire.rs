@@ -4,7 +4,7 @@ mod manager_common;
 use interlink::fabric::{Access, Endpoint, EndpointError, Gid, Mtu, RegionDescriptor};
 use interlink::manager::session::*;
 use interlink::manager::wire::*;
-use interlink::manager::{BandwidthClass, ClientInfo, QpInfo, RegionInfo};
+use interlink::manager::{BandwidthClass, ClientInfo, QpInfo, RegionInfo, Term};
 use manager_common::*;
 use proptest::prelude::*;
 
@@ -36,7 +36,8 @@ prop_compose! {
     fn arb_client()(name in arb_name(), class in 0u8..3, generation in any::<u32>(),
                     qps in prop::collection::vec((any::<u16>(), arb_endpoint()), 0..5),
                     regions in prop::collection::vec(
-                        (any::<u16>(), arb_name(), 0u8..16, arb_region()), 0..5)) -> ClientInfo {
+                        (any::<u16>(), arb_name(), 0u8..16, arb_region()), 0..5),
+                    terms in prop::collection::vec((arb_name(), any::<u64>()), 0..4)) -> ClientInfo {
         ClientInfo {
             name,
             class: BandwidthClass::from_code(class).unwrap(),
@@ -45,6 +46,7 @@ prop_compose! {
             regions: regions.into_iter().map(|(id, purpose, bits, descriptor)| RegionInfo {
                 id, purpose, access: Access::from_bits(bits), descriptor,
             }).collect(),
+            terms: terms.into_iter().map(|(name, value)| Term { name, value }).collect(),
         }
     }
 }

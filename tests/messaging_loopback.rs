@@ -6,7 +6,9 @@ mod manager_pair;
 
 use interlink::fabric::ProviderChoice;
 use interlink::manager::{BandwidthClass, Manager};
-use interlink::messaging::{AckStatus, CallError, CallFailure, Head, Messenger, MessengerConfig};
+use interlink::messaging::{
+    AckStatus, CallError, CallFailure, Head, MessagingError, Messenger, MessengerConfig,
+};
 use manager_pair::*;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -172,4 +174,51 @@ fn a_client_keeps_its_manager_alive() {
         .call(Head::control(ECHO), b"alive", Duration::from_secs(10))
         .expect("call");
     assert_eq!(reply, b"alive");
+}
+
+#[test]
+fn a_window_mismatch_is_refused_at_connect_and_calls_fail_with_both_values() {
+    let (a, b, _dir) = start_pair(1);
+    let ma = messenger(&a, Duration::from_secs(10));
+    let mut cfg = MessengerConfig::new("msg", BandwidthClass::Low);
+    cfg.window.slots /= 2;
+    let half = u64::from(cfg.window.slots);
+    let full = 2 * half;
+    let mb = Messenger::start(&b, cfg).expect("messenger B");
+    // Calls fail with the reason, from the refusal on (before it a call may wait its 200 ms
+    // and time out: the refusal comes with the partner's client info).
+    let refusal = |m: &Messenger| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match m.call(Head::control(ECHO), b"x", Duration::from_millis(200)) {
+                Err(CallError::Messaging(MessagingError::Refused { mismatch, .. })) => {
+                    return mismatch
+                }
+                Err(CallError::Timeout(_))
+                | Err(CallError::Failed(CallFailure::PartnerInoperative)) => {
+                    assert!(Instant::now() < deadline, "no refusal within {WAIT:?}")
+                }
+                other => panic!("a call across disagreeing windows: {other:?}"),
+            }
+        }
+    };
+    let on_a = refusal(&ma);
+    assert_eq!(
+        (on_a.term.as_str(), on_a.ours, on_a.theirs),
+        ("window slots", Some(full), Some(half))
+    );
+    let on_b = refusal(&mb);
+    assert_eq!((on_b.ours, on_b.theirs), (Some(half), Some(full)));
+    assert!(!ma.stats().connected && !mb.stats().connected);
+    // B restarts its messenger with the same window as A: calls go through both ways.
+    drop(mb);
+    let mb = messenger(&b, Duration::from_secs(10));
+    wait_for("calls after the fix", || {
+        ma.call(Head::control(ECHO), b"y", Duration::from_millis(500))
+            .is_ok_and(|r| r == b"y")
+    });
+    assert_eq!(
+        mb.call(Head::control(ECHO), b"z", WAIT).expect("B to A"),
+        b"z"
+    );
 }

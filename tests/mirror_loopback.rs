@@ -933,3 +933,43 @@ fn a_log_started_while_the_partner_is_absent_is_sent_whole_when_it_comes() {
     assert_eq!(rp.generation, a.generation());
     assert_eq!(seqs(&rp), (1..=6).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_log_size_mismatch_is_refused_at_connect_and_appends_fail_with_both_values() {
+    let (_, _, ma, mb) = managers();
+    let a = shadow(&ma, 256 * 1024, ShadowConfig::new());
+    let b = shadow(&mb, 128 * 1024, ShadowConfig::new());
+    let refusal = |s: &ShadowMirror| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match s.append_timeout(b"record", Duration::from_millis(200)) {
+                Err(MirrorError::Refused { mismatch, .. }) => return mismatch,
+                Err(MirrorError::AppendNoLink { .. }) => {
+                    assert!(Instant::now() < deadline, "no refusal within {WAIT:?}")
+                }
+                other => panic!("an append across disagreeing logs: {other:?}"),
+            }
+        }
+    };
+    let on_a = refusal(&a);
+    assert_eq!(
+        (on_a.term.as_str(), on_a.ours, on_a.theirs),
+        ("shadow log bytes", Some(256 * 1024), Some(128 * 1024))
+    );
+    let on_b = refusal(&b);
+    assert_eq!(
+        (on_b.ours, on_b.theirs),
+        (Some(128 * 1024), Some(256 * 1024))
+    );
+    // Nothing was acknowledged unmirrored, and the partner is not taken for absent.
+    for s in [&a, &b] {
+        let st = s.stats();
+        assert_eq!((st.appends, st.partner_absent), (0, false), "{st:#?}");
+        assert!(
+            st.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("shadow log bytes")),
+            "{st:#?}"
+        );
+    }
+}

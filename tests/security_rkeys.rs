@@ -260,6 +260,7 @@ fn ready_on(h: &ClientHandle, link: u8) -> Connection {
                 seen.push(format!("Suspended on link {link}: {reason:?}"))
             }
             Some(ClientEvent::Updated(c)) => seen.push(format!("Updated on link {}", c.link)),
+            Some(ClientEvent::Refused(m)) => panic!("{}: refused: {m}", h.name()),
             None => panic!("{}: not ready on link {link}; saw {seen:?}", h.name()),
         }
     }

@@ -13,7 +13,7 @@ use crate::{rejected, tagged};
 use interlink::fabric::{Access, Endpoint, Gid, Mtu, RegionDescriptor};
 use interlink::manager::capabilities;
 use interlink::manager::wire::*;
-use interlink::manager::{BandwidthClass, ClientInfo, QpInfo, RegionInfo};
+use interlink::manager::{BandwidthClass, ClientInfo, QpInfo, RegionInfo, Term};
 use std::net::Ipv4Addr;
 
 /// The session key the harness signs and checks frames with.
@@ -126,6 +126,10 @@ fn client(name: &str, generation: u32) -> ClientInfo {
                 len: 1 << 20,
                 rkey: 0xabcd,
             },
+        }],
+        terms: vec![Term {
+            name: "window slots".into(),
+            value: 64,
         }],
     }
 }

@@ -68,8 +68,9 @@ enum Cmd {
         on_release: Option<String>,
         /// Run the shadow log (NVRAM log mirrored into the partner by RDMA WRITE) with its
         /// NVRAM file DIR/shadow-<node>.nvram of SIZE bytes (K, M, G suffixes; default 4M;
-        /// both nodes must use the same size); appends complete unmirrored once the partner
-        /// is away for PARTNER_TIMEOUT_MS (default 5000). With --giveback, a takeover replays
+        /// both nodes must use the same size, else both are refused at connect); appends
+        /// complete unmirrored once the partner is away for PARTNER_TIMEOUT_MS (default
+        /// 5000). With --giveback, a takeover replays
         /// the partner's log into DIR/replayed-<node>.log. Driven through the control socket
         /// (client `shadow`).
         #[arg(long, value_name = "DIR[:SIZE[:PARTNER_TIMEOUT_MS]]")]

@@ -123,7 +123,9 @@ impl Probe {
         let spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
             .region(RX_REGION, msg * window * 2, Access::LOCAL_WRITE)
             .region(TX_REGION, msg * window, Access::NONE)
-            .region(MEM_REGION, 4096, Access::REMOTE_WRITE);
+            .region(MEM_REGION, 4096, Access::REMOTE_WRITE)
+            .term("probe message bytes", msg as u64)
+            .term("probe window", window as u64);
         let mut spec = spec;
         spec.qp_capacity.max_send_wr = (window * 2 + 4) as u32;
         spec.qp_capacity.max_recv_wr = (window * 2) as u32;
@@ -286,7 +288,7 @@ impl Runner {
                     self.handle.report_failure(&why);
                 }
             }
-            ClientEvent::Suspended { .. } => {
+            ClientEvent::Suspended { .. } | ClientEvent::Refused(_) => {
                 self.drain_stale_completion();
                 self.deactivate();
             }

@@ -18,7 +18,7 @@ use crate::fabric::{
 };
 use crate::manager::client::{ClientCells, ClientQp, ClientRegion, Connection};
 use crate::manager::error::{ManagerError, Result};
-use crate::manager::types::{BandwidthClass, ClientInfo, LinkId, QpInfo, RegionInfo, RegionSpec};
+use crate::manager::types::{ClientInfo, ClientSpec, LinkId, QpInfo, RegionInfo, RegionSpec, Term};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -178,7 +178,7 @@ impl Attachment {
     }
 
     /// The description the partner needs.
-    pub(crate) fn info(&self, owner: &str, class: BandwidthClass) -> Result<ClientInfo> {
+    pub(crate) fn info(&self, owner: &str, spec: &ClientSpec) -> Result<ClientInfo> {
         let mut qps = Vec::with_capacity(self.qps.len());
         for (&index, q) in &self.qps {
             let endpoint = q.qp.endpoint().map_err(|e| self.err(owner, e))?;
@@ -196,11 +196,17 @@ impl Attachment {
             .collect();
         Ok(ClientInfo {
             name: owner.to_string(),
-            class,
+            class: spec.class,
             generation: self.generation,
             qps,
             regions,
+            terms: spec.terms.clone(),
         })
+    }
+
+    /// The terms the partner's client states, once its info arrived.
+    pub(crate) fn partner_terms(&self) -> Option<&[Term]> {
+        self.partner.as_ref().map(|p| p.terms.as_slice())
     }
 
     /// Queue pair indices the partner has and we do not.

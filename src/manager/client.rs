@@ -5,7 +5,9 @@ use crate::fabric::{
     CompletionQueue, MemoryRegion, QueuePair, RecvRequest, Result as FabricResult, SendRequest,
 };
 use crate::manager::error::{ManagerError, Result};
-use crate::manager::types::{ClientCounters, LatencySummary, LinkId, RegionInfo, RegionSpec};
+use crate::manager::types::{
+    ClientCounters, LatencySummary, LinkId, RegionInfo, RegionSpec, TermMismatch,
+};
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -49,6 +51,10 @@ pub enum ClientEvent {
         /// Why.
         reason: SuspendReason,
     },
+    /// The partner's client states different terms ([`ClientSpec::term`](crate::manager::ClientSpec::term)):
+    /// no `Ready` follows until one side registers again with matching terms. Sent once per
+    /// disagreement.
+    Refused(TermMismatch),
 }
 
 /// Counters a client's operations update (shared with the manager).
@@ -366,6 +372,12 @@ impl ClientHandle {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.events.recv_timeout(left) {
                 Ok(ClientEvent::Ready(c)) => return Ok(c),
+                Ok(ClientEvent::Refused(mismatch)) => {
+                    return Err(ManagerError::Refused {
+                        client: self.name.clone(),
+                        mismatch,
+                    })
+                }
                 Ok(_) => continue,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                     return Err(ManagerError::NotReady {
@@ -395,7 +407,10 @@ impl ClientHandle {
             })
             .collect();
         match status.clients.iter().find(|c| c.name == self.name) {
-            Some(c) => parts.push(format!("client {:?}", c.state)),
+            Some(c) => match &c.refused {
+                Some(m) => parts.push(format!("client {:?} ({m})", c.state)),
+                None => parts.push(format!("client {:?}", c.state)),
+            },
             None => parts.push("client not registered".into()),
         }
         parts.join("; ")

@@ -760,7 +760,17 @@ fn clients_table(clients: &[ClientStatus]) -> String {
             latency(&c.latency),
         ]);
     }
-    t.render()
+    let mut out = t.render();
+    for cl in clients {
+        if let Some(m) = &cl.refused {
+            out.push_str(&format!(
+                "{} refused: {}\n",
+                one_line(&cl.name),
+                one_line(&m.to_string())
+            ));
+        }
+    }
+    out
 }
 
 #[derive(Clone, Copy)]

@@ -107,6 +107,15 @@ pub enum ManagerError {
         /// The links' and the client's states and last errors.
         why: String,
     },
+    /// The partner's client of the same name states different terms
+    /// ([`ClientSpec::term`](crate::manager::ClientSpec::term)): refused at connect, at both nodes.
+    #[error("client {client}: refused by the partner's client: {mismatch}")]
+    Refused {
+        /// Client name.
+        client: String,
+        /// The term and both values.
+        mismatch: crate::manager::TermMismatch,
+    },
     /// Starting a manager thread failed.
     #[error("spawn thread {name}: {source}")]
     Spawn {

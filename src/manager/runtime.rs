@@ -36,7 +36,7 @@ use crate::manager::session::{
 };
 use crate::manager::types::{
     capabilities, ClientCounters, ClientInfo, ClientSpec, ClientState, ClientStatus, LinkCounters,
-    LinkId, LinkState, LinkStatus, NodeStatus, RegionSpec, PROTOCOL_VERSION_MAX,
+    LinkId, LinkState, LinkStatus, NodeStatus, RegionSpec, TermMismatch, PROTOCOL_VERSION_MAX,
     PROTOCOL_VERSION_MIN,
 };
 use crate::manager::wire::{DetachReason, GoodbyeReason, Message, PeerInfo, ReadyClient};
@@ -117,6 +117,8 @@ struct ClientRecord {
     counters: ClientCounters,
     last_sample: (u64, u64),
     rate_bps: f64,
+    /// The partner's client disagrees on this term (the client was told once).
+    refused: Option<TermMismatch>,
 }
 
 impl ClientRecord {

@@ -139,6 +139,53 @@ pub struct ClientSpec {
     pub qp_capacity: QpCapacity,
     /// Memory regions.
     pub regions: Vec<RegionSpec>,
+    /// Values the partner's client must share (window size, log length ...): a client whose
+    /// partner's terms differ is [`Refused`](ClientState::Refused) instead of made ready.
+    #[serde(default)]
+    pub terms: Vec<Term>,
+}
+
+/// A named value both sides' clients must agree on (see [`ClientSpec::term`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Term {
+    /// What the value is, as a user reads it ("window slots").
+    pub name: String,
+    /// The value.
+    pub value: u64,
+}
+
+/// Two clients' terms disagree: the term, this side's and the partner's value (`None`: that
+/// side does not state the term).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{term}: ours {}, partner's {}", show_term(.ours), show_term(.theirs))]
+pub struct TermMismatch {
+    /// The term's name.
+    pub term: String,
+    /// This side's value.
+    pub ours: Option<u64>,
+    /// The partner's value.
+    pub theirs: Option<u64>,
+}
+
+fn show_term(v: &Option<u64>) -> String {
+    v.map_or_else(|| "not stated".to_string(), |v| v.to_string())
+}
+
+impl TermMismatch {
+    /// The first term on which `ours` and `theirs` differ (in `ours`' order, then terms only
+    /// the partner states), if any.
+    pub fn find(ours: &[Term], theirs: &[Term]) -> Option<TermMismatch> {
+        let value =
+            |list: &[Term], name: &str| list.iter().find(|t| t.name == name).map(|t| t.value);
+        ours.iter()
+            .chain(theirs.iter())
+            .map(|t| TermMismatch {
+                term: t.name.clone(),
+                ours: value(ours, &t.name),
+                theirs: value(theirs, &t.name),
+            })
+            .find(|m| m.ours != m.theirs)
+    }
 }
 
 impl ClientSpec {
@@ -150,7 +197,17 @@ impl ClientSpec {
             qp_count,
             qp_capacity: QpCapacity::default(),
             regions: Vec::new(),
+            terms: Vec::new(),
         }
+    }
+    /// States a term the partner's client must share: with a different value (or without it)
+    /// on the partner's side, both clients are refused at connect, and `wait_ready` says which
+    /// term and both values. A later term of the same name replaces the earlier one.
+    pub fn term(mut self, name: impl Into<String>, value: u64) -> ClientSpec {
+        let name = name.into();
+        self.terms.retain(|t| t.name != name);
+        self.terms.push(Term { name, value });
+        self
     }
     /// Adds a region. With `Access::REMOTE_READ` the registration is refused: use
     /// [`readable_region`](Self::readable_region).
@@ -218,6 +275,9 @@ pub struct ClientInfo {
     pub qps: Vec<QpInfo>,
     /// Regions.
     pub regions: Vec<RegionInfo>,
+    /// Terms the partner's client must share ([`ClientSpec::terms`]).
+    #[serde(default)]
+    pub terms: Vec<Term>,
 }
 
 /// State of a link as reported in status.
@@ -248,6 +308,9 @@ pub enum ClientState {
     Ready,
     /// Being moved or torn down: the client must not post.
     Suspended,
+    /// Connected, but the partner's client states different terms ([`ClientSpec::term`]):
+    /// no traffic until one side registers again with matching terms.
+    Refused,
     /// Closed by the client.
     Closed,
 }
@@ -363,6 +426,9 @@ pub struct ClientStatus {
     pub rate_bps: f64,
     /// Counters.
     pub counters: ClientCounters,
+    /// Why the client is [`Refused`](ClientState::Refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<TermMismatch>,
 }
 
 /// A snapshot of a node: what `interlink status` prints.

@@ -9,7 +9,7 @@
 //! field.
 
 use crate::fabric::{Access, Endpoint, EndpointError, RegionDescriptor, ENDPOINT_WIRE_LEN};
-use crate::manager::types::{BandwidthClass, ClientInfo, LinkId, NodeId, QpInfo, RegionInfo};
+use crate::manager::types::{BandwidthClass, ClientInfo, LinkId, NodeId, QpInfo, RegionInfo, Term};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
@@ -38,6 +38,8 @@ pub const MAX_CLIENTS: usize = 256;
 pub const MAX_QPS: usize = 1024;
 /// Most regions of one client.
 pub const MAX_REGIONS: usize = 1024;
+/// Most terms of one client.
+pub const MAX_TERMS: usize = 32;
 /// Domain-separation label that starts the session key derivation input.
 pub const KEY_LABEL: &[u8] = b"interlink-session-v1";
 /// Label of the key that MACs the frames the Initiator sends ([`SessionKey::for_sender`]).
@@ -554,6 +556,11 @@ impl Writer {
             self.u8(r.access.bits());
             self.region(&r.descriptor);
         }
+        self.count("term count", c.terms.len(), MAX_TERMS)?;
+        for t in &c.terms {
+            self.string8("term name", &t.name)?;
+            self.u64(t.value);
+        }
         Ok(())
     }
 }
@@ -779,6 +786,12 @@ impl<'a> Reader<'a> {
                     purpose: r.string8("region purpose")?,
                     access: r.access()?,
                     descriptor: r.region("region descriptor")?,
+                })
+            })?,
+            terms: self.list("term count", MAX_TERMS, 10, |r| {
+                Ok(Term {
+                    name: r.string8("term name")?,
+                    value: r.u64("term value")?,
                 })
             })?,
         })

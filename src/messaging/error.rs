@@ -37,6 +37,16 @@ pub enum MessagingError {
         /// The call.
         call_id: u64,
     },
+    /// The partner's messenger of the same name states a different window (slots, frame
+    /// size, payload limit): refused at connect, nothing is sent. Both nodes must use the same
+    /// [`WindowConfig`](crate::messaging::WindowConfig).
+    #[error("messaging client {name}: refused by the partner: {mismatch}")]
+    Refused {
+        /// Client name.
+        name: String,
+        /// The term and both values.
+        mismatch: crate::manager::TermMismatch,
+    },
     /// A frame or immediate value from the partner was malformed.
     #[error(transparent)]
     Decode(#[from] WireError),

@@ -22,7 +22,7 @@ use crate::fabric::{
 };
 use crate::manager::{
     BandwidthClass, ClientEvent, ClientHandle, ClientQp, ClientSpec, Connection, LinkId, Manager,
-    SuspendReason,
+    SuspendReason, TermMismatch,
 };
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
@@ -55,7 +55,9 @@ pub struct MessengerConfig {
     pub name: String,
     /// Bandwidth class for placement.
     pub class: BandwidthClass,
-    /// Window parameters (both sides must use the same `slots` and `frame_size`).
+    /// Window parameters: the partner's messenger must use the same `slots`,
+    /// `control_slots`, `frame_size` and `max_payload` (else both are refused at connect:
+    /// [`MessagingError::Refused`]).
     pub window: WindowConfig,
     /// Without a connection for this long, the partner is declared failed: pending calls and
     /// notified messages complete with "partner inoperative".
@@ -190,6 +192,8 @@ struct State {
     connections: u64,
     partner_failures: u64,
     send_errors: u64,
+    /// The partner's messenger disagrees on a term ([`MessagingError::Refused`]).
+    refused: Option<TermMismatch>,
 }
 
 struct Shared {
@@ -279,6 +283,19 @@ impl Shared {
         Ok(Held { guard })
     }
 
+    /// [`lock`](Self::lock) for sending: refused while the partner's messenger disagrees on
+    /// a term.
+    fn lock_for_traffic(&self, code: u8) -> Result<Held<'_>> {
+        let held = self.lock(code)?;
+        if let Some(mismatch) = &held.guard.refused {
+            return Err(MessagingError::Refused {
+                name: self.name.clone(),
+                mismatch: mismatch.clone(),
+            });
+        }
+        Ok(held)
+    }
+
     fn try_lock(&self) -> Option<Held<'_>> {
         if HOLDING.with(Cell::get) {
             return None;
@@ -332,7 +349,11 @@ impl Messenger {
         let depth = 2 * u32::from(cfg.window.slots) + 32;
         let mut spec = ClientSpec::new(cfg.name.clone(), cfg.class, 1)
             .region(RX_REGION, ring, RX_REGION_ACCESS)
-            .region(TX_REGION, ring, Access::NONE);
+            .region(TX_REGION, ring, Access::NONE)
+            .term("window slots", cfg.window.slots.into())
+            .term("control slots", cfg.window.control_slots.into())
+            .term("frame size", cfg.window.frame_size.into())
+            .term("max payload", cfg.window.max_payload.into());
         spec.qp_capacity.max_send_wr = depth;
         spec.qp_capacity.max_recv_wr = depth;
         spec.qp_capacity.max_inline_data = spec.qp_capacity.max_inline_data.min(256);
@@ -359,6 +380,7 @@ impl Messenger {
             scratch: vec![0u8; usize::from(cfg.window.frame_size)],
             held_ack: None,
             rx_since_tx: 0,
+            refused: None,
             suspended_since: Some(Instant::now()),
             declared_failed: false,
             connections: 0,
@@ -416,7 +438,7 @@ impl Messenger {
                 reason: "function code 0 is reserved for responses".into(),
             });
         }
-        let mut st = self.shared.lock(code)?;
+        let mut st = self.shared.lock_for_traffic(code)?;
         st.callbacks.table[usize::from(code)] = Some(Box::new(handler));
         Ok(())
     }
@@ -434,7 +456,7 @@ impl Messenger {
         payload: &[u8],
         on_ack: impl FnOnce(AckStatus) + Send + 'static,
     ) -> Result<MessageId> {
-        let mut st = self.shared.lock(head.code)?;
+        let mut st = self.shared.lock_for_traffic(head.code)?;
         let id = st.window.outbox().send(head.notify(), payload)?;
         st.callbacks.acks.insert(id, Box::new(on_ack));
         flush(&mut st, &self.shared);
@@ -452,7 +474,7 @@ impl Messenger {
 
     /// Queues several messages under one lock and transmits them together (aggregation).
     pub fn with_outbox<R>(&self, code: u8, f: impl FnOnce(&mut Outbox) -> R) -> Result<R> {
-        let mut st = self.shared.lock(code)?;
+        let mut st = self.shared.lock_for_traffic(code)?;
         let r = f(st.window.outbox());
         flush(&mut st, &self.shared);
         Ok(r)
@@ -466,7 +488,7 @@ impl Messenger {
         payload: &[u8],
         on_response: impl FnOnce(std::result::Result<&[u8], CallFailure>) + Send + 'static,
     ) -> Result<CallId> {
-        let mut st = self.shared.lock(head.code)?;
+        let mut st = self.shared.lock_for_traffic(head.code)?;
         let (_, call) = st.window.outbox().call(head, payload)?;
         st.callbacks.responses.insert(call, Box::new(on_response));
         flush(&mut st, &self.shared);
@@ -1021,7 +1043,16 @@ fn check_partner(st: &mut State, shared: &Shared) {
 
 fn on_event(st: &mut State, shared: &Shared, ev: ClientEvent) {
     match ev {
+        ClientEvent::Refused(mismatch) => {
+            // The manager logged it. What waits for this partner completes now, and what is
+            // sent from now on is refused with the reason (MessagingError::Refused).
+            if st.window.queued() > 0 || st.window.pending_calls() > 0 {
+                declare_failed(st, &shared.name, &mismatch.to_string());
+            }
+            st.refused = Some(mismatch);
+        }
         ClientEvent::Ready(conn) | ClientEvent::Updated(conn) => {
+            st.refused = None;
             if let Err(why) = activate(st, shared, conn) {
                 tracing::error!(client = %shared.name, reason = %why, "messaging connection unusable");
                 shared.handle.report_failure(&why);

@@ -4,7 +4,7 @@
 use interlink::fabric::{Access, Endpoint, Gid, Mtu, RegionDescriptor};
 use interlink::manager::session::*;
 use interlink::manager::wire::*;
-use interlink::manager::{BandwidthClass, ClientInfo, QpInfo, RegionInfo};
+use interlink::manager::{BandwidthClass, ClientInfo, QpInfo, RegionInfo, Term};
 use std::net::Ipv4Addr;
 
 pub const SECRET: &[u8] = b"cluster-secret-0123456789";
@@ -63,6 +63,10 @@ pub fn client(name: &str, generation: u32) -> ClientInfo {
                 len: 1 << 20,
                 rkey: 0xabcd,
             },
+        }],
+        terms: vec![Term {
+            name: "window slots".into(),
+            value: 64,
         }],
     }
 }

@@ -7,6 +7,15 @@ use std::path::PathBuf;
 /// Why a mirror operation failed. Variants are named after the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
+    /// The partner's client states different terms (log size, write-back geometry): refused
+    /// at connect, nothing was written. Both nodes must be configured alike.
+    #[error("{name}: refused by the partner: {mismatch}")]
+    Refused {
+        /// The client.
+        name: String,
+        /// The term and both values.
+        mismatch: crate::manager::TermMismatch,
+    },
     /// Opening or mapping the NVRAM file failed.
     #[error("open NVRAM {path:?}: {source}")]
     OpenNvram {

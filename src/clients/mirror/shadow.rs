@@ -407,7 +407,8 @@ impl ShadowMirror {
                 ReadGrant::ShadowLogFetch,
             )
             .region(TX_REGION, log_len, Access::NONE)
-            .region(FETCH_LANDING, log_len.min(FETCH_CHUNK), Access::LOCAL_WRITE);
+            .region(FETCH_LANDING, log_len.min(FETCH_CHUNK), Access::LOCAL_WRITE)
+            .term("shadow log bytes", log_len as u64);
         // Flush falls back to Read where FLUSH is unavailable: both register the READ target.
         if cfg.durability != Durability::Delivered {
             spec = spec
@@ -473,6 +474,7 @@ impl ShadowMirror {
             counters: Counters::default(),
             latency: crate::manager::client::new_histogram(),
             last_error: None,
+            refused: None,
             durability_in_use: None,
             flush_unavailable: None,
             lease_held: false,
@@ -608,6 +610,12 @@ impl ShadowMirror {
                     name: shared.cfg.name.clone(),
                     generation: 0,
                     seq: 0,
+                });
+            }
+            if let (Some(mismatch), false) = (&st.refused, st.absent) {
+                return Err(MirrorError::Refused {
+                    name: shared.cfg.name.clone(),
+                    mismatch: mismatch.clone(),
                 });
             }
             let recovered = st.recovery.is_recovered();

@@ -363,7 +363,10 @@ impl MirroredWriteBack {
         let depth = cfg.send_depth.max(4);
         let mut spec = ClientSpec::new(cfg.data_client.clone(), BandwidthClass::High, 1)
             .region(MIRROR_REGION, data_len, super::MIRROR_REGION_ACCESS)
-            .region(TX_REGION, data_len, Access::NONE);
+            .region(TX_REGION, data_len, Access::NONE)
+            .term("write-back block size", cfg.geometry.block_size.into())
+            .term("write-back buffers", cfg.geometry.buffers.into())
+            .term("write-back request entries", cfg.geometry.ries.into());
         spec.qp_capacity.max_send_wr = depth;
         spec.qp_capacity.max_recv_wr = 1;
         let handle = manager
@@ -492,6 +495,12 @@ impl MirroredWriteBack {
         if c.awaits_recovery() {
             return Err(MirrorError::WriteBackNotRecovered {
                 name: shared.cfg.name.clone(),
+            });
+        }
+        if let Some(mismatch) = &c.refused {
+            return Err(MirrorError::Refused {
+                name: shared.cfg.data_client.clone(),
+                mismatch: mismatch.clone(),
             });
         }
         let request = c

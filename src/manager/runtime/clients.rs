@@ -33,6 +33,15 @@ impl Runtime {
             }
             r.check_rights().map_err(|e| bad(&e))?;
         }
+        if spec.terms.len() > 32 {
+            return Err(bad("at most 32 terms"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &spec.terms {
+            if t.name.is_empty() || t.name.len() > 64 || !seen.insert(t.name.as_str()) {
+                return Err(bad("term names must be unique and 1 to 64 bytes"));
+            }
+        }
         let (tx, rx) = crossbeam_channel::unbounded();
         let cells = Arc::new(ClientCells::new());
         let regions = spec
@@ -54,6 +63,7 @@ impl Runtime {
             attachment: None,
             carry: Carry::new(),
             displaced: false,
+            refused: None,
             pending: None,
             generation: 0,
             counters: ClientCounters::default(),
@@ -272,7 +282,7 @@ impl Runtime {
         att.generation = c.generation;
         att.first_generation = c.generation;
         c.carry.clear();
-        let info = att.info(name, c.spec.class)?;
+        let info = att.info(name, &c.spec)?;
         c.attachment = Some(att);
         c.state = ClientState::Connecting;
         tracing::info!(
@@ -318,7 +328,7 @@ impl Runtime {
                 name: name.clone(),
                 what: "no attachment".into(),
             })?;
-        att.info(&name, c.spec.class)
+        att.info(&name, &c.spec)
     }
 
     /// Creates what the partner has and we lack, connects; Ok(true) when complete.
@@ -361,7 +371,7 @@ impl Runtime {
 
     pub(super) fn send_attach(&mut self, name: &str, i: usize) {
         let info = match self.clients.get(name) {
-            Some(c) => match c.attachment.as_ref().map(|a| a.info(name, c.spec.class)) {
+            Some(c) => match c.attachment.as_ref().map(|a| a.info(name, &c.spec)) {
                 Some(Ok(info)) => info,
                 Some(Err(e)) => {
                     tracing::error!(client = name, error = %e, "describe client");
@@ -382,8 +392,21 @@ impl Runtime {
         let Some(att) = c.attachment.as_ref() else {
             return;
         };
-        let conn = att.connection(&c.cells, self.partner_incarnation.unwrap_or(0));
         let link = att.link;
+        let theirs = att.partner_terms().unwrap_or_default();
+        if let Some(mismatch) = TermMismatch::find(&c.spec.terms, theirs) {
+            // Refused at connect, at both nodes (each compares the other's terms): told once
+            // per disagreement, to the log and to the client (wait_ready returns it).
+            if c.refused.as_ref() != Some(&mismatch) {
+                tracing::error!(client = name, link, %mismatch, "client refused: the partner's client disagrees");
+                let _ = c.events.send(ClientEvent::Refused(mismatch.clone()));
+                c.refused = Some(mismatch);
+            }
+            c.state = ClientState::Refused;
+            return;
+        }
+        c.refused = None;
+        let conn = att.connection(&c.cells, self.partner_incarnation.unwrap_or(0));
         if c.state == ClientState::Ready {
             let _ = c.events.send(ClientEvent::Updated(conn));
             tracing::info!(

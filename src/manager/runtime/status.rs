@@ -75,6 +75,7 @@ impl Runtime {
                     regions,
                     rate_bps: c.rate_bps,
                     counters,
+                    refused: c.refused.clone(),
                 }
             })
             .collect();

@@ -17,7 +17,7 @@ use crate::clients::mirror::shadow::cursor::CursorStore;
 use crate::fabric::{
     Access, Completion, LocalBuf, MemoryRegion, RegionDescriptor, SendOp, SendRequest,
 };
-use crate::manager::{ClientEvent, ClientHandle, ClientQp, Connection, LinkId};
+use crate::manager::{ClientEvent, ClientHandle, ClientQp, Connection, LinkId, TermMismatch};
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -156,6 +156,8 @@ pub(super) struct Inner {
     pub(super) counters: Counters,
     pub(super) latency: Histogram<u64>,
     pub(super) last_error: Option<String>,
+    /// The partner's client disagrees on a term: appends are refused until it re-registers.
+    pub(super) refused: Option<TermMismatch>,
     /// The durability point of the current (or last) connection.
     pub(super) durability_in_use: Option<Durability>,
     /// Why [`Durability::Flush`] is not in use on it.
@@ -640,7 +642,8 @@ impl Shared {
     }
 
     pub(super) fn check_partner(&self, st: &mut Inner) {
-        if st.absent || st.link_up() {
+        // A refusing partner is there (misconfigured), not absent: no unmirrored appends.
+        if st.absent || st.link_up() || st.refused.is_some() {
             return;
         }
         let Some(since) = st.suspended_since else {
@@ -703,10 +706,17 @@ impl Shared {
     pub(super) fn on_event(&self, st: &mut Inner, ev: ClientEvent) {
         match ev {
             ClientEvent::Ready(conn) | ClientEvent::Updated(conn) => {
+                st.refused = None;
                 if let Err(why) = self.activate(st, conn) {
                     tracing::error!(client = %self.cfg.name, reason = %why, "shadow mirror connection unusable");
                     st.last_error = Some(why);
                 }
+                self.changed.notify_all();
+            }
+            ClientEvent::Refused(mismatch) => {
+                // The manager logged it; appends now fail with it (MirrorError::Refused).
+                st.last_error = Some(mismatch.to_string());
+                st.refused = Some(mismatch);
                 self.changed.notify_all();
             }
             ClientEvent::Suspended { link, reason } => {

@@ -12,7 +12,7 @@ use crate::clients::mirror::writeback::{
     WriteBackPrimary,
 };
 use crate::fabric::{Completion, MemoryRegion, RegionDescriptor, SendOp, SendRequest};
-use crate::manager::{ClientEvent, ClientQp, Connection, LinkId, SuspendReason};
+use crate::manager::{ClientEvent, ClientQp, Connection, LinkId, SuspendReason, TermMismatch};
 use hdrhistogram::Histogram;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -93,6 +93,8 @@ pub(super) struct Core {
     pub(super) counters: Counters,
     pub(super) latency: Histogram<u64>,
     pub(super) last_error: Option<String>,
+    /// The partner's data client disagrees on a term: host writes are refused.
+    pub(super) refused: Option<TermMismatch>,
     /// A connection failure to report to the manager (by whoever holds the client handle).
     pub(super) report: Option<String>,
     /// Messenger counters already acted on.
@@ -133,6 +135,7 @@ impl Core {
             counters: Counters::default(),
             latency: crate::manager::client::new_histogram(),
             last_error: None,
+            refused: None,
             report: None,
             seen_connections: 0,
             seen_failures: 0,
@@ -445,7 +448,12 @@ impl Core {
     pub(super) fn on_event(&mut self, cfg: &WriteBackConfig, ev: ClientEvent) {
         self.last_progress = Instant::now();
         match ev {
+            ClientEvent::Refused(mismatch) => {
+                self.last_error = Some(mismatch.to_string());
+                self.refused = Some(mismatch);
+            }
             ClientEvent::Ready(conn) | ClientEvent::Updated(conn) => {
+                self.refused = None;
                 if let Err(why) = self.activate(cfg, conn) {
                     tracing::error!(client = %cfg.data_client, reason = %why, "write-back data connection unusable");
                     self.last_error = Some(why);
