@@ -904,3 +904,75 @@ fn i_the_mailbox_heartbeat_during_a_slow_replay_keeps_the_taker_alive() {
     w.assert_safe("links back");
     assert!(took.is_some(), "{}", w.trace_tail(60));
 }
+
+#[test]
+fn g_an_operators_takeover_is_held_until_an_operator_gives_back() {
+    let mut w = pair();
+    w.run_until(I * 10);
+    // Automatic giveback is on, as by default.
+    let r = w.command(A, Command::Takeover { check_only: false });
+    assert_eq!(r.outcome, CommandOutcome::Started, "{}", r.reason);
+    assert!(w.run_until_trace(I * 20, is(A, "state TAKEOVER")));
+    assert!(w.run_until_trace(I * 40, is(B, "state MBWAIT")));
+    w.run_for(I * 30);
+    assert_eq!(
+        w.state(A),
+        Some(NodeState::Takeover),
+        "{}",
+        w.trace_tail(20)
+    );
+    assert_eq!(w.state(B), Some(NodeState::MbWait));
+    assert!(w.machine(A).status().operator_hold);
+    let r = w.command(A, Command::Giveback { check_only: false });
+    assert_eq!(r.outcome, CommandOutcome::Started, "{}", r.reason);
+    assert!(
+        w.run_until_true(40, World::converged).is_some(),
+        "{}",
+        w.trace_tail(30)
+    );
+    assert!(!w.machine(A).status().operator_hold);
+    w.assert_safe("operator takeover held, then given back");
+}
+
+#[test]
+fn g_without_the_hold_an_operators_takeover_is_given_back_automatically() {
+    let mut w = World::new(0);
+    w.node_mut(A).hold_operator_takeover = false;
+    w.run_until(I * 10);
+    assert!(w.converged());
+    let t = w.now;
+    let r = w.command(A, Command::Takeover { check_only: false });
+    assert_eq!(r.outcome, CommandOutcome::Started, "{}", r.reason);
+    assert!(w.run_until_trace(I * 20, is(A, "state TAKEOVER")));
+    assert!(w.run_until_trace(I * 60, is(A, "GivebackStarted")));
+    assert!(w.run_until_true(40, World::converged).is_some());
+    assert!(w
+        .events_since(A, t)
+        .contains(&GivebackEvent::GivebackStarted));
+    w.assert_safe("operator takeover given back automatically");
+}
+
+#[test]
+fn g_the_automatic_giveback_waits_its_delay_after_mbwait() {
+    let delay = I * 25;
+    let mut w = World::new(0);
+    w.node_mut(A).giveback_delay = delay;
+    w.run_until(I * 10);
+    assert!(w.converged());
+    w.crash(B);
+    assert!(w.run_until_trace(I * 40, is(B, "state MBWAIT")));
+    let mbwait_at = w.now;
+    assert!(w.run_until_trace(I * 60, is(A, "GivebackStarted")));
+    let given = w.now;
+    // Not before the delay, and at the first read after it.
+    assert!(
+        given >= mbwait_at + delay,
+        "{given:?} vs {mbwait_at:?} + {delay:?}"
+    );
+    assert!(
+        given <= mbwait_at + delay + 2 * I,
+        "{given:?} vs {mbwait_at:?} + {delay:?}"
+    );
+    assert!(w.run_until_true(40, World::converged).is_some());
+    w.assert_safe("delayed giveback");
+}

@@ -3,8 +3,8 @@
 
 use interlink::fabric::ProviderChoice;
 use interlink::manager::{
-    BackoffConfig, BalanceConfig, BalancePolicy, ConfigError, HeartbeatConfig, LinkConfig,
-    NodeConfig, DEFAULT_BOOTSTRAP_PORT, MAX_LINKS, MIN_SECRET_LEN,
+    BackoffConfig, BalanceConfig, BalancePolicy, ConfigError, GivebackPolicy, HeartbeatConfig,
+    LinkConfig, NodeConfig, DEFAULT_BOOTSTRAP_PORT, MAX_LINKS, MIN_SECRET_LEN,
 };
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -255,6 +255,35 @@ fn defaults() {
     assert_eq!(cfg.balance.hysteresis_ms, 2000);
     assert_eq!(cfg.backoff.initial_ms, 25);
     assert_eq!(cfg.backoff.max_ms, 800);
+}
+
+#[test]
+fn giveback_policy_defaults_keys_and_round_trip() {
+    let cfg = NodeConfig::from_toml_str(MINIMAL, None).unwrap();
+    // Automatic giveback at once, except after an operator's takeover.
+    assert_eq!(
+        cfg.giveback,
+        GivebackPolicy {
+            auto: true,
+            delay_ms: 0,
+            hold_operator_takeover: true
+        }
+    );
+    let text = format!("{MINIMAL}\n[giveback]\ndelay_ms = 30000\n");
+    let cfg = NodeConfig::from_toml_str(&text, None).unwrap();
+    assert_eq!(cfg.giveback.delay(), Duration::from_secs(30));
+    assert!(cfg.giveback.auto && cfg.giveback.hold_operator_takeover);
+    let text = format!("{MINIMAL}\n[giveback]\nauto = false\nhold_operator_takeover = false\n");
+    let cfg = NodeConfig::from_toml_str(&text, None).unwrap();
+    assert!(!cfg.giveback.auto && !cfg.giveback.hold_operator_takeover);
+    assert_eq!(
+        NodeConfig::from_toml_str(&cfg.to_toml_string(), None).unwrap(),
+        cfg
+    );
+    assert_parse_error(&format!("{MINIMAL}\n[giveback]\ndelay = 5\n"), "delay");
+    let mut big = cfg;
+    big.giveback.delay_ms = u64::MAX;
+    assert_rejected(big, "giveback.delay_ms");
 }
 
 #[test]

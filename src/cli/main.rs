@@ -52,9 +52,19 @@ enum Cmd {
         /// nodes see (the stand-in for the shared disks).
         #[arg(long, value_name = "DIR")]
         giveback: Option<PathBuf>,
-        /// Turn automatic giveback off (give back with `interlink giveback`).
-        #[arg(long, requires = "giveback")]
-        manual_giveback: bool,
+        /// Automatic giveback once the repaired partner waits in MBWAIT: on or off (off: give
+        /// back with `interlink giveback`). Overrides the config file's `[giveback] auto`.
+        #[arg(long, requires = "giveback", value_name = "on|off", value_parser = on_off)]
+        auto_giveback: Option<bool>,
+        /// Let the partner wait in MBWAIT this long before the automatic giveback, milliseconds.
+        /// Overrides `[giveback] delay_ms`.
+        #[arg(long, requires = "giveback", value_name = "MS")]
+        giveback_delay_ms: Option<u64>,
+        /// After an operator's takeover (`interlink takeover`), give back only on an operator's
+        /// `interlink giveback` (on, the default) or automatically like after a failure (off).
+        /// Overrides `[giveback] hold_operator_takeover`.
+        #[arg(long, requires = "giveback", value_name = "on|off", value_parser = on_off)]
+        hold_operator_takeover: Option<bool>,
         /// Missed poll intervals (on every link and in the mailbox) before the partner is
         /// declared failed (default 5).
         #[arg(long, requires = "giveback")]
@@ -119,6 +129,15 @@ enum Cmd {
     },
 }
 
+/// Parses `on` or `off` (also true/false, yes/no, 1/0).
+fn on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("expected on or off, not {s:?}")),
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -135,7 +154,9 @@ fn main() {
             probes,
             messengers,
             giveback,
-            manual_giveback,
+            auto_giveback,
+            giveback_delay_ms,
+            hold_operator_takeover,
             miss_intervals,
             on_assume,
             on_release,
@@ -147,7 +168,9 @@ fn main() {
             &messengers,
             &node_cmd::GivebackArgs {
                 dir: giveback,
-                manual: manual_giveback,
+                auto: auto_giveback,
+                delay_ms: giveback_delay_ms,
+                hold_operator_takeover,
                 miss_intervals,
                 on_assume,
                 on_release,

@@ -47,8 +47,12 @@ pub fn parse_probe(s: &str) -> anyhow::Result<ProbeConfig> {
 pub struct GivebackArgs {
     /// The shared directory (mailbox copies, reservation files, service journals).
     pub dir: Option<PathBuf>,
-    /// Automatic giveback off.
-    pub manual: bool,
+    /// Automatic giveback on or off (None: the config file's `[giveback] auto`).
+    pub auto: Option<bool>,
+    /// Delay of the automatic giveback, milliseconds (None: `[giveback] delay_ms`).
+    pub delay_ms: Option<u64>,
+    /// Hold an operator's takeover until an operator's giveback (None: the config file's).
+    pub hold_operator_takeover: Option<bool>,
     /// Missed intervals before the partner is declared failed.
     pub miss_intervals: Option<u32>,
     /// Shell command to assume the partner's identity.
@@ -245,8 +249,13 @@ fn start_giveback(
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let cfg = manager.config();
     let (me, partner) = (cfg.node_id, cfg.partner_id);
+    let policy = cfg.giveback;
     let mut options = GivebackOptions {
-        auto_giveback: !args.manual,
+        auto_giveback: args.auto.unwrap_or(policy.auto),
+        giveback_delay: Duration::from_millis(args.delay_ms.unwrap_or(policy.delay_ms)),
+        hold_operator_takeover: args
+            .hold_operator_takeover
+            .unwrap_or(policy.hold_operator_takeover),
         ..GivebackOptions::default()
     };
     if let Some(k) = args.miss_intervals {

@@ -143,6 +143,9 @@ pub struct NodeConfig {
     /// Placement and migration policy.
     #[serde(default)]
     pub balance: BalanceConfig,
+    /// When the giveback client gives the partner's disks back (`interlink node --giveback`).
+    #[serde(default)]
+    pub giveback: GivebackPolicy,
     /// Restricts the manager protocol versions this node advertises, `[min, max]` (default:
     /// everything the build speaks). For rolling upgrades and for testing refusals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,6 +294,37 @@ pub struct BalanceConfig {
     pub rebalance_cooldown_ms: u64,
 }
 
+/// When the giveback client gives the partner's disks back after a takeover.
+/// Keys left out of the `[giveback]` table keep their defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GivebackPolicy {
+    /// Give back automatically once the repaired partner waits in MBWAIT.
+    pub auto: bool,
+    /// ... after it has waited there this long, milliseconds.
+    pub delay_ms: u64,
+    /// After an operator's takeover, give back only on an operator's giveback
+    /// (`interlink giveback`), whatever `auto` says.
+    pub hold_operator_takeover: bool,
+}
+
+impl Default for GivebackPolicy {
+    fn default() -> Self {
+        GivebackPolicy {
+            auto: true,
+            delay_ms: 0,
+            hold_operator_takeover: true,
+        }
+    }
+}
+
+impl GivebackPolicy {
+    /// The delay as a duration.
+    pub fn delay(&self) -> Duration {
+        Duration::from_millis(self.delay_ms)
+    }
+}
+
 impl Default for BalanceConfig {
     fn default() -> Self {
         BalanceConfig {
@@ -355,6 +389,7 @@ impl NodeConfig {
             heartbeat: HeartbeatConfig::default(),
             backoff: BackoffConfig::default(),
             balance: BalanceConfig::default(),
+            giveback: GivebackPolicy::default(),
             protocol_versions: None,
         }
     }
@@ -466,6 +501,7 @@ impl NodeConfig {
             &mut cfg.backoff.max_ms,
             &mut cfg.balance.hysteresis_ms,
             &mut cfg.balance.rebalance_cooldown_ms,
+            &mut cfg.giveback.delay_ms,
         ] {
             *v = (*v).min(TOML_INT_MAX);
         }
@@ -657,7 +693,8 @@ impl NodeConfig {
                 format!("must be a finite number >= 0 (is {})", b.rebalance_min_bps),
             ));
         }
-        check_toml_int("balance.rebalance_cooldown_ms", b.rebalance_cooldown_ms)
+        check_toml_int("balance.rebalance_cooldown_ms", b.rebalance_cooldown_ms)?;
+        check_toml_int("giveback.delay_ms", self.giveback.delay_ms)
     }
 
     /// Reads the cluster secret from `secret_file`: the file's bytes with one trailing `"\n"`

@@ -136,6 +136,10 @@ pub struct Node {
     pub crash_at_action: Option<u64>,
     pub actions_done: u64,
     pub auto_giveback: bool,
+    /// The machine's giveback delay (default zero).
+    pub giveback_delay: Duration,
+    /// The machine's hold of an operator's takeover (default on, as in the product).
+    pub hold_operator_takeover: bool,
     /// Mailbox reads per interval in MBWAIT (the machine's default is 10).
     pub mbwait_reads_per_interval: u32,
     /// The next ReplayPartnerLog hook blocks the driver this long (then cleared).
@@ -222,6 +226,8 @@ impl World {
             crash_at_action: None,
             actions_done: 0,
             auto_giveback: true,
+            giveback_delay: Duration::ZERO,
+            hold_operator_takeover: true,
             mbwait_reads_per_interval: 10,
             slow_replay: None,
             keepalive_in_hooks: true,
@@ -435,6 +441,8 @@ impl World {
             interval: I,
             miss_intervals: K,
             auto_giveback: n.auto_giveback,
+            giveback_delay: n.giveback_delay,
+            hold_operator_takeover: n.hold_operator_takeover,
             mbwait_reads_per_interval: n.mbwait_reads_per_interval,
         };
         n.machine = Some(GivebackMachine::new(cfg, n.incarnation, now));

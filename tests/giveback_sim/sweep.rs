@@ -133,6 +133,14 @@ pub fn random_run(seed: u64, keep_trace: bool) -> (Box<World>, Result<u32, Strin
                 w.command(id, Command::Giveback { check_only: false });
             }
         }
+        // The operator gives back what an operator took over (held until then).
+        if rng.gen_bool(0.02) {
+            for id in [A, B] {
+                if w.node(id).machine.is_some() && w.machine(id).status().operator_hold {
+                    w.command(id, Command::Giveback { check_only: false });
+                }
+            }
+        }
     }
     if !w.violations.is_empty() {
         let v = format!("{:?}", w.violations);
@@ -157,8 +165,26 @@ pub fn random_run(seed: u64, keep_trace: bool) -> (Box<World>, Result<u32, Strin
         }
     }
     // Bound: a restart, a detection window, a takeover, a second restart and a bring-up.
+    // An operator's takeover is held until an operator gives back: the operator asks at every
+    // interval (refused until the partner waits for it).
     let bound = 2 * 20 + 2 * 3 + 3 * K + 20;
-    match w.run_until_true(bound, World::converged) {
+    let operator = |w: &mut World| {
+        for id in [A, B] {
+            if w.node(id).machine.is_some() && w.machine(id).status().operator_hold {
+                w.command(id, Command::Giveback { check_only: false });
+            }
+        }
+    };
+    let converged = (0..=bound).find(|_| {
+        if w.converged() || !w.violations.is_empty() {
+            return true;
+        }
+        operator(&mut w);
+        w.run_for(I);
+        false
+    });
+    let converged = converged.filter(|_| w.converged());
+    match converged {
         Some(took) if w.violations.is_empty() => (w, Ok(took)),
         _ => {
             let v = if w.violations.is_empty() {

@@ -155,6 +155,8 @@ pub struct Counts {
     pub mailbox_other_faults: u64,
     pub torn_state_reads: u64,
     pub operator_takeovers: u64,
+    /// Operator giveback commands started (an operator's takeover is held until one).
+    pub operator_givebacks: u64,
     pub partner_declared_failed: u64,
     pub wire_dropped: u64,
     pub wire_duplicated: u64,
@@ -240,6 +242,7 @@ impl Counts {
             mailbox_other_faults,
             torn_state_reads,
             operator_takeovers,
+            operator_givebacks,
             partner_declared_failed,
             wire_dropped,
             wire_duplicated,

@@ -176,6 +176,7 @@ impl World {
         if faults {
             self.inject();
         }
+        self.operator_gives_back(!faults);
         self.gb.links = [self.links.usable(0), self.links.usable(1)];
         self.resume_data_first();
         self.gb.run_until(self.now);
@@ -574,6 +575,21 @@ impl World {
             if self.gb.state(id) == Some(NodeState::Up) && !self.stalled(i) {
                 self.counts.operator_takeovers += 1;
                 self.gb.command(id, Command::Takeover { check_only: false });
+            }
+        }
+    }
+
+    /// An operator's takeover is held until an operator gives back: the operator does so now
+    /// and then (at every step once the faults are off); refused until the partner waits.
+    fn operator_gives_back(&mut self, always: bool) {
+        for id in IDS {
+            let held =
+                self.gb.node(id).machine.is_some() && self.gb.machine(id).status().operator_hold;
+            if held && (always || self.rng.gen_bool(0.02)) {
+                let r = self.gb.command(id, Command::Giveback { check_only: false });
+                if r.outcome == CommandOutcome::Started {
+                    self.counts.operator_givebacks += 1;
+                }
             }
         }
     }

@@ -20,13 +20,21 @@ pub struct GivebackConfig {
     pub miss_intervals: u32,
     /// Give back automatically when the partner reaches MBWAIT.
     pub auto_giveback: bool,
+    /// How long the partner waits in MBWAIT before the automatic giveback (zero: at the first
+    /// read that shows it there). An operator's giveback does not wait.
+    pub giveback_delay: Duration,
+    /// After an operator's takeover, give back only when an operator says so: the automatic
+    /// giveback is for takeovers after a failure. Held for this incarnation (a restart of
+    /// the node that took over falls back to `auto_giveback`).
+    pub hold_operator_takeover: bool,
     /// Mailbox reads per interval while in MBWAIT (the outage window ends with the read that
     /// sees the partner's giveback); 1 reads only at the interval tick.
     pub mbwait_reads_per_interval: u32,
 }
 
 impl GivebackConfig {
-    /// Defaults for `me` and `partner`: a 100 ms interval, K = 5, automatic giveback on.
+    /// Defaults for `me` and `partner`: a 100 ms interval, K = 5, automatic giveback on,
+    /// without delay, except after an operator's takeover.
     pub fn new(me: u32, partner: u32) -> GivebackConfig {
         GivebackConfig {
             me,
@@ -34,6 +42,8 @@ impl GivebackConfig {
             interval: Duration::from_millis(100),
             miss_intervals: 5,
             auto_giveback: true,
+            giveback_delay: Duration::ZERO,
+            hold_operator_takeover: true,
             mbwait_reads_per_interval: 10,
         }
     }
@@ -264,6 +274,9 @@ pub struct GivebackStatus {
     pub interconnect_down: bool,
     /// Automatic giveback on.
     pub auto_giveback: bool,
+    /// The partner's disks are served after an operator's takeover that only an operator's
+    /// giveback ends ([`GivebackConfig::hold_operator_takeover`]).
+    pub operator_hold: bool,
     /// A takeover is under way (killing, reserving or writing the mailbox).
     pub takeover_in_progress: bool,
     /// An operator giveback waits for the partner's MBWAIT.

@@ -212,6 +212,10 @@ pub struct GivebackOptions {
     pub miss_intervals: u32,
     /// Give back automatically when the repaired partner reaches MBWAIT.
     pub auto_giveback: bool,
+    /// How long the partner waits in MBWAIT before the automatic giveback.
+    pub giveback_delay: Duration,
+    /// After an operator's takeover, give back only on an operator's giveback.
+    pub hold_operator_takeover: bool,
 }
 
 impl Default for GivebackOptions {
@@ -220,6 +224,8 @@ impl Default for GivebackOptions {
             interval: None,
             miss_intervals: 5,
             auto_giveback: true,
+            giveback_delay: Duration::ZERO,
+            hold_operator_takeover: true,
         }
     }
 }
@@ -283,6 +289,8 @@ impl GivebackNode {
             interval,
             miss_intervals: options.miss_intervals.max(1),
             auto_giveback: options.auto_giveback,
+            giveback_delay: options.giveback_delay,
+            hold_operator_takeover: options.hold_operator_takeover,
             ..GivebackConfig::new(cfg.node_id, cfg.partner_id)
         };
         let mut mailbox = mailbox;

@@ -152,6 +152,10 @@ pub struct GivebackMachine {
     giveback_requested: bool,
     giveback_at: Option<Instant>,
     auto_giveback: bool,
+    /// The takeover being served was an operator's.
+    operator_takeover: bool,
+    /// Since when the partner is read in MBWAIT (for the giveback delay).
+    mbwait_since: Option<Instant>,
     interconnect_alert: bool,
     partner_failed: bool,
     /// The operator forced the takeover in progress past an outdated copy (F5.7).
@@ -207,6 +211,8 @@ impl GivebackMachine {
             partner_released: false,
             giveback_requested: false,
             giveback_at: None,
+            operator_takeover: false,
+            mbwait_since: None,
             interconnect_alert: false,
             partner_failed: false,
             takeover_forced: false,
@@ -270,29 +276,12 @@ impl GivebackMachine {
                     self.start_reserving_partner(now);
                 }
             }
-            NodeState::Takeover => match partner {
-                NodeState::GiveWait => {
-                    self.stop_kills();
-                    self.release_partner_disks();
-                }
-                NodeState::MbWait => {
-                    self.stop_kills();
-                    if self.auto_giveback || self.giveback_requested {
-                        self.give_back(now);
-                    }
-                }
-                // After step 540 the partner comes up only by this node's giveback, or by
-                // declaring this node failed (then it serves its disks already).
-                NodeState::Up | NodeState::Takeover
-                    if self.serving_partner_in_takeover() && self.partner_released =>
-                {
-                    self.stop_serving_partner(
-                        now,
-                        "the partner's block says it serves its own disks again (it declared this node failed)",
-                    );
-                }
-                _ => {}
-            },
+            NodeState::Takeover if partner != NodeState::MbWait && self.mbwait_since.is_some() => {
+                // It left MBWAIT (restarted again): the delay starts over when it is back.
+                self.mbwait_since = None;
+                self.handle_takeover_partner(now, partner);
+            }
+            NodeState::Takeover => self.handle_takeover_partner(now, partner),
             _ => {}
         }
         self.publish_if_changed();
@@ -618,6 +607,9 @@ impl GivebackMachine {
             identity_assumed: self.identity,
             interconnect_down: self.interconnect_alert,
             auto_giveback: self.auto_giveback,
+            operator_hold: self.operator_takeover
+                && self.cfg.hold_operator_takeover
+                && self.state == NodeState::Takeover,
             takeover_in_progress: self.takeover != TakeoverPhase::Idle,
             giveback_requested: self.giveback_requested,
             killing: self.killing,
@@ -669,6 +661,10 @@ impl GivebackMachine {
         self.state = to;
         self.state_since = now;
         self.mbwait_read_at = now;
+        if to != NodeState::Takeover {
+            self.operator_takeover = false;
+            self.mbwait_since = None;
+        }
         self.state_changes = self.state_changes.wrapping_add(1);
         self.state_input = self.input;
         self.events

@@ -9,6 +9,36 @@ use crate::clients::giveback::state::NodeState;
 use std::time::Instant;
 
 impl GivebackMachine {
+    /// A fresh read of the partner while this node serves its disks.
+    pub(super) fn handle_takeover_partner(&mut self, now: Instant, partner: NodeState) {
+        match partner {
+            NodeState::GiveWait => {
+                self.stop_kills();
+                self.release_partner_disks();
+            }
+            NodeState::MbWait => {
+                self.stop_kills();
+                let since = *self.mbwait_since.get_or_insert(now);
+                let held = self.operator_takeover && self.cfg.hold_operator_takeover;
+                let due = now.saturating_duration_since(since) >= self.cfg.giveback_delay;
+                if self.giveback_requested || (self.auto_giveback && !held && due) {
+                    self.give_back(now);
+                }
+            }
+            // After step 540 the partner comes up only by this node's giveback, or by
+            // declaring this node failed (then it serves its disks already).
+            NodeState::Up | NodeState::Takeover
+                if self.serving_partner_in_takeover() && self.partner_released =>
+            {
+                self.stop_serving_partner(
+                        now,
+                        "the partner's block says it serves its own disks again (it declared this node failed)",
+                    );
+            }
+            _ => {}
+        }
+    }
+
     pub(super) fn partner_reservation(&mut self, now: Instant, holder: Option<u32>) {
         let granted = holder == Some(self.cfg.me);
         match self.takeover {
@@ -111,6 +141,7 @@ impl GivebackMachine {
     pub(super) fn serve_partner(&mut self, now: Instant) {
         let partner = self.cfg.partner;
         self.takeover = TakeoverPhase::Idle;
+        self.operator_takeover = self.takeover_manual;
         self.takeover_manual = false;
         self.takeover_forced = false;
         self.takeover_refused = None;

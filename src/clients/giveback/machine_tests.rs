@@ -16,6 +16,8 @@ fn cfg() -> GivebackConfig {
         interval: I,
         miss_intervals: 5,
         auto_giveback: true,
+        giveback_delay: Duration::ZERO,
+        hold_operator_takeover: true,
         mbwait_reads_per_interval: 1,
     }
 }

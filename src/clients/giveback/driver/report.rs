@@ -37,6 +37,10 @@ pub struct GivebackReport {
     pub interconnect_down: bool,
     /// Automatic giveback.
     pub auto_giveback: bool,
+    /// The partner's disks are served after an operator's takeover that waits for an
+    /// operator's giveback.
+    #[serde(default)]
+    pub operator_hold: bool,
     /// Kill messages are being sent.
     pub killing: bool,
     /// Takeovers completed by this incarnation.
@@ -145,6 +149,7 @@ impl GivebackNode {
             identity_assumed: status.identity_assumed,
             interconnect_down: status.interconnect_down,
             auto_giveback: status.auto_giveback,
+            operator_hold: status.operator_hold,
             killing: status.killing,
             takeovers: status.takeovers,
             givebacks: status.givebacks,
@@ -204,7 +209,7 @@ pub fn render_report(r: &GivebackReport) -> String {
     };
     let mut out = String::new();
     out.push_str(&format!(
-        "giveback: node {} {} for {} ms, serving {}, reserved {}{}{}\n",
+        "giveback: node {} {} for {} ms, serving {}, reserved {}{}{}{}\n",
         r.me,
         r.state,
         r.in_state_ms,
@@ -219,6 +224,11 @@ pub fn render_report(r: &GivebackReport) -> String {
             ""
         } else {
             ", auto-giveback off"
+        },
+        if r.operator_hold {
+            ", operator's takeover: held until `interlink giveback`"
+        } else {
+            ""
         },
     ));
     out.push_str(&format!(
