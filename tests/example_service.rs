@@ -21,12 +21,18 @@ const KEYS: usize = 400;
 /// Acknowledged PUTs seen before node A is killed.
 const KILL_AFTER: usize = 100;
 
-/// The example binary of this test's profile, built first: `cargo test --test
-/// example_service` alone does not build examples.
+/// The example binary of this test's profile, built first into the same target directory
+/// (`cargo test --test example_service` alone does not build examples; a plain `cargo test`
+/// has built it already, and then this build does nothing).
 fn example_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/storage_service
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
+    let target_dir = profile_dir.parent().expect("target dir");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "--example", "storage_service"]);
+    build.args(["build", "--example", "storage_service", "--target-dir"]);
+    build.arg(target_dir);
     if !cfg!(debug_assertions) {
         build.arg("--release");
     }
@@ -35,9 +41,6 @@ fn example_bin() -> PathBuf {
         status.success(),
         "cargo build --example storage_service: {status}"
     );
-    let exe = std::env::current_exe().expect("path of the test binary");
-    // target/<profile>/deps/<test> -> target/<profile>/examples/storage_service
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     profile_dir.join("examples").join("storage_service")
 }
 
