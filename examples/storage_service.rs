@@ -277,22 +277,25 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
 }
 
 /// The node file, or a one-link pair on the soft provider (node A 127.0.0.1, B 127.0.0.2),
-/// sharing the secret `DIR/secret` (written by whichever node starts first).
+/// sharing the secret `DIR/secret`.
 fn node_config(args: &Args) -> Result<NodeConfig, Box<dyn Error>> {
     if let Some(path) = &args.config {
         return Ok(NodeConfig::load(path)?);
     }
+    // A fixed demo secret, written whole (a new file renamed into place) so the node starting
+    // second never reads half of it. A real pair: random bytes, copied to both nodes.
     let secret = args.dir.join("secret");
     if !secret.exists() {
         use std::os::unix::fs::OpenOptionsExt;
-        let hex: String = (0..32).map(|i| format!("{:02x}", i * 7 + 1)).collect();
+        let tmp = args.dir.join(format!("secret.{}", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .mode(0o600)
-            .open(&secret)?;
-        f.write_all(hex.as_bytes())?; // a real pair: a random secret copied to both nodes
+            .open(&tmp)?;
+        f.write_all(b"interlink storage service demo secret")?;
+        std::fs::rename(&tmp, &secret)?;
     }
     let ip = |h: u8| IpAddr::from([127, 0, 0, h]);
     let (me, partner) = (args.node, 3 - args.node);
