@@ -127,8 +127,10 @@ pub struct NodeConfig {
     /// Provider for every link: auto, verbs or soft.
     #[serde(default)]
     pub fabric: ProviderChoice,
-    /// Unix socket for `interlink status` (none: no control socket). Relative paths are
-    /// resolved like `secret_file`.
+    /// Unix socket for `interlink status` (none: no control socket), served by `interlink
+    /// node`; [`Manager::start`](crate::manager::Manager::start) does not open it (a service
+    /// serves it with [`ControlServer`](crate::manager::control::ControlServer)). Relative
+    /// paths are resolved like `secret_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
     /// Links to the partner, in id order (`[[link]]` tables in TOML).

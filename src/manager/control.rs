@@ -10,16 +10,31 @@
 //! missing. A socket file left behind by a dead node is replaced; one a live process answers on is
 //! not ([`ControlError::InUse`]).
 //!
-//! ```no_run
+//! ```
 //! use interlink::manager::control::{request, ControlRequest, ControlResponse, render_status};
 //! use std::{path::Path, time::Duration};
 //!
-//! let path = Path::new("/run/interlink/node.sock");
+//! # let dir = std::env::temp_dir().join(format!("interlink-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let (config, _) = interlink::manager::loopback_pair(&dir)?;
+//! # let manager = interlink::manager::Manager::start(config)?;
+//! # let socket = dir.join("node.sock");
+//! # // What `interlink node` serves on its control socket (here the status only).
+//! # let _server = interlink::manager::control::ControlServer::start(
+//! #     &socket,
+//! #     std::sync::Arc::new(move |_| match manager.status() {
+//! #         Ok(status) => ControlResponse::Status { status },
+//! #         Err(e) => ControlResponse::Error { message: e.to_string() },
+//! #     }),
+//! # )?;
+//! # let path: &Path = &socket;
+//! // path: the node's control_socket (`interlink node` serves it), /run/interlink/node.sock say
 //! match request(path, &ControlRequest::Status, Duration::from_secs(5))? {
 //!     ControlResponse::Status { status } => print!("{}", render_status(&status)),
 //!     other => eprintln!("unexpected answer: {other:?}"),
 //! }
-//! # Ok::<(), interlink::manager::control::ControlError>(())
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use crate::manager::types::{ClientStatus, LatencySummary, LinkStatus, NodeStatus};

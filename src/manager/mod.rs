@@ -14,15 +14,22 @@
 //! its regions are revoked so the partner's old rkeys die at once, and their contents are carried
 //! into the regions of its next attachment.
 //!
-//! ```no_run
+//! ```
 //! use interlink::manager::{BandwidthClass, ClientSpec, Manager, NodeConfig};
-//! use std::{path::Path, time::Duration};
+//! use std::time::Duration;
 //!
-//! let manager = Manager::start(NodeConfig::load(Path::new("/etc/interlink/node.toml"))?)?;
+//! # let dir = std::env::temp_dir().join(format!("interlink-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let (config, partner) = interlink::manager::loopback_pair(&dir)?;
+//! # let partner = Manager::start(partner)?;
+//! # let _peer = partner.register(ClientSpec::new("cfo", BandwidthClass::Low, 1))?;
+//! // config: NodeConfig::load(Path::new("/etc/interlink/node.toml"))? on a node
+//! let manager = Manager::start(config)?;
 //! let client = manager.register(ClientSpec::new("cfo", BandwidthClass::Low, 1))?;
 //! let conn = client.wait_ready(Duration::from_secs(30))?; // the error says why not
 //! let qp = conn.qp(0).expect("queue pair 0");
 //! # let _ = qp;
+//! # let _ = std::fs::remove_dir_all(&dir);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -37,6 +44,7 @@ pub mod control;
 pub mod error;
 pub mod health;
 mod link;
+pub mod loopback;
 mod node;
 pub mod partner_state;
 pub mod placement;
@@ -55,6 +63,7 @@ pub use client::{
 };
 pub use config::*;
 pub use error::ManagerError;
+pub use loopback::loopback_pair;
 pub use node::Manager;
 pub use partner_state::PartnerObservation;
 pub use types::*;
