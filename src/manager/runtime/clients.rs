@@ -59,7 +59,9 @@ impl Runtime {
             counters: ClientCounters::default(),
             last_sample: (0, 0),
             rate_bps: 0.0,
+            metrics: ClientMetrics::new(self.cfg.node_id, &name),
         };
+        rec.metrics.state.set(client_state_code(rec.state));
         self.clients.insert(name.clone(), rec);
         // Responder: the partner may already have offered it.
         self.take_offer(&name);
@@ -207,6 +209,7 @@ impl Runtime {
         let Some(mut c) = self.clients.remove(name) else {
             return;
         };
+        c.set_state(ClientState::Closed);
         let link = c.attachment.as_ref().map(|a| a.link);
         if let Some(att) = c.attachment.take() {
             let _ = att.teardown();
@@ -274,7 +277,7 @@ impl Runtime {
         c.carry.clear();
         let info = att.info(name, c.spec.class)?;
         c.attachment = Some(att);
-        c.state = ClientState::Connecting;
+        c.set_state(ClientState::Connecting);
         tracing::info!(
             client = name,
             link = id,
@@ -393,7 +396,7 @@ impl Runtime {
                 "client updated"
             );
         } else {
-            c.state = ClientState::Ready;
+            c.set_state(ClientState::Ready);
             c.counters.reconnects += 1;
             let _ = c.events.send(ClientEvent::Ready(conn));
             tracing::info!(
@@ -547,7 +550,7 @@ impl Runtime {
                         let to = p.to;
                         let reason = p.reason;
                         c.pending = None;
-                        c.state = ClientState::Waiting;
+                        c.set_state(ClientState::Waiting);
                         let Some(i) = self.link_index(to) else {
                             continue;
                         };
