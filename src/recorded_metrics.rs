@@ -10,7 +10,7 @@
 //! Handles are registered once per link or client with their labels (`node`, and `link` or
 //! `client`), so recording on a hot path is an atomic update on a handle, never a label
 //! string or a map lookup. Totals that a sans-IO core already counts are carried over by the
-//! driver with [`CounterTotal`] (the increase since the last carry-over).
+//! driver with `CounterTotal` (the increase since the last carry-over).
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, Unit};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -173,7 +173,7 @@ fn calls_links_clients_and_appends_show_up_with_their_values() {
     let shadow_a = [("node", "1"), ("client", "shadow")];
     wait_sample(handle, names::SHADOW_APPENDS, &shadow_a, exact(appends));
     wait_sample(
-        &handle,
+        handle,
         names::SHADOW_ACKNOWLEDGED_SEQ,
         &shadow_a,
         exact(appends),
