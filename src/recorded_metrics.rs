@@ -12,6 +12,8 @@
 //! string or a map lookup. Totals that a sans-IO core already counts are carried over by the
 //! driver with `CounterTotal` (the increase since the last carry-over).
 
+use crate::manager::{ClientState, LinkId, LinkState};
+use crate::messaging::WindowStats;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, Unit};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -239,6 +241,28 @@ impl CounterTotal {
     }
 }
 
+/// The value of a link's [`LINK_STATE`] gauge.
+pub(crate) fn link_state_code(state: LinkState) -> f64 {
+    match state {
+        LinkState::Down => 0.0,
+        LinkState::Connecting => 1.0,
+        LinkState::Handshaking => 2.0,
+        LinkState::Ready => 3.0,
+        LinkState::Refused => 4.0,
+    }
+}
+
+/// The value of a client's [`CLIENT_STATE`] gauge.
+pub(crate) fn client_state_code(state: ClientState) -> f64 {
+    match state {
+        ClientState::Waiting => 0.0,
+        ClientState::Connecting => 1.0,
+        ClientState::Ready => 2.0,
+        ClientState::Suspended => 3.0,
+        ClientState::Closed => 4.0,
+    }
+}
+
 /// The handles of one link (labels `node`, `link`).
 pub(crate) struct LinkMetrics {
     pub(crate) state: Gauge,
@@ -251,7 +275,7 @@ pub(crate) struct LinkMetrics {
 }
 
 impl LinkMetrics {
-    pub(crate) fn new(node: u32, link: crate::manager::LinkId) -> LinkMetrics {
+    pub(crate) fn new(node: u32, link: LinkId) -> LinkMetrics {
         let labels = [("node", node.to_string()), ("link", link.to_string())];
         LinkMetrics {
             state: gauge!(LINK_STATE, &labels),
@@ -306,6 +330,13 @@ impl MessagingMetrics {
             call_failures: counter!(MESSAGING_CALL_FAILURES, &labels),
             in_flight: gauge!(MESSAGING_IN_FLIGHT, &labels),
         }
+    }
+
+    /// Carries the window's counters over.
+    pub(crate) fn record_window(&self, stats: &WindowStats, in_flight: usize) {
+        self.sent.set(stats.messages_sent);
+        self.received.set(stats.messages_delivered);
+        self.in_flight.set(in_flight as f64);
     }
 }
 

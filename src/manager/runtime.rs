@@ -40,7 +40,7 @@ use crate::manager::types::{
     PROTOCOL_VERSION_MIN,
 };
 use crate::manager::wire::{DetachReason, GoodbyeReason, Message, PeerInfo, ReadyClient};
-use crate::recorded_metrics::{ClientMetrics, LinkMetrics};
+use crate::recorded_metrics::{client_state_code, link_state_code, ClientMetrics, LinkMetrics};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -176,28 +176,6 @@ pub(crate) struct Runtime {
     next_rates: Instant,
     stop: bool,
     cells: Arc<StateCells>,
-}
-
-/// The value of a link's state gauge ([`crate::recorded_metrics::LINK_STATE`]).
-fn link_state_code(state: LinkState) -> f64 {
-    match state {
-        LinkState::Down => 0.0,
-        LinkState::Connecting => 1.0,
-        LinkState::Handshaking => 2.0,
-        LinkState::Ready => 3.0,
-        LinkState::Refused => 4.0,
-    }
-}
-
-/// The value of a client's state gauge ([`crate::recorded_metrics::CLIENT_STATE`]).
-pub(super) fn client_state_code(state: ClientState) -> f64 {
-    match state {
-        ClientState::Waiting => 0.0,
-        ClientState::Connecting => 1.0,
-        ClientState::Ready => 2.0,
-        ClientState::Suspended => 3.0,
-        ClientState::Closed => 4.0,
-    }
 }
 
 fn initiator(cfg: &NodeConfig) -> bool {

@@ -806,17 +806,10 @@ fn ack_every(shared: &Shared) -> u32 {
 fn flush(st: &mut State, shared: &Shared) -> bool {
     let active = transmit(st, shared);
     let active = release_ack(st, shared, false) || active;
-    record_metrics(st, shared);
+    shared
+        .metrics
+        .record_window(st.window.stats(), st.window.in_flight());
     active
-}
-
-/// Carries the window's counters over to the messenger's metrics.
-fn record_metrics(st: &State, shared: &Shared) {
-    let m = &shared.metrics;
-    let stats = st.window.stats();
-    m.sent.set(stats.messages_sent);
-    m.received.set(stats.messages_delivered);
-    m.in_flight.set(st.window.in_flight() as f64);
 }
 
 /// Sends the pure ack held back by [`transmit`] once it has waited [`ACK_DELAY`] or enough
