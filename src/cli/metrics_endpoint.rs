@@ -20,8 +20,10 @@ use std::time::Duration;
 const MAX_REQUEST: usize = 8192;
 /// How long a connection may take to send its request, and to take the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the accept loop looks at its stop flag.
-const STOP_POLL: Duration = Duration::from_millis(50);
+/// How often the accept loop looks at its stop flag, milliseconds.
+const STOP_POLL_MS: u16 = 50;
+/// The same as a duration (the pause after a failed poll or accept).
+const STOP_POLL: Duration = Duration::from_millis(STOP_POLL_MS as u64);
 
 /// Installs the Prometheus recorder as the process's global recorder and describes the
 /// library's metrics to it.
@@ -54,16 +56,22 @@ impl MetricsServer {
         let thread = std::thread::Builder::new()
             .name("il-metrics".into())
             .spawn(move || {
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                use std::os::fd::AsFd;
                 while !flag.load(Ordering::Relaxed) {
+                    // Wait for a connection (at once) or STOP_POLL, to notice `stop`.
+                    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                    if poll(&mut fds, PollTimeout::from(STOP_POLL_MS)).is_err() {
+                        std::thread::sleep(STOP_POLL);
+                        continue;
+                    }
                     match listener.accept() {
                         Ok((stream, from)) => {
                             if let Err(e) = serve(stream, &handle) {
                                 tracing::debug!(%from, error = %e, "metrics request");
                             }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(STOP_POLL)
-                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "accept on the metrics endpoint");
                             std::thread::sleep(STOP_POLL);
