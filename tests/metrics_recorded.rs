@@ -165,10 +165,12 @@ fn calls_links_clients_and_appends_show_up_with_their_values() {
     wait_sample(handle, names::LINK_STATE, &link_b, |v| v == 3.0);
     let rtt_count = format!("{}_count", names::LINK_HEARTBEAT_RTT);
     wait_sample(handle, &rtt_count, &link_a, |v| v >= 1.0);
-    wait_sample(handle, names::LINK_FAILURES, &link_a, exact(0));
+    // Nothing failed so far unless the heartbeat missed on a loaded machine: what counts
+    // below is the failure B's stop causes.
+    let failures = wait_sample(handle, names::LINK_FAILURES, &link_a, |_| true);
 
     wait_sample(handle, names::CLIENT_STATE, &a_msg, |v| v == 2.0);
-    wait_sample(handle, names::CLIENT_READY, &a_msg, exact(1));
+    wait_sample(handle, names::CLIENT_READY, &a_msg, |v| v >= 1.0);
 
     let shadow_a = [("node", "1"), ("client", "shadow")];
     wait_sample(handle, names::SHADOW_APPENDS, &shadow_a, exact(appends));
@@ -202,7 +204,9 @@ fn calls_links_clients_and_appends_show_up_with_their_values() {
     // B goes away: A's link fails once and is no longer ready; its clients are not ready.
     drop((xb, sb, wb));
     mb.shutdown();
-    wait_sample(handle, names::LINK_FAILURES, &link_a, exact(1));
+    wait_sample(handle, names::LINK_FAILURES, &link_a, |v| {
+        v >= failures + 1.0
+    });
     wait_sample(handle, names::LINK_STATE, &link_a, |v| v != 3.0);
     wait_sample(handle, names::CLIENT_STATE, &a_msg, |v| v != 2.0);
     // Every name of the table is described (HELP line) once the recorder has it.
