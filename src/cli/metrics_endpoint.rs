@@ -4,7 +4,8 @@
 //! is installed before the manager starts, so every handle the library registers reaches
 //! it. A small thread serves its text on `GET /metrics` (anything else: 404), one
 //! connection at a time, each bounded in size and time: it is an operator port, and no
-//! input makes it panic. The control socket answers `{"client": "metrics"}` with the same
+//! input makes it panic. The same thread runs the recorder's upkeep every few seconds, so
+//! histogram samples do not pile up when nobody scrapes. The control socket answers `{"client": "metrics"}` with the same
 //! text, which `interlink status` shows (see [`samples`]).
 
 use anyhow::Context;
@@ -14,12 +15,15 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest request read (request line and headers).
 const MAX_REQUEST: usize = 8192;
 /// How long a connection may take to send its request, and to take the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the recorder's histograms are drained into their summaries when nobody scrapes
+/// (samples pile up in memory until then).
+const UPKEEP: Duration = Duration::from_secs(5);
 /// How often the accept loop looks at its stop flag, milliseconds.
 const STOP_POLL_MS: u16 = 50;
 /// The same as a duration (the pause after a failed poll or accept).
@@ -58,7 +62,12 @@ impl MetricsServer {
             .spawn(move || {
                 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
                 use std::os::fd::AsFd;
+                let mut last_upkeep = Instant::now();
                 while !flag.load(Ordering::Relaxed) {
+                    if last_upkeep.elapsed() >= UPKEEP {
+                        handle.run_upkeep();
+                        last_upkeep = Instant::now();
+                    }
                     // Wait for a connection (at once) or STOP_POLL, to notice `stop`.
                     let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
                     if poll(&mut fds, PollTimeout::from(STOP_POLL_MS)).is_err() {
