@@ -6,3 +6,4 @@ pub mod clients;
 pub mod fabric;
 pub mod manager;
 pub mod messaging;
+pub mod recorded_metrics;

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod metrics_endpoint;
 mod node_cmd;
 mod node_lock;
 mod shadow_cmd;
@@ -93,6 +94,11 @@ enum Cmd {
         /// control socket (client `writeback`).
         #[arg(long, value_name = "DIR[:PARTNER_TIMEOUT_MS[:BUFFERS[:BLOCK_SIZE]]]")]
         writeback: Option<String>,
+        /// Record metrics and serve them for Prometheus on http://ADDR/metrics (ADDR is
+        /// IP:PORT; port 0 picks one, printed at start); overrides the configuration's
+        /// `metrics_listen`. `interlink status` then shows them too.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Take over the partner (killing it first if it is alive); `--check` only says whether
     /// it would be allowed and why.
@@ -162,6 +168,7 @@ fn main() {
             on_release,
             shadow,
             writeback,
+            metrics,
         } => node_cmd::run(
             &config,
             &probes,
@@ -177,6 +184,7 @@ fn main() {
             },
             shadow.as_deref(),
             writeback.as_deref(),
+            metrics,
         ),
         Cmd::Takeover { node, check, force } => giveback_command(&node, "takeover", check, force),
         Cmd::Giveback { node, check } => giveback_command(&node, "giveback", check, false),
@@ -317,10 +325,33 @@ fn status(node: &NodeTarget, json: bool, timeout: Duration) -> anyhow::Result<()
                 Ok(ControlResponse::Ok { value }) => value.get("status").cloned(),
                 _ => None,
             };
+            // The metrics section, when the node records metrics (`--metrics`): the samples
+            // of the exposition its /metrics serves, under the same names.
+            let metrics = match control::request(
+                &path,
+                &ControlRequest::Client {
+                    name: node_cmd::METRICS.into(),
+                    command: serde_json::json!({}),
+                },
+                timeout,
+            ) {
+                Ok(ControlResponse::Ok { value }) => value
+                    .get("text")
+                    .and_then(|t| t.as_str())
+                    .map(metrics_endpoint::samples),
+                _ => None,
+            };
             if json {
                 let mut v = serde_json::to_value(&status)?;
                 if let (Some(g), Some(obj)) = (giveback, v.as_object_mut()) {
                     obj.insert("giveback".into(), g);
+                }
+                if let (Some(m), Some(obj)) = (&metrics, v.as_object_mut()) {
+                    let samples: serde_json::Map<String, serde_json::Value> = m
+                        .iter()
+                        .map(|(series, value)| (series.clone(), serde_json::json!(value)))
+                        .collect();
+                    obj.insert("metrics".into(), samples.into());
                 }
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -328,6 +359,12 @@ fn status(node: &NodeTarget, json: bool, timeout: Duration) -> anyhow::Result<()
                 if let Some(g) = giveback {
                     let report: GivebackReport = serde_json::from_value(g)?;
                     print!("{}", render_report(&report));
+                }
+                if let Some(m) = &metrics {
+                    println!("metrics:");
+                    for (series, value) in m {
+                        println!("  {series} {value}");
+                    }
                 }
             }
             Ok(())

@@ -2,6 +2,7 @@
 //! `shutdown` request on the control socket, with optional probe clients, the giveback
 //! client, the shadow log and the mirrored write-back.
 
+use crate::metrics_endpoint::{self, MetricsServer};
 use crate::node_lock;
 use crate::shadow_cmd::{self, ShadowNode};
 use crate::writeback_cmd::{self, WriteBackNode};
@@ -15,7 +16,9 @@ use interlink::clients::message_probe::{self, MessageProbe};
 use interlink::clients::probe::{Probe, ProbeConfig};
 use interlink::manager::control::{ControlHandler, ControlRequest, ControlResponse, ControlServer};
 use interlink::manager::{BandwidthClass, Manager, NodeConfig};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -69,6 +72,8 @@ const SHADOW: &str = "shadow";
 const WRITEBACK: &str = "writeback";
 /// Name under which the simulated link cut answers on the control socket.
 const LINK: &str = "link";
+/// Name under which the metrics answer on the control socket.
+pub const METRICS: &str = "metrics";
 
 struct Handler {
     manager: Arc<Manager>,
@@ -77,6 +82,8 @@ struct Handler {
     writeback: Option<WriteBackNode>,
     probes: BTreeMap<String, Probe>,
     messengers: BTreeMap<String, MessageProbe>,
+    /// The Prometheus recorder's handle, with `--metrics`.
+    metrics: Option<PrometheusHandle>,
     stop: Arc<AtomicBool>,
 }
 
@@ -108,6 +115,17 @@ impl ControlHandler for Handler {
                 }
                 if name == LINK {
                     return link_command(&self.manager, &command);
+                }
+                if name == METRICS {
+                    // The exposition `/metrics` serves: `{"text": "..."}`.
+                    return match &self.metrics {
+                        Some(h) => ControlResponse::Ok {
+                            value: serde_json::json!({ "text": h.render() }),
+                        },
+                        None => ControlResponse::error(
+                            "this node records no metrics (start it with --metrics ADDR)",
+                        ),
+                    };
                 }
                 if name == SHADOW {
                     return match &self.shadow {
@@ -312,6 +330,7 @@ pub fn run(
     giveback: &GivebackArgs,
     shadow: Option<&str>,
     writeback: Option<&str>,
+    metrics: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let shadow_spec = shadow.map(shadow_cmd::parse_spec).transpose()?;
     let writeback_spec = writeback.map(writeback_cmd::parse_spec).transpose()?;
@@ -341,6 +360,16 @@ pub fn run(
         .iter()
         .map(|m| message_probe::parse_spec(m).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // The recorder before the manager: the library registers its metric handles as links
+    // and clients are set up, and handles registered without a recorder record nothing.
+    let metrics_addr = metrics.or(cfg.metrics_listen);
+    let recorder = metrics_addr
+        .map(|_| metrics_endpoint::install_recorder())
+        .transpose()?;
+    let _metrics_server = match (metrics_addr, &recorder) {
+        (Some(addr), Some(handle)) => Some(MetricsServer::start(addr, handle.clone())?),
+        _ => None,
+    };
     let manager = Arc::new(Manager::start(cfg.clone())?);
     let mut messaging = BTreeMap::new();
     for m in messenger_cfgs {
@@ -385,6 +414,7 @@ pub fn run(
         writeback,
         probes: running,
         messengers: messaging,
+        metrics: recorder,
         stop: stop.clone(),
     });
     let _server = match &cfg.control_socket {
@@ -402,6 +432,9 @@ pub fn run(
             .map(|p| format!("; control socket {}", p.display()))
             .unwrap_or_default()
     );
+    if let Some(server) = &_metrics_server {
+        println!("metrics on http://{}/metrics", server.addr());
+    }
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }

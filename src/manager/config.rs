@@ -133,6 +133,11 @@ pub struct NodeConfig {
     /// paths are resolved like `secret_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
+    /// Address `interlink node` serves its Prometheus metrics on (`http://ADDR/metrics`;
+    /// none: no metrics endpoint). The library itself only records through the `metrics`
+    /// facade ([`crate::recorded_metrics`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Links to the partner, in id order (`[[link]]` tables in TOML).
     #[serde(rename = "link", default)]
     pub links: Vec<LinkConfig>,
@@ -387,6 +392,7 @@ impl NodeConfig {
             secret_file: secret_file.into(),
             fabric: ProviderChoice::default(),
             control_socket: None,
+            metrics_listen: None,
             links: Vec::new(),
             heartbeat: HeartbeatConfig::default(),
             backoff: BackoffConfig::default(),

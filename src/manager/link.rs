@@ -256,6 +256,8 @@ pub(crate) struct Heartbeat {
     next_wr: u64,
     pub(crate) monitor: HeartbeatMonitor,
     pub(crate) rtt: Histogram<u64>,
+    /// The link's round-trip metric ([`crate::recorded_metrics::LINK_HEARTBEAT_RTT`]).
+    rtt_metric: metrics::Histogram,
     pub(crate) reads: u64,
     /// The partner's last good block.
     pub(crate) last_block: Option<HealthBlock>,
@@ -272,7 +274,12 @@ pub(crate) enum HeartbeatPoll {
 }
 
 impl Heartbeat {
-    pub(crate) fn create(link: LinkId, fabric: &LinkFabric, miss_count: u32) -> Result<Heartbeat> {
+    pub(crate) fn create(
+        link: LinkId,
+        fabric: &LinkFabric,
+        miss_count: u32,
+        rtt_metric: metrics::Histogram,
+    ) -> Result<Heartbeat> {
         let err = |source| ManagerError::CreateResources {
             link,
             owner: "heartbeat".into(),
@@ -305,6 +312,7 @@ impl Heartbeat {
             next_wr: 1,
             monitor: HeartbeatMonitor::new(miss_count),
             rtt: new_histogram(),
+            rtt_metric,
             reads: 0,
             last_block: None,
             copies: Vec::new(),
@@ -358,7 +366,9 @@ impl Heartbeat {
                 return HeartbeatPoll::Failed(format!("heartbeat READ failed: {:?}", c.status));
             }
             if let Some(t) = started {
-                record_us(&mut self.rtt, t.elapsed());
+                let rtt = t.elapsed();
+                record_us(&mut self.rtt, rtt);
+                self.rtt_metric.record(rtt);
             }
             self.absorb_landing();
         }

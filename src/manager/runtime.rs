@@ -40,6 +40,7 @@ use crate::manager::types::{
     PROTOCOL_VERSION_MIN,
 };
 use crate::manager::wire::{DetachReason, GoodbyeReason, Message, PeerInfo, ReadyClient};
+use crate::recorded_metrics::{client_state_code, link_state_code, ClientMetrics, LinkMetrics};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -87,6 +88,7 @@ struct Link {
     healthy_since_ms: u64,
     counters: LinkCounters,
     rate_bps: f64,
+    metrics: LinkMetrics,
 }
 
 enum MovePhase {
@@ -119,6 +121,7 @@ struct ClientRecord {
     rate_bps: f64,
     /// The partner's client disagrees on this term (the client was told once).
     refused: Option<TermMismatch>,
+    metrics: ClientMetrics,
 }
 
 impl ClientRecord {
@@ -126,11 +129,20 @@ impl ClientRecord {
         (0..self.next_qp_index).collect()
     }
 
+    /// Sets the state (and its gauge); a transition to ready counts in the ready counter.
+    fn set_state(&mut self, state: ClientState) {
+        if state == ClientState::Ready && self.state != ClientState::Ready {
+            self.metrics.ready.increment(1);
+        }
+        self.state = state;
+        self.metrics.state.set(client_state_code(state));
+    }
+
     fn suspend(&mut self, link: LinkId, reason: SuspendReason) {
         if self.state == ClientState::Ready {
             let _ = self.events.send(ClientEvent::Suspended { link, reason });
         }
-        self.state = ClientState::Suspended;
+        self.set_state(ClientState::Suspended);
     }
 
     /// Tears down the current attachment (its rkeys die), keeping region contents.
@@ -142,7 +154,7 @@ impl ClientRecord {
         for (id, r) in carry {
             self.carry.insert(id, r);
         }
-        self.state = ClientState::Waiting;
+        self.set_state(ClientState::Waiting);
         Some(link)
     }
 }
@@ -210,6 +222,11 @@ impl Runtime {
                 healthy_since_ms: 0,
                 counters: LinkCounters::default(),
                 rate_bps: 0.0,
+                metrics: {
+                    let m = LinkMetrics::new(cfg.node_id, l.id);
+                    m.state.set(link_state_code(LinkState::Down));
+                    m
+                },
             })
             .collect();
         let planner = initiator(&cfg).then(|| {
@@ -437,9 +454,11 @@ impl Runtime {
             match hb.monitor.handle_interval() {
                 HeartbeatVerdict::Alive => {}
                 HeartbeatVerdict::Missed(n) => {
+                    link.metrics.heartbeat_misses.increment(1);
                     tracing::debug!(link = link.id, missed = n, "heartbeat interval missed")
                 }
                 HeartbeatVerdict::Dead => {
+                    link.metrics.heartbeat_misses.increment(1);
                     failure = Some(format!(
                         "heartbeat lost: no progress for {miss_count} intervals of {} ms",
                         interval.as_millis()
@@ -590,6 +609,7 @@ impl Runtime {
             tracing::info!(link = l.id, from = ?l.state, to = ?state, "link state");
             l.state = state;
             l.since = Instant::now();
+            l.metrics.state.set(link_state_code(state));
         }
     }
 
@@ -612,6 +632,7 @@ impl Runtime {
         let l = &mut self.links[i];
         l.last_error = Some(why.to_string());
         l.counters.errors += 1;
+        l.metrics.errors.increment(1);
         let delay = self.retry_later(i, state);
         tracing::warn!(
             link = self.links[i].id,
@@ -949,7 +970,12 @@ impl Runtime {
                 name: "heartbeat".into(),
                 reason: format!("link {id} has no device"),
             })?;
-        let hb = Heartbeat::create(id, fabric, self.cfg.heartbeat.miss_count)?;
+        let hb = Heartbeat::create(
+            id,
+            fabric,
+            self.cfg.heartbeat.miss_count,
+            self.links[i].metrics.heartbeat_rtt.clone(),
+        )?;
         self.links[i].heartbeat = Some(hb);
         self.publish_health();
         if let Some(c) = self.links[i].conn.as_mut() {

@@ -24,6 +24,7 @@ use crate::manager::{
     BandwidthClass, ClientEvent, ClientHandle, ClientQp, ClientSpec, Connection, LinkId, Manager,
     SuspendReason, TermMismatch,
 };
+use crate::recorded_metrics::MessagingMetrics;
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
@@ -206,6 +207,7 @@ struct Shared {
     pollers: AtomicUsize,
     /// The driver thread (to wake it when a call stops busy-polling).
     driver: OnceLock<std::thread::Thread>,
+    metrics: MessagingMetrics,
 }
 
 /// A synchronous call's busy-polling phase. While one exists the driver thread sleeps instead
@@ -396,6 +398,7 @@ impl Messenger {
             stop: AtomicBool::new(false),
             pollers: AtomicUsize::new(0),
             driver: OnceLock::new(),
+            metrics: MessagingMetrics::new(manager.config().node_id, &name),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -490,7 +493,20 @@ impl Messenger {
     ) -> Result<CallId> {
         let mut st = self.shared.lock_for_traffic(head.code)?;
         let (_, call) = st.window.outbox().call(head, payload)?;
-        st.callbacks.responses.insert(call, Box::new(on_response));
+        let metrics = &self.shared.metrics;
+        metrics.calls.increment(1);
+        let (latency, failures) = (metrics.call_latency.clone(), metrics.call_failures.clone());
+        let started = Instant::now();
+        st.callbacks.responses.insert(
+            call,
+            Box::new(move |r: std::result::Result<&[u8], CallFailure>| {
+                match &r {
+                    Ok(_) => latency.record(started.elapsed()),
+                    Err(_) => failures.increment(1),
+                }
+                on_response(r)
+            }),
+        );
         flush(&mut st, &self.shared);
         Ok(call)
     }
@@ -520,6 +536,7 @@ impl Messenger {
             }
             let now = Instant::now();
             if now >= deadline {
+                self.shared.metrics.call_failures.increment(1);
                 return Err(CallError::Timeout(timeout));
             }
             if now < spin_until {
@@ -810,7 +827,11 @@ fn ack_every(shared: &Shared) -> u32 {
 /// completed.
 fn flush(st: &mut State, shared: &Shared) -> bool {
     let active = transmit(st, shared);
-    release_ack(st, shared, false) || active
+    let active = release_ack(st, shared, false) || active;
+    shared
+        .metrics
+        .record_window(st.window.stats(), st.window.in_flight());
+    active
 }
 
 /// Sends the pure ack held back by [`transmit`] once it has waited [`ACK_DELAY`] or enough

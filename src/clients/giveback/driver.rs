@@ -382,6 +382,7 @@ impl GivebackNode {
             own_start_pending: None,
             partner_replay: None,
             serving_lease: serving_lease.clone(),
+            metrics: crate::recorded_metrics::GivebackMetrics::new(cfg.node_id),
         };
         let thread = std::thread::Builder::new()
             .name("il-giveback".into())
@@ -547,6 +548,7 @@ struct Driver {
     partner_replay: Option<PartnerReplayPending>,
     /// The machine's serving lease as last published.
     serving_lease: Arc<ServingLease>,
+    metrics: crate::recorded_metrics::GivebackMetrics,
 }
 
 impl Driver {
@@ -909,6 +911,11 @@ impl Driver {
         while let Some(ev) = self.machine.poll_event() {
             tracing::info!(event = ?ev, "giveback");
             match ev {
+                GivebackEvent::TakeoverDone { .. } => self.metrics.takeovers.increment(1),
+                GivebackEvent::GivebackDone { .. } => self.metrics.givebacks.increment(1),
+                _ => {}
+            }
+            match ev {
                 GivebackEvent::GivebackStarted => self.awaiting_partner_up = true,
                 GivebackEvent::GivebackDone { outage } => {
                     self.awaiting_partner_up = false;
@@ -918,7 +925,10 @@ impl Driver {
                         "giveback complete: partner serves again"
                     );
                 }
-                GivebackEvent::PartnerFailed { .. } => self.awaiting_partner_up = false,
+                GivebackEvent::PartnerFailed { .. } => {
+                    self.awaiting_partner_up = false;
+                    self.metrics.partner_failures.increment(1);
+                }
                 _ => {}
             }
             let mut s = self.shared.lock();
@@ -929,7 +939,9 @@ impl Driver {
     fn publish_status(&mut self) {
         self.serving_lease
             .set(self.machine.poll_lease(), self.machine.serves_own());
-        self.shared.lock().status = self.machine.status();
+        let status = self.machine.status();
+        self.metrics.state.set(f64::from(status.state as u16));
+        self.shared.lock().status = status;
     }
 }
 

@@ -100,6 +100,7 @@ use crate::clients::giveback::service::ReplayHook;
 use crate::clients::giveback::PartnerLogContext;
 use crate::fabric::Access;
 use crate::manager::{BandwidthClass, ClientSpec, LinkId, Manager, ReadGrant};
+use crate::recorded_metrics::ShadowMetrics;
 use driver::{drive, spin_wait, Counters, Inner, Shared, Sleeper, POLL_BATCH};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use recovery::RecoveryState;
@@ -499,6 +500,7 @@ impl ShadowMirror {
             serving_lease: std::sync::OnceLock::new(),
             sleepers: AtomicUsize::new(0),
             kick: crossbeam_channel::bounded(1),
+            metrics: ShadowMetrics::new(manager.config().node_id, &name),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -632,6 +634,7 @@ impl ShadowMirror {
                 match log.append(payload) {
                     Ok(position) => {
                         st.counters.appends += 1;
+                        shared.metrics.appends.increment(1);
                         st.counters.bytes += payload.len() as u64;
                         shared.post(&mut st);
                         return Ok(AppendTicket { position, started });
@@ -722,7 +725,9 @@ impl ShadowMirror {
             }
             if st.acked >= seq {
                 let mirrored = !st.is_unmirrored(seq);
-                crate::manager::client::record_us(&mut st.latency, ticket.started.elapsed());
+                let latency = ticket.started.elapsed();
+                crate::manager::client::record_us(&mut st.latency, latency);
+                shared.metrics.append_latency.record(latency);
                 return Ok(Appended {
                     position: ticket.position,
                     mirrored,

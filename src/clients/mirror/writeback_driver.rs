@@ -110,6 +110,7 @@ use crate::clients::giveback::{
 use crate::fabric::Access;
 use crate::manager::{BandwidthClass, ClientHandle, ClientSpec, Manager};
 use crate::messaging::{Head, Messenger, MessengerConfig, Outbox};
+use crate::recorded_metrics::WriteBackMetrics;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -257,6 +258,7 @@ struct Shared {
     changed: Condvar,
     stop: AtomicBool,
     kick: crossbeam_channel::Sender<()>,
+    metrics: WriteBackMetrics,
 }
 
 impl Shared {
@@ -274,11 +276,18 @@ impl Shared {
             self.handle.record_error();
             self.handle.report_failure(&why);
         }
-        if c.primary.in_sync() {
+        let in_sync = c.primary.in_sync();
+        if in_sync {
             if let Some(mark) = self.copy_mark.get() {
                 mark.writeback_synced();
             }
         }
+        let (m, p) = (&self.metrics, c.primary.stats());
+        m.writes.set(p.writes);
+        m.mirrored.set(p.mirrored);
+        m.mirror_lost.set(p.mirror_lost + p.rejected);
+        m.mirrored_bytes.set(c.counters.data_bytes);
+        m.in_sync.set(if in_sync { 1.0 } else { 0.0 });
         progress
     }
 
@@ -393,6 +402,7 @@ impl MirroredWriteBack {
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             kick,
+            metrics: WriteBackMetrics::new(manager.config().node_id, &cfg.name),
         });
         let s = shared.clone();
         messenger

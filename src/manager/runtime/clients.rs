@@ -69,7 +69,9 @@ impl Runtime {
             counters: ClientCounters::default(),
             last_sample: (0, 0),
             rate_bps: 0.0,
+            metrics: ClientMetrics::new(self.cfg.node_id, &name),
         };
+        rec.metrics.state.set(client_state_code(rec.state));
         self.clients.insert(name.clone(), rec);
         // Responder: the partner may already have offered it.
         self.take_offer(&name);
@@ -217,6 +219,7 @@ impl Runtime {
         let Some(mut c) = self.clients.remove(name) else {
             return;
         };
+        c.set_state(ClientState::Closed);
         let link = c.attachment.as_ref().map(|a| a.link);
         if let Some(att) = c.attachment.take() {
             let _ = att.teardown();
@@ -284,7 +287,7 @@ impl Runtime {
         c.carry.clear();
         let info = att.info(name, &c.spec)?;
         c.attachment = Some(att);
-        c.state = ClientState::Connecting;
+        c.set_state(ClientState::Connecting);
         tracing::info!(
             client = name,
             link = id,
@@ -402,7 +405,7 @@ impl Runtime {
                 let _ = c.events.send(ClientEvent::Refused(mismatch.clone()));
                 c.refused = Some(mismatch);
             }
-            c.state = ClientState::Refused;
+            c.set_state(ClientState::Refused);
             return;
         }
         c.refused = None;
@@ -416,7 +419,7 @@ impl Runtime {
                 "client updated"
             );
         } else {
-            c.state = ClientState::Ready;
+            c.set_state(ClientState::Ready);
             c.counters.reconnects += 1;
             let _ = c.events.send(ClientEvent::Ready(conn));
             tracing::info!(
@@ -570,7 +573,7 @@ impl Runtime {
                         let to = p.to;
                         let reason = p.reason;
                         c.pending = None;
-                        c.state = ClientState::Waiting;
+                        c.set_state(ClientState::Waiting);
                         let Some(i) = self.link_index(to) else {
                             continue;
                         };

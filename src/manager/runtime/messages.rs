@@ -303,7 +303,7 @@ impl Runtime {
                 if on_link {
                     if let Some(c) = self.clients.get_mut(name) {
                         c.detach(SuspendReason::PartnerReleased);
-                        c.state = ClientState::Waiting;
+                        c.set_state(ClientState::Waiting);
                     }
                 }
                 self.offers.remove(name);
@@ -349,6 +349,7 @@ impl Runtime {
         l.connecting = None;
         if was_ready {
             l.counters.failures += 1;
+            l.metrics.failures.increment(1);
         }
         l.last_error = Some(why.to_string());
     }
@@ -372,6 +373,7 @@ impl Runtime {
         self.flush_quietly(i);
         tracing::warn!(link = id, reason = why, "link down");
         self.links[i].counters.errors += 1;
+        self.links[i].metrics.errors.increment(1);
         self.teardown_link(i, why, SuspendReason::LinkDown);
         self.schedule_retry(i, refused);
     }

@@ -123,6 +123,8 @@ impl Runtime {
             let (ops, bytes, rate) = per_link.get(&l.id).copied().unwrap_or_default();
             l.counters.ops += ops;
             l.counters.bytes += bytes;
+            l.metrics.ops.increment(ops);
+            l.metrics.bytes.increment(bytes);
             l.rate_bps = rate;
         }
     }

@@ -221,6 +221,7 @@ pub(super) struct Shared {
     /// Wakes the driver thread when a waiter goes to sleep (or writes are posted while one
     /// sleeps), so it blocks on the completion queue at once (see [`drive`]). Capacity 1.
     pub(super) kick: (Sender<()>, Receiver<()>),
+    pub(super) metrics: crate::recorded_metrics::ShadowMetrics,
 }
 
 /// A waiter asleep on [`Shared::changed`], counted in [`Shared::sleepers`] while it lives.
@@ -270,7 +271,17 @@ impl Shared {
         progress |= self.note_acks(st);
         self.sync_copy_mark(st);
         progress |= self.follow_serving(st);
+        self.record_metrics(st);
         progress
+    }
+
+    /// Carries the counters over to the shadow log's metrics.
+    fn record_metrics(&self, st: &Inner) {
+        let m = &self.metrics;
+        m.mirrored_bytes.set(st.counters.mirror_bytes);
+        m.unmirrored.set(st.counters.unmirrored);
+        m.suspensions.set(st.counters.partner_absences);
+        m.acknowledged_seq.set(st.acked as f64);
     }
 
     /// A node that stops serving its own disks (a halt of the giveback protocol: it may have
