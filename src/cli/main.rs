@@ -10,6 +10,7 @@ mod writeback_cmd;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use interlink::clients::giveback::driver::{render_report, CommandReport, GivebackReport};
+use interlink::clients::mirror::NvramKind;
 use interlink::manager::control::{self, ControlRequest, ControlResponse};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -82,6 +83,12 @@ enum Cmd {
         /// control socket (client `writeback`).
         #[arg(long, value_name = "DIR[:PARTNER_TIMEOUT_MS[:BUFFERS[:BLOCK_SIZE]]]")]
         writeback: Option<String>,
+        /// NVRAM backing of the --shadow and --writeback files: `file` (mapped, msync per
+        /// persist), `dax` (persistent memory: DIR on a filesystem mounted -o dax, mapped
+        /// with MAP_SYNC, CPU cache flushes per persist; anything else fails to start) or
+        /// `auto` (dax where DIR is DAX, else file).
+        #[arg(long, value_name = "file|dax|auto", default_value = "file")]
+        nvram: NvramKind,
     },
     /// Take over the partner (killing it first if it is alive); `--check` only says whether
     /// it would be allowed and why.
@@ -140,6 +147,7 @@ fn main() {
             on_release,
             shadow,
             writeback,
+            nvram,
         } => node_cmd::run(
             &config,
             &probes,
@@ -153,6 +161,7 @@ fn main() {
             },
             shadow.as_deref(),
             writeback.as_deref(),
+            nvram,
         ),
         Cmd::Takeover { node, check, force } => giveback_command(&node, "takeover", check, force),
         Cmd::Giveback { node, check } => giveback_command(&node, "giveback", check, false),

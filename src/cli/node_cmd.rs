@@ -12,6 +12,7 @@ use interlink::clients::giveback::{
     JournalHooks,
 };
 use interlink::clients::message_probe::{self, MessageProbe};
+use interlink::clients::mirror::NvramKind;
 use interlink::clients::probe::{Probe, ProbeConfig};
 use interlink::manager::control::{ControlHandler, ControlRequest, ControlResponse, ControlServer};
 use interlink::manager::{BandwidthClass, Manager, NodeConfig};
@@ -303,9 +304,16 @@ pub fn run(
     giveback: &GivebackArgs,
     shadow: Option<&str>,
     writeback: Option<&str>,
+    nvram: NvramKind,
 ) -> anyhow::Result<()> {
-    let shadow_spec = shadow.map(shadow_cmd::parse_spec).transpose()?;
-    let writeback_spec = writeback.map(writeback_cmd::parse_spec).transpose()?;
+    let mut shadow_spec = shadow.map(shadow_cmd::parse_spec).transpose()?;
+    let mut writeback_spec = writeback.map(writeback_cmd::parse_spec).transpose()?;
+    if let Some(s) = shadow_spec.as_mut() {
+        s.nvram = nvram;
+    }
+    if let Some(w) = writeback_spec.as_mut() {
+        w.nvram = nvram;
+    }
     let cfg = NodeConfig::load(config).with_context(|| format!("load {}", config.display()))?;
     // Identity before any side effect: nothing is opened, formatted, journaled or connected
     // while another instance holds this node's state.

@@ -23,8 +23,9 @@
 use anyhow::{bail, Context};
 use interlink::clients::giveback::service::{RecoverHook, ReplayHook};
 use interlink::clients::giveback::GivebackNode;
+use interlink::clients::mirror::writeback_driver::backings;
 use interlink::clients::mirror::{
-    BlockRef, CompletionStatus, DirtyRef, MirroredWriteBack, WriteBackConfig,
+    BlockRef, CompletionStatus, DirtyRef, MirroredWriteBack, NvramKind, WriteBackConfig,
 };
 use interlink::manager::control::ControlResponse;
 use interlink::manager::Manager;
@@ -54,6 +55,8 @@ pub struct WriteBackSpec {
     pub buffers: u32,
     /// Bytes per block.
     pub block_size: u32,
+    /// The NVRAM backing of the table and the partner's image (`--nvram`).
+    pub nvram: NvramKind,
 }
 
 /// Parses `DIR[:PARTNER_TIMEOUT_MS[:BUFFERS[:BLOCK_SIZE]]]` (DIR without `:`; an empty
@@ -81,6 +84,7 @@ pub fn parse_spec(s: &str) -> anyhow::Result<WriteBackSpec> {
         partner_timeout,
         buffers,
         block_size,
+        nvram: NvramKind::File,
     })
 }
 
@@ -296,7 +300,8 @@ impl WriteBackNode {
             cfg.partner_timeout = t;
             cfg.write_timeout = cfg.write_timeout.max(t * 2);
         }
-        let wb = MirroredWriteBack::open(manager, cfg, dir, node)?;
+        let (own, partner_image) = backings(dir, node, cfg.geometry, spec.nvram)?;
+        let wb = MirroredWriteBack::start(manager, cfg, own, partner_image)?;
         Ok(WriteBackNode {
             wb: Arc::new(wb),
             writer: Mutex::new(None),
