@@ -17,7 +17,7 @@ use interlink::clients::mirror::shadow::{check_payload, log_path};
 use interlink::clients::mirror::{replay, DaxMode, DaxNvram, NvramBacking, NvramKind, Persistence};
 use manager_pair::*;
 use netns_node::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 
 const SHADOW: &str = "shadow";
@@ -44,10 +44,6 @@ fn acked(path: &Path) -> Vec<u64> {
             }
         })
         .collect()
-}
-
-fn shadow_status(n: &Node) -> Value {
-    n.client(SHADOW, json!({}))
 }
 
 #[test]
@@ -86,6 +82,7 @@ fn shadow_log_on_fsdax_keeps_every_acknowledged_record_across_kill() {
     na.wait_client(SHADOW, "1000 acknowledged", WAIT, |v| {
         v["writer"]["acknowledged"].as_u64().unwrap_or(0) >= 1000
     });
+    let p50 = na.client(SHADOW, json!({}))["shadow"]["latency_p50_us"].clone();
     na.kill();
     let acked = acked(&shared.join("acked-1.log"));
     let last_acked = *acked.last().expect("A acknowledged records");
@@ -155,7 +152,7 @@ fn shadow_log_on_fsdax_keeps_every_acknowledged_record_across_kill() {
         r.checkpoint + 1,
         r.checkpoint,
         own.len(),
-        shadow_status(&nb)["shadow"]["latency_p50_us"],
+        p50,
     );
     na.kill();
     nb.kill();
