@@ -2,8 +2,8 @@
 //! (`soft-roce/vm --pmem MB`, which mounts an fsdax namespace at `INTERLINK_PMEM_DIR` and
 //! names a devdax device in `INTERLINK_PMEM_DEVDAX`):
 //!
-//! - two node processes in ilA/ilB run the shadow log with `--nvram dax` on the fsdax mount
-//!   (their status says so); A appends and is killed (-9); A's log file, reopened as DAX,
+//! - two node processes in ilA/ilB run the shadow log and the mirrored write-back with
+//!   `--nvram dax` on the fsdax mount (their status says so); A appends and is killed (-9); A's log file, reopened as DAX,
 //!   holds every record A acknowledged, and A restarted on it recovers them;
 //! - a devdax device keeps what was persisted across reopen, and `auto` picks DAX on the
 //!   fsdax mount.
@@ -53,13 +53,15 @@ fn shadow_log_on_fsdax_keeps_every_acknowledged_record_across_kill() {
     topology(1);
     let dir = temp_dir("dax");
     let shared = pmem.join(format!("shadow-{}", std::process::id()));
-    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::create_dir_all(shared.join("wb")).unwrap();
     let (a, b) = pair(&dir, 1, netns, fabric(), 18960);
     let mut na = Node::new(&dir, "a", "ilA", a, &[]);
     let mut nb = Node::new(&dir, "b", "ilB", b, &[]);
     let args = vec![
         "--shadow".to_string(),
         format!("{}:1M:60000", shared.display()),
+        "--writeback".into(),
+        format!("{}:60000:64:4096", shared.join("wb").display()),
         "--nvram".into(),
         "dax".into(),
     ];
@@ -74,6 +76,14 @@ fn shadow_log_on_fsdax_keeps_every_acknowledged_record_across_kill() {
         // MAP_SYNC is in effect: the node opened its log as fsdax, not as a file.
         let nvram = st["nvram"].as_str().unwrap_or_default().to_string();
         assert!(nvram.starts_with("fsdax ("), "{} nvram {nvram:?}", n.name);
+        // The write-back's table and partner image are on the DAX mount too.
+        let wb = n.client("writeback", json!({}));
+        let nvram = wb["nvram"].as_str().unwrap_or_default().to_string();
+        assert!(
+            nvram.starts_with("fsdax ("),
+            "{} write-back nvram {nvram:?}",
+            n.name
+        );
     }
     na.client(
         SHADOW,

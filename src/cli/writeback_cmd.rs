@@ -25,7 +25,8 @@ use interlink::clients::giveback::service::{RecoverHook, ReplayHook};
 use interlink::clients::giveback::GivebackNode;
 use interlink::clients::mirror::writeback_driver::backings;
 use interlink::clients::mirror::{
-    BlockRef, CompletionStatus, DirtyRef, MirroredWriteBack, NvramKind, WriteBackConfig,
+    BlockRef, CompletionStatus, DirtyRef, MirroredWriteBack, NvramKind, Persistence,
+    WriteBackConfig,
 };
 use interlink::manager::control::ControlResponse;
 use interlink::manager::Manager;
@@ -284,6 +285,8 @@ pub struct WriteBackNode {
     dir: PathBuf,
     node: u32,
     partner: u32,
+    /// How the table's NVRAM persists (status `nvram`).
+    persistence: Persistence,
 }
 
 impl WriteBackNode {
@@ -301,6 +304,7 @@ impl WriteBackNode {
             cfg.write_timeout = cfg.write_timeout.max(t * 2);
         }
         let (own, partner_image) = backings(dir, node, cfg.geometry, spec.nvram)?;
+        let persistence = own.persistence();
         let wb = MirroredWriteBack::start(manager, cfg, own, partner_image)?;
         Ok(WriteBackNode {
             wb: Arc::new(wb),
@@ -308,6 +312,7 @@ impl WriteBackNode {
             dir: dir.to_path_buf(),
             node,
             partner,
+            persistence,
         })
     }
 
@@ -422,6 +427,7 @@ impl WriteBackNode {
             None
         };
         Ok(serde_json::json!({
+            "nvram": self.persistence.to_string(),
             "writeback": self.wb.stats(),
             "writer": writer.as_ref().map(|w| w.stats.lock().clone()),
             "check": check,

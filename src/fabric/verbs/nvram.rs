@@ -101,7 +101,8 @@ fn cache_line() -> usize {
     }
 }
 
-/// A DAX mapping of persistent memory (see the [module docs](self)), unmapped on drop.
+/// A DAX mapping of persistent memory (an fsdax file mapped with `MAP_SYNC`, or a devdax
+/// device), unmapped on drop.
 #[derive(Debug)]
 pub struct DaxMapping {
     ptr: NonNull<u8>,
