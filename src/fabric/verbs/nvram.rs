@@ -53,10 +53,10 @@ impl CacheFlush {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{__cpuid_count, __get_cpuid_max};
-            // SAFETY: CPUID exists on every x86_64 CPU; leaf 7 is read only where the
-            // maximum leaf says it exists. (These intrinsics are safe functions in newer Rust,
-            // hence the allow.)
+            // (These intrinsics are safe functions in newer Rust, hence the allow.)
             #[allow(unused_unsafe)]
+            // SAFETY: CPUID exists on every x86_64 CPU; leaf 7 is read only where the
+            // maximum leaf says it exists.
             let ebx = unsafe {
                 if __get_cpuid_max(0).0 >= 7 {
                     __cpuid_count(7, 0).ebx
@@ -92,8 +92,9 @@ impl CacheFlush {
 /// The cache line size CLFLUSH works in (CPUID leaf 1, EBX bits 15..8, in 8-byte units).
 #[cfg(target_arch = "x86_64")]
 fn cache_line() -> usize {
-    // SAFETY: CPUID leaf 1 exists on every x86_64 CPU. (Safe in newer Rust, hence the allow.)
+    // (Safe in newer Rust, hence the allow.)
     #[allow(unused_unsafe)]
+    // SAFETY: CPUID leaf 1 exists on every x86_64 CPU.
     let ebx = unsafe { std::arch::x86_64::__cpuid(1).ebx };
     match ((ebx >> 8) & 0xff) as usize * 8 {
         0 => 64,
@@ -264,8 +265,9 @@ impl DaxMapping {
 /// Orders the cache flushes before anything that follows (an acknowledgement).
 #[cfg(target_arch = "x86_64")]
 fn fence() {
-    // SAFETY: SFENCE (SSE) exists on every x86_64 CPU and only orders stores.
+    // (Safe in newer Rust, hence the allow.)
     #[allow(unused_unsafe)]
+    // SAFETY: SFENCE (SSE) exists on every x86_64 CPU and only orders stores.
     unsafe {
         std::arch::x86_64::_mm_sfence()
     };
