@@ -6,9 +6,15 @@
 //! once (node A's threads in namespace ilA, node B's in ilB on Soft-RoCE) and serves every
 //! measurement of that net. Node A appends; node B only mirrors. The local NVRAM is a
 //! [`MemoryNvram`] (plain memory: persisting is a no-op, so the figures are the mirror path's
-//! own); `INTERLINK_BENCH_MIRROR_NVRAM=file` uses the reference [`FileNvram`] (a memory-mapped
-//! file in a temporary directory, msync per append) instead, and
-//! `INTERLINK_BENCH_MIRROR_SPIN_US` sets [`ShadowConfig::spin`]. Every 1024 acknowledged
+//! own); `INTERLINK_BENCH_MIRROR_NVRAM=file` uses the reference
+//! [`FileNvram`](interlink::clients::mirror::FileNvram) (a memory-mapped
+//! file in a temporary directory, msync per append) instead, `=dax` a
+//! [`DaxNvram`](interlink::clients::mirror::DaxNvram) (persistent
+//! memory: the files in `INTERLINK_BENCH_MIRROR_NVRAM_DIR`, a filesystem mounted `-o dax`,
+//! cache flushes per append; that variable also moves the `file` case's files), and
+//! `INTERLINK_BENCH_MIRROR_SPIN_US` sets [`ShadowConfig::spin`]. With a file or DAX NVRAM the
+//! one-at-a-time figures are named `append_file_<size>` / `append_dax_<size>` (criterion group
+//! `<net>/append_file`, `<net>/append_dax`) instead of `append_<size>`. Every 1024 acknowledged
 //! records node A checkpoints through the last one, so the log never fills (its data area
 //! holds about 16 000 records of 4 KiB).
 //!
@@ -51,7 +57,7 @@ use criterion::{Criterion, Throughput};
 use hdrhistogram::Histogram;
 use interlink::clients::mirror::shadow::{Durability, Nvram};
 use interlink::clients::mirror::{
-    FileNvram, LogPosition, MemoryNvram, ShadowConfig, ShadowMirror, ShadowStats,
+    LogPosition, MemoryNvram, NvramKind, ShadowConfig, ShadowMirror, ShadowStats,
 };
 use interlink::fabric::ProviderChoice;
 use interlink::manager::{LinkConfig, Manager, NodeConfig};
@@ -136,8 +142,29 @@ fn shadow_config() -> ShadowConfig {
     cfg
 }
 
-fn file_nvram() -> bool {
-    std::env::var("INTERLINK_BENCH_MIRROR_NVRAM").as_deref() == Ok("file")
+/// The NVRAM backing (`INTERLINK_BENCH_MIRROR_NVRAM`: memory, `file` or `dax`).
+fn nvram_kind() -> Option<NvramKind> {
+    match std::env::var("INTERLINK_BENCH_MIRROR_NVRAM").as_deref() {
+        Ok("file") => Some(NvramKind::File),
+        Ok("dax") => Some(NvramKind::Dax),
+        _ => None,
+    }
+}
+
+fn nvram_label() -> &'static str {
+    match nvram_kind() {
+        None => "memory",
+        Some(NvramKind::Dax) => "dax",
+        Some(_) => "file",
+    }
+}
+
+/// The one-at-a-time append figures' name: `append`, or `append_file` / `append_dax`.
+fn append_name() -> String {
+    match nvram_kind() {
+        None => "append".into(),
+        Some(_) => format!("append_{}", nvram_label()),
+    }
 }
 
 // ------------------------------------------------------------------ configuration
@@ -167,12 +194,14 @@ fn configs(net: &Net, secret: &Path) -> (NodeConfig, NodeConfig) {
 
 /// The log and cursor backings of `node`.
 fn backings(dir: &Path, node: u32) -> Result<(Nvram, Nvram), String> {
-    if file_nvram() {
-        let log = FileNvram::open(&dir.join(format!("shadow-{node}.nvram")), LOG_LEN)
+    if let Some(kind) = nvram_kind() {
+        let log = kind
+            .open(&dir.join(format!("shadow-{node}.nvram")), LOG_LEN)
             .map_err(|e| format!("node {node}: log file: {e}"))?;
-        let cursor = FileNvram::open(&dir.join(format!("shadow-{node}.cursor")), 4096)
+        let cursor = kind
+            .open(&dir.join(format!("shadow-{node}.cursor")), 4096)
             .map_err(|e| format!("node {node}: cursor file: {e}"))?;
-        Ok((Box::new(log), Box::new(cursor)))
+        Ok((log, cursor))
     } else {
         Ok((
             Box::new(MemoryNvram::new(LOG_LEN)),
@@ -251,7 +280,10 @@ impl Local {
 impl MirrorPair {
     fn start(net: &Net, secret: &Path) -> MirrorPair {
         let t = Instant::now();
-        let dir = secret.parent().expect("secret dir").join(net.label);
+        let dir = match std::env::var_os("INTERLINK_BENCH_MIRROR_NVRAM_DIR") {
+            Some(d) => PathBuf::from(d).join(net.label),
+            None => secret.parent().expect("secret dir").join(net.label),
+        };
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create nvram dir");
         let (ca, cb) = configs(net, secret);
@@ -287,7 +319,7 @@ impl MirrorPair {
             "mirror bench: {} pair ready in {:.2} s ({} NVRAM, {} MiB log)",
             net.label,
             t.elapsed().as_secs_f64(),
-            if file_nvram() { "file" } else { "memory" },
+            nvram_label(),
             LOG_LEN >> 20
         );
         MirrorPair {
@@ -436,7 +468,7 @@ impl MirrorFigures for Recorder {
             "shadow",
             format!(
                 "nvram={} log_mib={} checkpoint_every={CHECKPOINT_EVERY} spin_us={} appends={} mirror_writes={} writes_per_record={:.3} mirror_mb={:.1} resyncs={} write_errors={} unmirrored={}",
-                if file_nvram() { "file" } else { "memory" },
+                nvram_label(),
                 LOG_LEN >> 20,
                 shadow_config().spin.as_micros(),
                 s.appends,
@@ -459,7 +491,7 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
     let pair: OnceCell<RefCell<MirrorPair>> = OnceCell::new();
     let get = || pair.get_or_init(|| RefCell::new(MirrorPair::start(net, &secret)));
 
-    append_group(c, net, "append", get);
+    append_group(c, net, &append_name(), get);
 
     let mut g = c.benchmark_group(format!("{}/append_throughput", net.label));
     g.sample_size(am.samples)
@@ -480,7 +512,7 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
         return;
     };
     let mut pair = pair;
-    append_histograms(&mut pair, net, rec, quick, "append");
+    append_histograms(&mut pair, net, rec, quick, &append_name());
     let bw_time = if quick {
         Duration::from_millis(200)
     } else {

@@ -11,6 +11,7 @@ mod writeback_cmd;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use interlink::clients::giveback::driver::{render_report, CommandReport, GivebackReport};
+use interlink::clients::mirror::NvramKind;
 use interlink::manager::control::{self, ControlRequest, ControlResponse};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -99,6 +100,12 @@ enum Cmd {
         /// `metrics_listen`. `interlink status` then shows them too.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// NVRAM backing of the --shadow and --writeback files: `file` (mapped, msync per
+        /// persist), `dax` (persistent memory: DIR on a filesystem mounted -o dax, mapped
+        /// with MAP_SYNC, CPU cache flushes per persist; anything else fails to start) or
+        /// `auto` (dax where DIR is DAX, else file).
+        #[arg(long, value_name = "file|dax|auto", default_value = "file")]
+        nvram: NvramKind,
     },
     /// Take over the partner (killing it first if it is alive); `--check` only says whether
     /// it would be allowed and why.
@@ -169,11 +176,12 @@ fn main() {
             shadow,
             writeback,
             metrics,
-        } => node_cmd::run(
-            &config,
-            &probes,
-            &messengers,
-            &node_cmd::GivebackArgs {
+            nvram,
+        } => node_cmd::run(node_cmd::NodeArgs {
+            config: &config,
+            probes: &probes,
+            messengers: &messengers,
+            giveback: &node_cmd::GivebackArgs {
                 dir: giveback,
                 auto: auto_giveback,
                 delay_ms: giveback_delay_ms,
@@ -182,10 +190,11 @@ fn main() {
                 on_assume,
                 on_release,
             },
-            shadow.as_deref(),
-            writeback.as_deref(),
+            shadow: shadow.as_deref(),
+            writeback: writeback.as_deref(),
             metrics,
-        ),
+            nvram,
+        }),
         Cmd::Takeover { node, check, force } => giveback_command(&node, "takeover", check, force),
         Cmd::Giveback { node, check } => giveback_command(&node, "giveback", check, false),
         Cmd::Devices => {

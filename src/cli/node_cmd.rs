@@ -13,6 +13,7 @@ use interlink::clients::giveback::{
     JournalHooks,
 };
 use interlink::clients::message_probe::{self, MessageProbe};
+use interlink::clients::mirror::NvramKind;
 use interlink::clients::probe::{Probe, ProbeConfig};
 use interlink::manager::control::{ControlHandler, ControlRequest, ControlResponse, ControlServer};
 use interlink::manager::{BandwidthClass, Manager, NodeConfig};
@@ -322,18 +323,46 @@ fn start_giveback(
     Ok(Some(node))
 }
 
+/// What `interlink node` was asked to run.
+pub struct NodeArgs<'a> {
+    /// The node's configuration file.
+    pub config: &'a Path,
+    /// `--probe` specs.
+    pub probes: &'a [String],
+    /// `--messenger` specs.
+    pub messengers: &'a [String],
+    /// `--giveback` and its options.
+    pub giveback: &'a GivebackArgs,
+    /// `--shadow` spec.
+    pub shadow: Option<&'a str>,
+    /// `--writeback` spec.
+    pub writeback: Option<&'a str>,
+    /// `--metrics` address.
+    pub metrics: Option<SocketAddr>,
+    /// `--nvram` backing.
+    pub nvram: NvramKind,
+}
+
 /// Runs the node.
-pub fn run(
-    config: &Path,
-    probes: &[String],
-    messengers: &[String],
-    giveback: &GivebackArgs,
-    shadow: Option<&str>,
-    writeback: Option<&str>,
-    metrics: Option<SocketAddr>,
-) -> anyhow::Result<()> {
-    let shadow_spec = shadow.map(shadow_cmd::parse_spec).transpose()?;
-    let writeback_spec = writeback.map(writeback_cmd::parse_spec).transpose()?;
+pub fn run(args: NodeArgs<'_>) -> anyhow::Result<()> {
+    let NodeArgs {
+        config,
+        probes,
+        messengers,
+        giveback,
+        shadow,
+        writeback,
+        metrics,
+        nvram,
+    } = args;
+    let mut shadow_spec = shadow.map(shadow_cmd::parse_spec).transpose()?;
+    let mut writeback_spec = writeback.map(writeback_cmd::parse_spec).transpose()?;
+    if let Some(s) = shadow_spec.as_mut() {
+        s.nvram = nvram;
+    }
+    if let Some(w) = writeback_spec.as_mut() {
+        w.nvram = nvram;
+    }
     let cfg = NodeConfig::load(config).with_context(|| format!("load {}", config.display()))?;
     // Identity before any side effect: nothing is opened, formatted, journaled or connected
     // while another instance holds this node's state.

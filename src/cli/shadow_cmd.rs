@@ -13,9 +13,9 @@ use anyhow::{bail, Context};
 use interlink::clients::giveback::service::{RecoverHook, ReplayHook, ReplayedHook};
 use interlink::clients::giveback::{GivebackNode, OwnLogContext};
 use interlink::clients::mirror::shadow::{
-    check_payload, file_backings, ShadowConfig, ShadowMirror, ShadowWriter, WriterConfig,
+    backings, check_payload, ShadowConfig, ShadowMirror, ShadowWriter, WriterConfig,
 };
-use interlink::clients::mirror::{Recovered, ReplayedRecord};
+use interlink::clients::mirror::{NvramKind, Persistence, Recovered, ReplayedRecord};
 use interlink::manager::control::ControlResponse;
 use interlink::manager::Manager;
 use parking_lot::Mutex;
@@ -36,6 +36,8 @@ pub struct ShadowSpec {
     pub size: usize,
     /// The partner timeout (None: the default).
     pub partner_timeout: Option<Duration>,
+    /// The NVRAM backing of the log and cursor (`--nvram`).
+    pub nvram: NvramKind,
 }
 
 /// Parses `DIR[:SIZE[:PARTNER_TIMEOUT_MS]]` (SIZE in bytes, or with a K, M or G suffix;
@@ -73,6 +75,7 @@ pub fn parse_spec(s: &str) -> anyhow::Result<ShadowSpec> {
         dir: PathBuf::from(parts[0]),
         size,
         partner_timeout,
+        nvram: NvramKind::File,
     })
 }
 
@@ -149,6 +152,8 @@ pub struct ShadowNode {
     writer: Mutex<Option<ShadowWriter>>,
     dir: PathBuf,
     node: u32,
+    /// How the log's NVRAM persists (status `nvram`).
+    persistence: Persistence,
 }
 
 impl ShadowNode {
@@ -159,7 +164,8 @@ impl ShadowNode {
         let dir = &spec.dir;
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let node = manager.config().node_id;
-        let (log, cursor) = file_backings(dir, node, spec.size)?;
+        let (log, cursor) = backings(dir, node, spec.size, spec.nvram)?;
+        let persistence = log.persistence();
         let mut cfg = ShadowConfig::new();
         if let Some(t) = spec.partner_timeout {
             cfg.partner_timeout = t;
@@ -171,6 +177,7 @@ impl ShadowNode {
             writer: Mutex::new(None),
             dir: dir.to_path_buf(),
             node,
+            persistence,
         })
     }
 
@@ -327,6 +334,7 @@ impl ShadowNode {
             _ => None,
         };
         Ok(serde_json::json!({
+            "nvram": self.persistence.to_string(),
             "shadow": self.mirror.stats(),
             "writer": writer.as_ref().map(|w| w.stats()),
             "replay": replay,

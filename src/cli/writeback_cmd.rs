@@ -23,8 +23,10 @@
 use anyhow::{bail, Context};
 use interlink::clients::giveback::service::{RecoverHook, ReplayHook};
 use interlink::clients::giveback::GivebackNode;
+use interlink::clients::mirror::writeback_driver::backings;
 use interlink::clients::mirror::{
-    BlockRef, CompletionStatus, DirtyRef, MirroredWriteBack, WriteBackConfig,
+    BlockRef, CompletionStatus, DirtyRef, MirroredWriteBack, NvramKind, Persistence,
+    WriteBackConfig,
 };
 use interlink::manager::control::ControlResponse;
 use interlink::manager::Manager;
@@ -54,6 +56,8 @@ pub struct WriteBackSpec {
     pub buffers: u32,
     /// Bytes per block.
     pub block_size: u32,
+    /// The NVRAM backing of the table and the partner's image (`--nvram`).
+    pub nvram: NvramKind,
 }
 
 /// Parses `DIR[:PARTNER_TIMEOUT_MS[:BUFFERS[:BLOCK_SIZE]]]` (DIR without `:`; an empty
@@ -81,6 +85,7 @@ pub fn parse_spec(s: &str) -> anyhow::Result<WriteBackSpec> {
         partner_timeout,
         buffers,
         block_size,
+        nvram: NvramKind::File,
     })
 }
 
@@ -280,6 +285,8 @@ pub struct WriteBackNode {
     dir: PathBuf,
     node: u32,
     partner: u32,
+    /// How the table's NVRAM persists (status `nvram`).
+    persistence: Persistence,
 }
 
 impl WriteBackNode {
@@ -296,13 +303,16 @@ impl WriteBackNode {
             cfg.partner_timeout = t;
             cfg.write_timeout = cfg.write_timeout.max(t * 2);
         }
-        let wb = MirroredWriteBack::open(manager, cfg, dir, node)?;
+        let (own, partner_image) = backings(dir, node, cfg.geometry, spec.nvram)?;
+        let persistence = own.persistence();
+        let wb = MirroredWriteBack::start(manager, cfg, own, partner_image)?;
         Ok(WriteBackNode {
             wb: Arc::new(wb),
             writer: Mutex::new(None),
             dir: dir.to_path_buf(),
             node,
             partner,
+            persistence,
         })
     }
 
@@ -417,6 +427,7 @@ impl WriteBackNode {
             None
         };
         Ok(serde_json::json!({
+            "nvram": self.persistence.to_string(),
             "writeback": self.wb.stats(),
             "writer": writer.as_ref().map(|w| w.stats.lock().clone()),
             "check": check,

@@ -24,6 +24,31 @@ pub enum MirrorError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The DAX backing was asked for, but `path` cannot be mapped as persistent memory: the
+    /// kernel refused `MAP_SYNC` (the file is not on a filesystem mounted `-o dax`), or it is
+    /// neither a regular file nor a devdax device.
+    #[error("open NVRAM {path:?} as DAX: {source} (not a file on a filesystem mounted -o dax nor a devdax device; use the file backing, or auto)")]
+    NotDax {
+        /// The file or device.
+        path: PathBuf,
+        /// The OS error (`EOPNOTSUPP`: not DAX; `EINVAL`: a kernel without `MAP_SYNC`).
+        source: std::io::Error,
+    },
+    /// The devdax device is smaller than the backing asked for (its length rounded up to
+    /// the device's alignment).
+    #[error("open NVRAM {path:?}: devdax device holds {size} bytes, {needed} needed ({len} rounded up to its alignment {align})")]
+    DevDaxTooSmall {
+        /// The device.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The length asked for.
+        len: usize,
+        /// Its mapping alignment.
+        align: usize,
+        /// `len` rounded up to `align`.
+        needed: u64,
+    },
     /// Flushing an NVRAM range to its file failed.
     #[error("persist NVRAM {path:?} [{offset}, +{len}): {source}")]
     PersistNvram {

@@ -29,7 +29,9 @@ pub use log_format::LogImageError;
 pub use log_replay::{
     replay, LogPosition, Replay, ReplayCursor, ReplayCursorError, ReplayedRecord, ScanStop,
 };
-pub use nvram::{FileNvram, MemoryNvram, NvramBacking};
+pub use nvram::{
+    CacheFlush, DaxMode, DaxNvram, FileNvram, MemoryNvram, NvramBacking, NvramKind, Persistence,
+};
 pub use recovery_plan::{
     next_generation, plan_fetched, plan_recovery, plan_start, OwnLogKnowledge, RecoveryPlan,
 };

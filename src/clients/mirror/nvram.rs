@@ -1,12 +1,20 @@
 //! NVRAM backings: the memory the shadow log, the mirror image and the write-back metadata
-//! live in. [`FileNvram`] is the reference NVRAM (a file-backed memory map, so a restarted
-//! process finds its log and metadata); [`MemoryNvram`] is plain memory for tests.
+//! live in. [`FileNvram`] is a file-backed memory map made durable with `msync` (a restarted
+//! process finds its log and metadata); [`DaxNvram`] is persistent memory mapped directly
+//! (fsdax file or devdax device) made durable with CPU cache flushes; [`MemoryNvram`] is plain
+//! memory for tests. [`NvramKind`] chooses between the first two at run time.
+//!
+//! None of these mappings is ever registered with the RDMA device: the clients register
+//! memory of their own (the staging and mirror regions) and copy between it and the NVRAM, so
+//! every backing works with every provider (see docs/operations.md, "NVRAM backing").
 
 use crate::clients::mirror::error::MirrorError;
-use crate::fabric::verbs::map_nvram_file;
+pub use crate::fabric::verbs::CacheFlush;
+use crate::fabric::verbs::{map_nvram_file, DaxMapping};
 use memmap2::MmapMut;
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Byte-addressable, optionally persistent memory.
@@ -20,6 +28,10 @@ pub trait NvramBacking: Send {
     fn bytes_mut(&mut self) -> &mut [u8];
     /// Makes `[offset, offset + len)` durable (a no-op where the backing is volatile).
     fn persist(&mut self, offset: usize, len: usize) -> Result<(), MirrorError>;
+    /// How [`persist`](NvramBacking::persist) makes bytes durable (default: not at all).
+    fn persistence(&self) -> Persistence {
+        Persistence::Volatile
+    }
     /// Size in bytes.
     fn len(&self) -> usize {
         self.bytes().len()
@@ -44,6 +56,96 @@ impl<T: NvramBacking + ?Sized> NvramBacking for Box<T> {
     }
     fn len(&self) -> usize {
         (**self).len()
+    }
+    fn persistence(&self) -> Persistence {
+        (**self).persistence()
+    }
+}
+
+/// How a backing makes bytes durable ([`NvramBacking::persistence`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// Not at all (plain memory).
+    Volatile,
+    /// `msync` of the range to the backing file ([`FileNvram`]).
+    Msync,
+    /// Persistent memory mapped directly, the range's cache lines flushed ([`DaxNvram`]).
+    Dax {
+        /// fsdax file or devdax device.
+        mode: DaxMode,
+        /// The flush instruction.
+        flush: CacheFlush,
+    },
+}
+
+impl std::fmt::Display for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Persistence::Volatile => f.write_str("volatile"),
+            Persistence::Msync => f.write_str("file (msync)"),
+            Persistence::Dax { mode, flush } => write!(f, "{} ({})", mode.name(), flush.name()),
+        }
+    }
+}
+
+/// What a [`DaxNvram`] maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DaxMode {
+    /// A file on a filesystem mounted `-o dax`, mapped with `MAP_SYNC`.
+    FsDax,
+    /// A devdax character device (`/dev/daxX.Y`).
+    DevDax,
+}
+
+impl DaxMode {
+    /// `fsdax` or `devdax`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DaxMode::FsDax => "fsdax",
+            DaxMode::DevDax => "devdax",
+        }
+    }
+}
+
+/// Which backing [`NvramKind::open`] opens (the CLI's `--nvram`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NvramKind {
+    /// [`FileNvram`]: any file, `msync` per persist.
+    #[default]
+    File,
+    /// [`DaxNvram`]: persistent memory, or the open fails with [`MirrorError::NotDax`].
+    Dax,
+    /// [`DaxNvram`] where the path is DAX, else [`FileNvram`].
+    Auto,
+}
+
+impl NvramKind {
+    /// Opens `path` (`len` bytes) as this kind of backing.
+    pub fn open(self, path: &Path, len: usize) -> Result<Box<dyn NvramBacking>, MirrorError> {
+        match self {
+            NvramKind::File => Ok(Box::new(FileNvram::open(path, len)?)),
+            NvramKind::Dax => Ok(Box::new(DaxNvram::open(path, len)?)),
+            NvramKind::Auto => match DaxNvram::open(path, len) {
+                Ok(dax) => Ok(Box::new(dax)),
+                Err(MirrorError::NotDax { source, .. }) => {
+                    tracing::info!(path = %path.display(), error = %source, "NVRAM is not DAX: using the file backing (msync)");
+                    Ok(Box::new(FileNvram::open(path, len)?))
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for NvramKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NvramKind, String> {
+        match s {
+            "file" => Ok(NvramKind::File),
+            "dax" => Ok(NvramKind::Dax),
+            "auto" => Ok(NvramKind::Auto),
+            _ => Err(format!("NVRAM backing {s:?}: expected file, dax or auto")),
+        }
     }
 }
 
@@ -140,6 +242,170 @@ impl NvramBacking for FileNvram {
                 source: e,
             })
     }
+    fn persistence(&self) -> Persistence {
+        Persistence::Msync
+    }
+}
+
+/// Persistent memory mapped directly (DAX): a file on a filesystem mounted `-o dax` (fsdax,
+/// mapped with `MAP_SYNC`) or a devdax device; `persist` flushes the range's CPU cache lines
+/// and fences ([`CacheFlush`]) instead of calling `msync`.
+#[derive(Debug)]
+pub struct DaxNvram {
+    path: PathBuf,
+    mode: DaxMode,
+    map: DaxMapping,
+}
+
+impl DaxNvram {
+    /// Opens `path` and maps `len` bytes of it as persistent memory.
+    ///
+    /// - A character device is taken for a devdax device: its size and alignment come from
+    ///   sysfs (`/sys/dev/char/MAJOR:MINOR/{size,align}`), and it must hold `len` rounded up
+    ///   to the alignment ([`MirrorError::DevDaxTooSmall`]). The backing starts at its offset
+    ///   0, so one device holds one backing.
+    /// - Anything else is a file, created if needed (an existing one keeps its contents); a
+    ///   shorter one is extended with written zeros, not a hole, and synced, so no page fault
+    ///   of the mapping allocates blocks later. It is mapped with `MAP_SYNC`, which the kernel
+    ///   refuses unless the filesystem is mounted `-o dax`: [`MirrorError::NotDax`].
+    pub fn open(path: &Path, len: usize) -> Result<DaxNvram, MirrorError> {
+        let ctx = |e: std::io::Error| MirrorError::OpenNvram {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let is_char = std::fs::metadata(path)
+            .map(|m| m.file_type().is_char_device())
+            .unwrap_or(false);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(!is_char)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(ctx)?;
+        let meta = file.metadata().map_err(ctx)?;
+        if is_char {
+            let (size, align) = devdax_geometry(meta.rdev()).map_err(|e| MirrorError::NotDax {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+            let needed = (len as u64).div_ceil(align as u64) * align as u64;
+            if needed > size {
+                return Err(MirrorError::DevDaxTooSmall {
+                    path: path.to_path_buf(),
+                    size,
+                    len,
+                    align,
+                    needed,
+                });
+            }
+            let map = DaxMapping::map_devdax(&file, len, align).map_err(ctx)?;
+            return Ok(DaxNvram {
+                path: path.to_path_buf(),
+                mode: DaxMode::DevDax,
+                map,
+            });
+        }
+        if !meta.is_file() {
+            return Err(MirrorError::NotDax {
+                path: path.to_path_buf(),
+                source: std::io::Error::from_raw_os_error(libc::ENODEV),
+            });
+        }
+        let current = meta.len();
+        if current < len as u64 {
+            extend_with_zeros(&file, current, len as u64).map_err(ctx)?;
+            file.sync_all().map_err(ctx)?;
+        }
+        let map = DaxMapping::map_fsdax(&file, len).map_err(|e| match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => MirrorError::NotDax {
+                path: path.to_path_buf(),
+                source: e,
+            },
+            _ => ctx(e),
+        })?;
+        Ok(DaxNvram {
+            path: path.to_path_buf(),
+            mode: DaxMode::FsDax,
+            map,
+        })
+    }
+
+    /// The backing file or device.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// fsdax or devdax.
+    pub fn mode(&self) -> DaxMode {
+        self.mode
+    }
+
+    /// The flush instruction `persist` uses.
+    pub fn cache_flush(&self) -> CacheFlush {
+        self.map.cache_flush()
+    }
+}
+
+impl NvramBacking for DaxNvram {
+    fn bytes(&self) -> &[u8] {
+        self.map.bytes()
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.map.bytes_mut()
+    }
+    fn persist(&mut self, offset: usize, len: usize) -> Result<(), MirrorError> {
+        check_range(self.map.bytes().len(), offset, len)?;
+        self.map
+            .persist(offset, len)
+            .map_err(|e| MirrorError::PersistNvram {
+                path: self.path.clone(),
+                offset,
+                len,
+                source: e,
+            })
+    }
+    fn persistence(&self) -> Persistence {
+        Persistence::Dax {
+            mode: self.mode,
+            flush: self.map.cache_flush(),
+        }
+    }
+}
+
+/// Writes zeros from `from` to `to` (blocks allocated and written, unlike `set_len`'s hole).
+fn extend_with_zeros(file: &std::fs::File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(from))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = to - from;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Size and mapping alignment of the devdax device `rdev` (from sysfs).
+fn devdax_geometry(rdev: u64) -> std::io::Result<(u64, usize)> {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    let dir = PathBuf::from(format!("/sys/dev/char/{major}:{minor}"));
+    let read = |name: &str| -> std::io::Result<u64> {
+        let text = std::fs::read_to_string(dir.join(name))?;
+        text.trim().parse::<u64>().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", dir.join(name).display()),
+            )
+        })
+    };
+    let size = read("size")?;
+    let align = read("align").unwrap_or(2 << 20).max(4096);
+    Ok((size, align as usize))
 }
 
 fn check_range(size: usize, offset: usize, len: usize) -> Result<(), MirrorError> {
@@ -169,6 +435,40 @@ mod tests {
         assert_eq!(&nv.bytes()[100..104], b"abcd");
         assert_eq!(nv.len(), 8192);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dax_refuses_a_file_that_is_not_dax_and_auto_falls_back() {
+        // /dev/shm is a tmpfs: MAP_SYNC is refused there.
+        let path = PathBuf::from(format!(
+            "/dev/shm/interlink-nvram-dax-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let err = DaxNvram::open(&path, 8192).unwrap_err();
+        assert!(matches!(err, MirrorError::NotDax { .. }), "{err}");
+        assert!(err.to_string().contains("-o dax"), "{err}");
+        assert!(matches!(
+            NvramKind::Dax.open(&path, 8192),
+            Err(MirrorError::NotDax { .. })
+        ));
+        let mut auto = NvramKind::Auto.open(&path, 8192).unwrap();
+        assert_eq!(auto.persistence(), Persistence::Msync);
+        auto.bytes_mut()[0..2].copy_from_slice(b"ok");
+        auto.persist(0, 2).unwrap();
+        drop(auto);
+        let file = NvramKind::File.open(&path, 8192).unwrap();
+        assert_eq!(&file.bytes()[0..2], b"ok");
+        assert_eq!(file.persistence().to_string(), "file (msync)");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!("auto".parse::<NvramKind>(), Ok(NvramKind::Auto));
+        assert!("pmem".parse::<NvramKind>().is_err());
+    }
+
+    #[test]
+    fn dax_refuses_what_is_neither_a_file_nor_a_device() {
+        let err = DaxNvram::open(Path::new("/dev/shm"), 8192).unwrap_err();
+        assert!(matches!(err, MirrorError::OpenNvram { .. }), "{err}");
     }
 
     #[test]

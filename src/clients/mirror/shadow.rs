@@ -95,7 +95,7 @@ pub use writer::{
 use super::error::MirrorError;
 use super::log_format::{max_payload, DATA_OFFSET, MIN_IMAGE_LEN, RECORD_ALIGN};
 use super::log_replay::{LogPosition, Replay, ReplayCursor, ReplayedRecord};
-use super::nvram::{FileNvram, NvramBacking};
+use super::nvram::{NvramBacking, NvramKind};
 use crate::clients::giveback::service::ReplayHook;
 use crate::clients::giveback::PartnerLogContext;
 use crate::fabric::Access;
@@ -374,11 +374,23 @@ pub fn cursor_path(dir: &Path, node: u32) -> PathBuf {
 }
 
 /// File backings for `node` in `dir`: its log (`shadow-<node>.nvram`, `log_len` bytes) and
-/// its replay cursor (`shadow-<node>.cursor`).
+/// its replay cursor (`shadow-<node>.cursor`) ([`backings`] with [`NvramKind::File`]).
 pub fn file_backings(dir: &Path, node: u32, log_len: usize) -> Result<(Nvram, Nvram), MirrorError> {
-    let log = FileNvram::open(&log_path(dir, node), log_len)?;
-    let cursor = FileNvram::open(&cursor_path(dir, node), CursorStore::LEN)?;
-    Ok((Box::new(log), Box::new(cursor)))
+    backings(dir, node, log_len, NvramKind::File)
+}
+
+/// The backings of `node` in `dir` of `kind`: its log (`shadow-<node>.nvram`, `log_len`
+/// bytes) and its replay cursor (`shadow-<node>.cursor`). With [`NvramKind::Dax`], `dir` is on
+/// a filesystem mounted `-o dax`.
+pub fn backings(
+    dir: &Path,
+    node: u32,
+    log_len: usize,
+    kind: NvramKind,
+) -> Result<(Nvram, Nvram), MirrorError> {
+    let log = kind.open(&log_path(dir, node), log_len)?;
+    let cursor = kind.open(&cursor_path(dir, node), CursorStore::LEN)?;
+    Ok((log, cursor))
 }
 
 fn now_ns() -> u64 {

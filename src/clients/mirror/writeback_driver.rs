@@ -97,7 +97,7 @@ use self::state::{Core, POLL_BATCH};
 pub use self::stats::WriteBackStats;
 use super::atomic::{AtomicGeometry, AtomicWriteTable, UnitId, MAGIC, MAX_ATOMIC_BLOCKS};
 use super::error::MirrorError;
-use super::nvram::FileNvram;
+use super::nvram::NvramKind;
 use super::shadow::Nvram;
 use super::writeback::message::MAX_MESSAGE_LEN;
 use super::writeback::{
@@ -212,17 +212,29 @@ pub fn mirror_path(dir: &Path, node: u32) -> PathBuf {
     dir.join(format!("writeback-{node}.mirror.nvram"))
 }
 
-/// File backings of `node` in `dir` for `geometry`: its table and its partner's image.
+/// File backings of `node` in `dir` for `geometry`: its table and its partner's image
+/// ([`backings`] with [`NvramKind::File`]).
 pub fn file_backings(
     dir: &Path,
     node: u32,
     geometry: AtomicGeometry,
 ) -> Result<(Nvram, Nvram), MirrorError> {
+    backings(dir, node, geometry, NvramKind::File)
+}
+
+/// The backings of `node` in `dir` for `geometry` of `kind`: its table and its partner's
+/// image. With [`NvramKind::Dax`], `dir` is on a filesystem mounted `-o dax`.
+pub fn backings(
+    dir: &Path,
+    node: u32,
+    geometry: AtomicGeometry,
+    kind: NvramKind,
+) -> Result<(Nvram, Nvram), MirrorError> {
     geometry.validate()?;
     let len = geometry.required_len();
-    let own = FileNvram::open(&table_path(dir, node), len)?;
-    let partner = FileNvram::open(&mirror_path(dir, node), len)?;
-    Ok((Box::new(own), Box::new(partner)))
+    let own = kind.open(&table_path(dir, node), len)?;
+    let partner = kind.open(&mirror_path(dir, node), len)?;
+    Ok((own, partner))
 }
 
 /// Opens the table in `backing` (crash processing included) or, if it holds none, formats

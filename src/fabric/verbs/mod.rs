@@ -21,7 +21,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod nvram;
-pub use nvram::map_nvram_file;
+pub use nvram::{map_nvram_file, CacheFlush, DaxMapping};
 
 #[cfg(feature = "verbs")]
 mod cq;
