@@ -250,6 +250,7 @@ impl Node {
                 interval: None, // the heartbeat interval
                 miss_intervals: MISS,
                 auto_giveback: true,
+                ..GivebackOptions::default()
             },
             Box::new(mailbox),
             Box::new(reservations),

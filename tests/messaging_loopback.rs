@@ -64,14 +64,14 @@ fn calls_both_ways_and_ordered_stream() {
     let ma = messenger(&a, Duration::from_secs(10));
     let mb = messenger(&b, Duration::from_secs(10));
     let got_b = collect(&mb);
-    assert!(ma.wait_connected(WAIT) && mb.wait_connected(WAIT));
+    assert!(ma.wait_connected_timeout(WAIT).is_ok() && mb.wait_connected_timeout(WAIT).is_ok());
     for i in 0..200u32 {
         let r = ma
-            .call(Head::control(ECHO), &i.to_le_bytes(), WAIT)
+            .call_timeout(Head::control(ECHO), &i.to_le_bytes(), WAIT)
             .expect("call A→B");
         assert_eq!(r, i.to_le_bytes());
         let r = mb
-            .call(Head::control(ECHO), &[7u8; 1500], WAIT)
+            .call_timeout(Head::control(ECHO), &[7u8; 1500], WAIT)
             .expect("call B→A");
         assert_eq!(r.len(), 1500);
     }
@@ -112,7 +112,7 @@ fn calls_both_ways_and_ordered_stream() {
         "aggregation packs small messages: {s:?}"
     );
     // No handler for a code: the call fails with NoHandler.
-    match ma.call(Head::control(99), b"x", WAIT) {
+    match ma.call_timeout(Head::control(99), b"x", WAIT) {
         Err(CallError::Failed(CallFailure::NoHandler)) => {}
         other => panic!("expected NoHandler, got {other:?}"),
     }
@@ -128,7 +128,7 @@ fn partner_lost_with_calls_pending_fails_them_all_once() {
     let h = held.clone();
     mb.on(3, move |msg, _| h.lock().extend(msg.call))
         .expect("handler");
-    assert!(ma.wait_connected(WAIT) && mb.wait_connected(WAIT));
+    assert!(ma.wait_connected_timeout(WAIT).is_ok() && mb.wait_connected_timeout(WAIT).is_ok());
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     for i in 0..50u32 {
         let o = outcomes.clone();
@@ -167,9 +167,9 @@ fn a_client_keeps_its_manager_alive() {
         &Arc::new(Manager::start(b).expect("start B")),
         Duration::from_secs(5),
     );
-    assert!(ma.wait_connected(WAIT) && mb.wait_connected(WAIT));
+    assert!(ma.wait_connected_timeout(WAIT).is_ok() && mb.wait_connected_timeout(WAIT).is_ok());
     let reply = ma
-        .call(Head::control(ECHO), b"alive", Duration::from_secs(10))
+        .call_timeout(Head::control(ECHO), b"alive", Duration::from_secs(10))
         .expect("call");
     assert_eq!(reply, b"alive");
 }

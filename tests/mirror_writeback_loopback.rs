@@ -74,7 +74,11 @@ fn in_files(
 }
 
 fn connected(wb: &MirroredWriteBack) {
-    assert!(wb.wait_connected(WAIT), "not connected: {:#?}", wb.stats());
+    assert!(
+        wb.wait_connected_timeout(WAIT).is_ok(),
+        "not connected: {:#?}",
+        wb.stats()
+    );
 }
 
 /// `blocks` blocks of data, each block naming `version`, its block address and its offset.
@@ -436,7 +440,7 @@ fn resync_after_mirror_lost_then_destage_and_takeover() {
     let b = in_files(&mb, config(), &dir, 2);
     connected(&a);
     connected(&b);
-    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert!(a.wait_in_sync_timeout(WAIT).is_ok(), "{:#?}", a.stats());
     for i in 0..20u64 {
         let d = data(i + 1, i * 4, 4);
         assert_eq!(a.write(1, i * 4, &d).unwrap(), CompletionStatus::Mirrored);
@@ -462,7 +466,7 @@ fn resync_after_mirror_lost_then_destage_and_takeover() {
     // Writes during the resync stay correct.
     let mid = data(500, 41, 2);
     assert_eq!(a.write(1, 41, &mid).unwrap(), CompletionStatus::Mirrored);
-    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert!(a.wait_in_sync_timeout(WAIT).is_ok(), "{:#?}", a.stats());
     let st = a.stats();
     // The resync skips a block a host write is mirroring: the write to 41..43 may have
     // mirrored those two before the resync reached them.
@@ -536,7 +540,7 @@ fn a_write_is_returned_only_while_the_serving_lease_runs() {
     a.set_serving_lease(lease.clone());
     connected(&a);
     connected(&b);
-    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert!(a.wait_in_sync_timeout(WAIT).is_ok(), "{:#?}", a.stats());
     assert_eq!(
         a.write(1, 0, &data(1, 0, 2)).unwrap(),
         CompletionStatus::Mirrored
@@ -567,7 +571,7 @@ fn mirror_lost_is_returned_only_once_the_mirror_is_marked_outdated() {
     a.set_partner_copy_mark(mark.clone());
     connected(&a);
     connected(&b);
-    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert!(a.wait_in_sync_timeout(WAIT).is_ok(), "{:#?}", a.stats());
     assert_eq!(
         a.write(1, 0, &data(1, 0, 2)).unwrap(),
         CompletionStatus::Mirrored
@@ -598,7 +602,7 @@ fn mirror_lost_is_returned_only_once_the_mirror_is_marked_outdated() {
     let mb = Arc::new(Manager::start(bcfg).expect("restart B"));
     let b = in_files(&mb, cfg, &dir, 2);
     connected(&b);
-    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert!(a.wait_in_sync_timeout(WAIT).is_ok(), "{:#?}", a.stats());
     let t0 = std::time::Instant::now();
     while mark.stamp().writeback_outdated {
         assert!(t0.elapsed() < WAIT, "mark never cleared: {:#?}", a.stats());

@@ -20,7 +20,7 @@
 //!
 //! let manager = Manager::start(NodeConfig::load(Path::new("/etc/interlink/node.toml"))?)?;
 //! let client = manager.register(ClientSpec::new("cfo", BandwidthClass::Low, 1))?;
-//! let conn = client.wait_ready(Duration::from_secs(30))?; // the error says why not
+//! let conn = client.wait_ready_timeout(Duration::from_secs(30))?; // the error says why not
 //! let qp = conn.qp(0).expect("queue pair 0");
 //! # let _ = qp;
 //! # Ok::<(), Box<dyn std::error::Error>>(())

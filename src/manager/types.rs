@@ -139,6 +139,15 @@ pub struct ClientSpec {
     pub qp_capacity: QpCapacity,
     /// Memory regions.
     pub regions: Vec<RegionSpec>,
+    /// The deadline of the handle's blocking calls without one
+    /// ([`ClientHandle::wait_ready`](crate::manager::ClientHandle::wait_ready),
+    /// [`next_event`](crate::manager::ClientHandle::next_event)); default 10 s.
+    #[serde(default = "default_wait_timeout")]
+    pub wait_timeout: std::time::Duration,
+}
+
+fn default_wait_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 impl ClientSpec {
@@ -150,6 +159,7 @@ impl ClientSpec {
             qp_count,
             qp_capacity: QpCapacity::default(),
             regions: Vec::new(),
+            wait_timeout: default_wait_timeout(),
         }
     }
     /// Adds a region. With `Access::REMOTE_READ` the registration is refused: use

@@ -13,6 +13,7 @@
 //! at once from the caller's thread. A synchronous call busy-polls for its response for a
 //! while (like perftest), then blocks.
 
+use super::call_future::CallFuture;
 use super::error::{MessagingError, Result};
 use super::outbox::{AckStatus, CallFailure, CallId, Handler, Head, Message, MessageId, Outbox};
 use super::window::{Transmit, Window, WindowConfig, WindowStats};
@@ -62,11 +63,20 @@ pub struct MessengerConfig {
     pub partner_timeout: Duration,
     /// After activity, the driver busy-polls this long before it blocks (latency vs. CPU).
     pub spin: Duration,
+    /// The deadline of the blocking calls without one ([`Messenger::call`],
+    /// [`Messenger::wait_connected`]); their `_timeout` variants take their own.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout: Duration,
+}
+
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl MessengerConfig {
     /// Defaults: the default window with a 1 s retransmission backstop (frames are only lost
-    /// with a link, which the manager reports), a 5 s partner timeout and 100 µs of spinning.
+    /// with a link, which the manager reports), a 5 s partner timeout, 100 µs of spinning and
+    /// a 10 s call timeout.
     pub fn new(name: impl Into<String>, class: BandwidthClass) -> MessengerConfig {
         MessengerConfig {
             name: name.into(),
@@ -77,6 +87,7 @@ impl MessengerConfig {
             },
             partner_timeout: Duration::from_secs(5),
             spin: Duration::from_micros(100),
+            call_timeout: default_call_timeout(),
         }
     }
 }
@@ -473,9 +484,38 @@ impl Messenger {
         Ok(call)
     }
 
-    /// A synchronous call: sends `payload` to function `head.code` and waits up to `timeout`
-    /// for the response. Refused inside a handler (it would wait on itself).
-    pub fn call(
+    /// An asynchronous call as a [`Future`](std::future::Future) for any executor: it
+    /// resolves with the response or the reason there is none (see [`CallFuture`]; no
+    /// deadline of its own, dropping it cancels the wait). Queueing does not block; a call
+    /// that cannot be queued resolves at once with the error.
+    pub fn call_future(&self, head: Head, payload: &[u8]) -> CallFuture {
+        let (mut future, completer) = CallFuture::pending(&self.shared.name);
+        let call = match self.call_async(head, payload, move |r| completer.complete(r)) {
+            Ok(call) => call,
+            Err(e) => return CallFuture::ready(Err(e.into())),
+        };
+        let shared = Arc::downgrade(&self.shared);
+        future.on_cancel(Box::new(move || {
+            // Forget the callback (a late response is then discarded like an unmatched
+            // one); from a handler of this messenger its state is held: leave it, it runs
+            // once into a slot nobody reads.
+            if let Some(shared) = shared.upgrade().filter(|_| !HOLDING.with(Cell::get)) {
+                let callback = shared.force_lock().callbacks.responses.remove(&call);
+                drop(callback);
+            }
+        }));
+        future
+    }
+
+    /// A synchronous call: sends `payload` to function `head.code` and waits for the
+    /// response, at most [`MessengerConfig::call_timeout`]. Refused inside a handler (it
+    /// would wait on itself).
+    pub fn call(&self, head: Head, payload: &[u8]) -> std::result::Result<Vec<u8>, CallError> {
+        self.call_timeout(head, payload, self.shared.cfg.call_timeout)
+    }
+
+    /// [`call`](Messenger::call) waiting at most `timeout` for the response.
+    pub fn call_timeout(
         &self,
         head: Head,
         payload: &[u8],
@@ -551,15 +591,33 @@ impl Messenger {
         }
     }
 
-    /// Waits up to `timeout` for a connection; returns whether there is one.
-    pub fn wait_connected(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+    /// Waits for a connection, at most [`MessengerConfig::call_timeout`].
+    pub fn wait_connected(&self) -> Result<()> {
+        self.wait_connected_timeout(self.shared.cfg.call_timeout)
+    }
+
+    /// Waits at most `timeout` for a connection: [`MessagingError::NotConnected`] says how
+    /// long and how many times the partner was declared failed meanwhile.
+    pub fn wait_connected_timeout(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
         loop {
-            if self.stats().connected {
-                return true;
+            let stats = self.stats();
+            if stats.connected {
+                return Ok(());
             }
-            if Instant::now() >= deadline {
-                return false;
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return Err(MessagingError::Stopped {
+                    name: self.shared.name.clone(),
+                });
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(MessagingError::NotConnected {
+                    name: self.shared.name.clone(),
+                    waited,
+                    connections: stats.connections,
+                    partner_failures: stats.partner_failures,
+                });
             }
             std::thread::sleep(Duration::from_millis(2));
         }

@@ -212,6 +212,8 @@ pub struct GivebackOptions {
     pub miss_intervals: u32,
     /// Give back automatically when the repaired partner reaches MBWAIT.
     pub auto_giveback: bool,
+    /// The deadline of [`GivebackNode::command`] (its `_timeout` variant takes its own).
+    pub command_timeout: Duration,
 }
 
 impl Default for GivebackOptions {
@@ -220,6 +222,7 @@ impl Default for GivebackOptions {
             interval: None,
             miss_intervals: 5,
             auto_giveback: true,
+            command_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -256,6 +259,7 @@ pub struct GivebackNode {
     own_log: Arc<OwnLogMark>,
     serving_lease: Arc<ServingLease>,
     writeback: Arc<WriteBackEpochs>,
+    command_timeout: Duration,
 }
 
 impl std::fmt::Debug for GivebackNode {
@@ -388,6 +392,7 @@ impl GivebackNode {
             own_log,
             serving_lease,
             writeback,
+            command_timeout: options.command_timeout,
         })
     }
 
@@ -431,14 +436,31 @@ impl GivebackNode {
         }
     }
 
-    /// Runs an operator command (takeover, giveback, check-only variants, auto-giveback).
+    /// Runs an operator command (takeover, giveback, check-only variants, auto-giveback),
+    /// waiting for its reply at most [`GivebackOptions::command_timeout`].
     pub fn command(&self, cmd: Command) -> Result<CommandReply, GivebackError> {
+        self.command_timeout(cmd, self.command_timeout)
+    }
+
+    /// [`command`](Self::command) waiting at most `timeout` for the reply
+    /// ([`GivebackError::CommandTimeout`] past it: the driver may still run the command).
+    pub fn command_timeout(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<CommandReply, GivebackError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
+        let what = format!("{cmd:?}");
         self.requests
             .send(Request::Command(cmd, tx))
             .map_err(|_| GivebackError::Stopped)?;
-        rx.recv_timeout(Duration::from_secs(10))
-            .map_err(|_| GivebackError::Stopped)
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => GivebackError::CommandTimeout {
+                command: what,
+                waited: timeout,
+            },
+            crossbeam_channel::RecvTimeoutError::Disconnected => GivebackError::Stopped,
+        })
     }
 
     /// A channel of the protocol's events from now on (partner failed, takeover done,

@@ -219,6 +219,13 @@ pub(super) struct Shared {
     /// Wakes the driver thread when a waiter goes to sleep (or writes are posted while one
     /// sleeps), so it blocks on the completion queue at once (see [`drive`]). Capacity 1.
     pub(super) kick: (Sender<()>, Receiver<()>),
+    /// Tasks of pending futures ([`AppendFuture`](super::AppendFuture), ...), woken with
+    /// [`changed`](Self::changed) by [`notify`](Self::notify).
+    pub(super) wakers: Mutex<Vec<std::task::Waker>>,
+    /// Futures whose append waits for a state that changes without a notification (the
+    /// recovery's mailbox marks, log space): the driver wakes the tasks every round while
+    /// there are any.
+    pub(super) blocked_starts: AtomicUsize,
 }
 
 /// A waiter asleep on [`Shared::changed`], counted in [`Shared::sleepers`] while it lives.
@@ -240,6 +247,21 @@ impl Drop for Sleeper<'_> {
 }
 
 impl Shared {
+    /// Wakes the threads waiting on [`changed`](Self::changed) and the tasks of pending
+    /// futures.
+    pub(super) fn notify(&self) {
+        self.changed.notify_all();
+        self.wake_tasks();
+    }
+
+    /// Wakes the tasks of pending futures (they poll again and re-register).
+    pub(super) fn wake_tasks(&self) {
+        let wakers = std::mem::take(&mut *self.wakers.lock());
+        for w in wakers {
+            w.wake();
+        }
+    }
+
     pub(super) fn stopped(&self) -> MirrorError {
         MirrorError::AppendStopped {
             name: self.cfg.name.clone(),
@@ -307,7 +329,7 @@ impl Shared {
         st.served = false;
         st.relinquished = true;
         st.recovery = RecoveryState::Unrecovered(log.into_local());
-        self.changed.notify_all();
+        self.notify();
         true
     }
 
@@ -601,8 +623,12 @@ impl Shared {
                 return false;
             }
         }
+        let advanced = checkpointed > st.checkpointed;
         st.checkpointed = st.checkpointed.max(checkpointed);
         if now <= st.acked {
+            if advanced {
+                self.notify(); // wait_checkpointed
+            }
             return false;
         }
         let from = st.acked + 1;
@@ -618,7 +644,7 @@ impl Shared {
         }
         st.counters.acknowledged += now - st.acked;
         st.acked = now;
-        self.changed.notify_all();
+        self.notify();
         true
     }
 
@@ -677,7 +703,7 @@ impl Shared {
             pending,
             "shadow log: partner absent; appends complete unmirrored (durable on this node only) until it returns"
         );
-        self.changed.notify_all();
+        self.notify();
     }
 
     /// The current connection failed under us: stop using it and ask the manager to
@@ -707,7 +733,7 @@ impl Shared {
                     tracing::error!(client = %self.cfg.name, reason = %why, "shadow mirror connection unusable");
                     st.last_error = Some(why);
                 }
-                self.changed.notify_all();
+                self.notify();
             }
             ClientEvent::Suspended { link, reason } => {
                 tracing::info!(client = %self.cfg.name, link = %link, reason = ?reason, "shadow mirror suspended");
@@ -946,8 +972,11 @@ pub(super) fn drive(shared: &Arc<Shared>) {
                 events.wait(timeout);
             }
         }
+        if shared.blocked_starts.load(Ordering::SeqCst) > 0 {
+            shared.wake_tasks();
+        }
     }
-    shared.changed.notify_all();
+    shared.notify();
 }
 
 /// One round of busy polling that began at `since` (see the messenger's): a pure spin for
