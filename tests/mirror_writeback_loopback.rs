@@ -7,6 +7,7 @@
 //! was lost (every dirty block in the partner's image before "in sync"), destage on both
 //! sides, and the partner's takeover of the dirty blocks, once.
 
+mod executor;
 mod manager_pair;
 
 use interlink::clients::giveback::{
@@ -758,4 +759,56 @@ fn a_table_taken_over_is_discarded_and_its_late_writes_never_mirrored() {
     // Recovering again in the same incarnation changes nothing.
     let again = a.recover(&own_context(&ea, 2, 1)).unwrap();
     assert_eq!((again.epoch, again.discarded_blocks), (2, 0));
+}
+
+/// Writes as futures on a hand-written executor (no runtime): several in flight at once
+/// (two on the same blocks: the second waits for the first) resolve `Mirrored` with the
+/// data in both tables; a future dropped while its write is in progress is harmless (its
+/// status is not kept, later writes work); with the partner gone a pending write resolves
+/// `MirrorLost`; and a wait for a connection that cannot come ends at its deadline.
+#[test]
+fn write_futures_resolve_on_any_executor() {
+    let (_, _, ma, mb) = managers();
+    let mut cfg = config();
+    cfg.partner_timeout = Duration::from_millis(500);
+    let a = in_memory(&ma, cfg.clone());
+    let b = in_memory(&mb, cfg);
+    connected(&a);
+    connected(&b);
+    let writes: Vec<(u64, Vec<u8>)> = (0..8u64)
+        .map(|i| (i * 4, data(i, i * 4, 4)))
+        .chain([(0, data(100, 0, 4))]) // the same blocks as the first
+        .collect();
+    let futures: Vec<_> = writes
+        .iter()
+        .map(|(first, d)| a.write_future(1, *first, d))
+        .collect();
+    for r in executor::block_on_all(futures, WAIT) {
+        assert_eq!(r.expect("written"), CompletionStatus::Mirrored);
+    }
+    for (first, d) in &writes[1..] {
+        assert_mirrored(&a, &b, 1, *first, d);
+    }
+
+    // Dropped while in progress: nothing waits for it, nothing is kept.
+    let (_, waker) = executor::thread_waker();
+    let mut dropped = a.write_future(1, 200, &data(1, 200, 2));
+    let _ = executor::poll_once(&mut dropped, &waker);
+    drop(dropped);
+    let d = data(2, 300, 2);
+    let r = executor::block_on(a.write_future(1, 300, &d), WAIT);
+    assert_eq!(r.unwrap(), CompletionStatus::Mirrored);
+    wait_stats(&a, "nothing pending", |s| s.pending == 0);
+    assert_mirrored(&a, &b, 1, 300, &d);
+
+    // The partner goes: a write completes with the mirror lost.
+    drop(b);
+    mb.shutdown();
+    let r = executor::block_on(a.write_future(1, 400, &data(3, 400, 1)), WAIT);
+    assert_eq!(r.unwrap(), CompletionStatus::MirrorLost);
+    // And deadlines hold: an explicit one for a wait for a connection that cannot come.
+    match a.wait_connected_timeout(Duration::from_millis(100)) {
+        Err(MirrorError::NotConnected { .. }) => {}
+        other => panic!("expected NotConnected, got {other:?}"),
+    }
 }

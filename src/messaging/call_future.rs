@@ -96,6 +96,7 @@ impl Future for CallFuture {
 impl Drop for CallFuture {
     fn drop(&mut self) {
         if let Some(cancel) = self.cancel.take() {
+            self.slot.lock().waker = None; // nobody to wake any more
             cancel();
         }
     }
