@@ -552,4 +552,26 @@ mod tests {
         assert_eq!(h.events().len(), 2, "nothing taken while waiting");
         assert!(wake.is_empty());
     }
+
+    #[test]
+    fn waits_for_an_event_end_at_their_deadline() {
+        let (mut h, tx) = handle();
+        h.wait_timeout = Duration::from_millis(20);
+        match h.next_event() {
+            Err(ManagerError::NoEvent { client, waited }) => {
+                assert_eq!((client.as_str(), waited), ("c", Duration::from_millis(20)))
+            }
+            other => panic!("expected NoEvent, got {other:?}"),
+        }
+        tx.send(suspended()).unwrap();
+        assert!(matches!(
+            h.next_event_timeout(Duration::ZERO),
+            Ok(ClientEvent::Suspended { .. })
+        ));
+        drop(tx);
+        assert!(matches!(
+            h.next_event_timeout(Duration::from_secs(10)),
+            Err(ManagerError::Stopped)
+        ));
+    }
 }

@@ -660,4 +660,26 @@ mod tests {
             Some(edge + 4)
         );
     }
+
+    #[test]
+    fn a_handler_error_round_trips_and_is_cut_to_fit() {
+        let full = encode_handler_error(42, "no such volume", 2000);
+        assert_eq!(&full[..4], &42u32.to_le_bytes());
+        assert_eq!(decode_handler_error(&full), (42, "no such volume".into()));
+        // Cut at a character boundary: "é" is two bytes, 4 + 5 leaves room for two of them.
+        let cut = encode_handler_error(7, "ééé", 9);
+        assert_eq!(cut.len(), 8);
+        assert_eq!(decode_handler_error(&cut), (7, "éé".into()));
+        assert_eq!(
+            encode_handler_error(7, "x", 2).len(),
+            4,
+            "the code always fits"
+        );
+        // The partner's bytes: short or not UTF-8, never a panic.
+        assert_eq!(decode_handler_error(b"ab"), (0, "ab".into()));
+        assert_eq!(
+            decode_handler_error(&[1, 0, 0, 0, 0xff]),
+            (1, "\u{fffd}".into())
+        );
+    }
 }
