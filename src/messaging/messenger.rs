@@ -13,7 +13,6 @@
 //! at once from the caller's thread. A synchronous call busy-polls for its response for a
 //! while (like perftest), then blocks.
 
-use super::call_future::CallFuture;
 use super::error::{MessagingError, Result};
 use super::outbox::{AckStatus, CallFailure, CallId, Handler, Head, Message, MessageId, Outbox};
 use super::window::{Transmit, Window, WindowConfig, WindowStats};
@@ -48,6 +47,8 @@ const STEP_ASIDE: Duration = Duration::from_micros(500);
 const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest a pure ack is held back for a frame to carry it instead (delayed ack).
 const ACK_DELAY: Duration = Duration::from_micros(200);
+
+mod waiting;
 
 /// How a messenger runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -484,29 +485,6 @@ impl Messenger {
         Ok(call)
     }
 
-    /// An asynchronous call as a [`Future`](std::future::Future) for any executor: it
-    /// resolves with the response or the reason there is none (see [`CallFuture`]; no
-    /// deadline of its own, dropping it cancels the wait). Queueing does not block; a call
-    /// that cannot be queued resolves at once with the error.
-    pub fn call_future(&self, head: Head, payload: &[u8]) -> CallFuture {
-        let (mut future, completer) = CallFuture::pending(&self.shared.name);
-        let call = match self.call_async(head, payload, move |r| completer.complete(r)) {
-            Ok(call) => call,
-            Err(e) => return CallFuture::ready(Err(e.into())),
-        };
-        let shared = Arc::downgrade(&self.shared);
-        future.on_cancel(Box::new(move || {
-            // Forget the callback (a late response is then discarded like an unmatched
-            // one); from a handler of this messenger its state is held: leave it, it runs
-            // once into a slot nobody reads.
-            if let Some(shared) = shared.upgrade().filter(|_| !HOLDING.with(Cell::get)) {
-                let callback = shared.force_lock().callbacks.responses.remove(&call);
-                drop(callback);
-            }
-        }));
-        future
-    }
-
     /// A synchronous call: sends `payload` to function `head.code` and waits for the
     /// response, at most [`MessengerConfig::call_timeout`]. Refused inside a handler (it
     /// would wait on itself).
@@ -588,38 +566,6 @@ impl Messenger {
             queued: st.window.queued(),
             pending_calls: st.window.pending_calls(),
             window,
-        }
-    }
-
-    /// Waits for a connection, at most [`MessengerConfig::call_timeout`].
-    pub fn wait_connected(&self) -> Result<()> {
-        self.wait_connected_timeout(self.shared.cfg.call_timeout)
-    }
-
-    /// Waits at most `timeout` for a connection: [`MessagingError::NotConnected`] says how
-    /// long and how many times the partner was declared failed meanwhile.
-    pub fn wait_connected_timeout(&self, timeout: Duration) -> Result<()> {
-        let start = Instant::now();
-        loop {
-            let stats = self.stats();
-            if stats.connected {
-                return Ok(());
-            }
-            if self.shared.stop.load(Ordering::Relaxed) {
-                return Err(MessagingError::Stopped {
-                    name: self.shared.name.clone(),
-                });
-            }
-            let waited = start.elapsed();
-            if waited >= timeout {
-                return Err(MessagingError::NotConnected {
-                    name: self.shared.name.clone(),
-                    waited,
-                    connections: stats.connections,
-                    partner_failures: stats.partner_failures,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

@@ -80,6 +80,7 @@
 
 #![deny(missing_docs)]
 
+mod attempt;
 mod cursor;
 mod driver;
 mod fetch;
@@ -102,6 +103,7 @@ use crate::clients::giveback::service::ReplayHook;
 use crate::clients::giveback::PartnerLogContext;
 use crate::fabric::Access;
 use crate::manager::{BandwidthClass, ClientSpec, LinkId, Manager, ReadGrant};
+use attempt::try_append;
 use driver::{drive, spin_wait, Counters, Inner, Shared, Sleeper, POLL_BATCH};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use recovery::RecoveryState;
@@ -998,91 +1000,6 @@ impl ShadowMirror {
             last_error: st.last_error.clone(),
         }
     }
-}
-
-/// Why an append cannot be made yet (it may be once the state changes).
-struct Blocked {
-    recovered: bool,
-    in_mailbox: bool,
-    recorded: bool,
-    /// The log is full while a write in flight may reclaim space.
-    full: Option<MirrorError>,
-}
-
-impl Blocked {
-    /// The error of an append that waited `waited` in vain.
-    fn into_error(self, shared: &Shared, waited: Duration) -> MirrorError {
-        let name = shared.cfg.name.clone();
-        if !self.recovered {
-            return MirrorError::NotRecovered { name, waited };
-        }
-        if !self.in_mailbox {
-            return MirrorError::NotInMailbox { name, waited };
-        }
-        if !self.recorded {
-            return MirrorError::OwnLogUnrecorded {
-                name,
-                generation: shared.generation.load(Ordering::Acquire),
-                waited,
-            };
-        }
-        self.full.unwrap_or(MirrorError::AppendNoLink { waited })
-    }
-}
-
-/// One attempt to append `payload` (the log persists it and its mirror writes are posted):
-/// the ticket, what it waits for (`Err(Blocked)`), or an error that waiting does not cure.
-fn try_append(
-    shared: &Shared,
-    st: &mut Inner,
-    payload: &[u8],
-    started: Instant,
-) -> Result<Result<AppendTicket, Blocked>, MirrorError> {
-    shared.pump(st);
-    if st.relinquished {
-        return Err(MirrorError::Relinquished {
-            name: shared.cfg.name.clone(),
-            generation: 0,
-            seq: 0,
-        });
-    }
-    let recovered = st.recovery.is_recovered();
-    let in_mailbox = shared
-        .copy_mark
-        .get()
-        .is_none_or(|m| m.is_attached_durably());
-    // F5.6: nothing of a new generation before the mailbox records it.
-    let recorded = shared.own_log.get().is_none_or(|m| m.is_durable());
-    let usable = recovered && in_mailbox && recorded && (st.absent || st.link_up());
-    let mut full = None;
-    if usable {
-        let log = st.log()?;
-        match log.append(payload) {
-            Ok(position) => {
-                st.counters.appends += 1;
-                st.counters.bytes += payload.len() as u64;
-                shared.post(st);
-                return Ok(Ok(AppendTicket { position, started }));
-            }
-            Err(e @ MirrorError::LogFull { .. }) => {
-                let s = log.stats();
-                if s.writes_queued + s.writes_in_flight == 0 {
-                    return Err(e);
-                }
-                full = Some(e); // a completion may reclaim space
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    if shared.stop.load(Ordering::Relaxed) {
-        return Err(shared.stopped());
-    }
-    Ok(Err(Blocked {
-        recovered,
-        in_mailbox,
-        recorded,
-        full,
-    }))
 }
 
 impl Drop for ShadowMirror {

@@ -351,39 +351,6 @@ impl Shared {
         Ok((WriteTicket { request, started }, flush))
     }
 
-    /// The ticket's outcome if it is in and may be returned (see [`MirroredWriteBack::wait`]);
-    /// collected (removed) then.
-    fn collect(
-        &self,
-        c: &mut Core,
-        request: RequestId,
-    ) -> Option<Result<CompletionStatus, MirrorError>> {
-        if let Some(epoch) = c.discarded.remove(&request) {
-            return Some(Err(MirrorError::WriteDiscarded { request, epoch }));
-        }
-        let status = *c.done.get(&request)?;
-        // F5.7: a write completed without the partner's mirror (the partner failed, or the
-        // mirror refused it: it is re-mirrored by a resync) is acknowledged only once the
-        // mailbox marks that mirror outdated (no automatic takeover from it).
-        let marked = status == CompletionStatus::Mirrored
-            || self.copy_mark.get().is_none_or(|m| {
-                m.mark_writeback();
-                m.is_writeback_durable()
-            });
-        // And only while this node may still serve its disks (a node that stalled may have
-        // been taken over meanwhile, its mirrored blocks destaged by the partner: the
-        // giveback client's serving lease).
-        let leased = self.lease_runs();
-        // And only once the mailbox records the table's epoch (a takeover names it; the
-        // recovery waits for it, so this holds from then on).
-        let recorded = c.epochs.as_ref().is_none_or(|e| e.own().is_durable());
-        if marked && leased && recorded {
-            c.done.remove(&request);
-            return Some(Ok(status));
-        }
-        None
-    }
-
     fn stopped(&self) -> MirrorError {
         MirrorError::WriteStopped {
             name: self.cfg.name.clone(),

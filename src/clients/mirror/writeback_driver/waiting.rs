@@ -1,10 +1,12 @@
 //! Waiting on a [`MirroredWriteBack`]: for the connections, for the partner's image to be
 //! in sync, and for a write without blocking a thread ([`WriteFuture`]).
 
+use super::state::Core;
 use super::{MirroredWriteBack, Shared, WriteTicket};
 use crate::clients::mirror::atomic::UnitId;
 use crate::clients::mirror::error::MirrorError;
 use crate::clients::mirror::writeback::CompletionStatus;
+use crate::clients::mirror::writeback::RequestId;
 use crate::messaging::Messenger;
 use std::future::Future;
 use std::pin::Pin;
@@ -122,6 +124,41 @@ impl MirroredWriteBack {
             Err(e) => Stage::Failed(e),
         };
         future
+    }
+}
+
+impl Shared {
+    /// The ticket's outcome if it is in and may be returned (see [`MirroredWriteBack::wait`]);
+    /// collected (removed) then.
+    pub(super) fn collect(
+        &self,
+        c: &mut Core,
+        request: RequestId,
+    ) -> Option<Result<CompletionStatus, MirrorError>> {
+        if let Some(epoch) = c.discarded.remove(&request) {
+            return Some(Err(MirrorError::WriteDiscarded { request, epoch }));
+        }
+        let status = *c.done.get(&request)?;
+        // F5.7: a write completed without the partner's mirror (the partner failed, or the
+        // mirror refused it: it is re-mirrored by a resync) is acknowledged only once the
+        // mailbox marks that mirror outdated (no automatic takeover from it).
+        let marked = status == CompletionStatus::Mirrored
+            || self.copy_mark.get().is_none_or(|m| {
+                m.mark_writeback();
+                m.is_writeback_durable()
+            });
+        // And only while this node may still serve its disks (a node that stalled may have
+        // been taken over meanwhile, its mirrored blocks destaged by the partner: the
+        // giveback client's serving lease).
+        let leased = self.lease_runs();
+        // And only once the mailbox records the table's epoch (a takeover names it; the
+        // recovery waits for it, so this holds from then on).
+        let recorded = c.epochs.as_ref().is_none_or(|e| e.own().is_durable());
+        if marked && leased && recorded {
+            c.done.remove(&request);
+            return Some(Ok(status));
+        }
+        None
     }
 }
 
