@@ -307,7 +307,7 @@ fn pending_call_futures_fail_when_the_partner_or_the_messenger_goes() {
 fn calls_without_a_partner_end_at_their_deadline() {
     init_logs();
     let dir = temp_dir("msg-alone");
-    let (a, _) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    let (a, _) = pair(&dir, 1, lone_loopback, ProviderChoice::Soft, port_base());
     let a = Arc::new(Manager::start(a).expect("start A"));
     let mut cfg = MessengerConfig::new("msg", BandwidthClass::Low);
     cfg.partner_timeout = Duration::from_secs(600); // never declared failed here
@@ -331,4 +331,13 @@ fn calls_without_a_partner_end_at_their_deadline() {
         other => panic!("expected not connected, got {other:?}"),
     }
     assert!(t.elapsed() < WAIT, "the deadlines held");
+}
+
+/// Loopback addresses no pair of another test uses: a node started alone must not find a
+/// partner of some other test (in this or another test process) on its port.
+fn lone_loopback(l: u8) -> (std::net::IpAddr, std::net::IpAddr) {
+    (
+        format!("127.78.{l}.1").parse().expect("ip"),
+        format!("127.78.{l}.2").parse().expect("ip"),
+    )
 }

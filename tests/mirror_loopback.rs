@@ -1007,13 +1007,14 @@ fn append_futures_resolve_on_any_executor_and_checkpoints_can_be_waited_for() {
 }
 
 /// Deadlines without a partner: an append with a short timeout ends with `AppendNoLink`
-/// (nothing appended), the plain `append` at the configured link timeout, and the waits for
-/// a connection or a checkpoint with `NotConnected` / `CheckpointTimeout`: no call hangs.
+/// (nothing appended), the plain `append` at the configured link timeout, and a wait for a
+/// connection with `NotConnected`: no call hangs. A pending append future ends with
+/// `AppendStopped` when the mirror is dropped, and does not keep its client open.
 #[test]
 fn appends_without_a_partner_end_at_their_deadline() {
     init_logs();
     let dir = temp_dir("shadow-alone");
-    let (acfg, _) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
+    let (acfg, _) = pair(&dir, 1, lone_loopback, ProviderChoice::Soft, port_base());
     let ma = Arc::new(Manager::start(acfg).expect("start A"));
     let mut cfg = ShadowConfig::new();
     cfg.partner_timeout = Duration::from_secs(600); // never declared absent here
@@ -1041,4 +1042,27 @@ fn appends_without_a_partner_end_at_their_deadline() {
     }
     assert_eq!(a.stats().appends, 0, "nothing appended");
     assert!(t.elapsed() < WAIT, "the deadlines held");
+    // A future waiting for a link ends when the mirror is dropped (it does not keep the
+    // mirror's client alive): the driver stops and wakes it.
+    let (_, waker) = executor::thread_waker();
+    let mut pending = a.append_future(b"x");
+    assert!(executor::poll_once(&mut pending, &waker).is_pending());
+    drop(a);
+    match executor::block_on(pending, WAIT) {
+        Err(MirrorError::AppendStopped { name }) => assert_eq!(name, "shadow"),
+        other => panic!("expected AppendStopped, got {other:?}"),
+    }
+    let (gone, status) = ma
+        .wait_status(WAIT, |s| s.clients.iter().all(|c| c.name != "shadow"))
+        .expect("status");
+    assert!(gone, "the client is closed: {status:#?}");
+}
+
+/// Loopback addresses no pair of another test uses: a node started alone must not find a
+/// partner of some other test (in this or another test process) on its port.
+fn lone_loopback(l: u8) -> (std::net::IpAddr, std::net::IpAddr) {
+    (
+        format!("127.78.{l}.1").parse().expect("ip"),
+        format!("127.78.{l}.2").parse().expect("ip"),
+    )
 }

@@ -812,3 +812,48 @@ fn write_futures_resolve_on_any_executor() {
         other => panic!("expected NotConnected, got {other:?}"),
     }
 }
+
+/// Without a partner a write's status does not come: a pending write future ends with
+/// `WriteStopped` when the write-back is dropped (the driver stops and wakes it), and does
+/// not keep the write-back's clients open; `write_timeout` ends at its deadline.
+#[test]
+fn a_pending_write_future_ends_when_the_write_back_stops() {
+    init_logs();
+    let dir = temp_dir("wb-alone");
+    let (acfg, _) = pair(&dir, 1, lone_loopback, ProviderChoice::Soft, port_base());
+    let ma = Arc::new(Manager::start(acfg).expect("start A"));
+    let mut cfg = config();
+    cfg.partner_timeout = Duration::from_secs(600); // never declared failed here
+    let a = in_memory(&ma, cfg);
+    match a.write_timeout(1, 0, &data(1, 0, 1), Duration::from_millis(200)) {
+        Err(MirrorError::WriteTimeout { waited, .. }) => {
+            assert!(waited >= Duration::from_millis(200))
+        }
+        other => panic!("expected WriteTimeout, got {other:?}"),
+    }
+    let (_, waker) = executor::thread_waker();
+    let mut pending = a.write_future(1, 10, &data(2, 10, 1));
+    assert!(executor::poll_once(&mut pending, &waker).is_pending());
+    drop(a);
+    match executor::block_on(pending, WAIT) {
+        Err(MirrorError::WriteStopped { name }) => assert_eq!(name, "writeback"),
+        other => panic!("expected WriteStopped, got {other:?}"),
+    }
+    let (gone, status) = ma
+        .wait_status(WAIT, |s| {
+            s.clients
+                .iter()
+                .all(|c| c.name != "writeback" && c.name != "wb-data")
+        })
+        .expect("status");
+    assert!(gone, "the clients are closed: {status:#?}");
+}
+
+/// Loopback addresses no pair of another test uses: a node started alone must not find a
+/// partner of some other test (in this or another test process) on its port.
+fn lone_loopback(l: u8) -> (std::net::IpAddr, std::net::IpAddr) {
+    (
+        format!("127.78.{l}.1").parse().expect("ip"),
+        format!("127.78.{l}.2").parse().expect("ip"),
+    )
+}

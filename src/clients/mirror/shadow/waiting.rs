@@ -8,7 +8,7 @@ use crate::clients::mirror::log_replay::LogPosition;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -116,7 +116,8 @@ impl ShadowMirror {
     /// acknowledged, as [`append`](Self::append) returns (see [`AppendFuture`]).
     pub fn append_future(&self, payload: &[u8]) -> AppendFuture {
         AppendFuture {
-            shared: self.shared.clone(),
+            shared: Arc::downgrade(&self.shared),
+            name: self.shared.cfg.name.clone(),
             stage: Stage::Start(payload.to_vec()),
             started: Instant::now(),
             counted: None,
@@ -155,7 +156,10 @@ enum Counted {
 /// appended stays in the log and is mirrored like any other.
 #[must_use = "a future does nothing unless polled"]
 pub struct AppendFuture {
-    shared: Arc<Shared>,
+    /// The mirror's state: not kept alive by the future (dropping the mirror closes its
+    /// client even while futures exist; they resolve with `AppendStopped`).
+    shared: Weak<Shared>,
+    name: String,
     stage: Stage,
     started: Instant,
     counted: Option<Counted>,
@@ -169,7 +173,7 @@ impl std::fmt::Debug for AppendFuture {
             Stage::Done => "done",
         };
         f.debug_struct("AppendFuture")
-            .field("client", &self.shared.cfg.name)
+            .field("client", &self.name)
             .field("stage", &stage)
             .finish()
     }
@@ -181,13 +185,16 @@ impl AppendFuture {
             return;
         }
         self.uncount();
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
         match counted {
             Some(Counted::Blocked) => {
-                self.shared.blocked_starts.fetch_add(1, Ordering::SeqCst);
+                shared.blocked_starts.fetch_add(1, Ordering::SeqCst);
             }
             Some(Counted::Sleeping) => {
-                self.shared.sleepers.fetch_add(1, Ordering::SeqCst);
-                let _ = self.shared.kick.0.try_send(());
+                shared.sleepers.fetch_add(1, Ordering::SeqCst);
+                let _ = shared.kick.0.try_send(());
             }
             None => {}
         }
@@ -195,19 +202,24 @@ impl AppendFuture {
     }
 
     fn uncount(&mut self) {
-        match self.counted.take() {
-            Some(Counted::Blocked) => {
-                self.shared.blocked_starts.fetch_sub(1, Ordering::SeqCst);
-            }
-            Some(Counted::Sleeping) => {
-                self.shared.sleepers.fetch_sub(1, Ordering::SeqCst);
-            }
-            None => {}
-        }
+        let Some(counted) = self.counted.take() else {
+            return;
+        };
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        match counted {
+            Counted::Blocked => shared.blocked_starts.fetch_sub(1, Ordering::SeqCst),
+            Counted::Sleeping => shared.sleepers.fetch_sub(1, Ordering::SeqCst),
+        };
     }
 
     fn step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Appended, MirrorError>> {
-        let shared = self.shared.clone();
+        let Some(shared) = self.shared.upgrade() else {
+            return Poll::Ready(Err(MirrorError::AppendStopped {
+                name: self.name.clone(),
+            }));
+        };
         let mut st = shared.inner.lock();
         // Registered before looking, under the lock every notification takes first: a
         // change after the look wakes this task.

@@ -101,7 +101,8 @@ impl MirroredWriteBack {
     /// [`write`](Self::write) returns (see [`WriteFuture`]).
     pub fn write_future(&self, unit: UnitId, first_block: u64, data: &[u8]) -> WriteFuture {
         let mut future = WriteFuture {
-            shared: self.shared.clone(),
+            shared: Arc::downgrade(&self.shared),
+            name: self.shared.cfg.name.clone(),
             messenger: self
                 .messenger
                 .as_ref()
@@ -197,7 +198,10 @@ enum Stage {
 /// started completes as any other, and its status is not kept.
 #[must_use = "a future does nothing unless polled"]
 pub struct WriteFuture {
-    shared: Arc<Shared>,
+    /// The write-back's state: not kept alive by the future (dropping the write-back closes
+    /// its clients even while futures exist; they resolve with `WriteStopped`).
+    shared: Weak<Shared>,
+    name: String,
     /// To send the request's messages when the start is retried from a poll.
     messenger: Weak<Messenger>,
     stage: Stage,
@@ -212,7 +216,7 @@ impl std::fmt::Debug for WriteFuture {
             Stage::Done => "done",
         };
         f.debug_struct("WriteFuture")
-            .field("name", &self.shared.cfg.name)
+            .field("name", &self.name)
             .field("stage", &stage)
             .finish()
     }
@@ -220,7 +224,11 @@ impl std::fmt::Debug for WriteFuture {
 
 impl WriteFuture {
     fn step(&mut self, cx: &mut Context<'_>) -> Poll<Result<CompletionStatus, MirrorError>> {
-        let shared = self.shared.clone();
+        let Some(shared) = self.shared.upgrade() else {
+            return Poll::Ready(Err(MirrorError::WriteStopped {
+                name: self.name.clone(),
+            }));
+        };
         loop {
             match std::mem::replace(&mut self.stage, Stage::Done) {
                 Stage::Failed(e) => return Poll::Ready(Err(e)),
@@ -292,9 +300,9 @@ impl Future for WriteFuture {
 
 impl Drop for WriteFuture {
     fn drop(&mut self) {
-        if let Stage::Wait(ticket) = &self.stage {
+        if let (Stage::Wait(ticket), Some(shared)) = (&self.stage, self.shared.upgrade()) {
             // Not collected: its status (in or to come) is not kept.
-            let mut c = self.shared.core.lock();
+            let mut c = shared.core.lock();
             let request = ticket.request;
             if c.done.remove(&request).is_none() && c.discarded.remove(&request).is_none() {
                 c.abandoned.insert(request);
