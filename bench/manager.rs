@@ -181,7 +181,7 @@ fn run_node(cfg: NodeConfig, shape: Shape, go: Arc<Barrier>) -> Result<NodeRun, 
     }
     let mut qps = 0;
     for h in &handles {
-        match h.wait_ready(WAIT) {
+        match h.wait_ready_timeout(WAIT) {
             Ok(conn) => qps += conn.qps.len(),
             Err(e) => return Err(format!("node {node}: {e}")),
         }

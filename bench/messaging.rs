@@ -191,7 +191,7 @@ impl Streams {
         };
         for m in a.iter().chain(&b) {
             assert!(
-                m.wait_connected(WAIT),
+                m.wait_connected_timeout(WAIT).is_ok(),
                 "{}: messenger {} not connected within {WAIT:?}",
                 net.label,
                 m.name()
@@ -310,7 +310,7 @@ impl Pair {
         };
         for (node, n) in [("A", &a), ("B", &b)] {
             assert!(
-                n.call.wait_connected(WAIT),
+                n.call.wait_connected_timeout(WAIT).is_ok(),
                 "{}: node {node}'s messenger {} not connected within {WAIT:?}: {:#?}",
                 net.label,
                 n.call.name(),
@@ -376,7 +376,7 @@ impl Raw {
         let handles = [register(&pair.a.manager), register(&pair.b.manager)];
         let conns = [0, 1].map(|i| {
             handles[i]
-                .wait_ready(WAIT)
+                .wait_ready_timeout(WAIT)
                 .expect("bench-raw client not ready")
         });
         for c in &conns {
@@ -456,7 +456,7 @@ impl Raw {
 fn call_once(m: &Messenger, payload: &[u8]) -> Duration {
     let t = Instant::now();
     let r = m
-        .call(Head::control(ECHO), payload, WAIT)
+        .call_timeout(Head::control(ECHO), payload, WAIT)
         .unwrap_or_else(|e| panic!("call from {}: {e}", m.name()));
     let d = t.elapsed();
     assert_eq!(r.len(), payload.len(), "echo response");

@@ -301,7 +301,7 @@ impl MirrorPair {
         };
         for (n, node) in [("A", &a), ("B", &b)] {
             assert!(
-                node.shadow.wait_connected(WAIT),
+                node.shadow.wait_connected_timeout(WAIT).is_ok(),
                 "{}: node {n}'s shadow mirror not connected within {WAIT:?}: {:#?}",
                 net.label,
                 node.shadow.stats()

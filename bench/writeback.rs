@@ -120,7 +120,7 @@ impl Pair {
         };
         for (node, n) in [("A", &a), ("B", &b)] {
             assert!(
-                n.wb.wait_connected(WAIT),
+                n.wb.wait_connected_timeout(WAIT).is_ok(),
                 "{}: node {node}'s write-back not connected within {WAIT:?}: {:#?}",
                 net.label,
                 n.wb.stats()

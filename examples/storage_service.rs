@@ -398,7 +398,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 Some(found) => println!("{found} via=local"),
                 // Serving both sets (the partner is down): nobody else to ask.
                 None if store.serving.lock().len() == 2 => println!("missing {key} via=local"),
-                None => match messenger.call(Head::control(GET), key.as_bytes(), TIMEOUT) {
+                None => match messenger.call_timeout(Head::control(GET), key.as_bytes(), TIMEOUT) {
                     Ok(answer) => println!("{} via=partner", String::from_utf8_lossy(&answer)),
                     Err(e) => println!("error {key} {e}"),
                 },

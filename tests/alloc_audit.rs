@@ -400,7 +400,10 @@ fn shadow_append_does_not_allocate() {
     };
     let a = start(&ma);
     let b = start(&mb);
-    assert!(a.wait_connected(suite::PATIENCE) && b.wait_connected(suite::PATIENCE));
+    assert!(
+        a.wait_connected_timeout(suite::PATIENCE).is_ok()
+            && b.wait_connected_timeout(suite::PATIENCE).is_ok()
+    );
     let payload = vec![0x5au8; MSG];
     audit("shadow append", 4000, |i| {
         let r = a.append(&payload).expect("append");
@@ -437,7 +440,10 @@ fn messenger_ping_pong_does_not_allocate() {
         p.fetch_add(1, Ordering::SeqCst);
     })
     .expect("handler");
-    assert!(a.wait_connected(suite::PATIENCE) && b.wait_connected(suite::PATIENCE));
+    assert!(
+        a.wait_connected_timeout(suite::PATIENCE).is_ok()
+            && b.wait_connected_timeout(suite::PATIENCE).is_ok()
+    );
     let payload = vec![0xa5u8; MSG];
     let mut sent = 0u64;
     audit("messenger ping-pong", 4000, |_| {

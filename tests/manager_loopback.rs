@@ -96,8 +96,8 @@ fn client_added_live_does_not_disturb_others() {
         ClientSpec::new("late", BandwidthClass::Low, 1).region("r0", 4096, Access::REMOTE_WRITE);
     let ca = a.register(spec.clone()).expect("register");
     let cb = b.register(spec).expect("register");
-    let conn_a = ca.wait_ready(WAIT).expect("late ready at A");
-    let conn_b = cb.wait_ready(WAIT).expect("late ready at B");
+    let conn_a = ca.wait_ready_timeout(WAIT).expect("late ready at A");
+    let conn_b = cb.wait_ready_timeout(WAIT).expect("late ready at B");
     assert_eq!(conn_a.qps.len(), 1);
     assert_eq!(
         conn_b.partner_region("r0").map(|r| r.descriptor),
@@ -106,10 +106,10 @@ fn client_added_live_does_not_disturb_others() {
     let before = (pa.stats(), pb.stats());
     // Live: A adds a queue pair (B mirrors it) and a region (B learns it).
     ca.add_qp().expect("add qp");
-    let upd = |h: &interlink::manager::ClientHandle| match h.next_event(WAIT) {
-        Some(ClientEvent::Updated(c)) => c,
-        Some(other) => panic!("unexpected event {other:?}"),
-        None => panic!("no update"),
+    let upd = |h: &interlink::manager::ClientHandle| match h.next_event_timeout(WAIT) {
+        Ok(ClientEvent::Updated(c)) => c,
+        Ok(other) => panic!("unexpected event {other:?}"),
+        Err(e) => panic!("no update: {e}"),
     };
     let ua = upd(&ca);
     let ub = upd(&cb);
@@ -203,7 +203,7 @@ fn refused(cfg_b: impl FnOnce(&mut interlink::manager::NodeConfig), cause: &str)
     let h = mb
         .register(ClientSpec::new("waiter", BandwidthClass::Low, 1))
         .expect("register");
-    match h.wait_ready(Duration::from_millis(300)).map(|_| ()) {
+    match h.wait_ready_timeout(Duration::from_millis(300)).map(|_| ()) {
         Err(ManagerError::NotReady { why, .. }) => {
             assert!(
                 why.to_lowercase().contains(cause),
@@ -257,7 +257,7 @@ fn clients_that_disagree_on_a_term_are_refused_at_connect_on_both_sides() {
     let ha = a.register(spec(64)).expect("register A");
     let hb = b.register(spec(32)).expect("register B");
     // Told at once by the call (not after the timeout), with the term and both values.
-    let refusal = |h: &interlink::manager::ClientHandle| match h.wait_ready(WAIT) {
+    let refusal = |h: &interlink::manager::ClientHandle| match h.wait_ready_timeout(WAIT) {
         Err(ManagerError::Refused { client, mismatch }) => {
             assert_eq!(client, "terms");
             mismatch
@@ -296,14 +296,16 @@ fn clients_that_disagree_on_a_term_are_refused_at_connect_on_both_sides() {
     // B registers again with A's terms: both become ready.
     hb.close();
     let hb = b.register(spec(64)).expect("register B again");
-    hb.wait_ready(WAIT).expect("B ready with matching terms");
-    ha.wait_ready(WAIT).expect("A ready with matching terms");
+    hb.wait_ready_timeout(WAIT)
+        .expect("B ready with matching terms");
+    ha.wait_ready_timeout(WAIT)
+        .expect("A ready with matching terms");
     // A term only one side states is a disagreement too.
     hb.close();
     let hb = b
         .register(spec(64).term("version", 2))
         .expect("register B with one more term");
-    match hb.wait_ready(WAIT) {
+    match hb.wait_ready_timeout(WAIT) {
         Err(ManagerError::Refused { mismatch, .. }) => assert_eq!(
             mismatch,
             TermMismatch {

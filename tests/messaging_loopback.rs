@@ -2,12 +2,14 @@
 //! ways, ordered streams, build on demand, ack callbacks, partner restart and partner loss.
 //! (Link cuts need namespaces or the Soft-RoCE VM: tests/messaging_netns.rs.)
 
+mod executor;
 mod manager_pair;
 
 use interlink::fabric::ProviderChoice;
 use interlink::manager::{BandwidthClass, Manager};
 use interlink::messaging::{
-    AckStatus, CallError, CallFailure, Head, MessagingError, Messenger, MessengerConfig,
+    AckStatus, CallError, CallFailure, Head, IncomingCall, MessagingError, Messenger,
+    MessengerConfig,
 };
 use manager_pair::*;
 use parking_lot::Mutex;
@@ -66,14 +68,15 @@ fn calls_both_ways_and_ordered_stream() {
     let ma = messenger(&a, Duration::from_secs(10));
     let mb = messenger(&b, Duration::from_secs(10));
     let got_b = collect(&mb);
-    assert!(ma.wait_connected(WAIT) && mb.wait_connected(WAIT));
+    ma.wait_connected_timeout(WAIT).expect("A connected");
+    mb.wait_connected_timeout(WAIT).expect("B connected");
     for i in 0..200u32 {
         let r = ma
-            .call(Head::control(ECHO), &i.to_le_bytes(), WAIT)
+            .call_timeout(Head::control(ECHO), &i.to_le_bytes(), WAIT)
             .expect("call A→B");
         assert_eq!(r, i.to_le_bytes());
         let r = mb
-            .call(Head::control(ECHO), &[7u8; 1500], WAIT)
+            .call_timeout(Head::control(ECHO), &[7u8; 1500], WAIT)
             .expect("call B→A");
         assert_eq!(r.len(), 1500);
     }
@@ -114,7 +117,7 @@ fn calls_both_ways_and_ordered_stream() {
         "aggregation packs small messages: {s:?}"
     );
     // No handler for a code: the call fails with NoHandler.
-    match ma.call(Head::control(99), b"x", WAIT) {
+    match ma.call_timeout(Head::control(99), b"x", WAIT) {
         Err(CallError::Failed(CallFailure::NoHandler)) => {}
         other => panic!("expected NoHandler, got {other:?}"),
     }
@@ -130,7 +133,8 @@ fn partner_lost_with_calls_pending_fails_them_all_once() {
     let h = held.clone();
     mb.on(3, move |msg, _| h.lock().extend(msg.call))
         .expect("handler");
-    assert!(ma.wait_connected(WAIT) && mb.wait_connected(WAIT));
+    ma.wait_connected_timeout(WAIT).expect("A connected");
+    mb.wait_connected_timeout(WAIT).expect("B connected");
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     for i in 0..50u32 {
         let o = outcomes.clone();
@@ -169,9 +173,10 @@ fn a_client_keeps_its_manager_alive() {
         &Arc::new(Manager::start(b).expect("start B")),
         Duration::from_secs(5),
     );
-    assert!(ma.wait_connected(WAIT) && mb.wait_connected(WAIT));
+    ma.wait_connected_timeout(WAIT).expect("A connected");
+    mb.wait_connected_timeout(WAIT).expect("B connected");
     let reply = ma
-        .call(Head::control(ECHO), b"alive", Duration::from_secs(10))
+        .call_timeout(Head::control(ECHO), b"alive", Duration::from_secs(10))
         .expect("call");
     assert_eq!(reply, b"alive");
 }
@@ -190,7 +195,7 @@ fn a_window_mismatch_is_refused_at_connect_and_calls_fail_with_both_values() {
     let refusal = |m: &Messenger| {
         let deadline = Instant::now() + WAIT;
         loop {
-            match m.call(Head::control(ECHO), b"x", Duration::from_millis(200)) {
+            match m.call_timeout(Head::control(ECHO), b"x", Duration::from_millis(200)) {
                 Err(CallError::Messaging(MessagingError::Refused { mismatch, .. })) => {
                     return mismatch
                 }
@@ -214,11 +219,173 @@ fn a_window_mismatch_is_refused_at_connect_and_calls_fail_with_both_values() {
     drop(mb);
     let mb = messenger(&b, Duration::from_secs(10));
     wait_for("calls after the fix", || {
-        ma.call(Head::control(ECHO), b"y", Duration::from_millis(500))
+        ma.call_timeout(Head::control(ECHO), b"y", Duration::from_millis(500))
             .is_ok_and(|r| r == b"y")
     });
     assert_eq!(
-        mb.call(Head::control(ECHO), b"z", WAIT).expect("B to A"),
+        mb.call_timeout(Head::control(ECHO), b"z", WAIT)
+            .expect("B to A"),
         b"z"
     );
+}
+
+const FAIL: u8 = 4;
+const HOLD: u8 = 5;
+
+/// Calls as futures on a hand-written executor (no runtime): several in flight at once
+/// resolve with their own responses, a handler that fails the call with `Outbox::fail`
+/// reaches the caller as `CallFailure::Handler` with its code and reason (the future and the
+/// synchronous call alike), and a future dropped while pending is harmless: the calls after
+/// it work and its late response is discarded.
+#[test]
+fn call_futures_resolve_on_any_executor_and_handler_errors_reach_the_caller() {
+    let (a, b, _dir) = start_pair(1);
+    let ma = messenger(&a, Duration::from_secs(10));
+    let mb = messenger(&b, Duration::from_secs(10));
+    mb.on(FAIL, |msg, out| {
+        if let Some(call) = msg.call {
+            let reason = format!("no such volume {}", String::from_utf8_lossy(msg.payload));
+            out.fail(call, 42, &reason).expect("fail");
+        }
+    })
+    .expect("handler");
+    let held: Arc<Mutex<Vec<IncomingCall>>> = Arc::default();
+    let h = held.clone();
+    mb.on(HOLD, move |msg, _| h.lock().extend(msg.call))
+        .expect("handler");
+    ma.wait_connected_timeout(WAIT).expect("A connected");
+    mb.wait_connected_timeout(WAIT).expect("B connected");
+
+    let futures: Vec<_> = (0..16u32)
+        .map(|i| ma.call_future(Head::control(ECHO), &i.to_le_bytes()))
+        .collect();
+    let replies = executor::block_on_all(futures, WAIT);
+    for (i, r) in replies.into_iter().enumerate() {
+        assert_eq!(r.expect("response"), (i as u32).to_le_bytes());
+    }
+
+    let expected = CallFailure::Handler {
+        code: 42,
+        reason: "no such volume vol7".into(),
+    };
+    match executor::block_on(ma.call_future(Head::control(FAIL), b"vol7"), WAIT) {
+        Err(CallError::Failed(f)) => assert_eq!(f, expected),
+        other => panic!("expected the handler's error, got {other:?}"),
+    }
+    match ma.call(Head::control(FAIL), b"vol7") {
+        Err(CallError::Failed(f)) => assert_eq!(f, expected),
+        other => panic!("expected the handler's error, got {other:?}"),
+    }
+    // A reason longer than a message is cut to fit (at a character boundary).
+    mb.on(FAIL, |msg, out| {
+        if let Some(call) = msg.call {
+            out.fail(call, 7, &"é".repeat(5000)).expect("fail");
+        }
+    })
+    .expect("handler");
+    match ma.call(Head::control(FAIL), b"") {
+        Err(CallError::Failed(CallFailure::Handler { code: 7, reason })) => {
+            assert!(reason.len() <= ma.max_payload() && !reason.is_empty());
+            assert!(reason.chars().all(|c| c == 'é'));
+        }
+        other => panic!("expected the handler's error, got {other:?}"),
+    }
+
+    // Dropped while pending: registered with the call, then forgotten.
+    let (wakes, waker) = executor::thread_waker();
+    let mut dropped = ma.call_future(Head::control(HOLD), b"never mind");
+    assert!(executor::poll_once(&mut dropped, &waker).is_pending());
+    wait_for("the held call", || held.lock().len() == 1);
+    drop(dropped);
+    // Its response comes after the drop: discarded, nobody woken.
+    let call = held.lock().pop().expect("held call");
+    mb.with_outbox(HOLD, |out| out.respond(call, b"late"))
+        .expect("outbox")
+        .expect("respond");
+    wait_for("the late response", || ma.stats().pending_calls == 0);
+    let r = executor::block_on(ma.call_future(Head::control(ECHO), b"after"), WAIT);
+    assert_eq!(r.expect("a call after the drop"), b"after");
+    assert_eq!(wakes.wakes.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// A call future pending when the partner's manager shuts down resolves with "partner
+/// inoperative" (after the partner timeout), and so does one pending when the own messenger
+/// is dropped (its driver fails every pending call as it stops): no future waits forever.
+#[test]
+fn pending_call_futures_fail_when_the_partner_or_the_messenger_goes() {
+    let (a, b, _dir) = start_pair(1);
+    let ma = messenger(&a, Duration::from_millis(1500));
+    let mb = messenger(&b, Duration::from_millis(1500));
+    let held: Arc<Mutex<Vec<IncomingCall>>> = Arc::default();
+    let h = held.clone();
+    mb.on(HOLD, move |msg, _| h.lock().extend(msg.call))
+        .expect("handler");
+    ma.wait_connected_timeout(WAIT).expect("A connected");
+    mb.wait_connected_timeout(WAIT).expect("B connected");
+    let (_, waker) = executor::thread_waker();
+    let mut pending = ma.call_future(Head::control(HOLD), b"1");
+    assert!(executor::poll_once(&mut pending, &waker).is_pending());
+    wait_for("the held call", || held.lock().len() == 1);
+    drop(mb);
+    b.shutdown();
+    match executor::block_on(pending, WAIT) {
+        Err(CallError::Failed(CallFailure::PartnerInoperative)) => {}
+        other => panic!("expected partner inoperative, got {other:?}"),
+    }
+
+    // With the partner gone for good (and a partner timeout that does not end it first),
+    // dropping the messenger resolves a pending call.
+    let mut cfg = MessengerConfig::new("msg2", BandwidthClass::Low);
+    cfg.partner_timeout = Duration::from_secs(600);
+    let lone = Messenger::start(&a, cfg).expect("messenger");
+    let mut orphan = lone.call_future(Head::control(HOLD), b"2");
+    assert!(executor::poll_once(&mut orphan, &waker).is_pending());
+    drop(lone);
+    match executor::block_on(orphan, WAIT) {
+        Err(CallError::Failed(CallFailure::PartnerInoperative)) => {}
+        other => panic!("expected partner inoperative, got {other:?}"),
+    }
+    drop(ma);
+}
+
+/// Deadlines: without a partner, a call with a short timeout ends with `Timeout` and a wait
+/// for a connection with `NotConnected` (saying it never connected), not a hang; the plain
+/// names use the configured `call_timeout`.
+#[test]
+fn calls_without_a_partner_end_at_their_deadline() {
+    init_logs();
+    let dir = temp_dir("msg-alone");
+    let (a, _) = pair(&dir, 1, lone_loopback, ProviderChoice::Soft, port_base());
+    let a = Arc::new(Manager::start(a).expect("start A"));
+    let mut cfg = MessengerConfig::new("msg", BandwidthClass::Low);
+    cfg.partner_timeout = Duration::from_secs(600); // never declared failed here
+    cfg.call_timeout = Duration::from_millis(300);
+    let ma = Messenger::start(&a, cfg).expect("messenger");
+    let t = Instant::now();
+    match ma.call_timeout(Head::control(ECHO), b"anyone?", Duration::from_millis(200)) {
+        Err(CallError::Timeout(d)) => assert_eq!(d, Duration::from_millis(200)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    match ma.call(Head::control(ECHO), b"anyone?") {
+        Err(CallError::Timeout(d)) => assert_eq!(d, Duration::from_millis(300)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    match ma.wait_connected() {
+        Err(MessagingError::NotConnected {
+            waited,
+            connections: 0,
+            ..
+        }) => assert!(waited >= Duration::from_millis(300)),
+        other => panic!("expected not connected, got {other:?}"),
+    }
+    assert!(t.elapsed() < WAIT, "the deadlines held");
+}
+
+/// Loopback addresses no pair of another test uses: a node started alone must not find a
+/// partner of some other test (in this or another test process) on its port.
+fn lone_loopback(l: u8) -> (std::net::IpAddr, std::net::IpAddr) {
+    (
+        format!("127.78.{l}.1").parse().expect("ip"),
+        format!("127.78.{l}.2").parse().expect("ip"),
+    )
 }

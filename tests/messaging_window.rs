@@ -619,6 +619,31 @@ fn call_without_handler_fails_with_no_handler() {
 }
 
 #[test]
+fn a_call_the_handler_fails_carries_its_error_to_the_caller() {
+    let mut p = Pair::new(small_cfg());
+    p.h[1].fail = vec![77];
+    let (_, failed) = p.w[0].outbox().call(Head::control(77), b"please").unwrap();
+    let (_, ok) = p.w[0].outbox().call(Head::control(78), b"ping").unwrap();
+    p.run();
+    assert_eq!(
+        p.h[0].responses,
+        vec![
+            (
+                failed,
+                Err(CallFailure::Handler {
+                    code: 577,
+                    reason: "refused".into()
+                })
+            ),
+            (ok, Ok(b"pong".to_vec()))
+        ]
+    );
+    assert_eq!(p.w[1].stats().unhandled, 0, "the handler ran");
+    assert!(p.w[0].is_idle() && p.w[1].is_idle());
+    assert_eq!(p.w[0].outbox().pending_calls(), 0);
+}
+
+#[test]
 fn corrupt_frame_is_rejected_and_changes_nothing() {
     let mut p = Pair::new(small_cfg());
     // The conversations' announcements first, so that B owes nothing.

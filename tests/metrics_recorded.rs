@@ -126,14 +126,17 @@ fn calls_links_clients_and_appends_show_up_with_their_values() {
         .expect("start write-back")
     };
     let (wa, wb) = (writeback(&ma), writeback(&mb));
-    assert!(xa.wait_connected(WAIT) && xb.wait_connected(WAIT));
-    assert!(sa.wait_connected(WAIT) && sb.wait_connected(WAIT));
-    assert!(wa.wait_connected(WAIT) && wb.wait_connected(WAIT));
+    xa.wait_connected_timeout(WAIT).expect("connected");
+    xb.wait_connected_timeout(WAIT).expect("connected");
+    sa.wait_connected_timeout(WAIT).expect("connected");
+    sb.wait_connected_timeout(WAIT).expect("connected");
+    wa.wait_connected_timeout(WAIT).expect("connected");
+    wb.wait_connected_timeout(WAIT).expect("connected");
 
     let calls = 25;
     for i in 0..calls {
         let r = xa
-            .call(Head::control(ECHO), &[i; 100], WAIT)
+            .call_timeout(Head::control(ECHO), &[i; 100], WAIT)
             .expect("call A→B");
         assert_eq!(r, [i; 100]);
     }

@@ -170,7 +170,7 @@ fn shadow_appends_are_acknowledged_behind_a_flush() {
     let (_mb, b) = start_in("ilB", cb, Durability::Flush);
     for s in [&a, &b] {
         assert!(
-            s.wait_connected(PATIENCE),
+            s.wait_connected_timeout(PATIENCE).is_ok(),
             "not connected: {:#?}",
             s.stats()
         );

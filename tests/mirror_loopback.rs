@@ -6,6 +6,7 @@
 //! unmirrored, then are mirrored when it returns); a second replay returns nothing.
 //! (Link cuts and kill -9 between node processes: tests/mirror_netns.rs.)
 
+mod executor;
 mod manager_pair;
 
 use interlink::clients::giveback::{CopyGap, CopyStamp, PartnerLogContext};
@@ -48,7 +49,11 @@ fn shadow(m: &Arc<Manager>, log_len: usize, cfg: ShadowConfig) -> Arc<ShadowMirr
 }
 
 fn connected(s: &ShadowMirror) {
-    assert!(s.wait_connected(WAIT), "not connected: {:#?}", s.stats());
+    assert!(
+        s.wait_connected_timeout(WAIT).is_ok(),
+        "not connected: {:#?}",
+        s.stats()
+    );
 }
 
 fn seqs(r: &Replay) -> Vec<u64> {
@@ -972,4 +977,132 @@ fn a_log_size_mismatch_is_refused_at_connect_and_appends_fail_with_both_values()
             "{st:#?}"
         );
     }
+}
+
+/// Appends as futures on a hand-written executor (no runtime): 32 in flight together resolve
+/// in order, mirrored; a checkpoint waited for with `wait_checkpointed` is in the partner's
+/// copy when the wait returns (its replay starts after it); a future dropped after its first
+/// poll leaves its record in the log and the appends after it work; with the partner gone,
+/// a pending append future completes unmirrored after the partner timeout.
+#[test]
+fn append_futures_resolve_on_any_executor_and_checkpoints_can_be_waited_for() {
+    let (_, _, ma, mb) = managers();
+    let mut cfg = ShadowConfig::new();
+    cfg.partner_timeout = Duration::from_millis(500);
+    let a = shadow(&ma, 256 * 1024, cfg.clone());
+    let b = shadow(&mb, 256 * 1024, cfg);
+    connected(&a);
+    connected(&b);
+    let payloads: Vec<Vec<u8>> = (1..=32u64).map(|s| writer_payload(s, 64)).collect();
+    let futures: Vec<_> = payloads.iter().map(|p| a.append_future(p)).collect();
+    let appended = executor::block_on_all(futures, WAIT);
+    for (i, r) in appended.iter().enumerate() {
+        let r = r.as_ref().expect("appended");
+        assert_eq!(r.position.seq, i as u64 + 1);
+        assert!(r.mirrored);
+    }
+    assert_eq!(
+        seqs(&b.read_partner().unwrap()),
+        (1..=32).collect::<Vec<_>>()
+    );
+
+    let through = appended[15].as_ref().unwrap().position;
+    a.checkpoint(through).unwrap();
+    a.wait_checkpointed(through).expect("checkpoint mirrored");
+    assert!(a.checkpointed().seq >= 16);
+    let copy = b.read_partner().unwrap();
+    assert!(
+        copy.checkpoint >= 16,
+        "the partner's copy holds the checkpoint"
+    );
+    assert_eq!(seqs(&copy), (17..=32).collect::<Vec<_>>());
+    let other = LogPosition {
+        generation: a.generation() + 1,
+        seq: 1,
+    };
+    assert!(matches!(
+        a.wait_checkpointed_timeout(other, Duration::from_millis(10)),
+        Err(MirrorError::Relinquished { .. })
+    ));
+
+    // Dropped after its first poll: the record was appended (the append is not undone).
+    let (_, waker) = executor::thread_waker();
+    let mut dropped = a.append_future(&writer_payload(33, 64));
+    let _ = executor::poll_once(&mut dropped, &waker);
+    drop(dropped);
+    let r = executor::block_on(a.append_future(&writer_payload(34, 64)), WAIT).unwrap();
+    assert_eq!(r.position.seq, 34);
+    wait_stats(&a, "nothing in flight", |s| s.in_flight == 0);
+    assert_eq!(
+        seqs(&b.read_partner().unwrap()),
+        (17..=34).collect::<Vec<_>>()
+    );
+
+    // The partner goes: a pending future completes unmirrored once it is declared absent.
+    drop(b);
+    mb.shutdown();
+    let r = executor::block_on(a.append_future(&writer_payload(35, 64)), WAIT).unwrap();
+    assert_eq!(r.position.seq, 35);
+    assert!(!r.mirrored);
+}
+
+/// Deadlines without a partner: an append with a short timeout ends with `AppendNoLink`
+/// (nothing appended), the plain `append` at the configured link timeout, and a wait for a
+/// connection with `NotConnected`: no call hangs. A pending append future ends with
+/// `AppendStopped` when the mirror is dropped, and does not keep its client open.
+#[test]
+fn appends_without_a_partner_end_at_their_deadline() {
+    init_logs();
+    let dir = temp_dir("shadow-alone");
+    let (acfg, _) = pair(&dir, 1, lone_loopback, ProviderChoice::Soft, port_base());
+    let ma = Arc::new(Manager::start(acfg).expect("start A"));
+    let mut cfg = ShadowConfig::new();
+    cfg.partner_timeout = Duration::from_secs(600); // never declared absent here
+    cfg.link_timeout = Duration::from_millis(300);
+    let a = shadow(&ma, 64 * 1024, cfg);
+    let t = Instant::now();
+    match a.append_timeout(b"x", Duration::from_millis(200)) {
+        Err(MirrorError::AppendNoLink { waited }) => {
+            assert!(waited >= Duration::from_millis(200))
+        }
+        other => panic!("expected AppendNoLink, got {other:?}"),
+    }
+    match a.append(b"x") {
+        Err(MirrorError::AppendNoLink { waited }) => {
+            assert!(waited >= Duration::from_millis(300))
+        }
+        other => panic!("expected AppendNoLink, got {other:?}"),
+    }
+    match a.wait_connected_timeout(Duration::from_millis(100)) {
+        Err(MirrorError::NotConnected {
+            partner_absent: false,
+            ..
+        }) => {}
+        other => panic!("expected NotConnected, got {other:?}"),
+    }
+    assert_eq!(a.stats().appends, 0, "nothing appended");
+    assert!(t.elapsed() < WAIT, "the deadlines held");
+    // A future waiting for a link ends when the mirror is dropped (it does not keep the
+    // mirror's client alive): the driver stops and wakes it.
+    let (_, waker) = executor::thread_waker();
+    let mut pending = a.append_future(b"x");
+    assert!(executor::poll_once(&mut pending, &waker).is_pending());
+    drop(a);
+    match executor::block_on(pending, WAIT) {
+        Err(MirrorError::AppendStopped { name }) => assert_eq!(name, "shadow"),
+        other => panic!("expected AppendStopped, got {other:?}"),
+    }
+    let (gone, status) = ma
+        .wait_status(WAIT, |s| s.clients.iter().all(|c| c.name != "shadow"))
+        .expect("status");
+    assert!(gone, "the client is closed: {status:#?}");
+}
+
+/// Loopback addresses no pair of another test uses: a node started alone must not find a
+/// partner of some other test (in this or another test process) on its port.
+fn lone_loopback(l: u8) -> (std::net::IpAddr, std::net::IpAddr) {
+    (
+        format!("127.78.{l}.1").parse().expect("ip"),
+        format!("127.78.{l}.2").parse().expect("ip"),
+    )
 }

@@ -181,7 +181,7 @@ fn run_and_kill_b(mb: Arc<Manager>, dir: &Path, len: usize, disk: &Arc<Disk>) ->
         (r.outcome, r.fetched_from_partner),
         (RecoveryOutcome::Fresh, false)
     );
-    assert!(b.wait_connected(WAIT), "{:#?}", b.stats());
+    assert!(b.wait_connected_timeout(WAIT).is_ok(), "{:#?}", b.stats());
     for seq in 1..=40 {
         let a = b.append(&writer_payload(seq, 100)).unwrap();
         assert!(a.mirrored);
@@ -236,7 +236,7 @@ fn a_node_that_lost_its_nvram_fetches_its_log_from_the_partner_and_applies_it_on
     );
     assert!(r.generation > old);
     // Appends go on in the new generation, mirrored; the mailbox records it.
-    assert!(b.wait_connected(WAIT));
+    assert!(b.wait_connected_timeout(WAIT).is_ok());
     for seq in 1..=3 {
         let ap = b.append(&writer_payload(seq, 100)).unwrap();
         assert!(ap.mirrored);
@@ -303,7 +303,7 @@ fn a_corrupt_nvram_is_fetched_and_a_crash_in_the_middle_resumes_without_applying
         (r.outcome, r.previous_generation, r.resumed_after),
         (RecoveryOutcome::ReplayedHere, Some(old), Some(29))
     );
-    assert!(b.wait_connected(WAIT));
+    assert!(b.wait_connected_timeout(WAIT).is_ok());
     assert!(b.append(&writer_payload(1, 100)).unwrap().mirrored);
 }
 
@@ -412,7 +412,7 @@ fn no_valid_copy_anywhere_refuses_to_serve_and_formats_nothing() {
         old,
         "the mailbox still names the lost log"
     );
-    assert!(a.wait_connected(WAIT));
+    assert!(a.wait_connected_timeout(WAIT).is_ok());
     assert_eq!(a.read_partner().unwrap().generation, 0);
     drop(b);
     assert_eq!(
@@ -486,7 +486,7 @@ fn without_a_mailbox_a_corrupt_log_is_fetched_but_a_blank_one_starts_fresh() {
     let b = on_files(&mb, &dir, len, ShadowConfig::new());
     b.recover(None, |_| panic!("nothing to apply"))
         .expect("fresh");
-    assert!(b.wait_connected(WAIT));
+    assert!(b.wait_connected_timeout(WAIT).is_ok());
     for seq in 1..=10 {
         assert!(b.append(&writer_payload(seq, 80)).unwrap().mirrored);
     }
@@ -524,7 +524,7 @@ fn without_a_mailbox_a_corrupt_log_is_fetched_but_a_blank_one_starts_fresh() {
         (r.outcome, r.fetched_from_partner),
         (RecoveryOutcome::Fresh, false)
     );
-    assert!(b.wait_connected(WAIT));
+    assert!(b.wait_connected_timeout(WAIT).is_ok());
     assert!(b.append(&writer_payload(1, 80)).unwrap().mirrored);
     assert_eq!(a.read_partner().unwrap().generation, r.generation);
 }
@@ -626,8 +626,12 @@ fn giveback_pair_with_records(
     let a = start_with_giveback(&acfg, &shared, LEN);
     let b = start_with_giveback(&bcfg, &shared, LEN);
     for n in [&a, &b] {
-        assert!(n.shadow.wait_recovered(WAIT), "{:#?}", n.giveback.status());
-        assert!(n.shadow.wait_connected(WAIT));
+        assert!(
+            n.shadow.wait_recovered_timeout(WAIT).is_ok(),
+            "{:#?}",
+            n.giveback.status()
+        );
+        assert!(n.shadow.wait_connected_timeout(WAIT).is_ok());
     }
     for seq in 1..=records {
         assert!(b.shadow.append(&writer_payload(seq, 100)).unwrap().mirrored);
@@ -660,7 +664,11 @@ fn with_the_giveback_client_the_mailbox_knows_the_lost_log_and_the_node_fetches_
     drop(b.giveback);
     std::fs::remove_file(log_path(&shared.join("nvram"), bcfg.node_id)).unwrap();
     let b = start_with_giveback(&bcfg, &shared, len);
-    assert!(b.shadow.wait_recovered(WAIT), "{:#?}", b.giveback.status());
+    assert!(
+        b.shadow.wait_recovered_timeout(WAIT).is_ok(),
+        "{:#?}",
+        b.giveback.status()
+    );
     let r = b.shadow.recovered().unwrap();
     assert_eq!(*b.applied.lock(), (1..=20).collect::<Vec<_>>());
     assert_eq!(
@@ -714,7 +722,7 @@ fn with_the_giveback_client_a_node_without_any_valid_copy_withholds_its_disks() 
         1,
         "B served its disks without its log"
     );
-    assert!(a.shadow.wait_recovered(WAIT));
+    assert!(a.shadow.wait_recovered_timeout(WAIT).is_ok());
     drop(a);
 }
 

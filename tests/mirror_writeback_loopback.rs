@@ -7,6 +7,7 @@
 //! was lost (every dirty block in the partner's image before "in sync"), destage on both
 //! sides, and the partner's takeover of the dirty blocks, once.
 
+mod executor;
 mod manager_pair;
 
 use interlink::clients::giveback::{
@@ -74,7 +75,11 @@ fn in_files(
 }
 
 fn connected(wb: &MirroredWriteBack) {
-    assert!(wb.wait_connected(WAIT), "not connected: {:#?}", wb.stats());
+    assert!(
+        wb.wait_connected_timeout(WAIT).is_ok(),
+        "not connected: {:#?}",
+        wb.stats()
+    );
 }
 
 /// `blocks` blocks of data, each block naming `version`, its block address and its offset.
@@ -436,7 +441,7 @@ fn resync_after_mirror_lost_then_destage_and_takeover() {
     let b = in_files(&mb, config(), &dir, 2);
     connected(&a);
     connected(&b);
-    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert!(a.wait_in_sync_timeout(WAIT).is_ok(), "{:#?}", a.stats());
     for i in 0..20u64 {
         let d = data(i + 1, i * 4, 4);
         assert_eq!(a.write(1, i * 4, &d).unwrap(), CompletionStatus::Mirrored);
@@ -462,7 +467,7 @@ fn resync_after_mirror_lost_then_destage_and_takeover() {
     // Writes during the resync stay correct.
     let mid = data(500, 41, 2);
     assert_eq!(a.write(1, 41, &mid).unwrap(), CompletionStatus::Mirrored);
-    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert!(a.wait_in_sync_timeout(WAIT).is_ok(), "{:#?}", a.stats());
     let st = a.stats();
     // The resync skips a block a host write is mirroring: the write to 41..43 may have
     // mirrored those two before the resync reached them.
@@ -536,7 +541,7 @@ fn a_write_is_returned_only_while_the_serving_lease_runs() {
     a.set_serving_lease(lease.clone());
     connected(&a);
     connected(&b);
-    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert!(a.wait_in_sync_timeout(WAIT).is_ok(), "{:#?}", a.stats());
     assert_eq!(
         a.write(1, 0, &data(1, 0, 2)).unwrap(),
         CompletionStatus::Mirrored
@@ -567,7 +572,7 @@ fn mirror_lost_is_returned_only_once_the_mirror_is_marked_outdated() {
     a.set_partner_copy_mark(mark.clone());
     connected(&a);
     connected(&b);
-    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert!(a.wait_in_sync_timeout(WAIT).is_ok(), "{:#?}", a.stats());
     assert_eq!(
         a.write(1, 0, &data(1, 0, 2)).unwrap(),
         CompletionStatus::Mirrored
@@ -598,7 +603,7 @@ fn mirror_lost_is_returned_only_once_the_mirror_is_marked_outdated() {
     let mb = Arc::new(Manager::start(bcfg).expect("restart B"));
     let b = in_files(&mb, cfg, &dir, 2);
     connected(&b);
-    assert!(a.wait_in_sync(WAIT), "{:#?}", a.stats());
+    assert!(a.wait_in_sync_timeout(WAIT).is_ok(), "{:#?}", a.stats());
     let t0 = std::time::Instant::now();
     while mark.stamp().writeback_outdated {
         assert!(t0.elapsed() < WAIT, "mark never cleared: {:#?}", a.stats());
@@ -754,4 +759,101 @@ fn a_table_taken_over_is_discarded_and_its_late_writes_never_mirrored() {
     // Recovering again in the same incarnation changes nothing.
     let again = a.recover(&own_context(&ea, 2, 1)).unwrap();
     assert_eq!((again.epoch, again.discarded_blocks), (2, 0));
+}
+
+/// Writes as futures on a hand-written executor (no runtime): several in flight at once
+/// (two on the same blocks: the second waits for the first) resolve `Mirrored` with the
+/// data in both tables; a future dropped while its write is in progress is harmless (its
+/// status is not kept, later writes work); with the partner gone a pending write resolves
+/// `MirrorLost`; and a wait for a connection that cannot come ends at its deadline.
+#[test]
+fn write_futures_resolve_on_any_executor() {
+    let (_, _, ma, mb) = managers();
+    let mut cfg = config();
+    cfg.partner_timeout = Duration::from_millis(500);
+    let a = in_memory(&ma, cfg.clone());
+    let b = in_memory(&mb, cfg);
+    connected(&a);
+    connected(&b);
+    let writes: Vec<(u64, Vec<u8>)> = (0..8u64)
+        .map(|i| (i * 4, data(i, i * 4, 4)))
+        .chain([(0, data(100, 0, 4))]) // the same blocks as the first
+        .collect();
+    let futures: Vec<_> = writes
+        .iter()
+        .map(|(first, d)| a.write_future(1, *first, d))
+        .collect();
+    for r in executor::block_on_all(futures, WAIT) {
+        assert_eq!(r.expect("written"), CompletionStatus::Mirrored);
+    }
+    for (first, d) in &writes[1..] {
+        assert_mirrored(&a, &b, 1, *first, d);
+    }
+
+    // Dropped while in progress: nothing waits for it, nothing is kept.
+    let (_, waker) = executor::thread_waker();
+    let mut dropped = a.write_future(1, 200, &data(1, 200, 2));
+    let _ = executor::poll_once(&mut dropped, &waker);
+    drop(dropped);
+    let d = data(2, 300, 2);
+    let r = executor::block_on(a.write_future(1, 300, &d), WAIT);
+    assert_eq!(r.unwrap(), CompletionStatus::Mirrored);
+    wait_stats(&a, "nothing pending", |s| s.pending == 0);
+    assert_mirrored(&a, &b, 1, 300, &d);
+
+    // The partner goes: a write completes with the mirror lost.
+    drop(b);
+    mb.shutdown();
+    let r = executor::block_on(a.write_future(1, 400, &data(3, 400, 1)), WAIT);
+    assert_eq!(r.unwrap(), CompletionStatus::MirrorLost);
+    // And deadlines hold: an explicit one for a wait for a connection that cannot come.
+    match a.wait_connected_timeout(Duration::from_millis(100)) {
+        Err(MirrorError::NotConnected { .. }) => {}
+        other => panic!("expected NotConnected, got {other:?}"),
+    }
+}
+
+/// Without a partner a write's status does not come: a pending write future ends with
+/// `WriteStopped` when the write-back is dropped (the driver stops and wakes it), and does
+/// not keep the write-back's clients open; `write_timeout` ends at its deadline.
+#[test]
+fn a_pending_write_future_ends_when_the_write_back_stops() {
+    init_logs();
+    let dir = temp_dir("wb-alone");
+    let (acfg, _) = pair(&dir, 1, lone_loopback, ProviderChoice::Soft, port_base());
+    let ma = Arc::new(Manager::start(acfg).expect("start A"));
+    let mut cfg = config();
+    cfg.partner_timeout = Duration::from_secs(600); // never declared failed here
+    let a = in_memory(&ma, cfg);
+    match a.write_timeout(1, 0, &data(1, 0, 1), Duration::from_millis(200)) {
+        Err(MirrorError::WriteTimeout { waited, .. }) => {
+            assert!(waited >= Duration::from_millis(200))
+        }
+        other => panic!("expected WriteTimeout, got {other:?}"),
+    }
+    let (_, waker) = executor::thread_waker();
+    let mut pending = a.write_future(1, 10, &data(2, 10, 1));
+    assert!(executor::poll_once(&mut pending, &waker).is_pending());
+    drop(a);
+    match executor::block_on(pending, WAIT) {
+        Err(MirrorError::WriteStopped { name }) => assert_eq!(name, "writeback"),
+        other => panic!("expected WriteStopped, got {other:?}"),
+    }
+    let (gone, status) = ma
+        .wait_status(WAIT, |s| {
+            s.clients
+                .iter()
+                .all(|c| c.name != "writeback" && c.name != "wb-data")
+        })
+        .expect("status");
+    assert!(gone, "the clients are closed: {status:#?}");
+}
+
+/// Loopback addresses no pair of another test uses: a node started alone must not find a
+/// partner of some other test (in this or another test process) on its port.
+fn lone_loopback(l: u8) -> (std::net::IpAddr, std::net::IpAddr) {
+    (
+        format!("127.78.{l}.1").parse().expect("ip"),
+        format!("127.78.{l}.2").parse().expect("ip"),
+    )
 }

@@ -66,7 +66,7 @@ fn client(m: &Arc<Manager>, name: &str) -> ClientHandle {
 }
 
 fn ready(h: &ClientHandle) -> Connection {
-    h.wait_ready(WAIT)
+    h.wait_ready_timeout(WAIT)
         .unwrap_or_else(|e| panic!("{} not ready: {e}", h.name()))
 }
 
@@ -98,7 +98,7 @@ fn wait_suspended(h: &ClientHandle, want: Option<SuspendReason>) {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match h.next_event(left) {
+        match h.next_event_timeout(left).ok() {
             Some(ClientEvent::Suspended { reason, .. })
                 if want.as_ref().is_none_or(|w| *w == reason) =>
             {
@@ -186,7 +186,10 @@ fn released_region_kills_its_rkey() {
     // broken by nothing, but the first WRITE above left it usable, so reuse it.
     let deadline = Instant::now() + WAIT;
     loop {
-        match hb.next_event(deadline.saturating_duration_since(Instant::now())) {
+        match hb
+            .next_event_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+        {
             Some(ClientEvent::Updated(c)) if c.partner_region("extra").is_none() => break,
             Some(_) => continue,
             None => panic!("no Updated event without the released region"),
@@ -253,7 +256,7 @@ fn ready_on(h: &ClientHandle, link: u8) -> Connection {
     let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match h.next_event(left) {
+        match h.next_event_timeout(left).ok() {
             Some(ClientEvent::Ready(c)) if c.link == link => return c,
             Some(ClientEvent::Ready(c)) => seen.push(format!("Ready on link {}", c.link)),
             Some(ClientEvent::Suspended { link, reason }) => {

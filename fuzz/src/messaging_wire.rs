@@ -8,7 +8,8 @@
 //!   [`Imm::decode`] and [`Imm::expand`].
 //!
 //! An accepted frame is rebuilt from what was decoded ([`FrameHeader::seal`],
-//! [`put_message_header`]) and must decode to the same header and messages.
+//! [`put_message_header`]) and must decode to the same header and messages; a handler
+//! error's payload ([`decode_handler_error`]) must encode back to the same bytes.
 
 use crate::{rejected, tagged};
 use interlink::messaging::wire::*;
@@ -73,6 +74,24 @@ fn frame(bytes: &[u8]) {
         .map(|m| (m.code, m.flags, m.kind, m.payload.to_vec()))
         .collect();
     assert_eq!(again, msgs);
+    for (_, _, kind, payload) in &msgs {
+        if let MessageKind::Response { status, .. } = kind {
+            if *status == ResponseStatus::HandlerError as u8 {
+                handler_error(payload);
+            }
+        }
+    }
+}
+
+/// A handler error's payload decodes without a panic, and one that is a code and a UTF-8
+/// reason encodes back to the same bytes.
+fn handler_error(payload: &[u8]) {
+    let (code, reason) = decode_handler_error(payload);
+    if payload.len() >= HANDLER_ERROR_CODE_LEN
+        && std::str::from_utf8(&payload[HANDLER_ERROR_CODE_LEN..]).is_ok()
+    {
+        assert_eq!(encode_handler_error(code, &reason, usize::MAX), payload);
+    }
 }
 
 fn imm(b: &[u8]) {
@@ -142,6 +161,15 @@ pub fn seeds() -> Vec<Vec<u8>> {
                     b"pong",
                 ),
                 (9, 0x30, MessageKind::Plain, &[0u8; 40]),
+                (
+                    RESPONSE_CODE,
+                    FLAG_CONTROL,
+                    MessageKind::Response {
+                        call_id: 75,
+                        status: ResponseStatus::HandlerError as u8,
+                    },
+                    b"\x2a\0\0\0no such volume",
+                ),
             ],
         ),
     ];

@@ -275,7 +275,7 @@ impl MessageProbe {
                     break;
                 }
                 let t0 = Instant::now();
-                let r = m.call(Head::control(ECHO), &payload, Duration::from_secs(30));
+                let r = m.call_timeout(Head::control(ECHO), &payload, Duration::from_secs(30));
                 let dt = t0.elapsed();
                 let mut st = s.stats.lock();
                 match r {

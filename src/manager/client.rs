@@ -325,6 +325,8 @@ pub struct ClientHandle {
     pub(crate) requests: Sender<crate::manager::node::Command>,
     pub(crate) cells: Arc<ClientCells>,
     pub(crate) closed: bool,
+    /// [`ClientSpec::wait_timeout`](crate::manager::ClientSpec::wait_timeout).
+    pub(crate) wait_timeout: Duration,
 }
 
 impl std::fmt::Debug for ClientHandle {
@@ -358,15 +360,34 @@ impl ClientHandle {
             event,
         }
     }
-    /// Waits up to `timeout` for the next event.
-    pub fn next_event(&self, timeout: Duration) -> Option<ClientEvent> {
-        self.events.recv_timeout(timeout).ok()
+    /// Waits for the next event, at most
+    /// [`ClientSpec::wait_timeout`](crate::manager::ClientSpec::wait_timeout).
+    pub fn next_event(&self) -> Result<ClientEvent> {
+        self.next_event_timeout(self.wait_timeout)
+    }
+    /// Waits at most `timeout` for the next event: [`ManagerError::NoEvent`] when none came,
+    /// [`ManagerError::Stopped`] when the manager is gone.
+    pub fn next_event_timeout(&self, timeout: Duration) -> Result<ClientEvent> {
+        match self.events.recv_timeout(timeout) {
+            Ok(ev) => Ok(ev),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(ManagerError::NoEvent {
+                client: self.name.clone(),
+                waited: timeout,
+            }),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(ManagerError::Stopped),
+        }
+    }
+    /// Waits for a `Ready` event, at most
+    /// [`ClientSpec::wait_timeout`](crate::manager::ClientSpec::wait_timeout) (see
+    /// [`wait_ready_timeout`](Self::wait_ready_timeout)).
+    pub fn wait_ready(&self) -> Result<Connection> {
+        self.wait_ready_timeout(self.wait_timeout)
     }
     /// Waits up to `timeout` for a `Ready` event, skipping others; returns its connection.
     /// When none came, the error says why from the manager's view
     /// ([`ManagerError::NotReady`]: each link's state and last error, such as a partner
     /// refused for its cluster id or secret, and this client's state).
-    pub fn wait_ready(&self, timeout: Duration) -> Result<Connection> {
+    pub fn wait_ready_timeout(&self, timeout: Duration) -> Result<Connection> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -517,6 +538,7 @@ mod tests {
             requests,
             cells: Arc::new(ClientCells::new()),
             closed: true,
+            wait_timeout: Duration::from_secs(10),
         };
         (handle, tx)
     }
@@ -544,5 +566,27 @@ mod tests {
         assert!(waiter.wait(Duration::from_millis(1)));
         assert_eq!(h.events().len(), 2, "nothing taken while waiting");
         assert!(wake.is_empty());
+    }
+
+    #[test]
+    fn waits_for_an_event_end_at_their_deadline() {
+        let (mut h, tx) = handle();
+        h.wait_timeout = Duration::from_millis(20);
+        match h.next_event() {
+            Err(ManagerError::NoEvent { client, waited }) => {
+                assert_eq!((client.as_str(), waited), ("c", Duration::from_millis(20)))
+            }
+            other => panic!("expected NoEvent, got {other:?}"),
+        }
+        tx.send(suspended()).unwrap();
+        assert!(matches!(
+            h.next_event_timeout(Duration::ZERO),
+            Ok(ClientEvent::Suspended { .. })
+        ));
+        drop(tx);
+        assert!(matches!(
+            h.next_event_timeout(Duration::from_secs(10)),
+            Err(ManagerError::Stopped)
+        ));
     }
 }

@@ -116,6 +116,14 @@ pub enum ManagerError {
         /// The term and both values.
         mismatch: crate::manager::TermMismatch,
     },
+    /// No event for the client came within the deadline of a wait for one.
+    #[error("client {client}: no event within {waited:?}")]
+    NoEvent {
+        /// Client name.
+        client: String,
+        /// How long it was waited for.
+        waited: std::time::Duration,
+    },
     /// Starting a manager thread failed.
     #[error("spawn thread {name}: {source}")]
     Spawn {

@@ -26,7 +26,7 @@
 //! // config: NodeConfig::load(Path::new("/etc/interlink/node.toml"))? on a node
 //! let manager = Manager::start(config)?;
 //! let client = manager.register(ClientSpec::new("cfo", BandwidthClass::Low, 1))?;
-//! let conn = client.wait_ready(Duration::from_secs(30))?; // the error says why not
+//! let conn = client.wait_ready_timeout(Duration::from_secs(30))?; // the error says why not
 //! let qp = conn.qp(0).expect("queue pair 0");
 //! # let _ = qp;
 //! # let _ = std::fs::remove_dir_all(&dir);

@@ -108,6 +108,7 @@ impl Manager {
     pub fn register(&self, spec: ClientSpec) -> Result<ClientHandle> {
         let (reply, rx) = crossbeam_channel::bounded(1);
         let name = spec.name.clone();
+        let wait_timeout = spec.wait_timeout;
         self.tx
             .send(Command::Register { spec, reply })
             .map_err(|_| ManagerError::Stopped)?;
@@ -118,6 +119,7 @@ impl Manager {
             requests: self.tx.clone(),
             cells,
             closed: false,
+            wait_timeout,
         })
     }
 

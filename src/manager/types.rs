@@ -143,6 +143,11 @@ pub struct ClientSpec {
     /// partner's terms differ is [`Refused`](ClientState::Refused) instead of made ready.
     #[serde(default)]
     pub terms: Vec<Term>,
+    /// The deadline of the handle's blocking calls without one
+    /// ([`ClientHandle::wait_ready`](crate::manager::ClientHandle::wait_ready),
+    /// [`next_event`](crate::manager::ClientHandle::next_event)); default 10 s.
+    #[serde(default = "default_wait_timeout")]
+    pub wait_timeout: std::time::Duration,
 }
 
 /// A named value both sides' clients must agree on (see [`ClientSpec::term`]).
@@ -188,6 +193,10 @@ impl TermMismatch {
     }
 }
 
+fn default_wait_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
 impl ClientSpec {
     /// A spec with `qp_count` default-sized queue pairs and no regions.
     pub fn new(name: impl Into<String>, class: BandwidthClass, qp_count: u16) -> ClientSpec {
@@ -198,6 +207,7 @@ impl ClientSpec {
             qp_capacity: QpCapacity::default(),
             regions: Vec::new(),
             terms: Vec::new(),
+            wait_timeout: default_wait_timeout(),
         }
     }
     /// States a term the partner's client must share: with a different value (or without it)

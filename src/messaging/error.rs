@@ -76,6 +76,18 @@ pub enum MessagingError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// No connection came up within the deadline of a wait for one.
+    #[error("wait for a connection of messaging client {name}: none within {waited:?} ({connections} connections so far, partner declared failed {partner_failures} times)")]
+    NotConnected {
+        /// Client name.
+        name: String,
+        /// How long the call waited.
+        waited: std::time::Duration,
+        /// Connections established before (0: never connected).
+        connections: u64,
+        /// Times the partner was declared failed.
+        partner_failures: u64,
+    },
     /// The messenger was stopped.
     #[error("messaging client {name} is stopped")]
     Stopped {

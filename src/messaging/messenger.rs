@@ -49,6 +49,8 @@ const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest a pure ack is held back for a frame to carry it instead (delayed ack).
 const ACK_DELAY: Duration = Duration::from_micros(200);
 
+mod waiting;
+
 /// How a messenger runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MessengerConfig {
@@ -65,11 +67,20 @@ pub struct MessengerConfig {
     pub partner_timeout: Duration,
     /// After activity, the driver busy-polls this long before it blocks (latency vs. CPU).
     pub spin: Duration,
+    /// The deadline of the blocking calls without one ([`Messenger::call`],
+    /// [`Messenger::wait_connected`]); their `_timeout` variants take their own.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout: Duration,
+}
+
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl MessengerConfig {
     /// Defaults: the default window with a 1 s retransmission backstop (frames are only lost
-    /// with a link, which the manager reports), a 5 s partner timeout and 100 µs of spinning.
+    /// with a link, which the manager reports), a 5 s partner timeout, 100 µs of spinning and
+    /// a 10 s call timeout.
     pub fn new(name: impl Into<String>, class: BandwidthClass) -> MessengerConfig {
         MessengerConfig {
             name: name.into(),
@@ -80,6 +91,7 @@ impl MessengerConfig {
             },
             partner_timeout: Duration::from_secs(5),
             spin: Duration::from_micros(100),
+            call_timeout: default_call_timeout(),
         }
     }
 }
@@ -511,9 +523,15 @@ impl Messenger {
         Ok(call)
     }
 
-    /// A synchronous call: sends `payload` to function `head.code` and waits up to `timeout`
-    /// for the response. Refused inside a handler (it would wait on itself).
-    pub fn call(
+    /// A synchronous call: sends `payload` to function `head.code` and waits for the
+    /// response, at most [`MessengerConfig::call_timeout`]. Refused inside a handler (it
+    /// would wait on itself).
+    pub fn call(&self, head: Head, payload: &[u8]) -> std::result::Result<Vec<u8>, CallError> {
+        self.call_timeout(head, payload, self.shared.cfg.call_timeout)
+    }
+
+    /// [`call`](Messenger::call) waiting at most `timeout` for the response.
+    pub fn call_timeout(
         &self,
         head: Head,
         payload: &[u8],
@@ -587,20 +605,6 @@ impl Messenger {
             queued: st.window.queued(),
             pending_calls: st.window.pending_calls(),
             window,
-        }
-    }
-
-    /// Waits up to `timeout` for a connection; returns whether there is one.
-    pub fn wait_connected(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.stats().connected {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

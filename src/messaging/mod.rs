@@ -7,12 +7,14 @@
 //! - [`Messenger`]: the driver that binds a window to a manager client: named receive rings
 //!   written by RDMA WRITE with immediate, failover, partner failure.
 
+pub mod call_future;
 pub mod error;
 pub mod messenger;
 pub mod outbox;
 pub mod window;
 pub mod wire;
 
+pub use call_future::CallFuture;
 pub use error::MessagingError;
 pub use messenger::{CallError, MessageHandler, Messenger, MessengerConfig, MessengerStats};
 pub use outbox::{

@@ -97,12 +97,19 @@ pub enum AckStatus {
 }
 
 /// Why a call has no response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallFailure {
     /// The partner was declared failed (or restarted) before responding.
     PartnerInoperative,
     /// The partner has no handler for the function code.
     NoHandler,
+    /// The partner's handler failed the call ([`Outbox::fail`]).
+    Handler {
+        /// The handler's error code (the application's numbering).
+        code: u32,
+        /// Its reason (cut to fit one message).
+        reason: String,
+    },
     /// The partner answered with a status this version does not know.
     Status(u8),
     /// Its build callback never produced it.
@@ -114,6 +121,9 @@ impl std::fmt::Display for CallFailure {
         match self {
             CallFailure::PartnerInoperative => write!(f, "partner inoperative"),
             CallFailure::NoHandler => write!(f, "no handler at the partner"),
+            CallFailure::Handler { code, reason } => {
+                write!(f, "the partner's handler failed (code {code}): {reason}")
+            }
             CallFailure::Status(s) => write!(f, "unknown response status {s}"),
             CallFailure::NotBuilt => write!(f, "request could not be built"),
         }
@@ -353,6 +363,13 @@ impl Outbox {
     /// Queues the response to a call of the partner (control class).
     pub fn respond(&mut self, call: IncomingCall, payload: &[u8]) -> Result<()> {
         self.respond_status(call, ResponseStatus::Ok, payload)
+    }
+
+    /// Answers a call of the partner with a failure instead of a response: its caller gets
+    /// [`CallFailure::Handler`] with `code` and `reason` (cut to fit one message).
+    pub fn fail(&mut self, call: IncomingCall, code: u32, reason: &str) -> Result<()> {
+        let payload = wire::encode_handler_error(code, reason, self.max_payload);
+        self.respond_status(call, ResponseStatus::HandlerError, &payload)
     }
 
     pub(crate) fn respond_status(

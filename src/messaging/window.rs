@@ -440,6 +440,10 @@ impl Window {
                     let result = match status {
                         s if s == ResponseStatus::Ok as u8 => Ok(m.payload),
                         s if s == ResponseStatus::NoHandler as u8 => Err(CallFailure::NoHandler),
+                        s if s == ResponseStatus::HandlerError as u8 => {
+                            let (code, reason) = wire::decode_handler_error(m.payload);
+                            Err(CallFailure::Handler { code, reason })
+                        }
                         s => Err(CallFailure::Status(s)),
                     };
                     handler.on_response(CallId(call_id), result, &mut self.out);

@@ -239,6 +239,40 @@ pub enum ResponseStatus {
     Ok = 0,
     /// The receiver has no handler for the function code.
     NoHandler = 1,
+    /// The handler failed the call: the payload is its error, a 4-byte little-endian error
+    /// code and a UTF-8 reason (see [`encode_handler_error`]).
+    HandlerError = 2,
+}
+
+/// Bytes of a handler error's code, ahead of its reason in a [`ResponseStatus::HandlerError`]
+/// payload.
+pub const HANDLER_ERROR_CODE_LEN: usize = 4;
+
+/// Writes a handler error's payload: `code` (4 bytes, little-endian), then as much of
+/// `reason` as fits `max_payload` (cut at a character boundary).
+pub fn encode_handler_error(code: u32, reason: &str, max_payload: usize) -> Vec<u8> {
+    let room = max_payload.saturating_sub(HANDLER_ERROR_CODE_LEN);
+    let mut end = reason.len().min(room);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = Vec::with_capacity(HANDLER_ERROR_CODE_LEN + end);
+    out.extend_from_slice(&code.to_le_bytes());
+    out.extend_from_slice(&reason.as_bytes()[..end]);
+    out
+}
+
+/// Reads a handler error's payload: its code and reason. A payload shorter than the code
+/// reads as code 0 with the bytes as reason; bytes that are not UTF-8 are replaced (the
+/// payload is the partner's input: never refused, never a panic).
+pub fn decode_handler_error(payload: &[u8]) -> (u32, String) {
+    match payload.split_first_chunk::<HANDLER_ERROR_CODE_LEN>() {
+        Some((code, reason)) => (
+            u32::from_le_bytes(*code),
+            String::from_utf8_lossy(reason).into_owned(),
+        ),
+        None => (0, String::from_utf8_lossy(payload).into_owned()),
+    }
 }
 
 /// One message as found in a frame: header fields and the payload (after any call or response
@@ -624,6 +658,28 @@ mod tests {
         assert_eq!(
             Imm::expand(Imm::low_bits(edge + 4), edge, edge + 8),
             Some(edge + 4)
+        );
+    }
+
+    #[test]
+    fn a_handler_error_round_trips_and_is_cut_to_fit() {
+        let full = encode_handler_error(42, "no such volume", 2000);
+        assert_eq!(&full[..4], &42u32.to_le_bytes());
+        assert_eq!(decode_handler_error(&full), (42, "no such volume".into()));
+        // Cut at a character boundary: "é" is two bytes, 4 + 5 leaves room for two of them.
+        let cut = encode_handler_error(7, "ééé", 9);
+        assert_eq!(cut.len(), 8);
+        assert_eq!(decode_handler_error(&cut), (7, "éé".into()));
+        assert_eq!(
+            encode_handler_error(7, "x", 2).len(),
+            4,
+            "the code always fits"
+        );
+        // The partner's bytes: short or not UTF-8, never a panic.
+        assert_eq!(decode_handler_error(b"ab"), (0, "ab".into()));
+        assert_eq!(
+            decode_handler_error(&[1, 0, 0, 0, 0xff]),
+            (1, "\u{fffd}".into())
         );
     }
 }

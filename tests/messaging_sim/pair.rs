@@ -17,6 +17,9 @@ pub struct Collect {
     pub refuse: Vec<u8>,
     /// Answer calls at once with "pong".
     pub respond: bool,
+    /// Function codes whose calls the handler fails (`Outbox::fail`, error code 500 + the
+    /// function code, reason "refused").
+    pub fail: Vec<u8>,
 }
 
 impl Handler for Collect {
@@ -30,6 +33,11 @@ impl Handler for Collect {
         ));
         if self.refuse.contains(&msg.code) {
             return false;
+        }
+        if let (Some(call), true) = (msg.call, self.fail.contains(&msg.code)) {
+            out.fail(call, 500 + u32::from(msg.code), "refused")
+                .unwrap();
+            return true;
         }
         if let (Some(call), true) = (msg.call, self.respond) {
             out.respond(call, b"pong").unwrap();

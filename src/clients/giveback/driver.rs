@@ -216,6 +216,8 @@ pub struct GivebackOptions {
     pub giveback_delay: Duration,
     /// After an operator's takeover, give back only on an operator's giveback.
     pub hold_operator_takeover: bool,
+    /// The deadline of [`GivebackNode::command`] (its `_timeout` variant takes its own).
+    pub command_timeout: Duration,
 }
 
 impl Default for GivebackOptions {
@@ -226,6 +228,7 @@ impl Default for GivebackOptions {
             auto_giveback: true,
             giveback_delay: Duration::ZERO,
             hold_operator_takeover: true,
+            command_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -262,6 +265,7 @@ pub struct GivebackNode {
     own_log: Arc<OwnLogMark>,
     serving_lease: Arc<ServingLease>,
     writeback: Arc<WriteBackEpochs>,
+    command_timeout: Duration,
 }
 
 impl std::fmt::Debug for GivebackNode {
@@ -397,6 +401,7 @@ impl GivebackNode {
             own_log,
             serving_lease,
             writeback,
+            command_timeout: options.command_timeout,
         })
     }
 
@@ -440,14 +445,31 @@ impl GivebackNode {
         }
     }
 
-    /// Runs an operator command (takeover, giveback, check-only variants, auto-giveback).
+    /// Runs an operator command (takeover, giveback, check-only variants, auto-giveback),
+    /// waiting for its reply at most [`GivebackOptions::command_timeout`].
     pub fn command(&self, cmd: Command) -> Result<CommandReply, GivebackError> {
+        self.command_timeout(cmd, self.command_timeout)
+    }
+
+    /// [`command`](Self::command) waiting at most `timeout` for the reply
+    /// ([`GivebackError::CommandTimeout`] past it: the driver may still run the command).
+    pub fn command_timeout(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<CommandReply, GivebackError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
+        let what = format!("{cmd:?}");
         self.requests
             .send(Request::Command(cmd, tx))
             .map_err(|_| GivebackError::Stopped)?;
-        rx.recv_timeout(Duration::from_secs(10))
-            .map_err(|_| GivebackError::Stopped)
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => GivebackError::CommandTimeout {
+                command: what,
+                waited: timeout,
+            },
+            crossbeam_channel::RecvTimeoutError::Disconnected => GivebackError::Stopped,
+        })
     }
 
     /// A channel of the protocol's events from now on (partner failed, takeover done,

@@ -173,4 +173,12 @@ pub enum GivebackError {
     /// The driver has stopped.
     #[error("the giveback driver has stopped")]
     Stopped,
+    /// An operator command got no reply within the deadline.
+    #[error("giveback command {command}: no reply within {waited:?}")]
+    CommandTimeout {
+        /// The command.
+        command: String,
+        /// How long the call waited.
+        waited: std::time::Duration,
+    },
 }

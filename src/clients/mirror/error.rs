@@ -306,6 +306,32 @@ pub enum MirrorError {
         /// How long the caller waited.
         waited: std::time::Duration,
     },
+    /// No connection came up within the deadline of a wait for one.
+    #[error("wait for a connection of {name:?}: none within {waited:?} (partner declared absent: {partner_absent}; last error: {})", last_error.as_deref().unwrap_or("none"))]
+    NotConnected {
+        /// Client name.
+        name: String,
+        /// How long the call waited.
+        waited: std::time::Duration,
+        /// Whether the partner is declared absent.
+        partner_absent: bool,
+        /// The last connection error seen.
+        last_error: Option<String>,
+    },
+    /// A checkpoint was not mirrored within the deadline of a wait for it.
+    #[error("wait for the checkpoint through record {seq} (generation {generation}) of the shadow log: not mirrored after {waited:?} (mirrored through {mirrored}; partner declared absent: {partner_absent})")]
+    CheckpointTimeout {
+        /// Generation of the checkpoint waited for.
+        generation: u64,
+        /// The record it goes through.
+        seq: u64,
+        /// The latest checkpoint mirrored.
+        mirrored: u64,
+        /// Whether the partner is declared absent (nothing is mirrored until it returns).
+        partner_absent: bool,
+        /// How long the call waited.
+        waited: std::time::Duration,
+    },
     /// Appending, or waiting for an append, ended because the shadow driver stopped.
     #[error("append to shadow log: the shadow driver {name:?} stopped")]
     AppendStopped {
@@ -446,6 +472,18 @@ pub enum MirrorError {
         request: u64,
         /// How long the caller waited.
         waited: std::time::Duration,
+    },
+    /// The partner's write-back image was not in sync within the deadline of a wait for it.
+    #[error("wait for the write-back {name:?} to be in sync: not after {waited:?} ({pending} writes in progress; partner declared failed: {partner_failed})")]
+    NotInSync {
+        /// Messenger name.
+        name: String,
+        /// How long the call waited.
+        waited: std::time::Duration,
+        /// Writes in progress.
+        pending: u64,
+        /// Whether the partner is declared failed.
+        partner_failed: bool,
     },
     /// Writing, or waiting for a write, ended because the write-back driver stopped.
     #[error("write: the write-back driver {name:?} stopped")]

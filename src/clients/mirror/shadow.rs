@@ -80,14 +80,17 @@
 
 #![deny(missing_docs)]
 
+mod attempt;
 mod cursor;
 mod driver;
 mod fetch;
 mod recovery;
+mod waiting;
 mod writer;
 
 pub use cursor::{CursorKind, CursorStore};
 pub use recovery::{Recovered, RecoveryOutcome};
+pub use waiting::AppendFuture;
 pub use writer::{
     check_payload, fill_payload, writer_payload, ShadowWriter, WriterConfig, WriterStats,
 };
@@ -101,6 +104,7 @@ use crate::clients::giveback::PartnerLogContext;
 use crate::fabric::Access;
 use crate::manager::{BandwidthClass, ClientSpec, LinkId, Manager, ReadGrant};
 use crate::recorded_metrics::ShadowMetrics;
+use attempt::try_append;
 use driver::{drive, spin_wait, Counters, Inner, Shared, Sleeper, POLL_BATCH};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use recovery::RecoveryState;
@@ -513,6 +517,8 @@ impl ShadowMirror {
             sleepers: AtomicUsize::new(0),
             kick: crossbeam_channel::bounded(1),
             metrics: ShadowMetrics::new(manager.config().node_id, &name),
+            wakers: Mutex::new(Vec::new()),
+            blocked_starts: AtomicUsize::new(0),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -580,13 +586,33 @@ impl ShadowMirror {
     }
 
     /// Appends several records (in flight together) and waits for all of them; results in
-    /// order. On an error the records before it may have been appended.
+    /// order. On an error the records before it may have been appended. Each append and
+    /// each wait has the deadline of [`append_start`](Self::append_start) and
+    /// [`wait`](Self::wait).
     pub fn append_many(&self, payloads: &[&[u8]]) -> Result<Vec<Appended>, MirrorError> {
         let mut tickets = Vec::with_capacity(payloads.len());
         for p in payloads {
             tickets.push(self.append_start(p)?);
         }
         tickets.iter().map(|t| self.wait(t)).collect()
+    }
+
+    /// [`append_many`](Self::append_many) with a deadline `timeout` from now for the whole
+    /// call (errors as [`append_timeout`](Self::append_timeout)).
+    pub fn append_many_timeout(
+        &self,
+        payloads: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Vec<Appended>, MirrorError> {
+        let deadline = Instant::now() + timeout;
+        let mut tickets = Vec::with_capacity(payloads.len());
+        for p in payloads {
+            tickets.push(self.append_start_until(p, deadline)?);
+        }
+        tickets
+            .iter()
+            .map(|t| self.wait_until(t, deadline))
+            .collect()
     }
 
     /// Appends a record to the local log (durable when this returns) and posts its mirror
@@ -618,75 +644,13 @@ impl ShadowMirror {
         let started = Instant::now();
         let mut st = shared.lock_live()?;
         loop {
-            shared.pump(&mut st);
-            if st.relinquished {
-                return Err(MirrorError::Relinquished {
-                    name: shared.cfg.name.clone(),
-                    generation: 0,
-                    seq: 0,
-                });
-            }
-            if let (Some(mismatch), false) = (&st.refused, st.absent) {
-                return Err(MirrorError::Refused {
-                    name: shared.cfg.name.clone(),
-                    mismatch: mismatch.clone(),
-                });
-            }
-            let recovered = st.recovery.is_recovered();
-            let in_mailbox = shared
-                .copy_mark
-                .get()
-                .is_none_or(|m| m.is_attached_durably());
-            // F5.6: nothing of a new generation before the mailbox records it.
-            let recorded = shared.own_log.get().is_none_or(|m| m.is_durable());
-            let usable = recovered && in_mailbox && recorded && (st.absent || st.link_up());
-            let mut full = None;
-            if usable {
-                let log = st.log()?;
-                match log.append(payload) {
-                    Ok(position) => {
-                        st.counters.appends += 1;
-                        shared.metrics.appends.increment(1);
-                        st.counters.bytes += payload.len() as u64;
-                        shared.post(&mut st);
-                        return Ok(AppendTicket { position, started });
-                    }
-                    Err(e @ MirrorError::LogFull { .. }) => {
-                        let s = log.stats();
-                        if s.writes_queued + s.writes_in_flight == 0 {
-                            return Err(e);
-                        }
-                        full = Some(e); // a completion may reclaim space
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if shared.stop.load(Ordering::Relaxed) {
-                return Err(shared.stopped());
-            }
+            let blocked = match try_append(shared, &mut st, payload, started)? {
+                Ok(ticket) => return Ok(ticket),
+                Err(blocked) => blocked,
+            };
             let now = Instant::now();
             if now >= deadline {
-                let waited = now - started;
-                if !recovered {
-                    return Err(MirrorError::NotRecovered {
-                        name: shared.cfg.name.clone(),
-                        waited,
-                    });
-                }
-                if !in_mailbox {
-                    return Err(MirrorError::NotInMailbox {
-                        name: shared.cfg.name.clone(),
-                        waited,
-                    });
-                }
-                if !recorded {
-                    return Err(MirrorError::OwnLogUnrecorded {
-                        name: shared.cfg.name.clone(),
-                        generation: self.generation(),
-                        waited,
-                    });
-                }
-                return Err(full.unwrap_or(MirrorError::AppendNoLink { waited }));
+                return Err(blocked.into_error(shared, now - started));
             }
             shared
                 .changed
@@ -829,7 +793,7 @@ impl ShadowMirror {
         shared.declare_absent(&mut st, why);
         shared.post(&mut st);
         shared.note_acks(&mut st);
-        shared.changed.notify_all();
+        shared.notify();
     }
 
     /// Whether the ticket's record is acknowledged (does not wait or poll).
@@ -1054,31 +1018,12 @@ impl ShadowMirror {
             last_error: st.last_error.clone(),
         }
     }
-
-    /// Waits up to `timeout` for a connection; returns whether there is one.
-    pub fn wait_connected(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.inner.lock();
-        loop {
-            self.shared.pump(&mut st);
-            if st.link_up() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            self.shared
-                .changed
-                .wait_for(&mut st, (deadline - now).min(Duration::from_millis(5)));
-        }
-    }
 }
 
 impl Drop for ShadowMirror {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        self.shared.changed.notify_all();
+        self.shared.notify();
         let _ = self.shared.kick.0.try_send(()); // an idle driver: stop now
         if let Some(t) = self.thread.lock().take() {
             if t.join().is_err() {

@@ -92,9 +92,11 @@
 
 mod state;
 mod stats;
+mod waiting;
 
 use self::state::{Core, POLL_BATCH};
 pub use self::stats::WriteBackStats;
+pub use self::waiting::WriteFuture;
 use super::atomic::{AtomicGeometry, AtomicWriteTable, UnitId, MAGIC, MAX_ATOMIC_BLOCKS};
 use super::error::MirrorError;
 use super::nvram::NvramKind;
@@ -271,6 +273,9 @@ struct Shared {
     stop: AtomicBool,
     kick: crossbeam_channel::Sender<()>,
     metrics: WriteBackMetrics,
+    /// Tasks of pending [`WriteFuture`]s, woken with [`changed`](Self::changed) by
+    /// [`notify`](Self::notify).
+    wakers: Mutex<Vec<std::task::Waker>>,
 }
 
 impl Shared {
@@ -317,6 +322,60 @@ impl Shared {
         self.serving_lease
             .get()
             .is_none_or(|l| l.is_valid(Instant::now()))
+    }
+
+    /// Wakes the threads waiting on [`changed`](Self::changed) and the tasks of pending
+    /// futures.
+    fn notify(&self) {
+        self.changed.notify_all();
+        let wakers = std::mem::take(&mut *self.wakers.lock());
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Starts a host write (see [`MirroredWriteBack::write_start`]); also returns whether
+    /// messages wait to be sent.
+    fn start_write(
+        &self,
+        unit: UnitId,
+        first_block: u64,
+        data: &[u8],
+    ) -> Result<(WriteTicket, bool), MirrorError> {
+        let block_size = self.cfg.geometry.block_size as usize;
+        if data.len() / block_size > MAX_ATOMIC_BLOCKS {
+            return Err(MirrorError::BlockCount {
+                blocks: data.len() / block_size,
+                max: MAX_ATOMIC_BLOCKS,
+            });
+        }
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(self.stopped());
+        }
+        let started = Instant::now();
+        let mut c = self.core.lock();
+        if c.awaits_recovery() {
+            return Err(MirrorError::WriteBackNotRecovered {
+                name: self.cfg.name.clone(),
+            });
+        }
+        if let Some(mismatch) = &c.refused {
+            return Err(MirrorError::Refused {
+                name: self.cfg.data_client.clone(),
+                mismatch: mismatch.clone(),
+            });
+        }
+        let request = c
+            .primary
+            .handle_host_write(started, unit, first_block, data)?;
+        c.run_primary(&self.cfg);
+        let flush = !c.outgoing.is_empty();
+        let busy = c.busy_cq().is_some();
+        drop(c);
+        if busy {
+            let _ = self.kick.try_send(());
+        }
+        Ok((WriteTicket { request, started }, flush))
     }
 
     fn stopped(&self) -> MirrorError {
@@ -415,6 +474,7 @@ impl MirroredWriteBack {
             stop: AtomicBool::new(false),
             kick,
             metrics: WriteBackMetrics::new(manager.config().node_id, &cfg.name),
+            wakers: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         messenger
@@ -459,25 +519,35 @@ impl MirroredWriteBack {
     /// of `unit` and waits for its status: `Mirrored` once the mirror absorbed it,
     /// `MirrorLost` when the partner failed. While another write holds one of the blocks
     /// (or buffers or request entries are all taken by writes in progress), it waits for
-    /// them, up to the write timeout.
+    /// them. The whole call waits at most [`WriteBackConfig::write_timeout`].
     pub fn write(
         &self,
         unit: UnitId,
         first_block: u64,
         data: &[u8],
     ) -> Result<CompletionStatus, MirrorError> {
+        self.write_timeout(unit, first_block, data, self.shared.cfg.write_timeout)
+    }
+
+    /// [`write`](Self::write) waiting at most `timeout` for the whole call.
+    pub fn write_timeout(
+        &self,
+        unit: UnitId,
+        first_block: u64,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<CompletionStatus, MirrorError> {
         let begin = Instant::now();
         loop {
             match self.write_start(unit, first_block, data) {
-                Ok(t) => return self.wait(&t),
+                Ok(t) => return self.wait_timeout(&t, timeout.saturating_sub(begin.elapsed())),
                 Err(
                     e @ (MirrorError::RangeBusy { .. }
                     | MirrorError::NoFreeBuffers { .. }
                     | MirrorError::NoFreeRie { .. }),
                 ) => {
                     let mut c = self.shared.core.lock();
-                    if c.primary.pending() == 0 || begin.elapsed() >= self.shared.cfg.write_timeout
-                    {
+                    if c.primary.pending() == 0 || begin.elapsed() >= timeout {
                         return Err(e);
                     }
                     self.shared.pump(&mut c, &mut Vec::new());
@@ -501,82 +571,34 @@ impl MirroredWriteBack {
         first_block: u64,
         data: &[u8],
     ) -> Result<WriteTicket, MirrorError> {
-        let shared = &*self.shared;
-        let block_size = shared.cfg.geometry.block_size as usize;
-        if data.len() / block_size > MAX_ATOMIC_BLOCKS {
-            return Err(MirrorError::BlockCount {
-                blocks: data.len() / block_size,
-                max: MAX_ATOMIC_BLOCKS,
-            });
-        }
-        if shared.stop.load(Ordering::Relaxed) {
-            return Err(shared.stopped());
-        }
-        let started = Instant::now();
-        let mut c = shared.core.lock();
-        if c.awaits_recovery() {
-            return Err(MirrorError::WriteBackNotRecovered {
-                name: shared.cfg.name.clone(),
-            });
-        }
-        if let Some(mismatch) = &c.refused {
-            return Err(MirrorError::Refused {
-                name: shared.cfg.data_client.clone(),
-                mismatch: mismatch.clone(),
-            });
-        }
-        let request = c
-            .primary
-            .handle_host_write(started, unit, first_block, data)?;
-        c.run_primary(&shared.cfg);
-        let flush = !c.outgoing.is_empty();
-        let busy = c.busy_cq().is_some();
-        drop(c);
+        let (ticket, flush) = self.shared.start_write(unit, first_block, data)?;
         if flush {
             self.flush();
         }
-        if busy {
-            let _ = shared.kick.try_send(());
-        }
-        Ok(WriteTicket { request, started })
+        Ok(ticket)
     }
 
-    /// Waits for the ticket's status (call it once per ticket).
-    /// [`MirrorError::WriteTimeout`] if none came within the write timeout (the write is
-    /// committed locally; waiting again may still see it complete).
+    /// Waits for the ticket's status (call it once per ticket), at most
+    /// [`WriteBackConfig::write_timeout`] (see [`wait_timeout`](Self::wait_timeout)).
     pub fn wait(&self, ticket: &WriteTicket) -> Result<CompletionStatus, MirrorError> {
+        self.wait_timeout(ticket, self.shared.cfg.write_timeout)
+    }
+
+    /// Waits at most `timeout` for the ticket's status. [`MirrorError::WriteTimeout`] if
+    /// none came (the write is committed locally; waiting again may still see it complete).
+    pub fn wait_timeout(
+        &self,
+        ticket: &WriteTicket,
+        timeout: Duration,
+    ) -> Result<CompletionStatus, MirrorError> {
         let shared = &*self.shared;
         let begin = Instant::now();
         let spin_until = begin + shared.cfg.spin;
         let mut waited = Vec::with_capacity(POLL_BATCH);
         let mut c = shared.core.lock();
         loop {
-            if let Some(epoch) = c.discarded.remove(&ticket.request) {
-                return Err(MirrorError::WriteDiscarded {
-                    request: ticket.request,
-                    epoch,
-                });
-            }
-            if let Some(&status) = c.done.get(&ticket.request) {
-                // F5.7: a write completed without the partner's mirror (the partner failed,
-                // or the mirror refused it: it is re-mirrored by a resync) is acknowledged only
-                // once the mailbox marks that mirror outdated (no automatic takeover from it).
-                let marked = status == CompletionStatus::Mirrored
-                    || shared.copy_mark.get().is_none_or(|m| {
-                        m.mark_writeback();
-                        m.is_writeback_durable()
-                    });
-                // And only while this node may still serve its disks (a node that stalled
-                // may have been taken over meanwhile, its mirrored blocks destaged by the
-                // partner: the giveback client's serving lease).
-                let leased = shared.lease_runs();
-                // And only once the mailbox records the table's epoch (a takeover names
-                // it; the recovery waits for it, so this holds from then on).
-                let recorded = c.epochs.as_ref().is_none_or(|e| e.own().is_durable());
-                if marked && leased && recorded {
-                    c.done.remove(&ticket.request);
-                    return Ok(status);
-                }
+            if let Some(outcome) = shared.collect(&mut c, ticket.request) {
+                return outcome;
             }
             if shared.stop.load(Ordering::Relaxed) {
                 return Err(shared.stopped());
@@ -590,7 +612,7 @@ impl MirroredWriteBack {
                 continue;
             }
             let now = Instant::now();
-            if now.duration_since(begin) >= shared.cfg.write_timeout {
+            if now.duration_since(begin) >= timeout {
                 return Err(MirrorError::WriteTimeout {
                     request: ticket.request,
                     waited: now - begin,
@@ -736,7 +758,9 @@ impl MirroredWriteBack {
                 let (unreturned, freed) = c.primary.discard_taken_over()?;
                 let done: Vec<RequestId> = c.done.drain().map(|(r, _)| r).collect();
                 for r in unreturned.into_iter().chain(done) {
-                    c.discarded.insert(r, epoch);
+                    if !c.abandoned.remove(&r) {
+                        c.discarded.insert(r, epoch);
+                    }
                     outcome.discarded_writes += 1;
                 }
                 c.counters.discarded_writes += outcome.discarded_writes;
@@ -750,7 +774,7 @@ impl MirroredWriteBack {
             outcome.epoch = next;
             (epochs, outcome)
         };
-        shared.changed.notify_all();
+        shared.notify();
         wait_recorded(epochs.own(), shared.cfg.write_timeout, "this node's epoch")?;
         shared.core.lock().recovered_for = Some(context.incarnation);
         if outcome.discarded_blocks > 0 || outcome.discarded_writes > 0 {
@@ -804,7 +828,7 @@ impl MirroredWriteBack {
         c.fail_partner(&self.shared.cfg, why);
         c.fail_link(why);
         self.shared.pump(&mut c, &mut Vec::new());
-        self.shared.changed.notify_all();
+        self.shared.notify();
     }
 
     /// Takes over the partner's mirrored dirty blocks (the partner is gone): its writes in
@@ -818,21 +842,6 @@ impl MirroredWriteBack {
         let report = c.mirror.take_over(sink)?;
         tracing::info!(name = %self.shared.cfg.name, blocks = report.blocks, aborted = report.aborted, "partner's write-back blocks taken over");
         Ok(report)
-    }
-
-    /// Waits up to `timeout` for the partner's image to hold every dirty block of this node
-    /// ([`WriteBackStats::in_sync`]); returns whether it does.
-    pub fn wait_in_sync(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.stats().in_sync {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
     }
 
     /// Drops the data connection and asks the manager to re-establish it, as a failed
@@ -851,27 +860,6 @@ impl MirroredWriteBack {
         WriteBackStats::of(&c)
     }
 
-    /// Waits up to `timeout` for the data connection and the messenger; returns whether
-    /// both are up.
-    pub fn wait_connected(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let messenger = self.messenger.as_ref().is_some_and(|m| m.stats().connected);
-            let data = {
-                let mut c = self.shared.core.lock();
-                self.shared.pump(&mut c, &mut Vec::new());
-                c.link_up() && !c.partner_failed()
-            };
-            if messenger && data {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
     fn flush(&self) {
         if let Some(m) = self.messenger.as_ref() {
             self.shared.flush(m);
@@ -882,7 +870,7 @@ impl MirroredWriteBack {
 impl Drop for MirroredWriteBack {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        self.shared.changed.notify_all();
+        self.shared.notify();
         let _ = self.shared.kick.try_send(());
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
@@ -925,7 +913,7 @@ fn on_message(shared: &Shared, payload: &[u8], out: &mut Outbox) {
     let done = !c.done.is_empty();
     drop(c);
     if done {
-        shared.changed.notify_all();
+        shared.notify();
     }
     if busy {
         let _ = shared.kick.try_send(());
@@ -955,7 +943,7 @@ fn drive(shared: &Arc<Shared>, messenger: &Messenger, kicked: &crossbeam_channel
                 );
             }
             if !c.done.is_empty() {
-                shared.changed.notify_all();
+                shared.notify();
             }
             (c.busy_cq(), !c.outgoing.is_empty())
         };
@@ -976,7 +964,7 @@ fn drive(shared: &Arc<Shared>, messenger: &Messenger, kicked: &crossbeam_channel
             }
         }
     }
-    shared.changed.notify_all();
+    shared.notify();
 }
 
 /// Waits until a mailbox write carried what `mark` was last asked for.

@@ -222,6 +222,13 @@ pub(super) struct Shared {
     /// sleeps), so it blocks on the completion queue at once (see [`drive`]). Capacity 1.
     pub(super) kick: (Sender<()>, Receiver<()>),
     pub(super) metrics: crate::recorded_metrics::ShadowMetrics,
+    /// Tasks of pending futures ([`AppendFuture`](super::AppendFuture), ...), woken with
+    /// [`changed`](Self::changed) by [`notify`](Self::notify).
+    pub(super) wakers: Mutex<Vec<std::task::Waker>>,
+    /// Futures whose append waits for a state that changes without a notification (the
+    /// recovery's mailbox marks, log space): the driver wakes the tasks every round while
+    /// there are any.
+    pub(super) blocked_starts: AtomicUsize,
 }
 
 /// A waiter asleep on [`Shared::changed`], counted in [`Shared::sleepers`] while it lives.
@@ -243,6 +250,21 @@ impl Drop for Sleeper<'_> {
 }
 
 impl Shared {
+    /// Wakes the threads waiting on [`changed`](Self::changed) and the tasks of pending
+    /// futures.
+    pub(super) fn notify(&self) {
+        self.changed.notify_all();
+        self.wake_tasks();
+    }
+
+    /// Wakes the tasks of pending futures (they poll again and re-register).
+    pub(super) fn wake_tasks(&self) {
+        let wakers = std::mem::take(&mut *self.wakers.lock());
+        for w in wakers {
+            w.wake();
+        }
+    }
+
     pub(super) fn stopped(&self) -> MirrorError {
         MirrorError::AppendStopped {
             name: self.cfg.name.clone(),
@@ -320,7 +342,7 @@ impl Shared {
         st.served = false;
         st.relinquished = true;
         st.recovery = RecoveryState::Unrecovered(log.into_local());
-        self.changed.notify_all();
+        self.notify();
         true
     }
 
@@ -614,8 +636,12 @@ impl Shared {
                 return false;
             }
         }
+        let advanced = checkpointed > st.checkpointed;
         st.checkpointed = st.checkpointed.max(checkpointed);
         if now <= st.acked {
+            if advanced {
+                self.notify(); // wait_checkpointed
+            }
             return false;
         }
         let from = st.acked + 1;
@@ -631,7 +657,7 @@ impl Shared {
         }
         st.counters.acknowledged += now - st.acked;
         st.acked = now;
-        self.changed.notify_all();
+        self.notify();
         true
     }
 
@@ -691,7 +717,7 @@ impl Shared {
             pending,
             "shadow log: partner absent; appends complete unmirrored (durable on this node only) until it returns"
         );
-        self.changed.notify_all();
+        self.notify();
     }
 
     /// The current connection failed under us: stop using it and ask the manager to
@@ -722,7 +748,7 @@ impl Shared {
                     tracing::error!(client = %self.cfg.name, reason = %why, "shadow mirror connection unusable");
                     st.last_error = Some(why);
                 }
-                self.changed.notify_all();
+                self.notify();
             }
             ClientEvent::Refused(mismatch) => {
                 // The manager logged it; appends now fail with it (MirrorError::Refused).
@@ -967,8 +993,11 @@ pub(super) fn drive(shared: &Arc<Shared>) {
                 events.wait(timeout);
             }
         }
+        if shared.blocked_starts.load(Ordering::SeqCst) > 0 {
+            shared.wake_tasks();
+        }
     }
-    shared.changed.notify_all();
+    shared.notify();
 }
 
 /// One round of busy polling that began at `since` (see the messenger's): a pure spin for

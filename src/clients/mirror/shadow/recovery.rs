@@ -469,21 +469,34 @@ impl ShadowMirror {
         self.shared.inner.lock().recovered_for
     }
 
-    /// Waits up to `timeout` until the own log is recovered; returns whether it is.
-    pub fn wait_recovered(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+    /// Waits until the own log is recovered, at most
+    /// [`ShadowConfig::link_timeout`](super::ShadowConfig::link_timeout).
+    pub fn wait_recovered(&self) -> Result<(), MirrorError> {
+        self.wait_recovered_timeout(self.shared.cfg.link_timeout)
+    }
+
+    /// Waits at most `timeout` until the own log is recovered
+    /// ([`MirrorError::NotRecovered`] past it).
+    pub fn wait_recovered_timeout(&self, timeout: Duration) -> Result<(), MirrorError> {
+        let start = Instant::now();
         let mut st = self.shared.inner.lock();
         loop {
             if st.recovery.is_recovered() {
-                return true;
+                return Ok(());
             }
-            let now = Instant::now();
-            if now >= deadline || self.shared.stop.load(Ordering::Relaxed) {
-                return false;
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return Err(self.shared.stopped());
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(MirrorError::NotRecovered {
+                    name: self.shared.cfg.name.clone(),
+                    waited,
+                });
             }
             self.shared
                 .changed
-                .wait_for(&mut st, (deadline - now).min(Duration::from_millis(5)));
+                .wait_for(&mut st, (timeout - waited).min(Duration::from_millis(5)));
         }
     }
 
@@ -513,7 +526,9 @@ impl ShadowMirror {
             return Ok(0);
         }
         self.unconfirm_partner_copy()?;
-        let follow = self.wait_connected(FIRST_LINK_WAIT.min(shared.cfg.partner_timeout));
+        let follow = self
+            .wait_connected_timeout(FIRST_LINK_WAIT.min(shared.cfg.partner_timeout))
+            .is_ok();
         if !follow {
             tracing::warn!(client = %shared.cfg.name, generation, records = records.len(), "shadow log recovery: no connection to the partner; applying with its mirror not following");
         }
@@ -665,6 +680,6 @@ impl ShadowMirror {
         st.relinquished = false;
         st.served = false;
         shared.post(&mut st);
-        shared.changed.notify_all();
+        shared.notify();
     }
 }

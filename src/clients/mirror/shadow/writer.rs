@@ -238,7 +238,11 @@ impl Run {
     fn run(&mut self) -> Result<(), String> {
         let err = |e: MirrorError| e.to_string();
         // The records of this run go to the log the recovery installs.
-        while !self.mirror.wait_recovered(Duration::from_millis(100)) {
+        while self
+            .mirror
+            .wait_recovered_timeout(Duration::from_millis(100))
+            .is_err()
+        {
             if self.shared.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }

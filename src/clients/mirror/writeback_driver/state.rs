@@ -90,6 +90,8 @@ pub(super) struct Core {
     pub(super) outgoing: VecDeque<Message>,
     /// Statuses not collected yet, by request.
     pub(super) done: HashMap<RequestId, CompletionStatus>,
+    /// Writes whose future was dropped before their status came: it is not kept.
+    pub(super) abandoned: std::collections::HashSet<RequestId>,
     pub(super) counters: Counters,
     pub(super) latency: Histogram<u64>,
     pub(super) last_error: Option<String>,
@@ -132,6 +134,7 @@ impl Core {
             link: None,
             outgoing: VecDeque::new(),
             done: HashMap::new(),
+            abandoned: std::collections::HashSet::new(),
             counters: Counters::default(),
             latency: crate::manager::client::new_histogram(),
             last_error: None,
@@ -214,7 +217,9 @@ impl Core {
                     latency,
                 } => {
                     crate::manager::client::record_us(&mut self.latency, latency);
-                    self.done.insert(request, status);
+                    if !self.abandoned.remove(&request) {
+                        self.done.insert(request, status);
+                    }
                     self.last_progress = Instant::now();
                     completed = true;
                 }
