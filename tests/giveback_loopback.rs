@@ -32,20 +32,30 @@ struct Node {
 }
 
 fn start(cfg: &NodeConfig, dir: &Path, options: GivebackOptions) -> Node {
-    start_with_replay(cfg, dir, options, Duration::ZERO, Arc::default())
+    start_with_replay(
+        cfg,
+        dir,
+        options,
+        Arc::new(AtomicBool::new(true)),
+        Arc::default(),
+    )
 }
 
-/// A node whose replay hook sets `in_replay` and takes `replay_time`.
+/// A node whose replay hook sets `in_replay` and runs until `release` is set (at most
+/// `WAIT`).
 fn start_with_replay(
     cfg: &NodeConfig,
     dir: &Path,
     options: GivebackOptions,
-    replay_time: Duration,
+    release: Arc<AtomicBool>,
     in_replay: Arc<AtomicBool>,
 ) -> Node {
     start_with_hook(cfg, dir, options, move || {
         in_replay.store(true, Ordering::SeqCst);
-        std::thread::sleep(replay_time);
+        let t0 = Instant::now();
+        while !release.load(Ordering::SeqCst) && t0.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         in_replay.store(false, Ordering::SeqCst);
         Ok(())
     })
@@ -243,7 +253,11 @@ fn manual_takeover_and_giveback_with_auto_giveback_off() {
     });
     assert!(nb.giveback.driver_counters().kills_received >= 1);
     assert_eq!(nb.giveback.driver_counters().reboots, 1);
-    std::thread::sleep(Duration::from_millis(500));
+    // A decides at the read that shows B in MBWAIT: once its status shows that read, an
+    // automatic giveback would have started.
+    wait_state(&na, "A reads B in MBWAIT", |s| {
+        s.partner_state == Some(NodeState::MbWait)
+    });
     assert_eq!(
         na.giveback.status().state,
         NodeState::Takeover,
@@ -293,8 +307,14 @@ fn a_slow_replay_keeps_the_mailbox_heartbeat_going() {
     let (a, b) = pair(&dir, 1, loopback, ProviderChoice::Soft, port_base());
     let options = GivebackOptions::default();
     let in_replay = Arc::new(AtomicBool::new(false));
-    let replay_time = Duration::from_millis(1500);
-    let na = start_with_replay(&a, &dir, options.clone(), replay_time, in_replay.clone());
+    let release = Arc::new(AtomicBool::new(false));
+    let na = start_with_replay(
+        &a,
+        &dir,
+        options.clone(),
+        release.clone(),
+        in_replay.clone(),
+    );
     let nb = start(&b, &dir, options.clone());
     for n in [&na, &nb] {
         wait_state(n, "both nodes up", |s| {
@@ -310,21 +330,28 @@ fn a_slow_replay_keeps_the_mailbox_heartbeat_going() {
     // A's record as B's mailbox would read it.
     let mut as_b = FileMailbox::open(&dir, 2, 1).unwrap();
     let first = as_b.read_partner().unwrap().expect("A's record");
-    std::thread::sleep(Duration::from_millis(1000));
-    let later = as_b.read_partner().unwrap().expect("A's record");
+    // The hook runs until released: the record keeps beating meanwhile (interval 100 ms).
+    let t1 = Instant::now();
+    let later = loop {
+        let r = as_b.read_partner().unwrap().expect("A's record");
+        if r.heartbeat >= first.heartbeat + 5 {
+            break r;
+        }
+        assert!(
+            t1.elapsed() < WAIT,
+            "mailbox heartbeat stuck at {}",
+            r.heartbeat
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert!(
         in_replay.load(Ordering::SeqCst),
         "the hook is still running"
     );
     assert!(first.taken_over && later.taken_over, "{later:?}");
     assert_eq!(later.state, NodeState::Up, "not serving B's disks yet");
-    assert!(
-        later.heartbeat >= first.heartbeat + 5,
-        "mailbox heartbeat during 1 s of replay (interval 100 ms): {} -> {}",
-        first.heartbeat,
-        later.heartbeat
-    );
     assert!(!na.giveback.status().serving.contains(&2));
+    release.store(true, Ordering::SeqCst);
     wait_state(&na, "takeover after the replay", |s| {
         s.state == NodeState::Takeover && s.serving.contains(&2)
     });

@@ -66,7 +66,6 @@ fn three_clients_two_links_one_exchange_per_link() {
         assert_eq!(c.counters.reconnects, 1, "{c:#?}");
     }
     // Traffic flows both ways, in order.
-    std::thread::sleep(Duration::from_millis(500));
     for p in pa.iter().chain(pb.iter()) {
         let deadline = std::time::Instant::now() + WAIT;
         while p.stats().received < 50 && std::time::Instant::now() < deadline {

@@ -183,7 +183,9 @@ fn partner_killed_and_restarted_reinitialises_with_backoff() {
         s.clients.iter().all(|c| c.state != ClientState::Ready)
     });
     // Backoff: attempts keep failing while B is away.
-    std::thread::sleep(Duration::from_secs(2));
+    a.wait("retries with backoff", |s| {
+        s.links.iter().all(|l| l.counters.errors >= 2)
+    });
     let s = a.status();
     assert!(
         s.links.iter().all(|l| l.counters.errors >= 2),

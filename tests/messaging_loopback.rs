@@ -148,7 +148,8 @@ fn partner_lost_with_calls_pending_fails_them_all_once() {
     b.shutdown();
     drop(b);
     wait_for("callbacks", || outcomes.lock().len() == 50);
-    std::thread::sleep(Duration::from_millis(300));
+    // Nothing is left that could call back a second time.
+    wait_for("no pending call", || ma.stats().pending_calls == 0);
     let o = outcomes.lock();
     assert_eq!(o.len(), 50, "each callback exactly once");
     assert!(o

@@ -164,8 +164,10 @@ fn partner_killed_with_calls_pending_fails_each_call_once() {
         st.calls_inoperative,
         t0.elapsed()
     );
-    std::thread::sleep(Duration::from_secs(1));
-    let st = stats(&a, serde_json::json!({}));
+    // Nothing is left pending that could fail a second time.
+    let st = wait_stats(&a, "no pending call", WAIT, |s| {
+        s.messenger.pending_calls == 0
+    });
     assert_eq!(
         st.calls_inoperative, held,
         "each call failed exactly once: {st:#?}"
