@@ -16,7 +16,7 @@ use manager_pair::*;
 use netns_node::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn nodes(tag: &str, links: u8) -> (Node, Node, PathBuf) {
     topology(links);
@@ -127,8 +127,17 @@ fn every_link_cut_with_mailbox_alive_raises_the_alert_and_takes_nothing_over() {
     for n in [&na, &nb] {
         n.wait_giveback("interconnect alert", |r| r.interconnect_down);
     }
-    // Well past the detection window: nobody takes over.
-    std::thread::sleep(Duration::from_secs(3));
+    // Well past the detection window, by each node's own clock (its last read of the
+    // partner's state block is three windows old): nobody takes over.
+    for n in [&na, &nb] {
+        n.wait_giveback(
+            "three detection windows without a read of the partner",
+            |r| {
+                r.partner_read_age_ms
+                    .is_some_and(|age| age as f64 >= 15.0 * r.interval_ms)
+            },
+        );
+    }
     for (i, (n, me)) in [(&na, 1u32), (&nb, 2)].into_iter().enumerate() {
         let r = n.giveback();
         let ok = r.state == "UP"
