@@ -15,9 +15,9 @@ pub mod sweep;
 
 use disks::{disks, Disks, SharedDisks, SimMailbox, SimReservations};
 use interlink::clients::giveback::{
-    Action, Command, CommandReply, CopyGap, CopyStamp, GivebackConfig, GivebackError,
-    GivebackEvent, GivebackMachine, Mailbox, MailboxRecord, MailboxWrite, NodeState, OwnLogStamp,
-    PartnerRead, ReplayedMark, Reservations, StateBlock,
+    Action, Command, CommandOutcome, CommandReply, CopyGap, CopyStamp, GivebackConfig,
+    GivebackError, GivebackEvent, GivebackMachine, Mailbox, MailboxRecord, MailboxWrite, NodeState,
+    OwnLogStamp, PartnerRead, ReplayedMark, Reservations, StateBlock,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -964,6 +964,29 @@ impl World {
     }
 
     // ------------------------------------------------------------------ operator and faults
+
+    /// Whether node `id` runs and serves the partner after an operator's takeover that waits
+    /// for an operator's giveback.
+    pub fn operator_hold(&self, id: u32) -> bool {
+        self.node(id).machine.is_some() && self.machine(id).status().operator_hold
+    }
+
+    /// The operator gives back every held operator's takeover (refused until the partner
+    /// waits for it); returns the givebacks started.
+    pub fn operator_gives_back(&mut self) -> u64 {
+        let mut started = 0;
+        for id in [A, B] {
+            if self.operator_hold(id)
+                && self
+                    .command(id, Command::Giveback { check_only: false })
+                    .outcome
+                    == CommandOutcome::Started
+            {
+                started += 1;
+            }
+        }
+        started
+    }
 
     pub fn command(&mut self, id: u32, cmd: Command) -> CommandReply {
         let i = index(id);

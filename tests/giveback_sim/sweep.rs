@@ -135,11 +135,7 @@ pub fn random_run(seed: u64, keep_trace: bool) -> (Box<World>, Result<u32, Strin
         }
         // The operator gives back what an operator took over (held until then).
         if rng.gen_bool(0.02) {
-            for id in [A, B] {
-                if w.node(id).machine.is_some() && w.machine(id).status().operator_hold {
-                    w.command(id, Command::Giveback { check_only: false });
-                }
-            }
+            w.operator_gives_back();
         }
     }
     if !w.violations.is_empty() {
@@ -168,18 +164,11 @@ pub fn random_run(seed: u64, keep_trace: bool) -> (Box<World>, Result<u32, Strin
     // An operator's takeover is held until an operator gives back: the operator asks at every
     // interval (refused until the partner waits for it).
     let bound = 2 * 20 + 2 * 3 + 3 * K + 20;
-    let operator = |w: &mut World| {
-        for id in [A, B] {
-            if w.node(id).machine.is_some() && w.machine(id).status().operator_hold {
-                w.command(id, Command::Giveback { check_only: false });
-            }
-        }
-    };
     let converged = (0..=bound).find(|_| {
         if w.converged() || !w.violations.is_empty() {
             return true;
         }
-        operator(&mut w);
+        w.operator_gives_back();
         w.run_for(I);
         false
     });

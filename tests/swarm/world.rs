@@ -582,15 +582,9 @@ impl World {
     /// An operator's takeover is held until an operator gives back: the operator does so now
     /// and then (at every step once the faults are off); refused until the partner waits.
     fn operator_gives_back(&mut self, always: bool) {
-        for id in IDS {
-            let held =
-                self.gb.node(id).machine.is_some() && self.gb.machine(id).status().operator_hold;
-            if held && (always || self.rng.gen_bool(0.02)) {
-                let r = self.gb.command(id, Command::Giveback { check_only: false });
-                if r.outcome == CommandOutcome::Started {
-                    self.counts.operator_givebacks += 1;
-                }
-            }
+        let held = IDS.iter().any(|&id| self.gb.operator_hold(id));
+        if held && (always || self.rng.gen_bool(0.02)) {
+            self.counts.operator_givebacks += self.gb.operator_gives_back();
         }
     }
 
