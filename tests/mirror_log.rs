@@ -8,7 +8,7 @@
 
 mod mirror_log_sim;
 
-use interlink::clients::mirror::{replay, MirrorError, ReplayCursor, ScanStop};
+use interlink::clients::mirror::{replay, LogError, ReplayCursor, ScanStop};
 use mirror_log_sim::{
     check_image, check_restart, old_generation_image, Driver, Event, Oracle, Target,
 };
@@ -29,7 +29,7 @@ fn scripted_run(seed: u64, appends: u64) -> (Driver, Vec<u8>) {
         match rng.gen_range(0..100) {
             0..=39 => {
                 let len = rng.gen_range(1..=4096);
-                if let Err(MirrorError::LogFull { .. }) = d.append(len) {
+                if let Err(LogError::Full { .. }) = d.append(len) {
                     full += 1;
                     // Either make room at once, or only ask for a checkpoint (possibly of
                     // records whose writes are pending) and let the random steps complete it.

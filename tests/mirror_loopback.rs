@@ -15,8 +15,8 @@ use interlink::clients::mirror::shadow::{
     WriterConfig,
 };
 use interlink::clients::mirror::{
-    LogPosition, MemoryNvram, MirrorError, Replay, ReplayedRecord, ShadowConfig, ShadowMirror,
-    ShadowStats,
+    LogError, LogPosition, MemoryNvram, Replay, ReplayedRecord, ShadowConfig, ShadowError,
+    ShadowMirror, ShadowStats,
 };
 use interlink::fabric::ProviderChoice;
 use interlink::manager::{Manager, NodeConfig};
@@ -176,7 +176,10 @@ fn checkpoints_reclaim_space_over_many_laps_of_a_small_log() {
         }
         assert!(n < 100, "the log never filled");
     };
-    assert!(matches!(err, MirrorError::LogFull { .. }), "{err}");
+    assert!(
+        matches!(err, ShadowError::Log(LogError::Full { .. })),
+        "{err}"
+    );
     a.checkpoint(LogPosition {
         generation: a.generation(),
         seq: last.unwrap().seq + n,
@@ -443,7 +446,7 @@ fn a_restart_before_any_takeover_applies_its_own_log_exactly_once() {
     let err = b
         .append_timeout(&writer_payload(1, 100), Duration::from_millis(50))
         .unwrap_err();
-    assert!(matches!(err, MirrorError::NotRecovered { .. }), "{err}");
+    assert!(matches!(err, ShadowError::NotRecovered { .. }), "{err}");
     // The sink refuses record 30: everything before it is applied and stays applied.
     let mut applied = Vec::new();
     let err = b
@@ -456,7 +459,7 @@ fn a_restart_before_any_takeover_applies_its_own_log_exactly_once() {
         })
         .unwrap_err();
     assert!(
-        matches!(err, MirrorError::RecoverSink { seq: 30, .. }),
+        matches!(err, ShadowError::RecoverSink { seq: 30, .. }),
         "{err}"
     );
     assert_eq!(applied, (16..30).collect::<Vec<_>>());
@@ -484,7 +487,7 @@ fn a_restart_before_any_takeover_applies_its_own_log_exactly_once() {
     assert!(r.generation > old);
     assert!(matches!(
         b.recover(None, |_| Ok(())),
-        Err(MirrorError::AlreadyRecovered { .. })
+        Err(ShadowError::AlreadyRecovered { .. })
     ));
     // The new generation is mirrored: A, taking B over now, would replay only it.
     connected(&b);
@@ -686,7 +689,7 @@ fn an_unreadable_log_is_never_formatted_over() {
     let b = shadow_on_files(&mb, &dir, len, cfg);
     let err = b.recover(None, |_| Ok(())).unwrap_err();
     assert!(
-        matches!(err, MirrorError::FetchNoPartner { ref local, .. } if local.contains("cannot be read")),
+        matches!(err, ShadowError::FetchNoPartner { ref local, .. } if local.contains("cannot be read")),
         "{err}"
     );
     drop(b);
@@ -717,7 +720,7 @@ fn a_partner_declared_failed_stops_appends_waiting_at_once() {
     assert!(
         matches!(
             err,
-            MirrorError::AppendNoLink { .. } | MirrorError::AppendTimeout { .. }
+            ShadowError::AppendNoLink { .. } | ShadowError::AppendTimeout { .. }
         ),
         "{err}"
     );
@@ -748,7 +751,7 @@ fn nothing_is_acknowledged_unmirrored_before_the_partner_copy_is_marked_outdated
     let err = a
         .append_timeout(&writer_payload(1, 50), Duration::from_millis(300))
         .unwrap_err();
-    assert!(matches!(err, MirrorError::NotInMailbox { .. }), "{err}");
+    assert!(matches!(err, ShadowError::NotInMailbox { .. }), "{err}");
     mark.written(mark.stamp()); // the mailbox holds "shadow log, in sync"
     for seq in 1..=5 {
         assert!(a.append(&writer_payload(seq, 50)).unwrap().mirrored);
@@ -764,7 +767,7 @@ fn nothing_is_acknowledged_unmirrored_before_the_partner_copy_is_marked_outdated
     // write carried it.
     let t = a.append_start(&writer_payload(6, 50)).unwrap();
     let err = a.wait_timeout(&t, Duration::from_secs(2)).unwrap_err();
-    assert!(matches!(err, MirrorError::AppendTimeout { .. }), "{err}");
+    assert!(matches!(err, ShadowError::AppendTimeout { .. }), "{err}");
     assert!(mark.is_marked() && !mark.is_durable());
     assert_eq!(
         mark.get().map(|m| (m.generation, m.seq)),
@@ -809,7 +812,7 @@ fn nothing_is_acknowledged_while_the_serving_lease_does_not_run() {
     lease.set(Some(Instant::now()), true);
     let t = a.append_start(&writer_payload(2, 50)).unwrap();
     let err = a.wait_timeout(&t, Duration::from_millis(500)).unwrap_err();
-    assert!(matches!(err, MirrorError::AppendTimeout { .. }), "{err}");
+    assert!(matches!(err, ShadowError::AppendTimeout { .. }), "{err}");
     let st = a.stats();
     assert!(st.lease_held && st.lease_holds == 1, "{st:#?}");
     assert_eq!(st.acknowledged_seq, 1);
@@ -948,8 +951,8 @@ fn a_log_size_mismatch_is_refused_at_connect_and_appends_fail_with_both_values()
         let deadline = Instant::now() + WAIT;
         loop {
             match s.append_timeout(b"record", Duration::from_millis(200)) {
-                Err(MirrorError::Refused { mismatch, .. }) => return mismatch,
-                Err(MirrorError::AppendNoLink { .. }) => {
+                Err(ShadowError::Refused { mismatch, .. }) => return mismatch,
+                Err(ShadowError::AppendNoLink { .. }) => {
                     assert!(Instant::now() < deadline, "no refusal within {WAIT:?}")
                 }
                 other => panic!("an append across disagreeing logs: {other:?}"),
@@ -1022,7 +1025,7 @@ fn append_futures_resolve_on_any_executor_and_checkpoints_can_be_waited_for() {
     };
     assert!(matches!(
         a.wait_checkpointed_timeout(other, Duration::from_millis(10)),
-        Err(MirrorError::Relinquished { .. })
+        Err(ShadowError::Relinquished { .. })
     ));
 
     // Dropped after its first poll: the record was appended (the append is not undone).
@@ -1062,19 +1065,19 @@ fn appends_without_a_partner_end_at_their_deadline() {
     let a = shadow(&ma, 64 * 1024, cfg);
     let t = Instant::now();
     match a.append_timeout(b"x", Duration::from_millis(200)) {
-        Err(MirrorError::AppendNoLink { waited }) => {
+        Err(ShadowError::AppendNoLink { waited }) => {
             assert!(waited >= Duration::from_millis(200))
         }
         other => panic!("expected AppendNoLink, got {other:?}"),
     }
     match a.append(b"x") {
-        Err(MirrorError::AppendNoLink { waited }) => {
+        Err(ShadowError::AppendNoLink { waited }) => {
             assert!(waited >= Duration::from_millis(300))
         }
         other => panic!("expected AppendNoLink, got {other:?}"),
     }
     match a.wait_connected_timeout(Duration::from_millis(100)) {
-        Err(MirrorError::NotConnected {
+        Err(ShadowError::NotConnected {
             partner_absent: false,
             ..
         }) => {}
@@ -1089,7 +1092,7 @@ fn appends_without_a_partner_end_at_their_deadline() {
     assert!(executor::poll_once(&mut pending, &waker).is_pending());
     drop(a);
     match executor::block_on(pending, WAIT) {
-        Err(MirrorError::AppendStopped { name }) => assert_eq!(name, "shadow"),
+        Err(ShadowError::AppendStopped { name }) => assert_eq!(name, "shadow"),
         other => panic!("expected AppendStopped, got {other:?}"),
     }
     let (gone, status) = ma

@@ -19,7 +19,7 @@ use interlink::clients::mirror::shadow::{
     RecoveryOutcome,
 };
 use interlink::clients::mirror::{
-    MemoryNvram, MirrorError, ReplayedRecord, ShadowConfig, ShadowMirror, ShadowStats,
+    MemoryNvram, ReplayedRecord, ShadowConfig, ShadowError, ShadowMirror, ShadowStats,
 };
 use interlink::fabric::ProviderChoice;
 use interlink::manager::{Manager, NodeConfig};
@@ -280,7 +280,7 @@ fn a_corrupt_nvram_is_fetched_and_a_crash_in_the_middle_resumes_without_applying
         })
         .unwrap_err();
     assert!(
-        matches!(err, MirrorError::RecoverSink { seq: 30, .. }),
+        matches!(err, ShadowError::RecoverSink { seq: 30, .. }),
         "{err}"
     );
     assert_eq!(applied, (16..30).collect::<Vec<_>>());
@@ -378,7 +378,7 @@ fn no_valid_copy_anywhere_refuses_to_serve_and_formats_nothing() {
         })
         .unwrap_err();
     match &err {
-        MirrorError::NoValidCopy {
+        ShadowError::NoValidCopy {
             generation,
             local,
             why,
@@ -398,7 +398,7 @@ fn no_valid_copy_anywhere_refuses_to_serve_and_formats_nothing() {
     let err = b
         .append_timeout(&writer_payload(1, 100), Duration::from_millis(50))
         .unwrap_err();
-    assert!(matches!(err, MirrorError::NotRecovered { .. }), "{err}");
+    assert!(matches!(err, ShadowError::NotRecovered { .. }), "{err}");
     let st = b.stats();
     assert_eq!(st.generation, 0);
     assert!(
@@ -442,7 +442,7 @@ fn a_lost_log_without_the_partner_is_refused_after_the_fetch_deadline() {
         .recover_from_mailbox(&mailbox.context(), |_| Ok(()))
         .unwrap_err();
     assert!(
-        matches!(err, MirrorError::FetchNoPartner { ref local, .. } if local == "is blank"),
+        matches!(err, ShadowError::FetchNoPartner { ref local, .. } if local == "is blank"),
         "{err}"
     );
     assert!(b.recovered().is_none());
@@ -816,13 +816,13 @@ fn a_halt_gives_the_log_up_and_the_restarted_protocol_recovers_it_again() {
     lease.set(Some(Instant::now()), true);
     let t = b.append_start(&writer_payload(4, 40)).unwrap();
     let err = b.wait_timeout(&t, Duration::from_millis(300)).unwrap_err();
-    assert!(matches!(err, MirrorError::AppendTimeout { .. }), "{err}");
+    assert!(matches!(err, ShadowError::AppendTimeout { .. }), "{err}");
     // The protocol halts: the log is given up.
     lease.set(None, false);
     let err = b.wait_timeout(&t, WAIT).unwrap_err();
-    assert!(matches!(err, MirrorError::Relinquished { .. }), "{err}");
+    assert!(matches!(err, ShadowError::Relinquished { .. }), "{err}");
     let err = b.append_start(&writer_payload(5, 40)).unwrap_err();
-    assert!(matches!(err, MirrorError::Relinquished { .. }), "{err}");
+    assert!(matches!(err, ShadowError::Relinquished { .. }), "{err}");
     assert!(b.recovered().is_none());
     // The restarted protocol (a new incarnation) recovers it: nobody replayed it, so every
     // record after the checkpoint is applied here, the unacknowledged 4 included.
@@ -846,7 +846,7 @@ fn a_halt_gives_the_log_up_and_the_restarted_protocol_recovers_it_again() {
     );
     // The same run does not recover twice.
     let err = b.recover_from_mailbox(&context(2), |_| Ok(())).unwrap_err();
-    assert!(matches!(err, MirrorError::AlreadyRecovered { .. }), "{err}");
+    assert!(matches!(err, ShadowError::AlreadyRecovered { .. }), "{err}");
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,9 +8,9 @@
 
 use interlink::clients::mirror::atomic::{BufferEntry, MAX_ATOMIC_BLOCKS};
 use interlink::clients::mirror::{
-    ultimate_state, AtomicGeometry, AtomicWriteTable, BufferState, CompletionStatus, Disposition,
-    MemoryNvram, Message, MirrorError, NvramBacking, PrimaryAction, RejectReason, RequestRef,
-    RequestState, Rqr, WriteBackMirror, WriteBackPrimary,
+    ultimate_state, AtomicError, AtomicGeometry, AtomicWriteTable, BufferState, CompletionStatus,
+    Disposition, MemoryNvram, Message, NvramBacking, NvramError, PrimaryAction, RejectReason,
+    RequestRef, RequestState, Rqr, WriteBackError, WriteBackMirror, WriteBackPrimary,
 };
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
@@ -113,10 +113,10 @@ impl NvramBacking for RecordingNvram {
     fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.live
     }
-    fn persist(&mut self, offset: usize, len: usize) -> Result<(), MirrorError> {
+    fn persist(&mut self, offset: usize, len: usize) -> Result<(), NvramError> {
         let size = self.live.len();
         if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(MirrorError::OutOfRange { offset, len, size });
+            return Err(NvramError::OutOfRange { offset, len, size });
         }
         if offset < self.meta_end && (len != 8 || offset % 8 != 0) {
             self.bad_meta_stores += 1;
@@ -277,15 +277,15 @@ fn run_op(t: &mut AtomicWriteTable<RecordingNvram>, m: &mut Model, op: &Op) {
             m.next += 1;
             let version = m.next;
             match t.begin(version, unit, first, blocks) {
-                Err(MirrorError::RangeBusy { .. }) => {
+                Err(AtomicError::RangeBusy { .. }) => {
                     assert!(m.busy(unit, first, blocks));
                     return;
                 }
-                Err(MirrorError::NoFreeRie { .. }) => {
+                Err(AtomicError::NoFreeRie { .. }) => {
                     assert_eq!(m.flights.len(), MODEL_GEO.ries as usize);
                     return;
                 }
-                Err(MirrorError::NoFreeBuffers { needed, free }) => {
+                Err(AtomicError::NoFreeBuffers { needed, free }) => {
                     assert!(free < needed && !m.busy(unit, first, blocks));
                     return;
                 }
@@ -474,21 +474,24 @@ fn more_than_256_blocks_are_refused() {
     let mut t = AtomicWriteTable::format(MemoryNvram::new(g.required_len()), g).unwrap();
     assert!(matches!(
         t.begin(1, 0, 0, MAX_ATOMIC_BLOCKS + 1),
-        Err(MirrorError::BlockCount { blocks: 257, .. })
+        Err(AtomicError::BlockCount { blocks: 257, .. })
     ));
     assert!(matches!(
         t.begin(1, 0, 0, 0),
-        Err(MirrorError::BlockCount { .. })
+        Err(AtomicError::BlockCount { .. })
     ));
     let mut p = WriteBackPrimary::new(t);
     let now = Instant::now();
     assert!(matches!(
         p.handle_host_write(now, 0, 0, &vec![0; BS * 257]),
-        Err(MirrorError::BlockCount { blocks: 257, .. })
+        Err(WriteBackError::Atomic(AtomicError::BlockCount {
+            blocks: 257,
+            ..
+        }))
     ));
     assert!(matches!(
         p.handle_host_write(now, 0, 0, &[0; BS + 1]),
-        Err(MirrorError::DataLength { .. })
+        Err(WriteBackError::Atomic(AtomicError::DataLength { .. }))
     ));
     assert!(p.handle_host_write(now, 0, 0, &vec![0; BS * 256]).is_ok());
     assert_eq!(p.table().free_buffer_count(), 600 - 256);

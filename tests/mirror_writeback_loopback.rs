@@ -15,8 +15,8 @@ use interlink::clients::giveback::{
     WriteBackEpochs,
 };
 use interlink::clients::mirror::{
-    AtomicGeometry, CompletionStatus, MemoryNvram, MirrorError, MirroredWriteBack, WriteBackConfig,
-    WriteBackStats,
+    AtomicError, AtomicGeometry, CompletionStatus, MemoryNvram, MirroredWriteBack, WriteBackConfig,
+    WriteBackError, WriteBackStats,
 };
 use interlink::fabric::ProviderChoice;
 use interlink::manager::{Manager, NodeConfig};
@@ -173,15 +173,18 @@ fn writes_of_1_16_and_256_blocks_are_mirrored_block_for_block() {
     assert!(
         matches!(
             err,
-            MirrorError::BlockCount {
+            WriteBackError::Atomic(AtomicError::BlockCount {
                 blocks: 257,
                 max: 256
-            }
+            })
         ),
         "{err}"
     );
     let err = a.write(1, 5000, &[0u8; BS + 1]).unwrap_err();
-    assert!(matches!(err, MirrorError::DataLength { .. }), "{err}");
+    assert!(
+        matches!(err, WriteBackError::Atomic(AtomicError::DataLength { .. })),
+        "{err}"
+    );
     assert!(a.read_block(1, 5000).is_none() && b.read_mirror_block(1, 5000).is_none());
     let st = a.stats();
     assert_eq!((st.writes, st.mirrored, st.pending), (23, 23, 0), "{st:#?}");
@@ -221,7 +224,7 @@ fn several_writes_in_flight_complete_mirrored() {
     // A write to a block held by a write in progress is refused by write_start...
     let t = a.write_start(4, 0, &data(1, 0, 4)).unwrap();
     match a.write_start(4, 2, &data(2, 2, 4)) {
-        Err(MirrorError::RangeBusy { .. }) => {}
+        Err(WriteBackError::Atomic(AtomicError::RangeBusy { .. })) => {}
         Ok(t2) => {
             // ... unless the first one already completed.
             assert!(a.is_complete(&t));
@@ -549,10 +552,13 @@ fn a_write_is_returned_only_while_the_serving_lease_runs() {
     lease.set(Some(Instant::now()), true);
     // Nothing is destaged while the lease does not run either.
     let err = a.dirty_blocks().unwrap_err();
-    assert!(matches!(err, MirrorError::DestageWithheld { .. }), "{err}");
+    assert!(
+        matches!(err, WriteBackError::DestageWithheld { .. }),
+        "{err}"
+    );
     let t = a.write_start(1, 8, &data(2, 8, 2)).unwrap();
     let err = a.wait(&t).unwrap_err();
-    assert!(matches!(err, MirrorError::WriteTimeout { .. }), "{err}");
+    assert!(matches!(err, WriteBackError::WriteTimeout { .. }), "{err}");
     assert!(a.is_complete(&t), "mirrored, not returned");
     lease.set(Some(Instant::now() + Duration::from_secs(600)), true);
     assert_eq!(a.wait(&t).unwrap(), CompletionStatus::Mirrored);
@@ -586,7 +592,7 @@ fn mirror_lost_is_returned_only_once_the_mirror_is_marked_outdated() {
     wait_stats(&a, "partner failed", |s| s.partner_failed);
     let t = a.write_start(1, 8, &data(2, 8, 2)).unwrap();
     let err = a.wait(&t).unwrap_err();
-    assert!(matches!(err, MirrorError::WriteTimeout { .. }), "{err}");
+    assert!(matches!(err, WriteBackError::WriteTimeout { .. }), "{err}");
     assert!(
         a.is_complete(&t),
         "committed locally, MirrorLost, not yet returned"
@@ -687,13 +693,13 @@ fn a_table_taken_over_is_discarded_and_its_late_writes_never_mirrored() {
     connected(&a);
     connected(&b);
     let err = a.write_start(1, 0, &data(1, 0, 1)).unwrap_err();
-    assert!(
-        matches!(err, MirrorError::WriteBackNotRecovered { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, WriteBackError::NotRecovered { .. }), "{err}");
     // Nor is anything destaged before the recovery.
     let err = a.dirty_blocks().unwrap_err();
-    assert!(matches!(err, MirrorError::DestageWithheld { .. }), "{err}");
+    assert!(
+        matches!(err, WriteBackError::DestageWithheld { .. }),
+        "{err}"
+    );
     let first = a.recover(&own_context(&ea, 1, 0)).unwrap();
     assert_eq!((first.epoch, first.discarded_blocks), (1, 0));
     b.recover(&own_context(&eb, 1, 0)).unwrap();
@@ -740,7 +746,7 @@ fn a_table_taken_over_is_discarded_and_its_late_writes_never_mirrored() {
     for t in [&uncollected, &late] {
         let err = a.wait(t).unwrap_err();
         assert!(
-            matches!(err, MirrorError::WriteDiscarded { epoch: 1, .. }),
+            matches!(err, WriteBackError::WriteDiscarded { epoch: 1, .. }),
             "{err}"
         );
     }
@@ -808,7 +814,7 @@ fn write_futures_resolve_on_any_executor() {
     assert_eq!(r.unwrap(), CompletionStatus::MirrorLost);
     // And deadlines hold: an explicit one for a wait for a connection that cannot come.
     match a.wait_connected_timeout(Duration::from_millis(100)) {
-        Err(MirrorError::NotConnected { .. }) => {}
+        Err(WriteBackError::NotConnected { .. }) => {}
         other => panic!("expected NotConnected, got {other:?}"),
     }
 }
@@ -826,7 +832,7 @@ fn a_pending_write_future_ends_when_the_write_back_stops() {
     cfg.partner_timeout = Duration::from_secs(600); // never declared failed here
     let a = in_memory(&ma, cfg);
     match a.write_timeout(1, 0, &data(1, 0, 1), Duration::from_millis(200)) {
-        Err(MirrorError::WriteTimeout { waited, .. }) => {
+        Err(WriteBackError::WriteTimeout { waited, .. }) => {
             assert!(waited >= Duration::from_millis(200))
         }
         other => panic!("expected WriteTimeout, got {other:?}"),
@@ -836,7 +842,7 @@ fn a_pending_write_future_ends_when_the_write_back_stops() {
     assert!(executor::poll_once(&mut pending, &waker).is_pending());
     drop(a);
     match executor::block_on(pending, WAIT) {
-        Err(MirrorError::WriteStopped { name }) => assert_eq!(name, "writeback"),
+        Err(WriteBackError::WriteStopped { name }) => assert_eq!(name, "writeback"),
         other => panic!("expected WriteStopped, got {other:?}"),
     }
     let (gone, status) = ma

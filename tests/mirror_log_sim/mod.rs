@@ -13,7 +13,8 @@
 #![allow(dead_code)]
 
 use interlink::clients::mirror::{
-    replay, LogPosition, MemoryNvram, MirrorError, MirrorWrite, NvramBacking, Replay, ShadowLog,
+    replay, LogError, LogPosition, MemoryNvram, MirrorWrite, NvramBacking, NvramError, Replay,
+    ShadowLog,
 };
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -41,11 +42,11 @@ impl NvramBacking for RecordingNvram {
     fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.bytes
     }
-    fn persist(&mut self, offset: usize, len: usize) -> Result<(), MirrorError> {
+    fn persist(&mut self, offset: usize, len: usize) -> Result<(), NvramError> {
         let range = self
             .bytes
             .get(offset..offset + len)
-            .ok_or(MirrorError::OutOfRange {
+            .ok_or(NvramError::OutOfRange {
                 offset,
                 len,
                 size: self.bytes.len(),
@@ -177,7 +178,7 @@ impl Driver {
     }
 
     /// Appends record `seq = appended + 1` with `len` payload bytes.
-    pub fn append(&mut self, len: usize) -> Result<LogPosition, MirrorError> {
+    pub fn append(&mut self, len: usize) -> Result<LogPosition, LogError> {
         let before = self.oracle();
         let seq = before.appended + 1;
         let p = payload(seq, len, self.salt);
@@ -190,7 +191,7 @@ impl Driver {
         r
     }
 
-    pub fn checkpoint(&mut self, through: u64) -> Result<(), MirrorError> {
+    pub fn checkpoint(&mut self, through: u64) -> Result<(), LogError> {
         let before = self.oracle();
         let r = self.log.checkpoint(LogPosition {
             generation: self.generation,

@@ -4,8 +4,8 @@
 
 use super::{pattern, reopen, version_of, RecordingNvram};
 use interlink::clients::mirror::{
-    AtomicWriteTable, CompletionStatus, DataRange, Disposition, Message, MirrorError, NvramBacking,
-    PrimaryAction, RequestId, WriteBackMirror, WriteBackPrimary,
+    AtomicError, AtomicWriteTable, CompletionStatus, DataRange, Disposition, Message, NvramBacking,
+    PrimaryAction, RequestId, WriteBackError, WriteBackMirror, WriteBackPrimary,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -93,7 +93,7 @@ impl<P: NvramBacking, M: NvramBacking> Pair<P, M> {
         unit: u16,
         first: u64,
         blocks: usize,
-    ) -> Result<(RequestId, u64), MirrorError> {
+    ) -> Result<(RequestId, u64), WriteBackError> {
         self.versions += 1;
         let v = self.versions;
         let mut data = Vec::with_capacity(blocks * super::BS);
@@ -336,11 +336,11 @@ impl<P: NvramBacking, M: NvramBacking> Pair<P, M> {
     fn try_write(&mut self, (unit, first, blocks): (u16, u64, usize)) -> bool {
         match self.host_write(unit, first, blocks) {
             Ok(_) => true,
-            Err(
-                MirrorError::RangeBusy { .. }
-                | MirrorError::NoFreeBuffers { .. }
-                | MirrorError::NoFreeRie { .. },
-            ) => false,
+            Err(WriteBackError::Atomic(
+                AtomicError::RangeBusy { .. }
+                | AtomicError::NoFreeBuffers { .. }
+                | AtomicError::NoFreeRie { .. },
+            )) => false,
             Err(e) => panic!("host write: {e}"),
         }
     }

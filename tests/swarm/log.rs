@@ -26,7 +26,7 @@ use super::nvram::{CrashNvram, Fuse};
 use crate::mirror_log_sim::{payload, Oracle};
 use interlink::clients::giveback::{CopyStamp, LogMark, OwnLogMark, OwnLogStamp};
 use interlink::clients::mirror::{
-    replay, LogPosition, MirrorError, MirrorWrite, NvramBacking, ReplayCursor, ShadowLog,
+    replay, LogError, LogPosition, MirrorWrite, NvramBacking, ReplayCursor, ShadowLog,
 };
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -366,7 +366,7 @@ impl LogLane {
                         self.payloads.insert(seq, p);
                         self.counts.appended += 1;
                     }
-                    Err(MirrorError::LogFull { .. }) => {
+                    Err(LogError::Full { .. }) => {
                         Self::checkpoint(
                             log,
                             self.acked,

@@ -4,7 +4,7 @@
 //! 8-byte store, atomic on real hardware, lands whole or not at all) and every later persist
 //! is lost: the node died inside that call, and the world crashes it right after.
 
-use interlink::clients::mirror::{MirrorError, NvramBacking};
+use interlink::clients::mirror::{NvramBacking, NvramError};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -110,10 +110,10 @@ impl NvramBacking for CrashNvram {
         &mut self.live
     }
 
-    fn persist(&mut self, offset: usize, len: usize) -> Result<(), MirrorError> {
+    fn persist(&mut self, offset: usize, len: usize) -> Result<(), NvramError> {
         let size = self.live.len();
         if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(MirrorError::OutOfRange { offset, len, size });
+            return Err(NvramError::OutOfRange { offset, len, size });
         }
         let take = self.fuse.blow(offset, len).unwrap_or(len);
         self.durable[offset..offset + take].copy_from_slice(&self.live[offset..offset + take]);

@@ -226,7 +226,7 @@ impl LogLane {
     /// partner's record's cursor (None: the record could not be read; the recovery waits).
     /// `partner_incarnation`: the partner's running incarnation (its copy can be fetched). `partner_took_over`: the partner's
     /// record says it took this node over (a replay beyond its published cursor is possible:
-    /// the product waits for the cursor, `MirrorError::PartnerReplayUnknown`). Returns
+    /// the product waits for the cursor, `ShadowError::PartnerReplayUnknown`). Returns
     /// whether the writer died inside.
     pub fn recover(
         &mut self,

@@ -32,8 +32,8 @@
 use super::nvram::{CrashNvram, Fuse};
 use interlink::clients::giveback::WriteBackEpochs;
 use interlink::clients::mirror::{
-    AtomicGeometry, AtomicWriteTable, CompletionStatus, DataRange, Message, MirrorError,
-    NvramBacking, PrimaryAction, RequestId, WriteBackMirror, WriteBackPrimary,
+    AtomicError, AtomicGeometry, AtomicWriteTable, CompletionStatus, DataRange, Message,
+    NvramBacking, PrimaryAction, RequestId, WriteBackError, WriteBackMirror, WriteBackPrimary,
 };
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -559,11 +559,11 @@ impl WbLane {
                         self.issued.insert(b, version);
                     }
                 }
-                Err(
-                    MirrorError::RangeBusy { .. }
-                    | MirrorError::NoFreeBuffers { .. }
-                    | MirrorError::NoFreeRie { .. },
-                ) => {}
+                Err(WriteBackError::Atomic(
+                    AtomicError::RangeBusy { .. }
+                    | AtomicError::NoFreeBuffers { .. }
+                    | AtomicError::NoFreeRie { .. },
+                )) => {}
                 Err(e) => panic!("host write: {e}"),
             }
         }

@@ -51,7 +51,7 @@ pub use layout::{
     MAX_ATOMIC_BLOCKS, MAX_BLOCK_ADDRESS, MAX_REQUEST_TAG, RIE_LEN,
 };
 
-use super::error::MirrorError;
+use super::error::AtomicError;
 use super::nvram::NvramBacking;
 use layout::{read_u64, INCARNATION_OFFSET};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -118,11 +118,11 @@ pub struct AtomicWriteTable<B: NvramBacking> {
 impl<B: NvramBacking> AtomicWriteTable<B> {
     /// Writes an empty table (every buffer Free, every RIE unused, incarnation 0) of
     /// `geometry` into `backing`. The data area is left as it is.
-    pub fn format(mut backing: B, geometry: AtomicGeometry) -> Result<Self, MirrorError> {
+    pub fn format(mut backing: B, geometry: AtomicGeometry) -> Result<Self, AtomicError> {
         geometry.validate()?;
         let need = geometry.required_len();
         if backing.len() < need {
-            return Err(MirrorError::Geometry(format!(
+            return Err(AtomicError::Geometry(format!(
                 "needs {need} bytes, the backing has {}",
                 backing.len()
             )));
@@ -142,15 +142,15 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
     /// Opens the table in `backing` and runs crash processing: every request a crash left in
     /// progress is resolved to its ultimate state and its RIE released. Returns the table and
     /// what was resolved.
-    pub fn open(backing: B) -> Result<(Self, Vec<ResolvedRequest>), MirrorError> {
+    pub fn open(backing: B) -> Result<(Self, Vec<ResolvedRequest>), AtomicError> {
         let mut table = Self::load(backing)?;
         let resolved = table.recover()?;
         Ok((table, resolved))
     }
 
-    fn load(backing: B) -> Result<Self, MirrorError> {
+    fn load(backing: B) -> Result<Self, AtomicError> {
         let bytes = backing.bytes();
-        let corrupt = |what| MirrorError::CorruptMetadata { what, index: 0 };
+        let corrupt = |what| AtomicError::CorruptMetadata { what, index: 0 };
         if bytes.len() < HEADER_LEN || bytes[..8] != MAGIC {
             return Err(corrupt("no table (bad magic)"));
         }
@@ -166,7 +166,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
         };
         geometry.validate()?;
         if bytes.len() < geometry.required_len() {
-            return Err(MirrorError::Geometry(format!(
+            return Err(AtomicError::Geometry(format!(
                 "the header's geometry needs {} bytes, the backing has {}",
                 geometry.required_len(),
                 bytes.len()
@@ -200,13 +200,13 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
             let blocks = (w2 >> 16) as usize;
             let index = u64::from(rie);
             if w2 >> 32 != 0 || !(1..=MAX_ATOMIC_BLOCKS).contains(&blocks) {
-                return Err(MirrorError::CorruptMetadata {
+                return Err(AtomicError::CorruptMetadata {
                     what: "RIE block count",
                     index,
                 });
             }
             if first_block > MAX_BLOCK_ADDRESS + 1 - blocks as u64 {
-                return Err(MirrorError::CorruptMetadata {
+                return Err(AtomicError::CorruptMetadata {
                     what: "RIE block range",
                     index,
                 });
@@ -217,7 +217,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
                     .insert((unit, first_block + offset), rie)
                     .is_some()
                 {
-                    return Err(MirrorError::CorruptMetadata {
+                    return Err(AtomicError::CorruptMetadata {
                         what: "two writes in progress over one block",
                         index,
                     });
@@ -243,7 +243,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
                 table.backing.bytes(),
                 HEADER_LEN + BMAE_LEN * buffer as usize,
             );
-            let entry = BufferEntry::decode(word).ok_or(MirrorError::CorruptMetadata {
+            let entry = BufferEntry::decode(word).ok_or(AtomicError::CorruptMetadata {
                 what: "BMAE bit pattern",
                 index,
             })?;
@@ -253,7 +253,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
                 }
                 BufferEntry::WbValid { unit, block } => {
                     if table.valid.insert((unit, block), buffer).is_some() {
-                        return Err(MirrorError::CorruptMetadata {
+                        return Err(AtomicError::CorruptMetadata {
                             what: "two WB Valid buffers of one block",
                             index,
                         });
@@ -265,7 +265,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
                         table
                             .requests
                             .get_mut(&rie)
-                            .ok_or(MirrorError::CorruptMetadata {
+                            .ok_or(AtomicError::CorruptMetadata {
                                 what: "BMAE names an RIE not in use",
                                 index,
                             })?;
@@ -276,7 +276,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
                     match slot {
                         Some(slot @ None) => *slot = Some(buffer),
                         _ => {
-                            return Err(MirrorError::CorruptMetadata {
+                            return Err(AtomicError::CorruptMetadata {
                                 what: "BMAE offset outside its request or taken twice",
                                 index,
                             })
@@ -296,7 +296,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
             for (k, buffer) in winners.iter().enumerate() {
                 let block = (request.unit, request.first_block + k as u64);
                 if let (Some(buffer), Some(_)) = (buffer, table.valid.get(&block)) {
-                    return Err(MirrorError::CorruptMetadata {
+                    return Err(AtomicError::CorruptMetadata {
                         what: "a write in progress and a WB Valid buffer hold one block",
                         index: u64::from(*buffer),
                     });
@@ -310,7 +310,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
     /// state its RIE's sub-state gives (committed ones win, the others are discarded) and
     /// releases its RIE. [`open`](Self::open) runs it; a mirror whose partner failed runs it
     /// to drop what the partner will never finish.
-    pub fn recover(&mut self) -> Result<Vec<ResolvedRequest>, MirrorError> {
+    pub fn recover(&mut self) -> Result<Vec<ResolvedRequest>, AtomicError> {
         let ries: Vec<RieIndex> = self.requests.keys().copied().collect();
         ries.into_iter().map(|rie| self.finish(rie)).collect()
     }
@@ -326,14 +326,14 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
         unit: UnitId,
         first_block: u64,
         blocks: usize,
-    ) -> Result<(RieIndex, Vec<BufferIndex>), MirrorError> {
+    ) -> Result<(RieIndex, Vec<BufferIndex>), AtomicError> {
         check_blocks(first_block, blocks)?;
         self.check_unlocked(unit, first_block, blocks)?;
-        let rie = *self.free_ries.first().ok_or(MirrorError::NoFreeRie {
+        let rie = *self.free_ries.first().ok_or(AtomicError::NoFreeRie {
             ries: self.geometry.ries,
         })?;
         if self.free_buffers.len() < blocks {
-            return Err(MirrorError::NoFreeBuffers {
+            return Err(AtomicError::NoFreeBuffers {
                 needed: blocks,
                 free: self.free_buffers.len(),
             });
@@ -354,21 +354,21 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
         unit: UnitId,
         first_block: u64,
         new_buffers: &[BufferIndex],
-    ) -> Result<(), MirrorError> {
+    ) -> Result<(), AtomicError> {
         let blocks = new_buffers.len();
         check_blocks(first_block, blocks)?;
         if tag == 0 || tag > MAX_REQUEST_TAG {
-            return Err(MirrorError::RequestIdsExhausted);
+            return Err(AtomicError::RequestIdsExhausted);
         }
         match self.rie_words.get(rie as usize) {
             None => {
-                return Err(MirrorError::BadRie {
+                return Err(AtomicError::BadRie {
                     rie,
                     reason: "out of range",
                 })
             }
             Some(w) if w.in_use => {
-                return Err(MirrorError::BadRie {
+                return Err(AtomicError::BadRie {
                     rie,
                     reason: "in use",
                 })
@@ -386,7 +386,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
             } else {
                 continue;
             };
-            return Err(MirrorError::BadBuffer { buffer, reason });
+            return Err(AtomicError::BadBuffer { buffer, reason });
         }
         self.check_unlocked(unit, first_block, blocks)?;
         let old_buffers: Vec<Option<BufferIndex>> = (0..blocks as u64)
@@ -449,19 +449,19 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
 
     /// Makes the write in `rie` happen: persists its new buffers' data, then flips the RIE's
     /// sub-state to Valid with one store.
-    pub fn commit(&mut self, rie: RieIndex) -> Result<(), MirrorError> {
-        let request = self.requests.get(&rie).ok_or(MirrorError::BadRie {
+    pub fn commit(&mut self, rie: RieIndex) -> Result<(), AtomicError> {
+        let request = self.requests.get(&rie).ok_or(AtomicError::BadRie {
             rie,
             reason: "no write in progress",
         })?;
         if request.state == RequestState::Valid {
-            return Err(MirrorError::BadRie {
+            return Err(AtomicError::BadRie {
                 rie,
                 reason: "already committed",
             });
         }
         if request.new_buffers.iter().any(Option::is_none) {
-            return Err(MirrorError::BadRie {
+            return Err(AtomicError::BadRie {
                 rie,
                 reason: "incomplete (rebuilt after a crash)",
             });
@@ -485,12 +485,12 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
     /// Ends the write in `rie`: each of its buffers goes to its ultimate state (new data
     /// valid and old data free if committed, the reverse if not: an abort), then the RIE is
     /// released.
-    pub fn finish(&mut self, rie: RieIndex) -> Result<ResolvedRequest, MirrorError> {
+    pub fn finish(&mut self, rie: RieIndex) -> Result<ResolvedRequest, AtomicError> {
         let request = self
             .requests
             .get(&rie)
             .cloned()
-            .ok_or(MirrorError::BadRie {
+            .ok_or(AtomicError::BadRie {
                 rie,
                 reason: "no write in progress",
             })?;
@@ -551,14 +551,14 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
     /// Frees the settled WB Valid buffer of block `block` of `unit` (its data is on disk, or
     /// handed over at a takeover): one BMAE store, so a crash leaves the buffer either WB Valid or
     /// Free. Returns the buffer, or None (changing nothing) when the block has no settled
-    /// buffer; [`MirrorError::RangeBusy`] while a write in progress holds the block.
+    /// buffer; [`AtomicError::RangeBusy`] while a write in progress holds the block.
     pub fn free_block(
         &mut self,
         unit: UnitId,
         block: u64,
-    ) -> Result<Option<BufferIndex>, MirrorError> {
+    ) -> Result<Option<BufferIndex>, AtomicError> {
         if let Some(&rie) = self.locks.get(&(unit, block)) {
-            return Err(MirrorError::RangeBusy { unit, block, rie });
+            return Err(AtomicError::RangeBusy { unit, block, rie });
         }
         let Some(&buffer) = self.valid.get(&(unit, block)) else {
             return Ok(None);
@@ -650,14 +650,14 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
     }
 
     /// The data of buffer `buffer`.
-    pub fn block_data(&self, buffer: BufferIndex) -> Result<&[u8], MirrorError> {
+    pub fn block_data(&self, buffer: BufferIndex) -> Result<&[u8], AtomicError> {
         self.check_buffer(buffer)?;
         Ok(self.block(buffer))
     }
 
     /// The data of buffer `buffer`, writable (new data goes here between `begin` and
     /// `commit`).
-    pub fn block_data_mut(&mut self, buffer: BufferIndex) -> Result<&mut [u8], MirrorError> {
+    pub fn block_data_mut(&mut self, buffer: BufferIndex) -> Result<&mut [u8], AtomicError> {
         self.check_buffer(buffer)?;
         let at = self.geometry.buffer_offset(buffer);
         let len = self.geometry.block_size as usize;
@@ -701,10 +701,10 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
     }
 
     /// The BMAE of `buffer`, read from the backing.
-    pub fn buffer_entry(&self, buffer: BufferIndex) -> Result<BufferEntry, MirrorError> {
+    pub fn buffer_entry(&self, buffer: BufferIndex) -> Result<BufferEntry, AtomicError> {
         self.check_buffer(buffer)?;
         let word = read_u64(self.backing.bytes(), self.bmae_at(buffer));
-        BufferEntry::decode(word).ok_or(MirrorError::CorruptMetadata {
+        BufferEntry::decode(word).ok_or(AtomicError::CorruptMetadata {
             what: "BMAE bit pattern",
             index: u64::from(buffer),
         })
@@ -731,7 +731,7 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
     }
 
     /// Stores and persists the incarnation word of the header.
-    pub fn set_incarnation(&mut self, incarnation: u64) -> Result<(), MirrorError> {
+    pub fn set_incarnation(&mut self, incarnation: u64) -> Result<(), AtomicError> {
         self.store(INCARNATION_OFFSET, incarnation)?;
         self.incarnation = incarnation;
         Ok(())
@@ -768,11 +768,11 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
         &self.backing.bytes()[at..at + self.geometry.block_size as usize]
     }
 
-    fn check_buffer(&self, buffer: BufferIndex) -> Result<(), MirrorError> {
+    fn check_buffer(&self, buffer: BufferIndex) -> Result<(), AtomicError> {
         if buffer < self.geometry.buffers {
             Ok(())
         } else {
-            Err(MirrorError::BadBuffer {
+            Err(AtomicError::BadBuffer {
                 buffer,
                 reason: "out of range",
             })
@@ -780,35 +780,35 @@ impl<B: NvramBacking> AtomicWriteTable<B> {
     }
 
     /// The cache lock: no block of the range may belong to a write in progress.
-    fn check_unlocked(&self, unit: UnitId, first: u64, blocks: usize) -> Result<(), MirrorError> {
+    fn check_unlocked(&self, unit: UnitId, first: u64, blocks: usize) -> Result<(), AtomicError> {
         for block in first..first + blocks as u64 {
             if let Some(&rie) = self.locks.get(&(unit, block)) {
-                return Err(MirrorError::RangeBusy { unit, block, rie });
+                return Err(AtomicError::RangeBusy { unit, block, rie });
             }
         }
         Ok(())
     }
 
-    fn store_bmae(&mut self, buffer: BufferIndex, entry: BufferEntry) -> Result<(), MirrorError> {
+    fn store_bmae(&mut self, buffer: BufferIndex, entry: BufferEntry) -> Result<(), AtomicError> {
         self.store(self.bmae_at(buffer), entry.encode())
     }
 
     /// One aligned 8-byte store, persisted.
-    fn store(&mut self, offset: usize, word: u64) -> Result<(), MirrorError> {
+    fn store(&mut self, offset: usize, word: u64) -> Result<(), AtomicError> {
         self.backing.bytes_mut()[offset..offset + 8].copy_from_slice(&word.to_le_bytes());
-        self.backing.persist(offset, 8)
+        Ok(self.backing.persist(offset, 8)?)
     }
 }
 
-fn check_blocks(first_block: u64, blocks: usize) -> Result<(), MirrorError> {
+fn check_blocks(first_block: u64, blocks: usize) -> Result<(), AtomicError> {
     if !(1..=MAX_ATOMIC_BLOCKS).contains(&blocks) {
-        return Err(MirrorError::BlockCount {
+        return Err(AtomicError::BlockCount {
             blocks,
             max: MAX_ATOMIC_BLOCKS,
         });
     }
     if first_block > MAX_BLOCK_ADDRESS + 1 - blocks as u64 {
-        return Err(MirrorError::BlockAddress {
+        return Err(AtomicError::BlockAddress {
             first: first_block,
             blocks,
             max: MAX_BLOCK_ADDRESS,
@@ -841,7 +841,7 @@ mod tests {
         let (rie, bufs2) = t.begin(2, 3, 11, 1).unwrap();
         assert!(matches!(
             t.begin(3, 3, 11, 1),
-            Err(MirrorError::RangeBusy { .. })
+            Err(AtomicError::RangeBusy { .. })
         ));
         t.block_data_mut(bufs2[0]).unwrap().fill(2);
         assert_eq!(t.read_block(3, 11).unwrap()[0], 1);
@@ -881,7 +881,7 @@ mod tests {
             .err()
             .expect("corrupt table");
         assert!(
-            matches!(err, MirrorError::CorruptMetadata { what, index }
+            matches!(err, AtomicError::CorruptMetadata { what, index }
                 if what.contains("WB Valid") && index == u64::from(new[0])),
             "{err}"
         );
@@ -893,7 +893,7 @@ mod tests {
         store_word(&mut nv, GEO.rie_offset() + RIE_LEN * b as usize + 8, 20);
         let err = AtomicWriteTable::open(nv).err().expect("corrupt table");
         assert!(
-            matches!(err, MirrorError::CorruptMetadata { what, index }
+            matches!(err, AtomicError::CorruptMetadata { what, index }
                 if what.contains("two writes") && index == u64::from(a.max(b))),
             "{err}"
         );

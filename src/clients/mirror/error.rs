@@ -1,24 +1,20 @@
-//! Errors of the mirror client (shadow log, mirrored write-back, atomic write).
+//! Errors of the mirror client, one enum per component: the NVRAM backing ([`NvramError`]),
+//! the shadow log core ([`LogError`]), the atomic-write table ([`AtomicError`]), the write-back
+//! messages ([`WriteBackMessageError`]), and the two drivers a service calls: [`ShadowError`]
+//! (`ShadowMirror`) and [`WriteBackError`] (`MirroredWriteBack` and the write-back cores). A
+//! driver's error wraps the error of the component below it (`ShadowError::Log`, ...), so the
+//! call that failed names the component that refused.
 
 use super::log_format::LogImageError;
 use super::log_replay::ReplayCursorError;
 use std::path::PathBuf;
 
-/// Why a mirror operation failed. Variants are named after the operation.
+/// Why an NVRAM backing could not be opened, mapped or persisted.
 #[derive(Debug, thiserror::Error)]
-pub enum MirrorError {
-    /// The partner's client states different terms (log size, write-back geometry): refused
-    /// at connect, nothing was written. Both nodes must be configured alike.
-    #[error("{name}: refused by the partner: {mismatch}")]
-    Refused {
-        /// The client.
-        name: String,
-        /// The term and both values.
-        mismatch: crate::manager::TermMismatch,
-    },
+pub enum NvramError {
     /// Opening or mapping the NVRAM file failed.
     #[error("open NVRAM {path:?}: {source}")]
-    OpenNvram {
+    Open {
         /// The file.
         path: PathBuf,
         /// The OS error.
@@ -51,7 +47,7 @@ pub enum MirrorError {
     },
     /// Flushing an NVRAM range to its file failed.
     #[error("persist NVRAM {path:?} [{offset}, +{len}): {source}")]
-    PersistNvram {
+    Persist {
         /// The file.
         path: PathBuf,
         /// Start of the range.
@@ -71,9 +67,14 @@ pub enum MirrorError {
         /// Size of the backing.
         size: usize,
     },
+}
+
+/// Why a shadow log operation (format, open, replay, append, checkpoint) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
     /// Formatting a shadow log refused: the backing is smaller than the layout needs.
     #[error("format shadow log: backing of {size} bytes, the layout needs at least {min}")]
-    FormatLogTooSmall {
+    FormatTooSmall {
         /// Size of the backing.
         size: usize,
         /// The smallest usable size.
@@ -82,7 +83,7 @@ pub enum MirrorError {
     /// Formatting a shadow log refused: the backing already holds a log of the same or a newer
     /// generation (records of the new log could be mistaken for the old one's).
     #[error("format shadow log: generation {requested} is not above the existing {existing}")]
-    FormatLogStaleGeneration {
+    FormatStaleGeneration {
         /// Generation of the log found in the backing.
         existing: u64,
         /// Generation asked for.
@@ -90,14 +91,14 @@ pub enum MirrorError {
     },
     /// Opening a writer's own shadow log failed: its NVRAM holds no readable log.
     #[error("open shadow log: {0}")]
-    OpenLog(#[source] LogImageError),
+    Open(#[source] LogImageError),
     /// Replaying a shadow log image failed: it holds no readable log.
     #[error("replay shadow log: {0}")]
-    ReplayLog(#[source] LogImageError),
+    Replay(#[source] LogImageError),
     /// Appending refused: not enough reclaimed space (checkpoint, and let the mirror complete
     /// the checkpoint write, to free some).
     #[error("append to shadow log: {needed} bytes needed, {free} free")]
-    LogFull {
+    Full {
         /// Bytes the record needs (wrap included).
         needed: u64,
         /// Bytes free.
@@ -109,19 +110,6 @@ pub enum MirrorError {
     SequenceExhausted {
         /// Generation of the log.
         generation: u64,
-    },
-    /// The log was given up at a halt of this node (it stopped serving its disks: it may have
-    /// been taken over): the record was not acknowledged, and the recovery the restarted
-    /// protocol runs before serving again decides whether it is applied (here, or by the
-    /// partner's replay) or dropped. Appends are refused with it until that recovery.
-    #[error("shadow log {name}: given up at a halt (this node stopped serving its disks); record {generation}:{seq} not acknowledged, the next recovery decides its fate")]
-    Relinquished {
-        /// Client name.
-        name: String,
-        /// Generation of the record.
-        generation: u64,
-        /// Its sequence number (0: an append).
-        seq: u64,
     },
     /// Checkpoint refused: the checkpoint slots' numbers are used up (an image opened with a
     /// slot at the last number: a new generation starts them again).
@@ -143,7 +131,7 @@ pub enum MirrorError {
         "checkpoint shadow log through ({generation}, {seq}): log generation {log_generation}, \
          last appended {appended}"
     )]
-    CheckpointLog {
+    Checkpoint {
         /// Generation asked for.
         generation: u64,
         /// Sequence number asked for.
@@ -159,6 +147,14 @@ pub enum MirrorError {
         /// Why.
         reason: ReplayCursorError,
     },
+    /// An NVRAM operation under the log failed.
+    #[error(transparent)]
+    Nvram(#[from] NvramError),
+}
+
+/// Why an atomic-write table operation (F5.4) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AtomicError {
     /// An atomic write of a block count outside `1..=max`.
     #[error("an atomic write of {blocks} blocks (1..={max})")]
     BlockCount {
@@ -239,9 +235,17 @@ pub enum MirrorError {
     /// The 62-bit request ids ran out.
     #[error("request ids exhausted")]
     RequestIdsExhausted,
+    /// An NVRAM operation under the table failed.
+    #[error(transparent)]
+    Nvram(#[from] NvramError),
+}
+
+/// Why a write-back message could not be decoded or encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteBackMessageError {
     /// A write-back message with the wrong length for its kind.
     #[error("write-back message of kind {kind}: {len} bytes, expected {expected}")]
-    MessageLength {
+    Length {
         /// The kind byte (0 when the message is too short to have one).
         kind: u8,
         /// Bytes received.
@@ -251,13 +255,13 @@ pub enum MirrorError {
     },
     /// A write-back message of an unknown kind.
     #[error("write-back message of unknown kind {kind}")]
-    MessageKind {
+    Kind {
         /// The kind byte.
         kind: u8,
     },
     /// A write-back message field with a value out of range.
     #[error("write-back message field {field} = {value} is out of range")]
-    MessageField {
+    Field {
         /// The field.
         field: &'static str,
         /// Its value.
@@ -265,15 +269,42 @@ pub enum MirrorError {
     },
     /// Not enough space to encode a write-back message.
     #[error("write-back message needs {need} bytes, {space} available")]
-    MessageSpace {
+    Space {
         /// Bytes needed.
         need: usize,
         /// Bytes available.
         space: usize,
     },
+}
+
+/// Why a [`ShadowMirror`](crate::clients::mirror::ShadowMirror) call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShadowError {
+    /// The log was given up at a halt of this node (it stopped serving its disks: it may have
+    /// been taken over): the record was not acknowledged, and the recovery the restarted
+    /// protocol runs before serving again decides whether it is applied (here, or by the
+    /// partner's replay) or dropped. Appends are refused with it until that recovery.
+    #[error("shadow log {name}: given up at a halt (this node stopped serving its disks); record {generation}:{seq} not acknowledged, the next recovery decides its fate")]
+    Relinquished {
+        /// Client name.
+        name: String,
+        /// Generation of the record.
+        generation: u64,
+        /// Its sequence number (0: an append).
+        seq: u64,
+    },
+    /// The partner's client states different terms (the log size): refused at connect,
+    /// nothing was written. Both nodes must be configured alike.
+    #[error("{name}: refused by the partner: {mismatch}")]
+    Refused {
+        /// The client.
+        name: String,
+        /// The term and both values.
+        mismatch: crate::manager::TermMismatch,
+    },
     /// Registering the shadow log's manager client failed.
     #[error("register shadow client {name:?}: {source}")]
-    RegisterShadow {
+    Register {
         /// Client name.
         name: String,
         /// The manager's error.
@@ -281,7 +312,7 @@ pub enum MirrorError {
     },
     /// Starting the shadow log's driver thread failed.
     #[error("start shadow driver {name:?}: {source}")]
-    StartShadow {
+    Start {
         /// Client name.
         name: String,
         /// The OS error.
@@ -439,9 +470,29 @@ pub enum MirrorError {
         /// Why.
         reason: String,
     },
+    /// The shadow log refused the operation.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Opening or persisting the NVRAM failed.
+    #[error(transparent)]
+    Nvram(#[from] NvramError),
+}
+
+/// Why a [`MirroredWriteBack`](crate::clients::mirror::MirroredWriteBack) call or a write-back core step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteBackError {
+    /// The partner's client states different terms (the write-back geometry, message size):
+    /// refused at connect, nothing was written. Both nodes must be configured alike.
+    #[error("{name}: refused by the partner: {mismatch}")]
+    Refused {
+        /// The client.
+        name: String,
+        /// The term and both values.
+        mismatch: crate::manager::TermMismatch,
+    },
     /// Registering the mirrored write-back's data client failed.
     #[error("register write-back data client {name:?}: {source}")]
-    RegisterWriteBack {
+    Register {
         /// Client name.
         name: String,
         /// The manager's error.
@@ -449,7 +500,7 @@ pub enum MirrorError {
     },
     /// Starting the mirrored write-back's messenger failed.
     #[error("start write-back messenger {name:?}: {source}")]
-    StartWriteBackMessenger {
+    StartMessenger {
         /// Messenger name.
         name: String,
         /// The messaging layer's error.
@@ -457,11 +508,23 @@ pub enum MirrorError {
     },
     /// Starting the mirrored write-back's driver thread failed.
     #[error("start write-back driver {name:?}: {source}")]
-    StartWriteBack {
+    Start {
         /// Messenger name.
         name: String,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// No connection came up within the deadline of a wait for one.
+    #[error("wait for a connection of {name:?}: none within {waited:?} (partner declared absent: {partner_absent}; last error: {})", last_error.as_deref().unwrap_or("none"))]
+    NotConnected {
+        /// Client name.
+        name: String,
+        /// How long the call waited.
+        waited: std::time::Duration,
+        /// Whether the partner is declared absent.
+        partner_absent: bool,
+        /// The last connection error seen.
+        last_error: Option<String>,
     },
     /// A mirrored write is committed in local NVRAM, but its mirror status did not come
     /// within the write timeout (neither the mirror's MDA nor a partner failure). It may still
@@ -496,7 +559,7 @@ pub enum MirrorError {
     /// ([`MirroredWriteBack::recover`](crate::clients::mirror::MirroredWriteBack::recover)):
     /// nothing was written.
     #[error("write: the write-back {name:?} is not recovered yet (it follows takeovers: its recovery, right before the node serves its disks, decides whether the partner took its blocks over); nothing written")]
-    WriteBackNotRecovered {
+    NotRecovered {
         /// Messenger name.
         name: String,
     },
@@ -519,7 +582,7 @@ pub enum MirrorError {
     },
     /// A write-back epoch was asked of the mailbox and no mailbox write carried it in time.
     #[error("write-back: the mailbox has not recorded {what} {epoch} after {waited:?} (check the mailbox disks; is the giveback client writing its mailbox?)")]
-    WriteBackEpochUnrecorded {
+    EpochUnrecorded {
         /// Which epoch (`"this node's epoch"`, `"the partner's epoch taken over"`).
         what: &'static str,
         /// The epoch.
@@ -538,4 +601,13 @@ pub enum MirrorError {
         /// The sink's error.
         reason: String,
     },
+    /// The atomic-write table refused the operation.
+    #[error(transparent)]
+    Atomic(#[from] AtomicError),
+    /// A write-back message was malformed.
+    #[error(transparent)]
+    Message(#[from] WriteBackMessageError),
+    /// Opening or persisting the NVRAM failed.
+    #[error(transparent)]
+    Nvram(#[from] NvramError),
 }

@@ -44,7 +44,7 @@
 //! mirrored may be replayed again, so consumers should recognise work they already did (the
 //! replay says which checkpoint it started from).
 
-use super::error::MirrorError;
+use super::error::{LogError, NvramError};
 use super::log_format::{
     decode_checkpoint, decode_superblock, encode_checkpoint, encode_record_header,
     encode_superblock, max_payload, record_size, CheckpointSlot, Superblock, CHECKPOINT_SLOT_LEN,
@@ -186,17 +186,17 @@ impl<B: NvramBacking> ShadowLog<B> {
     /// mirror writes. `generation` must be above that of any log the backing (or the
     /// partner's region) held before; a log of the same or a newer generation in the backing
     /// is refused.
-    pub fn format(mut backing: B, generation: u64) -> Result<Self, MirrorError> {
+    pub fn format(mut backing: B, generation: u64) -> Result<Self, LogError> {
         let size = backing.len();
         if size < MIN_IMAGE_LEN {
-            return Err(MirrorError::FormatLogTooSmall {
+            return Err(LogError::FormatTooSmall {
                 size,
                 min: MIN_IMAGE_LEN,
             });
         }
         if let Ok(existing) = decode_superblock(backing.bytes()) {
             if existing.generation >= generation {
-                return Err(MirrorError::FormatLogStaleGeneration {
+                return Err(LogError::FormatStaleGeneration {
                     existing: existing.generation,
                     requested: generation,
                 });
@@ -232,9 +232,9 @@ impl<B: NvramBacking> ShadowLog<B> {
     /// checkpoint slots (the older first) and the records after the checkpoint in force are
     /// queued again as mirror writes (the partner may hold only part of them); space is
     /// reclaimed again once the checkpoint write completed, so appends may report
-    /// [`MirrorError::LogFull`] until then.
-    pub fn open(backing: B) -> Result<(Self, Replay), MirrorError> {
-        let found = scan(backing.bytes()).map_err(MirrorError::OpenLog)?;
+    /// [`LogError::Full`] until then.
+    pub fn open(backing: B) -> Result<(Self, Replay), LogError> {
+        let found = scan(backing.bytes()).map_err(LogError::Open)?;
         let replayed = replay_from_scan(backing.bytes(), &found, None);
         let sb = found.superblock;
         let cp = found.checkpoint;
@@ -350,16 +350,16 @@ impl<B: NvramBacking> ShadowLog<B> {
     /// returns its position.
     ///
     /// [`poll_acknowledged`]: ShadowLog::poll_acknowledged
-    pub fn append(&mut self, payload: &[u8]) -> Result<LogPosition, MirrorError> {
+    pub fn append(&mut self, payload: &[u8]) -> Result<LogPosition, LogError> {
         if self.next_seq == u64::MAX {
-            return Err(MirrorError::SequenceExhausted {
+            return Err(LogError::SequenceExhausted {
                 generation: self.generation,
             });
         }
         self.write_requested_checkpoint()?;
         let max = max_payload(self.data_len);
         if payload.len() > max {
-            return Err(MirrorError::RecordTooLarge {
+            return Err(LogError::RecordTooLarge {
                 len: payload.len(),
                 max,
             });
@@ -373,7 +373,7 @@ impl<B: NvramBacking> ShadowLog<B> {
         let end = pos + size;
         let tail = self.tail();
         if end - tail > lap {
-            return Err(MirrorError::LogFull {
+            return Err(LogError::Full {
                 needed: end - start,
                 free: lap - (start - tail),
             });
@@ -412,9 +412,9 @@ impl<B: NvramBacking> ShadowLog<B> {
     /// A writer made by [`open`](ShadowLog::open) leaves the slots alone until its re-sent
     /// checkpoint completed on the mirror (it does not know which mirror slot is good before
     /// that); a checkpoint asked for in between is written when that completion is handled.
-    pub fn checkpoint(&mut self, through: LogPosition) -> Result<(), MirrorError> {
+    pub fn checkpoint(&mut self, through: LogPosition) -> Result<(), LogError> {
         if through.generation != self.generation || through.seq >= self.next_seq {
-            return Err(MirrorError::CheckpointLog {
+            return Err(LogError::Checkpoint {
                 generation: through.generation,
                 seq: through.seq,
                 log_generation: self.generation,
@@ -427,7 +427,7 @@ impl<B: NvramBacking> ShadowLog<B> {
 
     /// Writes the checkpoint asked for, if it is not written yet and the slots may be
     /// touched.
-    fn write_requested_checkpoint(&mut self) -> Result<(), MirrorError> {
+    fn write_requested_checkpoint(&mut self) -> Result<(), LogError> {
         if self.requested <= self.written || self.resent_checkpoint.is_some() {
             return Ok(());
         }
@@ -450,7 +450,7 @@ impl<B: NvramBacking> ShadowLog<B> {
             (self.latest_slot, self.slots[self.latest_slot].number)
         } else {
             let number = self.slots[self.latest_slot].number.checked_add(1).ok_or(
-                MirrorError::CheckpointsExhausted {
+                LogError::CheckpointsExhausted {
                     generation: self.generation(),
                 },
             )?;
@@ -667,11 +667,11 @@ impl<B: NvramBacking> ShadowLog<B> {
 
     /// Writes a record (header, payload, zero padding) at logical position `pos` and persists
     /// it.
-    fn write_record(&mut self, pos: u64, header: &[u8], payload: &[u8]) -> Result<(), MirrorError> {
+    fn write_record(&mut self, pos: u64, header: &[u8], payload: &[u8]) -> Result<(), LogError> {
         let at = self.data_at(pos);
         let size = record_size(payload.len()).unwrap_or(usize::MAX);
         let bytes_len = self.backing.len();
-        let out_of_range = MirrorError::OutOfRange {
+        let out_of_range = NvramError::OutOfRange {
             offset: at,
             len: size,
             size: bytes_len,
@@ -686,10 +686,10 @@ impl<B: NvramBacking> ShadowLog<B> {
         let (body, pad) = rest.split_at_mut(payload.len());
         body.copy_from_slice(payload);
         pad.fill(0);
-        self.backing.persist(at, size)
+        Ok(self.backing.persist(at, size)?)
     }
 
-    fn write_slot(&mut self, slot: usize, state: CheckpointState) -> Result<(), MirrorError> {
+    fn write_slot(&mut self, slot: usize, state: CheckpointState) -> Result<(), LogError> {
         let encoded = encode_checkpoint(&CheckpointSlot {
             slot,
             generation: self.generation,
@@ -707,18 +707,18 @@ fn write_persist<B: NvramBacking>(
     backing: &mut B,
     offset: usize,
     bytes: &[u8],
-) -> Result<(), MirrorError> {
+) -> Result<(), LogError> {
     let size = backing.len();
     let dst = backing
         .bytes_mut()
         .get_mut(offset..offset + bytes.len())
-        .ok_or(MirrorError::OutOfRange {
+        .ok_or(NvramError::OutOfRange {
             offset,
             len: bytes.len(),
             size,
         })?;
     dst.copy_from_slice(bytes);
-    backing.persist(offset, bytes.len())
+    Ok(backing.persist(offset, bytes.len())?)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! record that checks but breaks the layout rules ([`ScanStop::Invalid`]), or when the records
 //! read fill the data area ([`ScanStop::Lapped`]).
 
-use super::error::MirrorError;
+use super::error::LogError;
 use super::log_format::{
     decode_record_header, decode_superblock, latest_checkpoint, record_crc_matches, record_size,
     CheckpointSlot, LogImageError, Superblock, RECORD_FLAG_WRAP, RECORD_HEADER_LEN,
@@ -240,10 +240,10 @@ impl Replay {
 /// [`ReplayCursor`]); records at or before it are skipped, so a second takeover does not
 /// replay them again.
 ///
-/// An image without a valid superblock or checkpoint gives [`MirrorError::ReplayLog`]; an
+/// An image without a valid superblock or checkpoint gives [`LogError::Replay`]; an
 /// image damaged further on only ends the scan early ([`Replay::stop`]).
-pub fn replay(image: &[u8], after: Option<LogPosition>) -> Result<Replay, MirrorError> {
-    let found = scan(image).map_err(MirrorError::ReplayLog)?;
+pub fn replay(image: &[u8], after: Option<LogPosition>) -> Result<Replay, LogError> {
+    let found = scan(image).map_err(LogError::Replay)?;
     Ok(replay_from_scan(image, &found, after))
 }
 
@@ -345,8 +345,8 @@ impl ReplayCursor {
     }
 
     /// Decodes a cursor from the first [`ReplayCursor::ENCODED_LEN`] bytes of `bytes`.
-    pub fn decode(bytes: &[u8]) -> Result<ReplayCursor, MirrorError> {
-        let err = |reason| MirrorError::DecodeReplayCursor { reason };
+    pub fn decode(bytes: &[u8]) -> Result<ReplayCursor, LogError> {
+        let err = |reason| LogError::DecodeReplayCursor { reason };
         let b: &[u8; Self::ENCODED_LEN] = bytes
             .get(..Self::ENCODED_LEN)
             .and_then(|s| s.try_into().ok())
@@ -486,7 +486,7 @@ mod tests {
         both[CHECKPOINT_SLOT_OFFSETS[1] + 20] ^= 1;
         assert!(matches!(
             replay(&both, None),
-            Err(MirrorError::ReplayLog(LogImageError::NoCheckpoint {
+            Err(LogError::Replay(LogImageError::NoCheckpoint {
                 generation: 5
             }))
         ));
@@ -742,7 +742,7 @@ mod tests {
         for len in 0..ReplayCursor::ENCODED_LEN {
             assert!(matches!(
                 ReplayCursor::decode(&enc[..len]),
-                Err(MirrorError::DecodeReplayCursor {
+                Err(LogError::DecodeReplayCursor {
                     reason: ReplayCursorError::Short { .. }
                 })
             ));
@@ -765,7 +765,7 @@ mod tests {
         }
         assert!(matches!(
             log.append(&payload(5, 0)),
-            Err(MirrorError::LogFull {
+            Err(LogError::Full {
                 needed: 32,
                 free: 0
             })

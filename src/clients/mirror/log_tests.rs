@@ -43,7 +43,7 @@ fn format_queues_the_superblock_and_checkpoint_zero() {
     assert_eq!(log.max_payload(), (4096 - 192) / 2 - 32);
     assert!(matches!(
         ShadowLog::format(MemoryNvram::new(319), GEN),
-        Err(MirrorError::FormatLogTooSmall {
+        Err(LogError::FormatTooSmall {
             size: 319,
             min: 320
         })
@@ -52,7 +52,7 @@ fn format_queues_the_superblock_and_checkpoint_zero() {
     let local = log.into_local();
     assert!(matches!(
         ShadowLog::format(local.clone(), GEN),
-        Err(MirrorError::FormatLogStaleGeneration {
+        Err(LogError::FormatStaleGeneration {
             existing: GEN,
             requested: GEN
         })
@@ -88,7 +88,7 @@ fn too_large_records_and_bad_checkpoints_are_refused() {
     let max = log.max_payload();
     assert!(matches!(
         log.append(&vec![0; max + 1]),
-        Err(MirrorError::RecordTooLarge { .. })
+        Err(LogError::RecordTooLarge { .. })
     ));
     log.append(&vec![1; max]).unwrap();
     for bad in [
@@ -100,7 +100,7 @@ fn too_large_records_and_bad_checkpoints_are_refused() {
     ] {
         assert!(matches!(
             log.checkpoint(bad),
-            Err(MirrorError::CheckpointLog { .. })
+            Err(LogError::Checkpoint { .. })
         ));
     }
     log.checkpoint(at(0)).unwrap(); // nothing to do
@@ -117,7 +117,7 @@ fn space_is_reused_only_after_the_checkpoint_write_completed() {
     }
     assert!(matches!(
         log.append(&[5; 96]),
-        Err(MirrorError::LogFull {
+        Err(LogError::Full {
             needed: 128,
             free: 0
         })
@@ -125,15 +125,9 @@ fn space_is_reused_only_after_the_checkpoint_write_completed() {
     sync(&mut log, &mut mirror);
     log.checkpoint(at(2)).unwrap();
     // Queued, not yet complete: still full.
-    assert!(matches!(
-        log.append(&[5; 96]),
-        Err(MirrorError::LogFull { .. })
-    ));
+    assert!(matches!(log.append(&[5; 96]), Err(LogError::Full { .. })));
     let w = log.poll_mirror_write().unwrap();
-    assert!(matches!(
-        log.append(&[5; 96]),
-        Err(MirrorError::LogFull { .. })
-    ));
+    assert!(matches!(log.append(&[5; 96]), Err(LogError::Full { .. })));
     copy(&log, w, &mut mirror);
     log.handle_mirror_complete(w.id);
     assert_eq!(log.checkpointed(), at(2));
@@ -186,10 +180,7 @@ fn records_whose_writes_are_pending_are_not_reclaimed_by_a_checkpoint() {
         assert_eq!(log.append(&[seq as u8; 96]).unwrap(), at(seq));
     }
     // The next one would overwrite record 4 while its write is in flight.
-    assert!(matches!(
-        log.append(&[8; 96]),
-        Err(MirrorError::LogFull { .. })
-    ));
+    assert!(matches!(log.append(&[8; 96]), Err(LogError::Full { .. })));
     log.handle_mirror_complete(8);
     assert_eq!(log.stats().free_bytes, 128);
     log.checkpoint(at(7)).unwrap();
@@ -263,7 +254,7 @@ fn open_continues_the_log_and_mirrors_it_again() {
     // Until a checkpoint is mirrored again none is vouched for.
     assert_eq!(log.checkpointed(), at(0));
     // No space is reclaimed before the checkpoint is mirrored again.
-    assert!(matches!(log.append(b"x"), Err(MirrorError::LogFull { .. })));
+    assert!(matches!(log.append(b"x"), Err(LogError::Full { .. })));
     let mut fresh_mirror = vec![0u8; 2048];
     let writes: Vec<_> = std::iter::from_fn(|| log.poll_mirror_write()).collect();
     // Superblock, then the older slot (0, checkpoint 4) alone: the newer waits for it.
@@ -314,6 +305,6 @@ fn open_continues_the_log_and_mirrors_it_again() {
     // An image without a log cannot be opened.
     assert!(matches!(
         ShadowLog::open(MemoryNvram::new(2048)),
-        Err(MirrorError::OpenLog(_))
+        Err(LogError::Open(_))
     ));
 }

@@ -23,7 +23,9 @@ pub use atomic::{
     BufferState, RequestState, RequestTag, ResolvedRequest, RieIndex, RieWord, UnitId,
     MAX_ATOMIC_BLOCKS,
 };
-pub use error::MirrorError;
+pub use error::{
+    AtomicError, LogError, NvramError, ShadowError, WriteBackError, WriteBackMessageError,
+};
 pub use log::{LogStats, MirrorWrite, ShadowLog};
 pub use log_format::LogImageError;
 pub use log_replay::{

@@ -8,7 +8,7 @@
 //! memory of their own (the staging and mirror regions) and copy between it and the NVRAM, so
 //! every backing works with every provider (see docs/operations.md, "NVRAM backing").
 
-use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::error::NvramError;
 pub use crate::fabric::verbs::CacheFlush;
 use crate::fabric::verbs::{map_nvram_file, DaxMapping};
 use memmap2::MmapMut;
@@ -27,7 +27,7 @@ pub trait NvramBacking: Send {
     /// The whole backing, writable.
     fn bytes_mut(&mut self) -> &mut [u8];
     /// Makes `[offset, offset + len)` durable (a no-op where the backing is volatile).
-    fn persist(&mut self, offset: usize, len: usize) -> Result<(), MirrorError>;
+    fn persist(&mut self, offset: usize, len: usize) -> Result<(), NvramError>;
     /// How [`persist`](NvramBacking::persist) makes bytes durable (default: not at all).
     fn persistence(&self) -> Persistence {
         Persistence::Volatile
@@ -51,7 +51,7 @@ impl<T: NvramBacking + ?Sized> NvramBacking for Box<T> {
     fn bytes_mut(&mut self) -> &mut [u8] {
         (**self).bytes_mut()
     }
-    fn persist(&mut self, offset: usize, len: usize) -> Result<(), MirrorError> {
+    fn persist(&mut self, offset: usize, len: usize) -> Result<(), NvramError> {
         (**self).persist(offset, len)
     }
     fn len(&self) -> usize {
@@ -113,7 +113,7 @@ pub enum NvramKind {
     /// [`FileNvram`]: any file, `msync` per persist.
     #[default]
     File,
-    /// [`DaxNvram`]: persistent memory, or the open fails with [`MirrorError::NotDax`].
+    /// [`DaxNvram`]: persistent memory, or the open fails with [`NvramError::NotDax`].
     Dax,
     /// [`DaxNvram`] where the path is DAX, else [`FileNvram`].
     Auto,
@@ -121,13 +121,13 @@ pub enum NvramKind {
 
 impl NvramKind {
     /// Opens `path` (`len` bytes) as this kind of backing.
-    pub fn open(self, path: &Path, len: usize) -> Result<Box<dyn NvramBacking>, MirrorError> {
+    pub fn open(self, path: &Path, len: usize) -> Result<Box<dyn NvramBacking>, NvramError> {
         match self {
             NvramKind::File => Ok(Box::new(FileNvram::open(path, len)?)),
             NvramKind::Dax => Ok(Box::new(DaxNvram::open(path, len)?)),
             NvramKind::Auto => match DaxNvram::open(path, len) {
                 Ok(dax) => Ok(Box::new(dax)),
-                Err(MirrorError::NotDax { source, .. }) => {
+                Err(NvramError::NotDax { source, .. }) => {
                     tracing::info!(path = %path.display(), error = %source, "NVRAM is not DAX: using the file backing (msync)");
                     Ok(Box::new(FileNvram::open(path, len)?))
                 }
@@ -176,7 +176,7 @@ impl NvramBacking for MemoryNvram {
     fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.bytes
     }
-    fn persist(&mut self, offset: usize, len: usize) -> Result<(), MirrorError> {
+    fn persist(&mut self, offset: usize, len: usize) -> Result<(), NvramError> {
         check_range(self.bytes.len(), offset, len)
     }
 }
@@ -191,8 +191,8 @@ pub struct FileNvram {
 impl FileNvram {
     /// Opens (creating if needed) `path` and maps `len` bytes of it. An existing file keeps its
     /// contents; a shorter one is extended with zeros.
-    pub fn open(path: &Path, len: usize) -> Result<FileNvram, MirrorError> {
-        let ctx = |e: std::io::Error| MirrorError::OpenNvram {
+    pub fn open(path: &Path, len: usize) -> Result<FileNvram, NvramError> {
+        let ctx = |e: std::io::Error| NvramError::Open {
             path: path.to_path_buf(),
             source: e,
         };
@@ -228,14 +228,14 @@ impl NvramBacking for FileNvram {
     fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.map
     }
-    fn persist(&mut self, offset: usize, len: usize) -> Result<(), MirrorError> {
+    fn persist(&mut self, offset: usize, len: usize) -> Result<(), NvramError> {
         check_range(self.map.len(), offset, len)?;
         if len == 0 {
             return Ok(());
         }
         self.map
             .flush_range(offset, len)
-            .map_err(|e| MirrorError::PersistNvram {
+            .map_err(|e| NvramError::Persist {
                 path: self.path.clone(),
                 offset,
                 len,
@@ -262,14 +262,14 @@ impl DaxNvram {
     ///
     /// - A character device is taken for a devdax device: its size and alignment come from
     ///   sysfs (`/sys/dev/char/MAJOR:MINOR/{size,align}`), and it must hold `len` rounded up
-    ///   to the alignment ([`MirrorError::DevDaxTooSmall`]). The backing starts at its offset
+    ///   to the alignment ([`NvramError::DevDaxTooSmall`]). The backing starts at its offset
     ///   0, so one device holds one backing.
     /// - Anything else is a file, created if needed (an existing one keeps its contents); a
     ///   shorter one is extended with written zeros, not a hole, and synced, so no page fault
     ///   of the mapping allocates blocks later. It is mapped with `MAP_SYNC`, which the kernel
-    ///   refuses unless the filesystem is mounted `-o dax`: [`MirrorError::NotDax`].
-    pub fn open(path: &Path, len: usize) -> Result<DaxNvram, MirrorError> {
-        let ctx = |e: std::io::Error| MirrorError::OpenNvram {
+    ///   refuses unless the filesystem is mounted `-o dax`: [`NvramError::NotDax`].
+    pub fn open(path: &Path, len: usize) -> Result<DaxNvram, NvramError> {
+        let ctx = |e: std::io::Error| NvramError::Open {
             path: path.to_path_buf(),
             source: e,
         };
@@ -286,13 +286,13 @@ impl DaxNvram {
             .map_err(ctx)?;
         let meta = file.metadata().map_err(ctx)?;
         if is_char {
-            let (size, align) = devdax_geometry(meta.rdev()).map_err(|e| MirrorError::NotDax {
+            let (size, align) = devdax_geometry(meta.rdev()).map_err(|e| NvramError::NotDax {
                 path: path.to_path_buf(),
                 source: e,
             })?;
             let needed = (len as u64).div_ceil(align as u64) * align as u64;
             if needed > size {
-                return Err(MirrorError::DevDaxTooSmall {
+                return Err(NvramError::DevDaxTooSmall {
                     path: path.to_path_buf(),
                     size,
                     len,
@@ -308,7 +308,7 @@ impl DaxNvram {
             });
         }
         if !meta.is_file() {
-            return Err(MirrorError::NotDax {
+            return Err(NvramError::NotDax {
                 path: path.to_path_buf(),
                 source: std::io::Error::from_raw_os_error(libc::ENODEV),
             });
@@ -319,7 +319,7 @@ impl DaxNvram {
             file.sync_all().map_err(ctx)?;
         }
         let map = DaxMapping::map_fsdax(&file, len).map_err(|e| match e.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => MirrorError::NotDax {
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => NvramError::NotDax {
                 path: path.to_path_buf(),
                 source: e,
             },
@@ -355,11 +355,11 @@ impl NvramBacking for DaxNvram {
     fn bytes_mut(&mut self) -> &mut [u8] {
         self.map.bytes_mut()
     }
-    fn persist(&mut self, offset: usize, len: usize) -> Result<(), MirrorError> {
+    fn persist(&mut self, offset: usize, len: usize) -> Result<(), NvramError> {
         check_range(self.map.bytes().len(), offset, len)?;
         self.map
             .persist(offset, len)
-            .map_err(|e| MirrorError::PersistNvram {
+            .map_err(|e| NvramError::Persist {
                 path: self.path.clone(),
                 offset,
                 len,
@@ -408,10 +408,10 @@ fn devdax_geometry(rdev: u64) -> std::io::Result<(u64, usize)> {
     Ok((size, align as usize))
 }
 
-fn check_range(size: usize, offset: usize, len: usize) -> Result<(), MirrorError> {
+fn check_range(size: usize, offset: usize, len: usize) -> Result<(), NvramError> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(MirrorError::OutOfRange { offset, len, size }),
+        _ => Err(NvramError::OutOfRange { offset, len, size }),
     }
 }
 
@@ -446,11 +446,11 @@ mod tests {
         ));
         let _ = std::fs::remove_file(&path);
         let err = DaxNvram::open(&path, 8192).unwrap_err();
-        assert!(matches!(err, MirrorError::NotDax { .. }), "{err}");
+        assert!(matches!(err, NvramError::NotDax { .. }), "{err}");
         assert!(err.to_string().contains("-o dax"), "{err}");
         assert!(matches!(
             NvramKind::Dax.open(&path, 8192),
-            Err(MirrorError::NotDax { .. })
+            Err(NvramError::NotDax { .. })
         ));
         let mut auto = NvramKind::Auto.open(&path, 8192).unwrap();
         assert_eq!(auto.persistence(), Persistence::Msync);
@@ -468,7 +468,7 @@ mod tests {
     #[test]
     fn dax_refuses_what_is_neither_a_file_nor_a_device() {
         let err = DaxNvram::open(Path::new("/dev/shm"), 8192).unwrap_err();
-        assert!(matches!(err, MirrorError::OpenNvram { .. }), "{err}");
+        assert!(matches!(err, NvramError::Open { .. }), "{err}");
     }
 
     #[test]
@@ -477,7 +477,7 @@ mod tests {
         assert!(nv.persist(0, 16).is_ok());
         assert!(matches!(
             nv.persist(8, 9),
-            Err(MirrorError::OutOfRange { .. })
+            Err(NvramError::OutOfRange { .. })
         ));
         assert!(nv.persist(usize::MAX, 2).is_err());
     }

@@ -21,7 +21,7 @@
 //! what the mailbox knows of the own log ([`OwnLogKnowledge`]), and answers
 //! [`RecoveryPlan::FetchFromPartner`] when the local image cannot stand for the log that held
 //! acknowledged records; once the partner's copy is read, [`plan_fetched`] decides on it
-//! (one of the three above) or refuses ([`MirrorError::NoValidCopy`]). The rules:
+//! (one of the three above) or refuses ([`ShadowError::NoValidCopy`]). The rules:
 //!
 //! | local image | mailbox: no log ever (0) | mailbox: generation G | no mailbox |
 //! |---|---|---|---|
@@ -36,7 +36,7 @@
 //! completed there, so no cut-short re-send left it partial); otherwise `NoValidCopy` (or,
 //! without a mailbox, `RecoverUnreadable`).
 
-use super::error::MirrorError;
+use super::error::ShadowError;
 use super::log_format::{decode_superblock, LogImageError};
 use super::log_replay::{replay, LogPosition, ReplayCursor, ReplayedRecord};
 use std::fmt::Write as _;
@@ -133,14 +133,14 @@ fn classify(image: &[u8]) -> Local {
 
 /// [`plan_recovery`] with what the mailbox knows of the own log (see the module docs): the
 /// same plans while the local image stands for the log, [`RecoveryPlan::FetchFromPartner`]
-/// when only the partner's copy can, and [`MirrorError::RecoverUnreadable`] for a corrupt
+/// when only the partner's copy can, and [`ShadowError::RecoverUnreadable`] for a corrupt
 /// image the mailbox says held nothing acknowledged.
 pub fn plan_start(
     image: &[u8],
     own_cursor: Option<LogPosition>,
     partner_replayed: Option<ReplayCursor>,
     known: OwnLogKnowledge,
-) -> Result<RecoveryPlan, MirrorError> {
+) -> Result<RecoveryPlan, ShadowError> {
     let recorded = known.generation();
     let local = match classify(image) {
         Local::Log(g) if recorded.is_none_or(|r| g >= r) => {
@@ -154,7 +154,7 @@ pub fn plan_start(
         {
             // Nothing acknowledged was ever in a log: nothing to fetch, and the image is kept
             // for an operator.
-            return Err(MirrorError::RecoverUnreadable { reason });
+            return Err(ShadowError::RecoverUnreadable { reason });
         }
         Local::Corrupt(reason) => format!("holds a log that cannot be read ({reason})"),
     };
@@ -178,7 +178,7 @@ pub fn plan_start(
 /// Decides on the partner's copy `copy` of the own log, read after
 /// [`RecoveryPlan::FetchFromPartner`] (`local` its text): one of the three plans of a
 /// readable log when the copy stands for the log the mailbox records, else
-/// [`MirrorError::NoValidCopy`] (without a mailbox, [`MirrorError::RecoverUnreadable`]).
+/// [`ShadowError::NoValidCopy`] (without a mailbox, [`ShadowError::RecoverUnreadable`]).
 pub fn plan_fetched(
     copy: &[u8],
     fetched_from: u64,
@@ -186,9 +186,9 @@ pub fn plan_fetched(
     partner_replayed: Option<ReplayCursor>,
     known: OwnLogKnowledge,
     local: &str,
-) -> Result<RecoveryPlan, MirrorError> {
+) -> Result<RecoveryPlan, ShadowError> {
     let refuse = |why: String| match known.generation() {
-        Some(generation) => MirrorError::NoValidCopy {
+        Some(generation) => ShadowError::NoValidCopy {
             generation,
             local: local.to_string(),
             why,
@@ -196,7 +196,7 @@ pub fn plan_fetched(
         None => {
             let mut reason = format!("the local NVRAM {local}");
             let _ = write!(reason, "; {why}");
-            MirrorError::RecoverUnreadable { reason }
+            ShadowError::RecoverUnreadable { reason }
         }
     };
     let sb = match decode_superblock(copy) {
@@ -239,7 +239,7 @@ pub fn plan_fetched(
         }
     }
     match plan_recovery(copy, own_cursor, partner_replayed) {
-        Err(MirrorError::RecoverUnreadable { reason }) => Err(refuse(format!(
+        Err(ShadowError::RecoverUnreadable { reason }) => Err(refuse(format!(
             "the partner's copy cannot be read: {reason}"
         ))),
         other => other,
@@ -248,24 +248,24 @@ pub fn plan_fetched(
 
 /// Decides the recovery of `image` (the local log as the previous run left it): `own_cursor`
 /// is the own-replay cursor in NVRAM, `partner_replayed` the partner's replay cursor of this
-/// node's log (from its mailbox record). [`MirrorError::RecoverUnreadable`] for a log that
+/// node's log (from its mailbox record). [`ShadowError::RecoverUnreadable`] for a log that
 /// exists but cannot be read.
 pub fn plan_recovery(
     image: &[u8],
     own_cursor: Option<LogPosition>,
     partner_replayed: Option<ReplayCursor>,
-) -> Result<RecoveryPlan, MirrorError> {
+) -> Result<RecoveryPlan, ShadowError> {
     let sb = match decode_superblock(image) {
         Err(LogImageError::SuperblockMagic) => return Ok(RecoveryPlan::Fresh),
         Err(e) => {
-            return Err(MirrorError::RecoverUnreadable {
+            return Err(ShadowError::RecoverUnreadable {
                 reason: e.to_string(),
             })
         }
         Ok(sb) => sb,
     };
     let g = sb.generation;
-    let found = replay(image, None).map_err(|e| MirrorError::RecoverUnreadable {
+    let found = replay(image, None).map_err(|e| ShadowError::RecoverUnreadable {
         reason: e.to_string(),
     })?;
     if let Some(p) = partner_replayed.filter(|p| replayed_whole(p, g)) {
@@ -442,7 +442,7 @@ mod tests {
         img[12] ^= 0xff;
         assert!(matches!(
             plan_recovery(&img, None, None),
-            Err(MirrorError::RecoverUnreadable { .. })
+            Err(ShadowError::RecoverUnreadable { .. })
         ));
     }
 
@@ -465,7 +465,7 @@ mod tests {
         }
     }
 
-    fn fetch(p: Result<RecoveryPlan, MirrorError>) -> (Option<u64>, String) {
+    fn fetch(p: Result<RecoveryPlan, ShadowError>) -> (Option<u64>, String) {
         match p {
             Ok(RecoveryPlan::FetchFromPartner { recorded, local }) => (recorded, local),
             other => panic!("not a fetch: {other:?}"),
@@ -555,7 +555,7 @@ mod tests {
         for img in [&bad_superblock, &no_magic] {
             assert!(matches!(
                 plan_start(img, None, None, recorded(0)),
-                Err(MirrorError::RecoverUnreadable { .. })
+                Err(ShadowError::RecoverUnreadable { .. })
             ));
             let (g, local) = fetch(plan_start(img, None, None, recorded(5)));
             assert_eq!(g, Some(5));
@@ -625,7 +625,7 @@ mod tests {
             (&copy, unconfirmed(None), "not confirmed complete"),
         ] {
             match plan(copy, None, None, known) {
-                Err(MirrorError::NoValidCopy {
+                Err(ShadowError::NoValidCopy {
                     generation,
                     local,
                     why,
@@ -640,7 +640,7 @@ mod tests {
         // Without a mailbox, a corrupt local log with no copy stays unreadable.
         assert!(matches!(
             plan(&blank, None, None, OwnLogKnowledge::Unknown),
-            Err(MirrorError::RecoverUnreadable { .. })
+            Err(ShadowError::RecoverUnreadable { .. })
         ));
     }
 }

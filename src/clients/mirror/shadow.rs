@@ -36,7 +36,7 @@
 //!
 //! On `Suspended` the log rewinds its unacknowledged writes; appends wait (up to
 //! [`ShadowConfig::link_timeout`] before anything is appended, see
-//! [`MirrorError::AppendNoLink`]). On every `Ready` with a new queue pair the driver
+//! [`ShadowError::AppendNoLink`]). On every `Ready` with a new queue pair the driver
 //! **re-sends the live log**: it re-opens the local log ([`ShadowLog::open`](crate::clients::mirror::ShadowLog::open)), which queues
 //! the superblock, the checkpoint slots and every record after the checkpoint in force, in
 //! order; every write that was in flight is among them. Re-posting only the pending writes
@@ -69,7 +69,7 @@
 //! # Start: recovery, then a new generation
 //!
 //! [`ShadowMirror::start`] opens the local NVRAM without formatting it; nothing is appended
-//! ([`MirrorError::NotRecovered`]) until [`ShadowMirror::recover`] decided what the previous
+//! ([`ShadowError::NotRecovered`]) until [`ShadowMirror::recover`] decided what the previous
 //! run's records owe ([`plan_recovery`](super::recovery_plan::plan_recovery): replayed by the
 //! partner's takeover, or applied here exactly once through the caller's sink) and formatted
 //! a new generation (unix time in nanoseconds, raised above the previous log's and the
@@ -95,7 +95,7 @@ pub use writer::{
     check_payload, fill_payload, writer_payload, ShadowWriter, WriterConfig, WriterStats,
 };
 
-use super::error::MirrorError;
+use super::error::{LogError, ShadowError};
 use super::log_format::{max_payload, DATA_OFFSET, MIN_IMAGE_LEN, RECORD_ALIGN};
 use super::log_replay::{LogPosition, Replay, ReplayCursor, ReplayedRecord};
 use super::nvram::{NvramBacking, NvramKind};
@@ -197,7 +197,7 @@ pub struct ShadowConfig {
     #[serde(default)]
     pub durability: Durability,
     /// Longest the recovery waits for a connection that reads the partner's copy of this
-    /// node's log, when the local NVRAM lost it (F5.6; [`MirrorError::FetchNoPartner`]).
+    /// node's log, when the local NVRAM lost it (F5.6; [`ShadowError::FetchNoPartner`]).
     #[serde(default = "default_fetch_timeout")]
     pub fetch_timeout: Duration,
 }
@@ -379,7 +379,7 @@ pub fn cursor_path(dir: &Path, node: u32) -> PathBuf {
 
 /// File backings for `node` in `dir`: its log (`shadow-<node>.nvram`, `log_len` bytes) and
 /// its replay cursor (`shadow-<node>.cursor`) ([`backings`] with [`NvramKind::File`]).
-pub fn file_backings(dir: &Path, node: u32, log_len: usize) -> Result<(Nvram, Nvram), MirrorError> {
+pub fn file_backings(dir: &Path, node: u32, log_len: usize) -> Result<(Nvram, Nvram), ShadowError> {
     backings(dir, node, log_len, NvramKind::File)
 }
 
@@ -391,7 +391,7 @@ pub fn backings(
     node: u32,
     log_len: usize,
     kind: NvramKind,
-) -> Result<(Nvram, Nvram), MirrorError> {
+) -> Result<(Nvram, Nvram), ShadowError> {
     let log = kind.open(&log_path(dir, node), log_len)?;
     let cursor = kind.open(&cursor_path(dir, node), CursorStore::LEN)?;
     Ok((log, cursor))
@@ -455,13 +455,14 @@ impl ShadowMirror {
         cfg: ShadowConfig,
         log: Nvram,
         cursor: Nvram,
-    ) -> Result<ShadowMirror, MirrorError> {
+    ) -> Result<ShadowMirror, ShadowError> {
         let log_len = log.len();
         if log_len < MIN_IMAGE_LEN {
-            return Err(MirrorError::FormatLogTooSmall {
+            return Err(LogError::FormatTooSmall {
                 size: log_len,
                 min: MIN_IMAGE_LEN,
-            });
+            }
+            .into());
         }
         let max_payload = max_payload((log_len - DATA_OFFSET) & !(RECORD_ALIGN - 1));
         let cursor = CursorStore::open(cursor)?;
@@ -469,7 +470,7 @@ impl ShadowMirror {
         let spec = ShadowMirror::client_spec(&cfg, log_len);
         let handle = manager
             .register(spec)
-            .map_err(|source| MirrorError::RegisterShadow {
+            .map_err(|source| ShadowError::Register {
                 name: cfg.name.clone(),
                 source,
             })?;
@@ -527,7 +528,7 @@ impl ShadowMirror {
                 crate::fabric::prime_thread_parking();
                 drive(&s)
             })
-            .map_err(|source| MirrorError::StartShadow {
+            .map_err(|source| ShadowError::Start {
                 name: name.clone(),
                 source,
             })?;
@@ -567,19 +568,19 @@ impl ShadowMirror {
     /// (or, with the partner absent, durable locally: [`Appended::mirrored`] is `false`), at
     /// most [`ShadowConfig::link_timeout`] for the append and the link and partner timeouts
     /// for its acknowledgement.
-    pub fn append(&self, payload: &[u8]) -> Result<Appended, MirrorError> {
+    pub fn append(&self, payload: &[u8]) -> Result<Appended, ShadowError> {
         let t = self.append_start(payload)?;
         self.wait(&t)
     }
 
     /// [`append`](ShadowMirror::append) with a deadline `timeout` from now for the whole call:
-    /// [`MirrorError::AppendNoLink`] or [`MirrorError::NotRecovered`] (nothing appended), or
-    /// [`MirrorError::AppendTimeout`] (appended locally, its mirror write unconfirmed).
+    /// [`ShadowError::AppendNoLink`] or [`ShadowError::NotRecovered`] (nothing appended), or
+    /// [`ShadowError::AppendTimeout`] (appended locally, its mirror write unconfirmed).
     pub fn append_timeout(
         &self,
         payload: &[u8],
         timeout: Duration,
-    ) -> Result<Appended, MirrorError> {
+    ) -> Result<Appended, ShadowError> {
         let deadline = Instant::now() + timeout;
         let t = self.append_start_until(payload, deadline)?;
         self.wait_until(&t, deadline)
@@ -589,7 +590,7 @@ impl ShadowMirror {
     /// order. On an error the records before it may have been appended. Each append and
     /// each wait has the deadline of [`append_start`](Self::append_start) and
     /// [`wait`](Self::wait).
-    pub fn append_many(&self, payloads: &[&[u8]]) -> Result<Vec<Appended>, MirrorError> {
+    pub fn append_many(&self, payloads: &[&[u8]]) -> Result<Vec<Appended>, ShadowError> {
         let mut tickets = Vec::with_capacity(payloads.len());
         for p in payloads {
             tickets.push(self.append_start(p)?);
@@ -603,7 +604,7 @@ impl ShadowMirror {
         &self,
         payloads: &[&[u8]],
         timeout: Duration,
-    ) -> Result<Vec<Appended>, MirrorError> {
+    ) -> Result<Vec<Appended>, ShadowError> {
         let deadline = Instant::now() + timeout;
         let mut tickets = Vec::with_capacity(payloads.len());
         for p in payloads {
@@ -618,11 +619,11 @@ impl ShadowMirror {
     /// Appends a record to the local log (durable when this returns) and posts its mirror
     /// writes, without waiting for them; [`wait`](ShadowMirror::wait) for the ticket. Waits
     /// for the recovery of the own log and for a link first (or for the partner to be
-    /// declared absent), at most [`ShadowConfig::link_timeout`]: [`MirrorError::AppendNoLink`]
-    /// and [`MirrorError::NotRecovered`] mean nothing was appended. [`MirrorError::LogFull`]
+    /// declared absent), at most [`ShadowConfig::link_timeout`]: [`ShadowError::AppendNoLink`]
+    /// and [`ShadowError::NotRecovered`] mean nothing was appended. [`LogError::Full`]
     /// comes at once when no checkpoint is on its way to free space, or after the link
     /// timeout when one is.
-    pub fn append_start(&self, payload: &[u8]) -> Result<AppendTicket, MirrorError> {
+    pub fn append_start(&self, payload: &[u8]) -> Result<AppendTicket, ShadowError> {
         self.append_start_until(payload, Instant::now() + self.shared.cfg.link_timeout)
     }
 
@@ -631,7 +632,7 @@ impl ShadowMirror {
         &self,
         payload: &[u8],
         timeout: Duration,
-    ) -> Result<AppendTicket, MirrorError> {
+    ) -> Result<AppendTicket, ShadowError> {
         self.append_start_until(payload, Instant::now() + timeout)
     }
 
@@ -639,7 +640,7 @@ impl ShadowMirror {
         &self,
         payload: &[u8],
         deadline: Instant,
-    ) -> Result<AppendTicket, MirrorError> {
+    ) -> Result<AppendTicket, ShadowError> {
         let shared = &*self.shared;
         let started = Instant::now();
         let mut st = shared.lock_live()?;
@@ -661,13 +662,13 @@ impl ShadowMirror {
     /// Waits until the ticket's record is acknowledged, at most the link and partner timeouts
     /// (see [`wait_timeout`](ShadowMirror::wait_timeout)). Record its latency once: call it
     /// once per ticket.
-    pub fn wait(&self, ticket: &AppendTicket) -> Result<Appended, MirrorError> {
+    pub fn wait(&self, ticket: &AppendTicket) -> Result<Appended, ShadowError> {
         let limit = self.shared.cfg.link_timeout + self.shared.cfg.partner_timeout;
         self.wait_until(ticket, Instant::now() + limit)
     }
 
     /// Waits at most `timeout` until the ticket's record is acknowledged.
-    /// [`MirrorError::AppendTimeout`] if neither its mirror write completed nor the partner
+    /// [`ShadowError::AppendTimeout`] if neither its mirror write completed nor the partner
     /// was declared absent (by the partner timeout or
     /// [`declare_partner_failed`](ShadowMirror::declare_partner_failed)) by then; the record
     /// stays in the log and the ticket may be waited for again.
@@ -675,7 +676,7 @@ impl ShadowMirror {
         &self,
         ticket: &AppendTicket,
         timeout: Duration,
-    ) -> Result<Appended, MirrorError> {
+    ) -> Result<Appended, ShadowError> {
         self.wait_until(ticket, Instant::now() + timeout)
     }
 
@@ -683,7 +684,7 @@ impl ShadowMirror {
         &self,
         ticket: &AppendTicket,
         deadline: Instant,
-    ) -> Result<Appended, MirrorError> {
+    ) -> Result<Appended, ShadowError> {
         let shared = &*self.shared;
         let seq = ticket.position.seq;
         let begin = Instant::now();
@@ -693,7 +694,7 @@ impl ShadowMirror {
         loop {
             if self.generation() != ticket.position.generation {
                 // Given up at a halt (and maybe recovered again since).
-                return Err(MirrorError::Relinquished {
+                return Err(ShadowError::Relinquished {
                     name: shared.cfg.name.clone(),
                     generation: ticket.position.generation,
                     seq,
@@ -717,7 +718,7 @@ impl ShadowMirror {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(MirrorError::AppendTimeout {
+                return Err(ShadowError::AppendTimeout {
                     generation: ticket.position.generation,
                     seq,
                     waited: now - begin,
@@ -738,7 +739,7 @@ impl ShadowMirror {
     /// Gives the shadow log the sync state of the partner's copy of this log (F5.7; from
     /// [`GivebackNode::partner_copy_mark`](crate::clients::giveback::GivebackNode::partner_copy_mark)):
     /// from then on nothing is appended before the mailbox records that this node runs a
-    /// shadow log ([`MirrorError::NotInMailbox`] past the deadline), nothing is acknowledged
+    /// shadow log ([`ShadowError::NotInMailbox`] past the deadline), nothing is acknowledged
     /// unmirrored before the outdated mark is durable in the mailbox, and once a full send
     /// completed on a connection the mark is cleared and the mailbox names the partner
     /// incarnation the copy is complete for. Only the first call counts.
@@ -805,11 +806,11 @@ impl ShadowMirror {
     /// written locally and mirrored; space before it is reclaimed once that write completed
     /// ([`checkpointed`](ShadowMirror::checkpointed) then reaches it). A survivor replays
     /// only records after the latest mirrored checkpoint.
-    pub fn checkpoint(&self, through: LogPosition) -> Result<(), MirrorError> {
+    pub fn checkpoint(&self, through: LogPosition) -> Result<(), ShadowError> {
         let shared = &*self.shared;
         let mut st = shared.lock_live()?;
         if st.relinquished || through.generation != shared.generation.load(Ordering::Acquire) {
-            return Err(MirrorError::Relinquished {
+            return Err(ShadowError::Relinquished {
                 name: shared.cfg.name.clone(),
                 generation: through.generation,
                 seq: through.seq,
@@ -837,7 +838,7 @@ impl ShadowMirror {
     /// replayed: those after the partner's mirrored checkpoint and after the stored replay
     /// cursor. An empty result when no connection ever brought a region, or the partner
     /// never wrote its log into it.
-    pub fn read_partner(&self) -> Result<Replay, MirrorError> {
+    pub fn read_partner(&self) -> Result<Replay, ShadowError> {
         let after = self.shared.cursor.lock().load().map(|c| c.position);
         self.shared.read_partner(after)
     }
@@ -845,7 +846,7 @@ impl ShadowMirror {
     /// Replays the partner's log (takeover): returns its records after its last mirrored
     /// checkpoint, in order, exactly once across calls: the position of the last one is
     /// stored (in the cursor NVRAM) before they are returned.
-    pub fn replay_partner(&self) -> Result<Vec<ReplayedRecord>, MirrorError> {
+    pub fn replay_partner(&self) -> Result<Vec<ReplayedRecord>, ShadowError> {
         let r = self.read_partner()?;
         let last = r.last();
         self.commit_replay(&r, last, r.records.len(), true)?;
@@ -953,7 +954,7 @@ impl ShadowMirror {
         last: Option<LogPosition>,
         count: usize,
         complete: bool,
-    ) -> Result<(), MirrorError> {
+    ) -> Result<(), ShadowError> {
         let position = last
             .or((r.generation != 0).then_some(LogPosition {
                 generation: r.generation,

@@ -82,7 +82,7 @@ pub use sync::{DirtyBlock, DirtyRef, TakeoverReport, RESYNC_WINDOW};
 use super::atomic::{
     AtomicWriteTable, BufferIndex, RequestState, RieIndex, UnitId, MAX_REQUEST_TAG,
 };
-use super::error::MirrorError;
+use super::error::{AtomicError, WriteBackError};
 use super::nvram::NvramBacking;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -285,7 +285,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
     /// A host write of `data` (a whole number of blocks, 1..=256 of them) at `first_block` of
     /// `unit`. The data is copied into local NVRAM buffers and committed locally before this
     /// returns; the status comes later as [`PrimaryAction::Complete`]. Fails, with nothing
-    /// written, if another write holds one of the blocks ([`MirrorError::RangeBusy`]: retry
+    /// written, if another write holds one of the blocks ([`AtomicError::RangeBusy`]: retry
     /// after it completes) or buffers or RIEs run out.
     pub fn handle_host_write(
         &mut self,
@@ -293,17 +293,18 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         unit: UnitId,
         first_block: u64,
         data: &[u8],
-    ) -> Result<RequestId, MirrorError> {
+    ) -> Result<RequestId, WriteBackError> {
         let block_size = self.table.geometry().block_size as usize;
         if data.len() % block_size != 0 {
-            return Err(MirrorError::DataLength {
+            return Err(AtomicError::DataLength {
                 len: data.len(),
                 block_size,
-            });
+            }
+            .into());
         }
         let request = self.next_request;
         if request > MAX_REQUEST_TAG {
-            return Err(MirrorError::RequestIdsExhausted);
+            return Err(AtomicError::RequestIdsExhausted.into());
         }
         let blocks = data.len() / block_size;
         let (rie, new_buffers) = self.table.begin(request, unit, first_block, blocks)?;
@@ -348,7 +349,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         &mut self,
         now: Instant,
         message: &Message,
-    ) -> Result<Disposition, MirrorError> {
+    ) -> Result<Disposition, WriteBackError> {
         let at = *message.request_ref();
         if matches!(
             message,
@@ -491,7 +492,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
     /// The partner failed (or restarted): every write in progress completes with
     /// [`CompletionStatus::MirrorLost`] (it is committed locally), and so do later writes
     /// until [`handle_partner_restored`](Self::handle_partner_restored).
-    pub fn handle_partner_failed(&mut self, now: Instant) -> Result<(), MirrorError> {
+    pub fn handle_partner_failed(&mut self, now: Instant) -> Result<(), WriteBackError> {
         self.partner_failed = true;
         self.resync_needed = true;
         self.resync_queue = None;
@@ -610,7 +611,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         now: Instant,
         request: RequestId,
         status: CompletionStatus,
-    ) -> Result<(), MirrorError> {
+    ) -> Result<(), WriteBackError> {
         let Some(write) = self.pending.get(&request) else {
             return Ok(());
         };
@@ -722,7 +723,7 @@ pub struct WriteBackMirror<B: NvramBacking> {
 
 impl<B: NvramBacking> WriteBackMirror<B> {
     /// A mirror over an opened (so recovered) table; a start is a new incarnation (persisted).
-    pub fn new(mut table: AtomicWriteTable<B>) -> Result<WriteBackMirror<B>, MirrorError> {
+    pub fn new(mut table: AtomicWriteTable<B>) -> Result<WriteBackMirror<B>, WriteBackError> {
         table.set_incarnation(table.incarnation() + 1)?;
         Ok(WriteBackMirror {
             table,
@@ -744,7 +745,7 @@ impl<B: NvramBacking> WriteBackMirror<B> {
 
     /// A message from the primary. Errors are NVRAM failures only; a message that does not
     /// fit is ignored (counted) or rejected.
-    pub fn handle_message(&mut self, message: &Message) -> Result<Disposition, MirrorError> {
+    pub fn handle_message(&mut self, message: &Message) -> Result<Disposition, WriteBackError> {
         match message {
             Message::Rqr(_) if self.taken => {
                 self.stats.refused_taken_over += 1;
@@ -759,13 +760,13 @@ impl<B: NvramBacking> WriteBackMirror<B> {
 
     /// The mirror path changed: the incarnation moves on (persisted), so set-ups and messages
     /// of the old path are void.
-    pub fn handle_path_changed(&mut self) -> Result<(), MirrorError> {
+    pub fn handle_path_changed(&mut self) -> Result<(), WriteBackError> {
         self.adopt(self.table.incarnation() + 1)
     }
 
     /// The partner failed (or restarted): every write in progress is aborted (none was
     /// acknowledged to a host); returns how many.
-    pub fn handle_partner_failed(&mut self) -> Result<usize, MirrorError> {
+    pub fn handle_partner_failed(&mut self) -> Result<usize, WriteBackError> {
         let resolved = self.table.recover()?;
         self.stats.aborted += resolved.len() as u64;
         self.setups.clear();
@@ -778,7 +779,7 @@ impl<B: NvramBacking> WriteBackMirror<B> {
     /// progress per block and numbers its requests in order, so such a write was abandoned
     /// (its RQR arrived after the primary discarded it: a table taken over) and would hold
     /// the blocks and buffers forever.
-    fn abort_overtaken(&mut self, q: &Rqr) -> Result<(), MirrorError> {
+    fn abort_overtaken(&mut self, q: &Rqr) -> Result<(), WriteBackError> {
         let end = q.first_block + q.new_buffers.len() as u64;
         let overtaken: Vec<RieIndex> = self
             .table
@@ -835,7 +836,7 @@ impl<B: NvramBacking> WriteBackMirror<B> {
         self.table
     }
 
-    fn on_rqr(&mut self, q: &Rqr) -> Result<Disposition, MirrorError> {
+    fn on_rqr(&mut self, q: &Rqr) -> Result<Disposition, WriteBackError> {
         let at = q.at;
         if at.incarnation > self.table.incarnation() {
             self.adopt(at.incarnation)?;
@@ -906,22 +907,22 @@ impl<B: NvramBacking> WriteBackMirror<B> {
                 self.setup(at);
                 return Ok(Disposition::Accepted);
             }
-            Err(MirrorError::BadRie { .. }) => RejectReason::BadRie,
-            Err(MirrorError::BadBuffer { .. }) => RejectReason::BadBuffer,
-            Err(MirrorError::RangeBusy { .. }) => RejectReason::RangeBusy,
+            Err(AtomicError::BadRie { .. }) => RejectReason::BadRie,
+            Err(AtomicError::BadBuffer { .. }) => RejectReason::BadBuffer,
+            Err(AtomicError::RangeBusy { .. }) => RejectReason::RangeBusy,
             Err(
-                MirrorError::BlockCount { .. }
-                | MirrorError::BlockAddress { .. }
-                | MirrorError::RequestIdsExhausted,
+                AtomicError::BlockCount { .. }
+                | AtomicError::BlockAddress { .. }
+                | AtomicError::RequestIdsExhausted,
             ) => RejectReason::BadRange,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         tracing::warn!(request = at.request, rie = at.rie, ?reason, "RQR rejected");
         self.reply_reject(at, reason);
         Ok(Disposition::Accepted)
     }
 
-    fn on_data_sent(&mut self, at: RequestRef) -> Result<Disposition, MirrorError> {
+    fn on_data_sent(&mut self, at: RequestRef) -> Result<Disposition, WriteBackError> {
         let current = self.table.incarnation();
         let Some(word) = self.table.rie_word(at.rie) else {
             return Ok(self.count(Disposition::Unknown));
@@ -965,7 +966,7 @@ impl<B: NvramBacking> WriteBackMirror<B> {
         self.reply(Message::Rtr, at);
     }
 
-    fn adopt(&mut self, incarnation: u64) -> Result<(), MirrorError> {
+    fn adopt(&mut self, incarnation: u64) -> Result<(), WriteBackError> {
         self.table.set_incarnation(incarnation)?;
         self.setups.clear();
         self.outbox.clear();

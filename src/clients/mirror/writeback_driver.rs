@@ -41,7 +41,7 @@
 //! NVRAM buffers and commits it there, sends the RQR, and returns the
 //! [`CompletionStatus`] once the mirror absorbed the data (its MDA): `Mirrored`; or
 //! `MirrorLost` when the partner failed (the write is in this node's NVRAM only). At most
-//! [`MAX_ATOMIC_BLOCKS`] blocks a write ([`MirrorError::BlockCount`] otherwise).
+//! [`MAX_ATOMIC_BLOCKS`] blocks a write ([`AtomicError::BlockCount`] otherwise).
 //!
 //! # Threads and locks
 //!
@@ -98,7 +98,7 @@ use self::state::{Core, POLL_BATCH};
 pub use self::stats::WriteBackStats;
 pub use self::waiting::WriteFuture;
 use super::atomic::{AtomicGeometry, AtomicWriteTable, UnitId, MAGIC, MAX_ATOMIC_BLOCKS};
-use super::error::MirrorError;
+use super::error::{AtomicError, WriteBackError};
 use super::nvram::NvramKind;
 use super::shadow::Nvram;
 use super::writeback::message::MAX_MESSAGE_LEN;
@@ -220,7 +220,7 @@ pub fn file_backings(
     dir: &Path,
     node: u32,
     geometry: AtomicGeometry,
-) -> Result<(Nvram, Nvram), MirrorError> {
+) -> Result<(Nvram, Nvram), WriteBackError> {
     backings(dir, node, geometry, NvramKind::File)
 }
 
@@ -231,7 +231,7 @@ pub fn backings(
     node: u32,
     geometry: AtomicGeometry,
     kind: NvramKind,
-) -> Result<(Nvram, Nvram), MirrorError> {
+) -> Result<(Nvram, Nvram), WriteBackError> {
     geometry.validate()?;
     let len = geometry.required_len();
     let own = kind.open(&table_path(dir, node), len)?;
@@ -245,16 +245,17 @@ pub fn backings(
 pub fn open_table(
     backing: Nvram,
     geometry: AtomicGeometry,
-) -> Result<(AtomicWriteTable<Nvram>, usize), MirrorError> {
+) -> Result<(AtomicWriteTable<Nvram>, usize), WriteBackError> {
     if backing.bytes().get(..MAGIC.len()) != Some(&MAGIC[..]) {
         return Ok((AtomicWriteTable::format(backing, geometry)?, 0));
     }
     let (table, resolved) = AtomicWriteTable::open(backing)?;
     if *table.geometry() != geometry {
-        return Err(MirrorError::Geometry(format!(
+        return Err(AtomicError::Geometry(format!(
             "the NVRAM holds a table of {:?}, configured {geometry:?}",
             table.geometry()
-        )));
+        ))
+        .into());
     }
     Ok((table, resolved.len()))
 }
@@ -341,13 +342,14 @@ impl Shared {
         unit: UnitId,
         first_block: u64,
         data: &[u8],
-    ) -> Result<(WriteTicket, bool), MirrorError> {
+    ) -> Result<(WriteTicket, bool), WriteBackError> {
         let block_size = self.cfg.geometry.block_size as usize;
         if data.len() / block_size > MAX_ATOMIC_BLOCKS {
-            return Err(MirrorError::BlockCount {
+            return Err(AtomicError::BlockCount {
                 blocks: data.len() / block_size,
                 max: MAX_ATOMIC_BLOCKS,
-            });
+            }
+            .into());
         }
         if self.stop.load(Ordering::Relaxed) {
             return Err(self.stopped());
@@ -355,12 +357,12 @@ impl Shared {
         let started = Instant::now();
         let mut c = self.core.lock();
         if c.awaits_recovery() {
-            return Err(MirrorError::WriteBackNotRecovered {
+            return Err(WriteBackError::NotRecovered {
                 name: self.cfg.name.clone(),
             });
         }
         if let Some(mismatch) = &c.refused {
-            return Err(MirrorError::Refused {
+            return Err(WriteBackError::Refused {
                 name: self.cfg.data_client.clone(),
                 mismatch: mismatch.clone(),
             });
@@ -378,8 +380,8 @@ impl Shared {
         Ok((WriteTicket { request, started }, flush))
     }
 
-    fn stopped(&self) -> MirrorError {
-        MirrorError::WriteStopped {
+    fn stopped(&self) -> WriteBackError {
+        WriteBackError::WriteStopped {
             name: self.cfg.name.clone(),
         }
     }
@@ -432,7 +434,7 @@ impl MirroredWriteBack {
         cfg: WriteBackConfig,
         own: Nvram,
         partner: Nvram,
-    ) -> Result<MirroredWriteBack, MirrorError> {
+    ) -> Result<MirroredWriteBack, WriteBackError> {
         cfg.geometry.validate()?;
         let (table, own_resolved) = open_table(own, cfg.geometry)?;
         let (image, image_resolved) = open_table(partner, cfg.geometry)?;
@@ -451,14 +453,14 @@ impl MirroredWriteBack {
         spec.qp_capacity.max_recv_wr = 1;
         let handle = manager
             .register(spec)
-            .map_err(|source| MirrorError::RegisterWriteBack {
+            .map_err(|source| WriteBackError::Register {
                 name: cfg.data_client.clone(),
                 source: Box::new(source),
             })?;
         let mut mcfg = MessengerConfig::new(cfg.name.clone(), BandwidthClass::Low);
         mcfg.partner_timeout = cfg.partner_timeout;
         mcfg.spin = cfg.messenger_spin;
-        let messenger_err = |source| MirrorError::StartWriteBackMessenger {
+        let messenger_err = |source| WriteBackError::StartMessenger {
             name: cfg.name.clone(),
             source: Box::new(source),
         };
@@ -486,7 +488,7 @@ impl MirroredWriteBack {
         let thread = std::thread::Builder::new()
             .name(format!("il-wb-{}", cfg.name))
             .spawn(move || drive(&s, &m, &kicked))
-            .map_err(|source| MirrorError::StartWriteBack {
+            .map_err(|source| WriteBackError::Start {
                 name: cfg.name.clone(),
                 source,
             })?;
@@ -505,7 +507,7 @@ impl MirroredWriteBack {
         cfg: WriteBackConfig,
         dir: &Path,
         node: u32,
-    ) -> Result<MirroredWriteBack, MirrorError> {
+    ) -> Result<MirroredWriteBack, WriteBackError> {
         let (own, partner) = file_backings(dir, node, cfg.geometry)?;
         MirroredWriteBack::start(manager, cfg, own, partner)
     }
@@ -525,7 +527,7 @@ impl MirroredWriteBack {
         unit: UnitId,
         first_block: u64,
         data: &[u8],
-    ) -> Result<CompletionStatus, MirrorError> {
+    ) -> Result<CompletionStatus, WriteBackError> {
         self.write_timeout(unit, first_block, data, self.shared.cfg.write_timeout)
     }
 
@@ -536,15 +538,17 @@ impl MirroredWriteBack {
         first_block: u64,
         data: &[u8],
         timeout: Duration,
-    ) -> Result<CompletionStatus, MirrorError> {
+    ) -> Result<CompletionStatus, WriteBackError> {
         let begin = Instant::now();
         loop {
             match self.write_start(unit, first_block, data) {
                 Ok(t) => return self.wait_timeout(&t, timeout.saturating_sub(begin.elapsed())),
                 Err(
-                    e @ (MirrorError::RangeBusy { .. }
-                    | MirrorError::NoFreeBuffers { .. }
-                    | MirrorError::NoFreeRie { .. }),
+                    e @ WriteBackError::Atomic(
+                        AtomicError::RangeBusy { .. }
+                        | AtomicError::NoFreeBuffers { .. }
+                        | AtomicError::NoFreeRie { .. },
+                    ),
                 ) => {
                     let mut c = self.shared.core.lock();
                     if c.primary.pending() == 0 || begin.elapsed() >= timeout {
@@ -562,15 +566,15 @@ impl MirroredWriteBack {
 
     /// Copies `data` into local NVRAM buffers, commits it there and sends the request to the
     /// mirror, without waiting; [`wait`](Self::wait) for the ticket. Fails at once, with
-    /// nothing written, for a bad block count ([`MirrorError::BlockCount`]: more than
+    /// nothing written, for a bad block count ([`AtomicError::BlockCount`]: more than
     /// [`MAX_ATOMIC_BLOCKS`]) or length, a block held by a write in progress
-    /// ([`MirrorError::RangeBusy`]), or no free buffers or request entries.
+    /// ([`AtomicError::RangeBusy`]), or no free buffers or request entries.
     pub fn write_start(
         &self,
         unit: UnitId,
         first_block: u64,
         data: &[u8],
-    ) -> Result<WriteTicket, MirrorError> {
+    ) -> Result<WriteTicket, WriteBackError> {
         let (ticket, flush) = self.shared.start_write(unit, first_block, data)?;
         if flush {
             self.flush();
@@ -580,17 +584,17 @@ impl MirroredWriteBack {
 
     /// Waits for the ticket's status (call it once per ticket), at most
     /// [`WriteBackConfig::write_timeout`] (see [`wait_timeout`](Self::wait_timeout)).
-    pub fn wait(&self, ticket: &WriteTicket) -> Result<CompletionStatus, MirrorError> {
+    pub fn wait(&self, ticket: &WriteTicket) -> Result<CompletionStatus, WriteBackError> {
         self.wait_timeout(ticket, self.shared.cfg.write_timeout)
     }
 
-    /// Waits at most `timeout` for the ticket's status. [`MirrorError::WriteTimeout`] if
+    /// Waits at most `timeout` for the ticket's status. [`WriteBackError::WriteTimeout`] if
     /// none came (the write is committed locally; waiting again may still see it complete).
     pub fn wait_timeout(
         &self,
         ticket: &WriteTicket,
         timeout: Duration,
-    ) -> Result<CompletionStatus, MirrorError> {
+    ) -> Result<CompletionStatus, WriteBackError> {
         let shared = &*self.shared;
         let begin = Instant::now();
         let spin_until = begin + shared.cfg.spin;
@@ -613,7 +617,7 @@ impl MirroredWriteBack {
             }
             let now = Instant::now();
             if now.duration_since(begin) >= timeout {
-                return Err(MirrorError::WriteTimeout {
+                return Err(WriteBackError::WriteTimeout {
                     request: ticket.request,
                     waited: now - begin,
                 });
@@ -649,11 +653,11 @@ impl MirroredWriteBack {
 
     /// A snapshot of this node's dirty blocks, with their write sequences and data, for the
     /// storage service to destage (see [`destaged`](Self::destaged)). Blocks of writes in
-    /// progress come in a later snapshot. Refused ([`MirrorError::DestageWithheld`]) while
+    /// progress come in a later snapshot. Refused ([`WriteBackError::DestageWithheld`]) while
     /// the node may not write its disks: before [`recover`](Self::recover) (the partner may
     /// have taken these blocks over and written newer data since), and while the serving
     /// lease does not run (the partner may be taking this node over).
-    pub fn dirty_blocks(&self) -> Result<Vec<DirtyBlock>, MirrorError> {
+    pub fn dirty_blocks(&self) -> Result<Vec<DirtyBlock>, WriteBackError> {
         let c = self.shared.core.lock();
         let why = if c.awaits_recovery() {
             Some("the write-back is not recovered yet (the partner may have taken these blocks over)")
@@ -663,7 +667,7 @@ impl MirroredWriteBack {
             None
         };
         if let Some(why) = why {
-            return Err(MirrorError::DestageWithheld {
+            return Err(WriteBackError::DestageWithheld {
                 name: self.shared.cfg.name.clone(),
                 why,
             });
@@ -675,7 +679,7 @@ impl MirroredWriteBack {
     /// disk: each one not written again since and held by no write is freed here, and at
     /// the partner by a Destaged notice. Returns how many were freed (the others stay dirty
     /// and come back in the next snapshot).
-    pub fn destaged(&self, blocks: &[DirtyRef]) -> Result<usize, MirrorError> {
+    pub fn destaged(&self, blocks: &[DirtyRef]) -> Result<usize, WriteBackError> {
         let freed = {
             let mut c = self.shared.core.lock();
             let freed = c.primary.handle_destaged(blocks)?;
@@ -703,7 +707,7 @@ impl MirroredWriteBack {
 
     /// Binds returned writes to the giveback client's serving lease
     /// ([`GivebackNode::serving_lease`](crate::clients::giveback::GivebackNode::serving_lease)):
-    /// a completed write is returned only while it runs ([`MirrorError::WriteTimeout`]
+    /// a completed write is returned only while it runs ([`WriteBackError::WriteTimeout`]
     /// otherwise; waiting again returns it once the lease is renewed). Only the first call
     /// counts.
     pub fn set_serving_lease(&self, lease: Arc<crate::clients::giveback::ServingLease>) {
@@ -715,7 +719,7 @@ impl MirroredWriteBack {
     /// Makes the write-back follow takeovers through the mailbox's write-back epochs
     /// ([`GivebackNode::writeback_epochs`](crate::clients::giveback::GivebackNode::writeback_epochs),
     /// see `giveback/writeback_epochs.rs`): from then on host writes wait for
-    /// [`recover`](Self::recover) ([`MirrorError::WriteBackNotRecovered`] before it), the
+    /// [`recover`](Self::recover) ([`WriteBackError::NotRecovered`] before it), the
     /// partner's image here takes no write of a table this node took over, and
     /// [`take_over_partner_for`](Self::take_over_partner_for) records what it took over.
     /// Only the first call counts.
@@ -733,11 +737,11 @@ impl MirroredWriteBack {
     /// partner's record says it took this node's table over in its current epoch, every
     /// block of the table is discarded (it is on disk, possibly overwritten since), and so is
     /// every host write whose status was not returned yet (its caller gets
-    /// [`MirrorError::WriteDiscarded`]); the table then moves to a new epoch. Returns once a
+    /// [`WriteBackError::WriteDiscarded`]); the table then moves to a new epoch. Returns once a
     /// mailbox write carried the epoch (at most the write timeout:
-    /// [`MirrorError::WriteBackEpochUnrecorded`], and the recovery runs again). Without
+    /// [`WriteBackError::EpochUnrecorded`], and the recovery runs again). Without
     /// [`set_writeback_epochs`](Self::set_writeback_epochs) it takes them from the context.
-    pub fn recover(&self, context: &OwnLogContext) -> Result<WriteBackRecovery, MirrorError> {
+    pub fn recover(&self, context: &OwnLogContext) -> Result<WriteBackRecovery, WriteBackError> {
         let shared = &*self.shared;
         let (epochs, outcome) = {
             let mut c = shared.core.lock();
@@ -790,12 +794,12 @@ impl MirroredWriteBack {
     /// epoch the context names is recorded as taken over (the image here takes no write of
     /// that table from then on), and this returns once a mailbox write carried it, so the
     /// node never serves the partner's disks before its record says so (at most the write
-    /// timeout: [`MirrorError::WriteBackEpochUnrecorded`]).
+    /// timeout: [`WriteBackError::EpochUnrecorded`]).
     pub fn take_over_partner_for(
         &self,
         context: &PartnerLogContext,
         sink: impl FnMut(BlockRef, &[u8]) -> Result<(), String>,
-    ) -> Result<TakeoverReport, MirrorError> {
+    ) -> Result<TakeoverReport, WriteBackError> {
         let (report, epochs) = {
             let mut c = self.shared.core.lock();
             let report = c.mirror.take_over(sink)?;
@@ -837,7 +841,7 @@ impl MirroredWriteBack {
     pub fn take_over_partner(
         &self,
         sink: impl FnMut(BlockRef, &[u8]) -> Result<(), String>,
-    ) -> Result<TakeoverReport, MirrorError> {
+    ) -> Result<TakeoverReport, WriteBackError> {
         let mut c = self.shared.core.lock();
         let report = c.mirror.take_over(sink)?;
         tracing::info!(name = %self.shared.cfg.name, blocks = report.blocks, aborted = report.aborted, "partner's write-back blocks taken over");
@@ -972,11 +976,11 @@ fn wait_recorded(
     mark: &OwnLogMark,
     timeout: Duration,
     what: &'static str,
-) -> Result<(), MirrorError> {
+) -> Result<(), WriteBackError> {
     let begin = Instant::now();
     while !mark.is_durable() {
         if begin.elapsed() >= timeout {
-            return Err(MirrorError::WriteBackEpochUnrecorded {
+            return Err(WriteBackError::EpochUnrecorded {
                 what,
                 epoch: mark.stamp(),
                 waited: begin.elapsed(),
@@ -1035,7 +1039,10 @@ mod tests {
         assert_eq!(t.read_block(3, 11), Some(&[7u8; 512][..]));
         let other = AtomicGeometry { buffers: 8, ..GEO };
         let err = open_table(t.into_backing(), other).err().expect("refused");
-        assert!(matches!(err, MirrorError::Geometry(_)), "{err}");
+        assert!(
+            matches!(err, WriteBackError::Atomic(AtomicError::Geometry(_))),
+            "{err}"
+        );
     }
 
     #[test]

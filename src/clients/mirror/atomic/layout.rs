@@ -37,7 +37,7 @@
 //! A released RIE (in use = 0) keeps the tag and sub-state of its last request: the write-back
 //! mirror answers a repeated request from them (Valid: absorbed; Free: aborted).
 
-use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::error::AtomicError;
 
 /// Index of a cache buffer (and of its BMAE).
 pub type BufferIndex = u32;
@@ -223,22 +223,22 @@ pub struct AtomicGeometry {
 
 impl AtomicGeometry {
     /// Checks the values.
-    pub fn validate(&self) -> Result<(), MirrorError> {
+    pub fn validate(&self) -> Result<(), AtomicError> {
         if !self.block_size.is_power_of_two() || !(512..=65536).contains(&self.block_size) {
-            return Err(MirrorError::Geometry(format!(
+            return Err(AtomicError::Geometry(format!(
                 "block_size = {} (a power of two, 512..=65536)",
                 self.block_size
             )));
         }
         if self.buffers == 0 || self.ries == 0 {
-            return Err(MirrorError::Geometry(format!(
+            return Err(AtomicError::Geometry(format!(
                 "buffers = {}, ries = {} (both at least 1)",
                 self.buffers, self.ries
             )));
         }
         self.checked_len()
             .map(|_| ())
-            .ok_or_else(|| MirrorError::Geometry("the table does not fit in memory".into()))
+            .ok_or_else(|| AtomicError::Geometry("the table does not fit in memory".into()))
     }
 
     /// Offset of the RIE array.

@@ -4,7 +4,7 @@
 
 use super::driver::{Inner, Shared};
 use super::AppendTicket;
-use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::error::{LogError, ShadowError};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -14,27 +14,27 @@ pub(super) struct Blocked {
     pub(super) in_mailbox: bool,
     pub(super) recorded: bool,
     /// The log is full while a write in flight may reclaim space.
-    pub(super) full: Option<MirrorError>,
+    pub(super) full: Option<ShadowError>,
 }
 
 impl Blocked {
     /// The error of an append that waited `waited` in vain.
-    pub(super) fn into_error(self, shared: &Shared, waited: Duration) -> MirrorError {
+    pub(super) fn into_error(self, shared: &Shared, waited: Duration) -> ShadowError {
         let name = shared.cfg.name.clone();
         if !self.recovered {
-            return MirrorError::NotRecovered { name, waited };
+            return ShadowError::NotRecovered { name, waited };
         }
         if !self.in_mailbox {
-            return MirrorError::NotInMailbox { name, waited };
+            return ShadowError::NotInMailbox { name, waited };
         }
         if !self.recorded {
-            return MirrorError::OwnLogUnrecorded {
+            return ShadowError::OwnLogUnrecorded {
                 name,
                 generation: shared.generation.load(Ordering::Acquire),
                 waited,
             };
         }
-        self.full.unwrap_or(MirrorError::AppendNoLink { waited })
+        self.full.unwrap_or(ShadowError::AppendNoLink { waited })
     }
 }
 
@@ -45,17 +45,17 @@ pub(super) fn try_append(
     st: &mut Inner,
     payload: &[u8],
     started: Instant,
-) -> Result<Result<AppendTicket, Blocked>, MirrorError> {
+) -> Result<Result<AppendTicket, Blocked>, ShadowError> {
     shared.pump(st);
     if st.relinquished {
-        return Err(MirrorError::Relinquished {
+        return Err(ShadowError::Relinquished {
             name: shared.cfg.name.clone(),
             generation: 0,
             seq: 0,
         });
     }
     if let (Some(mismatch), false) = (&st.refused, st.absent) {
-        return Err(MirrorError::Refused {
+        return Err(ShadowError::Refused {
             name: shared.cfg.name.clone(),
             mismatch: mismatch.clone(),
         });
@@ -79,14 +79,14 @@ pub(super) fn try_append(
                 shared.post(st);
                 return Ok(Ok(AppendTicket { position, started }));
             }
-            Err(e @ MirrorError::LogFull { .. }) => {
+            Err(e @ LogError::Full { .. }) => {
                 let s = log.stats();
                 if s.writes_queued + s.writes_in_flight == 0 {
-                    return Err(e);
+                    return Err(e.into());
                 }
-                full = Some(e); // a completion may reclaim space
+                full = Some(e.into()); // a completion may reclaim space
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     if shared.stop.load(Ordering::Relaxed) {

@@ -12,7 +12,7 @@
 
 use super::Nvram;
 use crate::clients::giveback::{LogMark, ReplayedMark};
-use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::error::{NvramError, ShadowError};
 use crate::clients::mirror::log_replay::{LogPosition, ReplayCursor};
 
 /// The partner cursor as the giveback client's mailbox record carries it.
@@ -77,13 +77,14 @@ impl CursorStore {
     pub const LEN: usize = 4 * ReplayCursor::ENCODED_LEN;
 
     /// Uses `backing` (at least [`CursorStore::LEN`] bytes; what it holds is kept).
-    pub fn open(backing: Nvram) -> Result<CursorStore, MirrorError> {
+    pub fn open(backing: Nvram) -> Result<CursorStore, ShadowError> {
         if backing.len() < Self::LEN {
-            return Err(MirrorError::OutOfRange {
+            return Err(NvramError::OutOfRange {
                 offset: 0,
                 len: Self::LEN,
                 size: backing.len(),
-            });
+            }
+            .into());
         }
         Ok(CursorStore { backing })
     }
@@ -100,12 +101,12 @@ impl CursorStore {
     }
 
     /// Stores the partner cursor (see [`CursorStore::store_kind`]).
-    pub fn store(&mut self, cursor: ReplayCursor) -> Result<(), MirrorError> {
+    pub fn store(&mut self, cursor: ReplayCursor) -> Result<(), ShadowError> {
         self.store_kind(CursorKind::Partner, cursor)
     }
 
     /// Stores the own-replay cursor at `position` (what this node's recovery applied).
-    pub fn store_own(&mut self, position: LogPosition) -> Result<(), MirrorError> {
+    pub fn store_own(&mut self, position: LogPosition) -> Result<(), ShadowError> {
         self.store_kind(
             CursorKind::Own,
             ReplayCursor {
@@ -125,7 +126,7 @@ impl CursorStore {
         &mut self,
         kind: CursorKind,
         cursor: ReplayCursor,
-    ) -> Result<(), MirrorError> {
+    ) -> Result<(), ShadowError> {
         let n = ReplayCursor::ENCODED_LEN;
         let a = ReplayCursor::decode(self.slot(kind, 0)).ok();
         let b = ReplayCursor::decode(self.slot(kind, 1)).ok();
@@ -138,7 +139,7 @@ impl CursorStore {
         };
         let at = kind.base() + i * n;
         self.backing.bytes_mut()[at..at + n].copy_from_slice(&cursor.encode());
-        self.backing.persist(at, n)
+        Ok(self.backing.persist(at, n)?)
     }
 }
 

@@ -9,7 +9,7 @@ use super::{
     MIRROR_REGION, TX_REGION,
 };
 use crate::clients::giveback::{LogMark, OwnLogMark, PartnerCopyMark, ServingLease};
-use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::error::{LogError, ShadowError};
 use crate::clients::mirror::log::ShadowLog;
 use crate::clients::mirror::log_format::LogImageError;
 use crate::clients::mirror::log_replay::{replay, LogPosition, Replay, ScanStop};
@@ -131,7 +131,7 @@ pub(super) struct Counters {
 
 pub(super) struct Inner {
     /// `None` before the recovery installed a log ([`RecoveryState`]), or after a re-open
-    /// failed ([`MirrorError::ReopenLog`]).
+    /// failed ([`ShadowError::ReopenLog`]).
     pub(super) log: Option<ShadowLog<Nvram>>,
     /// Where the recovery of the own log is; appends wait until it is recovered.
     pub(super) recovery: RecoveryState,
@@ -174,8 +174,8 @@ pub(super) struct Inner {
 }
 
 impl Inner {
-    pub(super) fn log(&mut self) -> Result<&mut ShadowLog<Nvram>, MirrorError> {
-        self.log.as_mut().ok_or_else(|| MirrorError::ReopenLog {
+    pub(super) fn log(&mut self) -> Result<&mut ShadowLog<Nvram>, ShadowError> {
+        self.log.as_mut().ok_or_else(|| ShadowError::ReopenLog {
             reason: "the local log could not be re-opened after a reconnection".into(),
         })
     }
@@ -265,13 +265,13 @@ impl Shared {
         }
     }
 
-    pub(super) fn stopped(&self) -> MirrorError {
-        MirrorError::AppendStopped {
+    pub(super) fn stopped(&self) -> ShadowError {
+        ShadowError::AppendStopped {
             name: self.cfg.name.clone(),
         }
     }
 
-    pub(super) fn lock_live(&self) -> Result<MutexGuard<'_, Inner>, MirrorError> {
+    pub(super) fn lock_live(&self) -> Result<MutexGuard<'_, Inner>, ShadowError> {
         if self.stop.load(Ordering::Relaxed) {
             return Err(self.stopped());
         }
@@ -308,7 +308,7 @@ impl Shared {
 
     /// A node that stops serving its own disks (a halt of the giveback protocol: it may have
     /// been taken over) gives its log up: nothing more is acknowledged or appended, waiters
-    /// get [`MirrorError::Relinquished`], and the recovery the restarted protocol runs
+    /// get [`ShadowError::Relinquished`], and the recovery the restarted protocol runs
     /// before serving again decides from the NVRAM what is applied (as after a restart of
     /// the process, without losing the process). Returns whether it gave the log up.
     pub(super) fn follow_serving(&self, st: &mut Inner) -> bool {
@@ -751,7 +751,7 @@ impl Shared {
                 self.notify();
             }
             ClientEvent::Refused(mismatch) => {
-                // The manager logged it; appends now fail with it (MirrorError::Refused).
+                // The manager logged it; appends now fail with it (ShadowError::Refused).
                 st.last_error = Some(mismatch.to_string());
                 st.refused = Some(mismatch);
                 self.changed.notify_all();
@@ -928,7 +928,7 @@ impl Shared {
         Ok(())
     }
 
-    pub(super) fn read_partner(&self, after: Option<LogPosition>) -> Result<Replay, MirrorError> {
+    pub(super) fn read_partner(&self, after: Option<LogPosition>) -> Result<Replay, ShadowError> {
         let region = self.inner.lock().mirror.clone();
         let empty = Replay {
             generation: 0,
@@ -944,13 +944,13 @@ impl Shared {
         let mut image = vec![0u8; region.len()];
         region
             .read(0, &mut image)
-            .map_err(MirrorError::ReadMirror)?;
+            .map_err(ShadowError::ReadMirror)?;
         match replay(&image, after) {
-            Err(MirrorError::ReplayLog(LogImageError::SuperblockMagic)) => {
+            Err(LogError::Replay(LogImageError::SuperblockMagic)) => {
                 tracing::warn!(client = %self.cfg.name, "the partner never wrote its log here: nothing to replay");
                 Ok(empty)
             }
-            other => other,
+            other => Ok(other?),
         }
     }
 }

@@ -26,18 +26,18 @@
 //! A crash while the sink applies a record may hand that one record to the sink again at the
 //! next recovery (the cursor moves after the sink returned): a service recognises it by its
 //! (generation, sequence) position. A log that exists but cannot be read is never formatted
-//! over ([`MirrorError::RecoverUnreadable`]).
+//! over ([`ShadowError::RecoverUnreadable`]).
 //!
 //! A local NVRAM that lost the log (blank, unreadable, or an older log than the mailbox
 //! records: [`ShadowMirror::recover_from_mailbox`]) is first filled with the partner's copy,
 //! fetched by RDMA READ, when that copy stands for the log; then one of the three above runs
-//! on it. Otherwise [`MirrorError::NoValidCopy`] and nothing is formatted (the rules:
+//! on it. Otherwise [`ShadowError::NoValidCopy`] and nothing is formatted (the rules:
 //! [`plan_start`], [`plan_fetched`]).
 
 use super::cursor::CursorKind;
 use super::{now_ns, Nvram, ShadowMirror};
 use crate::clients::giveback::OwnLogContext;
-use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::error::ShadowError;
 use crate::clients::mirror::log::ShadowLog;
 use crate::clients::mirror::log_format::decode_superblock;
 use crate::clients::mirror::log_replay::{LogPosition, ReplayCursor, ReplayedRecord};
@@ -134,17 +134,17 @@ impl ShadowMirror {
     ///
     /// Without a mailbox nothing says whether a log ever held acknowledged records: a blank
     /// NVRAM starts fresh, and a corrupt one is fetched from the partner's copy if it holds
-    /// a readable log ([`MirrorError::RecoverUnreadable`] if not). With the giveback client,
+    /// a readable log ([`ShadowError::RecoverUnreadable`] if not). With the giveback client,
     /// use [`recover_from_mailbox`](ShadowMirror::recover_from_mailbox).
     ///
-    /// On an error nothing is formatted; a [`MirrorError::RecoverSink`] leaves every record
+    /// On an error nothing is formatted; a [`ShadowError::RecoverSink`] leaves every record
     /// before the refused one applied and covered by the own-replay cursor, and `recover`
     /// may be called again.
     pub fn recover(
         &self,
         partner_replayed: Option<ReplayCursor>,
         sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
-    ) -> Result<Recovered, MirrorError> {
+    ) -> Result<Recovered, ShadowError> {
         self.recover_knowing(partner_replayed, false, OwnLogKnowledge::Unknown, sink)
     }
 
@@ -155,13 +155,13 @@ impl ShadowMirror {
     /// of the partner's copy as [`set_partner_copy_mark`](ShadowMirror::set_partner_copy_mark)).
     /// A log the mailbox records and the local NVRAM lost or cannot read is fetched from
     /// the partner's copy ([`ShadowConfig::fetch_timeout`](super::ShadowConfig::fetch_timeout))
-    /// and recovered like a local one; [`MirrorError::NoValidCopy`] when that copy does not
-    /// stand for it, [`MirrorError::FetchNoPartner`] when no connection read it in time.
+    /// and recovered like a local one; [`ShadowError::NoValidCopy`] when that copy does not
+    /// stand for it, [`ShadowError::FetchNoPartner`] when no connection read it in time.
     pub fn recover_from_mailbox(
         &self,
         context: &OwnLogContext,
         sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
-    ) -> Result<Recovered, MirrorError> {
+    ) -> Result<Recovered, ShadowError> {
         self.set_partner_copy_mark(context.copy_mark.clone());
         self.set_serving_lease(context.serving_lease.clone());
         {
@@ -203,7 +203,7 @@ impl ShadowMirror {
         partner_took_over: bool,
         known: OwnLogKnowledge,
         sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
-    ) -> Result<Recovered, MirrorError> {
+    ) -> Result<Recovered, ShadowError> {
         let r = self.recover_inner(partner_replayed, partner_took_over, known, sink);
         if let Err(e) = &r {
             tracing::error!(client = %self.name(), error = %e, "shadow log recovery failed");
@@ -218,7 +218,7 @@ impl ShadowMirror {
         partner_took_over: bool,
         known: OwnLogKnowledge,
         mut sink: impl FnMut(ReplayedRecord) -> Result<(), String>,
-    ) -> Result<Recovered, MirrorError> {
+    ) -> Result<Recovered, ShadowError> {
         let shared = &*self.shared;
         let _one = shared.recovering.lock();
         let own_cursor = shared
@@ -232,12 +232,12 @@ impl ShadowMirror {
         let (generation, records) = match state {
             RecoveryState::Recovered(r) => {
                 st.recovery = RecoveryState::Recovered(r);
-                return Err(MirrorError::AlreadyRecovered {
+                return Err(ShadowError::AlreadyRecovered {
                     name: shared.cfg.name.clone(),
                 });
             }
             RecoveryState::Lost => {
-                return Err(MirrorError::ReopenLog {
+                return Err(ShadowError::ReopenLog {
                     reason: "an earlier recovery lost the local log".into(),
                 })
             }
@@ -253,7 +253,7 @@ impl ShadowMirror {
                         ..
                     } => (generation, records),
                     other => {
-                        return Err(MirrorError::ReopenLog {
+                        return Err(ShadowError::ReopenLog {
                             reason: format!("the installed log plans {other:?}"),
                         })
                     }
@@ -284,7 +284,7 @@ impl ShadowMirror {
                     }
                     Ok(RecoveryPlan::FetchFromPartner { .. }) => {
                         st.recovery = RecoveryState::Unrecovered(backing);
-                        return Err(MirrorError::ReopenLog {
+                        return Err(ShadowError::ReopenLog {
                             reason: "the partner's copy asks for another fetch".into(),
                         });
                     }
@@ -352,7 +352,7 @@ impl ShadowMirror {
                         // published (or none yet). Wait until it runs again and publishes
                         // the cursor in its NVRAM.
                         st.recovery = RecoveryState::Unrecovered(backing);
-                        return Err(MirrorError::PartnerReplayUnknown { generation });
+                        return Err(ShadowError::PartnerReplayUnknown { generation });
                     }
                     Ok(RecoveryPlan::ReplayHere {
                         generation,
@@ -416,7 +416,7 @@ impl ShadowMirror {
         self.drain();
         let backing = {
             let mut st = shared.inner.lock();
-            let log = st.log.take().ok_or_else(|| MirrorError::ReopenLog {
+            let log = st.log.take().ok_or_else(|| ShadowError::ReopenLog {
                 reason: "the local log was lost during recovery".into(),
             })?;
             log.into_local()
@@ -437,13 +437,13 @@ impl ShadowMirror {
         partner_replayed: Option<ReplayCursor>,
         known: OwnLogKnowledge,
         local: &str,
-    ) -> Result<RecoveryPlan, MirrorError> {
+    ) -> Result<RecoveryPlan, ShadowError> {
         let shared = &*self.shared;
         let started = Instant::now();
         tracing::warn!(client = %shared.cfg.name, local, known = ?known, "shadow log recovery: the local NVRAM lost the log; fetching it from the partner's copy");
         let (copy, fetched_from) = shared
             .fetch_partner_copy(started + shared.cfg.fetch_timeout)
-            .map_err(|last_error| MirrorError::FetchNoPartner {
+            .map_err(|last_error| ShadowError::FetchNoPartner {
                 local: local.to_string(),
                 waited: started.elapsed(),
                 last_error,
@@ -471,13 +471,13 @@ impl ShadowMirror {
 
     /// Waits until the own log is recovered, at most
     /// [`ShadowConfig::link_timeout`](super::ShadowConfig::link_timeout).
-    pub fn wait_recovered(&self) -> Result<(), MirrorError> {
+    pub fn wait_recovered(&self) -> Result<(), ShadowError> {
         self.wait_recovered_timeout(self.shared.cfg.link_timeout)
     }
 
     /// Waits at most `timeout` until the own log is recovered
-    /// ([`MirrorError::NotRecovered`] past it).
-    pub fn wait_recovered_timeout(&self, timeout: Duration) -> Result<(), MirrorError> {
+    /// ([`ShadowError::NotRecovered`] past it).
+    pub fn wait_recovered_timeout(&self, timeout: Duration) -> Result<(), ShadowError> {
         let start = Instant::now();
         let mut st = self.shared.inner.lock();
         loop {
@@ -489,7 +489,7 @@ impl ShadowMirror {
             }
             let waited = start.elapsed();
             if waited >= timeout {
-                return Err(MirrorError::NotRecovered {
+                return Err(ShadowError::NotRecovered {
                     name: self.shared.cfg.name.clone(),
                     waited,
                 });
@@ -520,7 +520,7 @@ impl ShadowMirror {
         generation: u64,
         records: Vec<ReplayedRecord>,
         sink: &mut impl FnMut(ReplayedRecord) -> Result<(), String>,
-    ) -> Result<u64, MirrorError> {
+    ) -> Result<u64, ShadowError> {
         let shared = &*self.shared;
         if records.is_empty() {
             return Ok(0);
@@ -543,7 +543,7 @@ impl ShadowMirror {
                 self.record_applying_here()?;
             }
             if let Err(reason) = sink(rec) {
-                return Err(MirrorError::RecoverSink {
+                return Err(ShadowError::RecoverSink {
                     generation,
                     seq: position.seq,
                     reason,
@@ -580,7 +580,7 @@ impl ShadowMirror {
     /// checkpoint behind each applied record reaches the copy only after it is applied, and
     /// not at all without a connection). Waits until a mailbox write carried that, at most
     /// [`UNCONFIRM_WAIT`]; past it, nothing is applied.
-    fn unconfirm_partner_copy(&self) -> Result<(), MirrorError> {
+    fn unconfirm_partner_copy(&self) -> Result<(), ShadowError> {
         let shared = &*self.shared;
         let Some(mark) = shared.copy_mark.get() else {
             return Ok(());
@@ -596,7 +596,7 @@ impl ShadowMirror {
     /// checkpoint lags from then on, and a forced takeover must not replay the generation from
     /// it. Waits until a mailbox write carried it, at most [`UNCONFIRM_WAIT`]; past it,
     /// nothing more is applied.
-    fn record_applying_here(&self) -> Result<(), MirrorError> {
+    fn record_applying_here(&self) -> Result<(), ShadowError> {
         let shared = &*self.shared;
         let Some(mark) = shared.own_log.get() else {
             return Ok(());
@@ -607,13 +607,13 @@ impl ShadowMirror {
 
     /// Waits until `durable` says a mailbox write carried what was asked, at most
     /// [`UNCONFIRM_WAIT`] (`NotInMailbox` past it, or when the mirror stops).
-    fn wait_in_mailbox(&self, durable: impl Fn() -> bool) -> Result<(), MirrorError> {
+    fn wait_in_mailbox(&self, durable: impl Fn() -> bool) -> Result<(), ShadowError> {
         let shared = &*self.shared;
         let t0 = Instant::now();
         let mut st = shared.inner.lock();
         while !durable() {
             if t0.elapsed() >= UNCONFIRM_WAIT || shared.stop.load(Ordering::Relaxed) {
-                return Err(MirrorError::NotInMailbox {
+                return Err(ShadowError::NotInMailbox {
                     name: shared.cfg.name.clone(),
                     waited: t0.elapsed(),
                 });

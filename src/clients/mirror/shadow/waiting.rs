@@ -3,7 +3,7 @@
 
 use super::driver::Shared;
 use super::{try_append, AppendTicket, Appended, ShadowMirror, Sleeper};
-use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::error::ShadowError;
 use crate::clients::mirror::log_replay::LogPosition;
 use std::future::Future;
 use std::pin::Pin;
@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 impl ShadowMirror {
     /// Waits for a connection, at most [`ShadowConfig::link_timeout`](super::ShadowConfig::link_timeout).
-    pub fn wait_connected(&self) -> Result<(), MirrorError> {
+    pub fn wait_connected(&self) -> Result<(), ShadowError> {
         self.wait_connected_timeout(self.shared.cfg.link_timeout)
     }
 
-    /// Waits at most `timeout` for a connection: [`MirrorError::NotConnected`] says how long,
+    /// Waits at most `timeout` for a connection: [`ShadowError::NotConnected`] says how long,
     /// whether the partner is declared absent and the last connection error.
-    pub fn wait_connected_timeout(&self, timeout: Duration) -> Result<(), MirrorError> {
+    pub fn wait_connected_timeout(&self, timeout: Duration) -> Result<(), ShadowError> {
         let shared = &*self.shared;
         let start = Instant::now();
         let mut st = shared.inner.lock();
@@ -34,7 +34,7 @@ impl ShadowMirror {
             }
             let waited = start.elapsed();
             if waited >= timeout {
-                return Err(MirrorError::NotConnected {
+                return Err(ShadowError::NotConnected {
                     name: shared.cfg.name.clone(),
                     waited,
                     partner_absent: st.absent,
@@ -51,7 +51,7 @@ impl ShadowMirror {
     /// [`ShadowConfig::link_timeout`](super::ShadowConfig::link_timeout) plus
     /// [`ShadowConfig::partner_timeout`](super::ShadowConfig::partner_timeout) (as
     /// [`wait`](Self::wait)); see [`wait_checkpointed_timeout`](Self::wait_checkpointed_timeout).
-    pub fn wait_checkpointed(&self, through: LogPosition) -> Result<(), MirrorError> {
+    pub fn wait_checkpointed(&self, through: LogPosition) -> Result<(), ShadowError> {
         let limit = self.shared.cfg.link_timeout + self.shared.cfg.partner_timeout;
         self.wait_checkpointed_timeout(through, limit)
     }
@@ -66,20 +66,20 @@ impl ShadowMirror {
     /// The partner's CPU learns of the checkpoint only when it reads its copy (at a
     /// takeover): there is no message. While the partner is absent the checkpoint cannot be
     /// mirrored (it is, with the live log, when the partner returns): the wait ends with
-    /// [`MirrorError::CheckpointTimeout`], which says whether the partner is absent;
-    /// [`MirrorError::Relinquished`] when `through` is not of the current generation.
+    /// [`ShadowError::CheckpointTimeout`], which says whether the partner is absent;
+    /// [`ShadowError::Relinquished`] when `through` is not of the current generation.
     pub fn wait_checkpointed_timeout(
         &self,
         through: LogPosition,
         timeout: Duration,
-    ) -> Result<(), MirrorError> {
+    ) -> Result<(), ShadowError> {
         let shared = &*self.shared;
         let start = Instant::now();
         let mut st = shared.inner.lock();
         let mut asleep = None;
         loop {
             if through.generation != shared.generation.load(Ordering::Acquire) {
-                return Err(MirrorError::Relinquished {
+                return Err(ShadowError::Relinquished {
                     name: shared.cfg.name.clone(),
                     generation: through.generation,
                     seq: through.seq,
@@ -96,7 +96,7 @@ impl ShadowMirror {
             }
             let waited = start.elapsed();
             if waited >= timeout {
-                return Err(MirrorError::CheckpointTimeout {
+                return Err(ShadowError::CheckpointTimeout {
                     generation: through.generation,
                     seq: through.seq,
                     mirrored: st.checkpointed,
@@ -214,9 +214,9 @@ impl AppendFuture {
         };
     }
 
-    fn step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Appended, MirrorError>> {
+    fn step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Appended, ShadowError>> {
         let Some(shared) = self.shared.upgrade() else {
-            return Poll::Ready(Err(MirrorError::AppendStopped {
+            return Poll::Ready(Err(ShadowError::AppendStopped {
                 name: self.name.clone(),
             }));
         };
@@ -253,7 +253,7 @@ impl AppendFuture {
                 Stage::Wait(ticket) => {
                     let ticket = *ticket;
                     if shared.generation.load(Ordering::Acquire) != ticket.position.generation {
-                        return Poll::Ready(Err(MirrorError::Relinquished {
+                        return Poll::Ready(Err(ShadowError::Relinquished {
                             name: shared.cfg.name.clone(),
                             generation: ticket.position.generation,
                             seq: ticket.position.seq,
@@ -284,7 +284,7 @@ impl AppendFuture {
 }
 
 impl Future for AppendFuture {
-    type Output = Result<Appended, MirrorError>;
+    type Output = Result<Appended, ShadowError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let r = self.step(cx);

@@ -16,7 +16,7 @@
 //! checkpoint-asked`.
 
 use super::{AppendTicket, ShadowMirror};
-use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::error::ShadowError;
 use crate::clients::mirror::log_replay::LogPosition;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -236,7 +236,7 @@ impl Run {
     }
 
     fn run(&mut self) -> Result<(), String> {
-        let err = |e: MirrorError| e.to_string();
+        let err = |e: ShadowError| e.to_string();
         // The records of this run go to the log the recovery installs.
         while self
             .mirror
@@ -273,7 +273,7 @@ impl Run {
         let mut failure = None;
         // The log was given up at a halt of this node: the writer stops (what it logged
         // stands; the records in flight are the recovery's to decide).
-        let given_up = |e: &MirrorError| matches!(e, MirrorError::Relinquished { .. });
+        let given_up = |e: &ShadowError| matches!(e, ShadowError::Relinquished { .. });
         let mut stopped = false;
         loop {
             while failure.is_none()

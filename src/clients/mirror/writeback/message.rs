@@ -40,7 +40,7 @@ use super::RequestId;
 use crate::clients::mirror::atomic::{
     BufferIndex, RieIndex, UnitId, MAX_ATOMIC_BLOCKS, MAX_BLOCK_ADDRESS, MAX_REQUEST_TAG,
 };
-use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::error::WriteBackMessageError;
 
 /// Kind byte of [`Message::Rqr`].
 pub const KIND_RQR: u8 = 1;
@@ -197,10 +197,10 @@ impl Message {
 
     /// Encodes into the front of `out` (frame space); returns the bytes used. An RQR with a
     /// block count outside 1..=256 or an old count above it is refused.
-    pub fn encode_into(&self, out: &mut [u8]) -> Result<usize, MirrorError> {
+    pub fn encode_into(&self, out: &mut [u8]) -> Result<usize, WriteBackMessageError> {
         let need = self.encoded_len();
         if out.len() < need {
-            return Err(MirrorError::MessageSpace {
+            return Err(WriteBackMessageError::Space {
                 need,
                 space: out.len(),
             });
@@ -216,13 +216,13 @@ impl Message {
             Message::Rqr(q) => {
                 let blocks = q.new_buffers.len();
                 if !(1..=MAX_ATOMIC_BLOCKS).contains(&blocks) {
-                    return Err(MirrorError::BlockCount {
-                        blocks,
-                        max: MAX_ATOMIC_BLOCKS,
+                    return Err(WriteBackMessageError::Field {
+                        field: "RQR block count",
+                        value: blocks as u64,
                     });
                 }
                 if usize::from(q.old_blocks) > blocks {
-                    return Err(MirrorError::MessageField {
+                    return Err(WriteBackMessageError::Field {
                         field: "old_blocks",
                         value: u64::from(q.old_blocks),
                     });
@@ -238,7 +238,7 @@ impl Message {
             Message::Reject(_, reason) => out[24] = *reason as u8,
             Message::Destaged(_, b) | Message::Held(_, b, _) => {
                 if b.block > MAX_BLOCK_ADDRESS {
-                    return Err(MirrorError::MessageField {
+                    return Err(WriteBackMessageError::Field {
                         field: "block",
                         value: b.block,
                     });
@@ -255,20 +255,20 @@ impl Message {
     }
 
     /// The encoded bytes (fails as [`encode_into`](Self::encode_into) does).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, MirrorError> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, WriteBackMessageError> {
         let mut out = vec![0; self.encoded_len()];
         self.encode_into(&mut out)?;
         Ok(out)
     }
 
     /// Decodes a message from exactly `bytes` (a partner's message: every field is checked).
-    pub fn decode(bytes: &[u8]) -> Result<Message, MirrorError> {
+    pub fn decode(bytes: &[u8]) -> Result<Message, WriteBackMessageError> {
         let kind = bytes.first().copied().unwrap_or(0);
         let length = |expected: usize| {
             if bytes.len() == expected {
                 Ok(())
             } else {
-                Err(MirrorError::MessageLength {
+                Err(WriteBackMessageError::Length {
                     kind,
                     len: bytes.len(),
                     expected,
@@ -279,12 +279,12 @@ impl Message {
             length(HEAD_LEN)?;
         }
         if !(KIND_RQR..=KIND_HELD).contains(&kind) {
-            return Err(MirrorError::MessageKind { kind });
+            return Err(WriteBackMessageError::Kind { kind });
         }
         let zero =
             |range: std::ops::Range<usize>| {
                 bytes[range].iter().all(|&b| b == 0).then_some(()).ok_or(
-                    MirrorError::MessageField {
+                    WriteBackMessageError::Field {
                         field: "padding",
                         value: 1,
                     },
@@ -297,7 +297,7 @@ impl Message {
             incarnation: u64::from_le_bytes(array(&bytes[16..24])),
         };
         if at.request == 0 || at.request > MAX_REQUEST_TAG {
-            return Err(MirrorError::MessageField {
+            return Err(WriteBackMessageError::Field {
                 field: "request",
                 value: at.request,
             });
@@ -306,7 +306,7 @@ impl Message {
             KIND_RTR => length(HEAD_LEN).map(|_| Message::Rtr(at)),
             KIND_DATA_SENT => length(HEAD_LEN).map(|_| Message::DataSent(at)),
             KIND_MDA => length(HEAD_LEN).map(|_| Message::Mda(at)),
-            KIND_DESTAGED | KIND_DESTAGE_ACK if at.rie != 0 => Err(MirrorError::MessageField {
+            KIND_DESTAGED | KIND_DESTAGE_ACK if at.rie != 0 => Err(WriteBackMessageError::Field {
                 field: "rie",
                 value: u64::from(at.rie),
             }),
@@ -320,7 +320,7 @@ impl Message {
                 }
                 let block = u64::from_le_bytes(array(&bytes[24..32]));
                 if block > MAX_BLOCK_ADDRESS {
-                    return Err(MirrorError::MessageField {
+                    return Err(WriteBackMessageError::Field {
                         field: "block",
                         value: block,
                     });
@@ -337,7 +337,7 @@ impl Message {
                 length(REJECT_LEN)?;
                 zero(25..32)?;
                 let reason =
-                    RejectReason::from_byte(bytes[24]).ok_or(MirrorError::MessageField {
+                    RejectReason::from_byte(bytes[24]).ok_or(WriteBackMessageError::Field {
                         field: "reason",
                         value: u64::from(bytes[24]),
                     })?;
@@ -353,19 +353,19 @@ impl Message {
                 let old_blocks = u16::from_le_bytes(array(&bytes[36..38]));
                 zero(38..40)?;
                 if !(1..=MAX_ATOMIC_BLOCKS).contains(&usize::from(blocks)) {
-                    return Err(MirrorError::MessageField {
+                    return Err(WriteBackMessageError::Field {
                         field: "blocks",
                         value: u64::from(blocks),
                     });
                 }
                 if old_blocks > blocks {
-                    return Err(MirrorError::MessageField {
+                    return Err(WriteBackMessageError::Field {
                         field: "old_blocks",
                         value: u64::from(old_blocks),
                     });
                 }
                 if first_block > MAX_BLOCK_ADDRESS + 1 - u64::from(blocks) {
-                    return Err(MirrorError::MessageField {
+                    return Err(WriteBackMessageError::Field {
                         field: "first_block",
                         value: first_block,
                     });
@@ -455,7 +455,7 @@ mod tests {
         bad[34] = 0; // zero blocks
         assert!(matches!(
             Message::decode(&bad),
-            Err(MirrorError::MessageField {
+            Err(WriteBackMessageError::Field {
                 field: "blocks",
                 ..
             })
@@ -464,7 +464,7 @@ mod tests {
         bad[0] = 9;
         assert!(matches!(
             Message::decode(&bad),
-            Err(MirrorError::MessageKind { kind: 9 })
+            Err(WriteBackMessageError::Kind { kind: 9 })
         ));
         let mut bad = bytes;
         bad[2] = 1;
@@ -479,7 +479,7 @@ mod tests {
             let mut bad = bytes.clone();
             bad[at] = value;
             assert!(
-                matches!(Message::decode(&bad), Err(MirrorError::MessageField { field: f, .. }) if f == field),
+                matches!(Message::decode(&bad), Err(WriteBackMessageError::Field { field: f, .. }) if f == field),
                 "{field}"
             );
         }
@@ -498,7 +498,7 @@ mod tests {
         let mut out = [0u8; 10];
         assert!(matches!(
             Message::Mda(at).encode_into(&mut out),
-            Err(MirrorError::MessageSpace { need: 24, .. })
+            Err(WriteBackMessageError::Space { need: 24, .. })
         ));
     }
 }

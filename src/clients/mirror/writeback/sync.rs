@@ -78,7 +78,7 @@ use super::{
     RequestRef, WriteBackMirror, WriteBackPrimary,
 };
 use crate::clients::mirror::atomic::{BufferIndex, UnitId, MAX_REQUEST_TAG};
-use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::error::{AtomicError, WriteBackError};
 use crate::clients::mirror::nvram::NvramBacking;
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -121,7 +121,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
     /// and the notices, holds and resync state go with them. Returns the host writes that
     /// never got their status (queued or in progress: their callers learn they were
     /// discarded) and how many blocks were freed.
-    pub fn discard_taken_over(&mut self) -> Result<(Vec<RequestId>, usize), MirrorError> {
+    pub fn discard_taken_over(&mut self) -> Result<(Vec<RequestId>, usize), WriteBackError> {
         let mut unreturned: Vec<RequestId> = self
             .pending
             .iter()
@@ -182,7 +182,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
     /// The storage service wrote these blocks to disk: each one still at its sequence and
     /// held by no write is freed here and at the mirror (a Destaged notice). Returns how many
     /// were freed; the others are counted (stale or busy) and left dirty.
-    pub fn handle_destaged(&mut self, blocks: &[DirtyRef]) -> Result<usize, MirrorError> {
+    pub fn handle_destaged(&mut self, blocks: &[DirtyRef]) -> Result<usize, WriteBackError> {
         let mut freed = 0;
         for d in blocks {
             let at = BlockRef {
@@ -264,12 +264,12 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
     /// Runs the resync: starts one that is due and copies blocks while the window has room.
     /// The driver calls it on its timer (so also when buffers came free); a running resync
     /// goes on by itself on every MDA or reject.
-    pub fn handle_resync(&mut self, now: Instant) -> Result<(), MirrorError> {
+    pub fn handle_resync(&mut self, now: Instant) -> Result<(), WriteBackError> {
         self.advance_resync(now)
     }
 
     /// Goes on with a running resync (starts none).
-    pub(super) fn continue_resync(&mut self, now: Instant) -> Result<(), MirrorError> {
+    pub(super) fn continue_resync(&mut self, now: Instant) -> Result<(), WriteBackError> {
         if self.resync_queue.is_some() {
             self.advance_resync(now)?;
         }
@@ -352,7 +352,7 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
         }
     }
 
-    pub(super) fn advance_resync(&mut self, now: Instant) -> Result<(), MirrorError> {
+    pub(super) fn advance_resync(&mut self, now: Instant) -> Result<(), WriteBackError> {
         if !self.link_up || self.partner_failed {
             return Ok(());
         }
@@ -380,7 +380,9 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
             }
             match self.copy_block(now, at) {
                 Ok(()) => {}
-                Err(MirrorError::NoFreeBuffers { .. } | MirrorError::NoFreeRie { .. }) => {
+                Err(WriteBackError::Atomic(
+                    AtomicError::NoFreeBuffers { .. } | AtomicError::NoFreeRie { .. },
+                )) => {
                     queue.push_front(at);
                     break;
                 }
@@ -405,10 +407,10 @@ impl<B: NvramBacking> WriteBackPrimary<B> {
 
     /// A resync copy of `at`: an atomic write of its own data into a new buffer, committed
     /// here, then mirrored like a host write.
-    fn copy_block(&mut self, now: Instant, at: BlockRef) -> Result<(), MirrorError> {
+    fn copy_block(&mut self, now: Instant, at: BlockRef) -> Result<(), WriteBackError> {
         let request = self.next_request;
         if request > MAX_REQUEST_TAG {
-            return Err(MirrorError::RequestIdsExhausted);
+            return Err(AtomicError::RequestIdsExhausted.into());
         }
         let (rie, new_buffers) = self.table.begin(request, at.unit, at.block, 1)?;
         self.next_request += 1;
@@ -470,12 +472,12 @@ impl<B: NvramBacking> WriteBackMirror<B> {
     pub fn take_over(
         &mut self,
         mut sink: impl FnMut(BlockRef, &[u8]) -> Result<(), String>,
-    ) -> Result<TakeoverReport, MirrorError> {
+    ) -> Result<TakeoverReport, WriteBackError> {
         let aborted = self.handle_partner_failed()?;
         let mut report = TakeoverReport { aborted, blocks: 0 };
         for (unit, block, buffer) in self.table.valid_blocks() {
             sink(BlockRef { unit, block }, self.table.block_data(buffer)?).map_err(|reason| {
-                MirrorError::TakeoverSink {
+                WriteBackError::TakeoverSink {
                     unit,
                     block,
                     reason,
@@ -492,7 +494,7 @@ impl<B: NvramBacking> WriteBackMirror<B> {
         &mut self,
         at: RequestRef,
         block: BlockRef,
-    ) -> Result<Disposition, MirrorError> {
+    ) -> Result<Disposition, WriteBackError> {
         let current = self.table.incarnation();
         if at.incarnation < current {
             self.reply(Message::DestageAck, at);
@@ -504,8 +506,8 @@ impl<B: NvramBacking> WriteBackMirror<B> {
         }
         match self.table.free_block(block.unit, block.block) {
             Ok(Some(_)) => self.stats.freed += 1,
-            Ok(None) | Err(MirrorError::RangeBusy { .. }) => {}
-            Err(e) => return Err(e),
+            Ok(None) | Err(AtomicError::RangeBusy { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
         self.reply(Message::DestageAck, at);
         Ok(Disposition::Accepted)

@@ -443,7 +443,7 @@ impl Core {
         true
     }
 
-    fn nvram_error(&mut self, side: &str, e: &crate::clients::mirror::MirrorError) {
+    fn nvram_error(&mut self, side: &str, e: &crate::clients::mirror::WriteBackError) {
         self.counters.nvram_errors += 1;
         tracing::error!(side, error = %e, "write-back NVRAM failure");
         self.last_error = Some(format!("{side}: {e}"));

@@ -4,7 +4,7 @@
 use super::state::Core;
 use super::{MirroredWriteBack, Shared, WriteTicket};
 use crate::clients::mirror::atomic::UnitId;
-use crate::clients::mirror::error::MirrorError;
+use crate::clients::mirror::error::{AtomicError, WriteBackError};
 use crate::clients::mirror::writeback::CompletionStatus;
 use crate::clients::mirror::writeback::RequestId;
 use crate::messaging::Messenger;
@@ -19,14 +19,14 @@ impl MirroredWriteBack {
     /// Waits for the partner's image to hold every dirty block of this node
     /// ([`WriteBackStats::in_sync`](super::WriteBackStats::in_sync)), at most
     /// [`WriteBackConfig::write_timeout`](super::WriteBackConfig::write_timeout).
-    pub fn wait_in_sync(&self) -> Result<(), MirrorError> {
+    pub fn wait_in_sync(&self) -> Result<(), WriteBackError> {
         self.wait_in_sync_timeout(self.shared.cfg.write_timeout)
     }
 
     /// Waits at most `timeout` for the partner's image to be in sync
-    /// ([`MirrorError::NotInSync`] past it, with the writes in progress and whether the
+    /// ([`WriteBackError::NotInSync`] past it, with the writes in progress and whether the
     /// partner is declared failed).
-    pub fn wait_in_sync_timeout(&self, timeout: Duration) -> Result<(), MirrorError> {
+    pub fn wait_in_sync_timeout(&self, timeout: Duration) -> Result<(), WriteBackError> {
         let start = Instant::now();
         loop {
             let stats = self.stats();
@@ -38,7 +38,7 @@ impl MirroredWriteBack {
             }
             let waited = start.elapsed();
             if waited >= timeout {
-                return Err(MirrorError::NotInSync {
+                return Err(WriteBackError::NotInSync {
                     name: self.shared.cfg.name.clone(),
                     waited,
                     pending: stats.pending,
@@ -51,14 +51,14 @@ impl MirroredWriteBack {
 
     /// Waits for the data connection and the messenger, at most
     /// [`WriteBackConfig::write_timeout`](super::WriteBackConfig::write_timeout).
-    pub fn wait_connected(&self) -> Result<(), MirrorError> {
+    pub fn wait_connected(&self) -> Result<(), WriteBackError> {
         self.wait_connected_timeout(self.shared.cfg.write_timeout)
     }
 
     /// Waits at most `timeout` for the data connection and the messenger
-    /// ([`MirrorError::NotConnected`] past it, with whether the partner is declared failed
+    /// ([`WriteBackError::NotConnected`] past it, with whether the partner is declared failed
     /// and the last error).
-    pub fn wait_connected_timeout(&self, timeout: Duration) -> Result<(), MirrorError> {
+    pub fn wait_connected_timeout(&self, timeout: Duration) -> Result<(), WriteBackError> {
         let start = Instant::now();
         loop {
             let messenger = self.messenger.as_ref().is_some_and(|m| m.stats().connected);
@@ -86,7 +86,7 @@ impl MirroredWriteBack {
                     )),
                     (true, e) => e,
                 };
-                return Err(MirrorError::NotConnected {
+                return Err(WriteBackError::NotConnected {
                     name: self.shared.cfg.name.clone(),
                     waited,
                     partner_absent: absent,
@@ -135,9 +135,9 @@ impl Shared {
         &self,
         c: &mut Core,
         request: RequestId,
-    ) -> Option<Result<CompletionStatus, MirrorError>> {
+    ) -> Option<Result<CompletionStatus, WriteBackError>> {
         if let Some(epoch) = c.discarded.remove(&request) {
-            return Some(Err(MirrorError::WriteDiscarded { request, epoch }));
+            return Some(Err(WriteBackError::WriteDiscarded { request, epoch }));
         }
         let status = *c.done.get(&request)?;
         // F5.7: a write completed without the partner's mirror (the partner failed, or the
@@ -164,12 +164,14 @@ impl Shared {
 }
 
 /// Errors that end when writes in progress complete.
-fn busy(e: &MirrorError) -> bool {
+fn busy(e: &WriteBackError) -> bool {
     matches!(
         e,
-        MirrorError::RangeBusy { .. }
-            | MirrorError::NoFreeBuffers { .. }
-            | MirrorError::NoFreeRie { .. }
+        WriteBackError::Atomic(
+            AtomicError::RangeBusy { .. }
+                | AtomicError::NoFreeBuffers { .. }
+                | AtomicError::NoFreeRie { .. }
+        )
     )
 }
 
@@ -183,7 +185,7 @@ enum Stage {
     /// Started: waiting for its status.
     Wait(WriteTicket),
     /// Failed at the start.
-    Failed(MirrorError),
+    Failed(WriteBackError),
     Done,
 }
 
@@ -223,9 +225,9 @@ impl std::fmt::Debug for WriteFuture {
 }
 
 impl WriteFuture {
-    fn step(&mut self, cx: &mut Context<'_>) -> Poll<Result<CompletionStatus, MirrorError>> {
+    fn step(&mut self, cx: &mut Context<'_>) -> Poll<Result<CompletionStatus, WriteBackError>> {
         let Some(shared) = self.shared.upgrade() else {
-            return Poll::Ready(Err(MirrorError::WriteStopped {
+            return Poll::Ready(Err(WriteBackError::WriteStopped {
                 name: self.name.clone(),
             }));
         };
@@ -291,7 +293,7 @@ fn register(shared: &Shared, cx: &Context<'_>) {
 }
 
 impl Future for WriteFuture {
-    type Output = Result<CompletionStatus, MirrorError>;
+    type Output = Result<CompletionStatus, WriteBackError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.step(cx)
