@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod clients;
+pub mod codec;
 pub mod fabric;
 pub mod manager;
 pub mod messaging;

@@ -281,7 +281,10 @@ fn limits_are_enforced_both_ways() {
         .collect();
     assert!(matches!(
         encode_body(&Message::PeerInfo(pi)),
-        Err(WireError::TooLong { .. })
+        Err(WireError::Length {
+            field: "frame body",
+            ..
+        })
     ));
     // A decoded count over the limit is an error even before the entries.
     let mut ready_body = vec![0u8];
@@ -302,11 +305,11 @@ fn limits_are_enforced_both_ways() {
     assert!(encode_body(&name(64)).is_ok());
     assert!(matches!(
         encode_body(&name(65)),
-        Err(WireError::StringLength { len: 65, .. })
+        Err(WireError::Length { len: 65, .. })
     ));
     assert!(matches!(
         encode_body(&name(0)),
-        Err(WireError::StringLength { len: 0, .. })
+        Err(WireError::Length { len: 0, .. })
     ));
     let detail = |n: usize| Message::Goodbye {
         reason: GoodbyeReason::Restart,
@@ -316,7 +319,7 @@ fn limits_are_enforced_both_ways() {
     assert!(encode_body(&detail(0)).is_ok());
     assert!(matches!(
         encode_body(&detail(257)),
-        Err(WireError::StringLength {
+        Err(WireError::Length {
             field: "goodbye detail",
             ..
         })
@@ -377,7 +380,7 @@ fn malformed_fields_give_typed_errors() {
     corrupt(
         refuse,
         |b| b[1..3].copy_from_slice(&300u16.to_be_bytes()),
-        |e| matches!(e, WireError::StringLength { len: 300, .. }),
+        |e| matches!(e, WireError::Length { len: 300, .. }),
     );
     // Heartbeat endpoint: PeerInfo offset 2+8+4+1+8+8+20 = 51; mtu at +26, qpn at +0..4.
     corrupt(
@@ -443,12 +446,12 @@ fn malformed_fields_give_typed_errors() {
     corrupt(
         attach,
         |b| b[0] = 0,
-        |e| matches!(e, WireError::StringLength { len: 0, .. }),
+        |e| matches!(e, WireError::Length { len: 0, .. }),
     );
     corrupt(
         attach,
         |b| b[0] = 65,
-        |e| matches!(e, WireError::StringLength { len: 65, .. }),
+        |e| matches!(e, WireError::Length { len: 65, .. }),
     );
     corrupt(
         attach,
@@ -531,8 +534,20 @@ fn malformed_fields_give_typed_errors() {
             )
         },
     );
-    assert_eq!(decode_body(0, &[]), Err(WireError::UnknownType(0)));
-    assert_eq!(decode_body(10, &[]), Err(WireError::UnknownType(10)));
+    assert_eq!(
+        decode_body(0, &[]),
+        Err(WireError::Code {
+            field: "message type",
+            code: 0
+        })
+    );
+    assert_eq!(
+        decode_body(10, &[]),
+        Err(WireError::Code {
+            field: "message type",
+            code: 10
+        })
+    );
 }
 
 #[test]
@@ -543,13 +558,44 @@ fn frame_header_errors() {
         g[i] = v;
         decode_frame(&g, None).unwrap_err()
     };
-    assert_eq!(with(0, b'X'), WireError::BadMagic(*b"XLCM"));
-    assert_eq!(with(4, 2), WireError::FrameVersion(2));
-    assert_eq!(with(5, 0), WireError::UnknownType(0));
-    assert_eq!(with(5, 10), WireError::UnknownType(10));
-    assert_eq!(with(7, 1), WireError::Flags(1));
+    assert_eq!(
+        with(0, b'X'),
+        WireError::Magic {
+            format: "bootstrap frame",
+            found: b"XLCM".to_vec(),
+            expected: b"ILCM"
+        }
+    );
+    assert!(matches!(with(4, 2), WireError::Version { found: 2, .. }));
+    assert_eq!(
+        with(5, 0),
+        WireError::Code {
+            field: "message type",
+            code: 0
+        }
+    );
+    assert_eq!(
+        with(5, 10),
+        WireError::Code {
+            field: "message type",
+            code: 10
+        }
+    );
+    assert_eq!(
+        with(7, 1),
+        WireError::Reserved {
+            field: "frame flags",
+            value: 1
+        }
+    );
     assert!(matches!(with(11, 1), WireError::Sequence { seq: 1, .. }));
-    assert!(matches!(with(12, 1), WireError::TooLong { .. }));
+    assert!(matches!(
+        with(12, 1),
+        WireError::Length {
+            field: "frame body",
+            ..
+        }
+    ));
     assert!(matches!(with(20, f[20] ^ 1), WireError::Checksum { .. }));
     let n = f.len();
     assert!(matches!(

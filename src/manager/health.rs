@@ -16,6 +16,8 @@
 //! All integers big-endian. A READ that races with the owner's update may see a torn copy;
 //! the checksum catches it and the reader simply reads again next interval.
 
+pub use crate::codec::WireError;
+use crate::codec::{check_crc32c, check_magic, check_version, Reader};
 use crate::fabric::Access;
 use crate::manager::types::NodeId;
 
@@ -28,6 +30,8 @@ pub const HEALTH_BLOCK_ACCESS: Access = Access::REMOTE_READ;
 pub const HEALTH_LANDING_ACCESS: Access = Access::LOCAL_WRITE;
 const MAGIC: [u8; 4] = *b"ILHB";
 const LAYOUT_VERSION: u16 = 1;
+/// The format name errors give.
+const FORMAT: &str = "health block";
 /// Size of the extension area.
 pub const HEALTH_EXTENSION_LEN: usize = 32;
 
@@ -44,23 +48,6 @@ pub struct HealthBlock {
     pub node_id: NodeId,
     /// Extension area.
     pub extension: [u8; HEALTH_EXTENSION_LEN],
-}
-
-/// Why a health block copy was not believed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HealthDecodeError {
-    /// Wrong magic: not a health block (or never written).
-    #[error("bad magic {0:02x?}")]
-    Magic([u8; 4]),
-    /// Unknown layout version.
-    #[error("unknown layout version {0}")]
-    Version(u16),
-    /// Checksum mismatch: a torn or corrupt copy.
-    #[error("checksum mismatch (torn or corrupt copy)")]
-    Checksum,
-    /// Fewer than 64 bytes.
-    #[error("short block: {0} bytes")]
-    Short(usize),
 }
 
 impl HealthBlock {
@@ -80,36 +67,34 @@ impl HealthBlock {
     }
 
     /// Decodes and verifies a copy.
-    pub fn decode(b: &[u8]) -> Result<HealthBlock, HealthDecodeError> {
-        if b.len() < HEALTH_BLOCK_LEN {
-            return Err(HealthDecodeError::Short(b.len()));
-        }
-        let mut magic = [0u8; 4];
-        magic.copy_from_slice(&b[0..4]);
-        if magic != MAGIC {
-            return Err(HealthDecodeError::Magic(magic));
-        }
-        let be32 = |o: usize| u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let be64 = |o: usize| {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(&b[o..o + 8]);
-            u64::from_be_bytes(x)
-        };
-        if crc32c::crc32c(&b[0..60]) != be32(60) {
-            return Err(HealthDecodeError::Checksum);
-        }
-        let version = u16::from_be_bytes([b[4], b[5]]);
-        if version != LAYOUT_VERSION {
-            return Err(HealthDecodeError::Version(version));
-        }
-        let mut extension = [0u8; HEALTH_EXTENSION_LEN];
-        extension.copy_from_slice(&b[28..60]);
+    pub fn decode(b: &[u8]) -> Result<HealthBlock, WireError> {
+        let b = b.get(..HEALTH_BLOCK_LEN).ok_or(WireError::Truncated {
+            field: "health block",
+            needed: HEALTH_BLOCK_LEN,
+            available: b.len(),
+        })?;
+        let mut r = Reader::be(b);
+        let magic: [u8; 4] = r.array("health block magic")?;
+        check_magic(FORMAT, &magic, &MAGIC)?;
+        let mut trailer = Reader::be(&b[60..]);
+        check_crc32c(
+            FORMAT,
+            trailer.u32("health block checksum")?,
+            crc32c::crc32c(&b[0..60]),
+        )?;
+        let version = r.u16("health block version")?;
+        check_version(
+            FORMAT,
+            u32::from(version),
+            |v| v == u32::from(LAYOUT_VERSION),
+            "1",
+        )?;
         Ok(HealthBlock {
-            state: u16::from_be_bytes([b[6], b[7]]),
-            progress: be64(8),
-            incarnation: be64(16),
-            node_id: be32(24),
-            extension,
+            state: r.u16("health block state")?,
+            progress: r.u64("health block progress")?,
+            incarnation: r.u64("health block incarnation")?,
+            node_id: r.u32("health block node id")?,
+            extension: r.array("health block extension")?,
         })
     }
 }
@@ -148,7 +133,7 @@ impl HeartbeatMonitor {
     }
 
     /// A READ completed with this decoded copy (or a torn one).
-    pub fn handle_read(&mut self, copy: Result<HealthBlock, HealthDecodeError>) {
+    pub fn handle_read(&mut self, copy: Result<HealthBlock, WireError>) {
         if let Ok(block) = copy {
             if self.last_progress.is_none_or(|p| block.progress > p) {
                 self.last_progress = Some(block.progress);
@@ -211,11 +196,15 @@ mod tests {
         }
         assert_eq!(
             HealthBlock::decode(&b[..10]),
-            Err(HealthDecodeError::Short(10))
+            Err(WireError::Truncated {
+                field: "health block",
+                needed: HEALTH_BLOCK_LEN,
+                available: 10
+            })
         );
         assert!(matches!(
             HealthBlock::decode(&[0u8; 64]),
-            Err(HealthDecodeError::Magic(_))
+            Err(WireError::Magic { .. })
         ));
     }
 
@@ -226,7 +215,11 @@ mod tests {
         assert_eq!(m.handle_interval(), HeartbeatVerdict::Alive);
         m.handle_read(Ok(block(1)));
         assert_eq!(m.handle_interval(), HeartbeatVerdict::Missed(1));
-        m.handle_read(Err(HealthDecodeError::Checksum));
+        m.handle_read(Err(WireError::Checksum {
+            format: "health block",
+            found: 0,
+            computed: 1,
+        }));
         assert_eq!(m.handle_interval(), HeartbeatVerdict::Missed(2));
         m.handle_read(Ok(block(2)));
         assert_eq!(m.handle_interval(), HeartbeatVerdict::Alive);

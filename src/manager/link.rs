@@ -470,7 +470,11 @@ impl Heartbeat {
         let copy = self
             .landing
             .read(0, &mut b)
-            .map_err(|_| crate::manager::health::HealthDecodeError::Short(0))
+            .map_err(|_| crate::codec::WireError::Truncated {
+                field: "health block landing buffer",
+                needed: HEALTH_BLOCK_LEN,
+                available: 0,
+            })
             .and_then(|_| HealthBlock::decode(&b));
         match &copy {
             Ok(block) => self.last_block = Some(*block),

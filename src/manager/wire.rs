@@ -8,7 +8,9 @@
 //! also decodes. Decoding never panics: every malformed input is a [`WireError`] naming the
 //! field.
 
-use crate::fabric::{Access, Endpoint, EndpointError, RegionDescriptor, ENDPOINT_WIRE_LEN};
+pub use crate::codec::WireError;
+use crate::codec::{check_crc32c, check_length, check_magic, check_reserved, check_version};
+use crate::fabric::{Access, Endpoint, RegionDescriptor, ENDPOINT_WIRE_LEN};
 use crate::manager::types::{BandwidthClass, ClientInfo, LinkId, NodeId, QpInfo, RegionInfo, Term};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -22,6 +24,8 @@ pub const FRAME_MAGIC: [u8; 4] = *b"ILCM";
 pub const FRAME_VERSION: u8 = 1;
 /// Size of the frame header.
 pub const HEADER_LEN: usize = 16;
+/// The format name errors give.
+const FORMAT: &str = "bootstrap frame";
 /// Size of the CRC32C trailer.
 pub const CRC_LEN: usize = 4;
 /// Size of the HMAC-SHA256 trailer of authenticated frames.
@@ -49,127 +53,6 @@ pub const FROM_RESPONDER_LABEL: &[u8] = b"interlink-from-responder-v1";
 /// Label of the key the soft provider seals the link's packets under
 /// ([`SessionKey::for_sender`] of the session key; `Session::packet_key`).
 pub const PACKET_KEY_LABEL: &[u8] = b"interlink-soft-packets-v1";
-
-/// A malformed frame or body, or a message that cannot be encoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
-    /// Fewer bytes than the field needs.
-    #[error("truncated {field}: needs {needed} bytes, {available} left")]
-    Truncated {
-        /// What was being read.
-        field: &'static str,
-        /// Bytes it needs.
-        needed: usize,
-        /// Bytes that were left.
-        available: usize,
-    },
-    /// The frame does not start with "ILCM".
-    #[error("bad frame magic {0:02x?}, expected \"ILCM\"")]
-    BadMagic([u8; 4]),
-    /// Unknown frame format version.
-    #[error("frame format version {0} is not supported (expected {FRAME_VERSION})")]
-    FrameVersion(u8),
-    /// Unknown message type code.
-    #[error("unknown message type {0}")]
-    UnknownType(u8),
-    /// Reserved header flags are not zero.
-    #[error("frame flags {0:#06x} are reserved and must be zero")]
-    Flags(u16),
-    /// The body is longer than [`MAX_BODY`].
-    #[error("frame body of {len} bytes exceeds the limit of {max}")]
-    TooLong {
-        /// Body length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// An unauthenticated frame (Hello, Refuse) with a nonzero sequence number.
-    #[error("{message} frame carries sequence number {seq}; unauthenticated frames carry 0")]
-    Sequence {
-        /// Message type name.
-        message: &'static str,
-        /// Sequence number found.
-        seq: u32,
-    },
-    /// The CRC32C trailer does not match the frame.
-    #[error("frame checksum mismatch: computed {expected:#010x}, trailer has {found:#010x}")]
-    Checksum {
-        /// CRC32C computed over the received bytes.
-        expected: u32,
-        /// CRC32C carried in the frame.
-        found: u32,
-    },
-    /// The HMAC trailer does not verify under the session key.
-    #[error("frame authentication code does not verify under the session key")]
-    Mac,
-    /// An authenticated message type was encoded or opened without a session key.
-    #[error("{message} is authenticated and needs a session key")]
-    KeyRequired {
-        /// Message type name.
-        message: &'static str,
-    },
-    /// Bytes left over after the last field.
-    #[error("{extra} trailing bytes after {field}")]
-    Trailing {
-        /// What should have ended there.
-        field: &'static str,
-        /// Bytes left over.
-        extra: usize,
-    },
-    /// A string is not valid UTF-8.
-    #[error("{field} is not valid UTF-8")]
-    Utf8 {
-        /// Which string.
-        field: &'static str,
-    },
-    /// A string is empty where it may not be, or too long.
-    #[error("{field} is {len} bytes long; allowed {min}..={max}")]
-    StringLength {
-        /// Which string.
-        field: &'static str,
-        /// Its length in bytes.
-        len: usize,
-        /// Shortest allowed.
-        min: usize,
-        /// Longest allowed.
-        max: usize,
-    },
-    /// A count exceeds its limit.
-    #[error("{field} {count} exceeds the limit of {max}")]
-    Count {
-        /// Which count.
-        field: &'static str,
-        /// The count.
-        count: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// An enumeration code (reason, bandwidth class, access bits) is not defined.
-    #[error("{field} code {code} is not defined")]
-    Code {
-        /// Which field.
-        field: &'static str,
-        /// The code found.
-        code: u8,
-    },
-    /// An endpoint descriptor does not validate.
-    #[error("{field}: {error}")]
-    Endpoint {
-        /// Which endpoint.
-        field: &'static str,
-        /// What is wrong with it.
-        #[source]
-        error: EndpointError,
-    },
-    /// A reserved field is not zero.
-    #[error("reserved {field} is {value}, must be zero")]
-    Reserved {
-        /// Which field.
-        field: &'static str,
-        /// Value found.
-        value: u64,
-    },
-}
 
 /// A 32-byte HMAC-SHA256 session key. `Debug` never prints the key.
 #[derive(Clone)]
@@ -493,33 +376,35 @@ impl Message {
 // ---------------------------------------------------------------------------------------------
 // Body encoding
 
+/// The body writer: [`crate::codec::Writer`] (big-endian) with the bootstrap protocol's
+/// strings, counts, endpoints and client records.
 struct Writer {
-    buf: Vec<u8>,
+    w: crate::codec::Writer,
 }
 
 impl Writer {
     fn u8(&mut self, v: u8) {
-        self.buf.push(v);
+        self.w.u8(v);
     }
     fn u16(&mut self, v: u16) {
-        self.buf.extend_from_slice(&v.to_be_bytes());
+        self.w.u16(v);
     }
     fn u32(&mut self, v: u32) {
-        self.buf.extend_from_slice(&v.to_be_bytes());
+        self.w.u32(v);
     }
     fn u64(&mut self, v: u64) {
-        self.buf.extend_from_slice(&v.to_be_bytes());
+        self.w.u64(v);
     }
     fn string8(&mut self, field: &'static str, s: &str) -> Result<(), WireError> {
-        check_len(field, s.len(), 1, MAX_NAME_LEN)?;
+        check_length(field, s.len(), 1, MAX_NAME_LEN)?;
         self.u8(s.len() as u8);
-        self.buf.extend_from_slice(s.as_bytes());
+        self.w.bytes(s.as_bytes());
         Ok(())
     }
     fn string16(&mut self, field: &'static str, s: &str) -> Result<(), WireError> {
-        check_len(field, s.len(), 0, MAX_DETAIL_LEN)?;
+        check_length(field, s.len(), 0, MAX_DETAIL_LEN)?;
         self.u16(s.len() as u16);
-        self.buf.extend_from_slice(s.as_bytes());
+        self.w.bytes(s.as_bytes());
         Ok(())
     }
     fn count(&mut self, field: &'static str, count: usize, max: usize) -> Result<(), WireError> {
@@ -532,7 +417,7 @@ impl Writer {
     fn endpoint(&mut self, field: &'static str, ep: &Endpoint) -> Result<(), WireError> {
         ep.validate()
             .map_err(|error| WireError::Endpoint { field, error })?;
-        self.buf.extend_from_slice(&ep.to_bytes());
+        self.w.bytes(&ep.to_bytes());
         Ok(())
     }
     fn region(&mut self, d: &RegionDescriptor) {
@@ -565,22 +450,12 @@ impl Writer {
     }
 }
 
-fn check_len(field: &'static str, len: usize, min: usize, max: usize) -> Result<(), WireError> {
-    if len < min || len > max {
-        return Err(WireError::StringLength {
-            field,
-            len,
-            min,
-            max,
-        });
-    }
-    Ok(())
-}
-
 /// Encodes a message's body. Fails, naming the field, when a string, count or endpoint would
 /// not pass [`decode_body`], or when the body exceeds [`MAX_BODY`].
 pub fn encode_body(msg: &Message) -> Result<Vec<u8>, WireError> {
-    let mut w = Writer { buf: Vec::new() };
+    let mut w = Writer {
+        w: crate::codec::Writer::be(),
+    };
     match msg {
         Message::Hello(h) => {
             w.u16(h.version_min);
@@ -592,7 +467,7 @@ pub fn encode_body(msg: &Message) -> Result<Vec<u8>, WireError> {
             w.u8(0);
             w.u64(h.incarnation);
             w.u64(h.capabilities);
-            w.buf.extend_from_slice(&h.nonce);
+            w.w.bytes(&h.nonce);
         }
         Message::Refuse(r) => {
             w.u8(r.reason.code());
@@ -640,73 +515,57 @@ pub fn encode_body(msg: &Message) -> Result<Vec<u8>, WireError> {
         }
         Message::Confirm { node_id } => w.u32(*node_id),
     }
-    if w.buf.len() > MAX_BODY {
-        return Err(WireError::TooLong {
-            len: w.buf.len(),
-            max: MAX_BODY,
-        });
-    }
-    Ok(w.buf)
+    check_length("frame body", w.w.len(), 0, MAX_BODY)?;
+    Ok(w.w.into_vec())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Body decoding
 
+/// The body reader: [`crate::codec::Reader`] (big-endian) with the bootstrap protocol's
+/// strings, counts, endpoints and client records.
 struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    r: crate::codec::Reader<'a>,
 }
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8]) -> Reader<'a> {
-        Reader { buf, pos: 0 }
+        Reader {
+            r: crate::codec::Reader::be(buf),
+        }
     }
     fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
+        self.r.remaining()
     }
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], WireError> {
-        let truncated = WireError::Truncated {
-            field,
-            needed: n,
-            available: self.remaining(),
-        };
-        let end = self.pos.checked_add(n).ok_or(truncated.clone())?;
-        let s = self.buf.get(self.pos..end).ok_or(truncated)?;
-        self.pos = end;
-        Ok(s)
+        self.r.take(n, field)
     }
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
-        let s = self.take(N, field)?;
-        let mut a = [0u8; N];
-        a.copy_from_slice(s);
-        Ok(a)
+        self.r.array(field)
     }
     fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
-        Ok(self.array::<1>(field)?[0])
+        self.r.u8(field)
     }
     fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
-        Ok(u16::from_be_bytes(self.array(field)?))
+        self.r.u16(field)
     }
     fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
-        Ok(u32::from_be_bytes(self.array(field)?))
+        self.r.u32(field)
     }
     fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
-        Ok(u64::from_be_bytes(self.array(field)?))
+        self.r.u64(field)
     }
     fn utf8(&mut self, field: &'static str, len: usize) -> Result<String, WireError> {
-        let bytes = self.take(len, field)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_string)
-            .map_err(|_| WireError::Utf8 { field })
+        self.r.utf8(field, len)
     }
     fn string8(&mut self, field: &'static str) -> Result<String, WireError> {
         let len = usize::from(self.u8(field)?);
-        check_len(field, len, 1, MAX_NAME_LEN)?;
+        check_length(field, len, 1, MAX_NAME_LEN)?;
         self.utf8(field, len)
     }
     fn string16(&mut self, field: &'static str) -> Result<String, WireError> {
         let len = usize::from(self.u16(field)?);
-        check_len(field, len, 0, MAX_DETAIL_LEN)?;
+        check_length(field, len, 0, MAX_DETAIL_LEN)?;
         self.utf8(field, len)
     }
     fn count(&mut self, field: &'static str, max: usize) -> Result<usize, WireError> {
@@ -720,12 +579,7 @@ impl<'a> Reader<'a> {
         let b = self.take(ENDPOINT_WIRE_LEN, field)?;
         let ep = Endpoint::from_bytes(b).map_err(|error| WireError::Endpoint { field, error })?;
         if let Some(&pad) = b.get(ENDPOINT_WIRE_LEN - 1) {
-            if pad != 0 {
-                return Err(WireError::Reserved {
-                    field: "endpoint padding byte",
-                    value: u64::from(pad),
-                });
-            }
+            check_reserved("endpoint padding byte", u64::from(pad))?;
         }
         Ok(ep)
     }
@@ -742,7 +596,10 @@ impl<'a> Reader<'a> {
         from_code: fn(u8) -> Option<T>,
     ) -> Result<T, WireError> {
         let code = self.u8(field)?;
-        from_code(code).ok_or(WireError::Code { field, code })
+        from_code(code).ok_or(WireError::Code {
+            field,
+            code: u64::from(code),
+        })
     }
     /// A u16 count (at most `max`) then that many items of at least `min_item` bytes each.
     fn list<T>(
@@ -764,7 +621,7 @@ impl<'a> Reader<'a> {
         if bits & !15 != 0 {
             return Err(WireError::Code {
                 field: "region access",
-                code: bits,
+                code: u64::from(bits),
             });
         }
         Ok(Access::from_bits(bits))
@@ -797,22 +654,17 @@ impl<'a> Reader<'a> {
         })
     }
     fn finish(self, field: &'static str) -> Result<(), WireError> {
-        match self.remaining() {
-            0 => Ok(()),
-            extra => Err(WireError::Trailing { field, extra }),
-        }
+        self.r.finish(field)
     }
 }
 
 /// Decodes a body of type `msg_type`, consuming it exactly and validating every field.
 pub fn decode_body(msg_type: u8, body: &[u8]) -> Result<Message, WireError> {
-    let ty = MessageType::from_code(msg_type).ok_or(WireError::UnknownType(msg_type))?;
-    if body.len() > MAX_BODY {
-        return Err(WireError::TooLong {
-            len: body.len(),
-            max: MAX_BODY,
-        });
-    }
+    let ty = MessageType::from_code(msg_type).ok_or(WireError::Code {
+        field: "message type",
+        code: u64::from(msg_type),
+    })?;
+    check_length("frame body", body.len(), 0, MAX_BODY)?;
     let mut r = Reader::new(body);
     let msg = match ty {
         MessageType::Hello => {
@@ -921,19 +773,20 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, WireError> {
     };
     let mut r = Reader::new(h);
     let magic: [u8; 4] = r.array("frame magic")?;
-    if magic != FRAME_MAGIC {
-        return Err(WireError::BadMagic(magic));
-    }
+    check_magic(FORMAT, &magic, &FRAME_MAGIC)?;
     let version = r.u8("frame version")?;
-    if version != FRAME_VERSION {
-        return Err(WireError::FrameVersion(version));
-    }
+    check_version(
+        FORMAT,
+        u32::from(version),
+        |v| v == u32::from(FRAME_VERSION),
+        "1",
+    )?;
     let code = r.u8("message type")?;
-    let msg_type = MessageType::from_code(code).ok_or(WireError::UnknownType(code))?;
-    let flags = r.u16("frame flags")?;
-    if flags != 0 {
-        return Err(WireError::Flags(flags));
-    }
+    let msg_type = MessageType::from_code(code).ok_or(WireError::Code {
+        field: "message type",
+        code: u64::from(code),
+    })?;
+    check_reserved("frame flags", u64::from(r.u16("frame flags")?))?;
     let seq = r.u32("sequence number")?;
     if !msg_type.is_authenticated() && seq != 0 {
         return Err(WireError::Sequence {
@@ -942,12 +795,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, WireError> {
         });
     }
     let body_len = r.u32("body length")? as usize;
-    if body_len > MAX_BODY {
-        return Err(WireError::TooLong {
-            len: body_len,
-            max: MAX_BODY,
-        });
-    }
+    check_length("frame body", body_len, 0, MAX_BODY)?;
     Ok(Some(FrameHeader {
         msg_type,
         seq,
@@ -1042,10 +890,7 @@ pub fn open_frame<'a>(
     let mut r = Reader::new(frame);
     let covered = r.take(HEADER_LEN + header.body_len, "frame")?;
     let found = u32::from_be_bytes(r.array("frame checksum")?);
-    let expected = crc32c::crc32c(covered);
-    if expected != found {
-        return Err(WireError::Checksum { expected, found });
-    }
+    check_crc32c(FORMAT, found, crc32c::crc32c(covered))?;
     if header.msg_type.is_authenticated() {
         let key = key.ok_or(WireError::KeyRequired {
             message: header.msg_type.name(),

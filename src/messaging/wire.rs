@@ -5,8 +5,6 @@
 //! Decoders take bytes written by the partner and never panic: anything malformed is a typed
 //! [`WireError`].
 
-use thiserror::Error;
-
 /// Bytes of a frame header.
 pub const FRAME_HEADER_LEN: usize = 40;
 /// Bytes of a message header (function code, flags, length).
@@ -17,6 +15,8 @@ pub const CALL_ID_LEN: usize = 8;
 pub const RESPONSE_PREFIX_LEN: usize = 12;
 /// Frame magic: the bytes `I` `M`.
 pub const FRAME_MAGIC: u16 = u16::from_le_bytes(*b"IM");
+/// [`FRAME_MAGIC`] as it appears in the frame.
+const FRAME_MAGIC_BYTES: [u8; 2] = *b"IM";
 /// Frame format version.
 pub const FRAME_VERSION: u8 = 1;
 /// Function code reserved for responses to calls.
@@ -36,89 +36,13 @@ pub const FRAME_FLAG_CONTROL: u8 = 0x01;
 /// Frame flag: this copy is a retransmission.
 pub const FRAME_FLAG_RETRANSMIT: u8 = 0x02;
 
-/// A malformed frame, message or immediate value.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum WireError {
-    /// Fewer bytes than a frame header.
-    #[error("decode frame: {len} bytes is shorter than the {FRAME_HEADER_LEN}-byte header")]
-    ShortFrame {
-        /// Bytes available.
-        len: usize,
-    },
-    /// Wrong magic.
-    #[error("decode frame: bad magic {found:#06x}")]
-    Magic {
-        /// Value found.
-        found: u16,
-    },
-    /// Unknown format version.
-    #[error("decode frame: unsupported version {found}")]
-    Version {
-        /// Value found.
-        found: u8,
-    },
-    /// The length field is impossible.
-    #[error("decode frame: length field {field} with {available} bytes available")]
-    FrameLength {
-        /// The length field.
-        field: usize,
-        /// Bytes available.
-        available: usize,
-    },
-    /// The checksum does not match (garbled or torn frame).
-    #[error("decode frame: checksum {found:#010x}, computed {computed:#010x}")]
-    Checksum {
-        /// Checksum in the frame.
-        found: u32,
-        /// Checksum computed.
-        computed: u32,
-    },
-    /// A reserved field is not zero.
-    #[error("decode frame: reserved field is {found:#x}, not 0")]
-    Reserved {
-        /// Value found.
-        found: u32,
-    },
-    /// The session field is zero (no sender session).
-    #[error("decode frame: sender session is 0")]
-    Session,
-    /// A message runs past the end of the frame or is shorter than its own header.
-    #[error("decode message {index}: length {len} at offset {offset} of a {frame_len}-byte frame")]
-    MessageLength {
-        /// Index of the message in the frame.
-        index: usize,
-        /// Its length field.
-        len: usize,
-        /// Its offset.
-        offset: usize,
-        /// Frame length.
-        frame_len: usize,
-    },
-    /// The count field disagrees with the messages present.
-    #[error("decode frame: count field {count} but {found} messages")]
-    Count {
-        /// The count field.
-        count: usize,
-        /// Messages found.
-        found: usize,
-    },
-    /// A message uses reserved flag bits or an invalid flag combination.
-    #[error("decode message {index}: function {code} with invalid flags {flags:#04x}")]
-    Flags {
-        /// Index of the message in the frame.
-        index: usize,
-        /// Function code.
-        code: u8,
-        /// Flags.
-        flags: u8,
-    },
-    /// An immediate value of an unknown kind.
-    #[error("decode immediate: unknown kind in {imm:#010x}")]
-    ImmKind {
-        /// The value.
-        imm: u32,
-    },
-}
+pub use crate::codec::WireError;
+use crate::codec::{
+    check_crc32c, check_length, check_magic, check_reserved, check_version, Reader,
+};
+
+/// The format name errors give.
+const FORMAT: &str = "messaging frame";
 
 /// The fixed header at the start of every frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,52 +86,45 @@ impl FrameHeader {
     /// Decodes and verifies a frame: header fields, length and checksum. Returns the header;
     /// the frame is `buf[..header.len]`.
     pub fn open(buf: &[u8]) -> Result<FrameHeader, WireError> {
-        if buf.len() < FRAME_HEADER_LEN {
-            return Err(WireError::ShortFrame { len: buf.len() });
-        }
-        let u16_at = |o: usize| u16::from_le_bytes([buf[o], buf[o + 1]]);
-        let u32_at = |o: usize| u32::from_le_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
-        let u64_at = |o: usize| le_u64(&buf[o..]);
-        let magic = u16_at(0);
-        if magic != FRAME_MAGIC {
-            return Err(WireError::Magic { found: magic });
-        }
-        if buf[2] != FRAME_VERSION {
-            return Err(WireError::Version { found: buf[2] });
-        }
-        let len = u16_at(4);
-        if usize::from(len) < FRAME_HEADER_LEN || usize::from(len) > buf.len() {
-            return Err(WireError::FrameLength {
-                field: usize::from(len),
-                available: buf.len(),
-            });
-        }
-        let found = u32_at(32);
+        let mut r = Reader::le(buf);
+        let magic: [u8; 2] = r.array("frame magic")?;
+        check_magic(FORMAT, &magic, &FRAME_MAGIC_BYTES)?;
+        let version = r.u8("frame version")?;
+        check_version(
+            FORMAT,
+            u32::from(version),
+            |v| v == u32::from(FRAME_VERSION),
+            "1",
+        )?;
+        let flags = r.u8("frame flags")?;
+        let len = r.u16("frame length")?;
+        check_length("frame", usize::from(len), FRAME_HEADER_LEN, buf.len())?;
+        let count = r.u16("frame message count")?;
+        let session = r.u32("sender session")?;
+        let peer_session = r.u32("receiver session")?;
+        let seq = r.u64("frame sequence number")?;
+        let ack = r.u64("frame acknowledgement")?;
+        let found = r.u32("frame checksum")?;
+        let reserved = r.u32("frame reserved word")?;
+        // The checksum covers the whole frame with its own field taken as zero.
         let mut crc = crc32c::crc32c(&buf[..32]);
         crc = crc32c::crc32c_append(crc, &[0u8; 4]);
         crc = crc32c::crc32c_append(crc, &buf[36..usize::from(len)]);
-        if crc != found {
-            return Err(WireError::Checksum {
-                found,
-                computed: crc,
+        check_crc32c(FORMAT, found, crc)?;
+        check_reserved("frame reserved word", u64::from(reserved))?;
+        if session == 0 {
+            return Err(WireError::Zero {
+                field: "sender session",
             });
         }
-        let reserved = u32_at(36);
-        if reserved != 0 {
-            return Err(WireError::Reserved { found: reserved });
-        }
-        let session = u32_at(8);
-        if session == 0 {
-            return Err(WireError::Session);
-        }
         Ok(FrameHeader {
-            flags: buf[3],
+            flags,
             len,
-            count: u16_at(6),
+            count,
             session,
-            peer_session: u32_at(12),
-            seq: u64_at(16),
-            ack: u64_at(24),
+            peer_session,
+            seq,
+            ack,
         })
     }
 }
@@ -323,7 +240,8 @@ impl<'a> Iterator for Messages<'a> {
         if self.offset >= frame_len {
             if self.index != self.count {
                 self.failed = true;
-                return Some(Err(WireError::Count {
+                return Some(Err(WireError::CountMismatch {
+                    field: "frame message count",
                     count: self.count,
                     found: self.index,
                 }));
@@ -339,7 +257,8 @@ impl<'a> Iterator for Messages<'a> {
             let found = self.index + 1;
             return fail(
                 self,
-                WireError::Count {
+                WireError::CountMismatch {
+                    field: "frame message count",
                     count: self.count,
                     found,
                 },
@@ -358,7 +277,7 @@ impl<'a> Iterator for Messages<'a> {
             return fail(self, e);
         }
         let body = &self.frame[o + MESSAGE_HEADER_LEN..o + len];
-        let bad_flags = WireError::Flags {
+        let bad_flags = WireError::MessageFlags {
             index: self.index,
             code,
             flags,
@@ -499,7 +418,10 @@ impl Imm {
                 expected: value,
                 tag,
             }),
-            _ => Err(WireError::ImmKind { imm }),
+            _ => Err(WireError::Code {
+                field: "immediate kind",
+                code: u64::from(imm),
+            }),
         }
     }
 

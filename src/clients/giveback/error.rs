@@ -1,6 +1,6 @@
 //! Errors of the giveback client (partner state block, mailbox, reservations).
 
-use crate::manager::health::HealthDecodeError;
+use crate::codec::WireError;
 use std::path::PathBuf;
 
 /// Why a fixed-layout record (state block, mailbox record, reservation file) was not
@@ -57,7 +57,7 @@ pub enum GivebackError {
     DecodeStateBlock(FormatError),
     /// The health block carrying the state block was not believed (torn, corrupt, short).
     #[error("decode partner health block: {0}")]
-    DecodeHealthBlock(HealthDecodeError),
+    DecodeHealthBlock(WireError),
     /// Decoding a mailbox record failed.
     #[error("decode mailbox record: {0}")]
     DecodeMailboxRecord(FormatError),

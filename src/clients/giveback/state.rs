@@ -260,7 +260,8 @@ impl PartnerRead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manager::health::{HealthDecodeError, HEALTH_BLOCK_LEN};
+    use crate::codec::WireError;
+    use crate::manager::health::HEALTH_BLOCK_LEN;
 
     fn sample() -> StateBlock {
         StateBlock {
@@ -353,7 +354,7 @@ mod tests {
         for len in 0..HEALTH_BLOCK_LEN {
             assert!(matches!(
                 PartnerRead::decode(&bytes[..len], 2),
-                Err(GivebackError::DecodeHealthBlock(HealthDecodeError::Short(n))) if n == len
+                Err(GivebackError::DecodeHealthBlock(WireError::Truncated { available, .. })) if available == len
             ));
         }
         assert!(matches!(
