@@ -3,10 +3,16 @@
 //! rxe_b0 in ilB, inside `soft-roce/vm`), plus a plain TCP ping-pong of the same sizes on
 //! loopback for the soft provider's reference.
 //!
-//! One thread drives both queue pairs and busy-polls the completion queues (as perftest does;
-//! after 20 µs it yields the CPU between polls):
+//! One thread drives both queue pairs and busy-polls the completion queues with the device's
+//! [`BusyPoll`] policy (on verbs back to back for 1 ms, as perftest does, then yielding the CPU
+//! between polls; `INTERLINK_BENCH_BUSY_POLL=yield-after-20us` selects the policy every waiter
+//! used before, the pause hint and a yield after 20 µs, to compare):
+//! - `write_pingpong_<size>`: a WRITE ping-pong shaped as `ib_write_lat`: A RDMA WRITEs into
+//!   B's buffer, B sees the last byte of its buffer change and WRITEs back into A's landing
+//!   buffer, A sees the last byte of its buffer change; both reap their WRITE's completion (as
+//!   perftest's loop does). One full round trip, set against 2 x `ib_write_lat`'s t_typical;
 //! - `write_<size>`: post one signaled RDMA WRITE, poll its completion (one round trip to the
-//!   remote NIC's acknowledgement);
+//!   remote NIC's acknowledgement; an extra line, not `ib_write_lat`'s shape);
 //! - `read_<size>`: post one RDMA READ, poll its completion (one round trip);
 //! - `send_pingpong_<size>`: A SENDs to B, B's receive completes, B SENDs back, A's receive
 //!   completes (receives are posted ahead, outside the timed part): one full round trip;
@@ -22,7 +28,10 @@
 //! Criterion measures each; then a summary run records every operation into a histogram and
 //! prints `fabric-bench: key=<net>/<figure> n= p50_us= p99_us= mean_us= ...` lines, which
 //! `soft-roce/bench-fabric` sets next to ib_write_lat, ib_read_lat and ib_send_lat.
-//! `INTERLINK_BENCH_FABRIC_ITERS` sets the summary run's operations per figure (default 5000).
+//! `INTERLINK_BENCH_FABRIC_ITERS` sets the summary run's operations per figure (default 5000);
+//! `INTERLINK_BENCH_SUMMARY_ONLY=1` skips criterion and `INTERLINK_BENCH_FIGURES` (e.g.
+//! `read_64,write_pingpong_64`) picks the summary figures (how the script interleaves the bench
+//! with perftest, one figure at a time).
 
 #[path = "pair/mod.rs"]
 mod pair;
@@ -30,7 +39,10 @@ mod pair;
 use criterion::Criterion;
 use hdrhistogram::Histogram;
 use interlink::fabric::*;
-use pair::{init_logs, run_verbs_case, Net, Recorder, SOFT_LOOPBACK, VERBS_NETNS};
+use pair::{
+    figure_wanted, init_logs, run_verbs_case, selected, summary_only, Net, Recorder, SOFT_LOOPBACK,
+    VERBS_NETNS,
+};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -39,9 +51,8 @@ const SIZES: [usize; 2] = [64, 4096];
 const REGION: usize = 1 << 17;
 /// Longest a single operation may take before the bench gives up (a lost completion).
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Busy polling yields the CPU after this long (on 2 cores a pure spin starves the threads
-/// that produce the completion).
-const PURE_SPIN: Duration = Duration::from_micros(20);
+/// Where B's WRITE of a WRITE ping-pong comes from in B's buffer (A's WRITEs land at 0).
+const PONG_SOURCE: usize = REGION / 2;
 
 /// The in-process simulated network (no sockets; the soft provider's protocol cost alone).
 const SOFT_SIM: Net = Net {
@@ -62,7 +73,25 @@ struct Setup {
     /// B's receive buffer and the target of A's WRITEs and READs.
     b_buf: MemoryRegion,
     target: RegionDescriptor,
+    /// Where B's WRITEs of a WRITE ping-pong land on A.
+    a_land: MemoryRegion,
+    a_land_target: RegionDescriptor,
+    /// The last byte of the current WRITE ping-pong (never 0: the buffers start zeroed).
+    stamp: u8,
+    busy: BusyPoll,
     polled: Vec<Completion>,
+}
+
+/// The bench's busy-polling policy for `provider` (see the module documentation).
+fn busy_poll(provider: ProviderKind) -> BusyPoll {
+    match std::env::var("INTERLINK_BENCH_BUSY_POLL").as_deref() {
+        // The pause hint and a yield after 20 µs: the soft provider's policy.
+        Ok("yield-after-20us") => {
+            BusyPoll::configured(ProviderKind::Soft, Some(BusyPoll::SOFT_PURE))
+        }
+        Ok("default") | Err(_) => BusyPoll::for_provider(provider),
+        Ok(other) => panic!("INTERLINK_BENCH_BUSY_POLL={other}: use default or yield-after-20us"),
+    }
 }
 
 fn open(net: &Net, side: u8) -> Device {
@@ -99,6 +128,11 @@ impl Setup {
             )
             .unwrap();
         let target = b_buf.descriptor();
+        let a_land = pa
+            .register(REGION, Access::LOCAL_WRITE | Access::REMOTE_WRITE)
+            .unwrap();
+        let a_land_target = a_land.descriptor();
+        let busy = busy_poll(a.provider());
         Setup {
             qa,
             qb,
@@ -107,6 +141,10 @@ impl Setup {
             a_buf,
             b_buf,
             target,
+            a_land,
+            a_land_target,
+            stamp: 0,
+            busy,
             polled: Vec::with_capacity(4),
         }
     }
@@ -130,14 +168,12 @@ impl Setup {
         let start = Instant::now();
         self.polled.clear();
         while cq.poll(&mut self.polled, 1).unwrap() == 0 {
-            let waited = start.elapsed();
-            assert!(waited < OP_TIMEOUT, "no completion within {OP_TIMEOUT:?}");
-            if waited < PURE_SPIN {
-                std::hint::spin_loop();
-            } else {
-                // The soft provider's threads (and rxe's kernel work) need this CPU too.
-                std::thread::yield_now();
-            }
+            let now = Instant::now();
+            assert!(
+                now.duration_since(start) < OP_TIMEOUT,
+                "no completion within {OP_TIMEOUT:?}"
+            );
+            self.busy.round(start, now);
         }
         let c = self.polled[0];
         assert!(c.status.is_ok(), "{:?}", c.status);
@@ -158,6 +194,49 @@ impl Setup {
 
     fn write(&mut self, size: usize) {
         self.one_sided(false, size)
+    }
+
+    /// Busy-polls until byte `at` of `buf` holds `stamp`.
+    fn wait_byte(busy: BusyPoll, buf: &MemoryRegion, at: usize, stamp: u8) {
+        let start = Instant::now();
+        let mut b = [0u8; 1];
+        loop {
+            buf.read(at, &mut b).unwrap();
+            if b[0] == stamp {
+                return;
+            }
+            let now = Instant::now();
+            assert!(
+                now.duration_since(start) < OP_TIMEOUT,
+                "the WRITE did not land within {OP_TIMEOUT:?}"
+            );
+            busy.round(start, now);
+        }
+    }
+
+    /// One WRITE ping-pong of `size` bytes, shaped as ib_write_lat (see the module
+    /// documentation).
+    fn write_pingpong(&mut self, size: usize) {
+        self.stamp = self.stamp.wrapping_add(1).max(1);
+        let last = size - 1;
+        self.a_buf.write(last, &[self.stamp]).unwrap();
+        let ping = SendRequest::new(
+            7,
+            SendOp::Write(self.target.at(0)),
+            self.a_buf.slice(0, size).unwrap(),
+        );
+        self.qa.post_send(ping).unwrap();
+        Setup::wait_byte(self.busy, &self.b_buf, last, self.stamp);
+        self.b_buf.write(PONG_SOURCE + last, &[self.stamp]).unwrap();
+        let pong = SendRequest::new(
+            8,
+            SendOp::Write(self.a_land_target.at(0)),
+            self.b_buf.slice(PONG_SOURCE, size).unwrap(),
+        );
+        self.qb.post_send(pong).unwrap();
+        Setup::wait_byte(self.busy, &self.a_land, last, self.stamp);
+        self.reap(true);
+        self.reap(false);
     }
 
     fn read(&mut self, size: usize) {
@@ -336,30 +415,18 @@ fn iters(quick: bool) -> usize {
         .unwrap_or(5000)
 }
 
-/// Whether the command line's benchmark filters (criterion's positional arguments, taken as
-/// substrings) select any benchmark of `net`: a net nobody asked for is not set up at all (in
-/// the VM, `--bench verbs_netns` must not spend emulated time on the soft provider).
-fn selected(net: &Net) -> bool {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let group = format!("{}/", net.label);
-    filters.is_empty()
-        || filters
-            .iter()
-            .any(|f| group.contains(f.as_str()) || f.starts_with(&group))
-}
-
 fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
     if !selected(net) {
         return;
     }
     let mut s = Setup::for_net(net, None);
     let n = iters(quick);
-    {
+    if !summary_only() {
         let mut g = c.benchmark_group(net.label);
         for size in SIZES {
+            g.bench_function(format!("write_pingpong_{size}"), |b| {
+                b.iter(|| s.write_pingpong(size))
+            });
             g.bench_function(format!("write_{size}"), |b| b.iter(|| s.write(size)));
             g.bench_function(format!("read_{size}"), |b| b.iter(|| s.read(size)));
             g.bench_function(format!("send_pingpong_{size}"), |b| {
@@ -382,15 +449,29 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
             "fabric bench: {}: {n} operations of each kind at {size} bytes",
             net.label
         );
-        let h = measure(n, &mut s, |_| {}, |s| s.write(size));
-        rec.latency(net, &format!("write_{size}"), &h);
-        let h = measure(n, &mut s, |_| {}, |s| s.read(size));
-        rec.latency(net, &format!("read_{size}"), &h);
-        let h = measure(n, &mut s, |s| s.arm(size), |s| s.pingpong(size));
-        rec.latency(net, &format!("send_pingpong_{size}"), &h);
+        let fig = |name: &str| format!("{name}_{size}");
+        if figure_wanted(&fig("write_pingpong")) {
+            let h = measure(n, &mut s, |_| {}, |s| s.write_pingpong(size));
+            rec.latency(net, &fig("write_pingpong"), &h);
+        }
+        if figure_wanted(&fig("write")) {
+            let h = measure(n, &mut s, |_| {}, |s| s.write(size));
+            rec.latency(net, &fig("write"), &h);
+        }
+        if figure_wanted(&fig("read")) {
+            let h = measure(n, &mut s, |_| {}, |s| s.read(size));
+            rec.latency(net, &fig("read"), &h);
+        }
+        if figure_wanted(&fig("send_pingpong")) {
+            let h = measure(n, &mut s, |s| s.arm(size), |s| s.pingpong(size));
+            rec.latency(net, &fig("send_pingpong"), &h);
+        }
     }
     if net.label == SOFT_LOOPBACK.label {
-        for size in SIZES {
+        for size in SIZES
+            .into_iter()
+            .filter(|s| figure_wanted(&format!("soft_echo_{s}")))
+        {
             eprintln!("fabric bench: echo ping-pong, soft provider and TCP, {n} at {size} bytes");
             rec.latency(
                 net,

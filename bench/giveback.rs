@@ -34,6 +34,9 @@
 //! min_us= max_us= p25_us= p75_us=`, `key=<net>/detection n= p50_ms= max_ms= min_ms=
 //! p50_intervals= max_intervals=` (and `outage`), `key=<net>/handover n= p50_ms= max_ms=
 //! min_ms=`, and `key=<net>/giveback cycles= interval_ms= miss_intervals=`.
+//! `INTERLINK_BENCH_SUMMARY_ONLY=1` skips criterion; `INTERLINK_BENCH_FIGURES` names the
+//! figures to run (`partner_state_read`, `giveback` for the scenario), as the script's
+//! interleaved runs do.
 //! Without `--bench` (criterion's test mode, as in `cargo test --benches`) the benchmark runs
 //! once, the histogram takes 1000 reads and the scenario one cycle.
 
@@ -460,36 +463,48 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
     let pair: OnceCell<RefCell<ReadPair>> = OnceCell::new();
     let get = || pair.get_or_init(|| RefCell::new(ReadPair::start(net, &secret)));
 
-    let mut g = c.benchmark_group(format!("{}/partner_state_read", net.label));
-    g.sample_size(am.samples)
-        .warm_up_time(am.warm_up)
-        .measurement_time(am.measurement)
-        .nresamples(10_000);
-    g.bench_function(format!("{BLOCK}"), |bch| {
-        let p = get();
-        bch.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            p.borrow_mut().reads(net, iters, |d| total += d);
-            total
-        })
-    });
-    g.finish();
+    if summary_only() {
+        if !selected(net) {
+            return;
+        }
+        if figure_wanted("partner_state_read") {
+            get();
+        }
+    } else {
+        let mut g = c.benchmark_group(format!("{}/partner_state_read", net.label));
+        g.sample_size(am.samples)
+            .warm_up_time(am.warm_up)
+            .measurement_time(am.measurement)
+            .nresamples(10_000);
+        g.bench_function(format!("{BLOCK}"), |bch| {
+            let p = get();
+            bch.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                p.borrow_mut().reads(net, iters, |d| total += d);
+                total
+            })
+        });
+        g.finish();
+    }
 
-    let Some(pair) = pair.into_inner().map(RefCell::into_inner) else {
-        return; // the benchmark was filtered out: nothing of this net runs
-    };
-    let mut pair = pair;
-    let n = if quick { 1000 } else { am.hist_reads };
-    eprintln!(
-        "giveback bench: {}: {n} partner-state reads into the histogram",
-        net.label
-    );
-    let mut h = histogram();
-    pair.reads(net, n as u64, |d| {
-        h.saturating_record(d.as_nanos().max(1) as u64)
-    });
-    rec.latency(net, "partner_state_read", &h);
-    pair.shutdown();
+    match pair.into_inner().map(RefCell::into_inner) {
+        Some(mut pair) => {
+            let n = if quick { 1000 } else { am.hist_reads };
+            eprintln!(
+                "giveback bench: {}: {n} partner-state reads into the histogram",
+                net.label
+            );
+            let mut h = histogram();
+            pair.reads(net, n as u64, |d| {
+                h.saturating_record(d.as_nanos().max(1) as u64)
+            });
+            rec.latency(net, "partner_state_read", &h);
+            pair.shutdown();
+        }
+        // Criterion's filter left this net out: nothing of it runs.
+        None if !summary_only() => return,
+        None => {}
+    }
 
     let cycles = match std::env::var("INTERLINK_BENCH_GIVEBACK_CYCLES").map(|v| v.parse::<usize>())
     {
@@ -497,6 +512,7 @@ fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
         _ if quick => 1,
         _ => 5,
     };
+    let cycles = if figure_wanted("giveback") { cycles } else { 0 };
     if cycles > 0 {
         eprintln!(
             "giveback bench: {}: {cycles} crash / takeover / restart / giveback cycles",

@@ -42,6 +42,10 @@
 //! `raw_rtt_32`), `key=<net>/stream_aggregated msgs_per_s= ...` (and `stream_unaggregated`,
 //! `stream_ratio`), `key=<net>/control_under_bulk_a_to_b n= p50_us= p99_us= ...` (and
 //! `_b_to_a`), and `key=<net>/bulk_flood msgs_per_s= mb_per_s= ...`.
+//! `INTERLINK_BENCH_SUMMARY_ONLY=1` skips criterion and records `raw_rtt_32` and `call_rtt_32`
+//! (`INTERLINK_BENCH_MESSAGING_CALLS` round trips each, default 2000) and the calls under bulk,
+//! those of them `INTERLINK_BENCH_FIGURES` names (`control_under_bulk` for the latter): how
+//! `soft-roce/bench-messaging` interleaves the call with ib_send_lat.
 //! Without `--bench` (criterion's test mode, as in `cargo test --benches`) every benchmark runs
 //! once and the calls under bulk are few. `INTERLINK_BENCH_BULK_CALLS=N` sets the number of calls
 //! per direction under bulk (0 skips that measurement).
@@ -50,7 +54,9 @@ mod pair;
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use hdrhistogram::Histogram;
-use interlink::fabric::{Access, Completion, ProviderChoice, RecvRequest, SendOp, SendRequest};
+use interlink::fabric::{
+    Access, BusyPoll, Completion, ProviderChoice, RecvRequest, SendOp, SendRequest,
+};
 use interlink::manager::{
     BandwidthClass, ClientHandle, ClientSpec, Connection, LinkConfig, Manager, NodeConfig,
 };
@@ -344,22 +350,14 @@ fn histogram() -> Histogram<u64> {
 
 // ------------------------------------------------------------------ measurements
 
-/// One round of busy polling begun at `since`, as the messenger's driver and calls do: a pure
-/// spin for 20 µs, then a yield of the CPU per round.
-fn spin_wait(since: Instant) {
-    if since.elapsed() < Duration::from_micros(20) {
-        std::hint::spin_loop();
-    } else {
-        std::thread::yield_now();
-    }
-}
-
 /// The bare verbs ping-pong the messenger builds on, for reference: a client `bench-raw`
 /// with one queue pair and a 4 KiB region on each node; A writes 32 bytes with immediate into
 /// B's region, a thread at B answers each with the same, no messaging layer in between.
 struct Raw {
     _handles: [ClientHandle; 2],
     conns: [Connection; 2],
+    /// Busy polling as the messenger's driver and calls do (its default pure spin).
+    busy: BusyPoll,
 }
 
 const RAW_REGION: &str = "raw";
@@ -391,9 +389,20 @@ impl Raw {
                     .expect("post receive");
             }
         }
+        let provider = conns[0]
+            .qp(0)
+            .expect("queue pair")
+            .recv_cq()
+            .device()
+            .provider();
+        let busy = BusyPoll::configured(
+            provider,
+            MessengerConfig::new("bench-raw", BandwidthClass::Low).pure_spin,
+        );
         Raw {
             _handles: handles,
             conns,
+            busy,
         }
     }
 
@@ -420,6 +429,7 @@ impl Raw {
     fn receive(&self, side: usize, comps: &mut Vec<Completion>, stop: &AtomicBool) -> bool {
         let c = &self.conns[side];
         let qp = c.qp(0).expect("queue pair");
+        let busy = self.busy;
         let start = Instant::now();
         loop {
             comps.clear();
@@ -447,7 +457,7 @@ impl Raw {
             if stop.load(Ordering::Relaxed) {
                 return false;
             }
-            spin_wait(start);
+            busy.round(start, Instant::now());
         }
     }
 }
@@ -632,7 +642,76 @@ fn control_under_bulk(net: &Net, pair: &Pair, rec: &Recorder, calls: usize) {
 
 // ------------------------------------------------------------------ criterion
 
+/// Round trips recorded per figure by [`summary_run`] (`INTERLINK_BENCH_MESSAGING_CALLS`).
+fn summary_calls(quick: bool) -> usize {
+    if quick {
+        return 50;
+    }
+    std::env::var("INTERLINK_BENCH_MESSAGING_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// `INTERLINK_BENCH_SUMMARY_ONLY=1`: the wanted figures among `raw_rtt_32`, `call_rtt_32` and
+/// `control_under_bulk` into the summary, without criterion (the streams are measured by
+/// criterion only).
+fn summary_run(net: &Net, rec: &Recorder, quick: bool) {
+    let pair = Pair::start(net);
+    let n = summary_calls(quick);
+    let payload = [0x11u8; SMALL];
+    eprintln!("messaging bench: {}: {n} round trips per figure", net.label);
+    if figure_wanted("raw_rtt_32") {
+        let r = Raw::start(&pair);
+        let stop = AtomicBool::new(false);
+        let mut h = histogram();
+        std::thread::scope(|s| {
+            let echo = s.spawn(|| {
+                enter(net.ns_b());
+                let mut comps = Vec::with_capacity(16);
+                while r.receive(1, &mut comps, &stop) {
+                    r.write(1);
+                }
+            });
+            let mut comps = Vec::with_capacity(16);
+            for i in 0..n + 50 {
+                let t = Instant::now();
+                r.write(0);
+                r.receive(0, &mut comps, &stop);
+                if i >= 50 {
+                    record(&mut h, t.elapsed()); // the first 50 after set-up are not
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            echo.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        });
+        rec.latency(net, "raw_rtt_32", &h);
+    }
+    if figure_wanted("call_rtt_32") {
+        for _ in 0..50 {
+            call_once(&pair.a.call, &payload); // not recorded: first calls after set-up
+        }
+        let mut h = histogram();
+        for _ in 0..n {
+            record(&mut h, call_once(&pair.a.call, &payload));
+        }
+        rec.latency(net, "call_rtt_32", &h);
+    }
+    if figure_wanted("control_under_bulk") {
+        control_under_bulk(net, &pair, rec, n.min(amounts(net).bulk_calls));
+    }
+    check_connection(net, "A", &pair.a.call);
+    check_connection(net, "B", &pair.b.call);
+    pair.shutdown();
+}
+
 fn bench_net(c: &mut Criterion, net: &Net, rec: &Recorder, quick: bool) {
+    if summary_only() {
+        if selected(net) {
+            summary_run(net, rec, quick);
+        }
+        return;
+    }
     let pair: OnceCell<Pair> = OnceCell::new();
     let get = || pair.get_or_init(|| Pair::start(net));
     let am = amounts(net);

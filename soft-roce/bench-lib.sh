@@ -26,6 +26,24 @@ perftest() {
   while IFS= read -r line; do echo "$tag-server[$i]: $line"; done <"/tmp/$tag-server-$i.log"
 }
 
+# Interleaved pairs. Each figure is measured as pairs: perftest's run, then at once interlink's
+# run of the same figure, repeated (at least three pairs), and the table gives the MEDIAN of the
+# per-pair ratios with their spread (min..max): a busy host slows both sides of a pair alike,
+# where perftest and interlink minutes apart each met different load.
+# il_pair TAG RUN BIN FIGURES [NAME=VALUE...]: pair RUN's interlink side: the bench BIN's verbs
+# case with only the summary FIGURES (comma-separated; INTERLINK_BENCH_SUMMARY_ONLY=1,
+# INTERLINK_BENCH_FIGURES), NAME=VALUE added to its environment; its output prefixed
+# "TAG[RUN]: ".
+il_pair() {
+  local tag=$1 i=$2 bin=$3 figs=$4 line log
+  shift 4
+  log=/tmp/il-$tag-$i.log
+  if ! env INTERLINK_BENCH_SUMMARY_ONLY=1 INTERLINK_BENCH_FIGURES="$figs" "$@" "$bin" --bench verbs_netns --noplot >"$log" 2>&1; then
+    sed 's/^/  /' "$log"; echo "$tag run $i failed"; return 1
+  fi
+  while IFS= read -r line; do echo "$tag[$i]: $line"; done <"$log"
+}
+
 # Host CPU time used outside the caller's children while CMD... runs, appended to $raw as
 # "host: cpus= secs= other_cpu_pct=" (the VM's CPUs are emulated on the host's: other busy
 # processes distort every figure).
@@ -58,7 +76,9 @@ median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else if (N
 # pt TAG COLUMN: the client's value of the column whose header starts with COLUMN, one per run
 # (the data line follows the header line that names the column; headers with blanks such as
 # "BW average[MB/sec]" or "99% percentile[usec]" are named with "_": BW_average, 99%_percentile)
-pt() {
+pt() { pt_runs "$@" | cut -d" " -f2; }
+# pt_runs TAG COLUMN: as pt, "RUN VALUE" per line
+pt_runs() {
   sed -n "s/^$1\[\([0-9]*\)\]: /\1 /p" "$raw" | awk -v col="$2" '
     { run = $1; $1 = ""; $0 = substr($0, 2) }
     idx[run] == "" {
@@ -67,12 +87,37 @@ pt() {
         n = split(h, f, " "); for (i = 1; i <= n; i++) if (index(f[i], col) == 1) { idx[run] = i; next }
       }
     }
-    idx[run] != "" && !done[run] && $1 ~ /^[0-9]+$/ { print $(idx[run]); done[run] = 1 }'
+    idx[run] != "" && !done[run] && $1 ~ /^[0-9]+$/ {
+      # a run that measured nothing (perftest prints "inf") counts as no run
+      if ($(idx[run]) ~ /^[0-9.]+$/) print run, $(idx[run]); done[run] = 1 }'
 }
 # nruns TAG: how many runs of TAG the raw output holds
 nruns() { sed -n "s/^$1\[\([0-9]*\)\]: .*/\1/p" "$raw" | sort -un | wc -l; }
 # summary BENCH KEY FIELD: field FIELD of interlink's summary line "BENCH-bench: key=KEY ..."
 summary() { sed -n "s|^$1-bench: key=$2 .*\<$3=\([0-9.]*\).*|\1|p" "$raw" | head -n 1; }
+
+# pair_summary TAG BENCH KEY FIELD: field FIELD of the summary line of KEY in each interlink
+# run TAG[RUN] of the pairs, "RUN VALUE" per line
+pair_summary() { sed -n "s|^$1\[\([0-9]*\)\]: $2-bench: key=$3 .*\<$4=\([0-9.]*\).*|\1 \2|p" "$raw"; }
+# values: the values of "RUN VALUE" lines on stdin
+values() { cut -d" " -f2; }
+# pair_ratios NUMS DENS FACTOR: NUM / (FACTOR x DEN) of each pair, the two "RUN VALUE" lists
+# joined on RUN; one ratio per line
+pair_ratios() {
+  join <(sort -k1,1 <<<"$1") <(sort -k1,1 <<<"$2") |
+    awk -v f="$3" '$2 > 0 && $3 * f > 0 { printf "%.4f\n", $2 / ($3 * f) }'
+}
+# median_ratio TARGET le|ge: the median of the per-pair ratios on stdin against TARGET, with
+# their spread: "1.05x (target <= 1.10x: met), median of 3 pairs, spread 0.98..1.20"; without
+# TARGET the same without the target
+median_ratio() {
+  sort -g | awk -v t="${1:-}" -v dir="${2:-}" '{ v[NR] = $1 } END {
+    if (NR == 0) { print "n/a"; exit }
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    if (t == "") printf "%.2fx", m
+    else printf "%.2fx (target %s %.2fx: %s)", m, (dir == "le" ? "<=" : ">="), t, ((dir == "le" ? m <= t : m >= t) ? "met" : "not met")
+    printf ", median of %d pair%s, spread %.2f..%.2f\n", NR, (NR == 1 ? "" : "s"), v[1], v[NR] }'
+}
 
 calc() { awk "BEGIN { v = $1; printf \"%.2f\", v }" 2>/dev/null || echo n/a; }
 # ratio NUM DEN TARGET le|ge

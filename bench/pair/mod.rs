@@ -146,6 +146,37 @@ pub fn run_verbs_case(bench: &str, script: &str, run: impl FnOnce()) {
     }
 }
 
+/// Whether the command line's benchmark filters (criterion's positional arguments, taken as
+/// substrings) select any benchmark of `net`: a net nobody asked for is not set up at all (in
+/// the VM, `--bench verbs_netns` must not spend emulated time on the soft provider).
+pub fn selected(net: &Net) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let group = format!("{}/", net.label);
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| group.contains(f.as_str()) || f.starts_with(&group))
+}
+
+/// `INTERLINK_BENCH_SUMMARY_ONLY=1`: criterion's measurements are skipped and only the
+/// summary figures recorded (the soft-roce/bench-* scripts run the bench this way once per
+/// figure and pair: perftest, then the bench, repeated, so that host load moves both alike).
+pub fn summary_only() -> bool {
+    std::env::var("INTERLINK_BENCH_SUMMARY_ONLY").is_ok_and(|v| v == "1")
+}
+
+/// Whether the summary figure `figure` (`read_64`, `partner_state_read`, ...) is wanted:
+/// `INTERLINK_BENCH_FIGURES` lists the wanted ones, comma-separated; unset, all are.
+pub fn figure_wanted(figure: &str) -> bool {
+    match std::env::var("INTERLINK_BENCH_FIGURES") {
+        Ok(list) => list.split(',').any(|f| f.trim() == figure),
+        Err(_) => true,
+    }
+}
+
 /// The figures of a bench's summary, by key (`<net>/<figure>`), printed at the end as
 /// `<bench>-bench: key=<key> <fields>` lines (the soft-roce/bench-* scripts parse them).
 pub struct Recorder {

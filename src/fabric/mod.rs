@@ -11,6 +11,7 @@
 //! device no longer touches it). So from safe code no buffer can be freed while the device may
 //! still read or write it.
 
+mod busy_poll;
 mod error;
 mod handles;
 pub mod raw;
@@ -19,6 +20,7 @@ mod tracker;
 pub mod types;
 pub mod verbs;
 
+pub use busy_poll::BusyPoll;
 pub use error::{FabricError, Result};
 pub use handles::{
     CompletionQueue, Device, LocalBuf, MemoryRegion, ProtectionDomain, QueuePair, RecvRequest,

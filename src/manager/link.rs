@@ -420,14 +420,7 @@ impl Heartbeat {
         }
         let mut out = Vec::with_capacity(count);
         let mut completions = Vec::with_capacity(4);
-        // How long to spin before yielding the CPU each round: on verbs the device completes
-        // the READ on its own (a hundred or so microseconds on Soft-RoCE under emulation), so
-        // spin through it; the soft provider completes it on one of this process's threads,
-        // which a spinning reader would starve.
-        let spin = match self.cq.device().provider() {
-            crate::fabric::ProviderKind::Verbs => Duration::from_millis(1),
-            _ => Duration::from_micros(20),
-        };
+        let busy_poll = crate::fabric::BusyPoll::for_provider(self.cq.device().provider());
         for _ in 0..count {
             let req =
                 SendRequest::new(self.next_wr, SendOp::Read(peer.at(0)), self.landing.whole());
@@ -447,15 +440,11 @@ impl Heartbeat {
                     }
                     break;
                 }
-                let waited = start.elapsed();
-                if waited > Duration::from_secs(5) {
+                let now = Instant::now();
+                if now.duration_since(start) > Duration::from_secs(5) {
                     return Err("heartbeat READ did not complete within 5 s".into());
                 }
-                if waited > spin {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
+                busy_poll.round(start, now);
             }
             out.push(start.elapsed());
             self.absorb_landing();

@@ -18,7 +18,8 @@ use super::outbox::{AckStatus, CallFailure, CallId, Handler, Head, Message, Mess
 use super::window::{Transmit, Window, WindowConfig, WindowStats};
 use super::wire::Imm;
 use crate::fabric::{
-    Access, Completion, MemoryRegion, RecvRequest, RegionDescriptor, SendOp, SendRequest,
+    Access, BusyPoll, Completion, MemoryRegion, ProviderKind, RecvRequest, RegionDescriptor,
+    SendOp, SendRequest,
 };
 use crate::manager::{
     BandwidthClass, ClientEvent, ClientHandle, ClientQp, ClientSpec, Connection, LinkId, Manager,
@@ -44,7 +45,7 @@ const WR_SIGNAL: u64 = 1 << 63;
 const POLL_BATCH: usize = 64;
 /// How long the driver sleeps at a time while a synchronous call busy-polls in its place.
 const STEP_ASIDE: Duration = Duration::from_micros(500);
-/// Busy polling yields the CPU after this long (see [`spin_wait`]).
+/// The messenger's default [`MessengerConfig::pure_spin`] (see there).
 const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest a pure ack is held back for a frame to carry it instead (delayed ack).
 const ACK_DELAY: Duration = Duration::from_micros(200);
@@ -67,10 +68,21 @@ pub struct MessengerConfig {
     pub partner_timeout: Duration,
     /// After activity, the driver busy-polls this long before it blocks (latency vs. CPU).
     pub spin: Duration,
+    /// How long a busy poll (the driver's and a synchronous call's) polls back to back before
+    /// it yields the CPU between polls: the [`BusyPoll`](crate::fabric::BusyPoll) setting, `None`
+    /// for the link's provider's default. Default 20 µs on every provider: the caller and the
+    /// driver thread of both nodes poll at once, and on the two emulated CPUs of Soft-RoCE a
+    /// longer pure spin kept rxe's kernel workers waiting (call round trip about 4x slower).
+    #[serde(default = "default_pure_spin")]
+    pub pure_spin: Option<Duration>,
     /// The deadline of the blocking calls without one ([`Messenger::call`],
     /// [`Messenger::wait_connected`]); their `_timeout` variants take their own.
     #[serde(default = "default_call_timeout")]
     pub call_timeout: Duration,
+}
+
+fn default_pure_spin() -> Option<Duration> {
+    Some(PURE_SPIN)
 }
 
 fn default_call_timeout() -> Duration {
@@ -79,8 +91,8 @@ fn default_call_timeout() -> Duration {
 
 impl MessengerConfig {
     /// Defaults: the default window with a 1 s retransmission backstop (frames are only lost
-    /// with a link, which the manager reports), a 5 s partner timeout, 100 µs of spinning and
-    /// a 10 s call timeout.
+    /// with a link, which the manager reports), a 5 s partner timeout, 100 µs of spinning (the
+    /// first 20 µs without yielding) and a 10 s call timeout.
     pub fn new(name: impl Into<String>, class: BandwidthClass) -> MessengerConfig {
         MessengerConfig {
             name: name.into(),
@@ -91,6 +103,7 @@ impl MessengerConfig {
             },
             partner_timeout: Duration::from_secs(5),
             spin: Duration::from_micros(100),
+            pure_spin: default_pure_spin(),
             call_timeout: default_call_timeout(),
         }
     }
@@ -219,6 +232,8 @@ struct Shared {
     pollers: AtomicUsize,
     /// The driver thread (to wake it when a call stops busy-polling).
     driver: OnceLock<std::thread::Thread>,
+    /// Whether the current link's device is a verbs one (the provider of [`Shared::busy_poll`]).
+    verbs: AtomicBool,
     metrics: MessagingMetrics,
 }
 
@@ -280,6 +295,16 @@ impl std::ops::DerefMut for Held<'_> {
 }
 
 impl Shared {
+    /// The busy-polling policy for the current link's provider.
+    fn busy_poll(&self) -> BusyPoll {
+        let provider = if self.verbs.load(Ordering::Relaxed) {
+            ProviderKind::Verbs
+        } else {
+            ProviderKind::Soft
+        };
+        BusyPoll::configured(provider, self.cfg.pure_spin)
+    }
+
     fn lock(&self, code: u8) -> Result<Held<'_>> {
         if HOLDING.with(Cell::get) {
             return Err(MessagingError::Reentrant {
@@ -410,6 +435,7 @@ impl Messenger {
             stop: AtomicBool::new(false),
             pollers: AtomicUsize::new(0),
             driver: OnceLock::new(),
+            verbs: AtomicBool::new(false),
             metrics: MessagingMetrics::new(manager.config().node_id, &name),
         });
         let s = shared.clone();
@@ -548,6 +574,7 @@ impl Messenger {
         let deadline = start + timeout;
         let spin_until = start + self.shared.cfg.spin.max(Duration::from_micros(200));
         let mut polling = Some(Polling::start(&self.shared));
+        let busy_poll = self.shared.busy_poll();
         loop {
             if let Some(r) = slot.lock().take() {
                 return r.map_err(CallError::Failed);
@@ -564,7 +591,7 @@ impl Messenger {
                         continue; // something arrived: look at the slot before yielding
                     }
                 }
-                spin_wait(start, now);
+                busy_poll.round(start, now);
             } else {
                 if let Some(p) = polling.take() {
                     p.hand_over();
@@ -658,7 +685,7 @@ fn drive(shared: &Arc<Shared>) {
             continue;
         }
         if now.duration_since(last_activity) < shared.cfg.spin {
-            spin_wait(last_activity, now);
+            shared.busy_poll().round(last_activity, now);
             continue;
         }
         // Idle: block on the receive queue (or sleep when there is no link), briefly, so
@@ -803,22 +830,6 @@ fn receive(st: &mut State, shared: &Shared, c: Completion) {
 /// immediate carried (a frame too short to tell goes to the window, which rejects it).
 fn session_tag_matches(bytes: &[u8], tag: u8) -> bool {
     bytes.get(8).is_none_or(|b| *b == tag)
-}
-
-/// One round of busy polling that began at `since`: a pure spin (with the CPU's pause hint)
-/// for the first [`PURE_SPIN`], then a yield of the CPU on every round. Where the poller has a
-/// CPU to itself the yield returns at once; where CPUs are few it lets the threads that move
-/// the data run at once rather than at the scheduler's next tick: Soft-RoCE hands protocol work
-/// to kernel workers, the soft provider has transport threads. On Soft-RoCE in the emulated
-/// 2-CPU VM of `soft-roce/vm`, spinning without yielding made call round trips about 4x
-/// slower (there the pause hint itself is costly too: the emulator leaves its translated code
-/// on every one); on the soft provider over loopback about 15x.
-fn spin_wait(since: Instant, now: Instant) {
-    if now.duration_since(since) < PURE_SPIN {
-        std::hint::spin_loop();
-    } else {
-        std::thread::yield_now();
-    }
 }
 
 /// Frames received without this side transmitting after which a pure ack goes out at once.
@@ -1120,6 +1131,10 @@ fn activate(st: &mut State, shared: &Shared, conn: Connection) -> std::result::R
         ));
     }
     let epoch = qp.queue_pair().epoch();
+    shared.verbs.store(
+        qp.send_cq().device().provider() == ProviderKind::Verbs,
+        Ordering::Relaxed,
+    );
     let same_qp = st.link.as_ref().is_some_and(|l| {
         !l.broken && l.qp.queue_pair().qpn() == qp.queue_pair().qpn() && l.epoch == epoch
     });

@@ -101,11 +101,11 @@ use super::log_replay::{LogPosition, Replay, ReplayCursor, ReplayedRecord};
 use super::nvram::{NvramBacking, NvramKind};
 use crate::clients::giveback::service::ReplayHook;
 use crate::clients::giveback::PartnerLogContext;
-use crate::fabric::Access;
+use crate::fabric::{Access, BusyPoll, ProviderKind};
 use crate::manager::{BandwidthClass, ClientSpec, LinkId, Manager, ReadGrant};
 use crate::recorded_metrics::ShadowMetrics;
 use attempt::try_append;
-use driver::{drive, spin_wait, Counters, Inner, Shared, Sleeper, POLL_BATCH};
+use driver::{drive, Counters, Inner, Shared, Sleeper, POLL_BATCH};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use recovery::RecoveryState;
 use serde::{Deserialize, Serialize};
@@ -189,10 +189,15 @@ pub struct ShadowConfig {
     pub partner_timeout: Duration,
     /// Mirror writes in flight at most (send queue depth).
     pub send_depth: u32,
-    /// A waiting appender busy-polls this long before it sleeps (the first 20 µs purely,
-    /// then yielding the CPU on every round). A completion reaped by the waiter itself saves
-    /// two thread wake-ups; on real hardware a mirror write completes long before this.
+    /// A waiting appender busy-polls this long before it sleeps (the first
+    /// [`pure_spin`](Self::pure_spin) back to back, then yielding the CPU on every round). A
+    /// completion reaped by the waiter itself saves two thread wake-ups; on real hardware a
+    /// mirror write completes long before this.
     pub spin: Duration,
+    /// How long a waiting appender polls back to back before it yields the CPU between
+    /// polls ([`BusyPoll`](crate::fabric::BusyPoll)); `None`: the link's provider's default.
+    #[serde(default)]
+    pub pure_spin: Option<Duration>,
     /// When a mirror write counts as done (both nodes must use the same).
     #[serde(default)]
     pub durability: Durability,
@@ -208,7 +213,8 @@ fn default_fetch_timeout() -> Duration {
 
 impl ShadowConfig {
     /// Defaults: client `"shadow"`, class high, a 30 s link timeout, a 5 s partner timeout,
-    /// 128 writes in flight, 1 ms of spinning, a 30 s fetch timeout.
+    /// 128 writes in flight, 1 ms of spinning (the provider's default pure spin), a 30 s fetch
+    /// timeout.
     pub fn new() -> ShadowConfig {
         ShadowConfig {
             name: CLIENT_NAME.into(),
@@ -218,6 +224,7 @@ impl ShadowConfig {
             partner_timeout: Duration::from_secs(5),
             send_depth: 128,
             spin: Duration::from_millis(1),
+            pure_spin: None,
             durability: Durability::Read,
             fetch_timeout: default_fetch_timeout(),
         }
@@ -725,7 +732,12 @@ impl ShadowMirror {
                 });
             }
             if now < spin_until {
-                MutexGuard::unlocked(&mut st, || spin_wait(begin, now));
+                let provider = st
+                    .link
+                    .as_ref()
+                    .map_or(ProviderKind::Soft, |l| l.qp.send_cq().device().provider());
+                let poll = BusyPoll::configured(provider, shared.cfg.pure_spin);
+                MutexGuard::unlocked(&mut st, || poll.round(begin, now));
             } else {
                 // The driver blocks on the completion queue while a waiter sleeps.
                 asleep.get_or_insert_with(|| Sleeper::new(shared));

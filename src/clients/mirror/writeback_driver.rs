@@ -109,7 +109,7 @@ use super::writeback::{
 use crate::clients::giveback::{
     OwnLogContext, OwnLogMark, PartnerCopyMark, PartnerLogContext, WriteBackEpochs,
 };
-use crate::fabric::Access;
+use crate::fabric::{Access, BusyPoll, ProviderKind};
 use crate::manager::{BandwidthClass, ClientHandle, ClientSpec, Manager};
 use crate::messaging::{Head, Messenger, MessengerConfig, Outbox};
 use crate::recorded_metrics::WriteBackMetrics;
@@ -131,8 +131,6 @@ pub const MIRROR_REGION: &str = "wb-mirror";
 pub const TX_REGION: &str = "wb-tx";
 /// Function code of the write-back messages.
 pub const MESSAGE_CODE: u8 = 1;
-/// Busy polling yields the CPU after this long.
-const PURE_SPIN: Duration = Duration::from_micros(20);
 /// How often the driver reads the messenger's counters.
 const MESSENGER_CHECK: Duration = Duration::from_millis(1);
 
@@ -156,6 +154,10 @@ pub struct WriteBackConfig {
     pub send_depth: u32,
     /// A waiting writer busy-polls this long before it sleeps.
     pub spin: Duration,
+    /// How long a waiting writer polls back to back before it yields the CPU between polls
+    /// ([`BusyPoll`](crate::fabric::BusyPoll)); `None`: the data link's provider's default.
+    #[serde(default)]
+    pub pure_spin: Option<Duration>,
     /// The messenger's driver busy-polls this long after activity before it blocks.
     pub messenger_spin: Duration,
 }
@@ -163,7 +165,8 @@ pub struct WriteBackConfig {
 impl WriteBackConfig {
     /// Defaults: `"writeback"` and `"wb-data"`, 1024 blocks of 4 KiB and 256 request
     /// entries, a 5 s partner timeout, a 30 s write timeout, redo after 2 s without
-    /// progress, 128 WRITEs in flight, 50 µs of spinning (the messenger's default 100 µs).
+    /// progress, 128 WRITEs in flight, 50 µs of spinning (the messenger's default 100 µs),
+    /// the provider's default pure spin.
     pub fn new() -> WriteBackConfig {
         WriteBackConfig {
             name: MESSENGER_NAME.into(),
@@ -178,6 +181,7 @@ impl WriteBackConfig {
             redo_after: Duration::from_secs(2),
             send_depth: 128,
             spin: Duration::from_micros(50),
+            pure_spin: None,
             messenger_spin: Duration::from_micros(100),
         }
     }
@@ -623,7 +627,9 @@ impl MirroredWriteBack {
                 });
             }
             if now < spin_until {
-                MutexGuard::unlocked(&mut c, || spin_wait(begin, now));
+                let provider = c.link.as_ref().map_or(ProviderKind::Soft, |l| l.provider());
+                let poll = BusyPoll::configured(provider, shared.cfg.pure_spin);
+                MutexGuard::unlocked(&mut c, || poll.round(begin, now));
             } else {
                 shared.changed.wait_for(&mut c, Duration::from_millis(1));
             }
@@ -1000,15 +1006,6 @@ pub struct WriteBackRecovery {
     pub discarded_blocks: u64,
     /// Host writes discarded whose status had not been returned.
     pub discarded_writes: u64,
-}
-
-/// One round of busy polling that began at `since` (see the messenger's).
-fn spin_wait(since: Instant, now: Instant) {
-    if now.duration_since(since) < PURE_SPIN {
-        std::hint::spin_loop();
-    } else {
-        std::thread::yield_now();
-    }
 }
 
 #[cfg(test)]

@@ -36,8 +36,6 @@ const BUSY_WAIT: Duration = Duration::from_millis(2);
 /// pair completes them, in error at worst, within its transport timeout: well under a second
 /// with the manager's connect options).
 const STALL: Duration = Duration::from_secs(5);
-/// Busy polling yields the CPU after this long.
-const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest unmirrored ranges kept for waiters (one range per partner absence).
 const UNMIRRORED_RANGES: usize = 1024;
 
@@ -998,14 +996,4 @@ pub(super) fn drive(shared: &Arc<Shared>) {
         }
     }
     shared.notify();
-}
-
-/// One round of busy polling that began at `since` (see the messenger's): a pure spin for
-/// the first [`PURE_SPIN`], then a yield of the CPU on every round.
-pub(super) fn spin_wait(since: Instant, now: Instant) {
-    if now.duration_since(since) < PURE_SPIN {
-        std::hint::spin_loop();
-    } else {
-        std::thread::yield_now();
-    }
 }

@@ -40,6 +40,11 @@ pub(super) struct DataLink {
 }
 
 impl DataLink {
+    /// The provider of the connection's device.
+    pub(super) fn provider(&self) -> crate::fabric::ProviderKind {
+        self.qp.send_cq().device().provider()
+    }
+
     pub(super) fn send_cq(&self) -> Option<crate::fabric::CompletionQueue> {
         (!self.broken && self.outstanding > 0).then(|| self.qp.send_cq().clone())
     }
