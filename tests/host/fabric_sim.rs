@@ -117,7 +117,15 @@ fn receiver_not_ready_retries() {
     src.write(0, b"late rcv").unwrap();
     qa.post_send(SendRequest::new(1, SendOp::Send, src.whole()))
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    // B has NAKed the SEND at least once before its receive is posted.
+    let t0 = std::time::Instant::now();
+    while p.a.dev.soft_rnr_naks().expect("soft provider") == 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "no RNR NAK"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     qb.post_recv(RecvRequest {
         wr_id: 2,
         local: dst.whole(),

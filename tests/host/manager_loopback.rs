@@ -157,8 +157,14 @@ fn client_added_live_does_not_disturb_others() {
     let mut got = [0u8; 29];
     ra.read(0, &mut got).expect("read");
     assert_eq!(&got, b"hello over the new queue pair");
-    // The steady client was never suspended and kept flowing.
-    std::thread::sleep(Duration::from_millis(300));
+    // The steady client was never suspended and kept flowing: 20 more messages each way.
+    let t0 = std::time::Instant::now();
+    while pa.stats().received < before.0.received + 20
+        || pb.stats().received < before.1.received + 20
+    {
+        assert!(t0.elapsed() < WAIT, "{:?} {:?}", pa.stats(), pb.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let after = (pa.stats(), pb.stats());
     assert_eq!(after.0.connections, 1, "{:?}", after.0);
     assert_eq!(after.1.connections, 1, "{:?}", after.1);

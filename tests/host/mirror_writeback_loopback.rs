@@ -22,7 +22,7 @@ use interlink::fabric::ProviderChoice;
 use interlink::manager::{Manager, NodeConfig};
 use manager_pair::*;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -353,10 +353,13 @@ fn data_path_changes_mid_stream_lose_nothing() {
     connected(&a);
     connected(&b);
     let stop = Arc::new(AtomicBool::new(false));
+    // Mirrored writes of both writers so far.
+    let progress = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = [(a.clone(), 1u16), (b.clone(), 2u16)]
         .into_iter()
         .map(|(w, unit)| {
             let stop = stop.clone();
+            let progress = progress.clone();
             std::thread::spawn(move || {
                 let mut done = Vec::new();
                 let mut i = 0u64;
@@ -374,6 +377,7 @@ fn data_path_changes_mid_stream_lose_nothing() {
                     for (first, t, d) in tickets {
                         assert_eq!(w.wait(&t).unwrap(), CompletionStatus::Mirrored);
                         done.push((first, d));
+                        progress.fetch_add(1, Ordering::Relaxed);
                     }
                     i += 1;
                 }
@@ -381,8 +385,18 @@ fn data_path_changes_mid_stream_lose_nothing() {
             })
         })
         .collect();
+    // Writes are mirrored before, between and after the path changes: each change lands
+    // mid-stream (waited for on the writers' progress, not for a time).
+    let writes_go_on = || {
+        let from = progress.load(Ordering::Relaxed);
+        let t0 = Instant::now();
+        while progress.load(Ordering::Relaxed) < from + 16 {
+            assert!(t0.elapsed() < WAIT, "writes stopped: {:#?}", a.stats());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
     for round in 0..6 {
-        std::thread::sleep(Duration::from_millis(150));
+        writes_go_on();
         let who = if round % 2 == 0 { &a } else { &b };
         let before = who.stats().connections;
         who.reset_data_path("test: path change");
@@ -391,7 +405,7 @@ fn data_path_changes_mid_stream_lose_nothing() {
             s.connections > before && s.connected
         });
     }
-    std::thread::sleep(Duration::from_millis(150));
+    writes_go_on();
     stop.store(true, Ordering::Relaxed);
     let mut last = std::collections::HashMap::new();
     for h in writers {
