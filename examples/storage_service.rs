@@ -22,7 +22,7 @@
 //! Kill a node (`kill -9`): the survivor takes its key set over, replaying the records of
 //! its shadow log that the disk does not hold yet, and serves them. Restart it: the
 //! survivor writes the set back to disk and gives it back; the node recovers its own log
-//! (the partner replayed it: nothing to apply) and serves again. `tests/example_service.rs`
+//! (the partner replayed it: nothing to apply) and serves again. `tests/host/example_service.rs`
 //! runs exactly that. Giveback events are printed as `event ...` lines.
 
 use interlink::clients::giveback::service::ReplayHook;

@@ -2,7 +2,8 @@
 //! (log, cursor, write-back tables), the mailbox copies, the reservation and lock files and
 //! the service journal are created mode 0600, even under a umask of 0, so another local user
 //! can neither drive the node nor read or forge its state. The whole binary runs with umask 0
-//! (set once; every test here wants it).
+//! (set once; every test here wants it): its own binary, as the umask is the whole process's
+//! and would reach every other test's files and node processes.
 use interlink::clients::giveback::{
     FileMailbox, FileReservations, JournalHooks, Mailbox, MailboxRecord, NodeState, Reservations,
     ServiceHooks,

@@ -170,6 +170,15 @@ impl Device {
         }
     }
 
+    /// RNR NAKs the soft provider received: SENDs its peer had no receive posted for,
+    /// retransmitted after the RNR delay (None on verbs).
+    pub fn soft_rnr_naks(&self) -> Option<u64> {
+        match &*self.inner {
+            Provider::Soft(d) => Some(d.rnr_naks()),
+            Provider::Verbs(_) => None,
+        }
+    }
+
     /// Packets the soft provider dropped for want of a valid tag for their connection
     /// (`ConnectOptions::packet_key`; None on verbs).
     pub fn soft_unauthenticated(&self) -> Option<u64> {

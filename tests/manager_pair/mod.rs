@@ -51,10 +51,22 @@ pub fn netns(l: u8) -> (IpAddr, IpAddr) {
     )
 }
 
-/// A unique port base per test process and call.
+/// A port base for one pair (`port_base() + l` for link `l`, ten links at most) that no test
+/// running beside it has: each call takes the next of 2,000 bases in 20000..40000, walked in
+/// steps of ten from a start chosen by the process id, so the tests of one binary never share
+/// one; a base with a port another process listens on (any address) is skipped.
 pub fn port_base() -> u16 {
     static N: AtomicU16 = AtomicU16::new(0);
-    20000 + (std::process::id() % 200) as u16 * 100 + N.fetch_add(10, Ordering::Relaxed) % 100
+    let start = (std::process::id() % 200) as u16 * 100;
+    for _ in 0..2000 {
+        let step = N.fetch_add(1, Ordering::Relaxed) % 2000;
+        let base = 20000 + (start + step * 10) % 20000;
+        let free = (base..base + 10).all(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free port base in 20000..40000");
 }
 
 /// Configurations for node 1 (A, initiator) and node 2 (B).

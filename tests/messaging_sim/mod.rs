@@ -36,7 +36,7 @@ pub const MS: Ns = 1_000_000;
 
 /// The one-line replay hint included in every failure message.
 pub fn replay_hint(seed: u64) -> String {
-    format!("SEED={seed} cargo test --test messaging_window replay")
+    format!("SEED={seed} cargo test --test host messaging_window::replay")
 }
 
 /// Network faults of one phase. Probabilities are per write.

@@ -1,5 +1,5 @@
 //! Unit tests of the giveback machine, one node at a time with scripted driver results.
-//! The two-node protocol is exercised by `tests/giveback_sim.rs`.
+//! The two-node protocol is exercised by `tests/host/giveback_sim.rs`.
 
 use super::*;
 use crate::clients::giveback::mailbox::LogMark;

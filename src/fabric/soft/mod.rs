@@ -163,6 +163,8 @@ pub(crate) struct DeviceShared {
     pub(crate) stale_responses: AtomicU64,
     /// Packets dropped for want of a valid tag for their queue pair's connection.
     pub(crate) unauthenticated: AtomicU64,
+    /// RNR NAKs received: a SEND found no receive posted and waits to be retransmitted.
+    pub(crate) rnr_naks: AtomicU64,
     pub(crate) regions: RwLock<HashMap<u32, Weak<RegionMem>>>,
     next_qpn: AtomicU32,
     next_key: AtomicU32,
@@ -297,6 +299,7 @@ impl SoftDevice {
             next_qpn: AtomicU32::new(0x11 + (rand::random::<u32>() >> 9)),
             stale_responses: AtomicU64::new(0),
             unauthenticated: AtomicU64::new(0),
+            rnr_naks: AtomicU64::new(0),
             // A random first index: a restarted process (a new device) does not hand out the
             // keys of its previous run again, so a stale peer's old descriptors do not address
             // the new run's regions.
@@ -429,6 +432,12 @@ impl SoftDevice {
     /// missing or wrong, or it is not keyed and they carry one (docs/security.md P16).
     pub fn unauthenticated(&self) -> u64 {
         self.shared.unauthenticated.load(Ordering::Relaxed)
+    }
+
+    /// RNR NAKs received: SENDs the responder had no receive posted for, retransmitted
+    /// after the RNR delay.
+    pub fn rnr_naks(&self) -> u64 {
+        self.shared.rnr_naks.load(Ordering::Relaxed)
     }
 
     /// The inbound connections of the TCP transport (None on the in-process network).

@@ -572,6 +572,7 @@ impl QpCore {
                 }
             }
             Syndrome::RnrNak => {
+                dev.rnr_naks.fetch_add(1, Ordering::Relaxed);
                 self.ack_before(st, psn, false);
                 if st.rnr_left == 0 {
                     self.fail(st, Some(CompletionStatus::RnrRetryExceeded));

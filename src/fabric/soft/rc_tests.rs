@@ -62,6 +62,7 @@ impl Rig {
             qps: RwLock::new(HashMap::new()),
             stale_responses: AtomicU64::new(0),
             unauthenticated: AtomicU64::new(0),
+            rnr_naks: AtomicU64::new(0),
             regions: RwLock::new(HashMap::new()),
             next_qpn: AtomicU32::new(0x100),
             next_key: AtomicU32::new(1),
