@@ -45,8 +45,6 @@ const WR_SIGNAL: u64 = 1 << 63;
 const POLL_BATCH: usize = 64;
 /// How long the driver sleeps at a time while a synchronous call busy-polls in its place.
 const STEP_ASIDE: Duration = Duration::from_micros(500);
-/// The messenger's default [`MessengerConfig::pure_spin`] (see there).
-const PURE_SPIN: Duration = Duration::from_micros(20);
 /// Longest a pure ack is held back for a frame to carry it instead (delayed ack).
 const ACK_DELAY: Duration = Duration::from_micros(200);
 
@@ -70,19 +68,14 @@ pub struct MessengerConfig {
     pub spin: Duration,
     /// How long a busy poll (the driver's and a synchronous call's) polls back to back before
     /// it yields the CPU between polls: the [`BusyPoll`](crate::fabric::BusyPoll) setting, `None`
-    /// for the link's provider's default. Default 20 µs on every provider: the caller and the
-    /// driver thread of both nodes poll at once, and on the two emulated CPUs of Soft-RoCE a
-    /// longer pure spin kept rxe's kernel workers waiting (call round trip about 4x slower).
-    #[serde(default = "default_pure_spin")]
+    /// for the link's provider's default. Default:
+    /// [`BusyPoll::CLIENT_PURE`](crate::fabric::BusyPoll::CLIENT_PURE) (20 µs, and why).
+    #[serde(default = "BusyPoll::client_default")]
     pub pure_spin: Option<Duration>,
     /// The deadline of the blocking calls without one ([`Messenger::call`],
     /// [`Messenger::wait_connected`]); their `_timeout` variants take their own.
     #[serde(default = "default_call_timeout")]
     pub call_timeout: Duration,
-}
-
-fn default_pure_spin() -> Option<Duration> {
-    Some(PURE_SPIN)
 }
 
 fn default_call_timeout() -> Duration {
@@ -103,7 +96,7 @@ impl MessengerConfig {
             },
             partner_timeout: Duration::from_secs(5),
             spin: Duration::from_micros(100),
-            pure_spin: default_pure_spin(),
+            pure_spin: BusyPoll::client_default(),
             call_timeout: default_call_timeout(),
         }
     }

@@ -196,7 +196,8 @@ pub struct ShadowConfig {
     pub spin: Duration,
     /// How long a waiting appender polls back to back before it yields the CPU between
     /// polls ([`BusyPoll`](crate::fabric::BusyPoll)); `None`: the link's provider's default.
-    #[serde(default)]
+    /// Default: [`BusyPoll::CLIENT_PURE`](crate::fabric::BusyPoll::CLIENT_PURE) (20 µs).
+    #[serde(default = "crate::fabric::BusyPoll::client_default")]
     pub pure_spin: Option<Duration>,
     /// When a mirror write counts as done (both nodes must use the same).
     #[serde(default)]
@@ -213,7 +214,7 @@ fn default_fetch_timeout() -> Duration {
 
 impl ShadowConfig {
     /// Defaults: client `"shadow"`, class high, a 30 s link timeout, a 5 s partner timeout,
-    /// 128 writes in flight, 1 ms of spinning (the provider's default pure spin), a 30 s fetch
+    /// 128 writes in flight, 1 ms of spinning (the first 20 µs back to back), a 30 s fetch
     /// timeout.
     pub fn new() -> ShadowConfig {
         ShadowConfig {
@@ -224,7 +225,7 @@ impl ShadowConfig {
             partner_timeout: Duration::from_secs(5),
             send_depth: 128,
             spin: Duration::from_millis(1),
-            pure_spin: None,
+            pure_spin: crate::fabric::BusyPoll::client_default(),
             durability: Durability::Read,
             fetch_timeout: default_fetch_timeout(),
         }

@@ -156,7 +156,8 @@ pub struct WriteBackConfig {
     pub spin: Duration,
     /// How long a waiting writer polls back to back before it yields the CPU between polls
     /// ([`BusyPoll`](crate::fabric::BusyPoll)); `None`: the data link's provider's default.
-    #[serde(default)]
+    /// Default: [`BusyPoll::CLIENT_PURE`](crate::fabric::BusyPoll::CLIENT_PURE) (20 µs).
+    #[serde(default = "crate::fabric::BusyPoll::client_default")]
     pub pure_spin: Option<Duration>,
     /// The messenger's driver busy-polls this long after activity before it blocks.
     pub messenger_spin: Duration,
@@ -181,7 +182,7 @@ impl WriteBackConfig {
             redo_after: Duration::from_secs(2),
             send_depth: 128,
             spin: Duration::from_micros(50),
-            pure_spin: None,
+            pure_spin: crate::fabric::BusyPoll::client_default(),
             messenger_spin: Duration::from_micros(100),
         }
     }
