@@ -265,22 +265,6 @@ impl Attachment {
         self.partner.is_some() && self.qps.values().all(|q| q.connected_to.is_some())
     }
 
-    /// Whether it has exactly queue pairs `qp_indices` and a region of each id in `regions`
-    /// with that region's length and rights, and nothing else (so it can serve a client whose
-    /// resources were prepared before it changed).
-    pub(crate) fn fits(&self, qp_indices: &[u16], regions: &[(u16, RegionSpec)]) -> bool {
-        self.qps.len() == qp_indices.len()
-            && qp_indices.iter().all(|i| self.qps.contains_key(i))
-            && self.regions.len() == regions.len()
-            && regions.iter().all(|(id, spec)| {
-                self.regions.get(id).is_some_and(|r| {
-                    r.purpose == spec.purpose
-                        && r.region.len() == spec.len
-                        && r.access.contains(spec.access)
-                })
-            })
-    }
-
     /// Whether the queue pair with this number belongs here.
     pub(crate) fn has_qpn(&self, qpn: u32) -> bool {
         self.qps.values().any(|q| q.qp.qpn() == qpn)
@@ -369,53 +353,4 @@ fn copy_contents(from: &MemoryRegion, to: &MemoryRegion) -> crate::fabric::Resul
         off += k;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fabric::{Device, SimNet};
-
-    fn spec(purpose: &str, len: usize) -> RegionSpec {
-        RegionSpec {
-            purpose: purpose.into(),
-            len,
-            access: Access::LOCAL_WRITE | Access::REMOTE_WRITE,
-            read_grant: None,
-        }
-    }
-
-    #[test]
-    fn prepared_resources_fit_only_the_same_queue_pairs_and_regions() {
-        let net = SimNet::new(1);
-        let pd = Device::open_sim(&net, "a")
-            .expect("sim device")
-            .alloc_pd()
-            .expect("pd");
-        let regions = vec![(0, spec("r0", 4096)), (1, spec("r1", 512))];
-        let att = Attachment::create(
-            0,
-            "c",
-            &pd,
-            &[0, 1],
-            QpCapacity::default(),
-            &regions,
-            &Carry::new(),
-        )
-        .expect("create");
-        assert!(att.fits(&[0, 1], &regions));
-        // A queue pair added or released since.
-        assert!(!att.fits(&[0, 1, 2], &regions));
-        assert!(!att.fits(&[0], &regions));
-        // A region added, released, resized, renamed or given more rights since.
-        let mut more = regions.clone();
-        more.push((2, spec("r2", 64)));
-        assert!(!att.fits(&[0, 1], &more));
-        assert!(!att.fits(&[0, 1], &regions[..1]));
-        assert!(!att.fits(&[0, 1], &[(0, spec("r0", 8192)), (1, spec("r1", 512))]));
-        assert!(!att.fits(&[0, 1], &[(0, spec("r0", 4096)), (1, spec("rx", 512))]));
-        let mut read = spec("r1", 512);
-        read.access = read.access | Access::REMOTE_READ;
-        assert!(!att.fits(&[0, 1], &[(0, spec("r0", 4096)), (1, read)]));
-    }
 }

@@ -114,11 +114,6 @@ struct ClientRecord {
     cells: Arc<ClientCells>,
     state: ClientState,
     attachment: Option<Attachment>,
-    /// Resources created ahead of the partner's info (see `Runtime::prepare_attachments`),
-    /// taken by the first attachment on their link if they still fit.
-    prepared: Option<Attachment>,
-    /// Resources were prepared for it once (they are not prepared again).
-    prepare_tried: bool,
     carry: Carry,
     displaced: bool,
     pending: Option<PendingMove>,
@@ -334,7 +329,6 @@ impl Runtime {
     // ---------------------------------------------------------------- periodic work
 
     fn tick(&mut self) {
-        self.prepare_attachments();
         let now = Instant::now();
         for i in 0..self.links.len() {
             self.tick_link(i, now);

@@ -61,8 +61,6 @@ impl Runtime {
             cells: cells.clone(),
             state: ClientState::Waiting,
             attachment: None,
-            prepared: None,
-            prepare_tried: false,
             carry: Carry::new(),
             displaced: false,
             refused: None,
@@ -242,52 +240,6 @@ impl Runtime {
         }
     }
 
-    /// Responder: creates, before the initiator's PeerInfo arrives, the queue pairs and
-    /// regions of every client that was never attached, on the node's only link, so that it
-    /// creates its resources while the initiator creates its own instead of after them, and
-    /// answers the PeerInfo by connecting only. [`Runtime::create_attachment`] takes the
-    /// prepared resources when they still fit the client (same queue pairs and regions).
-    /// The initiator does not prepare: its PeerInfo carries the clients registered by the
-    /// time the session is established, and creating resources on its loop while its clients
-    /// register would push registrations past that point (each then needs an Attach exchange
-    /// of its own). With several links the placement is the initiator's to make once sessions
-    /// are up, and resources are created then.
-    pub(super) fn prepare_attachments(&mut self) {
-        if initiator(&self.cfg) || self.links.len() != 1 {
-            return;
-        }
-        let (id, pd) = match &self.links[0].fabric {
-            Some(f) => (self.links[0].id, f.pd.clone()),
-            None => return,
-        };
-        for (name, c) in self.clients.iter_mut() {
-            if c.prepare_tried || c.attachment.is_some() || c.generation != 0 {
-                continue;
-            }
-            c.prepare_tried = true;
-            let indices = c.qp_indices();
-            match Attachment::create(
-                id,
-                name,
-                &pd,
-                &indices,
-                c.spec.qp_capacity,
-                &c.regions,
-                &c.carry,
-            ) {
-                Ok(att) => {
-                    tracing::debug!(client = %name, link = id, "client resources prepared");
-                    c.prepared = Some(att);
-                }
-                Err(e) => {
-                    // Not fatal: the attachment creates them when the partner's info arrives
-                    // and reports a failure then.
-                    tracing::warn!(client = %name, link = id, error = %e, "prepare client resources");
-                }
-            }
-        }
-    }
-
     /// Creates a client's resources on link `i` (region contents from its carry) and returns
     /// its info. `extra` adds queue pair indices the partner has.
     pub(super) fn create_attachment(
@@ -321,22 +273,15 @@ impl Runtime {
             }
         }
         c.generation += 1;
-        let prepared = c
-            .prepared
-            .take()
-            .filter(|p| p.link == id && c.carry.is_empty() && p.fits(&indices, &c.regions));
-        let mut att = match prepared {
-            Some(p) => p,
-            None => Attachment::create(
-                id,
-                name,
-                &pd,
-                &indices,
-                c.spec.qp_capacity,
-                &c.regions,
-                &c.carry,
-            )?,
-        };
+        let mut att = Attachment::create(
+            id,
+            name,
+            &pd,
+            &indices,
+            c.spec.qp_capacity,
+            &c.regions,
+            &c.carry,
+        )?;
         att.generation = c.generation;
         att.first_generation = c.generation;
         c.carry.clear();
