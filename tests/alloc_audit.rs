@@ -71,8 +71,8 @@ const DATA_PATH_THREADS: [&[u8]; 4] = [
     b"il-shadow-",
     b"il-msg-",
 ];
-/// Name prefixes of the managers' threads: the event loop (a 5 ms tick, heartbeats every
-/// 100 ms in these tests) and the bootstrap connection's reader.
+/// Name prefixes of the managers' threads: the event loop (woken by its timers, heartbeats
+/// every 100 ms in these tests) and the bootstrap connection's reader.
 const MANAGER_THREADS: [&[u8]; 2] = [b"il-manager-", b"il-read-"];
 
 thread_local! {

@@ -380,6 +380,11 @@ impl Heartbeat {
         self.copies.drain(..)
     }
 
+    /// When the READ in flight was posted (None: none in flight).
+    pub(crate) fn outstanding_since(&self) -> Option<Instant> {
+        self.outstanding
+    }
+
     /// Posts the next READ unless one is outstanding.
     pub(crate) fn post_read(&mut self) -> HeartbeatPoll {
         let Some(peer) = self.peer else {

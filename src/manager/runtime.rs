@@ -2,10 +2,11 @@
 //!
 //! [`Runtime::run`] is the body of the manager thread. It takes [`Command`]s (client
 //! registrations and requests, status queries, shutdown, the I/O threads' reports) from one
-//! crossbeam channel, waiting at most [`TICK`] (5 ms), then does the periodic work in `tick`:
-//! device async events, link (re)initialisation with backoff, heartbeat completions and
-//! intervals, publishing the health block, rate sampling, planned moves and, on the initiator,
-//! placement. All link, session, heartbeat and client state lives here and nowhere else.
+//! crossbeam channel or a device's async events, until the earliest of its deadlines at the
+//! latest (`wake.rs`), then does the periodic work in `tick`: device async events, link
+//! (re)initialisation with backoff, heartbeat completions and intervals, publishing the health
+//! block, rate sampling, planned moves and, on the initiator, placement. All link, session,
+//! heartbeat and client state lives here and nowhere else.
 //!
 //! - this file: links (attempts, backoff, device events, heartbeat, failure detection), the
 //!   bootstrap connection and its [`Session`], partner incarnation changes;
@@ -14,7 +15,8 @@
 //! - `clients.rs`: registration, live changes, offers, attachment creation, delivery of client
 //!   events, placement and the phases of a planned move (drain ≤ 300 ms, Detach(Moving) and its
 //!   acknowledgement, Attach on the target);
-//! - `status.rs`: status snapshots and rate sampling.
+//! - `status.rs`: status snapshots and rate sampling;
+//! - `wake.rs`: when the loop wakes next.
 //!
 //! The message sequences are in docs/wire-formats.md ("Client attachment exchanges").
 
@@ -53,8 +55,6 @@ pub(crate) use super::STARTUP_GATHER;
 const DRAIN_LIMIT: Duration = Duration::from_millis(300);
 /// Longest a planned move waits for the partner's detach acknowledgement.
 const DETACH_ACK_LIMIT: Duration = Duration::from_millis(1000);
-/// Loop wake-up period (heartbeat completions, device events, timers).
-const TICK: Duration = Duration::from_millis(5);
 /// Client rate sampling period.
 const RATE_PERIOD: Duration = Duration::from_millis(500);
 
@@ -84,6 +84,8 @@ struct Link {
     attempt: u32,
     next_attempt: Instant,
     heartbeat: Option<Heartbeat>,
+    /// The device's event channel was closed (not waited on any more).
+    events_closed: bool,
     next_interval: Instant,
     healthy_since_ms: u64,
     counters: LinkCounters,
@@ -218,6 +220,7 @@ impl Runtime {
                 attempt: 0,
                 next_attempt: now,
                 heartbeat: None,
+                events_closed: false,
                 next_interval: now,
                 healthy_since_ms: 0,
                 counters: LinkCounters::default(),
@@ -273,14 +276,26 @@ impl Runtime {
         let span = tracing::info_span!("manager", node = self.cfg.node_id);
         let _g = span.enter();
         while !self.stop {
-            match rx.recv_timeout(TICK) {
-                Ok(cmd) => self.handle_command(cmd),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            let timeout = self.wake_plan(Instant::now()).timeout();
+            {
+                // Wait for a command, a device event or the deadline; what is ready is taken
+                // below (a readiness wait leaves the message in its channel).
+                let mut sel = crossbeam_channel::Select::new();
+                sel.recv(&rx);
+                for l in &self.links {
+                    if let (Some(f), false) = (&l.fabric, l.events_closed) {
+                        sel.recv(&f.events);
+                    }
+                }
+                let _ = sel.ready_timeout(timeout);
             }
-            // Drain whatever else is queued before the periodic work.
-            while let Ok(cmd) = rx.try_recv() {
-                self.handle_command(cmd);
+            // Handle whatever is queued before the periodic work.
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => self.handle_command(cmd),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => self.stop = true,
+                }
                 if self.stop {
                     break;
                 }
@@ -399,10 +414,25 @@ impl Runtime {
 
     fn tick_link(&mut self, i: usize, now: Instant) {
         // Device events.
-        let events: Vec<AsyncEvent> = match &self.links[i].fabric {
-            Some(f) => f.events.try_iter().collect(),
-            None => Vec::new(),
-        };
+        let mut events: Vec<AsyncEvent> = Vec::new();
+        let mut closed = false;
+        if let Some(f) = &self.links[i].fabric {
+            loop {
+                match f.events.try_recv() {
+                    Ok(ev) => events.push(ev),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if closed && !self.links[i].events_closed {
+            // Not waited on any more (a closed channel is always ready).
+            tracing::warn!(link = self.links[i].id, "device event channel closed");
+            self.links[i].events_closed = true;
+        }
         for ev in events {
             self.device_event(i, ev);
         }
@@ -557,6 +587,7 @@ impl Runtime {
         let f = open_fabric(&self.cfg, i)?;
         tracing::info!(link = self.links[i].id, device = %f.device.name(), provider = %f.device.provider(), "link device open");
         self.links[i].fabric = Some(f);
+        self.links[i].events_closed = false;
         Ok(())
     }
 
@@ -988,3 +1019,4 @@ impl Runtime {
 mod clients;
 mod messages;
 mod status;
+mod wake;
