@@ -67,9 +67,9 @@ pub struct MessengerConfig {
     /// After activity, the driver busy-polls this long before it blocks (latency vs. CPU).
     pub spin: Duration,
     /// How long a busy poll (the driver's and a synchronous call's) polls back to back before
-    /// it yields the CPU between polls: the [`BusyPoll`](crate::fabric::BusyPoll) setting, `None`
+    /// it yields the CPU between polls: the [`BusyPoll`] setting, `None`
     /// for the link's provider's default. Default:
-    /// [`BusyPoll::CLIENT_PURE`](crate::fabric::BusyPoll::CLIENT_PURE) (20 µs, and why).
+    /// [`BusyPoll::CLIENT_PURE`] (20 µs, and why).
     #[serde(default = "BusyPoll::client_default")]
     pub pure_spin: Option<Duration>,
     /// The deadline of the blocking calls without one ([`Messenger::call`],

@@ -25,6 +25,7 @@ mod giveback_loopback;
 mod giveback_sim;
 mod manager_config;
 mod manager_control;
+mod manager_heartbeat;
 mod manager_loopback;
 mod manager_placement;
 mod manager_session;

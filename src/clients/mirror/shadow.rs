@@ -195,8 +195,8 @@ pub struct ShadowConfig {
     /// mirror write completes long before this.
     pub spin: Duration,
     /// How long a waiting appender polls back to back before it yields the CPU between
-    /// polls ([`BusyPoll`](crate::fabric::BusyPoll)); `None`: the link's provider's default.
-    /// Default: [`BusyPoll::CLIENT_PURE`](crate::fabric::BusyPoll::CLIENT_PURE) (20 µs).
+    /// polls ([`BusyPoll`]); `None`: the link's provider's default.
+    /// Default: [`BusyPoll::CLIENT_PURE`] (20 µs).
     #[serde(default = "crate::fabric::BusyPoll::client_default")]
     pub pure_spin: Option<Duration>,
     /// When a mirror write counts as done (both nodes must use the same).

@@ -155,8 +155,8 @@ pub struct WriteBackConfig {
     /// A waiting writer busy-polls this long before it sleeps.
     pub spin: Duration,
     /// How long a waiting writer polls back to back before it yields the CPU between polls
-    /// ([`BusyPoll`](crate::fabric::BusyPoll)); `None`: the data link's provider's default.
-    /// Default: [`BusyPoll::CLIENT_PURE`](crate::fabric::BusyPoll::CLIENT_PURE) (20 µs).
+    /// ([`BusyPoll`]); `None`: the data link's provider's default.
+    /// Default: [`BusyPoll::CLIENT_PURE`] (20 µs).
     #[serde(default = "crate::fabric::BusyPoll::client_default")]
     pub pure_spin: Option<Duration>,
     /// The messenger's driver busy-polls this long after activity before it blocks.
