@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 /// Heartbeat interval under test, milliseconds.
 const INTERVAL_MS: u64 = 1;
-/// Missed intervals before the link is declared down: a window of about three seconds, wide
-/// enough that a loaded test machine that stops a node's threads for a while (a hundred
-/// milliseconds was seen with 100 intervals while other builds and a VM ran; this test runs
-/// beside the rest of the host binary) raises no alarm.
-const MISS_COUNT: u32 = 3000;
+/// Missed intervals before the link is declared down: the largest count the configuration
+/// takes, a window of about a second, wide enough that a loaded test machine that stops a
+/// node's threads for a while (a hundred milliseconds was seen with 100 intervals while other
+/// builds and a VM ran) raises no alarm.
+const MISS_COUNT: u32 = 1000;
 /// Heartbeat READs node A completes while the pair idles.
 const IDLE_READS: u64 = 3000;
 /// Generous bound of every wait (a loaded machine).

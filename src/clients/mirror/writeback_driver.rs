@@ -547,7 +547,19 @@ impl MirroredWriteBack {
         let begin = Instant::now();
         loop {
             match self.write_start(unit, first_block, data) {
-                Ok(t) => return self.wait_timeout(&t, timeout.saturating_sub(begin.elapsed())),
+                Ok(t) => {
+                    // The deadline, and the time reported, are the whole call's: starting
+                    // the write may have waited for buffers first.
+                    return match self.wait_timeout(&t, timeout.saturating_sub(begin.elapsed())) {
+                        Err(WriteBackError::WriteTimeout { request, .. }) => {
+                            Err(WriteBackError::WriteTimeout {
+                                request,
+                                waited: begin.elapsed(),
+                            })
+                        }
+                        other => other,
+                    };
+                }
                 Err(
                     e @ WriteBackError::Atomic(
                         AtomicError::RangeBusy { .. }
