@@ -547,19 +547,9 @@ impl MirroredWriteBack {
         let begin = Instant::now();
         loop {
             match self.write_start(unit, first_block, data) {
-                Ok(t) => {
-                    // The deadline, and the time reported, are the whole call's: starting
-                    // the write may have waited for buffers first.
-                    return match self.wait_timeout(&t, timeout.saturating_sub(begin.elapsed())) {
-                        Err(WriteBackError::WriteTimeout { request, .. }) => {
-                            Err(WriteBackError::WriteTimeout {
-                                request,
-                                waited: begin.elapsed(),
-                            })
-                        }
-                        other => other,
-                    };
-                }
+                // The deadline, and the time a timeout reports, are the whole call's: starting
+                // the write may have waited for buffers first.
+                Ok(t) => return self.wait_since(&t, begin, timeout),
                 Err(
                     e @ WriteBackError::Atomic(
                         AtomicError::RangeBusy { .. }
@@ -612,9 +602,21 @@ impl MirroredWriteBack {
         ticket: &WriteTicket,
         timeout: Duration,
     ) -> Result<CompletionStatus, WriteBackError> {
+        self.wait_since(ticket, Instant::now(), timeout)
+    }
+
+    /// [`wait_timeout`](Self::wait_timeout) for a call that began at `begin`: `timeout` and
+    /// the time a [`WriteBackError::WriteTimeout`] reports count from there; the busy poll
+    /// counts from now.
+    fn wait_since(
+        &self,
+        ticket: &WriteTicket,
+        begin: Instant,
+        timeout: Duration,
+    ) -> Result<CompletionStatus, WriteBackError> {
         let shared = &*self.shared;
-        let begin = Instant::now();
-        let spin_until = begin + shared.cfg.spin;
+        let spin_begin = Instant::now();
+        let spin_until = spin_begin + shared.cfg.spin;
         let mut waited = Vec::with_capacity(POLL_BATCH);
         let mut c = shared.core.lock();
         loop {
@@ -642,7 +644,7 @@ impl MirroredWriteBack {
             if now < spin_until {
                 let provider = c.link.as_ref().map_or(ProviderKind::Soft, |l| l.provider());
                 let poll = BusyPoll::configured(provider, shared.cfg.pure_spin);
-                MutexGuard::unlocked(&mut c, || poll.round(begin, now));
+                MutexGuard::unlocked(&mut c, || poll.round(spin_begin, now));
             } else {
                 shared.changed.wait_for(&mut c, Duration::from_millis(1));
             }
